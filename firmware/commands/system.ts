@@ -1,0 +1,25 @@
+// SYSTEM command group: the parameters reply (the device's limits, which hosts negotiate rather
+// than hard-code) and identity/status. Served even by an unenrolled or self-test-failed module.
+import { Group, SystemCmd } from '../link/groups.js';
+import { SUPPORTED_VERSIONS } from '../link/frame.js';
+import type { CommandGroup } from '../link/dispatch.js';
+import type { Payload } from '../link/codec.js';
+
+export interface SystemInfo {
+  params(): Payload;
+  status(): Payload;
+  auditLog?(from: number, max: number): Payload;
+}
+
+export function systemGroup(info: SystemInfo): CommandGroup {
+  const commands: Record<number, CommandGroup['commands'][number]> = {
+    [SystemCmd.PARAMS]: () => ({ versions: [...SUPPORTED_VERSIONS], ...info.params() }),
+    [SystemCmd.STATUS]: () => info.status(),
+  };
+  if (info.auditLog) {
+    const log = info.auditLog;
+    commands[SystemCmd.AUDIT_LOG] = (p) =>
+      log(typeof p['from'] === 'number' ? p['from'] : 0, typeof p['max'] === 'number' ? Math.min(p['max'], 64) : 32);
+  }
+  return { id: Group.SYSTEM, name: 'system', commands };
+}

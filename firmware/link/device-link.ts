@@ -1,0 +1,148 @@
+// Device side of the link: transport bytes -> Deframer -> codec -> Dispatcher, one request at a
+// time as firmware would, with a bounded receive window and a cache of recent responses so a
+// retried request (same sequence number) is answered again, never executed twice.
+import { Deframer } from './framer.js';
+import { cobsMaxEncodedLength } from './cobs.js';
+import type { FramerStats } from './framer.js';
+import { decodeMessage, encodeMessage, errorPayload } from './codec.js';
+import type { Message, Payload } from './codec.js';
+import { Kind, MIN_BODY_SIZE } from './frame.js';
+import { LinkError, Rc } from './errors.js';
+import type { Dispatcher } from './dispatch.js';
+import type { Transport } from './transport.js';
+
+export interface DeviceLinkLimits {
+  /** Largest frame body (header + CBOR + CRC) the device accepts and sends. */
+  maxBody: number;
+  /** Requests the device queues before answering BUSY. */
+  window: number;
+}
+
+export interface DeviceLinkStats extends FramerStats {
+  requests: number;
+  duplicates: number;
+  busy: number;
+  ignored: number;
+}
+
+interface CachedResponse {
+  group: number;
+  command: number;
+  frame: Uint8Array;
+}
+
+export class DeviceLink {
+  readonly limits: DeviceLinkLimits;
+  private readonly deframer: Deframer;
+  private readonly queue: Message[] = [];
+  private readonly cache = new Map<number, CachedResponse>();
+  private readonly pending = new Set<number>();
+  private running = false;
+  private closed = false;
+  private readonly counters = { requests: 0, duplicates: 0, busy: 0, ignored: 0 };
+
+  constructor(
+    private readonly transport: Transport,
+    private readonly dispatcher: Dispatcher,
+    limits: DeviceLinkLimits,
+  ) {
+    if (limits.maxBody < MIN_BODY_SIZE || limits.window < 1) throw new RangeError('invalid link limits');
+    this.limits = limits;
+    this.deframer = new Deframer(limits.maxBody);
+    transport.onData((chunk) => this.receive(chunk));
+    transport.onClose(() => {
+      this.closed = true;
+    });
+  }
+
+  get stats(): DeviceLinkStats {
+    return { ...this.deframer.stats, ...this.counters };
+  }
+
+  /** Send an unsolicited event (e.g. pool low watermark). */
+  async emit(group: number, command: number, payload: Payload): Promise<void> {
+    await this.send(encodeMessage({ kind: Kind.EVENT, group, command, seq: 0, payload }));
+  }
+
+  private receive(chunk: Uint8Array): void {
+    for (const body of this.deframer.push(chunk)) {
+      const decoded = decodeMessage(body);
+      if (!decoded.ok) {
+        // The header survived the CRC, so the host can match the error to its request.
+        const h = decoded.header;
+        void this.send(
+          encodeMessage({ kind: Kind.ERROR, group: h.group, command: h.command, seq: h.seq, payload: { ...errorPayload(h.group, decoded.error) } }),
+        );
+        continue;
+      }
+      const m = decoded.message;
+      if (m.kind !== Kind.REQUEST) {
+        this.counters.ignored++; // a device only takes requests; anything else is line noise
+        continue;
+      }
+      const cached = this.cache.get(m.seq);
+      if (cached && cached.group === m.group && cached.command === m.command) {
+        // A retry of a request already executed: answer again, do not execute again.
+        this.counters.duplicates++;
+        void this.send(cached.frame);
+        continue;
+      }
+      if (this.pending.has(m.seq)) {
+        this.counters.duplicates++; // still queued or running: its response is on its way
+        continue;
+      }
+      if (this.queue.length >= this.limits.window) {
+        this.counters.busy++;
+        const e = new LinkError(Rc.BUSY, 'receive window full');
+        void this.send(encodeMessage({ kind: Kind.ERROR, group: m.group, command: m.command, seq: m.seq, payload: { ...errorPayload(m.group, e) } }));
+        continue;
+      }
+      this.pending.add(m.seq);
+      this.queue.push(m);
+    }
+    if (!this.running) void this.drain();
+  }
+
+  private async drain(): Promise<void> {
+    this.running = true;
+    try {
+      let m: Message | undefined;
+      while ((m = this.queue.shift())) {
+        this.counters.requests++;
+        const ctx = { group: m.group, command: m.command, seq: m.seq };
+        const out = await this.dispatcher.dispatch(m.payload, ctx);
+        let frame = out.ok
+          ? encodeMessage({ kind: Kind.RESPONSE, ...ctx, payload: out.payload })
+          : encodeMessage({ kind: Kind.ERROR, ...ctx, payload: { ...errorPayload(m.group, out.error) } });
+        if (frame.length > cobsMaxEncodedLength(this.limits.maxBody) + 1) {
+          // A handler produced more than the link may carry: a firmware bug, reported as such.
+          frame = encodeMessage({ kind: Kind.ERROR, ...ctx, payload: { ...errorPayload(m.group, new LinkError(Rc.TOO_LARGE, 'response too large')) } });
+        }
+        this.remember(m.seq, { group: m.group, command: m.command, frame });
+        this.pending.delete(m.seq);
+        await this.send(frame);
+      }
+    } finally {
+      this.running = false;
+    }
+  }
+
+  private remember(seq: number, r: CachedResponse): void {
+    this.cache.delete(seq);
+    this.cache.set(seq, r);
+    // Bounded: enough to cover every request a host may have in flight, twice.
+    while (this.cache.size > this.limits.window * 2 + 2) {
+      const oldest = this.cache.keys().next().value as number;
+      this.cache.delete(oldest);
+    }
+  }
+
+  private async send(frame: Uint8Array): Promise<void> {
+    if (this.closed) return;
+    try {
+      await this.transport.write(frame);
+    } catch {
+      // The cable went away; the host will retry or resume. Nothing to do on the device.
+    }
+  }
+}

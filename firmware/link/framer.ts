@@ -1,0 +1,92 @@
+// Incremental frame splitter (docs/protocol.md, "Frames"): bytes in, CRC-checked frame bodies out.
+// A pure state machine with one fixed buffer, as a UART receive path on an MCU has: it resyncs on
+// every 0x00, counts and drops corrupt or oversize frames, and never buffers without bound.
+import { cobsDecodeInto, cobsMaxEncodedLength } from './cobs.js';
+import { CRC_SIZE, MIN_BODY_SIZE, crcOk } from './frame.js';
+
+export interface FramerStats {
+  /** Valid frames delivered. */
+  frames: number;
+  /** Frames dropped for bad COBS, a bad CRC or a body too short to hold a header. */
+  corrupt: number;
+  /** Frames dropped because they exceeded the maximum frame size. */
+  oversize: number;
+  /** Bytes thrown away by the drops above. */
+  droppedBytes: number;
+}
+
+export class Deframer {
+  readonly maxBody: number;
+  readonly stats: FramerStats = { frames: 0, corrupt: 0, oversize: 0, droppedBytes: 0 };
+  private readonly encoded: Uint8Array;
+  private length = 0;
+  /** Set after an overflow: everything up to the next 0x00 belongs to the oversize frame. */
+  private discarding = false;
+
+  /** @param maxBody largest body (header + payload + CRC) accepted, before COBS. */
+  constructor(maxBody: number) {
+    if (!Number.isInteger(maxBody) || maxBody < MIN_BODY_SIZE) {
+      throw new RangeError(`maxBody must be an integer >= ${MIN_BODY_SIZE}`);
+    }
+    this.maxBody = maxBody;
+    this.encoded = new Uint8Array(cobsMaxEncodedLength(maxBody));
+  }
+
+  /**
+   * Feed received bytes; returns the bodies (header + payload, CRC stripped) of the frames they
+   * completed, in order. The returned arrays are fresh copies the caller may keep.
+   */
+  push(chunk: Uint8Array): Uint8Array[] {
+    const frames: Uint8Array[] = [];
+    let start = 0;
+    while (start < chunk.length) {
+      const zero = chunk.indexOf(0, start);
+      const end = zero === -1 ? chunk.length : zero;
+      this.append(chunk, start, end);
+      if (zero === -1) break;
+      const body = this.finish();
+      if (body) frames.push(body);
+      start = zero + 1;
+    }
+    return frames;
+  }
+
+  private append(chunk: Uint8Array, from: number, to: number): void {
+    const n = to - from;
+    if (n === 0) return;
+    if (this.discarding) {
+      this.stats.droppedBytes += n;
+      return;
+    }
+    if (this.length + n > this.encoded.length) {
+      // Oversize: drop what we hold and the rest of this frame, up to the next delimiter.
+      this.stats.oversize++;
+      this.stats.droppedBytes += this.length + n;
+      this.length = 0;
+      this.discarding = true;
+      return;
+    }
+    this.encoded.set(chunk.subarray(from, to), this.length);
+    this.length += n;
+  }
+
+  /** A delimiter arrived: decode and check what was collected. */
+  private finish(): Uint8Array | undefined {
+    if (this.discarding) {
+      this.discarding = false;
+      return undefined;
+    }
+    const n = this.length;
+    this.length = 0;
+    if (n === 0) return undefined; // back-to-back delimiters are idle fill, not an error
+    const body = new Uint8Array(n);
+    const len = cobsDecodeInto(this.encoded, n, body);
+    if (len < MIN_BODY_SIZE || len > this.maxBody || !crcOk(body.subarray(0, len))) {
+      this.stats.corrupt++;
+      this.stats.droppedBytes += n;
+      return undefined;
+    }
+    this.stats.frames++;
+    return body.slice(0, len - CRC_SIZE);
+  }
+}

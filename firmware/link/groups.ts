@@ -1,0 +1,30 @@
+// Command group and command ids of link protocol v1 (docs/protocol.md, "Command groups").
+// Part of the wire contract: new ids are added, existing ones never renumbered.
+
+export const Group = {
+  /** Device parameters, identity and status: served even when unenrolled. */
+  SYSTEM: 0,
+  /** Diagnostics: echo and a scratch bulk sink for link tests and benchmarks. */
+  DIAG: 1,
+  /** Sealed key batch injection (begin, chunk, commit). */
+  INJECT: 2,
+  /** Key use: session negotiation, service-data encrypt/decrypt. */
+  KEYS: 3,
+  /** Sensitive commands needing a KMD authorization token (zeroize, factory reset). */
+  ADMIN: 4,
+  /** The KMD's download interface, as served to an enrolled carrier. */
+  DOWNLOAD: 5,
+} as const;
+
+export const SystemCmd = {
+  PARAMS: 0,
+  STATUS: 1,
+  AUDIT_LOG: 2,
+} as const;
+
+export const DiagCmd = {
+  ECHO: 0,
+  SINK_BEGIN: 1,
+  SINK_CHUNK: 2,
+  SINK_STATUS: 3,
+} as const;

@@ -1,0 +1,53 @@
+// The terminal crypto module as firmware: wires the link (transport -> framing -> dispatch) to the
+// command groups. All I/O is injected, so the same module runs in-process, on a pty, TCP or USB.
+import { DeviceLink } from './link/device-link.js';
+import type { DeviceLinkLimits } from './link/device-link.js';
+import { Dispatcher } from './link/dispatch.js';
+import { HEADER_SIZE, CRC_SIZE } from './link/frame.js';
+import type { Transport } from './link/transport.js';
+import { systemGroup } from './commands/system.js';
+import { diagGroup } from './commands/diag.js';
+import { FIRMWARE } from './version.js';
+import type { Payload } from './link/codec.js';
+
+/** RAM budget of the link, stated like an MCU's: one receive buffer plus `window` queued frames. */
+export const DEFAULT_LIMITS: DeviceLinkLimits = { maxBody: 8192 + 64, window: 4 };
+
+/** Bytes of framing around a bulk chunk's data: header, CRC and the CBOR map {t, o, d}. */
+export const CHUNK_OVERHEAD = HEADER_SIZE + CRC_SIZE + 40;
+
+export interface TerminalOptions {
+  transport: Transport;
+  limits?: Partial<DeviceLinkLimits>;
+  /** Extra status fields (pool, identity) from the services above the link. */
+  status?: () => Payload;
+}
+
+export interface Terminal {
+  readonly link: DeviceLink;
+  readonly dispatcher: Dispatcher;
+  status(): Payload;
+}
+
+export function createTerminal(o: TerminalOptions): Terminal {
+  const limits = { ...DEFAULT_LIMITS, ...o.limits };
+  const maxChunk = limits.maxBody - CHUNK_OVERHEAD;
+  const dispatcher = new Dispatcher();
+  const link = new DeviceLink(o.transport, dispatcher, limits);
+  const status = (): Payload => ({
+    terminalId: null,
+    enrolled: false,
+    firmware: FIRMWARE,
+    pool: { storedKeyBits: 0, maxKeyBits: 0, consumedKeyBits: 0, batches: [] },
+    ...o.status?.(),
+    link: { ...link.stats },
+  });
+  dispatcher.register(
+    systemGroup({
+      params: () => ({ maxFrame: limits.maxBody, window: limits.window, maxChunk, firmware: FIRMWARE }),
+      status,
+    }),
+  );
+  dispatcher.register(diagGroup({ maxChunk }));
+  return { link, dispatcher, status };
+}

@@ -1,0 +1,104 @@
+// Host side of windowed bulk transfers: keeps up to the device's window of chunks in flight
+// (go-back-N), advances on acknowledged committed offsets, goes back to the device's committed
+// offset on OUT_OF_ORDER, and resyncs from the device's own status after a timeout.
+import { LinkError, Rc } from '../../firmware/link/errors.js';
+import type { Payload } from '../../firmware/link/codec.js';
+
+export interface BulkSendOptions {
+  total: number;
+  /** Where to start: the device's committed offset (0 for a new transfer). */
+  startOffset: number;
+  chunkSize: number;
+  window: number;
+  /** Bytes [offset, offset+length) of the transfer. */
+  read(offset: number, length: number): Uint8Array;
+  /** Send one chunk; resolves with the device's reply (carrying `c`, its committed offset). */
+  sendChunk(offset: number, data: Uint8Array): Promise<Payload>;
+  /** Ask the device for its committed offset (after a timeout). */
+  queryCommitted(): Promise<number>;
+  onProgress?(committed: number, total: number): void;
+  /** Give up after this many go-backs/resyncs. Default 16. */
+  maxRestarts?: number;
+}
+
+export interface BulkSendResult {
+  committed: number;
+  chunksSent: number;
+  bytesSent: number;
+  restarts: number;
+}
+
+interface Outcome {
+  id: number;
+  generation: number;
+  committed?: number;
+  error?: unknown;
+}
+
+export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
+  if (o.chunkSize < 1 || o.window < 1) throw new RangeError('chunkSize and window must be >= 1');
+  const maxRestarts = o.maxRestarts ?? 16;
+  let committed = o.startOffset;
+  let next = o.startOffset;
+  let generation = 0;
+  let restarts = 0;
+  let chunksSent = 0;
+  let bytesSent = 0;
+  let ids = 0;
+  const inflight = new Map<number, Promise<Outcome>>();
+
+  const restart = (at: number) => {
+    if (++restarts > maxRestarts) throw new Error(`bulk transfer gave up after ${maxRestarts} restarts at offset ${at}`);
+    committed = at;
+    next = at;
+    generation++; // outcomes of chunks sent before this point no longer move the offset
+  };
+
+  while (committed < o.total || inflight.size > 0) {
+    while (inflight.size < o.window && next < o.total) {
+      const len = Math.min(o.chunkSize, o.total - next);
+      const data = o.read(next, len);
+      const id = ids++;
+      const gen = generation;
+      const offset = next;
+      inflight.set(
+        id,
+        o.sendChunk(offset, data).then(
+          (p) => ({ id, generation: gen, committed: typeof p['c'] === 'number' ? p['c'] : undefined }),
+          (error: unknown) => ({ id, generation: gen, error }),
+        ),
+      );
+      chunksSent++;
+      bytesSent += len;
+      next += len;
+    }
+    if (inflight.size === 0) {
+      // Everything answered but the device is not at the end: ask it where it is.
+      restart(await o.queryCommitted());
+      continue;
+    }
+    const out = await Promise.race(inflight.values());
+    inflight.delete(out.id);
+    if (out.error === undefined) {
+      if (out.committed !== undefined && out.committed > committed) {
+        committed = out.committed;
+        o.onProgress?.(committed, o.total);
+      }
+      continue;
+    }
+    if (out.generation !== generation) continue; // already went back past this chunk
+    const e = out.error;
+    if (e instanceof LinkError && e.rc === Rc.OUT_OF_ORDER && typeof e.details?.['committed'] === 'number') {
+      restart(e.details['committed']);
+    } else if (e instanceof LinkError && e.rc === Rc.BUSY) {
+      restart(await o.queryCommitted());
+    } else if (e instanceof Error && e.name === 'LinkTimeoutError') {
+      restart(await o.queryCommitted());
+    } else {
+      // A refusal (tampered chunk, no space, ...) or a closed link: the caller decides.
+      await Promise.allSettled(inflight.values());
+      throw e;
+    }
+  }
+  return { committed, chunksSent, bytesSent, restarts };
+}

@@ -1,0 +1,177 @@
+// Host side of the link: request/response over any Transport, with per-request timeouts that
+// scale with payload size and line rate, bounded retries under the same sequence number (the
+// device answers a retry from its cache, never executing twice), and device-parameter negotiation.
+import { Deframer } from '../../firmware/link/framer.js';
+import { decodeMessage, encodeMessage, errorFromPayload } from '../../firmware/link/codec.js';
+import type { Message, Payload } from '../../firmware/link/codec.js';
+import { Kind, SUPPORTED_VERSIONS } from '../../firmware/link/frame.js';
+import { Group, SystemCmd } from '../../firmware/link/groups.js';
+import { LinkError, Rc } from '../../firmware/link/errors.js';
+import type { Transport } from '../../firmware/link/transport.js';
+
+export class LinkTimeoutError extends Error {
+  constructor(what: string, ms: number, attempts: number) {
+    super(`no answer to ${what} after ${attempts} attempt(s), ${Math.round(ms)} ms each`);
+    this.name = 'LinkTimeoutError';
+  }
+}
+
+export class LinkClosedError extends Error {
+  constructor(cause?: Error) {
+    super(cause ? `link closed: ${cause.message}` : 'link closed');
+    this.name = 'LinkClosedError';
+  }
+}
+
+/** The device's limits, from its parameters reply (docs/protocol.md, "params"). */
+export interface DeviceParams {
+  versions: number[];
+  maxFrame: number;
+  window: number;
+  maxChunk: number;
+  firmware: string;
+  [key: string]: unknown;
+}
+
+export interface LinkClientOptions {
+  /** Line rate used to scale timeouts (bits per second, 8N1 = 10 bits per byte). Default 115200. */
+  baud?: number;
+  /** Fixed part of every timeout, ms. Default 1000. */
+  baseTimeoutMs?: number;
+  /** Retries after a timeout, same sequence number. Default 2. */
+  retries?: number;
+  /** Largest frame body accepted from the device before negotiation. Default 64 KiB. */
+  maxBody?: number;
+}
+
+export interface RequestOptions {
+  timeoutMs?: number;
+  retries?: number;
+  /** Expected response size in bytes, to scale the timeout. */
+  expectBytes?: number;
+}
+
+interface Pending {
+  resolve(p: Payload): void;
+  reject(e: Error): void;
+  group: number;
+  command: number;
+}
+
+export class LinkClient {
+  private readonly deframer: Deframer;
+  private readonly pending = new Map<number, Pending>();
+  private readonly eventListeners: Array<(m: Message) => void> = [];
+  private seq = 0;
+  private closed: Error | undefined;
+  private readonly msPerByte: number;
+  private readonly baseTimeoutMs: number;
+  private readonly retries: number;
+  /** Responses that matched no pending request (late answers to a retried request). */
+  strayResponses = 0;
+  params: DeviceParams | undefined;
+
+  constructor(
+    readonly transport: Transport,
+    opts: LinkClientOptions = {},
+  ) {
+    this.msPerByte = 10_000 / (opts.baud ?? 115_200);
+    this.baseTimeoutMs = opts.baseTimeoutMs ?? 1000;
+    this.retries = opts.retries ?? 2;
+    this.deframer = new Deframer(opts.maxBody ?? 65_536);
+    transport.onData((chunk) => this.receive(chunk));
+    transport.onClose((err) => this.fail(new LinkClosedError(err)));
+  }
+
+  get framerStats() {
+    return this.deframer.stats;
+  }
+
+  onEvent(listener: (m: Message) => void): void {
+    this.eventListeners.push(listener);
+  }
+
+  /** Ask the device for its limits; every later decision (frame size, window) uses them. */
+  async negotiate(): Promise<DeviceParams> {
+    const p = await this.request(Group.SYSTEM, SystemCmd.PARAMS, { versions: [...SUPPORTED_VERSIONS] });
+    const versions = Array.isArray(p['versions']) ? (p['versions'] as number[]) : [];
+    if (!versions.some((v) => SUPPORTED_VERSIONS.includes(v))) {
+      throw new LinkError(Rc.BAD_VERSION, `device speaks protocol ${versions.join(', ') || 'none'}; host speaks ${SUPPORTED_VERSIONS.join(', ')}`);
+    }
+    this.params = p as unknown as DeviceParams;
+    return this.params;
+  }
+
+  /** Send one request and wait for its response; throws LinkError for an error reply. */
+  async request(group: number, command: number, payload: Payload, opts: RequestOptions = {}): Promise<Payload> {
+    if (this.closed) throw this.closed;
+    const seq = this.nextSeq();
+    const frame = encodeMessage({ kind: Kind.REQUEST, group, command, seq, payload });
+    const timeoutMs = opts.timeoutMs ?? this.baseTimeoutMs + 2 * (frame.length + (opts.expectBytes ?? 64)) * this.msPerByte;
+    const attempts = 1 + (opts.retries ?? this.retries);
+    const answer = new Promise<Payload>((resolve, reject) => {
+      this.pending.set(seq, { resolve, reject, group, command });
+    });
+    answer.catch(() => undefined); // settled below; avoid an unhandled rejection in between
+    try {
+      for (let attempt = 1; attempt <= attempts; attempt++) {
+        await this.transport.write(frame);
+        // The timer starts once the bytes have left (a paced link takes its time to send them).
+        const result = await raceTimeout(answer, timeoutMs);
+        if (result !== TIMEOUT) return result;
+      }
+      throw new LinkTimeoutError(`group ${group} command ${command}`, timeoutMs, attempts);
+    } finally {
+      this.pending.delete(seq);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.fail(new LinkClosedError());
+    await this.transport.close();
+  }
+
+  private nextSeq(): number {
+    // 16-bit sequence numbers; skip ones still pending after a wrap.
+    do this.seq = (this.seq + 1) & 0xffff;
+    while (this.pending.has(this.seq));
+    return this.seq;
+  }
+
+  private receive(chunk: Uint8Array): void {
+    for (const body of this.deframer.push(chunk)) {
+      const decoded = decodeMessage(body);
+      if (!decoded.ok) continue; // a device never sends undecodable frames; treat as line noise
+      const m = decoded.message;
+      if (m.kind === Kind.EVENT) {
+        for (const l of this.eventListeners) l(m);
+        continue;
+      }
+      const p = this.pending.get(m.seq);
+      if (!p || p.group !== m.group || p.command !== m.command || m.kind === Kind.REQUEST) {
+        this.strayResponses++;
+        continue;
+      }
+      this.pending.delete(m.seq);
+      if (m.kind === Kind.ERROR) p.reject(errorFromPayload(m.payload));
+      else p.resolve(m.payload);
+    }
+  }
+
+  private fail(e: Error): void {
+    if (this.closed) return;
+    this.closed = e;
+    for (const p of this.pending.values()) p.reject(e);
+    this.pending.clear();
+  }
+}
+
+const TIMEOUT = Symbol('timeout');
+
+function raceTimeout<T>(p: Promise<T>, ms: number): Promise<T | typeof TIMEOUT> {
+  let timer: NodeJS.Timeout | undefined;
+  const t = new Promise<typeof TIMEOUT>((resolve) => {
+    timer = setTimeout(() => resolve(TIMEOUT), ms);
+  });
+  return Promise.race([p, t]).finally(() => clearTimeout(timer));
+}
