@@ -1,0 +1,41 @@
+// socat pty pair: paths parsed, bytes flow a -> b through openSerial, close() kills socat.
+import t from 'tap';
+import { existsSync } from 'node:fs';
+import { createPtyPair, socatSkipReason } from './pty.js';
+import { openSerial } from '../host-tools/transports/serial.js';
+import { collect, concat, randomChunks, watchClose } from '../host-tools/transports/transport.suite.js';
+
+const skip = socatSkipReason();
+
+t.test('createPtyPair: two raw ptys relaying bytes, socat killed by pid on close', { skip }, async (t) => {
+  const pair = await createPtyPair();
+  t.match(pair.a, /^\/dev\/pts\/\d+$/);
+  t.match(pair.b, /^\/dev\/pts\/\d+$/);
+  t.not(pair.a, pair.b);
+  t.ok(pair.pid > 0);
+  const a = await openSerial(pair.a);
+  const b = await openSerial(pair.b);
+  // Every byte value, including the ones a cooked tty would eat (^C, ^D, ^S, CR, NL, DEL).
+  const every = Uint8Array.from({ length: 256 }, (_, i) => (i + 1) & 0xff); // ends with 0x00
+  const chunks = [every, ...randomChunks(5, 50_000, 4000, true)];
+  const got = collect(b, concat(chunks).length);
+  for (const c of chunks) await a.write(c);
+  t.ok((await got).equals(concat(chunks)), 'bytes arrive untouched and in order');
+
+  const wa = watchClose(a);
+  await pair.close();
+  await pair.close(); // idempotent
+  t.throws(() => process.kill(pair.pid, 0), 'socat is gone');
+  const err = await wa.closed;
+  t.type(err, Error, `open port sees the pull: ${err?.message}`);
+  await b.close();
+  t.notOk(existsSync(pair.a), 'pty node removed with socat');
+});
+
+t.test('socatSkipReason never skips in CI', async (t) => {
+  const saved = process.env['CI'];
+  process.env['CI'] = 'true';
+  t.equal(socatSkipReason(), false);
+  if (saved === undefined) delete process.env['CI'];
+  else process.env['CI'] = saved;
+});

@@ -1,0 +1,122 @@
+// Serial transport: the shared suite over a mock null-modem cable (serialport's mock binding)
+// and over a real socat pty pair, plus framing, overflow and open errors.
+import t from 'tap';
+import { SerialPortMock } from 'serialport';
+import type { OpenOptions } from '@serialport/stream';
+import { openSerial, type SerialTransport } from './serial.js';
+import { collect, transportSuite, watchClose } from './transport.suite.js';
+import { createPtyPair, socatSkipReason } from '../../hil/pty.js';
+
+type Binding = OpenOptions['binding'];
+type MockPort = Awaited<ReturnType<typeof SerialPortMock.binding.open>>;
+
+let cable = 0;
+/**
+ * Two mock ports wired back to back: what one port's binding writes, the other's binding
+ * receives. Built on SerialPortMock.binding so the real SerialPortStream code runs on top.
+ */
+function nullModem(): { binding: Binding; pathA: string; pathB: string } {
+  const mock = SerialPortMock.binding;
+  const n = ++cable;
+  const pathA = `/dev/mockA${n}`;
+  const pathB = `/dev/mockB${n}`;
+  mock.createPort(pathA);
+  mock.createPort(pathB);
+  const open = new Map<string, MockPort>();
+  const binding: Binding = {
+    list: () => mock.list(),
+    async open(options) {
+      const port = await mock.open(options);
+      open.set(options.path, port);
+      const write = port.write.bind(port);
+      port.write = async (buffer: Buffer) => {
+        await write(buffer);
+        const peer = open.get(options.path === pathA ? pathB : pathA);
+        if (peer?.isOpen) peer.emitData(Buffer.from(buffer));
+      };
+      return port;
+    },
+  };
+  return { binding, pathA, pathB };
+}
+
+t.test('transport suite over a mock null-modem cable', (t) => {
+  transportSuite(
+    t,
+    async () => {
+      const { binding, pathA, pathB } = nullModem();
+      const a = await openSerial(pathA, { binding });
+      const b = await openSerial(pathB, { binding });
+      return { a, b };
+    },
+    {
+      frameAligned: true,
+      // serialport's own path for a failed read/write under the port (EIO, ENXIO...)
+      pull: ({ a }) => (a as SerialTransport).port._disconnected(new Error('cable pulled')),
+    },
+  );
+  t.end();
+});
+
+t.test('transport suite over a socat pty pair', { skip: socatSkipReason() }, (t) => {
+  transportSuite(
+    t,
+    async () => {
+      const pty = await createPtyPair();
+      const a = await openSerial(pty.a, { baudRate: 921_600 });
+      const b = await openSerial(pty.b, { baudRate: 921_600 });
+      return { a, b, cleanup: () => pty.close() };
+    },
+    {
+      frameAligned: true,
+      // Killing socat is the closest a pty gets to a cable pull: the next read fails.
+      pull: ({ cleanup }) => cleanup?.(),
+    },
+  );
+  t.end();
+});
+
+t.test('mock port: one whole frame per chunk however the bytes arrive', async (t) => {
+  SerialPortMock.binding.createPort('/dev/mockframes');
+  const tr = await openSerial('/dev/mockframes', { binding: SerialPortMock.binding });
+  const mock = tr.port.port as MockPort;
+  const chunks: string[] = [];
+  tr.onData((c) => chunks.push(Buffer.from(c).toString('hex')));
+  mock.emitData(Buffer.from([1, 2]));
+  mock.emitData(Buffer.from([3, 0, 4, 0, 5]));
+  mock.emitData(Buffer.from([6, 0]));
+  await new Promise((r) => setTimeout(r, 20));
+  t.same(chunks, ['01020300', '0400', '050600']);
+  await tr.close();
+});
+
+t.test('mock port: writes reach the binding untouched', async (t) => {
+  SerialPortMock.binding.createPort('/dev/mockwrite', { record: true });
+  const tr = await openSerial('/dev/mockwrite', { binding: SerialPortMock.binding });
+  await tr.write(Uint8Array.of(0, 0x11, 0x13, 0x0d, 0x0a, 0xff, 0));
+  t.equal((tr.port.port as MockPort).recording.toString('hex'), '0011130d0aff00');
+  await tr.close();
+});
+
+t.test('mock port: a line without delimiters is flushed at maxBuffer, not held forever', async (t) => {
+  SerialPortMock.binding.createPort('/dev/mocknoise');
+  const tr = await openSerial('/dev/mocknoise', { binding: SerialPortMock.binding, maxBuffer: 100 });
+  const got = collect(tr, 250);
+  (tr.port.port as MockPort).emitData(Buffer.alloc(250, 0x41));
+  t.equal((await got).length, 250);
+  t.ok(tr.parser.overflows >= 1, `overflows counted: ${tr.parser.overflows}`);
+  await tr.close();
+});
+
+t.test('open errors and argument checks', async (t) => {
+  await t.rejects(openSerial('/dev/mock-does-not-exist', { binding: SerialPortMock.binding }));
+  await t.rejects(openSerial('', { binding: SerialPortMock.binding }), TypeError);
+  await t.rejects(openSerial('/dev/x', { binding: SerialPortMock.binding, baudRate: 0 }), RangeError);
+  SerialPortMock.binding.createPort('/dev/mockdesc');
+  const tr = await openSerial('/dev/mockdesc', { binding: SerialPortMock.binding });
+  t.equal(tr.description, 'serial /dev/mockdesc');
+  const w = watchClose(tr);
+  await tr.close();
+  t.equal(await w.closed, undefined);
+  await t.rejects(tr.write(Uint8Array.of(0)), /closed/);
+});
