@@ -1,0 +1,123 @@
+// TCP transport over node:net: the emulated terminal or the KMD download interface listening on
+// tcp:HOST:PORT, and host tools connecting to it. Nagle is off: frames are small and latency-bound.
+import net from 'node:net';
+import type { Transport } from '../../firmware/link/transport.js';
+import { EndpointCore, checkBytes, makeTransport } from './_core.js';
+
+export interface TcpAddress {
+  host: string;
+  port: number;
+}
+
+/** True for strings the CLI should treat as TCP addresses rather than serial paths. */
+export function isTcpAddress(text: string): boolean {
+  return text.startsWith('tcp:');
+}
+
+/**
+ * Parse `tcp:HOST:PORT` (the `tcp:` prefix is optional; IPv6 hosts in brackets:
+ * `tcp:[::1]:7000`). Port 0 is allowed: it asks the OS for a free port when listening.
+ */
+export function parseTcpAddress(text: string): TcpAddress {
+  if (typeof text !== 'string') throw new TypeError('address must be a string');
+  const rest = text.startsWith('tcp:') ? text.slice(4) : text;
+  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(rest);
+  const host = m?.[1] ?? m?.[2];
+  const port = Number(m?.[3]);
+  if (!m || !host) throw new RangeError(`address must look like tcp:HOST:PORT, got ${JSON.stringify(text)}`);
+  if (port > 65_535) throw new RangeError(`port must be 0..65535, got ${port}`);
+  return { host, port };
+}
+
+function formatAddress(host: string | undefined, port: number | undefined): string {
+  const h = host ?? '?';
+  return `tcp:${h.includes(':') ? `[${h}]` : h}:${port ?? '?'}`;
+}
+
+/**
+ * Wrap a connected socket. write() resolves when the socket has flushed the bytes to the
+ * kernel. The end the application did not ask for (peer closed, reset) is an error.
+ */
+export function socketTransport(socket: net.Socket, description?: string): Transport {
+  const core = new EndpointCore(description ?? `tcp ${formatAddress(socket.remoteAddress, socket.remotePort)}`);
+  socket.setNoDelay(true);
+  let closing: Promise<void> | undefined;
+  let failure: Error | undefined;
+  socket.on('data', (chunk: Buffer) => core.deliver(chunk));
+  socket.on('error', (err) => (failure ??= err));
+  // allowHalfOpen is false, so a FIN from the peer ends our side too and 'close' follows.
+  socket.on('end', () => (failure ??= new Error(`${core.description}: peer closed`)));
+  socket.on('close', () => core.end(closing ? undefined : (failure ?? new Error(`${core.description}: connection closed`))));
+
+  const write = async (bytes: Uint8Array): Promise<void> => {
+    checkBytes(bytes);
+    if (closing || core.ended || socket.destroyed) throw core.closedError();
+    await new Promise<void>((resolve, reject) => socket.write(bytes, (err) => (err ? reject(err) : resolve())));
+  };
+  const close = (): Promise<void> => {
+    closing ??= new Promise<void>((resolve) => {
+      if (socket.destroyed && core.ended) return resolve();
+      socket.once('close', () => resolve());
+      // end() sends what is queued, then FIN; destroy after a grace period in case the peer
+      // never reads (its window full), so close() always finishes.
+      socket.end();
+      const timer = setTimeout(() => socket.destroy(), 2000);
+      timer.unref();
+    });
+    return closing;
+  };
+  return makeTransport(core, write, close);
+}
+
+/** Connect to HOST:PORT; resolves once connected. */
+export function connectTcp(host: string, port: number): Promise<Transport> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect({ host, port });
+    const onError = (err: Error) => reject(err);
+    socket.once('error', onError);
+    socket.once('connect', () => {
+      socket.off('error', onError);
+      resolve(socketTransport(socket, `tcp ${formatAddress(host, port)}`));
+    });
+  });
+}
+
+export interface TcpListener {
+  /** The bound address; port is the real one when 0 was asked for. */
+  readonly address: TcpAddress;
+  readonly description: string;
+  /** Stop listening and close every connection this listener accepted. Idempotent. */
+  close(): Promise<void>;
+}
+
+/** Listen on HOST:PORT and hand each accepted connection to `onConnection` as a Transport. */
+export function listenTcp(host: string, port: number, onConnection: (transport: Transport) => void): Promise<TcpListener> {
+  return new Promise((resolve, reject) => {
+    const live = new Set<Transport>();
+    const server = net.createServer((socket) => {
+      const tr = socketTransport(socket);
+      live.add(tr);
+      tr.onClose(() => live.delete(tr));
+      onConnection(tr);
+    });
+    server.once('error', reject);
+    server.listen({ host, port }, () => {
+      server.off('error', reject);
+      const bound = server.address() as net.AddressInfo;
+      const address = { host: bound.address, port: bound.port };
+      let closing: Promise<void> | undefined;
+      resolve({
+        address,
+        description: `tcp listener ${formatAddress(address.host, address.port)}`,
+        close: () => {
+          closing ??= (async () => {
+            const stopped = new Promise<void>((r) => server.close(() => r()));
+            await Promise.all([...live].map((tr) => tr.close()));
+            await stopped;
+          })();
+          return closing;
+        },
+      });
+    });
+  });
+}
