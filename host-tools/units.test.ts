@@ -1,0 +1,26 @@
+// Unit parsing as DESIGN.md "Units" defines it.
+import t from 'tap';
+import { formatBits, parseBits, parseRate } from './units.js';
+
+t.test('amounts', async (t) => {
+  t.equal(parseBits('3Mbit'), 3_145_728);
+  t.equal(parseBits('8Mbit'), 8_388_608);
+  t.equal(parseBits('384KiB'), 3_145_728);
+  t.equal(parseBits('1MiB'), 8_388_608);
+  t.equal(parseBits('4096'), 4096);
+  t.equal(parseBits('1kbit'), 1024);
+  for (const bad of ['', 'lots', '3 parsecs', '-1', '0', '0.1bit']) t.throws(() => parseBits(bad), RangeError, bad);
+});
+
+t.test('rates', async (t) => {
+  t.equal(parseRate('11kbit/s'), 11_000);
+  t.equal(parseRate('11000'), 11_000);
+  t.equal(parseRate('1Mbit/s'), 1_000_000);
+  t.throws(() => parseRate('fast'), RangeError);
+});
+
+t.test('formatting', async (t) => {
+  t.equal(formatBits(3_145_728), '3 Mbit');
+  t.equal(formatBits(1024), '1 kbit');
+  t.equal(formatBits(12), '12 bit');
+});

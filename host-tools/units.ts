@@ -1,0 +1,59 @@
+// Key amounts and rates as the CLI accepts them (DESIGN.md "Units"): bits are the unit; Mbit and
+// kbit of key material are binary (2^20, 2^10 bits), rates are decimal (11kbit/s = 11,000 bit/s).
+
+const AMOUNT: Record<string, number> = {
+  '': 1,
+  bit: 1,
+  bits: 1,
+  kbit: 2 ** 10,
+  mbit: 2 ** 20,
+  gbit: 2 ** 30,
+  b: 8,
+  byte: 8,
+  bytes: 8,
+  kib: 8 * 2 ** 10,
+  mib: 8 * 2 ** 20,
+  gib: 8 * 2 ** 30,
+};
+
+const RATE: Record<string, number> = {
+  'bit/s': 1,
+  'bps': 1,
+  'kbit/s': 1e3,
+  'kbps': 1e3,
+  'mbit/s': 1e6,
+  'mbps': 1e6,
+};
+
+/** Parse a key amount such as `3Mbit`, `384KiB`, `4096` (bits) into bits. */
+export function parseBits(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
+  const unit = m ? AMOUNT[m[2]!.toLowerCase()] : undefined;
+  if (!m || unit === undefined) {
+    throw new RangeError(`not a key amount: ${JSON.stringify(text)} (try 3Mbit, 384KiB or a number of bits)`);
+  }
+  const bits = Number(m[1]) * unit;
+  if (!Number.isSafeInteger(bits) || bits <= 0) throw new RangeError(`key amount must be a positive whole number of bits: ${text}`);
+  return bits;
+}
+
+/** Parse a rate such as `11kbit/s` or `11000` (bit/s) into bits per second. */
+export function parseRate(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z/]*)\s*$/.exec(text);
+  const unit = m ? (m[2] === '' ? 1 : RATE[m[2]!.toLowerCase()]) : undefined;
+  if (!m || unit === undefined) throw new RangeError(`not a rate: ${JSON.stringify(text)} (try 11kbit/s)`);
+  const r = Number(m[1]) * unit;
+  if (!(r > 0)) throw new RangeError(`rate must be positive: ${text}`);
+  return r;
+}
+
+/** Human form of a bit count: 3,145,728 bits -> "3 Mbit". */
+export function formatBits(bits: number): string {
+  if (bits >= 2 ** 20 && bits % 2 ** 14 === 0) return `${trim(bits / 2 ** 20)} Mbit`;
+  if (bits >= 2 ** 10 && bits % 2 ** 4 === 0) return `${trim(bits / 2 ** 10)} kbit`;
+  return `${bits} bit`;
+}
+
+function trim(n: number): string {
+  return Number.isInteger(n) ? String(n) : n.toFixed(2).replace(/\.?0+$/, '');
+}
