@@ -33,3 +33,19 @@ export class BatchAuthError extends BatchError {}
 
 /** Authentic, but not acceptable here: addressed to another terminal, or not newer (rollback). */
 export class BatchRejectedError extends BatchError {}
+
+/** A receipt, admin token or service-data header is not well formed (untrusted bytes). */
+export class CryptoFormatError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'CryptoFormatError';
+  }
+}
+
+/** A service-data message (OTP or AEAD session) did not authenticate. Nothing was decrypted. */
+export class ServiceAuthError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ServiceAuthError';
+  }
+}

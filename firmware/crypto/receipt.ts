@@ -1,0 +1,109 @@
+// Delivery receipts (docs/batch.md, "Receipt"): the module's proof to the KMD that it committed a
+// batch. HMAC-SHA256 (RFC 2104, FIPS 198-1) under the receipt key, over a fixed binary encoding.
+import { hmac } from '@noble/hashes/hmac.js';
+import { sha256 } from '@noble/hashes/sha2.js';
+import { deriveReceiptKey, BATCH_ID_BYTES } from './kdf.js';
+import { CryptoFormatError } from './errors.js';
+import { DEVICE_KEY_BYTES, TERMINAL_ID_RE, abytes, aint, aterminalId, ascii, concat, ctEqual, fromAscii, u32be, u8, wipe } from './_util.js';
+
+export const RECEIPT_MAGIC = 'QKTR';
+export const RECEIPT_VERSION = 1;
+export const RECEIPT_MAC_BYTES = 32;
+const FIXED = 62; // magic 4, version 1, batchId 16, seq 4, bits 4, headerDigest 32, id length 1
+
+export interface ReceiptFields {
+  terminalId: string;
+  batchId: Uint8Array;
+  seq: number;
+  bits: number;
+  /** SHA-256 of the batch's encoded header: the receipt names exactly the batch that was opened. */
+  headerDigest: Uint8Array;
+}
+
+export interface Receipt extends ReceiptFields {
+  mac: Uint8Array;
+}
+
+/** The MAC input: the fields in a fixed order and width (layout in docs/batch.md). */
+export function encodeReceiptFields(f: ReceiptFields): Uint8Array {
+  if (f === null || typeof f !== 'object') throw new TypeError('receipt fields must be an object');
+  aterminalId(f.terminalId, 'terminalId');
+  abytes(f.batchId, 'batchId', BATCH_ID_BYTES);
+  aint(f.seq, 'seq', 0, 0xffffffff);
+  aint(f.bits, 'bits', 8, 2 ** 23);
+  abytes(f.headerDigest, 'headerDigest', 32);
+  const tid = ascii(f.terminalId);
+  return concat(
+    ascii(RECEIPT_MAGIC),
+    u8(RECEIPT_VERSION),
+    f.batchId,
+    u32be(f.seq),
+    u32be(f.bits),
+    f.headerDigest,
+    u8(tid.length),
+    tid,
+  );
+}
+
+function receiptMac(deviceKey: Uint8Array, body: Uint8Array): Uint8Array {
+  const key = deriveReceiptKey(deviceKey);
+  try {
+    return hmac(sha256, key, body);
+  } finally {
+    wipe(key);
+  }
+}
+
+export function makeReceipt(deviceKey: Uint8Array, fields: ReceiptFields): Receipt {
+  abytes(deviceKey, 'deviceKey', DEVICE_KEY_BYTES);
+  const body = encodeReceiptFields(fields);
+  return {
+    terminalId: fields.terminalId,
+    batchId: fields.batchId.slice(),
+    seq: fields.seq,
+    bits: fields.bits,
+    headerDigest: fields.headerDigest.slice(),
+    mac: receiptMac(deviceKey, body),
+  };
+}
+
+/** True only for an intact receipt from the holder of deviceKey. Malformed fields give false. */
+export function verifyReceipt(deviceKey: Uint8Array, receipt: Receipt): boolean {
+  abytes(deviceKey, 'deviceKey', DEVICE_KEY_BYTES);
+  let body: Uint8Array;
+  try {
+    body = encodeReceiptFields(receipt);
+    abytes(receipt.mac, 'mac', RECEIPT_MAC_BYTES);
+  } catch {
+    return false;
+  }
+  // Constant-time compare: a timing leak would let a forger learn the MAC byte by byte.
+  return ctEqual(receiptMac(deviceKey, body), receipt.mac);
+}
+
+/** Receipt as the carrier stores it: encoded fields then the 32-byte MAC. */
+export function encodeReceipt(receipt: Receipt): Uint8Array {
+  abytes(receipt.mac, 'receipt.mac', RECEIPT_MAC_BYTES);
+  return concat(encodeReceiptFields(receipt), receipt.mac);
+}
+
+/** Parse a stored receipt. Not verified: call verifyReceipt with the terminal's device key. */
+export function decodeReceipt(bytes: Uint8Array): Receipt {
+  abytes(bytes, 'bytes');
+  if (bytes.length < FIXED + 1 + RECEIPT_MAC_BYTES) throw new CryptoFormatError('receipt truncated');
+  if (fromAscii(bytes.subarray(0, 4)) !== RECEIPT_MAGIC) throw new CryptoFormatError('not a qkt receipt');
+  if (bytes[4] !== RECEIPT_VERSION) throw new CryptoFormatError(`receipt version ${bytes[4]} not supported`);
+  const n = bytes[FIXED - 1]!;
+  if (bytes.length !== FIXED + n + RECEIPT_MAC_BYTES) throw new CryptoFormatError('receipt length does not match its id length');
+  const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const terminalId = fromAscii(bytes.subarray(FIXED, FIXED + n));
+  if (!TERMINAL_ID_RE.test(terminalId)) throw new CryptoFormatError('receipt terminal id malformed');
+  return {
+    terminalId,
+    batchId: bytes.slice(5, 21),
+    seq: v.getUint32(21, false),
+    bits: v.getUint32(25, false),
+    headerDigest: bytes.slice(29, 61),
+    mac: bytes.slice(FIXED + n),
+  };
+}
