@@ -17,15 +17,19 @@ export const DEFAULT_LIMITS: DeviceLinkLimits = { maxBody: 8192 + 64, window: 4 
 export const CHUNK_OVERHEAD = HEADER_SIZE + CRC_SIZE + 40;
 
 export interface TerminalOptions {
-  transport: Transport;
+  /** A cable to attach at once (more can be attached later, one link each). */
+  transport?: Transport;
   limits?: Partial<DeviceLinkLimits>;
   /** Extra status fields (pool, identity) from the services above the link. */
   status?: () => Payload;
 }
 
 export interface Terminal {
+  /** The most recently attached link. */
   readonly link: DeviceLink;
   readonly dispatcher: Dispatcher;
+  /** Serve the module on another cable (e.g. each TCP connection); the module state is shared. */
+  attach(transport: Transport): DeviceLink;
   status(): Payload;
 }
 
@@ -33,14 +37,16 @@ export function createTerminal(o: TerminalOptions): Terminal {
   const limits = { ...DEFAULT_LIMITS, ...o.limits };
   const maxChunk = limits.maxBody - CHUNK_OVERHEAD;
   const dispatcher = new Dispatcher();
-  const link = new DeviceLink(o.transport, dispatcher, limits);
+  let link: DeviceLink | undefined;
+  const attach = (transport: Transport): DeviceLink => (link = new DeviceLink(transport, dispatcher, limits));
+  if (o.transport) attach(o.transport);
   const status = (): Payload => ({
     terminalId: null,
     enrolled: false,
     firmware: FIRMWARE,
     pool: { storedKeyBits: 0, maxKeyBits: 0, consumedKeyBits: 0, batches: [] },
     ...o.status?.(),
-    link: { ...link.stats },
+    link: link ? { ...link.stats } : {},
   });
   dispatcher.register(
     systemGroup({
@@ -49,5 +55,13 @@ export function createTerminal(o: TerminalOptions): Terminal {
     }),
   );
   dispatcher.register(diagGroup({ maxChunk }));
-  return { link, dispatcher, status };
+  return {
+    get link(): DeviceLink {
+      if (!link) throw new Error('no transport attached');
+      return link;
+    },
+    dispatcher,
+    attach,
+    status,
+  };
 }

@@ -1,0 +1,57 @@
+// The qkt CLI run as a user runs it: help, version, usage errors, exit codes, --json documents.
+import t from 'tap';
+import { runQkt } from '../../hil/cli.js';
+
+t.test('--help lists the commands; --version prints the package version', async (t) => {
+  const h = await runQkt(['--help']);
+  t.equal(h.code, 0);
+  for (const c of ['demo', 'status', 'terminal run', 'bench']) t.match(h.stdout, c);
+  const v = await runQkt(['--version']);
+  t.equal(v.code, 0);
+  t.match(v.stdout, /^qkt \d+\.\d+\.\d+\n$/);
+  const vj = await runQkt(['--version', '--json']);
+  t.match(JSON.parse(vj.stdout), { version: String });
+  const sub = await runQkt(['status', '--help']);
+  t.equal(sub.code, 0);
+  t.match(sub.stdout, /Usage: qkt status --port/);
+});
+
+t.test('usage errors: exit 2, one line on stderr', async (t) => {
+  const u = await runQkt(['frobnicate']);
+  t.equal(u.code, 2);
+  t.match(u.stderr, /^qkt: unknown command "frobnicate"/);
+  t.equal(u.stderr.trim().split('\n').length, 1);
+  const m = await runQkt(['status']);
+  t.equal(m.code, 2);
+  t.match(m.stderr, /--port is required/);
+  const o = await runQkt(['status', '--port', 'x', '--bogus']);
+  t.equal(o.code, 2);
+  t.match(o.stderr, /bogus/);
+  const b = await runQkt(['status', '--port', 'x', '--baud', 'fast']);
+  t.equal(b.code, 2);
+  t.match(b.stderr, /--baud must be a whole number/);
+});
+
+t.test('no device: exit 3 with the port named; --json gets one error document', async (t) => {
+  const r = await runQkt(['status', '--port', '/dev/qkt-no-such-port', '--json']);
+  t.equal(r.code, 3);
+  t.match(r.stderr, /^qkt: cannot open \/dev\/qkt-no-such-port/);
+  const doc = JSON.parse(r.stdout) as { error: { message: string; exitCode: number } };
+  t.equal(doc.error.exitCode, 3);
+  const tcp = await runQkt(['status', '--port', 'tcp:127.0.0.1:1']);
+  t.equal(tcp.code, 3);
+  t.match(tcp.stderr, /cannot connect to tcp:127.0.0.1:1/);
+});
+
+t.test('demo --json: one JSON document, transfer verified', async (t) => {
+  const r = await runQkt(['demo', '--json']);
+  t.equal(r.code, 0, r.stderr);
+  const doc = JSON.parse(r.stdout) as { bulk: { checksumOk: boolean; bytes: number }; steps: unknown[] };
+  t.equal(doc.bulk.checksumOk, true);
+  t.equal(doc.bulk.bytes, 1024 * 1024);
+  t.equal(r.stderr, '', 'nothing on stderr under --json');
+  const human = await runQkt(['demo']);
+  t.equal(human.code, 0);
+  t.match(human.stdout, /negotiate\s+protocol v1/);
+  t.match(human.stdout, /checksum matches/);
+});

@@ -1,0 +1,89 @@
+// The CLI's command shape (oclif-style, declarative): summary, usage, examples, options, and a
+// run() that calls the library and returns a typed result. `--json` prints that result and
+// nothing else; otherwise render() turns it into lines for a person.
+import type { ParseArgsConfig } from 'node:util';
+
+export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
+export type Values = Record<string, string | boolean | string[] | boolean[] | undefined>;
+
+/** Exit codes of `qkt` (docs/cli.md): stable, scripts depend on them. */
+export const Exit = {
+  OK: 0,
+  /** Something failed that has no more specific code. */
+  FAILURE: 1,
+  /** The command line is wrong (unknown command or option, bad value). */
+  USAGE: 2,
+  /** No terminal (or KMD) answered on the port, or the port cannot be opened. */
+  NO_DEVICE: 3,
+  /** The device answered with a refusal; the reason is the module's. */
+  REFUSED: 4,
+  /** The carrier is not usable here: wrong carrier, nothing for this terminal, already delivered. */
+  CARRIER: 5,
+  /** State on disk (home, flash image, carrier) is missing or corrupt. */
+  STATE: 6,
+} as const;
+
+/** An error the CLI reports as one line on stderr with a specific exit code. */
+export class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: number = Exit.FAILURE,
+  ) {
+    super(message);
+    this.name = 'CliError';
+  }
+}
+
+export interface Io {
+  /** True when --json was given: human output and progress are silent. */
+  json: boolean;
+  /** Progress and notices for a person (stderr); a no-op under --json. */
+  note(line: string): void;
+  /** Live progress line (stderr, only on a TTY and not under --json). */
+  progress: ProgressSink;
+  /** Resolves when the user asks the command to stop (SIGINT/SIGTERM). */
+  stopped: Promise<void>;
+  /** For long-running commands: print their "ready" document/line now, then keep running. */
+  ready(result: unknown, human: string): void;
+}
+
+export interface ProgressSink {
+  update(done: number, total: number, label: string): void;
+  done(): void;
+}
+
+export interface Command<R = unknown> {
+  /** Words that name the command, e.g. ['terminal', 'run']. */
+  path: readonly string[];
+  summary: string;
+  usage: string;
+  examples: readonly string[];
+  options: OptionSpec;
+  /** Options that must be present. */
+  required?: readonly string[];
+  run(values: Values, positionals: string[], io: Io): Promise<R>;
+  /** Human rendering of the result; default is none (long-running commands print as they go). */
+  render?(result: R): string;
+}
+
+export function defineCommand<R>(c: Command<R>): Command<R> {
+  return c;
+}
+
+export function str(v: Values, name: string): string | undefined {
+  const x = v[name];
+  return typeof x === 'string' ? x : undefined;
+}
+
+export function strs(v: Values, name: string): string[] {
+  const x = v[name];
+  return Array.isArray(x) ? x.filter((s): s is string => typeof s === 'string') : typeof x === 'string' ? [x] : [];
+}
+
+export function int(v: Values, name: string, min = 0, max = Number.MAX_SAFE_INTEGER): number | undefined {
+  const x = str(v, name);
+  if (x === undefined) return undefined;
+  const n = Number(x);
+  if (!Number.isInteger(n) || n < min || n > max) throw new CliError(`--${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(x)}`, Exit.USAGE);
+  return n;
+}

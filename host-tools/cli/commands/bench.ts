@@ -1,0 +1,44 @@
+// `qkt bench [NAME]`: benchmarks, printed as a markdown table or one JSON document, and with
+// --out DIR written as DIR/NAME.json and DIR/NAME.md (the committed tables live in docs/bench/).
+import { mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { defineCommand, int, str, CliError, Exit } from '../command.js';
+import { benchmarks } from '../../bench/registry.js';
+
+export interface BenchResult {
+  results: Array<{ name: string; result: unknown }>;
+  markdown: string;
+}
+
+export default defineCommand<BenchResult>({
+  path: ['bench'],
+  summary: 'benchmarks (link, flash, inject): a markdown table, or JSON with --json',
+  usage: 'qkt bench [link|flash|inject] [--quick] [--bytes N] [--out DIR] [--json]',
+  examples: ['qkt bench link', 'qkt bench link --json', 'qkt bench --out docs/bench', 'qkt bench flash --quick'],
+  options: { quick: { type: 'boolean', default: false }, bytes: { type: 'string' }, out: { type: 'string' } },
+  async run(v, positionals, io) {
+    const names = positionals.length ? positionals : Object.keys(benchmarks);
+    for (const n of names) {
+      if (!benchmarks[n]) throw new CliError(`no benchmark "${n}"; there are: ${Object.keys(benchmarks).join(', ')}`, Exit.USAGE);
+    }
+    const bytes = int(v, 'bytes', 1);
+    const out = str(v, 'out');
+    const results: BenchResult['results'] = [];
+    const tables: string[] = [];
+    for (const n of names) {
+      const b = benchmarks[n]!;
+      const result = await b.run({ quick: v['quick'] === true, ...(bytes ? { bytes } : {}), log: io.note });
+      const md = b.format(result);
+      results.push({ name: n, result });
+      tables.push(md);
+      if (out) {
+        mkdirSync(out, { recursive: true });
+        writeFileSync(join(out, `${n}.json`), JSON.stringify(result, null, 2) + '\n');
+        writeFileSync(join(out, `${n}.md`), md + '\n');
+        io.note(`wrote ${join(out, `${n}.json`)} and ${n}.md`);
+      }
+    }
+    return { results, markdown: tables.join('\n\n') };
+  },
+  render: (r) => r.markdown,
+});

@@ -1,0 +1,48 @@
+// `qkt status --port PATH`: identity, firmware and key pool of the terminal on a port.
+import { defineCommand, int, str } from '../command.js';
+import { connectDevice } from '../../link/session.js';
+import { Group, SystemCmd } from '../../../firmware/link/groups.js';
+import { formatBits } from '../../units.js';
+import { resolvePort } from '../port-select.js';
+
+export interface StatusResult {
+  port: string;
+  terminalId: string | null;
+  enrolled: boolean;
+  firmware: string;
+  state?: string;
+  pool: { storedKeyBits: number; maxKeyBits: number; consumedKeyBits: number; batches: unknown[] };
+  link: { maxFrame: number; window: number; protocolVersions: number[] };
+  [k: string]: unknown;
+}
+
+export default defineCommand<StatusResult>({
+  path: ['status'],
+  summary: 'identity, firmware and key pool of the terminal on a port',
+  usage: 'qkt status --port PATH|auto|tcp:HOST:PORT [--baud N] [--json]',
+  examples: ['qkt status --port /dev/ttyUSB0', 'qkt status --port auto --json', 'qkt status --port tcp:127.0.0.1:7000'],
+  options: { port: { type: 'string' }, baud: { type: 'string' }, vidpid: { type: 'string' } },
+  required: ['port'],
+  async run(v) {
+    const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
+    const baud = int(v, 'baud', 300, 12_000_000);
+    const s = await connectDevice(port, baud ? { baud } : {});
+    try {
+      const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
+      const { link: _deviceLinkStats, ...rest } = st;
+      const link = { maxFrame: s.params.maxFrame, window: s.params.window, protocolVersions: s.params.versions };
+      return { ...rest, port, link } as StatusResult;
+    } finally {
+      await s.close();
+    }
+  },
+  render(r) {
+    const p = r.pool;
+    return [
+      `terminal   ${r.terminalId ?? '(not enrolled)'}`,
+      `firmware   ${r.firmware}${r.state && r.state !== 'ready' ? `  [${r.state}]` : ''}`,
+      `key pool   ${formatBits(p.storedKeyBits)} stored of ${formatBits(p.maxKeyBits)} max, ${formatBits(p.consumedKeyBits)} consumed, ${p.batches.length} batch(es)`,
+      `link       ${r.port}, frames up to ${r.link.maxFrame} B, window ${r.link.window}`,
+    ].join('\n');
+  },
+});

@@ -1,0 +1,28 @@
+// Resolves the --port a field engineer typed: a path or tcp:/usb: address as is, or `auto` for
+// the single attached serial device (optionally filtered by VID:PID).
+import { CliError, Exit } from './command.js';
+import { listPorts } from '../ports/list.js';
+
+export async function resolvePort(port: string, vidpid?: string): Promise<string> {
+  if (port !== 'auto') return port;
+  let vid: string | undefined;
+  let pid: string | undefined;
+  if (vidpid !== undefined) {
+    const m = /^([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$/.exec(vidpid);
+    if (!m) throw new CliError(`--vidpid must look like 0483:5740, got ${JSON.stringify(vidpid)}`, Exit.USAGE);
+    vid = m[1]!.toLowerCase();
+    pid = m[2]!.toLowerCase();
+  }
+  const { serial } = await listPorts();
+  if (!serial.available && serial.ports.length === 0) {
+    throw new CliError(`--port auto: cannot list serial ports here (${serial.reason ?? 'unknown reason'}); give --port PATH`, Exit.NO_DEVICE);
+  }
+  const matches = serial.ports.filter(
+    (p) => (vid === undefined || p.vendorId?.toLowerCase() === vid) && (pid === undefined || p.productId?.toLowerCase() === pid),
+  );
+  if (matches.length === 0) throw new CliError(`--port auto: no serial device attached${vidpid ? ` with VID:PID ${vidpid}` : ''}`, Exit.NO_DEVICE);
+  if (matches.length > 1) {
+    throw new CliError(`--port auto: ${matches.length} serial devices attached (${matches.map((p) => p.path).join(', ')}); give --port PATH or --vidpid`, Exit.NO_DEVICE);
+  }
+  return matches[0]!.path;
+}

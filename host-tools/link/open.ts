@@ -1,0 +1,51 @@
+// Opens the cable a host tool was pointed at: a serial path (tty, pty, USB CDC-ACM),
+// `tcp:HOST:PORT`, or `usb:VID:PID` (raw bulk through WebUSB), optionally paced to a baud rate.
+import { realpathSync } from 'node:fs';
+import type { Transport } from '../../firmware/link/transport.js';
+import { openSerial } from '../transports/serial.js';
+import { connectTcp, isTcpAddress, parseTcpAddress } from '../transports/tcp.js';
+import { findWebUsbDevices, openWebUsb } from '../transports/webusb.js';
+import { paced } from '../transports/pacing.js';
+import { CliError, Exit } from '../cli/command.js';
+
+export interface OpenOptions {
+  /** Line rate: set on a real UART; on a pty or TCP the link is paced to it. */
+  baud?: number;
+}
+
+/** True for a pseudo-terminal, where a baud rate means nothing unless we pace. */
+export function isPty(path: string): boolean {
+  try {
+    return realpathSync(path).startsWith('/dev/pts/');
+  } catch {
+    return false;
+  }
+}
+
+export function parseUsbSpec(spec: string): { vendorId: number; productId: number } | undefined {
+  const m = /^usb:([0-9a-fA-F]{4}):([0-9a-fA-F]{4})$/.exec(spec);
+  return m ? { vendorId: parseInt(m[1]!, 16), productId: parseInt(m[2]!, 16) } : undefined;
+}
+
+export async function openLink(spec: string, o: OpenOptions = {}): Promise<Transport> {
+  const usb = parseUsbSpec(spec);
+  if (usb) {
+    const devices = await findWebUsbDevices([usb]).catch((e: Error) => {
+      throw new CliError(`USB is not available here: ${e.message}`, Exit.NO_DEVICE);
+    });
+    if (devices.length === 0) throw new CliError(`no USB device ${spec.slice(4)} attached`, Exit.NO_DEVICE);
+    if (devices.length > 1) throw new CliError(`${devices.length} USB devices match ${spec.slice(4)}; unplug all but one`, Exit.NO_DEVICE);
+    return openWebUsb(devices[0]!);
+  }
+  if (isTcpAddress(spec)) {
+    const { host, port } = parseTcpAddress(spec);
+    const t = await connectTcp(host, port).catch((e: Error) => {
+      throw new CliError(`cannot connect to ${spec}: ${e.message}`, Exit.NO_DEVICE);
+    });
+    return o.baud ? paced(t, { baud: o.baud }) : t;
+  }
+  const t = await openSerial(spec, o.baud ? { baudRate: o.baud } : {}).catch((e: Error) => {
+    throw new CliError(`cannot open ${spec}: ${e.message}`, Exit.NO_DEVICE);
+  });
+  return o.baud && isPty(spec) ? paced(t, { baud: o.baud }) : t;
+}

@@ -1,0 +1,33 @@
+// A host's conversation with one device: open the cable, negotiate, and close it again, with
+// errors phrased for the person at the laptop ("no terminal answered on /dev/ttyUSB0").
+import { LinkClient } from './client.js';
+import type { DeviceParams } from './client.js';
+import { openLink } from './open.js';
+import type { OpenOptions } from './open.js';
+import { CliError, Exit } from '../cli/command.js';
+import type { Transport } from '../../firmware/link/transport.js';
+
+export interface DeviceSession {
+  client: LinkClient;
+  params: DeviceParams;
+  close(): Promise<void>;
+}
+
+export async function connectDevice(spec: string, o: OpenOptions & { timeoutMs?: number } = {}): Promise<DeviceSession> {
+  const transport = await openLink(spec, o);
+  return startSession(transport, spec, o);
+}
+
+export async function startSession(transport: Transport, name: string, o: OpenOptions & { timeoutMs?: number } = {}): Promise<DeviceSession> {
+  const client = new LinkClient(transport, { baud: o.baud ?? 115_200, baseTimeoutMs: o.timeoutMs ?? 1500 });
+  try {
+    const params = await client.negotiate();
+    return { client, params, close: () => client.close() };
+  } catch (e) {
+    await client.close().catch(() => undefined);
+    if (e instanceof Error && (e.name === 'LinkTimeoutError' || e.name === 'LinkClosedError')) {
+      throw new CliError(`no terminal answered on ${name} (${e.message})`, Exit.NO_DEVICE);
+    }
+    throw e;
+  }
+}
