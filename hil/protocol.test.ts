@@ -6,6 +6,8 @@ import { createInProcessPair } from '../host-tools/transports/inproc.js';
 import { connectTcp, listenTcp } from '../host-tools/transports/tcp.js';
 import { openSerial } from '../host-tools/transports/serial.js';
 import { nullModem } from '../host-tools/transports/mock-serial.js';
+import { FakeWebUsbDevice } from '../host-tools/transports/fake-webusb.js';
+import { openWebUsb } from '../host-tools/transports/webusb.js';
 import { createPtyPair, socatSkipReason } from './pty.js';
 import type { Transport } from '../firmware/link/transport.js';
 
@@ -41,5 +43,13 @@ t.test('mock serial binding (null-modem cable)', async (t) => {
     const device = await openSerial(cable.pathB, { binding: cable.binding });
     const host = await openSerial(cable.pathA, { binding: cable.binding });
     return { host, device };
+  });
+});
+
+t.test('raw USB bulk through WebUSB (fake device)', async (t) => {
+  protocolSuite(t, async () => {
+    const dev = new FakeWebUsbDevice();
+    const host = await openWebUsb(dev);
+    return { host, device: dev.peer };
   });
 });
