@@ -5,6 +5,7 @@ import { sha256 } from '@noble/hashes/sha2.js';
 import { deriveReceiptKey, BATCH_ID_BYTES } from './kdf.js';
 import { CryptoFormatError } from './errors.js';
 import { DEVICE_KEY_BYTES, TERMINAL_ID_RE, abytes, aint, aterminalId, ascii, concat, ctEqual, fromAscii, u32be, u8, wipe } from './_util.js';
+export { CryptoFormatError } from './errors.js';
 
 export const RECEIPT_MAGIC = 'QKTR';
 export const RECEIPT_VERSION = 1;

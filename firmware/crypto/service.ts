@@ -9,6 +9,7 @@ import { abytes, aint, aoneOf, concat, ctEqual, u32be, u64be, u8, wipe } from '.
 
 // ---------------------------------------------------------------------------------------------
 // OTP with a one-time authenticator
+export { CryptoFormatError, ServiceAuthError } from './errors.js';
 
 export const OTP_MAC_KEY_BYTES = 32;
 export const OTP_TAG_BYTES = 16;

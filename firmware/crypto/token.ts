@@ -6,6 +6,7 @@ import { sha256 } from '@noble/hashes/sha2.js';
 import { deriveAdminKey } from './kdf.js';
 import { CryptoFormatError } from './errors.js';
 import { DEVICE_KEY_BYTES, TERMINAL_ID_RE, abytes, aint, aoneOf, aterminalId, ascii, concat, ctEqual, fromAscii, u32be, u8, wipe } from './_util.js';
+export { CryptoFormatError } from './errors.js';
 
 export const TOKEN_MAGIC = 'QKTA';
 export const TOKEN_VERSION = 1;
