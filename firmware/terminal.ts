@@ -10,7 +10,11 @@ import { diagGroup } from './commands/diag.js';
 import { FIRMWARE } from './version.js';
 import type { Payload } from './link/codec.js';
 
-/** RAM budget of the link, stated like an MCU's: one receive buffer plus `window` queued frames. */
+/**
+ * Link limits. RAM budget, stated like an MCU's: one receive buffer (COBS of maxBody), `window`
+ * queued requests including the one executing, and a response cache of 2*window+2 frames: about
+ * 8.3 KiB + 4 x 8.3 KiB + 10 x 8.3 KiB = 125 KiB worst case; typical responses are tiny.
+ */
 export const DEFAULT_LIMITS: DeviceLinkLimits = { maxBody: 8192 + 64, window: 4 };
 
 /** Bytes of framing around a bulk chunk's data: header, CRC and the CBOR map {t, o, d}. */

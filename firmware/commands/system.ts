@@ -3,6 +3,8 @@
 import { Group, SystemCmd } from '../link/groups.js';
 import { SUPPORTED_VERSIONS } from '../link/frame.js';
 import type { CommandGroup } from '../link/dispatch.js';
+import { LinkError, Rc } from '../link/errors.js';
+import { optionalUint } from '../link/fields.js';
 import type { Payload } from '../link/codec.js';
 
 export interface SystemInfo {
@@ -13,13 +15,21 @@ export interface SystemInfo {
 
 export function systemGroup(info: SystemInfo): CommandGroup {
   const commands: Record<number, CommandGroup['commands'][number]> = {
-    [SystemCmd.PARAMS]: () => ({ versions: [...SUPPORTED_VERSIONS], ...info.params() }),
+    [SystemCmd.PARAMS]: (p) => {
+      // The host lists the versions it speaks; with none in common there is no session.
+      if (p['versions'] !== undefined) {
+        const host = Array.isArray(p['versions']) ? p['versions'] : [];
+        if (!host.some((v) => SUPPORTED_VERSIONS.includes(v as number))) {
+          throw new LinkError(Rc.BAD_VERSION, `device speaks ${SUPPORTED_VERSIONS.join(', ')}`);
+        }
+      }
+      return { versions: [...SUPPORTED_VERSIONS], ...info.params() };
+    },
     [SystemCmd.STATUS]: () => info.status(),
   };
   if (info.auditLog) {
     const log = info.auditLog;
-    commands[SystemCmd.AUDIT_LOG] = (p) =>
-      log(typeof p['from'] === 'number' ? p['from'] : 0, typeof p['max'] === 'number' ? Math.min(p['max'], 64) : 32);
+    commands[SystemCmd.AUDIT_LOG] = (p) => log(optionalUint(p, 'from') ?? 0, optionalUint(p, 'max', 64) ?? 32);
   }
   return { id: Group.SYSTEM, name: 'system', commands };
 }

@@ -48,6 +48,9 @@ export type DecodeResult =
 /** Decode a CRC-checked frame body into a message; a bad payload keeps the header for the reply. */
 export function decodeMessage(body: Uint8Array): DecodeResult {
   const header = readHeader(body);
+  if (!isKind(header.kind)) {
+    return { ok: false, header, error: new LinkError(Rc.BAD_REQUEST, `kind ${header.kind} is not defined`) };
+  }
   if (header.version !== PROTOCOL_VERSION) {
     return { ok: false, header, error: new LinkError(Rc.BAD_VERSION, `version ${header.version} not supported`) };
   }

@@ -2,11 +2,12 @@
 // time as firmware would, with a bounded receive window and a cache of recent responses so a
 // retried request (same sequence number) is answered again, never executed twice.
 import { Deframer } from './framer.js';
-import { cobsMaxEncodedLength } from './cobs.js';
 import type { FramerStats } from './framer.js';
-import { decodeMessage, encodeMessage, errorPayload } from './codec.js';
+import { decodeMessage, encodeMessage, encodePayload, errorPayload } from './codec.js';
 import type { Message, Payload } from './codec.js';
-import { Kind, MIN_BODY_SIZE } from './frame.js';
+import { CRC_SIZE, HEADER_SIZE, Kind, MIN_BODY_SIZE, PROTOCOL_VERSION, encodeFrame } from './frame.js';
+import type { KindValue } from './frame.js';
+import { Group, SystemCmd } from './groups.js';
 import { LinkError, Rc } from './errors.js';
 import type { Dispatcher } from './dispatch.js';
 import type { Transport } from './transport.js';
@@ -68,8 +69,12 @@ export class DeviceLink {
     for (const body of this.deframer.push(chunk)) {
       const decoded = decodeMessage(body);
       if (!decoded.ok) {
-        // The header survived the CRC, so the host can match the error to its request.
         const h = decoded.header;
+        if (h.kind !== Kind.REQUEST) {
+          this.counters.ignored++; // only a request gets an answer, even an error
+          continue;
+        }
+        // The header survived the CRC, so the host can match the error to its request.
         void this.send(
           encodeMessage({ kind: Kind.ERROR, group: h.group, command: h.command, seq: h.seq, payload: { ...errorPayload(h.group, decoded.error) } }),
         );
@@ -79,6 +84,11 @@ export class DeviceLink {
       if (m.kind !== Kind.REQUEST) {
         this.counters.ignored++; // a device only takes requests; anything else is line noise
         continue;
+      }
+      if (m.group === Group.SYSTEM && m.command === SystemCmd.PARAMS) {
+        // PARAMS opens a host session: a new host program may reuse sequence numbers that
+        // the previous one used on this cable, so answers cached for those must not be replayed.
+        this.cache.clear();
       }
       const cached = this.cache.get(m.seq);
       if (cached && cached.group === m.group && cached.command === m.command) {
@@ -91,7 +101,7 @@ export class DeviceLink {
         this.counters.duplicates++; // still queued or running: its response is on its way
         continue;
       }
-      if (this.queue.length >= this.limits.window) {
+      if (this.queue.length + (this.running ? 1 : 0) >= this.limits.window) {
         this.counters.busy++;
         const e = new LinkError(Rc.BUSY, 'receive window full');
         void this.send(encodeMessage({ kind: Kind.ERROR, group: m.group, command: m.command, seq: m.seq, payload: { ...errorPayload(m.group, e) } }));
@@ -111,13 +121,14 @@ export class DeviceLink {
         this.counters.requests++;
         const ctx = { group: m.group, command: m.command, seq: m.seq };
         const out = await this.dispatcher.dispatch(m.payload, ctx);
-        let frame = out.ok
-          ? encodeMessage({ kind: Kind.RESPONSE, ...ctx, payload: out.payload })
-          : encodeMessage({ kind: Kind.ERROR, ...ctx, payload: { ...errorPayload(m.group, out.error) } });
-        if (frame.length > cobsMaxEncodedLength(this.limits.maxBody) + 1) {
+        let payload = encodePayload(out.ok ? out.payload : { ...errorPayload(m.group, out.error) });
+        let kind: KindValue = out.ok ? Kind.RESPONSE : Kind.ERROR;
+        if (HEADER_SIZE + payload.length + CRC_SIZE > this.limits.maxBody) {
           // A handler produced more than the link may carry: a firmware bug, reported as such.
-          frame = encodeMessage({ kind: Kind.ERROR, ...ctx, payload: { ...errorPayload(m.group, new LinkError(Rc.TOO_LARGE, 'response too large')) } });
+          payload = encodePayload({ ...errorPayload(m.group, new LinkError(Rc.TOO_LARGE, 'response too large')) });
+          kind = Kind.ERROR;
         }
+        const frame = encodeFrame({ version: PROTOCOL_VERSION, kind, ...ctx }, payload);
         this.remember(m.seq, { group: m.group, command: m.command, frame });
         this.pending.delete(m.seq);
         await this.send(frame);

@@ -54,7 +54,7 @@ function writeHeader(body: Uint8Array, h: FrameHeader): void {
 export function readHeader(body: Uint8Array): FrameHeader {
   return {
     version: body[0]!,
-    kind: (body[1]! & 0x03) as KindValue,
+    kind: body[1]! as KindValue, // checked by the codec: values above 3 are not frames of ours
     group: body[2]!,
     command: body[3]!,
     seq: (body[4]! << 8) | body[5]!,

@@ -82,6 +82,7 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
     if (out.error === undefined) {
       if (out.committed !== undefined && out.committed > committed) {
         committed = out.committed;
+        if (next < committed) next = committed; // an answer from before a go-back: skip ahead
         o.onProgress?.(committed, o.total);
       }
       continue;

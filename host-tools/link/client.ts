@@ -1,6 +1,7 @@
 // Host side of the link: request/response over any Transport, with per-request timeouts that
 // scale with payload size and line rate, bounded retries under the same sequence number (the
 // device answers a retry from its cache, never executing twice), and device-parameter negotiation.
+import { randomInt } from 'node:crypto';
 import { Deframer } from '../../firmware/link/framer.js';
 import { decodeMessage, encodeMessage, errorFromPayload } from '../../firmware/link/codec.js';
 import type { Message, Payload } from '../../firmware/link/codec.js';
@@ -62,7 +63,8 @@ export class LinkClient {
   private readonly deframer: Deframer;
   private readonly pending = new Map<number, Pending>();
   private readonly eventListeners: Array<(m: Message) => void> = [];
-  private seq = 0;
+  // Random start: a second host program on the same cable does not reuse the first one's numbers.
+  private seq = randomInt(0, 0x10000);
   private closed: Error | undefined;
   private readonly msPerByte: number;
   private readonly baseTimeoutMs: number;
