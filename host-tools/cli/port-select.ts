@@ -17,7 +17,10 @@ export async function resolvePort(port: string, vidpid?: string): Promise<string
   if (!serial.available && serial.ports.length === 0) {
     throw new CliError(`--port auto: cannot list serial ports here (${serial.reason ?? 'unknown reason'}); give --port PATH`, Exit.NO_DEVICE);
   }
-  const matches = serial.ports.filter(
+  // Only USB serial devices (a VID, or a ttyUSB/ttyACM name): a laptop's legacy ttyS ports are
+  // never a terminal module, and picking one would hang on silence.
+  const usbSerial = serial.ports.filter((p) => p.vendorId !== undefined || /\/tty(USB|ACM)\d+$/.test(p.path));
+  const matches = usbSerial.filter(
     (p) => (vid === undefined || p.vendorId?.toLowerCase() === vid) && (pid === undefined || p.productId?.toLowerCase() === pid),
   );
   if (matches.length === 0) throw new CliError(`--port auto: no serial device attached${vidpid ? ` with VID:PID ${vidpid}` : ''}`, Exit.NO_DEVICE);
