@@ -42,14 +42,19 @@ export function tearProgram(old: Uint8Array, target: Uint8Array, rand: () => num
 
 /**
  * Torn erase: some bytes of the sector reached 0xFF, others kept their old value, one may be
- * half way (some of its bits set). Half the time a contiguous prefix, otherwise scattered.
+ * half way (some of its bits set). A third of the time a contiguous prefix, a third whole
+ * 16-byte regions at random (any header or record can survive intact next to erased ones),
+ * otherwise scattered bytes.
  */
 export function tearErase(old: Uint8Array, rand: () => number): Uint8Array {
   const out = Uint8Array.from(old);
-  if (rand() < 0.5) {
+  const style = rand();
+  if (style < 1 / 3) {
     const cut = Math.floor(rand() * (old.length + 1));
     out.fill(0xff, 0, cut);
     if (cut < old.length) out[cut] = old[cut]! | randomByte(rand);
+  } else if (style < 2 / 3) {
+    for (let i = 0; i < old.length; i += 16) if (rand() < 0.5) out.fill(0xff, i, i + 16);
   } else {
     const p = rand();
     for (let i = 0; i < old.length; i++) if (rand() < p) out[i] = 0xff;

@@ -337,16 +337,24 @@ export class KeyPool {
     return unowned;
   }
 
-  /** Complete interrupted work. Idempotent, so a cut during recovery is recovered the same way. */
+  /**
+   * Complete interrupted work; writes nothing on a cleanly shut down image. Idempotent, so a
+   * cut during recovery is recovered the same way. Recycling consumed sectors is left to
+   * maintain() and allocation: it is not needed for safety.
+   */
   private recover(unowned: number[]): void {
     let wrote = false;
+    // A committed batch missing a sector (damaged header) had everything up to it burned in
+    // RAM by load(); make that durable so a sector that reads fine again later can't un-burn it.
     for (const b of this.sortedCommitted()) {
-      const k = this.releasableIndex(b);
-      if (k > b.firstLive) {
-        this.release(b, k, unowned);
+      let missing = -1;
+      for (let i = b.firstLive; i < b.nSectors; i++) if (b.sectors[i]! < 0) missing = i;
+      if (missing >= 0) {
+        this.release(b, missing + 1, unowned);
         wrote = true;
       }
     }
+    // Dead sectors (aborted, dropped, zeroized, released, torn allocations) still holding data.
     for (const d of unowned) {
       if (this.owner[d] || this.bad[d]) continue;
       const abs = this.dataStart + d;
@@ -355,16 +363,16 @@ export class KeyPool {
         wrote = true;
       }
     }
-    // Consumed bytes of each frontier sector must read 0x00 (a cut may have torn the zeroize).
+    // Every consumed byte still on flash must read 0x00: a cut may have torn the zeroize that
+    // follows the marks (only the last key's, but its length is not recorded, so check all).
     for (const b of this.sortedCommitted()) {
-      const i = Math.floor(b.frontier / this.P);
-      const off = b.frontier % this.P;
-      if (off === 0 || i >= b.nSectors) continue;
-      const addr = this.payloadAddr(b.sectors[i]!, 0);
-      const cur = this.flash.read(addr, off);
-      if (!cur.every((x) => x === 0)) {
-        programSpan(this.flash, addr, new Uint8Array(off));
-        wrote = true;
+      for (let i = b.firstLive; i * this.P < b.frontier; i++) {
+        const len = Math.min(this.P, b.frontier - i * this.P);
+        const addr = this.payloadAddr(b.sectors[i]!, 0);
+        if (!this.flash.read(addr, len).every((x) => x === 0)) {
+          programSpan(this.flash, addr, new Uint8Array(len));
+          wrote = true;
+        }
       }
     }
     if (wrote) this.flash.sync();
