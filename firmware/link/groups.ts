@@ -28,3 +28,37 @@ export const DiagCmd = {
   SINK_CHUNK: 2,
   SINK_STATUS: 3,
 } as const;
+
+export const InjectCmd = {
+  /** Open (or resume) a sealed batch transfer: header + header tag. */
+  BEGIN: 0,
+  /** Sealed chunk bytes at the committed offset (windowed bulk transfer). */
+  CHUNK: 1,
+  /** All chunks verified: make the batch live atomically and return the delivery receipt. */
+  COMMIT: 2,
+  /** The committed offset of the open transfer. */
+  STATUS: 3,
+  /** Drop the staged batch. */
+  ABORT: 4,
+} as const;
+
+export const KeysCmd = {
+  /** Open a service-data session: OTP or AEAD, and which sub-pool serves what. */
+  NEGOTIATE: 0,
+  /** Encrypt service data for the master station (uplink). */
+  SEAL: 1,
+  /** Decrypt service data from the master station (downlink). */
+  OPEN: 2,
+  /** Close a session (its key state is wiped). */
+  CLOSE: 3,
+} as const;
+
+export const AdminCmd = {
+  ZEROIZE: 0,
+  FACTORY_RESET: 1,
+} as const;
+
+export const SystemEvent = {
+  /** The pool fell below its low watermark. */
+  LOW_WATERMARK: 0,
+} as const;

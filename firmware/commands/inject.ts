@@ -1,0 +1,184 @@
+// INJECT command group: a sealed batch arrives over the link's windowed bulk transfer, each
+// sealed chunk verified and staged to flash as it completes (one chunk of RAM), the batch made
+// live atomically on COMMIT, and a delivery receipt returned (docs/batch.md, docs/protocol.md).
+// Every refusal leaves the pool as it was; a transfer resumes from the pool's durable offset.
+import { BatchOpener, parseSealedHeader } from '../crypto/batch.js';
+import { encodeReceipt, makeReceipt } from '../crypto/receipt.js';
+import { acceptChunk } from '../link/bulk.js';
+import type { BulkSink } from '../link/bulk.js';
+import { Group, InjectCmd } from '../link/groups.js';
+import { LinkError, Rc } from '../link/errors.js';
+import { bytes, uint } from '../link/fields.js';
+import type { CommandGroup } from '../link/dispatch.js';
+import type { StageHandle } from '../keypool/key-pool.js';
+import { mapServiceErrors, toLinkError } from './pool-errors.js';
+import type { ModuleContext } from './context.js';
+
+/** Largest header + tag a BEGIN carries (43 fixed bytes + a 32-char terminal id + 16-byte tag). */
+const MAX_HEADER = 128;
+
+/** The pool's u32 batch id: the first 4 bytes of the 16-byte batch id (the KMD keeps them unique per terminal). */
+export function poolBatchId(batchId: Uint8Array): number {
+  return ((batchId[0]! << 24) | (batchId[1]! << 16) | (batchId[2]! << 8) | batchId[3]!) >>> 0;
+}
+
+const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
+
+/** The open transfer: the sealed chunk stream, opened chunk by chunk into the staged batch. */
+class BatchTransfer implements BulkSink {
+  readonly total: number;
+  /** Sealed bytes made durable (whole chunks in the pool) plus those buffered for the next chunk. */
+  private durableSealed: number;
+  private readonly buffer: Uint8Array;
+  private buffered = 0;
+
+  constructor(
+    readonly id: number,
+    readonly opener: BatchOpener,
+    readonly stage: StageHandle,
+  ) {
+    const l = opener.layout;
+    this.total = (l.chunkCount - 1) * l.sealedChunkSize + l.lastSealedChunkSize;
+    this.durableSealed = opener.nextIndex * l.sealedChunkSize;
+    this.buffer = new Uint8Array(l.sealedChunkSize);
+  }
+
+  get committed(): number {
+    return this.durableSealed + this.buffered;
+  }
+
+  write(_offset: number, data: Uint8Array): void {
+    let at = 0;
+    while (at < data.length) {
+      const index = this.opener.nextIndex;
+      const want = this.opener.sealedLength(index);
+      const n = Math.min(want - this.buffered, data.length - at);
+      this.buffer.set(data.subarray(at, at + n), this.buffered);
+      this.buffered += n;
+      at += n;
+      if (this.buffered < want) continue;
+      // A whole sealed chunk: verify and decrypt it, stage the plaintext, wipe it from RAM.
+      let plain: Uint8Array | undefined;
+      try {
+        plain = this.opener.openChunk(index, this.buffer.subarray(0, want));
+      } catch (e) {
+        this.buffered = 0; // the tampered chunk is dropped; the host resends from `committed`
+        throw toLinkError(e);
+      }
+      try {
+        mapServiceErrors(() => this.stage.write(this.stage.durableOffset, plain!));
+      } finally {
+        plain.fill(0);
+      }
+      this.buffered = 0;
+      this.durableSealed += want;
+    }
+  }
+
+  dispose(): void {
+    this.opener.dispose();
+    this.buffer.fill(0);
+  }
+}
+
+export function injectGroup(ctx: ModuleContext): CommandGroup {
+  let transfer: BatchTransfer | undefined;
+  let nextId = 1;
+  const close = () => {
+    transfer?.dispose();
+    transfer = undefined;
+  };
+  const current = (id: number) => {
+    if (!transfer || transfer.id !== id) throw new LinkError(Rc.NO_TRANSFER, `no open transfer ${id}`);
+    return transfer;
+  };
+
+  return {
+    id: Group.INJECT,
+    name: 'inject',
+    commands: {
+      [InjectCmd.BEGIN]: (p) => {
+        const { terminalId, deviceKey } = ctx.identity();
+        const pool = ctx.pool();
+        const sealedHead = bytes(p, 'h', MAX_HEADER);
+        const info = mapServiceErrors(() => parseSealedHeader(sealedHead));
+        const h = info.header;
+        const secure = ctx.secure();
+        const refuse = (e: unknown): never => {
+          const le = toLinkError(e);
+          if (le instanceof LinkError) secure.audit('batch-refused', `${hex(h.batchId).slice(0, 8)} rc ${le.rc}`);
+          throw le;
+        };
+        let opener: BatchOpener;
+        try {
+          // The tag is checked before anything else: a forged header changes nothing.
+          opener = new BatchOpener(deviceKey, info.headerBytes, info.tag, { expect: { terminalId } });
+        } catch (e) {
+          return refuse(e);
+        }
+        const id = poolBatchId(h.batchId);
+        const status = pool.status();
+        if (status.batches.some((b) => b.batchId === id && b.seq === h.seq)) {
+          // Already accepted (the reply to COMMIT was lost, or the carrier came back): the same
+          // receipt again, recomputed, and nothing else changes.
+          const receipt = encodeReceipt(makeReceipt(deviceKey, { terminalId, batchId: h.batchId, seq: h.seq, bits: h.bits, headerDigest: opener.headerDigest }));
+          opener.dispose();
+          close();
+          return { done: true, receipt, bits: h.bits };
+        }
+        if (status.lastSeq !== null && h.seq <= status.lastSeq) {
+          opener.dispose();
+          return refuse(new LinkError(Rc.STALE_BATCH, `batch seq ${h.seq} is not above the last accepted ${status.lastSeq}`));
+        }
+        let stage = pool.staging();
+        if (stage && (stage.batchId !== id || stage.seq !== h.seq)) {
+          // Another batch was left half-staged (its carrier went elsewhere): drop it.
+          mapServiceErrors(() => stage!.abort());
+          stage = null;
+        }
+        try {
+          stage ??= mapServiceErrors(() => pool.stage({ batchId: id, seq: h.seq, purpose: h.purpose, bits: h.bits }));
+        } catch (e) {
+          opener.dispose();
+          return refuse(e);
+        }
+        // Resume: the pool's durable offset is the truth, in whole chunks.
+        const resumeAt = Math.floor(stage.durableOffset / h.chunkSize);
+        if (resumeAt > 0) {
+          opener.dispose();
+          opener = new BatchOpener(deviceKey, info.headerBytes, info.tag, { resumeAt });
+        }
+        close();
+        transfer = new BatchTransfer(nextId++, opener, stage);
+        return { t: transfer.id, c: transfer.committed, n: transfer.total };
+      },
+      [InjectCmd.CHUNK]: (p) => acceptChunk(current(uint(p, 't')), uint(p, 'o'), bytes(p, 'd', 65536)),
+      [InjectCmd.STATUS]: (p) => {
+        const t = current(uint(p, 't'));
+        return { c: t.committed, n: t.total };
+      },
+      [InjectCmd.COMMIT]: (p) => {
+        const t = current(uint(p, 't'));
+        const { terminalId, deviceKey } = ctx.identity();
+        if (!t.opener.complete) throw new LinkError(Rc.BAD_STATE, `batch incomplete: ${t.committed} of ${t.total} bytes`);
+        mapServiceErrors(() => t.opener.finish());
+        const h = t.opener.header;
+        const receipt = encodeReceipt(
+          makeReceipt(deviceKey, { terminalId, batchId: h.batchId, seq: h.seq, bits: h.bits, headerDigest: t.opener.headerDigest }),
+        );
+        // The full batch id goes to the secure area first: service headers name keys by it.
+        ctx.secure().rememberBatch(poolBatchId(h.batchId), h.batchId);
+        mapServiceErrors(() => t.stage.commit());
+        ctx.secure().audit('batch-accepted', `${hex(h.batchId).slice(0, 8)} seq ${h.seq} ${h.bits} bits`);
+        close();
+        return { receipt, bits: h.bits };
+      },
+      [InjectCmd.ABORT]: (p) => {
+        const t = current(uint(p, 't'));
+        mapServiceErrors(() => t.stage.abort());
+        close();
+        return {};
+      },
+    },
+  };
+}

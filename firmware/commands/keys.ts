@@ -1,0 +1,157 @@
+// KEYS command group: service-data crypto with pool keys, the paper's "quantum negotiation".
+// A session is OTP (XOR pad + one-time Poly1305 MAC, information-theoretically secure) or AEAD
+// (AES-256-GCM under a pool key as session key, rekeyed by count and age); the host says which
+// sub-pool serves encryption and which authentication. Keys are taken through the pool, which
+// records them consumed in flash before they are used, and wiped from RAM after use.
+// Direction rule (docs/batch.md "Service data"): the terminal picks every key it uses, in pool
+// order; OTP serves uplinks only, downlinks use the AEAD session key the terminal named, with
+// the direction in the nonce. So terminal and station never pick the same key independently.
+import { encodeServiceHeader, decodeServiceHeader, otpSeal, sessionOpen, sessionSeal, SessionKeyState, OTP_MAC_KEY_BYTES, SESSION_KEY_BYTES } from '../crypto/service.js';
+import type { KeyRange, ServiceHeader } from '../crypto/service.js';
+import { Group, KeysCmd } from '../link/groups.js';
+import { LinkError, Rc } from '../link/errors.js';
+import { bytes, oneOf, optionalUint, uint } from '../link/fields.js';
+import type { CommandGroup } from '../link/dispatch.js';
+import type { ConsumedKey, Purpose } from '../keypool/key-pool.js';
+import { mapServiceErrors } from './pool-errors.js';
+import type { ModuleContext } from './context.js';
+
+/** Largest service-data message body per SEAL/OPEN: one OTP key never spans batches, and a frame must carry it. */
+export const MAX_SERVICE_DATA = 4096;
+const MAX_SESSIONS = 4;
+
+interface Session {
+  id: number;
+  mode: 'otp' | 'aead';
+  enc: Purpose;
+  auth: Purpose;
+  counter: number;
+  aead?: { key: Uint8Array; range: KeyRange; send: SessionKeyState; recv: SessionKeyState };
+  rekeyMessages: number;
+  rekeyMs: number;
+}
+
+export function keysGroup(ctx: ModuleContext): CommandGroup {
+  const sessions = new Map<number, Session>();
+  let nextId = 1;
+
+  const take = (purpose: Purpose, n: number): { key: ConsumedKey; range: KeyRange } => {
+    const key = mapServiceErrors(() => ctx.pool().consume(purpose, n));
+    const batchId = ctx.secure().batchIdFor(key.keyId.batchId);
+    if (!batchId) {
+      key.key.fill(0);
+      throw new LinkError(Rc.INTERNAL, `no batch id recorded for pool batch ${key.keyId.batchId}`);
+    }
+    return { key, range: { batchId, bitOffset: key.keyId.bitOffset, bits: n * 8 } };
+  };
+
+  const newSessionKey = (s: Session) => {
+    s.aead?.key.fill(0);
+    const { key, range } = take(s.enc, SESSION_KEY_BYTES);
+    const now = ctx.clock();
+    const limits = { maxMessages: s.rekeyMessages, maxAgeMs: s.rekeyMs };
+    s.aead = { key: key.key, range, send: new SessionKeyState(now, limits), recv: new SessionKeyState(now, limits) };
+  };
+
+  const session = (id: number): Session => {
+    const s = sessions.get(id);
+    if (!s) throw new LinkError(Rc.NO_TRANSFER, `no session ${id}`);
+    return s;
+  };
+
+  const dropSession = (s: Session) => {
+    s.aead?.key.fill(0);
+    sessions.delete(s.id);
+  };
+
+  return {
+    id: Group.KEYS,
+    name: 'keys',
+    guard: () => void ctx.pool(),
+    commands: {
+      [KeysCmd.NEGOTIATE]: (p) => {
+        const mode = oneOf(p, 'mode', ['otp', 'aead'] as const);
+        const enc = p['enc'] === undefined ? 'enc' : oneOf(p, 'enc', ['enc', 'any'] as const);
+        const auth = p['auth'] === undefined ? 'auth' : oneOf(p, 'auth', ['auth', 'any'] as const);
+        if (sessions.size >= MAX_SESSIONS) dropSession(sessions.values().next().value as Session);
+        const s: Session = {
+          id: nextId++,
+          mode,
+          enc,
+          auth,
+          counter: 0,
+          rekeyMessages: optionalUint(p, 'rekeyMessages', 2 ** 32) ?? 2 ** 16,
+          rekeyMs: optionalUint(p, 'rekeyMs') ?? 3_600_000,
+        };
+        if (s.rekeyMessages < 1 || s.rekeyMs < 1) throw new LinkError(Rc.BAD_REQUEST, 'rekey limits must be positive');
+        if (mode === 'aead') newSessionKey(s);
+        sessions.set(s.id, s);
+        return { s: s.id, mode, enc, auth };
+      },
+      [KeysCmd.SEAL]: (p) => {
+        const s = session(uint(p, 's'));
+        const data = bytes(p, 'd', MAX_SERVICE_DATA);
+        if (s.mode === 'otp') {
+          const mac = take(s.auth, OTP_MAC_KEY_BYTES);
+          let pad: { key: ConsumedKey; range: KeyRange } | undefined;
+          try {
+            pad = data.length > 0 ? take(s.enc, data.length) : undefined;
+            const header: ServiceHeader = { mode: 'otp', keyIds: pad ? [mac.range, pad.range] : [mac.range], counter: s.counter++ };
+            const head = encodeServiceHeader(header);
+            const sealed = otpSeal(pad?.key.key ?? new Uint8Array(0), data, mac.key.key, head);
+            return { m: concat(head, sealed), keyBits: header.keyIds.reduce((a, r) => a + r.bits, 0) };
+          } finally {
+            mac.key.key.fill(0);
+            pad?.key.key.fill(0);
+          }
+        }
+        const now = ctx.clock();
+        let rekeyed = false;
+        if (s.aead!.send.needsRekey(now)) {
+          newSessionKey(s);
+          rekeyed = true;
+        }
+        const a = s.aead!;
+        const counter = a.send.nextCounter(now);
+        const head = encodeServiceHeader({ mode: 'aead', keyIds: [a.range], counter });
+        return { m: concat(head, sessionSeal(a.key, counter, data, head, 'up')), rekeyed };
+      },
+      [KeysCmd.OPEN]: (p) => {
+        const s = session(uint(p, 's'));
+        const m = bytes(p, 'm', MAX_SERVICE_DATA + 512);
+        let parsed: ReturnType<typeof decodeServiceHeader>;
+        try {
+          parsed = decodeServiceHeader(m);
+        } catch (e) {
+          throw new LinkError(Rc.BAD_REQUEST, (e as Error).message);
+        }
+        const { header, length } = parsed;
+        if (header.mode !== 'aead' || s.mode !== 'aead' || !s.aead) {
+          throw new LinkError(Rc.DENIED, 'downlinks use the AEAD session key; OTP serves uplinks only');
+        }
+        const a = s.aead;
+        const r = header.keyIds[0]!;
+        if (header.keyIds.length !== 1 || r.bitOffset !== a.range.bitOffset || Buffer.compare(r.batchId, a.range.batchId) !== 0) {
+          throw new LinkError(Rc.KEY_NOT_AVAILABLE, 'message is not under this session key');
+        }
+        if (!a.recv.accept(header.counter, ctx.clock())) throw new LinkError(Rc.AUTH_FAILED, `counter ${header.counter} replayed or out of range`);
+        try {
+          return { d: sessionOpen(a.key, header.counter, m.subarray(length), m.subarray(0, length), 'down') };
+        } catch {
+          throw new LinkError(Rc.AUTH_FAILED, 'message does not authenticate');
+        }
+      },
+      [KeysCmd.CLOSE]: (p) => {
+        dropSession(session(uint(p, 's')));
+        return {};
+      },
+    },
+  };
+}
+
+function concat(a: Uint8Array, b: Uint8Array): Uint8Array {
+  const out = new Uint8Array(a.length + b.length);
+  out.set(a);
+  out.set(b, a.length);
+  return out;
+}

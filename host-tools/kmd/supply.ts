@@ -1,0 +1,94 @@
+// The KMD's key supply: a model of the QKD link that feeds it, at a fixed rate (the paper's
+// 11 kbit/s by default). Behind an interface so a physical QKD link model can replace it. Every
+// bit handed out is accounted, so the same key bits never go to two consumers or twice to one.
+import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { writeFileAtomic } from '../fs-atomic.js';
+
+export interface KeySupply {
+  /** Key bits available to take now. */
+  availableBits(): number;
+  /**
+   * Take `bits` fresh key bits (a positive multiple of 8) for `consumer` (e.g. "terminal T1 batch
+   * 3", "sae A->B"). Throws SupplyExhaustedError, changing nothing, when not enough has accrued.
+   */
+  take(bits: number, consumer: string): SuppliedKey;
+}
+
+export interface SuppliedKey {
+  /** Where in the supply's output stream these bits sit: [offset, offset + bits). */
+  supplyOffset: number;
+  key: Uint8Array;
+}
+
+export class SupplyExhaustedError extends Error {
+  constructor(
+    readonly wantedBits: number,
+    readonly availableBits: number,
+  ) {
+    super(`key supply has ${availableBits} bits, ${wantedBits} wanted`);
+    this.name = 'SupplyExhaustedError';
+  }
+}
+
+interface SupplyState {
+  rateBitsPerSecond: number;
+  startedAtMs: number;
+  /** Bits handed out so far; the next take starts here. */
+  takenBits: number;
+  /** Most key material the KMD buffers (older bits beyond this are not kept). */
+  capacityBits: number;
+}
+
+/**
+ * Fixed-rate QKD link model, state in a JSON file of the KMD home. Key bits accrue at `rate` from
+ * `startedAt`, up to `capacity`; a take is committed to disk (atomically) before the key is
+ * returned, so a crash can lose bits but never hand the same bits out again.
+ */
+export class FixedRateSupply implements KeySupply {
+  private state: SupplyState;
+  constructor(
+    private readonly path: string,
+    private readonly now: () => number = Date.now,
+    private readonly random: (n: number) => Uint8Array = (n) => new Uint8Array(randomBytes(n)),
+  ) {
+    this.state = JSON.parse(readFileSync(path, 'utf8')) as SupplyState;
+  }
+
+  static create(path: string, o: { rateBitsPerSecond: number; capacityBits?: number; startedAtMs?: number }): void {
+    const state: SupplyState = {
+      rateBitsPerSecond: o.rateBitsPerSecond,
+      startedAtMs: o.startedAtMs ?? Date.now(),
+      takenBits: 0,
+      capacityBits: o.capacityBits ?? 2 ** 30,
+    };
+    writeFileAtomic(path, JSON.stringify(state, null, 2) + '\n');
+  }
+
+  get rateBitsPerSecond(): number {
+    return this.state.rateBitsPerSecond;
+  }
+
+  /** Bits produced by the link so far. */
+  producedBits(): number {
+    const secs = Math.max(0, this.now() - this.state.startedAtMs) / 1000;
+    return Math.floor(secs * this.state.rateBitsPerSecond);
+  }
+
+  availableBits(): number {
+    const avail = this.producedBits() - this.state.takenBits;
+    return Math.max(0, Math.min(avail, this.state.capacityBits)) & ~7;
+  }
+
+  take(bits: number, _consumer: string): SuppliedKey {
+    if (!Number.isSafeInteger(bits) || bits <= 0 || bits % 8 !== 0) throw new RangeError(`bits must be a positive multiple of 8, got ${bits}`);
+    const avail = this.availableBits();
+    if (bits > avail) throw new SupplyExhaustedError(bits, avail);
+    // Bits older than the buffer capacity were dropped by the link: skip past them.
+    const start = Math.max(this.state.takenBits, this.producedBits() - this.state.capacityBits);
+    const next: SupplyState = { ...this.state, takenBits: start + bits };
+    writeFileAtomic(this.path, JSON.stringify(next, null, 2) + '\n');
+    this.state = next;
+    return { supplyOffset: start, key: this.random(bits / 8) };
+  }
+}
