@@ -526,7 +526,10 @@ export class KeyPool {
       }
       const need = Math.ceil(bits / 8 / this.P);
       const avail = this.freeCount() + this.releasableCount();
-      if (need > avail) throw new PoolError('NO_SPACE', `batch needs ${need} sectors, ${avail} available`);
+      if (need > avail) {
+        const bad = this.bad.reduce((n, x) => n + x, 0);
+        throw new PoolError(bad > 0 ? 'WORN_OUT' : 'NO_SPACE', `batch needs ${need} sectors, ${avail} available (${bad} worn out or bad)`);
+      }
       const uid = this.nextUid;
       this.log(REC.BEGIN, new Writer(25).u32(uid).u32(batchId).u32(seq).u8(PURPOSE_CODE[purpose]).u32(bits).u32(fko).u32(this.cursor).done());
       this.flash.sync();
@@ -646,16 +649,33 @@ export class KeyPool {
     const end = o + n;
     const key = new Uint8Array(n);
     this.pieces(o, end, (i, off, len, at) => key.set(this.flash.read(this.payloadAddr(this.sectorOf(b, i), off), len), at - o));
-    // 1. marks, in increasing order: whatever a cut leaves, the frontier moves forward only
-    this.pieces(start, end, (i, off, len) => {
-      const s = this.sectorOf(b, i);
-      const k0 = off >> 2;
-      const addr = s * this.S + DATA_HEADER + k0;
-      const old = this.flash.read(addr, ((off + len - 1) >> 2) - k0 + 1);
-      programSpan(this.flash, addr, applyMarks(old, off, off + len));
-    });
-    // 2. zeroize in place (NOR allows programming 0x00 over anything)
-    this.pieces(start, end, (i, off, len) => programSpan(this.flash, this.payloadAddr(this.sectorOf(b, i), off), new Uint8Array(len)));
+    let cur = -1;
+    try {
+      // 1. marks, in increasing order: whatever a cut leaves, the frontier moves forward only
+      this.pieces(start, end, (i, off, len) => {
+        cur = i;
+        const s = this.sectorOf(b, i);
+        const k0 = off >> 2;
+        const addr = s * this.S + DATA_HEADER + k0;
+        const old = this.flash.read(addr, ((off + len - 1) >> 2) - k0 + 1);
+        programSpan(this.flash, addr, applyMarks(old, off, off + len));
+      });
+      // 2. zeroize in place (NOR allows programming 0x00 over anything)
+      this.pieces(start, end, (i, off, len) => {
+        cur = i;
+        programSpan(this.flash, this.payloadAddr(this.sectorOf(b, i), off), new Uint8Array(len));
+      });
+    } catch (e) {
+      if (!(e instanceof FlashError) || (e.code !== 'WORN_OUT' && e.code !== 'BAD_SECTOR')) throw e;
+      // The sector can't take marks: burn it (and everything before) durably in the journal
+      // instead, and serve nothing. Later keys come from the next sector.
+      this.bad[b.sectors[cur]! - this.dataStart] = 1;
+      b.frontier = Math.max(b.frontier, Math.min(b.bytes, (cur + 1) * this.P));
+      this.release(b, cur + 1);
+      this.flash.sync();
+      this.watermark(before);
+      throw new PoolError('IO', `key sector failed (${e.code}); its keys were burned, none served`, { cause: e });
+    }
     this.flash.sync();
     b.frontier = end;
     this.watermark(before);
@@ -768,7 +788,7 @@ export class KeyPool {
       return fn();
     } catch (e) {
       if (e instanceof PoolError || e instanceof TypeError || e instanceof RangeError) {
-        if (e instanceof PoolError && (e.code === 'CORRUPT' || e.code === 'IO')) this.dead = true;
+        if (e instanceof PoolError && e.code === 'CORRUPT') this.dead = true;
         throw e;
       }
       // A power cut or failed flash operation mid-way: RAM may no longer match flash.
