@@ -1,0 +1,715 @@
+// The offline key carrier (DESIGN.md "The parts"; docs/carrier.md): a folder or a mounted USB drive
+// that takes sealed batches from the KMD to terminals and brings their delivery receipts back.
+//
+// Layout (all under the carrier folder; docs/carrier.md has the crash-safety argument):
+//   carrier.json                              manifest: { format: "qkt-carrier", version: 1, carrierId, kmdId, created }
+//   batches/<terminalId>-<batchIdHex>.qkb     one sealed batch (docs/batch.md), exactly as the KMD sealed it
+//   receipts/<terminalId>-<batchIdHex>.qkr    the terminal's delivery receipt for that batch (encodeReceipt form)
+//   journal.jsonl                             append-only event log: created, loaded, injected, delivered, wiped, collected
+//
+// The files are the truth: a batch is pending while its .qkb is whole and it has no .qkr; it is
+// delivered once its .qkr exists. The journal records history and one bit of state the files do
+// not hold: which receipts the KMD has collected. Every write is write-temp, fsync, rename, fsync
+// folder (host-tools/fs-atomic.ts), so a pulled drive holds each file whole or not at all.
+import { closeSync, existsSync, fstatSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, statSync, statfsSync, unlinkSync, writeSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { parseSealedHeader, BatchError, HEADER_FIXED_BYTES, TAG_BYTES } from '../../firmware/crypto/batch.js';
+import type { Purpose, SealedHeaderInfo } from '../../firmware/crypto/batch.js';
+import { decodeReceipt, CryptoFormatError } from '../../firmware/crypto/receipt.js';
+import type { Receipt } from '../../firmware/crypto/receipt.js';
+import { fsyncDir, writeFileAtomic } from '../fs-atomic.js';
+import { formatBits } from '../units.js';
+import { CarrierError } from './errors.js';
+import { Journal } from './journal.js';
+import type { JournalRecord } from './journal.js';
+
+export { CarrierError } from './errors.js';
+export type { CarrierErrorCode } from './errors.js';
+export type { JournalEvent, JournalRecord, JournalContents } from './journal.js';
+
+export const CARRIER_FORMAT = 'qkt-carrier';
+export const CARRIER_VERSION = 1;
+export const MANIFEST_FILE = 'carrier.json';
+export const BATCH_DIR = 'batches';
+export const RECEIPT_DIR = 'receipts';
+export const JOURNAL_FILE = 'journal.jsonl';
+export const BATCH_EXT = '.qkb';
+export const RECEIPT_EXT = '.qkr';
+
+/** Carrier, KMD and terminal ids: 1..32 chars of [A-Za-z0-9._-] (docs/batch.md), safe in file names. */
+const ID_RE = /^[A-Za-z0-9._-]{1,32}$/;
+const BATCH_ID_HEX_RE = /^[0-9a-f]{32}$/;
+/** `<terminalId>-<batchIdHex>`: the terminal id may contain '-', the batch id is the last 32 hex digits. */
+const FILE_ID_RE = /^([A-Za-z0-9._-]{1,32})-([0-9a-f]{32})$/;
+/** fs-atomic's temporary names: `.<name>.tmp-<pid>`. */
+const TMP_RE = /^\..+\.tmp-(\d+)$/;
+/** The longest header plus its tag: enough to parse any header without reading the ciphertext. */
+const HEAD_READ_BYTES = HEADER_FIXED_BYTES + 255 + TAG_BYTES;
+/**
+ * Entries a formatted drive carries on its own; a fresh USB stick is still "empty" with them.
+ * ext4 makes lost+found; Windows, macOS and desktop Linux drop the others on removable media.
+ */
+const FOREIGN_ENTRIES = new Set(['lost+found', 'System Volume Information', '$RECYCLE.BIN', '.Spotlight-V100', '.fseventsd', '.Trashes', '.DS_Store']);
+
+export interface CarrierManifest {
+  format: typeof CARRIER_FORMAT;
+  version: typeof CARRIER_VERSION;
+  carrierId: string;
+  /** The KMD that initialised (loads) this carrier; `qkt kmd collect` checks it. */
+  kmdId: string;
+  /** ISO 8601, UTC. */
+  created: string;
+}
+
+/** A whole, valid sealed batch waiting for its terminal. */
+export interface BatchEntry {
+  /** `<terminalId>-<batchIdHex>`: the file stem, shared with the receipt. */
+  id: string;
+  terminalId: string;
+  /** 32 lowercase hex digits. */
+  batchId: string;
+  seq: number;
+  bits: number;
+  purpose: Purpose;
+  /** Absolute path of the .qkb file. */
+  file: string;
+  /** File size in bytes (equal to the layout's totalLength). */
+  bytes: number;
+}
+
+/** A file under batches/ or receipts/ that is not whole and valid: never offered, kept for a human to look at. */
+export interface DamagedEntry {
+  file: string;
+  bytes: number;
+  reason: string;
+}
+
+/** A batch the terminal accepted: its receipt is on the carrier and its ciphertext is gone. */
+export interface DeliveredEntry {
+  id: string;
+  terminalId: string;
+  batchId: string;
+  seq: number;
+  bits: number;
+  /** True once the KMD took the receipt (markCollected). */
+  collected: boolean;
+  /** Absolute path of the .qkr file. */
+  receiptFile: string;
+}
+
+/** A receipt for the KMD (`qkt kmd collect`), as stored: decodeReceipt + verifyReceipt it there. */
+export interface ReceiptEntry {
+  id: string;
+  terminalId: string;
+  batchId: string;
+  seq: number;
+  bits: number;
+  file: string;
+  receipt: Uint8Array;
+}
+
+export interface ScanReport {
+  pending: BatchEntry[];
+  delivered: DeliveredEntry[];
+  damaged: DamagedEntry[];
+  /** What this scan finished or cleaned up after an interruption (human-readable, no secrets). */
+  repaired: string[];
+}
+
+export interface CarrierStatus {
+  carrierId: string;
+  kmdId: string;
+  created: string;
+  formatVersion: number;
+  path: string;
+  /** Pending batches, lowest seq first per terminal. */
+  batches: BatchEntry[];
+  delivered: DeliveredEntry[];
+  /** Receipts on the carrier that the KMD has not collected yet. */
+  receiptsPending: number;
+  damaged: DamagedEntry[];
+  journal: { events: number; skippedLines: number };
+  /** Free bytes for an unprivileged writer (statfs); absent where statfs fails. */
+  bytesFree?: number;
+}
+
+export type AddOutcome =
+  /** Written now. */
+  | 'added'
+  /** The same bytes were already there (a re-run of a load). */
+  | 'present'
+  /** A damaged file with this name was there (a non-atomic writer died): replaced. */
+  | 'replaced-damaged'
+  /** The batch was delivered already (its receipt is here): nothing written, it is never offered again. */
+  | 'delivered';
+
+export type AddBatchResult = BatchEntry & { outcome: AddOutcome };
+
+export type RecordOutcome = 'recorded' | 'present';
+
+export type RecordReceiptResult = DeliveredEntry & { outcome: RecordOutcome };
+
+function hex(bytes: Uint8Array): string {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('hex');
+}
+
+function aid(value: unknown, name: string): string {
+  if (typeof value !== 'string') throw new TypeError(`${name} must be a string`);
+  if (!ID_RE.test(value)) throw new RangeError(`${name} must be 1-32 chars of [A-Za-z0-9._-]`);
+  return value;
+}
+
+function abatchIdHex(value: unknown, name: string): string {
+  if (typeof value !== 'string') throw new TypeError(`${name} must be a string`);
+  const v = value.toLowerCase();
+  if (!BATCH_ID_HEX_RE.test(v)) throw new RangeError(`${name} must be 32 hex digits`);
+  return v;
+}
+
+function abytes(value: unknown, name: string): Uint8Array {
+  if (!(value instanceof Uint8Array)) throw new TypeError(`${name} must be a Uint8Array`);
+  return value;
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && Buffer.compare(a, b) === 0;
+}
+
+/** A process id that still runs here: its temporary file may be a write in progress. */
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Overwrite with zeros, fsync, unlink, fsync the folder: the ciphertext does not outlive delivery. */
+function wipeFile(path: string): void {
+  const fd = openSync(path, 'r+');
+  try {
+    const size = fstatSync(fd).size;
+    const zeros = new Uint8Array(Math.min(size, 1 << 16));
+    let off = 0;
+    while (off < size) off += writeSync(fd, zeros, 0, Math.min(zeros.length, size - off), off);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+  unlinkSync(path);
+  fsyncDir(resolve(path, '..'));
+}
+
+/** The first bytes of a file (enough for a header and its tag) and its size. */
+function readHead(path: string): { head: Uint8Array; size: number } {
+  const fd = openSync(path, 'r');
+  try {
+    const size = fstatSync(fd).size;
+    const head = new Uint8Array(Math.min(size, HEAD_READ_BYTES));
+    let off = 0;
+    while (off < head.length) {
+      const n = readSync(fd, head, off, head.length - off, off);
+      if (n === 0) break;
+      off += n;
+    }
+    return { head: head.subarray(0, off), size };
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Check a sealed batch's header and whole length; the reason names what is wrong. */
+function checkSealed(bytes: Uint8Array, size: number): { info: SealedHeaderInfo } | { reason: string } {
+  let info: SealedHeaderInfo;
+  try {
+    info = parseSealedHeader(bytes);
+  } catch (e) {
+    if (e instanceof BatchError) return { reason: `header does not parse (${e.code}: ${e.message})` };
+    throw e;
+  }
+  // A file cut short (or padded) would pass the header check: the layout fixes the whole length.
+  if (size !== info.totalLength) return { reason: `${size} bytes, but its header says ${info.totalLength}` };
+  return { info };
+}
+
+function entryOf(info: SealedHeaderInfo, file: string): BatchEntry {
+  const batchId = hex(info.header.batchId);
+  return {
+    id: `${info.header.terminalId}-${batchId}`,
+    terminalId: info.header.terminalId,
+    batchId,
+    seq: info.header.seq,
+    bits: info.header.bits,
+    purpose: info.header.purpose,
+    file,
+    bytes: info.totalLength,
+  };
+}
+
+function byTerminalThenSeq(a: { terminalId: string; seq: number; batchId: string }, b: typeof a): number {
+  if (a.terminalId !== b.terminalId) return a.terminalId < b.terminalId ? -1 : 1;
+  if (a.seq !== b.seq) return a.seq - b.seq;
+  return a.batchId < b.batchId ? -1 : a.batchId > b.batchId ? 1 : 0;
+}
+
+function readManifest(dir: string): CarrierManifest {
+  const path = join(dir, MANIFEST_FILE);
+  let st;
+  try {
+    st = statSync(dir);
+  } catch {
+    throw new CarrierError('NOT_A_CARRIER', `${dir}: no such folder`);
+  }
+  if (!st.isDirectory()) throw new CarrierError('NOT_A_CARRIER', `${dir}: not a folder`);
+  if (!existsSync(path)) throw new CarrierError('NOT_A_CARRIER', `${dir}: not a carrier (no ${MANIFEST_FILE})`);
+  let m: unknown;
+  try {
+    m = JSON.parse(readFileSync(path, 'utf8'));
+  } catch {
+    throw new CarrierError('CORRUPT', `${path}: manifest is not valid JSON`);
+  }
+  if (m === null || typeof m !== 'object') throw new CarrierError('CORRUPT', `${path}: manifest is not an object`);
+  const o = m as Record<string, unknown>;
+  if (o['format'] !== CARRIER_FORMAT) throw new CarrierError('CORRUPT', `${path}: format is not "${CARRIER_FORMAT}"`);
+  if (o['version'] !== CARRIER_VERSION) {
+    throw new CarrierError('UNSUPPORTED_VERSION', `${path}: carrier format version ${String(o['version'])} not supported (this qkt reads ${CARRIER_VERSION})`);
+  }
+  for (const k of ['carrierId', 'kmdId'] as const) {
+    if (typeof o[k] !== 'string' || !ID_RE.test(o[k])) throw new CarrierError('CORRUPT', `${path}: ${k} missing or malformed`);
+  }
+  if (typeof o['created'] !== 'string') throw new CarrierError('CORRUPT', `${path}: created missing`);
+  return { format: CARRIER_FORMAT, version: CARRIER_VERSION, carrierId: o['carrierId'] as string, kmdId: o['kmdId'] as string, created: o['created'] };
+}
+
+/** What the journal says happened to each id; scan() uses it to write only the missing lines. */
+interface JournalState {
+  loaded: Set<string>;
+  injected: Set<string>;
+  delivered: Set<string>;
+  wiped: Set<string>;
+  collected: Set<string>;
+}
+
+function journalState(records: JournalRecord[]): JournalState {
+  const s: JournalState = { loaded: new Set(), injected: new Set(), delivered: new Set(), wiped: new Set(), collected: new Set() };
+  for (const r of records) {
+    if (r.event === 'collected') {
+      if (Array.isArray(r.ids)) for (const id of r.ids) s.collected.add(String(id));
+    } else if ((r.event === 'loaded' || r.event === 'injected' || r.event === 'delivered' || r.event === 'wiped') && typeof r.id === 'string') {
+      s[r.event].add(r.id);
+    }
+  }
+  return s;
+}
+
+export class Carrier {
+  /** Absolute path of the carrier folder. */
+  readonly path: string;
+  readonly manifest: CarrierManifest;
+  private readonly journal: Journal;
+
+  private constructor(path: string, manifest: CarrierManifest) {
+    this.path = path;
+    this.manifest = manifest;
+    this.journal = new Journal(join(path, JOURNAL_FILE));
+  }
+
+  get carrierId(): string {
+    return this.manifest.carrierId;
+  }
+
+  get kmdId(): string {
+    return this.manifest.kmdId;
+  }
+
+  /**
+   * Make `dir` a carrier (created if missing). Refuses a folder holding anything but what a
+   * freshly formatted drive or an interrupted init leaves. On an existing carrier with the same ids
+   * it just opens it, so a killed init can be re-run; other ids are EXISTS.
+   */
+  static init(dir: string, options: { carrierId: string; kmdId: string }): Carrier {
+    if (typeof dir !== 'string' || dir === '') throw new TypeError('dir must be a non-empty string');
+    if (options === null || typeof options !== 'object') throw new TypeError('options must be { carrierId, kmdId }');
+    const carrierId = aid(options.carrierId, 'carrierId');
+    const kmdId = aid(options.kmdId, 'kmdId');
+    const path = resolve(dir);
+    mkdirSync(path, { recursive: true });
+    if (existsSync(join(path, MANIFEST_FILE))) {
+      const c = Carrier.open(path);
+      if (c.carrierId !== carrierId || c.kmdId !== kmdId) {
+        throw new CarrierError('EXISTS', `${path} is already carrier ${c.carrierId} of KMD ${c.kmdId}`);
+      }
+      return c;
+    }
+    for (const name of readdirSync(path)) {
+      if (FOREIGN_ENTRIES.has(name) || name.startsWith('.Trash-') || name === JOURNAL_FILE || TMP_RE.test(name)) continue;
+      // An init killed after mkdir leaves these, empty: take them over.
+      if ((name === BATCH_DIR || name === RECEIPT_DIR) && statSync(join(path, name)).isDirectory()) {
+        if (readdirSync(join(path, name)).every((n) => TMP_RE.test(n))) continue;
+      }
+      throw new CarrierError('NOT_EMPTY', `${path} is not empty and not a carrier (found ${JSON.stringify(name)})`);
+    }
+    mkdirSync(join(path, BATCH_DIR), { recursive: true });
+    mkdirSync(join(path, RECEIPT_DIR), { recursive: true });
+    fsyncDir(path);
+    const journal = new Journal(join(path, JOURNAL_FILE));
+    journal.repair();
+    journal.append({ event: 'created', carrierId, kmdId });
+    const manifest: CarrierManifest = { format: CARRIER_FORMAT, version: CARRIER_VERSION, carrierId, kmdId, created: new Date().toISOString() };
+    // The manifest goes last: its presence is what makes the folder a carrier.
+    writeFileAtomic(join(path, MANIFEST_FILE), `${JSON.stringify(manifest, null, 2)}\n`, 0o644);
+    return new Carrier(path, manifest);
+  }
+
+  /** Open an existing carrier and finish whatever an interruption left half done (see scan()). */
+  static open(dir: string): Carrier {
+    if (typeof dir !== 'string' || dir === '') throw new TypeError('dir must be a non-empty string');
+    const path = resolve(dir);
+    const c = new Carrier(path, readManifest(path));
+    for (const sub of [BATCH_DIR, RECEIPT_DIR]) {
+      if (!existsSync(join(path, sub))) {
+        mkdirSync(join(path, sub));
+        fsyncDir(path);
+      }
+    }
+    c.scan();
+    return c;
+  }
+
+  private batchPath(id: string): string {
+    return join(this.path, BATCH_DIR, id + BATCH_EXT);
+  }
+
+  private receiptPath(id: string): string {
+    return join(this.path, RECEIPT_DIR, id + RECEIPT_EXT);
+  }
+
+  /**
+   * Store one sealed batch. Checks the header and the whole length against its layout, writes
+   * crash-safely, journals `loaded`. Idempotent: the same bytes again are `present`; a batch whose
+   * receipt is already here is `delivered` and not written back.
+   */
+  addBatch(sealed: Uint8Array): AddBatchResult {
+    abytes(sealed, 'sealed');
+    const check = checkSealed(sealed, sealed.length);
+    if ('reason' in check) throw new CarrierError('BAD_BATCH', `not a whole sealed batch: ${check.reason}`);
+    const file = this.batchPath(entryOf(check.info, '').id);
+    const entry = entryOf(check.info, file);
+    const state = journalState(this.journal.read().records);
+    if (existsSync(this.receiptPath(entry.id))) {
+      // Delivered before: make sure the ciphertext is gone and say so; never offer it again.
+      this.scan();
+      return { ...entry, outcome: 'delivered' };
+    }
+    let outcome: AddOutcome = 'added';
+    if (existsSync(file)) {
+      const old = readFileSync(file);
+      if (equalBytes(old, sealed)) {
+        outcome = 'present';
+      } else {
+        const oldCheck = checkSealed(old, old.length);
+        if ('info' in oldCheck && entryOf(oldCheck.info, file).id === entry.id) {
+          // Two valid batches with one batch id: the KMD must draw a new id per seal (docs/batch.md, nonces).
+          throw new CarrierError('CONFLICT', `${entry.id}: a different batch with this terminal and batch id is already on the carrier`);
+        }
+        outcome = 'replaced-damaged';
+      }
+    }
+    if (outcome !== 'present') writeFileAtomic(file, sealed);
+    // Journal after the file: a crash in between leaves a whole file and no line, and the re-run
+    // (outcome 'present') writes the line.
+    if (outcome !== 'present' || !state.loaded.has(entry.id)) {
+      this.journal.append({ event: 'loaded', id: entry.id, terminalId: entry.terminalId, batchId: entry.batchId, seq: entry.seq, bits: entry.bits, bytes: entry.bytes });
+    }
+    return { ...entry, outcome };
+  }
+
+  /** Whole, valid, undelivered batches (all, or one terminal's), lowest seq first per terminal. */
+  pending(terminalId?: string): BatchEntry[] {
+    if (terminalId !== undefined) aid(terminalId, 'terminalId');
+    const all = this.scan().pending;
+    return terminalId === undefined ? all : all.filter((b) => b.terminalId === terminalId);
+  }
+
+  /** The batch to inject next into this terminal: its lowest-seq pending one. */
+  batchFor(terminalId: string): BatchEntry | undefined {
+    return this.pending(terminalId)[0];
+  }
+
+  /** The sealed bytes of a pending batch, checked again (the drive may have changed since scan()). */
+  readBatch(entry: Pick<BatchEntry, 'id'>): Uint8Array {
+    if (entry === null || typeof entry !== 'object' || typeof entry.id !== 'string' || !FILE_ID_RE.test(entry.id)) {
+      throw new TypeError('entry must be a BatchEntry from pending()');
+    }
+    if (existsSync(this.receiptPath(entry.id))) throw new CarrierError('UNKNOWN_BATCH', `${entry.id} was delivered already`);
+    const file = this.batchPath(entry.id);
+    let bytes: Uint8Array;
+    try {
+      bytes = new Uint8Array(readFileSync(file));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CarrierError('UNKNOWN_BATCH', `${entry.id} is not on the carrier`);
+      throw e;
+    }
+    const check = checkSealed(bytes, bytes.length);
+    if ('reason' in check || entryOf(check.info, file).id !== entry.id) {
+      throw new CarrierError('UNKNOWN_BATCH', `${entry.id} is damaged: ${'reason' in check ? check.reason : 'its header names another batch'}`);
+    }
+    return bytes;
+  }
+
+  /**
+   * The terminal accepted a batch: store its receipt, journal `injected` and `delivered`, then
+   * wipe the batch's ciphertext. The receipt must name this batch (terminal, id, seq, bits, header
+   * digest); its MAC is the KMD's to check. Re-recording the same receipt finishes an interrupted
+   * call; a different one for a delivered batch is ALREADY_DELIVERED.
+   */
+  recordReceipt(terminalId: string, batchIdHex: string, receiptBytes: Uint8Array): RecordReceiptResult {
+    aid(terminalId, 'terminalId');
+    const batchId = abatchIdHex(batchIdHex, 'batchIdHex');
+    abytes(receiptBytes, 'receiptBytes');
+    const id = `${terminalId}-${batchId}`;
+    let receipt: Receipt;
+    try {
+      receipt = decodeReceipt(receiptBytes);
+    } catch (e) {
+      if (e instanceof CryptoFormatError) throw new CarrierError('BAD_RECEIPT', `${id}: ${e.message}`);
+      throw e;
+    }
+    if (receipt.terminalId !== terminalId || hex(receipt.batchId) !== batchId) {
+      throw new CarrierError('BAD_RECEIPT', `${id}: the receipt is for ${receipt.terminalId}-${hex(receipt.batchId)}`);
+    }
+    const rfile = this.receiptPath(id);
+    if (existsSync(rfile)) {
+      if (!equalBytes(readFileSync(rfile), receiptBytes)) {
+        throw new CarrierError('ALREADY_DELIVERED', `${id} was delivered already, with another receipt`);
+      }
+      this.scan();
+      return { ...this.deliveredEntry(id, receipt, journalState(this.journal.read().records)), outcome: 'present' };
+    }
+    const batch = this.readBatch({ id });
+    const info = parseSealedHeader(batch);
+    if (receipt.seq !== info.header.seq || receipt.bits !== info.header.bits || !equalBytes(receipt.headerDigest, info.headerDigest)) {
+      throw new CarrierError('BAD_RECEIPT', `${id}: the receipt's seq, bits or header digest do not match the batch`);
+    }
+    writeFileAtomic(rfile, receiptBytes);
+    const state = journalState(this.journal.read().records);
+    this.finishDelivery(id, receipt, receiptBytes, state, false);
+    return { ...this.deliveredEntry(id, receipt, state), outcome: 'recorded' };
+  }
+
+  /**
+   * The steps after a receipt is stored, each skipped if already done: journal `injected` and
+   * `delivered`, wipe the ciphertext, journal `wiped`. recordReceipt runs it; scan() re-runs it
+   * for every receipt, which is how a crash between the steps gets finished.
+   */
+  private finishDelivery(id: string, receipt: Receipt, receiptBytes: Uint8Array, state: JournalState, recovered: boolean): boolean {
+    let did = false;
+    if (!state.injected.has(id)) {
+      const { terminalId, seq, bits } = receipt;
+      this.journal.append({ event: 'injected', id, terminalId, batchId: hex(receipt.batchId), seq, bits, receipt: hex(receiptBytes) });
+      state.injected.add(id);
+      did = true;
+    }
+    if (!state.delivered.has(id)) {
+      this.journal.append({ event: 'delivered', id });
+      state.delivered.add(id);
+      did = true;
+    }
+    const file = this.batchPath(id);
+    if (existsSync(file)) {
+      wipeFile(file);
+      this.journal.append(recovered ? { event: 'wiped', id, recovered } : { event: 'wiped', id });
+      state.wiped.add(id);
+      did = true;
+    } else if (!state.wiped.has(id)) {
+      this.journal.append(recovered ? { event: 'wiped', id, recovered } : { event: 'wiped', id });
+      state.wiped.add(id);
+      did = true;
+    }
+    return did;
+  }
+
+  private deliveredEntry(id: string, r: Receipt, state: JournalState): DeliveredEntry {
+    return { id, terminalId: r.terminalId, batchId: hex(r.batchId), seq: r.seq, bits: r.bits, collected: state.collected.has(id), receiptFile: this.receiptPath(id) };
+  }
+
+  /** Receipts the KMD has not collected yet, per terminal by seq. */
+  receipts(): ReceiptEntry[] {
+    const out: ReceiptEntry[] = [];
+    const state = journalState(this.journal.read().records);
+    for (const { id, receipt, bytes } of this.readReceipts().valid) {
+      if (state.collected.has(id)) continue;
+      out.push({ id, terminalId: receipt.terminalId, batchId: hex(receipt.batchId), seq: receipt.seq, bits: receipt.bits, file: this.receiptPath(id), receipt: bytes });
+    }
+    return out.sort(byTerminalThenSeq);
+  }
+
+  /** The KMD took these receipts (ids from receipts()). Journalled; ids already collected are fine. */
+  markCollected(ids: readonly string[]): void {
+    if (!Array.isArray(ids)) throw new TypeError('ids must be an array of receipt ids');
+    const known = new Set(this.readReceipts().valid.map((r) => r.id));
+    for (const id of ids) {
+      if (typeof id !== 'string') throw new TypeError('ids must be an array of receipt ids');
+      if (!known.has(id)) throw new CarrierError('UNKNOWN_RECEIPT', `no receipt ${JSON.stringify(id)} on the carrier`);
+    }
+    const state = journalState(this.journal.read().records);
+    const fresh = [...new Set(ids)].filter((id) => !state.collected.has(id));
+    if (fresh.length > 0) this.journal.append({ event: 'collected', ids: fresh });
+  }
+
+  /** The journal as recorded (a torn last line ignored). */
+  history(): JournalRecord[] {
+    return this.journal.read().records;
+  }
+
+  private readReceipts(): { valid: { id: string; receipt: Receipt; bytes: Uint8Array }[]; damaged: DamagedEntry[]; damagedIds: Set<string> } {
+    const valid: { id: string; receipt: Receipt; bytes: Uint8Array }[] = [];
+    const damaged: DamagedEntry[] = [];
+    const damagedIds = new Set<string>();
+    const dir = join(this.path, RECEIPT_DIR);
+    for (const name of readdirSync(dir).sort()) {
+      if (name.startsWith('.') || !name.endsWith(RECEIPT_EXT)) continue;
+      const file = join(dir, name);
+      const id = name.slice(0, -RECEIPT_EXT.length);
+      const bytes = new Uint8Array(readFileSync(file));
+      const m = FILE_ID_RE.exec(id);
+      if (!m) {
+        damaged.push({ file, bytes: bytes.length, reason: 'name is not <terminalId>-<batchIdHex>.qkr' });
+        continue;
+      }
+      try {
+        const receipt = decodeReceipt(bytes);
+        if (receipt.terminalId !== m[1] || hex(receipt.batchId) !== m[2]) {
+          damaged.push({ file, bytes: bytes.length, reason: 'receipt names another batch than its file name' });
+          damagedIds.add(id);
+          continue;
+        }
+        valid.push({ id, receipt, bytes });
+      } catch (e) {
+        if (!(e instanceof CryptoFormatError)) throw e;
+        damaged.push({ file, bytes: bytes.length, reason: `receipt does not parse (${e.message})` });
+        damagedIds.add(id);
+      }
+    }
+    return { valid, damaged, damagedIds };
+  }
+
+  /** Remove fs-atomic temporaries whose writer is dead: a pulled drive or a killed load leaves them. */
+  private removeStaleTemporaries(repaired: string[]): void {
+    for (const sub of ['', BATCH_DIR, RECEIPT_DIR]) {
+      const dir = join(this.path, sub);
+      for (const name of readdirSync(dir)) {
+        const m = TMP_RE.exec(name);
+        if (!m || pidAlive(Number(m[1]))) continue;
+        unlinkSync(join(dir, name));
+        repaired.push(`removed the unfinished write ${join(sub, name)}`);
+      }
+    }
+  }
+
+  /**
+   * Look at everything on the carrier and finish interrupted work: cut a torn journal line, drop
+   * dead temporaries, and for every stored receipt complete its delivery (journal lines, wipe).
+   * Then classify batches: pending (whole and valid) or damaged (never offered).
+   */
+  scan(): ScanReport {
+    const repaired: string[] = [];
+    if (this.journal.repair()) repaired.push('cut a torn last line off the journal');
+    this.removeStaleTemporaries(repaired);
+    const receipts = this.readReceipts();
+    const state = journalState(this.journal.read().records);
+    const damaged = [...receipts.damaged];
+
+    const delivered: DeliveredEntry[] = [];
+    for (const { id, receipt, bytes } of receipts.valid) {
+      if (this.finishDelivery(id, receipt, bytes, state, true)) repaired.push(`finished the delivery of ${id}`);
+      delivered.push(this.deliveredEntry(id, receipt, state));
+    }
+
+    const pending: BatchEntry[] = [];
+    const dir = join(this.path, BATCH_DIR);
+    for (const name of readdirSync(dir).sort()) {
+      if (name.startsWith('.') || !name.endsWith(BATCH_EXT)) continue;
+      const file = join(dir, name);
+      const id = name.slice(0, -BATCH_EXT.length);
+      if (!FILE_ID_RE.test(id)) {
+        damaged.push({ file, bytes: statSync(file).size, reason: 'name is not <terminalId>-<batchIdHex>.qkb' });
+        continue;
+      }
+      const { head, size } = readHead(file);
+      if (receipts.damagedIds.has(id)) {
+        // The terminal may have accepted it, but the proof is unreadable: keep the file, offer nothing.
+        damaged.push({ file, bytes: size, reason: 'its receipt is damaged' });
+        continue;
+      }
+      const check = checkSealed(head, size);
+      if ('reason' in check) {
+        damaged.push({ file, bytes: size, reason: check.reason });
+        continue;
+      }
+      const entry = entryOf(check.info, file);
+      if (entry.id !== id) {
+        damaged.push({ file, bytes: size, reason: `header names batch ${entry.id}` });
+        continue;
+      }
+      pending.push(entry);
+    }
+    return { pending: pending.sort(byTerminalThenSeq), delivered: delivered.sort(byTerminalThenSeq), damaged, repaired };
+  }
+
+  /** What the carrier holds and has delivered: `qkt carrier status --carrier DIR` (JSON-able). */
+  status(): CarrierStatus {
+    const s = this.scan();
+    const j = this.journal.read();
+    const status: CarrierStatus = {
+      carrierId: this.carrierId,
+      kmdId: this.kmdId,
+      created: this.manifest.created,
+      formatVersion: this.manifest.version,
+      path: this.path,
+      batches: s.pending,
+      delivered: s.delivered,
+      receiptsPending: s.delivered.filter((d) => !d.collected).length,
+      damaged: s.damaged,
+      journal: { events: j.records.length, skippedLines: j.skipped },
+    };
+    try {
+      const fs = statfsSync(this.path);
+      status.bytesFree = Number(fs.bavail) * Number(fs.bsize);
+    } catch {
+      // statfs is a nicety (a network share may refuse it); the status stands without it.
+    }
+    return status;
+  }
+}
+
+function formatBytes(n: number): string {
+  if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(1)} GiB`;
+  if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`;
+  if (n >= 2 ** 10) return `${(n / 2 ** 10).toFixed(1)} KiB`;
+  return `${n} B`;
+}
+
+/** The human form of status(): one block per section, one line per batch, receipt or damaged file. */
+export function formatCarrierStatus(status: CarrierStatus): string {
+  const lines: string[] = [];
+  lines.push(`carrier ${status.carrierId} (KMD ${status.kmdId}) at ${status.path}`);
+  lines.push(`  created ${status.created}${status.bytesFree === undefined ? '' : `, ${formatBytes(status.bytesFree)} free`}`);
+  const bits = status.batches.reduce((a, b) => a + b.bits, 0);
+  const bytes = status.batches.reduce((a, b) => a + b.bytes, 0);
+  lines.push(`pending batches: ${status.batches.length}${status.batches.length ? ` (${formatBits(bits)} of key, ${formatBytes(bytes)} sealed)` : ''}`);
+  for (const b of status.batches) {
+    lines.push(`  ${b.terminalId}  seq ${b.seq}  ${formatBits(b.bits)}  ${b.purpose}  batch ${b.batchId}  ${formatBytes(b.bytes)}`);
+  }
+  lines.push(`delivered: ${status.delivered.length} (${status.receiptsPending} receipt${status.receiptsPending === 1 ? '' : 's'} to collect)`);
+  for (const d of status.delivered) {
+    lines.push(`  ${d.terminalId}  seq ${d.seq}  ${formatBits(d.bits)}  batch ${d.batchId}  ${d.collected ? 'collected' : 'receipt to collect'}`);
+  }
+  if (status.damaged.length > 0) {
+    lines.push(`damaged (never offered): ${status.damaged.length}`);
+    for (const d of status.damaged) lines.push(`  ${d.file} (${d.bytes} bytes): ${d.reason}`);
+  }
+  if (status.journal.skippedLines > 0) lines.push(`journal: ${status.journal.skippedLines} unreadable line(s) skipped`);
+  return lines.join('\n');
+}

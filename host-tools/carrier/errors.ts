@@ -1,0 +1,36 @@
+// Typed errors of the carrier (docs/carrier.md). The CLI maps them to its CARRIER exit code; the
+// messages name files, ids and lengths only (batches are sealed: there is no key material to leak).
+
+export type CarrierErrorCode =
+  /** The folder has no carrier.json: not a carrier (or an init that never finished). */
+  | 'NOT_A_CARRIER'
+  /** carrier.json is there but does not parse or lacks a field. */
+  | 'CORRUPT'
+  /** A carrier of a newer (or unknown) format version. */
+  | 'UNSUPPORTED_VERSION'
+  /** init on a folder that holds other files. */
+  | 'NOT_EMPTY'
+  /** init on a carrier that already exists with another carrier or KMD id. */
+  | 'EXISTS'
+  /** addBatch: the bytes are not a whole v1 sealed batch. */
+  | 'BAD_BATCH'
+  /** addBatch: a different valid batch already sits under the same terminal and batch id. */
+  | 'CONFLICT'
+  /** recordReceipt / readBatch: the batch is not (or no longer) on the carrier. */
+  | 'UNKNOWN_BATCH'
+  /** recordReceipt: the receipt does not parse, or does not name this batch. */
+  | 'BAD_RECEIPT'
+  /** recordReceipt: a different receipt for this batch was recorded already (a batch is delivered once). */
+  | 'ALREADY_DELIVERED'
+  /** markCollected: no receipt with that id on the carrier. */
+  | 'UNKNOWN_RECEIPT';
+
+export class CarrierError extends Error {
+  constructor(
+    readonly code: CarrierErrorCode,
+    message: string,
+  ) {
+    super(message);
+    this.name = 'CarrierError';
+  }
+}
