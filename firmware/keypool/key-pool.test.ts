@@ -271,7 +271,7 @@ t.test('zeroizeAll wipes every key byte, keeps the counter, pool stays usable', 
   pool.consume('enc', 100);
   const st = pool.stage({ batchId: 2, seq: 2, purpose: 'any', bits: 8000 });
   st.write(0, keyBytes(500, 12));
-  t.equal(pool.zeroizeAll(), 0);
+  t.equal(pool.zeroizeAll(), 2, 'one committed and one staging batch wiped');
   for (let s = 5; s < 64; s++) t.ok(f.peek(s * 1024, 1024).every((x) => x === 0xff), `sector ${s} erased`);
   t.same(pool.status().batches, []);
   t.equal(pool.status().staging, null);

@@ -709,24 +709,25 @@ export class KeyPool {
   /**
    * Wipe every key byte (the module's authorized zeroize). Power-safe: the ZEROIZE record
    * kills all batches first, then sectors are erased; a cut in between is finished by mount.
-   * The anti-rollback counter survives. Returns the number of sectors that could not be
-   * wiped (worn out), normally 0.
+   * The anti-rollback counter survives. Returns the number of batches wiped (committed and
+   * staging). A worn-out sector that can be neither erased nor zero-programmed is counted in
+   * status().sectors.bad (its consumed keys were zeroized when used).
    */
   zeroizeAll(): number {
     return this.run(() => {
       const before = this.storedBits();
+      const wiped = this.batches.size;
       let consumed = 0;
       for (const b of this.batches.values()) if (b.committed) consumed += b.frontier * 8;
       this.log(REC.ZEROIZE, new Writer(8).f64(consumed).done());
       this.owner.fill(undefined);
-      let failed = 0;
       for (let d = 0; d < this.dataCount; d++) {
         const abs = this.dataStart + d;
-        if (!isBlank(this.flash.read(abs * this.S, this.S))) if (!this.wipeSector(abs)) failed++;
+        if (!isBlank(this.flash.read(abs * this.S, this.S))) this.wipeSector(abs);
       }
       this.flash.sync();
       this.watermark(before);
-      return failed;
+      return wiped;
     });
   }
 
