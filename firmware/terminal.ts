@@ -1,68 +1,242 @@
-// The terminal crypto module as firmware: wires the link (transport -> framing -> dispatch) to the
-// command groups. All I/O is injected, so the same module runs in-process, on a pty, TCP or USB.
+// The terminal crypto module as firmware. It boots like one: power-on self-tests, mount the
+// secure area and the key pool from flash, then serve the link. All I/O is injected (transport,
+// flash, clock, RNG), so the same module runs in-process, on a pty, TCP or USB.
+import { randomBytes } from 'node:crypto';
 import { DeviceLink } from './link/device-link.js';
 import type { DeviceLinkLimits } from './link/device-link.js';
 import { Dispatcher } from './link/dispatch.js';
 import { HEADER_SIZE, CRC_SIZE } from './link/frame.js';
+import { Group, SystemEvent } from './link/groups.js';
+import { LinkError, Rc } from './link/errors.js';
 import type { Transport } from './link/transport.js';
+import type { Payload } from './link/codec.js';
 import { systemGroup } from './commands/system.js';
 import { diagGroup } from './commands/diag.js';
+import { injectGroup } from './commands/inject.js';
+import { keysGroup } from './commands/keys.js';
+import { adminGroup } from './commands/admin.js';
+import type { ModuleContext } from './commands/context.js';
+import { runSelfTests } from './crypto/selftest.js';
+import type { SelfTestName } from './crypto/selftest.js';
+import { KeyPool } from './keypool/key-pool.js';
+import type { BlockDevice } from './flash/block-device.js';
+import { PowerCutError } from './flash/errors.js';
+import { openSecureArea, SECURE_SECTORS } from './secure/secure-area.js';
+import { POOL_OPTIONS } from './secure/enroll.js';
+import type { SecureArea } from './secure/types.js';
 import { FIRMWARE } from './version.js';
-import type { Payload } from './link/codec.js';
 
 /**
  * Link limits. RAM budget, stated like an MCU's: one receive buffer (COBS of maxBody), `window`
  * queued requests including the one executing, and a response cache of 2*window+2 frames: about
- * 8.3 KiB + 4 x 8.3 KiB + 10 x 8.3 KiB = 125 KiB worst case; typical responses are tiny.
+ * 8.3 KiB + 4 x 8.3 KiB + 10 x 8.3 KiB = 125 KiB worst case; typical responses are tiny. The
+ * inject path adds one sealed chunk (4 KiB + 16) and the service path one 4 KiB message.
  */
 export const DEFAULT_LIMITS: DeviceLinkLimits = { maxBody: 8192 + 64, window: 4 };
 
 /** Bytes of framing around a bulk chunk's data: header, CRC and the CBOR map {t, o, d}. */
 export const CHUNK_OVERHEAD = HEADER_SIZE + CRC_SIZE + 40;
 
+
+export type ModuleState = 'ready' | 'unenrolled' | 'selftest-failed' | 'flash-error';
+
 export interface TerminalOptions {
   /** A cable to attach at once (more can be attached later, one link each). */
   transport?: Transport;
+  /** The module's NOR flash. Without one the module is blank (link tests, benchmarks). */
+  flash?: BlockDevice;
+  clock?: () => number;
+  rng?: (n: number) => Uint8Array;
   limits?: Partial<DeviceLinkLimits>;
-  /** Extra status fields (pool, identity) from the services above the link. */
-  status?: () => Payload;
+  /** Fault injection: make one power-on self-test fail. */
+  selfTest?: { corrupt?: SelfTestName };
+  /** A handler still running after this long is stopped and the module state reloaded. */
+  watchdogMs?: number;
+  /** Called when the flash lost power mid-operation: the module is dead until rebooted. */
+  onPowerCut?: (e: PowerCutError) => void;
+  /** Fire a LOW_WATERMARK event when stored key bits fall below this. */
+  lowWatermarkBits?: number;
 }
 
 export interface Terminal {
   /** The most recently attached link. */
   readonly link: DeviceLink;
   readonly dispatcher: Dispatcher;
+  readonly state: ModuleState;
   /** Serve the module on another cable (e.g. each TCP connection); the module state is shared. */
   attach(transport: Transport): DeviceLink;
   status(): Payload;
 }
 
-export function createTerminal(o: TerminalOptions): Terminal {
+export function createTerminal(o: TerminalOptions = {}): Terminal {
   const limits = { ...DEFAULT_LIMITS, ...o.limits };
   const maxChunk = limits.maxBody - CHUNK_OVERHEAD;
+  const clock = o.clock ?? Date.now;
+  const rng = o.rng ?? ((n: number) => new Uint8Array(randomBytes(n)));
   const dispatcher = new Dispatcher();
   let link: DeviceLink | undefined;
-  const attach = (transport: Transport): DeviceLink => (link = new DeviceLink(transport, dispatcher, limits));
-  if (o.transport) attach(o.transport);
-  const status = (): Payload => ({
-    terminalId: null,
-    enrolled: false,
-    firmware: FIRMWARE,
-    pool: { storedKeyBits: 0, maxKeyBits: 0, consumedKeyBits: 0, batches: [] },
-    ...o.status?.(),
-    link: link ? { ...link.stats } : {},
-  });
+  const links: DeviceLink[] = [];
+
+  // ---- boot
+  let state = 'ready' as ModuleState;
+  let reason: string | undefined;
+  let secure: SecureArea | undefined;
+  let pool: KeyPool | undefined;
+  const selfTest = runSelfTests(o.selfTest);
+
+  const mount = (): void => {
+    pool = undefined;
+    secure = undefined;
+    if (!selfTest.ok) {
+      state = 'selftest-failed';
+      reason = `self-test failed: ${selfTest.results.filter((r) => !r.ok).map((r) => r.name).join(', ')}`;
+      return;
+    }
+    if (!o.flash) {
+      state = 'unenrolled';
+      return;
+    }
+    try {
+      secure = openSecureArea(o.flash, clock);
+      if (!secure.identity()) {
+        state = 'unenrolled';
+        return;
+      }
+      pool = KeyPool.mount(o.flash, {
+        ...POOL_OPTIONS,
+        ...(o.lowWatermarkBits ? { lowWatermarkBits: o.lowWatermarkBits } : {}),
+        onLowWatermark: (s) => {
+          for (const l of links) void l.emit(Group.SYSTEM, SystemEvent.LOW_WATERMARK, { storedKeyBits: s.storedKeyBits });
+        },
+      });
+      state = 'ready';
+      reason = undefined;
+    } catch (e) {
+      if (e instanceof PowerCutError) throw e;
+      state = 'flash-error';
+      reason = (e as Error).message;
+    }
+  };
+  mount();
+  if (state === 'selftest-failed') {
+    // Logged where it can be: a module whose crypto is wrong still has a working flash.
+    try {
+      if (o.flash) openSecureArea(o.flash, clock).audit('selftest-failed', reason ?? '');
+    } catch {
+      /* a blank flash has nowhere to log it */
+    }
+  } else {
+    const s = secure as SecureArea | undefined; // set by mount()
+    if (s?.identity()) s.audit('boot', FIRMWARE);
+  }
+
+  const ready = (): void => {
+    if (state === 'selftest-failed') throw new LinkError(Rc.SELF_TEST_FAILED, reason);
+    if (state === 'unenrolled') throw new LinkError(Rc.NOT_ENROLLED, 'module not enrolled');
+    if (state === 'flash-error') throw new LinkError(Rc.FLASH_ERROR, reason);
+  };
+  const ctx: ModuleContext = {
+    identity: () => {
+      ready();
+      return secure!.identity()!;
+    },
+    pool: () => {
+      ready();
+      return pool!;
+    },
+    secure: () => {
+      ready();
+      return secure!;
+    },
+    clock,
+    rng,
+  };
+
+  const batchHex = (poolId: number): string => {
+    const full = secure?.batchIdFor(poolId);
+    return full ? Buffer.from(full).toString('hex') : poolId.toString(16).padStart(8, '0');
+  };
+  const status = (): Payload => {
+    const id = state === 'ready' || state === 'flash-error' ? secure?.identity() : undefined;
+    const ps = pool?.status();
+    return {
+      terminalId: id?.terminalId ?? null,
+      enrolled: id !== undefined,
+      firmware: FIRMWARE,
+      state,
+      ...(reason ? { reason } : {}),
+      selfTest: { ok: selfTest.ok, failed: selfTest.results.filter((r) => !r.ok).map((r) => r.name) },
+      pool: ps
+        ? {
+            storedKeyBits: ps.storedKeyBits,
+            maxKeyBits: ps.maxKeyBits,
+            consumedKeyBits: ps.consumedKeyBits,
+            batches: ps.batches.map((b) => ({ batchId: batchHex(b.batchId), seq: b.seq, purpose: b.purpose, bits: b.bits, consumedBits: b.consumedBits })),
+            staging: ps.staging ? { batchId: batchHex(ps.staging.batchId), seq: ps.staging.seq, bits: ps.staging.bits, durableBits: ps.staging.durableBits } : null,
+            lastSeq: ps.lastSeq,
+          }
+        : { storedKeyBits: 0, maxKeyBits: 0, consumedKeyBits: 0, batches: [], staging: null, lastSeq: null },
+      audit: { events: secure && id ? secure.auditCount() : 0 },
+      link: link ? { ...link.stats } : {},
+    };
+  };
+
   dispatcher.register(
     systemGroup({
-      params: () => ({ maxFrame: limits.maxBody, window: limits.window, maxChunk, firmware: FIRMWARE }),
+      params: () => ({
+        maxFrame: limits.maxBody,
+        window: limits.window,
+        maxChunk,
+        firmware: FIRMWARE,
+        ...(o.flash ? { flash: { ...o.flash.geometry }, secureSectors: SECURE_SECTORS } : {}),
+      }),
       status,
+      auditLog: (from, max) => {
+        if (!secure || !secure.identity()) return { events: [], total: 0 };
+        return { events: secure.auditLog(from, max).map((e) => ({ ...e })), total: secure.auditCount() };
+      },
     }),
   );
   dispatcher.register(diagGroup({ maxChunk }));
+  const guarded = (g: ReturnType<typeof injectGroup>) => ({ ...g, guard: (c: Parameters<NonNullable<typeof g.guard>>[0]) => (ready(), g.guard?.(c)) });
+  dispatcher.register(guarded(injectGroup(ctx)));
+  dispatcher.register(guarded(keysGroup(ctx)));
+  dispatcher.register(
+    guarded(
+      adminGroup(ctx, () => {
+        secure!.factoryReset();
+        mount();
+      }),
+    ),
+  );
+  dispatcher.onInternalError = (e) => {
+    if (e instanceof PowerCutError) o.onPowerCut?.(e);
+  };
+  if (o.watchdogMs) {
+    dispatcher.watchdog = {
+      ms: o.watchdogMs,
+      onExpire: (ctx) => {
+        // As a hardware watchdog would: drop the stuck handler's in-RAM state, reload from flash.
+        mount();
+        secure?.audit('watchdog-reset', `group ${ctx.group} command ${ctx.command}`);
+      },
+    };
+  }
+
+  const attach = (transport: Transport): DeviceLink => {
+    link = new DeviceLink(transport, dispatcher, limits);
+    links.push(link);
+    transport.onClose(() => links.splice(links.indexOf(link!), 1));
+    return link;
+  };
+  if (o.transport) attach(o.transport);
   return {
     get link(): DeviceLink {
       if (!link) throw new Error('no transport attached');
       return link;
+    },
+    get state() {
+      return state;
     },
     dispatcher,
     attach,

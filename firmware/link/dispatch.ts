@@ -26,6 +26,8 @@ export class Dispatcher {
   private readonly groups = new Map<number, CommandGroup>();
   /** Called with non-LinkError failures, for a device-side log. Must not put them on the wire. */
   onInternalError: ((e: unknown, ctx: RequestContext) => void) | undefined;
+  /** A handler still running after `ms` is abandoned: `onExpire` resets, the host gets INTERNAL. */
+  watchdog: { ms: number; onExpire: (ctx: RequestContext) => void } | undefined;
 
   register(group: CommandGroup): void {
     if (this.groups.has(group.id)) throw new Error(`group ${group.id} is already registered`);
@@ -40,11 +42,27 @@ export class Dispatcher {
     }
     try {
       group.guard?.(ctx);
-      return { ok: true, payload: await handler(payload, ctx) };
+      const result = handler(payload, ctx);
+      if (!this.watchdog || !(result instanceof Promise)) return { ok: true, payload: await result };
+      return { ok: true, payload: await this.watch(result, ctx, this.watchdog) };
     } catch (e) {
       if (e instanceof LinkError) return { ok: false, error: e };
+      if (e === WATCHDOG) return { ok: false, error: new LinkError(Rc.INTERNAL, 'watchdog reset') };
       this.onInternalError?.(e, ctx);
       return { ok: false, error: new LinkError(Rc.INTERNAL) };
     }
   }
+
+  private watch(p: Promise<Payload>, ctx: RequestContext, w: { ms: number; onExpire: (ctx: RequestContext) => void }): Promise<Payload> {
+    let timer: NodeJS.Timeout | undefined;
+    const expired = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        w.onExpire(ctx);
+        reject(WATCHDOG);
+      }, w.ms);
+    });
+    return Promise.race([p, expired]).finally(() => clearTimeout(timer));
+  }
 }
+
+const WATCHDOG = Symbol('watchdog');

@@ -1,0 +1,17 @@
+// The factory step: a blank module flash gets its identity (terminal id and device key) in the
+// secure area and a freshly formatted key pool after it. Done once; the KMD keeps its copy.
+import { KeyPool } from '../keypool/key-pool.js';
+import type { KeyPoolOptions } from '../keypool/key-pool.js';
+import type { BlockDevice } from '../flash/block-device.js';
+import { openSecureArea, SECURE_SECTORS } from './secure-area.js';
+import type { Identity } from './types.js';
+
+/** The pool layout every module uses: the secure area first, then the pool's journal and data. */
+export const POOL_OPTIONS: KeyPoolOptions = { secureSectors: SECURE_SECTORS };
+
+export function enrollFlash(flash: BlockDevice, id: Identity, clock: () => number = Date.now): void {
+  const secure = openSecureArea(flash, clock);
+  secure.enroll(id); // refuses an enrolled module: enrolment happens once
+  KeyPool.format(flash, POOL_OPTIONS);
+  flash.sync();
+}

@@ -1,0 +1,103 @@
+// Test support: an enrolled module on an in-memory flash, a host client on an in-process cable,
+// and sealed batches made the way the KMD makes them, with the plaintext kept for checking.
+import { randomBytes } from 'node:crypto';
+import { NorFlash } from '../flash/nor-flash.js';
+import { enrollFlash } from '../secure/enroll.js';
+import { createTerminal } from '../terminal.js';
+import type { Terminal, TerminalOptions } from '../terminal.js';
+import { sealBatch } from '../crypto/batch.js';
+import type { Purpose } from '../crypto/batch.js';
+import { createInProcessPair } from '../../host-tools/transports/inproc.js';
+import { LinkClient } from '../../host-tools/link/client.js';
+import type { DeviceParams } from '../../host-tools/link/client.js';
+import type { Transport } from '../link/transport.js';
+
+export interface Rig {
+  flash: NorFlash;
+  terminal: Terminal;
+  client: LinkClient;
+  params: DeviceParams;
+  deviceKey: Uint8Array;
+  terminalId: string;
+  /** Everything the module sent, for leak checks. */
+  sent: Uint8Array[];
+  close(): Promise<void>;
+  /** Reconnect the host on a fresh cable (after a pull). */
+  reconnect(): Promise<void>;
+}
+
+export function newFlash(): NorFlash {
+  return NorFlash.memory();
+}
+
+export function enrolled(terminalId = 'T1', deviceKey = new Uint8Array(randomBytes(32))): { flash: NorFlash; deviceKey: Uint8Array; terminalId: string } {
+  const flash = newFlash();
+  enrollFlash(flash, { terminalId, deviceKey });
+  return { flash, deviceKey, terminalId };
+}
+
+export async function startRig(o: { flash?: NorFlash; deviceKey?: Uint8Array; terminalId?: string; terminal?: Partial<TerminalOptions>; enroll?: boolean } = {}): Promise<Rig> {
+  const base = o.flash ? { flash: o.flash, deviceKey: o.deviceKey ?? new Uint8Array(32), terminalId: o.terminalId ?? 'T1' } : o.enroll === false ? { flash: newFlash(), deviceKey: new Uint8Array(32), terminalId: 'T1' } : enrolled(o.terminalId, o.deviceKey);
+  const sent: Uint8Array[] = [];
+  const terminal = createTerminal({ flash: base.flash, ...o.terminal });
+  const connect = async () => {
+    const [host, device] = createInProcessPair({ names: ['host', 'module'] });
+    terminal.attach(spy(device, sent));
+    const client = new LinkClient(host, { baseTimeoutMs: 2000 });
+    return { client, params: await client.negotiate() };
+  };
+  let c = await connect();
+  const rig: Rig = {
+    ...base,
+    terminal,
+    client: c.client,
+    params: c.params,
+    sent,
+    close: async () => {
+      await rig.client.close();
+    },
+    reconnect: async () => {
+      await rig.client.close().catch(() => undefined);
+      c = await connect();
+      rig.client = c.client;
+      rig.params = c.params;
+    },
+  };
+  return rig;
+}
+
+/** Wrap a device-side transport to record what the module sends. */
+function spy(t: Transport, sent: Uint8Array[]): Transport {
+  return {
+    description: t.description,
+    write: (b) => {
+      sent.push(Uint8Array.from(b));
+      return t.write(b);
+    },
+    onData: (l) => t.onData(l),
+    onClose: (l) => t.onClose(l),
+    close: () => t.close(),
+  };
+}
+
+export interface TestBatch {
+  sealed: Uint8Array;
+  keys: Uint8Array;
+  batchId: Uint8Array;
+  seq: number;
+  bits: number;
+}
+
+let seqCounter = 0;
+export function makeBatch(deviceKey: Uint8Array, o: { terminalId?: string; bits?: number; seq?: number; purpose?: Purpose; chunkSize?: number } = {}): TestBatch {
+  const bits = o.bits ?? 64 * 1024;
+  const keys = new Uint8Array(randomBytes(bits / 8));
+  const batchId = new Uint8Array(randomBytes(16));
+  const seq = o.seq ?? ++seqCounter + 100;
+  const sealed = sealBatch({
+    deviceKey,
+    header: { batchId, terminalId: o.terminalId ?? 'T1', seq, purpose: o.purpose ?? 'any', bits, chunkSize: o.chunkSize ?? 4096, createdAt: 1_700_000_000_000 },
+    keys: keys.slice(),
+  });
+  return { sealed, keys, batchId, seq, bits };
+}

@@ -1,0 +1,60 @@
+// `qkt kmd collect`: the carrier brings delivery receipts back; each is verified under the
+// terminal's device key, the batch is marked delivered and the station's matching keys become
+// active. A receipt that does not verify is reported and activates nothing.
+import { decodeReceipt, verifyReceipt } from '../../firmware/crypto/receipt.js';
+import type { Carrier } from '../carrier/carrier.js';
+import type { KmdHome } from './home.js';
+import { stationStore } from './export.js';
+
+export interface CollectResult {
+  carrierId: string;
+  collected: Array<{ terminalId: string; batchId: string; seq: number; bits: number }>;
+  rejected: Array<{ id: string; reason: string }>;
+  activatedBits: number;
+}
+
+export function collectReceipts(home: KmdHome, carrier: Carrier): CollectResult {
+  const station = stationStore(home);
+  const result: CollectResult = { carrierId: carrier.carrierId, collected: [], rejected: [], activatedBits: 0 };
+  const done: string[] = [];
+  try {
+    for (const entry of carrier.receipts()) {
+      let receipt;
+      try {
+        receipt = decodeReceipt(entry.receipt);
+      } catch (e) {
+        result.rejected.push({ id: entry.id, reason: `unreadable receipt: ${(e as Error).message}` });
+        continue;
+      }
+      if (!home.hasTerminal(receipt.terminalId)) {
+        result.rejected.push({ id: entry.id, reason: `terminal ${receipt.terminalId} is not enrolled at this KMD` });
+        continue;
+      }
+      const key = home.deviceKey(receipt.terminalId);
+      const ok = verifyReceipt(key, receipt);
+      key.fill(0);
+      if (!ok) {
+        result.rejected.push({ id: entry.id, reason: 'receipt MAC does not verify' });
+        continue;
+      }
+      const batchIdHex = Buffer.from(receipt.batchId).toString('hex');
+      const t = home.terminal(receipt.terminalId);
+      const rec = t.batches.find((b) => b.batchId === batchIdHex && b.seq === receipt.seq);
+      if (!rec) {
+        result.rejected.push({ id: entry.id, reason: `batch ${batchIdHex} was not exported by this KMD` });
+        continue;
+      }
+      if (!rec.deliveredAt) {
+        rec.deliveredAt = home.nowIso();
+        home.saveTerminal(t);
+      }
+      if (station.activate(receipt.terminalId, batchIdHex, 'receipt')) result.activatedBits += rec.bits;
+      result.collected.push({ terminalId: receipt.terminalId, batchId: batchIdHex, seq: rec.seq, bits: rec.bits });
+      done.push(entry.id);
+    }
+    carrier.markCollected(done);
+  } finally {
+    station.close();
+  }
+  return result;
+}

@@ -1,0 +1,142 @@
+// The KMD's home folder: configuration, the key supply, enrolled terminals (with their device
+// keys, mode 0600), the outbox of sealed batches not yet on a carrier, and the station store.
+// Every file is replaced atomically (fs-atomic.ts), so a crash leaves the old state or the new.
+import { existsSync, mkdirSync, readdirSync, readFileSync, chmodSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { writeFileAtomic } from '../fs-atomic.js';
+import { FixedRateSupply } from './supply.js';
+import type { KeySupply } from './supply.js';
+
+export const KMD_FORMAT = 'qkt-kmd';
+
+export interface KmdConfig {
+  format: typeof KMD_FORMAT;
+  version: 1;
+  kmdId: string;
+  createdAt: string;
+  rateBitsPerSecond: number;
+}
+
+export interface TerminalRecord {
+  terminalId: string;
+  /** Hex of the 256-bit device key: the KMD's copy, as grid ESAM key systems keep theirs. */
+  deviceKey: string;
+  enrolledAt: string;
+  flash?: string;
+  /** Seq the next batch for this terminal gets (anti-rollback: strictly increasing). */
+  nextSeq: number;
+  /** Counter the next admin token gets. */
+  nextAdminCounter: number;
+  batches: BatchRecord[];
+}
+
+export interface BatchRecord {
+  batchId: string;
+  seq: number;
+  bits: number;
+  purpose: 'enc' | 'auth' | 'any';
+  /** Where the key bits came from in the supply's output: never handed out twice. */
+  supplyOffset: number;
+  createdAt: string;
+  /** Carrier the sealed batch went onto, once it did. */
+  carrierId?: string;
+  /** Set by `kmd collect` when a verified receipt came back: the station's keys are active. */
+  deliveredAt?: string;
+}
+
+export class KmdError extends Error {
+  constructor(
+    message: string,
+    readonly code: 'NO_HOME' | 'EXISTS' | 'NOT_ENROLLED' | 'ALREADY_ENROLLED' | 'BAD_ID' | 'SUPPLY' | 'CORRUPT',
+  ) {
+    super(message);
+    this.name = 'KmdError';
+  }
+}
+
+export const ID_RE = /^[A-Za-z0-9._-]{1,32}$/;
+
+export function checkId(kind: string, id: string): string {
+  if (!ID_RE.test(id)) throw new KmdError(`${kind} id must be 1-32 of A-Z a-z 0-9 . _ -, got ${JSON.stringify(id)}`, 'BAD_ID');
+  return id;
+}
+
+export class KmdHome {
+  private constructor(
+    readonly dir: string,
+    readonly config: KmdConfig,
+    private readonly now: () => number,
+  ) {}
+
+  static init(dir: string, o: { rateBitsPerSecond: number; now?: () => number }): KmdHome {
+    const abs = resolve(dir);
+    if (existsSync(join(abs, 'kmd.json'))) throw new KmdError(`${abs} already holds a KMD`, 'EXISTS');
+    mkdirSync(abs, { recursive: true, mode: 0o700 });
+    chmodSync(abs, 0o700);
+    for (const d of ['terminals', 'outbox', 'station']) mkdirSync(join(abs, d), { recursive: true, mode: 0o700 });
+    const now = o.now ?? Date.now;
+    const config: KmdConfig = {
+      format: KMD_FORMAT,
+      version: 1,
+      kmdId: `kmd-${randomBytes(4).toString('hex')}`,
+      createdAt: new Date(now()).toISOString(),
+      rateBitsPerSecond: o.rateBitsPerSecond,
+    };
+    FixedRateSupply.create(join(abs, 'supply.json'), { rateBitsPerSecond: o.rateBitsPerSecond, startedAtMs: now() });
+    writeFileAtomic(join(abs, 'kmd.json'), JSON.stringify(config, null, 2) + '\n');
+    return new KmdHome(abs, config, now);
+  }
+
+  static open(dir: string, o: { now?: () => number } = {}): KmdHome {
+    const abs = resolve(dir);
+    const file = join(abs, 'kmd.json');
+    if (!existsSync(file)) throw new KmdError(`no KMD in ${abs} (run qkt kmd init --home ${dir})`, 'NO_HOME');
+    let config: KmdConfig;
+    try {
+      config = JSON.parse(readFileSync(file, 'utf8')) as KmdConfig;
+    } catch (e) {
+      throw new KmdError(`${file} is corrupt: ${(e as Error).message}`, 'CORRUPT');
+    }
+    if (config.format !== KMD_FORMAT) throw new KmdError(`${file} is not a qkt KMD configuration`, 'CORRUPT');
+    return new KmdHome(abs, config, o.now ?? Date.now);
+  }
+
+  supply(): KeySupply & FixedRateSupply {
+    return new FixedRateSupply(join(this.dir, 'supply.json'), this.now);
+  }
+
+  nowIso(): string {
+    return new Date(this.now()).toISOString();
+  }
+
+  path(...parts: string[]): string {
+    return join(this.dir, ...parts);
+  }
+
+  terminalIds(): string[] {
+    return readdirSync(this.path('terminals'))
+      .filter((f) => f.endsWith('.json'))
+      .map((f) => f.slice(0, -5))
+      .sort();
+  }
+
+  hasTerminal(id: string): boolean {
+    return existsSync(this.path('terminals', `${checkId('terminal', id)}.json`));
+  }
+
+  terminal(id: string): TerminalRecord {
+    const file = this.path('terminals', `${checkId('terminal', id)}.json`);
+    if (!existsSync(file)) throw new KmdError(`terminal ${id} is not enrolled at this KMD`, 'NOT_ENROLLED');
+    return JSON.parse(readFileSync(file, 'utf8')) as TerminalRecord;
+  }
+
+  saveTerminal(t: TerminalRecord): void {
+    writeFileAtomic(this.path('terminals', `${checkId('terminal', t.terminalId)}.json`), JSON.stringify(t, null, 2) + '\n');
+  }
+
+  /** The device key as bytes; the caller wipes it after use. */
+  deviceKey(id: string): Uint8Array {
+    return new Uint8Array(Buffer.from(this.terminal(id).deviceKey, 'hex'));
+  }
+}
