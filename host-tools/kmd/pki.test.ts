@@ -65,7 +65,7 @@ t.test('SAE ID and host name validation', async (t) => {
   t.equal(validateSaeId('x'.repeat(64)), 'x'.repeat(64));
   await t.rejects(issueServerCert(dir, []), RangeError);
   await t.rejects(issueServerCert(dir, ['bad host']), RangeError);
-  const empty = t.testdir();
+  const empty = join(dir, 'empty');
   await t.rejects(issueSaeCert(empty, 'nocadir'), /ENOENT/, 'needs a CA');
   t.notOk(existsSync(join(empty, 'sae')), 'nothing written without a CA');
 });

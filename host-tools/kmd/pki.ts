@@ -8,11 +8,11 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { dirname, join } from 'node:path';
 import { writeFileAtomic } from '../fs-atomic.js';
+import { isSaeId, SAE_ID_PATTERN } from './sae-store.js';
 
 x509.cryptoProvider.set(webcrypto);
 
-/** SAE IDs: what may stand in a certificate CN, a URL path segment and a file name unescaped. */
-export const SAE_ID_PATTERN = /^[A-Za-z0-9._-]{1,64}$/;
+export { SAE_ID_PATTERN };
 
 export const CA_KEY_FILE = 'ca.key';
 export const CA_CERT_FILE = 'ca.crt';
@@ -48,9 +48,7 @@ const BACKDATE_MS = 5 * 60_000;
 /** Throws TypeError / RangeError unless `saeId` is a valid SAE ID; returns it. */
 export function validateSaeId(saeId: unknown, name = 'saeId'): string {
   if (typeof saeId !== 'string') throw new TypeError(`${name} must be a string`);
-  if (!SAE_ID_PATTERN.test(saeId)) throw new RangeError(`${name} must match ${SAE_ID_PATTERN.source}, got ${JSON.stringify(saeId)}`);
-  // "." and ".." match the pattern but are not usable as a file name or a path segment.
-  if (saeId === '.' || saeId === '..') throw new RangeError(`${name} must not be "." or ".."`);
+  if (!isSaeId(saeId)) throw new RangeError(`${name} must match ${SAE_ID_PATTERN.source} and not be "." or "..", got ${JSON.stringify(saeId)}`);
   return saeId;
 }
 
@@ -103,7 +101,7 @@ export async function issueServerCert(dir: string, hostnames: string[], o: Issue
 /**
  * Issue a client certificate for SAE `saeId`: `sae/<saeId>.key` (0600) and `sae/<saeId>.crt`,
  * subject CN = saeId, extendedKeyUsage clientAuth. The KMD takes the caller's SAE ID from that CN
- * (ETSI GS QKD 014 §4.3: SAEs and KME authenticate each other). Refuses to re-issue an SAE.
+ * (ETSI GS QKD 014 §5.1: SAEs and KME authenticate each other). Refuses to re-issue an SAE.
  */
 export async function issueSaeCert(dir: string, saeId: string, o: IssueOptions = {}): Promise<PemPaths> {
   validateSaeId(saeId);
@@ -115,7 +113,7 @@ export async function issueSaeCert(dir: string, saeId: string, o: IssueOptions =
 
 /** Whether `saeId` was issued a certificate by the CA in `dir` (a valid ID with a `sae/<id>.crt`). */
 export function hasSaeCert(dir: string, saeId: string): boolean {
-  return SAE_ID_PATTERN.test(saeId) && saeId !== '.' && saeId !== '..' && existsSync(join(dir, SAE_DIR, `${saeId}.crt`));
+  return isSaeId(saeId) && existsSync(join(dir, SAE_DIR, `${saeId}.crt`));
 }
 
 /** Read the CA certificate and the server key pair from `dir` for `startEtsi014Server`. */
