@@ -421,29 +421,3 @@ t.test('plain HTTP is a loopback-only test mode; the caller is X-SAE-ID', async 
   t.equal((await send(plain.url, {}, 'GET', '/api/v1/keys/SAE_B/status', undefined, { 'X-SAE-ID': 'SAE_Q' })).status, 401, 'unknown caller: unauthorized');
   t.equal((await send(plain.url, {}, 'GET', '/api/v1/keys/SAE_B/status', undefined, { 'X-SAE-ID': 'a b' })).status, 401);
 });
-
-t.test('SaeStore: limits and options are validated once, at construction', async (t) => {
-  const dir = t.testdir();
-  const supplyPath = join(dir, 'supply.json');
-  FixedRateSupply.create(supplyPath, { rateBitsPerSecond: 1000, startedAtMs: 0 });
-  const supply = new FixedRateSupply(supplyPath, () => 0);
-  const path = join(dir, 'k.json');
-  t.throws(() => new SaeStore({ path, supply, limits: { keySize: 100 } }), RangeError);
-  t.throws(() => new SaeStore({ path, supply, limits: { minKeySize: 512 } }), RangeError);
-  t.throws(() => new SaeStore({ path, supply, limits: { maxKeyPerRequest: 0 } }), RangeError);
-  t.throws(() => new SaeStore({ path, supply, capacityBits: -1 }), RangeError);
-  const s = new SaeStore({ path, supply, limits: { keySize: 128, maxKeyPerRequest: 4 }, capacityBits: 1024 });
-  t.same(s.status('A', 'B'), { key_size: 128, stored_key_count: 0, max_key_count: 8, max_key_per_request: 4, max_key_size: 1024, min_key_size: 64, max_SAE_ID_count: 0 });
-  t.match(caught(() => s.status('a/b', 'B')), { name: 'KeyDeliveryError', status: 401 });
-  t.match(caught(() => s.issue('A', 'B', { number: 5 })), { name: 'KeyDeliveryError', status: 400 });
-  t.match(caught(() => s.deliver('B', 'A', ['x'])), { status: 400, message: 'one or more keys specified are not found on KME' });
-});
-
-function caught(f: () => unknown): unknown {
-  try {
-    f();
-  } catch (e) {
-    return e;
-  }
-  return undefined;
-}
