@@ -3,6 +3,8 @@
 // `qkt terminal run`, `qkt demo` and the HIL rig.
 import { createTerminal } from '../firmware/terminal.js';
 import type { Terminal } from '../firmware/terminal.js';
+import { NorFlash } from '../firmware/flash/nor-flash.js';
+import { PowerCutError } from '../firmware/flash/errors.js';
 import type { Payload } from '../firmware/link/codec.js';
 import type { Transport } from '../firmware/link/transport.js';
 import { openSerial } from './transports/serial.js';
@@ -31,7 +33,23 @@ export interface TerminalHost {
 }
 
 export async function startTerminalHost(o: TerminalHostOptions): Promise<TerminalHost> {
-  const terminal = createTerminal({});
+  // The module's flash: an image file (a missing file is a blank, unenrolled module's flash).
+  let flash: NorFlash;
+  try {
+    flash = NorFlash.open(o.flashPath);
+  } catch (e) {
+    throw new CliError(`cannot use flash image ${o.flashPath}: ${(e as Error).message}`, Exit.STATE);
+  }
+  if (o.powerCutAfter) flash.faults.cutAfter(o.powerCutAfter, 'torn');
+  let terminal: Terminal;
+  try {
+    terminal = createTerminal({ flash, ...(o.onPowerCut ? { onPowerCut: () => o.onPowerCut!() } : {}) });
+  } catch (e) {
+    // A cut during boot (mount, boot audit record) is a cut like any other.
+    if (e instanceof PowerCutError && o.onPowerCut) o.onPowerCut();
+    throw e;
+  }
+  const closeFlash = () => flash.close();
   const pace = (t: Transport): Transport => (o.baud ? paced(t, { baud: o.baud }) : t);
   if (o.port) {
     const serial = await openSerial(o.port, o.baud ? { baudRate: o.baud } : {}).catch((e: Error) => {
@@ -40,7 +58,16 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
     const transport = o.baud && isPty(o.port) ? pace(serial) : serial;
     const closed = new Promise<void>((resolve) => transport.onClose(() => resolve()));
     terminal.attach(transport);
-    return { address: o.port, terminal, status: () => terminal.status(), closed, close: () => transport.close() };
+    return {
+      address: o.port,
+      terminal,
+      status: () => terminal.status(),
+      closed,
+      close: async () => {
+        await transport.close();
+        closeFlash();
+      },
+    };
   }
   const { host, port } = parseTcpAddress(o.listen!);
   let current: Transport | undefined;
@@ -60,6 +87,7 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
     close: async () => {
       await current?.close();
       await listener.close();
+      closeFlash();
     },
   };
 }

@@ -11,6 +11,7 @@ import { createInProcessPair } from '../../host-tools/transports/inproc.js';
 import { LinkClient } from '../../host-tools/link/client.js';
 import type { DeviceParams } from '../../host-tools/link/client.js';
 import type { Transport } from '../link/transport.js';
+import { SECURE_SECTORS } from '../secure/secure-area.js';
 
 export interface Rig {
   flash: NorFlash;
@@ -22,31 +23,33 @@ export interface Rig {
   /** Everything the module sent, for leak checks. */
   sent: Uint8Array[];
   close(): Promise<void>;
-  /** Reconnect the host on a fresh cable (after a pull). */
-  reconnect(): Promise<void>;
+  /** Reconnect the host on a fresh cable (after a pull); `wrap` wraps the new host end (fault injection). */
+  reconnect(o?: { wrap?: (host: Transport) => Transport }): Promise<void>;
 }
 
 export function newFlash(): NorFlash {
   return NorFlash.memory();
 }
 
-export function enrolled(terminalId = 'T1', deviceKey = new Uint8Array(randomBytes(32))): { flash: NorFlash; deviceKey: Uint8Array; terminalId: string } {
+export function enrolled(terminalId = 'T1', deviceKey: Uint8Array = new Uint8Array(randomBytes(32))): { flash: NorFlash; deviceKey: Uint8Array; terminalId: string } {
   const flash = newFlash();
   enrollFlash(flash, { terminalId, deviceKey });
   return { flash, deviceKey, terminalId };
 }
 
-export async function startRig(o: { flash?: NorFlash; deviceKey?: Uint8Array; terminalId?: string; terminal?: Partial<TerminalOptions>; enroll?: boolean } = {}): Promise<Rig> {
+export async function startRig(
+  o: { flash?: NorFlash; deviceKey?: Uint8Array; terminalId?: string; terminal?: Partial<TerminalOptions>; enroll?: boolean; wrapHost?: (host: Transport) => Transport } = {},
+): Promise<Rig> {
   const base = o.flash ? { flash: o.flash, deviceKey: o.deviceKey ?? new Uint8Array(32), terminalId: o.terminalId ?? 'T1' } : o.enroll === false ? { flash: newFlash(), deviceKey: new Uint8Array(32), terminalId: 'T1' } : enrolled(o.terminalId, o.deviceKey);
   const sent: Uint8Array[] = [];
   const terminal = createTerminal({ flash: base.flash, ...o.terminal });
-  const connect = async () => {
+  const connect = async (wrap?: (host: Transport) => Transport) => {
     const [host, device] = createInProcessPair({ names: ['host', 'module'] });
     terminal.attach(spy(device, sent));
-    const client = new LinkClient(host, { baseTimeoutMs: 2000 });
+    const client = new LinkClient(wrap ? wrap(host) : host, { baseTimeoutMs: 2000 });
     return { client, params: await client.negotiate() };
   };
-  let c = await connect();
+  let c = await connect(o.wrapHost);
   const rig: Rig = {
     ...base,
     terminal,
@@ -56,9 +59,9 @@ export async function startRig(o: { flash?: NorFlash; deviceKey?: Uint8Array; te
     close: async () => {
       await rig.client.close();
     },
-    reconnect: async () => {
+    reconnect: async (r) => {
       await rig.client.close().catch(() => undefined);
-      c = await connect();
+      c = await connect(r?.wrap);
       rig.client = c.client;
       rig.params = c.params;
     },
@@ -100,4 +103,26 @@ export function makeBatch(deviceKey: Uint8Array, o: { terminalId?: string; bits?
     keys: keys.slice(),
   });
   return { sealed, keys, batchId, seq, bits };
+}
+
+/** Raw bytes of the key pool's region (every sector after the secure area), for "unchanged" checks. */
+export function poolRegion(flash: NorFlash): Uint8Array {
+  const start = SECURE_SECTORS * flash.geometry.sectorSize;
+  return flash.peek(start, flash.geometry.size - start);
+}
+
+/** The module's pool as its status reports it (stored and consumed bits, batches, lastSeq, staging). */
+export function poolOf(terminal: Terminal): Record<string, unknown> {
+  return terminal.status()['pool'] as Record<string, unknown>;
+}
+
+/** Every 8-byte window of `secret` that occurs in `haystack` (offsets into secret); empty = no leak. */
+export function findWindows(haystack: Uint8Array, secret: Uint8Array, width = 8): number[] {
+  const seen = new Set<string>();
+  const hay = Buffer.from(haystack.buffer, haystack.byteOffset, haystack.byteLength);
+  for (let i = 0; i + width <= hay.length; i++) seen.add(hay.toString('latin1', i, i + width));
+  const sec = Buffer.from(secret.buffer, secret.byteOffset, secret.byteLength);
+  const hits: number[] = [];
+  for (let i = 0; i + width <= sec.length; i++) if (seen.has(sec.toString('latin1', i, i + width))) hits.push(i);
+  return hits;
 }

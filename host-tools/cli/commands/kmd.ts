@@ -1,0 +1,85 @@
+// `qkt kmd ...`: the access-layer key management device: init, enroll, export, collect.
+import { defineCommand, strs, str, CliError, Exit } from '../command.js';
+import { homeDir, kmdCli, openKmd } from '../home.js';
+import { KmdHome } from '../../kmd/home.js';
+import { enrollTerminal } from '../../kmd/enroll.js';
+import { exportBatch, outbox } from '../../kmd/export.js';
+import { collectReceipts } from '../../kmd/collect.js';
+import type { CollectResult } from '../../kmd/collect.js';
+import { openCarrier } from '../carrier-open.js';
+import { formatBits, parseBits, parseRate } from '../../units.js';
+
+export const kmdInit = defineCommand({
+  path: ['kmd', 'init'],
+  summary: 'create a new KMD in a home folder',
+  usage: 'qkt kmd init --home H [--rate 11kbit/s]',
+  examples: ['qkt kmd init --home ./kmd', 'qkt kmd init --home ./kmd --rate 1Mbit/s'],
+  options: { home: { type: 'string' }, rate: { type: 'string' } },
+  async run(v) {
+    const rate = parseRate(str(v, 'rate') ?? '11kbit/s');
+    const home = kmdCli(() => KmdHome.init(homeDir(v), { rateBitsPerSecond: rate }));
+    return { kmdId: home.config.kmdId, home: home.dir, rateBitsPerSecond: rate };
+  },
+  render: (r) => `KMD ${r.kmdId} created in ${r.home}, key supply ${r.rateBitsPerSecond} bit/s`,
+});
+
+export const kmdEnroll = defineCommand({
+  path: ['kmd', 'enroll'],
+  summary: 'factory step: new flash image for a terminal, registered in the KMD',
+  usage: 'qkt kmd enroll --home H --terminal ID --flash FILE',
+  examples: ['qkt kmd enroll --home ./kmd --terminal T1 --flash t1.img'],
+  options: { home: { type: 'string' }, terminal: { type: 'string' }, flash: { type: 'string' } },
+  required: ['terminal', 'flash'],
+  async run(v) {
+    const home = openKmd(v);
+    const t = kmdCli(() => enrollTerminal(home, str(v, 'terminal')!, str(v, 'flash')!));
+    return { terminalId: t.terminalId, flash: t.flash!, enrolledAt: t.enrolledAt };
+  },
+  render: (r) => `terminal ${r.terminalId} enrolled; its module flash image is ${r.flash}`,
+});
+
+export const kmdExport = defineCommand({
+  path: ['kmd', 'export'],
+  summary: 'queue sealed batches for the next carrier that connects',
+  usage: 'qkt kmd export --home H --terminal ID... --bits N',
+  examples: ['qkt kmd export --home ./kmd --terminal T1 --terminal T2 --bits 3Mbit'],
+  options: { home: { type: 'string' }, terminal: { type: 'string', multiple: true }, bits: { type: 'string' }, purpose: { type: 'string' } },
+  required: ['terminal', 'bits'],
+  async run(v) {
+    const home = openKmd(v);
+    const bits = parseBits(str(v, 'bits')!);
+    const purpose = (str(v, 'purpose') ?? 'any') as 'enc' | 'auth' | 'any';
+    if (!['enc', 'auth', 'any'].includes(purpose)) throw new CliError('--purpose must be enc, auth or any', Exit.USAGE);
+    const ids = strs(v, 'terminal');
+    for (const id of ids) kmdCli(() => home.terminal(id)); // all enrolled, before any key is spent
+    const queued = ids.map((id) => {
+      const e = kmdCli(() => exportBatch(home, id, bits, { purpose }));
+      return { terminalId: id, batchId: e.record.batchId, seq: e.record.seq, bits: e.record.bits };
+    });
+    return { queued, outbox: outbox(home).length };
+  },
+  render: (r) => [...r.queued.map((q) => `queued ${formatBits(q.bits)} for ${q.terminalId} (batch ${q.batchId.slice(0, 8)}, seq ${q.seq})`), `${r.outbox} batch(es) waiting for a carrier`].join('\n'),
+});
+
+export const kmdCollect = defineCommand({
+  path: ['kmd', 'collect'],
+  summary: "take the receipts back from a carrier; activate the station's keys",
+  usage: 'qkt kmd collect --home H --carrier DIR',
+  examples: ['qkt kmd collect --home ./kmd --carrier /media/usb0'],
+  options: { home: { type: 'string' }, carrier: { type: 'string' } },
+  required: ['carrier'],
+  async run(v): Promise<CollectResult> {
+    const home = openKmd(v);
+    const carrier = openCarrier(str(v, 'carrier')!);
+    if (carrier.kmdId !== home.config.kmdId) {
+      throw new CliError(`carrier ${carrier.carrierId} belongs to KMD ${carrier.kmdId}, not ${home.config.kmdId}`, Exit.CARRIER);
+    }
+    return collectReceipts(home, carrier);
+  },
+  render: (r) =>
+    [
+      ...r.collected.map((c) => `collected receipt of ${c.terminalId} batch ${c.batchId.slice(0, 8)} (seq ${c.seq}, ${formatBits(c.bits)})`),
+      ...r.rejected.map((x) => `REJECTED ${x.id}: ${x.reason}`),
+      `${r.collected.length} receipt(s) collected, ${formatBits(r.activatedBits)} of station keys activated`,
+    ].join('\n'),
+});
