@@ -62,3 +62,18 @@ export const SystemEvent = {
   /** The pool fell below its low watermark. */
   LOW_WATERMARK: 0,
 } as const;
+
+export const DownloadCmd = {
+  /** A carrier names itself; the KMD answers with a challenge. */
+  HELLO: 0,
+  /** The carrier proves it holds its enrolled key (HMAC over the challenge). */
+  AUTH: 1,
+  /** The notification: sealed batches pending for carriers. */
+  NOTIFY: 2,
+  /** Ask the KMD to export batches now (terminals, bits). */
+  REQUEST: 3,
+  /** Read bytes of a pending sealed batch. */
+  READ: 4,
+  /** The carrier has the batch safely: it leaves the KMD's outbox. */
+  TAKEN: 5,
+} as const;

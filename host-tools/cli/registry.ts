@@ -3,8 +3,27 @@ import type { Command } from './command.js';
 import demo from './commands/demo.js';
 import terminalRun from './commands/terminal-run.js';
 import status from './commands/status.js';
-
 import bench from './commands/bench.js';
 import ports from './commands/ports.js';
+import inject from './commands/inject.js';
+import { kmdCollect, kmdEnroll, kmdExport, kmdInit } from './commands/kmd.js';
+import { kmdEnrollCarrier, kmdSaeAdd, kmdServe } from './commands/kmd-serve.js';
+import { carrierLoad, carrierStatus } from './commands/carrier.js';
 
-export const commands: readonly Command<any>[] = [demo, status, ports, terminalRun, bench];
+export const commands: readonly Command<any>[] = [
+  demo,
+  ports,
+  status,
+  inject,
+  carrierLoad,
+  carrierStatus,
+  kmdInit,
+  kmdEnroll,
+  kmdExport,
+  kmdCollect,
+  kmdServe,
+  kmdSaeAdd,
+  kmdEnrollCarrier,
+  terminalRun,
+  bench,
+];

@@ -74,7 +74,7 @@ export class KmdHome {
     if (existsSync(join(abs, 'kmd.json'))) throw new KmdError(`${abs} already holds a KMD`, 'EXISTS');
     mkdirSync(abs, { recursive: true, mode: 0o700 });
     chmodSync(abs, 0o700);
-    for (const d of ['terminals', 'outbox', 'station']) mkdirSync(join(abs, d), { recursive: true, mode: 0o700 });
+    for (const d of ['terminals', 'carriers', 'outbox', 'station']) mkdirSync(join(abs, d), { recursive: true, mode: 0o700 });
     const now = o.now ?? Date.now;
     const config: KmdConfig = {
       format: KMD_FORMAT,

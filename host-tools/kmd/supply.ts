@@ -46,13 +46,18 @@ interface SupplyState {
  * returned, so a crash can lose bits but never hand the same bits out again.
  */
 export class FixedRateSupply implements KeySupply {
-  private state: SupplyState;
   constructor(
     private readonly path: string,
     private readonly now: () => number = Date.now,
     private readonly random: (n: number) => Uint8Array = (n) => new Uint8Array(randomBytes(n)),
   ) {
-    this.state = JSON.parse(readFileSync(path, 'utf8')) as SupplyState;
+    void this.state; // fail early on a missing or corrupt file
+  }
+
+  /** Read from disk on every use: several users of one KMD home (the ETSI API, the download
+   * interface, the CLI) share the account, and none may hand out bits another already took. */
+  private get state(): SupplyState {
+    return JSON.parse(readFileSync(this.path, 'utf8')) as SupplyState;
   }
 
   static create(path: string, o: { rateBitsPerSecond: number; capacityBits?: number; startedAtMs?: number }): void {
@@ -82,13 +87,12 @@ export class FixedRateSupply implements KeySupply {
 
   take(bits: number, _consumer: string): SuppliedKey {
     if (!Number.isSafeInteger(bits) || bits <= 0 || bits % 8 !== 0) throw new RangeError(`bits must be a positive multiple of 8, got ${bits}`);
+    const state = this.state;
     const avail = this.availableBits();
     if (bits > avail) throw new SupplyExhaustedError(bits, avail);
     // Bits older than the buffer capacity were dropped by the link: skip past them.
-    const start = Math.max(this.state.takenBits, this.producedBits() - this.state.capacityBits);
-    const next: SupplyState = { ...this.state, takenBits: start + bits };
-    writeFileAtomic(this.path, JSON.stringify(next, null, 2) + '\n');
-    this.state = next;
+    const start = Math.max(state.takenBits, this.producedBits() - state.capacityBits);
+    writeFileAtomic(this.path, JSON.stringify({ ...state, takenBits: start + bits }, null, 2) + '\n');
     return { supplyOffset: start, key: this.random(bits / 8) };
   }
 }

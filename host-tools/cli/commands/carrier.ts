@@ -1,0 +1,95 @@
+// `qkt carrier load|status`: put sealed batches onto a carrier (a folder or a mounted USB drive)
+// straight from a local KMD home (or through a KMD's download interface), and show what it holds.
+import { randomBytes } from 'node:crypto';
+import { existsSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { defineCommand, strs, str, CliError, Exit } from '../command.js';
+import { kmdCli, openKmd } from '../home.js';
+import { Carrier, CarrierError, formatCarrierStatus, MANIFEST_FILE } from '../../carrier/carrier.js';
+import type { CarrierStatus } from '../../carrier/carrier.js';
+import { exportBatch, markOnCarrier, outbox, readOutbox } from '../../kmd/export.js';
+import { openCarrier } from '../carrier-open.js';
+import { formatBits, parseBits } from '../../units.js';
+import { downloadFromKmd } from '../../kmd/download-client.js';
+
+export interface LoadResult {
+  carrierId: string;
+  carrier: string;
+  loaded: Array<{ terminalId: string; batchId: string; seq: number; bits: number; outcome: string }>;
+}
+
+/** Open the carrier at `dir`, or make one there when the folder is new or empty. */
+export function openOrInitCarrier(dir: string, kmdId: string, carrierId?: string): Carrier {
+  if (existsSync(join(dir, MANIFEST_FILE))) {
+    const c = openCarrier(dir);
+    if (c.kmdId !== kmdId) throw new CliError(`carrier ${c.carrierId} belongs to KMD ${c.kmdId}, not this KMD (${kmdId})`, Exit.CARRIER);
+    return c;
+  }
+  if (existsSync(dir) && readdirSync(dir).filter((f) => f !== 'lost+found').length > 0) {
+    throw new CliError(`${dir} is not empty and not a carrier; give an empty folder or drive`, Exit.CARRIER);
+  }
+  try {
+    return Carrier.init(dir, { carrierId: carrierId ?? `car-${randomBytes(3).toString('hex')}`, kmdId });
+  } catch (e) {
+    if (e instanceof CarrierError) throw new CliError(`${dir}: ${e.message}`, Exit.CARRIER);
+    throw e;
+  }
+}
+
+export const carrierLoad = defineCommand<LoadResult>({
+  path: ['carrier', 'load'],
+  summary: 'export sealed batches onto a carrier, from a local KMD home or a KMD download port',
+  usage: 'qkt carrier load (--kmd PORT | --home H) --carrier DIR --terminal ID... --bits N',
+  examples: [
+    'qkt carrier load --home ./kmd --carrier /media/usb0 --terminal T1 --terminal T2 --bits 3Mbit',
+    'qkt carrier load --kmd /dev/ttyUSB1 --carrier /media/usb0 --terminal T1 --bits 3Mbit',
+    'qkt carrier load --kmd tcp:127.0.0.1:7100 --carrier ./car1',
+  ],
+  options: {
+    home: { type: 'string' },
+    kmd: { type: 'string' },
+    carrier: { type: 'string' },
+    terminal: { type: 'string', multiple: true },
+    bits: { type: 'string' },
+    'carrier-id': { type: 'string' },
+  },
+  required: ['carrier'],
+  async run(v, _p, io) {
+    const dir = str(v, 'carrier')!;
+    const ids = strs(v, 'terminal');
+    const bits = str(v, 'bits') ? parseBits(str(v, 'bits')!) : undefined;
+    if (str(v, 'kmd')) {
+      if (str(v, 'home')) throw new CliError('give one of --kmd PORT or --home H', Exit.USAGE);
+      return downloadFromKmd({ port: str(v, 'kmd')!, carrierDir: dir, terminals: ids, ...(bits ? { bits } : {}), progress: io.progress });
+    }
+    if (ids.length === 0 || bits === undefined) throw new CliError('--terminal and --bits are required with --home', Exit.USAGE);
+    const home = openKmd(v);
+    for (const id of ids) kmdCli(() => home.terminal(id));
+    const carrier = openOrInitCarrier(dir, home.config.kmdId, str(v, 'carrier-id'));
+    const loaded: LoadResult['loaded'] = [];
+    ids.forEach((id, i) => {
+      io.progress.update(i, ids.length, `load ${id}`);
+      // A batch already queued for this terminal (kmd export, or a load that was cut) goes first.
+      const queued = outbox(home, id)[0] ?? kmdCli(() => exportBatch(home, id, bits));
+      const added = carrier.addBatch(readOutbox(queued));
+      markOnCarrier(home, id, queued.record.batchId, carrier.carrierId);
+      loaded.push({ terminalId: id, batchId: queued.record.batchId, seq: queued.record.seq, bits: queued.record.bits, outcome: added.outcome });
+    });
+    io.progress.update(ids.length, ids.length, 'load');
+    return { carrierId: carrier.carrierId, carrier: carrier.path, loaded };
+  },
+  render: (r) => [...r.loaded.map((l) => `${l.terminalId}: ${formatBits(l.bits)} sealed (batch ${l.batchId.slice(0, 8)}, seq ${l.seq}) ${l.outcome}`), `carrier ${r.carrierId} at ${r.carrier}`].join('\n'),
+});
+
+export const carrierStatus = defineCommand<CarrierStatus>({
+  path: ['carrier', 'status'],
+  summary: 'what a carrier holds and has delivered',
+  usage: 'qkt carrier status --carrier DIR',
+  examples: ['qkt carrier status --carrier /media/usb0 --json'],
+  options: { carrier: { type: 'string' } },
+  required: ['carrier'],
+  async run(v) {
+    return openCarrier(str(v, 'carrier')!).status();
+  },
+  render: (s) => formatCarrierStatus(s),
+});

@@ -1,0 +1,88 @@
+// `qkt inject --carrier DIR --port PATH`: the field engineer's step. Asks the terminal on the port
+// who it is, picks its batch from the carrier, injects it with a progress bar (resuming a broken
+// transfer), stores the delivery receipt on the carrier, and prints a one-line result.
+import { defineCommand, str, CliError, Exit } from '../command.js';
+import { connectDevice } from '../../link/session.js';
+import { injectBatch } from '../../link/inject.js';
+import { Group, SystemCmd } from '../../../firmware/link/groups.js';
+import { LinkError, Rc, rcName } from '../../../firmware/link/errors.js';
+import { openCarrier } from '../carrier-open.js';
+import { resolvePort } from '../port-select.js';
+import { formatBits } from '../../units.js';
+import { int } from '../command.js';
+
+export interface InjectCliResult {
+  terminalId: string;
+  batchId: string;
+  seq: number;
+  bits: number;
+  seconds: number;
+  resumedFromBits: number;
+  alreadyAccepted: boolean;
+  port: string;
+  carrierId: string;
+  receiptStored: boolean;
+}
+
+export default defineCommand<InjectCliResult>({
+  path: ['inject'],
+  summary: "inject the terminal's key batch from a carrier; resumable",
+  usage: 'qkt inject --carrier DIR --port PATH|auto [--vidpid VID:PID] [--baud N]',
+  examples: ['qkt inject --carrier /media/usb0 --port /dev/ttyUSB0', 'qkt inject --carrier /media/usb0 --port auto --vidpid 0483:5740', 'qkt inject --carrier ./car1 --port /dev/pts/3 --json'],
+  options: { carrier: { type: 'string' }, port: { type: 'string' }, vidpid: { type: 'string' }, baud: { type: 'string' } },
+  required: ['carrier', 'port'],
+  async run(v, _p, io) {
+    const carrier = openCarrier(str(v, 'carrier')!);
+    const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
+    const baud = int(v, 'baud', 300, 12_000_000);
+    const s = await connectDevice(port, baud ? { baud } : {});
+    try {
+      const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
+      const terminalId = st['terminalId'];
+      if (typeof terminalId !== 'string') {
+        throw new CliError(`the module on ${port} is not enrolled (${String(st['state'] ?? 'blank')}); enrol it at the KMD first`, Exit.REFUSED);
+      }
+      const entry = carrier.batchFor(terminalId);
+      if (!entry) {
+        const delivered = carrier.status().delivered.some((d) => d.terminalId === terminalId);
+        throw new CliError(
+          delivered ? `batch already delivered: carrier ${carrier.carrierId} has nothing more for terminal ${terminalId}` : `wrong carrier: ${carrier.carrierId} holds no batch for terminal ${terminalId}`,
+          Exit.CARRIER,
+        );
+      }
+      const sealed = carrier.readBatch(entry);
+      let r;
+      try {
+        r = await injectBatch(s.client, s.params, sealed, {
+          onProgress: (p) => io.progress.update(p.bits, p.totalBits, `inject ${terminalId}`),
+        });
+      } catch (e) {
+        if (e instanceof LinkError) {
+          const why = e.rc === Rc.STALE_BATCH ? 'it already holds a newer batch' : e.rc === Rc.WRONG_TERMINAL ? 'the batch is addressed to another terminal' : e.rc === Rc.AUTH_FAILED ? 'the batch does not authenticate (tampered, or sealed for another module)' : e.rc === Rc.NO_SPACE ? 'its key pool has no room' : (e.reason ?? rcName(e.rc));
+          throw new CliError(`terminal ${terminalId} refused the batch: ${rcName(e.rc)}: ${why}`, Exit.REFUSED);
+        }
+        throw e;
+      }
+      io.progress.done();
+      carrier.recordReceipt(terminalId, r.batchId, r.receipt);
+      return {
+        terminalId,
+        batchId: r.batchId,
+        seq: r.seq,
+        bits: r.bits,
+        seconds: Math.round(r.seconds * 1000) / 1000,
+        resumedFromBits: r.resumedFromBits,
+        alreadyAccepted: r.alreadyAccepted,
+        port,
+        carrierId: carrier.carrierId,
+        receiptStored: true,
+      };
+    } finally {
+      await s.close();
+    }
+  },
+  render: (r) =>
+    `${r.terminalId}: ${formatBits(r.bits)} injected (batch ${r.batchId.slice(0, 8)}, seq ${r.seq}) in ${r.seconds.toFixed(2)} s` +
+    (r.alreadyAccepted ? ', already accepted earlier' : r.resumedFromBits > 0 ? `, resumed from ${formatBits(r.resumedFromBits)}` : '') +
+    '; receipt stored on the carrier',
+});

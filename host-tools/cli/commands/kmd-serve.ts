@@ -1,0 +1,65 @@
+// `qkt kmd serve` and `qkt kmd sae add`: the KMD's network services and its SAE certificates.
+import { defineCommand, str, CliError, Exit } from '../command.js';
+import { openKmd, kmdCli } from '../home.js';
+import { ensurePki, pkiDir, startKmdServer } from '../../kmd/serve.js';
+import { issueSaeCert, hasSaeCert } from '../../kmd/pki.js';
+import { enrollCarrier } from '../../kmd/carriers.js';
+
+export const kmdServe = defineCommand({
+  path: ['kmd', 'serve'],
+  summary: 'KMD services: ETSI GS QKD 014 API (mutual TLS) and the carrier download interface',
+  usage: 'qkt kmd serve --home H --listen HOST:PORT [--download PORT|tcp:HOST:PORT] [--plain-http]',
+  examples: [
+    'qkt kmd serve --home ./kmd --listen 127.0.0.1:8443',
+    'qkt kmd serve --home ./kmd --listen 127.0.0.1:8443 --download /dev/ttyUSB1',
+    'qkt kmd serve --home ./kmd --listen 127.0.0.1:8443 --download tcp:127.0.0.1:7100',
+  ],
+  options: { home: { type: 'string' }, listen: { type: 'string' }, download: { type: 'string' }, 'plain-http': { type: 'boolean', default: false } },
+  required: ['listen'],
+  async run(v, _p, io) {
+    const home = openKmd(v);
+    const server = await startKmdServer(home, {
+      listen: str(v, 'listen')!,
+      ...(str(v, 'download') ? { download: str(v, 'download')! } : {}),
+      plainHttp: v['plain-http'] === true,
+      log: io.note,
+    });
+    const ready = { event: 'ready', kmdId: home.config.kmdId, etsi014: server.etsi014Url, download: server.download ?? null, pid: process.pid };
+    io.ready(ready, [`KMD ${ready.kmdId}: ETSI GS QKD 014 on ${ready.etsi014}/api/v1/keys/`, ...(ready.download ? [`download interface on ${ready.download}`] : []), 'Ctrl-C to stop'].join('\n'));
+    await io.stopped;
+    await server.close();
+    return ready;
+  },
+});
+
+export const kmdSaeAdd = defineCommand({
+  path: ['kmd', 'sae', 'add'],
+  summary: 'issue an SAE client certificate for the ETSI 014 API',
+  usage: 'qkt kmd sae add --home H --sae ID',
+  examples: ['qkt kmd sae add --home ./kmd --sae station-1'],
+  options: { home: { type: 'string' }, sae: { type: 'string' } },
+  required: ['sae'],
+  async run(v) {
+    const home = openKmd(v);
+    const id = str(v, 'sae')!;
+    await ensurePki(home);
+    if (hasSaeCert(pkiDir(home), id)) throw new CliError(`SAE ${id} already has a certificate`, Exit.STATE);
+    const p = await issueSaeCert(pkiDir(home), id);
+    return { sae: id, cert: p.certPath, key: p.keyPath, ca: `${pkiDir(home)}/ca.crt` };
+  },
+  render: (r) => `SAE ${r.sae}: certificate ${r.cert}, key ${r.key}; trust ${r.ca}`,
+});
+
+export const kmdEnrollCarrier = defineCommand({
+  path: ['kmd', 'carrier', 'add'],
+  summary: "enrol a carrier for the KMD's download interface",
+  usage: 'qkt kmd carrier add --home H --carrier ID --dir DIR',
+  examples: ['qkt kmd carrier add --home ./kmd --carrier car1 --dir /media/usb0'],
+  options: { home: { type: 'string' }, carrier: { type: 'string' }, dir: { type: 'string' } },
+  required: ['carrier', 'dir'],
+  async run(v) {
+    const home = openKmd(v);
+    return kmdCli(() => enrollCarrier(home, str(v, 'carrier')!, str(v, 'dir')!));
+  },
+  render: (r) => `carrier ${r.carrierId} enrolled at ${r.dir}`,
+});

@@ -1,0 +1,70 @@
+// `qkt kmd serve`: the KMD's services in one process: the ETSI GS QKD 014 key delivery API
+// (mutual TLS by default) and, optionally, the download interface for carriers on a serial port
+// or TCP. Runs until stopped.
+import { existsSync } from 'node:fs';
+import { createCa, issueServerCert, readServerTls, hasSaeCert } from './pki.js';
+import { SaeStore } from './sae-store.js';
+import { startEtsi014Server } from './etsi014.js';
+import type { KmdHome } from './home.js';
+import { serveDownload } from './download.js';
+import type { Transport } from '../../firmware/link/transport.js';
+import { openSerial } from '../transports/serial.js';
+import { isTcpAddress, listenTcp, parseTcpAddress } from '../transports/tcp.js';
+
+export function pkiDir(home: KmdHome): string {
+  return home.path('pki');
+}
+
+/** The KMD's CA and TLS server certificate, made on first use. */
+export async function ensurePki(home: KmdHome): Promise<void> {
+  const dir = pkiDir(home);
+  if (!existsSync(`${dir}/ca.crt`)) await createCa(dir, { commonName: `qkt KMD ${home.config.kmdId} CA` });
+  if (!existsSync(`${dir}/server.crt`)) await issueServerCert(dir, ['localhost', '127.0.0.1', '::1']);
+}
+
+export interface KmdServer {
+  etsi014Url: string;
+  download?: string;
+  close(): Promise<void>;
+}
+
+export async function startKmdServer(home: KmdHome, o: { listen: string; download?: string; plainHttp?: boolean; log?: (line: string) => void }): Promise<KmdServer> {
+  const log = o.log ?? (() => undefined);
+  const { host, port } = parseTcpAddress(o.listen);
+  await ensurePki(home);
+  const store = new SaeStore({ path: home.path('sae-keys.json'), supply: home.supply(), knownSae: (id) => hasSaeCert(pkiDir(home), id) });
+  const etsi = await startEtsi014Server({
+    host,
+    port,
+    store,
+    kmeId: home.config.kmdId,
+    ...(o.plainHttp ? { allowPlainHttp: true } : { tls: readServerTls(pkiDir(home)) }),
+    log,
+  });
+  const closers: Array<() => Promise<void>> = [() => etsi.close()];
+  let download: string | undefined;
+  if (o.download) {
+    if (isTcpAddress(o.download)) {
+      const a = parseTcpAddress(o.download);
+      const links: Transport[] = [];
+      const l = await listenTcp(a.host, a.port, (t) => {
+        links.push(t);
+        serveDownload(home, t, log);
+      });
+      download = `tcp:${l.address.host}:${l.address.port}`;
+      closers.push(() => l.close());
+    } else {
+      const t = await openSerial(o.download);
+      serveDownload(home, t, log);
+      download = o.download;
+      closers.push(() => t.close());
+    }
+  }
+  return {
+    etsi014Url: etsi.url,
+    ...(download ? { download } : {}),
+    close: async () => {
+      for (const c of closers.reverse()) await c();
+    },
+  };
+}
