@@ -152,7 +152,23 @@ export function injectGroup(ctx: ModuleContext): CommandGroup {
         transfer = new BatchTransfer(nextId++, opener, stage);
         return { t: transfer.id, c: transfer.committed, n: transfer.total };
       },
-      [InjectCmd.CHUNK]: (p) => acceptChunk(current(uint(p, 't')), uint(p, 'o'), bytes(p, 'd', 65536)),
+      [InjectCmd.CHUNK]: async (p) => {
+        const t = current(uint(p, 't'));
+        try {
+          return await acceptChunk(t, uint(p, 'o'), bytes(p, 'd', 65536));
+        } catch (e) {
+          if (e instanceof LinkError && e.rc === Rc.AUTH_FAILED) {
+            // A chunk that does not authenticate was altered on the carrier (the link's CRC rules
+            // out line noise): resending it cannot help. All of the batch or none (DESIGN.md
+            // "Security model"): drop what was staged, so the refusal leaves the pool as it was.
+            const name = hex(t.opener.header.batchId).slice(0, 8);
+            mapServiceErrors(() => t.stage.abort());
+            close();
+            ctx.secure().audit('batch-refused', `${name} rc ${e.rc}`);
+          }
+          throw e;
+        }
+      },
       [InjectCmd.STATUS]: (p) => {
         const t = current(uint(p, 't'));
         return { c: t.committed, n: t.total };

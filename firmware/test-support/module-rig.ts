@@ -2,7 +2,8 @@
 // and sealed batches made the way the KMD makes them, with the plaintext kept for checking.
 import { randomBytes } from 'node:crypto';
 import { NorFlash } from '../flash/nor-flash.js';
-import { enrollFlash } from '../secure/enroll.js';
+import { enrollFlash, POOL_OPTIONS } from '../secure/enroll.js';
+import { KeyPool, MAX_KEY_BYTES } from '../keypool/key-pool.js';
 import { createTerminal } from '../terminal.js';
 import type { Terminal, TerminalOptions } from '../terminal.js';
 import { sealBatch } from '../crypto/batch.js';
@@ -125,4 +126,22 @@ export function findWindows(haystack: Uint8Array, secret: Uint8Array, width = 8)
   const hits: number[] = [];
   for (let i = 0; i + width <= sec.length; i++) if (seen.has(sec.toString('latin1', i, i + width))) hits.push(i);
   return hits;
+}
+
+/**
+ * Mount the pool on `flash` (as a fresh boot would; any module on it must be done) and consume
+ * every key in pool order, `purpose` 'any': the plaintext the pool would serve, to compare with
+ * what was sealed. Consumes them: the pool is empty afterwards.
+ */
+export function drainPool(flash: NorFlash): Uint8Array {
+  const pool = KeyPool.mount(flash, POOL_OPTIONS);
+  const parts: Uint8Array[] = [];
+  for (;;) {
+    const left = pool.status().storedKeyBits / 8;
+    if (left === 0) break;
+    // A key never spans batches: take each batch's remainder in one go.
+    const b = pool.status().batches.find((x) => x.bits > x.consumedBits)!;
+    parts.push(pool.consume('any', Math.min(MAX_KEY_BYTES, (b.bits - b.consumedBits) / 8)).key);
+  }
+  return Buffer.concat(parts);
 }
