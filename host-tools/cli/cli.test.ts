@@ -43,15 +43,22 @@ t.test('no device: exit 3 with the port named; --json gets one error document', 
   t.match(tcp.stderr, /cannot connect to tcp:127.0.0.1:1/);
 });
 
-t.test('demo --json: one JSON document, transfer verified', async (t) => {
+t.test('demo --json: one JSON document; every message opened, both sides used the same keys', async (t) => {
   const r = await runQkt(['demo', '--json']);
   t.equal(r.code, 0, r.stderr);
-  const doc = JSON.parse(r.stdout) as { bulk: { checksumOk: boolean; bytes: number }; steps: unknown[] };
-  t.equal(doc.bulk.checksumOk, true);
-  t.equal(doc.bulk.bytes, 1024 * 1024);
+  const doc = JSON.parse(r.stdout) as { ok: boolean; receiptsCollected: number; terminals: Array<{ terminalId: string; injectedBits: number; storedKeyBits: number; terminalConsumedBits: number; stationConsumedBits: number }> };
+  t.equal(doc.ok, true);
+  t.equal(doc.receiptsCollected, 3);
+  t.same(doc.terminals.map((x) => x.terminalId), ['T1', 'T2', 'T3']);
+  for (const x of doc.terminals) {
+    t.equal(x.injectedBits, 3 * 2 ** 20);
+    t.equal(x.storedKeyBits, 3 * 2 ** 20);
+    t.ok(x.terminalConsumedBits > 0);
+    t.equal(x.terminalConsumedBits, x.stationConsumedBits);
+  }
   t.equal(r.stderr, '', 'nothing on stderr under --json');
   const human = await runQkt(['demo']);
   t.equal(human.code, 0);
-  t.match(human.stdout, /negotiate\s+protocol v1/);
-  t.match(human.stdout, /checksum matches/);
+  t.match(human.stdout, /\| T3 \| 3 Mbit \|/);
+  t.match(human.stdout, /3 receipts collected/);
 });

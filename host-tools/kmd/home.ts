@@ -69,7 +69,8 @@ export class KmdHome {
     private readonly now: () => number,
   ) {}
 
-  static init(dir: string, o: { rateBitsPerSecond: number; now?: () => number }): KmdHome {
+  /** `stockBits`: key already accrued from the QKD link when the KMD starts (default none). */
+  static init(dir: string, o: { rateBitsPerSecond: number; stockBits?: number; now?: () => number }): KmdHome {
     const abs = resolve(dir);
     if (existsSync(join(abs, 'kmd.json'))) throw new KmdError(`${abs} already holds a KMD`, 'EXISTS');
     mkdirSync(abs, { recursive: true, mode: 0o700 });
@@ -83,7 +84,8 @@ export class KmdHome {
       createdAt: new Date(now()).toISOString(),
       rateBitsPerSecond: o.rateBitsPerSecond,
     };
-    FixedRateSupply.create(join(abs, 'supply.json'), { rateBitsPerSecond: o.rateBitsPerSecond, startedAtMs: now() });
+    const stockMs = ((o.stockBits ?? 0) / o.rateBitsPerSecond) * 1000;
+    FixedRateSupply.create(join(abs, 'supply.json'), { rateBitsPerSecond: o.rateBitsPerSecond, startedAtMs: now() - stockMs });
     writeFileAtomic(join(abs, 'kmd.json'), JSON.stringify(config, null, 2) + '\n');
     return new KmdHome(abs, config, now);
   }

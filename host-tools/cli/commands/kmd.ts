@@ -12,15 +12,16 @@ import { formatBits, parseBits, parseRate } from '../../units.js';
 export const kmdInit = defineCommand({
   path: ['kmd', 'init'],
   summary: 'create a new KMD in a home folder',
-  usage: 'qkt kmd init --home H [--rate 11kbit/s]',
-  examples: ['qkt kmd init --home ./kmd', 'qkt kmd init --home ./kmd --rate 1Mbit/s'],
-  options: { home: { type: 'string' }, rate: { type: 'string' } },
+  usage: 'qkt kmd init --home H [--rate 11kbit/s] [--stock 9Mbit]',
+  examples: ['qkt kmd init --home ./kmd', 'qkt kmd init --home ./kmd --rate 11kbit/s --stock 9Mbit', 'qkt kmd init --home ./kmd --rate 1Mbit/s'],
+  options: { home: { type: 'string' }, rate: { type: 'string' }, stock: { type: 'string' } },
   async run(v) {
     const rate = parseRate(str(v, 'rate') ?? '11kbit/s');
-    const home = kmdCli(() => KmdHome.init(homeDir(v), { rateBitsPerSecond: rate }));
-    return { kmdId: home.config.kmdId, home: home.dir, rateBitsPerSecond: rate };
+    const stock = str(v, 'stock') ? parseBits(str(v, 'stock')!) : 0;
+    const home = kmdCli(() => KmdHome.init(homeDir(v), { rateBitsPerSecond: rate, stockBits: stock }));
+    return { kmdId: home.config.kmdId, home: home.dir, rateBitsPerSecond: rate, stockBits: stock };
   },
-  render: (r) => `KMD ${r.kmdId} created in ${r.home}, key supply ${r.rateBitsPerSecond} bit/s`,
+  render: (r) => `KMD ${r.kmdId} created in ${r.home}, key supply ${r.rateBitsPerSecond} bit/s${r.stockBits ? `, ${formatBits(r.stockBits)} in stock` : ''}`,
 });
 
 export const kmdEnroll = defineCommand({

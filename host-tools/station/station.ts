@@ -1,0 +1,113 @@
+// The master station's cipher machine: opens terminal uplinks with the matching keys named in
+// each message header (taken from the station store by id: never twice), and seals downlinks
+// under the AEAD session key a terminal chose. A first verified use of an inactive batch proves
+// its delivery and activates it (pre-application mode, DESIGN.md "Security model").
+import { decodeServiceHeader, otpOpen, sessionOpen, sessionSeal, splitOtpKey, encodeServiceHeader, SessionKeyState } from '../../firmware/crypto/service.js';
+import type { KeyRange } from '../../firmware/crypto/service.js';
+import type { StationStore } from './store.js';
+
+export class StationError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'StationError';
+  }
+}
+
+interface Session {
+  key: Uint8Array;
+  range: KeyRange;
+  recv: SessionKeyState;
+  sendCounter: number;
+}
+
+const rangeKey = (t: string, r: KeyRange) => `${t}/${Buffer.from(r.batchId).toString('hex')}/${r.bitOffset}`;
+
+export class Station {
+  private readonly sessions = new Map<string, Session>();
+  /** Key bits the station consumed, per terminal. */
+  readonly consumedBits = new Map<string, number>();
+
+  constructor(
+    readonly store: StationStore,
+    private readonly clock: () => number = Date.now,
+  ) {}
+
+  private take(terminalId: string, r: KeyRange): Uint8Array {
+    const k = this.store.takeById(terminalId, r.batchId, r.bitOffset, r.bits / 8, true);
+    this.consumedBits.set(terminalId, (this.consumedBits.get(terminalId) ?? 0) + r.bits + k.skippedBits);
+    return k.key;
+  }
+
+  private activate(terminalId: string, ranges: KeyRange[]): void {
+    for (const r of ranges) this.store.activate(terminalId, Buffer.from(r.batchId).toString('hex'), 'first-use');
+  }
+
+  /** Open an uplink message (service header + sealed body) from `terminalId`. */
+  openUplink(terminalId: string, message: Uint8Array): Uint8Array {
+    const { header, length } = decodeServiceHeader(message);
+    const aad = message.subarray(0, length);
+    const body = message.subarray(length);
+    if (header.mode === 'otp') {
+      const parts = header.keyIds.map((r) => this.take(terminalId, r));
+      const material = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
+      let at = 0;
+      for (const p of parts) {
+        material.set(p, at);
+        at += p.length;
+        p.fill(0);
+      }
+      const { macKey32, keyStream } = splitOtpKey(material);
+      try {
+        const plain = otpOpen(keyStream, body, macKey32, aad);
+        this.activate(terminalId, header.keyIds);
+        return plain;
+      } catch {
+        throw new StationError(`uplink from ${terminalId} does not authenticate (its keys are burned)`);
+      } finally {
+        material.fill(0);
+        macKey32.fill(0);
+        keyStream.fill(0);
+      }
+    }
+    const r = header.keyIds[0]!;
+    const s = this.session(terminalId, r);
+    if (!s.recv.accept(header.counter, this.clock())) throw new StationError(`uplink counter ${header.counter} from ${terminalId} replayed`);
+    try {
+      const plain = sessionOpen(s.key, header.counter, body, aad, 'up');
+      this.activate(terminalId, [r]);
+      return plain;
+    } catch {
+      throw new StationError(`uplink from ${terminalId} does not authenticate`);
+    }
+  }
+
+  /** Seal a downlink to `terminalId` under the session key its uplinks named. */
+  sealDownlink(terminalId: string, sessionKey: KeyRange, plaintext: Uint8Array): Uint8Array {
+    const s = this.sessions.get(rangeKey(terminalId, sessionKey));
+    if (!s) throw new StationError(`no AEAD session with ${terminalId} under that key; it must send an uplink first`);
+    const counter = s.sendCounter++;
+    const head = encodeServiceHeader({ mode: 'aead', keyIds: [sessionKey], counter });
+    const sealed = sessionSeal(s.key, counter, plaintext, head, 'down');
+    const out = new Uint8Array(head.length + sealed.length);
+    out.set(head);
+    out.set(sealed, head.length);
+    return out;
+  }
+
+  private session(terminalId: string, r: KeyRange): Session {
+    const id = rangeKey(terminalId, r);
+    let s = this.sessions.get(id);
+    if (!s) {
+      // The session key is taken from the store once, when its first message arrives.
+      s = { key: this.take(terminalId, r), range: r, recv: new SessionKeyState(this.clock(), { maxMessages: 2 ** 32, maxAgeMs: Number.MAX_SAFE_INTEGER }), sendCounter: 0 };
+      this.sessions.set(id, s);
+    }
+    return s;
+  }
+
+  close(): void {
+    for (const s of this.sessions.values()) s.key.fill(0);
+    this.sessions.clear();
+    this.store.close();
+  }
+}
