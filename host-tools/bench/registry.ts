@@ -1,7 +1,14 @@
 // The benchmarks `qkt bench` knows: each runs, returns a JSON-able result, and formats it as a
 // markdown table.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { benchLink, formatLinkBench } from './link.js';
 import type { LinkBenchResult } from './link.js';
+import { benchFlash, formatFlashBenchMarkdown } from './flash.js';
+import type { FlashBenchResult } from './flash.js';
+import { benchInject, formatInjectBench } from './inject.js';
+import type { InjectBenchResult } from './inject.js';
 
 export interface BenchOptions {
   quick: boolean;
@@ -16,7 +23,23 @@ export interface Benchmark {
 
 export const benchmarks: Record<string, Benchmark> = {
   link: {
-    run: (o) => benchLink({ bytes: o.bytes ?? (o.quick ? 128 * 1024 : 1024 * 1024), log: o.log }),
+    run: (o) => benchLink({ bytes: o.bytes ?? (o.quick ? 128 * 1024 : 1024 * 1024), ...(o.quick ? { bauds: [921_600] } : {}), log: o.log }),
     format: (r) => formatLinkBench(r as LinkBenchResult),
+  },
+  flash: {
+    run: async (o) => {
+      const dir = mkdtempSync(join(tmpdir(), 'qkt-bench-flash-'));
+      try {
+        o.log('flash: mount, consume, append, wear and a power-cut sweep on a 2 MiB file image...');
+        return await benchFlash({ quick: o.quick, dir });
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    },
+    format: (r) => formatFlashBenchMarkdown(r as FlashBenchResult),
+  },
+  inject: {
+    run: (o) => benchInject({ bits: o.bytes ? o.bytes * 8 : o.quick ? 2 ** 20 : 2 ** 23, log: o.log }),
+    format: (r) => formatInjectBench(r as InjectBenchResult),
   },
 };

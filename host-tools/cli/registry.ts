@@ -9,12 +9,14 @@ import inject from './commands/inject.js';
 import { kmdCollect, kmdEnroll, kmdExport, kmdInit } from './commands/kmd.js';
 import { kmdEnrollCarrier, kmdSaeAdd, kmdServe } from './commands/kmd-serve.js';
 import { carrierLoad, carrierStatus } from './commands/carrier.js';
+import { kmdToken, zeroize } from './commands/zeroize.js';
 
 export const commands: readonly Command<any>[] = [
   demo,
   ports,
   status,
   inject,
+  zeroize,
   carrierLoad,
   carrierStatus,
   kmdInit,
@@ -24,6 +26,7 @@ export const commands: readonly Command<any>[] = [
   kmdServe,
   kmdSaeAdd,
   kmdEnrollCarrier,
+  kmdToken,
   terminalRun,
   bench,
 ];

@@ -1,0 +1,58 @@
+// `qkt kmd token` issues a zeroize / factory-reset token onto a carrier; `qkt zeroize` (the field
+// tool) presents it to the terminal on a port. Without a valid token the module refuses, and
+// wrong tokens count toward its lockout.
+import { defineCommand, str, CliError, Exit } from '../command.js';
+import { kmdCli, openKmd } from '../home.js';
+import { issueToken, readToken, removeToken } from '../../kmd/tokens.js';
+import { openCarrier } from '../carrier-open.js';
+import { resolvePort } from '../port-select.js';
+import { connectDevice } from '../../link/session.js';
+import { AdminCmd, Group, SystemCmd } from '../../../firmware/link/groups.js';
+import type { AdminCommand } from '../../../firmware/crypto/token.js';
+
+const command = (v: Record<string, unknown>): AdminCommand => (v['factory-reset'] === true ? 'factory-reset' : 'zeroize');
+
+export const kmdToken = defineCommand({
+  path: ['kmd', 'token'],
+  summary: 'issue a zeroize (or factory-reset) token for a terminal onto a carrier',
+  usage: 'qkt kmd token --home H --terminal ID --carrier DIR [--factory-reset]',
+  examples: ['qkt kmd token --home ./kmd --terminal T1 --carrier /media/usb0'],
+  options: { home: { type: 'string' }, terminal: { type: 'string' }, carrier: { type: 'string' }, 'factory-reset': { type: 'boolean', default: false } },
+  required: ['terminal', 'carrier'],
+  async run(v) {
+    const home = openKmd(v);
+    const carrier = openCarrier(str(v, 'carrier')!);
+    const r = kmdCli(() => issueToken(home, str(v, 'terminal')!, command(v), carrier.path));
+    return { terminalId: r.terminalId, command: r.command, counter: r.counter, carrierId: carrier.carrierId };
+  },
+  render: (r) => `${r.command} token for ${r.terminalId} (counter ${r.counter}) is on carrier ${r.carrierId}`,
+});
+
+export const zeroize = defineCommand({
+  path: ['zeroize'],
+  summary: "wipe every key in the terminal's pool (needs a KMD token on the carrier)",
+  usage: 'qkt zeroize --carrier DIR --port PATH|auto [--factory-reset]',
+  examples: ['qkt zeroize --carrier /media/usb0 --port /dev/ttyUSB0', 'qkt zeroize --carrier /media/usb0 --port auto --factory-reset'],
+  options: { carrier: { type: 'string' }, port: { type: 'string' }, vidpid: { type: 'string' }, 'factory-reset': { type: 'boolean', default: false } },
+  required: ['carrier', 'port'],
+  async run(v) {
+    const carrier = openCarrier(str(v, 'carrier')!);
+    const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
+    const cmd = command(v);
+    const s = await connectDevice(port);
+    try {
+      const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
+      const terminalId = st['terminalId'];
+      if (typeof terminalId !== 'string') throw new CliError(`the module on ${port} is not enrolled`, Exit.REFUSED);
+      const token = readToken(carrier.path, terminalId, cmd);
+      if (!token) throw new CliError(`carrier ${carrier.carrierId} holds no ${cmd} token for ${terminalId} (qkt kmd token issues one)`, Exit.CARRIER);
+      await s.client.request(Group.ADMIN, cmd === 'zeroize' ? AdminCmd.ZEROIZE : AdminCmd.FACTORY_RESET, { token });
+      removeToken(carrier.path, terminalId, cmd); // spent: the module will not take it again
+      const after = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
+      return { terminalId, command: cmd, port, state: after['state'], pool: after['pool'] };
+    } finally {
+      await s.close();
+    }
+  },
+  render: (r) => `${r.terminalId}: ${r.command} done; module is ${String(r.state)}`,
+});
