@@ -134,12 +134,19 @@ export function keysGroup(ctx: ModuleContext): CommandGroup {
         if (header.keyIds.length !== 1 || r.bitOffset !== a.range.bitOffset || Buffer.compare(r.batchId, a.range.batchId) !== 0) {
           throw new LinkError(Rc.KEY_NOT_AVAILABLE, 'message is not under this session key');
         }
-        if (!a.recv.accept(header.counter, ctx.clock())) throw new LinkError(Rc.AUTH_FAILED, `counter ${header.counter} replayed or out of range`);
+        let d: Uint8Array;
         try {
-          return { d: sessionOpen(a.key, header.counter, m.subarray(length), m.subarray(0, length), 'down') };
+          d = sessionOpen(a.key, header.counter, m.subarray(length), m.subarray(0, length), 'down');
         } catch {
           throw new LinkError(Rc.AUTH_FAILED, 'message does not authenticate');
         }
+        // The replay window moves only for an authentic message: a forgery carrying a high
+        // counter must not use up the counters the station's genuine messages will carry.
+        if (!a.recv.accept(header.counter, ctx.clock())) {
+          d.fill(0);
+          throw new LinkError(Rc.AUTH_FAILED, `counter ${header.counter} replayed or out of range`);
+        }
+        return { d };
       },
       [KeysCmd.CLOSE]: (p) => {
         dropSession(session(uint(p, 's')));
