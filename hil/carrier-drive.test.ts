@@ -6,7 +6,8 @@ import t from 'tap';
 import type { Test } from 'tap';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { sealBatch } from '../firmware/crypto/batch.js';
@@ -174,6 +175,13 @@ function tmpFilesIn(dir: string): number {
   return readdirSync(join(dir, BATCH_DIR)).filter((n) => n.startsWith('.')).length;
 }
 
+/** Input files for the child, outside the repo: tap runs elsewhere may clean .tap/fixtures. */
+function inputFolder(t: Test): string {
+  const dir = mkdtempSync(join(tmpdir(), 'qkt-carrier-inputs-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}
+
 function setupDrive(t: Test) {
   // commit=600: ext4 commits only when the carrier fsyncs, so a yank loses all that was not synced.
   const drive = createLoopDrive({ sizeMiB: 16, mountOptions: ['commit=600'] });
@@ -186,7 +194,7 @@ t.test('loads killed at 24 points, drive pulled after each: whole batches only, 
   t.comment(`kill schedule seed ${seed} (QKT_SEED=${seed} replays it)`);
   const rand = prng(seed);
   const drive = setupDrive(t);
-  const inputDir = t.testdir();
+  const inputDir = inputFolder(t);
   const inputs = makeInputs(inputDir);
 
   // Calibrate: how long does a whole load take on this machine? Timed kills spread over it.
@@ -249,7 +257,7 @@ t.test('one carrier, its load killed and the drive yanked again and again until 
   const seed = Number(process.env['QKT_SEED'] ?? Date.now() % 2 ** 31) ^ 0x5bd1e995;
   const rand = prng(seed);
   const drive = setupDrive(t);
-  const inputDir = t.testdir();
+  const inputDir = inputFolder(t);
   const inputs = makeInputs(inputDir);
   // The drive's root, as in the field: a fresh ext4 has lost+found, which init accepts.
   const dir = drive.mountpoint;
@@ -257,7 +265,7 @@ t.test('one carrier, its load killed and the drive yanked again and again until 
   let acked = 0;
   let kills = 0;
   for (let round = 0; round < 8; round++) {
-    const run = await runWriter(dir, inputDir, { afterMs: rand() * 30 });
+    const run = await runWriter(dir, inputDir, { afterMs: rand() * 8 });
     if (run.signal !== 'SIGKILL') break;
     kills++;
     // Acknowledged in any earlier round stays acknowledged: durability does not expire.
