@@ -259,6 +259,8 @@ t.test('scan reports damaged files and never offers them', async (t) => {
   writeFileSync(join(dir, 'junk.qkb'), 'junk');
   writeFileSync(join(dir, `T5-${'cd'.repeat(16)}.qkb`), '');
   writeFileSync(join(dir, 'README.txt'), 'not ours, not a batch');
+  mkdirSync(join(dir, `T6-${'0f'.repeat(16)}.qkb`));
+  mkdirSync(join(c.path, RECEIPT_DIR, `T7-${'1f'.repeat(16)}.qkr`));
   const s = c.scan();
   t.same(s.pending.map((p) => p.id), [good.id]);
   const reasons = Object.fromEntries(s.damaged.map((d) => [d.file.slice(dir.length + 1), d.reason]));
@@ -268,8 +270,10 @@ t.test('scan reports damaged files and never offers them', async (t) => {
     [`T4-${'ab'.repeat(16)}.qkb`]: /header names batch T4-/,
     'junk.qkb': /name is not/,
     [`T5-${'cd'.repeat(16)}.qkb`]: /header does not parse \(truncated/,
+    [`T6-${'0f'.repeat(16)}.qkb`]: /unreadable \(EISDIR\)/,
   });
-  t.equal(s.damaged.length, 5);
+  t.match(s.damaged, [{ file: /T7-.*\.qkr$/, reason: /unreadable \(EISDIR\)/ }], 'receipts are listed first');
+  t.equal(s.damaged.length, 7);
   t.equal(c.batchFor('T2'), undefined);
   t.equal(c.batchFor('T3'), undefined);
 });

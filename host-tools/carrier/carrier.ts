@@ -572,7 +572,14 @@ export class Carrier {
       if (name.startsWith('.') || !name.endsWith(RECEIPT_EXT)) continue;
       const file = join(dir, name);
       const id = name.slice(0, -RECEIPT_EXT.length);
-      const bytes = new Uint8Array(readFileSync(file));
+      let bytes: Uint8Array;
+      try {
+        bytes = new Uint8Array(readFileSync(file));
+      } catch (e) {
+        damaged.push({ file, bytes: 0, reason: `unreadable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})` });
+        if (FILE_ID_RE.test(id)) damagedIds.add(id);
+        continue;
+      }
       const m = FILE_ID_RE.exec(id);
       if (!m) {
         damaged.push({ file, bytes: bytes.length, reason: 'name is not <terminalId>-<batchIdHex>.qkr' });
@@ -637,7 +644,15 @@ export class Carrier {
         damaged.push({ file, bytes: statSync(file).size, reason: 'name is not <terminalId>-<batchIdHex>.qkb' });
         continue;
       }
-      const { head, size } = readHead(file);
+      let head: Uint8Array;
+      let size: number;
+      try {
+        ({ head, size } = readHead(file));
+      } catch (e) {
+        // A directory under a batch name, or a failing stick returning EIO: report, never crash.
+        damaged.push({ file, bytes: 0, reason: `unreadable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})` });
+        continue;
+      }
       if (receipts.damagedIds.has(id)) {
         // The terminal may have accepted it, but the proof is unreadable: keep the file, offer nothing.
         damaged.push({ file, bytes: size, reason: 'its receipt is damaged' });
