@@ -38,8 +38,16 @@ t.test('transport suite over a socat pty pair', { skip: socatSkipReason() }, (t)
     },
     {
       frameAligned: true,
-      // Killing socat is the closest a pty gets to a cable pull: the next read fails.
-      pull: ({ cleanup }) => cleanup?.(),
+      // Killing socat is the closest a pty gets to a cable pull: a pending read fails at once.
+      // On a loaded machine the poller may not be waiting at that moment; the next write then
+      // fails with EIO, so poke until the port has noticed (bounded, never hangs the suite).
+      pull: async ({ a, cleanup }) => {
+        await cleanup?.();
+        for (let i = 0; i < 50; i++) {
+          if (!(await a.write(Uint8Array.of(0)).then(() => true, () => false))) break;
+          await new Promise((r) => setTimeout(r, 100));
+        }
+      },
     },
   );
   t.end();
