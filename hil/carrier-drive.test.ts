@@ -5,6 +5,7 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import { spawn } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -61,47 +62,79 @@ interface WriterRun {
   stderr: string;
 }
 
-function runWriter(carrierDir: string, inputDir: string, kill: KillPoint = {}): Promise<WriterRun> {
-  return new Promise((resolve, reject) => {
+/**
+ * One loader child. It boots (node, the compiled carrier, the input files) as soon as it is made,
+ * then waits for its carrier folder on stdin: run() sends it and arms the kill.
+ */
+class Writer {
+  private readonly child: ChildProcess;
+  private kill: KillPoint = {};
+  private out = '';
+  private stderr = '';
+  private acked = 0;
+  private readyAt = 0;
+  private loadMs: number | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  private readonly closed: Promise<WriterRun>;
+
+  constructor(inputDir: string) {
     // Without tap's loaders and coverage hooks: a plain node, as fast to start as possible.
     const env = { ...process.env };
     delete env['NODE_OPTIONS'];
-    const child = spawn(process.execPath, [WRITER, pathToFileURL(join(DIST, 'carrier.js')).href, carrierDir, inputDir], {
+    this.child = spawn(process.execPath, [WRITER, pathToFileURL(join(DIST, 'carrier.js')).href, inputDir], {
       env,
-      stdio: ['ignore', 'pipe', 'pipe'],
+      stdio: ['pipe', 'pipe', 'pipe'],
     });
-    let out = '';
-    let stderr = '';
-    let acked = 0;
-    let readyAt = 0;
-    let loadMs: number | undefined;
-    let timer: NodeJS.Timeout | undefined;
-    const killNow = () => child.kill('SIGKILL');
-    const guard = setTimeout(killNow, 20_000);
-    child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    child.stdout.setEncoding('utf8').on('data', (d: string) => {
-      out += d;
-      let nl: number;
-      while ((nl = out.indexOf('\n')) >= 0) {
-        const line = out.slice(0, nl);
-        out = out.slice(nl + 1);
-        if (line === 'ready') {
-          readyAt = performance.now();
-          if (kill.afterMs !== undefined) timer = setTimeout(killNow, kill.afterMs);
-        }
-        const m = /^wrote (\d+) /.exec(line);
-        if (m) acked = Number(m[1]) + 1;
-        if (line === 'done') loadMs = performance.now() - readyAt;
-        if (kill.afterLine !== undefined && line.startsWith(kill.afterLine)) killNow();
+    this.child.stderr!.setEncoding('utf8').on('data', (d: string) => (this.stderr += d));
+    this.child.stdout!.setEncoding('utf8').on('data', (d: string) => this.onData(d));
+    this.closed = new Promise((resolve, reject) => {
+      this.child.on('error', reject);
+      this.child.on('close', (code, signal) => {
+        if (this.timer) clearTimeout(this.timer);
+        const { acked, stderr, loadMs } = this;
+        resolve({ code, signal, acked, stderr, ...(loadMs === undefined ? {} : { loadMs }) });
+      });
+    });
+  }
+
+  private killNow = (): void => {
+    if (this.child.exitCode === null && this.child.signalCode === null) this.child.kill('SIGKILL');
+  };
+
+  private onData(d: string): void {
+    this.out += d;
+    let nl: number;
+    while ((nl = this.out.indexOf('\n')) >= 0) {
+      const line = this.out.slice(0, nl);
+      this.out = this.out.slice(nl + 1);
+      if (line === 'ready') {
+        this.readyAt = performance.now();
+        if (this.kill.afterMs !== undefined) this.timer = setTimeout(this.killNow, this.kill.afterMs);
       }
-    });
-    child.on('error', reject);
-    child.on('close', (code, signal) => {
-      clearTimeout(guard);
-      if (timer) clearTimeout(timer);
-      resolve({ code, signal, acked, stderr, ...(loadMs === undefined ? {} : { loadMs }) });
-    });
-  });
+      const m = /^wrote (\d+) /.exec(line);
+      if (m) this.acked = Number(m[1]) + 1;
+      if (line === 'done') this.loadMs = performance.now() - this.readyAt;
+      if (this.kill.afterLine !== undefined && line.startsWith(this.kill.afterLine)) this.killNow();
+    }
+  }
+
+  /** Load onto `carrierDir`, SIGKILLed at `kill` (or never); resolves when the child is gone. */
+  run(carrierDir: string, kill: KillPoint = {}): Promise<WriterRun> {
+    this.kill = kill;
+    this.child.stdin!.end(`${carrierDir}\n`);
+    const guard = setTimeout(this.killNow, 20_000);
+    return this.closed.finally(() => clearTimeout(guard));
+  }
+
+  /** Kill a writer that was never run (or still runs): for teardown. */
+  dispose(): Promise<WriterRun> {
+    this.killNow();
+    return this.closed;
+  }
+}
+
+function runWriter(carrierDir: string, inputDir: string, kill: KillPoint = {}): Promise<WriterRun> {
+  return new Writer(inputDir).run(carrierDir, kill);
 }
 
 interface Input {
@@ -218,6 +251,9 @@ t.test('loads killed at 24 points, drive pulled after each: whole batches only, 
   let midWrite = 0;
   let unacked = 0;
   const modes = { replug: 0, yank: 0 };
+  // The next writer boots while this one's drive is pulled and checked.
+  let next = new Writer(inputDir);
+  t.teardown(() => next.dispose());
   for (let i = 0; killed < KILLS && i < 3 * KILLS; i++) {
     tried++;
     const point = fixed[i] ?? { afterMs: rand() * loadMs * 0.9 };
@@ -225,7 +261,8 @@ t.test('loads killed at 24 points, drive pulled after each: whole batches only, 
     const label = `point ${i} (${point.afterLine !== undefined ? `after "${point.afterLine.trim()}"` : `${point.afterMs!.toFixed(1)} ms`}, ${mode})`;
     const dir = join(drive.mountpoint, `c${i}`);
     Carrier.init(dir, { carrierId: `C${i}`, kmdId: 'kmd-1' });
-    const run = await runWriter(dir, inputDir, point);
+    const run = await next.run(dir, point);
+    next = new Writer(inputDir);
     if (run.signal === 'SIGKILL') killed++;
     else t.equal(run.code, 0, `${label}: finished before the kill (${run.stderr.trim()})`);
     if (run.loadMs !== undefined) loadMs = run.loadMs;
@@ -244,8 +281,6 @@ t.test('loads killed at 24 points, drive pulled after each: whole batches only, 
     const outcomes = reload(dir, inputs);
     t.same(outcomes.slice(0, run.acked), Array(run.acked).fill('present'), `${label}: re-run finds the acknowledged batches whole`);
     t.notOk(outcomes.includes('replaced-damaged'), `${label}: no torn batch file was ever under its final name`);
-    drive.unmount();
-    drive.mount();
     t.same(problemsWhenComplete(dir, inputs), [], `${label}: re-run completed the load, each batch once`);
     rmSync(dir, { recursive: true });
   }
@@ -264,8 +299,11 @@ t.test('one carrier, its load killed and the drive yanked again and again until 
   Carrier.init(dir, { carrierId: 'C-1', kmdId: 'kmd-1' });
   let acked = 0;
   let kills = 0;
+  let next = new Writer(inputDir);
+  t.teardown(() => next.dispose());
   for (let round = 0; round < 8; round++) {
-    const run = await runWriter(dir, inputDir, { afterMs: rand() * 8 });
+    const run = await next.run(dir, { afterMs: rand() * 8 });
+    next = new Writer(inputDir);
     if (run.signal !== 'SIGKILL') break;
     kills++;
     // Acknowledged in any earlier round stays acknowledged: durability does not expire.
@@ -274,7 +312,7 @@ t.test('one carrier, its load killed and the drive yanked again and again until 
     drive.mount();
     t.same(problemsAfterPull(dir, inputs, acked), [], `round ${round}: whole batches only, ${acked} acknowledged kept`);
   }
-  const last = await runWriter(dir, inputDir);
+  const last = await next.run(dir);
   t.equal(last.code, 0);
   drive.yank();
   drive.mount();

@@ -110,7 +110,9 @@ export function createLoopDrive(options: LoopDriveOptions = {}): LoopDrive {
   const sizeMiB = options.sizeMiB ?? 32;
   if (!Number.isInteger(sizeMiB) || sizeMiB < 8) throw new RangeError('sizeMiB must be an integer >= 8');
   const mountOptions = [...(options.mountOptions ?? [])];
-  const root = mkdtempSync(join(tmpdir(), 'qkt-loop-'));
+  // The image in RAM where there is a tmpfs: the loop device's flushes then cost nothing, and the
+  // medium's contents (what yank() keeps) are the same either way.
+  const root = mkdtempSync(join(existsSync('/dev/shm') ? '/dev/shm' : tmpdir(), 'qkt-loop-'));
   const image = join(root, 'drive.img');
   const mountpoint = join(root, 'mnt');
   mkdirSync(mountpoint);
