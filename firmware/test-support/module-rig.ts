@@ -117,15 +117,29 @@ export function poolOf(terminal: Terminal): Record<string, unknown> {
   return terminal.status()['pool'] as Record<string, unknown>;
 }
 
-/** Every 8-byte window of `secret` that occurs in `haystack` (offsets into secret); empty = no leak. */
+/**
+ * Offsets of every `width`-byte window of `secret` that occurs anywhere in `haystack` (sorted,
+ * each once); empty = no leak. Indexes the secret's windows by their first 4 bytes, then slides
+ * over the haystack once: fast enough to scan a whole flash image.
+ */
 export function findWindows(haystack: Uint8Array, secret: Uint8Array, width = 8): number[] {
-  const seen = new Set<string>();
+  if (width < 4) throw new RangeError('width must be at least 4');
   const hay = Buffer.from(haystack.buffer, haystack.byteOffset, haystack.byteLength);
-  for (let i = 0; i + width <= hay.length; i++) seen.add(hay.toString('latin1', i, i + width));
   const sec = Buffer.from(secret.buffer, secret.byteOffset, secret.byteLength);
-  const hits: number[] = [];
-  for (let i = 0; i + width <= sec.length; i++) if (seen.has(sec.toString('latin1', i, i + width))) hits.push(i);
-  return hits;
+  const byPrefix = new Map<number, number[]>();
+  for (let i = 0; i + width <= sec.length; i++) {
+    const k = sec.readUInt32LE(i);
+    const list = byPrefix.get(k);
+    if (list) list.push(i);
+    else byPrefix.set(k, [i]);
+  }
+  const hits = new Set<number>();
+  for (let j = 0; j + width <= hay.length; j++) {
+    const candidates = byPrefix.get(hay.readUInt32LE(j));
+    if (!candidates) continue;
+    for (const i of candidates) if (sec.compare(hay, j, j + width, i, i + width) === 0) hits.add(i);
+  }
+  return [...hits].sort((a, b) => a - b);
 }
 
 /**
