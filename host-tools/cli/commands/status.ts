@@ -13,15 +13,23 @@ export interface StatusResult {
   state?: string;
   pool: { storedKeyBits: number; maxKeyBits: number; consumedKeyBits: number; batches: unknown[] };
   link: { maxFrame: number; window: number; protocolVersions: number[] };
+  audit?: { events: number; log?: AuditLine[] };
   [k: string]: unknown;
+}
+
+interface AuditLine {
+  n: number;
+  at: number;
+  type: string;
+  detail: string;
 }
 
 export default defineCommand<StatusResult>({
   path: ['status'],
   summary: 'identity, firmware and key pool of the terminal on a port',
-  usage: 'qkt status --port PATH|auto|tcp:HOST:PORT [--baud N] [--json]',
-  examples: ['qkt status --port /dev/ttyUSB0', 'qkt status --port auto --json', 'qkt status --port tcp:127.0.0.1:7000'],
-  options: { port: { type: 'string' }, baud: { type: 'string' }, vidpid: { type: 'string' } },
+  usage: 'qkt status --port PATH|auto|tcp:HOST:PORT [--audit] [--baud N] [--json]',
+  examples: ['qkt status --port /dev/ttyUSB0', 'qkt status --port auto --json', 'qkt status --port tcp:127.0.0.1:7000 --audit'],
+  options: { port: { type: 'string' }, baud: { type: 'string' }, vidpid: { type: 'string' }, audit: { type: 'boolean', default: false } },
   required: ['port'],
   async run(v) {
     const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
@@ -31,7 +39,13 @@ export default defineCommand<StatusResult>({
       const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
       const { link: _deviceLinkStats, ...rest } = st;
       const link = { maxFrame: s.params.maxFrame, window: s.params.window, protocolVersions: s.params.versions };
-      return { ...rest, port, link } as StatusResult;
+      const result = { ...rest, port, link } as StatusResult;
+      if (v['audit'] === true) {
+        // The module's security log (enrolment, batches accepted or refused, zeroize, lockouts).
+        const log = await s.client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, { from: 0, max: 64 });
+        result.audit = { events: (rest['audit'] as { events?: number } | undefined)?.events ?? 0, log: log['events'] as AuditLine[] };
+      }
+      return result;
     } finally {
       await s.close();
     }
@@ -43,6 +57,7 @@ export default defineCommand<StatusResult>({
       `firmware   ${r.firmware}${r.state && r.state !== 'ready' ? `  [${r.state}]` : ''}`,
       `key pool   ${formatBits(p.storedKeyBits)} stored of ${formatBits(p.maxKeyBits)} max, ${formatBits(p.consumedKeyBits)} consumed, ${p.batches.length} batch(es)`,
       `link       ${r.port}, frames up to ${r.link.maxFrame} B, window ${r.link.window}`,
+      ...(r.audit?.log ? ['audit log:', ...r.audit.log.map((e) => `  #${e.n} ${new Date(e.at).toISOString()} ${e.type} ${e.detail}`)] : []),
     ].join('\n');
   },
 });
