@@ -90,6 +90,12 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
     if (!selfTest.ok) {
       state = 'selftest-failed';
       reason = `self-test failed: ${selfTest.results.filter((r) => !r.ok).map((r) => r.name).join(', ')}`;
+      // The secure area is still read, so status can say who the module is and show its log.
+      try {
+        if (o.flash) secure = openSecureArea(o.flash, clock);
+      } catch {
+        /* a blank or damaged secure area: nothing to show */
+      }
       return;
     }
     if (!o.flash) {
@@ -121,9 +127,10 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
   if (state === 'selftest-failed') {
     // Logged where it can be: a module whose crypto is wrong still has a working flash.
     try {
-      if (o.flash) openSecureArea(o.flash, clock).audit('selftest-failed', reason ?? '');
+      const s = secure as SecureArea | undefined;
+      if (s?.identity()) s.audit('selftest-failed', reason ?? '');
     } catch {
-      /* a blank flash has nowhere to log it */
+      /* nowhere to log it */
     }
   } else {
     const s = secure as SecureArea | undefined; // set by mount()
@@ -157,7 +164,7 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
     return full ? Buffer.from(full).toString('hex') : poolId.toString(16).padStart(8, '0');
   };
   const status = (): Payload => {
-    const id = state === 'ready' || state === 'flash-error' ? secure?.identity() : undefined;
+    const id = state === 'unenrolled' ? undefined : secure?.identity();
     const ps = pool?.status();
     return {
       terminalId: id?.terminalId ?? null,

@@ -132,7 +132,12 @@ export function injectGroup(ctx: ModuleContext): CommandGroup {
         }
         let stage = pool.staging();
         if (stage && (stage.batchId !== id || stage.seq !== h.seq)) {
-          // Another batch was left half-staged (its carrier went elsewhere): drop it.
+          // Another batch was left half-staged (its carrier went elsewhere): drop it, but only
+          // once this one is known to fit, so that a refusal changes nothing.
+          if (status.storedKeyBits + h.bits > status.maxKeyBits) {
+            opener.dispose();
+            return refuse(new LinkError(Rc.NO_SPACE, `batch of ${h.bits} bits does not fit: ${status.storedKeyBits} stored, max ${status.maxKeyBits}`));
+          }
           mapServiceErrors(() => stage!.abort());
           stage = null;
         }
