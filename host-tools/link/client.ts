@@ -69,6 +69,8 @@ export class LinkClient {
   private readonly msPerByte: number;
   private readonly baseTimeoutMs: number;
   private readonly retries: number;
+  /** Bytes handed to the transport whose write has not completed yet. */
+  private unsentBytes = 0;
   /** Responses that matched no pending request (late answers to a retried request). */
   strayResponses = 0;
   params: DeviceParams | undefined;
@@ -117,7 +119,17 @@ export class LinkClient {
     answer.catch(() => undefined); // settled below; avoid an unhandled rejection in between
     try {
       for (let attempt = 1; attempt <= attempts; attempt++) {
-        await this.transport.write(frame);
+        // A link that takes no bytes (a pty whose reader died, flow control held off) must not
+        // hang the host: the write gets the line time of everything queued ahead of it, and more.
+        this.unsentBytes += frame.length;
+        const writeMs = this.baseTimeoutMs + 2 * this.unsentBytes * this.msPerByte;
+        let sent: void | typeof TIMEOUT;
+        try {
+          sent = await raceTimeout(this.transport.write(frame), writeMs);
+        } finally {
+          this.unsentBytes -= frame.length;
+        }
+        if (sent === TIMEOUT) throw new LinkTimeoutError(`group ${group} command ${command} (the link takes no bytes)`, writeMs, attempt);
         // The timer starts once the bytes have left (a paced link takes its time to send them).
         const result = await raceTimeout(answer, timeoutMs);
         if (result !== TIMEOUT) return result;

@@ -1,0 +1,53 @@
+// Test support for the end-to-end CLI suites (e2e-offline, field-tool, kmd-serve): run `qkt` as
+// a user would, with every process and socat pair a test starts ended by pid in its teardown.
+import { existsSync } from 'node:fs';
+import type { Test } from 'tap';
+import { fileURLToPath } from 'node:url';
+import { createPtyPair, socatSkipReason } from './pty.js';
+import type { PtyPair } from './pty.js';
+import { runQkt, startQkt } from './cli.js';
+import type { Background, CliRun } from './cli.js';
+
+const BUILT = existsSync(fileURLToPath(new URL('../dist/host-tools/cli/main.js', import.meta.url)));
+
+/** A reason to skip a CLI test (the CLI is not built), or false. Never skips under CI=true. */
+export function cliSkipReason(): string | false {
+  if (BUILT || process.env['CI'] === 'true') return false;
+  return 'the CLI is not built (npm run build)';
+}
+
+/** cliSkipReason, then socatSkipReason. */
+export function ptySkipReason(): string | false {
+  return cliSkipReason() || socatSkipReason();
+}
+
+/** A socat pty pair closed (socat killed by pid) when the test ends. */
+export async function ptyPair(t: Test): Promise<PtyPair> {
+  const p = await createPtyPair();
+  t.teardown(() => p.close());
+  return p;
+}
+
+/** `qkt ...args` (long-running, --json added) stopped by pid when the test ends. */
+export async function background(t: Test, args: string[]): Promise<Background> {
+  const b = await startQkt(args);
+  t.teardown(() => b.stop());
+  return b;
+}
+
+/** `qkt ...args --json`, which must exit 0; returns its JSON document. */
+export async function qktJson<R = Record<string, unknown>>(t: Test, args: string[]): Promise<R> {
+  const r = await runQkt([...args, '--json']);
+  t.equal(r.code, 0, `qkt ${args.slice(0, 2).join(' ')} exits 0${r.code === 0 ? '' : `: ${r.stderr.trim()}`}`);
+  return parseJson<R>(r);
+}
+
+export function parseJson<R = Record<string, unknown>>(r: CliRun): R {
+  try {
+    return JSON.parse(r.stdout) as R;
+  } catch {
+    throw new Error(`not one JSON document on stdout (exit ${r.code}): ${JSON.stringify(r.stdout)}; stderr: ${r.stderr}`);
+  }
+}
+
+export { runQkt };
