@@ -164,6 +164,12 @@ t.test('qkt inject, as the field engineer runs it', { skip: ptySkipReason(), job
       t.match(await status(t, port['T3']!), { pool: { storedKeyBits: 256 * 1024, batches: [{ seq: 2 }] } }, 'only the newer batch');
     });
 
+    await t.test('carrier load --kmd with a carrier not enrolled for the download interface: exit 5', async (t) => {
+      // Checked before any port is opened: the message names the command that fixes it.
+      const r = await runQkt(['carrier', 'load', '--kmd', emptyCable.a, '--carrier', car('c-old')]);
+      failsWith(t, r, Exit.CARRIER, /holds no carrier key: enrol it at the KMD with qkt kmd carrier add --home H --carrier ID --dir /, 'unenrolled carrier');
+    });
+
     await t.test('module not enrolled (blank flash): exit 4', async (t) => {
       failsWith(t, await inject('c1', blankCable.a), Exit.REFUSED, /not enrolled/, 'blank module');
     });

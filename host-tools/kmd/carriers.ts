@@ -39,7 +39,7 @@ export function carrierKey(home: KmdHome, carrierId: string): Uint8Array | undef
 /** The carrier's own copy (read from the carrier folder). */
 export function readCarrierKey(dir: string): Uint8Array {
   const f = join(dir, CARRIER_KEY_FILE);
-  if (!existsSync(f)) throw new KmdError(`${dir} holds no carrier key: enrol it with qkt kmd enroll --carrier ID --carrier-dir ${dir}`, 'NOT_ENROLLED');
+  if (!existsSync(f)) throw new KmdError(`${dir} holds no carrier key: enrol it at the KMD with qkt kmd carrier add --home H --carrier ID --dir ${dir}`, 'NOT_ENROLLED');
   return new Uint8Array(Buffer.from(readFileSync(f, 'utf8').trim(), 'hex'));
 }
 
