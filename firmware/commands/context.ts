@@ -12,3 +12,13 @@ export interface ModuleContext {
   clock(): number;
   rng(n: number): Uint8Array;
 }
+
+/** Run `fn` with the module identity; the copy of the device key it got is wiped afterwards. */
+export function withIdentity<T>(ctx: ModuleContext, fn: (id: Identity) => T): T {
+  const id = ctx.identity();
+  try {
+    return fn(id);
+  } finally {
+    id.deviceKey.fill(0);
+  }
+}

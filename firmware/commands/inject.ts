@@ -12,6 +12,7 @@ import { bytes, uint } from '../link/fields.js';
 import type { CommandGroup } from '../link/dispatch.js';
 import type { StageHandle } from '../keypool/key-pool.js';
 import { mapServiceErrors, toLinkError } from './pool-errors.js';
+import { withIdentity } from './context.js';
 import type { ModuleContext } from './context.js';
 
 /** Largest header + tag a BEGIN carries (43 fixed bytes + a 32-char terminal id + 16-byte tag). */
@@ -97,66 +98,66 @@ export function injectGroup(ctx: ModuleContext): CommandGroup {
     id: Group.INJECT,
     name: 'inject',
     commands: {
-      [InjectCmd.BEGIN]: (p) => {
-        const { terminalId, deviceKey } = ctx.identity();
-        const pool = ctx.pool();
-        const sealedHead = bytes(p, 'h', MAX_HEADER);
-        const info = mapServiceErrors(() => parseSealedHeader(sealedHead));
-        const h = info.header;
-        const secure = ctx.secure();
-        const refuse = (e: unknown): never => {
-          const le = toLinkError(e);
-          if (le instanceof LinkError) secure.audit('batch-refused', `${hex(h.batchId).slice(0, 8)} rc ${le.rc}`);
-          throw le;
-        };
-        let opener: BatchOpener;
-        try {
-          // The tag is checked before anything else: a forged header changes nothing.
-          opener = new BatchOpener(deviceKey, info.headerBytes, info.tag, { expect: { terminalId } });
-        } catch (e) {
-          return refuse(e);
-        }
-        const id = poolBatchId(h.batchId);
-        const status = pool.status();
-        if (status.batches.some((b) => b.batchId === id && b.seq === h.seq)) {
-          // Already accepted (the reply to COMMIT was lost, or the carrier came back): the same
-          // receipt again, recomputed, and nothing else changes.
-          const receipt = encodeReceipt(makeReceipt(deviceKey, { terminalId, batchId: h.batchId, seq: h.seq, bits: h.bits, headerDigest: opener.headerDigest }));
-          opener.dispose();
-          close();
-          return { done: true, receipt, bits: h.bits };
-        }
-        if (status.lastSeq !== null && h.seq <= status.lastSeq) {
-          opener.dispose();
-          return refuse(new LinkError(Rc.STALE_BATCH, `batch seq ${h.seq} is not above the last accepted ${status.lastSeq}`));
-        }
-        let stage = pool.staging();
-        if (stage && (stage.batchId !== id || stage.seq !== h.seq)) {
-          // Another batch was left half-staged (its carrier went elsewhere): drop it, but only
-          // once this one is known to fit, so that a refusal changes nothing.
-          if (status.storedKeyBits + h.bits > status.maxKeyBits) {
-            opener.dispose();
-            return refuse(new LinkError(Rc.NO_SPACE, `batch of ${h.bits} bits does not fit: ${status.storedKeyBits} stored, max ${status.maxKeyBits}`));
+      [InjectCmd.BEGIN]: (p) =>
+        withIdentity(ctx, ({ terminalId, deviceKey }) => {
+          const pool = ctx.pool();
+          const sealedHead = bytes(p, 'h', MAX_HEADER);
+          const info = mapServiceErrors(() => parseSealedHeader(sealedHead));
+          const h = info.header;
+          const secure = ctx.secure();
+          const refuse = (e: unknown): never => {
+            const le = toLinkError(e);
+            if (le instanceof LinkError) secure.audit('batch-refused', `${hex(h.batchId).slice(0, 8)} rc ${le.rc}`);
+            throw le;
+          };
+          let opener: BatchOpener;
+          try {
+            // The tag is checked before anything else: a forged header changes nothing.
+            opener = new BatchOpener(deviceKey, info.headerBytes, info.tag, { expect: { terminalId } });
+          } catch (e) {
+            return refuse(e);
           }
-          mapServiceErrors(() => stage!.abort());
-          stage = null;
-        }
-        try {
-          stage ??= mapServiceErrors(() => pool.stage({ batchId: id, seq: h.seq, purpose: h.purpose, bits: h.bits }));
-        } catch (e) {
-          opener.dispose();
-          return refuse(e);
-        }
-        // Resume: the pool's durable offset is the truth, in whole chunks.
-        const resumeAt = Math.floor(stage.durableOffset / h.chunkSize);
-        if (resumeAt > 0) {
-          opener.dispose();
-          opener = new BatchOpener(deviceKey, info.headerBytes, info.tag, { resumeAt });
-        }
-        close();
-        transfer = new BatchTransfer(nextId++, opener, stage);
-        return { t: transfer.id, c: transfer.committed, n: transfer.total };
-      },
+          const id = poolBatchId(h.batchId);
+          const status = pool.status();
+          if (status.batches.some((b) => b.batchId === id && b.seq === h.seq)) {
+            // Already accepted (the reply to COMMIT was lost, or the carrier came back): the same
+            // receipt again, recomputed, and nothing else changes.
+            const receipt = encodeReceipt(makeReceipt(deviceKey, { terminalId, batchId: h.batchId, seq: h.seq, bits: h.bits, headerDigest: opener.headerDigest }));
+            opener.dispose();
+            close();
+            return { done: true, receipt, bits: h.bits };
+          }
+          if (status.lastSeq !== null && h.seq <= status.lastSeq) {
+            opener.dispose();
+            return refuse(new LinkError(Rc.STALE_BATCH, `batch seq ${h.seq} is not above the last accepted ${status.lastSeq}`));
+          }
+          let stage = pool.staging();
+          if (stage && (stage.batchId !== id || stage.seq !== h.seq)) {
+            // Another batch was left half-staged (its carrier went elsewhere): drop it, but only
+            // once this one is known to fit, so that a refusal changes nothing.
+            if (status.storedKeyBits + h.bits > status.maxKeyBits) {
+              opener.dispose();
+              return refuse(new LinkError(Rc.NO_SPACE, `batch of ${h.bits} bits does not fit: ${status.storedKeyBits} stored, max ${status.maxKeyBits}`));
+            }
+            mapServiceErrors(() => stage!.abort());
+            stage = null;
+          }
+          try {
+            stage ??= mapServiceErrors(() => pool.stage({ batchId: id, seq: h.seq, purpose: h.purpose, bits: h.bits }));
+          } catch (e) {
+            opener.dispose();
+            return refuse(e);
+          }
+          // Resume: the pool's durable offset is the truth, in whole chunks.
+          const resumeAt = Math.floor(stage.durableOffset / h.chunkSize);
+          if (resumeAt > 0) {
+            opener.dispose();
+            opener = new BatchOpener(deviceKey, info.headerBytes, info.tag, { resumeAt });
+          }
+          close();
+          transfer = new BatchTransfer(nextId++, opener, stage);
+          return { t: transfer.id, c: transfer.committed, n: transfer.total };
+        }),
       [InjectCmd.CHUNK]: async (p) => {
         const t = current(uint(p, 't'));
         try {
@@ -178,22 +179,22 @@ export function injectGroup(ctx: ModuleContext): CommandGroup {
         const t = current(uint(p, 't'));
         return { c: t.committed, n: t.total };
       },
-      [InjectCmd.COMMIT]: (p) => {
-        const t = current(uint(p, 't'));
-        const { terminalId, deviceKey } = ctx.identity();
-        if (!t.opener.complete) throw new LinkError(Rc.BAD_STATE, `batch incomplete: ${t.committed} of ${t.total} bytes`);
-        mapServiceErrors(() => t.opener.finish());
-        const h = t.opener.header;
-        const receipt = encodeReceipt(
-          makeReceipt(deviceKey, { terminalId, batchId: h.batchId, seq: h.seq, bits: h.bits, headerDigest: t.opener.headerDigest }),
-        );
-        // The full batch id goes to the secure area first: service headers name keys by it.
-        ctx.secure().rememberBatch(poolBatchId(h.batchId), h.batchId);
-        mapServiceErrors(() => t.stage.commit());
-        ctx.secure().audit('batch-accepted', `${hex(h.batchId).slice(0, 8)} seq ${h.seq} ${h.bits} bits`);
-        close();
-        return { receipt, bits: h.bits };
-      },
+      [InjectCmd.COMMIT]: (p) =>
+        withIdentity(ctx, ({ terminalId, deviceKey }) => {
+          const t = current(uint(p, 't'));
+          if (!t.opener.complete) throw new LinkError(Rc.BAD_STATE, `batch incomplete: ${t.committed} of ${t.total} bytes`);
+          mapServiceErrors(() => t.opener.finish());
+          const h = t.opener.header;
+          const receipt = encodeReceipt(
+            makeReceipt(deviceKey, { terminalId, batchId: h.batchId, seq: h.seq, bits: h.bits, headerDigest: t.opener.headerDigest }),
+          );
+          // The full batch id goes to the secure area first: service headers name keys by it.
+          ctx.secure().rememberBatch(poolBatchId(h.batchId), h.batchId);
+          mapServiceErrors(() => t.stage.commit());
+          ctx.secure().audit('batch-accepted', `${hex(h.batchId).slice(0, 8)} seq ${h.seq} ${h.bits} bits`);
+          close();
+          return { receipt, bits: h.bits };
+        }),
       [InjectCmd.ABORT]: (p) => {
         const t = current(uint(p, 't'));
         mapServiceErrors(() => t.stage.abort());
