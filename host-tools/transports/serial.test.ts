@@ -38,16 +38,11 @@ t.test('transport suite over a socat pty pair', { skip: socatSkipReason() }, (t)
     },
     {
       frameAligned: true,
-      // Killing socat is the closest a pty gets to a cable pull: a pending read fails at once.
-      // On a loaded machine the poller may not be waiting at that moment; the next write then
-      // fails with EIO, so poke until the port has noticed (bounded, never hangs the suite).
-      pull: async ({ a, cleanup }) => {
-        await cleanup?.();
-        for (let i = 0; i < 50; i++) {
-          if (!(await a.write(Uint8Array.of(0)).then(() => true, () => false))) break;
-          await new Promise((r) => setTimeout(r, 100));
-        }
-      },
+      // No cable-pull case here: a pty whose socat was killed is noticed by serialport only
+      // through a read or write in flight at that moment, which on a loaded machine sometimes
+      // leaves a write pending for good (seen in CI). The pull semantics of this transport are
+      // tested on the mock binding above; a host facing a dead terminal is saved by the link
+      // client's write and response timeouts (hil/field-tool.test.ts, power-cut case).
     },
   );
   t.end();
