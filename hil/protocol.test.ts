@@ -11,14 +11,19 @@ import { openWebUsb } from '../host-tools/transports/webusb.js';
 import { createPtyPair, socatSkipReason } from './pty.js';
 import type { Transport } from '../firmware/link/transport.js';
 
-t.test('in-process pair', async (t) => {
+// `qkt hil run --transport a,b` selects back ends through this variable; unset runs them all.
+const selected = process.env['QKT_HIL_TRANSPORTS']?.split(',').map((s) => s.trim());
+const only = (name: string): { skip?: string } =>
+  selected && !selected.includes(name) ? { skip: `transport ${name} not selected (QKT_HIL_TRANSPORTS=${selected.join(',')})` } : {};
+
+t.test('in-process pair', only('inproc'), async (t) => {
   protocolSuite(t, async () => {
     const [host, device] = createInProcessPair({ names: ['host', 'device'] });
     return { host, device };
   });
 });
 
-t.test('TCP on 127.0.0.1', async (t) => {
+t.test('TCP on 127.0.0.1', only('tcp'), async (t) => {
   protocolSuite(t, async () => {
     let accept!: (tr: Transport) => void;
     const accepted = new Promise<Transport>((resolve) => (accept = resolve));
@@ -28,7 +33,7 @@ t.test('TCP on 127.0.0.1', async (t) => {
   });
 });
 
-t.test('pty pair (socat) through serialport', { skip: socatSkipReason() }, async (t) => {
+t.test('pty pair (socat) through serialport', { ...only('pty'), ...(socatSkipReason() ? { skip: socatSkipReason() as string } : {}) }, async (t) => {
   protocolSuite(t, async () => {
     const pty = await createPtyPair();
     const device = await openSerial(pty.b);
@@ -37,7 +42,7 @@ t.test('pty pair (socat) through serialport', { skip: socatSkipReason() }, async
   });
 });
 
-t.test('mock serial binding (null-modem cable)', async (t) => {
+t.test('mock serial binding (null-modem cable)', only('mock'), async (t) => {
   protocolSuite(t, async () => {
     const cable = nullModem();
     const device = await openSerial(cable.pathB, { binding: cable.binding });
@@ -46,7 +51,7 @@ t.test('mock serial binding (null-modem cable)', async (t) => {
   });
 });
 
-t.test('raw USB bulk through WebUSB (fake device)', async (t) => {
+t.test('raw USB bulk through WebUSB (fake device)', only('webusb'), async (t) => {
   protocolSuite(t, async () => {
     const dev = new FakeWebUsbDevice();
     const host = await openWebUsb(dev);

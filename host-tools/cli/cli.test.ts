@@ -62,3 +62,12 @@ t.test('demo --json: one JSON document; every message opened, both sides used th
   t.match(human.stdout, /\| T3 \| 3 Mbit \|/);
   t.match(human.stdout, /3 receipts collected/);
 });
+
+t.test('hil run refuses what it cannot run, before starting anything', async (t) => {
+  const r = await runQkt(['hil', 'run', '--transport', 'carrier-pigeon']);
+  t.equal(r.code, 2);
+  t.match(r.stderr, /^qkt: unknown transport carrier-pigeon; choose from inproc, tcp, pty, mock, webusb\n$/);
+  const c = await runQkt(['hil', 'run', '--carrier', '/nonexistent/drive']);
+  t.equal(c.code, 2);
+  t.match(c.stderr, /--carrier \/nonexistent\/drive does not exist/);
+});

@@ -10,6 +10,7 @@ import { kmdCollect, kmdEnroll, kmdExport, kmdInit } from './commands/kmd.js';
 import { kmdEnrollCarrier, kmdSaeAdd, kmdServe } from './commands/kmd-serve.js';
 import { carrierLoad, carrierStatus } from './commands/carrier.js';
 import { kmdToken, zeroize } from './commands/zeroize.js';
+import hilRun from './commands/hil.js';
 
 export const commands: readonly Command<any>[] = [
   demo,
@@ -28,5 +29,6 @@ export const commands: readonly Command<any>[] = [
   kmdEnrollCarrier,
   kmdToken,
   terminalRun,
+  hilRun,
   bench,
 ];
