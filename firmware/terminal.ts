@@ -50,7 +50,7 @@ export interface TerminalOptions {
   limits?: Partial<DeviceLinkLimits>;
   /** Fault injection: make one power-on self-test fail. */
   selfTest?: { corrupt?: SelfTestName };
-  /** A handler still running after this long is stopped and the module state reloaded. */
+  /** A handler still running after this long is stopped and the module state reloaded (default 5 s; 0 = off). */
   watchdogMs?: number;
   /** Called when the flash lost power mid-operation: the module is dead until rebooted. */
   onPowerCut?: (e: PowerCutError) => void;
@@ -219,9 +219,10 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
   dispatcher.onInternalError = (e) => {
     if (e instanceof PowerCutError) o.onPowerCut?.(e);
   };
-  if (o.watchdogMs) {
+  const watchdogMs = o.watchdogMs ?? 5000;
+  if (watchdogMs > 0) {
     dispatcher.watchdog = {
-      ms: o.watchdogMs,
+      ms: watchdogMs,
       onExpire: (ctx) => {
         // As a hardware watchdog would: drop the stuck handler's in-RAM state, reload from flash.
         mount();
