@@ -53,6 +53,7 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
   const pace = (t: Transport): Transport => (o.baud ? paced(t, { baud: o.baud }) : t);
   if (o.port) {
     const serial = await openSerial(o.port, o.baud ? { baudRate: o.baud } : {}).catch((e: Error) => {
+      closeFlash();
       throw new CliError(`cannot open ${o.port}: ${e.message}`, Exit.NO_DEVICE);
     });
     const transport = o.baud && isPty(o.port) ? pace(serial) : serial;
@@ -77,6 +78,7 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
     current = pace(t);
     terminal.attach(current);
   }).catch((e: Error) => {
+    closeFlash();
     throw new CliError(`cannot listen on ${o.listen}: ${e.message}`, Exit.FAILURE);
   });
   return {
