@@ -14,6 +14,8 @@ export const Group = {
   ADMIN: 4,
   /** The KMD's download interface, as served to an enrolled carrier. */
   DOWNLOAD: 5,
+  /** The master station's service interface: terminal uplinks in, downlinks out. */
+  STATION: 6,
 } as const;
 
 export const SystemCmd = {
@@ -76,4 +78,13 @@ export const DownloadCmd = {
   READ: 4,
   /** The carrier has the batch safely: it leaves the KMD's outbox. */
   TAKEN: 5,
+} as const;
+
+export const StationCmd = {
+  /** A terminal's sealed uplink, to be opened with the matching keys. */
+  UPLINK: 0,
+  /** Seal a downlink for a terminal under its AEAD session key. */
+  DOWNLINK: 1,
+  /** Key accounting per terminal. */
+  STATUS: 2,
 } as const;

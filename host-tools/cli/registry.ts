@@ -11,6 +11,7 @@ import { kmdEnrollCarrier, kmdSaeAdd, kmdServe } from './commands/kmd-serve.js';
 import { carrierLoad, carrierStatus } from './commands/carrier.js';
 import { kmdToken, zeroize } from './commands/zeroize.js';
 import hilRun from './commands/hil.js';
+import stationRun from './commands/station.js';
 
 export const commands: readonly Command<any>[] = [
   demo,
@@ -28,6 +29,7 @@ export const commands: readonly Command<any>[] = [
   kmdSaeAdd,
   kmdEnrollCarrier,
   kmdToken,
+  stationRun,
   terminalRun,
   hilRun,
   bench,

@@ -15,6 +15,7 @@ const SUITES = [
   'hil/inject-powercut.test.ts',
   'hil/field-tool.test.ts',
   'hil/e2e-offline.test.ts',
+  'hil/station-run.test.ts',
   'hil/carrier-drive.test.ts',
   'hil/carrier-dir.test.ts',
 ];

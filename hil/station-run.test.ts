@@ -1,0 +1,87 @@
+// `qkt station run` as the master station service: a module injected from a carrier sends OTP and
+// AEAD uplinks over the station's TCP link, gets an AEAD downlink back, and both sides account
+// the same key bits; a replayed uplink finds its keys gone.
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { runQkt, startQkt } from './cli.js';
+import { NorFlash } from '../firmware/flash/nor-flash.js';
+import { createTerminal } from '../firmware/terminal.js';
+import { Group, KeysCmd, StationCmd, SystemCmd } from '../firmware/link/groups.js';
+import { LinkError, Rc } from '../firmware/link/errors.js';
+import { decodeServiceHeader } from '../firmware/crypto/service.js';
+import { createInProcessPair } from '../host-tools/transports/inproc.js';
+import { connectTcp, parseTcpAddress } from '../host-tools/transports/tcp.js';
+import { LinkClient } from '../host-tools/link/client.js';
+import { injectBatch } from '../host-tools/link/inject.js';
+import { Carrier } from '../host-tools/carrier/carrier.js';
+
+t.setTimeout(120_000);
+
+async function rc(p: Promise<unknown>): Promise<number | undefined> {
+  try {
+    await p;
+    return undefined;
+  } catch (e) {
+    return e instanceof LinkError ? e.rc : -1;
+  }
+}
+
+t.test('station run opens uplinks, seals downlinks, accounts key use', async (t) => {
+  const dir = t.testdir({});
+  const home = join(dir, 'kmd');
+  for (const args of [
+    ['kmd', 'init', '--home', home, '--rate', '11kbit/s', '--stock', '4Mbit'],
+    ['kmd', 'enroll', '--home', home, '--terminal', 'T1', '--flash', join(dir, 't1.img')],
+    ['carrier', 'load', '--home', home, '--carrier', join(dir, 'car'), '--terminal', 'T1', '--bits', '1Mbit'],
+  ]) {
+    const r = await runQkt(args);
+    t.equal(r.code, 0, `qkt ${args.slice(0, 2).join(' ')}: ${r.stderr}`);
+  }
+  // The field visit, in process: the module on its flash image, injected from the carrier.
+  const flash = NorFlash.open(join(dir, 't1.img'));
+  t.teardown(() => flash.close());
+  const [host, device] = createInProcessPair();
+  createTerminal({ flash, transport: device });
+  const module = new LinkClient(host);
+  t.teardown(() => module.close());
+  const params = await module.negotiate();
+  const carrier = Carrier.open(join(dir, 'car'));
+  const r = await injectBatch(module, params, carrier.readBatch(carrier.batchFor('T1')!));
+  carrier.recordReceipt('T1', r.batchId, r.receipt);
+
+  const st = await startQkt(['station', 'run', '--home', home, '--listen', '127.0.0.1:0']);
+  t.teardown(() => st.stop());
+  const { host: h, port } = parseTcpAddress(st.ready['listen'] as string);
+  const station = new LinkClient(await connectTcp(h, port));
+  t.teardown(() => station.close());
+  await station.negotiate();
+
+  // OTP uplink: the station opens it with the keys the header names, and files the data.
+  const otp = (await module.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'otp', enc: 'any', auth: 'any' }))['s'];
+  const reading = new TextEncoder().encode('{"ua":230.4,"ia":12.1}');
+  const m1 = (await module.request(Group.KEYS, KeysCmd.SEAL, { s: otp, d: reading }))['m'] as Uint8Array;
+  const up = await station.request(Group.STATION, StationCmd.UPLINK, { t: 'T1', m: m1 });
+  t.same(up, { n: reading.length, keyBits: 256 + reading.length * 8 });
+  const inbox = readFileSync(st.ready['inbox'] as string, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { terminal: string; data: string });
+  t.equal(inbox.length, 1);
+  t.equal(Buffer.from(inbox[0]!.data, 'base64').toString(), '{"ua":230.4,"ia":12.1}');
+  t.equal(await rc(station.request(Group.STATION, StationCmd.UPLINK, { t: 'T1', m: m1 })), Rc.KEY_NOT_AVAILABLE, 'a replayed uplink finds its keys consumed');
+
+  // AEAD session: uplink, then a downlink under the session key the terminal named.
+  const aead = (await module.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'aead', enc: 'any' }))['s'];
+  const m2 = (await module.request(Group.KEYS, KeysCmd.SEAL, { s: aead, d: reading }))['m'] as Uint8Array;
+  await station.request(Group.STATION, StationCmd.UPLINK, { t: 'T1', m: m2 });
+  const key = decodeServiceHeader(m2).header.keyIds[0]!;
+  const cmd = new TextEncoder().encode('{"cmd":"trip"}');
+  const down = (await station.request(Group.STATION, StationCmd.DOWNLINK, { t: 'T1', b: key.batchId, o: key.bitOffset, d: cmd }))['m'] as Uint8Array;
+  const opened = (await module.request(Group.KEYS, KeysCmd.OPEN, { s: aead, m: down }))['d'] as Uint8Array;
+  t.equal(Buffer.from(opened).toString(), '{"cmd":"trip"}');
+
+  // Accounting: both sides used the same key bits.
+  const pool = (await module.request(Group.SYSTEM, SystemCmd.STATUS, {}))['pool'] as { consumedKeyBits: number };
+  const ss = (await station.request(Group.STATION, StationCmd.STATUS, {}))['terminals'] as Array<{ terminalId: string; consumedKeyBits: number }>;
+  t.equal(ss.length, 1);
+  t.equal(ss[0]!.consumedKeyBits, pool.consumedKeyBits, 'station and terminal consumed the same key bits');
+  t.equal(await rc(station.request(Group.STATION, StationCmd.UPLINK, { t: 'T9', m: m1 })), Rc.WRONG_TERMINAL, 'unknown terminal');
+});
