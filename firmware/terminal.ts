@@ -5,6 +5,7 @@ import { randomBytes } from 'node:crypto';
 import { DeviceLink } from './link/device-link.js';
 import type { DeviceLinkLimits } from './link/device-link.js';
 import { Dispatcher } from './link/dispatch.js';
+import type { CommandGroup, RequestContext } from './link/dispatch.js';
 import { HEADER_SIZE, CRC_SIZE } from './link/frame.js';
 import { Group, SystemEvent } from './link/groups.js';
 import { LinkError, Rc } from './link/errors.js';
@@ -205,15 +206,53 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
     }),
   );
   dispatcher.register(diagGroup({ maxChunk }));
-  const guarded = (g: ReturnType<typeof injectGroup>) => ({ ...g, guard: (c: Parameters<NonNullable<typeof g.guard>>[0]) => (ready(), g.guard?.(c)) });
-  dispatcher.register(guarded(injectGroup(ctx)));
-  dispatcher.register(guarded(keysGroup(ctx)));
+  const inject = injectGroup(ctx);
+  const keys = keysGroup(ctx);
+  /** Forget in-RAM state (open transfer, sessions) and reload from flash, as a reset would. */
+  const reset = (): void => {
+    inject.reset();
+    keys.reset();
+    try {
+      mount();
+    } catch (e) {
+      // The flash has no power: the cut was reported when it happened; the module is dead.
+      if (!(e instanceof PowerCutError)) throw e;
+    }
+  };
+  // Service groups: refused unless the module is ready; a flash failure inside one resets the
+  // module's state from flash, so no half-applied RAM state outlives it.
+  const guarded = (g: CommandGroup): CommandGroup => ({
+    ...g,
+    guard: (c) => {
+      ready();
+      g.guard?.(c);
+    },
+    commands: Object.fromEntries(
+      Object.entries(g.commands).map(([id, h]) => [
+        id,
+        async (p: Payload, c: RequestContext) => {
+          try {
+            return await h(p, c);
+          } catch (e) {
+            if (e instanceof LinkError && e.rc === Rc.FLASH_ERROR) reset();
+            throw e;
+          }
+        },
+      ]),
+    ),
+  });
+  dispatcher.register(guarded(inject));
+  dispatcher.register(guarded(keys));
   dispatcher.register(
     guarded(
-      adminGroup(ctx, () => {
-        secure!.factoryReset();
-        mount();
-      }),
+      adminGroup(
+        ctx,
+        () => {
+          secure!.factoryReset();
+          mount();
+        },
+        () => keys.reset(),
+      ),
     ),
   );
   dispatcher.onInternalError = (e) => {
@@ -225,7 +264,7 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
       ms: watchdogMs,
       onExpire: (ctx) => {
         // As a hardware watchdog would: drop the stuck handler's in-RAM state, reload from flash.
-        mount();
+        reset();
         secure?.audit('watchdog-reset', `group ${ctx.group} command ${ctx.command}`);
       },
     };

@@ -72,6 +72,13 @@ t.test('station run opens uplinks, seals downlinks, accounts key use', async (t)
   const aead = (await module.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'aead', enc: 'any' }))['s'];
   const m2 = (await module.request(Group.KEYS, KeysCmd.SEAL, { s: aead, d: reading }))['m'] as Uint8Array;
   await station.request(Group.STATION, StationCmd.UPLINK, { t: 'T1', m: m2 });
+  // A forged message under the session key with a far-ahead counter is refused and blocks nothing.
+  const forged = Uint8Array.from(m2);
+  new DataView(forged.buffer).setUint32(2, 0xfffffff0);
+  t.equal(await rc(station.request(Group.STATION, StationCmd.UPLINK, { t: 'T1', m: forged })), Rc.AUTH_FAILED, 'forged uplink refused');
+  const m3 = (await module.request(Group.KEYS, KeysCmd.SEAL, { s: aead, d: reading }))['m'] as Uint8Array;
+  t.match(await station.request(Group.STATION, StationCmd.UPLINK, { t: 'T1', m: m3 }), { n: reading.length }, 'the next genuine uplink still opens');
+  t.equal(await rc(station.request(Group.STATION, StationCmd.UPLINK, { t: '..', m: m3 })), Rc.BAD_REQUEST, 'a terminal id is never a path');
   const key = decodeServiceHeader(m2).header.keyIds[0]!;
   const cmd = new TextEncoder().encode('{"cmd":"trip"}');
   const down = (await station.request(Group.STATION, StationCmd.DOWNLINK, { t: 'T1', b: key.batchId, o: key.bitOffset, d: cmd }))['m'] as Uint8Array;

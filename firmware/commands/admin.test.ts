@@ -6,7 +6,7 @@ import { injectBatch } from '../../host-tools/link/inject.js';
 import { makeAdminToken } from '../crypto/token.js';
 import type { AdminCommand } from '../crypto/token.js';
 import { enrollFlash } from '../secure/enroll.js';
-import { AdminCmd, Group, SystemCmd } from '../link/groups.js';
+import { AdminCmd, Group, KeysCmd, SystemCmd } from '../link/groups.js';
 import { Rc } from '../link/errors.js';
 import { findWindows, makeBatch, poolOf, poolRegion, startRig } from '../test-support/module-rig.js';
 import type { Rig } from '../test-support/module-rig.js';
@@ -116,4 +116,14 @@ t.test('factory reset returns the module to unenrolled: identity, keys and devic
   t.match(rig.terminal.status(), { state: 'ready', terminalId: 'T7', pool: { storedKeyBits: 0, batches: [] } });
   await injectBatch(rig.client, rig.params, makeBatch(deviceKey, { terminalId: 'T7', bits: 8192, seq: 1 }).sealed);
   t.match(poolOf(rig.terminal), { storedKeyBits: 8192 }, 're-enrolled, it takes batches again');
+});
+
+t.test('zeroize also ends open key sessions: none keeps sealing with a key held in RAM', async (t) => {
+  const rig = await startRig();
+  t.teardown(() => rig.close());
+  await injectBatch(rig.client, rig.params, makeBatch(rig.deviceKey, { bits: 32 * 1024 }).sealed);
+  const s = (await rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'aead', enc: 'any' }))['s'];
+  await rig.client.request(Group.KEYS, KeysCmd.SEAL, { s, d: new Uint8Array([1, 2, 3]) });
+  await zeroize(rig, token(rig, 'zeroize', 1));
+  await t.rejects(rig.client.request(Group.KEYS, KeysCmd.SEAL, { s, d: new Uint8Array([4]) }), linkError(Rc.NO_TRANSFER), 'the session is gone');
 });

@@ -14,7 +14,8 @@ import type { ModuleContext } from './context.js';
 
 export const MAX_FAILED_AUTH = 5;
 
-export function adminGroup(ctx: ModuleContext, onFactoryReset: () => void): CommandGroup {
+/** `onWiped` runs after every zeroize (open sessions must not outlive the keys); `onFactoryReset` after a reset. */
+export function adminGroup(ctx: ModuleContext, onFactoryReset: () => void, onWiped: () => void = () => undefined): CommandGroup {
   const authorize = (token: Uint8Array, command: AdminCommand): void =>
     withIdentity(ctx, ({ terminalId, deviceKey }) => {
       const secure = ctx.secure();
@@ -42,12 +43,14 @@ export function adminGroup(ctx: ModuleContext, onFactoryReset: () => void): Comm
       [AdminCmd.ZEROIZE]: (p) => {
         authorize(bytes(p, 'token', 256), 'zeroize');
         const wiped = mapServiceErrors(() => ctx.pool().zeroizeAll());
+        onWiped();
         ctx.secure().audit('zeroize', `${wiped} batch(es) wiped`);
         return { zeroized: true };
       },
       [AdminCmd.FACTORY_RESET]: (p) => {
         authorize(bytes(p, 'token', 256), 'factory-reset');
         mapServiceErrors(() => ctx.pool().zeroizeAll());
+        onWiped();
         onFactoryReset();
         return { reset: true };
       },

@@ -82,7 +82,8 @@ class BatchTransfer implements BulkSink {
   }
 }
 
-export function injectGroup(ctx: ModuleContext): CommandGroup {
+/** The INJECT group, and `reset()` to drop the open transfer (after a reset of the module's state). */
+export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void } {
   let transfer: BatchTransfer | undefined;
   let nextId = 1;
   const close = () => {
@@ -95,6 +96,7 @@ export function injectGroup(ctx: ModuleContext): CommandGroup {
   };
 
   return {
+    reset: close,
     id: Group.INJECT,
     name: 'inject',
     commands: {

@@ -31,7 +31,8 @@ interface Session {
   rekeyMs: number;
 }
 
-export function keysGroup(ctx: ModuleContext): CommandGroup {
+/** The KEYS group, and `reset()` to wipe every session (after zeroize or a reset of the module's state). */
+export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void } {
   const sessions = new Map<number, Session>();
   let nextId = 1;
 
@@ -65,6 +66,9 @@ export function keysGroup(ctx: ModuleContext): CommandGroup {
   };
 
   return {
+    reset: () => {
+      for (const s of [...sessions.values()]) dropSession(s);
+    },
     id: Group.KEYS,
     name: 'keys',
     guard: () => void ctx.pool(),
@@ -73,7 +77,6 @@ export function keysGroup(ctx: ModuleContext): CommandGroup {
         const mode = oneOf(p, 'mode', ['otp', 'aead'] as const);
         const enc = p['enc'] === undefined ? 'enc' : oneOf(p, 'enc', ['enc', 'any'] as const);
         const auth = p['auth'] === undefined ? 'auth' : oneOf(p, 'auth', ['auth', 'any'] as const);
-        if (sessions.size >= MAX_SESSIONS) dropSession(sessions.values().next().value as Session);
         const s: Session = {
           id: nextId++,
           mode,
@@ -84,6 +87,8 @@ export function keysGroup(ctx: ModuleContext): CommandGroup {
           rekeyMs: optionalUint(p, 'rekeyMs') ?? 3_600_000,
         };
         if (s.rekeyMessages < 1 || s.rekeyMs < 1) throw new LinkError(Rc.BAD_REQUEST, 'rekey limits must be positive');
+        // Validated first: a refused NEGOTIATE closes nothing.
+        if (sessions.size >= MAX_SESSIONS) dropSession(sessions.values().next().value as Session);
         if (mode === 'aead') newSessionKey(s);
         sessions.set(s.id, s);
         return { s: s.id, mode, enc, auth };

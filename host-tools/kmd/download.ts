@@ -78,6 +78,7 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
         }
         const bits = uint(p, 'bits', 2 ** 23);
         for (const id of ids as string[]) {
+          if (!/^[A-Za-z0-9._-]{1,32}$/.test(id) || /^\.+$/.test(id)) throw new LinkError(Rc.BAD_REQUEST, `not a terminal id: ${JSON.stringify(id).slice(0, 40)}`);
           if (!home.hasTerminal(id)) throw new LinkError(Rc.WRONG_TERMINAL, `terminal ${id} is not enrolled at this KMD`);
         }
         const made = [];

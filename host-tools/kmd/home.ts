@@ -58,7 +58,7 @@ export class KmdError extends Error {
 export const ID_RE = /^[A-Za-z0-9._-]{1,32}$/;
 
 export function checkId(kind: string, id: string): string {
-  if (!ID_RE.test(id)) throw new KmdError(`${kind} id must be 1-32 of A-Z a-z 0-9 . _ -, got ${JSON.stringify(id)}`, 'BAD_ID');
+  if (!ID_RE.test(id) || /^\.+$/.test(id)) throw new KmdError(`${kind} id must be 1-32 of A-Z a-z 0-9 . _ -, got ${JSON.stringify(id)}`, 'BAD_ID');
   return id;
 }
 

@@ -32,6 +32,8 @@ export async function startStationServer(stationDir: string, listen: string, log
   const inbox = join(stationDir, 'inbox.jsonl');
   const maxChunk = DEFAULT_LIMITS.maxBody - CHUNK_OVERHEAD;
   const known = (id: string) => {
+    // The id names a folder of the store: only plain terminal ids, never a path.
+    if (!/^[A-Za-z0-9._-]{1,32}$/.test(id) || /^\.+$/.test(id)) throw new LinkError(Rc.BAD_REQUEST, 'field "t" must be a terminal id');
     if (!existsSync(join(stationDir, id, 'pool.img'))) throw new LinkError(Rc.WRONG_TERMINAL, `the station holds no keys for terminal ${id}`);
     return id;
   };

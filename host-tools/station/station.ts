@@ -71,14 +71,16 @@ export class Station {
     }
     const r = header.keyIds[0]!;
     const s = this.session(terminalId, r);
-    if (!s.recv.accept(header.counter, this.clock())) throw new StationError(`uplink counter ${header.counter} from ${terminalId} replayed`);
+    let plain: Uint8Array;
     try {
-      const plain = sessionOpen(s.key, header.counter, body, aad, 'up');
-      this.activate(terminalId, [r]);
-      return plain;
+      plain = sessionOpen(s.key, header.counter, body, aad, 'up');
     } catch {
       throw new StationError(`uplink from ${terminalId} does not authenticate`);
     }
+    // The counter is recorded only for an authentic message: a forgery cannot block real ones.
+    if (!s.recv.accept(header.counter, this.clock())) throw new StationError(`uplink counter ${header.counter} from ${terminalId} replayed`);
+    this.activate(terminalId, [r]);
+    return plain;
   }
 
   /** Seal a downlink to `terminalId` under the session key its uplinks named. */
