@@ -8,7 +8,7 @@ import { hmac } from '@noble/hashes/hmac.js';
 import { sha256 } from '@noble/hashes/sha2.js';
 import { writeFileAtomic } from '../fs-atomic.js';
 import { Carrier } from '../carrier/carrier.js';
-import { checkId, KmdError } from './home.js';
+import { checkId, isId, KmdError } from './home.js';
 import type { KmdHome } from './home.js';
 
 export const CARRIER_KEY_FILE = 'auth.key';
@@ -32,7 +32,7 @@ export function enrollCarrier(home: KmdHome, carrierId: string, dir: string): { 
 /** The KMD's copy of a carrier's key, or undefined for a carrier it does not know. */
 export function carrierKey(home: KmdHome, carrierId: string): Uint8Array | undefined {
   const rec = home.path('carriers', `${carrierId}.json`);
-  if (!/^[A-Za-z0-9._-]{1,32}$/.test(carrierId) || !existsSync(rec)) return undefined;
+  if (!isId(carrierId) || !existsSync(rec)) return undefined;
   return new Uint8Array(Buffer.from((JSON.parse(readFileSync(rec, 'utf8')) as { key: string }).key, 'hex'));
 }
 

@@ -3,6 +3,7 @@
 // carrier key), reads the notification of pending exports, may ask for new ones, and downloads
 // the sealed batches (the paper's "notification reading mode").
 import { randomBytes } from 'node:crypto';
+import { statSync } from 'node:fs';
 import { Dispatcher } from '../../firmware/link/dispatch.js';
 import type { CommandGroup } from '../../firmware/link/dispatch.js';
 import { DeviceLink } from '../../firmware/link/device-link.js';
@@ -15,7 +16,7 @@ import { ctEqual } from '../../firmware/crypto/_util.js';
 import type { Transport } from '../../firmware/link/transport.js';
 import { FIRMWARE } from '../../firmware/version.js';
 import type { KmdHome } from './home.js';
-import { KmdError } from './home.js';
+import { KmdError, isId } from './home.js';
 import { exportBatch, markOnCarrier, outbox, readOutbox } from './export.js';
 import type { ExportedBatch } from './export.js';
 import { carrierKey, carrierProof } from './carriers.js';
@@ -38,7 +39,13 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
     if (!e) throw new LinkError(Rc.NO_TRANSFER, `no pending batch ${batchId.slice(0, 8)}`);
     return e;
   };
-  const describe = (e: ExportedBatch) => ({ terminalId: e.terminalId, batchId: e.record.batchId, seq: e.record.seq, bits: e.record.bits, bytes: readOutbox(e).length });
+  const describe = (e: ExportedBatch) => ({ terminalId: e.terminalId, batchId: e.record.batchId, seq: e.record.seq, bits: e.record.bits, bytes: statSync(e.file).size });
+  // The batch being downloaded, read from the outbox once rather than once per READ.
+  let reading: { batchId: string; bytes: Uint8Array } | undefined;
+  const batchBytes = (batchId: string): Uint8Array => {
+    if (reading?.batchId !== batchId) reading = { batchId, bytes: readOutbox(find(batchId)) };
+    return reading.bytes;
+  };
 
   const group: CommandGroup = {
     id: Group.DOWNLOAD,
@@ -78,7 +85,7 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
         }
         const bits = uint(p, 'bits', 2 ** 23);
         for (const id of ids as string[]) {
-          if (!/^[A-Za-z0-9._-]{1,32}$/.test(id) || /^\.+$/.test(id)) throw new LinkError(Rc.BAD_REQUEST, `not a terminal id: ${JSON.stringify(id).slice(0, 40)}`);
+          if (!isId(id)) throw new LinkError(Rc.BAD_REQUEST, `not a terminal id: ${JSON.stringify(id).slice(0, 40)}`);
           if (!home.hasTerminal(id)) throw new LinkError(Rc.WRONG_TERMINAL, `terminal ${id} is not enrolled at this KMD`);
         }
         const made = [];
@@ -96,10 +103,9 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
       },
       [DownloadCmd.READ]: (p) => {
         authed();
-        const e = find(text(p, 'b', 32));
+        const all = batchBytes(text(p, 'b', 32));
         const off = uint(p, 'o');
         const n = Math.min(uint(p, 'n', maxChunk), maxChunk);
-        const all = readOutbox(e);
         if (off > all.length) throw new LinkError(Rc.BAD_REQUEST, `offset past the end (${all.length} bytes)`);
         return { d: all.subarray(off, off + n) };
       },
@@ -107,6 +113,7 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
         const id = authed();
         const e = find(text(p, 'b', 32));
         markOnCarrier(home, e.terminalId, e.record.batchId, id);
+        if (reading?.batchId === e.record.batchId) reading = undefined;
         log(`download: carrier ${id} took ${e.terminalId} batch ${e.record.batchId.slice(0, 8)}`);
         return {};
       },

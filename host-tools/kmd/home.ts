@@ -5,6 +5,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, chmodSync } from 'nod
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { writeFileAtomic } from '../fs-atomic.js';
+import { TERMINAL_ID_RE } from '../../firmware/crypto/_util.js';
 import { FixedRateSupply } from './supply.js';
 import type { KeySupply } from './supply.js';
 
@@ -55,10 +56,16 @@ export class KmdError extends Error {
   }
 }
 
-export const ID_RE = /^[A-Za-z0-9._-]{1,32}$/;
+/**
+ * A terminal or carrier id: the format's rule (1-32 of [A-Za-z0-9._-]), and never only dots, since
+ * ids name files and folders in the KMD home, the station store and carriers.
+ */
+export function isId(id: unknown): id is string {
+  return typeof id === 'string' && TERMINAL_ID_RE.test(id) && !/^\.+$/.test(id);
+}
 
 export function checkId(kind: string, id: string): string {
-  if (!ID_RE.test(id) || /^\.+$/.test(id)) throw new KmdError(`${kind} id must be 1-32 of A-Z a-z 0-9 . _ -, got ${JSON.stringify(id)}`, 'BAD_ID');
+  if (!isId(id)) throw new KmdError(`${kind} id must be 1-32 of A-Z a-z 0-9 . _ -, got ${JSON.stringify(id)}`, 'BAD_ID');
   return id;
 }
 

@@ -18,6 +18,7 @@ import { FIRMWARE } from '../../firmware/version.js';
 import { listenTcp, parseTcpAddress } from '../transports/tcp.js';
 import { Station, StationError } from './station.js';
 import { StationStore, StationStoreError } from './store.js';
+import { isId } from '../kmd/home.js';
 
 export const STATION_FIRMWARE = `qkt-station ${FIRMWARE.split(' ')[1]}`;
 
@@ -33,7 +34,7 @@ export async function startStationServer(stationDir: string, listen: string, log
   const maxChunk = DEFAULT_LIMITS.maxBody - CHUNK_OVERHEAD;
   const known = (id: string) => {
     // The id names a folder of the store: only plain terminal ids, never a path.
-    if (!/^[A-Za-z0-9._-]{1,32}$/.test(id) || /^\.+$/.test(id)) throw new LinkError(Rc.BAD_REQUEST, 'field "t" must be a terminal id');
+    if (!isId(id)) throw new LinkError(Rc.BAD_REQUEST, 'field "t" must be a terminal id');
     if (!existsSync(join(stationDir, id, 'pool.img'))) throw new LinkError(Rc.WRONG_TERMINAL, `the station holds no keys for terminal ${id}`);
     return id;
   };
