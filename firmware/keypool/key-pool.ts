@@ -4,10 +4,11 @@
 import type { BlockDevice } from '../flash/block-device.js';
 import { FlashError } from '../flash/errors.js';
 import { PoolError } from './errors.js';
-import { Journal, programSpan, type JournalRecord, type NewRecord } from './journal.js';
+import { RecordLog, RecordLogError, programSpan, type LogRecord, type NewRecord } from '../flash/record-log.js';
 import {
   DATA_HEADER,
   FORMAT_VERSION,
+  JOURNAL_MAGIC,
   PURPOSE_CODE,
   PURPOSE_NAME,
   REC,
@@ -122,6 +123,17 @@ interface Batch {
 /** The live mount of each device: a newer mount makes older pool objects refuse (two writers would diverge). */
 const mounts = new WeakMap<BlockDevice, KeyPool>();
 
+/** The record log's typed errors, in the pool's words (NOT_FORMATTED, CORRUPT, WORN_OUT keep their code). */
+function journalOp<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (!(e instanceof RecordLogError)) throw e;
+    if (e.code === 'NOT_FORMATTED') throw new PoolError('NOT_FORMATTED', 'no key pool journal on this flash (blank or not a pool); format explicitly');
+    throw new PoolError(e.code === 'TOO_LARGE' ? 'GEOMETRY_MISMATCH' : e.code, `journal: ${e.message}`);
+  }
+}
+
 const u32ok = (v: unknown): v is number => Number.isSafeInteger(v) && (v as number) >= 0 && (v as number) <= 0xffff_ffff;
 
 /** Handle on the batch being staged. Invalid after commit, abort, zeroizeAll or remount. */
@@ -175,7 +187,7 @@ export class KeyPool {
   private readonly journalSectors: number;
   private readonly dataStart: number;
   private readonly dataCount: number;
-  private readonly journal: Journal;
+  private readonly journal: RecordLog;
   private maxKeyBits = DEFAULT_MAX_KEY_BITS;
   private maxBatches = 32;
   private lastSeq = -1;
@@ -210,7 +222,13 @@ export class KeyPool {
     this.M = marksSize(sectorSize);
     this.owner = new Array<Batch | undefined>(this.dataCount);
     this.bad = new Uint8Array(this.dataCount);
-    this.journal = new Journal(flash, this.secureSectors, this.journalSectors, () => this.checkpoint());
+    this.journal = new RecordLog(flash, {
+      firstSector: this.secureSectors,
+      sectorCount: this.journalSectors,
+      magic: JOURNAL_MAGIC,
+      version: FORMAT_VERSION,
+      checkpoint: () => this.checkpoint(),
+    });
     this.lowWatermarkBits = opts.lowWatermarkBits ?? 0;
     this.onLowWatermark = opts.onLowWatermark;
   }
@@ -248,7 +266,7 @@ export class KeyPool {
       if (!isBlank(flash.read(s * S, S))) flash.erase(s);
     }
     // 3. The new journal; its header is the commit point of the format.
-    pool.journal.create(pool.checkpoint());
+    journalOp(() => pool.journal.create(pool.checkpoint()));
     flash.sync();
     return KeyPool.mount(flash, opts);
   }
@@ -274,7 +292,7 @@ export class KeyPool {
 
   /** Read journal and sector headers into RAM. Returns unowned data sectors (relative indices). */
   private load(): number[] {
-    const records = this.journal.scan();
+    const { records } = journalOp(() => this.journal.scan());
     const [fmt, glob] = records;
     if (!fmt || fmt.type !== REC.FORMAT || !glob || glob.type !== REC.GLOBAL) throw new PoolError('CORRUPT', 'journal checkpoint incomplete');
     const r = new Reader(fmt.payload);
@@ -376,6 +394,8 @@ export class KeyPool {
       }
     }
     if (wrote) this.flash.sync();
+    // A batch whose last key was taken just before a cut: finish its retirement.
+    this.retireExhausted();
   }
 
   // ---------------------------------------------------------------- journal state
@@ -414,7 +434,7 @@ export class KeyPool {
   }
 
   /** Apply one journal record to the RAM state (replay at mount, and after each live append). */
-  private apply(rec: JournalRecord): void {
+  private apply(rec: LogRecord): void {
     const r = new Reader(rec.payload);
     const need = (uid: number): Batch => {
       const b = this.batches.get(uid);
@@ -501,7 +521,7 @@ export class KeyPool {
 
   /** Append a record durably-ordered (program) and apply it to RAM. The caller syncs. */
   private log(type: number, payload: Uint8Array): void {
-    this.journal.append({ type, payload });
+    journalOp(() => this.journal.append({ type, payload }));
     this.apply({ type, payload: new DataView(payload.buffer, payload.byteOffset, payload.byteLength) });
   }
 
@@ -517,6 +537,7 @@ export class KeyPool {
       if (!(purpose in PURPOSE_CODE)) throw new TypeError("purpose must be 'enc', 'auth' or 'any'");
       if (!u32ok(bits) || bits === 0 || bits % 8 !== 0) throw new RangeError('bits must be a positive multiple of 8 below 2^32');
       if (!u32ok(fko) || fko % 8 !== 0 || fko + bits > 0xffff_ffff) throw new RangeError('firstKeyOffset must be a multiple of 8 with firstKeyOffset + bits < 2^32');
+      this.retireExhausted();
       if (this.stagingBatch()) throw new PoolError('STAGING_BUSY', 'a batch is already being staged; resume or abort it');
       if (seq <= this.lastSeq) throw new PoolError('ROLLBACK', `batch seq ${seq} is not above the last committed seq ${this.lastSeq}`);
       for (const b of this.batches.values()) if (b.batchId === batchId) throw new PoolError('DUPLICATE_BATCH', `batch ${batchId} is already in the pool`);
@@ -678,8 +699,12 @@ export class KeyPool {
     }
     this.flash.sync();
     b.frontier = end;
+    const keyId = { batchId: b.batchId, bitOffset: b.fko + o * 8 };
+    // The last key of the batch is gone: retire it now, so its slot and sectors come back
+    // (a cut before this is finished by mount). Lifetime batches are unlimited this way.
+    if (b.frontier >= b.bytes) this.retire(b);
     this.watermark(before);
-    return { keyId: { batchId: b.batchId, bitOffset: b.fko + o * 8 }, key, skippedBits: (o - start) * 8 };
+    return { keyId, key, skippedBits: (o - start) * 8 };
   }
 
   // ---------------------------------------------------------------- recycling, zeroize
@@ -890,6 +915,24 @@ export class KeyPool {
       if (collect) collect.push(s - this.dataStart); // mount erases unowned garbage next
       else this.wipeSector(s);
     }
+  }
+
+  /** Retire a used-up batch durably: RELEASE of all its sectors deletes it (apply) and they are erased. */
+  private retire(b: Batch): void {
+    this.release(b, b.nSectors);
+    this.flash.sync();
+  }
+
+  /** Retire every committed batch with nothing left (after a cut between its last marks and its retirement). */
+  private retireExhausted(): boolean {
+    let any = false;
+    for (const b of this.sortedCommitted()) {
+      if (b.frontier >= b.bytes) {
+        this.retire(b);
+        any = true;
+      }
+    }
+    return any;
   }
 
   private releaseAll(): number {

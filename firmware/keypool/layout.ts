@@ -2,9 +2,8 @@
 // consumption marks. docs/keypool.md describes the same layout in prose; keep them in step.
 
 import { crc32 } from 'node:zlib';
+import { UNIT } from '../flash/record-log.js';
 
-/** Journal and headers are written in 16-byte units. */
-export const UNIT = 16;
 /** Journal sector header: magic 'QKJ1'. */
 export const JOURNAL_MAGIC = 0x314a_4b51;
 /** Data sector header: magic 'QKD1'. */
@@ -42,57 +41,7 @@ export function marksSize(sectorSize: number): number {
   return payloadPerSector(sectorSize) / 4;
 }
 
-/** Units a record with `payloadLen` payload bytes occupies: 2 bytes type/length + payload + 4 bytes CRC. */
-export function unitsFor(payloadLen: number): number {
-  return Math.ceil((payloadLen + 6) / UNIT);
-}
-
-/** CRC-32 of a record, bound to the journal sector generation so a record can't be read in a later generation. */
-function recordCrc(bytes: Uint8Array, ringSeq: number): number {
-  const seq = new Uint8Array(4);
-  new DataView(seq.buffer).setUint32(0, ringSeq, true);
-  return crc32(bytes, crc32(seq));
-}
-
-/** Encode a record: [type u8][units u8][payload, 0xFF padded][crc32 LE over all before it + ringSeq]. */
-export function encodeRecord(type: number, payload: Uint8Array, ringSeq: number): Uint8Array {
-  const n = unitsFor(payload.length);
-  const out = new Uint8Array(n * UNIT).fill(0xff);
-  out[0] = type;
-  out[1] = n;
-  out.set(payload, 2);
-  new DataView(out.buffer).setUint32(n * UNIT - 4, recordCrc(out.subarray(0, n * UNIT - 4), ringSeq), true);
-  return out;
-}
-
-/** Decode the record at the start of `buf`, or undefined if it is not a complete valid record. */
-export function decodeRecord(buf: Uint8Array, ringSeq: number): { type: number; units: number; payload: DataView } | undefined {
-  if (buf.length < UNIT) return undefined;
-  const type = buf[0]!;
-  const n = buf[1]!;
-  if (type === 0xff || type === 0 || n < 1 || n * UNIT > buf.length) return undefined;
-  const dv = new DataView(buf.buffer, buf.byteOffset, n * UNIT);
-  if (dv.getUint32(n * UNIT - 4, true) !== recordCrc(buf.subarray(0, n * UNIT - 4), ringSeq)) return undefined;
-  return { type, units: n, payload: new DataView(buf.buffer, buf.byteOffset + 2, n * UNIT - 6) };
-}
-
-export function encodeJournalHeader(ringSeq: number): Uint8Array {
-  const out = new Uint8Array(UNIT);
-  const dv = new DataView(out.buffer);
-  dv.setUint32(0, JOURNAL_MAGIC, true);
-  dv.setUint32(4, ringSeq, true);
-  dv.setUint32(8, FORMAT_VERSION, true);
-  dv.setUint32(12, crc32(out.subarray(0, 12)), true);
-  return out;
-}
-
-export function decodeJournalHeader(buf: Uint8Array): number | undefined {
-  const dv = new DataView(buf.buffer, buf.byteOffset, UNIT);
-  if (dv.getUint32(0, true) !== JOURNAL_MAGIC) return undefined;
-  if (dv.getUint32(12, true) !== crc32(buf.subarray(0, 12))) return undefined;
-  if (dv.getUint32(8, true) !== FORMAT_VERSION) return undefined;
-  return dv.getUint32(4, true);
-}
+export { UNIT, unitsFor, encodeRecord, decodeRecord, isBlank } from '../flash/record-log.js';
 
 /** Data sector header: magic, batch uid (pool-internal, never reused), index of the sector in its batch. */
 export function encodeDataHeader(uid: number, index: number): Uint8Array {
@@ -110,19 +59,6 @@ export function decodeDataHeader(buf: Uint8Array): { uid: number; index: number 
   if (dv.getUint32(0, true) !== DATA_MAGIC) return undefined;
   if (dv.getUint32(12, true) !== crc32(buf.subarray(0, 12))) return undefined;
   return { uid: dv.getUint32(4, true), index: dv.getUint32(8, true) };
-}
-
-/** True when every byte is 0xFF. */
-export function isBlank(buf: Uint8Array): boolean {
-  let i = 0;
-  const n = buf.length;
-  if (buf.byteOffset % 4 === 0) {
-    const words = new Uint32Array(buf.buffer, buf.byteOffset, n >>> 2);
-    for (; i < words.length; i++) if (words[i] !== 0xffff_ffff) return false;
-    i *= 4;
-  }
-  for (; i < n; i++) if (buf[i] !== 0xff) return false;
-  return true;
 }
 
 /**

@@ -101,6 +101,11 @@ function scenario(chunkScale: number, keyScale: number): Step[] {
   return steps;
 }
 
+/** The pool retires a batch when its last key is taken: the model drops it at once too. */
+function retireUsedUp(m: Model): void {
+  m.batches = m.batches.filter((b) => !(b.committed && b.frontier === b.data.length));
+}
+
 class Failure extends Error {}
 const check = (cond: boolean, msg: () => string) => {
   if (!cond) throw new Failure(msg());
@@ -201,6 +206,7 @@ function exec(ctx: Ctx, step: Step, opts: KeyPoolOptions): void {
       check(k.keyId.batchId === b.batchId && k.keyId.bitOffset === b.frontier * 8, () => `out of order: got ${k.keyId.batchId}:${k.keyId.bitOffset / 8}, expected ${b.batchId}:${b.frontier}`);
       serve(m, b, b.frontier, k.key);
       b.frontier += step.n;
+      retireUsedUp(m);
       return;
     }
     case 'byId': {
@@ -211,6 +217,7 @@ function exec(ctx: Ctx, step: Step, opts: KeyPoolOptions): void {
       const k = pool.consumeById({ batchId: b.batchId, bitOffset: o * 8 }, n);
       serve(m, b, o, k.key);
       b.frontier = o + n;
+      retireUsedUp(m);
       return;
     }
     case 'maintain':

@@ -1,0 +1,343 @@
+// The one power-safe record log of the module: an append-only log of CRC'd records in a ring of
+// dedicated sectors, each ring sector opened by a checkpoint of the owner's whole state. The key
+// pool's journal and the secure area both run on it (docs/keypool.md, docs/secure-area.md).
+//
+// Layout of a ring sector, in 16-byte units:
+//   unit 0      header [magic u32][generation u32][version u32][crc32 u32] (LE), written LAST
+//   unit 1..    records [type u8][units u8][payload, 0xFF padded][crc32 LE over all before it
+//               and the generation], back to back; the first blank unit ends the log.
+// A rollover erases the next ring sector, writes the owner's checkpoint there and then the
+// header with generation + 1: until the header lands, the old sector stays the valid one, so a
+// cut anywhere loses nothing. The newest valid header wins; two equal generations fail closed.
+// Because the checkpoint is all a rollover keeps, its size bounds the log: the owner keeps its
+// checkpoint under half a sector (checked by `create`), so a rollover never fails for lack of room.
+
+import { crc32 } from 'node:zlib';
+import type { BlockDevice } from './block-device.js';
+import { FlashError } from './errors.js';
+
+/** Records and headers are written in 16-byte units. */
+export const UNIT = 16;
+
+export type RecordLogErrorCode =
+  /** no ring sector has a valid header for this log (blank, foreign or killed). */
+  | 'NOT_FORMATTED'
+  /** damage a power cut cannot cause (a bad record before valid ones, two equal generations). */
+  | 'CORRUPT'
+  /** the checkpoint or a record is larger than the log allows. */
+  | 'TOO_LARGE'
+  /** no ring sector can be erased any more. */
+  | 'WORN_OUT';
+
+export class RecordLogError extends Error {
+  override readonly name = 'RecordLogError';
+  constructor(
+    readonly code: RecordLogErrorCode,
+    message: string,
+  ) {
+    super(message);
+  }
+}
+
+export interface LogRecord {
+  type: number;
+  /** The payload as stored: the bytes written, then 0xFF padding up to the unit boundary. */
+  payload: DataView;
+}
+
+export interface NewRecord {
+  type: number;
+  payload: Uint8Array;
+}
+
+export interface RecordLogOptions {
+  /** First ring sector (absolute index) and how many (>= 2). */
+  firstSector: number;
+  sectorCount: number;
+  /** Header magic and format version: a sector of another log or version never validates. */
+  magic: number;
+  version: number;
+  /** The owner's whole state as records, written at the start of each new ring sector. */
+  checkpoint: () => NewRecord[];
+}
+
+/** Units a record with `payloadLen` payload bytes occupies: 2 bytes type/units + payload + 4 bytes CRC. */
+export function unitsFor(payloadLen: number): number {
+  return Math.ceil((payloadLen + 6) / UNIT);
+}
+
+/** Largest payload of one record: 255 units. */
+export const MAX_PAYLOAD = 255 * UNIT - 6;
+
+/** CRC-32 of a record, bound to the sector generation so a record can't be read in a later one. */
+function recordCrc(bytes: Uint8Array, gen: number): number {
+  const g = new Uint8Array(4);
+  new DataView(g.buffer).setUint32(0, gen, true);
+  return crc32(bytes, crc32(g));
+}
+
+export function encodeRecord(type: number, payload: Uint8Array, gen: number): Uint8Array {
+  const n = unitsFor(payload.length);
+  const out = new Uint8Array(n * UNIT).fill(0xff);
+  out[0] = type;
+  out[1] = n;
+  out.set(payload, 2);
+  new DataView(out.buffer).setUint32(n * UNIT - 4, recordCrc(out.subarray(0, n * UNIT - 4), gen), true);
+  return out;
+}
+
+/** The record at the start of `buf`, or undefined if it is not a complete valid record of generation `gen`. */
+export function decodeRecord(buf: Uint8Array, gen: number): { type: number; units: number; payload: DataView } | undefined {
+  if (buf.length < UNIT) return undefined;
+  const type = buf[0]!;
+  const n = buf[1]!;
+  if (type === 0xff || type === 0 || n < 1 || n * UNIT > buf.length) return undefined;
+  const dv = new DataView(buf.buffer, buf.byteOffset, n * UNIT);
+  if (dv.getUint32(n * UNIT - 4, true) !== recordCrc(buf.subarray(0, n * UNIT - 4), gen)) return undefined;
+  return { type, units: n, payload: new DataView(buf.buffer, buf.byteOffset + 2, n * UNIT - 6) };
+}
+
+export function encodeHeader(magic: number, gen: number, version: number): Uint8Array {
+  const out = new Uint8Array(UNIT);
+  const dv = new DataView(out.buffer);
+  dv.setUint32(0, magic, true);
+  dv.setUint32(4, gen, true);
+  dv.setUint32(8, version, true);
+  dv.setUint32(12, crc32(out.subarray(0, 12)), true);
+  return out;
+}
+
+/** The generation in a header of this log, or undefined. */
+export function decodeHeader(buf: Uint8Array, magic: number, version: number): number | undefined {
+  const dv = new DataView(buf.buffer, buf.byteOffset, UNIT);
+  if (dv.getUint32(0, true) !== magic) return undefined;
+  if (dv.getUint32(12, true) !== crc32(buf.subarray(0, 12))) return undefined;
+  if (dv.getUint32(8, true) !== version) return undefined;
+  return dv.getUint32(4, true);
+}
+
+/** True when every byte is 0xFF. */
+export function isBlank(buf: Uint8Array): boolean {
+  let i = 0;
+  const n = buf.length;
+  if (buf.byteOffset % 4 === 0) {
+    const words = new Uint32Array(buf.buffer, buf.byteOffset, n >>> 2);
+    for (; i < words.length; i++) if (words[i] !== 0xffff_ffff) return false;
+    i *= 4;
+  }
+  for (; i < n; i++) if (buf[i] !== 0xff) return false;
+  return true;
+}
+
+/** Program `bytes` at `addr`, split at page boundaries (the device programs within one page). */
+export function programSpan(flash: BlockDevice, addr: number, bytes: Uint8Array): void {
+  const page = flash.geometry.pageSize;
+  let off = 0;
+  while (off < bytes.length) {
+    const a = addr + off;
+    const n = Math.min(bytes.length - off, page - (a % page));
+    flash.program(a, bytes.subarray(off, off + n));
+    off += n;
+  }
+}
+
+/** What a scan found. */
+export interface ScanResult {
+  records: LogRecord[];
+  /** Tolerant scans only: 16-byte units skipped because they held no valid record. */
+  damagedUnits: number;
+}
+
+export class RecordLog {
+  private active = -1;
+  private gen = 0;
+  /** Next free unit in the active sector. */
+  private pos = 0;
+  /** The active sector has a torn, damaged or unexpected tail: the next append rolls over first. */
+  private dirty = false;
+  private readonly unitsPerSector: number;
+  private readonly S: number;
+
+  constructor(
+    private readonly flash: BlockDevice,
+    private readonly o: RecordLogOptions,
+  ) {
+    this.S = flash.geometry.sectorSize;
+    this.unitsPerSector = this.S / UNIT;
+    if (!Number.isSafeInteger(o.sectorCount) || o.sectorCount < 2) throw new RangeError('sectorCount must be an integer >= 2');
+    if (!Number.isSafeInteger(o.firstSector) || o.firstSector < 0 || (o.firstSector + o.sectorCount) * this.S > flash.geometry.size) {
+      throw new RangeError('record log sectors lie outside the flash');
+    }
+    if (this.S % UNIT !== 0 || flash.geometry.pageSize % UNIT !== 0) throw new RangeError(`sectors and pages must be multiples of ${UNIT} bytes`);
+  }
+
+  /** Units free in the active sector. */
+  get freeUnits(): number {
+    return this.unitsPerSector - this.pos;
+  }
+
+  /** Units a checkpoint may take at most: half a sector, so a rollover always leaves room to append. */
+  get checkpointBudget(): number {
+    return Math.floor(this.unitsPerSector / 2) - 1;
+  }
+
+  /** Where the log is (status, tests). */
+  get position(): { sector: number; ringSeq: number; unit: number; dirty: boolean } {
+    return { sector: this.o.firstSector + this.active, ringSeq: this.gen, unit: this.pos, dirty: this.dirty };
+  }
+
+  /** Valid ring sectors, newest first: [ring index, generation]. */
+  generations(): Array<[number, number]> {
+    const out: Array<[number, number]> = [];
+    for (let i = 0; i < this.o.sectorCount; i++) {
+      const g = decodeHeader(this.flash.read((this.o.firstSector + i) * this.S, UNIT), this.o.magic, this.o.version);
+      if (g !== undefined) out.push([i, g]);
+    }
+    return out.sort((a, b) => b[1] - a[1]);
+  }
+
+  /**
+   * Find the newest valid ring sector, make it the active one and return its records (checkpoint
+   * first). Reads only. Fails closed with NOT_FORMATTED when no ring sector validates and with
+   * CORRUPT on two equal generations. A bad record followed by valid ones is CORRUPT too, unless
+   * `tolerant`: then it is skipped unit by unit, counted, and the next append rolls over (the
+   * secure area prefers a module that boots and says what it lost to one that is bricked).
+   */
+  scan(o: { tolerant?: boolean } = {}): ScanResult {
+    const gens = this.generations();
+    if (gens.length === 0) throw new RecordLogError('NOT_FORMATTED', 'no valid record log header in its sector range');
+    const [best, bestGen] = gens[0]!;
+    if (gens.length > 1 && gens[1]![1] === bestGen) throw new RecordLogError('CORRUPT', `two sectors claim generation ${bestGen}`);
+    const r = this.readSector(best, bestGen, o.tolerant ?? false);
+    this.active = best;
+    this.gen = bestGen;
+    this.pos = r.end;
+    this.dirty = r.dirty;
+    return { records: r.records, damagedUnits: r.damagedUnits };
+  }
+
+  /** Records of an older ring sector (tolerant), for an owner that lost something in the newest. */
+  readOlder(ringIndex: number, gen: number): LogRecord[] {
+    return this.readSector(ringIndex, gen, true).records;
+  }
+
+  private readSector(idx: number, gen: number, tolerant: boolean): { records: LogRecord[]; end: number; dirty: boolean; damagedUnits: number } {
+    const buf = this.flash.read((this.o.firstSector + idx) * this.S, this.S);
+    const records: LogRecord[] = [];
+    let u = 1;
+    let end = 1;
+    let dirty = false;
+    let damagedUnits = 0;
+    // Tolerant scans: bad units seen since the last valid record. They count as damage only when
+    // a valid record follows them; a bad tail is what a power cut leaves (one torn append).
+    let pending = 0;
+    while (u < this.unitsPerSector) {
+      const at = buf.subarray(u * UNIT);
+      const rec = isBlank(at.subarray(0, UNIT)) ? undefined : decodeRecord(at, gen);
+      if (rec) {
+        records.push({ type: rec.type, payload: rec.payload });
+        damagedUnits += pending;
+        pending = 0;
+        u += rec.units;
+        end = u;
+        continue;
+      }
+      if (isBlank(at)) break; // the end of the log
+      // A torn record (whose first unit may have stayed blank), or damage.
+      dirty = true; // never append over it
+      if (!tolerant) {
+        for (let v = u + 1; v < this.unitsPerSector; v++) {
+          if (decodeRecord(buf.subarray(v * UNIT), gen)) {
+            throw new RecordLogError('CORRUPT', `record at sector ${this.o.firstSector + idx} unit ${u} is damaged and valid records follow it`);
+          }
+        }
+        break;
+      }
+      pending++;
+      u++;
+    }
+    return { records, end, dirty, damagedUnits };
+  }
+
+  /** Make every ring sector invalid (program 0x00 over the headers), then erase them: the start of a format. */
+  kill(): void {
+    for (let i = 0; i < this.o.sectorCount; i++) this.flash.program((this.o.firstSector + i) * this.S, new Uint8Array(UNIT));
+    this.flash.sync();
+    for (let i = 0; i < this.o.sectorCount; i++) {
+      const s = this.o.firstSector + i;
+      if (!isBlank(this.flash.read(s * this.S, this.S))) this.flash.erase(s);
+    }
+  }
+
+  /** Start a fresh log in ring sector 0 with `records` as its checkpoint. The caller killed the ring first. */
+  create(records: NewRecord[]): void {
+    this.checkFits(records);
+    this.active = this.o.sectorCount - 1;
+    this.gen = 0;
+    this.rollover(records);
+  }
+
+  /** Append one record; in the flash once it returns (the caller syncs). Rolls over when full or dirty. */
+  append(rec: NewRecord): void {
+    const n = unitsFor(rec.payload.length);
+    if (n > this.unitsPerSector - 1 - this.checkpointBudget) throw new RecordLogError('TOO_LARGE', `record of ${rec.payload.length} bytes is too large for this log`);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      if (this.dirty || this.pos + n > this.unitsPerSector) this.rollover(this.o.checkpoint());
+      const addr = (this.o.firstSector + this.active) * this.S + this.pos * UNIT;
+      // The target must be blank; if something is there (damage we did not see), move on.
+      if (!isBlank(this.flash.read(addr, n * UNIT))) {
+        this.dirty = true;
+        continue;
+      }
+      programSpan(this.flash, addr, encodeRecord(rec.type, rec.payload, this.gen));
+      this.pos += n;
+      return;
+    }
+    throw new RecordLogError('CORRUPT', 'record log sector not blank after a rollover');
+  }
+
+  /** Roll over now (write a fresh checkpoint), e.g. to heal a damaged sector. */
+  compact(): void {
+    this.rollover(this.o.checkpoint());
+  }
+
+  private checkFits(records: NewRecord[]): number {
+    const units = records.reduce((s, r) => s + unitsFor(r.payload.length), 0);
+    if (units > this.checkpointBudget) throw new RecordLogError('TOO_LARGE', `checkpoint of ${units} units exceeds the ${this.checkpointBudget}-unit budget`);
+    return units;
+  }
+
+  /**
+   * Move to the next usable ring sector: erase it, write the checkpoint, then the header. Until
+   * the header is programmed the old sector stays the valid one, so a cut anywhere is harmless.
+   */
+  private rollover(records: NewRecord[]): void {
+    this.checkFits(records);
+    const gen = this.gen + 1;
+    // Never the active sector itself: it holds the only valid copy of the state.
+    for (let k = 1; k < this.o.sectorCount; k++) {
+      const idx = (this.active + k) % this.o.sectorCount;
+      const sector = this.o.firstSector + idx;
+      try {
+        if (!isBlank(this.flash.read(sector * this.S, this.S))) this.flash.erase(sector);
+        if (!isBlank(this.flash.read(sector * this.S, this.S))) continue;
+      } catch (e) {
+        if (e instanceof FlashError && (e.code === 'WORN_OUT' || e.code === 'BAD_SECTOR')) continue;
+        throw e;
+      }
+      let u = 1;
+      for (const r of records) {
+        const bytes = encodeRecord(r.type, r.payload, gen);
+        programSpan(this.flash, sector * this.S + u * UNIT, bytes);
+        u += bytes.length / UNIT;
+      }
+      this.flash.program(sector * this.S, encodeHeader(this.o.magic, gen, this.o.version));
+      this.active = idx;
+      this.gen = gen;
+      this.pos = u;
+      this.dirty = false;
+      return;
+    }
+    throw new RecordLogError('WORN_OUT', 'no usable record log sector left');
+  }
+}
