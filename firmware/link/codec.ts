@@ -18,6 +18,78 @@ const cbor = new Encoder({
 
 export type Payload = Record<string, unknown>;
 
+// ---- Integers (docs/protocol.md 3.1) ------------------------------------------------------
+// cbor-x 1.6 on its own gets CBOR integers wrong both ways: it writes a JS number outside
+// [-2^32, 2^32) as a float64 (0xfb), and reads every 8-byte integer head (0x1b, 0x3b) as a
+// BigInt, even a long encoding of a small value such as 0x1b0000000000000005 (also tag 2/3
+// bignums). It writes a BigInt as 0x1b / 0x3b + 8 bytes, whatever its size. So the two walks
+// below are the one place where the codec fixes integers:
+// - out: an integral number or BigInt outside [-2^32, 2^32) becomes a BigInt (cbor-x then writes
+//   0x1b / 0x3b + 8 bytes, the shortest head for it); a BigInt inside becomes a number (cbor-x
+//   picks the shortest head). Integers of magnitude 2^64 or more have no CBOR integer encoding:
+//   RangeError. Numbers that are not integers are left to cbor-x (float64; v1 defines none).
+// - in: a BigInt that is a safe integer (|x| <= 2^53 - 1) becomes a number. Anything larger stays
+//   a BigInt, so no precision is lost; the field readers (fields.ts) refuse it with BAD_REQUEST.
+// Only arrays and plain objects are walked: payloads are made of those, and decoded maps are.
+
+const TWO32 = 2 ** 32;
+const BIG_TWO32 = 2n ** 32n;
+const BIG_TWO64 = 2n ** 64n;
+const BIG_MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+function isPlainObject(v: unknown): v is Record<string, unknown> {
+  if (v === null || typeof v !== 'object') return false;
+  const proto = Object.getPrototypeOf(v) as unknown;
+  return proto === Object.prototype || proto === null;
+}
+
+function int64Out(v: bigint): bigint {
+  if (v >= BIG_TWO64 || v <= -BIG_TWO64) throw new RangeError(`integer ${v} does not fit a CBOR integer`);
+  return v;
+}
+
+/** A copy of `v` with its integers in the form cbor-x writes as CBOR integers (see above). */
+function intsOut(v: unknown): unknown {
+  if (typeof v === 'number') {
+    return Number.isInteger(v) && (v >= TWO32 || v < -TWO32) ? int64Out(BigInt(v)) : v;
+  }
+  if (typeof v === 'bigint') return v < BIG_TWO32 && v >= -BIG_TWO32 ? Number(v) : int64Out(v);
+  if (Array.isArray(v)) {
+    let out: unknown[] | undefined;
+    v.forEach((x: unknown, i) => {
+      const y = intsOut(x);
+      if (y !== x) (out ??= [...v])[i] = y;
+    });
+    return out ?? v;
+  }
+  if (isPlainObject(v)) {
+    let out: Record<string, unknown> | undefined;
+    for (const [k, x] of Object.entries(v)) {
+      const y = intsOut(x);
+      if (y !== x) (out ??= { ...v })[k] = y;
+    }
+    return out ?? v;
+  }
+  return v;
+}
+
+/** `v`, freshly decoded, with safe-integer BigInts turned into numbers in place (see above). */
+function intsIn(v: unknown): unknown {
+  // Each container once: cbor-x resolves value-sharing tags (28/29), so a hostile payload may
+  // share one array many times over, or even contain itself.
+  const seen = new Set<object>();
+  const fix = (x: unknown): unknown => {
+    if (typeof x === 'bigint') return x <= BIG_MAX_SAFE && x >= -BIG_MAX_SAFE ? Number(x) : x;
+    if ((Array.isArray(x) || isPlainObject(x)) && !seen.has(x)) {
+      seen.add(x);
+      const o = x as Record<string, unknown>;
+      for (const k of Object.keys(o)) o[k] = fix(o[k]);
+    }
+    return x;
+  };
+  return fix(v);
+}
+
 export interface Message extends FrameHeader {
   payload: Payload;
 }
@@ -31,7 +103,7 @@ export interface ErrorPayload {
 }
 
 export function encodePayload(payload: Payload): Uint8Array {
-  return cbor.encode(payload);
+  return cbor.encode(intsOut(payload));
 }
 
 export function encodeMessage(m: Omit<Message, 'version'> & { version?: number }): Uint8Array {
@@ -56,7 +128,7 @@ export function decodeMessage(body: Uint8Array): DecodeResult {
   }
   let payload: unknown;
   try {
-    payload = cbor.decode(body.subarray(HEADER_SIZE));
+    payload = intsIn(cbor.decode(body.subarray(HEADER_SIZE)));
   } catch {
     return { ok: false, header, error: new LinkError(Rc.BAD_REQUEST, 'payload is not valid CBOR') };
   }

@@ -3,6 +3,8 @@
 import { LinkError, Rc } from './errors.js';
 import type { Payload } from './codec.js';
 
+// Integers beyond 2^53 - 1 arrive as BigInt (codec.ts keeps them exact) and are refused here like
+// any non-number; a float with an integral value is a number and is taken (docs/protocol.md 3.1).
 export function uint(p: Payload, key: string, max = Number.MAX_SAFE_INTEGER): number {
   const v = p[key];
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > max) {
