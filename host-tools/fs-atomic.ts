@@ -1,7 +1,7 @@
 // Crash-safe file writes for KMD homes and carriers: write a temporary file, fsync it, rename it
 // over the target, fsync the folder. A power loss or a pulled drive leaves the old file or the
 // new one, never a torn one (POSIX rename atomicity; ext4/vfat both honour it per directory).
-import { closeSync, fsyncSync, openSync, renameSync, writeSync, unlinkSync, existsSync } from 'node:fs';
+import { closeSync, fchmodSync, fsyncSync, openSync, renameSync, writeSync, unlinkSync, existsSync } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
 
 export function fsyncDir(dir: string): void {
@@ -13,11 +13,30 @@ export function fsyncDir(dir: string): void {
   }
 }
 
-/** Atomically replace `path` with `data` (mode 0600 by default: these files may hold secrets). */
+/**
+ * Set the mode of an open file exactly (the umask only ever narrows the mode given to open, and
+ * an existing file keeps its old one). A file system without POSIX modes (a FAT carrier drive)
+ * refuses with EPERM or ENOTSUP: its mount options decide, nothing to do here.
+ */
+export function fchmodExact(fd: number, mode: number): void {
+  if (process.platform === 'win32') return;
+  try {
+    fchmodSync(fd, mode);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP') throw e;
+  }
+}
+
+/**
+ * Atomically replace `path` with `data`. The file gets exactly `mode` (0600 by default: these
+ * files may hold secrets), set on the temporary file before the rename, whatever the umask.
+ */
 export function writeFileAtomic(path: string, data: Uint8Array | string, mode = 0o600): void {
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`);
   const fd = openSync(tmp, 'w', mode);
   try {
+    fchmodExact(fd, mode);
     const buf = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;
     let off = 0;
     while (off < buf.length) off += writeSync(fd, buf, off, buf.length - off);

@@ -189,3 +189,18 @@ t.test('file image: created blank, persists across reopen, wear sidecar persists
   h.close();
   t.throws(() => NorFlash.open(path, { ...small, size: 16 * 1024 }), FlashError);
 });
+
+t.test('file image: created 0600 whatever the umask (it holds the device key)', { skip: process.platform === 'win32' && 'no POSIX modes' }, async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'qkt-flash-'));
+  const old = process.umask(0o000);
+  t.teardown(() => {
+    process.umask(old);
+    rmSync(dir, { recursive: true, force: true });
+  });
+  const path = join(dir, 'flash.img');
+  const f = NorFlash.open(path, small);
+  t.equal(statSync(path).mode & 0o777, 0o600);
+  t.same([...f.read(0, 4)], [0xff, 0xff, 0xff, 0xff], 'blank');
+  t.equal(statSync(path).size, small.size);
+  f.close();
+});

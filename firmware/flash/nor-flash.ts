@@ -1,7 +1,7 @@
 // NorFlash: the emulated NOR flash of the terminal module, in memory or backed by an image file,
 // asserting the NOR contract of block-device.ts, with wear, bad sectors and fault injection.
 
-import { closeSync, existsSync, fsyncSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, fchmodSync, fsyncSync, openSync, readFileSync, writeFileSync, writeSync } from 'node:fs';
 import { checkGeometry, type BlockDevice, type Geometry } from './block-device.js';
 import { FlashError, PowerCutError } from './errors.js';
 import { FaultPlan, tearErase, tearProgram } from './faults.js';
@@ -26,6 +26,19 @@ export interface FlashStats {
 }
 
 const WEAR_MAGIC = 0x5257_4b51; // 'QKWR' little-endian
+/** File mode of a new image file: owner only, it holds secrets. */
+const IMAGE_MODE = 0o600;
+
+/** fchmod past the umask; a file system without POSIX modes (FAT) refusing is not an error. */
+function setModeExact(fd: number, mode: number): void {
+  if (process.platform === 'win32') return;
+  try {
+    fchmodSync(fd, mode);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP') throw e;
+  }
+}
 
 /**
  * The emulator. Erase counters and bad-sector marks of a file image live in a sidecar file
@@ -84,6 +97,7 @@ export class NorFlash implements BlockDevice {
 
   /**
    * A device backed by the image file `path`: created blank (all 0xFF) and fsynced if missing,
+   * mode 0600 whatever the umask (an image holds the device key and the key pool in the clear);
    * otherwise its size must match the geometry. Writes go through to the file at once;
    * sync() fsyncs it. Call close() when done.
    */
@@ -92,10 +106,15 @@ export class NorFlash implements BlockDevice {
     let image: Uint8Array;
     if (!existsSync(path)) {
       image = new Uint8Array(g.size).fill(0xff);
-      writeFileSync(path, image, { flag: 'wx' });
-      const fd0 = openSync(path, 'r+');
-      fsyncSync(fd0);
-      closeSync(fd0);
+      const fd0 = openSync(path, 'wx', IMAGE_MODE);
+      try {
+        setModeExact(fd0, IMAGE_MODE);
+        let off = 0;
+        while (off < image.length) off += writeSync(fd0, image, off, image.length - off, off);
+        fsyncSync(fd0);
+      } finally {
+        closeSync(fd0);
+      }
     } else {
       image = new Uint8Array(readFileSync(path));
       if (image.length !== g.size) throw new FlashError('GEOMETRY', `image file is ${image.length} bytes, geometry says ${g.size}`);
@@ -296,7 +315,7 @@ export class NorFlash implements BlockDevice {
     dv.setUint32(0, WEAR_MAGIC, true);
     dv.setUint32(4, this.counts.length, true);
     for (let s = 0; s < this.counts.length; s++) dv.setUint32(8 + 4 * s, (this.counts[s]! & 0x7fff_ffff) | (this.bad[s] ? 0x8000_0000 : 0), true);
-    writeFileSync(this.wearPath(), buf);
+    writeFileSync(this.wearPath(), buf, { mode: IMAGE_MODE });
     this.wearDirty = false;
   }
 }

@@ -2,6 +2,7 @@
 import { CliError, Exit, str } from './command.js';
 import type { Values } from './command.js';
 import { KmdError, KmdHome } from '../kmd/home.js';
+import { warnSharedSecrets } from '../secret-file.js';
 
 export function homeDir(v: Values): string {
   const h = str(v, 'home') ?? process.env['QKT_HOME'];
@@ -9,13 +10,20 @@ export function homeDir(v: Values): string {
   return h;
 }
 
+/**
+ * Open the command's KMD home. Secret files in it that group or others can read get a one-line
+ * warning on stderr (key hygiene; the command goes on).
+ */
 export function openKmd(v: Values): KmdHome {
+  let home: KmdHome;
   try {
-    return KmdHome.open(homeDir(v));
+    home = KmdHome.open(homeDir(v));
   } catch (e) {
     if (e instanceof KmdError) throw new CliError(e.message, Exit.STATE);
     throw e;
   }
+  warnSharedSecrets(home.secretFiles(), home.dir);
+  return home;
 }
 
 /** Map KMD errors onto CLI exit codes. */

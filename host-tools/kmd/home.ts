@@ -1,10 +1,12 @@
 // The KMD's home folder: configuration, the key supply, enrolled terminals (with their device
-// keys, mode 0600), the outbox of sealed batches not yet on a carrier, and the station store.
-// Every file is replaced atomically (fs-atomic.ts), so a crash leaves the old state or the new.
-import { existsSync, mkdirSync, readdirSync, readFileSync, chmodSync } from 'node:fs';
+// keys), the outbox of sealed batches not yet on a carrier, and the station store. Folders are
+// 0700 and files 0600 (secret-file.ts); every file is replaced atomically (fs-atomic.ts), so a
+// crash leaves the old state or the new.
+import { existsSync, readdirSync, readFileSync, chmodSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { writeFileAtomic } from '../fs-atomic.js';
+import { mkdirSecret, SECRET_DIR_MODE } from '../secret-file.js';
 import { TERMINAL_ID_RE } from '../../firmware/crypto/_util.js';
 import { FixedRateSupply } from './supply.js';
 import type { KeySupply } from './supply.js';
@@ -80,9 +82,9 @@ export class KmdHome {
   static init(dir: string, o: { rateBitsPerSecond: number; stockBits?: number; now?: () => number }): KmdHome {
     const abs = resolve(dir);
     if (existsSync(join(abs, 'kmd.json'))) throw new KmdError(`${abs} already holds a KMD`, 'EXISTS');
-    mkdirSync(abs, { recursive: true, mode: 0o700 });
-    chmodSync(abs, 0o700);
-    for (const d of ['terminals', 'carriers', 'outbox', 'station']) mkdirSync(join(abs, d), { recursive: true, mode: 0o700 });
+    mkdirSecret(abs);
+    chmodSync(abs, SECRET_DIR_MODE);
+    for (const d of ['terminals', 'carriers', 'outbox', 'station']) mkdirSecret(join(abs, d));
     const now = o.now ?? Date.now;
     const config: KmdConfig = {
       format: KMD_FORMAT,
@@ -142,6 +144,33 @@ export class KmdHome {
 
   saveTerminal(t: TerminalRecord): void {
     writeFileAtomic(this.path('terminals', `${checkId('terminal', t.terminalId)}.json`), JSON.stringify(t, null, 2) + '\n');
+  }
+
+  /**
+   * The files of this home that hold secrets, as they are now: terminal records (device keys),
+   * carrier records (carrier keys), sealed batches in the outbox, the station's key pools and
+   * inbox, the ETSI 014 key store and the private keys of the PKI. Certificates, kmd.json and
+   * the supply account are not secret.
+   */
+  secretFiles(): string[] {
+    const list = (...parts: string[]): string[] => {
+      try {
+        return readdirSync(this.path(...parts)).map((f) => this.path(...parts, f));
+      } catch {
+        return [];
+      }
+    };
+    const files = [
+      ...list('terminals').filter((f) => f.endsWith('.json')),
+      ...list('carriers').filter((f) => f.endsWith('.json')),
+      ...list('outbox').filter((f) => f.endsWith('.qkb')),
+      ...list('station').map((d) => join(d, 'pool.img')),
+      this.path('station', 'inbox.jsonl'),
+      this.path('sae-keys.json'),
+      ...list('pki').filter((f) => f.endsWith('.key')),
+      ...list('pki', 'sae').filter((f) => f.endsWith('.key')),
+    ];
+    return files.filter((f) => existsSync(f));
   }
 
   /** The device key as bytes; the caller wipes it after use. */

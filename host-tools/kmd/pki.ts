@@ -4,10 +4,11 @@
 import 'reflect-metadata'; // @peculiar/x509 (through tsyringe) needs a Reflect polyfill, loaded before it
 import * as x509 from '@peculiar/x509';
 import { webcrypto } from 'node:crypto';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { dirname, join } from 'node:path';
 import { writeFileAtomic } from '../fs-atomic.js';
+import { mkdirSecret } from '../secret-file.js';
 import { isSaeId, SAE_ID_PATTERN } from './sae-store.js';
 
 x509.cryptoProvider.set(webcrypto);
@@ -60,7 +61,7 @@ export async function createCa(dir: string, o: IssueOptions & { commonName?: str
   const keyPath = join(dir, CA_KEY_FILE);
   const certPath = join(dir, CA_CERT_FILE);
   if (existsSync(keyPath) || existsSync(certPath)) throw new Error(`a CA already exists in ${dir}`);
-  mkdirSync(dir, { recursive: true });
+  mkdirSecret(dir);
   const keys = (await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
   const { notBefore, notAfter } = validity(o, 3650);
   const cert = await x509.X509CertificateGenerator.createSelfSigned({
@@ -130,7 +131,7 @@ async function issueLeaf(dir: string, keyPath: string, certPath: string, subject
   const caKey = await webcrypto.subtle.importKey('pkcs8', pemBody(readFileSync(join(dir, CA_KEY_FILE), 'utf8')), EC_ALG, false, ['sign']);
   const keys = (await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
   const { notBefore, notAfter } = validity(o, 825);
-  mkdirSync(dirname(keyPath), { recursive: true });
+  mkdirSecret(dirname(keyPath));
   const cert = await x509.X509CertificateGenerator.create({
     serialNumber: serialNumber(),
     subject,

@@ -1,11 +1,12 @@
 // Authorization tokens for a terminal's sensitive commands (zeroize, factory reset), issued by
 // the KMD with a fresh counter and carried to the terminal on the carrier, like a batch. The
 // module accepts a token once (its counter must be above the last one it accepted).
-import { existsSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
+import { existsSync, readFileSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { makeAdminToken } from '../../firmware/crypto/token.js';
 import type { AdminCommand } from '../../firmware/crypto/token.js';
 import { writeFileAtomic } from '../fs-atomic.js';
+import { mkdirSecret } from '../secret-file.js';
 import type { KmdHome } from './home.js';
 
 export const TOKEN_DIR = 'tokens';
@@ -22,7 +23,7 @@ export function issueToken(home: KmdHome, terminalId: string, command: AdminComm
   const key = home.deviceKey(terminalId);
   try {
     const token = makeAdminToken(key, { terminalId, command, counter });
-    mkdirSync(join(carrierDir, TOKEN_DIR), { recursive: true });
+    mkdirSecret(join(carrierDir, TOKEN_DIR));
     const file = tokenPath(carrierDir, terminalId, command);
     writeFileAtomic(file, token, 0o600);
     return { terminalId, command, counter, file };

@@ -11,6 +11,8 @@ import { exportBatch, markOnCarrier, outbox, readOutbox } from '../../kmd/export
 import { openCarrier } from '../carrier-open.js';
 import { formatBits, parseBits } from '../../units.js';
 import { downloadFromKmd } from '../../kmd/download-client.js';
+import { CARRIER_KEY_FILE } from '../../kmd/carriers.js';
+import { warnSharedSecrets } from '../../secret-file.js';
 
 export interface LoadResult {
   carrierId: string;
@@ -60,6 +62,7 @@ export const carrierLoad = defineCommand<LoadResult>({
     const bits = str(v, 'bits') ? parseBits(str(v, 'bits')!) : undefined;
     if (str(v, 'kmd')) {
       if (str(v, 'home')) throw new CliError('give one of --kmd PORT or --home H', Exit.USAGE);
+      warnSharedSecrets([join(dir, CARRIER_KEY_FILE)]); // the carrier's key authenticates it to the KMD
       return downloadFromKmd({ port: str(v, 'kmd')!, carrierDir: dir, terminals: ids, ...(bits ? { bits } : {}), progress: io.progress });
     }
     if (ids.length === 0 || bits === undefined) throw new CliError('--terminal and --bits are required with --home', Exit.USAGE);
