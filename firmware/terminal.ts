@@ -105,8 +105,11 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
     }
     try {
       secure = openSecureArea(o.flash, clock);
-      if (!secure.identity()) {
-        state = 'unenrolled';
+      if (!secure.terminalId()) {
+        const h = secure.health();
+        // A damaged area without a readable identity: say so, never pose as a blank module.
+        state = h.damaged ? 'flash-error' : 'unenrolled';
+        reason = h.damaged ? `secure area: ${h.reason}` : undefined;
         return;
       }
       pool = KeyPool.mount(o.flash, {
@@ -115,6 +118,12 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
         onLowWatermark: (s) => {
           for (const l of links) void l.emit(Group.SYSTEM, SystemEvent.LOW_WATERMARK, { storedKeyBits: s.storedKeyBits });
         },
+      });
+      const p = pool;
+      // Only the full ids of live batches survive a compaction of the secure area.
+      secure.setLiveBatches(() => {
+        const st = p.status();
+        return [...st.batches.map((b) => b.batchId), ...(st.staging ? [st.staging.batchId] : [])];
       });
       state = 'ready';
       reason = undefined;
@@ -129,13 +138,13 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
     // Logged where it can be: a module whose crypto is wrong still has a working flash.
     try {
       const s = secure as SecureArea | undefined;
-      if (s?.identity()) s.audit('selftest-failed', reason ?? '');
+      if (s?.terminalId()) s.audit('selftest-failed', reason ?? '');
     } catch {
       /* nowhere to log it */
     }
   } else {
     const s = secure as SecureArea | undefined; // set by mount()
-    if (s?.identity()) s.audit('boot', FIRMWARE);
+    if (s?.terminalId()) s.audit('boot', FIRMWARE);
   }
 
   const ready = (): void => {
@@ -165,11 +174,13 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
     return full ? Buffer.from(full).toString('hex') : poolId.toString(16).padStart(8, '0');
   };
   const status = (): Payload => {
-    const id = state === 'unenrolled' ? undefined : secure?.identity();
+    // The terminal id alone: STATUS never takes a copy of the device key.
+    const terminalId = state === 'unenrolled' ? undefined : secure?.terminalId();
     const ps = pool?.status();
+    const health = secure?.health();
     return {
-      terminalId: id?.terminalId ?? null,
-      enrolled: id !== undefined,
+      terminalId: terminalId ?? null,
+      enrolled: terminalId !== undefined,
       firmware: FIRMWARE,
       state,
       ...(reason ? { reason } : {}),
@@ -184,7 +195,8 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
             lastSeq: ps.lastSeq,
           }
         : { storedKeyBits: 0, maxKeyBits: 0, consumedKeyBits: 0, batches: [], staging: null, lastSeq: null },
-      audit: { events: secure && id ? secure.auditCount() : 0 },
+      audit: { events: secure && terminalId ? secure.auditCount() : 0, pendingRefusals: health?.pendingRefusals ?? 0 },
+      secureArea: { damaged: health?.damaged ?? false, ...(health?.reason ? { reason: health.reason } : {}) },
       link: link ? { ...link.stats } : {},
     };
   };
@@ -200,7 +212,7 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
       }),
       status,
       auditLog: (from, max) => {
-        if (!secure || !secure.identity()) return { events: [], total: 0 };
+        if (!secure || !secure.terminalId()) return { events: [], total: 0 };
         return { events: secure.auditLog(from, max).map((e) => ({ ...e })), total: secure.auditCount() };
       },
     }),

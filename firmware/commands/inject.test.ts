@@ -12,6 +12,8 @@ import { makeAdminToken } from '../crypto/token.js';
 import { AdminCmd, Group, InjectCmd } from '../link/groups.js';
 import { Rc } from '../link/errors.js';
 import { drainPool, enrolled, makeBatch, poolOf, poolRegion, startRig } from '../test-support/module-rig.js';
+import { KeyPool } from '../keypool/key-pool.js';
+import { POOL_OPTIONS } from '../secure/enroll.js';
 import type { Rig } from '../test-support/module-rig.js';
 
 const same = (a: Uint8Array, b: Uint8Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(b);
@@ -136,11 +138,10 @@ t.test('refusals at BEGIN leave the pool exactly as it was', async (t) => {
   t.end();
 });
 
-t.test('a tampered chunk: AUTH_FAILED at that chunk, the staged part is dropped, never live', async (t) => {
+t.test('a tampered chunk: AUTH_FAILED at that chunk, costs no flash, the batch never live; the good copy resumes', async (t) => {
   const rig = await startRig();
   t.teardown(() => rig.close());
   await injectBatch(rig.client, rig.params, makeBatch(rig.deviceKey, { bits: 8192 }).sealed);
-  const pool = poolOf(rig.terminal);
   const b = makeBatch(rig.deviceKey, { bits: 16 * 256 * 8, chunkSize: 256 });
   const info = parseSealedHeader(b.sealed);
   const bad = Uint8Array.from(b.sealed);
@@ -152,16 +153,42 @@ t.test('a tampered chunk: AUTH_FAILED at that chunk, the staged part is dropped,
     { name: 'LinkError', rc: Rc.AUTH_FAILED, message: /chunk 5/ },
   );
   t.equal(Math.max(...progress), 5 * info.sealedChunkSize, 'chunks 0-4 were taken, chunk 5 refused');
-  // DESIGN.md: acceptance is all or none and every refusal leaves the pool as it was. A chunk
-  // that fails authentication will fail again when resent, so the module drops what it staged.
-  t.same(poolOf(rig.terminal), pool, 'pool status as before the transfer: no staging, nothing live');
-  t.match(rig.terminal.status(), { audit: { events: Number } });
+  // The chunks before it authenticated and stay staged; nothing is live (commit needs all).
+  t.match(poolOf(rig.terminal), { storedKeyBits: 8192, staging: { durableBits: 5 * 256 * 8 } });
+  // Resending the bad chunk again and again costs no flash: a stranger on the cable cannot wear it.
+  const m0 = rig.flash.faults.mutations;
+  for (let i = 0; i < 5; i++) await t.rejects(injectBatch(rig.client, rig.params, bad, { chunkBytes: info.sealedChunkSize }), { name: 'LinkError', rc: Rc.AUTH_FAILED });
+  t.equal(rig.flash.faults.mutations, m0, 'no flash operation for refused chunks');
+  t.match(rig.terminal.status(), { audit: { pendingRefusals: 6 } });
 
-  // The untampered batch then goes in from the start, once.
+  // The untampered batch then goes in, resuming at the refused chunk, once.
   const r = await injectBatch(rig.client, rig.params, b.sealed);
-  t.equal(r.resumedFromBits, 0);
+  t.equal(r.resumedFromBits, 5 * 256 * 8);
   t.match(poolOf(rig.terminal), { storedKeyBits: 8192 + b.bits, staging: null });
   t.equal((poolOf(rig.terminal)['batches'] as unknown[]).length, 2);
+});
+
+t.test('a staged sector lost at boot: the durable offset is cut back and the resume is chunk-aligned, then completes', async (t) => {
+  const rig = await startRig();
+  const b = makeBatch(rig.deviceKey, { bits: 12 * 1024 * 8, chunkSize: 1024 });
+  const info = parseSealedHeader(b.sealed);
+  const part = b.sealed.subarray(0, info.chunksOffset + 9 * info.sealedChunkSize);
+  // Stop after 9 chunks (9216 bytes: sectors 0..2 of 3264 payload bytes each).
+  await t.rejects(injectBatch(rig.client, rig.params, part, { chunkBytes: info.sealedChunkSize }));
+  await rig.close();
+  const pool = KeyPool.mount(rig.flash, POOL_OPTIONS);
+  const staged = pool.inspect().batches[0]!;
+  t.equal(staged.durableBytes, 9 * 1024);
+  // Damage the data header of the batch's second sector: mount must cut the durable offset back to 3264.
+  rig.flash.flipStoredBit(staged.sectors[1]! * pool.inspect().sectorSize + 2, 1);
+  const again = await startRig({ flash: rig.flash, deviceKey: rig.deviceKey });
+  t.teardown(() => again.close());
+  t.match(poolOf(again.terminal), { staging: { durableBits: 3264 * 8 } }, 'cut back to a sector boundary, not a chunk boundary');
+  const r = await injectBatch(again.client, again.params, b.sealed);
+  t.equal(r.resumedFromBits, 3 * 1024 * 8, 'resumed at the chunk boundary below it');
+  t.match(poolOf(again.terminal), { storedKeyBits: b.bits, staging: null });
+  await again.close();
+  t.ok(Buffer.from(drainPool(rig.flash)).equals(Buffer.from(b.keys)), 'the keys are the batch, byte for byte');
 });
 
 t.test('a half-staged batch (cable pulled) is dropped by the BEGIN of another batch', async (t) => {

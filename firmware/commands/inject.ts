@@ -11,6 +11,7 @@ import { LinkError, Rc } from '../link/errors.js';
 import { bytes, uint } from '../link/fields.js';
 import type { CommandGroup } from '../link/dispatch.js';
 import type { StageHandle } from '../keypool/key-pool.js';
+import { PoolError } from '../keypool/errors.js';
 import { mapServiceErrors, toLinkError } from './pool-errors.js';
 import { withIdentity } from './context.js';
 import type { ModuleContext } from './context.js';
@@ -32,6 +33,8 @@ class BatchTransfer implements BulkSink {
   private durableSealed: number;
   private readonly buffer: Uint8Array;
   private buffered = 0;
+  /** The pool refused a write because staged bytes differ (STAGE_CONFLICT). */
+  conflict = false;
 
   constructor(
     readonly id: number,
@@ -67,7 +70,10 @@ class BatchTransfer implements BulkSink {
         throw toLinkError(e);
       }
       try {
-        mapServiceErrors(() => this.stage.write(this.stage.durableOffset, plain!));
+        this.stage.write(this.stage.durableOffset, plain);
+      } catch (e) {
+        this.conflict = e instanceof PoolError && e.code === 'STAGE_CONFLICT';
+        throw toLinkError(e);
       } finally {
         plain.fill(0);
       }
@@ -107,9 +113,11 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void 
           const info = mapServiceErrors(() => parseSealedHeader(sealedHead));
           const h = info.header;
           const secure = ctx.secure();
+          // Refusals cost no flash: counted in RAM, written as one coalesced event at a bounded
+          // rate (docs/secure-area.md), so a flood of forged headers cannot wear the area out.
           const refuse = (e: unknown): never => {
             const le = toLinkError(e);
-            if (le instanceof LinkError) secure.audit('batch-refused', `${hex(h.batchId).slice(0, 8)} rc ${le.rc}`);
+            if (le instanceof LinkError) secure.refused(`${hex(h.batchId).slice(0, 8)} rc ${le.rc}`);
             throw le;
           };
           let opener: BatchOpener;
@@ -150,8 +158,14 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void 
             opener.dispose();
             return refuse(e);
           }
-          // Resume: the pool's durable offset is the truth, in whole chunks.
+          // Resume: the pool's durable offset is the truth, in whole chunks. A mount that lost a
+          // sector of the staged data cuts it back to a sector boundary: move it back to the
+          // chunk boundary below, where the opener can resume (the bytes between are rewritten).
           const resumeAt = Math.floor(stage.durableOffset / h.chunkSize);
+          if (resumeAt * h.chunkSize !== stage.durableOffset) {
+            const s = stage;
+            mapServiceErrors(() => s.rewind(resumeAt * h.chunkSize));
+          }
           if (resumeAt > 0) {
             opener.dispose();
             opener = new BatchOpener(deviceKey, info.headerBytes, info.tag, { resumeAt });
@@ -166,13 +180,18 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void 
           return await acceptChunk(t, uint(p, 'o'), bytes(p, 'd', 65536));
         } catch (e) {
           if (e instanceof LinkError && e.rc === Rc.AUTH_FAILED) {
-            // A chunk that does not authenticate was altered on the carrier (the link's CRC rules
-            // out line noise): resending it cannot help. All of the batch or none (DESIGN.md
-            // "Security model"): drop what was staged, so the refusal leaves the pool as it was.
-            const name = hex(t.opener.header.batchId).slice(0, 8);
+            // A chunk that does not authenticate was altered (on the carrier or by whoever holds
+            // the cable): it changes nothing. The transfer closes; what was staged before it was
+            // authenticated and stays staged, never live (commit needs every chunk), until this
+            // batch resumes or another batch's BEGIN replaces it. Counted in RAM, no flash.
+            ctx.secure().refused(`${hex(t.opener.header.batchId).slice(0, 8)} rc ${e.rc}`);
+            close();
+          } else if (e instanceof LinkError && e.rc === Rc.BAD_STATE && t.conflict) {
+            // Staged bytes that differ from the batch's own (damaged flash): the staging cannot
+            // complete, so drop it now rather than leave it staged for good; a new BEGIN restarts.
             mapServiceErrors(() => t.stage.abort());
             close();
-            ctx.secure().audit('batch-refused', `${name} rc ${e.rc}`);
+            throw new LinkError(Rc.BAD_STATE, 'staged data on the module does not match the batch: the staged part was dropped; inject again');
           }
           throw e;
         }
@@ -193,7 +212,7 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void 
           // The full batch id goes to the secure area first: service headers name keys by it.
           ctx.secure().rememberBatch(poolBatchId(h.batchId), h.batchId);
           mapServiceErrors(() => t.stage.commit());
-          ctx.secure().audit('batch-accepted', `${hex(h.batchId).slice(0, 8)} seq ${h.seq} ${h.bits} bits`);
+          ctx.secure().audit('batch-accepted', `${hex(h.batchId).slice(0, 8)} seq ${h.seq} ${h.bits}b`);
           close();
           return { receipt, bits: h.bits };
         }),

@@ -59,6 +59,8 @@ export interface RecordLogOptions {
   version: number;
   /** The owner's whole state as records, written at the start of each new ring sector. */
   checkpoint: () => NewRecord[];
+  /** Units the checkpoint may take at most (default: half a sector less the header). The rest is room to append. */
+  checkpointUnits?: number;
 }
 
 /** Units a record with `payloadLen` payload bytes occupies: 2 bytes type/units + payload + 4 bytes CRC. */
@@ -116,6 +118,11 @@ export function decodeHeader(buf: Uint8Array, magic: number, version: number): n
   return dv.getUint32(4, true);
 }
 
+function isZero(buf: Uint8Array): boolean {
+  for (let i = 0; i < buf.length; i++) if (buf[i] !== 0) return false;
+  return true;
+}
+
 /** True when every byte is 0xFF. */
 export function isBlank(buf: Uint8Array): boolean {
   let i = 0;
@@ -155,6 +162,8 @@ export class RecordLog {
   private pos = 0;
   /** The active sector has a torn, damaged or unexpected tail: the next append rolls over first. */
   private dirty = false;
+  /** The active sector holds damage, not just a torn tail: the next append rolls over to heal it. */
+  private damaged = false;
   private readonly unitsPerSector: number;
   private readonly S: number;
 
@@ -169,6 +178,9 @@ export class RecordLog {
       throw new RangeError('record log sectors lie outside the flash');
     }
     if (this.S % UNIT !== 0 || flash.geometry.pageSize % UNIT !== 0) throw new RangeError(`sectors and pages must be multiples of ${UNIT} bytes`);
+    if (o.checkpointUnits !== undefined && (!Number.isSafeInteger(o.checkpointUnits) || o.checkpointUnits < 1 || o.checkpointUnits > this.unitsPerSector - 2)) {
+      throw new RangeError('checkpointUnits must leave a unit for the header and one to append');
+    }
   }
 
   /** Units free in the active sector. */
@@ -178,7 +190,7 @@ export class RecordLog {
 
   /** Units a checkpoint may take at most: half a sector, so a rollover always leaves room to append. */
   get checkpointBudget(): number {
-    return Math.floor(this.unitsPerSector / 2) - 1;
+    return this.o.checkpointUnits ?? Math.floor(this.unitsPerSector / 2) - 1;
   }
 
   /** Where the log is (status, tests). */
@@ -207,12 +219,18 @@ export class RecordLog {
     const gens = this.generations();
     if (gens.length === 0) throw new RecordLogError('NOT_FORMATTED', 'no valid record log header in its sector range');
     const [best, bestGen] = gens[0]!;
-    if (gens.length > 1 && gens[1]![1] === bestGen) throw new RecordLogError('CORRUPT', `two sectors claim generation ${bestGen}`);
+    const tie = gens.length > 1 && gens[1]![1] === bestGen;
+    if (tie && !o.tolerant) throw new RecordLogError('CORRUPT', `two sectors claim generation ${bestGen}`);
     const r = this.readSector(best, bestGen, o.tolerant ?? false);
+    if (tie) {
+      r.damagedUnits++; // a cut cannot do this: count it as damage, and roll over before appending
+      r.dirty = true;
+    }
     this.active = best;
     this.gen = bestGen;
     this.pos = r.end;
     this.dirty = r.dirty;
+    this.damaged = r.damagedUnits > 0;
     return { records: r.records, damagedUnits: r.damagedUnits };
   }
 
@@ -233,6 +251,13 @@ export class RecordLog {
     let pending = 0;
     while (u < this.unitsPerSector) {
       const at = buf.subarray(u * UNIT);
+      if (isZero(at.subarray(0, UNIT))) {
+        // A killed unit: the remains of a torn append, programmed to 0x00 so the log can go on
+        // after it without an erase (see append). Skipped like padding.
+        u++;
+        if (pending === 0) end = u;
+        continue;
+      }
       const rec = isBlank(at.subarray(0, UNIT)) ? undefined : decodeRecord(at, gen);
       if (rec) {
         records.push({ type: rec.type, payload: rec.payload });
@@ -277,11 +302,29 @@ export class RecordLog {
     this.rollover(records);
   }
 
-  /** Append one record; in the flash once it returns (the caller syncs). Rolls over when full or dirty. */
+  /**
+   * Kill what a torn append left after the log (program it to 0x00, always allowed on NOR) so the
+   * next record can follow it without an erase: a module that loses power often does not wear
+   * its log out. False when the tail is not one torn record (then only a rollover helps).
+   */
+  private killTornTail(): boolean {
+    const base = (this.o.firstSector + this.active) * this.S;
+    const buf = this.flash.read(base, this.S);
+    let last = this.pos - 1;
+    for (let u = this.pos; u < this.unitsPerSector; u++) if (!isBlank(buf.subarray(u * UNIT, (u + 1) * UNIT))) last = u;
+    if (last < this.pos || last - this.pos + 1 > 255) return false;
+    programSpan(this.flash, base + this.pos * UNIT, new Uint8Array((last - this.pos + 1) * UNIT));
+    this.pos = last + 1;
+    this.dirty = false;
+    return true;
+  }
+
+  /** Append one record; in the flash once it returns (the caller syncs). Rolls over when full. */
   append(rec: NewRecord): void {
     const n = unitsFor(rec.payload.length);
     if (n > this.unitsPerSector - 1 - this.checkpointBudget) throw new RecordLogError('TOO_LARGE', `record of ${rec.payload.length} bytes is too large for this log`);
     for (let attempt = 0; attempt < 2; attempt++) {
+      if (this.dirty && !this.damaged) this.killTornTail();
       if (this.dirty || this.pos + n > this.unitsPerSector) this.rollover(this.o.checkpoint());
       const addr = (this.o.firstSector + this.active) * this.S + this.pos * UNIT;
       // The target must be blank; if something is there (damage we did not see), move on.
@@ -332,10 +375,12 @@ export class RecordLog {
         u += bytes.length / UNIT;
       }
       this.flash.program(sector * this.S, encodeHeader(this.o.magic, gen, this.o.version));
+      for (const r of records) r.payload.fill(0); // a checkpoint may hold a key: no copy stays in RAM
       this.active = idx;
       this.gen = gen;
       this.pos = u;
       this.dirty = false;
+      this.damaged = false;
       return;
     }
     throw new RecordLogError('WORN_OUT', 'no usable record log sector left');

@@ -169,6 +169,14 @@ export class StageHandle {
   write(offset: number, bytes: Uint8Array): void {
     this.pool._write(this.batch, offset, bytes);
   }
+  /**
+   * Move the durable offset back to `offset` (<= durableOffset), so a writer whose units are
+   * larger than what the pool could keep after a cut (a sealed chunk) resumes on its own
+   * boundary. Bytes past it stay programmed; writing the same bytes again completes them.
+   */
+  rewind(offset: number): void {
+    this.pool._rewind(this.batch, offset);
+  }
   /** Make the whole batch live, atomically. Refuses an incomplete batch or a stale seq. */
   commit(): BatchStatus {
     return this.pool._commit(this.batch);
@@ -601,6 +609,17 @@ export class KeyPool {
         pos += n;
       }
       this.log(REC.PROGRESS, new Writer(8).u32(b.uid).u32(end).done());
+      this.flash.sync();
+    });
+  }
+
+  /** @internal StageHandle.rewind */
+  _rewind(b: Batch, offset: number): void {
+    this.run(() => {
+      this.current(b);
+      if (!Number.isSafeInteger(offset) || offset < 0 || offset > b.durable) throw new PoolError('STAGE_OFFSET', `rewind to ${offset}: not in 0..${b.durable}`);
+      if (offset === b.durable) return;
+      this.log(REC.PROGRESS, new Writer(8).u32(b.uid).u32(offset).done());
       this.flash.sync();
     });
   }

@@ -9,14 +9,15 @@ import { injectBatch } from '../../host-tools/link/inject.js';
 import { Group, SystemCmd } from '../link/groups.js';
 import { Rc } from '../link/errors.js';
 import { makeBatch, startRig } from '../test-support/module-rig.js';
-import { openSecureArea, SECURE_SECTORS } from './secure-area.js';
+import { openSecureArea, REFUSAL_INTERVAL_MS, SECURE_SECTORS, secureBounds } from './secure-area.js';
 import type { WritableSecureArea } from './secure-area.js';
 
 // Small sectors so that a short run fills one and compacts into the next (the 48 kept audit
 // events still fit in one sector).
 const GEOMETRY = { size: SECURE_SECTORS * 2048, sectorSize: 2048, pageSize: 256 };
 const deviceKey = new Uint8Array(randomBytes(32));
-const batchId = (i: number) => Uint8Array.from({ length: 16 }, (_, k) => (i * 31 + k) & 0xff);
+/** A 16-byte batch id whose first 4 bytes are its pool id (as the KMD makes them). */
+const batchId = (pool: number, i: number) => Uint8Array.from({ length: 16 }, (_, k) => (k < 3 ? 0 : k === 3 ? pool : (i * 31 + k) & 0xff));
 
 interface State {
   terminalId: string | undefined;
@@ -45,10 +46,10 @@ function stateOf(sa: WritableSecureArea): State {
 /** The run: enrolment, then counters, batch ids and audit events, enough to compact. */
 function steps(): Array<(sa: WritableSecureArea) => void> {
   const out: Array<(sa: WritableSecureArea) => void> = [(sa) => sa.enroll({ terminalId: 'FTU-7', deviceKey })];
-  for (let i = 1; i <= 65; i++) {
+  for (let i = 1; i <= 170; i++) {
     if (i % 3 === 0) out.push((sa) => sa.setAdminCounter(i));
     if (i % 3 === 1) out.push((sa) => sa.setFailedAuth(i % 5, i % 7 === 0));
-    if (i % 10 === 2) out.push((sa) => sa.rememberBatch(i % 4, batchId(i)));
+    if (i % 10 === 2) out.push((sa) => sa.rememberBatch(i % 4, batchId(i % 4, i)));
     out.push((sa) => sa.audit('boot', `event ${i}`));
   }
   return out;
@@ -131,8 +132,10 @@ t.test('counters never go backwards across cuts in a long run of increments', as
   t.equal(openSecureArea(flash).identity()?.terminalId, 'FTU-8');
 });
 
-t.test('the audit log through SYSTEM AUDIT_LOG, and status.audit.events counts it', async (t) => {
-  const rig = await startRig();
+t.test('the audit log through SYSTEM AUDIT_LOG: refusals coalesced, security events never evicted', async (t) => {
+  let now = 1_700_000_000_000;
+  const clock = () => now;
+  const rig = await startRig({ terminal: { clock } });
   t.teardown(() => rig.close());
   const b = makeBatch(rig.deviceKey, { bits: 8192 });
   await injectBatch(rig.client, rig.params, b.sealed);
@@ -141,39 +144,53 @@ t.test('the audit log through SYSTEM AUDIT_LOG, and status.audit.events counts i
 
   const first = await rig.client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, {});
   t.match(first, {
-    total: 4,
+    total: 3,
     events: [
       { n: 1, type: 'enrolled', detail: 'T1' },
       { n: 2, type: 'boot', detail: /^qkt-fw / },
-      { n: 3, type: 'batch-accepted', detail: new RegExp(`^${Buffer.from(b.batchId).toString('hex').slice(0, 8)} seq ${b.seq} 8192 bits`) },
-      { n: 4, type: 'batch-refused', detail: `${Buffer.from(foreign.batchId).toString('hex').slice(0, 8)} rc ${Rc.WRONG_TERMINAL}` },
+      { n: 3, type: 'batch-accepted', detail: `${Buffer.from(b.batchId).toString('hex').slice(0, 8)} seq ${b.seq} 8192b` },
     ],
   });
-  t.equal((first['events'] as unknown[]).length, 4);
-  t.match(rig.terminal.status(), { audit: { events: 4 } });
+  t.equal((first['events'] as unknown[]).length, 3, 'the refusal cost no flash: it is counted in RAM');
+  t.match(rig.terminal.status(), { audit: { events: 3, pendingRefusals: 1 }, secureArea: { damaged: false } });
 
-  // Enough refusals to compact the log: the count runs on, the newest events are kept in order.
-  for (let i = 0; i < 150; i++) await t.rejects(injectBatch(rig.client, rig.params, foreign.sealed));
-  const total = 154;
-  t.match(rig.terminal.status(), { audit: { events: total } });
-  const all = await rig.client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, { from: 0, max: 64 });
-  t.equal(all['total'], total);
-  const ev = all['events'] as Array<{ n: number; type: string; at: number }>;
-  t.ok(ev.length >= 48 && ev.length <= 64, `${ev.length} events kept after compaction`);
-  t.ok(
-    ev.every((e, i) => i === 0 || e.n === ev[i - 1]!.n + 1),
-    'numbers are consecutive',
-  );
-  const tail = await rig.client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, { from: total - 2 });
-  t.same((tail['events'] as Array<{ n: number }>).map((e) => e.n), [total - 2, total - 1, total], 'paging with from');
-  const page = await rig.client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, { from: total - 20, max: 5 });
-  t.same((page['events'] as Array<{ n: number }>).map((e) => e.n), [total - 20, total - 19, total - 18, total - 17, total - 16], 'paging with max');
+  // A flood within the interval: still nothing written.
+  const m0 = rig.flash.faults.mutations;
+  for (let i = 0; i < 50; i++) await t.rejects(injectBatch(rig.client, rig.params, foreign.sealed));
+  t.equal(rig.flash.faults.mutations, m0, '50 more refusals: no flash operation');
+  t.match(rig.terminal.status(), { audit: { events: 3, pendingRefusals: 51 } });
+  // After the interval, the next refusal writes them all as one event: count, first, last.
+  const t0 = now;
+  now += REFUSAL_INTERVAL_MS + 1;
+  await t.rejects(injectBatch(rig.client, rig.params, foreign.sealed));
+  const log = await rig.client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, { from: 4 });
+  t.match(log, { total: 4, events: [{ n: 4, type: 'refused', count: 52, first: t0, at: now, detail: `${Buffer.from(foreign.batchId).toString('hex').slice(0, 8)} rc ${Rc.WRONG_TERMINAL}` }] });
+  t.match(rig.terminal.status(), { audit: { events: 4, pendingRefusals: 0 } });
   await t.rejects(rig.client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, { max: 65 }), { name: 'LinkError', rc: Rc.BAD_REQUEST });
 
-  // The log survives a reboot (and the reboot is logged).
+  // 120 reboots fill the routine ring many times over: the enrolment (a security event) stays,
+  // the newest boots are kept in order, paging works, and the count runs on.
   await rig.close();
-  const again = await startRig({ flash: rig.flash, deviceKey: rig.deviceKey });
+  let flash = rig.flash;
+  for (let i = 0; i < 120; i++) {
+    now += 1000;
+    const r = await startRig({ flash, deviceKey: rig.deviceKey, terminal: { clock } });
+    await r.close();
+    flash = r.flash;
+  }
+  const again = await startRig({ flash, deviceKey: rig.deviceKey, terminal: { clock } });
   t.teardown(() => again.close());
-  t.match(again.terminal.status(), { audit: { events: total + 1 } });
-  t.match(await again.client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, { from: total }), { events: [{ n: total, type: 'batch-refused' }, { n: total + 1, type: 'boot' }] });
+  const total = 4 + 121;
+  t.match(again.terminal.status(), { audit: { events: total } });
+  const all = await again.client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, { from: 0, max: 64 });
+  t.equal(all['total'], total);
+  const ev = all['events'] as Array<{ n: number; type: string }>;
+  const bounds = secureBounds(flash.geometry.sectorSize);
+  t.equal(ev.length, 1 + bounds.routineEvents, `the enrolment and the newest ${bounds.routineEvents} routine events are kept`);
+  t.match(ev[0], { n: 1, type: 'enrolled' });
+  t.same(ev.slice(1).map((e) => e.n), Array.from({ length: bounds.routineEvents }, (_, i) => total - bounds.routineEvents + 1 + i), 'the newest routine events, consecutive');
+  const tail = await again.client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, { from: total - 2 });
+  t.same((tail['events'] as Array<{ n: number }>).map((e) => e.n), [total - 2, total - 1, total], 'paging with from');
+  const page = await again.client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, { from: total - 20, max: 5 });
+  t.same((page['events'] as Array<{ n: number }>).map((e) => e.n), [total - 20, total - 19, total - 18, total - 17, total - 16], 'paging with max');
 });
