@@ -99,11 +99,15 @@ export function decodeReceipt(bytes: Uint8Array): Receipt {
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const terminalId = fromAscii(bytes.subarray(FIXED, FIXED + n));
   if (!TERMINAL_ID_RE.test(terminalId)) throw new CryptoFormatError('receipt terminal id malformed');
+  // The encoder's range for bits, checked here too: a decoded receipt is one encodeReceipt can
+  // write back (property test, issue 8), not a value verifyReceipt can only refuse.
+  const bits = v.getUint32(25, false);
+  if (bits < 8 || bits > 2 ** 23) throw new CryptoFormatError(`receipt bits ${bits} not in [8, ${2 ** 23}]`);
   return {
     terminalId,
     batchId: bytes.slice(5, 21),
     seq: v.getUint32(21, false),
-    bits: v.getUint32(25, false),
+    bits,
     headerDigest: bytes.slice(29, 61),
     mac: bytes.slice(FIXED + n),
   };

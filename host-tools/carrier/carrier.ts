@@ -394,6 +394,11 @@ export class Carrier {
     abytes(sealed, 'sealed');
     const check = checkSealed(sealed, sealed.length);
     if ('reason' in check) throw new CarrierError('BAD_BATCH', `not a whole sealed batch: ${check.reason}`);
+    // The id rule allows a leading '.', but scan() skips hidden names (temporaries, macOS ._ files):
+    // such a batch would be stored and never offered. Refused up front instead (property test, issue 8).
+    if (check.info.header.terminalId.startsWith('.')) {
+      throw new CarrierError('BAD_BATCH', `terminal id ${check.info.header.terminalId} starts with ".": a carrier cannot hold its batches (hidden file names)`);
+    }
     const file = this.batchPath(entryOf(check.info, '').id);
     const entry = entryOf(check.info, file);
     const state = journalState(this.journal.read().records);
