@@ -44,6 +44,12 @@ export interface KeyPoolOptions {
   maxBatches?: number;
   /** format: anti-rollback floor carried over (a batch needs seq > lastSeq). Default: none, any seq >= 0. */
   lastSeq?: number;
+  /**
+   * Remainders shorter than this (bytes) are crumbs: when a newer batch commits, older batches
+   * holding only crumbs are retired and the crumbs burned. The module sets the shortest key a
+   * session always takes (32 bytes); 0 (default) keeps every remainder.
+   */
+  crumbBytes?: number;
   /** Fire onLowWatermark when storedKeyBits falls below this. */
   lowWatermarkBits?: number;
   onLowWatermark?: (status: PoolStatus) => void;
@@ -633,6 +639,17 @@ export class KeyPool {
       this.log(REC.COMMIT, new Writer(8).u32(b.uid).u32(b.seq).done());
       b.frontier = 0;
       this.flash.sync();
+      // Older batches left with crumbs no key of the owner's can use are retired now (their few
+      // bytes burned), so they never pile up against maxBatches over a service life.
+      const crumb = this.opts.crumbBytes ?? 0;
+      for (const o of this.sortedCommitted()) {
+        if (o !== b && o.bytes - o.frontier < crumb) {
+          const before = this.storedBits();
+          o.frontier = o.bytes;
+          this.retire(o);
+          this.watermark(before);
+        }
+      }
       return this.batchStatus(b);
     });
   }

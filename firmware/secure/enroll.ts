@@ -7,7 +7,7 @@ import { openSecureArea, SECURE_SECTORS } from './secure-area.js';
 import type { Identity } from './types.js';
 
 /** The pool layout every module uses: the secure area first, then the pool's journal and data. */
-export const POOL_OPTIONS: KeyPoolOptions = { secureSectors: SECURE_SECTORS };
+export const POOL_OPTIONS: KeyPoolOptions = { secureSectors: SECURE_SECTORS, crumbBytes: 32 };
 
 export function enrollFlash(flash: BlockDevice, id: Identity, clock: () => number = Date.now): void {
   const secure = openSecureArea(flash, clock);

@@ -8,6 +8,7 @@ import { NorFlash } from '../../firmware/flash/nor-flash.js';
 import { KeyPool } from '../../firmware/keypool/key-pool.js';
 import type { ConsumedKey, PoolStatus, Purpose } from '../../firmware/keypool/key-pool.js';
 import { poolBatchId } from '../../firmware/commands/inject.js';
+import { PoolError } from '../../firmware/keypool/errors.js';
 import { writeFileAtomic } from '../fs-atomic.js';
 
 /** Same layout as a terminal module's pool (secure area left unused), so capacities agree. */
@@ -76,6 +77,39 @@ export class StationStore {
     const stage = pool.stage({ batchId: poolId, seq: h.seq, purpose: h.purpose, bits: h.bits });
     for (let off = 0; off < keys.length; off += 4096) stage.write(off, keys.subarray(off, Math.min(keys.length, off + 4096)));
     stage.commit();
+    this.prune(terminalId);
+  }
+
+  /**
+   * Forget the names of batches the pool no longer holds (retired at their last key, or
+   * voided): state.json stays as small as the pool's live batches, over any service life.
+   */
+  private prune(terminalId: string): void {
+    const st = this.pool(terminalId).status();
+    const live = new Set([...st.batches.map((b) => String(b.batchId)), ...(st.staging ? [String(st.staging.batchId)] : [])]);
+    const s = this.state(terminalId);
+    const gone = Object.keys(s.batches).filter((k) => !live.has(k));
+    if (gone.length === 0) return;
+    for (const k of gone) delete s.batches[k];
+    this.saveState(terminalId, s);
+  }
+
+  /**
+   * Retire a batch whose keys will never be used (a lost carrier, a zeroized terminal, a last
+   * message lost to a power cut): its remaining keys are wiped and its slot comes back. Returns
+   * the bits wiped. The library side of `qkt kmd void`.
+   */
+  voidBatch(terminalId: string, batchIdHex: string): number {
+    const e = Object.entries(this.state(terminalId).batches).find(([, b]) => b.batchId === batchIdHex);
+    if (!e) throw new StationStoreError(`batch ${batchIdHex} of terminal ${terminalId} is not in the station store`, 'UNKNOWN_BATCH');
+    let bits = 0;
+    try {
+      bits = this.pool(terminalId).discardBatch(Number(e[0]));
+    } catch (err) {
+      if (!(err instanceof PoolError && err.code === 'NOT_PRESENT')) throw err; // already retired: only its name is left
+    }
+    this.prune(terminalId);
+    return bits;
   }
 
   activate(terminalId: string, batchIdHex: string, by: 'receipt' | 'first-use'): boolean {
