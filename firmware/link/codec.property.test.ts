@@ -7,7 +7,7 @@
 import t from 'tap';
 import fc from 'fast-check';
 import { crc32 } from 'node:zlib';
-import { isDeepStrictEqual } from 'node:util';
+import { inspect } from 'node:util';
 import { Deframer } from './framer.js';
 import { decodeMessage, encodeMessage, errorFromPayload } from './codec.js';
 import type { Message, Payload } from './codec.js';
@@ -62,6 +62,11 @@ const REFERENCE_BODY = bodyOf(REFERENCE);
 const REFERENCE_WIRE = encodeMessage(REFERENCE);
 const REFERENCE_JSON = JSON.stringify(decodeMessage(REFERENCE_BODY));
 
+/** A decode result as text: the message, or the header and the error's code and message (not its stack). */
+function outcome(r: ReturnType<typeof decodeMessage>): string {
+  return inspect(r.ok ? r.message : { header: r.header, rc: r.error.rc, message: r.error.message }, { depth: 8 });
+}
+
 function checkDecoded(body: Uint8Array): void {
   const r = decodesCleanly(body, decodeMessage, []);
   if (!r) throw new Error('unreachable');
@@ -78,8 +83,10 @@ function checkDecoded(body: Uint8Array): void {
   } else {
     if (!(r.error instanceof LinkError) || !RC_VALUES.has(r.error.rc) || r.error.message === '') throw new Error(`bad refusal for ${hex(body)}`);
   }
-  // The same body as a view at a byte offset (as a transport hands out) decodes the same.
-  if (!isDeepStrictEqual(decodeMessage(offsetView(body)), r)) throw new Error(`${hex(body)} decodes differently at a byte offset`);
+  // The same body as a view at a byte offset (as a transport hands out) decodes the same. The
+  // offset keeps 8-byte alignment: cbor-x's typed-array tags depend on alignment (todo test below).
+  // (Compared as printed: cbor-x makes an Invalid Date of tag 1 on a string, and NaN dates are never deep-equal.)
+  if (outcome(decodeMessage(offsetView(body, 8))) !== outcome(r)) throw new Error(`${hex(body)} decodes differently at a byte offset`);
   // No state left behind in the codec by whatever that was.
   if (JSON.stringify(decodeMessage(REFERENCE_BODY)) !== REFERENCE_JSON) throw new Error(`decoding ${hex(body)} changed how the next payload decodes`);
 }
@@ -220,3 +227,25 @@ t.test(`field readers and errorFromPayload: ${RUNS} decoded random payloads give
   );
   t.pass(`${RUNS} runs`);
 });
+
+t.test(
+  'decodeMessage takes only a CBOR map as the payload: not a tagged date, Map, typed array or unknown tag',
+  { todo: 'codec.ts accepts these as payloads today (found by the property test; codec.ts is being changed elsewhere)' },
+  async (t) => {
+    // A plain object (what a CBOR map decodes to) or a refusal; handlers never see another kind of object.
+    for (const cbor of ['c100', 'c16400000000', 'd90103a0', 'd84540', 'd90100a0']) {
+      const r = decodeMessage(Uint8Array.from([PROTOCOL_VERSION, 0, 2, 1, 0, 9, ...Buffer.from(cbor, 'hex')]));
+      const plain = r.ok && Object.getPrototypeOf(r.message.payload) === Object.prototype;
+      t.ok(!r.ok || plain, `CBOR ${cbor}: ${r.ok ? Object.prototype.toString.call(r.message.payload) : 'refused'}`);
+    }
+  },
+);
+
+t.test(
+  'decodeMessage does not depend on where the body sits in memory',
+  { todo: 'cbor-x reads typed-array tags (RFC 8746) differently by alignment: d846 42 0000 is refused at offset 6, a Uint32Array(0) at 13' },
+  async (t) => {
+    const body = Uint8Array.from([PROTOCOL_VERSION, 0, 2, 1, 0, 9, 0xd8, 0x46, 0x42, 0, 0]);
+    t.equal(outcome(decodeMessage(offsetView(body, 7))), outcome(decodeMessage(body)));
+  },
+);
