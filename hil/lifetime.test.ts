@@ -107,7 +107,7 @@ t.test(`${VISITS} field visits: export, inject, spend every key, collect; reboot
     const entry = carrier.batchFor('T1')!;
     const r = await onModule((m) => injectBatch(m.client, m.params, carrier.readBatch(entry)));
     carrier.recordReceipt('T1', r.batchId, r.receipt);
-    const collected = collectReceipts(home, carrier);
+    const collected = collectReceipts(home, carrier, { station: store });
     if (collected.collected.length !== 1) t.fail(`visit ${v}: receipt not collected`, { collected });
 
     // Spend every key: OTP uplinks, each opened by the station with the keys it names.
@@ -147,11 +147,11 @@ t.test(`${VISITS} field visits: export, inject, spend every key, collect; reboot
     const sp = store.status('T1');
     worstStationBatches = Math.max(worstStationBatches, sp.batches.length);
     worstStationNames = Math.max(worstStationNames, sp.active.length + sp.inactive.length);
-    const live = new Set((st.pool.batches as Array<{ batchId: string }>).map((b) => b.batchId));
-    for (const name of [...sp.active, ...sp.inactive]) {
-      if (live.has(name) || !sp.batches.some((b) => name.startsWith(b.batchId.toString(16).padStart(8, '0')))) continue;
+    // Nothing is voided by hand: each receipt lists the batches the terminal holds, and
+    // `collect` retires at the station every older batch it no longer does.
+    for (const r of collected.retired) {
       lostLastMessages++;
-      voidedBits += store.voidBatch('T1', name);
+      voidedBits += r.bits;
     }
     if (v === 1) opsPerVisit = flash.faults.mutations - m0;
   }
@@ -171,8 +171,8 @@ t.test(`${VISITS} field visits: export, inject, spend every key, collect; reboot
   t.ok(cuts >= Math.floor(VISITS / CUT_EVERY) - 2, `${cuts} power cuts during visits, every visit completed`);
   t.match(final, { pool: { staging: null }, secureArea: { damaged: false } });
   t.ok(final.pool.storedKeyBits < 256, 'the terminal holds at most crumbs at the end');
-  t.ok(worstStationBatches <= 2, `station pool: at most ${worstStationBatches} live batches after a visit`);
-  t.ok(worstStationNames <= 2, `station state.json names at most ${worstStationNames} batches after a visit`);
+  t.ok(worstStationBatches <= 2, `station pool: at most ${worstStationBatches} live batches after a visit (this one, and crumbs of the last)`);
+  t.ok(worstStationNames <= 3, `station state.json names at most ${worstStationNames} batches after a visit`);
   const log = (await (async () => {
     const r = (await boot()).rig;
     const a = await r.client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, { from: 0, max: 64 });
@@ -186,5 +186,6 @@ t.test(`${VISITS} field visits: export, inject, spend every key, collect; reboot
   const erases = [...flash.eraseCounts()];
   const secure = erases.slice(0, SECURE_SECTORS);
   t.ok(Math.max(...secure) < VISITS / 4, `secure area erase counts ${secure.join(' ')} over ${VISITS} visits`);
-  t.comment(`lost last messages voided at the station: ${lostLastMessages}; worst sector erased ${Math.max(...erases)} times`);
+  t.ok(lostLastMessages > 0, `${lostLastMessages} station batches with crumbs or a lost last message retired by receipts`);
+  t.comment(`worst sector erased ${Math.max(...erases)} times`);
 });

@@ -3,7 +3,7 @@
 // live atomically on COMMIT, and a delivery receipt returned (docs/batch.md, docs/protocol.md).
 // Every refusal leaves the pool as it was; a transfer resumes from the pool's durable offset.
 import { BatchOpener, parseSealedHeader } from '../crypto/batch.js';
-import { encodeReceipt, makeReceipt } from '../crypto/receipt.js';
+import { encodeReceipt, makeReceipt, RECEIPT_MAX_LIVE } from '../crypto/receipt.js';
 import { acceptChunk } from '../link/bulk.js';
 import type { BulkSink } from '../link/bulk.js';
 import { Group, InjectCmd } from '../link/groups.js';
@@ -101,6 +101,17 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void 
     return transfer;
   };
 
+  /** Full ids of the live batches, for the receipt (docs/batch.md "Receipt", version 2). */
+  const liveIds = (): Uint8Array[] => {
+    const secure = ctx.secure();
+    return ctx
+      .pool()
+      .status()
+      .batches.map((b) => secure.batchIdFor(b.batchId))
+      .filter((id): id is Uint8Array => id !== undefined)
+      .slice(0, RECEIPT_MAX_LIVE);
+  };
+
   return {
     reset: close,
     id: Group.INJECT,
@@ -132,7 +143,7 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void 
           if (status.batches.some((b) => b.batchId === id && b.seq === h.seq)) {
             // Already accepted (the reply to COMMIT was lost, or the carrier came back): the same
             // receipt again, recomputed, and nothing else changes.
-            const receipt = encodeReceipt(makeReceipt(deviceKey, { terminalId, batchId: h.batchId, seq: h.seq, bits: h.bits, headerDigest: opener.headerDigest }));
+            const receipt = encodeReceipt(makeReceipt(deviceKey, { terminalId, batchId: h.batchId, seq: h.seq, bits: h.bits, headerDigest: opener.headerDigest, live: liveIds() }));
             opener.dispose();
             close();
             return { done: true, receipt, bits: h.bits };
@@ -206,12 +217,13 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void 
           if (!t.opener.complete) throw new LinkError(Rc.BAD_STATE, `batch incomplete: ${t.committed} of ${t.total} bytes`);
           mapServiceErrors(() => t.opener.finish());
           const h = t.opener.header;
-          const receipt = encodeReceipt(
-            makeReceipt(deviceKey, { terminalId, batchId: h.batchId, seq: h.seq, bits: h.bits, headerDigest: t.opener.headerDigest }),
-          );
           // The full batch id goes to the secure area first: service headers name keys by it.
           ctx.secure().rememberBatch(poolBatchId(h.batchId), h.batchId);
           mapServiceErrors(() => t.stage.commit());
+          // After the commit (which may retire older batches' crumbs): the receipt lists what is live.
+          const receipt = encodeReceipt(
+            makeReceipt(deviceKey, { terminalId, batchId: h.batchId, seq: h.seq, bits: h.bits, headerDigest: t.opener.headerDigest, live: liveIds() }),
+          );
           ctx.secure().audit('batch-accepted', `${hex(h.batchId).slice(0, 8)} seq ${h.seq} ${h.bits}b`);
           close();
           return { receipt, bits: h.bits };

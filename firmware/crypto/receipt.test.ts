@@ -59,3 +59,36 @@ t.test('stored encoding round-trips; malformed bytes are CryptoFormatError', asy
   t.throws(() => decodeReceipt(Uint8Array.from(bytes, (b, i) => (i === 4 ? 9 : b))), { name: 'CryptoFormatError' });
   t.throws(() => makeReceipt(dk, { ...fields(), headerDigest: rand(31) }), { name: 'RangeError', message: /headerDigest/ });
 });
+
+t.test('version 2: the live batch list is bound by the MAC, round-trips, and is bounded; version 1 still verifies', async (t) => {
+  const dk = rand(32);
+  const live = [rand(16), rand(16), rand(16)];
+  const f: ReceiptFields = { ...fields(), live };
+  const r = makeReceipt(dk, f);
+  const bytes = encodeReceipt(r);
+  t.equal(bytes[4], 2, 'version 2 when the live list is given');
+  t.equal(bytes.length, 62 + 'T-0001'.length + 1 + 3 * 16 + 32, '95 + n + 16 k bytes');
+  const back = decodeReceipt(bytes);
+  t.same(back.live, live);
+  t.ok(verifyReceipt(dk, back));
+  // The layout: the terminal id, then k, then the ids, then the MAC.
+  const at = 62 + 'T-0001'.length;
+  t.equal(bytes[at], 3);
+  t.equal(toHex(bytes.subarray(at + 1, at + 17)), toHex(live[0]!));
+  for (const [name, v] of [
+    ['a live id changed', { ...back, live: [live[0]!, Uint8Array.from(live[1]!, (b, i) => (i === 0 ? b ^ 1 : b)), live[2]!] }],
+    ['a live id dropped', { ...back, live: live.slice(0, 2) }],
+    ['the list removed (as version 1)', (({ live: _l, ...rest }) => rest)(back)],
+  ] as Array<[string, Receipt]>) t.notOk(verifyReceipt(dk, v), name);
+  // An empty list is version 2 too; no list at all is version 1.
+  t.equal(encodeReceipt(makeReceipt(dk, { ...fields(), live: [] }))[4], 2);
+  const v1 = encodeReceipt(makeReceipt(dk, fields()));
+  t.equal(v1[4], 1);
+  t.equal(decodeReceipt(v1).live, undefined);
+  t.ok(verifyReceipt(dk, decodeReceipt(v1)), 'version 1 receipts (carriers from before) still verify');
+  // Bounds: at most 32 ids of 16 bytes; a count that does not match the length is refused.
+  t.throws(() => makeReceipt(dk, { ...fields(), live: Array.from({ length: 33 }, () => rand(16)) }), { name: 'RangeError' });
+  t.throws(() => makeReceipt(dk, { ...fields(), live: [rand(15)] }), { name: 'RangeError', message: /live\[0\]/ });
+  t.throws(() => decodeReceipt(Uint8Array.from(bytes, (b, i) => (i === at ? 4 : b))), { name: 'CryptoFormatError' });
+  t.throws(() => decodeReceipt(Uint8Array.from(bytes, (b, i) => (i === at ? 33 : b))), { name: 'CryptoFormatError', message: /more than 32/ });
+});

@@ -8,7 +8,10 @@ import { DEVICE_KEY_BYTES, TERMINAL_ID_RE, abytes, aint, aterminalId, ascii, con
 export { CryptoFormatError } from './errors.js';
 
 export const RECEIPT_MAGIC = 'QKTR';
-export const RECEIPT_VERSION = 1;
+/** Version 2 adds the module's live batches (docs/batch.md "Receipt"); version 1 receipts still verify. */
+export const RECEIPT_VERSION = 2;
+/** Live batch ids a version 2 receipt lists at most: the module's pool holds at most 32 batches. */
+export const RECEIPT_MAX_LIVE = 32;
 export const RECEIPT_MAC_BYTES = 32;
 const FIXED = 62; // magic 4, version 1, batchId 16, seq 4, bits 4, headerDigest 32, id length 1
 
@@ -19,6 +22,13 @@ export interface ReceiptFields {
   bits: number;
   /** SHA-256 of the batch's encoded header: the receipt names exactly the batch that was opened. */
   headerDigest: Uint8Array;
+  /**
+   * Version 2: the full ids of every batch the module held live when it made the receipt. A
+   * batch the KMD exported with a lower seq that is not listed is gone from the module for good
+   * (used up, crumbs burned, or never delivered and now stale), so the station retires it.
+   * Absent: a version 1 receipt.
+   */
+  live?: Uint8Array[];
 }
 
 export interface Receipt extends ReceiptFields {
@@ -33,16 +43,21 @@ export function encodeReceiptFields(f: ReceiptFields): Uint8Array {
   aint(f.seq, 'seq', 0, 0xffffffff);
   aint(f.bits, 'bits', 8, 2 ** 23);
   abytes(f.headerDigest, 'headerDigest', 32);
+  if (f.live !== undefined) {
+    if (!Array.isArray(f.live) || f.live.length > RECEIPT_MAX_LIVE) throw new RangeError(`live must list at most ${RECEIPT_MAX_LIVE} batch ids`);
+    f.live.forEach((id, i) => abytes(id, `live[${i}]`, BATCH_ID_BYTES));
+  }
   const tid = ascii(f.terminalId);
   return concat(
     ascii(RECEIPT_MAGIC),
-    u8(RECEIPT_VERSION),
+    u8(f.live === undefined ? 1 : 2),
     f.batchId,
     u32be(f.seq),
     u32be(f.bits),
     f.headerDigest,
     u8(tid.length),
     tid,
+    ...(f.live === undefined ? [] : [u8(f.live.length), ...f.live]),
   );
 }
 
@@ -64,6 +79,7 @@ export function makeReceipt(deviceKey: Uint8Array, fields: ReceiptFields): Recei
     seq: fields.seq,
     bits: fields.bits,
     headerDigest: fields.headerDigest.slice(),
+    ...(fields.live === undefined ? {} : { live: fields.live.map((id) => id.slice()) }),
     mac: receiptMac(deviceKey, body),
   };
 }
@@ -93,9 +109,19 @@ export function decodeReceipt(bytes: Uint8Array): Receipt {
   abytes(bytes, 'bytes');
   if (bytes.length < FIXED + 1 + RECEIPT_MAC_BYTES) throw new CryptoFormatError('receipt truncated');
   if (fromAscii(bytes.subarray(0, 4)) !== RECEIPT_MAGIC) throw new CryptoFormatError('not a qkt receipt');
-  if (bytes[4] !== RECEIPT_VERSION) throw new CryptoFormatError(`receipt version ${bytes[4]} not supported`);
+  const version = bytes[4];
+  if (version !== 1 && version !== 2) throw new CryptoFormatError(`receipt version ${version} not supported`);
   const n = bytes[FIXED - 1]!;
-  if (bytes.length !== FIXED + n + RECEIPT_MAC_BYTES) throw new CryptoFormatError('receipt length does not match its id length');
+  let end = FIXED + n;
+  let live: Uint8Array[] | undefined;
+  if (version === 2) {
+    if (bytes.length < end + 1 + RECEIPT_MAC_BYTES) throw new CryptoFormatError('receipt truncated');
+    const k = bytes[end]!;
+    if (k > RECEIPT_MAX_LIVE) throw new CryptoFormatError(`receipt lists ${k} live batches, more than ${RECEIPT_MAX_LIVE}`);
+    if (bytes.length !== end + 1 + k * BATCH_ID_BYTES + RECEIPT_MAC_BYTES) throw new CryptoFormatError('receipt length does not match its id length and live batch count');
+    live = Array.from({ length: k }, (_, i) => bytes.slice(end + 1 + i * BATCH_ID_BYTES, end + 1 + (i + 1) * BATCH_ID_BYTES));
+    end += 1 + k * BATCH_ID_BYTES;
+  } else if (bytes.length !== end + RECEIPT_MAC_BYTES) throw new CryptoFormatError('receipt length does not match its id length');
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const terminalId = fromAscii(bytes.subarray(FIXED, FIXED + n));
   if (!TERMINAL_ID_RE.test(terminalId)) throw new CryptoFormatError('receipt terminal id malformed');
@@ -109,6 +135,7 @@ export function decodeReceipt(bytes: Uint8Array): Receipt {
     seq: v.getUint32(21, false),
     bits,
     headerDigest: bytes.slice(29, 61),
-    mac: bytes.slice(FIXED + n),
+    ...(live ? { live } : {}),
+    mac: bytes.slice(end),
   };
 }

@@ -9,6 +9,8 @@ import { benchFlash, formatFlashBenchMarkdown } from './flash.js';
 import type { FlashBenchResult } from './flash.js';
 import { benchInject, formatInjectBench } from './inject.js';
 import type { InjectBenchResult } from './inject.js';
+import { benchLifetime, formatLifetimeBench } from './lifetime.js';
+import type { LifetimeBenchResult } from './lifetime.js';
 
 export interface BenchOptions {
   quick: boolean;
@@ -41,5 +43,9 @@ export const benchmarks: Record<string, Benchmark> = {
   inject: {
     run: (o) => benchInject({ bits: o.bytes ? o.bytes * 8 : o.quick ? 2 ** 20 : 2 ** 23, log: o.log }),
     format: (r) => formatInjectBench(r as InjectBenchResult),
+  },
+  lifetime: {
+    run: (o) => benchLifetime({ months: o.quick ? 2 : 24, log: o.log }),
+    format: (r) => formatLifetimeBench(r as LifetimeBenchResult),
   },
 };

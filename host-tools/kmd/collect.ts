@@ -5,17 +5,21 @@ import { decodeReceipt, verifyReceipt } from '../../firmware/crypto/receipt.js';
 import type { Carrier } from '../carrier/carrier.js';
 import type { KmdHome } from './home.js';
 import { stationStore } from './export.js';
+import type { StationStore } from '../station/store.js';
 
 export interface CollectResult {
   carrierId: string;
   collected: Array<{ terminalId: string; batchId: string; seq: number; bits: number }>;
   rejected: Array<{ id: string; reason: string }>;
   activatedBits: number;
+  /** Station batches retired because a receipt showed the terminal no longer holds them. */
+  retired: Array<{ terminalId: string; batchId: string; bits: number }>;
 }
 
-export function collectReceipts(home: KmdHome, carrier: Carrier): CollectResult {
-  const station = stationStore(home);
-  const result: CollectResult = { carrierId: carrier.carrierId, collected: [], rejected: [], activatedBits: 0 };
+/** `o.station`: the station store already open in this process (one writer per pool image). */
+export function collectReceipts(home: KmdHome, carrier: Carrier, o: { station?: StationStore } = {}): CollectResult {
+  const station = o.station ?? stationStore(home);
+  const result: CollectResult = { carrierId: carrier.carrierId, collected: [], rejected: [], activatedBits: 0, retired: [] };
   const done: string[] = [];
   try {
     for (const entry of carrier.receipts()) {
@@ -49,12 +53,17 @@ export function collectReceipts(home: KmdHome, carrier: Carrier): CollectResult 
         home.saveTerminal(t);
       }
       if (station.activate(receipt.terminalId, batchIdHex, 'receipt')) result.activatedBits += rec.bits;
+      if (receipt.live) {
+        // Authenticated by the MAC just checked: what the terminal no longer holds, the station retires.
+        const live = new Set(receipt.live.map((id) => Buffer.from(id).toString('hex')));
+        for (const r of station.retireAbsent(receipt.terminalId, receipt.seq, live)) result.retired.push({ terminalId: receipt.terminalId, ...r });
+      }
       result.collected.push({ terminalId: receipt.terminalId, batchId: batchIdHex, seq: rec.seq, bits: rec.bits });
       done.push(entry.id);
     }
     carrier.markCollected(done);
   } finally {
-    station.close();
+    if (!o.station) station.close();
   }
   return result;
 }

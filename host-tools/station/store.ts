@@ -95,6 +95,22 @@ export class StationStore {
   }
 
   /**
+   * A verified version 2 receipt lists every batch the terminal still holds. A batch the station
+   * holds for it with a lower seq that is not listed is gone from the terminal for good (used up,
+   * its crumbs or a lost last message burned, or never delivered and now stale): void it here.
+   * Returns what was voided.
+   */
+  retireAbsent(terminalId: string, belowSeq: number, liveHex: ReadonlySet<string>): Array<{ batchId: string; bits: number }> {
+    if (!existsSync(join(this.dir, terminalId, 'pool.img'))) return [];
+    const out: Array<{ batchId: string; bits: number }> = [];
+    for (const b of Object.values(this.state(terminalId).batches)) {
+      if (b.seq >= belowSeq || liveHex.has(b.batchId)) continue;
+      out.push({ batchId: b.batchId, bits: this.voidBatch(terminalId, b.batchId) });
+    }
+    return out;
+  }
+
+  /**
    * Retire a batch whose keys will never be used (a lost carrier, a zeroized terminal, a last
    * message lost to a power cut): its remaining keys are wiped and its slot comes back. Returns
    * the bits wiped. The library side of `qkt kmd void`.

@@ -12,9 +12,9 @@ export interface BenchResult {
 
 export default defineCommand<BenchResult>({
   path: ['bench'],
-  summary: 'benchmarks (link, flash, inject): a markdown table, or JSON with --json',
-  usage: 'qkt bench [link|flash|inject] [--quick] [--bytes N] [--out DIR] [--json]',
-  examples: ['qkt bench link', 'qkt bench link --json', 'qkt bench --out docs/bench', 'qkt bench flash --quick'],
+  summary: 'benchmarks (link, flash, inject, lifetime): a markdown table, or JSON with --json',
+  usage: 'qkt bench [link|flash|inject|lifetime] [--quick] [--bytes N] [--out DIR] [--json]',
+  examples: ['qkt bench link', 'qkt bench link --json', 'qkt bench --out docs/bench', 'qkt bench flash --quick', 'qkt bench lifetime --json'],
   options: { quick: { type: 'boolean', default: false }, bytes: { type: 'string' }, out: { type: 'string' } },
   async run(v, positionals, io) {
     const names = positionals.length ? positionals : Object.keys(benchmarks);

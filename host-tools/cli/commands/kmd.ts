@@ -81,6 +81,7 @@ export const kmdCollect = defineCommand({
     [
       ...r.collected.map((c) => `collected receipt of ${c.terminalId} batch ${c.batchId.slice(0, 8)} (seq ${c.seq}, ${formatBits(c.bits)})`),
       ...r.rejected.map((x) => `REJECTED ${x.id}: ${x.reason}`),
+      ...r.retired.map((x) => `retired station batch ${x.batchId.slice(0, 8)} of ${x.terminalId}: no longer held by the terminal (${formatBits(x.bits)} unused)`),
       `${r.collected.length} receipt(s) collected, ${formatBits(r.activatedBits)} of station keys activated`,
     ].join('\n'),
 });

@@ -1,0 +1,50 @@
+// `kmd collect` with version 2 receipts: the terminal's live batch list retires, at the station,
+// every older batch the terminal no longer holds: one whose carrier was lost (now stale), one
+// whose last message was lost to a power cut; and never one the terminal still holds.
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { NorFlash } from '../../firmware/flash/nor-flash.js';
+import { Group, KeysCmd } from '../../firmware/link/groups.js';
+import { startRig } from '../../firmware/test-support/module-rig.js';
+import { KmdHome } from './home.js';
+import { enrollTerminal } from './enroll.js';
+import { exportBatch, markOnCarrier, readOutbox } from './export.js';
+import { collectReceipts } from './collect.js';
+import { Carrier } from '../carrier/carrier.js';
+import { injectBatch } from '../link/inject.js';
+import { StationStore } from '../station/store.js';
+
+t.test('a v2 receipt retires at the station the older batches the terminal no longer holds', async (t) => {
+  const dir = t.testdir({});
+  const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 11_000, stockBits: 1 << 20 });
+  enrollTerminal(home, 'T1', join(dir, 'T1.img'));
+  const flash = NorFlash.fromImage(readFileSync(join(dir, 'T1.img')));
+  const deviceKey = home.deviceKey('T1');
+  const store = new StationStore(home.path('station'));
+  t.teardown(() => store.close());
+  const rig = await startRig({ flash, deviceKey, terminalId: 'T1' });
+  t.teardown(() => rig.close());
+
+  // Four exports: A (delivered, then used up but its last message lost), B (its carrier lost),
+  // C (delivered, still holding keys), D (delivered now: its receipt does the work).
+  const [A, B, C, D] = [1, 2, 3, 4].map(() => exportBatch(home, 'T1', 4096, { station: store }));
+  const visit = async (e: NonNullable<typeof A>, carrierName: string) => {
+    const carrier = Carrier.init(join(dir, carrierName), { carrierId: carrierName, kmdId: home.config.kmdId });
+    carrier.addBatch(readOutbox(e));
+    markOnCarrier(home, 'T1', e.record.batchId, carrier.carrierId);
+    const r = await injectBatch(rig.client, rig.params, carrier.readBatch(carrier.batchFor('T1')!));
+    carrier.recordReceipt('T1', r.batchId, r.receipt);
+    return collectReceipts(home, carrier, { station: store });
+  };
+  t.same((await visit(A!, 'c1')).retired, [], 'nothing older than A');
+  // The terminal spends all of A; the station sees none of it (the messages never arrived).
+  const s = (await rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'otp', enc: 'any', auth: 'any' }))['s'];
+  await rig.client.request(Group.KEYS, KeysCmd.SEAL, { s, d: new Uint8Array(512 - 32) });
+  t.same((await visit(C!, 'c3')).retired, [{ terminalId: 'T1', batchId: A!.record.batchId, bits: 4096 }, { terminalId: 'T1', batchId: B!.record.batchId, bits: 4096 }], 'A (used up) and B (stale, below C) retired');
+  const left = store.status('T1');
+  t.same(left.batches.map((b) => b.seq), [3, 4], 'C, which the terminal still holds, and D stay');
+  t.same((await visit(D!, 'c4')).retired, [], 'C is listed live in D\'s receipt: kept');
+  t.same(store.status('T1').batches.map((b) => b.seq), [3, 4]);
+  deviceKey.fill(0);
+});
