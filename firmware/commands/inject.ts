@@ -202,7 +202,7 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void 
             // complete, so drop it now rather than leave it staged for good; a new BEGIN restarts.
             mapServiceErrors(() => t.stage.abort());
             close();
-            throw new LinkError(Rc.BAD_STATE, 'staged data on the module does not match the batch: the staged part was dropped; inject again');
+            throw new LinkError(Rc.BAD_STATE, 'staged data does not match the batch: staged part dropped; inject again');
           }
           throw e;
         }

@@ -132,7 +132,9 @@ export function decodeMessage(body: Uint8Array): DecodeResult {
   } catch {
     return { ok: false, header, error: new LinkError(Rc.BAD_REQUEST, 'payload is not valid CBOR') };
   }
-  if (payload === null || typeof payload !== 'object' || Array.isArray(payload) || payload instanceof Uint8Array) {
+  // Only a CBOR map (a plain object with mapsAsObjects) is a payload: a tagged date, a typed
+  // array or an unknown tag decodes to another kind of object that no handler expects.
+  if (payload === null || typeof payload !== 'object' || Object.getPrototypeOf(payload) !== Object.prototype) {
     return { ok: false, header, error: new LinkError(Rc.BAD_REQUEST, 'payload must be a CBOR map') };
   }
   return { ok: true, message: { ...header, payload: payload as Payload } };

@@ -13,7 +13,8 @@ export interface StatusResult {
   state?: string;
   pool: { storedKeyBits: number; maxKeyBits: number; consumedKeyBits: number; batches: unknown[] };
   link: { maxFrame: number; window: number; protocolVersions: number[] };
-  audit?: { events: number; log?: AuditLine[] };
+  audit?: { events: number; pendingRefusals?: number; log?: AuditLine[] };
+  secureArea?: { damaged: boolean; reason?: string };
   [k: string]: unknown;
 }
 
@@ -22,6 +23,9 @@ interface AuditLine {
   at: number;
   type: string;
   detail: string;
+  /** `refused` events: how many refusals, since when. */
+  count?: number;
+  first?: number;
 }
 
 export default defineCommand<StatusResult>({
@@ -43,7 +47,8 @@ export default defineCommand<StatusResult>({
       if (v['audit'] === true) {
         // The module's security log (enrolment, batches accepted or refused, zeroize, lockouts).
         const log = await s.client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, { from: 0, max: 64 });
-        result.audit = { events: (rest['audit'] as { events?: number } | undefined)?.events ?? 0, log: log['events'] as AuditLine[] };
+        const audit = (rest['audit'] ?? {}) as { events?: number; pendingRefusals?: number };
+        result.audit = { ...audit, events: audit.events ?? 0, log: log['events'] as AuditLine[] };
       }
       return result;
     } finally {
@@ -57,7 +62,11 @@ export default defineCommand<StatusResult>({
       `firmware   ${r.firmware}${r.state && r.state !== 'ready' ? `  [${r.state}]` : ''}`,
       `key pool   ${formatBits(p.storedKeyBits)} stored of ${formatBits(p.maxKeyBits)} max, ${formatBits(p.consumedKeyBits)} consumed, ${p.batches.length} batch(es)`,
       `link       ${r.port}, frames up to ${r.link.maxFrame} B, window ${r.link.window}`,
-      ...(r.audit?.log ? ['audit log:', ...r.audit.log.map((e) => `  #${e.n} ${new Date(e.at).toISOString()} ${e.type} ${e.detail}`)] : []),
+      ...(r.secureArea?.damaged ? [`secure     DAMAGED: ${r.secureArea.reason ?? 'see the audit log'}`] : []),
+      ...(r.audit?.pendingRefusals ? [`refusals   ${r.audit.pendingRefusals} since the last one logged (counted in RAM)`] : []),
+      ...(r.audit?.log
+        ? ['audit log:', ...r.audit.log.map((e) => `  #${e.n} ${new Date(e.at).toISOString()} ${e.type}${e.count !== undefined ? ` x${e.count} since ${new Date(e.first ?? e.at).toISOString()}` : ''} ${e.detail}`)]
+        : []),
     ].join('\n');
   },
 });
