@@ -3,6 +3,8 @@
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { injectBatch } from '../host-tools/link/inject.js';
+import { createInProcessPair } from '../host-tools/transports/inproc.js';
+import { LinkClient } from '../host-tools/link/client.js';
 import { NorFlash } from './flash/nor-flash.js';
 import { PowerCutError } from './flash/errors.js';
 import type { CutMode } from './flash/faults.js';
@@ -225,4 +227,27 @@ t.test('a second cut during the recovery (boot and re-inject) still ends complet
     }
   }
   t.ok(runs >= 20, `${runs} double cuts`);
+});
+
+t.test('LOW_WATERMARK reaches every open link: closing one link detaches that link, not the newest', async (t) => {
+  const rig = await startRig({ terminal: { lowWatermarkBits: 4096 } });
+  t.teardown(() => rig.close());
+  await injectBatch(rig.client, rig.params, makeBatch(rig.deviceKey, { bits: 8192 }).sealed);
+  // Cables B (closes) then C (stays), attached after the rig's own (A): closing B, which is not
+  // the newest link, must detach B and leave C on the list.
+  const [hostB, devB] = createInProcessPair({ names: ['B', 'module'] });
+  rig.terminal.attach(devB);
+  const [hostC, devC] = createInProcessPair({ names: ['C', 'module'] });
+  rig.terminal.attach(devC);
+  const c = new LinkClient(hostC, { baseTimeoutMs: 2000 });
+  await c.negotiate();
+  await hostB.close();
+  const seen: string[] = [];
+  rig.client.onEvent((m) => seen.push(`A ${m.command}`));
+  c.onEvent((m) => seen.push(`C ${m.command}`));
+  const s = (await rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'otp', enc: 'any', auth: 'any' }))['s'];
+  await rig.client.request(Group.KEYS, KeysCmd.SEAL, { s, d: new Uint8Array(600) }); // 632 of 1024 bytes: below 4096 bits
+  await new Promise((r) => setTimeout(r, 50));
+  t.same(seen.sort(), ['A 0', 'C 0'], 'both open links got the event after another one closed');
+  await c.close();
 });

@@ -283,10 +283,15 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
   }
 
   const attach = (transport: Transport): DeviceLink => {
-    link = new DeviceLink(transport, dispatcher, limits);
-    links.push(link);
-    transport.onClose(() => links.splice(links.indexOf(link!), 1));
-    return link;
+    const mine = new DeviceLink(transport, dispatcher, limits);
+    link = mine;
+    links.push(mine);
+    // The link that closed leaves the event list, not the one attached last.
+    transport.onClose(() => {
+      const i = links.indexOf(mine);
+      if (i >= 0) links.splice(i, 1);
+    });
+    return mine;
   };
   if (o.transport) attach(o.transport);
   return {

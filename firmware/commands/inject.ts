@@ -91,7 +91,13 @@ class BatchTransfer implements BulkSink {
 /** The INJECT group, and `reset()` to drop the open transfer (after a reset of the module's state). */
 export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void } {
   let transfer: BatchTransfer | undefined;
-  let nextId = 1;
+  // Transfer ids are random, not counted: a second client on the cable cannot guess another
+  // host's transfer and CHUNK or ABORT it (it still can sniff a shared line: the cable is trusted
+  // for service commands, docs/protocol.md 3.8).
+  const newId = (): number => {
+    const r = ctx.rng(4);
+    return (((r[0]! << 24) | (r[1]! << 16) | (r[2]! << 8) | r[3]!) >>> 0) || 1;
+  };
   const close = () => {
     transfer?.dispose();
     transfer = undefined;
@@ -182,7 +188,7 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void 
             opener = new BatchOpener(deviceKey, info.headerBytes, info.tag, { resumeAt });
           }
           close();
-          transfer = new BatchTransfer(nextId++, opener, stage);
+          transfer = new BatchTransfer(newId(), opener, stage);
           return { t: transfer.id, c: transfer.committed, n: transfer.total };
         }),
       [InjectCmd.CHUNK]: async (p) => {

@@ -218,14 +218,34 @@ export class RecordLog {
   scan(o: { tolerant?: boolean } = {}): ScanResult {
     const gens = this.generations();
     if (gens.length === 0) throw new RecordLogError('NOT_FORMATTED', 'no valid record log header in its sector range');
-    const [best, bestGen] = gens[0]!;
+    let [best, bestGen] = gens[0]!;
     const tie = gens.length > 1 && gens[1]![1] === bestGen;
     if (tie && !o.tolerant) throw new RecordLogError('CORRUPT', `two sectors claim generation ${bestGen}`);
+    // The newest sector may have a header that does not verify although its checkpoint is whole:
+    // the header is programmed last, so a non-blank header over a checkpoint that verifies under
+    // the next generation is either torn (cut while programming it: the checkpoint holds the same
+    // state as the old sector) or hit by a bit flip after records were appended to it. Either
+    // way that sector holds the newest state; ignoring it would roll the state back (counters,
+    // anti-rollback, consumed keys) without a word. It is read, and the next append rolls over.
+    let brokenHeader = false;
+    for (let i = 0; i < this.o.sectorCount; i++) {
+      if (i === best) continue;
+      const head = this.flash.read((this.o.firstSector + i) * this.S, 2 * UNIT);
+      if (isBlank(head.subarray(0, UNIT)) || decodeHeader(head, this.o.magic, this.o.version) !== undefined) continue;
+      const first = this.flash.read((this.o.firstSector + i) * this.S + UNIT, this.S - UNIT);
+      if (decodeRecord(first, bestGen + 1)) {
+        best = i;
+        bestGen += 1;
+        brokenHeader = true;
+        break;
+      }
+    }
     const r = this.readSector(best, bestGen, o.tolerant ?? false);
     if (tie) {
       r.damagedUnits++; // a cut cannot do this: count it as damage, and roll over before appending
       r.dirty = true;
     }
+    if (brokenHeader) r.dirty = true;
     this.active = best;
     this.gen = bestGen;
     this.pos = r.end;
@@ -284,13 +304,21 @@ export class RecordLog {
     return { records, end, dirty, damagedUnits };
   }
 
+  /** True when the sector reads all 0xFF; the copy read is wiped (an old sector may hold a key record). */
+  private blankSector(sector: number): boolean {
+    const buf = this.flash.read(sector * this.S, this.S);
+    const blank = isBlank(buf);
+    buf.fill(0);
+    return blank;
+  }
+
   /** Make every ring sector invalid (program 0x00 over the headers), then erase them: the start of a format. */
   kill(): void {
     for (let i = 0; i < this.o.sectorCount; i++) this.flash.program((this.o.firstSector + i) * this.S, new Uint8Array(UNIT));
     this.flash.sync();
     for (let i = 0; i < this.o.sectorCount; i++) {
       const s = this.o.firstSector + i;
-      if (!isBlank(this.flash.read(s * this.S, this.S))) this.flash.erase(s);
+      if (!this.blankSector(s)) this.flash.erase(s);
     }
   }
 
@@ -312,6 +340,7 @@ export class RecordLog {
     const buf = this.flash.read(base, this.S);
     let last = this.pos - 1;
     for (let u = this.pos; u < this.unitsPerSector; u++) if (!isBlank(buf.subarray(u * UNIT, (u + 1) * UNIT))) last = u;
+    buf.fill(0); // the sector may hold a key record: no stray copy in RAM
     if (last < this.pos || last - this.pos + 1 > 255) return false;
     programSpan(this.flash, base + this.pos * UNIT, new Uint8Array((last - this.pos + 1) * UNIT));
     this.pos = last + 1;
@@ -362,8 +391,8 @@ export class RecordLog {
       const idx = (this.active + k) % this.o.sectorCount;
       const sector = this.o.firstSector + idx;
       try {
-        if (!isBlank(this.flash.read(sector * this.S, this.S))) this.flash.erase(sector);
-        if (!isBlank(this.flash.read(sector * this.S, this.S))) continue;
+        if (!this.blankSector(sector)) this.flash.erase(sector);
+        if (!this.blankSector(sector)) continue;
       } catch (e) {
         if (e instanceof FlashError && (e.code === 'WORN_OUT' || e.code === 'BAD_SECTOR')) continue;
         throw e;
@@ -373,6 +402,7 @@ export class RecordLog {
         const bytes = encodeRecord(r.type, r.payload, gen);
         programSpan(this.flash, sector * this.S + u * UNIT, bytes);
         u += bytes.length / UNIT;
+        bytes.fill(0);
       }
       this.flash.program(sector * this.S, encodeHeader(this.o.magic, gen, this.o.version));
       for (const r of records) r.payload.fill(0); // a checkpoint may hold a key: no copy stays in RAM

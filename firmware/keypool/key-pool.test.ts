@@ -370,3 +370,32 @@ t.test('file-backed pool persists and reopens', async (t) => {
   t.same(KeyPool.mount(f, opts).consume('enc', 20).key, a.subarray(20, 40));
   f.close();
 });
+
+t.test('a flipped bit in the newest journal header does not roll the pool back (nor does a torn header)', async (t) => {
+  for (const damage of ['flip', 'torn'] as const) {
+    const f0 = NorFlash.memory(geo);
+    let pool = KeyPool.format(f0, opts);
+    let seq = 1;
+    // Enough batches to roll the journal over a few times, then keys consumed in the newest sector.
+    while (pool.inspect().journal.ringSeq < 4) {
+      inject(pool, seq, seq, keyBytes(600, seq));
+      while (pool.status().storedKeyBits > 0) pool.consume('any', 100);
+      seq++;
+    }
+    inject(pool, 9000, 9000, keyBytes(600, 9000));
+    pool.consume('any', 64);
+    const before = pool.status();
+    const at = pool.inspect().journal.sector * geo.sectorSize;
+    t.ok(pool.inspect().journal.ringSeq >= 4, 'the journal rolled over: older sectors hold older states');
+    const image = f0.snapshot();
+    if (damage === 'flip') image[at + 5]! ^= 1 << 3;
+    else image.fill(0xff, at + 8, at + 16); // as if the header's program was cut: its last bits never cleared
+    const f = NorFlash.fromImage(image, geo);
+    pool = KeyPool.mount(f, opts);
+    t.same(pool.status(), before, `${damage} header: the newest state is read, not the sector before it`);
+    t.throws(() => pool.stage({ batchId: 9001, seq: 9000, purpose: 'any', bits: 64 }), { code: 'ROLLBACK' }, 'the anti-rollback counter did not go back');
+    t.same(pool.consume('any', 32).keyId, { batchId: 9000, bitOffset: 64 * 8 }, 'no key served twice');
+    pool = KeyPool.mount(f, opts);
+    t.equal(pool.status().batches[0]?.consumedBits, 96 * 8, 'and the log goes on from there');
+  }
+});

@@ -194,3 +194,42 @@ t.test('the audit log through SYSTEM AUDIT_LOG: refusals coalesced, security eve
   const page = await again.client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, { from: total - 20, max: 5 });
   t.same((page['events'] as Array<{ n: number }>).map((e) => e.n), [total - 20, total - 19, total - 18, total - 17, total - 16], 'paging with max');
 });
+
+t.test('a factory reset cut at any flash operation never leaves an older enrolled state', async (t) => {
+  const flash0 = NorFlash.memory(GEOMETRY);
+  const sa0 = openSecureArea(flash0, () => 1);
+  sa0.enroll({ terminalId: 'FTU-9', deviceKey });
+  // Append until the newest log sector is sector 0 and the three others hold older states:
+  // a reset that erased sector 0 first and then lost power would leave an older state readable.
+  const gens = () => [0, 1, 2, 3].map((s) => {
+    const h = flash0.peek(s * GEOMETRY.sectorSize, 16);
+    const v = new DataView(h.buffer, h.byteOffset, 16);
+    return v.getUint32(0, true) === 0x3253_4b51 ? v.getUint32(4, true) : -1;
+  });
+  let i = 0;
+  while (i < 120 || !(gens()[0]! > Math.max(...gens().slice(1)) && gens().every((g) => g > 0))) {
+    i++;
+    sa0.setAdminCounter(i);
+    sa0.audit('boot', `b${i}`);
+  }
+  const last = i;
+  const image = flash0.snapshot();
+  const ops = (() => {
+    const f = NorFlash.fromImage(image, GEOMETRY);
+    const m0 = f.faults.mutations;
+    openSecureArea(f, () => 1).factoryReset();
+    return f.faults.mutations - m0;
+  })();
+  for (const mode of ['torn', 'clean', 'after'] as CutMode[]) {
+    for (let n = 1; n <= ops; n++) {
+      const f = NorFlash.fromImage(image, GEOMETRY);
+      f.faults.cutAfter(n, mode, n);
+      t.throws(() => openSecureArea(f, () => 1).factoryReset(), PowerCutError);
+      f.reboot();
+      const sa = openSecureArea(f, () => 1);
+      const id = sa.terminalId();
+      if (id !== undefined && sa.adminCounter() !== last) t.fail(`${mode} cut at op ${n}/${ops}: enrolled with admin counter ${sa.adminCounter()}, not ${last}`);
+    }
+  }
+  t.pass(`${3 * ops} cut points: the area is the last state or not enrolled, never an older one`);
+});

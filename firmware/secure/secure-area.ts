@@ -100,6 +100,7 @@ class FlashSecureArea implements SecureArea {
     }
     this.log = log;
     for (const r of scan.records) this.apply(r);
+    wipeRead(scan.records); // the sector copy read holds the identity record
     if (scan.damagedUnits > 0) {
       this.damage = `${scan.damagedUnits * UNIT} bytes of the secure area were unreadable at boot`;
       this.recoverFromOlder(log);
@@ -126,11 +127,14 @@ class FlashSecureArea implements SecureArea {
       const keep = this.s;
       this.s = old;
       try {
-        for (const r of log.readOlder(idx, gen)) apply(r);
+        const recs = log.readOlder(idx, gen);
+        for (const r of recs) apply(r);
+        wipeRead(recs);
       } finally {
         this.s = keep;
       }
-      this.s.identity ??= old.identity;
+      if (this.s.identity) old.identity?.deviceKey.fill(0);
+      else this.s.identity = old.identity;
       this.s.adminCounter = Math.max(this.s.adminCounter, old.adminCounter);
       this.s.failed = { count: Math.max(this.s.failed.count, old.failed.count), locked: this.s.failed.locked || old.failed.locked };
       for (const [k, v] of old.batchIds) if (!this.s.batchIds.has(k)) this.s.batchIds.set(k, v);
@@ -162,7 +166,9 @@ class FlashSecureArea implements SecureArea {
           this.s.batchIds.delete(poolIdOf(id));
           this.s.batchIds.set(poolIdOf(id), id);
         }
-        this.trimBatchIds();
+        // No trim while replaying: which ids are live is known only once the pool is mounted;
+        // the map is bounded meanwhile by what one sector holds, and the next checkpoint keeps
+        // only live ids.
         return;
       }
       case T.EVENT: {
@@ -218,10 +224,20 @@ class FlashSecureArea implements SecureArea {
     this.s.lastN = Math.max(this.s.lastN, e.n);
   }
 
+  /** Keep at most KEEP_BATCH_IDS ids: drop ids of batches no longer live first, never a live one while a dead one is left. */
   private trimBatchIds(): void {
-    for (const k of this.s.batchIds.keys()) {
-      if (this.s.batchIds.size <= KEEP_BATCH_IDS) break;
-      this.s.batchIds.delete(k);
+    if (this.s.batchIds.size <= KEEP_BATCH_IDS) return;
+    const live = this.liveSet();
+    if (live) for (const k of [...this.s.batchIds.keys()]) if (this.s.batchIds.size > KEEP_BATCH_IDS && !live.has(k)) this.s.batchIds.delete(k);
+    for (const k of [...this.s.batchIds.keys()]) if (this.s.batchIds.size > KEEP_BATCH_IDS) this.s.batchIds.delete(k);
+  }
+
+  /** The pool's live batch ids, or undefined when unknown (no pool mounted): then nothing is dropped as dead. */
+  private liveSet(): Set<number> | undefined {
+    try {
+      return this.live ? new Set(this.live()) : undefined;
+    } catch {
+      return undefined;
     }
   }
 
@@ -240,13 +256,9 @@ class FlashSecureArea implements SecureArea {
     out.push({ type: T.ADMIN_COUNTER, payload: this.u32(this.s.adminCounter) });
     out.push({ type: T.FAILED_AUTH, payload: Uint8Array.of(Math.min(this.s.failed.count, 255), this.s.failed.locked ? 1 : 0) });
     // Only the ids of live batches are kept: the set is bounded by the pool's live batches.
-    let live: Set<number> | undefined;
-    try {
-      live = this.live ? new Set(this.live()) : undefined;
-    } catch {
-      live = undefined; // the pool is not mounted: keep every id (at most KEEP_BATCH_IDS)
-    }
+    const live = this.liveSet(); // undefined when the pool is not mounted: keep every id (trimmed below)
     if (live) for (const k of [...this.s.batchIds.keys()]) if (!live.has(k)) this.s.batchIds.delete(k);
+    this.trimBatchIds();
     const ids = [...this.s.batchIds.values()];
     for (let i = 0; i < ids.length; i += IDS_PER_RECORD) out.push({ type: T.BATCH_IDS, payload: this.encodeIds(ids.slice(i, i + IDS_PER_RECORD)) });
     for (const e of [...this.s.security, ...this.s.routine].sort((a, b) => a.n - b.n)) out.push({ type: T.EVENT, payload: this.encodeEvent(e) });
@@ -387,12 +399,24 @@ class FlashSecureArea implements SecureArea {
 
   factoryReset(): void {
     this.s.identity?.deviceKey.fill(0);
-    for (let s = 0; s < SECURE_SECTORS; s++) this.flash.erase(s);
+    // Every header killed before any erase: a cut part-way can never leave an older sector to
+    // be read as the enrolled state (with older counters).
+    this.newLog().kill();
     this.flash.sync();
     this.log = undefined;
     this.s = emptyState();
     this.damage = undefined;
     this.pending = { count: 0, first: 0, last: 0, detail: '' };
+  }
+}
+
+/** Zero the buffers a scan read (one holds the device key); apply() has copied what it keeps. */
+function wipeRead(records: LogRecord[]): void {
+  const seen = new Set<ArrayBufferLike>();
+  for (const r of records) {
+    if (seen.has(r.payload.buffer)) continue;
+    seen.add(r.payload.buffer);
+    new Uint8Array(r.payload.buffer).fill(0);
   }
 }
 

@@ -48,3 +48,34 @@ t.test('a v2 receipt retires at the station the older batches the terminal no lo
   t.same(store.status('T1').batches.map((b) => b.seq), [3, 4]);
   deviceKey.fill(0);
 });
+
+t.test('a receipt collected late, for a batch the station already retired, still counts as delivered', async (t) => {
+  const dir = t.testdir({});
+  const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 11_000, stockBits: 1 << 20 });
+  enrollTerminal(home, 'T1', join(dir, 'T1.img'));
+  const flash = NorFlash.fromImage(readFileSync(join(dir, 'T1.img')));
+  const deviceKey = home.deviceKey('T1');
+  const store = new StationStore(home.path('station'));
+  t.teardown(() => store.close());
+  const rig = await startRig({ flash, deviceKey, terminalId: 'T1' });
+  t.teardown(() => rig.close());
+  const [A, B] = [1, 2].map(() => exportBatch(home, 'T1', 4096, { station: store }));
+  const deliver = async (e: NonNullable<typeof A>, name: string) => {
+    const carrier = Carrier.init(join(dir, name), { carrierId: name, kmdId: home.config.kmdId });
+    carrier.addBatch(readOutbox(e));
+    markOnCarrier(home, 'T1', e.record.batchId, carrier.carrierId);
+    const r = await injectBatch(rig.client, rig.params, carrier.readBatch(carrier.batchFor('T1')!));
+    carrier.recordReceipt('T1', r.batchId, r.receipt);
+    return carrier;
+  };
+  const c1 = await deliver(A!, 'c1'); // c1 travels on; its receipt is collected last
+  const s = (await rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'otp', enc: 'any', auth: 'any' }))['s'];
+  await rig.client.request(Group.KEYS, KeysCmd.SEAL, { s, d: new Uint8Array(512 - 32) });
+  const c2 = await deliver(B!, 'c2');
+  t.match(collectReceipts(home, c2, { station: store }), { collected: [{ batchId: B!.record.batchId }], retired: [{ batchId: A!.record.batchId }] });
+  const late = collectReceipts(home, c1, { station: store });
+  t.match(late, { collected: [{ batchId: A!.record.batchId }], rejected: [], activatedBits: 0 }, 'delivered, nothing to activate');
+  t.ok(home.terminal('T1').batches.find((b) => b.batchId === A!.record.batchId)?.deliveredAt, 'the KMD marks it delivered');
+  t.same(collectReceipts(home, c1, { station: store }).collected, [], 'and the carrier does not offer it again');
+  deviceKey.fill(0);
+});

@@ -5,6 +5,7 @@ import { decodeReceipt, verifyReceipt } from '../../firmware/crypto/receipt.js';
 import type { Carrier } from '../carrier/carrier.js';
 import type { KmdHome } from './home.js';
 import { stationStore } from './export.js';
+import { StationStoreError } from '../station/store.js';
 import type { StationStore } from '../station/store.js';
 
 export interface CollectResult {
@@ -52,7 +53,13 @@ export function collectReceipts(home: KmdHome, carrier: Carrier, o: { station?: 
         rec.deliveredAt = home.nowIso();
         home.saveTerminal(t);
       }
-      if (station.activate(receipt.terminalId, batchIdHex, 'receipt')) result.activatedBits += rec.bits;
+      try {
+        if (station.activate(receipt.terminalId, batchIdHex, 'receipt')) result.activatedBits += rec.bits;
+      } catch (e) {
+        // A receipt collected late: the station already retired that batch (its keys used up,
+        // or voided by a newer receipt). Delivery is still proven; there is nothing to activate.
+        if (!(e instanceof StationStoreError && e.code === 'UNKNOWN_BATCH')) throw e;
+      }
       if (receipt.live) {
         // Authenticated by the MAC just checked: what the terminal no longer holds, the station retires.
         const live = new Set(receipt.live.map((id) => Buffer.from(id).toString('hex')));

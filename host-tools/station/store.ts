@@ -103,7 +103,7 @@ export class StationStore {
   retireAbsent(terminalId: string, belowSeq: number, liveHex: ReadonlySet<string>): Array<{ batchId: string; bits: number }> {
     if (!existsSync(join(this.dir, terminalId, 'pool.img'))) return [];
     const out: Array<{ batchId: string; bits: number }> = [];
-    for (const b of Object.values(this.state(terminalId).batches)) {
+    for (const b of Object.values(this.state(terminalId).batches).sort((x, y) => x.seq - y.seq)) {
       if (b.seq >= belowSeq || liveHex.has(b.batchId)) continue;
       out.push({ batchId: b.batchId, bits: this.voidBatch(terminalId, b.batchId) });
     }
