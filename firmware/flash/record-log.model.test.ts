@@ -8,8 +8,8 @@
 // an old ring sector (not the live one). After every command a fresh scan of the flash replays to
 // the model's state (after a cut: the state before or after the interrupted append), the owner's
 // RAM state is the model's, the log never throws for lack of room, and nothing outside its ring
-// sectors changes. A known finding (a ring of 2 sectors lost to two cuts in a row) is a todo test
-// at the end; QKT_FUZZ_KNOWN=1 puts that ring back into the property. Runs: QKT_FUZZ_RUNS (default
+// sectors changes. A finding of this test (a ring of 2 sectors lost to two cuts in a row) is fixed
+// and kept as a regression test at the end. Runs: QKT_FUZZ_RUNS (default
 // 200); replay with QKT_FUZZ_SEED / QKT_FUZZ_PATH / QKT_FUZZ_REPLAY, printed with a failure.
 
 import t from 'tap';
@@ -150,13 +150,11 @@ interface Cfg {
 }
 // Checkpoint at most 1 + keys * unitsFor(2 + maxValue) units: exactly the budget (15) in the first.
 const RING2: Cfg = { name: 'ring 2 x 512, page 64', geometry: { size: 4 * 512, sectorSize: 512, pageSize: 64 }, firstSector: 1, sectorCount: 2, keys: 7, maxValue: 24 };
-/** QKT_FUZZ_KNOWN=1: also run what a known finding breaks (a ring of 2 sectors, todo test at the end). */
-const KNOWN = process.env.QKT_FUZZ_KNOWN === '1';
 const CFGS: Cfg[] = [
   { name: 'ring 3 x 512, page 64', geometry: { size: 5 * 512, sectorSize: 512, pageSize: 64 }, firstSector: 1, sectorCount: 3, keys: 7, maxValue: 24 },
   { name: 'ring 3 x 1024, page 32', geometry: { size: 6 * 1024, sectorSize: 1024, pageSize: 32 }, firstSector: 2, sectorCount: 3, keys: 7, maxValue: 56 },
   { name: 'ring 4 x 512, page 16', geometry: { size: 6 * 512, sectorSize: 512, pageSize: 16 }, firstSector: 1, sectorCount: 4, keys: 5, maxValue: 24 },
-  ...(KNOWN ? [RING2] : []),
+  RING2,
 ];
 
 // ---------------------------------------------------------------- model and real system
@@ -532,9 +530,9 @@ t.test(`record log model: fc.commands, numRuns=${RUNS}`, async (t) => {
   }
 });
 
-// ---------------------------------------------------------------- known finding (from the property above)
+// ---------------------------------------------------------------- a finding (from the property above), fixed
 
-// A ring of two sectors loses the whole log to two power cuts in a row (since record-log.ts reads a
+// A ring of two sectors lost the whole log to two power cuts in a row (since record-log.ts reads a
 // newest sector whose header is broken over a whole checkpoint): a rollover is cut while
 // programming the new sector's header (torn); the reboot reads that sector (its checkpoint
 // verifies under the next generation) and marks it dirty; the next append rolls over from it into
@@ -542,9 +540,9 @@ t.test(`record log model: fc.commands, numRuns=${RUNS}`, async (t) => {
 // header at all: scan fails NOT_FORMATTED (a key pool with journalSectors: 2 no longer mounts).
 // Found with QKT_FUZZ_RUNS=20000 (seed -668914551, failed after 146 sequences), shrunk by
 // fast-check to these five commands (replayPath ///////j:/D); the last cut is made 'after' here
-// (the erase completes) so the sequence does not depend on the torn-erase pattern.
-const RING2_TODO = 'record-log.ts: a rollover from a sector read despite its broken header erases the only sector with a valid header (ring of 2 sectors)';
-t.test('a ring of two sectors survives two power cuts in a row (known finding: todo)', async (t) => {
+// (the erase completes) so the sequence does not depend on the torn-erase pattern. Fixed: the torn
+// header is completed in place (programming it only clears bits), with no rollover.
+t.test('a ring of two sectors survives two power cuts in a row', async (t) => {
   const { model, real } = setup(RING2);
   const cmds: Array<fc.Command<LM, Real>> = [
     new BurstCommand(47, 19392),
@@ -555,9 +553,9 @@ t.test('a ring of two sectors survives two power cuts in a row (known finding: t
   ];
   try {
     fc.modelRun(() => ({ model, real }), cmds);
-    t.pass('the log survived: the finding is fixed, drop this todo');
+    t.pass('the log survived');
   } catch (e) {
     if (!(e instanceof Failure) && !(e instanceof RecordLogError)) throw e;
-    t.fail(`${e instanceof RecordLogError ? `${e.code}: ` : ''}${e.message}\n  sequence: ${cmds.map(String).join(', ')}`, { todo: RING2_TODO });
+    t.fail(`${e instanceof RecordLogError ? `${e.code}: ` : ''}${e.message}\n  sequence: ${cmds.map(String).join(', ')}`);
   }
 });

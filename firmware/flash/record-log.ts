@@ -164,6 +164,8 @@ export class RecordLog {
   private dirty = false;
   /** The active sector holds damage, not just a torn tail: the next append rolls over to heal it. */
   private damaged = false;
+  /** The active sector's header does not verify (torn or flipped): the generation to write there. */
+  private repairGen: number | undefined;
   private readonly unitsPerSector: number;
   private readonly S: number;
 
@@ -245,7 +247,9 @@ export class RecordLog {
       r.damagedUnits++; // a cut cannot do this: count it as damage, and roll over before appending
       r.dirty = true;
     }
-    if (brokenHeader) r.dirty = true;
+    // Repaired on the first write: completed in place where that only clears bits (a torn
+    // header always allows it), otherwise by a rollover.
+    this.repairGen = brokenHeader ? bestGen : undefined;
     this.active = best;
     this.gen = bestGen;
     this.pos = r.end;
@@ -352,6 +356,7 @@ export class RecordLog {
   append(rec: NewRecord): void {
     const n = unitsFor(rec.payload.length);
     if (n > this.unitsPerSector - 1 - this.checkpointBudget) throw new RecordLogError('TOO_LARGE', `record of ${rec.payload.length} bytes is too large for this log`);
+    this.repairHeader();
     for (let attempt = 0; attempt < 2; attempt++) {
       if (this.dirty && !this.damaged) this.killTornTail();
       if (this.dirty || this.pos + n > this.unitsPerSector) this.rollover(this.o.checkpoint());
@@ -370,7 +375,25 @@ export class RecordLog {
 
   /** Roll over now (write a fresh checkpoint), e.g. to heal a damaged sector. */
   compact(): void {
+    this.repairHeader();
     this.rollover(this.o.checkpoint());
+  }
+
+  /**
+   * Finish the active sector's header if scan found it torn or flipped. Programming the right
+   * header over a torn one only clears bits, so it completes it in place, with no erase: a ring
+   * of two sectors must not erase its only other valid sector just after a cut (a second cut
+   * there would leave no valid header at all). A header that would need a bit set (a flip from 1
+   * to 0) can only be replaced by rolling over.
+   */
+  private repairHeader(): void {
+    if (this.repairGen === undefined) return;
+    const addr = (this.o.firstSector + this.active) * this.S;
+    const want = encodeHeader(this.o.magic, this.repairGen, this.o.version);
+    const have = this.flash.read(addr, UNIT);
+    this.repairGen = undefined;
+    if (want.every((b, i) => (b & ~have[i]!) === 0)) this.flash.program(addr, want);
+    else this.dirty = true;
   }
 
   private checkFits(records: NewRecord[]): number {
@@ -411,6 +434,7 @@ export class RecordLog {
       this.pos = u;
       this.dirty = false;
       this.damaged = false;
+      this.repairGen = undefined;
       return;
     }
     throw new RecordLogError('WORN_OUT', 'no usable record log sector left');
