@@ -1,6 +1,7 @@
 // Hosts an emulated terminal module in this process on a real cable: a serial device (tty, pty,
 // CDC-ACM) or a TCP listener (one connection at a time, like one cable). Used by
-// `qkt terminal run`, `qkt demo` and the HIL rig.
+// `qkt terminal run`, `qkt demo` and the HIL rig. The host holds the image's lock (`<image>.lock`)
+// for its whole life: a second module on the same image is refused at once, with the pid.
 import { createTerminal } from '../firmware/terminal.js';
 import type { Terminal } from '../firmware/terminal.js';
 import { NorFlash } from '../firmware/flash/nor-flash.js';
@@ -12,6 +13,8 @@ import { listenTcp, parseTcpAddress } from './transports/tcp.js';
 import { paced } from './transports/pacing.js';
 import { isPty } from './link/open.js';
 import { CliError, Exit } from './cli/command.js';
+import { lockSync } from './lock.js';
+import { flashLockOptions } from './flash-lock.js';
 
 export interface TerminalHostOptions {
   flashPath: string;
@@ -34,22 +37,31 @@ export interface TerminalHost {
 
 export async function startTerminalHost(o: TerminalHostOptions): Promise<TerminalHost> {
   // The module's flash: an image file (a missing file is a blank, unenrolled module's flash).
+  const imageLock = lockSync(o.flashPath, flashLockOptions(o.flashPath));
   let flash: NorFlash;
   try {
     flash = NorFlash.open(o.flashPath);
   } catch (e) {
+    imageLock.release();
     throw new CliError(`cannot use flash image ${o.flashPath}: ${(e as Error).message}`, Exit.STATE);
   }
   if (o.powerCutAfter) flash.faults.cutAfter(o.powerCutAfter, 'torn');
+  const closeFlash = () => {
+    try {
+      flash.close();
+    } finally {
+      imageLock.release();
+    }
+  };
   let terminal: Terminal;
   try {
     terminal = createTerminal({ flash, ...(o.onPowerCut ? { onPowerCut: () => o.onPowerCut!() } : {}) });
   } catch (e) {
     // A cut during boot (mount, boot audit record) is a cut like any other.
     if (e instanceof PowerCutError && o.onPowerCut) o.onPowerCut();
+    closeFlash();
     throw e;
   }
-  const closeFlash = () => flash.close();
   const pace = (t: Transport): Transport => (o.baud ? paced(t, { baud: o.baud }) : t);
   if (o.port) {
     const serial = await openSerial(o.port, o.baud ? { baudRate: o.baud } : {}).catch((e: Error) => {

@@ -21,6 +21,8 @@ export const Exit = {
   CARRIER: 5,
   /** State on disk (home, flash image, carrier) is missing or corrupt. */
   STATE: 6,
+  /** Another process holds the home, flash image or station store ("in use by pid N"); retry later. */
+  BUSY: 7,
 } as const;
 
 /** An error the CLI reports as one line on stderr with a specific exit code. */

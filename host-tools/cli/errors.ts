@@ -2,9 +2,11 @@
 // promises. Messages name the thing that failed and what to do; they never carry key bytes.
 import { CliError, Exit } from './command.js';
 import { LinkError, rcName } from '../../firmware/link/errors.js';
+import { LockBusyError } from '../lock.js';
 
 export function describeError(e: unknown): { message: string; exitCode: number } {
   if (e instanceof CliError) return { message: e.message, exitCode: e.exitCode };
+  if (e instanceof LockBusyError) return { message: e.message, exitCode: Exit.BUSY };
   if (e instanceof LinkError) {
     return { message: `terminal refused: ${rcName(e.rc)}${e.reason ? ` (${e.reason})` : ''}`, exitCode: Exit.REFUSED };
   }

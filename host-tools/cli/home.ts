@@ -26,12 +26,21 @@ export function openKmd(v: Values): KmdHome {
   return home;
 }
 
+/**
+ * Open the command's KMD home and hold its lock while `fn` changes it (waiting a bounded time for
+ * another command to finish; then "KMD home H is in use by pid N ...", exit 7).
+ */
+export async function changeKmd<T>(v: Values, fn: (home: KmdHome) => T | Promise<T>): Promise<T> {
+  const home = openKmd(v);
+  return home.locked(() => fn(home));
+}
+
 /** Map KMD errors onto CLI exit codes. */
 export function kmdCli<T>(fn: () => T): T {
   try {
     return fn();
   } catch (e) {
-    if (e instanceof KmdError) throw new CliError(e.message, e.code === 'BAD_ID' ? Exit.USAGE : e.code === 'SUPPLY' ? Exit.FAILURE : Exit.STATE);
+    if (e instanceof KmdError) throw new CliError(e.message, e.code === 'BAD_ID' ? Exit.USAGE : e.code === 'SUPPLY' || e.code === 'NO_ROOM' ? Exit.FAILURE : Exit.STATE);
     throw e;
   }
 }

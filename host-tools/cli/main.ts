@@ -8,6 +8,7 @@ import type { Command, Io, OptionSpec, Values } from './command.js';
 import { ttyProgress } from './progress.js';
 import { describeError } from './errors.js';
 import { commands } from './registry.js';
+import { setLockCommand } from '../lock.js';
 
 const GLOBAL: OptionSpec = {
   json: { type: 'boolean', default: false },
@@ -83,11 +84,19 @@ export async function main(argv: string[]): Promise<number> {
     if (values[r] === undefined) return fail(`--${r} is required; usage: ${command.usage}`, Exit.USAGE);
   }
 
+  // Locks this command takes name it: "KMD home H is in use by pid N (qkt carrier load, ...)".
+  setLockCommand(`qkt ${command.path.join(' ')}`);
   let stop: () => void = () => undefined;
   const stopped = new Promise<void>((resolve) => (stop = resolve));
-  const onSignal = () => stop();
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  // The first SIGINT/SIGTERM asks the command to stop cleanly (it unwinds, releasing its locks);
+  // a second one ends the process at once (the 'exit' hook still releases the locks).
+  let signalled = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (++signalled > 1) process.exit(sig === 'SIGINT' ? 130 : 143);
+    stop();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   let readyPrinted = false;
   const io: Io = {
     json,

@@ -14,8 +14,13 @@ import type { KmdHome } from './home.js';
 export const CARRIER_KEY_FILE = 'auth.key';
 const LABEL = new TextEncoder().encode('qkt carrier auth v1');
 
+/** Holds the home's lock while the carrier record is checked and written. */
 export function enrollCarrier(home: KmdHome, carrierId: string, dir: string): { carrierId: string; dir: string } {
   checkId('carrier', carrierId);
+  return home.lockedSync(() => enrollLocked(home, carrierId, dir));
+}
+
+function enrollLocked(home: KmdHome, carrierId: string, dir: string): { carrierId: string; dir: string } {
   const rec = home.path('carriers', `${carrierId}.json`);
   if (existsSync(rec)) throw new KmdError(`carrier ${carrierId} is already enrolled at this KMD`, 'ALREADY_ENROLLED');
   const carrier = Carrier.init(dir, { carrierId, kmdId: home.config.kmdId });

@@ -17,8 +17,15 @@ export interface CollectResult {
   retired: Array<{ terminalId: string; batchId: string; bits: number }>;
 }
 
-/** `o.station`: the station store already open in this process (one writer per pool image). */
+/**
+ * Holds the home's lock (terminal records change); the station's pools are changed under their
+ * own locks, per operation. `o.station`: the station store already open in this process.
+ */
 export function collectReceipts(home: KmdHome, carrier: Carrier, o: { station?: StationStore } = {}): CollectResult {
+  return home.lockedSync(() => collectLocked(home, carrier, o));
+}
+
+function collectLocked(home: KmdHome, carrier: Carrier, o: { station?: StationStore }): CollectResult {
   const station = o.station ?? stationStore(home);
   const result: CollectResult = { carrierId: carrier.carrierId, collected: [], rejected: [], activatedBits: 0, retired: [] };
   const done: string[] = [];

@@ -17,7 +17,8 @@ import type { Transport } from '../../firmware/link/transport.js';
 import { FIRMWARE } from '../../firmware/version.js';
 import type { KmdHome } from './home.js';
 import { KmdError, isId } from './home.js';
-import { exportBatch, markOnCarrier, outbox, readOutbox } from './export.js';
+import { exportBatches, markOnCarrier, outbox, readOutbox } from './export.js';
+import { LockBusyError } from '../lock.js';
 import type { ExportedBatch } from './export.js';
 import { carrierKey, carrierProof } from './carriers.js';
 
@@ -77,7 +78,7 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
         authed();
         return { pending: pending().map(describe) };
       },
-      [DownloadCmd.REQUEST]: (p) => {
+      [DownloadCmd.REQUEST]: async (p) => {
         authed();
         const ids = p['terminals'];
         if (!Array.isArray(ids) || ids.length === 0 || ids.length > 64 || !ids.every((x) => typeof x === 'string')) {
@@ -88,15 +89,15 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
           if (!isId(id)) throw new LinkError(Rc.BAD_REQUEST, `not a terminal id: ${JSON.stringify(id).slice(0, 40)}`);
           if (!home.hasTerminal(id)) throw new LinkError(Rc.WRONG_TERMINAL, `terminal ${id} is not enrolled at this KMD`);
         }
-        const made = [];
-        for (const id of ids as string[]) {
-          try {
-            made.push(exportBatch(home, id, bits));
-          } catch (e) {
-            if (e instanceof KmdError && e.code === 'SUPPLY') throw new LinkError(Rc.KEYS_EXHAUSTED, e.message.slice(0, 80));
-            if (e instanceof RangeError) throw new LinkError(Rc.BAD_REQUEST, e.message);
-            throw e;
-          }
+        // One export transaction holding the home's lock (only for it: CLI commands run beside).
+        try {
+          await home.locked(() => exportBatches(home, ids as string[], bits));
+        } catch (e) {
+          if (e instanceof KmdError && e.code === 'SUPPLY') throw new LinkError(Rc.KEYS_EXHAUSTED, e.message.slice(0, 80));
+          if (e instanceof KmdError && e.code === 'NO_ROOM') throw new LinkError(Rc.NO_SPACE, e.message.slice(0, 80));
+          if (e instanceof LockBusyError) throw new LinkError(Rc.BUSY, e.message.slice(0, 80));
+          if (e instanceof RangeError) throw new LinkError(Rc.BAD_REQUEST, e.message.slice(0, 80));
+          throw e;
         }
         log(`download: carrier ${carrierId} asked for ${bits} bits for ${(ids as string[]).join(', ')}`);
         return { pending: pending().map(describe) };
@@ -109,10 +110,15 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
         if (off > all.length) throw new LinkError(Rc.BAD_REQUEST, `offset past the end (${all.length} bytes)`);
         return { d: all.subarray(off, off + n) };
       },
-      [DownloadCmd.TAKEN]: (p) => {
+      [DownloadCmd.TAKEN]: async (p) => {
         const id = authed();
         const e = find(text(p, 'b', 32));
-        markOnCarrier(home, e.terminalId, e.record.batchId, id);
+        try {
+          await home.locked(() => markOnCarrier(home, e.terminalId, e.record.batchId, id));
+        } catch (err) {
+          if (err instanceof LockBusyError) throw new LinkError(Rc.BUSY, err.message.slice(0, 80));
+          throw err;
+        }
         if (reading?.batchId === e.record.batchId) reading = undefined;
         log(`download: carrier ${id} took ${e.terminalId} batch ${e.record.batchId.slice(0, 8)}`);
         return {};

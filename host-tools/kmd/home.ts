@@ -1,7 +1,8 @@
 // The KMD's home folder: configuration, the key supply, enrolled terminals (with their device
 // keys), the outbox of sealed batches not yet on a carrier, and the station store. Folders are
 // 0700 and files 0600 (secret-file.ts); every file is replaced atomically (fs-atomic.ts), so a
-// crash leaves the old state or the new.
+// crash leaves the old state or the new. Every change is made holding the home's lock
+// (`kmd.lock` inside it, host-tools/lock.ts): one writer at a time, whatever the process.
 import { existsSync, readdirSync, readFileSync, chmodSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -10,6 +11,8 @@ import { mkdirSecret, SECRET_DIR_MODE } from '../secret-file.js';
 import { TERMINAL_ID_RE } from '../../firmware/crypto/_util.js';
 import { FixedRateSupply } from './supply.js';
 import type { KeySupply } from './supply.js';
+import { lock, lockSync, withLock, withLockSync } from '../lock.js';
+import type { Lock, LockOptions } from '../lock.js';
 
 export const KMD_FORMAT = 'qkt-kmd';
 
@@ -51,7 +54,7 @@ export interface BatchRecord {
 export class KmdError extends Error {
   constructor(
     message: string,
-    readonly code: 'NO_HOME' | 'EXISTS' | 'NOT_ENROLLED' | 'ALREADY_ENROLLED' | 'BAD_ID' | 'SUPPLY' | 'CORRUPT',
+    readonly code: 'NO_HOME' | 'EXISTS' | 'NOT_ENROLLED' | 'ALREADY_ENROLLED' | 'BAD_ID' | 'SUPPLY' | 'NO_ROOM' | 'CORRUPT',
   ) {
     super(message);
     this.name = 'KmdError';
@@ -71,6 +74,19 @@ export function checkId(kind: string, id: string): string {
   return id;
 }
 
+/** The lock on a KMD home: held by whatever changes its files, only for that change. */
+export function homeLockOptions(dir: string): LockOptions {
+  return { what: `KMD home ${dir}`, file: join(dir, 'kmd.lock') };
+}
+
+/**
+ * The lock `qkt kmd serve` holds for its life: one KMD service per home, the one writer of the
+ * ETSI 014 key store (sae-keys.json, kept in its RAM). Fails at once when another serve runs.
+ */
+export function serveLockOptions(dir: string): LockOptions {
+  return { what: `KMD service of ${dir}`, file: join(dir, 'serve.lock'), waitMs: 0 };
+}
+
 export class KmdHome {
   private constructor(
     readonly dir: string,
@@ -84,6 +100,11 @@ export class KmdHome {
     if (existsSync(join(abs, 'kmd.json'))) throw new KmdError(`${abs} already holds a KMD`, 'EXISTS');
     mkdirSecret(abs);
     chmodSync(abs, SECRET_DIR_MODE);
+    return withLockSync(abs, homeLockOptions(abs), () => KmdHome.initLocked(abs, o));
+  }
+
+  private static initLocked(abs: string, o: { rateBitsPerSecond: number; stockBits?: number; now?: () => number }): KmdHome {
+    if (existsSync(join(abs, 'kmd.json'))) throw new KmdError(`${abs} already holds a KMD`, 'EXISTS');
     for (const d of ['terminals', 'carriers', 'outbox', 'station']) mkdirSecret(join(abs, d));
     const now = o.now ?? Date.now;
     const config: KmdConfig = {
@@ -111,6 +132,26 @@ export class KmdHome {
     }
     if (config.format !== KMD_FORMAT) throw new KmdError(`${file} is not a qkt KMD configuration`, 'CORRUPT');
     return new KmdHome(abs, config, o.now ?? Date.now);
+  }
+
+  /** Hold the home's lock for a synchronous change (re-entrant: nested changes share it). */
+  lockedSync<T>(fn: () => T): T {
+    return withLockSync(this.dir, homeLockOptions(this.dir), fn);
+  }
+
+  /** Hold the home's lock across an asynchronous change (a CLI command: one change per process). */
+  locked<T>(fn: () => T | Promise<T>): Promise<T> {
+    return withLock(this.dir, homeLockOptions(this.dir), fn);
+  }
+
+  /** Take the home's lock (async wait); the caller releases it. */
+  lock(): Promise<Lock> {
+    return lock(this.dir, homeLockOptions(this.dir));
+  }
+
+  /** Take the home's lock (blocking wait); the caller releases it. */
+  lockSync(): Lock {
+    return lockSync(this.dir, homeLockOptions(this.dir));
   }
 
   supply(): KeySupply & FixedRateSupply {

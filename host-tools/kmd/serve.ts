@@ -1,11 +1,17 @@
 // `qkt kmd serve`: the KMD's services in one process: the ETSI GS QKD 014 key delivery API
 // (mutual TLS by default) and, optionally, the download interface for carriers on a serial port
-// or TCP. Runs until stopped.
+// or TCP. Runs until stopped. It holds the home's service lock (`serve.lock`) for its life: one
+// service per home, the one writer of the ETSI 014 key store (sae-keys.json); every change to
+// the rest of the home (a supply take, an export, a batch taken by a carrier) holds the home's
+// lock for that change only, so CLI commands run beside it.
 import { existsSync } from 'node:fs';
 import { createCa, issueServerCert, readServerTls, hasSaeCert } from './pki.js';
 import { SaeStore } from './sae-store.js';
 import { startEtsi014Server } from './etsi014.js';
 import type { KmdHome } from './home.js';
+import { serveLockOptions } from './home.js';
+import type { KeySupply } from './supply.js';
+import { lockSync } from '../lock.js';
 import { serveDownload } from './download.js';
 import type { Transport } from '../../firmware/link/transport.js';
 import { openSerial } from '../transports/serial.js';
@@ -28,11 +34,30 @@ export interface KmdServer {
   close(): Promise<void>;
 }
 
+/** The home's supply, each take made holding the home's lock (CLI exports take from it too). */
+function lockedSupply(home: KmdHome): KeySupply {
+  const supply = home.supply();
+  return {
+    availableBits: () => supply.availableBits(),
+    take: (bits, consumer) => home.lockedSync(() => supply.take(bits, consumer)),
+  };
+}
+
 export async function startKmdServer(home: KmdHome, o: { listen: string; download?: string; plainHttp?: boolean; log?: (line: string) => void }): Promise<KmdServer> {
+  const serveLock = lockSync(home.dir, serveLockOptions(home.dir));
+  try {
+    return await startLocked(home, o, () => serveLock.release());
+  } catch (e) {
+    serveLock.release();
+    throw e;
+  }
+}
+
+async function startLocked(home: KmdHome, o: { listen: string; download?: string; plainHttp?: boolean; log?: (line: string) => void }, unlock: () => void): Promise<KmdServer> {
   const log = o.log ?? (() => undefined);
   const { host, port } = parseTcpAddress(o.listen);
-  await ensurePki(home);
-  const store = new SaeStore({ path: home.path('sae-keys.json'), supply: home.supply(), knownSae: (id) => hasSaeCert(pkiDir(home), id) });
+  await home.locked(() => ensurePki(home));
+  const store = new SaeStore({ path: home.path('sae-keys.json'), supply: lockedSupply(home), knownSae: (id) => hasSaeCert(pkiDir(home), id) });
   const etsi = await startEtsi014Server({
     host,
     port,
@@ -41,7 +66,7 @@ export async function startKmdServer(home: KmdHome, o: { listen: string; downloa
     ...(o.plainHttp ? { allowPlainHttp: true } : { tls: readServerTls(pkiDir(home)) }),
     log,
   });
-  const closers: Array<() => Promise<void>> = [() => etsi.close()];
+  const closers: Array<() => Promise<void>> = [async () => unlock(), () => etsi.close()];
   let download: string | undefined;
   if (o.download) {
     if (isTcpAddress(o.download)) {

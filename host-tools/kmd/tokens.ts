@@ -15,7 +15,12 @@ function tokenPath(carrierDir: string, terminalId: string, command: AdminCommand
   return join(carrierDir, TOKEN_DIR, `${terminalId}-${command}.qkt`);
 }
 
+/** Holds the home's lock: the terminal's admin counter is read, spent and saved as one change. */
 export function issueToken(home: KmdHome, terminalId: string, command: AdminCommand, carrierDir: string): { terminalId: string; command: AdminCommand; counter: number; file: string } {
+  return home.lockedSync(() => issueLocked(home, terminalId, command, carrierDir));
+}
+
+function issueLocked(home: KmdHome, terminalId: string, command: AdminCommand, carrierDir: string): { terminalId: string; command: AdminCommand; counter: number; file: string } {
   const t = home.terminal(terminalId);
   const counter = t.nextAdminCounter;
   t.nextAdminCounter++;

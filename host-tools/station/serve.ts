@@ -2,7 +2,10 @@
 // STATION): terminals' sealed uplinks come in and are opened with the matching pre-applied keys
 // (each key taken once, by the id the message names), downlinks are sealed under a terminal's
 // session key, and STATUS accounts key use per terminal. Opened service data goes to the
-// station's inbox (one JSON line per message), as it would to the SCADA front end.
+// station's inbox (one JSON line per message), as it would to the SCADA front end. One service per
+// store (its service lock, held for the service's life; it alone appends to inbox.jsonl); the
+// pools are shared with the KMD's exports and collects, each operation under that pool's lock,
+// so batches exported while the service runs are served (store.ts).
 import { appendFileSync, existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { Dispatcher } from '../../firmware/link/dispatch.js';
@@ -17,7 +20,8 @@ import { decodeServiceHeader } from '../../firmware/crypto/service.js';
 import { FIRMWARE } from '../../firmware/version.js';
 import { listenTcp, parseTcpAddress } from '../transports/tcp.js';
 import { Station, StationError } from './station.js';
-import { StationStore, StationStoreError } from './store.js';
+import { StationStore, StationStoreError, stationServiceLockOptions } from './store.js';
+import { LockBusyError, lockSync } from '../lock.js';
 import { isId } from '../kmd/home.js';
 
 export const STATION_FIRMWARE = `qkt-station ${FIRMWARE.split(' ')[1]}`;
@@ -29,6 +33,16 @@ export interface StationServer {
 
 export async function startStationServer(stationDir: string, listen: string, log: (line: string) => void = () => undefined): Promise<StationServer> {
   const store = new StationStore(stationDir);
+  const serviceLock = lockSync(stationDir, stationServiceLockOptions(stationDir));
+  try {
+    return await serveStore(store, stationDir, listen, log, () => serviceLock.release());
+  } catch (e) {
+    serviceLock.release();
+    throw e;
+  }
+}
+
+async function serveStore(store: StationStore, stationDir: string, listen: string, log: (line: string) => void, unlock: () => void): Promise<StationServer> {
   const station = new Station(store);
   const inbox = join(stationDir, 'inbox.jsonl');
   const maxChunk = DEFAULT_LIMITS.maxBody - CHUNK_OVERHEAD;
@@ -43,6 +57,7 @@ export async function startStationServer(stationDir: string, listen: string, log
       return fn();
     } catch (e) {
       if (e instanceof StationError) throw new LinkError(Rc.AUTH_FAILED, e.message.slice(0, 80));
+      if (e instanceof LockBusyError) throw new LinkError(Rc.BUSY, e.message.slice(0, 80));
       if (e instanceof StationStoreError) throw new LinkError(Rc.KEY_NOT_AVAILABLE, e.message.slice(0, 80));
       if (e instanceof Error && e.name === 'PoolError') throw new LinkError(Rc.KEY_NOT_AVAILABLE, e.message.slice(0, 80));
       if (e instanceof Error && (e.name === 'CryptoFormatError' || e instanceof RangeError)) throw new LinkError(Rc.BAD_REQUEST, e.message.slice(0, 80));
@@ -75,7 +90,7 @@ export async function startStationServer(stationDir: string, listen: string, log
           .filter((d) => existsSync(join(stationDir, d, 'pool.img')))
           .sort()
           .map((id) => {
-            const s = store.status(id);
+            const s = guard(() => store.status(id));
             return { terminalId: id, storedKeyBits: s.storedKeyBits, consumedKeyBits: s.consumedKeyBits, activeBatches: s.active.length, inactiveBatches: s.inactive.length };
           }),
       }),
@@ -96,6 +111,7 @@ export async function startStationServer(stationDir: string, listen: string, log
     close: async () => {
       await l.close();
       station.close();
+      unlock();
     },
   };
 }

@@ -2,7 +2,17 @@
 // same keys the terminal's batch holds, under the same key ids. It runs the firmware's power-safe
 // KeyPool on a file-backed flash image, so the station never serves a key twice either. A batch
 // is inactive until its delivery is proven (a verified receipt, or the terminal's first use).
-import { existsSync, mkdirSync, readFileSync, readdirSync } from 'node:fs';
+//
+// One writer per pool (issue 9): several processes use one store (the KMD's exports and collects,
+// a long-running `qkt station run`), so every operation on a terminal's pool image, its wear
+// sidecar and its state.json is made holding the lock `<terminal>/pool.img.lock`, only for that
+// operation. A process keeps its mount (the image in RAM) between operations, and checks first
+// whether another process changed the image since: every operation that changed anything writes
+// a fresh generation token to `<terminal>/pool.gen`, and a token other than the one this process
+// saw last means remount. So no two processes ever hold one image in RAM and write it, and a
+// running station serves batches exported after it started.
+import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
 import { KeyPool } from '../../firmware/keypool/key-pool.js';
@@ -10,6 +20,8 @@ import type { ConsumedKey, PoolStatus, Purpose } from '../../firmware/keypool/ke
 import { poolBatchId } from '../../firmware/commands/inject.js';
 import { PoolError } from '../../firmware/keypool/errors.js';
 import { writeFileAtomic } from '../fs-atomic.js';
+import { withLockSync } from '../lock.js';
+import type { LockOptions } from '../lock.js';
 
 /** Same layout as a terminal module's pool (secure area left unused), so capacities agree. */
 const STATION_POOL = { secureSectors: 4 };
@@ -22,15 +34,42 @@ interface StationState {
 export class StationStoreError extends Error {
   constructor(
     message: string,
-    readonly code: 'INACTIVE' | 'UNKNOWN_BATCH' | 'NO_TERMINAL',
+    readonly code: 'INACTIVE' | 'UNKNOWN_BATCH' | 'NO_TERMINAL' | 'NOT_STAGED',
   ) {
     super(message);
     this.name = 'StationStoreError';
   }
 }
 
+export interface StationBatchMeta {
+  batchId: Uint8Array;
+  seq: number;
+  purpose: Purpose;
+  bits: number;
+}
+
+interface Mount {
+  flash: NorFlash;
+  pool: KeyPool;
+  /** The generation token this process last saw or wrote. */
+  gen: string;
+}
+
+/** The lock on one terminal's pool in a station store (its image, wear sidecar and state.json). */
+export function poolLockOptions(dir: string, terminalId: string): LockOptions {
+  const img = join(dir, terminalId, 'pool.img');
+  return { what: `station pool of terminal ${terminalId} (${img})`, file: `${img}.lock` };
+}
+
+/** The lock `qkt station run` holds for its life: one station service per store (it alone writes inbox.jsonl). */
+export function stationServiceLockOptions(dir: string): LockOptions {
+  return { what: `station store ${dir}`, file: join(dir, 'service.lock'), waitMs: 0 };
+}
+
 export class StationStore {
-  private readonly pools = new Map<string, { flash: NorFlash; pool: KeyPool }>();
+  private readonly pools = new Map<string, Mount>();
+  /** Set by an operation that wrote state.json; the generation moves on. */
+  private wroteState = false;
   constructor(readonly dir: string) {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   }
@@ -43,6 +82,19 @@ export class StationStore {
     return join(this.dir, terminalId, 'state.json');
   }
 
+  private genPath(terminalId: string): string {
+    return join(this.dir, terminalId, 'pool.gen');
+  }
+
+  private readGen(terminalId: string): string {
+    try {
+      return readFileSync(this.genPath(terminalId), 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
+  /** The names and activation of the terminal's batches (state.json is replaced atomically: readable any time). */
   state(terminalId: string): StationState {
     const p = this.statePath(terminalId);
     return existsSync(p) ? (JSON.parse(readFileSync(p, 'utf8')) as StationState) : { batches: {} };
@@ -50,34 +102,159 @@ export class StationStore {
 
   private saveState(terminalId: string, s: StationState): void {
     writeFileAtomic(this.statePath(terminalId), JSON.stringify(s, null, 2) + '\n');
+    this.wroteState = true;
   }
 
-  /** The terminal's pool, formatted on first use (the station's image is created by the KMD). */
-  pool(terminalId: string, create = false): KeyPool {
-    const open = this.pools.get(terminalId);
-    if (open) return open.pool;
+  /**
+   * Run `fn` on the terminal's pool holding its lock, on a mount that is current: remounted when
+   * another process changed the image since this one last saw it. After a change (flash written,
+   * state.json replaced) the wear sidecar is flushed and a new generation token written, so the
+   * next process to take the lock remounts. Re-entrant (nested operations share the lock).
+   */
+  private withPool<T>(terminalId: string, create: boolean, fn: (pool: KeyPool) => T): T {
     const dir = join(this.dir, terminalId);
     const img = join(dir, 'pool.img');
-    if (!existsSync(img) && !create) throw new StationStoreError(`the station holds no keys for terminal ${terminalId}`, 'NO_TERMINAL');
-    mkdirSync(dir, { recursive: true, mode: 0o700 });
-    const fresh = !existsSync(img);
-    const flash = NorFlash.open(img);
-    const pool = fresh ? KeyPool.format(flash, STATION_POOL) : KeyPool.mount(flash, STATION_POOL);
-    this.pools.set(terminalId, { flash, pool });
-    return pool;
+    if (!existsSync(img)) {
+      if (!create) throw new StationStoreError(`the station holds no keys for terminal ${terminalId}`, 'NO_TERMINAL');
+      mkdirSync(dir, { recursive: true, mode: 0o700 });
+    }
+    return withLockSync(img, poolLockOptions(this.dir, terminalId), () => {
+      const m = this.mount(terminalId, img);
+      const ops = (): number => m.flash.stats.programs + m.flash.stats.erases;
+      const before = ops();
+      const erasesBefore = m.flash.stats.erases;
+      const wroteBefore = this.wroteState;
+      this.wroteState = false;
+      try {
+        return fn(m.pool);
+      } catch (e) {
+        if (e instanceof PoolError && (e.code === 'IO' || e.code === 'UNMOUNTED')) this.unmount(terminalId);
+        throw e;
+      } finally {
+        const changed = ops() !== before || this.wroteState;
+        this.wroteState = wroteBefore || this.wroteState; // an enclosing operation changed things too
+        if (changed) {
+          const current = this.pools.get(terminalId) === m;
+          // Wear counts on disk before the next writer reads them.
+          if (current && m.flash.stats.erases !== erasesBefore && !m.flash.powerLost) m.flash.sync();
+          const gen = this.bumpGen(terminalId);
+          if (current) m.gen = gen;
+        }
+      }
+    });
   }
 
-  /** Pre-application: put a batch's keys in, inactive. Atomic like the terminal's own append. */
-  addBatch(terminalId: string, h: { batchId: Uint8Array; seq: number; purpose: Purpose; bits: number }, keys: Uint8Array): void {
-    const pool = this.pool(terminalId, true);
-    const poolId = poolBatchId(h.batchId);
-    const st = this.state(terminalId);
-    st.batches[String(poolId)] = { batchId: Buffer.from(h.batchId).toString('hex'), seq: h.seq, bits: h.bits, active: false };
-    this.saveState(terminalId, st); // mapping first: a batch in the pool is always named
-    const stage = pool.stage({ batchId: poolId, seq: h.seq, purpose: h.purpose, bits: h.bits });
-    for (let off = 0; off < keys.length; off += 4096) stage.write(off, keys.subarray(off, Math.min(keys.length, off + 4096)));
-    stage.commit();
-    this.prune(terminalId);
+  /** A new generation token: every other process' mount of this pool is out of date now. */
+  private bumpGen(terminalId: string): string {
+    const gen = `${process.pid}-${randomBytes(8).toString('hex')}`;
+    writeFileSync(this.genPath(terminalId), gen, { mode: 0o600 });
+    return gen;
+  }
+
+  /** Under the pool's lock: this process' mount, remounted if the image changed under it. */
+  private mount(terminalId: string, img: string): Mount {
+    const gen = this.readGen(terminalId);
+    const open = this.pools.get(terminalId);
+    if (open && open.gen === gen && !open.flash.powerLost) return open;
+    if (open) this.unmount(terminalId);
+    const fresh = !existsSync(img);
+    const flash = NorFlash.open(img);
+    try {
+      const pool = fresh ? KeyPool.format(flash, STATION_POOL) : KeyPool.mount(flash, STATION_POOL);
+      if (flash.stats.erases > 0) flash.sync();
+      // Formatting, or a mount that finished an interrupted operation, changed the image.
+      const changed = fresh || flash.stats.programs + flash.stats.erases > 0;
+      const m = { flash, pool, gen: changed ? this.bumpGen(terminalId) : gen };
+      this.pools.set(terminalId, m);
+      return m;
+    } catch (e) {
+      flash.close();
+      throw e;
+    }
+  }
+
+  private unmount(terminalId: string): void {
+    const m = this.pools.get(terminalId);
+    if (!m) return;
+    this.pools.delete(terminalId);
+    try {
+      m.flash.close();
+    } catch {
+      // a dead device: nothing to flush
+    }
+  }
+
+  /**
+   * The terminal's pool as mounted now (formatted on first use with `create`), for inspection
+   * when no other process uses the store (tests). Operations go through the methods below.
+   */
+  pool(terminalId: string, create = false): KeyPool {
+    return this.withPool(terminalId, create, (p) => p);
+  }
+
+  /**
+   * Pre-application, step 1: reserve room for a batch in the terminal's pool (stage it, empty,
+   * and name it in state.json), refusing with the pool's error (NO_SPACE, TOO_MANY_BATCHES,
+   * ROLLBACK...) and nothing changed when it does not fit. A batch left staged by an export that
+   * never finished (a crash) is dropped first: its keys were never handed out.
+   */
+  reserve(terminalId: string, h: StationBatchMeta): void {
+    this.withPool(terminalId, true, (pool) => {
+      const poolId = poolBatchId(h.batchId);
+      const left = pool.staging();
+      if (left) {
+        left.abort();
+        this.forget(terminalId, [String(left.batchId)]);
+      }
+      pool.stage({ batchId: poolId, seq: h.seq, purpose: h.purpose, bits: h.bits });
+      const st = this.state(terminalId);
+      st.batches[String(poolId)] = { batchId: Buffer.from(h.batchId).toString('hex'), seq: h.seq, bits: h.bits, active: false };
+      this.saveState(terminalId, st); // a batch in the pool is always named
+    });
+  }
+
+  /** Step 2: the batch's keys into the reserved room, committed atomically (inactive). */
+  fill(terminalId: string, batchId: Uint8Array, keys: Uint8Array): void {
+    this.withPool(terminalId, false, (pool) => {
+      const poolId = poolBatchId(batchId);
+      const stage = pool.staging();
+      if (!stage || stage.batchId !== poolId || stage.bits !== keys.length * 8) {
+        throw new StationStoreError(`batch ${Buffer.from(batchId).toString('hex')} of terminal ${terminalId} is not reserved in the station store`, 'NOT_STAGED');
+      }
+      for (let off = stage.durableOffset; off < keys.length; off += 4096) stage.write(off, keys.subarray(off, Math.min(keys.length, off + 4096)));
+      stage.commit();
+      this.prune(terminalId);
+    });
+  }
+
+  /** Undo reserve(): drop the staged batch and its name (an export that did not go ahead). */
+  cancel(terminalId: string, batchId: Uint8Array): void {
+    if (!existsSync(join(this.dir, terminalId, 'pool.img'))) return;
+    this.withPool(terminalId, false, (pool) => {
+      const poolId = poolBatchId(batchId);
+      const stage = pool.staging();
+      if (stage && stage.batchId === poolId) stage.abort();
+      this.prune(terminalId);
+    });
+  }
+
+  /** Pre-application in one step: put a batch's keys in, inactive. Atomic like the terminal's own append. */
+  addBatch(terminalId: string, h: StationBatchMeta, keys: Uint8Array): void {
+    this.reserve(terminalId, h);
+    try {
+      this.fill(terminalId, h.batchId, keys);
+    } catch (e) {
+      this.cancel(terminalId, h.batchId);
+      throw e;
+    }
+  }
+
+  private forget(terminalId: string, poolIds: string[]): void {
+    const s = this.state(terminalId);
+    const gone = poolIds.filter((k) => k in s.batches);
+    if (gone.length === 0) return;
+    for (const k of gone) delete s.batches[k];
+    this.saveState(terminalId, s);
   }
 
   /**
@@ -85,13 +262,14 @@ export class StationStore {
    * voided): state.json stays as small as the pool's live batches, over any service life.
    */
   private prune(terminalId: string): void {
-    const st = this.pool(terminalId).status();
-    const live = new Set([...st.batches.map((b) => String(b.batchId)), ...(st.staging ? [String(st.staging.batchId)] : [])]);
-    const s = this.state(terminalId);
-    const gone = Object.keys(s.batches).filter((k) => !live.has(k));
-    if (gone.length === 0) return;
-    for (const k of gone) delete s.batches[k];
-    this.saveState(terminalId, s);
+    this.withPool(terminalId, false, (pool) => {
+      const st = pool.status();
+      const live = new Set([...st.batches.map((b) => String(b.batchId)), ...(st.staging ? [String(st.staging.batchId)] : [])]);
+      this.forget(
+        terminalId,
+        Object.keys(this.state(terminalId).batches).filter((k) => !live.has(k)),
+      );
+    });
   }
 
   /**
@@ -102,12 +280,14 @@ export class StationStore {
    */
   retireAbsent(terminalId: string, belowSeq: number, liveHex: ReadonlySet<string>): Array<{ batchId: string; bits: number }> {
     if (!existsSync(join(this.dir, terminalId, 'pool.img'))) return [];
-    const out: Array<{ batchId: string; bits: number }> = [];
-    for (const b of Object.values(this.state(terminalId).batches).sort((x, y) => x.seq - y.seq)) {
-      if (b.seq >= belowSeq || liveHex.has(b.batchId)) continue;
-      out.push({ batchId: b.batchId, bits: this.voidBatch(terminalId, b.batchId) });
-    }
-    return out;
+    return this.withPool(terminalId, false, () => {
+      const out: Array<{ batchId: string; bits: number }> = [];
+      for (const b of Object.values(this.state(terminalId).batches).sort((x, y) => x.seq - y.seq)) {
+        if (b.seq >= belowSeq || liveHex.has(b.batchId)) continue;
+        out.push({ batchId: b.batchId, bits: this.voidBatch(terminalId, b.batchId) });
+      }
+      return out;
+    });
   }
 
   /**
@@ -116,27 +296,37 @@ export class StationStore {
    * the bits wiped. The library side of `qkt kmd void`.
    */
   voidBatch(terminalId: string, batchIdHex: string): number {
-    const e = Object.entries(this.state(terminalId).batches).find(([, b]) => b.batchId === batchIdHex);
-    if (!e) throw new StationStoreError(`batch ${batchIdHex} of terminal ${terminalId} is not in the station store`, 'UNKNOWN_BATCH');
-    let bits = 0;
-    try {
-      bits = this.pool(terminalId).discardBatch(Number(e[0]));
-    } catch (err) {
-      if (!(err instanceof PoolError && err.code === 'NOT_PRESENT')) throw err; // already retired: only its name is left
-    }
-    this.prune(terminalId);
-    return bits;
+    return this.withPool(terminalId, false, (pool) => {
+      const e = Object.entries(this.state(terminalId).batches).find(([, b]) => b.batchId === batchIdHex);
+      if (!e) throw new StationStoreError(`batch ${batchIdHex} of terminal ${terminalId} is not in the station store`, 'UNKNOWN_BATCH');
+      let bits = 0;
+      try {
+        const stage = pool.staging();
+        if (stage && String(stage.batchId) === e[0]) {
+          bits = stage.bits;
+          stage.abort();
+        } else {
+          bits = pool.discardBatch(Number(e[0]));
+        }
+      } catch (err) {
+        if (!(err instanceof PoolError && err.code === 'NOT_PRESENT')) throw err; // already retired: only its name is left
+      }
+      this.prune(terminalId);
+      return bits;
+    });
   }
 
   activate(terminalId: string, batchIdHex: string, by: 'receipt' | 'first-use'): boolean {
-    const st = this.state(terminalId);
-    const e = Object.values(st.batches).find((b) => b.batchId === batchIdHex);
-    if (!e) throw new StationStoreError(`batch ${batchIdHex} of terminal ${terminalId} is not in the station store`, 'UNKNOWN_BATCH');
-    if (e.active) return false;
-    e.active = true;
-    e.activatedBy = by;
-    this.saveState(terminalId, st);
-    return true;
+    return this.withPool(terminalId, false, () => {
+      const st = this.state(terminalId);
+      const e = Object.values(st.batches).find((b) => b.batchId === batchIdHex);
+      if (!e) throw new StationStoreError(`batch ${batchIdHex} of terminal ${terminalId} is not in the station store`, 'UNKNOWN_BATCH');
+      if (e.active) return false;
+      e.active = true;
+      e.activatedBy = by;
+      this.saveState(terminalId, st);
+      return true;
+    });
   }
 
   /** Full 16-byte batch id and activation for the pool's u32 id. */
@@ -151,20 +341,23 @@ export class StationStore {
 
   /** Take exactly the named key (never twice), from an active batch or, with `allowInactive`, any. */
   takeById(terminalId: string, batchId: Uint8Array, bitOffset: number, bytes: number, allowInactive = false): ConsumedKey {
-    const b = this.batch(terminalId, batchId);
-    if (!b.active && !allowInactive) throw new StationStoreError(`batch ${Buffer.from(batchId).toString('hex')} is not active yet (no receipt)`, 'INACTIVE');
-    return this.pool(terminalId).consumeById({ batchId: b.poolId, bitOffset }, bytes);
+    return this.withPool(terminalId, false, (pool) => {
+      const b = this.batch(terminalId, batchId);
+      if (!b.active && !allowInactive) throw new StationStoreError(`batch ${Buffer.from(batchId).toString('hex')} is not active yet (no receipt)`, 'INACTIVE');
+      return pool.consumeById({ batchId: b.poolId, bitOffset }, bytes);
+    });
   }
 
   status(terminalId: string): PoolStatus & { active: string[]; inactive: string[] } {
-    const s = this.pool(terminalId).status();
-    const st = this.state(terminalId);
-    const list = Object.values(st.batches);
-    return { ...s, active: list.filter((b) => b.active).map((b) => b.batchId), inactive: list.filter((b) => !b.active).map((b) => b.batchId) };
+    return this.withPool(terminalId, false, (pool) => {
+      const s = pool.status();
+      const st = this.state(terminalId);
+      const list = Object.values(st.batches);
+      return { ...s, active: list.filter((b) => b.active).map((b) => b.batchId), inactive: list.filter((b) => !b.active).map((b) => b.batchId) };
+    });
   }
 
   close(): void {
-    for (const { flash } of this.pools.values()) flash.close();
-    this.pools.clear();
+    for (const id of [...this.pools.keys()]) this.unmount(id);
   }
 }

@@ -4,10 +4,10 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { defineCommand, strs, str, CliError, Exit } from '../command.js';
-import { kmdCli, openKmd } from '../home.js';
+import { changeKmd, kmdCli } from '../home.js';
 import { Carrier, CarrierError, formatCarrierStatus, MANIFEST_FILE } from '../../carrier/carrier.js';
 import type { CarrierStatus } from '../../carrier/carrier.js';
-import { exportBatch, markOnCarrier, outbox, readOutbox } from '../../kmd/export.js';
+import { exportBatches, markOnCarrier, outbox, readOutbox } from '../../kmd/export.js';
 import { openCarrier } from '../carrier-open.js';
 import { formatBits, parseBits } from '../../units.js';
 import { downloadFromKmd } from '../../kmd/download-client.js';
@@ -20,8 +20,11 @@ export interface LoadResult {
   loaded: Array<{ terminalId: string; batchId: string; seq: number; bits: number; outcome: string }>;
 }
 
-/** Open the carrier at `dir`, or make one there when the folder is new or empty. */
-export function openOrInitCarrier(dir: string, kmdId: string, carrierId?: string): Carrier {
+/**
+ * The carrier at `dir` if there is one (of this KMD), or a function that makes one there when the
+ * folder is new or empty: checked before anything is exported, made only after the export worked.
+ */
+export function checkCarrierTarget(dir: string, kmdId: string, carrierId?: string): Carrier | (() => Carrier) {
   if (existsSync(join(dir, MANIFEST_FILE))) {
     const c = openCarrier(dir);
     if (c.kmdId !== kmdId) throw new CliError(`carrier ${c.carrierId} belongs to KMD ${c.kmdId}, not this KMD (${kmdId})`, Exit.CARRIER);
@@ -30,6 +33,10 @@ export function openOrInitCarrier(dir: string, kmdId: string, carrierId?: string
   if (existsSync(dir) && readdirSync(dir).filter((f) => f !== 'lost+found').length > 0) {
     throw new CliError(`${dir} is not empty and not a carrier; give an empty folder or drive`, Exit.CARRIER);
   }
+  return () => initCarrier(dir, kmdId, carrierId);
+}
+
+function initCarrier(dir: string, kmdId: string, carrierId?: string): Carrier {
   try {
     return Carrier.init(dir, { carrierId: carrierId ?? `car-${randomBytes(3).toString('hex')}`, kmdId });
   } catch (e) {
@@ -66,20 +73,28 @@ export const carrierLoad = defineCommand<LoadResult>({
       return downloadFromKmd({ port: str(v, 'kmd')!, carrierDir: dir, terminals: ids, ...(bits ? { bits } : {}), progress: io.progress });
     }
     if (ids.length === 0 || bits === undefined) throw new CliError('--terminal and --bits are required with --home', Exit.USAGE);
-    const home = openKmd(v);
-    for (const id of ids) kmdCli(() => home.terminal(id));
-    const carrier = openOrInitCarrier(dir, home.config.kmdId, str(v, 'carrier-id'));
-    const loaded: LoadResult['loaded'] = [];
-    ids.forEach((id, i) => {
-      io.progress.update(i, ids.length, `load ${id}`);
-      // A batch already queued for this terminal (kmd export, or a load that was cut) goes first.
-      const queued = outbox(home, id)[0] ?? kmdCli(() => exportBatch(home, id, bits));
-      const added = carrier.addBatch(readOutbox(queued));
-      markOnCarrier(home, id, queued.record.batchId, carrier.carrierId);
-      loaded.push({ terminalId: id, batchId: queued.record.batchId, seq: queued.record.seq, bits: queued.record.bits, outcome: added.outcome });
+    // The whole load holds the home's lock: export, onto the carrier, off the outbox, as one change.
+    return changeKmd(v, (home) => {
+      for (const id of ids) kmdCli(() => home.terminal(id));
+      const target = checkCarrierTarget(dir, home.config.kmdId, str(v, 'carrier-id'));
+      // A batch already queued for a terminal (kmd export, or a load that was cut) goes first; the
+      // others are exported in one transaction: a refusal (supply, station room) spends nothing,
+      // and the carrier is not even made.
+      const queued = new Map(ids.map((id) => [id, outbox(home, id)[0]] as const));
+      const fresh = ids.filter((id) => !queued.get(id));
+      if (fresh.length > 0) for (const e of kmdCli(() => exportBatches(home, fresh, bits))) queued.set(e.terminalId, e);
+      const carrier = typeof target === 'function' ? target() : target;
+      const loaded: LoadResult['loaded'] = [];
+      ids.forEach((id, i) => {
+        io.progress.update(i, ids.length, `load ${id}`);
+        const e = queued.get(id)!;
+        const added = carrier.addBatch(readOutbox(e));
+        markOnCarrier(home, id, e.record.batchId, carrier.carrierId);
+        loaded.push({ terminalId: id, batchId: e.record.batchId, seq: e.record.seq, bits: e.record.bits, outcome: added.outcome });
+      });
+      io.progress.update(ids.length, ids.length, 'load');
+      return { carrierId: carrier.carrierId, carrier: carrier.path, loaded };
     });
-    io.progress.update(ids.length, ids.length, 'load');
-    return { carrierId: carrier.carrierId, carrier: carrier.path, loaded };
   },
   render: (r) => [...r.loaded.map((l) => `${l.terminalId}: ${formatBits(l.bits)} sealed (batch ${l.batchId.slice(0, 8)}, seq ${l.seq}) ${l.outcome}`), `carrier ${r.carrierId} at ${r.carrier}`].join('\n'),
 });

@@ -1,6 +1,6 @@
 // `qkt kmd serve` and `qkt kmd sae add`: the KMD's network services and its SAE certificates.
 import { defineCommand, str, CliError, Exit } from '../command.js';
-import { openKmd, kmdCli } from '../home.js';
+import { changeKmd, openKmd, kmdCli } from '../home.js';
 import { ensurePki, pkiDir, startKmdServer } from '../../kmd/serve.js';
 import { issueSaeCert, hasSaeCert } from '../../kmd/pki.js';
 import { enrollCarrier } from '../../kmd/carriers.js';
@@ -40,12 +40,13 @@ export const kmdSaeAdd = defineCommand({
   options: { home: { type: 'string' }, sae: { type: 'string' } },
   required: ['sae'],
   async run(v) {
-    const home = openKmd(v);
     const id = str(v, 'sae')!;
-    await ensurePki(home);
-    if (hasSaeCert(pkiDir(home), id)) throw new CliError(`SAE ${id} already has a certificate`, Exit.STATE);
-    const p = await issueSaeCert(pkiDir(home), id);
-    return { sae: id, cert: p.certPath, key: p.keyPath, ca: `${pkiDir(home)}/ca.crt` };
+    return changeKmd(v, async (home) => {
+      await ensurePki(home);
+      if (hasSaeCert(pkiDir(home), id)) throw new CliError(`SAE ${id} already has a certificate`, Exit.STATE);
+      const p = await issueSaeCert(pkiDir(home), id);
+      return { sae: id, cert: p.certPath, key: p.keyPath, ca: `${pkiDir(home)}/ca.crt` };
+    });
   },
   render: (r) => `SAE ${r.sae}: certificate ${r.cert}, key ${r.key}; trust ${r.ca}`,
 });
@@ -58,8 +59,7 @@ export const kmdEnrollCarrier = defineCommand({
   options: { home: { type: 'string' }, carrier: { type: 'string' }, dir: { type: 'string' } },
   required: ['carrier', 'dir'],
   async run(v) {
-    const home = openKmd(v);
-    return kmdCli(() => enrollCarrier(home, str(v, 'carrier')!, str(v, 'dir')!));
+    return changeKmd(v, (home) => kmdCli(() => enrollCarrier(home, str(v, 'carrier')!, str(v, 'dir')!)));
   },
   render: (r) => `carrier ${r.carrierId} enrolled at ${r.dir}`,
 });

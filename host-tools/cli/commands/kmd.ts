@@ -1,9 +1,9 @@
 // `qkt kmd ...`: the access-layer key management device: init, enroll, export, collect.
 import { defineCommand, strs, str, CliError, Exit } from '../command.js';
-import { homeDir, kmdCli, openKmd } from '../home.js';
+import { changeKmd, homeDir, kmdCli } from '../home.js';
 import { KmdHome } from '../../kmd/home.js';
 import { enrollTerminal } from '../../kmd/enroll.js';
-import { exportBatch, outbox } from '../../kmd/export.js';
+import { exportBatches, outbox } from '../../kmd/export.js';
 import { collectReceipts } from '../../kmd/collect.js';
 import type { CollectResult } from '../../kmd/collect.js';
 import { openCarrier } from '../carrier-open.js';
@@ -32,9 +32,10 @@ export const kmdEnroll = defineCommand({
   options: { home: { type: 'string' }, terminal: { type: 'string' }, flash: { type: 'string' } },
   required: ['terminal', 'flash'],
   async run(v) {
-    const home = openKmd(v);
-    const t = kmdCli(() => enrollTerminal(home, str(v, 'terminal')!, str(v, 'flash')!));
-    return { terminalId: t.terminalId, flash: t.flash!, enrolledAt: t.enrolledAt };
+    return changeKmd(v, (home) => {
+      const t = kmdCli(() => enrollTerminal(home, str(v, 'terminal')!, str(v, 'flash')!));
+      return { terminalId: t.terminalId, flash: t.flash!, enrolledAt: t.enrolledAt };
+    });
   },
   render: (r) => `terminal ${r.terminalId} enrolled; its module flash image is ${r.flash}`,
 });
@@ -47,17 +48,16 @@ export const kmdExport = defineCommand({
   options: { home: { type: 'string' }, terminal: { type: 'string', multiple: true }, bits: { type: 'string' }, purpose: { type: 'string' } },
   required: ['terminal', 'bits'],
   async run(v) {
-    const home = openKmd(v);
     const bits = parseBits(str(v, 'bits')!);
     const purpose = (str(v, 'purpose') ?? 'any') as 'enc' | 'auth' | 'any';
     if (!['enc', 'auth', 'any'].includes(purpose)) throw new CliError('--purpose must be enc, auth or any', Exit.USAGE);
     const ids = strs(v, 'terminal');
-    for (const id of ids) kmdCli(() => home.terminal(id)); // all enrolled, before any key is spent
-    const queued = ids.map((id) => {
-      const e = kmdCli(() => exportBatch(home, id, bits, { purpose }));
-      return { terminalId: id, batchId: e.record.batchId, seq: e.record.seq, bits: e.record.bits };
+    return changeKmd(v, (home) => {
+      // One transaction: every terminal enrolled, supply and station room for all, or nothing spent.
+      const made = kmdCli(() => exportBatches(home, ids, bits, { purpose }));
+      const queued = made.map((e) => ({ terminalId: e.terminalId, batchId: e.record.batchId, seq: e.record.seq, bits: e.record.bits }));
+      return { queued, outbox: outbox(home).length };
     });
-    return { queued, outbox: outbox(home).length };
   },
   render: (r) => [...r.queued.map((q) => `queued ${formatBits(q.bits)} for ${q.terminalId} (batch ${q.batchId.slice(0, 8)}, seq ${q.seq})`), `${r.outbox} batch(es) waiting for a carrier`].join('\n'),
 });
@@ -70,12 +70,13 @@ export const kmdCollect = defineCommand({
   options: { home: { type: 'string' }, carrier: { type: 'string' } },
   required: ['carrier'],
   async run(v): Promise<CollectResult> {
-    const home = openKmd(v);
-    const carrier = openCarrier(str(v, 'carrier')!);
-    if (carrier.kmdId !== home.config.kmdId) {
-      throw new CliError(`carrier ${carrier.carrierId} belongs to KMD ${carrier.kmdId}, not ${home.config.kmdId}`, Exit.CARRIER);
-    }
-    return collectReceipts(home, carrier);
+    return changeKmd(v, (home) => {
+      const carrier = openCarrier(str(v, 'carrier')!);
+      if (carrier.kmdId !== home.config.kmdId) {
+        throw new CliError(`carrier ${carrier.carrierId} belongs to KMD ${carrier.kmdId}, not ${home.config.kmdId}`, Exit.CARRIER);
+      }
+      return collectReceipts(home, carrier);
+    });
   },
   render: (r) =>
     [

@@ -2,7 +2,7 @@
 // tool) presents it to the terminal on a port. Without a valid token the module refuses, and
 // wrong tokens count toward its lockout.
 import { defineCommand, str, CliError, Exit } from '../command.js';
-import { kmdCli, openKmd } from '../home.js';
+import { changeKmd, kmdCli } from '../home.js';
 import { issueToken, readToken, removeToken } from '../../kmd/tokens.js';
 import { openCarrier } from '../carrier-open.js';
 import { resolvePort } from '../port-select.js';
@@ -20,10 +20,11 @@ export const kmdToken = defineCommand({
   options: { home: { type: 'string' }, terminal: { type: 'string' }, carrier: { type: 'string' }, 'factory-reset': { type: 'boolean', default: false } },
   required: ['terminal', 'carrier'],
   async run(v) {
-    const home = openKmd(v);
-    const carrier = openCarrier(str(v, 'carrier')!);
-    const r = kmdCli(() => issueToken(home, str(v, 'terminal')!, command(v), carrier.path));
-    return { terminalId: r.terminalId, command: r.command, counter: r.counter, carrierId: carrier.carrierId };
+    return changeKmd(v, (home) => {
+      const carrier = openCarrier(str(v, 'carrier')!);
+      const r = kmdCli(() => issueToken(home, str(v, 'terminal')!, command(v), carrier.path));
+      return { terminalId: r.terminalId, command: r.command, counter: r.counter, carrierId: carrier.carrierId };
+    });
   },
   render: (r) => `${r.command} token for ${r.terminalId} (counter ${r.counter}) is on carrier ${r.carrierId}`,
 });
