@@ -3,10 +3,12 @@
 // collects; a load that fails spends nothing; a second `terminal run` on a busy flash image and a
 // command on a home another process holds are refused with the holder's pid (exit 7); a
 // `station run` started before an export serves it, and while loads run beside its uplinks
-// neither writer loses the other's changes to the shared pool image. Every process is ended by
+// neither writer loses the other's changes to the shared pool image; exports killed at random
+// moments burn at most, never hand a seq out twice, and leave no lock in the way. Every process is ended by
 // pid (hil/cli.ts, e2e-rig.ts); the module is in process, on its flash image.
 import t from 'tap';
 import type { Test } from 'tap';
+import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NorFlash } from '../firmware/flash/nor-flash.js';
@@ -21,6 +23,8 @@ import { injectBatch } from '../host-tools/link/inject.js';
 import { Carrier } from '../host-tools/carrier/carrier.js';
 import { lockSync, setLockCommand } from '../host-tools/lock.js';
 import { homeLockOptions } from '../host-tools/kmd/home.js';
+import { StationStore } from '../host-tools/station/store.js';
+import { QKT_BIN } from './cli.js';
 import type { CliRun } from './cli.js';
 import { background, cliSkipReason, parseJson, qktJson, runQkt } from './e2e-rig.js';
 
@@ -234,4 +238,46 @@ t.test('a station started before an export serves it; exports beside its uplinks
   t.ok((pool.batches.find((b) => b.seq === 2)?.consumedBits ?? 0) > 0, 'the module used up batch 1 and went on into batch 2');
   const after = (await consumed()).station;
   t.ok(after.activeBatches >= 2 && after.inactiveBatches === 2, `an uplink under batch 2 activated it at the station (${JSON.stringify(after)})`);
+});
+
+t.test('exports killed at random moments: a batch may burn, no seq is ever handed out twice, the home stays usable', { skip }, async (t) => {
+  const { home } = await setup(t, '16Mbit', ['T1']);
+  // How long a whole export takes here (start-up included), to aim the kills at its end, where it
+  // holds the locks and writes.
+  const t0 = Date.now();
+  await qktJson(t, ['kmd', 'export', '--home', home, '--terminal', 'T1', '--bits', '1Mbit']);
+  const whole = Date.now() - t0;
+  const outcomes: string[] = [];
+  for (let i = 0; i < 8; i++) {
+    const child = spawn(process.execPath, [QKT_BIN, 'kmd', 'export', '--home', home, '--terminal', 'T1', '--bits', '1Mbit'], { stdio: 'ignore' });
+    const exited = new Promise<number | string>((r) => child.on('exit', (code, sig) => r(code ?? sig ?? -1)));
+    const timer = setTimeout(() => process.kill(child.pid!, 'SIGKILL'), whole * (0.5 + i * 0.08) + Math.random() * 20);
+    const code = await exited;
+    clearTimeout(timer);
+    outcomes.push(String(code));
+  }
+  // The next command is not blocked by a lock a killed export left (its pid is dead).
+  const last = await qktJson<{ queued: Array<{ seq: number }> }>(t, ['kmd', 'export', '--home', home, '--terminal', 'T1', '--bits', '1Mbit']);
+  const rec = JSON.parse(readFileSync(join(home, 'terminals', 'T1.json'), 'utf8')) as { nextSeq: number; batches: Array<{ batchId: string; seq: number; bits: number }> };
+  const seqs = rec.batches.map((b) => b.seq);
+  t.same(seqs, [...seqs].sort((a, b) => a - b), `records in seq order (an export takes ${whole} ms; the runs ended: ${outcomes.join(', ')})`);
+  t.equal(new Set(seqs).size, seqs.length, `every seq once: ${seqs.join(', ')}`);
+  t.equal(rec.nextSeq, Math.max(...seqs) + 1);
+  t.equal(last.queued[0]!.seq, rec.nextSeq - 1, 'the last export took the next seq');
+  const outbox = readdirSync(join(home, 'outbox'));
+  const state = JSON.parse(readFileSync(join(home, 'station', 'T1', 'state.json'), 'utf8')) as { batches: Record<string, { batchId: string; seq: number }> };
+  const named = new Map(Object.values(state.batches).map((b) => [b.batchId, b.seq]));
+  for (const f of outbox) {
+    const b = rec.batches.find((x) => f === `T1-${x.batchId}.qkb`);
+    t.ok(b, `${f} is a recorded batch`);
+    if (b) t.equal(named.get(b.batchId), b.seq, `seq ${b.seq}: its keys are at the station under the same seq`);
+  }
+  // A batch burned after its keys went in (killed before its outbox file) stays named, inactive,
+  // until a later receipt retires it; a reservation never filled is gone.
+  for (const [batchId, seq] of named) t.equal(rec.batches.find((b) => b.batchId === batchId)?.seq, seq, `station batch seq ${seq} is a recorded batch`);
+  const store = new StationStore(join(home, 'station'));
+  t.teardown(() => store.close());
+  t.equal(store.status('T1').staging, null, 'no reservation left at the station');
+  const supply = JSON.parse(readFileSync(join(home, 'supply.json'), 'utf8')) as { takenBits: number };
+  t.ok(supply.takenBits >= rec.batches.length * (1 << 20), 'every recorded batch is paid for in the supply');
 });

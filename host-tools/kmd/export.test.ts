@@ -1,0 +1,88 @@
+// Exports as transactions (issue 9 item 1): a refusal spends nothing; a crash before the ledger
+// is written hands nothing out (the next export drops the reservation left at the station and
+// uses the same seq); a failure after it burns the batch, and its seq is never handed out again.
+import t from 'tap';
+import type { Test } from 'tap';
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { KmdError, KmdHome } from './home.js';
+import { enrollTerminal } from './enroll.js';
+import { exportBatch, exportBatches } from './export.js';
+import { StationStore } from '../station/store.js';
+
+function setup(t: Test, stockBits = 1 << 22) {
+  const dir = t.testdir({});
+  const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 11_000, stockBits });
+  enrollTerminal(home, 'T1', join(dir, 'T1.img'));
+  enrollTerminal(home, 'T2', join(dir, 'T2.img'));
+  const store = new StationStore(home.path('station'));
+  t.teardown(() => store.close());
+  const taken = () => (JSON.parse(readFileSync(home.path('supply.json'), 'utf8')) as { takenBits: number }).takenBits;
+  return { dir, home, store, taken };
+}
+
+t.test('refusals spend nothing: supply, station room, enrolment, a terminal named twice', (t) => {
+  const { home, store, taken } = setup(t, 1 << 20);
+  t.throws(() => exportBatches(home, ['T1', 'T2'], 1 << 20, { station: store }), { name: 'KmdError', code: 'SUPPLY', message: /not enough key yet for 2 terminals: \d+ bits available, 2097152 needed/ });
+  t.throws(() => exportBatches(home, ['T1', 'T9'], 4096, { station: store }), { code: 'NOT_ENROLLED' });
+  t.throws(() => exportBatches(home, ['T1', 'T1'], 4096, { station: store }), RangeError);
+  t.equal(taken(), 0);
+  t.same([home.terminal('T1').nextSeq, home.terminal('T2').nextSeq], [1, 1]);
+  t.same(readdirSync(home.path('outbox')), []);
+  t.end();
+});
+
+t.test('a crash after the station reservation, before the ledger: the next export drops it and uses the same seq', (t) => {
+  const { home, store, taken } = setup(t);
+  // What an export killed right after reserving leaves behind: a staged, named, empty batch.
+  store.reserve('T1', { batchId: new Uint8Array(randomBytes(16)), seq: 1, purpose: 'any', bits: 8192 });
+  t.ok(store.status('T1').staging, 'staged at the station');
+  t.equal(taken(), 0, 'nothing spent yet');
+  const e = exportBatch(home, 'T1', 4096, { station: store });
+  t.equal(e.record.seq, 1, 'seq 1 was never handed out: it is used now');
+  const st = store.status('T1');
+  t.equal(st.staging, null, 'the left-over reservation is gone');
+  t.same(st.inactive, [e.record.batchId], 'the station names only the real batch');
+  t.equal(taken(), 4096);
+  t.end();
+});
+
+t.test('a failure after the ledger burns the batch: supply and seq stay spent, never handed out twice', (t) => {
+  const { home, store, taken } = setup(t);
+  class FailingStore extends StationStore {
+    failures = 1;
+    override fill(terminalId: string, batchId: Uint8Array, keys: Uint8Array): void {
+      if (this.failures-- > 0) throw new Error('disk full (injected)');
+      super.fill(terminalId, batchId, keys);
+    }
+  }
+  const failing = new FailingStore(home.path('station'));
+  t.teardown(() => failing.close());
+  t.throws(() => exportBatches(home, ['T1', 'T2'], 4096, { station: failing }), /disk full/);
+  const t1 = home.terminal('T1');
+  t.equal(t1.nextSeq, 2, 'T1: seq 1 is spent (burned)');
+  t.equal(t1.batches.length, 1);
+  t.equal(home.terminal('T2').nextSeq, 1, 'T2, not reached, spent nothing');
+  t.equal(taken(), 4096, "T1's supply is spent");
+  t.same(readdirSync(home.path('outbox')), [], 'nothing in the outbox');
+  t.equal(store.status('T1').staging, null, 'the reservation was dropped');
+  t.equal(existsSync(home.path('station', 'T2', 'state.json')) ? Object.keys(store.state('T2').batches).length : 0, 0, "T2's reservation was dropped");
+  const again = exportBatches(home, ['T1', 'T2'], 4096, { station: failing });
+  t.same(again.map((e) => e.record.seq), [2, 1], 'T1 goes on at seq 2; T2 gets its first');
+  t.same(home.terminal('T1').batches.map((b) => b.seq), [1, 2], 'one record per seq');
+  t.equal(taken(), 3 * 4096);
+  t.end();
+});
+
+t.test('a station that refuses: NO_ROOM, nothing spent, for every terminal of the export', (t) => {
+  const { home, store, taken } = setup(t, 1 << 24);
+  exportBatch(home, 'T2', 1 << 23, { station: store }); // T2's station pool is full now
+  const before = { taken: taken(), t1: home.terminal('T1').nextSeq, t2: home.terminal('T2').nextSeq };
+  const e = t.throws(() => exportBatches(home, ['T1', 'T2'], 1 << 20, { station: store })) as KmdError;
+  t.match(e, { code: 'NO_ROOM', message: /^the station's key pool for T2 has no room for a 1 Mbit batch \(NO_SPACE: .*\); nothing was spent$/ });
+  t.same({ taken: taken(), t1: home.terminal('T1').nextSeq, t2: home.terminal('T2').nextSeq }, before);
+  t.equal(store.status('T1').staging, null, "T1's reservation was cancelled");
+  t.same(store.status('T1').batches, [], 'and T1 holds nothing at the station');
+  t.end();
+});
