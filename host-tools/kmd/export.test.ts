@@ -3,7 +3,7 @@
 // uses the same seq); a failure after it burns the batch, and its seq is never handed out again.
 import t from 'tap';
 import type { Test } from 'tap';
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { KmdError, KmdHome } from './home.js';
@@ -84,5 +84,15 @@ t.test('a station that refuses: NO_ROOM, nothing spent, for every terminal of th
   t.same({ taken: taken(), t1: home.terminal('T1').nextSeq, t2: home.terminal('T2').nextSeq }, before);
   t.equal(store.status('T1').staging, null, "T1's reservation was cancelled");
   t.same(store.status('T1').batches, [], 'and T1 holds nothing at the station');
+  t.end();
+});
+
+t.test('temp files a killed export left in the outbox are swept by the next export (it holds the lock)', (t) => {
+  const { home, store } = setup(t);
+  const left = join(home.path('outbox'), '.T1-00112233445566778899aabbccddeeff.qkb.tmp-2275');
+  writeFileSync(left, new Uint8Array(100));
+  const [e] = exportBatches(home, ['T1'], 4096, { station: store });
+  t.notOk(existsSync(left), 'the temp file is gone');
+  t.same(readdirSync(home.path('outbox')), [`T1-${e!.record.batchId}.qkb`], 'only the batch is in the outbox');
   t.end();
 });

@@ -2,7 +2,8 @@
 // put the matching keys into the station store (pre-application mode, inactive), and park the
 // sealed batch in the outbox until a carrier takes it. Plaintext keys are wiped after use. An
 // export is a transaction under the home's lock (exportBatches).
-import { existsSync, readFileSync, unlinkSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, rmSync, unlinkSync } from 'node:fs';
+import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { sealBatch, DEFAULT_CHUNK_SIZE } from '../../firmware/crypto/batch.js';
 import type { Purpose } from '../../firmware/crypto/batch.js';
@@ -19,6 +20,16 @@ export interface ExportedBatch {
   terminalId: string;
   /** The sealed batch file in the outbox. */
   file: string;
+}
+
+/**
+ * Remove temp files a killed writer left in the outbox (`.NAME.tmp-PID`, fs-atomic.ts). The
+ * caller holds the home's lock, and every outbox writer does too: none is mid-write now.
+ */
+function sweepOutboxTemps(home: KmdHome): void {
+  const dir = home.path('outbox');
+  if (!existsSync(dir)) return;
+  for (const name of readdirSync(dir)) if (name.startsWith('.') && /\.tmp-\d+$/.test(name)) rmSync(join(dir, name), { force: true });
 }
 
 function outboxFile(home: KmdHome, terminalId: string, batchIdHex: string): string {
@@ -57,6 +68,7 @@ export function exportBatches(home: KmdHome, terminalIds: readonly string[], bit
   const twice = terminalIds.find((id, i) => terminalIds.indexOf(id) !== i);
   if (twice !== undefined) throw new RangeError(`terminal ${twice} is named twice; one batch per terminal and export`);
   return home.lockedSync(() => {
+    sweepOutboxTemps(home);
     const terminals = terminalIds.map((id) => home.terminal(id));
     const supply = home.supply();
     const avail = supply.availableBits();
