@@ -500,11 +500,21 @@ export class KeyPool {
         b.durable = r.u32();
         return;
       }
-      case REC.COMMIT: {
+      case REC.COMMIT:
+      case REC.COMMIT_RETIRE: {
         const b = need(r.u32());
         b.committed = true;
         b.durable = b.bytes;
         this.lastSeq = r.u32();
+        if (rec.type === REC.COMMIT_RETIRE) {
+          const n = r.u8();
+          for (let i = 0; i < n; i++) {
+            const o = need(r.u32());
+            if (o === b || !o.committed) throw new PoolError('CORRUPT', 'bad commit-retire record');
+            this.retiredBits += o.bits;
+            this.batches.delete(o.uid);
+          }
+        }
         return;
       }
       case REC.DROP: {
@@ -636,20 +646,29 @@ export class KeyPool {
       this.current(b);
       if (b.durable !== b.bytes) throw new PoolError('STAGE_INCOMPLETE', `only ${b.durable} of ${b.bytes} bytes written`);
       if (b.seq <= this.lastSeq) throw new PoolError('ROLLBACK', `batch seq ${b.seq} is not above the last committed seq ${this.lastSeq}`);
-      this.log(REC.COMMIT, new Writer(8).u32(b.uid).u32(b.seq).done());
-      b.frontier = 0;
-      this.flash.sync();
-      // Older batches left with crumbs no key of the owner's can use are retired now (their few
-      // bytes burned), so they never pile up against maxBatches over a service life.
+      // Older batches left with crumbs no key of the owner's can use are retired with the commit
+      // (their few bytes burned), so they never pile up against maxBatches over a service life.
+      // One record does both: a cut leaves the state before the commit or after it, never between.
       const crumb = this.opts.crumbBytes ?? 0;
-      for (const o of this.sortedCommitted()) {
-        if (o !== b && o.bytes - o.frontier < crumb) {
-          const before = this.storedBits();
-          o.frontier = o.bytes;
-          this.retire(o);
-          this.watermark(before);
+      const crumbs = this.sortedCommitted().filter((o) => o.bytes - o.frontier < crumb);
+      const before = this.storedBits();
+      if (crumbs.length === 0) this.log(REC.COMMIT, new Writer(8).u32(b.uid).u32(b.seq).done());
+      else {
+        const w = new Writer(9 + 4 * crumbs.length).u32(b.uid).u32(b.seq).u8(crumbs.length);
+        for (const o of crumbs) w.u32(o.uid);
+        this.log(REC.COMMIT_RETIRE, w.done());
+        // Their sectors are unowned now: wiped here, or by mount after a cut.
+        for (const o of crumbs) {
+          for (const abs of o.sectors) {
+            if (abs < 0) continue;
+            this.owner[abs - this.dataStart] = undefined;
+            this.wipeSector(abs);
+          }
         }
       }
+      b.frontier = 0;
+      this.flash.sync();
+      this.watermark(before);
       return this.batchStatus(b);
     });
   }

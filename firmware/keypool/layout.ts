@@ -30,6 +30,8 @@ export const REC = {
   DROP: 0x13,
   RELEASE: 0x14,
   ZEROIZE: 0x15,
+  /** COMMIT that also retires older batches holding only crumbs, in the same record (atomic) */
+  COMMIT_RETIRE: 0x16,
 } as const;
 
 /** Key bytes per data sector: the rest of the sector after the header, 1/5 of it for marks (2 bits per key byte). */

@@ -11,7 +11,7 @@
 // flight, no key byte served twice or after it was burned, every served byte the injected one,
 // no committed unconsumed key lost. Two configurations retire crumbs (remainders < crumbBytes)
 // at a commit. A second property runs long lifetimes (many more batches than maxBatches, each
-// used up). A known gap (crumbs left live by a cut after COMMIT) is a todo test at the end.
+// used up). A gap it found (crumbs left live by a cut after COMMIT) is a regression test at the end.
 // Runs: QKT_FUZZ_RUNS (default 200); replay a failure with QKT_FUZZ_ONLY (pool or lifetime),
 // QKT_FUZZ_SEED, QKT_FUZZ_PATH and QKT_FUZZ_REPLAY (the commands' replayPath), all printed with it.
 
@@ -82,8 +82,6 @@ interface Cfg {
 // minimum of key sectors, and the fourth many small batches, so "not enough sectors" happens too.
 // Two retire crumbs (remainders < crumbBytes) when a newer batch commits, as the module does.
 // One journal has 2 sectors, the minimum (two cuts in a row once lost it: fixed, see record-log.ts).
-/** QKT_FUZZ_KNOWN=1: also check what a known finding breaks (crumbs left by a cut after COMMIT). */
-const KNOWN = process.env.QKT_FUZZ_KNOWN === '1';
 const JOURNAL2: Cfg = { name: '8.5K/512/64, journal 2', geometry: { size: 17 * 512, sectorSize: 512, pageSize: 64 }, opts: { secureSectors: 2, journalSectors: 2, maxKeyBits: 4000 * 8, maxBatches: 3 } };
 const CFGS: Cfg[] = [
   { name: '14K/1024/64', geometry: { size: 14 * 1024, sectorSize: 1024, pageSize: 64 }, opts: { secureSectors: 2, journalSectors: 3, maxKeyBits: 5000 * 8, maxBatches: 4, crumbBytes: 32 } },
@@ -94,10 +92,10 @@ const CFGS: Cfg[] = [
 ];
 const BATCH_IDS = [1, 2, 3, 4, 5, 6];
 /**
- * Off in the main properties (QKT_FUZZ_KNOWN=1 turns it on): a cut after COMMIT may leave the
- * older crumb batches live, which is neither the state before nor after the commit (todo test below).
+ * A cut in a commit leaves the crumb batches it retires retired or live together with the
+ * commit (one record does both). Once a known gap (test below), now always checked.
  */
-let STRICT_CRUMBS = KNOWN;
+const STRICT_CRUMBS = true;
 const PURPOSES: Purpose[] = ['enc', 'auth', 'any'];
 
 // ---------------------------------------------------------------- model
@@ -1078,18 +1076,18 @@ t.test(`key pool lifetime: 40 batches each used up through a pool of at most 3 t
   t.comment(`${stats.retiredBatches - before} batches used up over ${LIFETIME_RUNS} lifetimes`);
 });
 
-// ---------------------------------------------------------------- known gap (found by the model above)
+// ---------------------------------------------------------------- a gap the model found, fixed
 
-// A cut after the COMMIT record and before the crumb batches' RELEASE: the new batch is committed,
-// the older batch with only crumbs left (31 < crumbBytes 32) stays live, and mount does not finish
-// its retirement (it waits for the next commit). Not a key-safety issue (nothing is served twice,
+// A cut after the COMMIT record and before the crumb batches' RELEASE: the new batch was committed,
+// the older batch with only crumbs left (31 < crumbBytes 32) stayed live, and mount did not finish
+// its retirement (it waited for the next commit). Fixed: COMMIT_RETIRE commits and retires in one
+// record. Not a key-safety issue (nothing is served twice,
 // the crumbs stay servable by id), but the state is neither the one before nor after the commit,
 // and the crumbs hold a batch slot until the next commit. Found by the pool property with
 // strict crumbs (QKT_FUZZ_KNOWN=1) and QKT_FUZZ_RUNS=3000 (seed -574267323, shrunk by fast-check to five commands,
 // replayPath BBAABAEACADBBBes////////////s:VV1/f); below, the same five without the cut that
 // landed nowhere.
-const CRUMB_TODO = 'key-pool.ts: mount does not finish the crumb retirement of a commit cut after its COMMIT record';
-t.test('crumb batches are retired even when the power is cut right after COMMIT (known gap: todo)', async (t) => {
+t.test('crumb batches are retired even when the power is cut right after COMMIT', async (t) => {
   const { model, real } = setup(CFGS[0]!);
   const cmds: Array<fc.Command<PM, Real>> = [
     new InjectCommand({ op: 'stage', batchId: 1, seqMode: 'next', gap: 0, purpose: 'enc', bytes: 100, fko: 0, dataSeed: 1 }, 64),
@@ -1098,15 +1096,12 @@ t.test('crumb batches are retired even when the power is cut right after COMMIT 
     new OpCommand({ op: 'write', chunk: 100 }),
     new CutCommand({ op: 'commit' }, { k: 1, mode: 'after', seed: 1 }, undefined), // COMMIT lands, then the power goes
   ];
-  STRICT_CRUMBS = true;
   try {
     fc.modelRun(() => ({ model, real }), cmds);
-    t.pass('the pool is in the state after the commit: the gap is fixed, drop this todo');
+    t.pass('the pool is in the state after the commit');
   } catch (e) {
     if (!(e instanceof Failure)) throw e;
-    t.fail(`${e.message}\n  sequence: ${cmds.map(String).join(', ')}`, { todo: CRUMB_TODO });
-  } finally {
-    STRICT_CRUMBS = KNOWN;
+    t.fail(`${e.message}\n  sequence: ${cmds.map(String).join(', ')}`);
   }
 });
 
