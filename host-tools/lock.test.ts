@@ -10,7 +10,7 @@ import { existsSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { LockBusyError, lock, lockHolder, lockSync, lockWaitMs, setLockCommand, withLock, withLockSync } from './lock.js';
+import { LockBusyError, lock, lockHolder, lockSync, lockWaitMs, procStartTime, setLockCommand, withLock, withLockSync } from './lock.js';
 
 const BUILT = fileURLToPath(new URL('../dist/host-tools/lock.js', import.meta.url));
 const skip = existsSync(BUILT) || process.env['CI'] === 'true' ? false : 'the build is missing (npm run build)';
@@ -101,8 +101,45 @@ t.test('a dead holder (crashed, killed) is taken over; an unreadable lock once i
   lockSync(target, opts()).release();
   t.notOk(existsSync(`${target}.lock`), 'an old empty lock was stale');
 
+  writeFileSync(`${target}.lock`, '');
+  const ahead = new Date(Date.now() + 60_000);
+  utimesSync(`${target}.lock`, ahead, ahead);
+  lockSync(target, opts()).release();
+  t.notOk(existsSync(`${target}.lock`), 'an empty lock from the future (a clock set back) was stale');
+
   writeFileSync(`${target}.lock`, JSON.stringify({ pid, host: 'elsewhere', command: 'qkt kmd export', since: '2030-01-01T00:00:00.000Z', nonce: 'bbbbbbbbbbbbbbbb' }));
   t.throws(() => lockSync(target, opts()), { message: `thing T is in use by pid ${pid} on host elsewhere (qkt kmd export, since 2030-01-01T00:00:00.000Z)` });
+});
+
+const BOOT_ID = existsSync('/proc/sys/kernel/random/boot_id') ? readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim() : undefined;
+const noProc = BOOT_ID && procStartTime(process.pid) !== undefined ? false : 'no /proc (not Linux)';
+
+t.test('a reused pid: a live pid that is another process now (another boot, another start time) is stale', { skip: noProc }, (t) => {
+  const dir = t.testdir({});
+  const target = join(dir, 'thing');
+  const other = process.ppid; // alive, and not the holder the lock names
+  const start = procStartTime(other)!;
+  const write = (h: object) =>
+    writeFileSync(`${target}.lock`, JSON.stringify({ host: hostname(), command: 'qkt kmd export', since: '2025-01-01T00:00:00.000Z', nonce: 'dddddddddddddddd', ...h }));
+
+  const l = lockSync(target, opts());
+  t.match(lockHolder(target), { pid: process.pid, boot: BOOT_ID, start: procStartTime(process.pid) }, 'the lock records boot id and start time');
+  l.release();
+
+  write({ pid: 1, boot: '00000000-0000-0000-0000-000000000000', start: 1 }); // left by a power cut, pid 1 alive again
+  lockSync(target, opts()).release();
+  t.notOk(existsSync(`${target}.lock`), 'pid 1 of another boot: taken over');
+
+  write({ pid: other, boot: BOOT_ID, start: start + 12345 });
+  lockSync(target, opts()).release();
+  t.notOk(existsSync(`${target}.lock`), 'a live pid whose start time differs: taken over');
+
+  write({ pid: other, boot: BOOT_ID, start });
+  t.throws(() => lockSync(target, opts()), { message: new RegExp(`in use by pid ${other} `) }, 'the same pid, boot and start time: its holder, respected');
+
+  write({ pid: other });
+  t.throws(() => lockSync(target, opts()), { message: new RegExp(`in use by pid ${other} `) }, 'a lock of the previous version (no boot id): a live pid is respected as before');
+  t.end();
 });
 
 t.test('a live holder: refused at once with its pid, or waited for up to the bound', { skip }, async (t) => {
@@ -110,6 +147,7 @@ t.test('a live holder: refused at once with its pid, or waited for up to the bou
   const target = join(dir, 'thing');
   const c = child(t, dir, `const l = L.lockSync(target, { what: 'x' }); console.log('held'); setTimeout(() => { l.release(); console.log('released'); setTimeout(() => {}, 60000); }, 700);`, target);
   await until(() => c.out().includes('held'));
+  if (!noProc) t.match(lockHolder(target), { pid: c.proc.pid, boot: BOOT_ID, start: procStartTime(c.proc.pid!) }, 'the child recorded its boot and start time');
   const e = t.throws(() => lockSync(target, opts('KMD home H'))) as LockBusyError;
   t.match(e.message, new RegExp(`^KMD home H is in use by pid ${c.proc.pid} \\(test child, since \\d{4}-[0-9T:.-]+Z\\)$`));
   t.equal(e.holder?.pid, c.proc.pid);

@@ -1,5 +1,5 @@
 // One writer per state (STYLE.md rule 18, issue 9): an exclusive lock file beside (or inside) what
-// it guards, holding who holds it: `{pid, host, command, since, nonce}`.
+// it guards, holding who holds it: `{pid, host, command, since, nonce, boot, start}`.
 //
 // Hand-written rather than proper-lockfile: that library decides staleness by the lock's mtime,
 // so a holder must keep touching it (a heartbeat timer in every process, and a slow or paused
@@ -8,13 +8,19 @@
 //
 // - Taking: open(O_CREAT|O_EXCL) of `<path>.lock` (or the lock file given), then the holder
 //   document is written into it. Only one process can create it.
-// - Stale: a lock whose pid is not alive on this host (the process crashed or was killed) is taken
-//   over, without a window where two processes think they hold it: the taker first wins a
+// - Stale: a lock of this host whose holder is gone (the process crashed or was killed) is taken
+//   over. On Linux the lock also records the boot id (/proc/sys/kernel/random/boot_id) and the
+//   holder's start time (field 22 of /proc/<pid>/stat), because a pid is reused: after a reboot
+//   (a power cut) the pid of a lock may well be alive again as some other process. Such a lock
+//   is stale when the boot id differs, the pid is dead, or the pid's start time is not the
+//   recorded one. Without /proc, or for a lock written before boot/start were recorded, it is
+//   stale when its pid is dead. It is taken over without a window where two processes think they hold it: the taker first wins a
 //   takeover lock named after that exact stale lock (its nonce), itself an O_EXCL lock file;
 //   only the winner checks the lock is still the stale one, unlinks it and creates its own with
 //   O_EXCL again. A racing taker either loses the takeover lock or, winning it later, finds a
 //   different lock there and leaves it. A lock file left empty or unreadable (a crash between
-//   create and write) counts as stale once it is a few seconds old.
+//   create and write) counts as stale once it is a few seconds old, or when its mtime is more
+//   than a few seconds in the future (a clock set back, e.g. after a power cut).
 // - A lock held by another host (a home on a shared disk) is never taken over.
 // - Waiting is bounded (QKT_LOCK_WAIT seconds, default 10), polling; then LockBusyError, whose
 //   message is the one line the CLI prints: "KMD home H is in use by pid N (qkt carrier load,
@@ -41,6 +47,10 @@ export interface LockHolder {
   since: string;
   /** Random, names this one holding (a pid can come back). */
   nonce: string;
+  /** Linux boot id of the holder's boot; absent where /proc is missing (and in older locks). */
+  boot?: string;
+  /** The holder's start time, clock ticks since boot (/proc/<pid>/stat field 22); with `boot`. */
+  start?: number;
 }
 
 export interface LockOptions {
@@ -78,7 +88,36 @@ const DEFAULT_WAIT_MS = 10_000;
 const POLL_MS = 25;
 /** An empty or unreadable lock file younger than this is being written by its creator. */
 const UNREADABLE_GRACE_MS = 3_000;
+/** An empty or unreadable lock file whose mtime is further in the future than this is stale. */
+const FUTURE_SKEW_MS = 5_000;
 const HOST = hostname();
+
+/** This boot's id, or undefined without /proc (not Linux). */
+function readBootId(): string | undefined {
+  try {
+    const id = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
+    return id === '' ? undefined : id;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Start time of `pid` in clock ticks since boot (field 22 of /proc/<pid>/stat), or undefined. */
+export function procStartTime(pid: number): number | undefined {
+  if (!Number.isSafeInteger(pid) || pid <= 0) return undefined;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses; fields go on after the last ')'.
+    const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const v = Number(rest[22 - 3]);
+    return Number.isSafeInteger(v) && v >= 0 ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const BOOT = readBootId();
+const START = BOOT === undefined ? undefined : procStartTime(process.pid);
 
 let commandName: string | undefined;
 
@@ -142,7 +181,10 @@ function parseHolder(text: string): LockHolder | undefined {
   try {
     const h = JSON.parse(text) as Partial<LockHolder> | null;
     if (h && typeof h.pid === 'number' && typeof h.host === 'string' && typeof h.command === 'string' && typeof h.since === 'string' && typeof h.nonce === 'string') {
-      return { pid: h.pid, host: h.host, command: h.command, since: h.since, nonce: h.nonce };
+      const out: LockHolder = { pid: h.pid, host: h.host, command: h.command, since: h.since, nonce: h.nonce };
+      if (typeof h.boot === 'string') out.boot = h.boot;
+      if (typeof h.start === 'number') out.start = h.start;
+      return out;
     }
   } catch {
     // a lock file being written, or damaged
@@ -170,10 +212,15 @@ function observe(file: string): Observed | undefined {
 }
 
 function isStale(file: string, o: Observed): boolean {
-  if (!o.holder) return o.ageMs > UNREADABLE_GRACE_MS;
-  if (o.holder.host !== HOST) return false; // another machine's process: no way to tell
-  if (o.holder.pid === process.pid) return held.get(file)?.holder.nonce !== o.holder.nonce; // a former process with our pid
-  return !pidAlive(o.holder.pid);
+  if (!o.holder) return o.ageMs > UNREADABLE_GRACE_MS || o.ageMs < -FUTURE_SKEW_MS;
+  const h = o.holder;
+  if (h.host !== HOST) return false; // another machine's process: no way to tell
+  if (h.boot !== undefined && BOOT !== undefined && h.boot !== BOOT) return true; // taken before this boot
+  if (h.pid === process.pid) return held.get(file)?.holder.nonce !== h.nonce; // a former process with our pid
+  if (!pidAlive(h.pid)) return true;
+  if (h.boot === undefined || BOOT === undefined || h.start === undefined) return false; // an older lock, or no /proc: the pid says it all
+  const now = procStartTime(h.pid);
+  return now !== undefined && now !== h.start; // the pid is another process now
 }
 
 function create(file: string, holder: LockHolder): boolean {
@@ -206,7 +253,12 @@ function unlinkIfOurs(file: string, nonce: string): void {
 }
 
 function newHolder(command: string): LockHolder {
-  return { pid: process.pid, host: HOST, command, since: new Date().toISOString(), nonce: randomBytes(8).toString('hex') };
+  const h: LockHolder = { pid: process.pid, host: HOST, command, since: new Date().toISOString(), nonce: randomBytes(8).toString('hex') };
+  if (BOOT !== undefined && START !== undefined) {
+    h.boot = BOOT;
+    h.start = START;
+  }
+  return h;
 }
 
 /**

@@ -7,14 +7,16 @@
 // a long-running `qkt station run`), so every operation on a terminal's pool image, its wear
 // sidecar and its state.json is made holding the lock `<terminal>/pool.img.lock`, only for that
 // operation. A process keeps its mount (the image in RAM) between operations, and checks first
-// whether another process changed the image since: every operation that changed anything writes
-// a fresh generation token to `<terminal>/pool.gen`, and a token other than the one this process
-// saw last means remount. So no two processes ever hold one image in RAM and write it, and a
+// whether another process changed the image since: every operation that changes anything writes
+// a fresh generation token to `<terminal>/pool.gen` before its first write (so a process killed
+// mid-operation still leaves the others a token they have not seen) and again after its last,
+// and a token other than the one this process saw last means remount. So no two processes ever hold one image in RAM and write it, and a
 // running station serves batches exported after it started.
 import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
+import type { BlockDevice } from '../../firmware/flash/block-device.js';
 import { KeyPool } from '../../firmware/keypool/key-pool.js';
 import type { ConsumedKey, PoolStatus, Purpose } from '../../firmware/keypool/key-pool.js';
 import { poolBatchId } from '../../firmware/commands/inject.js';
@@ -53,6 +55,8 @@ interface Mount {
   pool: KeyPool;
   /** The generation token this process last saw or wrote. */
   gen: string;
+  /** The current operation wrote its token before its first write already. */
+  marked: boolean;
 }
 
 /** The lock on one terminal's pool in a station store (its image, wear sidecar and state.json). */
@@ -101,15 +105,18 @@ export class StationStore {
   }
 
   private saveState(terminalId: string, s: StationState): void {
+    const m = this.pools.get(terminalId);
+    if (m) this.markWrite(terminalId, m);
     writeFileAtomic(this.statePath(terminalId), JSON.stringify(s, null, 2) + '\n');
     this.wroteState = true;
   }
 
   /**
    * Run `fn` on the terminal's pool holding its lock, on a mount that is current: remounted when
-   * another process changed the image since this one last saw it. After a change (flash written,
-   * state.json replaced) the wear sidecar is flushed and a new generation token written, so the
-   * next process to take the lock remounts. Re-entrant (nested operations share the lock).
+   * another process changed the image since this one last saw it. Before the first change (flash
+   * written, state.json replaced) a new generation token is written, and after the change the wear
+   * sidecar is flushed and another token written, so the next process to take the lock remounts,
+   * also when this one is killed in between. Re-entrant (nested operations share the lock).
    */
   private withPool<T>(terminalId: string, create: boolean, fn: (pool: KeyPool) => T): T {
     const dir = join(this.dir, terminalId);
@@ -131,7 +138,7 @@ export class StationStore {
         if (e instanceof PoolError && (e.code === 'IO' || e.code === 'UNMOUNTED')) this.unmount(terminalId);
         throw e;
       } finally {
-        const changed = ops() !== before || this.wroteState;
+        const changed = ops() !== before || this.wroteState || m.marked;
         this.wroteState = wroteBefore || this.wroteState; // an enclosing operation changed things too
         if (changed) {
           const current = this.pools.get(terminalId) === m;
@@ -140,6 +147,7 @@ export class StationStore {
           const gen = this.bumpGen(terminalId);
           if (current) m.gen = gen;
         }
+        m.marked = false; // the next operation (or the rest of an enclosing one) marks again
       }
     });
   }
@@ -151,6 +159,31 @@ export class StationStore {
     return gen;
   }
 
+  /** Before an operation's first write: a new token, so a process killed mid-way still moves the generation on. */
+  private markWrite(terminalId: string, m: Mount): void {
+    if (m.marked) return;
+    m.gen = this.bumpGen(terminalId);
+    m.marked = true;
+  }
+
+  /** The flash as the pool sees it: its first program or erase in an operation marks the write. */
+  private guarded(terminalId: string, m: Mount): BlockDevice {
+    const f = m.flash;
+    return {
+      geometry: f.geometry,
+      read: (addr, len) => f.read(addr, len),
+      program: (addr, bytes) => {
+        this.markWrite(terminalId, m);
+        f.program(addr, bytes);
+      },
+      erase: (sector) => {
+        this.markWrite(terminalId, m);
+        f.erase(sector);
+      },
+      sync: () => f.sync(),
+    };
+  }
+
   /** Under the pool's lock: this process' mount, remounted if the image changed under it. */
   private mount(terminalId: string, img: string): Mount {
     const gen = this.readGen(terminalId);
@@ -160,11 +193,13 @@ export class StationStore {
     const fresh = !existsSync(img);
     const flash = NorFlash.open(img);
     try {
-      const pool = fresh ? KeyPool.format(flash, STATION_POOL) : KeyPool.mount(flash, STATION_POOL);
+      const m: Mount = { flash, pool: undefined as unknown as KeyPool, gen, marked: false };
+      const dev = this.guarded(terminalId, m);
+      m.pool = fresh ? KeyPool.format(dev, STATION_POOL) : KeyPool.mount(dev, STATION_POOL);
       if (flash.stats.erases > 0) flash.sync();
       // Formatting, or a mount that finished an interrupted operation, changed the image.
-      const changed = fresh || flash.stats.programs + flash.stats.erases > 0;
-      const m = { flash, pool, gen: changed ? this.bumpGen(terminalId) : gen };
+      if (fresh || flash.stats.programs + flash.stats.erases > 0) m.gen = this.bumpGen(terminalId);
+      m.marked = false;
       this.pools.set(terminalId, m);
       return m;
     } catch (e) {
