@@ -1,7 +1,7 @@
 // Crash-safe file writes for KMD homes and carriers: write a temporary file, fsync it, rename it
 // over the target, fsync the folder. A power loss or a pulled drive leaves the old file or the
 // new one, never a torn one (POSIX rename atomicity; ext4/vfat both honour it per directory).
-import { closeSync, fchmodSync, fsyncSync, openSync, renameSync, writeSync, unlinkSync, existsSync } from 'node:fs';
+import { closeSync, constants, fchmodSync, fsyncSync, openSync, renameSync, writeSync, unlinkSync, existsSync } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
 
 export function fsyncDir(dir: string): void {
@@ -34,7 +34,9 @@ export function fchmodExact(fd: number, mode: number): void {
  */
 export function writeFileAtomic(path: string, data: Uint8Array | string, mode = 0o600): void {
   const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`);
-  const fd = openSync(tmp, 'w', mode);
+  // O_NOFOLLOW | O_NONBLOCK: a symlink or FIFO planted under the temporary name (a carrier is a
+  // stranger's drive) fails the open instead of having its target truncated or blocking.
+  const fd = openSync(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NOFOLLOW | constants.O_NONBLOCK, mode);
   try {
     fchmodExact(fd, mode);
     const buf = typeof data === 'string' ? Buffer.from(data, 'utf8') : data;

@@ -11,9 +11,9 @@
 // delivered once its .qkr exists. The journal records history and one bit of state the files do
 // not hold: which receipts the KMD has collected. Every write is write-temp, fsync, rename, fsync
 // folder (host-tools/fs-atomic.ts), so a pulled drive holds each file whole or not at all.
-import { closeSync, existsSync, fstatSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, readSync, statSync, statfsSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, lstatSync, mkdirSync, readdirSync, statSync, statfsSync, unlinkSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { parseSealedHeader, BatchError, HEADER_FIXED_BYTES, TAG_BYTES } from '../../firmware/crypto/batch.js';
+import { parseSealedHeader, BatchError, HEADER_FIXED_BYTES, MAX_BATCH_BITS, TAG_BYTES } from '../../firmware/crypto/batch.js';
 import type { Purpose, SealedHeaderInfo } from '../../firmware/crypto/batch.js';
 import { decodeReceipt, CryptoFormatError } from '../../firmware/crypto/receipt.js';
 import type { Receipt } from '../../firmware/crypto/receipt.js';
@@ -21,6 +21,7 @@ import { fsyncDir, writeFileAtomic } from '../fs-atomic.js';
 import { formatBits } from '../units.js';
 import { CarrierError } from './errors.js';
 import { Journal } from './journal.js';
+import { lexists, lstatRegular, openRegular, RDWR_FLAGS, readCapped, readHeadCapped, UnsafeFileError } from './safe-file.js';
 import type { JournalRecord } from './journal.js';
 
 export { CarrierError } from './errors.js';
@@ -45,6 +46,14 @@ const FILE_ID_RE = /^([A-Za-z0-9._-]{1,32})-([0-9a-f]{32})$/;
 const TMP_RE = /^\..+\.tmp-(\d+)$/;
 /** The longest header plus its tag: enough to parse any header without reading the ciphertext. */
 const HEAD_READ_BYTES = HEADER_FIXED_BYTES + 255 + TAG_BYTES;
+// Size caps for what the carrier reads (docs/carrier.md "A hostile drive"): a bigger file is damaged
+// and is never read whole.
+/** The longest encoded receipt: 62 fixed + 32 terminal id + 1 count + 32 live ids of 16 + 32 MAC. */
+export const RECEIPT_MAX_BYTES = 639;
+/** The longest sealed batch: the longest header and its tag, the most key bytes, one tag per key byte (chunkSize 1). */
+export const SEALED_MAX_BYTES = HEAD_READ_BYTES + (MAX_BATCH_BITS / 8) * (1 + TAG_BYTES);
+/** carrier.json is a few short fields (about 150 bytes). */
+export const MANIFEST_MAX_BYTES = 4096;
 /**
  * Entries a formatted drive carries on its own; a fresh USB stick is still "empty" with them.
  * ext4 makes lost+found; Windows, macOS and desktop Linux drop the others on removable media.
@@ -187,9 +196,9 @@ function pidAlive(pid: number): boolean {
 
 /** Overwrite with zeros, fsync, unlink, fsync the folder: the ciphertext does not outlive delivery. */
 function wipeFile(path: string): void {
-  const fd = openSync(path, 'r+');
+  // O_NOFOLLOW and an fstat of the open fd: a link or FIFO swapped in after scan()'s lstat is refused.
+  const { fd, size } = openRegular(path, RDWR_FLAGS, SEALED_MAX_BYTES);
   try {
-    const size = fstatSync(fd).size;
     const zeros = new Uint8Array(Math.min(size, 1 << 16));
     let off = 0;
     while (off < size) off += writeSync(fd, zeros, 0, Math.min(zeros.length, size - off), off);
@@ -199,24 +208,6 @@ function wipeFile(path: string): void {
   }
   unlinkSync(path);
   fsyncDir(resolve(path, '..'));
-}
-
-/** The first bytes of a file (enough for a header and its tag) and its size. */
-function readHead(path: string): { head: Uint8Array; size: number } {
-  const fd = openSync(path, 'r');
-  try {
-    const size = fstatSync(fd).size;
-    const head = new Uint8Array(Math.min(size, HEAD_READ_BYTES));
-    let off = 0;
-    while (off < head.length) {
-      const n = readSync(fd, head, off, head.length - off, off);
-      if (n === 0) break;
-      off += n;
-    }
-    return { head: head.subarray(0, off), size };
-  } finally {
-    closeSync(fd);
-  }
 }
 
 /** Check a sealed batch's header and whole length; the reason names what is wrong. */
@@ -262,10 +253,17 @@ function readManifest(dir: string): CarrierManifest {
     throw new CarrierError('NOT_A_CARRIER', `${dir}: no such folder`);
   }
   if (!st.isDirectory()) throw new CarrierError('NOT_A_CARRIER', `${dir}: not a folder`);
-  if (!existsSync(path)) throw new CarrierError('NOT_A_CARRIER', `${dir}: not a carrier (no ${MANIFEST_FILE})`);
+  let text: Uint8Array | undefined;
+  try {
+    text = readCapped(path, MANIFEST_MAX_BYTES);
+  } catch (e) {
+    if (e instanceof UnsafeFileError) throw new CarrierError('UNSAFE_FILE', `${path}: ${e.reason}; refusing to open this carrier`);
+    throw e;
+  }
+  if (text === undefined) throw new CarrierError('NOT_A_CARRIER', `${dir}: not a carrier (no ${MANIFEST_FILE})`);
   let m: unknown;
   try {
-    m = JSON.parse(readFileSync(path, 'utf8'));
+    m = JSON.parse(Buffer.from(text).toString('utf8'));
   } catch {
     throw new CarrierError('CORRUPT', `${path}: manifest is not valid JSON`);
   }
@@ -335,7 +333,7 @@ export class Carrier {
     const kmdId = aid(options.kmdId, 'kmdId');
     const path = resolve(dir);
     mkdirSync(path, { recursive: true });
-    if (existsSync(join(path, MANIFEST_FILE))) {
+    if (lexists(join(path, MANIFEST_FILE))) {
       const c = Carrier.open(path);
       if (c.carrierId !== carrierId || c.kmdId !== kmdId) {
         throw new CarrierError('EXISTS', `${path} is already carrier ${c.carrierId} of KMD ${c.kmdId}`);
@@ -345,7 +343,7 @@ export class Carrier {
     for (const name of readdirSync(path)) {
       if (FOREIGN_ENTRIES.has(name) || name.startsWith('.Trash-') || name === JOURNAL_FILE || TMP_RE.test(name)) continue;
       // An init killed after mkdir leaves these, empty: take them over.
-      if ((name === BATCH_DIR || name === RECEIPT_DIR) && statSync(join(path, name)).isDirectory()) {
+      if ((name === BATCH_DIR || name === RECEIPT_DIR) && lstatSync(join(path, name)).isDirectory()) {
         if (readdirSync(join(path, name)).every((n) => TMP_RE.test(n))) continue;
       }
       throw new CarrierError('NOT_EMPTY', `${path} is not empty and not a carrier (found ${JSON.stringify(name)})`);
@@ -368,9 +366,19 @@ export class Carrier {
     const path = resolve(dir);
     const c = new Carrier(path, readManifest(path));
     for (const sub of [BATCH_DIR, RECEIPT_DIR]) {
-      if (!existsSync(join(path, sub))) {
-        mkdirSync(join(path, sub));
+      const p = join(path, sub);
+      let st;
+      try {
+        st = lstatSync(p);
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+        mkdirSync(p);
         fsyncDir(path);
+        continue;
+      }
+      // A symlinked batches/ would make the wipe zero files outside the carrier.
+      if (!st.isDirectory()) {
+        throw new CarrierError('UNSAFE_FILE', `${p}: ${st.isSymbolicLink() ? 'a symbolic link' : 'not a folder'}; refusing to open this carrier`);
       }
     }
     c.scan();
@@ -402,14 +410,25 @@ export class Carrier {
     const file = this.batchPath(entryOf(check.info, '').id);
     const entry = entryOf(check.info, file);
     const state = journalState(this.journal.read().records);
-    if (existsSync(this.receiptPath(entry.id))) {
+    if (lexists(this.receiptPath(entry.id))) {
       // Delivered before: make sure the ciphertext is gone and say so; never offer it again.
       this.scan();
       return { ...entry, outcome: 'delivered' };
     }
     let outcome: AddOutcome = 'added';
-    if (existsSync(file)) {
-      const old = readFileSync(file);
+    let old: Uint8Array | undefined;
+    let unsafe = false;
+    try {
+      old = readCapped(file, SEALED_MAX_BYTES);
+    } catch (e) {
+      // A symlink, FIFO or oversize file under the name: never read, replaced by the rename below
+      // (which replaces the link itself, not its target).
+      if (!(e instanceof UnsafeFileError)) throw e;
+      unsafe = true;
+    }
+    if (unsafe) {
+      outcome = 'replaced-damaged';
+    } else if (old !== undefined) {
       if (equalBytes(old, sealed)) {
         outcome = 'present';
       } else {
@@ -447,15 +466,16 @@ export class Carrier {
     if (entry === null || typeof entry !== 'object' || typeof entry.id !== 'string' || !FILE_ID_RE.test(entry.id)) {
       throw new TypeError('entry must be a BatchEntry from pending()');
     }
-    if (existsSync(this.receiptPath(entry.id))) throw new CarrierError('UNKNOWN_BATCH', `${entry.id} was delivered already`);
+    if (lexists(this.receiptPath(entry.id))) throw new CarrierError('UNKNOWN_BATCH', `${entry.id} was delivered already`);
     const file = this.batchPath(entry.id);
-    let bytes: Uint8Array;
+    let bytes: Uint8Array | undefined;
     try {
-      bytes = new Uint8Array(readFileSync(file));
+      bytes = readCapped(file, SEALED_MAX_BYTES);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw new CarrierError('UNKNOWN_BATCH', `${entry.id} is not on the carrier`);
+      if (e instanceof UnsafeFileError) throw new CarrierError('UNKNOWN_BATCH', `${entry.id} is damaged: ${e.reason}`);
       throw e;
     }
+    if (bytes === undefined) throw new CarrierError('UNKNOWN_BATCH', `${entry.id} is not on the carrier`);
     const check = checkSealed(bytes, bytes.length);
     if ('reason' in check || entryOf(check.info, file).id !== entry.id) {
       throw new CarrierError('UNKNOWN_BATCH', `${entry.id} is damaged: ${'reason' in check ? check.reason : 'its header names another batch'}`);
@@ -485,8 +505,15 @@ export class Carrier {
       throw new CarrierError('BAD_RECEIPT', `${id}: the receipt is for ${receipt.terminalId}-${hex(receipt.batchId)}`);
     }
     const rfile = this.receiptPath(id);
-    if (existsSync(rfile)) {
-      if (!equalBytes(readFileSync(rfile), receiptBytes)) {
+    if (lexists(rfile)) {
+      let stored: Uint8Array | undefined;
+      try {
+        stored = readCapped(rfile, RECEIPT_MAX_BYTES);
+      } catch (e) {
+        if (e instanceof UnsafeFileError) throw new CarrierError('ALREADY_DELIVERED', `${id} has a damaged receipt on the carrier (${e.reason})`);
+        throw e;
+      }
+      if (stored === undefined || !equalBytes(stored, receiptBytes)) {
         throw new CarrierError('ALREADY_DELIVERED', `${id} was delivered already, with another receipt`);
       }
       this.scan();
@@ -522,7 +549,16 @@ export class Carrier {
       did = true;
     }
     const file = this.batchPath(id);
-    if (existsSync(file)) {
+    let present: boolean;
+    try {
+      present = lstatRegular(file, SEALED_MAX_BYTES) !== undefined;
+    } catch (e) {
+      // A symlink, FIFO, device, folder or oversize file under the batch name: never opened,
+      // zeroed or unlinked; scan() reports it as damaged.
+      if (e instanceof UnsafeFileError) return did;
+      throw e;
+    }
+    if (present) {
       wipeFile(file);
       this.journal.append(recovered ? { event: 'wiped', id, recovered } : { event: 'wiped', id });
       state.wiped.add(id);
@@ -577,14 +613,16 @@ export class Carrier {
       if (name.startsWith('.') || !name.endsWith(RECEIPT_EXT)) continue;
       const file = join(dir, name);
       const id = name.slice(0, -RECEIPT_EXT.length);
-      let bytes: Uint8Array;
+      let bytes: Uint8Array | undefined;
       try {
-        bytes = new Uint8Array(readFileSync(file));
+        bytes = readCapped(file, RECEIPT_MAX_BYTES);
       } catch (e) {
-        damaged.push({ file, bytes: 0, reason: `unreadable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})` });
+        if (e instanceof UnsafeFileError) damaged.push({ file, bytes: e.bytes, reason: e.reason });
+        else damaged.push({ file, bytes: 0, reason: `unreadable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})` });
         if (FILE_ID_RE.test(id)) damagedIds.add(id);
         continue;
       }
+      if (bytes === undefined) continue; // gone since readdir
       const m = FILE_ID_RE.exec(id);
       if (!m) {
         damaged.push({ file, bytes: bytes.length, reason: 'name is not <terminalId>-<batchIdHex>.qkr' });
@@ -614,6 +652,8 @@ export class Carrier {
       for (const name of readdirSync(dir)) {
         const m = TMP_RE.exec(name);
         if (!m || pidAlive(Number(m[1]))) continue;
+        // Only regular files: anything else was not written by fs-atomic.
+        if (!lstatSync(join(dir, name)).isFile()) continue;
         unlinkSync(join(dir, name));
         repaired.push(`removed the unfinished write ${join(sub, name)}`);
       }
@@ -646,14 +686,20 @@ export class Carrier {
       const file = join(dir, name);
       const id = name.slice(0, -BATCH_EXT.length);
       if (!FILE_ID_RE.test(id)) {
-        damaged.push({ file, bytes: statSync(file).size, reason: 'name is not <terminalId>-<batchIdHex>.qkb' });
+        damaged.push({ file, bytes: lstatSync(file).size, reason: 'name is not <terminalId>-<batchIdHex>.qkb' });
         continue;
       }
       let head: Uint8Array;
       let size: number;
       try {
-        ({ head, size } = readHead(file));
+        const r = readHeadCapped(file, HEAD_READ_BYTES, SEALED_MAX_BYTES);
+        if (r === undefined) continue; // gone since readdir
+        ({ head, size } = r);
       } catch (e) {
+        if (e instanceof UnsafeFileError) {
+          damaged.push({ file, bytes: e.bytes, reason: e.reason });
+          continue;
+        }
         // A directory under a batch name, or a failing stick returning EIO: report, never crash.
         damaged.push({ file, bytes: 0, reason: `unreadable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})` });
         continue;

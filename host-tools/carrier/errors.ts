@@ -23,7 +23,12 @@ export type CarrierErrorCode =
   /** recordReceipt: a different receipt for this batch was recorded already (a batch is delivered once). */
   | 'ALREADY_DELIVERED'
   /** markCollected: no receipt with that id on the carrier. */
-  | 'UNKNOWN_RECEIPT';
+  | 'UNKNOWN_RECEIPT'
+  /**
+   * open: carrier.json, journal.jsonl, batches/ or receipts/ is a symlink, FIFO, device or other
+   * non-regular entry, or oversize (a hostile drive): the carrier is not opened at all.
+   */
+  | 'UNSAFE_FILE';
 
 export class CarrierError extends Error {
   constructor(

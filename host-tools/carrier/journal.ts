@@ -1,8 +1,22 @@
 // The carrier's append-only event log (journal.jsonl): one JSON object per line, each line fsynced
 // before the call returns, so a pulled drive loses at most the line being written.
-import { closeSync, existsSync, fsyncSync, ftruncateSync, openSync, readFileSync, writeSync } from 'node:fs';
+//
+// The carrier may be a stranger's drive: journal.jsonl must be a regular file, not a symlink (it is
+// lstat'ed and opened with O_NOFOLLOW, so lines never land in a link's target) and at most
+// JOURNAL_MAX_BYTES; anything else is CarrierError UNSAFE_FILE and the carrier is not opened.
+import { closeSync, constants, fstatSync, fsyncSync, ftruncateSync, openSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { fsyncDir } from '../fs-atomic.js';
+import { CarrierError } from './errors.js';
+import { lexists, openRegular, RDWR_FLAGS, readCapped, UnsafeFileError } from './safe-file.js';
+
+/**
+ * The biggest journal a carrier may hold: 64 MiB, some 40,000 deliveries (an `injected` line with
+ * its receipt is under 1.6 KiB). A bigger one is refused, never read whole.
+ */
+export const JOURNAL_MAX_BYTES = 64 * 1024 * 1024;
+/** The longest line parsed, in characters; longer complete lines count as skipped. */
+export const JOURNAL_MAX_LINE_BYTES = 4096;
 
 /** What the carrier records. Ids are `<terminalId>-<batchIdHex>`, the batch and receipt file stem. */
 export type JournalEvent =
@@ -27,13 +41,35 @@ export interface JournalContents {
 
 const NL = 0x0a;
 
+/** fstat the open journal: a FIFO or device swapped in is refused before anything is written. */
+function openRegularCheck(fd: number, path: string): void {
+  const st = fstatSync(fd);
+  if (!st.isFile()) throw new UnsafeFileError(path, 'not a regular file', 0);
+}
+
 export class Journal {
   constructor(readonly path: string) {}
 
   /** Parse the log. Unparseable lines are counted and skipped; a torn last line is ignored. */
+  /** The whole file, checked (undefined if there is none). */
+  private bytes(): Uint8Array | undefined {
+    try {
+      return readCapped(this.path, JOURNAL_MAX_BYTES);
+    } catch (e) {
+      throw this.unsafe(e);
+    }
+  }
+
+  private unsafe(e: unknown): unknown {
+    if (e instanceof UnsafeFileError) return new CarrierError('UNSAFE_FILE', `${this.path}: ${e.reason}; refusing to use this carrier`);
+    if ((e as NodeJS.ErrnoException).code === 'ELOOP') return new CarrierError('UNSAFE_FILE', `${this.path}: a symbolic link; refusing to use this carrier`);
+    return e;
+  }
+
   read(): JournalContents {
-    if (!existsSync(this.path)) return { records: [], skipped: 0, torn: false };
-    const text = readFileSync(this.path, 'utf8');
+    const bytes = this.bytes();
+    if (bytes === undefined) return { records: [], skipped: 0, torn: false };
+    const text = Buffer.from(bytes).toString('utf8');
     const lines = text.split('\n');
     // split() leaves the text after the last newline as the final element: '' for a whole log,
     // the fragment of an interrupted append otherwise.
@@ -42,6 +78,10 @@ export class Journal {
     let skipped = 0;
     for (const line of lines) {
       if (line === '') continue;
+      if (line.length > JOURNAL_MAX_LINE_BYTES) {
+        skipped++;
+        continue;
+      }
       try {
         const r = JSON.parse(line) as unknown;
         if (r !== null && typeof r === 'object' && typeof (r as { event?: unknown }).event === 'string') {
@@ -59,11 +99,16 @@ export class Journal {
    * to the fragment (which would make both unreadable). Returns true if it cut something.
    */
   repair(): boolean {
-    if (!existsSync(this.path)) return false;
-    const bytes = readFileSync(this.path);
+    const bytes = this.bytes();
+    if (bytes === undefined) return false;
     if (bytes.length === 0 || bytes[bytes.length - 1] === NL) return false;
     const keep = bytes.lastIndexOf(NL) + 1;
-    const fd = openSync(this.path, 'r+');
+    let fd: number;
+    try {
+      ({ fd } = openRegular(this.path, RDWR_FLAGS, JOURNAL_MAX_BYTES));
+    } catch (e) {
+      throw this.unsafe(e);
+    }
     try {
       ftruncateSync(fd, keep);
       fsyncSync(fd);
@@ -77,9 +122,20 @@ export class Journal {
   append(event: JournalEvent): JournalRecord {
     const record = { time: new Date().toISOString(), ...event } as JournalRecord;
     const line = Buffer.from(`${JSON.stringify(record)}\n`, 'utf8');
-    const created = !existsSync(this.path);
-    const fd = openSync(this.path, 'a', 0o600);
+    const created = !lexists(this.path);
+    let fd: number;
     try {
+      // O_NOFOLLOW: a journal.jsonl symlinked to another file never gets lines appended to it.
+      fd = openSync(this.path, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o600);
+    } catch (e) {
+      throw this.unsafe(e);
+    }
+    try {
+      try {
+        openRegularCheck(fd, this.path);
+      } catch (e) {
+        throw this.unsafe(e);
+      }
       let off = 0;
       while (off < line.length) off += writeSync(fd, line, off, line.length - off);
       fsyncSync(fd);
