@@ -228,12 +228,15 @@ export class RecordLog {
     // the next generation is either torn (cut while programming it: the checkpoint holds the same
     // state as the old sector) or hit by a bit flip after records were appended to it. Either
     // way that sector holds the newest state; ignoring it would roll the state back (counters,
-    // anti-rollback, consumed keys) without a word. It is read, and the next append rolls over.
+    // anti-rollback, consumed keys) without a word. It is read, and its header completed on the
+    // first write. A header of all zeros was killed on purpose (format, factory reset: kill())
+    // and is never read again: neither a torn program nor a bit flip makes one.
     let brokenHeader = false;
     for (let i = 0; i < this.o.sectorCount; i++) {
       if (i === best) continue;
       const head = this.flash.read((this.o.firstSector + i) * this.S, 2 * UNIT);
-      if (isBlank(head.subarray(0, UNIT)) || decodeHeader(head, this.o.magic, this.o.version) !== undefined) continue;
+      const h = head.subarray(0, UNIT);
+      if (isBlank(h) || isZero(h) || decodeHeader(head, this.o.magic, this.o.version) !== undefined) continue;
       const first = this.flash.read((this.o.firstSector + i) * this.S + UNIT, this.S - UNIT);
       if (decodeRecord(first, bestGen + 1)) {
         best = i;
@@ -316,10 +319,24 @@ export class RecordLog {
     return blank;
   }
 
-  /** Make every ring sector invalid (program 0x00 over the headers), then erase them: the start of a format. */
-  kill(): void {
-    for (let i = 0; i < this.o.sectorCount; i++) this.flash.program((this.o.firstSector + i) * this.S, new Uint8Array(UNIT));
+  /**
+   * Program 0x00 over every ring sector's header (always allowed on NOR), and sync. Sectors
+   * without a valid header first, then the valid ones oldest first, the newest (the active one,
+   * if this log was scanned) last: a cut part-way leaves the newest state readable or none,
+   * never an older one.
+   */
+  killHeaders(): void {
+    const valid = this.generations().map(([i]) => i).reverse();
+    const last = this.active >= 0 ? [this.active] : [];
+    const all = Array.from({ length: this.o.sectorCount }, (_, i) => i);
+    const order = [...all.filter((i) => !valid.includes(i) && !last.includes(i)), ...valid.filter((i) => !last.includes(i)), ...last];
+    for (const i of order) this.flash.program((this.o.firstSector + i) * this.S, new Uint8Array(UNIT));
     this.flash.sync();
+  }
+
+  /** Make every ring sector invalid (killHeaders), then erase them: the start of a format. */
+  kill(): void {
+    this.killHeaders();
     for (let i = 0; i < this.o.sectorCount; i++) {
       const s = this.o.firstSector + i;
       if (!this.blankSector(s)) this.flash.erase(s);

@@ -399,3 +399,48 @@ t.test('a flipped bit in the newest journal header does not roll the pool back (
     t.equal(pool.status().batches[0]?.consumedBits, 96 * 8, 'and the log goes on from there');
   }
 });
+
+t.test('a format cut at any flash operation never leaves an older pool mountable', async (t) => {
+  const f0 = NorFlash.memory(geo);
+  let pool = KeyPool.format(f0, opts);
+  // Roll the journal until its newest sector is the ring's first: a naive kill (sector order)
+  // would invalidate the newest header first and leave older ones readable.
+  let seq = 1;
+  while (seq < 4 || pool.inspect().journal.sector !== opts.secureSectors!) {
+    inject(pool, seq, seq, keyBytes(300, seq));
+    while (pool.status().batches.length > 1) pool.consume('any', 100);
+    seq++;
+  }
+  // A few records in the newest sector that the older ones lack: a consumption that retires a batch.
+  const ring = pool.inspect().journal.ringSeq;
+  while (pool.status().batches.length > 0) pool.consume('any', 100);
+  t.equal(pool.inspect().journal.ringSeq, ring, 'still in the newest sector');
+  const newest = JSON.stringify(pool.status());
+  const image = f0.snapshot();
+  const ops = (() => {
+    const f = NorFlash.fromImage(image, geo);
+    const m0 = f.faults.mutations;
+    KeyPool.format(f, opts);
+    return f.faults.mutations - m0;
+  })();
+  let cuts = 0;
+  for (const mode of ['torn', 'clean', 'after'] as const) {
+    for (let n = 1; n <= ops; n++) {
+      const f = NorFlash.fromImage(image, geo);
+      f.faults.cutAfter(n, mode, n);
+      t.throws(() => KeyPool.format(f, opts));
+      f.reboot();
+      cuts++;
+      let st: string | undefined;
+      try {
+        st = JSON.stringify(KeyPool.mount(f, opts).status());
+      } catch (e) {
+        if (!(e instanceof PoolError) || e.code !== 'NOT_FORMATTED') t.fail(`${mode} cut ${n}: ${(e as Error).message}`);
+        continue;
+      }
+      const fresh = JSON.parse(st).batches.length === 0 && JSON.parse(st).lastSeq === null;
+      if (st !== newest && !fresh) t.fail(`${mode} cut ${n}/${ops}: an older pool mounted`);
+    }
+  }
+  t.pass(`${cuts} cut points: the newest pool, a fresh one, or none`);
+});

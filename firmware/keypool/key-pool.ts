@@ -273,8 +273,8 @@ export class KeyPool {
     const { sectorSize: S } = flash.geometry;
     // 1. Kill every journal header first (program 0x00 is always allowed), so no old pool can
     //    be mounted from a half-erased region if the power goes during format.
-    for (let j = 0; j < pool.journalSectors; j++) flash.program((pool.secureSectors + j) * S, new Uint8Array(UNIT));
-    flash.sync();
+    //    Oldest first, the newest last, so a cut part-way never leaves an older pool mountable.
+    pool.journal.killHeaders();
     // 2. Wipe the region.
     for (let s = pool.secureSectors; s < pool.dataStart + pool.dataCount; s++) {
       if (!isBlank(flash.read(s * S, S))) flash.erase(s);

@@ -401,7 +401,7 @@ class FlashSecureArea implements SecureArea {
     this.s.identity?.deviceKey.fill(0);
     // Every header killed before any erase: a cut part-way can never leave an older sector to
     // be read as the enrolled state (with older counters).
-    this.newLog().kill();
+    (this.log ?? this.newLog()).kill();
     this.flash.sync();
     this.log = undefined;
     this.s = emptyState();
