@@ -718,6 +718,29 @@ export class KeyPool {
     });
   }
 
+  /**
+   * Read the named key without consuming it: for a peer that must check a message before it
+   * spends the keys the message names (the station: a forged uplink burns nothing). Refuses
+   * exactly what consumeById refuses. Writes nothing; the caller wipes the copy and, if the
+   * message is authentic, takes the key with consumeById.
+   */
+  peekById(keyId: KeyId, bytes: number): Uint8Array {
+    return this.run(() => {
+      if (!keyId || !u32ok(keyId.batchId) || !Number.isSafeInteger(keyId.bitOffset)) throw new TypeError('keyId must be {batchId: u32, bitOffset: integer}');
+      this.checkKeyLen(bytes);
+      const b = [...this.batches.values()].find((x) => x.committed && x.batchId === keyId.batchId);
+      const rel = keyId.bitOffset - (b?.fko ?? 0);
+      if (!b || rel < 0 || rel % 8 !== 0 || rel / 8 + bytes > b.bytes) {
+        throw new PoolError('NOT_PRESENT', `no key of ${bytes} bytes at batch ${keyId.batchId} bit ${keyId.bitOffset}`);
+      }
+      if (rel / 8 < b.frontier) throw new PoolError('ALREADY_CONSUMED', `key at batch ${keyId.batchId} bit ${keyId.bitOffset} was already consumed`);
+      const o = rel / 8;
+      const key = new Uint8Array(bytes);
+      this.pieces(o, o + bytes, (i, off, len, at) => key.set(this.flash.read(this.payloadAddr(this.sectorOf(b, i), off), len), at - o));
+      return key;
+    });
+  }
+
   /** Record [frontier, o+n) consumed (marks), zeroize it, sync; then hand out [o, o+n). */
   private take(b: Batch, o: number, n: number): ConsumedKey {
     const before = this.storedBits();

@@ -48,7 +48,9 @@ export class Station {
     const aad = message.subarray(0, length);
     const body = message.subarray(length);
     if (header.mode === 'otp') {
-      const parts = header.keyIds.map((r) => this.take(terminalId, r));
+      // The keys are read, the message checked, and only an authentic message spends them: a
+      // forged header, however far ahead of the frontier it points, burns nothing.
+      const parts = header.keyIds.map((r) => this.store.peekById(terminalId, r.batchId, r.bitOffset, r.bits / 8));
       const material = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
       let at = 0;
       for (const p of parts) {
@@ -57,25 +59,37 @@ export class Station {
         p.fill(0);
       }
       const { macKey32, keyStream } = splitOtpKey(material);
+      let plain: Uint8Array;
       try {
-        const plain = otpOpen(keyStream, body, macKey32, aad);
-        this.activate(terminalId, header.keyIds);
-        return plain;
+        plain = otpOpen(keyStream, body, macKey32, aad);
       } catch {
-        throw new StationError(`uplink from ${terminalId} does not authenticate (its keys are burned)`);
+        throw new StationError(`uplink from ${terminalId} does not authenticate (no key spent)`);
       } finally {
         material.fill(0);
         macKey32.fill(0);
         keyStream.fill(0);
       }
+      // Authentic: spend the keys now (by id, never twice: a replay fails here).
+      for (const r of header.keyIds) this.take(terminalId, r).fill(0);
+      this.activate(terminalId, header.keyIds);
+      return plain;
     }
     const r = header.keyIds[0]!;
-    const s = this.session(terminalId, r);
+    const id = rangeKey(terminalId, r);
+    let s = this.sessions.get(id);
+    // A new session key is read first and taken only once a message under it authenticates.
+    const fresh = s ? undefined : this.store.peekById(terminalId, r.batchId, r.bitOffset, r.bits / 8);
     let plain: Uint8Array;
     try {
-      plain = sessionOpen(s.key, header.counter, body, aad, 'up');
+      plain = sessionOpen(s ? s.key : fresh!, header.counter, body, aad, 'up');
     } catch {
       throw new StationError(`uplink from ${terminalId} does not authenticate`);
+    } finally {
+      fresh?.fill(0);
+    }
+    if (!s) {
+      s = { key: this.take(terminalId, r), range: r, recv: new SessionKeyState(this.clock(), { maxMessages: 2 ** 32, maxAgeMs: Number.MAX_SAFE_INTEGER }), sendCounter: 0 };
+      this.sessions.set(id, s);
     }
     // The counter is recorded only for an authentic message: a forgery cannot block real ones.
     if (!s.recv.accept(header.counter, this.clock())) throw new StationError(`uplink counter ${header.counter} from ${terminalId} replayed`);
@@ -94,17 +108,6 @@ export class Station {
     out.set(head);
     out.set(sealed, head.length);
     return out;
-  }
-
-  private session(terminalId: string, r: KeyRange): Session {
-    const id = rangeKey(terminalId, r);
-    let s = this.sessions.get(id);
-    if (!s) {
-      // The session key is taken from the store once, when its first message arrives.
-      s = { key: this.take(terminalId, r), range: r, recv: new SessionKeyState(this.clock(), { maxMessages: 2 ** 32, maxAgeMs: Number.MAX_SAFE_INTEGER }), sendCounter: 0 };
-      this.sessions.set(id, s);
-    }
-    return s;
   }
 
   close(): void {

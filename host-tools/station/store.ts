@@ -383,6 +383,11 @@ export class StationStore {
     });
   }
 
+  /** Read the named key without consuming it (checking a message before spending its keys). */
+  peekById(terminalId: string, batchId: Uint8Array, bitOffset: number, bytes: number): Uint8Array {
+    return this.withPool(terminalId, false, (pool) => pool.peekById({ batchId: this.batch(terminalId, batchId).poolId, bitOffset }, bytes));
+  }
+
   status(terminalId: string): PoolStatus & { active: string[]; inactive: string[] } {
     return this.withPool(terminalId, false, (pool) => {
       const s = pool.status();

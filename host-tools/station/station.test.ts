@@ -1,0 +1,58 @@
+// The station checks an uplink before it spends the keys the uplink names: a forged header (OTP
+// or a new AEAD session key), however far ahead of the frontier it points, is refused and burns
+// nothing; the genuine uplinks then open with the same keys; a replay is refused.
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { NorFlash } from '../../firmware/flash/nor-flash.js';
+import { Group, KeysCmd } from '../../firmware/link/groups.js';
+import { decodeServiceHeader, encodeServiceHeader } from '../../firmware/crypto/service.js';
+import { startRig } from '../../firmware/test-support/module-rig.js';
+import { KmdHome } from '../kmd/home.js';
+import { enrollTerminal } from '../kmd/enroll.js';
+import { exportBatch } from '../kmd/export.js';
+import { injectBatch } from '../link/inject.js';
+import { Station } from './station.js';
+import { StationStore } from './store.js';
+
+t.test('forged uplinks burn no station key; genuine ones open; a replay is refused', async (t) => {
+  const dir = t.testdir({});
+  const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 11_000, stockBits: 1 << 20 });
+  enrollTerminal(home, 'T1', join(dir, 'T1.img'));
+  const flash = NorFlash.fromImage(readFileSync(join(dir, 'T1.img')));
+  const deviceKey = home.deviceKey('T1');
+  const store = new StationStore(home.path('station'));
+  const station = new Station(store);
+  t.teardown(() => station.close());
+  const rig = await startRig({ flash, deviceKey, terminalId: 'T1' });
+  t.teardown(() => rig.close());
+  const e = exportBatch(home, 'T1', 65536, { station: store });
+  await injectBatch(rig.client, rig.params, readFileSync(e.file));
+  deviceKey.fill(0);
+  const batchId = Buffer.from(e.record.batchId, 'hex');
+  const stored = () => store.status('T1').storedKeyBits;
+  t.equal(stored(), 65536);
+
+  const forge = (mode: 'otp' | 'aead', bitOffset: number) =>
+    Uint8Array.from([...encodeServiceHeader({ mode, keyIds: [{ batchId, bitOffset, bits: 256 }], counter: 0 }), ...randomBytes(48)]);
+  t.throws(() => station.openUplink('T1', forge('otp', 65536 - 256)), { name: 'StationError', message: /does not authenticate \(no key spent\)/ });
+  t.throws(() => station.openUplink('T1', forge('aead', 65536 - 512)), { name: 'StationError', message: /does not authenticate/ });
+  t.equal(stored(), 65536, 'two forged uplinks, one naming the last key: not a bit burned');
+
+  // The genuine uplinks: OTP, then an AEAD session; each opens with the keys it names.
+  const otp = (await rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'otp', enc: 'any', auth: 'any' }))['s'];
+  const m1 = (await rig.client.request(Group.KEYS, KeysCmd.SEAL, { s: otp, d: new Uint8Array(100).fill(1) }))['m'] as Uint8Array;
+  t.same(station.openUplink('T1', m1), new Uint8Array(100).fill(1));
+  t.throws(() => station.openUplink('T1', m1), 'a replayed OTP uplink is refused (its keys are spent)');
+  const aead = (await rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'aead', enc: 'any' }))['s'];
+  const m2 = (await rig.client.request(Group.KEYS, KeysCmd.SEAL, { s: aead, d: new Uint8Array(40).fill(2) }))['m'] as Uint8Array;
+  // A forgery under the session key the genuine message names, sent first: refused, the key not taken.
+  const sk = decodeServiceHeader(m2).header.keyIds[0]!;
+  const before = stored();
+  t.throws(() => station.openUplink('T1', forge('aead', sk.bitOffset)), { name: 'StationError' });
+  t.equal(stored(), before, 'a forged first message under a session key takes nothing');
+  t.same(station.openUplink('T1', m2), new Uint8Array(40).fill(2));
+  t.throws(() => station.openUplink('T1', m2), { name: 'StationError', message: /replayed/ });
+  t.equal(store.status('T1').consumedKeyBits, ((await rig.client.request(Group.SYSTEM, 1, {}))['pool'] as { consumedKeyBits: number }).consumedKeyBits, 'station and terminal used the same key bits');
+});
