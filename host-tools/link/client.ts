@@ -10,6 +10,9 @@ import { Group, SystemCmd } from '../../firmware/link/groups.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
 import type { Transport } from '../../firmware/link/transport.js';
 
+/** Times a request answered BUSY is sent again (pauses of 25 ms doubling to 400 ms: about 2.4 s in all). */
+const BUSY_RETRIES = 10;
+
 export class LinkTimeoutError extends Error {
   constructor(what: string, ms: number, attempts: number) {
     super(`no answer to ${what} after ${attempts} attempt(s), ${Math.round(ms)} ms each`);
@@ -108,6 +111,20 @@ export class LinkClient {
 
   /** Send one request and wait for its response; throws LinkError for an error reply. */
   async request(group: number, command: number, payload: Payload, opts: RequestOptions = {}): Promise<Payload> {
+    // BUSY means the device's receive window was full and the request was not run (docs/
+    // protocol.md 4.x): send it again after a short, growing pause, a bounded number of times.
+    // A device slowed by load (a KMD sealing a batch under its lock) must not fail the command.
+    for (let busy = 0; ; busy++) {
+      try {
+        return await this.requestOnce(group, command, payload, opts);
+      } catch (e) {
+        if (!(e instanceof LinkError && e.rc === Rc.BUSY) || busy >= BUSY_RETRIES || this.closed) throw e;
+        await new Promise((r) => setTimeout(r, Math.min(400, 25 * 2 ** busy)));
+      }
+    }
+  }
+
+  private async requestOnce(group: number, command: number, payload: Payload, opts: RequestOptions): Promise<Payload> {
     if (this.closed) throw this.closed;
     const seq = this.nextSeq();
     const frame = encodeMessage({ kind: Kind.REQUEST, group, command, seq, payload });
