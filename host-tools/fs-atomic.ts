@@ -1,8 +1,9 @@
 // Crash-safe file writes for KMD homes and carriers: write a temporary file, fsync it, rename it
 // over the target, fsync the folder. A power loss or a pulled drive leaves the old file or the
 // new one, never a torn one (POSIX rename atomicity; ext4/vfat both honour it per directory).
-import { closeSync, constants, fchmodSync, fsyncSync, openSync, renameSync, writeSync, unlinkSync, existsSync } from 'node:fs';
+import { closeSync, constants, fsyncSync, openSync, renameSync, writeSync, unlinkSync, existsSync } from 'node:fs';
 import { dirname, basename, join } from 'node:path';
+import { fchmodExact } from '../firmware/flash/nor-flash.js';
 
 export function fsyncDir(dir: string): void {
   const fd = openSync(dir, 'r');
@@ -13,20 +14,8 @@ export function fsyncDir(dir: string): void {
   }
 }
 
-/**
- * Set the mode of an open file exactly (the umask only ever narrows the mode given to open, and
- * an existing file keeps its old one). A file system without POSIX modes (a FAT carrier drive)
- * refuses with EPERM or ENOTSUP: its mount options decide, nothing to do here.
- */
-export function fchmodExact(fd: number, mode: number): void {
-  if (process.platform === 'win32') return;
-  try {
-    fchmodSync(fd, mode);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code !== 'EPERM' && code !== 'ENOTSUP' && code !== 'EOPNOTSUPP') throw e;
-  }
-}
+/** One mode-setting rule for flash images and host files (firmware/flash/nor-flash.ts). */
+export { fchmodExact };
 
 /**
  * Atomically replace `path` with `data`. The file gets exactly `mode` (0600 by default: these

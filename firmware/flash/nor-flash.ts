@@ -29,8 +29,13 @@ const WEAR_MAGIC = 0x5257_4b51; // 'QKWR' little-endian
 /** File mode of a new image file: owner only, it holds secrets. */
 const IMAGE_MODE = 0o600;
 
-/** fchmod past the umask; a file system without POSIX modes (FAT) refusing is not an error. */
-function setModeExact(fd: number, mode: number): void {
+/**
+ * Set the mode of an open file exactly (the umask only ever narrows the mode given to open, and
+ * an existing file keeps its old one). A file system without POSIX modes (a FAT carrier drive)
+ * refuses with EPERM or ENOTSUP: its mount options decide, nothing to do here. The host's
+ * atomic writes use it too (host-tools/fs-atomic.ts).
+ */
+export function fchmodExact(fd: number, mode: number): void {
   if (process.platform === 'win32') return;
   try {
     fchmodSync(fd, mode);
@@ -108,7 +113,7 @@ export class NorFlash implements BlockDevice {
       image = new Uint8Array(g.size).fill(0xff);
       const fd0 = openSync(path, 'wx', IMAGE_MODE);
       try {
-        setModeExact(fd0, IMAGE_MODE);
+        fchmodExact(fd0, IMAGE_MODE);
         let off = 0;
         while (off < image.length) off += writeSync(fd0, image, off, image.length - off, off);
         fsyncSync(fd0);

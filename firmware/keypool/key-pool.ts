@@ -706,15 +706,8 @@ export class KeyPool {
    */
   consumeById(keyId: KeyId, bytes: number): ConsumedKey {
     return this.run(() => {
-      if (!keyId || !u32ok(keyId.batchId) || !Number.isSafeInteger(keyId.bitOffset)) throw new TypeError('keyId must be {batchId: u32, bitOffset: integer}');
-      this.checkKeyLen(bytes);
-      const b = [...this.batches.values()].find((x) => x.committed && x.batchId === keyId.batchId);
-      const rel = keyId.bitOffset - (b?.fko ?? 0);
-      if (!b || rel < 0 || rel % 8 !== 0 || rel / 8 + bytes > b.bytes) {
-        throw new PoolError('NOT_PRESENT', `no key of ${bytes} bytes at batch ${keyId.batchId} bit ${keyId.bitOffset}`);
-      }
-      if (rel / 8 < b.frontier) throw new PoolError('ALREADY_CONSUMED', `key at batch ${keyId.batchId} bit ${keyId.bitOffset} was already consumed`);
-      return this.take(b, rel / 8, bytes);
+      const { b, o } = this.locate(keyId, bytes);
+      return this.take(b, o, bytes);
     });
   }
 
@@ -726,19 +719,24 @@ export class KeyPool {
    */
   peekById(keyId: KeyId, bytes: number): Uint8Array {
     return this.run(() => {
-      if (!keyId || !u32ok(keyId.batchId) || !Number.isSafeInteger(keyId.bitOffset)) throw new TypeError('keyId must be {batchId: u32, bitOffset: integer}');
-      this.checkKeyLen(bytes);
-      const b = [...this.batches.values()].find((x) => x.committed && x.batchId === keyId.batchId);
-      const rel = keyId.bitOffset - (b?.fko ?? 0);
-      if (!b || rel < 0 || rel % 8 !== 0 || rel / 8 + bytes > b.bytes) {
-        throw new PoolError('NOT_PRESENT', `no key of ${bytes} bytes at batch ${keyId.batchId} bit ${keyId.bitOffset}`);
-      }
-      if (rel / 8 < b.frontier) throw new PoolError('ALREADY_CONSUMED', `key at batch ${keyId.batchId} bit ${keyId.bitOffset} was already consumed`);
-      const o = rel / 8;
+      const { b, o } = this.locate(keyId, bytes);
       const key = new Uint8Array(bytes);
       this.pieces(o, o + bytes, (i, off, len, at) => key.set(this.flash.read(this.payloadAddr(this.sectorOf(b, i), off), len), at - o));
       return key;
     });
+  }
+
+  /** The live committed batch and byte offset of the named key, or the refusal consumeById and peekById share. */
+  private locate(keyId: KeyId, bytes: number): { b: Batch; o: number } {
+    if (!keyId || !u32ok(keyId.batchId) || !Number.isSafeInteger(keyId.bitOffset)) throw new TypeError('keyId must be {batchId: u32, bitOffset: integer}');
+    this.checkKeyLen(bytes);
+    const b = [...this.batches.values()].find((x) => x.committed && x.batchId === keyId.batchId);
+    const rel = keyId.bitOffset - (b?.fko ?? 0);
+    if (!b || rel < 0 || rel % 8 !== 0 || rel / 8 + bytes > b.bytes) {
+      throw new PoolError('NOT_PRESENT', `no key of ${bytes} bytes at batch ${keyId.batchId} bit ${keyId.bitOffset}`);
+    }
+    if (rel / 8 < b.frontier) throw new PoolError('ALREADY_CONSUMED', `key at batch ${keyId.batchId} bit ${keyId.bitOffset} was already consumed`);
+    return { b, o: rel / 8 };
   }
 
   /** Record [frontier, o+n) consumed (marks), zeroize it, sync; then hand out [o, o+n). */

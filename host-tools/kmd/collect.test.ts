@@ -2,6 +2,7 @@
 // every older batch the terminal no longer holds: one whose carrier was lost (now stale), one
 // whose last message was lost to a power cut; and never one the terminal still holds.
 import t from 'tap';
+import type { Test } from 'tap';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
@@ -15,7 +16,8 @@ import { Carrier } from '../carrier/carrier.js';
 import { injectBatch } from '../link/inject.js';
 import { StationStore } from '../station/store.js';
 
-t.test('a v2 receipt retires at the station the older batches the terminal no longer holds', async (t) => {
+/** A KMD home with terminal T1 enrolled, its station store, and T1's module on an in-process link. */
+async function setup(t: Test) {
   const dir = t.testdir({});
   const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 11_000, stockBits: 1 << 20 });
   enrollTerminal(home, 'T1', join(dir, 'T1.img'));
@@ -25,6 +27,11 @@ t.test('a v2 receipt retires at the station the older batches the terminal no lo
   t.teardown(() => store.close());
   const rig = await startRig({ flash, deviceKey, terminalId: 'T1' });
   t.teardown(() => rig.close());
+  return { dir, home, deviceKey, store, rig };
+}
+
+t.test('a v2 receipt retires at the station the older batches the terminal no longer holds', async (t) => {
+  const { dir, home, deviceKey, store, rig } = await setup(t);
 
   // Four exports: A (delivered, then used up but its last message lost), B (its carrier lost),
   // C (delivered, still holding keys), D (delivered now: its receipt does the work).
@@ -50,15 +57,7 @@ t.test('a v2 receipt retires at the station the older batches the terminal no lo
 });
 
 t.test('a receipt collected late, for a batch the station already retired, still counts as delivered', async (t) => {
-  const dir = t.testdir({});
-  const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 11_000, stockBits: 1 << 20 });
-  enrollTerminal(home, 'T1', join(dir, 'T1.img'));
-  const flash = NorFlash.fromImage(readFileSync(join(dir, 'T1.img')));
-  const deviceKey = home.deviceKey('T1');
-  const store = new StationStore(home.path('station'));
-  t.teardown(() => store.close());
-  const rig = await startRig({ flash, deviceKey, terminalId: 'T1' });
-  t.teardown(() => rig.close());
+  const { dir, home, deviceKey, store, rig } = await setup(t);
   const [A, B] = [1, 2].map(() => exportBatch(home, 'T1', 4096, { station: store }));
   const deliver = async (e: NonNullable<typeof A>, name: string) => {
     const carrier = Carrier.init(join(dir, name), { carrierId: name, kmdId: home.config.kmdId });
