@@ -61,12 +61,13 @@ t.test('a symlinked .qkb with its receipt present: the link target is never zero
   const { dir, victim, victimBytes, c } = setup(t);
   const a = makeBatch('T1', 1);
   c.addBatch(a.sealed);
-  c.recordReceipt('T1', a.batchId, receiptFor(a)); // wipes the real batch file
+  c.recordReceipt('T1', a.batchId, receiptFor(a));
+  c.markCollected([a.id]); // the KMD verified it: wipes the real batch file
   const link = join(dir, BATCH_DIR, `${a.id}.qkb`);
   t.notOk(existsSync(link));
   symlinkSync(victim, link);
 
-  const s = Carrier.open(dir).status(); // scan() -> finishDelivery for the receipt
+  const s = Carrier.open(dir).status(); // scan() -> finishWipe for the collected receipt
   t.same(readFileSync(victim), victimBytes, 'victim untouched');
   t.ok(lstatSync(link).isSymbolicLink(), 'the link itself is left for a human to look at');
   t.match(s.damaged, [{ file: link, reason: /symbolic link/ }]);

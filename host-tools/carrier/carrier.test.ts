@@ -1,4 +1,5 @@
-// Carrier on plain temp folders: layout, refusals, idempotent loads, receipt -> delivered -> wiped,
+// Carrier on plain temp folders: layout, refusals, idempotent loads, receipt -> delivered -> collected -> wiped,
+// a forged receipt rejected and quarantined,
 // recovery of every interrupted step, torn journal lines, collection, status.
 import t from 'tap';
 import type { Test } from 'tap';
@@ -294,7 +295,7 @@ t.test('scan removes temporaries of dead writers only', async (t) => {
   t.same(s.damaged, [], 'temporaries are never batches');
 });
 
-t.test('recordReceipt: receipt stored, delivered, ciphertext zeroed then unlinked', async (t) => {
+t.test('recordReceipt: receipt stored, delivered, ciphertext kept until the KMD collects; then zeroed and unlinked', async (t) => {
   const c = newCarrier(t);
   const a = makeBatch('T1', 1);
   const b = makeBatch('T1', 2);
@@ -307,32 +308,92 @@ t.test('recordReceipt: receipt stored, delivered, ciphertext zeroed then unlinke
   linkSync(entry.file, spy);
   const rec = receiptFor(a);
   const r = c.recordReceipt('T1', a.batchId, rec);
-  t.match(r, { outcome: 'recorded', id: a.id, terminalId: 'T1', batchId: a.batchId, seq: 1, bits: 512, collected: false });
+  t.match(r, { outcome: 'recorded', id: a.id, terminalId: 'T1', batchId: a.batchId, seq: 1, bits: 512, collected: false, state: 'unverified', ciphertextBytes: a.sealed.length });
   t.same(new Uint8Array(readFileSync(r.receiptFile)), rec);
-  t.notOk(existsSync(entry.file), 'batch file unlinked');
-  const left = readFileSync(spy);
-  t.equal(left.length, a.sealed.length);
-  t.ok(left.every((x) => x === 0), 'ciphertext overwritten with zeros before the unlink');
-  t.same(events(c), ['created', 'loaded', 'loaded', 'injected', 'delivered', 'wiped']);
+  t.same(new Uint8Array(readFileSync(entry.file)), a.sealed, 'the ciphertext is kept: the carrier cannot check the receipt');
+  t.same(events(c), ['created', 'loaded', 'loaded', 'injected', 'delivered']);
   const injected = c.history()[3]!;
   t.match(injected, { event: 'injected', id: a.id, seq: 1, bits: 512, receipt: Buffer.from(rec).toString('hex') });
-  t.equal(c.batchFor('T1')?.id, b.id, 'next batch is the next seq');
+  t.equal(c.batchFor('T1')?.id, b.id, 'next batch is the next seq: a batch with a receipt is not offered');
   t.throws(() => c.readBatch(entry), code('UNKNOWN_BATCH'), 'a delivered batch cannot be read');
+  t.match(c.status(), { receiptsPending: 1, sealedBytes: a.sealed.length + b.sealed.length, delivered: [{ id: a.id, state: 'unverified' }] });
 
   // The stored receipt is the terminal's: the KMD can verify it.
   const stored = decodeReceipt(c.receipts()[0]!.receipt);
   t.ok(verifyReceipt(a.deviceKey, stored));
 
-  // Again, same receipt: nothing changes. Another receipt: refused.
+  // Again, same receipt: nothing changes. Another receipt: refused, naming the fix.
   t.equal(c.recordReceipt('T1', a.batchId.toUpperCase(), rec).outcome, 'present');
-  t.same(events(c), ['created', 'loaded', 'loaded', 'injected', 'delivered', 'wiped']);
+  t.same(events(c), ['created', 'loaded', 'loaded', 'injected', 'delivered']);
   const forged = rec.slice();
   forged[forged.length - 1]! ^= 1;
-  t.throws(() => c.recordReceipt('T1', a.batchId, forged), code('ALREADY_DELIVERED'));
+  t.throws(() => c.recordReceipt('T1', a.batchId, forged), { code: 'ALREADY_DELIVERED', message: /qkt kmd collect/ });
   // Loading the delivered batch again (a re-run load): never offered again.
   t.match(c.addBatch(a.sealed), { outcome: 'delivered' });
-  t.notOk(existsSync(entry.file));
   t.same(c.pending().map((p) => p.id), [b.id]);
+
+  // The KMD verified it: collected, then zeroed and unlinked.
+  c.markCollected([a.id]);
+  t.notOk(existsSync(entry.file), 'batch file unlinked');
+  const left = readFileSync(spy);
+  t.equal(left.length, a.sealed.length);
+  t.ok(left.every((x) => x === 0), 'ciphertext overwritten with zeros before the unlink');
+  t.same(events(c), ['created', 'loaded', 'loaded', 'injected', 'delivered', 'collected', 'wiped']);
+  t.match(c.status(), { receiptsPending: 0, sealedBytes: b.sealed.length, delivered: [{ id: a.id, state: 'collected', collected: true, ciphertextBytes: 0 }] });
+  c.markCollected([a.id]);
+  t.same(events(c).length, 7, 'markCollected again: nothing more');
+  t.throws(() => c.recordReceipt('T1', a.batchId, forged), { code: 'ALREADY_DELIVERED', message: /verified/ });
+});
+
+t.test('a forged receipt: ciphertext kept; the KMD rejects it, the receipt is quarantined, the batch is offered again', async (t) => {
+  const c = newCarrier(t);
+  const a = makeBatch('T1', 1);
+  c.addBatch(a.sealed);
+  const info = parseSealedHeader(a.sealed);
+  // Right terminal, batch, seq, bits and header digest (all public), MAC under another key.
+  const forged = encodeReceipt(makeReceipt(new Uint8Array(32).fill(7), { terminalId: 'T1', batchId: info.header.batchId, seq: 1, bits: 512, headerDigest: info.headerDigest }));
+  c.recordReceipt('T1', a.batchId, forged);
+  t.same(new Uint8Array(readFileSync(join(c.path, BATCH_DIR, `${a.id}.qkb`))), a.sealed, 'not wiped');
+  t.equal(c.batchFor('T1'), undefined, 'not offered while the receipt awaits the KMD');
+
+  const q = c.rejectReceipt(a.id, 'receipt MAC does not verify');
+  t.match(q, { id: a.id, reason: 'receipt MAC does not verify' });
+  t.same(new Uint8Array(readFileSync(q.file)), forged, 'the false receipt is kept under quarantine/');
+  t.same(readdirSync(join(c.path, RECEIPT_DIR)), [], 'and gone from receipts/');
+  t.equal(c.batchFor('T1')?.id, a.id, 'the batch is offered again');
+  t.match(c.history().at(-1), { event: 'rejected', id: a.id, reason: 'receipt MAC does not verify', receipt: Buffer.from(forged).toString('hex') });
+  t.match(c.status(), { receiptsPending: 0, delivered: [], quarantined: [{ id: a.id, reason: 'receipt MAC does not verify' }], batches: [{ id: a.id }] });
+  t.match(formatCarrierStatus(c.status()), /rejected \(quarantined; their batches are offered again\): 1\n  T1-[0-9a-f]{32}: receipt MAC does not verify/);
+  t.throws(() => c.recordReceipt('T1', a.batchId, forged), { code: 'BAD_RECEIPT', message: /rejected this very receipt/ }, 'the same false receipt again: refused');
+  t.equal(c.batchFor('T1')?.id, a.id);
+  t.throws(() => c.rejectReceipt(a.id, 'x'), code('UNKNOWN_RECEIPT'));
+
+  // The true receipt: recorded and journalled anew, then collected and wiped.
+  c.recordReceipt('T1', a.batchId, receiptFor(a));
+  t.same(events(c), ['created', 'loaded', 'injected', 'delivered', 'rejected', 'injected', 'delivered']);
+  c.markCollected([a.id]);
+  t.throws(() => c.rejectReceipt(a.id, 'x'), code('ALREADY_DELIVERED'), 'a collected receipt cannot be rejected');
+  t.notOk(existsSync(join(c.path, BATCH_DIR, `${a.id}.qkb`)));
+  const again = Carrier.open(c.path);
+  t.same(again.scan().repaired, [], 'nothing left to finish');
+  t.equal(again.status().quarantined.length, 1);
+});
+
+t.test('a rejection cut before its move is finished by open(), and never moves a later true receipt', async (t) => {
+  const c = newCarrier(t);
+  const a = makeBatch('T1', 1);
+  c.addBatch(a.sealed);
+  const info = parseSealedHeader(a.sealed);
+  const forged = encodeReceipt(makeReceipt(new Uint8Array(32).fill(9), { terminalId: 'T1', batchId: info.header.batchId, seq: 1, bits: 512, headerDigest: info.headerDigest }));
+  c.recordReceipt('T1', a.batchId, forged);
+  // The `rejected` line is on the drive, the rename is not (the drive was pulled in between).
+  new Journal(join(c.path, JOURNAL_FILE)).append({ event: 'rejected', id: a.id, receipt: Buffer.from(forged).toString('hex'), reason: 'receipt MAC does not verify', file: 'quarantine/x.qkr' });
+  const again = Carrier.open(c.path);
+  t.same(readdirSync(join(c.path, RECEIPT_DIR)), [], 'moved on open');
+  t.equal(readdirSync(join(c.path, 'quarantine')).length, 1);
+  t.equal(again.batchFor('T1')?.id, a.id, 'offered again');
+  again.recordReceipt('T1', a.batchId, receiptFor(a));
+  t.same(Carrier.open(c.path).receipts().map((r) => r.id), [a.id], 'the true receipt stays');
 });
 
 t.test('recordReceipt refusals', async (t) => {
@@ -353,8 +414,8 @@ t.test('recordReceipt refusals', async (t) => {
   t.equal(c.batchFor('T1')?.id, a.id, 'still pending');
 });
 
-t.test('open/scan finish a delivery interrupted at every step', async (t) => {
-  const steps = ['receipt stored', 'injected journalled', 'delivered journalled', 'zeroed, not unlinked', 'unlinked, wiped not journalled'] as const;
+t.test('open/scan finish a delivery or a collect interrupted at every step', async (t) => {
+  const steps = ['receipt stored', 'injected journalled', 'delivered journalled', 'collected journalled', 'zeroed, not unlinked', 'unlinked, wiped not journalled'] as const;
   for (const [i, step] of steps.entries()) {
     const c = newCarrier(t);
     const a = makeBatch('T1', 1);
@@ -367,15 +428,40 @@ t.test('open/scan finish a delivery interrupted at every step', async (t) => {
     const j = new Journal(join(c.path, JOURNAL_FILE));
     if (i >= 1) j.append({ event: 'injected', id: a.id, terminalId: 'T1', batchId: a.batchId, seq: 1, bits: 512, receipt: Buffer.from(rec).toString('hex') });
     if (i >= 2) j.append({ event: 'delivered', id: a.id });
-    if (i === 3) writeFileSync(file, new Uint8Array(a.sealed.length));
-    if (i === 4) unlinkSync(file);
+    if (i >= 3) j.append({ event: 'collected', ids: [a.id] });
+    if (i === 4) writeFileSync(file, new Uint8Array(a.sealed.length));
+    if (i === 5) unlinkSync(file);
     const again = Carrier.open(c.path);
-    t.notOk(existsSync(file), `${step}: ciphertext gone`);
-    t.same(events(again), ['created', 'loaded', 'loaded', 'injected', 'delivered', 'wiped'], `${step}: journal completed`);
-    t.match(again.history()[5], { event: 'wiped', id: a.id, recovered: true });
+    if (i < 3) {
+      t.same(new Uint8Array(readFileSync(file)), a.sealed, `${step}: ciphertext kept until collect`);
+      t.same(events(again), ['created', 'loaded', 'loaded', 'injected', 'delivered'], `${step}: journal completed`);
+      t.equal(again.receipts().length, 1, `${step}: the receipt awaits the KMD`);
+    } else {
+      t.notOk(existsSync(file), `${step}: ciphertext gone`);
+      t.same(events(again), ['created', 'loaded', 'loaded', 'injected', 'delivered', 'collected', 'wiped'], `${step}: journal completed`);
+      t.match(again.history()[6], { event: 'wiped', id: a.id, recovered: true });
+      t.equal(again.receipts().length, 0);
+    }
     t.same(again.pending().map((p) => p.id), [b.id], `${step}: the delivered batch is not offered`);
     t.same(again.scan().repaired, [], `${step}: a second scan has nothing to do`);
-    t.equal(again.receipts().length, 1);
+  }
+});
+
+t.test('hostile ids: dot names are never offered, other ids are refused at the entry points', async (t) => {
+  const c = newCarrier(t);
+  const hex = 'ab'.repeat(16);
+  const a = makeBatch('T1', 1);
+  writeFileSync(join(c.path, BATCH_DIR, `..-${hex}.qkb`), a.sealed);
+  writeFileSync(join(c.path, RECEIPT_DIR, `..-${hex}.qkr`), receiptFor(a));
+  const s = c.scan();
+  t.same(s.pending, []);
+  t.same(s.delivered, []);
+  // Dot names are never read (temporaries, hidden files), so these are neither offered nor touched.
+  t.same(s.damaged, []);
+  t.same(readFileSync(join(c.path, BATCH_DIR, `..-${hex}.qkb`)), Buffer.from(a.sealed), 'left as it was');
+  for (const bad of ['..', '.', '', 'x'.repeat(200), '../x', 'T\u00001']) {
+    t.throws(() => c.recordReceipt(bad, hex, receiptFor(a)), RangeError, `recordReceipt ${JSON.stringify(bad)}`);
+    t.throws(() => c.pending(bad), RangeError, `pending ${JSON.stringify(bad)}`);
   }
 });
 
@@ -469,7 +555,10 @@ t.test('status is JSON-able and formatCarrierStatus prints it', async (t) => {
     formatVersion: 1,
     path: c.path,
     receiptsPending: 1,
-    journal: { events: 7, skippedLines: 0 },
+    // created, 3 loaded, injected, delivered: no `wiped` before collect.
+    journal: { events: 6, skippedLines: 0 },
+    sealedBytes: a.sealed.length + b.sealed.length + d.sealed.length,
+    quarantined: [],
   });
   t.same(s.batches.map((x) => [x.terminalId, x.seq, x.bits, x.bytes]), [['T-0001', 1, 2 ** 20, a.sealed.length], ['T-0001', 2, 512, b.sealed.length]]);
   t.same(s.delivered.map((x) => [x.terminalId, x.seq, x.collected]), [['T-0002', 1, false]]);
@@ -483,7 +572,8 @@ t.test('status is JSON-able and formatCarrierStatus prints it', async (t) => {
   t.match(text, /pending batches: 2 \(/);
   t.match(text, /T-0001 {2}seq 1 {2}1 Mbit {2}enc/);
   t.match(text, /delivered: 1 \(1 receipt to collect\)/);
-  t.match(text, /T-0002 {2}seq 1 .* receipt to collect/);
+  t.match(text, /T-0002 {2}seq 1 .* receipt to collect \(unverified; .* sealed kept until qkt kmd collect\)/);
+  t.match(text, /sealed bytes held: /);
   t.match(text, /damaged \(never offered\): 1/);
   t.notMatch(text, /journal:/);
 

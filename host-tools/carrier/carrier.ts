@@ -4,21 +4,27 @@
 // Layout (all under the carrier folder; docs/carrier.md has the crash-safety argument):
 //   carrier.json                              manifest: { format: "qkt-carrier", version: 1, carrierId, kmdId, created }
 //   batches/<terminalId>-<batchIdHex>.qkb     one sealed batch (docs/batch.md), exactly as the KMD sealed it
-//   receipts/<terminalId>-<batchIdHex>.qkr    the terminal's delivery receipt for that batch (encodeReceipt form)
-//   journal.jsonl                             append-only event log: created, loaded, injected, delivered, wiped, collected
+//   receipts/<terminalId>-<batchIdHex>.qkr    the delivery receipt the port returned for that batch (encodeReceipt form)
+//   quarantine/<id>-<digest16>.qkr            receipts the KMD found false (kept for a human; never read again)
+//   journal.jsonl                             append-only event log: created, loaded, injected, delivered, rejected, collected, wiped
 //
 // The files are the truth: a batch is pending while its .qkb is whole and it has no .qkr; it is
-// delivered once its .qkr exists. The journal records history and one bit of state the files do
-// not hold: which receipts the KMD has collected. Every write is write-temp, fsync, rename, fsync
-// folder (host-tools/fs-atomic.ts), so a pulled drive holds each file whole or not at all.
-import { closeSync, fsyncSync, lstatSync, mkdirSync, readdirSync, statSync, statfsSync, unlinkSync, writeSync } from 'node:fs';
+// delivered (unverified) once its .qkr exists. The carrier cannot check a receipt's MAC (it is
+// under the terminal's device key), so the ciphertext stays until the KMD has verified the receipt
+// (`qkt kmd collect`: markCollected wipes it) or found it false (rejectReceipt quarantines the
+// receipt and the batch is offered again). The journal records history and the KMD's verdicts.
+// Every write is write-temp, fsync, rename, fsync folder (host-tools/fs-atomic.ts), so a pulled
+// drive holds each file whole or not at all.
+import { closeSync, fsyncSync, lstatSync, mkdirSync, readdirSync, renameSync, statSync, statfsSync, unlinkSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
+import { sha256 } from '@noble/hashes/sha2.js';
 import { parseSealedHeader, BatchError, HEADER_FIXED_BYTES, MAX_BATCH_BITS, TAG_BYTES } from '../../firmware/crypto/batch.js';
 import type { Purpose, SealedHeaderInfo } from '../../firmware/crypto/batch.js';
 import { decodeReceipt, CryptoFormatError } from '../../firmware/crypto/receipt.js';
 import type { Receipt } from '../../firmware/crypto/receipt.js';
 import { fsyncDir, writeFileAtomic } from '../fs-atomic.js';
 import { formatBits } from '../units.js';
+import { isId } from '../kmd/home.js';
 import { CarrierError } from './errors.js';
 import { Journal } from './journal.js';
 import { lexists, lstatRegular, openRegular, RDWR_FLAGS, readCapped, readHeadCapped, UnsafeFileError } from './safe-file.js';
@@ -33,15 +39,24 @@ export const CARRIER_VERSION = 1;
 export const MANIFEST_FILE = 'carrier.json';
 export const BATCH_DIR = 'batches';
 export const RECEIPT_DIR = 'receipts';
+export const QUARANTINE_DIR = 'quarantine';
 export const JOURNAL_FILE = 'journal.jsonl';
 export const BATCH_EXT = '.qkb';
 export const RECEIPT_EXT = '.qkr';
 
-/** Carrier, KMD and terminal ids: 1..32 chars of [A-Za-z0-9._-] (docs/batch.md), safe in file names. */
-const ID_RE = /^[A-Za-z0-9._-]{1,32}$/;
 const BATCH_ID_HEX_RE = /^[0-9a-f]{32}$/;
 /** `<terminalId>-<batchIdHex>`: the terminal id may contain '-', the batch id is the last 32 hex digits. */
 const FILE_ID_RE = /^([A-Za-z0-9._-]{1,32})-([0-9a-f]{32})$/;
+
+/**
+ * A file stem `<terminalId>-<batchIdHex>` split, or undefined: the terminal id must pass the KMD's
+ * id rule (isId: never only dots), since the stem names files here and ids at the KMD.
+ */
+function parseFileId(id: string): { terminalId: string; batchId: string } | undefined {
+  const m = FILE_ID_RE.exec(id);
+  if (!m || !isId(m[1])) return undefined;
+  return { terminalId: m[1], batchId: m[2]! };
+}
 /** fs-atomic's temporary names: `.<name>.tmp-<pid>`. */
 const TMP_RE = /^\..+\.tmp-(\d+)$/;
 /** The longest header plus its tag: enough to parse any header without reading the ciphertext. */
@@ -93,17 +108,33 @@ export interface DamagedEntry {
   reason: string;
 }
 
-/** A batch the terminal accepted: its receipt is on the carrier and its ciphertext is gone. */
+/**
+ * A batch with a receipt on the carrier. `unverified`: the receipt is stored, the batch is not
+ * offered again, and its ciphertext is kept until the KMD verifies the receipt (`qkt kmd collect`).
+ * `collected`: the KMD verified it; the ciphertext is wiped.
+ */
 export interface DeliveredEntry {
   id: string;
   terminalId: string;
   batchId: string;
   seq: number;
   bits: number;
+  state: 'unverified' | 'collected';
   /** True once the KMD took the receipt (markCollected). */
   collected: boolean;
+  /** Sealed bytes of this batch still on the carrier (0 once wiped). */
+  ciphertextBytes: number;
   /** Absolute path of the .qkr file. */
   receiptFile: string;
+}
+
+/** A receipt the KMD found false (rejectReceipt): moved aside, its batch offered again. */
+export interface QuarantinedEntry {
+  /** `<terminalId>-<batchIdHex>` of the batch it claimed. */
+  id: string;
+  file: string;
+  /** Why the KMD rejected it (from the journal), when known. */
+  reason?: string;
 }
 
 /** A receipt for the KMD (`qkt kmd collect`), as stored: decodeReceipt + verifyReceipt it there. */
@@ -120,6 +151,7 @@ export interface ReceiptEntry {
 export interface ScanReport {
   pending: BatchEntry[];
   delivered: DeliveredEntry[];
+  quarantined: QuarantinedEntry[];
   damaged: DamagedEntry[];
   /** What this scan finished or cleaned up after an interruption (human-readable, no secrets). */
   repaired: string[];
@@ -136,6 +168,10 @@ export interface CarrierStatus {
   delivered: DeliveredEntry[];
   /** Receipts on the carrier that the KMD has not collected yet. */
   receiptsPending: number;
+  /** Receipts the KMD rejected, moved to quarantine/ (their batches are pending again). */
+  quarantined: QuarantinedEntry[];
+  /** Sealed bytes the carrier holds: pending batches and delivered ones awaiting collect. */
+  sealedBytes: number;
   damaged: DamagedEntry[];
   journal: { events: number; skippedLines: number };
   /** Free bytes for an unprivileged writer (statfs); absent where statfs fails. */
@@ -164,7 +200,7 @@ function hex(bytes: Uint8Array): string {
 
 function aid(value: unknown, name: string): string {
   if (typeof value !== 'string') throw new TypeError(`${name} must be a string`);
-  if (!ID_RE.test(value)) throw new RangeError(`${name} must be 1-32 chars of [A-Za-z0-9._-]`);
+  if (!isId(value)) throw new RangeError(`${name} must be 1-32 chars of [A-Za-z0-9._-], not only dots`);
   return value;
 }
 
@@ -274,31 +310,49 @@ function readManifest(dir: string): CarrierManifest {
     throw new CarrierError('UNSUPPORTED_VERSION', `${path}: carrier format version ${String(o['version'])} not supported (this qkt reads ${CARRIER_VERSION})`);
   }
   for (const k of ['carrierId', 'kmdId'] as const) {
-    if (typeof o[k] !== 'string' || !ID_RE.test(o[k])) throw new CarrierError('CORRUPT', `${path}: ${k} missing or malformed`);
+    if (typeof o[k] !== 'string' || !isId(o[k])) throw new CarrierError('CORRUPT', `${path}: ${k} missing or malformed`);
   }
   if (typeof o['created'] !== 'string') throw new CarrierError('CORRUPT', `${path}: created missing`);
   return { format: CARRIER_FORMAT, version: CARRIER_VERSION, carrierId: o['carrierId'] as string, kmdId: o['kmdId'] as string, created: o['created'] };
 }
 
-/** What the journal says happened to each id; scan() uses it to write only the missing lines. */
+/**
+ * What the journal says happened to each id; scan() uses it to write only the missing lines. Read
+ * in order: a `rejected` line clears the id's delivery, so a later true receipt is journalled anew.
+ * Ids from the journal are only looked up, never made into paths (the journal is a carrier file).
+ */
 interface JournalState {
   loaded: Set<string>;
   injected: Set<string>;
   delivered: Set<string>;
   wiped: Set<string>;
   collected: Set<string>;
+  /** Per id, the receipts (hex) the KMD rejected, with the quarantine file and reason. */
+  rejected: Map<string, Array<{ receipt: string; file: string; reason: string }>>;
 }
 
 function journalState(records: JournalRecord[]): JournalState {
-  const s: JournalState = { loaded: new Set(), injected: new Set(), delivered: new Set(), wiped: new Set(), collected: new Set() };
+  const s: JournalState = { loaded: new Set(), injected: new Set(), delivered: new Set(), wiped: new Set(), collected: new Set(), rejected: new Map() };
   for (const r of records) {
     if (r.event === 'collected') {
       if (Array.isArray(r.ids)) for (const id of r.ids) s.collected.add(String(id));
+    } else if (r.event === 'rejected') {
+      if (typeof r.id !== 'string' || typeof r.receipt !== 'string') continue;
+      s.injected.delete(r.id);
+      s.delivered.delete(r.id);
+      const list = s.rejected.get(r.id) ?? [];
+      list.push({ receipt: r.receipt, file: String(r.file), reason: String(r.reason) });
+      s.rejected.set(r.id, list);
     } else if ((r.event === 'loaded' || r.event === 'injected' || r.event === 'delivered' || r.event === 'wiped') && typeof r.id === 'string') {
       s[r.event].add(r.id);
     }
   }
   return s;
+}
+
+/** The quarantine name of a rejected receipt: fixed by its bytes, so a re-run move lands on the same name. */
+function quarantineName(id: string, receipt: Uint8Array): string {
+  return `${id}-${hex(sha256(receipt).subarray(0, 8))}${RECEIPT_EXT}`;
 }
 
 export class Carrier {
@@ -463,7 +517,7 @@ export class Carrier {
 
   /** The sealed bytes of a pending batch, checked again (the drive may have changed since scan()). */
   readBatch(entry: Pick<BatchEntry, 'id'>): Uint8Array {
-    if (entry === null || typeof entry !== 'object' || typeof entry.id !== 'string' || !FILE_ID_RE.test(entry.id)) {
+    if (entry === null || typeof entry !== 'object' || typeof entry.id !== 'string' || !parseFileId(entry.id)) {
       throw new TypeError('entry must be a BatchEntry from pending()');
     }
     if (lexists(this.receiptPath(entry.id))) throw new CarrierError('UNKNOWN_BATCH', `${entry.id} was delivered already`);
@@ -484,10 +538,13 @@ export class Carrier {
   }
 
   /**
-   * The terminal accepted a batch: store its receipt, journal `injected` and `delivered`, then
-   * wipe the batch's ciphertext. The receipt must name this batch (terminal, id, seq, bits, header
-   * digest); its MAC is the KMD's to check. Re-recording the same receipt finishes an interrupted
-   * call; a different one for a delivered batch is ALREADY_DELIVERED.
+   * The port returned a receipt for a batch: store it and journal `injected` and `delivered`. The
+   * batch is not offered again, but its ciphertext stays: the receipt's MAC is under the terminal's
+   * device key, which only the KMD holds, so anything on the port could have made it up. The KMD
+   * verifies it at collect and then wipes (markCollected) or brings the batch back (rejectReceipt).
+   * The receipt must name this batch (terminal, id, seq, bits, header digest). Re-recording the
+   * same receipt finishes an interrupted call; a different one is ALREADY_DELIVERED; one the KMD
+   * already rejected is BAD_RECEIPT.
    */
   recordReceipt(terminalId: string, batchIdHex: string, receiptBytes: Uint8Array): RecordReceiptResult {
     aid(terminalId, 'terminalId');
@@ -514,10 +571,21 @@ export class Carrier {
         throw e;
       }
       if (stored === undefined || !equalBytes(stored, receiptBytes)) {
-        throw new CarrierError('ALREADY_DELIVERED', `${id} was delivered already, with another receipt`);
+        const collected = journalState(this.journal.read().records).collected.has(id);
+        throw new CarrierError(
+          'ALREADY_DELIVERED',
+          collected
+            ? `${id} was delivered already (the KMD verified its receipt)`
+            : `${id} holds another receipt, not yet verified: run qkt kmd collect --carrier ${this.path}; if the KMD rejects it, the batch is offered again`,
+        );
       }
       this.scan();
       return { ...this.deliveredEntry(id, receipt, journalState(this.journal.read().records)), outcome: 'present' };
+    }
+    const before = journalState(this.journal.read().records);
+    const rx = hex(receiptBytes);
+    if (before.rejected.get(id)?.some((r) => r.receipt === rx)) {
+      throw new CarrierError('BAD_RECEIPT', `${id}: the KMD rejected this very receipt before; the batch stays on offer`);
     }
     const batch = this.readBatch({ id });
     const info = parseSealedHeader(batch);
@@ -526,16 +594,16 @@ export class Carrier {
     }
     writeFileAtomic(rfile, receiptBytes);
     const state = journalState(this.journal.read().records);
-    this.finishDelivery(id, receipt, receiptBytes, state, false);
+    this.finishDelivery(id, receipt, receiptBytes, state);
     return { ...this.deliveredEntry(id, receipt, state), outcome: 'recorded' };
   }
 
   /**
-   * The steps after a receipt is stored, each skipped if already done: journal `injected` and
-   * `delivered`, wipe the ciphertext, journal `wiped`. recordReceipt runs it; scan() re-runs it
-   * for every receipt, which is how a crash between the steps gets finished.
+   * The journal lines after a receipt is stored, each skipped if already there: `injected` and
+   * `delivered`. recordReceipt runs it; scan() re-runs it for every receipt, which is how a crash
+   * between the steps gets finished.
    */
-  private finishDelivery(id: string, receipt: Receipt, receiptBytes: Uint8Array, state: JournalState, recovered: boolean): boolean {
+  private finishDelivery(id: string, receipt: Receipt, receiptBytes: Uint8Array, state: JournalState): boolean {
     let did = false;
     if (!state.injected.has(id)) {
       const { terminalId, seq, bits } = receipt;
@@ -548,6 +616,14 @@ export class Carrier {
       state.delivered.add(id);
       did = true;
     }
+    return did;
+  }
+
+  /**
+   * Wipe a collected batch's ciphertext if it is still here and journal `wiped` once. `id` comes
+   * from a receipt file name that parseFileId accepted, never from the journal.
+   */
+  private finishWipe(id: string, state: JournalState, recovered: boolean): boolean {
     const file = this.batchPath(id);
     let present: boolean;
     try {
@@ -555,24 +631,37 @@ export class Carrier {
     } catch (e) {
       // A symlink, FIFO, device, folder or oversize file under the batch name: never opened,
       // zeroed or unlinked; scan() reports it as damaged.
-      if (e instanceof UnsafeFileError) return did;
+      if (e instanceof UnsafeFileError) return false;
       throw e;
     }
-    if (present) {
-      wipeFile(file);
+    if (present) wipeFile(file);
+    if (present || !state.wiped.has(id)) {
       this.journal.append(recovered ? { event: 'wiped', id, recovered } : { event: 'wiped', id });
       state.wiped.add(id);
-      did = true;
-    } else if (!state.wiped.has(id)) {
-      this.journal.append(recovered ? { event: 'wiped', id, recovered } : { event: 'wiped', id });
-      state.wiped.add(id);
-      did = true;
+      return true;
     }
-    return did;
+    return false;
   }
 
   private deliveredEntry(id: string, r: Receipt, state: JournalState): DeliveredEntry {
-    return { id, terminalId: r.terminalId, batchId: hex(r.batchId), seq: r.seq, bits: r.bits, collected: state.collected.has(id), receiptFile: this.receiptPath(id) };
+    const collected = state.collected.has(id);
+    let ciphertextBytes = 0;
+    try {
+      ciphertextBytes = lstatRegular(this.batchPath(id), SEALED_MAX_BYTES)?.size ?? 0;
+    } catch (e) {
+      if (!(e instanceof UnsafeFileError)) throw e; // not a batch file: holds no ciphertext of ours
+    }
+    return {
+      id,
+      terminalId: r.terminalId,
+      batchId: hex(r.batchId),
+      seq: r.seq,
+      bits: r.bits,
+      state: collected ? 'collected' : 'unverified',
+      collected,
+      ciphertextBytes,
+      receiptFile: this.receiptPath(id),
+    };
   }
 
   /** Receipts the KMD has not collected yet, per terminal by seq. */
@@ -586,7 +675,11 @@ export class Carrier {
     return out.sort(byTerminalThenSeq);
   }
 
-  /** The KMD took these receipts (ids from receipts()). Journalled; ids already collected are fine. */
+  /**
+   * The KMD verified these receipts (ids from receipts()): journal `collected`, then wipe each
+   * batch's ciphertext and journal `wiped`. Ids already collected are fine. A crash after the
+   * `collected` line is finished by open()/scan(), which wipes every collected batch still here.
+   */
   markCollected(ids: readonly string[]): void {
     if (!Array.isArray(ids)) throw new TypeError('ids must be an array of receipt ids');
     const known = new Set(this.readReceipts().valid.map((r) => r.id));
@@ -597,6 +690,39 @@ export class Carrier {
     const state = journalState(this.journal.read().records);
     const fresh = [...new Set(ids)].filter((id) => !state.collected.has(id));
     if (fresh.length > 0) this.journal.append({ event: 'collected', ids: fresh });
+    for (const id of new Set(ids)) {
+      state.collected.add(id);
+      this.finishWipe(id, state, false);
+    }
+  }
+
+  /**
+   * The KMD found a stored receipt false (its MAC does not verify, or it names a terminal the KMD
+   * does not know): journal `rejected` with the receipt, then move it to quarantine/. The batch,
+   * whose ciphertext was kept, is pending again. `id` from receipts(); a collected receipt cannot
+   * be rejected. Idempotent: a move the crash interrupted is finished by open()/scan().
+   */
+  rejectReceipt(id: string, reason: string): QuarantinedEntry {
+    if (typeof id !== 'string') throw new TypeError('id must be a receipt id');
+    if (typeof reason !== 'string') throw new TypeError('reason must be a string');
+    const found = this.readReceipts().valid.find((r) => r.id === id);
+    if (!found) throw new CarrierError('UNKNOWN_RECEIPT', `no receipt ${JSON.stringify(id)} on the carrier`);
+    const state = journalState(this.journal.read().records);
+    if (state.collected.has(id)) throw new CarrierError('ALREADY_DELIVERED', `${id}: the KMD verified this receipt already`);
+    const name = quarantineName(id, found.bytes);
+    const why = reason.slice(0, 200);
+    this.journal.append({ event: 'rejected', id, receipt: hex(found.bytes), reason: why, file: join(QUARANTINE_DIR, name) });
+    this.quarantine(id, name);
+    return { id, file: join(this.path, QUARANTINE_DIR, name), reason: why };
+  }
+
+  /** Move receipts/<id>.qkr to quarantine/<name> (same drive: an atomic rename), syncing both folders. */
+  private quarantine(id: string, name: string): void {
+    const qdir = join(this.path, QUARANTINE_DIR);
+    mkdirSync(qdir, { recursive: true });
+    renameSync(this.receiptPath(id), join(qdir, name));
+    fsyncDir(qdir);
+    fsyncDir(join(this.path, RECEIPT_DIR));
   }
 
   /** The journal as recorded (a torn last line ignored). */
@@ -619,18 +745,18 @@ export class Carrier {
       } catch (e) {
         if (e instanceof UnsafeFileError) damaged.push({ file, bytes: e.bytes, reason: e.reason });
         else damaged.push({ file, bytes: 0, reason: `unreadable (${(e as NodeJS.ErrnoException).code ?? (e as Error).message})` });
-        if (FILE_ID_RE.test(id)) damagedIds.add(id);
+        if (parseFileId(id)) damagedIds.add(id);
         continue;
       }
       if (bytes === undefined) continue; // gone since readdir
-      const m = FILE_ID_RE.exec(id);
+      const m = parseFileId(id);
       if (!m) {
         damaged.push({ file, bytes: bytes.length, reason: 'name is not <terminalId>-<batchIdHex>.qkr' });
         continue;
       }
       try {
         const receipt = decodeReceipt(bytes);
-        if (receipt.terminalId !== m[1] || hex(receipt.batchId) !== m[2]) {
+        if (receipt.terminalId !== m.terminalId || hex(receipt.batchId) !== m.batchId) {
           damaged.push({ file, bytes: bytes.length, reason: 'receipt names another batch than its file name' });
           damagedIds.add(id);
           continue;
@@ -662,20 +788,36 @@ export class Carrier {
 
   /**
    * Look at everything on the carrier and finish interrupted work: cut a torn journal line, drop
-   * dead temporaries, and for every stored receipt complete its delivery (journal lines, wipe).
-   * Then classify batches: pending (whole and valid) or damaged (never offered).
+   * dead temporaries, move a receipt the KMD rejected to quarantine/, complete every stored
+   * receipt's journal lines, and wipe the ciphertext of every collected batch still here. Then
+   * classify batches: pending (whole and valid, no receipt), delivered (receipt stored) or damaged
+   * (never offered).
    */
   scan(): ScanReport {
     const repaired: string[] = [];
     if (this.journal.repair()) repaired.push('cut a torn last line off the journal');
     this.removeStaleTemporaries(repaired);
-    const receipts = this.readReceipts();
+    let receipts = this.readReceipts();
     const state = journalState(this.journal.read().records);
+    // A `rejected` line whose receipt is still under receipts/: the move was cut. Matched by bytes,
+    // so a true receipt recorded later for the same batch is never moved.
+    let moved = false;
+    for (const { id, bytes } of receipts.valid) {
+      const rx = hex(bytes);
+      if (state.collected.has(id) || !state.rejected.get(id)?.some((r) => r.receipt === rx)) continue;
+      this.quarantine(id, quarantineName(id, bytes));
+      repaired.push(`moved the rejected receipt of ${id} to ${QUARANTINE_DIR}/`);
+      moved = true;
+    }
+    if (moved) receipts = this.readReceipts();
     const damaged = [...receipts.damaged];
 
     const delivered: DeliveredEntry[] = [];
+    const withReceipt = new Set<string>();
     for (const { id, receipt, bytes } of receipts.valid) {
-      if (this.finishDelivery(id, receipt, bytes, state, true)) repaired.push(`finished the delivery of ${id}`);
+      if (this.finishDelivery(id, receipt, bytes, state)) repaired.push(`finished recording the receipt of ${id}`);
+      if (state.collected.has(id) && this.finishWipe(id, state, true)) repaired.push(`finished wiping the collected batch ${id}`);
+      withReceipt.add(id);
       delivered.push(this.deliveredEntry(id, receipt, state));
     }
 
@@ -685,7 +827,7 @@ export class Carrier {
       if (name.startsWith('.') || !name.endsWith(BATCH_EXT)) continue;
       const file = join(dir, name);
       const id = name.slice(0, -BATCH_EXT.length);
-      if (!FILE_ID_RE.test(id)) {
+      if (!parseFileId(id)) {
         damaged.push({ file, bytes: lstatSync(file).size, reason: 'name is not <terminalId>-<batchIdHex>.qkb' });
         continue;
       }
@@ -709,6 +851,8 @@ export class Carrier {
         damaged.push({ file, bytes: size, reason: 'its receipt is damaged' });
         continue;
       }
+      // Delivered, its receipt awaiting the KMD's verdict: kept, not offered (listed in delivered).
+      if (withReceipt.has(id)) continue;
       const check = checkSealed(head, size);
       if ('reason' in check) {
         damaged.push({ file, bytes: size, reason: check.reason });
@@ -721,7 +865,29 @@ export class Carrier {
       }
       pending.push(entry);
     }
-    return { pending: pending.sort(byTerminalThenSeq), delivered: delivered.sort(byTerminalThenSeq), damaged, repaired };
+    return { pending: pending.sort(byTerminalThenSeq), delivered: delivered.sort(byTerminalThenSeq), quarantined: this.quarantined(state), damaged, repaired };
+  }
+
+  /** Receipts under quarantine/, with the KMD's reason from the journal. */
+  private quarantined(state: JournalState): QuarantinedEntry[] {
+    const dir = join(this.path, QUARANTINE_DIR);
+    let names: string[];
+    try {
+      names = readdirSync(dir).sort();
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
+    const reasons = new Map<string, string>();
+    for (const list of state.rejected.values()) for (const r of list) reasons.set(r.file, r.reason);
+    const out: QuarantinedEntry[] = [];
+    for (const name of names) {
+      const m = /^(.+)-[0-9a-f]{16}\.qkr$/.exec(name);
+      if (!m) continue;
+      const reason = reasons.get(join(QUARANTINE_DIR, name));
+      out.push({ id: m[1]!, file: join(dir, name), ...(reason === undefined ? {} : { reason }) });
+    }
+    return out;
   }
 
   /** What the carrier holds and has delivered: `qkt carrier status --carrier DIR` (JSON-able). */
@@ -737,6 +903,8 @@ export class Carrier {
       batches: s.pending,
       delivered: s.delivered,
       receiptsPending: s.delivered.filter((d) => !d.collected).length,
+      quarantined: s.quarantined,
+      sealedBytes: s.pending.reduce((a, b) => a + b.bytes, 0) + s.delivered.reduce((a, d) => a + d.ciphertextBytes, 0),
       damaged: s.damaged,
       journal: { events: j.records.length, skippedLines: j.skipped },
     };
@@ -770,8 +938,14 @@ export function formatCarrierStatus(status: CarrierStatus): string {
   }
   lines.push(`delivered: ${status.delivered.length} (${status.receiptsPending} receipt${status.receiptsPending === 1 ? '' : 's'} to collect)`);
   for (const d of status.delivered) {
-    lines.push(`  ${d.terminalId}  seq ${d.seq}  ${formatBits(d.bits)}  batch ${d.batchId}  ${d.collected ? 'collected' : 'receipt to collect'}`);
+    const what = d.collected ? 'collected, wiped' : `receipt to collect (unverified; ${formatBytes(d.ciphertextBytes)} sealed kept until qkt kmd collect)`;
+    lines.push(`  ${d.terminalId}  seq ${d.seq}  ${formatBits(d.bits)}  batch ${d.batchId}  ${what}`);
   }
+  if (status.quarantined.length > 0) {
+    lines.push(`receipts the KMD rejected (quarantined; their batches are offered again): ${status.quarantined.length}`);
+    for (const q of status.quarantined) lines.push(`  ${q.id}: ${q.reason ?? 'reason not in the journal'}`);
+  }
+  lines.push(`sealed bytes held: ${formatBytes(status.sealedBytes)}`);
   if (status.damaged.length > 0) {
     lines.push(`damaged (never offered): ${status.damaged.length}`);
     for (const d of status.damaged) lines.push(`  ${d.file} (${d.bytes} bytes): ${d.reason}`);

@@ -24,9 +24,16 @@ export type JournalEvent =
   | { event: 'loaded'; id: string; terminalId: string; batchId: string; seq: number; bits: number; bytes: number }
   /** The terminal accepted the batch; `receipt` is the stored receipt, hex (non-secret: a MAC and a digest). */
   | { event: 'injected'; id: string; terminalId: string; batchId: string; seq: number; bits: number; receipt: string }
+  /** A receipt is stored: the batch is never offered again, its ciphertext is kept until the KMD verifies the receipt. */
   | { event: 'delivered'; id: string }
-  /** The batch's ciphertext was overwritten and unlinked; `recovered` when open()/scan() finished it after a crash. */
+  /**
+   * The KMD found the stored receipt (hex) false: it is moved to `file` under quarantine/ and the
+   * batch is pending again. Written before the move; open()/scan() finish a move it interrupted.
+   */
+  | { event: 'rejected'; id: string; receipt: string; reason: string; file: string }
+  /** The batch's ciphertext was overwritten and unlinked after collect; `recovered` when open()/scan() finished it after a crash. */
   | { event: 'wiped'; id: string; recovered?: boolean }
+  /** The KMD verified these receipts (`qkt kmd collect`); their ciphertext is wiped next. */
   | { event: 'collected'; ids: string[] };
 
 export type JournalRecord = JournalEvent & { time: string };

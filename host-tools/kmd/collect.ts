@@ -1,7 +1,9 @@
 // `qkt kmd collect`: the carrier brings delivery receipts back; each is verified under the
-// terminal's device key, the batch is marked delivered and the station's matching keys become
-// active. A receipt that does not verify is reported and activates nothing.
+// terminal's device key, the batch is marked delivered, the station's matching keys become active
+// and the carrier wipes the batch's ciphertext. A receipt that does not verify activates nothing:
+// the carrier quarantines it and offers the batch (whose ciphertext it kept) again.
 import { decodeReceipt, verifyReceipt } from '../../firmware/crypto/receipt.js';
+import { isId } from './home.js';
 import type { Carrier } from '../carrier/carrier.js';
 import type { KmdHome } from './home.js';
 import { stationStore } from './export.js';
@@ -11,7 +13,11 @@ import type { StationStore } from '../station/store.js';
 export interface CollectResult {
   carrierId: string;
   collected: Array<{ terminalId: string; batchId: string; seq: number; bits: number }>;
-  rejected: Array<{ id: string; reason: string }>;
+  /**
+   * Receipts that are no proof. `quarantined`: the carrier moved the receipt aside and offers the
+   * batch again (a false receipt: wrong MAC, or a terminal this KMD does not know).
+   */
+  rejected: Array<{ id: string; reason: string; quarantined: boolean }>;
   activatedBits: number;
   /** Station batches retired because a receipt showed the terminal no longer holds them. */
   retired: Array<{ terminalId: string; batchId: string; bits: number }>;
@@ -20,6 +26,11 @@ export interface CollectResult {
 /**
  * Holds the home's lock (terminal records change); the station's pools are changed under their
  * own locks, per operation. `o.station`: the station store already open in this process.
+ *
+ * Order, so a cut anywhere is finished by running collect again: the KMD's records and the
+ * station first (both idempotent per batch), then the carrier's `collected` line, then the wipe
+ * (finished by the carrier's scan if cut). A false receipt is journalled `rejected` on the carrier
+ * before it is moved to quarantine (the move is finished by the carrier's scan if cut).
  */
 export function collectReceipts(home: KmdHome, carrier: Carrier, o: { station?: StationStore } = {}): CollectResult {
   return home.lockedSync(() => collectLocked(home, carrier, o));
@@ -29,31 +40,41 @@ function collectLocked(home: KmdHome, carrier: Carrier, o: { station?: StationSt
   const station = o.station ?? stationStore(home);
   const result: CollectResult = { carrierId: carrier.carrierId, collected: [], rejected: [], activatedBits: 0, retired: [] };
   const done: string[] = [];
+  const quarantine = (id: string, reason: string) => {
+    carrier.rejectReceipt(id, reason);
+    result.rejected.push({ id, reason, quarantined: true });
+  };
   try {
     for (const entry of carrier.receipts()) {
       let receipt;
       try {
         receipt = decodeReceipt(entry.receipt);
       } catch (e) {
-        result.rejected.push({ id: entry.id, reason: `unreadable receipt: ${(e as Error).message}` });
+        result.rejected.push({ id: entry.id, reason: `unreadable receipt: ${(e as Error).message}`, quarantined: false });
+        continue;
+      }
+      // The id comes from a carrier file: checked before it names a file in this home.
+      if (!isId(receipt.terminalId)) {
+        quarantine(entry.id, 'the receipt names no valid terminal id');
         continue;
       }
       if (!home.hasTerminal(receipt.terminalId)) {
-        result.rejected.push({ id: entry.id, reason: `terminal ${receipt.terminalId} is not enrolled at this KMD` });
+        quarantine(entry.id, `terminal ${receipt.terminalId} is not enrolled at this KMD`);
         continue;
       }
       const key = home.deviceKey(receipt.terminalId);
       const ok = verifyReceipt(key, receipt);
       key.fill(0);
       if (!ok) {
-        result.rejected.push({ id: entry.id, reason: 'receipt MAC does not verify' });
+        quarantine(entry.id, 'receipt MAC does not verify');
         continue;
       }
       const batchIdHex = Buffer.from(receipt.batchId).toString('hex');
       const t = home.terminal(receipt.terminalId);
       const rec = t.batches.find((b) => b.batchId === batchIdHex && b.seq === receipt.seq);
       if (!rec) {
-        result.rejected.push({ id: entry.id, reason: `batch ${batchIdHex} was not exported by this KMD` });
+        // Authentic (the MAC verified), so the terminal did take it: kept, never offered again.
+        result.rejected.push({ id: entry.id, reason: `batch ${batchIdHex} was not exported by this KMD`, quarantined: false });
         continue;
       }
       if (!rec.deliveredAt) {

@@ -1,18 +1,21 @@
 // Authorization tokens for a terminal's sensitive commands (zeroize, factory reset), issued by
 // the KMD with a fresh counter and carried to the terminal on the carrier, like a batch. The
 // module accepts a token once (its counter must be above the last one it accepted).
-import { existsSync, readFileSync, unlinkSync } from 'node:fs';
+import { lstatSync, unlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { makeAdminToken } from '../../firmware/crypto/token.js';
 import type { AdminCommand } from '../../firmware/crypto/token.js';
 import { writeFileAtomic } from '../fs-atomic.js';
+import { readCapped, UnsafeFileError } from '../carrier/safe-file.js';
 import { mkdirSecret } from '../secret-file.js';
 import type { KmdHome } from './home.js';
+import { checkId } from './home.js';
 
 export const TOKEN_DIR = 'tokens';
 
+/** The id is checked here too: callers pass ids read from devices, and this names a file to delete. */
 function tokenPath(carrierDir: string, terminalId: string, command: AdminCommand): string {
-  return join(carrierDir, TOKEN_DIR, `${terminalId}-${command}.qkt`);
+  return join(carrierDir, TOKEN_DIR, `${checkId('terminal', terminalId)}-${command}.qkt`);
 }
 
 /** Holds the home's lock: the terminal's admin counter is read, spent and saved as one change. */
@@ -37,12 +40,29 @@ function issueLocked(home: KmdHome, terminalId: string, command: AdminCommand, c
   }
 }
 
+/** The largest token a module takes (docs/protocol.md 3.10, `token: bstr .size (0..256)`). */
+const TOKEN_MAX_BYTES = 256;
+
+/**
+ * The token on a carrier (a stranger's drive, docs/carrier.md "A hostile drive"): a regular file,
+ * not a link, at most TOKEN_MAX_BYTES; anything else is treated as no token.
+ */
 export function readToken(carrierDir: string, terminalId: string, command: AdminCommand): Uint8Array | undefined {
-  const f = tokenPath(carrierDir, terminalId, command);
-  return existsSync(f) ? new Uint8Array(readFileSync(f)) : undefined;
+  try {
+    return readCapped(tokenPath(carrierDir, terminalId, command), TOKEN_MAX_BYTES);
+  } catch (e) {
+    if (e instanceof UnsafeFileError) return undefined;
+    throw e;
+  }
 }
 
+/** Unlinks the name itself (a link, never its target). */
 export function removeToken(carrierDir: string, terminalId: string, command: AdminCommand): void {
   const f = tokenPath(carrierDir, terminalId, command);
-  if (existsSync(f)) unlinkSync(f);
+  try {
+    lstatSync(f);
+  } catch {
+    return;
+  }
+  unlinkSync(f);
 }

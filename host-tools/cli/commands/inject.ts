@@ -10,6 +10,7 @@ import { openCarrier } from '../carrier-open.js';
 import { resolvePort } from '../port-select.js';
 import { formatBits } from '../../units.js';
 import { int } from '../command.js';
+import { deviceTerminalId } from '../device-id.js';
 
 export interface InjectCliResult {
   terminalId: string;
@@ -38,15 +39,17 @@ export default defineCommand<InjectCliResult>({
     const s = await connectDevice(port, baud ? { baud } : {});
     try {
       const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
-      const terminalId = st['terminalId'];
-      if (typeof terminalId !== 'string') {
-        throw new CliError(`the module on ${port} is not enrolled (${String(st['state'] ?? 'blank')}); enrol it at the KMD first`, Exit.REFUSED);
-      }
+      const terminalId = deviceTerminalId(st['terminalId'], port, st['state']);
       const entry = carrier.batchFor(terminalId);
       if (!entry) {
-        const delivered = carrier.status().delivered.some((d) => d.terminalId === terminalId);
+        const delivered = carrier.status().delivered.filter((d) => d.terminalId === terminalId);
+        const unverified = delivered.find((d) => !d.collected);
         throw new CliError(
-          delivered ? `batch already delivered: carrier ${carrier.carrierId} has nothing more for terminal ${terminalId}` : `wrong carrier: ${carrier.carrierId} holds no batch for terminal ${terminalId}`,
+          unverified
+            ? `batch already delivered: carrier ${carrier.carrierId} holds a receipt for terminal ${terminalId}'s batch ${unverified.batchId.slice(0, 8)} that the KMD has not verified yet (qkt kmd collect --carrier ${carrier.path}; if it is false the batch is offered again)`
+            : delivered.length > 0
+              ? `batch already delivered: carrier ${carrier.carrierId} has nothing more for terminal ${terminalId}`
+              : `wrong carrier: ${carrier.carrierId} holds no batch for terminal ${terminalId}`,
           Exit.CARRIER,
         );
       }

@@ -9,6 +9,7 @@ import { resolvePort } from '../port-select.js';
 import { connectDevice } from '../../link/session.js';
 import { AdminCmd, Group, SystemCmd } from '../../../firmware/link/groups.js';
 import type { AdminCommand } from '../../../firmware/crypto/token.js';
+import { deviceTerminalId } from '../device-id.js';
 
 const command = (v: Record<string, unknown>): AdminCommand => (v['factory-reset'] === true ? 'factory-reset' : 'zeroize');
 
@@ -43,8 +44,8 @@ export const zeroize = defineCommand({
     const s = await connectDevice(port);
     try {
       const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
-      const terminalId = st['terminalId'];
-      if (typeof terminalId !== 'string') throw new CliError(`the module on ${port} is not enrolled`, Exit.REFUSED);
+      // Checked before it names the token file (a reply of "../x" must not reach the path).
+      const terminalId = deviceTerminalId(st['terminalId'], port, st['state']);
       const token = readToken(carrier.path, terminalId, cmd);
       if (!token) throw new CliError(`carrier ${carrier.carrierId} holds no ${cmd} token for ${terminalId} (qkt kmd token issues one)`, Exit.CARRIER);
       await s.client.request(Group.ADMIN, cmd === 'zeroize' ? AdminCmd.ZEROIZE : AdminCmd.FACTORY_RESET, { token });
