@@ -117,6 +117,21 @@ export type DecodeResult =
   | { ok: true; message: Message }
   | { ok: false; header: FrameHeader; error: LinkError };
 
+/**
+ * A CBOR map carried as bytes inside a payload (a sealed message, docs/protocol.md 3.11), decoded
+ * and checked as a frame's payload is; undefined if it is not one whole CBOR map.
+ */
+export function decodePayload(bytes: Uint8Array): Payload | undefined {
+  let v: unknown;
+  try {
+    v = intsIn(cbor.decode(bytes));
+  } catch {
+    return undefined;
+  }
+  if (v === null || typeof v !== 'object' || Object.getPrototypeOf(v) !== Object.prototype) return undefined;
+  return v as Payload;
+}
+
 /** Decode a CRC-checked frame body into a message; a bad payload keeps the header for the reply. */
 export function decodeMessage(body: Uint8Array): DecodeResult {
   const header = readHeader(body);

@@ -1,13 +1,21 @@
 // The carrier's side of the KMD download interface (`qkt carrier load --kmd PORT`): connect,
-// authenticate with the carrier key, optionally ask for exports, read the notification and
-// download each pending sealed batch onto the carrier, then tell the KMD it is taken.
+// authenticate with the carrier key (and check the KMD holds it too), optionally ask for exports,
+// read the notification and download each pending sealed batch onto the carrier, then tell the
+// KMD it is taken. Every message after AUTH is sealed under the session key (download-session.ts).
+import { randomBytes } from 'node:crypto';
 import { DownloadCmd, Group } from '../../firmware/link/groups.js';
+import { LinkError } from '../../firmware/link/errors.js';
+import type { Payload } from '../../firmware/link/codec.js';
+import type { LinkClient, RequestOptions } from '../link/client.js';
+import { parseSealedHeader } from '../../firmware/crypto/batch.js';
+import { SEALED_MAX_BYTES } from '../carrier/carrier.js';
 import { connectDevice } from '../link/session.js';
 import { openCarrier } from '../cli/carrier-open.js';
 import { CliError, Exit } from '../cli/command.js';
 import type { ProgressSink } from '../cli/command.js';
 import { carrierProof, readCarrierKey } from './carriers.js';
-import { KmdError } from './home.js';
+import { KmdError, isId } from './home.js';
+import { NONCE_BYTES, TO_CARRIER, TO_KMD, open, seal, sessionKey } from './download-session.js';
 
 export interface DownloadResult {
   carrierId: string;
@@ -23,6 +31,83 @@ interface Pending {
   bytes: number;
 }
 
+/** A session after AUTH: each request gets the next counter and a MAC; each response is checked. */
+export class DownloadSession {
+  private counter = 0;
+
+  constructor(
+    private readonly client: LinkClient,
+    private readonly key: Uint8Array,
+  ) {}
+
+  async request(command: number, inner: Payload, opts: RequestOptions = {}): Promise<Payload> {
+    const c = ++this.counter;
+    const reply = await this.client.request(Group.DOWNLOAD, command, seal(this.key, TO_KMD, command, c, inner), opts);
+    let r;
+    try {
+      r = open(this.key, TO_CARRIER, command, reply);
+    } catch (e) {
+      if (e instanceof LinkError) throw new CliError(`the KMD's reply does not authenticate (${e.reason ?? 'malformed'}): someone else may be on the line`, Exit.CARRIER);
+      throw e;
+    }
+    if (r.counter !== c) throw new CliError(`the KMD's reply carries counter ${r.counter}, not ${c}: someone else may be on the line`, Exit.CARRIER);
+    return r.inner;
+  }
+
+  /** Zeroize the session key. */
+  end(): void {
+    this.key.fill(0);
+  }
+}
+
+/**
+ * HELLO and AUTH with the carrier's key and a fresh nonce; the AUTH reply must be sealed under the
+ * session key (counter 0), which only a KMD holding this carrier's key can do.
+ */
+export async function authenticate(client: LinkClient, key: Uint8Array, carrierId: string, kmdId: string, port = 'the port'): Promise<DownloadSession> {
+  const hello = await client.request(Group.DOWNLOAD, DownloadCmd.HELLO, { carrier: carrierId });
+  if (hello['kmdId'] !== kmdId) {
+    throw new CliError(`the KMD on ${port} is ${String(hello['kmdId'])}; carrier ${carrierId} belongs to ${kmdId}`, Exit.CARRIER);
+  }
+  const challenge = hello['challenge'];
+  if (!(challenge instanceof Uint8Array) || challenge.length !== 32) throw new CliError(`the KMD on ${port} sent no 32-byte challenge`, Exit.CARRIER);
+  const nonce = new Uint8Array(randomBytes(NONCE_BYTES));
+  const mac = carrierProof(key, kmdId, carrierId, challenge);
+  const reply = await client.request(Group.DOWNLOAD, DownloadCmd.AUTH, { mac, nonce });
+  const k = sessionKey(key, kmdId, carrierId, challenge, nonce);
+  try {
+    const r = open(k, TO_CARRIER, DownloadCmd.AUTH, reply);
+    if (r.counter !== 0 || r.inner['carrier'] !== carrierId) throw new LinkError(0, 'wrong counter or carrier');
+  } catch (e) {
+    k.fill(0);
+    if (e instanceof LinkError) throw new CliError(`the KMD on ${port} did not prove it holds carrier ${carrierId}'s key; not downloading`, Exit.CARRIER);
+    throw e;
+  }
+  return new DownloadSession(client, k);
+}
+
+/** NOTIFY's list, checked: ids name files on the carrier, sizes size buffers. */
+function pendingList(reply: Payload): Pending[] {
+  const list = reply['pending'];
+  if (!Array.isArray(list)) throw new CliError('the KMD sent a malformed notification', Exit.CARRIER);
+  return list.map((x: unknown) => {
+    const p = x as Record<string, unknown>;
+    const ok =
+      p !== null &&
+      typeof p === 'object' &&
+      isId(p['terminalId']) &&
+      typeof p['batchId'] === 'string' &&
+      /^[0-9a-f]{32}$/.test(p['batchId']) &&
+      Number.isSafeInteger(p['seq']) &&
+      Number.isSafeInteger(p['bits']) &&
+      Number.isSafeInteger(p['bytes']) &&
+      (p['bytes'] as number) > 0 &&
+      (p['bytes'] as number) <= SEALED_MAX_BYTES;
+    if (!ok) throw new CliError(`the KMD sent a malformed pending batch ${JSON.stringify(x).slice(0, 60)}`, Exit.CARRIER);
+    return { terminalId: p['terminalId'] as string, batchId: p['batchId'] as string, seq: p['seq'] as number, bits: p['bits'] as number, bytes: p['bytes'] as number };
+  });
+}
+
 export async function downloadFromKmd(o: { port: string; carrierDir: string; terminals: string[]; bits?: number; progress?: ProgressSink }): Promise<DownloadResult> {
   const carrier = openCarrier(o.carrierDir);
   let key: Uint8Array;
@@ -34,21 +119,18 @@ export async function downloadFromKmd(o: { port: string; carrierDir: string; ter
   }
   if (o.terminals.length > 0 && o.bits === undefined) throw new CliError('--bits is required with --terminal', Exit.USAGE);
   const s = await connectDevice(o.port);
+  let session: DownloadSession | undefined;
   try {
     const { client, params } = s;
-    const hello = await client.request(Group.DOWNLOAD, DownloadCmd.HELLO, { carrier: carrier.carrierId });
-    if (hello['kmdId'] !== carrier.kmdId) {
-      throw new CliError(`the KMD on ${o.port} is ${String(hello['kmdId'])}; carrier ${carrier.carrierId} belongs to ${carrier.kmdId}`, Exit.CARRIER);
-    }
-    const mac = carrierProof(key, carrier.kmdId, carrier.carrierId, hello['challenge'] as Uint8Array);
+    session = await authenticate(client, key, carrier.carrierId, carrier.kmdId, o.port);
     key.fill(0);
-    await client.request(Group.DOWNLOAD, DownloadCmd.AUTH, { mac });
-    let pending = (await client.request(Group.DOWNLOAD, DownloadCmd.NOTIFY, {}))['pending'] as Pending[];
+    const dl = session;
+    let pending = pendingList(await dl.request(DownloadCmd.NOTIFY, {}));
     if (o.terminals.length > 0) {
       // Ask only for terminals that have nothing waiting (a re-run after a cut takes what is there).
       const missing = o.terminals.filter((id) => !pending.some((p) => p.terminalId === id));
       if (missing.length > 0) {
-        pending = (await client.request(Group.DOWNLOAD, DownloadCmd.REQUEST, { terminals: missing, bits: o.bits! }, { timeoutMs: 60_000 }))['pending'] as Pending[];
+        pending = pendingList(await dl.request(DownloadCmd.REQUEST, { terminals: missing, bits: o.bits! }, { timeoutMs: 60_000 }));
       }
       pending = pending.filter((p) => o.terminals.includes(p.terminalId));
     }
@@ -63,22 +145,36 @@ export async function downloadFromKmd(o: { port: string; carrierDir: string; ter
         for (let k = 0; k < params.window && off < p.bytes; k++, off += params.maxChunk) {
           const at = off;
           reads.push(
-            client.request(Group.DOWNLOAD, DownloadCmd.READ, { b: p.batchId, o: at, n: params.maxChunk }, { expectBytes: params.maxChunk }).then((r) => {
-              buf.set(r['d'] as Uint8Array, at);
-              done += (r['d'] as Uint8Array).length;
+            dl.request(DownloadCmd.READ, { b: p.batchId, o: at, n: params.maxChunk }, { expectBytes: params.maxChunk + 64 }).then((r) => {
+              const d = r['d'];
+              if (!(d instanceof Uint8Array) || d.length !== Math.min(params.maxChunk, p.bytes - at)) {
+                throw new CliError(`the KMD sent a short or malformed block of batch ${p.batchId.slice(0, 8)} at ${at}`, Exit.CARRIER);
+              }
+              buf.set(d, at);
+              done += d.length;
               o.progress?.update(done, total, 'download');
             }),
           );
         }
         await Promise.all(reads);
       }
+      let h;
+      try {
+        h = parseSealedHeader(buf).header;
+      } catch (e) {
+        throw new CliError(`the KMD's batch ${p.batchId.slice(0, 8)} is not a sealed batch (${(e as Error).message})`, Exit.CARRIER);
+      }
+      if (h.terminalId !== p.terminalId || Buffer.from(h.batchId).toString('hex') !== p.batchId) {
+        throw new CliError(`the KMD's batch ${p.batchId.slice(0, 8)} names another terminal or batch in its header`, Exit.CARRIER);
+      }
       const added = carrier.addBatch(buf); // validates the sealed layout before anything is written
-      await client.request(Group.DOWNLOAD, DownloadCmd.TAKEN, { b: p.batchId });
+      await dl.request(DownloadCmd.TAKEN, { b: p.batchId });
       loaded.push({ terminalId: p.terminalId, batchId: p.batchId, seq: p.seq, bits: p.bits, outcome: added.outcome });
     }
     return { carrierId: carrier.carrierId, carrier: carrier.path, loaded };
   } finally {
     key.fill(0);
+    session?.end();
     await s.close();
   }
 }

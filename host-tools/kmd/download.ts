@@ -1,7 +1,9 @@
 // The KMD's download interface: the KMD as a device of its own, speaking the same link protocol
 // on a serial port or TCP. An enrolled carrier connects, authenticates (challenge, HMAC under its
-// carrier key), reads the notification of pending exports, may ask for new ones, and downloads
-// the sealed batches (the paper's "notification reading mode").
+// carrier key, its own nonce), reads the notification of pending exports, may ask for new ones,
+// and downloads the sealed batches (the paper's "notification reading mode"). Every message after
+// AUTH is sealed under the session key AUTH derived (download-session.ts): a connection taken over
+// after AUTH gets nothing and can take nothing off the outbox.
 import { randomBytes } from 'node:crypto';
 import { statSync } from 'node:fs';
 import { Dispatcher } from '../../firmware/link/dispatch.js';
@@ -21,19 +23,40 @@ import { exportBatches, markOnCarrier, outbox, readOutbox } from './export.js';
 import { LockBusyError } from '../lock.js';
 import type { ExportedBatch } from './export.js';
 import { carrierKey, carrierProof } from './carriers.js';
+import { NONCE_BYTES, ReplayWindow, SEAL_OVERHEAD, TO_CARRIER, TO_KMD, open, seal, sessionKey } from './download-session.js';
+import type { Payload } from '../../firmware/link/codec.js';
 
 export const KMD_FIRMWARE = `qkt-kmd ${FIRMWARE.split(' ')[1]}`;
 
 /** Serve the download interface on one cable; each cable has its own authentication state. */
 export function serveDownload(home: KmdHome, transport: Transport, log: (line: string) => void = () => undefined): DeviceLink {
   const limits = DEFAULT_LIMITS;
-  const maxChunk = limits.maxBody - CHUNK_OVERHEAD;
+  // A READ response is sealed: its data leaves room for the seal (download-session.ts).
+  const maxChunk = limits.maxBody - CHUNK_OVERHEAD - SEAL_OVERHEAD;
   let challenge: { carrierId: string; bytes: Uint8Array } | undefined;
-  let carrierId: string | undefined;
-  const authed = () => {
-    if (!carrierId) throw new LinkError(Rc.DENIED, 'authenticate first (HELLO, AUTH)');
-    return carrierId;
+  let session: { carrierId: string; key: Uint8Array; counters: ReplayWindow } | undefined;
+  const endSession = () => {
+    session?.key.fill(0);
+    session = undefined;
   };
+  transport.onClose(endSession);
+  /**
+   * A command after AUTH: the request must carry a fresh counter and a MAC under the session key;
+   * the response is sealed with the same counter. Errors go out as plain error replies (the
+   * carrier takes any error as a failure, never as a success).
+   */
+  const sealed =
+    (command: number, fn: (p: Payload, carrierId: string) => Payload | Promise<Payload>) =>
+    async (p: Payload): Promise<Payload> => {
+      const s = session;
+      if (!s) throw new LinkError(Rc.DENIED, 'authenticate first (HELLO, AUTH)');
+      const { counter, inner } = open(s.key, TO_KMD, command, p);
+      if (!s.counters.take(counter)) throw new LinkError(Rc.AUTH_FAILED, 'session counter replayed or too old');
+      const out = await fn(inner, s.carrierId);
+      // The session may have ended while fn awaited (HELLO, close): then nothing is sealed.
+      if (session !== s) throw new LinkError(Rc.DENIED, 'session ended');
+      return seal(s.key, TO_CARRIER, command, counter, out);
+    };
   const pending = (): ExportedBatch[] => outbox(home);
   const find = (batchId: string): ExportedBatch => {
     const e = pending().find((x) => x.record.batchId === batchId);
@@ -55,31 +78,32 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
       [DownloadCmd.HELLO]: (p) => {
         const id = text(p, 'carrier', 32);
         challenge = { carrierId: id, bytes: new Uint8Array(randomBytes(32)) };
-        carrierId = undefined;
+        endSession();
         return { kmdId: home.config.kmdId, challenge: challenge.bytes };
       },
       [DownloadCmd.AUTH]: (p) => {
         const mac = bytes(p, 'mac', 64);
+        const nonce = bytes(p, 'nonce', NONCE_BYTES, NONCE_BYTES);
         const c = challenge;
         challenge = undefined; // one try per challenge
         if (!c) throw new LinkError(Rc.BAD_STATE, 'HELLO first');
         const key = carrierKey(home, c.carrierId);
         const ok = key !== undefined && ctEqual(carrierProof(key, home.config.kmdId, c.carrierId, c.bytes), mac);
-        key?.fill(0);
         if (!ok) {
+          key?.fill(0);
           log(`download: carrier ${c.carrierId} failed authentication`);
           throw new LinkError(Rc.AUTH_FAILED, 'carrier not enrolled here or wrong key');
         }
-        carrierId = c.carrierId;
-        log(`download: carrier ${carrierId} authenticated`);
-        return { carrier: carrierId };
+        // Both challenges in the key: the KMD's makes it fresh for the KMD, the carrier's for the carrier.
+        const k = sessionKey(key, home.config.kmdId, c.carrierId, c.bytes, nonce);
+        key.fill(0);
+        session = { carrierId: c.carrierId, key: k, counters: new ReplayWindow() };
+        log(`download: carrier ${c.carrierId} authenticated`);
+        // Counter 0, sealed: the carrier learns that this KMD holds its key too.
+        return seal(k, TO_CARRIER, DownloadCmd.AUTH, 0, { carrier: c.carrierId });
       },
-      [DownloadCmd.NOTIFY]: () => {
-        authed();
-        return { pending: pending().map(describe) };
-      },
-      [DownloadCmd.REQUEST]: async (p) => {
-        authed();
+      [DownloadCmd.NOTIFY]: sealed(DownloadCmd.NOTIFY, () => ({ pending: pending().map(describe) })),
+      [DownloadCmd.REQUEST]: sealed(DownloadCmd.REQUEST, async (p, carrierId) => {
         const ids = p['terminals'];
         if (!Array.isArray(ids) || ids.length === 0 || ids.length > 64 || !ids.every((x) => typeof x === 'string')) {
           throw new LinkError(Rc.BAD_REQUEST, 'field "terminals" must be a list of 1-64 terminal ids');
@@ -101,17 +125,15 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
         }
         log(`download: carrier ${carrierId} asked for ${bits} bits for ${(ids as string[]).join(', ')}`);
         return { pending: pending().map(describe) };
-      },
-      [DownloadCmd.READ]: (p) => {
-        authed();
+      }),
+      [DownloadCmd.READ]: sealed(DownloadCmd.READ, (p) => {
         const all = batchBytes(text(p, 'b', 32));
         const off = uint(p, 'o');
         const n = Math.min(uint(p, 'n', maxChunk), maxChunk);
         if (off > all.length) throw new LinkError(Rc.BAD_REQUEST, `offset past the end (${all.length} bytes)`);
         return { d: all.subarray(off, off + n) };
-      },
-      [DownloadCmd.TAKEN]: async (p) => {
-        const id = authed();
+      }),
+      [DownloadCmd.TAKEN]: sealed(DownloadCmd.TAKEN, async (p, id) => {
         const e = find(text(p, 'b', 32));
         try {
           await home.locked(() => markOnCarrier(home, e.terminalId, e.record.batchId, id));
@@ -122,7 +144,7 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
         if (reading?.batchId === e.record.batchId) reading = undefined;
         log(`download: carrier ${id} took ${e.terminalId} batch ${e.record.batchId.slice(0, 8)}`);
         return {};
-      },
+      }),
     },
   };
   const dispatcher = new Dispatcher();
