@@ -1,6 +1,7 @@
 // The carrier on a real drive a test engineer points at (`qkt hil run --carrier /media/usb0`, or
 // QKT_HIL_CARRIER): in a scratch folder on it, batches go on and come back byte-identical, a
-// receipt marks delivery and wipes the ciphertext, and a reopen sees the same state.
+// receipt marks delivery (ciphertext kept until the KMD collects), collect wipes it, and a reopen
+// sees the same state.
 import t from 'tap';
 import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -36,4 +37,9 @@ t.test('carrier on the given drive', { skip: drive ? false : 'no drive given (qk
   t.equal(st.delivered.length, 1, 'one delivered');
   t.equal(st.damaged.length, 0, 'nothing damaged');
   t.equal(Carrier.open(dir).batchFor(terminalId), undefined, 'a delivered batch is never offered again');
+  const file = join(dir, 'batches', `${terminalId}-${Buffer.from(b.batchId).toString('hex')}.qkb`);
+  t.ok(existsSync(file), 'its ciphertext stays until the KMD verifies the receipt');
+  Carrier.open(dir).markCollected([`${terminalId}-${Buffer.from(b.batchId).toString('hex')}`]);
+  t.notOk(existsSync(file), 'wiped once collected');
+  t.match(Carrier.open(dir).status(), { delivered: [{ state: 'collected', ciphertextBytes: 0 }], receiptsPending: 0 });
 });
