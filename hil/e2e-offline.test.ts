@@ -66,11 +66,21 @@ t.test('KMD -> carrier (download interface) -> 3 terminals -> receipts; station 
     t.match(r, { terminalId: id, batchId: l.batchId, seq: 1, bits: BITS, resumedFromBits: 0, alreadyAccepted: false, carrierId: 'car1', receiptStored: true }, `${id} injected`);
   }
 
+  // ---- the carrier holds the receipts and, until the KMD has verified them, the ciphertext
+  type CarrierSt = { delivered: Array<{ terminalId: string; state: string; ciphertextBytes: number }>; batches: unknown[]; receiptsPending: number; sealedBytes: number };
+  const held = await qktJson<CarrierSt>(t, ['carrier', 'status', '--carrier', carrierDir]);
+  t.match(held, { batches: [], receiptsPending: 3 });
+  t.same(held.delivered.map((d) => [d.terminalId, d.state]), TERMINALS.map((id) => [id, 'unverified']), 'delivered, unverified');
+  t.ok(held.delivered.every((d) => d.ciphertextBytes > BITS / 8), 'ciphertext kept until collect');
+
   // ---- receipts back to the KMD: the station's keys become active
   const collect = await qktJson<{ collected: Array<{ terminalId: string }>; rejected: unknown[]; activatedBits: number }>(t, ['kmd', 'collect', '--home', home, '--carrier', carrierDir]);
   t.same(collect.collected.map((c) => c.terminalId).sort(), [...TERMINALS]);
   t.same(collect.rejected, []);
   t.equal(collect.activatedBits, 3 * BITS);
+  const after = await qktJson<CarrierSt>(t, ['carrier', 'status', '--carrier', carrierDir]);
+  t.match(after, { receiptsPending: 0, sealedBytes: 0 }, 'collected: the carrier holds no ciphertext');
+  t.ok(after.delivered.every((d) => d.state === 'collected' && d.ciphertextBytes === 0));
 
   // ---- what each terminal says about itself over its cable
   const statuses = await Promise.all(TERMINALS.map((id) => qktJson<{ pool: { storedKeyBits: number } }>(t, ['status', '--port', terms.get(id)!.port])));

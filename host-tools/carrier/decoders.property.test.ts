@@ -127,9 +127,14 @@ t.test(`Carrier.open: ${RUNS} damaged manifests give a Carrier with a valid mani
   t.pass(`${RUNS} runs`);
 });
 
-const JOURNAL_EVENTS = ['created', 'loaded', 'injected', 'delivered', 'wiped', 'collected'];
+const JOURNAL_EVENTS = ['created', 'loaded', 'injected', 'delivered', 'rejected', 'wiped', 'collected'];
 const journalLineArb: fc.Arbitrary<string> = fc.oneof(
-  fc.record({ event: fc.constantFrom(...JOURNAL_EVENTS), id: fc.jsonValue(), ids: fc.jsonValue(), time: fc.jsonValue(), seq: fc.jsonValue() }, { requiredKeys: ['event'] }).map((r) => JSON.stringify(r)),
+  fc
+    .record(
+      { event: fc.constantFrom(...JOURNAL_EVENTS), id: fc.oneof(fc.constant(BATCH.id), fc.jsonValue()), ids: fc.oneof(fc.constant([BATCH.id]), fc.jsonValue()), receipt: fc.jsonValue(), file: fc.jsonValue(), reason: fc.jsonValue(), time: fc.jsonValue(), seq: fc.jsonValue() },
+      { requiredKeys: ['event'] },
+    )
+    .map((r) => JSON.stringify(r)),
   fc.jsonValue().map((v) => JSON.stringify(v) ?? ''),
   fc.string({ maxLength: 60 }),
 );
@@ -202,7 +207,7 @@ t.test(`receipts/*.qkr on the drive: ${RUNS} damaged receipt files are reported 
         /* damaged */
       }
       if (names) {
-        // A receipt naming the batch is the proof of delivery (docs/carrier.md): delivered, ciphertext wiped.
+        // A receipt naming the batch marks it delivered (docs/carrier.md): not offered, ciphertext kept until collect.
         if (!scan.delivered.some((d) => d.id === BATCH.id) || scan.pending.length !== 0) throw new Error('a readable receipt did not deliver its batch');
         exercise(c);
         dir = ws.fresh(); // delivered: the next run needs the batch back
