@@ -18,11 +18,14 @@ export type CarrierErrorCode =
   | 'CONFLICT'
   /** recordReceipt / readBatch: the batch is not (or no longer) on the carrier. */
   | 'UNKNOWN_BATCH'
-  /** recordReceipt: the receipt does not parse, or does not name this batch. */
+  /** recordReceipt: the receipt does not parse, does not name this batch, or is one the KMD rejected before. */
   | 'BAD_RECEIPT'
-  /** recordReceipt: a different receipt for this batch was recorded already (a batch is delivered once). */
+  /**
+   * recordReceipt: a different receipt for this batch is stored already (the KMD decides at collect
+   * which is true); rejectReceipt: the KMD verified this receipt already.
+   */
   | 'ALREADY_DELIVERED'
-  /** markCollected: no receipt with that id on the carrier. */
+  /** markCollected / rejectReceipt: no receipt with that id on the carrier. */
   | 'UNKNOWN_RECEIPT'
   /**
    * open: carrier.json, journal.jsonl, batches/ or receipts/ is a symlink, FIFO, device or other
