@@ -3,7 +3,7 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import { randomBytes } from 'node:crypto';
-import { existsSync, lstatSync, mkdirSync, readFileSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
+import { existsSync, lstatSync, mkdirSync, readFileSync, readdirSync, renameSync, rmSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { spawnSync } from 'node:child_process';
@@ -196,4 +196,18 @@ t.test('a normal carrier still delivers, wipes and collects', async (t) => {
   t.equal(again.receipts().length, 1);
   again.markCollected([a.id]);
   t.match(again.status(), { damaged: [], receiptsPending: 0, delivered: [{ id: a.id, collected: true }] });
+});
+
+t.test('a symlinked quarantine/ never takes a rejected receipt off the carrier', async (t) => {
+  const { base, dir, c } = setup(t);
+  const a = makeBatch('T6', 1);
+  c.addBatch(a.sealed);
+  c.recordReceipt('T6', a.batchId, receiptFor(a));
+  const outside = join(base, 'elsewhere');
+  mkdirSync(outside);
+  symlinkSync(outside, join(dir, 'quarantine'));
+  t.throws(() => c.rejectReceipt(a.id, 'receipt MAC does not verify'), { code: 'UNSAFE_FILE' });
+  t.throws(() => Carrier.open(dir), { code: 'UNSAFE_FILE' });
+  t.same(readdirSync(outside), [], 'nothing moved outside');
+  t.ok(existsSync(join(dir, RECEIPT_DIR, `${a.id}.qkr`)), 'the receipt stays where it was');
 });

@@ -435,6 +435,7 @@ export class Carrier {
         throw new CarrierError('UNSAFE_FILE', `${p}: ${st.isSymbolicLink() ? 'a symbolic link' : 'not a folder'}; refusing to open this carrier`);
       }
     }
+    c.checkQuarantineDir();
     c.scan();
     return c;
   }
@@ -716,9 +717,25 @@ export class Carrier {
     return { id, file: join(this.path, QUARANTINE_DIR, name), reason: why };
   }
 
+  /** quarantine/ is made when first needed; if it is there, it must be a real folder (a link would move receipts off the carrier). */
+  private checkQuarantineDir(): void {
+    const qdir = join(this.path, QUARANTINE_DIR);
+    let st;
+    try {
+      st = lstatSync(qdir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw e;
+    }
+    if (!st.isDirectory()) {
+      throw new CarrierError('UNSAFE_FILE', `${qdir}: ${st.isSymbolicLink() ? 'a symbolic link' : 'not a folder'}; refusing to use this carrier`);
+    }
+  }
+
   /** Move receipts/<id>.qkr to quarantine/<name> (same drive: an atomic rename), syncing both folders. */
   private quarantine(id: string, name: string): void {
     const qdir = join(this.path, QUARANTINE_DIR);
+    this.checkQuarantineDir();
     mkdirSync(qdir, { recursive: true });
     renameSync(this.receiptPath(id), join(qdir, name));
     fsyncDir(qdir);
