@@ -11,6 +11,8 @@ import { benchInject, formatInjectBench } from './inject.js';
 import type { InjectBenchResult } from './inject.js';
 import { benchLifetime, formatLifetimeBench } from './lifetime.js';
 import type { LifetimeBenchResult } from './lifetime.js';
+import { benchDownload, formatDownloadBench } from './download.js';
+import type { DownloadBenchResult } from './download.js';
 
 export interface BenchOptions {
   quick: boolean;
@@ -47,5 +49,9 @@ export const benchmarks: Record<string, Benchmark> = {
   lifetime: {
     run: (o) => benchLifetime({ months: o.quick ? 2 : 24, log: o.log }),
     format: (r) => formatLifetimeBench(r as LifetimeBenchResult),
+  },
+  download: {
+    run: (o) => benchDownload({ bits: o.bytes ? o.bytes * 8 : o.quick ? 2 ** 20 : 2 ** 22, log: o.log }),
+    format: (r) => formatDownloadBench(r as DownloadBenchResult),
   },
 };

@@ -6,7 +6,7 @@ import { randomBytes } from 'node:crypto';
 import { DownloadCmd, Group } from '../../firmware/link/groups.js';
 import { LinkError } from '../../firmware/link/errors.js';
 import type { Payload } from '../../firmware/link/codec.js';
-import type { LinkClient, RequestOptions } from '../link/client.js';
+import type { DeviceParams, LinkClient, RequestOptions } from '../link/client.js';
 import { parseSealedHeader } from '../../firmware/crypto/batch.js';
 import { SEALED_MAX_BYTES } from '../carrier/carrier.js';
 import { connectDevice } from '../link/session.js';
@@ -23,7 +23,7 @@ export interface DownloadResult {
   loaded: Array<{ terminalId: string; batchId: string; seq: number; bits: number; outcome: string }>;
 }
 
-interface Pending {
+export interface Pending {
   terminalId: string;
   batchId: string;
   seq: number;
@@ -87,7 +87,7 @@ export async function authenticate(client: LinkClient, key: Uint8Array, carrierI
 }
 
 /** NOTIFY's list, checked: ids name files on the carrier, sizes size buffers. */
-function pendingList(reply: Payload): Pending[] {
+export function pendingList(reply: Payload): Pending[] {
   const list = reply['pending'];
   if (!Array.isArray(list)) throw new CliError('the KMD sent a malformed notification', Exit.CARRIER);
   return list.map((x: unknown) => {
@@ -106,6 +106,29 @@ function pendingList(reply: Payload): Pending[] {
     if (!ok) throw new CliError(`the KMD sent a malformed pending batch ${JSON.stringify(x).slice(0, 60)}`, Exit.CARRIER);
     return { terminalId: p['terminalId'] as string, batchId: p['batchId'] as string, seq: p['seq'] as number, bits: p['bits'] as number, bytes: p['bytes'] as number };
   });
+}
+
+/** One pending batch's bytes, by pipelined sealed READs (up to the KMD's window at once), each block checked. */
+export async function readPending(dl: DownloadSession, params: Pick<DeviceParams, 'window' | 'maxChunk'>, p: Pending, onBytes?: (n: number) => void): Promise<Uint8Array> {
+  const buf = new Uint8Array(p.bytes);
+  for (let off = 0; off < p.bytes; ) {
+    const reads: Array<Promise<void>> = [];
+    for (let k = 0; k < params.window && off < p.bytes; k++, off += params.maxChunk) {
+      const at = off;
+      reads.push(
+        dl.request(DownloadCmd.READ, { b: p.batchId, o: at, n: params.maxChunk }, { expectBytes: params.maxChunk + 64 }).then((r) => {
+          const d = r['d'];
+          if (!(d instanceof Uint8Array) || d.length !== Math.min(params.maxChunk, p.bytes - at)) {
+            throw new CliError(`the KMD sent a short or malformed block of batch ${p.batchId.slice(0, 8)} at ${at}`, Exit.CARRIER);
+          }
+          buf.set(d, at);
+          onBytes?.(d.length);
+        }),
+      );
+    }
+    await Promise.all(reads);
+  }
+  return buf;
 }
 
 export async function downloadFromKmd(o: { port: string; carrierDir: string; terminals: string[]; bits?: number; progress?: ProgressSink }): Promise<DownloadResult> {
@@ -138,26 +161,10 @@ export async function downloadFromKmd(o: { port: string; carrierDir: string; ter
     let done = 0;
     const loaded: DownloadResult['loaded'] = [];
     for (const p of pending) {
-      const buf = new Uint8Array(p.bytes);
-      // Pipelined reads, up to the KMD's window at once.
-      for (let off = 0; off < p.bytes; ) {
-        const reads: Array<Promise<void>> = [];
-        for (let k = 0; k < params.window && off < p.bytes; k++, off += params.maxChunk) {
-          const at = off;
-          reads.push(
-            dl.request(DownloadCmd.READ, { b: p.batchId, o: at, n: params.maxChunk }, { expectBytes: params.maxChunk + 64 }).then((r) => {
-              const d = r['d'];
-              if (!(d instanceof Uint8Array) || d.length !== Math.min(params.maxChunk, p.bytes - at)) {
-                throw new CliError(`the KMD sent a short or malformed block of batch ${p.batchId.slice(0, 8)} at ${at}`, Exit.CARRIER);
-              }
-              buf.set(d, at);
-              done += d.length;
-              o.progress?.update(done, total, 'download');
-            }),
-          );
-        }
-        await Promise.all(reads);
-      }
+      const buf = await readPending(dl, params, p, (n) => {
+        done += n;
+        o.progress?.update(done, total, 'download');
+      });
       let h;
       try {
         h = parseSealedHeader(buf).header;
