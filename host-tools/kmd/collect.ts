@@ -56,6 +56,11 @@ function collectLocked(home: KmdHome, carrier: Carrier, o: { station?: StationSt
         result.rejected.push({ id: entry.id, reason: `batch ${batchIdHex} was not exported by this KMD` });
         continue;
       }
+      if (rec.voidedAt) {
+        // `kmd void` said it would never be used, and its station keys are gone: nothing to activate.
+        result.rejected.push({ id: entry.id, reason: `batch ${batchIdHex} of ${receipt.terminalId} was voided (${rec.voidReason ?? 'unspecified'}); it came back after all, but its station keys are gone: what the terminal sends under it will not open at the station` });
+        continue;
+      }
       if (!rec.deliveredAt) {
         rec.deliveredAt = home.nowIso();
         home.saveTerminal(t);

@@ -40,7 +40,7 @@ export default defineCommand<InjectCliResult>({
       const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
       const terminalId = st['terminalId'];
       if (typeof terminalId !== 'string') {
-        throw new CliError(`the module on ${port} is not enrolled (${String(st['state'] ?? 'blank')}); enrol it at the KMD first`, Exit.REFUSED);
+        throw new CliError(`the module on ${port} is not enrolled (${String(st['state'] ?? 'blank')}); enrol it at the KMD first (qkt kmd enroll --home H --terminal ID --flash FILE; a factory-reset module of an enrolled terminal: add --again)`, Exit.REFUSED);
       }
       const entry = carrier.batchFor(terminalId);
       if (!entry) {
@@ -58,7 +58,8 @@ export default defineCommand<InjectCliResult>({
         });
       } catch (e) {
         if (e instanceof LinkError) {
-          const why = e.rc === Rc.STALE_BATCH ? 'it already holds a newer batch' : e.rc === Rc.WRONG_TERMINAL ? 'the batch is addressed to another terminal' : e.rc === Rc.AUTH_FAILED ? 'the batch does not authenticate (tampered, or sealed for another module)' : e.rc === Rc.NO_SPACE ? 'its key pool has no room' : (e.reason ?? rcName(e.rc));
+          const retire = `; back at the KMD, retire it: qkt kmd void --home H --terminal ${terminalId} --batch ${entry.batchId.slice(0, 8)} --reason stale`;
+          const why = e.rc === Rc.STALE_BATCH ? `it already holds a newer batch${retire}` : e.rc === Rc.WRONG_TERMINAL ? 'the batch is addressed to another terminal' : e.rc === Rc.AUTH_FAILED ? 'the batch does not authenticate (tampered, or sealed for another module, or under the key the module had before a re-enrolment: load a new carrier)' : e.rc === Rc.NO_SPACE ? 'its key pool has no room' : (e.reason ?? rcName(e.rc));
           throw new CliError(`terminal ${terminalId} refused the batch: ${rcName(e.rc)}: ${why}`, Exit.REFUSED);
         }
         throw e;
