@@ -60,7 +60,7 @@ t.test('every state, its totals, supply and station room', (t) => {
   t.match(s, { consistent: true, writer: null, supply: { rateBitsPerSecond: 11_000, takenBits: 7 * bits, capacityBits: 2 ** 30 } });
   t.same(s.terminals, [
     { terminalId: 'T1', enrolledAt: '2026-01-01T00:00:00.000Z', generation: 1, nextSeq: 8, station: { storedKeyBits: 6 * bits, maxKeyBits: 1 << 23, freeKeyBits: (1 << 23) - 6 * bits, batches: 6 } },
-    { terminalId: 'T2', enrolledAt: '2026-01-01T00:00:00.000Z', generation: 1, nextSeq: 1, station: null },
+    { terminalId: 'T2', enrolledAt: '2026-01-01T00:00:00.000Z', generation: 1, nextSeq: 1, station: { storedKeyBits: 0, maxKeyBits: 1 << 23, freeKeyBits: 1 << 23, batches: 0 } },
   ]);
   t.end();
 });

@@ -15,6 +15,7 @@ import type { BatchState } from './batch-state.js';
 import { LockBusyError, lockSync } from '../lock.js';
 import type { Lock } from '../lock.js';
 import { StationStoreError } from '../station/store.js';
+import { DEFAULT_MAX_KEY_BITS } from '../../firmware/keypool/key-pool.js';
 import type { StationStore } from '../station/store.js';
 
 export interface KmdStatus {
@@ -36,8 +37,8 @@ export interface TerminalStatus {
   enrolledAt: string;
   generation: number;
   nextSeq: number;
-  /** The terminal's pool at the station, or null when the station holds nothing for it yet. */
-  station: { storedKeyBits: number; maxKeyBits: number; freeKeyBits: number; batches: number } | null;
+  /** The terminal's pool at the station (all free before its first export made the pool). */
+  station: { storedKeyBits: number; maxKeyBits: number; freeKeyBits: number; batches: number };
 }
 
 export interface BatchStatus {
@@ -117,7 +118,8 @@ function poolRoom(station: StationStore, terminalId: string): TerminalStatus['st
     const s = station.status(terminalId);
     return { storedKeyBits: s.storedKeyBits, maxKeyBits: s.maxKeyBits, freeKeyBits: s.maxKeyBits - s.storedKeyBits, batches: s.batches.length + (s.staging ? 1 : 0) };
   } catch (e) {
-    if (e instanceof StationStoreError && e.code === 'NO_TERMINAL') return null;
+    // No pool yet: the room it will have (station pools keep the key pool's default size).
+    if (e instanceof StationStoreError && e.code === 'NO_TERMINAL') return { storedKeyBits: 0, maxKeyBits: DEFAULT_MAX_KEY_BITS, freeKeyBits: DEFAULT_MAX_KEY_BITS, batches: 0 };
     throw e;
   }
 }

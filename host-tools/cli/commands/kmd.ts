@@ -139,7 +139,7 @@ function renderStatus(s: KmdStatus): string {
     lines.push(
       ...table(
         ['terminal', 'generation', 'next seq', 'station used', 'station free', 'enrolled'],
-        s.terminals.map((t) => [t.terminalId, String(t.generation), String(t.nextSeq), t.station ? formatBits(t.station.storedKeyBits) : '-', t.station ? formatBits(t.station.freeKeyBits) : '-', t.enrolledAt]),
+        s.terminals.map((t) => [t.terminalId, String(t.generation), String(t.nextSeq), formatBits(t.station.storedKeyBits), formatBits(t.station.freeKeyBits), t.enrolledAt]),
       ),
     );
   }
