@@ -127,7 +127,7 @@ t.test('a stale batch: inject names kmd void; void retires it; collected ones ne
 
   const human = await runQkt(['kmd', 'status', '--home', home]);
   t.equal(human.code, 0);
-  t.match(human.stdout, new RegExp(`batches: 1 collected \\(64 kbit\\), 1 stale \\(64 kbit\\)\\n.*\\n${id1}  T1 +1 +64 kbit +stale +${l1.carrierId}\\n.*qkt kmd void --home H --terminal T1`), `the table: ${human.stdout}`);
+  t.match(human.stdout, new RegExp(`batches: 1 collected \\(64 kbit\\), 1 stale \\(64 kbit\\)\\n.*\\n${id1}  T1 +1 +64 kbit +stale +${l1.carrierId}\\nT1 has stale or burned batches, never to be used: qkt kmd void --home H --terminal T1 retires them\\n?$`), `the table: ${human.stdout}`);
 
   const v = await qktJson<{ voided: Array<{ batchId: string; was: string }>; kept: Array<{ state: string }> }>(t, ['kmd', 'void', '--home', home, '--terminal', 'T1', '--batch', id1, '--reason', 'stale']);
   t.match(v, { voided: [{ batchId: l1.loaded[0]!.batchId, was: 'stale' }], kept: [] });

@@ -192,7 +192,7 @@ export class KmdHome {
 
   terminal(id: string): TerminalRecord {
     const file = this.path('terminals', `${checkId('terminal', id)}.json`);
-    if (!existsSync(file)) throw new KmdError(`terminal ${id} is not enrolled at this KMD`, 'NOT_ENROLLED');
+    if (!existsSync(file)) throw new KmdError(`terminal ${id} is not enrolled at this KMD (qkt kmd enroll --home ${this.dir} --terminal ${id} --flash FILE enrols it; qkt kmd status --home ${this.dir} lists those enrolled)`, 'NOT_ENROLLED');
     return JSON.parse(readFileSync(file, 'utf8')) as TerminalRecord;
   }
 

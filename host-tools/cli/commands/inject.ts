@@ -46,7 +46,9 @@ export default defineCommand<InjectCliResult>({
       if (!entry) {
         const delivered = carrier.status().delivered.some((d) => d.terminalId === terminalId);
         throw new CliError(
-          delivered ? `batch already delivered: carrier ${carrier.carrierId} has nothing more for terminal ${terminalId}` : `wrong carrier: ${carrier.carrierId} holds no batch for terminal ${terminalId}`,
+          delivered
+            ? `batch already delivered: carrier ${carrier.carrierId} has nothing more for terminal ${terminalId} (a new batch: qkt carrier load --home H --carrier DIR --terminal ${terminalId} --bits N)`
+            : `wrong carrier: ${carrier.carrierId} holds no batch for terminal ${terminalId} (load one: qkt carrier load --home H --carrier DIR --terminal ${terminalId} --bits N)`,
           Exit.CARRIER,
         );
       }

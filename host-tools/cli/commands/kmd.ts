@@ -149,8 +149,9 @@ function renderStatus(s: KmdStatus): string {
   const open = s.batches.filter((b) => b.state !== 'collected' && b.state !== 'void');
   if (open.length > 0) {
     lines.push(...table(['batch', 'terminal', 'seq', 'bits', 'state', 'carrier'], open.map((b) => [b.batchId.slice(0, 8), b.terminalId, String(b.seq), formatBits(b.bits), b.state, b.carrierId ?? '-'])));
-    const stale = open.filter((b) => b.state === 'stale' || b.state === 'burned').map((b) => b.terminalId);
-    if (stale.length > 0) lines.push(`stale and burned batches will never be used: qkt kmd void --home H --terminal ${[...new Set(stale)][0]} retires them`);
+    for (const id of new Set(open.filter((b) => b.state === 'stale' || b.state === 'burned').map((b) => b.terminalId))) {
+      lines.push(`${id} has stale or burned batches, never to be used: qkt kmd void --home H --terminal ${id} retires them`);
+    }
   }
   return lines.join('\n');
 }
