@@ -125,7 +125,7 @@ t.test('a load that fails spends nothing: no supply, no seq, nothing on the carr
   const before = ledger(home);
 
   const noRoom = await runQkt(['carrier', 'load', '--home', home, '--carrier', join(dir, 'c1'), '--terminal', 'T2', '--bits', '1Mbit']);
-  failsWith(t, noRoom, 1, /^qkt: the station's key pool for T2 has no room for a 1 Mbit batch \(NO_SPACE: .*\); nothing was spent$/, 'no room at the station');
+  failsWith(t, noRoom, 1, /^qkt: the station's key pool for T2 has no room for a 1 Mbit batch \(NO_SPACE: .*\); nothing was spent; to free room: qkt kmd void --home \S+ --terminal T2 .*qkt kmd collect .*$/, 'no room at the station');
   t.same(ledger(home), before, 'supply, seqs, batches, outbox and station unchanged');
   t.notOk(existsSync(join(dir, 'c1')), 'no carrier was made');
 

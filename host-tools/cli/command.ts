@@ -66,6 +66,11 @@ export interface Command<R = unknown> {
   run(values: Values, positionals: string[], io: Io): Promise<R>;
   /** Human rendering of the result; default is none (long-running commands print as they go). */
   render?(result: R): string;
+  /**
+   * For a command that finished but with part of its work refused (kmd collect with a rejected
+   * receipt): the exit code and the one-line reason for stderr. The result is still printed.
+   */
+  outcome?(result: R): { exitCode: number; reason: string } | undefined;
 }
 
 export function defineCommand<R>(c: Command<R>): Command<R> {

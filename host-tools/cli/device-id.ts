@@ -7,7 +7,7 @@ import { isId } from '../kmd/home.js';
 /** `value` (STATUS `terminalId`) as a checked id; `state` words the not-enrolled refusal. */
 export function deviceTerminalId(value: unknown, port: string, state?: unknown): string {
   if (value === undefined || value === null) {
-    throw new CliError(`the module on ${port} is not enrolled (${String(state ?? 'blank')}); enrol it at the KMD first`, Exit.REFUSED);
+    throw new CliError(`the module on ${port} is not enrolled (${String(state ?? 'blank')}); enrol it at the KMD first (qkt kmd enroll --home H --terminal ID --flash FILE; a factory-reset module of an enrolled terminal: add --again)`, Exit.REFUSED);
   }
   if (!isId(value)) {
     // JSON.stringify shows NUL and other controls escaped; cut so a 200-char id stays one short line.

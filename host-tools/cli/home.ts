@@ -35,12 +35,28 @@ export async function changeKmd<T>(v: Values, fn: (home: KmdHome) => T | Promise
   return home.locked(() => fn(home));
 }
 
+/** KMD errors as CLI exit codes (docs/cli.md "Exit codes"). */
+const KMD_EXIT: Record<KmdError['code'], number> = {
+  BAD_ID: Exit.USAGE,
+  BAD_INPUT: Exit.USAGE,
+  NO_BATCH: Exit.USAGE,
+  SUPPLY: Exit.FAILURE,
+  NO_ROOM: Exit.FAILURE,
+  IN_USE: Exit.FAILURE,
+  NO_HOME: Exit.STATE,
+  EXISTS: Exit.STATE,
+  NOT_ENROLLED: Exit.STATE,
+  ALREADY_ENROLLED: Exit.STATE,
+  LIVE_MODULE: Exit.STATE,
+  CORRUPT: Exit.STATE,
+};
+
 /** Map KMD errors onto CLI exit codes. */
 export function kmdCli<T>(fn: () => T): T {
   try {
     return fn();
   } catch (e) {
-    if (e instanceof KmdError) throw new CliError(e.message, e.code === 'BAD_ID' ? Exit.USAGE : e.code === 'SUPPLY' || e.code === 'NO_ROOM' ? Exit.FAILURE : Exit.STATE);
+    if (e instanceof KmdError) throw new CliError(e.message, KMD_EXIT[e.code]);
     throw e;
   }
 }

@@ -117,6 +117,11 @@ export async function main(argv: string[]): Promise<number> {
       if (json) process.stdout.write(JSON.stringify(result) + '\n');
       else if (command.render) process.stdout.write(command.render(result) + '\n');
     }
+    const partial = command.outcome?.(result);
+    if (partial) {
+      process.stderr.write(`qkt: ${partial.reason}\n`);
+      return partial.exitCode;
+    }
     return Exit.OK;
   } catch (e) {
     io.progress.done();

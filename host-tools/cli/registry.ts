@@ -6,7 +6,7 @@ import status from './commands/status.js';
 import bench from './commands/bench.js';
 import ports from './commands/ports.js';
 import inject from './commands/inject.js';
-import { kmdCollect, kmdEnroll, kmdExport, kmdInit } from './commands/kmd.js';
+import { kmdCollect, kmdEnroll, kmdExport, kmdInit, kmdStatusCommand, kmdVoid } from './commands/kmd.js';
 import { kmdEnrollCarrier, kmdSaeAdd, kmdServe } from './commands/kmd-serve.js';
 import { carrierLoad, carrierStatus } from './commands/carrier.js';
 import { kmdToken, zeroize } from './commands/zeroize.js';
@@ -25,6 +25,8 @@ export const commands: readonly Command<any>[] = [
   kmdEnroll,
   kmdExport,
   kmdCollect,
+  kmdStatusCommand,
+  kmdVoid,
   kmdServe,
   kmdSaeAdd,
   kmdEnrollCarrier,

@@ -19,6 +19,7 @@ import { parseSealedHeader } from '../../firmware/crypto/batch.js';
 import { encodeReceipt, makeReceipt } from '../../firmware/crypto/receipt.js';
 import { injectBatch } from '../link/inject.js';
 import { StationStore } from '../station/store.js';
+import { runQkt } from '../../hil/cli.js';
 
 /** A KMD home with terminal T1 enrolled, its station store, and T1's module on an in-process link. */
 async function setup(t: Test) {
@@ -155,4 +156,22 @@ t.test('collect cut between its steps: a re-run finishes with one activation and
   t.notOk(existsSync(entry2.file), 'open() wipes a collected batch it finds');
   t.match(reopened.history().at(-1), { event: 'wiped', id: entry2.id, recovered: true });
   deviceKey.fill(0);
+});
+
+t.test('qkt kmd collect exits 5 with the result on stdout when it rejects a receipt', async (t) => {
+  const { dir, home, store } = await setup(t);
+  const e = exportBatch(home, 'T1', 4096, { station: store });
+  const carrier = Carrier.init(join(dir, 'c1'), { carrierId: 'c1', kmdId: home.config.kmdId });
+  carrier.addBatch(readOutbox(e));
+  markOnCarrier(home, 'T1', e.record.batchId, carrier.carrierId);
+  const entry = carrier.batchFor('T1')!;
+  const info = parseSealedHeader(carrier.readBatch(entry));
+  carrier.recordReceipt('T1', entry.batchId, encodeReceipt(makeReceipt(new Uint8Array(32).fill(0x5a), { terminalId: 'T1', batchId: info.header.batchId, seq: info.header.seq, bits: info.header.bits, headerDigest: info.headerDigest })));
+  store.close();
+  const r = await runQkt(['kmd', 'collect', '--home', join(dir, 'kmd'), '--carrier', join(dir, 'c1'), '--json']);
+  t.equal(r.code, 5, 'not success: a script sees the rejection');
+  t.match(JSON.parse(r.stdout), { collected: [], rejected: [{ id: entry.id, reason: 'receipt MAC does not verify', quarantined: true }] }, 'the whole result is still the one JSON document');
+  t.equal(r.stderr.trim(), 'qkt: 1 receipt(s) rejected (see the list); the rest were collected');
+  const again = await runQkt(['kmd', 'collect', '--home', join(dir, 'kmd'), '--carrier', join(dir, 'c1'), '--json']);
+  t.equal(again.code, 0, 'the quarantined receipt is not rejected twice');
 });

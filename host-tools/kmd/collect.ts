@@ -74,7 +74,15 @@ function collectLocked(home: KmdHome, carrier: Carrier, o: { station?: StationSt
       const rec = t.batches.find((b) => b.batchId === batchIdHex && b.seq === receipt.seq);
       if (!rec) {
         // Authentic (the MAC verified), so the terminal did take it: kept, never offered again.
+        // Its ciphertext on the carrier is spent: wiped like a collected one's.
         result.rejected.push({ id: entry.id, reason: `batch ${batchIdHex} was not exported by this KMD`, quarantined: false });
+        done.push(entry.id);
+        continue;
+      }
+      if (rec.voidedAt) {
+        // `kmd void` said it would never be used, and its station keys are gone: nothing to activate.
+        result.rejected.push({ id: entry.id, reason: `batch ${batchIdHex} of ${receipt.terminalId} was voided (${rec.voidReason ?? 'unspecified'}); it came back after all, but its station keys are gone: what the terminal sends under it will not open at the station`, quarantined: false });
+        done.push(entry.id);
         continue;
       }
       if (!rec.deliveredAt) {

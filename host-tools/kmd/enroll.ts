@@ -1,15 +1,23 @@
 // Factory enrolment at the KMD: a new terminal gets a random 256-bit device key, written into a
 // fresh module flash image (secure area + formatted pool) and kept in the KMD home. Holds the
 // home's lock and the new image's lock (a `terminal run` cannot start on it half-written).
+// Re-enrolment (`kmd enroll --again`) gives a factory-reset module of an enrolled terminal a new
+// device key, after voiding every batch sealed under the old one.
 import { existsSync, unlinkSync } from 'node:fs';
 import { resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
+import { UNIT } from '../../firmware/flash/record-log.js';
 import { enrollFlash } from '../../firmware/secure/enroll.js';
+import { openSecureArea, SECURE_SECTORS } from '../../firmware/secure/secure-area.js';
+import { ctEqual } from '../../firmware/crypto/_util.js';
 import { checkId, KmdError } from './home.js';
 import { withLockSync } from '../lock.js';
 import { flashLockOptions } from '../flash-lock.js';
+import { voidBatches } from './void.js';
+import type { VoidResult } from './void.js';
 import type { KmdHome, TerminalRecord } from './home.js';
+import type { StationStore } from '../station/store.js';
 
 export function enrollTerminal(home: KmdHome, terminalId: string, flashPath: string): TerminalRecord {
   checkId('terminal', terminalId);
@@ -17,7 +25,12 @@ export function enrollTerminal(home: KmdHome, terminalId: string, flashPath: str
 }
 
 function enrollLocked(home: KmdHome, terminalId: string, flashPath: string): TerminalRecord {
-  if (home.hasTerminal(terminalId)) throw new KmdError(`terminal ${terminalId} is already enrolled at this KMD`, 'ALREADY_ENROLLED');
+  if (home.hasTerminal(terminalId)) {
+    throw new KmdError(
+      `terminal ${terminalId} is already enrolled at this KMD; to enrol its module again after a factory reset: qkt kmd enroll --home ${home.dir} --terminal ${terminalId} --flash FILE --again`,
+      'ALREADY_ENROLLED',
+    );
+  }
   const path = resolve(flashPath);
   if (existsSync(path)) throw new KmdError(`${path} exists; enrolment writes a new flash image (remove it first)`, 'EXISTS');
   const deviceKey = new Uint8Array(randomBytes(32));
@@ -25,6 +38,7 @@ function enrollLocked(home: KmdHome, terminalId: string, flashPath: string): Ter
     terminalId,
     deviceKey: Buffer.from(deviceKey).toString('hex'),
     enrolledAt: home.nowIso(),
+    generation: 1,
     flash: path,
     nextSeq: 1,
     nextAdminCounter: 1,
@@ -45,4 +59,110 @@ function enrollLocked(home: KmdHome, terminalId: string, flashPath: string): Ter
     deviceKey.fill(0);
   }
   return record;
+}
+
+export interface ReenrollResult {
+  record: TerminalRecord;
+  /** What the old device key's batches became (all void now). */
+  voided: VoidResult;
+  /** The image was new (a replacement module), not a factory-reset one. */
+  newImage: boolean;
+}
+
+export type ReenrollStep = 'voided' | 'record';
+
+/**
+ * Enrol an enrolled terminal's factory-reset (or blank, new) module again: a new device key,
+ * generation + 1. Holds the home's lock and the image's (a running module holds that: refused).
+ * Steps, in an order a cut leaves for the next run to complete:
+ *
+ * 1. the image is checked: blank, or factory-reset (its secure area holds no identity); a live
+ *    module is refused, whatever its key;
+ * 2. every batch of the terminal is voided (void.ts, in use or not: they are sealed under the
+ *    old key, and the module's pool is gone), station keys wiped;
+ * 3. the record gets the new key and generation (the old key is gone from the home); sequence
+ *    numbers and admin counters go on from where they were, never back;
+ * 4. the image is enrolled with the new key and a freshly formatted pool.
+ *
+ * A cut before 4 leaves a blank image and a re-run does it all again (a generation is skipped);
+ * after 4 the image holds the KMD's key, and a re-run says the module is live.
+ */
+export function reenrollTerminal(home: KmdHome, terminalId: string, flashPath: string, o: { station?: StationStore; afterStep?: (s: ReenrollStep) => void } = {}): ReenrollResult {
+  checkId('terminal', terminalId);
+  return home.lockedSync(() => withLockSync(flashPath, flashLockOptions(flashPath), () => reenrollLocked(home, terminalId, resolve(flashPath), o)));
+}
+
+function reenrollLocked(home: KmdHome, terminalId: string, path: string, o: { station?: StationStore; afterStep?: (s: ReenrollStep) => void }): ReenrollResult {
+  if (!home.hasTerminal(terminalId)) {
+    throw new KmdError(`terminal ${terminalId} is not enrolled at this KMD; enrol it first: qkt kmd enroll --home ${home.dir} --terminal ${terminalId} --flash FILE (without --again)`, 'NOT_ENROLLED');
+  }
+  const newImage = !existsSync(path);
+  if (!newImage) checkResetImage(home, terminalId, path);
+
+  const voided = voidBatches(home, terminalId, { reason: 'reenrolled', inUse: true, ...(o.station ? { station: o.station } : {}) });
+  o.afterStep?.('voided');
+
+  const old = home.terminal(terminalId);
+  const deviceKey = new Uint8Array(randomBytes(32));
+  try {
+    const record: TerminalRecord = {
+      ...old,
+      deviceKey: Buffer.from(deviceKey).toString('hex'),
+      enrolledAt: home.nowIso(),
+      generation: (old.generation ?? 1) + 1,
+      flash: path,
+    };
+    home.saveTerminal(record); // replaces the record that held the old key
+    o.afterStep?.('record');
+    const flash = NorFlash.open(path);
+    try {
+      enrollFlash(flash, { terminalId, deviceKey });
+    } finally {
+      flash.close();
+    }
+    return { record: { ...record, deviceKey: '' }, voided, newImage };
+  } finally {
+    deviceKey.fill(0);
+  }
+}
+
+/** Refuse an image that is not blank or factory-reset: a live module keeps its key. */
+function checkResetImage(home: KmdHome, terminalId: string, path: string): void {
+  let flash: NorFlash;
+  try {
+    flash = NorFlash.open(path);
+  } catch (e) {
+    throw new KmdError(`${path} is not a module flash image: ${(e as Error).message}`, 'CORRUPT');
+  }
+  try {
+    const area = openSecureArea(flash);
+    const id = area.identity();
+    if (id) {
+      const key = home.deviceKey(terminalId);
+      const current = id.terminalId === terminalId && ctEqual(id.deviceKey, key);
+      key.fill(0);
+      id.deviceKey.fill(0);
+      const reset = `factory-reset it first (qkt kmd token --home ${home.dir} --terminal ${id.terminalId} --carrier DIR --factory-reset, then qkt zeroize --carrier DIR --port PORT --factory-reset)`;
+      throw new KmdError(
+        current
+          ? `${path} is a live module of ${terminalId} holding this KMD's current device key (generation ${home.terminal(terminalId).generation ?? 1}): nothing to do; to give it a new key, ${reset}`
+          : `${path} is a live module enrolled as ${id.terminalId}; only a blank or factory-reset module is enrolled again; ${reset}`,
+        'LIVE_MODULE',
+      );
+    }
+    // No identity. Blank, or a factory reset cut after it killed the headers (all zero) and before
+    // it erased everything. Anything else is an area this firmware cannot read (damaged, or an
+    // older format's enrolled module): not provably reset.
+    if (area.health().damaged) {
+      const sz = flash.geometry.sectorSize;
+      for (let i = 0; i < SECURE_SECTORS; i++) {
+        const head = flash.read(i * sz, UNIT);
+        if (!head.every((b) => b === 0xff) && !head.every((b) => b === 0)) {
+          throw new KmdError(`${path}: its secure area is unreadable (${area.health().reason ?? 'damaged'}), so it is not provably blank or factory-reset; refusing to enrol it again`, 'LIVE_MODULE');
+        }
+      }
+    }
+  } finally {
+    flash.close();
+  }
 }

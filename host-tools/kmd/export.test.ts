@@ -80,7 +80,7 @@ t.test('a station that refuses: NO_ROOM, nothing spent, for every terminal of th
   exportBatch(home, 'T2', 1 << 23, { station: store }); // T2's station pool is full now
   const before = { taken: taken(), t1: home.terminal('T1').nextSeq, t2: home.terminal('T2').nextSeq };
   const e = t.throws(() => exportBatches(home, ['T1', 'T2'], 1 << 20, { station: store })) as KmdError;
-  t.match(e, { code: 'NO_ROOM', message: /^the station's key pool for T2 has no room for a 1 Mbit batch \(NO_SPACE: .*\); nothing was spent$/ });
+  t.match(e, { code: 'NO_ROOM', message: /^the station's key pool for T2 has no room for a 1 Mbit batch \(NO_SPACE: .*\); nothing was spent; to free room: qkt kmd void --home \S+ --terminal T2 \(batches never to be used\), or qkt kmd collect \(receipts retire used-up ones\)$/ });
   t.same({ taken: taken(), t1: home.terminal('T1').nextSeq, t2: home.terminal('T2').nextSeq }, before);
   t.equal(store.status('T1').staging, null, "T1's reservation was cancelled");
   t.same(store.status('T1').batches, [], 'and T1 holds nothing at the station');

@@ -32,7 +32,7 @@ function sweepOutboxTemps(home: KmdHome): void {
   for (const name of readdirSync(dir)) if (name.startsWith('.') && /\.tmp-\d+$/.test(name)) rmSync(join(dir, name), { force: true });
 }
 
-function outboxFile(home: KmdHome, terminalId: string, batchIdHex: string): string {
+export function outboxFile(home: KmdHome, terminalId: string, batchIdHex: string): string {
   return home.path('outbox', `${terminalId}-${batchIdHex}.qkb`);
 }
 
@@ -97,7 +97,8 @@ export function exportBatches(home: KmdHome, terminalIds: readonly string[], bit
           if (e instanceof PoolError) {
             const full = e.code === 'NO_SPACE' || e.code === 'TOO_MANY_BATCHES' || e.code === 'WORN_OUT';
             const why = full ? `has no room for a ${formatBits(bits)} batch` : 'refuses the batch';
-            throw new KmdError(`the station's key pool for ${p.t.terminalId} ${why} (${e.code}: ${e.message}); nothing was spent`, 'NO_ROOM');
+            const fix = full ? `; to free room: qkt kmd void --home ${home.dir} --terminal ${p.t.terminalId} (batches never to be used), or qkt kmd collect (receipts retire used-up ones)` : '';
+            throw new KmdError(`the station's key pool for ${p.t.terminalId} ${why} (${e.code}: ${e.message}); nothing was spent${fix}`, 'NO_ROOM');
           }
           throw e;
         }
@@ -160,7 +161,8 @@ export function outbox(home: KmdHome, terminalId?: string): ExportedBatch[] {
   for (const id of ids) {
     for (const r of home.terminal(id).batches) {
       const file = outboxFile(home, id, r.batchId);
-      if (!r.carrierId && existsSync(file)) out.push({ record: r, terminalId: id, file });
+      // A void batch's file is left only by a void cut part way (the next void removes it): never load it.
+      if (!r.carrierId && !r.voidedAt && existsSync(file)) out.push({ record: r, terminalId: id, file });
     }
   }
   return out.sort((a, b) => a.record.seq - b.record.seq);

@@ -28,7 +28,13 @@ export interface TerminalRecord {
   terminalId: string;
   /** Hex of the 256-bit device key: the KMD's copy, as grid ESAM key systems keep theirs. */
   deviceKey: string;
+  /** When this generation's device key was made. */
   enrolledAt: string;
+  /**
+   * Which device key the terminal holds: 1 at enrolment, one more at each re-enrolment of a
+   * factory-reset module (`kmd enroll --again`); absent in records from before it (= 1).
+   */
+  generation?: number;
   flash?: string;
   /** Seq the next batch for this terminal gets (anti-rollback: strictly increasing). */
   nextSeq: number;
@@ -49,12 +55,19 @@ export interface BatchRecord {
   carrierId?: string;
   /** Set by `kmd collect` when a verified receipt came back: the station's keys are active. */
   deliveredAt?: string;
+  /**
+   * Set by `kmd void` (host-tools/kmd/void.ts): the batch will never be used. Written before its
+   * outbox file and station keys go, so a cut part way is completed by the next void.
+   */
+  voidedAt?: string;
+  /** Why, as given to `kmd void --reason` (lost-carrier, zeroized, stale, burned, reenrolled...). */
+  voidReason?: string;
 }
 
 export class KmdError extends Error {
   constructor(
     message: string,
-    readonly code: 'NO_HOME' | 'EXISTS' | 'NOT_ENROLLED' | 'ALREADY_ENROLLED' | 'BAD_ID' | 'SUPPLY' | 'NO_ROOM' | 'CORRUPT',
+    readonly code: 'NO_HOME' | 'EXISTS' | 'NOT_ENROLLED' | 'ALREADY_ENROLLED' | 'BAD_ID' | 'BAD_INPUT' | 'NO_BATCH' | 'IN_USE' | 'LIVE_MODULE' | 'SUPPLY' | 'NO_ROOM' | 'CORRUPT',
   ) {
     super(message);
     this.name = 'KmdError';
@@ -179,7 +192,7 @@ export class KmdHome {
 
   terminal(id: string): TerminalRecord {
     const file = this.path('terminals', `${checkId('terminal', id)}.json`);
-    if (!existsSync(file)) throw new KmdError(`terminal ${id} is not enrolled at this KMD`, 'NOT_ENROLLED');
+    if (!existsSync(file)) throw new KmdError(`terminal ${id} is not enrolled at this KMD (qkt kmd enroll --home ${this.dir} --terminal ${id} --flash FILE enrols it; qkt kmd status --home ${this.dir} lists those enrolled)`, 'NOT_ENROLLED');
     return JSON.parse(readFileSync(file, 'utf8')) as TerminalRecord;
   }
 

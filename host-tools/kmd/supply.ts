@@ -80,6 +80,12 @@ export class FixedRateSupply implements KeySupply {
     return Math.floor(secs * this.state.rateBitsPerSecond);
   }
 
+  /** The account as it stands: for `kmd status`. */
+  account(): { rateBitsPerSecond: number; takenBits: number; capacityBits: number; availableBits: number } {
+    const s = this.state;
+    return { rateBitsPerSecond: s.rateBitsPerSecond, takenBits: s.takenBits, capacityBits: s.capacityBits, availableBits: this.availableBits() };
+  }
+
   availableBits(): number {
     const avail = this.producedBits() - this.state.takenBits;
     return Math.max(0, Math.min(avail, this.state.capacityBits)) & ~7;

@@ -48,8 +48,8 @@ export default defineCommand<InjectCliResult>({
           unverified
             ? `batch already delivered: carrier ${carrier.carrierId} holds a receipt for terminal ${terminalId}'s batch ${unverified.batchId.slice(0, 8)} that the KMD has not verified yet (qkt kmd collect --carrier ${carrier.path}; if it is false the batch is offered again)`
             : delivered.length > 0
-              ? `batch already delivered: carrier ${carrier.carrierId} has nothing more for terminal ${terminalId}`
-              : `wrong carrier: ${carrier.carrierId} holds no batch for terminal ${terminalId}`,
+              ? `batch already delivered: carrier ${carrier.carrierId} has nothing more for terminal ${terminalId} (a new batch: qkt carrier load --home H --carrier DIR --terminal ${terminalId} --bits N)`
+              : `wrong carrier: ${carrier.carrierId} holds no batch for terminal ${terminalId} (load one: qkt carrier load --home H --carrier DIR --terminal ${terminalId} --bits N)`,
           Exit.CARRIER,
         );
       }
@@ -61,7 +61,8 @@ export default defineCommand<InjectCliResult>({
         });
       } catch (e) {
         if (e instanceof LinkError) {
-          const why = e.rc === Rc.STALE_BATCH ? 'it already holds a newer batch' : e.rc === Rc.WRONG_TERMINAL ? 'the batch is addressed to another terminal' : e.rc === Rc.AUTH_FAILED ? 'the batch does not authenticate (tampered, or sealed for another module)' : e.rc === Rc.NO_SPACE ? 'its key pool has no room' : (e.reason ?? rcName(e.rc));
+          const retire = `; back at the KMD, retire it: qkt kmd void --home H --terminal ${terminalId} --batch ${entry.batchId.slice(0, 8)} --reason stale`;
+          const why = e.rc === Rc.STALE_BATCH ? `it already holds a newer batch${retire}` : e.rc === Rc.WRONG_TERMINAL ? 'the batch is addressed to another terminal' : e.rc === Rc.AUTH_FAILED ? 'the batch does not authenticate (tampered, or sealed for another module, or under the key the module had before a re-enrolment: load a new carrier)' : e.rc === Rc.NO_SPACE ? 'its key pool has no room' : (e.reason ?? rcName(e.rc));
           throw new CliError(`terminal ${terminalId} refused the batch: ${rcName(e.rc)}: ${why}`, Exit.REFUSED);
         }
         throw e;

@@ -1,8 +1,13 @@
-// `qkt kmd ...`: the access-layer key management device: init, enroll, export, collect.
+// `qkt kmd ...`: the access-layer key management device: init, enroll, export, collect, status, void.
 import { defineCommand, strs, str, CliError, Exit } from '../command.js';
-import { changeKmd, homeDir, kmdCli } from '../home.js';
+import { changeKmd, homeDir, kmdCli, openKmd } from '../home.js';
 import { KmdHome } from '../../kmd/home.js';
-import { enrollTerminal } from '../../kmd/enroll.js';
+import { enrollTerminal, reenrollTerminal } from '../../kmd/enroll.js';
+import { kmdStatus } from '../../kmd/status.js';
+import type { KmdStatus } from '../../kmd/status.js';
+import { voidBatches } from '../../kmd/void.js';
+import type { VoidResult } from '../../kmd/void.js';
+import { BATCH_STATES } from '../../kmd/batch-state.js';
 import { exportBatches, outbox } from '../../kmd/export.js';
 import { collectReceipts } from '../../kmd/collect.js';
 import type { CollectResult } from '../../kmd/collect.js';
@@ -24,20 +29,37 @@ export const kmdInit = defineCommand({
   render: (r) => `KMD ${r.kmdId} created in ${r.home}, key supply ${r.rateBitsPerSecond} bit/s${r.stockBits ? `, ${formatBits(r.stockBits)} in stock` : ''}`,
 });
 
-export const kmdEnroll = defineCommand({
+export interface EnrollCliResult {
+  terminalId: string;
+  flash: string;
+  enrolledAt: string;
+  generation: number;
+  /** With --again: the old device key's batches, voided (empty on a first enrolment). */
+  voided: Array<{ batchId: string; seq: number; bits: number; was: string; stationBits: number }>;
+}
+
+export const kmdEnroll = defineCommand<EnrollCliResult>({
   path: ['kmd', 'enroll'],
-  summary: 'factory step: new flash image for a terminal, registered in the KMD',
-  usage: 'qkt kmd enroll --home H --terminal ID --flash FILE',
-  examples: ['qkt kmd enroll --home ./kmd --terminal T1 --flash t1.img'],
-  options: { home: { type: 'string' }, terminal: { type: 'string' }, flash: { type: 'string' } },
+  summary: 'factory step: new flash image for a terminal, registered in the KMD (--again: a factory-reset module, new device key)',
+  usage: 'qkt kmd enroll --home H --terminal ID --flash FILE [--again]',
+  examples: ['qkt kmd enroll --home ./kmd --terminal T1 --flash t1.img', 'qkt kmd enroll --home ./kmd --terminal T1 --flash t1.img --again'],
+  options: { home: { type: 'string' }, terminal: { type: 'string' }, flash: { type: 'string' }, again: { type: 'boolean', default: false } },
   required: ['terminal', 'flash'],
   async run(v) {
     return changeKmd(v, (home) => {
+      if (v['again'] === true) {
+        const r = kmdCli(() => reenrollTerminal(home, str(v, 'terminal')!, str(v, 'flash')!));
+        const voided = r.voided.voided.map((b) => ({ batchId: b.batchId, seq: b.seq, bits: b.bits, was: b.was, stationBits: b.stationBits }));
+        return { terminalId: r.record.terminalId, flash: r.record.flash!, enrolledAt: r.record.enrolledAt, generation: r.record.generation ?? 1, voided };
+      }
       const t = kmdCli(() => enrollTerminal(home, str(v, 'terminal')!, str(v, 'flash')!));
-      return { terminalId: t.terminalId, flash: t.flash!, enrolledAt: t.enrolledAt };
+      return { terminalId: t.terminalId, flash: t.flash!, enrolledAt: t.enrolledAt, generation: t.generation ?? 1, voided: [] };
     });
   },
-  render: (r) => `terminal ${r.terminalId} enrolled; its module flash image is ${r.flash}`,
+  render: (r) =>
+    r.generation === 1
+      ? `terminal ${r.terminalId} enrolled; its module flash image is ${r.flash}`
+      : `terminal ${r.terminalId} enrolled again (device key generation ${r.generation}); its module flash image is ${r.flash}; ${r.voided.length} batch(es) of the old key voided`,
 });
 
 export const kmdExport = defineCommand({
@@ -84,5 +106,80 @@ export const kmdCollect = defineCommand({
       ...r.rejected.map((x) => `REJECTED ${x.id}: ${x.reason}${x.quarantined ? ' (receipt quarantined on the carrier; the batch is offered for inject again)' : ''}`),
       ...r.retired.map((x) => `retired station batch ${x.batchId.slice(0, 8)} of ${x.terminalId}: no longer held by the terminal (${formatBits(x.bits)} unused)`),
       `${r.collected.length} receipt(s) collected, ${formatBits(r.activatedBits)} of station keys activated`,
+    ].join('\n'),
+  // Receipts left unproven are the engineer's to look at: a script must not read this as success.
+  outcome: (r) => (r.rejected.length > 0 ? { exitCode: Exit.CARRIER, reason: `${r.rejected.length} receipt(s) rejected (see the list); the rest were collected` } : undefined),
+});
+
+export const kmdStatusCommand = defineCommand<KmdStatus>({
+  path: ['kmd', 'status'],
+  summary: 'supply, terminals and batches by state (exported, on-carrier, delivered, collected, void, stale, burned)',
+  usage: 'qkt kmd status --home H',
+  examples: ['qkt kmd status --home ./kmd', 'qkt kmd status --home ./kmd --json'],
+  options: { home: { type: 'string' } },
+  async run(v) {
+    const home = openKmd(v);
+    return kmdCli(() => kmdStatus(home));
+  },
+  render: (s) => renderStatus(s),
+});
+
+function renderStatus(s: KmdStatus): string {
+  const pad = (cells: string[], widths: number[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
+  const table = (head: string[], rows: string[][]): string[] => {
+    const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
+    return [pad(head, widths), ...rows.map((r) => pad(r, widths))];
+  };
+  const lines = [
+    `KMD ${s.kmdId} in ${s.home}`,
+    `supply: ${formatBits(s.supply.availableBits)} available at ${s.supply.rateBitsPerSecond} bit/s; ${formatBits(s.supply.takenBits)} taken so far`,
+  ];
+  if (!s.consistent) lines.push(`note: the home is in use${s.writer ? ` by pid ${s.writer.pid} (${s.writer.command}, since ${s.writer.since})` : ''}; read without its lock, a batch it is changing may show one step behind`);
+  lines.push('');
+  if (s.terminals.length === 0) lines.push('no terminals enrolled (qkt kmd enroll --home H --terminal ID --flash FILE)');
+  else {
+    lines.push(
+      ...table(
+        ['terminal', 'generation', 'next seq', 'station used', 'station free', 'enrolled'],
+        s.terminals.map((t) => [t.terminalId, String(t.generation), String(t.nextSeq), formatBits(t.station.storedKeyBits), formatBits(t.station.freeKeyBits), t.enrolledAt]),
+      ),
+    );
+  }
+  const counts = BATCH_STATES.filter((st) => s.totals[st].batches > 0).map((st) => `${s.totals[st].batches} ${st} (${formatBits(s.totals[st].bits)})`);
+  lines.push('', `batches: ${counts.length > 0 ? counts.join(', ') : 'none'}`);
+  // Collected and void batches are history: counted above, listed by --json.
+  const open = s.batches.filter((b) => b.state !== 'collected' && b.state !== 'void');
+  if (open.length > 0) {
+    lines.push(...table(['batch', 'terminal', 'seq', 'bits', 'state', 'carrier'], open.map((b) => [b.batchId.slice(0, 8), b.terminalId, String(b.seq), formatBits(b.bits), b.state, b.carrierId ?? '-'])));
+    for (const id of new Set(open.filter((b) => b.state === 'stale' || b.state === 'burned').map((b) => b.terminalId))) {
+      lines.push(`${id} has stale or burned batches, never to be used: qkt kmd void --home H --terminal ${id} retires them`);
+    }
+  }
+  return lines.join('\n');
+}
+
+export const kmdVoid = defineCommand<VoidResult>({
+  path: ['kmd', 'void'],
+  summary: 'retire batches that will never be used (lost carrier, zeroized terminal, stale), at the KMD and the station',
+  usage: 'qkt kmd void --home H --terminal ID [--batch B] [--reason lost-carrier|zeroized|stale|burned|...] [--in-use]',
+  examples: [
+    'qkt kmd void --home ./kmd --terminal T1 --reason lost-carrier',
+    'qkt kmd void --home ./kmd --terminal T1 --batch 1a2b3c4d --reason stale',
+    'qkt kmd void --home ./kmd --terminal T1 --reason zeroized --in-use',
+  ],
+  options: { home: { type: 'string' }, terminal: { type: 'string' }, batch: { type: 'string' }, reason: { type: 'string' }, 'in-use': { type: 'boolean', default: false } },
+  required: ['terminal'],
+  async run(v) {
+    return changeKmd(v, (home) => {
+      const batch = str(v, 'batch');
+      const reason = str(v, 'reason');
+      return kmdCli(() => voidBatches(home, str(v, 'terminal')!, { ...(batch !== undefined ? { batch: batch.toLowerCase() } : {}), ...(reason !== undefined ? { reason } : {}), inUse: v['in-use'] === true }));
+    });
+  },
+  render: (r) =>
+    [
+      ...r.voided.map((b) => `voided ${r.terminalId} batch ${b.batchId.slice(0, 8)} (seq ${b.seq}, ${formatBits(b.bits)}, was ${b.was}): ${formatBits(b.stationBits)} of station keys wiped${b.outboxRemoved ? ', removed from the outbox' : ''}`),
+      ...r.kept.map((b) => `kept ${r.terminalId} batch ${b.batchId.slice(0, 8)} (seq ${b.seq}, ${b.state}): the terminal uses it; add --in-use if it lost its keys`),
+      r.voided.length === 0 ? `nothing to void for ${r.terminalId}` : `${r.voided.length} batch(es) of ${r.terminalId} void (${r.reason})`,
     ].join('\n'),
 });
