@@ -9,7 +9,7 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import { spawn } from 'node:child_process';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NorFlash } from '../firmware/flash/nor-flash.js';
 import { createTerminal } from '../firmware/terminal.js';
@@ -20,7 +20,7 @@ import { connectTcp, parseTcpAddress } from '../host-tools/transports/tcp.js';
 import { LinkClient } from '../host-tools/link/client.js';
 import type { DeviceParams } from '../host-tools/link/client.js';
 import { injectBatch } from '../host-tools/link/inject.js';
-import { Carrier } from '../host-tools/carrier/carrier.js';
+import { Carrier, LOCK_FILE } from '../host-tools/carrier/carrier.js';
 import { lockSync, setLockCommand } from '../host-tools/lock.js';
 import { homeLockOptions } from '../host-tools/kmd/home.js';
 import { StationStore } from '../host-tools/station/store.js';
@@ -280,4 +280,34 @@ t.test('exports killed at random moments: a batch may burn, no seq is ever hande
   t.equal(store.status('T1').staging, null, 'no reservation left at the station');
   const supply = JSON.parse(readFileSync(join(home, 'supply.json'), 'utf8')) as { takenBits: number };
   t.ok(supply.takenBits >= rec.batches.length * (1 << 20), 'every recorded batch is paid for in the supply');
+});
+
+t.test('a carrier has one writer: inject, collect, status and load wait for its lock and name the holder', { skip }, async (t) => {
+  const { dir, home } = await setup(t, '1Mbit', ['T1']);
+  const car = join(dir, 'c1');
+  mkdirSync(car);
+  // Into an existing empty folder: the load's own lock file does not make it "not empty".
+  t.match(await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', car, '--terminal', 'T1', '--bits', '64KiB']), { loaded: [{ seq: 1 }] });
+  t.notOk(existsSync(join(car, LOCK_FILE)), 'the load released the carrier');
+  const journal = readFileSync(join(car, 'journal.jsonl'));
+
+  setLockCommand('qkt test holder');
+  const held = lockSync(car, { what: `carrier ${car}`, file: join(car, LOCK_FILE) });
+  t.teardown(() => held.release());
+  const env = { QKT_LOCK_WAIT: '0.5' };
+  const holder = new RegExp(`^qkt: carrier ${car} is in use by pid ${process.pid} \\(qkt test holder, since \\d{4}-[0-9T:.-]+Z\\)$`);
+  // The port is never opened: the carrier's lock comes first.
+  failsWith(t, await runQkt(['inject', '--carrier', car, '--port', 'tcp:127.0.0.1:9'], { env }), BUSY, holder, 'inject on a held carrier');
+  failsWith(t, await runQkt(['kmd', 'collect', '--home', home, '--carrier', car], { env }), BUSY, holder, 'collect on a held carrier');
+  failsWith(t, await runQkt(['carrier', 'status', '--carrier', car]), BUSY, holder, 'status while another writes (it would finish that writer\'s work)');
+  failsWith(t, await runQkt(['carrier', 'load', '--home', home, '--carrier', car, '--terminal', 'T1', '--bits', '64KiB'], { env }), BUSY, holder, 'load on a held carrier');
+  t.same(readFileSync(join(car, 'journal.jsonl')), journal, 'nothing was written to the carrier');
+  const status = await runQkt(['kmd', 'status', '--home', home, '--json']);
+  t.equal((parseJson(status) as { totals: Record<string, { batches: number }> }).totals['on-carrier']?.batches, 1, 'the refused load exported nothing');
+  held.release();
+  t.match(await qktJson(t, ['carrier', 'status', '--carrier', car]), { carrierId: /./, batches: [{ terminalId: 'T1' }], journal: { events: 2 } }, 'free again: status reads it');
+
+  // A drive pulled from a laptop that died mid-inject carries that laptop's lock: never taken over, the fix is named.
+  writeFileSync(join(car, LOCK_FILE), JSON.stringify({ pid: 4242, host: 'field-laptop-7', command: 'qkt inject', since: '2026-11-30T08:00:00.000Z', nonce: 'ab'.repeat(8) }));
+  failsWith(t, await runQkt(['inject', '--carrier', car, '--port', 'tcp:127.0.0.1:9'], { env }), BUSY, new RegExp(`^qkt: carrier ${car} is in use by pid 4242 on host field-laptop-7 \\(qkt inject, since 2026-11-30T08:00:00.000Z\\); if no qkt runs there on it any more, remove ${join(car, LOCK_FILE)}$`), 'a foreign lock');
 });

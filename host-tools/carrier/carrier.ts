@@ -41,6 +41,8 @@ export const BATCH_DIR = 'batches';
 export const RECEIPT_DIR = 'receipts';
 export const QUARANTINE_DIR = 'quarantine';
 export const JOURNAL_FILE = 'journal.jsonl';
+/** The lock of the one process writing this carrier (host-tools/cli/carrier-open.ts, host-tools/lock.ts). */
+export const LOCK_FILE = '.qkt.lock';
 export const BATCH_EXT = '.qkb';
 export const RECEIPT_EXT = '.qkr';
 
@@ -395,7 +397,7 @@ export class Carrier {
       return c;
     }
     for (const name of readdirSync(path)) {
-      if (FOREIGN_ENTRIES.has(name) || name.startsWith('.Trash-') || name === JOURNAL_FILE || TMP_RE.test(name)) continue;
+      if (FOREIGN_ENTRIES.has(name) || name.startsWith('.Trash-') || name === JOURNAL_FILE || name === LOCK_FILE || name.startsWith(`${LOCK_FILE}.takeover-`) || TMP_RE.test(name)) continue;
       // An init killed after mkdir leaves these, empty: take them over.
       if ((name === BATCH_DIR || name === RECEIPT_DIR) && lstatSync(join(path, name)).isDirectory()) {
         if (readdirSync(join(path, name)).every((n) => TMP_RE.test(n))) continue;

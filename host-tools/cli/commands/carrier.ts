@@ -4,11 +4,13 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { defineCommand, strs, str, CliError, Exit } from '../command.js';
+import type { Io, Values } from '../command.js';
+import type { KmdHome } from '../../kmd/home.js';
 import { changeKmd, kmdCli } from '../home.js';
-import { Carrier, CarrierError, formatCarrierStatus, MANIFEST_FILE } from '../../carrier/carrier.js';
+import { Carrier, CarrierError, formatCarrierStatus, LOCK_FILE, MANIFEST_FILE } from '../../carrier/carrier.js';
 import type { CarrierStatus } from '../../carrier/carrier.js';
 import { exportBatches, markOnCarrier, outbox, readOutbox } from '../../kmd/export.js';
-import { openCarrier } from '../carrier-open.js';
+import { openCarrier, withCarrier, withCarrierSync } from '../carrier-open.js';
 import { formatBits, parseBits } from '../../units.js';
 import { downloadFromKmd } from '../../kmd/download-client.js';
 import { CARRIER_KEY_FILE } from '../../kmd/carriers.js';
@@ -30,7 +32,7 @@ export function checkCarrierTarget(dir: string, kmdId: string, carrierId?: strin
     if (c.kmdId !== kmdId) throw new CliError(`carrier ${c.carrierId} belongs to KMD ${c.kmdId}, not this KMD (${kmdId})`, Exit.CARRIER);
     return c;
   }
-  if (existsSync(dir) && readdirSync(dir).filter((f) => f !== 'lost+found').length > 0) {
+  if (existsSync(dir) && readdirSync(dir).filter((f) => f !== 'lost+found' && f !== LOCK_FILE).length > 0) {
     throw new CliError(`${dir} is not empty and not a carrier; give an empty folder or drive`, Exit.CARRIER);
   }
   return () => initCarrier(dir, kmdId, carrierId);
@@ -70,34 +72,36 @@ export const carrierLoad = defineCommand<LoadResult>({
     if (str(v, 'kmd')) {
       if (str(v, 'home')) throw new CliError('give one of --kmd PORT or --home H', Exit.USAGE);
       warnSharedSecrets([join(dir, CARRIER_KEY_FILE)]); // the carrier's key authenticates it to the KMD
-      return downloadFromKmd({ port: str(v, 'kmd')!, carrierDir: dir, terminals: ids, ...(bits ? { bits } : {}), progress: io.progress });
+      return withCarrier(dir, () => downloadFromKmd({ port: str(v, 'kmd')!, carrierDir: dir, terminals: ids, ...(bits ? { bits } : {}), progress: io.progress }));
     }
     if (ids.length === 0 || bits === undefined) throw new CliError('--terminal and --bits are required with --home', Exit.USAGE);
     // The whole load holds the home's lock: export, onto the carrier, off the outbox, as one change.
-    return changeKmd(v, (home) => {
-      for (const id of ids) kmdCli(() => home.terminal(id));
-      const target = checkCarrierTarget(dir, home.config.kmdId, str(v, 'carrier-id'));
-      // A batch already queued for a terminal (kmd export, or a load that was cut) goes first; the
-      // others are exported in one transaction: a refusal (supply, station room) spends nothing,
-      // and the carrier is not even made.
-      const queued = new Map(ids.map((id) => [id, outbox(home, id)[0]] as const));
-      const fresh = ids.filter((id) => !queued.get(id));
-      if (fresh.length > 0) for (const e of kmdCli(() => exportBatches(home, fresh, bits))) queued.set(e.terminalId, e);
-      const carrier = typeof target === 'function' ? target() : target;
-      const loaded: LoadResult['loaded'] = [];
-      ids.forEach((id, i) => {
-        io.progress.update(i, ids.length, `load ${id}`);
-        const e = queued.get(id)!;
-        const added = carrier.addBatch(readOutbox(e));
-        markOnCarrier(home, id, e.record.batchId, carrier.carrierId);
-        loaded.push({ terminalId: id, batchId: e.record.batchId, seq: e.record.seq, bits: e.record.bits, outcome: added.outcome });
-      });
-      io.progress.update(ids.length, ids.length, 'load');
-      return { carrierId: carrier.carrierId, carrier: carrier.path, loaded };
-    });
+    return changeKmd(v, (home) => withCarrierSync(dir, () => loadFromHome(home, dir, ids, bits, v, io)));
   },
   render: (r) => [...r.loaded.map((l) => `${l.terminalId}: ${formatBits(l.bits)} sealed (batch ${l.batchId.slice(0, 8)}, seq ${l.seq}) ${l.outcome}`), `carrier ${r.carrierId} at ${r.carrier}`].join('\n'),
 });
+
+function loadFromHome(home: KmdHome, dir: string, ids: string[], bits: number, v: Values, io: Io): LoadResult {
+  for (const id of ids) kmdCli(() => home.terminal(id));
+  const target = checkCarrierTarget(dir, home.config.kmdId, str(v, 'carrier-id'));
+  // A batch already queued for a terminal (kmd export, or a load that was cut) goes first; the
+  // others are exported in one transaction: a refusal (supply, station room) spends nothing,
+  // and the carrier is not even made.
+  const queued = new Map(ids.map((id) => [id, outbox(home, id)[0]] as const));
+  const fresh = ids.filter((id) => !queued.get(id));
+  if (fresh.length > 0) for (const e of kmdCli(() => exportBatches(home, fresh, bits))) queued.set(e.terminalId, e);
+  const carrier = typeof target === 'function' ? target() : target;
+  const loaded: LoadResult['loaded'] = [];
+  ids.forEach((id, i) => {
+    io.progress.update(i, ids.length, `load ${id}`);
+    const e = queued.get(id)!;
+    const added = carrier.addBatch(readOutbox(e));
+    markOnCarrier(home, id, e.record.batchId, carrier.carrierId);
+    loaded.push({ terminalId: id, batchId: e.record.batchId, seq: e.record.seq, bits: e.record.bits, outcome: added.outcome });
+  });
+  io.progress.update(ids.length, ids.length, 'load');
+  return { carrierId: carrier.carrierId, carrier: carrier.path, loaded };
+}
 
 export const carrierStatus = defineCommand<CarrierStatus>({
   path: ['carrier', 'status'],
@@ -107,7 +111,9 @@ export const carrierStatus = defineCommand<CarrierStatus>({
   options: { carrier: { type: 'string' } },
   required: ['carrier'],
   async run(v) {
-    return openCarrier(str(v, 'carrier')!).status();
+    // Opening finishes interrupted work (a torn journal line, a cut wipe): never while another
+    // command is writing the carrier, whose half-written line is not torn. A second or it says who.
+    return withCarrierSync(str(v, 'carrier')!, () => openCarrier(str(v, 'carrier')!).status(), { waitMs: 1000 });
   },
   render: (s) => formatCarrierStatus(s),
 });

@@ -2,11 +2,12 @@
 // who it is, picks its batch from the carrier, injects it with a progress bar (resuming a broken
 // transfer), stores the delivery receipt on the carrier, and prints a one-line result.
 import { defineCommand, str, CliError, Exit } from '../command.js';
+import type { Io, Values } from '../command.js';
 import { connectDevice } from '../../link/session.js';
 import { injectBatch } from '../../link/inject.js';
 import { Group, SystemCmd } from '../../../firmware/link/groups.js';
 import { LinkError, Rc, rcName } from '../../../firmware/link/errors.js';
-import { openCarrier } from '../carrier-open.js';
+import { openCarrier, withCarrier } from '../carrier-open.js';
 import { resolvePort } from '../port-select.js';
 import { formatBits } from '../../units.js';
 import { int } from '../command.js';
@@ -32,61 +33,64 @@ export default defineCommand<InjectCliResult>({
   examples: ['qkt inject --carrier /media/usb0 --port /dev/ttyUSB0', 'qkt inject --carrier /media/usb0 --port auto --vidpid 0483:5740', 'qkt inject --carrier ./car1 --port /dev/pts/3 --json'],
   options: { carrier: { type: 'string' }, port: { type: 'string' }, vidpid: { type: 'string' }, baud: { type: 'string' } },
   required: ['carrier', 'port'],
-  async run(v, _p, io) {
-    const carrier = openCarrier(str(v, 'carrier')!);
-    const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
-    const baud = int(v, 'baud', 300, 12_000_000);
-    const s = await connectDevice(port, baud ? { baud } : {});
-    try {
-      const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
-      const terminalId = deviceTerminalId(st['terminalId'], port, st['state']);
-      const entry = carrier.batchFor(terminalId);
-      if (!entry) {
-        const delivered = carrier.status().delivered.filter((d) => d.terminalId === terminalId);
-        const unverified = delivered.find((d) => !d.collected);
-        throw new CliError(
-          unverified
-            ? `batch already delivered: carrier ${carrier.carrierId} holds a receipt for terminal ${terminalId}'s batch ${unverified.batchId.slice(0, 8)} that the KMD has not verified yet (qkt kmd collect --carrier ${carrier.path}; if it is false the batch is offered again)`
-            : delivered.length > 0
-              ? `batch already delivered: carrier ${carrier.carrierId} has nothing more for terminal ${terminalId} (a new batch: qkt carrier load --home H --carrier DIR --terminal ${terminalId} --bits N)`
-              : `wrong carrier: ${carrier.carrierId} holds no batch for terminal ${terminalId} (load one: qkt carrier load --home H --carrier DIR --terminal ${terminalId} --bits N)`,
-          Exit.CARRIER,
-        );
-      }
-      const sealed = carrier.readBatch(entry);
-      let r;
-      try {
-        r = await injectBatch(s.client, s.params, sealed, {
-          onProgress: (p) => io.progress.update(p.bits, p.totalBits, `inject ${terminalId}`),
-        });
-      } catch (e) {
-        if (e instanceof LinkError) {
-          const retire = `; back at the KMD, retire it: qkt kmd void --home H --terminal ${terminalId} --batch ${entry.batchId.slice(0, 8)} --reason stale`;
-          const why = e.rc === Rc.STALE_BATCH ? `it already holds a newer batch${retire}` : e.rc === Rc.WRONG_TERMINAL ? 'the batch is addressed to another terminal' : e.rc === Rc.AUTH_FAILED ? 'the batch does not authenticate (tampered, or sealed for another module, or under the key the module had before a re-enrolment: load a new carrier)' : e.rc === Rc.NO_SPACE ? 'its key pool has no room' : (e.reason ?? rcName(e.rc));
-          throw new CliError(`terminal ${terminalId} refused the batch: ${rcName(e.rc)}: ${why}`, Exit.REFUSED);
-        }
-        throw e;
-      }
-      io.progress.done();
-      carrier.recordReceipt(terminalId, r.batchId, r.receipt);
-      return {
-        terminalId,
-        batchId: r.batchId,
-        seq: r.seq,
-        bits: r.bits,
-        seconds: Math.round(r.seconds * 1000) / 1000,
-        resumedFromBits: r.resumedFromBits,
-        alreadyAccepted: r.alreadyAccepted,
-        port,
-        carrierId: carrier.carrierId,
-        receiptStored: true,
-      };
-    } finally {
-      await s.close();
-    }
-  },
+  // The carrier's lock is held for the whole inject: its receipt is written under it.
+  run: (v, _p, io) => withCarrier(str(v, 'carrier')!, () => injectWith(v, io)),
   render: (r) =>
     `${r.terminalId}: ${formatBits(r.bits)} injected (batch ${r.batchId.slice(0, 8)}, seq ${r.seq}) in ${r.seconds.toFixed(2)} s` +
     (r.alreadyAccepted ? ', already accepted earlier' : r.resumedFromBits > 0 ? `, resumed from ${formatBits(r.resumedFromBits)}` : '') +
     '; receipt stored on the carrier',
 });
+
+async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
+  const carrier = openCarrier(str(v, 'carrier')!);
+  const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
+  const baud = int(v, 'baud', 300, 12_000_000);
+  const s = await connectDevice(port, baud ? { baud } : {});
+  try {
+    const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
+    const terminalId = deviceTerminalId(st['terminalId'], port, st['state']);
+    const entry = carrier.batchFor(terminalId);
+    if (!entry) {
+      const delivered = carrier.status().delivered.filter((d) => d.terminalId === terminalId);
+      const unverified = delivered.find((d) => !d.collected);
+      throw new CliError(
+        unverified
+          ? `batch already delivered: carrier ${carrier.carrierId} holds a receipt for terminal ${terminalId}'s batch ${unverified.batchId.slice(0, 8)} that the KMD has not verified yet (qkt kmd collect --carrier ${carrier.path}; if it is false the batch is offered again)`
+          : delivered.length > 0
+            ? `batch already delivered: carrier ${carrier.carrierId} has nothing more for terminal ${terminalId} (a new batch: qkt carrier load --home H --carrier DIR --terminal ${terminalId} --bits N)`
+            : `wrong carrier: ${carrier.carrierId} holds no batch for terminal ${terminalId} (load one: qkt carrier load --home H --carrier DIR --terminal ${terminalId} --bits N)`,
+        Exit.CARRIER,
+      );
+    }
+    const sealed = carrier.readBatch(entry);
+    let r;
+    try {
+      r = await injectBatch(s.client, s.params, sealed, {
+        onProgress: (p) => io.progress.update(p.bits, p.totalBits, `inject ${terminalId}`),
+      });
+    } catch (e) {
+      if (e instanceof LinkError) {
+        const retire = `; back at the KMD, retire it: qkt kmd void --home H --terminal ${terminalId} --batch ${entry.batchId.slice(0, 8)} --reason stale`;
+        const why = e.rc === Rc.STALE_BATCH ? `it already holds a newer batch${retire}` : e.rc === Rc.WRONG_TERMINAL ? 'the batch is addressed to another terminal' : e.rc === Rc.AUTH_FAILED ? 'the batch does not authenticate (tampered, or sealed for another module, or under the key the module had before a re-enrolment: load a new carrier)' : e.rc === Rc.NO_SPACE ? 'its key pool has no room' : (e.reason ?? rcName(e.rc));
+        throw new CliError(`terminal ${terminalId} refused the batch: ${rcName(e.rc)}: ${why}`, Exit.REFUSED);
+      }
+      throw e;
+    }
+    io.progress.done();
+    carrier.recordReceipt(terminalId, r.batchId, r.receipt);
+    return {
+      terminalId,
+      batchId: r.batchId,
+      seq: r.seq,
+      bits: r.bits,
+      seconds: Math.round(r.seconds * 1000) / 1000,
+      resumedFromBits: r.resumedFromBits,
+      alreadyAccepted: r.alreadyAccepted,
+      port,
+      carrierId: carrier.carrierId,
+      receiptStored: true,
+    };
+  } finally {
+    await s.close();
+  }
+}

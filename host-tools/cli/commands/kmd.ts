@@ -11,7 +11,7 @@ import { BATCH_STATES } from '../../kmd/batch-state.js';
 import { exportBatches, outbox } from '../../kmd/export.js';
 import { collectReceipts } from '../../kmd/collect.js';
 import type { CollectResult } from '../../kmd/collect.js';
-import { openCarrier } from '../carrier-open.js';
+import { openCarrier, withCarrierSync } from '../carrier-open.js';
 import { formatBits, parseBits, parseRate } from '../../units.js';
 
 export const kmdInit = defineCommand({
@@ -92,13 +92,15 @@ export const kmdCollect = defineCommand({
   options: { home: { type: 'string' }, carrier: { type: 'string' } },
   required: ['carrier'],
   async run(v): Promise<CollectResult> {
-    return changeKmd(v, (home) => {
-      const carrier = openCarrier(str(v, 'carrier')!);
-      if (carrier.kmdId !== home.config.kmdId) {
-        throw new CliError(`carrier ${carrier.carrierId} belongs to KMD ${carrier.kmdId}, not ${home.config.kmdId}`, Exit.CARRIER);
-      }
-      return collectReceipts(home, carrier);
-    });
+    return changeKmd(v, (home) =>
+      withCarrierSync(str(v, 'carrier')!, () => {
+        const carrier = openCarrier(str(v, 'carrier')!);
+        if (carrier.kmdId !== home.config.kmdId) {
+          throw new CliError(`carrier ${carrier.carrierId} belongs to KMD ${carrier.kmdId}, not ${home.config.kmdId}`, Exit.CARRIER);
+        }
+        return collectReceipts(home, carrier);
+      }),
+    );
   },
   render: (r) =>
     [

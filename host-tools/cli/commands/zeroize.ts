@@ -2,9 +2,10 @@
 // tool) presents it to the terminal on a port. Without a valid token the module refuses, and
 // wrong tokens count toward its lockout.
 import { defineCommand, str, CliError, Exit } from '../command.js';
+import type { Values } from '../command.js';
 import { changeKmd, kmdCli } from '../home.js';
 import { issueToken, readToken, removeToken } from '../../kmd/tokens.js';
-import { openCarrier } from '../carrier-open.js';
+import { openCarrier, withCarrier, withCarrierSync } from '../carrier-open.js';
 import { resolvePort } from '../port-select.js';
 import { connectDevice } from '../../link/session.js';
 import { AdminCmd, Group, SystemCmd } from '../../../firmware/link/groups.js';
@@ -21,11 +22,13 @@ export const kmdToken = defineCommand({
   options: { home: { type: 'string' }, terminal: { type: 'string' }, carrier: { type: 'string' }, 'factory-reset': { type: 'boolean', default: false } },
   required: ['terminal', 'carrier'],
   async run(v) {
-    return changeKmd(v, (home) => {
-      const carrier = openCarrier(str(v, 'carrier')!);
-      const r = kmdCli(() => issueToken(home, str(v, 'terminal')!, command(v), carrier.path));
-      return { terminalId: r.terminalId, command: r.command, counter: r.counter, carrierId: carrier.carrierId };
-    });
+    return changeKmd(v, (home) =>
+      withCarrierSync(str(v, 'carrier')!, () => {
+        const carrier = openCarrier(str(v, 'carrier')!);
+        const r = kmdCli(() => issueToken(home, str(v, 'terminal')!, command(v), carrier.path));
+        return { terminalId: r.terminalId, command: r.command, counter: r.counter, carrierId: carrier.carrierId };
+      }),
+    );
   },
   render: (r) => `${r.command} token for ${r.terminalId} (counter ${r.counter}) is on carrier ${r.carrierId}`,
 });
@@ -37,24 +40,26 @@ export const zeroize = defineCommand({
   examples: ['qkt zeroize --carrier /media/usb0 --port /dev/ttyUSB0', 'qkt zeroize --carrier /media/usb0 --port auto --factory-reset'],
   options: { carrier: { type: 'string' }, port: { type: 'string' }, vidpid: { type: 'string' }, 'factory-reset': { type: 'boolean', default: false } },
   required: ['carrier', 'port'],
-  async run(v) {
-    const carrier = openCarrier(str(v, 'carrier')!);
-    const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
-    const cmd = command(v);
-    const s = await connectDevice(port);
-    try {
-      const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
-      // Checked before it names the token file (a reply of "../x" must not reach the path).
-      const terminalId = deviceTerminalId(st['terminalId'], port, st['state']);
-      const token = readToken(carrier.path, terminalId, cmd);
-      if (!token) throw new CliError(`carrier ${carrier.carrierId} holds no ${cmd} token for ${terminalId} (qkt kmd token issues one)`, Exit.CARRIER);
-      await s.client.request(Group.ADMIN, cmd === 'zeroize' ? AdminCmd.ZEROIZE : AdminCmd.FACTORY_RESET, { token });
-      removeToken(carrier.path, terminalId, cmd); // spent: the module will not take it again
-      const after = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
-      return { terminalId, command: cmd, port, state: after['state'], pool: after['pool'] };
-    } finally {
-      await s.close();
-    }
-  },
+  run: (v) => withCarrier(str(v, 'carrier')!, () => zeroizeWith(v)),
   render: (r) => `${r.terminalId}: ${r.command} done; module is ${String(r.state)}`,
 });
+
+async function zeroizeWith(v: Values) {
+  const carrier = openCarrier(str(v, 'carrier')!);
+  const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
+  const cmd = command(v);
+  const s = await connectDevice(port);
+  try {
+    const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
+    // Checked before it names the token file (a reply of "../x" must not reach the path).
+    const terminalId = deviceTerminalId(st['terminalId'], port, st['state']);
+    const token = readToken(carrier.path, terminalId, cmd);
+    if (!token) throw new CliError(`carrier ${carrier.carrierId} holds no ${cmd} token for ${terminalId} (qkt kmd token issues one)`, Exit.CARRIER);
+    await s.client.request(Group.ADMIN, cmd === 'zeroize' ? AdminCmd.ZEROIZE : AdminCmd.FACTORY_RESET, { token });
+    removeToken(carrier.path, terminalId, cmd); // spent: the module will not take it again
+    const after = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
+    return { terminalId, command: cmd, port, state: after['state'], pool: after['pool'] };
+  } finally {
+    await s.close();
+  }
+}
