@@ -117,8 +117,11 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
         try {
           await home.locked(() => exportBatches(home, ids as string[], bits));
         } catch (e) {
+          if (e instanceof KmdError) log(`download: export refused: ${e.message}`);
           if (e instanceof KmdError && e.code === 'SUPPLY') throw new LinkError(Rc.KEYS_EXHAUSTED, e.message.slice(0, 80));
-          if (e instanceof KmdError && e.code === 'NO_ROOM') throw new LinkError(Rc.NO_SPACE, e.message.slice(0, 80));
+          // The KMD's own message (terminal, sizes, the fix) is longer than a wire reason (80): the
+          // carrier gets what matters, the fix included; the KMD's log has the rest.
+          if (e instanceof KmdError && e.code === 'NO_ROOM') throw new LinkError(Rc.NO_SPACE, 'station room full, nothing spent; at the KMD: qkt kmd void or kmd collect');
           if (e instanceof LockBusyError) throw new LinkError(Rc.BUSY, e.message.slice(0, 80));
           if (e instanceof RangeError) throw new LinkError(Rc.BAD_REQUEST, e.message.slice(0, 80));
           throw e;
