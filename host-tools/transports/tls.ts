@@ -68,7 +68,8 @@ export function connectTls(host: string, port: number, o: TlsConnectOptions): Pr
       ...(o.keyPem !== undefined ? { key: o.keyPem } : {}),
       minVersion: 'TLSv1.3',
       servername: isIpLiteral(o.servername ?? host) ? undefined : (o.servername ?? host),
-      checkServerIdentity: (name, cert) => tls.checkServerIdentity(o.servername ?? name ?? host, cert) ?? o.checkServer?.(cert),
+      // Checked against the name we dialled (node would say "localhost" for an IP without SNI).
+      checkServerIdentity: (_name, cert) => tls.checkServerIdentity(o.servername ?? host, cert) ?? o.checkServer?.(cert),
     });
     const timer = setTimeout(() => socket.destroy(new Error(`TLS handshake with ${formatTlsAddress(host, port)} timed out`)), o.timeoutMs ?? 10_000);
     const onError = (err: Error) => {
