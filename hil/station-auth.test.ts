@@ -52,7 +52,7 @@ interface Rig {
   module: LinkClient;
 }
 
-async function rig(t: Test, o: { handshakeTimeoutMs?: number; maxConnections?: number } = {}): Promise<Rig> {
+async function rig(t: Test, o: { handshakeTimeoutMs?: number; maxHandshaking?: number; maxConnections?: number } = {}): Promise<Rig> {
   const dir = t.testdir({});
   const home = join(dir, 'kmd');
   await qktJson(t, ['kmd', 'init', '--home', home, '--stock', '4Mbit']);
@@ -231,24 +231,39 @@ t.test('certificates are not confused: station certificates fail at the ETSI 014
   t.pass('connectStation accepts the station');
 });
 
-t.test('strangers cost nothing lasting: handshake timeout and connection limit', { skip }, async (t) => {
-  const r = await rig(t, { handshakeTimeoutMs: 300, maxConnections: 3 });
+t.test('strangers cost nothing lasting: handshake timeout, handshake and connection limits', { skip }, async (t) => {
+  const r = await rig(t, { handshakeTimeoutMs: 300, maxHandshaking: 3, maxConnections: 5 });
   const { host, port } = parseTlsAddress(r.server.address);
-  // Three silent TCP connections fill the limit: a fourth is turned away at accept.
+  // Three silent TCP connections fill the handshake slots: a fourth is turned away at accept.
   const silent = await Promise.all([0, 1, 2].map(() => rawConnect(host, port)));
   const closed = silent.map((s) => new Promise<void>((res) => s.once('close', () => res())));
   const turned = await client(t, r, r.certs.t1).then(
     (c) => rc(c.request(Group.SYSTEM, SystemCmd.STATUS, {})),
     (e: Error) => e.name,
   );
-  t.not(turned, undefined, `a fourth connection is refused while three strangers hold the limit (${String(turned)})`);
+  t.not(turned, undefined, `a fourth connection is refused while three strangers hold the handshake slots (${String(turned)})`);
   // The silent ones are dropped at the handshake timeout, counted, and the service is free again.
   await Promise.all(closed);
   t.pass('the server dropped the silent connections');
-  await waitFor(() => r.server.counters.handshakeFailures >= 3);
-  t.ok(r.server.counters.handshakeFailures >= 3, `${r.server.counters.handshakeFailures} failed handshakes counted`);
-  const t1 = await client(t, r, r.certs.t1);
-  t.match(await t1.request(Group.SYSTEM, SystemCmd.STATUS, {}), { firmware: /^qkt-station / }, 'a terminal is served afterwards');
+  await waitFor(() => r.server.counters.handshakeFailures >= 4);
+  t.equal(r.server.counters.handshakeFailures, 4, 'three timeouts and one turned away, each counted once');
+  t.ok(r.log.some((l) => /^station: TLS handshake from 127\.0\.0\.1:\d+ refused: too many handshakes in progress$/.test(l)), 'the first is logged (the rest within the second are only counted)');
+  // Authenticated connections are bounded too: five held, a sixth is turned away, one closed frees a slot.
+  const held: LinkClient[] = [];
+  for (let i = 0; i < 5; i++) {
+    const c = await client(t, r, r.certs.t1);
+    t.match(await c.request(Group.SYSTEM, SystemCmd.STATUS, {}), { firmware: /^qkt-station / }, `connection ${i + 1} served`);
+    held.push(c);
+  }
+  const sixth = await client(t, r, r.certs.t1).then(
+    (c) => rc(c.request(Group.SYSTEM, SystemCmd.STATUS, {})),
+    (e: Error) => e.name,
+  );
+  t.not(sixth, undefined, `a sixth connection is refused at the limit (${String(sixth)})`);
+  await held.pop()!.close();
+  await waitFor(() => false, 200);
+  const next = await client(t, r, r.certs.t1);
+  t.match(await next.request(Group.SYSTEM, SystemCmd.STATUS, {}), { firmware: /^qkt-station / }, 'after one closes, a terminal is served again');
 });
 
 t.test('qkt station cert: refuses to overwrite, unknown terminals, both or neither role', { skip }, async (t) => {

@@ -50,14 +50,15 @@ export interface StationServerOptions {
   tls: TlsPems;
   /** Service log: one line per uplink, per refused handshake (rate-limited), never key material. */
   log?: (line: string) => void;
-  /** Limits on strangers (listenTls): handshake timeout, connections open at once. */
+  /** Limits on strangers (listenTls): handshake timeout, handshakes and connections open at once. */
   handshakeTimeoutMs?: number;
+  maxHandshaking?: number;
   maxConnections?: number;
 }
 
 /** What the service refused, since it started: counters only (bounded numbers, no peer data kept). */
 export interface StationCounters {
-  /** Connections that failed the TLS handshake (no certificate, another CA, not TLS, timeout). */
+  /** Connections that failed the TLS handshake (no certificate, another CA, not TLS, timeout) or were turned away at accept (limits). */
   handshakeFailures: number;
   /** Requests answered DENIED (a certificate with no station role, or for another terminal). */
   denied: number;
@@ -176,7 +177,13 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
   const l = await listenTls(
     host,
     port,
-    { ...o.tls, onHandshakeError, ...(o.handshakeTimeoutMs ? { handshakeTimeoutMs: o.handshakeTimeoutMs } : {}), ...(o.maxConnections ? { maxConnections: o.maxConnections } : {}) },
+    {
+      ...o.tls,
+      onHandshakeError,
+      ...(o.handshakeTimeoutMs ? { handshakeTimeoutMs: o.handshakeTimeoutMs } : {}),
+      ...(o.maxHandshaking ? { maxHandshaking: o.maxHandshaking } : {}),
+      ...(o.maxConnections ? { maxConnections: o.maxConnections } : {}),
+    },
     (t, socket) => {
       const caller = callerOf(socket);
       counters.connections++;

@@ -94,7 +94,12 @@ function isIpLiteral(h: string): boolean {
 export interface TlsListenOptions extends TlsPems {
   /** A connection whose handshake has not finished after this long is dropped (default 10 s). */
   handshakeTimeoutMs?: number;
-  /** Most connections open at once, handshaking or not; more are refused at accept (default 256). */
+  /**
+   * Most connections still in their handshake at once (default 64): more are closed at accept, so
+   * strangers that never finish a handshake hold at most these slots, each for the timeout.
+   */
+  maxHandshaking?: number;
+  /** Most connections open at once, authenticated or not; more are closed at accept (default 4096). */
   maxConnections?: number;
   /** Told of each failed handshake (no certificate, another CA, not TLS, too slow); never key material. */
   onHandshakeError?: (reason: string, peer: string) => void;
@@ -133,10 +138,36 @@ export function listenTls(host: string, port: number, o: TlsListenOptions, onCon
         onConnection(tr, socket);
       },
     );
-    server.maxConnections = o.maxConnections ?? 256;
-    server.on('connection', (raw: net.Socket) => raw.setNoDelay(true));
+    server.maxConnections = o.maxConnections ?? 4096;
+    server.on('drop', (d?: { remoteAddress?: string; remotePort?: number }) => o.onHandshakeError?.('too many connections', `${d?.remoteAddress ?? '?'}:${d?.remotePort ?? 0}`));
+    // Handshakes in progress: a raw socket leaves the set when its handshake completes
+    // (secureConnection) or it closes, whichever comes first. WeakMap/WeakSet: nothing outlives
+    // its socket.
+    const handshaking = new Set<net.Socket>();
+    const peers = new WeakMap<net.Socket, string>();
+    const refused = new WeakSet<net.Socket>();
+    const maxHandshaking = o.maxHandshaking ?? 64;
+    server.on('connection', (raw: net.Socket) => {
+      raw.setNoDelay(true);
+      const peer = `${raw.remoteAddress ?? '?'}:${raw.remotePort ?? 0}`;
+      peers.set(raw, peer);
+      if (handshaking.size >= maxHandshaking) {
+        o.onHandshakeError?.('too many handshakes in progress', peer);
+        refused.add(raw);
+        raw.destroy();
+        return;
+      }
+      handshaking.add(raw);
+      raw.once('close', () => handshaking.delete(raw));
+    });
+    server.on('secureConnection', (socket: tls.TLSSocket) => {
+      const raw = rawOf(socket);
+      if (raw) handshaking.delete(raw);
+    });
     server.on('tlsClientError', (err: Error & { code?: string }, socket: tls.TLSSocket) => {
-      o.onHandshakeError?.(handshakeReason(err), `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`);
+      const raw = rawOf(socket);
+      // A connection closed at accept above was reported there; its reset is not a second failure.
+      if (!raw || !refused.has(raw)) o.onHandshakeError?.(handshakeReason(err), (raw && peers.get(raw)) ?? `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`);
       // With a listener installed node leaves the socket open (a timed-out handshake would hold
       // its connection slot for ever): end it here.
       socket.destroy();
@@ -161,6 +192,12 @@ export function listenTls(host: string, port: number, o: TlsListenOptions, onCon
       });
     });
   });
+}
+
+/** The TCP socket under a server-side TLS socket (node keeps it as `_parent`; undefined if it stops). */
+function rawOf(socket: tls.TLSSocket): net.Socket | undefined {
+  const parent = (socket as unknown as { _parent?: unknown })._parent;
+  return parent instanceof net.Socket ? parent : undefined;
 }
 
 /** A short, fixed-vocabulary reason for a failed handshake: an error code, never peer-chosen text. */
