@@ -1,6 +1,6 @@
 // `qkt station run`: the master station as a service on mutual TLS 1.3 (docs/station.md), speaking
-// the link protocol (group STATION) inside it: terminals' sealed uplinks come in and are opened with the matching pre-applied keys
-// (each key taken once, by the id the message names), downlinks are sealed under a terminal's
+// the link protocol (group STATION) inside it: terminals' sealed uplinks come in and are opened
+// with the matching pre-applied keys (each key taken once, by the id the message names), downlinks are sealed under a terminal's
 // session key, and STATUS accounts key use per terminal. Opened service data goes to the
 // station's inbox (one JSON line per message), as it would to the SCADA front end. One service per
 // store (its service lock, held for the service's life; it alone appends to inbox.jsonl); the
@@ -8,7 +8,7 @@
 // so batches exported while the service runs are served (store.ts). Who may do what is decided by
 // the caller's client certificate (certs.ts roleOf): a terminal its own UPLINK and DOWNLINK and
 // its own STATUS row, an operator STATUS; anything else is DENIED before a key is read.
-import { appendFileSync, existsSync, readdirSync } from 'node:fs';
+import { appendFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Dispatcher } from '../../firmware/link/dispatch.js';
 import type { CommandGroup } from '../../firmware/link/dispatch.js';
