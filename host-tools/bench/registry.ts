@@ -11,6 +11,8 @@ import { benchInject, formatInjectBench } from './inject.js';
 import type { InjectBenchResult } from './inject.js';
 import { benchLifetime, formatLifetimeBench } from './lifetime.js';
 import type { LifetimeBenchResult } from './lifetime.js';
+import { benchStation, formatStationBench } from './station.js';
+import type { StationBenchResult } from './station.js';
 
 export interface BenchOptions {
   quick: boolean;
@@ -47,5 +49,9 @@ export const benchmarks: Record<string, Benchmark> = {
   lifetime: {
     run: (o) => benchLifetime({ months: o.quick ? 2 : 24, log: o.log }),
     format: (r) => formatLifetimeBench(r as LifetimeBenchResult),
+  },
+  station: {
+    run: (o) => benchStation({ uplinks: o.quick ? 50 : 400, handshakes: o.quick ? 5 : 50, log: o.log }),
+    format: (r) => formatStationBench(r as StationBenchResult),
   },
 };
