@@ -46,8 +46,12 @@ export interface StationServerOptions {
   stationDir: string;
   /** `tls:HOST:PORT` or `HOST:PORT`. */
   listen: string;
-  /** The station's server certificate and key, and the KMD CA that clients' certificates chain to. */
-  tls: TlsPems;
+  /**
+   * The station's server certificate and key, and the KMD CA that clients' certificates chain to;
+   * or a function that makes them, called once the service lock is held (so a second `station
+   * run` that will be refused re-issues nothing).
+   */
+  tls: TlsPems | (() => Promise<TlsPems>);
   /** Service log: one line per uplink, per refused handshake (rate-limited), never key material. */
   log?: (line: string) => void;
   /** Limits on strangers (listenTls): handshake timeout, handshakes and connections open at once. */
@@ -174,11 +178,12 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
     unlogged = 0;
   };
   const { host, port } = parseTlsAddress(o.listen);
+  const pems = typeof o.tls === 'function' ? await o.tls() : o.tls;
   const l = await listenTls(
     host,
     port,
     {
-      ...o.tls,
+      ...pems,
       onHandshakeError,
       ...(o.handshakeTimeoutMs ? { handshakeTimeoutMs: o.handshakeTimeoutMs } : {}),
       ...(o.maxHandshaking ? { maxHandshaking: o.maxHandshaking } : {}),

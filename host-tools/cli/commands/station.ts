@@ -23,16 +23,18 @@ export default defineCommand({
     } catch (e) {
       throw new CliError(`--listen/--san: ${(e as Error).message}`, Exit.USAGE);
     }
-    // The CA, and the station's server certificate for these names, made under the home's lock.
-    const cert = await home.locked(async () => {
-      await ensurePki(home);
-      return ensureStationServerCert(pkiDir(home), names);
-    });
-    const server = await startStationServer({ stationDir: home.path('station'), listen, tls: cert.pems, log: io.note });
+    // The CA, and the station's server certificate for these names, made under the home's lock
+    // once this process holds the station's service lock.
+    const tls = () =>
+      home.locked(async () => {
+        await ensurePki(home);
+        return (await ensureStationServerCert(pkiDir(home), names)).pems;
+      });
+    const server = await startStationServer({ stationDir: home.path('station'), listen, tls, log: io.note });
     const ready = {
       event: 'ready',
       listen: server.address,
-      serverNames: cert.names,
+      serverNames: names,
       serverCert: home.path('pki', 'station', 'server.crt'),
       ca: home.path('pki', 'ca.crt'),
       store: home.path('station'),
