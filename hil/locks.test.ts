@@ -16,7 +16,8 @@ import { createTerminal } from '../firmware/terminal.js';
 import { Group, KeysCmd, StationCmd, SystemCmd } from '../firmware/link/groups.js';
 import { LinkError, Rc } from '../firmware/link/errors.js';
 import { createInProcessPair } from '../host-tools/transports/inproc.js';
-import { connectTcp, parseTcpAddress } from '../host-tools/transports/tcp.js';
+import { connectStation } from '../host-tools/station/connect.js';
+import { readClientPems } from '../host-tools/station/certs.js';
 import { LinkClient } from '../host-tools/link/client.js';
 import type { DeviceParams } from '../host-tools/link/client.js';
 import { injectBatch } from '../host-tools/link/inject.js';
@@ -191,8 +192,8 @@ t.test('a station started before an export serves it; exports beside its uplinks
   const st = await background(t, ['station', 'run', '--home', home, '--listen', '127.0.0.1:0']);
   const other = await runQkt(['station', 'run', '--home', home, '--listen', '127.0.0.1:0']);
   failsWith(t, other, BUSY, new RegExp(`^qkt: station store ${join(home, 'station')} is in use by pid ${st.child.pid}`), 'one station service per store');
-  const { host, port } = parseTcpAddress(st.ready['listen'] as string);
-  const station = new LinkClient(await connectTcp(host, port));
+  await qktJson(t, ['station', 'cert', '--home', home, '--terminal', 'T1', '--out', join(dir, 't1-station')]);
+  const station = new LinkClient(await connectStation(st.ready['listen'] as string, readClientPems(join(dir, 't1-station'))));
   t.teardown(() => station.close());
   await station.negotiate();
 

@@ -1,6 +1,7 @@
 // `qkt station run` as the master station service: a module injected from a carrier sends OTP and
-// AEAD uplinks over the station's TCP link, gets an AEAD downlink back, and both sides account
-// the same key bits; a replayed uplink finds its keys gone.
+// AEAD uplinks over the station's link (mutual TLS, a terminal certificate from `qkt station cert`),
+// gets an AEAD downlink back, and both sides account the same key bits; a replayed uplink finds its
+// keys gone.
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -11,7 +12,8 @@ import { Group, KeysCmd, StationCmd, SystemCmd } from '../firmware/link/groups.j
 import { LinkError, Rc } from '../firmware/link/errors.js';
 import { decodeServiceHeader } from '../firmware/crypto/service.js';
 import { createInProcessPair } from '../host-tools/transports/inproc.js';
-import { connectTcp, parseTcpAddress } from '../host-tools/transports/tcp.js';
+import { connectStation } from '../host-tools/station/connect.js';
+import { readClientPems } from '../host-tools/station/certs.js';
 import { LinkClient } from '../host-tools/link/client.js';
 import { injectBatch } from '../host-tools/link/inject.js';
 import { Carrier } from '../host-tools/carrier/carrier.js';
@@ -34,6 +36,7 @@ t.test('station run opens uplinks, seals downlinks, accounts key use', async (t)
     ['kmd', 'init', '--home', home, '--rate', '11kbit/s', '--stock', '4Mbit'],
     ['kmd', 'enroll', '--home', home, '--terminal', 'T1', '--flash', join(dir, 't1.img')],
     ['carrier', 'load', '--home', home, '--carrier', join(dir, 'car'), '--terminal', 'T1', '--bits', '1Mbit'],
+    ['station', 'cert', '--home', home, '--terminal', 'T1', '--out', join(dir, 't1-station')],
   ]) {
     const r = await runQkt(args);
     t.equal(r.code, 0, `qkt ${args.slice(0, 2).join(' ')}: ${r.stderr}`);
@@ -52,8 +55,8 @@ t.test('station run opens uplinks, seals downlinks, accounts key use', async (t)
 
   const st = await startQkt(['station', 'run', '--home', home, '--listen', '127.0.0.1:0']);
   t.teardown(() => st.stop());
-  const { host: h, port } = parseTcpAddress(st.ready['listen'] as string);
-  const station = new LinkClient(await connectTcp(h, port));
+  t.match(st.ready, { listen: /^tls:127\.0\.0\.1:\d+$/, serverNames: ['localhost', '127.0.0.1', '::1'] });
+  const station = new LinkClient(await connectStation(st.ready['listen'] as string, readClientPems(join(dir, 't1-station'))));
   t.teardown(() => station.close());
   await station.negotiate();
 
@@ -78,7 +81,7 @@ t.test('station run opens uplinks, seals downlinks, accounts key use', async (t)
   t.equal(await rc(station.request(Group.STATION, StationCmd.UPLINK, { t: 'T1', m: forged })), Rc.AUTH_FAILED, 'forged uplink refused');
   const m3 = (await module.request(Group.KEYS, KeysCmd.SEAL, { s: aead, d: reading }))['m'] as Uint8Array;
   t.match(await station.request(Group.STATION, StationCmd.UPLINK, { t: 'T1', m: m3 }), { n: reading.length }, 'the next genuine uplink still opens');
-  t.equal(await rc(station.request(Group.STATION, StationCmd.UPLINK, { t: '..', m: m3 })), Rc.BAD_REQUEST, 'a terminal id is never a path');
+  t.equal(await rc(station.request(Group.STATION, StationCmd.UPLINK, { t: '..', m: m3 })), Rc.DENIED, 'a terminal id that is not the certificate\'s is DENIED (never a path)');
   const key = decodeServiceHeader(m2).header.keyIds[0]!;
   const cmd = new TextEncoder().encode('{"cmd":"trip"}');
   const down = (await station.request(Group.STATION, StationCmd.DOWNLINK, { t: 'T1', b: key.batchId, o: key.bitOffset, d: cmd }))['m'] as Uint8Array;
@@ -90,5 +93,5 @@ t.test('station run opens uplinks, seals downlinks, accounts key use', async (t)
   const ss = (await station.request(Group.STATION, StationCmd.STATUS, {}))['terminals'] as Array<{ terminalId: string; consumedKeyBits: number }>;
   t.equal(ss.length, 1);
   t.equal(ss[0]!.consumedKeyBits, pool.consumedKeyBits, 'station and terminal consumed the same key bits');
-  t.equal(await rc(station.request(Group.STATION, StationCmd.UPLINK, { t: 'T9', m: m1 })), Rc.WRONG_TERMINAL, 'unknown terminal');
+  t.equal(await rc(station.request(Group.STATION, StationCmd.UPLINK, { t: 'T9', m: m1 })), Rc.DENIED, 'another terminal, known or not: DENIED');
 });

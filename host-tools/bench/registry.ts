@@ -13,6 +13,8 @@ import { benchLifetime, formatLifetimeBench } from './lifetime.js';
 import type { LifetimeBenchResult } from './lifetime.js';
 import { benchDownload, formatDownloadBench } from './download.js';
 import type { DownloadBenchResult } from './download.js';
+import { benchStation, formatStationBench } from './station.js';
+import type { StationBenchResult } from './station.js';
 
 export interface BenchOptions {
   quick: boolean;
@@ -53,5 +55,9 @@ export const benchmarks: Record<string, Benchmark> = {
   download: {
     run: (o) => benchDownload({ bits: o.bytes ? o.bytes * 8 : o.quick ? 2 ** 20 : 2 ** 22, log: o.log }),
     format: (r) => formatDownloadBench(r as DownloadBenchResult),
+  },
+  station: {
+    run: (o) => benchStation({ uplinks: o.quick ? 50 : 400, handshakes: o.quick ? 5 : 50, log: o.log }),
+    format: (r) => formatStationBench(r as StationBenchResult),
   },
 };

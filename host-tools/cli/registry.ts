@@ -12,6 +12,7 @@ import { carrierLoad, carrierStatus } from './commands/carrier.js';
 import { kmdToken, zeroize } from './commands/zeroize.js';
 import hilRun from './commands/hil.js';
 import stationRun from './commands/station.js';
+import stationCert from './commands/station-cert.js';
 
 export const commands: readonly Command<any>[] = [
   demo,
@@ -32,6 +33,7 @@ export const commands: readonly Command<any>[] = [
   kmdEnrollCarrier,
   kmdToken,
   stationRun,
+  stationCert,
   terminalRun,
   hilRun,
   bench,

@@ -37,6 +37,8 @@ export const SAE_ID_HEADER = 'x-sae-id';
 export const MAX_BODY_BYTES = 64 * 1024;
 
 const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
+// The URI prefix of station certificates (host-tools/station/certs.ts STATION_URI_PREFIX).
+const STATION_URI_MARK = 'URI:urn:qkt:station:';
 const PATH = /^\/api\/v1\/keys\/([^/]+)\/(status|enc_keys|dec_keys)$/;
 
 // §5.2–§5.4: Get status is GET; Get key and Get key with key IDs are GET or POST.
@@ -110,6 +112,8 @@ function callerSaeId(plain: boolean, req: IncomingMessage): string | undefined {
   if (typeof cn !== 'string' || !isSaeId(cn)) return undefined;
   // A certificate of this CA that is not meant for clients (the server's own) names no SAE.
   if (Array.isArray(cert.ext_key_usage) && !cert.ext_key_usage.includes(CLIENT_AUTH_OID)) return undefined;
+  // A master-station client certificate (docs/station.md) is no SAE's, whatever its CN says.
+  if ((cert.subjectaltname ?? '').includes(STATION_URI_MARK)) return undefined;
   return cn;
 }
 

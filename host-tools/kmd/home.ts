@@ -223,6 +223,7 @@ export class KmdHome {
       this.path('sae-keys.json'),
       ...list('pki').filter((f) => f.endsWith('.key')),
       ...list('pki', 'sae').filter((f) => f.endsWith('.key')),
+      ...list('pki', 'station').filter((f) => f.endsWith('.key')),
     ];
     return files.filter((f) => existsSync(f));
   }

@@ -88,15 +88,19 @@ export async function createCa(dir: string, o: IssueOptions & { commonName?: str
  * Re-issuing replaces the previous one.
  */
 export async function issueServerCert(dir: string, hostnames: string[], o: IssueOptions = {}): Promise<PemPaths> {
+  return issueLeaf(dir, join(dir, SERVER_KEY_FILE), join(dir, SERVER_CERT_FILE), `CN=${hostnames[0]}`, o, [
+    new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
+    new x509.SubjectAlternativeNameExtension(hostNames(hostnames)),
+  ]);
+}
+
+/** subjectAltName entries for host names and IP addresses (validated). */
+export function hostNames(hostnames: string[]): x509.JsonGeneralName[] {
   if (!Array.isArray(hostnames) || hostnames.length === 0) throw new RangeError('hostnames must name at least one host');
   for (const h of hostnames) {
     if (typeof h !== 'string' || !(isIP(h) || /^[A-Za-z0-9.-]{1,253}$/.test(h))) throw new RangeError(`hostnames: not a host name or IP address: ${JSON.stringify(h)}`);
   }
-  const names = hostnames.map((h) => (isIP(h) ? { type: 'ip' as const, value: h } : { type: 'dns' as const, value: h }));
-  return issueLeaf(dir, join(dir, SERVER_KEY_FILE), join(dir, SERVER_CERT_FILE), `CN=${hostnames[0]}`, o, [
-    new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
-    new x509.SubjectAlternativeNameExtension(names),
-  ]);
+  return hostnames.map((h) => (isIP(h) ? { type: 'ip' as const, value: h } : { type: 'dns' as const, value: h }));
 }
 
 /**
@@ -126,7 +130,12 @@ export function readServerTls(dir: string): ServerTlsPems {
   };
 }
 
-async function issueLeaf(dir: string, keyPath: string, certPath: string, subject: string, o: IssueOptions, extra: x509.Extension[]): Promise<PemPaths> {
+/**
+ * Issue a leaf certificate signed by the CA in `dir`: a new P-256 key written to `keyPath` (0600)
+ * and the certificate to `certPath`, with `extra` extensions (EKU, SANs) beside the common ones.
+ * Callers check first that they overwrite nothing they mean to keep.
+ */
+export async function issueLeaf(dir: string, keyPath: string, certPath: string, subject: string, o: IssueOptions, extra: x509.Extension[]): Promise<PemPaths> {
   const caCert = new x509.X509Certificate(readFileSync(join(dir, CA_CERT_FILE), 'utf8'));
   const caKey = await webcrypto.subtle.importKey('pkcs8', pemBody(readFileSync(join(dir, CA_KEY_FILE), 'utf8')), EC_ALG, false, ['sign']);
   const keys = (await webcrypto.subtle.generateKey(EC_ALG, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;

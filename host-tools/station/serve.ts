@@ -1,12 +1,14 @@
-// `qkt station run`: the master station as a service on TCP, speaking the link protocol (group
-// STATION): terminals' sealed uplinks come in and are opened with the matching pre-applied keys
-// (each key taken once, by the id the message names), downlinks are sealed under a terminal's
+// `qkt station run`: the master station as a service on mutual TLS 1.3 (docs/station.md), speaking
+// the link protocol (group STATION) inside it: terminals' sealed uplinks come in and are opened
+// with the matching pre-applied keys (each key taken once, by the id the message names), downlinks are sealed under a terminal's
 // session key, and STATUS accounts key use per terminal. Opened service data goes to the
 // station's inbox (one JSON line per message), as it would to the SCADA front end. One service per
 // store (its service lock, held for the service's life; it alone appends to inbox.jsonl); the
 // pools are shared with the KMD's exports and collects, each operation under that pool's lock,
-// so batches exported while the service runs are served (store.ts).
-import { appendFileSync, existsSync, readdirSync } from 'node:fs';
+// so batches exported while the service runs are served (store.ts). Who may do what is decided by
+// the caller's client certificate (certs.ts roleOf): a terminal its own UPLINK and DOWNLINK and
+// its own STATUS row, an operator STATUS; anything else is DENIED before a key is read.
+import { appendFileSync, existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { Dispatcher } from '../../firmware/link/dispatch.js';
 import type { CommandGroup } from '../../firmware/link/dispatch.js';
@@ -18,31 +20,80 @@ import { systemGroup } from '../../firmware/commands/system.js';
 import { DEFAULT_LIMITS, CHUNK_OVERHEAD } from '../../firmware/terminal.js';
 import { decodeServiceHeader } from '../../firmware/crypto/service.js';
 import { FIRMWARE } from '../../firmware/version.js';
-import { listenTcp, parseTcpAddress } from '../transports/tcp.js';
+import type { TLSSocket } from 'node:tls';
+import { formatTlsAddress, listenTls, parseTlsAddress } from '../transports/tls.js';
+import type { TlsPems } from '../transports/tls.js';
 import { Station, StationError } from './station.js';
+import { roleOf } from './certs.js';
+import type { StationRole } from './certs.js';
 import { StationStore, StationStoreError, stationServiceLockOptions } from './store.js';
 import { LockBusyError, lockSync } from '../lock.js';
 import { isId } from '../kmd/home.js';
 
 export const STATION_FIRMWARE = `qkt-station ${FIRMWARE.split(' ')[1]}`;
 
+const NO_ROLE = 'certificate names no station role; issue one with qkt station cert';
+
+/** The verified peer certificate's station role (listenTls refused unverified ones already). */
+function callerOf(socket: TLSSocket): Caller {
+  if (!socket.authorized) return undefined;
+  const raw = socket.getPeerCertificate().raw;
+  return raw ? roleOf(new Uint8Array(raw)) : undefined;
+}
+
+export interface StationServerOptions {
+  /** The station store (a KMD home's `station` folder). */
+  stationDir: string;
+  /** `tls:HOST:PORT` or `HOST:PORT`. */
+  listen: string;
+  /**
+   * The station's server certificate and key, and the KMD CA that clients' certificates chain to;
+   * or a function that makes them, called once the service lock is held (so a second `station
+   * run` that will be refused re-issues nothing).
+   */
+  tls: TlsPems | (() => Promise<TlsPems>);
+  /** Service log: one line per uplink, per refused handshake (rate-limited), never key material. */
+  log?: (line: string) => void;
+  /** Limits on strangers (listenTls): handshake timeout, handshakes and connections open at once. */
+  handshakeTimeoutMs?: number;
+  maxHandshaking?: number;
+  maxConnections?: number;
+}
+
+/** What the service refused, since it started: counters only (bounded numbers, no peer data kept). */
+export interface StationCounters {
+  /** Connections that failed the TLS handshake (no certificate, another CA, not TLS, timeout) or were turned away at accept (limits). */
+  handshakeFailures: number;
+  /** Requests answered DENIED (a certificate with no station role, or for another terminal). */
+  denied: number;
+  /** Authenticated connections accepted. */
+  connections: number;
+}
+
 export interface StationServer {
   address: string;
+  readonly counters: Readonly<StationCounters>;
   close(): Promise<void>;
 }
 
-export async function startStationServer(stationDir: string, listen: string, log: (line: string) => void = () => undefined): Promise<StationServer> {
-  const store = new StationStore(stationDir);
-  const serviceLock = lockSync(stationDir, stationServiceLockOptions(stationDir));
+export async function startStationServer(o: StationServerOptions): Promise<StationServer> {
+  const store = new StationStore(o.stationDir);
+  const serviceLock = lockSync(o.stationDir, stationServiceLockOptions(o.stationDir));
   try {
-    return await serveStore(store, stationDir, listen, log, () => serviceLock.release());
+    return await serveStore(store, o, () => serviceLock.release());
   } catch (e) {
     serviceLock.release();
     throw e;
   }
 }
 
-async function serveStore(store: StationStore, stationDir: string, listen: string, log: (line: string) => void, unlock: () => void): Promise<StationServer> {
+/** The caller of one connection, as its verified certificate says (undefined: no station role). */
+type Caller = StationRole | undefined;
+
+async function serveStore(store: StationStore, o: StationServerOptions, unlock: () => void): Promise<StationServer> {
+  const stationDir = o.stationDir;
+  const log = o.log ?? (() => undefined);
+  const counters: StationCounters = { handshakeFailures: 0, denied: 0, connections: 0 };
   const station = new Station(store);
   const inbox = join(stationDir, 'inbox.jsonl');
   const maxChunk = DEFAULT_LIMITS.maxBody - CHUNK_OVERHEAD;
@@ -64,12 +115,24 @@ async function serveStore(store: StationStore, stationDir: string, listen: strin
       throw e;
     }
   };
-  const group: CommandGroup = {
+  const deny = (reason: string): never => {
+    counters.denied++;
+    throw new LinkError(Rc.DENIED, reason);
+  };
+  // Entitlement, checked after the field is parsed and before anything of the store is read:
+  // a terminal acts for itself only (who holds keys for whom is not told to others).
+  const entitled = (caller: Caller, terminalId: string): string => {
+    if (!caller) return deny(NO_ROLE);
+    if (caller.kind !== 'terminal') return deny(`an ${caller.kind} certificate may not use terminal keys`);
+    if (caller.id !== terminalId) return deny(`this certificate is for terminal ${caller.id}, not ${terminalId}`);
+    return terminalId;
+  };
+  const stationGroup = (caller: Caller): CommandGroup => ({
     id: Group.STATION,
     name: 'station',
     commands: {
       [StationCmd.UPLINK]: (p) => {
-        const terminalId = known(text(p, 't', 32));
+        const terminalId = known(entitled(caller, text(p, 't', 32)));
         const m = bytes(p, 'm', maxChunk);
         const mode = guard(() => decodeServiceHeader(m).header.mode);
         const before = station.consumedBits.get(terminalId) ?? 0;
@@ -80,34 +143,66 @@ async function serveStore(store: StationStore, stationDir: string, listen: strin
         return { n: data.length, keyBits };
       },
       [StationCmd.DOWNLINK]: (p) => {
-        const terminalId = known(text(p, 't', 32));
+        const terminalId = known(entitled(caller, text(p, 't', 32)));
         const range = { batchId: bytes(p, 'b', 16, 16), bitOffset: uint(p, 'o'), bits: 256 };
         const m = guard(() => station.sealDownlink(terminalId, range, bytes(p, 'd', 4096)));
         return { m };
       },
-      [StationCmd.STATUS]: () => ({
-        terminals: readdirSync(stationDir)
-          .filter((d) => existsSync(join(stationDir, d, 'pool.img')))
-          .sort()
-          .map((id) => {
+      [StationCmd.STATUS]: () => {
+        if (!caller) return deny(NO_ROLE);
+        // An operator sees every terminal's account, a terminal its own.
+        const ids = caller.kind === 'operator' ? store.terminals() : store.terminals().filter((d) => d === caller.id);
+        return {
+          terminals: ids.map((id) => {
             const s = guard(() => store.status(id));
             return { terminalId: id, storedKeyBits: s.storedKeyBits, consumedKeyBits: s.consumedKeyBits, activeBatches: s.active.length, inactiveBatches: s.inactive.length };
           }),
-      }),
+        };
+      },
     },
+  });
+  const system = systemGroup({
+    params: () => ({ maxFrame: DEFAULT_LIMITS.maxBody, window: DEFAULT_LIMITS.window, maxChunk, firmware: STATION_FIRMWARE }),
+    status: () => ({ firmware: STATION_FIRMWARE }),
+  });
+  // Refused handshakes are logged at most once a second (a stranger cannot fill the log), with
+  // the count of those not logged; the counter counts them all.
+  let lastLogged = 0;
+  let unlogged = 0;
+  const onHandshakeError = (reason: string, peer: string) => {
+    counters.handshakeFailures++;
+    const now = Date.now();
+    if (now - lastLogged < 1000) return void unlogged++;
+    log(`station: TLS handshake from ${peer} refused: ${reason}${unlogged ? ` (and ${unlogged} more since the last report)` : ''}`);
+    lastLogged = now;
+    unlogged = 0;
   };
-  const dispatcher = new Dispatcher();
-  dispatcher.register(
-    systemGroup({
-      params: () => ({ maxFrame: DEFAULT_LIMITS.maxBody, window: DEFAULT_LIMITS.window, maxChunk, firmware: STATION_FIRMWARE }),
-      status: () => ({ firmware: STATION_FIRMWARE }),
-    }),
+  const { host, port } = parseTlsAddress(o.listen);
+  const pems = typeof o.tls === 'function' ? await o.tls() : o.tls;
+  const l = await listenTls(
+    host,
+    port,
+    {
+      ...pems,
+      onHandshakeError,
+      ...(o.handshakeTimeoutMs ? { handshakeTimeoutMs: o.handshakeTimeoutMs } : {}),
+      ...(o.maxHandshaking ? { maxHandshaking: o.maxHandshaking } : {}),
+      ...(o.maxConnections ? { maxConnections: o.maxConnections } : {}),
+    },
+    (t, socket) => {
+      const caller = callerOf(socket);
+      counters.connections++;
+      if (!caller) log(`station: ${t.description}: certificate names no station role; STATION requests are DENIED`);
+      // One dispatcher per connection: its handlers know the caller, no request can borrow another's.
+      const dispatcher = new Dispatcher();
+      dispatcher.register(system);
+      dispatcher.register(stationGroup(caller));
+      void new DeviceLink(t, dispatcher, DEFAULT_LIMITS);
+    },
   );
-  dispatcher.register(group);
-  const { host, port } = parseTcpAddress(listen);
-  const l = await listenTcp(host, port, (t) => void new DeviceLink(t, dispatcher, DEFAULT_LIMITS));
   return {
-    address: `tcp:${l.address.host}:${l.address.port}`,
+    address: formatTlsAddress(l.address.host, l.address.port),
+    counters,
     close: async () => {
       await l.close();
       station.close();

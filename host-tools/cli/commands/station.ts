@@ -1,20 +1,47 @@
-// `qkt station run`: the master station service on TCP (see host-tools/station/serve.ts).
-import { defineCommand, str } from '../command.js';
+// `qkt station run`: the master station service on mutual TLS (see host-tools/station/serve.ts,
+// docs/station.md). Its server certificate comes from the KMD home's CA, issued here when needed.
+import { defineCommand, str, strs, CliError, Exit } from '../command.js';
 import { openKmd } from '../home.js';
 import { startStationServer } from '../../station/serve.js';
+import { ensureStationServerCert, serverNames } from '../../station/certs.js';
+import { ensurePki, pkiDir } from '../../kmd/serve.js';
+import { parseTlsAddress } from '../../transports/tls.js';
 
 export default defineCommand({
   path: ['station', 'run'],
-  summary: 'run the master station: open terminal uplinks with the pre-applied keys, seal downlinks',
-  usage: 'qkt station run --home H --listen HOST:PORT',
-  examples: ['qkt station run --home ./kmd --listen 127.0.0.1:7200'],
-  options: { home: { type: 'string' }, listen: { type: 'string' } },
+  summary: 'run the master station on mutual TLS: open terminal uplinks with the pre-applied keys, seal downlinks',
+  usage: 'qkt station run --home H --listen [tls:]HOST:PORT [--san NAME...]',
+  examples: ['qkt station run --home ./kmd --listen 127.0.0.1:7200', 'qkt station run --home ./kmd --listen 0.0.0.0:7200 --san station.grid.example'],
+  options: { home: { type: 'string' }, listen: { type: 'string' }, san: { type: 'string', multiple: true } },
   required: ['listen'],
   async run(v, _p, io) {
     const home = openKmd(v);
-    const server = await startStationServer(home.path('station'), str(v, 'listen')!, io.note);
-    const ready = { event: 'ready', listen: server.address, store: home.path('station'), inbox: home.path('station', 'inbox.jsonl'), pid: process.pid };
-    io.ready(ready, `master station on ${server.address}, keys from ${ready.store}; Ctrl-C to stop`);
+    const listen = str(v, 'listen')!;
+    let names: string[];
+    try {
+      names = serverNames(parseTlsAddress(listen).host, strs(v, 'san'));
+    } catch (e) {
+      throw new CliError(`--listen/--san: ${(e as Error).message}`, Exit.USAGE);
+    }
+    // The CA, and the station's server certificate for these names, made under the home's lock
+    // once this process holds the station's service lock.
+    const tls = () =>
+      home.locked(async () => {
+        await ensurePki(home);
+        return (await ensureStationServerCert(pkiDir(home), names)).pems;
+      });
+    const server = await startStationServer({ stationDir: home.path('station'), listen, tls, log: io.note });
+    const ready = {
+      event: 'ready',
+      listen: server.address,
+      serverNames: names,
+      serverCert: home.path('pki', 'station', 'server.crt'),
+      ca: home.path('pki', 'ca.crt'),
+      store: home.path('station'),
+      inbox: home.path('station', 'inbox.jsonl'),
+      pid: process.pid,
+    };
+    io.ready(ready, `master station on ${server.address} (mutual TLS; clients need a certificate from qkt station cert), keys from ${ready.store}; Ctrl-C to stop`);
     await io.stopped;
     await server.close();
     return ready;

@@ -1,0 +1,38 @@
+// `qkt station cert`: issue a client certificate for the master station's TLS service, from the
+// KMD home's CA, for one terminal or one operator (host-tools/station/certs.ts, docs/station.md).
+import { defineCommand, str, CliError, Exit } from '../command.js';
+import { changeKmd } from '../home.js';
+import { ensurePki, pkiDir } from '../../kmd/serve.js';
+import { describeRole, issueStationClientCert, roleUri, StationCertError } from '../../station/certs.js';
+import type { StationRole } from '../../station/certs.js';
+import { isId } from '../../kmd/home.js';
+
+export default defineCommand({
+  path: ['station', 'cert'],
+  summary: "issue a station client certificate for a terminal or an operator, from the KMD's CA",
+  usage: 'qkt station cert --home H (--terminal ID | --operator NAME) --out DIR',
+  examples: ['qkt station cert --home ./kmd --terminal T1 --out ./t1-station', 'qkt station cert --home ./kmd --operator scada-1 --out ./scada'],
+  options: { home: { type: 'string' }, terminal: { type: 'string' }, operator: { type: 'string' }, out: { type: 'string' } },
+  required: ['out'],
+  async run(v) {
+    const terminal = str(v, 'terminal');
+    const operator = str(v, 'operator');
+    if ((terminal === undefined) === (operator === undefined)) throw new CliError('give exactly one of --terminal ID or --operator NAME', Exit.USAGE);
+    const role: StationRole = terminal !== undefined ? { kind: 'terminal', id: terminal } : { kind: 'operator', id: operator! };
+    if (!isId(role.id)) throw new CliError(`--${role.kind} must be 1-32 of A-Z a-z 0-9 . _ -, got ${JSON.stringify(role.id)}`, Exit.USAGE);
+    return changeKmd(v, async (home) => {
+      if (role.kind === 'terminal' && !home.hasTerminal(role.id)) {
+        throw new CliError(`terminal ${JSON.stringify(role.id)} is not enrolled at this KMD; enrol it with qkt kmd enroll`, Exit.STATE);
+      }
+      await ensurePki(home);
+      try {
+        const p = await issueStationClientCert(pkiDir(home), role, str(v, 'out')!);
+        return { role: role.kind, id: role.id, uri: roleUri(role), key: p.keyPath, cert: p.certPath, ca: p.caPath };
+      } catch (e) {
+        if (e instanceof StationCertError) throw new CliError(e.message, e.code === 'BAD_ID' ? Exit.USAGE : Exit.STATE);
+        throw e;
+      }
+    });
+  },
+  render: (r) => `station client certificate for ${describeRole({ kind: r.role, id: r.id } as StationRole)}: ${r.cert}, key ${r.key}; trust ${r.ca}`,
+});
