@@ -29,6 +29,8 @@ export interface TerminalHostOptions {
   baud?: number;
   powerCutAfter?: number;
   onPowerCut?: () => void;
+  /** Fire LOW_WATERMARK events when stored key bits fall below this (default: never). */
+  lowWatermarkBits?: number;
   /** TCP: connections served at once (default 8); one more is answered DENIED and closed. */
   maxClients?: number;
   /** TCP: a connection that sends nothing for this long is closed (default 120 s). */
@@ -81,7 +83,7 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
   };
   let terminal: Terminal;
   try {
-    terminal = createTerminal({ flash, ...(o.onPowerCut ? { onPowerCut: () => o.onPowerCut!() } : {}) });
+    terminal = createTerminal({ flash, ...(o.lowWatermarkBits ? { lowWatermarkBits: o.lowWatermarkBits } : {}), ...(o.onPowerCut ? { onPowerCut: () => o.onPowerCut!() } : {}) });
   } catch (e) {
     // A cut during boot (mount, boot audit record) is a cut like any other.
     if (e instanceof PowerCutError && o.onPowerCut) o.onPowerCut();
