@@ -10,6 +10,8 @@ import type { FlashBenchResult } from './flash.js';
 import { benchInject, formatInjectBench } from './inject.js';
 import type { InjectBenchResult } from './inject.js';
 import { benchLifetime, formatLifetimeBench } from './lifetime.js';
+import { benchMulticlient, formatMulticlientBench } from './multiclient.js';
+import type { MulticlientBenchResult } from './multiclient.js';
 import type { LifetimeBenchResult } from './lifetime.js';
 
 export interface BenchOptions {
@@ -47,5 +49,9 @@ export const benchmarks: Record<string, Benchmark> = {
   lifetime: {
     run: (o) => benchLifetime({ months: o.quick ? 2 : 24, log: o.log }),
     format: (r) => formatLifetimeBench(r as LifetimeBenchResult),
+  },
+  multiclient: {
+    run: (o) => benchMulticlient({ bits: o.bytes ? o.bytes * 8 : o.quick ? 2 ** 20 : 2 ** 23, repeats: o.quick ? 1 : 5, log: o.log }),
+    format: (r) => formatMulticlientBench(r as MulticlientBenchResult),
   },
 };
