@@ -1,7 +1,7 @@
 // One module, several links (docs/protocol.md 4.9): a transfer belongs to the link that opened
 // it; another link's BEGIN gets BUSY and changes nothing, its CHUNK/STATUS/ABORT find no
 // transfer; the owner's link closing (or staying silent 30 s) frees the transfer for a resume;
-// STATUS reports the asking link's counters.
+// STATUS reports the asking link's counters; a closed link's queued requests are not executed.
 import t from 'tap';
 import { injectBatch } from '../host-tools/link/inject.js';
 import { createInProcessPair } from '../host-tools/transports/inproc.js';
@@ -10,6 +10,11 @@ import { parseSealedHeader } from './crypto/batch.js';
 import { Group, InjectCmd, SystemCmd } from './link/groups.js';
 import { Rc } from './link/errors.js';
 import { TRANSFER_TAKEOVER_MS } from './commands/inject.js';
+import { DeviceLink } from './link/device-link.js';
+import { Dispatcher } from './link/dispatch.js';
+import { encodeMessage } from './link/codec.js';
+import { Kind } from './link/frame.js';
+import { DEFAULT_LIMITS } from './terminal.js';
 import { drainPool, makeBatch, poolOf, startRig } from './test-support/module-rig.js';
 import type { Rig } from './test-support/module-rig.js';
 
@@ -121,4 +126,31 @@ t.test("STATUS reports the asking link's counters", async (t) => {
   const theirs = (await b.client.request(Group.SYSTEM, SystemCmd.STATUS, {}))['link'] as { requests: number };
   t.equal(mine.requests, 7, 'A: PARAMS and 6 STATUS (this one counted as it runs)');
   t.equal(theirs.requests, 2, 'B: PARAMS and this STATUS');
+});
+
+t.test("a link that closes with requests queued: the running one finishes, the queued ones never run", async (t) => {
+  const d = new Dispatcher();
+  const ran: number[] = [];
+  let release!: () => void;
+  const gate = new Promise<void>((r) => (release = r));
+  d.register({
+    id: 9,
+    name: 'spend',
+    commands: {
+      0: async (p) => {
+        ran.push(p['n'] as number);
+        if (p['n'] === 1) await gate; // the first request is running when the cable goes
+        return {};
+      },
+    },
+  });
+  const [host, device] = createInProcessPair();
+  new DeviceLink(device, d, DEFAULT_LIMITS);
+  for (const n of [1, 2, 3]) await host.write(encodeMessage({ kind: Kind.REQUEST, group: 9, command: 0, seq: n, payload: { n } }));
+  await new Promise((r) => setTimeout(r, 20));
+  t.same(ran, [1], 'the first request is running, two queued');
+  await host.close();
+  release();
+  await new Promise((r) => setTimeout(r, 20));
+  t.same(ran, [1], 'requests 2 and 3 were dropped with the link');
 });

@@ -53,6 +53,10 @@ export class DeviceLink implements LinkPeer {
     transport.onData((chunk) => this.receive(chunk));
     transport.onClose(() => {
       this.closed = true;
+      // Requests still queued are dropped, not executed: their answers could not reach anyone,
+      // and one that changes state (a KEYS SEAL spends keys) must not run for a host that is gone.
+      for (const m of this.queue) this.pending.delete(m.seq);
+      this.queue.length = 0;
     });
   }
 
