@@ -1,8 +1,8 @@
 // Hosts an emulated terminal module in this process on a real cable: a serial device (tty, pty,
 // CDC-ACM; one host) or a TCP listener (up to 8 connections at once, each its own link session,
-// docs/protocol.md 4.9). Used by
-// `qkt terminal run`, `qkt demo` and the HIL rig. The host holds the image's lock (`<image>.lock`)
-// for its whole life: a second module on the same image is refused at once, with the pid.
+// docs/protocol.md 4.9). Used by `qkt terminal run`, `qkt demo` and the HIL rig. The host holds
+// the image's lock (`<image>.lock`) for its whole life: a second module on the same image is
+// refused at once, with the pid.
 import { createTerminal, DEFAULT_LIMITS } from '../firmware/terminal.js';
 import type { Terminal } from '../firmware/terminal.js';
 import { NorFlash } from '../firmware/flash/nor-flash.js';
@@ -124,7 +124,7 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
       if (refusing.size >= maxClients) return void t.close();
       refusing.add(t);
       t.onClose(() => refusing.delete(t));
-      new DeviceLink(t, refusal, DEFAULT_LIMITS);
+      void new DeviceLink(t, refusal, DEFAULT_LIMITS);
       setTimeout(() => void t.close(), REFUSE_GRACE_MS).unref();
       return;
     }
