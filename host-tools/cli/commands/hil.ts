@@ -16,6 +16,7 @@ const SUITES = [
   'hil/field-tool.test.ts',
   'hil/e2e-offline.test.ts',
   'hil/station-run.test.ts',
+  'hil/multi-client.test.ts',
   'hil/carrier-drive.test.ts',
   'hil/carrier-dir.test.ts',
 ];
