@@ -1,13 +1,14 @@
 // One module, several links (docs/protocol.md 4.9): a transfer belongs to the link that opened
 // it; another link's BEGIN gets BUSY and changes nothing, its CHUNK/STATUS/ABORT find no
 // transfer; the owner's link closing (or staying silent 30 s) frees the transfer for a resume;
-// STATUS reports the asking link's counters; a closed link's queued requests are not executed.
+// KEYS sessions belong to their link too; STATUS reports the asking link's counters; a closed
+// link's queued requests are not executed.
 import t from 'tap';
 import { injectBatch } from '../host-tools/link/inject.js';
 import { createInProcessPair } from '../host-tools/transports/inproc.js';
 import { LinkClient } from '../host-tools/link/client.js';
 import { parseSealedHeader } from './crypto/batch.js';
-import { Group, InjectCmd, SystemCmd } from './link/groups.js';
+import { Group, InjectCmd, KeysCmd, SystemCmd } from './link/groups.js';
 import { Rc } from './link/errors.js';
 import { TRANSFER_TAKEOVER_MS } from './commands/inject.js';
 import { DeviceLink } from './link/device-link.js';
@@ -153,4 +154,28 @@ t.test("a link that closes with requests queued: the running one finishes, the q
   release();
   await new Promise((r) => setTimeout(r, 20));
   t.same(ran, [1], 'requests 2 and 3 were dropped with the link');
+});
+
+t.test("KEYS sessions belong to their link: another link can neither use, close nor evict them", async (t) => {
+  const rig = await startRig();
+  t.teardown(() => rig.close());
+  await injectBatch(rig.client, rig.params, makeBatch(rig.deviceKey, { bits: 64 * 1024 }).sealed);
+  const b = await second(rig);
+  t.teardown(() => b.close());
+  const s = (await rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'otp', enc: 'any', auth: 'any' }))['s'] as number;
+  const before = poolOf(rig.terminal);
+  for (const [cmd, payload] of [
+    [KeysCmd.SEAL, { s, d: new Uint8Array(16) }],
+    [KeysCmd.OPEN, { s, m: new Uint8Array(64) }],
+    [KeysCmd.CLOSE, { s }],
+  ] as const) {
+    await t.rejects(b.client.request(Group.KEYS, cmd, payload), { name: 'LinkError', rc: Rc.NO_TRANSFER }, `command ${cmd} with A's session on link B: NO_TRANSFER`);
+  }
+  t.same(poolOf(rig.terminal), before, 'no key spent by B');
+  // B fills its own four sessions and a fifth: its own oldest goes, A's stays.
+  const bs: number[] = [];
+  for (let i = 0; i < 5; i++) bs.push((await b.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'otp', enc: 'any', auth: 'any' }))['s'] as number);
+  await t.rejects(b.client.request(Group.KEYS, KeysCmd.SEAL, { s: bs[0]!, d: new Uint8Array(16) }), { name: 'LinkError', rc: Rc.NO_TRANSFER }, "B's fifth session evicted B's first");
+  t.ok((await b.client.request(Group.KEYS, KeysCmd.SEAL, { s: bs[4]!, d: new Uint8Array(16) }))['m'] instanceof Uint8Array, "B's newest works");
+  t.ok((await rig.client.request(Group.KEYS, KeysCmd.SEAL, { s, d: new Uint8Array(16) }))['m'] instanceof Uint8Array, "A's session still works");
 });

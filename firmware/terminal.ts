@@ -294,12 +294,15 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
     link = mine;
     links.push(mine);
     // The link that closed leaves the event list, not the one attached last, and the transfer
-    // it owned (if any) is dropped in the dispatcher's queue, after its last request ran; the
-    // other links and their state are untouched (docs/protocol.md 4.9).
+    // and KEYS sessions it owned are dropped (keys wiped) in the dispatcher's queue, after its
+    // last request ran; the other links and their state are untouched (docs/protocol.md 4.9).
     transport.onClose(() => {
       const i = links.indexOf(mine);
       if (i >= 0) links.splice(i, 1);
-      void dispatcher.exclusive(() => inject.release(mine));
+      void dispatcher.exclusive(() => {
+        inject.release(mine);
+        keys.release(mine);
+      });
     });
     return mine;
   };
