@@ -64,8 +64,14 @@ export interface Terminal {
   readonly link: DeviceLink;
   readonly dispatcher: Dispatcher;
   readonly state: ModuleState;
-  /** Serve the module on another cable (e.g. each TCP connection); the module state is shared. */
+  /**
+   * Serve the module on another cable (e.g. each TCP connection): a link of its own (window,
+   * sequence numbers, response cache, receive state); the module state behind it is shared and
+   * every link's requests run one at a time through the one dispatcher.
+   */
   attach(transport: Transport): DeviceLink;
+  /** Links attached and not yet closed. */
+  readonly linkCount: number;
   status(): Payload;
 }
 
@@ -173,7 +179,7 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
     const full = secure?.batchIdFor(poolId);
     return full ? Buffer.from(full).toString('hex') : poolId.toString(16).padStart(8, '0');
   };
-  const status = (): Payload => {
+  const status = (c?: RequestContext): Payload => {
     // The terminal id alone: STATUS never takes a copy of the device key.
     const terminalId = state === 'unenrolled' ? undefined : secure?.terminalId();
     const ps = pool?.status();
@@ -197,7 +203,8 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
         : { storedKeyBits: 0, maxKeyBits: 0, consumedKeyBits: 0, batches: [], staging: null, lastSeq: null },
       audit: { events: secure && terminalId ? secure.auditCount() : 0, pendingRefusals: health?.pendingRefusals ?? 0 },
       secureArea: { damaged: health?.damaged ?? false, ...(health?.reason ? { reason: health.reason } : {}) },
-      link: link ? { ...link.stats } : {},
+      // The counters of the link asking (each connection has its own); else the last attached.
+      link: c?.link ? { ...c.link.stats } : link ? { ...link.stats } : {},
     };
   };
 
@@ -286,10 +293,16 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
     const mine = new DeviceLink(transport, dispatcher, limits);
     link = mine;
     links.push(mine);
-    // The link that closed leaves the event list, not the one attached last.
+    // The link that closed leaves the event list, not the one attached last, and the transfer
+    // and KEYS sessions it owned are dropped (keys wiped) in the dispatcher's queue, after its
+    // last request ran; the other links and their state are untouched (docs/protocol.md 4.9).
     transport.onClose(() => {
       const i = links.indexOf(mine);
       if (i >= 0) links.splice(i, 1);
+      void dispatcher.exclusive(() => {
+        inject.release(mine);
+        keys.release(mine);
+      });
     });
     return mine;
   };
@@ -302,8 +315,11 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
     get state() {
       return state;
     },
+    get linkCount() {
+      return links.length;
+    },
     dispatcher,
     attach,
-    status,
+    status: () => status(),
   };
 }

@@ -1,13 +1,19 @@
 // Hosts an emulated terminal module in this process on a real cable: a serial device (tty, pty,
-// CDC-ACM) or a TCP listener (one connection at a time, like one cable). Used by
-// `qkt terminal run`, `qkt demo` and the HIL rig. The host holds the image's lock (`<image>.lock`)
-// for its whole life: a second module on the same image is refused at once, with the pid.
-import { createTerminal } from '../firmware/terminal.js';
+// CDC-ACM; one host) or a TCP listener (up to 8 connections at once, each its own link session,
+// docs/protocol.md 4.9). Used by `qkt terminal run`, `qkt demo` and the HIL rig. The host holds
+// the image's lock (`<image>.lock`) for its whole life: a second module on the same image is
+// refused at once, with the pid.
+import { createTerminal, DEFAULT_LIMITS } from '../firmware/terminal.js';
 import type { Terminal } from '../firmware/terminal.js';
 import { NorFlash } from '../firmware/flash/nor-flash.js';
 import { PowerCutError } from '../firmware/flash/errors.js';
 import type { Payload } from '../firmware/link/codec.js';
 import type { Transport } from '../firmware/link/transport.js';
+import { DeviceLink } from '../firmware/link/device-link.js';
+import { Dispatcher } from '../firmware/link/dispatch.js';
+import type { DispatchOutcome } from '../firmware/link/dispatch.js';
+import { LinkError, Rc } from '../firmware/link/errors.js';
+import { closeWhenIdle } from './transports/idle.js';
 import { openSerial } from './transports/serial.js';
 import { listenTcp, parseTcpAddress } from './transports/tcp.js';
 import { paced } from './transports/pacing.js';
@@ -23,6 +29,28 @@ export interface TerminalHostOptions {
   baud?: number;
   powerCutAfter?: number;
   onPowerCut?: () => void;
+  /** Fire LOW_WATERMARK events when stored key bits fall below this (default: never). */
+  lowWatermarkBits?: number;
+  /** TCP: connections served at once (default 8); one more is answered DENIED and closed. */
+  maxClients?: number;
+  /** TCP: a connection that sends nothing for this long is closed (default 120 s). */
+  idleMs?: number;
+}
+
+/** TCP connections a module serves at once, and how long one may stay silent (docs/protocol.md 4.9). */
+export const TCP_MAX_CLIENTS = 8;
+export const TCP_IDLE_MS = 120_000;
+/** How long a refused connection stays open to answer its requests DENIED before it is closed. */
+const REFUSE_GRACE_MS = 2000;
+
+/** Answers every request DENIED: the session of a connection over the limit, until it is closed. */
+class RefusingDispatcher extends Dispatcher {
+  constructor(private readonly reason: string) {
+    super();
+  }
+  override dispatch(): Promise<DispatchOutcome> {
+    return Promise.resolve({ ok: false, error: new LinkError(Rc.DENIED, this.reason) });
+  }
 }
 
 export interface TerminalHost {
@@ -55,7 +83,7 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
   };
   let terminal: Terminal;
   try {
-    terminal = createTerminal({ flash, ...(o.onPowerCut ? { onPowerCut: () => o.onPowerCut!() } : {}) });
+    terminal = createTerminal({ flash, ...(o.lowWatermarkBits ? { lowWatermarkBits: o.lowWatermarkBits } : {}), ...(o.onPowerCut ? { onPowerCut: () => o.onPowerCut!() } : {}) });
   } catch (e) {
     // A cut during boot (mount, boot audit record) is a cut like any other.
     if (e instanceof PowerCutError && o.onPowerCut) o.onPowerCut();
@@ -83,12 +111,27 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
     };
   }
   const { host, port } = parseTcpAddress(o.listen!);
-  let current: Transport | undefined;
+  const maxClients = o.maxClients ?? TCP_MAX_CLIENTS;
+  const idleMs = o.idleMs ?? TCP_IDLE_MS;
+  const live = new Set<Transport>();
+  const refusing = new Set<Transport>();
+  const refusal = new RefusingDispatcher(`terminal serves ${maxClients} connections at once; try again later`);
   const listener = await listenTcp(host, port, (t) => {
-    // One cable at a time: a new connection replaces the old one, as replugging would.
-    void current?.close();
-    current = pace(t);
-    terminal.attach(current);
+    if (live.size >= maxClients) {
+      // Over the limit: a clear answer, not a hang. The connection's requests (its PARAMS first)
+      // are answered DENIED, then it is closed. Refused connections are bounded too: past as many
+      // again, a connection is closed at once.
+      if (refusing.size >= maxClients) return void t.close();
+      refusing.add(t);
+      t.onClose(() => refusing.delete(t));
+      void new DeviceLink(t, refusal, DEFAULT_LIMITS);
+      setTimeout(() => void t.close(), REFUSE_GRACE_MS).unref();
+      return;
+    }
+    // Each connection is a link of its own; closing one never touches another's.
+    live.add(t);
+    t.onClose(() => live.delete(t));
+    terminal.attach(closeWhenIdle(pace(t), idleMs));
   }).catch((e: Error) => {
     closeFlash();
     throw new CliError(`cannot listen on ${o.listen}: ${e.message}`, Exit.FAILURE);
@@ -99,7 +142,6 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
     status: () => terminal.status(),
     closed: new Promise<void>(() => undefined),
     close: async () => {
-      await current?.close();
       await listener.close();
       closeFlash();
     },

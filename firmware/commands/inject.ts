@@ -9,12 +9,19 @@ import type { BulkSink } from '../link/bulk.js';
 import { Group, InjectCmd } from '../link/groups.js';
 import { LinkError, Rc } from '../link/errors.js';
 import { bytes, uint } from '../link/fields.js';
-import type { CommandGroup } from '../link/dispatch.js';
+import type { CommandGroup, LinkPeer, RequestContext } from '../link/dispatch.js';
 import type { StageHandle } from '../keypool/key-pool.js';
 import { PoolError } from '../keypool/errors.js';
 import { mapServiceErrors, toLinkError } from './pool-errors.js';
 import { withIdentity } from './context.js';
 import type { ModuleContext } from './context.js';
+
+/**
+ * How long a transfer's owner may stay silent before a BEGIN on another link may take the transfer
+ * over (a host whose connection went half-open, then reconnected). Above the 8.6 s a full chunk
+ * frame takes at 9600 baud, so a slow but live owner is never taken over.
+ */
+export const TRANSFER_TAKEOVER_MS = 30_000;
 
 /** Largest header + tag a BEGIN carries (43 fixed bytes + a 32-char terminal id + 16-byte tag). */
 const MAX_HEADER = 128;
@@ -40,6 +47,10 @@ class BatchTransfer implements BulkSink {
     readonly id: number,
     readonly opener: BatchOpener,
     readonly stage: StageHandle,
+    /** The link that opened it: only that link's requests reach it (docs/protocol.md 4.9). */
+    readonly owner: LinkPeer | undefined,
+    /** Module clock at its owner's last request. */
+    public lastUsed: number,
   ) {
     const l = opener.layout;
     this.total = (l.chunkCount - 1) * l.sealedChunkSize + l.lastSealedChunkSize;
@@ -88,8 +99,11 @@ class BatchTransfer implements BulkSink {
   }
 }
 
-/** The INJECT group, and `reset()` to drop the open transfer (after a reset of the module's state). */
-export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void } {
+/**
+ * The INJECT group; `reset()` drops the open transfer (after a reset of the module's state),
+ * `release(link)` drops it if that link (now closed) owns it.
+ */
+export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void; release(link: LinkPeer): void } {
   let transfer: BatchTransfer | undefined;
   // Transfer ids are random, not counted: a second client on the cable cannot guess another
   // host's transfer and CHUNK or ABORT it (it still can sniff a shared line: the cable is trusted
@@ -102,9 +116,20 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void 
     transfer?.dispose();
     transfer = undefined;
   };
-  const current = (id: number) => {
-    if (!transfer || transfer.id !== id) throw new LinkError(Rc.NO_TRANSFER, `no open transfer ${id}`);
+  // A transfer belongs to the link that opened it: another link's CHUNK, STATUS, COMMIT or ABORT
+  // does not find it, whatever `t` it sends (docs/protocol.md 4.9).
+  const current = (id: number, c: RequestContext) => {
+    if (!transfer || transfer.id !== id || (transfer.owner && c.link && transfer.owner !== c.link)) {
+      throw new LinkError(Rc.NO_TRANSFER, `no open transfer ${id}`);
+    }
+    transfer.lastUsed = ctx.clock();
     return transfer;
+  };
+  /** Another link's live transfer, which a BEGIN on this link must not disturb. */
+  const heldElsewhere = (c: RequestContext): BatchTransfer | undefined => {
+    const t = transfer;
+    if (!t?.owner || !c.link || t.owner === c.link || !t.owner.open) return undefined;
+    return ctx.clock() - t.lastUsed < TRANSFER_TAKEOVER_MS ? t : undefined;
   };
 
   /** Full ids of the live batches, for the receipt (docs/batch.md "Receipt", version 2). */
@@ -120,10 +145,13 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void 
 
   return {
     reset: close,
+    release: (link) => {
+      if (transfer?.owner === link) close();
+    },
     id: Group.INJECT,
     name: 'inject',
     commands: {
-      [InjectCmd.BEGIN]: (p) =>
+      [InjectCmd.BEGIN]: (p, c) =>
         withIdentity(ctx, ({ terminalId, deviceKey }) => {
           const pool = ctx.pool();
           const sealedHead = bytes(p, 'h', MAX_HEADER);
@@ -143,6 +171,14 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void 
             opener = new BatchOpener(deviceKey, info.headerBytes, info.tag, { expect: { terminalId } });
           } catch (e) {
             return refuse(e);
+          }
+          const busy = heldElsewhere(c);
+          if (busy) {
+            // One staging, one transfer: another connection's inject in progress is never
+            // replaced or closed from here. Not a refusal of this batch (nothing is counted): the
+            // host tries again once that inject ends (or its owner has been silent for 30 s).
+            opener.dispose();
+            throw new LinkError(Rc.BUSY, `another connection is injecting batch ${hex(busy.opener.header.batchId).slice(0, 8)}`);
           }
           const id = poolBatchId(h.batchId);
           const status = pool.status();
@@ -188,11 +224,11 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void 
             opener = new BatchOpener(deviceKey, info.headerBytes, info.tag, { resumeAt });
           }
           close();
-          transfer = new BatchTransfer(newId(), opener, stage);
+          transfer = new BatchTransfer(newId(), opener, stage, c.link, ctx.clock());
           return { t: transfer.id, c: transfer.committed, n: transfer.total };
         }),
-      [InjectCmd.CHUNK]: async (p) => {
-        const t = current(uint(p, 't'));
+      [InjectCmd.CHUNK]: async (p, c) => {
+        const t = current(uint(p, 't'), c);
         try {
           return await acceptChunk(t, uint(p, 'o'), bytes(p, 'd', 65536));
         } catch (e) {
@@ -213,13 +249,13 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void 
           throw e;
         }
       },
-      [InjectCmd.STATUS]: (p) => {
-        const t = current(uint(p, 't'));
+      [InjectCmd.STATUS]: (p, c) => {
+        const t = current(uint(p, 't'), c);
         return { c: t.committed, n: t.total };
       },
-      [InjectCmd.COMMIT]: (p) =>
+      [InjectCmd.COMMIT]: (p, c) =>
         withIdentity(ctx, ({ terminalId, deviceKey }) => {
-          const t = current(uint(p, 't'));
+          const t = current(uint(p, 't'), c);
           if (!t.opener.complete) throw new LinkError(Rc.BAD_STATE, `batch incomplete: ${t.committed} of ${t.total} bytes`);
           mapServiceErrors(() => t.opener.finish());
           const h = t.opener.header;
@@ -234,8 +270,8 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void 
           close();
           return { receipt, bits: h.bits };
         }),
-      [InjectCmd.ABORT]: (p) => {
-        const t = current(uint(p, 't'));
+      [InjectCmd.ABORT]: (p, c) => {
+        const t = current(uint(p, 't'), c);
         mapServiceErrors(() => t.stage.abort());
         close();
         return {};

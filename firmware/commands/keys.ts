@@ -11,17 +11,20 @@ import type { KeyRange, ServiceHeader } from '../crypto/service.js';
 import { Group, KeysCmd } from '../link/groups.js';
 import { LinkError, Rc } from '../link/errors.js';
 import { bytes, oneOf, optionalUint, uint } from '../link/fields.js';
-import type { CommandGroup } from '../link/dispatch.js';
+import type { CommandGroup, LinkPeer, RequestContext } from '../link/dispatch.js';
 import type { ConsumedKey, Purpose } from '../keypool/key-pool.js';
 import { mapServiceErrors } from './pool-errors.js';
 import type { ModuleContext } from './context.js';
 
 /** Largest service-data message body per SEAL/OPEN: one OTP key never spans batches, and a frame must carry it. */
 export const MAX_SERVICE_DATA = 4096;
+/** Sessions per link (per TCP connection; the one link of a serial port): a link's fifth evicts its oldest. */
 const MAX_SESSIONS = 4;
 
 interface Session {
   id: number;
+  /** The link that negotiated it: only that link's requests find it (docs/protocol.md 4.9). */
+  owner: LinkPeer | undefined;
   mode: 'otp' | 'aead';
   enc: Purpose;
   auth: Purpose;
@@ -31,8 +34,11 @@ interface Session {
   rekeyMs: number;
 }
 
-/** The KEYS group, and `reset()` to wipe every session (after zeroize or a reset of the module's state). */
-export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void } {
+/**
+ * The KEYS group; `reset()` wipes every session (after zeroize or a reset of the module's state),
+ * `release(link)` the sessions of a link that closed.
+ */
+export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void; release(link: LinkPeer): void } {
   const sessions = new Map<number, Session>();
   let nextId = 1;
 
@@ -54,9 +60,11 @@ export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void } 
     s.aead = { key: key.key, range, send: new SessionKeyState(now, limits), recv: new SessionKeyState(now, limits) };
   };
 
-  const session = (id: number): Session => {
+  // Another link's session is not found, whatever id is sent: a connection can neither use nor
+  // close a session it did not negotiate.
+  const session = (id: number, c: RequestContext): Session => {
     const s = sessions.get(id);
-    if (!s) throw new LinkError(Rc.NO_TRANSFER, `no session ${id}`);
+    if (!s || (s.owner && c.link && s.owner !== c.link)) throw new LinkError(Rc.NO_TRANSFER, `no session ${id}`);
     return s;
   };
 
@@ -69,16 +77,20 @@ export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void } 
     reset: () => {
       for (const s of [...sessions.values()]) dropSession(s);
     },
+    release: (link) => {
+      for (const s of [...sessions.values()]) if (s.owner === link) dropSession(s);
+    },
     id: Group.KEYS,
     name: 'keys',
     guard: () => void ctx.pool(),
     commands: {
-      [KeysCmd.NEGOTIATE]: (p) => {
+      [KeysCmd.NEGOTIATE]: (p, c) => {
         const mode = oneOf(p, 'mode', ['otp', 'aead'] as const);
         const enc = p['enc'] === undefined ? 'enc' : oneOf(p, 'enc', ['enc', 'any'] as const);
         const auth = p['auth'] === undefined ? 'auth' : oneOf(p, 'auth', ['auth', 'any'] as const);
         const s: Session = {
           id: nextId++,
+          owner: c.link,
           mode,
           enc,
           auth,
@@ -88,13 +100,15 @@ export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void } 
         };
         if (s.rekeyMessages < 1 || s.rekeyMs < 1) throw new LinkError(Rc.BAD_REQUEST, 'rekey limits must be positive');
         // Validated first: a refused NEGOTIATE closes nothing.
-        if (sessions.size >= MAX_SESSIONS) dropSession(sessions.values().next().value as Session);
+        // A link's fifth session evicts that link's oldest, never another link's.
+        const mine = [...sessions.values()].filter((x) => x.owner === c.link);
+        if (mine.length >= MAX_SESSIONS) dropSession(mine[0]!);
         if (mode === 'aead') newSessionKey(s);
         sessions.set(s.id, s);
         return { s: s.id, mode, enc, auth };
       },
-      [KeysCmd.SEAL]: (p) => {
-        const s = session(uint(p, 's'));
+      [KeysCmd.SEAL]: (p, c) => {
+        const s = session(uint(p, 's'), c);
         const data = bytes(p, 'd', MAX_SERVICE_DATA);
         if (s.mode === 'otp') {
           const mac = take(s.auth, OTP_MAC_KEY_BYTES);
@@ -121,8 +135,8 @@ export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void } 
         const head = encodeServiceHeader({ mode: 'aead', keyIds: [a.range], counter });
         return { m: concat(head, sessionSeal(a.key, counter, data, head, 'up')), rekeyed };
       },
-      [KeysCmd.OPEN]: (p) => {
-        const s = session(uint(p, 's'));
+      [KeysCmd.OPEN]: (p, c) => {
+        const s = session(uint(p, 's'), c);
         const m = bytes(p, 'm', MAX_SERVICE_DATA + 512);
         let parsed: ReturnType<typeof decodeServiceHeader>;
         try {
@@ -153,8 +167,8 @@ export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void } 
         }
         return { d };
       },
-      [KeysCmd.CLOSE]: (p) => {
-        dropSession(session(uint(p, 's')));
+      [KeysCmd.CLOSE]: (p, c) => {
+        dropSession(session(uint(p, 's'), c));
         return {};
       },
     },

@@ -2,14 +2,15 @@
 // than hard-code) and identity/status. Served even by an unenrolled or self-test-failed module.
 import { Group, SystemCmd } from '../link/groups.js';
 import { SUPPORTED_VERSIONS } from '../link/frame.js';
-import type { CommandGroup } from '../link/dispatch.js';
+import type { CommandGroup, RequestContext } from '../link/dispatch.js';
 import { LinkError, Rc } from '../link/errors.js';
 import { optionalUint } from '../link/fields.js';
 import type { Payload } from '../link/codec.js';
 
 export interface SystemInfo {
   params(): Payload;
-  status(): Payload;
+  /** The module's status; `ctx.link` is the link asking (its counters are reported). */
+  status(ctx?: RequestContext): Payload;
   auditLog?(from: number, max: number): Payload;
 }
 
@@ -25,7 +26,7 @@ export function systemGroup(info: SystemInfo): CommandGroup {
       }
       return { versions: [...SUPPORTED_VERSIONS], ...info.params() };
     },
-    [SystemCmd.STATUS]: () => info.status(),
+    [SystemCmd.STATUS]: (_p, c) => info.status(c),
   };
   if (info.auditLog) {
     const log = info.auditLog;

@@ -9,7 +9,7 @@ import { CRC_SIZE, HEADER_SIZE, Kind, MIN_BODY_SIZE, PROTOCOL_VERSION, encodeFra
 import type { KindValue } from './frame.js';
 import { Group, SystemCmd } from './groups.js';
 import { LinkError, Rc } from './errors.js';
-import type { Dispatcher } from './dispatch.js';
+import type { Dispatcher, LinkPeer } from './dispatch.js';
 import type { Transport } from './transport.js';
 
 export interface DeviceLinkLimits {
@@ -32,7 +32,7 @@ interface CachedResponse {
   frame: Uint8Array;
 }
 
-export class DeviceLink {
+export class DeviceLink implements LinkPeer {
   readonly limits: DeviceLinkLimits;
   private readonly deframer: Deframer;
   private readonly queue: Message[] = [];
@@ -53,7 +53,16 @@ export class DeviceLink {
     transport.onData((chunk) => this.receive(chunk));
     transport.onClose(() => {
       this.closed = true;
+      // Requests still queued are dropped, not executed: their answers could not reach anyone,
+      // and one that changes state (a KEYS SEAL spends keys) must not run for a host that is gone.
+      for (const m of this.queue) this.pending.delete(m.seq);
+      this.queue.length = 0;
     });
+  }
+
+  /** False once the transport closed: state this link owned may be dropped or taken over. */
+  get open(): boolean {
+    return !this.closed;
   }
 
   get stats(): DeviceLinkStats {
@@ -120,7 +129,7 @@ export class DeviceLink {
       while ((m = this.queue.shift())) {
         this.counters.requests++;
         const ctx = { group: m.group, command: m.command, seq: m.seq };
-        const out = await this.dispatcher.dispatch(m.payload, ctx);
+        const out = await this.dispatcher.dispatch(m.payload, { ...ctx, link: this });
         let payload = encodePayload(out.ok ? out.payload : { ...errorPayload(m.group, out.error) });
         let kind: KindValue = out.ok ? Kind.RESPONSE : Kind.ERROR;
         if (HEADER_SIZE + payload.length + CRC_SIZE > this.limits.maxBody) {

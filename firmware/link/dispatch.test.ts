@@ -99,3 +99,33 @@ t.test('the module watchdog: stuck handler answered, reset logged, module serves
   t.match((log['events'] as unknown[]).at(-1), { type: 'watchdog-reset', detail: 'group 77 command 0' });
   t.match(await rig.client.request(Group.SYSTEM, SystemCmd.STATUS, {}), { state: 'ready', enrolled: true });
 });
+
+t.test('one writer: requests of several links run one at a time, in arrival order', async (t) => {
+  const d = new Dispatcher();
+  const log: string[] = [];
+  d.register({
+    id: 7,
+    name: 'slow',
+    commands: {
+      0: async (p) => {
+        log.push(`enter ${String(p['who'])}`);
+        await sleep(5); // an async handler: another link's request must not run in its await
+        log.push(`leave ${String(p['who'])}`);
+        return {};
+      },
+    },
+  });
+  const linkA = { open: true, stats: {} };
+  const linkB = { open: true, stats: {} };
+  const dropped = d.exclusive(() => log.push('release'));
+  await Promise.all([
+    d.dispatch({ who: 'A1' }, { ...ctx(7, 0, 1), link: linkA }),
+    d.dispatch({ who: 'B1' }, { ...ctx(7, 0, 1), link: linkB }),
+    d.dispatch({ who: 'A2' }, { ...ctx(7, 0, 2), link: linkA }),
+    dropped,
+  ]);
+  t.same(log, ['release', 'enter A1', 'leave A1', 'enter B1', 'leave B1', 'enter A2', 'leave A2']);
+  // A failing exclusive job does not stop the queue.
+  await t.rejects(d.exclusive(() => Promise.reject(new Error('x'))));
+  t.same(await d.dispatch({ who: 'C' }, ctx(7, 0, 3)), { ok: true, payload: {} });
+});

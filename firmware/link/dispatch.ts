@@ -8,6 +8,15 @@ export interface RequestContext {
   group: number;
   command: number;
   seq: number;
+  /** The link (one host's session) the request came on: an identity handlers may own state by. */
+  link?: LinkPeer;
+}
+
+/** What a handler may know of the link a request came on: who it is and whether it is still open. */
+export interface LinkPeer {
+  readonly open: boolean;
+  /** The link's counters (framing, requests, duplicates, busy), for STATUS. */
+  readonly stats: object;
 }
 
 export type Handler = (payload: Payload, ctx: RequestContext) => Payload | Promise<Payload>;
@@ -34,7 +43,26 @@ export class Dispatcher {
     this.groups.set(group.id, group);
   }
 
-  async dispatch(payload: Payload, ctx: RequestContext): Promise<DispatchOutcome> {
+  /** The end of the queue of work on module state: every dispatch and `exclusive` runs after it. */
+  private tail: Promise<unknown> = Promise.resolve();
+
+  /**
+   * Run a request's handler. Requests from every link run one at a time, in arrival order: the
+   * dispatcher is the one writer of the module state behind it (docs/protocol.md 4.5), so an
+   * async handler of one link never interleaves with another link's.
+   */
+  dispatch(payload: Payload, ctx: RequestContext): Promise<DispatchOutcome> {
+    return this.exclusive(() => this.run(payload, ctx));
+  }
+
+  /** Run `fn` in the same queue as the handlers (e.g. dropping a closed link's state). */
+  exclusive<T>(fn: () => T | Promise<T>): Promise<T> {
+    const done = this.tail.then(fn);
+    this.tail = done.catch(() => undefined);
+    return done;
+  }
+
+  private async run(payload: Payload, ctx: RequestContext): Promise<DispatchOutcome> {
     const group = this.groups.get(ctx.group);
     const handler = group?.commands[ctx.command];
     if (!group || !handler) {

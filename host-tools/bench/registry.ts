@@ -10,6 +10,8 @@ import type { FlashBenchResult } from './flash.js';
 import { benchInject, formatInjectBench } from './inject.js';
 import type { InjectBenchResult } from './inject.js';
 import { benchLifetime, formatLifetimeBench } from './lifetime.js';
+import { benchMulticlient, formatMulticlientBench } from './multiclient.js';
+import type { MulticlientBenchResult } from './multiclient.js';
 import type { LifetimeBenchResult } from './lifetime.js';
 import { benchDownload, formatDownloadBench } from './download.js';
 import type { DownloadBenchResult } from './download.js';
@@ -59,5 +61,9 @@ export const benchmarks: Record<string, Benchmark> = {
   station: {
     run: (o) => benchStation({ uplinks: o.quick ? 50 : 400, handshakes: o.quick ? 5 : 50, log: o.log }),
     format: (r) => formatStationBench(r as StationBenchResult),
+  },
+  multiclient: {
+    run: (o) => benchMulticlient({ bits: o.bytes ? o.bytes * 8 : o.quick ? 2 ** 20 : 2 ** 23, repeats: o.quick ? 1 : 5, log: o.log }),
+    format: (r) => formatMulticlientBench(r as MulticlientBenchResult),
   },
 };

@@ -6,6 +6,7 @@ import { openLink } from './open.js';
 import type { OpenOptions } from './open.js';
 import { CliError, Exit } from '../cli/command.js';
 import type { Transport } from '../../firmware/link/transport.js';
+import { LinkError, Rc } from '../../firmware/link/errors.js';
 
 export interface DeviceSession {
   client: LinkClient;
@@ -25,6 +26,10 @@ export async function startSession(transport: Transport, name: string, o: OpenOp
     return { client, params, close: () => client.close() };
   } catch (e) {
     await client.close().catch(() => undefined);
+    if (e instanceof LinkError && e.rc === Rc.DENIED) {
+      // A device at its connection limit answers the session's PARAMS DENIED (docs/protocol.md 4.9).
+      throw new CliError(`${name} refused the connection: ${e.reason ?? 'denied'}`, Exit.BUSY);
+    }
     if (e instanceof Error && (e.name === 'LinkTimeoutError' || e.name === 'LinkClosedError')) {
       throw new CliError(`no terminal answered on ${name} (${e.message})`, Exit.NO_DEVICE);
     }

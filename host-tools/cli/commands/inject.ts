@@ -69,6 +69,10 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
         onProgress: (p) => io.progress.update(p.bits, p.totalBits, `inject ${terminalId}`),
       });
     } catch (e) {
+      if (e instanceof LinkError && e.rc === Rc.BUSY) {
+        // Another connection's inject holds the module's one transfer (docs/protocol.md 4.9).
+        throw new CliError(`terminal ${terminalId} is busy: ${e.reason ?? 'busy'}; run qkt inject again once it is done (qkt status --port ${port} shows the staging)`, Exit.BUSY);
+      }
       if (e instanceof LinkError) {
         const retire = `; back at the KMD, retire it: qkt kmd void --home H --terminal ${terminalId} --batch ${entry.batchId.slice(0, 8)} --reason stale`;
         const why = e.rc === Rc.STALE_BATCH ? `it already holds a newer batch${retire}` : e.rc === Rc.WRONG_TERMINAL ? 'the batch is addressed to another terminal' : e.rc === Rc.AUTH_FAILED ? 'the batch does not authenticate (tampered, or sealed for another module, or under the key the module had before a re-enrolment: load a new carrier)' : e.rc === Rc.NO_SPACE ? 'its key pool has no room' : (e.reason ?? rcName(e.rc));

@@ -1,0 +1,225 @@
+// A terminal on TCP with several clients at once (issue 9 item 2, docs/protocol.md 4.9): an 8 Mbit
+// inject beside a loop of `qkt status` processes and audit reads, all complete and the batch is
+// intact; closing one connection leaves another's inject running and its LOW_WATERMARK events
+// coming; a second inject gets BUSY (exit 7) and changes nothing; the 9th connection is answered
+// DENIED (exit 7) and closed; a silent connection is closed. Batches are real: a KMD home, enrolled
+// images and a carrier made by `qkt`. Processes are ended by pid (hil/cli.ts, e2e-rig.ts).
+import t from 'tap';
+import type { Test } from 'tap';
+import { join } from 'node:path';
+import { Group, KeysCmd, SystemCmd, SystemEvent } from '../firmware/link/groups.js';
+import { Kind } from '../firmware/link/frame.js';
+import { LinkError, Rc } from '../firmware/link/errors.js';
+import { connectTcp, parseTcpAddress } from '../host-tools/transports/tcp.js';
+import { paced } from '../host-tools/transports/pacing.js';
+import { LinkClient } from '../host-tools/link/client.js';
+import type { DeviceParams } from '../host-tools/link/client.js';
+import { injectBatch } from '../host-tools/link/inject.js';
+import type { InjectProgress } from '../host-tools/link/inject.js';
+import { Carrier } from '../host-tools/carrier/carrier.js';
+import { startTerminalHost, TCP_MAX_CLIENTS } from '../host-tools/terminal-host.js';
+import type { TerminalHost } from '../host-tools/terminal-host.js';
+import { background, cliSkipReason, parseJson, qktJson, runQkt } from './e2e-rig.js';
+
+t.setTimeout(300_000);
+const skip = cliSkipReason();
+const MBIT8 = 8 * 2 ** 20;
+
+interface Kit {
+  image: (id: string) => string;
+  carrier: string;
+}
+
+// One KMD home, four enrolled terminals, one carrier with an 8 Mbit batch for each.
+let kit: Kit;
+t.before(async () => {
+  if (skip) return;
+  const dir = t.testdir({});
+  const home = join(dir, 'kmd');
+  const image = (id: string) => join(dir, `${id}.img`);
+  const carrier = join(dir, 'carrier');
+  const ids = ['T1', 'T2', 'T3', 'T4'];
+  await qktJson(t, ['kmd', 'init', '--home', home, '--stock', '40Mbit']);
+  for (const id of ids) await qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', id, '--flash', image(id)]);
+  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', carrier, ...ids.flatMap((id) => ['--terminal', id]), '--bits', '8Mbit']);
+  kit = { image, carrier };
+});
+
+const batchOf = (id: string): Uint8Array => {
+  const c = Carrier.open(kit.carrier);
+  return c.readBatch(c.batchFor(id)!);
+};
+
+/** A host session on its own TCP connection, paced to `baud` host-to-module when given. */
+async function connect(t: Test, address: string, baud?: number): Promise<{ client: LinkClient; params: DeviceParams }> {
+  const { host, port } = parseTcpAddress(address);
+  const raw = await connectTcp(host, port);
+  const client = new LinkClient(baud ? paced(raw, { baud }) : raw, { baseTimeoutMs: 5000, ...(baud ? { baud } : {}) });
+  t.teardown(() => client.close());
+  return { client, params: await client.negotiate() };
+}
+
+async function host(t: Test, id: string, o: { lowWatermarkBits?: number; idleMs?: number } = {}): Promise<TerminalHost> {
+  const h = await startTerminalHost({ flashPath: kit.image(id), listen: 'tcp:127.0.0.1:0', ...o });
+  t.teardown(() => h.close());
+  return h;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+t.test('three clients at once: an 8 Mbit inject, a qkt status loop and audit reads all complete; the batch is intact', { skip }, async (t) => {
+  const term = await background(t, ['terminal', 'run', '--flash', kit.image('T1'), '--listen', 'tcp:127.0.0.1:0']);
+  const address = term.ready['port'] as string;
+  // Paced at 921600 baud (about 12 s), so the other clients run beside it the whole time.
+  const t0 = performance.now();
+  let injectEnd = 0;
+  const inject = runQkt(['inject', '--carrier', kit.carrier, '--port', address, '--baud', '921600', '--json'], { timeoutMs: 120_000 }).then((r) => {
+    injectEnd = performance.now();
+    return r;
+  });
+  const running = () => injectEnd === 0;
+
+  const statusRuns: Array<{ code: number | null; end: number; staging: { durableBits: number } | null; stderr: string }> = [];
+  const statusLoop = (async () => {
+    await sleep(500);
+    while (running()) {
+      const r = await runQkt(['status', '--port', address, '--json']);
+      const pool = r.code === 0 ? (parseJson<{ pool: { staging: { durableBits: number } | null } }>(r).pool) : undefined;
+      statusRuns.push({ code: r.code, end: performance.now(), staging: pool?.staging ?? null, stderr: r.stderr });
+    }
+  })();
+
+  const audits: Array<{ total: number; end: number }> = [];
+  const auditLoop = (async () => {
+    const { client } = await connect(t, address);
+    while (running()) {
+      const log = await client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, { from: 0, max: 32 });
+      audits.push({ total: log['total'] as number, end: performance.now() });
+      await sleep(100);
+    }
+  })();
+  const auditCli = (async () => {
+    await sleep(3000);
+    return runQkt(['status', '--port', address, '--audit', '--json']);
+  })();
+
+  const r = await inject;
+  await Promise.all([statusLoop, auditLoop]);
+  t.equal(r.code, 0, `inject exits 0${r.code === 0 ? '' : `: ${r.stderr}`}`);
+  t.match(parseJson(r), { terminalId: 'T1', bits: MBIT8, resumedFromBits: 0, alreadyAccepted: false, receiptStored: true }, 'a whole, fresh inject: never restarted from a resume');
+  const during = statusRuns.filter((s) => s.end < injectEnd);
+  t.ok(during.length >= 3, `${during.length} qkt status runs completed during the ${Math.round((injectEnd - t0) / 1000)} s inject`);
+  t.same(statusRuns.filter((s) => s.code !== 0).map((s) => s.stderr), [], 'every qkt status run exits 0');
+  t.ok(
+    during.some((s) => s.staging && s.staging.durableBits > 0 && s.staging.durableBits < MBIT8),
+    'a status run saw the batch part-way staged',
+  );
+  t.ok(audits.filter((a) => a.end < injectEnd).length >= 10, `${audits.length} audit reads on a third connection during the inject`);
+  const ac = await auditCli;
+  t.equal(ac.code, 0, 'qkt status --audit during the inject exits 0');
+  t.ok(Array.isArray(parseJson<{ audit: { log: unknown[] } }>(ac).audit.log), 'and lists the audit log');
+
+  const after = await qktJson<{ pool: { storedKeyBits: number; staging: unknown; batches: Array<{ bits: number }> } }>(t, ['status', '--port', address]);
+  t.match(after.pool, { storedKeyBits: MBIT8, staging: null, batches: [{ bits: MBIT8 }] }, 'the pool holds the whole batch');
+});
+
+t.test('closing connection B leaves A injecting, and A still gets LOW_WATERMARK', { skip }, async (t) => {
+  const h = await host(t, 'T2', { lowWatermarkBits: MBIT8 - 8192 });
+  const a = await connect(t, h.address, 2_000_000); // about 5 s for the batch
+  const b = await connect(t, h.address);
+  const events: string[] = [];
+  a.client.onEvent((m) => {
+    if (m.kind === Kind.EVENT && m.group === Group.SYSTEM && m.command === SystemEvent.LOW_WATERMARK) events.push(`A ${String(m.payload['storedKeyBits'])}`);
+  });
+  let bClosedAt = -1;
+  const progress: InjectProgress[] = [];
+  let closing: Promise<void> | undefined;
+  const res = await injectBatch(a.client, a.params, batchOf('T2'), {
+    onProgress: (p) => {
+      progress.push(p);
+      // A quarter of the way in, B (which asked for status meanwhile) hangs up.
+      if (!closing && p.committedBytes > p.totalBytes / 4) {
+        bClosedAt = progress.length;
+        closing = b.client.request(Group.SYSTEM, SystemCmd.STATUS, {}).then(() => b.client.close());
+      }
+    },
+  });
+  await closing;
+  t.ok(bClosedAt > 0 && progress.length - bClosedAt > 10, `A's inject went on for ${progress.length - bClosedAt} more progress steps after B closed`);
+  t.match(res, { bits: MBIT8, resumedFromBits: 0, restarts: 0 }, 'A: whole batch, no restart, no resume');
+  t.equal(h.terminal.linkCount, 1, 'the module serves A alone now');
+
+  // C spends keys below the watermark: A, idle, hears of it.
+  const c = await connect(t, h.address);
+  const s = (await c.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'otp', enc: 'any', auth: 'any' }))['s'];
+  await c.client.request(Group.KEYS, KeysCmd.SEAL, { s, d: new Uint8Array(2048) });
+  for (let i = 0; i < 50 && events.length === 0; i++) await sleep(20);
+  t.equal(events.length, 1, 'A got one LOW_WATERMARK event');
+  t.ok(Number(events[0]?.split(' ')[1]) < MBIT8 - 8192, `it names stored bits below the watermark: ${events[0]}`);
+});
+
+t.test('a second inject while one runs: BUSY (exit 7) naming the batch; the first completes, the re-run finds it done', { skip }, async (t) => {
+  const h = await host(t, 'T3');
+  const a = await connect(t, h.address, 2_000_000);
+  let second: ReturnType<typeof runQkt> | undefined;
+  const res = await injectBatch(a.client, a.params, batchOf('T3'), {
+    onProgress: (p) => {
+      if (!second && p.committedBytes > p.totalBytes / 10) second = runQkt(['inject', '--carrier', kit.carrier, '--port', h.address]);
+    },
+  });
+  const r = await second!;
+  t.equal(r.code, 7, 'the second inject exits 7 (busy)');
+  t.equal(r.stdout, '', 'nothing on stdout');
+  t.match(r.stderr.trim(), /^qkt: terminal T3 is busy: another connection is injecting batch [0-9a-f]{8}; run qkt inject again once it is done/, 'one line that says why and what to do');
+  t.equal(r.stderr.trim().split('\n').length, 1, 'one line');
+  t.match(res, { bits: MBIT8, resumedFromBits: 0, restarts: 0 }, 'the first inject was not disturbed');
+  const again = await qktJson(t, ['inject', '--carrier', kit.carrier, '--port', h.address]);
+  t.match(again, { terminalId: 'T3', alreadyAccepted: true, bits: MBIT8 }, 'the re-run afterwards finds the batch accepted');
+  t.match(h.status()['pool'], { storedKeyBits: MBIT8, staging: null });
+});
+
+t.test(`the ${TCP_MAX_CLIENTS + 1}th connection is answered DENIED and closed; a freed slot serves again`, { skip }, async (t) => {
+  const h = await host(t, 'T4');
+  const clients = [];
+  for (let i = 0; i < TCP_MAX_CLIENTS; i++) clients.push(await connect(t, h.address));
+  t.equal(h.terminal.linkCount, TCP_MAX_CLIENTS);
+
+  const cli = await runQkt(['status', '--port', h.address]);
+  t.equal(cli.code, 7, 'qkt status on a full module exits 7');
+  t.equal(cli.stderr, `qkt: ${h.address} refused the connection: terminal serves ${TCP_MAX_CLIENTS} connections at once; try again later\n`);
+
+  const { host: hh, port } = parseTcpAddress(h.address);
+  const raw = await connectTcp(hh, port);
+  const closed = new Promise<number>((r) => raw.onClose(() => r(performance.now())));
+  const extra = new LinkClient(raw, { baseTimeoutMs: 2000 });
+  const t0 = performance.now();
+  await t.rejects(extra.negotiate(), new LinkError(Rc.DENIED, `terminal serves ${TCP_MAX_CLIENTS} connections at once; try again later`), 'a raw 9th session: PARAMS answered DENIED');
+  const at = await closed;
+  t.ok(at - t0 < 5000, 'and the module closes that connection (within its 2 s grace)');
+  t.equal(h.terminal.linkCount, TCP_MAX_CLIENTS, 'the refused connection never became a link');
+  // Every one of the 8 still works.
+  for (const c of clients) t.equal((await c.client.request(Group.SYSTEM, SystemCmd.STATUS, {}))['terminalId'], 'T4');
+
+  await clients[3]!.client.close();
+  await sleep(50);
+  const ok = await qktJson(t, ['status', '--port', h.address]);
+  t.equal(ok['terminalId'], 'T4', 'a slot freed: qkt status is served');
+});
+
+t.test('a connection that sends nothing for the idle timeout is closed; a talking one stays', { skip }, async (t) => {
+  const h = await host(t, 'T4', { idleMs: 400 });
+  const { host: hh, port } = parseTcpAddress(h.address);
+  const silent = await connectTcp(hh, port);
+  const silentClosed = new Promise<void>((r) => silent.onClose(() => r()));
+  t.teardown(() => silent.close());
+  const talker = await connect(t, h.address);
+  for (let i = 0; i < 12; i++) {
+    // 1.2 s of requests 100 ms apart: three idle timeouts, never one without a byte.
+    await talker.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
+    await sleep(100);
+  }
+  const outcome = await Promise.race([silentClosed.then(() => 'closed'), sleep(5000).then(() => 'still open')]);
+  t.equal(outcome, 'closed', 'the silent connection was closed by the module');
+  t.equal(h.terminal.linkCount, 1, 'its slot is free; the talking connection is still served');
+  t.equal((await talker.client.request(Group.SYSTEM, SystemCmd.STATUS, {}))['terminalId'], 'T4');
+});
