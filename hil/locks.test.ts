@@ -9,7 +9,7 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NorFlash } from '../firmware/flash/nor-flash.js';
 import { createTerminal } from '../firmware/terminal.js';
@@ -302,6 +302,10 @@ t.test('a carrier has one writer: inject, collect, status and load wait for its 
   failsWith(t, await runQkt(['kmd', 'collect', '--home', home, '--carrier', car], { env }), BUSY, holder, 'collect on a held carrier');
   failsWith(t, await runQkt(['carrier', 'status', '--carrier', car]), BUSY, holder, 'status while another writes (it would finish that writer\'s work)');
   failsWith(t, await runQkt(['carrier', 'load', '--home', home, '--carrier', car, '--terminal', 'T1', '--bits', '64KiB'], { env }), BUSY, holder, 'load on a held carrier');
+  // The same carrier by another path (a symlink, a path through ..) is the same carrier, the same lock.
+  symlinkSync(car, join(dir, 'c1-link'));
+  failsWith(t, await runQkt(['inject', '--carrier', join(dir, 'c1-link'), '--port', 'tcp:127.0.0.1:9'], { env }), BUSY, holder, 'inject through a symlink to a held carrier');
+  failsWith(t, await runQkt(['kmd', 'collect', '--home', home, '--carrier', `${dir}/c1-link/../c1`], { env }), BUSY, holder, 'collect through another path');
   t.same(readFileSync(join(car, 'journal.jsonl')), journal, 'nothing was written to the carrier');
   const status = await runQkt(['kmd', 'status', '--home', home, '--json']);
   t.equal((parseJson(status) as { totals: Record<string, { batches: number }> }).totals['on-carrier']?.batches, 1, 'the refused load exported nothing');

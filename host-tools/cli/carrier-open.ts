@@ -1,7 +1,7 @@
 // Opens the carrier a command was pointed at, with the CLI's exit code for a bad one, and holds the
 // carrier's lock while a command writes it: one writer per carrier (load, inject, collect, token,
 // zeroize), so two engineers (or two shells) on one drive never interleave their writes.
-import { lstatSync } from 'node:fs';
+import { lstatSync, realpathSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Carrier, CarrierError, LOCK_FILE } from '../carrier/carrier.js';
@@ -14,6 +14,11 @@ export function openCarrier(dir: string): Carrier {
     return Carrier.open(dir);
   } catch (e) {
     if (e instanceof CarrierError) throw new CliError(`${dir}: ${e.message}`, Exit.CARRIER);
+    // Opening finishes interrupted work (a torn journal line, a cut wipe): a drive mounted
+    // read-only that needs it says so instead of failing with a bare EROFS.
+    if ((e as NodeJS.ErrnoException).code === 'EROFS') {
+      throw new CliError(`${dir}: the carrier has interrupted work to finish but its drive is mounted read-only; mount it read-write and try again`, Exit.CARRIER);
+    }
     throw e;
   }
 }
@@ -24,21 +29,38 @@ export function openCarrier(dir: string): Carrier {
 // that process lives), so the refusal says how to clear it.
 const lockOptions = (dir: string, waitMs?: number): LockOptions => ({ what: `carrier ${dir}`, file: join(dir, LOCK_FILE), ...(waitMs === undefined ? {} : { waitMs }) });
 
-/** A drive mounted read-only, or a folder this user cannot write: no writer can come, none to lock out. */
-const unlockable = (e: unknown): boolean => ['EROFS', 'EACCES', 'EPERM'].includes((e as NodeJS.ErrnoException).code ?? '');
-
+/**
+ * A drive mounted read-only, or a folder this user cannot write (no lock file there): no writer can
+ * come, none to lock out. A lock file this user cannot read is another user's lock: busy.
+ */
 function busy(dir: string, e: unknown): undefined {
-  if (unlockable(e)) return undefined;
+  const code = (e as NodeJS.ErrnoException).code ?? '';
+  if (code === 'EROFS') return undefined;
+  if (code === 'EACCES' || code === 'EPERM') {
+    if (!lexists(join(dir, LOCK_FILE))) return undefined;
+    throw new CliError(`carrier ${dir} is in use by another user (its lock ${join(dir, LOCK_FILE)} is not readable by this user)`, Exit.BUSY);
+  }
   if (e instanceof LockBusyError && e.holder && e.holder.host !== hostname()) {
     throw new CliError(`${e.message}; if no qkt runs there on it any more, remove ${join(dir, LOCK_FILE)}`, Exit.BUSY);
   }
   throw e;
 }
 
-// Only a real folder gets a lock file; anything else is left for Carrier.open to refuse.
-const isFolder = (dir: string): boolean => {
+// The folder the lock goes in: the real one, so `C` and a symlink to it (or `C/../C`) share one
+// lock. Anything that is not a folder is left for Carrier.open to refuse.
+const realFolder = (dir: string): string | undefined => {
   try {
-    return lstatSync(dir).isDirectory();
+    const real = realpathSync(dir);
+    return statSync(real).isDirectory() ? real : undefined;
+  } catch {
+    return undefined;
+  }
+};
+
+const lexists = (path: string): boolean => {
+  try {
+    lstatSync(path);
+    return true;
   } catch {
     return false;
   }
@@ -47,7 +69,8 @@ const isFolder = (dir: string): boolean => {
 /** Run `fn` on the carrier at `dir`, holding its lock; a folder that does not exist yet is not locked. */
 export async function withCarrier<T>(dir: string, fn: () => T | Promise<T>): Promise<T> {
   let l: Lock | undefined;
-  if (isFolder(dir)) l = await lock(dir, lockOptions(dir)).catch((e: unknown) => busy(dir, e));
+  const real = realFolder(dir);
+  if (real) l = await lock(real, lockOptions(real)).catch((e: unknown) => busy(real, e));
   try {
     return await fn();
   } finally {
@@ -58,10 +81,11 @@ export async function withCarrier<T>(dir: string, fn: () => T | Promise<T>): Pro
 /** withCarrier for synchronous work done under the KMD home's lock (home first, then carrier). */
 export function withCarrierSync<T>(dir: string, fn: () => T, o: { waitMs?: number } = {}): T {
   let l: Lock | undefined;
+  const real = realFolder(dir);
   try {
-    if (isFolder(dir)) l = lockSync(dir, lockOptions(dir, o.waitMs));
+    if (real) l = lockSync(real, lockOptions(real, o.waitMs));
   } catch (e) {
-    l = busy(dir, e);
+    l = busy(real!, e);
   }
   try {
     return fn();
