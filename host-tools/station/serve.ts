@@ -150,8 +150,11 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
   const log = o.log ?? (() => undefined);
   const counters: StationCounters = { handshakeFailures: 0, denied: 0, connections: 0, noRole: 0, evicted: 0, idleClosed: 0 };
   const generationOf = o.terminalGeneration ?? kmdGeneration(stationDir);
-  // Refusals that a peer can repeat at will are logged through this: at most a line a second.
-  const logLimited = rateLimited(log);
+  // Refusals that a peer can repeat at will are logged at most once a second per kind.
+  const logHandshake = rateLimited(log);
+  const logNoRole = rateLimited(log);
+  const logEvicted = rateLimited(log);
+  const logGeneration = rateLimited(log);
   const station = new Station(store);
   const inbox = join(stationDir, 'inbox.jsonl');
   const maxChunk = DEFAULT_LIMITS.maxBody - CHUNK_OVERHEAD;
@@ -189,19 +192,20 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
   // A terminal certificate speaks for the device generation it names only: `kmd enroll --again`
   // gives the terminal a new module and generation, and the old module's certificate is refused.
   const current = (caller: StationRole & { kind: 'terminal' }): void => {
-    const fix = `issue a new one with qkt station cert --terminal ${caller.id}`;
+    // Reasons are short: the link carries 80 characters (the log line says it in full).
+    const fix = `qkt station cert --terminal ${caller.id}`;
     if (caller.generation === undefined) {
-      logLimited(`station: DENIED a certificate for terminal ${caller.id} that names no device generation (issued before generations)`);
-      deny(`this certificate for terminal ${caller.id} names no device generation; ${fix}`.slice(0, 120));
+      logGeneration(`station: DENIED a certificate for terminal ${caller.id} that names no device generation (issued before generations)`);
+      deny(`cert names no generation: ${fix}`);
     }
     const now = generationOf(caller.id);
     if (now === undefined) {
-      logLimited(`station: DENIED a certificate for terminal ${caller.id}, which is not enrolled at this KMD`);
+      logGeneration(`station: DENIED a certificate for terminal ${caller.id}, which is not enrolled at this KMD`);
       deny(`terminal ${caller.id} is not enrolled at this KMD`);
     }
     if (caller.generation !== now) {
-      logLimited(`station: DENIED a certificate for terminal ${caller.id} generation ${caller.generation}; the terminal is at generation ${now} (enrolled again)`);
-      deny(`this certificate is for generation ${caller.generation} of terminal ${caller.id}, which is at ${now}; ${fix}`.slice(0, 120));
+      logGeneration(`station: DENIED a certificate for terminal ${caller.id} generation ${caller.generation}; the terminal is at generation ${now} (enrolled again)`);
+      deny(`cert generation ${caller.generation} retired (now ${now}): ${fix}`);
     }
   };
   const stationGroup = (caller: Caller): CommandGroup => ({
@@ -247,7 +251,7 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
   // the count of those not logged; the counter counts them all.
   const onHandshakeError = (reason: string, peer: string) => {
     counters.handshakeFailures++;
-    logLimited(`station: TLS handshake from ${peer} refused: ${reason}`);
+    logHandshake(`station: TLS handshake from ${peer} refused: ${reason}`);
   };
   // Open connections per certificate identity, oldest first (only identities with one open).
   const maxPerIdentity = o.maxPerIdentity ?? STATION_LIMITS.maxPerIdentity;
@@ -265,7 +269,7 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
     while (list.length > maxPerIdentity) {
       const oldest = list.shift()!;
       counters.evicted++;
-      logLimited(`station: ${identity} opened more than ${maxPerIdentity} connections; closed its oldest, ${oldest.description}`);
+      logEvicted(`station: ${identity} opened more than ${maxPerIdentity} connections; closed its oldest, ${oldest.description}`);
       void oldest.close();
     }
   };
@@ -290,7 +294,7 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
         // Verified by the CA but no station role (an SAE certificate of the ETSI 014 API): it
         // may do nothing here, so it holds no connection slot either.
         counters.noRole++;
-        logLimited(`station: ${t.description}: certificate names no station role; connection closed`);
+        logNoRole(`station: ${t.description}: certificate names no station role; connection closed`);
         void t.close();
         return;
       }
