@@ -111,7 +111,7 @@ export interface StationServerOptions {
 
 /** What the service refused, since it started: counters only (bounded numbers, no peer data kept). */
 export interface StationCounters {
-  /** Connections that failed the TLS handshake (no certificate, another CA, not TLS, timeout) or were turned away at accept (limits). */
+  /** Connections that failed the TLS handshake (no certificate, another CA, not TLS, timeout), were evicted from it (the handshake budget) or turned away at accept (maxConnections). */
   handshakeFailures: number;
   /** Requests answered DENIED (for another terminal, by an operator, a certificate of an older generation). */
   denied: number;
