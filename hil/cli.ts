@@ -38,6 +38,8 @@ export function runQkt(args: string[], o: { env?: NodeJS.ProcessEnv; timeoutMs?:
 export interface Background {
   child: ChildProcess;
   ready: Record<string, unknown>;
+  /** Everything it printed on stdout so far (the ready document included). */
+  stdout(): string;
   stderr(): string;
   /** Resolves with the exit code (or signal name) when the process ends. */
   exited: Promise<number | string>;
@@ -70,6 +72,7 @@ export function startQkt(args: string[], o: { timeoutMs?: number; env?: NodeJS.P
         resolve({
           child,
           ready,
+          stdout: () => out,
           stderr: () => err,
           exited,
           stop: async () => {

@@ -1,7 +1,8 @@
 // `qkt station run` as the master station service: a module injected from a carrier sends OTP and
 // AEAD uplinks over the station's link (mutual TLS, a terminal certificate from `qkt station cert`),
 // gets an AEAD downlink back, and both sides account the same key bits; a replayed uplink finds its
-// keys gone.
+// keys gone. Under --json its log goes to stderr, stdout holds only JSON. After `kmd void --in-use`
+// the AEAD session under the voided batch ends: no downlink is sealed, no uplink opened under it.
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -94,4 +95,25 @@ t.test('station run opens uplinks, seals downlinks, accounts key use', async (t)
   t.equal(ss.length, 1);
   t.equal(ss[0]!.consumedKeyBits, pool.consumedKeyBits, 'station and terminal consumed the same key bits');
   t.equal(await rc(station.request(Group.STATION, StationCmd.UPLINK, { t: 'T9', m: m1 })), Rc.DENIED, 'another terminal, known or not: DENIED');
+
+  // --json: the service log is on stderr (one line per uplink), stdout holds JSON documents only.
+  t.match(st.stderr(), /^station: T1 otp uplink, 22 bytes, \d+ key bits$/m, 'under --json the service log goes to stderr');
+  t.match(st.stderr(), /^station: T1 aead uplink, 22 bytes/m);
+  for (const line of st.stdout().trim().split('\n')) t.doesNotThrow(() => JSON.parse(line), `stdout line is JSON: ${line.slice(0, 40)}`);
+
+  // The KMD voids the batch in use (the terminal was zeroized): the running station ends the
+  // session under it, although the key is still in its memory.
+  const before = (await station.request(Group.STATION, StationCmd.STATUS, {}))['terminals'];
+  const m4 = (await module.request(Group.KEYS, KeysCmd.SEAL, { s: aead, d: reading }))['m'] as Uint8Array;
+  const v = await runQkt(['kmd', 'void', '--home', home, '--terminal', 'T1', '--in-use', '--reason', 'zeroized', '--json']);
+  t.equal(v.code, 0, `kmd void --in-use: ${v.stderr}`);
+  t.match(JSON.parse(v.stdout), { voided: [{ batchId: Buffer.from(key.batchId).toString('hex') }] });
+  const refused = await station.request(Group.STATION, StationCmd.DOWNLINK, { t: 'T1', b: key.batchId, o: key.bitOffset, d: cmd }).then(
+    () => undefined,
+    (e: Error) => e,
+  );
+  t.match(refused, { rc: Rc.KEY_NOT_AVAILABLE, message: /session ended: batch [0-9a-f]{8} of T1 is void at the station/ }, 'no downlink is sealed under the voided batch');
+  t.equal(await rc(station.request(Group.STATION, StationCmd.UPLINK, { t: 'T1', m: m4 })), Rc.KEY_NOT_AVAILABLE, 'nor an uplink opened under it');
+  t.equal(await rc(station.request(Group.STATION, StationCmd.DOWNLINK, { t: 'T1', b: key.batchId, o: key.bitOffset, d: cmd })), Rc.AUTH_FAILED, 'and the session stays gone (no AEAD session under that key)');
+  t.not(JSON.stringify((await station.request(Group.STATION, StationCmd.STATUS, {}))['terminals']), JSON.stringify(before), 'the station store shows the batch gone');
 });

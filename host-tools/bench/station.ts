@@ -78,7 +78,7 @@ export async function benchStation(o: { uplinks?: number; handshakes?: number; l
         await ensurePki(home);
         return ensureStationServerCert(pkiDir(home), serverNames('127.0.0.1'));
       });
-      await issueStationClientCert(pkiDir(home), { kind: 'terminal', id: 'T1' }, join(dir, 't1'));
+      await issueStationClientCert(pkiDir(home), { kind: 'terminal', id: 'T1', generation: home.terminal('T1').generation ?? 1 }, join(dir, 't1'));
       const pems = readClientPems(join(dir, 't1'));
       const server = await startStationServer({ stationDir: home.path('station'), listen: 'tls:127.0.0.1:0', tls: cert.pems });
       try {

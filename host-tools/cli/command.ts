@@ -41,6 +41,11 @@ export interface Io {
   json: boolean;
   /** Progress and notices for a person (stderr); a no-op under --json. */
   note(line: string): void;
+  /**
+   * A long-running service's log line (`station run`, `kmd serve`): stderr always, under --json
+   * too, where stdout holds only JSON documents and stderr is the service's log.
+   */
+  log(line: string): void;
   /** Live progress line (stderr, only on a TTY and not under --json). */
   progress: ProgressSink;
   /** Resolves when the user asks the command to stop (SIGINT/SIGTERM). */

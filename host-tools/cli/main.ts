@@ -103,6 +103,7 @@ export async function main(argv: string[]): Promise<number> {
     note: (line) => {
       if (!json) process.stderr.write(line + '\n');
     },
+    log: (line) => void process.stderr.write(line + '\n'),
     progress: ttyProgress(process.stderr, !json && process.stderr.isTTY === true),
     stopped,
     ready: (result, human) => {

@@ -34,6 +34,14 @@ t.test('roleOf: exactly one station URI, CN agreeing, clientAuth', async (t) => 
   t.equal(await leaf('unknown-role', 'admin:root', [CLIENT], ['urn:qkt:station:admin:root']), undefined, 'a role the station does not know');
   t.equal(await leaf('path-id', 'terminal:../x', [CLIENT], ['urn:qkt:station:terminal:../x']), undefined, 'an id that is a path');
   t.equal(await leaf('no-uri', 'T1', [CLIENT], []), undefined, 'no URI (an SAE-like certificate)');
+  // A terminal's device generation: `:g<N>`, N from 1; an operator has none.
+  await issueStationClientCert(pki, { kind: 'terminal', id: 'T1', generation: 3 }, join(pki, 'out-g3'));
+  t.same(roleOf(der(readClientPems(join(pki, 'out-g3')).certPem)), { kind: 'terminal', id: 'T1', generation: 3 }, 'generation 3 read back');
+  t.same(await leaf('g12', 'terminal:T1', [CLIENT], ['urn:qkt:station:terminal:T1:g12']), { kind: 'terminal', id: 'T1', generation: 12 });
+  t.equal(await leaf('g0', 'terminal:T1', [CLIENT], ['urn:qkt:station:terminal:T1:g0']), undefined, 'generation 0');
+  t.equal(await leaf('gx', 'terminal:T1', [CLIENT], ['urn:qkt:station:terminal:T1:gx']), undefined, 'a generation that is no number');
+  t.equal(await leaf('op-g', 'operator:x', [CLIENT], ['urn:qkt:station:operator:x:g1']), undefined, 'an operator with a generation');
+  await t.rejects(issueStationClientCert(pki, { kind: 'terminal', id: 'T1', generation: 0 }, join(pki, 'out-g0')), { code: 'BAD_ID' }, 'issuing generation 0 is refused');
   const sae = await issueSaeCert(pki, 'T1');
   t.equal(roleOf(der(readFileSync(sae.certPath, 'utf8'))), undefined, 'an SAE certificate named like a terminal');
   t.equal(roleOf(new Uint8Array([0x30, 0x03, 0x02, 0x01, 0x00])), undefined, 'not a certificate');

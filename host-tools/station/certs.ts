@@ -1,6 +1,7 @@
 // Certificates of the master station's TLS service (docs/station.md), issued by the KMD home's CA
 // (host-tools/kmd/pki.ts): the station's server certificate, and client certificates whose role
-// (a terminal, or an operator) is one subjectAltName URI `urn:qkt:station:<role>:<id>`.
+// (a terminal, or an operator) is one subjectAltName URI `urn:qkt:station:<role>:<id>`; a
+// terminal's also names its device generation (`...:terminal:T1:g2`), so re-enrolment retires it.
 import 'reflect-metadata'; // @peculiar/x509 needs a Reflect polyfill (pki.ts loads it too)
 import * as x509 from '@peculiar/x509';
 import { closeSync, existsSync, openSync, readFileSync, unlinkSync } from 'node:fs';
@@ -14,7 +15,7 @@ import { mkdirSecret } from '../secret-file.js';
 import { isId } from '../kmd/home.js';
 
 /** Who a station client is. A terminal may use its own keys; an operator reads the accounts. */
-export type StationRole = { kind: 'terminal'; id: string } | { kind: 'operator'; id: string };
+export type StationRole = { kind: 'terminal'; id: string; generation?: number } | { kind: 'operator'; id: string };
 
 /** Every station certificate's URI starts so; the ETSI 014 API refuses certificates that carry one. */
 export const STATION_URI_PREFIX = 'urn:qkt:station:';
@@ -27,12 +28,15 @@ export const CLIENT_FILES = { key: 'client.key', cert: 'client.crt', ca: 'ca.crt
 
 const CLIENT_AUTH_OID = '1.3.6.1.5.5.7.3.2';
 const SERVER_AUTH_OID = '1.3.6.1.5.5.7.3.1';
-const ROLE_URI = /^urn:qkt:station:(terminal|operator):([A-Za-z0-9._-]{1,32})$/;
+// `:g<N>`: the terminal's device generation (TerminalRecord.generation). Certificates from before
+// it carry none: roleOf reports them without one, and the station refuses them by name.
+const ROLE_URI = /^urn:qkt:station:(terminal|operator):([A-Za-z0-9._-]{1,32})(?::g([1-9][0-9]{0,8}))?$/;
 // A server certificate that ends within this is replaced on the next `station run`.
 const RENEW_MS = 30 * 86_400_000;
 
 export function roleUri(role: StationRole): string {
-  return `${STATION_URI_PREFIX}${role.kind}:${role.id}`;
+  const gen = role.kind === 'terminal' && role.generation !== undefined ? `:g${role.generation}` : '';
+  return `${STATION_URI_PREFIX}${role.kind}:${role.id}${gen}`;
 }
 
 /** The subject CN of a role's certificate, `terminal:T1`: the colon makes it no valid SAE ID. */
@@ -64,7 +68,8 @@ export function roleOf(der: Uint8Array): StationRole | undefined {
   if (uris.length !== 1) return undefined;
   const m = ROLE_URI.exec(uris[0]!.value);
   if (!m) return undefined;
-  const role = { kind: m[1] as StationRole['kind'], id: m[2]! };
+  if (m[1] === 'operator' && m[3] !== undefined) return undefined;
+  const role: StationRole = m[1] === 'terminal' ? { kind: 'terminal', id: m[2]!, ...(m[3] !== undefined ? { generation: Number(m[3]) } : {}) } : { kind: 'operator', id: m[2]! };
   const cn = cert.subjectName.getField('CN');
   if (cn.length !== 1 || cn[0] !== roleCommonName(role)) return undefined;
   return role;
@@ -147,6 +152,9 @@ export class StationCertError extends Error {
  */
 export async function issueStationClientCert(pkiDir: string, role: StationRole, outDir: string, o: IssueOptions = {}): Promise<PemPaths & { caPath: string }> {
   if (!isId(role.id)) throw new StationCertError(`${role.kind} id must be 1-32 of A-Z a-z 0-9 . _ -, got ${JSON.stringify(role.id)}`, 'BAD_ID');
+  if (role.kind === 'terminal' && role.generation !== undefined && !(Number.isInteger(role.generation) && role.generation >= 1 && role.generation < 1e9)) {
+    throw new StationCertError(`terminal generation must be an integer 1..999999999, got ${role.generation}`, 'BAD_ID');
+  }
   const keyPath = join(outDir, CLIENT_FILES.key);
   const certPath = join(outDir, CLIENT_FILES.cert);
   const caPath = join(outDir, CLIENT_FILES.ca);

@@ -7,9 +7,10 @@
 // pools are shared with the KMD's exports and collects, each operation under that pool's lock,
 // so batches exported while the service runs are served (store.ts). Who may do what is decided by
 // the caller's client certificate (certs.ts roleOf): a terminal its own UPLINK and DOWNLINK and
-// its own STATUS row, an operator STATUS; anything else is DENIED before a key is read.
-import { appendFileSync, existsSync } from 'node:fs';
-import { join } from 'node:path';
+// its own STATUS row, an operator STATUS; anything else is DENIED before a key is read, and a
+// connection whose certificate names no station role is closed at once.
+import { appendFileSync, existsSync, readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { Dispatcher } from '../../firmware/link/dispatch.js';
 import type { CommandGroup } from '../../firmware/link/dispatch.js';
 import { DeviceLink } from '../../firmware/link/device-link.js';
@@ -21,6 +22,7 @@ import { DEFAULT_LIMITS, CHUNK_OVERHEAD } from '../../firmware/terminal.js';
 import { decodeServiceHeader } from '../../firmware/crypto/service.js';
 import { FIRMWARE } from '../../firmware/version.js';
 import type { TLSSocket } from 'node:tls';
+import type { Transport } from '../../firmware/link/transport.js';
 import { formatTlsAddress, listenTls, parseTlsAddress } from '../transports/tls.js';
 import type { TlsPems } from '../transports/tls.js';
 import { Station, StationError } from './station.js';
@@ -33,6 +35,39 @@ import { isId } from '../kmd/home.js';
 export const STATION_FIRMWARE = `qkt-station ${FIRMWARE.split(' ')[1]}`;
 
 const NO_ROLE = 'certificate names no station role; issue one with qkt station cert';
+
+/** Defaults of the limits below (docs/station.md "What strangers cost"). */
+export const STATION_LIMITS = { maxPerIdentity: 8, idleTimeoutMs: 300_000 } as const;
+
+/**
+ * The terminal's current device generation as the KMD home that holds `stationDir` records it
+ * (`terminals/<id>.json`, written atomically: read without its lock), undefined when not enrolled.
+ */
+function kmdGeneration(stationDir: string): (terminalId: string) => number | undefined {
+  return (id) => {
+    let text: string;
+    try {
+      text = readFileSync(join(dirname(stationDir), 'terminals', `${id}.json`), 'utf8');
+    } catch {
+      return undefined;
+    }
+    const g = (JSON.parse(text) as { generation?: unknown }).generation;
+    return typeof g === 'number' && Number.isInteger(g) && g >= 1 ? g : 1; // records from before generations: 1
+  };
+}
+
+/** A logger that writes at most one line a second, the next one saying how many it left out. */
+function rateLimited(log: (line: string) => void): (line: string) => void {
+  let last = 0;
+  let unlogged = 0;
+  return (line) => {
+    const now = Date.now();
+    if (now - last < 1000) return void unlogged++;
+    log(`${line}${unlogged ? ` (and ${unlogged} more since the last report)` : ''}`);
+    last = now;
+    unlogged = 0;
+  };
+}
 
 /** The verified peer certificate's station role (listenTls refused unverified ones already). */
 function callerOf(socket: TLSSocket): Caller {
@@ -57,17 +92,37 @@ export interface StationServerOptions {
   /** Limits on strangers (listenTls): handshake timeout, handshakes and connections open at once. */
   handshakeTimeoutMs?: number;
   maxHandshaking?: number;
+  maxHandshakingPerAddress?: number;
   maxConnections?: number;
+  /**
+   * Most connections open at once per certificate identity (a terminal's id, an operator's name;
+   * default 8): one more closes that identity's oldest, so a terminal reconnecting after a
+   * network blip gets in while its dead connections still look open.
+   */
+  maxPerIdentity?: number;
+  /** A connection that carried no byte either way for this long is closed (default 300 s). */
+  idleTimeoutMs?: number;
+  /**
+   * The terminal's current device generation (undefined: not enrolled); a terminal certificate
+   * of another generation is DENIED. Default: read from the KMD home that holds `stationDir`.
+   */
+  terminalGeneration?: (terminalId: string) => number | undefined;
 }
 
 /** What the service refused, since it started: counters only (bounded numbers, no peer data kept). */
 export interface StationCounters {
-  /** Connections that failed the TLS handshake (no certificate, another CA, not TLS, timeout) or were turned away at accept (limits). */
+  /** Connections that failed the TLS handshake (no certificate, another CA, not TLS, timeout), were evicted from it (the handshake budget) or turned away at accept (maxConnections). */
   handshakeFailures: number;
-  /** Requests answered DENIED (a certificate with no station role, or for another terminal). */
+  /** Requests answered DENIED (for another terminal, by an operator, a certificate of an older generation). */
   denied: number;
-  /** Authenticated connections accepted. */
+  /** Authenticated connections accepted (with a station role or not). */
   connections: number;
+  /** Connections closed right after the handshake: their certificate names no station role. */
+  noRole: number;
+  /** Connections closed because a newer one of the same identity came beyond maxPerIdentity. */
+  evicted: number;
+  /** Connections closed after idleTimeoutMs without a byte. */
+  idleClosed: number;
 }
 
 export interface StationServer {
@@ -93,7 +148,13 @@ type Caller = StationRole | undefined;
 async function serveStore(store: StationStore, o: StationServerOptions, unlock: () => void): Promise<StationServer> {
   const stationDir = o.stationDir;
   const log = o.log ?? (() => undefined);
-  const counters: StationCounters = { handshakeFailures: 0, denied: 0, connections: 0 };
+  const counters: StationCounters = { handshakeFailures: 0, denied: 0, connections: 0, noRole: 0, evicted: 0, idleClosed: 0 };
+  const generationOf = o.terminalGeneration ?? kmdGeneration(stationDir);
+  // Refusals that a peer can repeat at will are logged at most once a second per kind.
+  const logHandshake = rateLimited(log);
+  const logNoRole = rateLimited(log);
+  const logEvicted = rateLimited(log);
+  const logGeneration = rateLimited(log);
   const station = new Station(store);
   const inbox = join(stationDir, 'inbox.jsonl');
   const maxChunk = DEFAULT_LIMITS.maxBody - CHUNK_OVERHEAD;
@@ -125,7 +186,27 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
     if (!caller) return deny(NO_ROLE);
     if (caller.kind !== 'terminal') return deny(`an ${caller.kind} certificate may not use terminal keys`);
     if (caller.id !== terminalId) return deny(`this certificate is for terminal ${caller.id}, not ${terminalId}`);
+    current(caller);
     return terminalId;
+  };
+  // A terminal certificate speaks for the device generation it names only: `kmd enroll --again`
+  // gives the terminal a new module and generation, and the old module's certificate is refused.
+  const current = (caller: StationRole & { kind: 'terminal' }): void => {
+    // Reasons are short: the link carries 80 characters (the log line says it in full).
+    const fix = `qkt station cert --terminal ${caller.id}`;
+    if (caller.generation === undefined) {
+      logGeneration(`station: DENIED a certificate for terminal ${caller.id} that names no device generation (issued before generations)`);
+      deny(`cert names no generation: ${fix}`);
+    }
+    const now = generationOf(caller.id);
+    if (now === undefined) {
+      logGeneration(`station: DENIED a certificate for terminal ${caller.id}, which is not enrolled at this KMD`);
+      deny(`terminal ${caller.id} is not enrolled at this KMD`);
+    }
+    if (caller.generation !== now) {
+      logGeneration(`station: DENIED a certificate for terminal ${caller.id} generation ${caller.generation}; the terminal is at generation ${now} (enrolled again)`);
+      deny(`cert generation ${caller.generation} retired (now ${now}): ${fix}`);
+    }
   };
   const stationGroup = (caller: Caller): CommandGroup => ({
     id: Group.STATION,
@@ -150,6 +231,7 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
       },
       [StationCmd.STATUS]: () => {
         if (!caller) return deny(NO_ROLE);
+        if (caller.kind === 'terminal') current(caller);
         // An operator sees every terminal's account, a terminal its own.
         const ids = caller.kind === 'operator' ? store.terminals() : store.terminals().filter((d) => d === caller.id);
         return {
@@ -167,16 +249,31 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
   });
   // Refused handshakes are logged at most once a second (a stranger cannot fill the log), with
   // the count of those not logged; the counter counts them all.
-  let lastLogged = 0;
-  let unlogged = 0;
   const onHandshakeError = (reason: string, peer: string) => {
     counters.handshakeFailures++;
-    const now = Date.now();
-    if (now - lastLogged < 1000) return void unlogged++;
-    log(`station: TLS handshake from ${peer} refused: ${reason}${unlogged ? ` (and ${unlogged} more since the last report)` : ''}`);
-    lastLogged = now;
-    unlogged = 0;
+    logHandshake(`station: TLS handshake from ${peer} refused: ${reason}`);
   };
+  // Open connections per certificate identity, oldest first (only identities with one open).
+  const maxPerIdentity = o.maxPerIdentity ?? STATION_LIMITS.maxPerIdentity;
+  const byIdentity = new Map<string, Transport[]>();
+  const admit = (identity: string, t: Transport) => {
+    const list = byIdentity.get(identity) ?? [];
+    list.push(t);
+    byIdentity.set(identity, list);
+    t.onClose(() => {
+      const l = byIdentity.get(identity);
+      const i = l?.indexOf(t) ?? -1;
+      if (i >= 0) l!.splice(i, 1);
+      if (l?.length === 0) byIdentity.delete(identity);
+    });
+    while (list.length > maxPerIdentity) {
+      const oldest = list.shift()!;
+      counters.evicted++;
+      logEvicted(`station: ${identity} opened more than ${maxPerIdentity} connections; closed its oldest, ${oldest.description}`);
+      void oldest.close();
+    }
+  };
+  const idleTimeoutMs = o.idleTimeoutMs ?? STATION_LIMITS.idleTimeoutMs;
   const { host, port } = parseTlsAddress(o.listen);
   const pems = typeof o.tls === 'function' ? await o.tls() : o.tls;
   const l = await listenTls(
@@ -187,12 +284,26 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
       onHandshakeError,
       ...(o.handshakeTimeoutMs ? { handshakeTimeoutMs: o.handshakeTimeoutMs } : {}),
       ...(o.maxHandshaking ? { maxHandshaking: o.maxHandshaking } : {}),
+      ...(o.maxHandshakingPerAddress ? { maxHandshakingPerAddress: o.maxHandshakingPerAddress } : {}),
       ...(o.maxConnections ? { maxConnections: o.maxConnections } : {}),
     },
     (t, socket) => {
       const caller = callerOf(socket);
       counters.connections++;
-      if (!caller) log(`station: ${t.description}: certificate names no station role; STATION requests are DENIED`);
+      if (!caller) {
+        // Verified by the CA but no station role (an SAE certificate of the ETSI 014 API): it
+        // may do nothing here, so it holds no connection slot either.
+        counters.noRole++;
+        logNoRole(`station: ${t.description}: certificate names no station role; connection closed`);
+        void t.close();
+        return;
+      }
+      socket.setTimeout(idleTimeoutMs);
+      socket.on('timeout', () => {
+        counters.idleClosed++;
+        void t.close();
+      });
+      admit(`${caller.kind} ${caller.id}`, t);
       // One dispatcher per connection: its handlers know the caller, no request can borrow another's.
       const dispatcher = new Dispatcher();
       dispatcher.register(system);

@@ -1,6 +1,7 @@
 // The station checks an uplink before it spends the keys the uplink names: a forged header (OTP
 // or a new AEAD session key), however far ahead of the frontier it points, is refused and burns
-// nothing; the genuine uplinks then open with the same keys; a replay is refused.
+// nothing; the genuine uplinks then open with the same keys; a replay is refused. AEAD sessions are
+// bounded per terminal and end when their batch is voided.
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -8,12 +9,13 @@ import { randomBytes } from 'node:crypto';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
 import { Group, KeysCmd } from '../../firmware/link/groups.js';
 import { decodeServiceHeader, encodeServiceHeader } from '../../firmware/crypto/service.js';
+import type { KeyRange } from '../../firmware/crypto/service.js';
 import { startRig } from '../../firmware/test-support/module-rig.js';
 import { KmdHome } from '../kmd/home.js';
 import { enrollTerminal } from '../kmd/enroll.js';
 import { exportBatch } from '../kmd/export.js';
 import { injectBatch } from '../link/inject.js';
-import { Station } from './station.js';
+import { MAX_SESSIONS_PER_TERMINAL, Station } from './station.js';
 import { StationStore } from './store.js';
 
 t.test('forged uplinks burn no station key; genuine ones open; a replay is refused', async (t) => {
@@ -55,4 +57,36 @@ t.test('forged uplinks burn no station key; genuine ones open; a replay is refus
   t.same(station.openUplink('T1', m2), new Uint8Array(40).fill(2));
   t.throws(() => station.openUplink('T1', m2), { name: 'StationError', message: /replayed/ });
   t.equal(store.status('T1').consumedKeyBits, ((await rig.client.request(Group.SYSTEM, 1, {}))['pool'] as { consumedKeyBits: number }).consumedKeyBits, 'station and terminal used the same key bits');
+});
+
+t.test('AEAD sessions: at most MAX_SESSIONS_PER_TERMINAL per terminal (the oldest goes); a voided batch ends its sessions', async (t) => {
+  const dir = t.testdir({});
+  const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 11_000, stockBits: 1 << 20 });
+  enrollTerminal(home, 'T1', join(dir, 'T1.img'));
+  const flash = NorFlash.fromImage(readFileSync(join(dir, 'T1.img')));
+  const deviceKey = home.deviceKey('T1');
+  const store = new StationStore(home.path('station'));
+  const station = new Station(store);
+  t.teardown(() => station.close());
+  const rig = await startRig({ flash, deviceKey, terminalId: 'T1' });
+  t.teardown(() => rig.close());
+  const e = exportBatch(home, 'T1', 65536, { station: store });
+  await injectBatch(rig.client, rig.params, readFileSync(e.file));
+  deviceKey.fill(0);
+  // One session more than the cap, each opened at the station by its first uplink.
+  const keys: KeyRange[] = [];
+  for (let i = 0; i <= MAX_SESSIONS_PER_TERMINAL; i++) {
+    const s = (await rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'aead', enc: 'any' }))['s'];
+    const m = (await rig.client.request(Group.KEYS, KeysCmd.SEAL, { s, d: new Uint8Array(8).fill(i) }))['m'] as Uint8Array;
+    t.same(station.openUplink('T1', m), new Uint8Array(8).fill(i));
+    keys.push(decodeServiceHeader(m).header.keyIds[0]!);
+  }
+  t.throws(() => station.sealDownlink('T1', keys[0]!, new Uint8Array(4)), { name: 'StationError', message: /no AEAD session/ }, 'the oldest session was dropped');
+  for (const k of keys.slice(1)) t.ok(station.sealDownlink('T1', k, new Uint8Array(4)).length > 0);
+  // The KMD voids the batch (another process would do the same through the store's files).
+  const other = new StationStore(home.path('station'));
+  other.voidBatch('T1', e.record.batchId);
+  other.close();
+  t.throws(() => station.sealDownlink('T1', keys[1]!, new Uint8Array(4)), { name: 'StationStoreError', message: /session ended: batch [0-9a-f]{8} of T1 is void at the station/ });
+  t.throws(() => station.sealDownlink('T1', keys[1]!, new Uint8Array(4)), { name: 'StationError', message: /no AEAD session/ }, 'and it stays dropped');
 });

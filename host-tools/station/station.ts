@@ -4,6 +4,7 @@
 // its delivery and activates it (pre-application mode, DESIGN.md "Security model").
 import { decodeServiceHeader, otpOpen, sessionOpen, sessionSeal, splitOtpKey, encodeServiceHeader, SessionKeyState } from '../../firmware/crypto/service.js';
 import type { KeyRange } from '../../firmware/crypto/service.js';
+import { StationStoreError } from './store.js';
 import type { StationStore } from './store.js';
 
 export class StationError extends Error {
@@ -19,6 +20,9 @@ interface Session {
   recv: SessionKeyState;
   sendCounter: number;
 }
+
+/** AEAD sessions kept per terminal; a new one beyond it drops (and wipes) that terminal's oldest. */
+export const MAX_SESSIONS_PER_TERMINAL = 8;
 
 const rangeKey = (t: string, r: KeyRange) => `${t}/${Buffer.from(r.batchId).toString('hex')}/${r.bitOffset}`;
 
@@ -36,6 +40,29 @@ export class Station {
     const k = this.store.takeById(terminalId, r.batchId, r.bitOffset, r.bits / 8, true);
     this.consumedBits.set(terminalId, (this.consumedBits.get(terminalId) ?? 0) + r.bits + k.skippedBits);
     return k.key;
+  }
+
+  /**
+   * The session under `id`, if its batch is still live in the store. A batch voided since (`kmd
+   * void --in-use`, `kmd enroll --again`, in another process) ends the session here: its key is
+   * wiped and the caller refused, so nothing is sealed or opened under a key the KMD retired.
+   */
+  private session(terminalId: string, id: string): Session | undefined {
+    const s = this.sessions.get(id);
+    if (!s || this.store.holdsBatch(terminalId, s.range.batchId)) return s;
+    s.key.fill(0);
+    this.sessions.delete(id);
+    throw new StationStoreError(`session ended: batch ${Buffer.from(s.range.batchId).toString('hex').slice(0, 8)} of ${terminalId} is void at the station`, 'UNKNOWN_BATCH');
+  }
+
+  private keep(terminalId: string, id: string, s: Session): void {
+    const mine = [...this.sessions.keys()].filter((k) => k.startsWith(`${terminalId}/`));
+    if (mine.length >= MAX_SESSIONS_PER_TERMINAL) {
+      const oldest = this.sessions.get(mine[0]!)!;
+      oldest.key.fill(0);
+      this.sessions.delete(mine[0]!);
+    }
+    this.sessions.set(id, s);
   }
 
   private activate(terminalId: string, ranges: KeyRange[]): void {
@@ -76,7 +103,7 @@ export class Station {
     }
     const r = header.keyIds[0]!;
     const id = rangeKey(terminalId, r);
-    let s = this.sessions.get(id);
+    let s = this.session(terminalId, id);
     // A new session key is read first and taken only once a message under it authenticates.
     const fresh = s ? undefined : this.store.peekById(terminalId, r.batchId, r.bitOffset, r.bits / 8);
     let plain: Uint8Array;
@@ -89,7 +116,7 @@ export class Station {
     }
     if (!s) {
       s = { key: this.take(terminalId, r), range: r, recv: new SessionKeyState(this.clock(), { maxMessages: 2 ** 32, maxAgeMs: Number.MAX_SAFE_INTEGER }), sendCounter: 0 };
-      this.sessions.set(id, s);
+      this.keep(terminalId, id, s);
     }
     // The counter is recorded only for an authentic message: a forgery cannot block real ones.
     if (!s.recv.accept(header.counter, this.clock())) throw new StationError(`uplink counter ${header.counter} from ${terminalId} replayed`);
@@ -99,7 +126,7 @@ export class Station {
 
   /** Seal a downlink to `terminalId` under the session key its uplinks named. */
   sealDownlink(terminalId: string, sessionKey: KeyRange, plaintext: Uint8Array): Uint8Array {
-    const s = this.sessions.get(rangeKey(terminalId, sessionKey));
+    const s = this.session(terminalId, rangeKey(terminalId, sessionKey));
     if (!s) throw new StationError(`no AEAD session with ${terminalId} under that key; it must send an uplink first`);
     const counter = s.sendCounter++;
     const head = encodeServiceHeader({ mode: 'aead', keyIds: [sessionKey], counter });

@@ -374,6 +374,14 @@ export class StationStore {
     return { active: e.active, poolId };
   }
 
+  /**
+   * Whether the store still names the batch as one of the terminal's live batches (not voided,
+   * not retired and pruned). Reads state.json, which is replaced atomically: no lock needed.
+   */
+  holdsBatch(terminalId: string, batchId: Uint8Array): boolean {
+    return this.state(terminalId).batches[String(poolBatchId(batchId))]?.batchId === Buffer.from(batchId).toString('hex');
+  }
+
   /** Take exactly the named key (never twice), from an active batch or, with `allowInactive`, any. */
   takeById(terminalId: string, batchId: Uint8Array, bitOffset: number, bytes: number, allowInactive = false): ConsumedKey {
     return this.withPool(terminalId, false, (pool) => {

@@ -1,6 +1,7 @@
 // TLS transport: the shared suite on a loopback mutual-TLS 1.3 connection (127.0.0.1, port 0),
 // address parsing, and a client without a certificate never reaching the server's handler.
 import t from 'tap';
+import net from 'node:net';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Transport } from '../../firmware/link/transport.js';
@@ -59,6 +60,91 @@ t.test('the client checks the server: its name, and its CA', async (t) => {
   await t.rejects(connectTls('127.0.0.1', listener.address.port, { ...p.client, caCertPem: other.client.caCertPem }), /self.signed|unable to verify|certificate/i, 'a server of another CA');
   const ok = await connectTls('127.0.0.1', listener.address.port, p.client);
   await ok.close();
+});
+
+/** Hold `n` idle plain-TCP sockets open from `localAddress`, reopening each one the server closes, until stop(). */
+function flood(port: number, n: number, localAddress = '127.0.0.1'): { stop: () => void; opened: () => number } {
+  let stopped = false;
+  let opened = 0;
+  const open = () => {
+    if (stopped) return;
+    const s = net.connect({ host: '127.0.0.1', port, localAddress });
+    opened++;
+    socks.add(s);
+    s.on('error', () => undefined);
+    s.once('close', () => {
+      socks.delete(s);
+      setImmediate(open);
+    });
+  };
+  const socks = new Set<net.Socket>();
+  for (let i = 0; i < n; i++) open();
+  return {
+    stop: () => {
+      stopped = true;
+      for (const s of socks) s.destroy();
+    },
+    opened: () => opened,
+  };
+}
+
+t.test('idle strangers flooding the handshake budget do not lock a real client out (oldest idle evicted)', async (t) => {
+  const p = await pems(join(t.testdir({}), 'pki'));
+  const reasons: string[] = [];
+  let handed = 0;
+  const listener = await listenTls('127.0.0.1', 0, { ...p.server, maxHandshaking: 64, maxHandshakingPerAddress: 1000, onHandshakeError: (r) => reasons.push(r) }, (tr) => {
+    handed++;
+    void tr.close();
+  });
+  t.teardown(() => listener.close());
+  // 80 idle sockets, more than the budget, each reopened as soon as the server drops it.
+  const f = flood(listener.address.port, 80);
+  t.teardown(() => f.stop());
+  await new Promise((r) => setTimeout(r, 300));
+  let ok = 0;
+  const failures: string[] = [];
+  for (let i = 0; i < 10; i++) {
+    try {
+      const c = await connectTls('127.0.0.1', listener.address.port, { ...p.client, timeoutMs: 5000 });
+      ok++;
+      await c.close();
+    } catch (e) {
+      failures.push((e as Error).message);
+    }
+  }
+  f.stop();
+  t.equal(ok, 10, `all 10 connections of the real client succeed while 80 idle sockets flood (${failures.join('; ')})`);
+  t.equal(handed, 10, 'and each is handed over');
+  t.ok(f.opened() > 80, `the flood was evicted and kept reconnecting (${f.opened()} sockets opened)`);
+  t.ok(reasons.includes('evicted: too many handshakes in progress'), 'evictions are reported');
+});
+
+t.test('one address holds at most maxHandshakingPerAddress handshakes; its oldest go first', async (t) => {
+  const p = await pems(join(t.testdir({}), 'pki'));
+  const reasons: string[] = [];
+  const listener = await listenTls('127.0.0.1', 0, { ...p.server, maxHandshaking: 64, maxHandshakingPerAddress: 4, onHandshakeError: (r, peer) => reasons.push(`${r} ${peer}`) }, (tr) => void tr.close());
+  t.teardown(() => listener.close());
+  // Six idle sockets from 127.0.0.2 (still loopback): two of them are evicted, the newest four stay.
+  const socks: net.Socket[] = [];
+  const closed: boolean[] = [];
+  for (let i = 0; i < 6; i++) {
+    const s = net.connect({ host: '127.0.0.1', port: listener.address.port, localAddress: '127.0.0.2' });
+    s.on('error', () => undefined);
+    closed.push(false);
+    s.once('close', () => (closed[i] = true));
+    socks.push(s);
+    await new Promise((r) => s.once('connect', r));
+    await new Promise((r) => setTimeout(r, 20)); // accepted in this order
+  }
+  t.teardown(() => socks.forEach((s) => s.destroy()));
+  for (let i = 0; i < 100 && closed.filter(Boolean).length < 2; i++) await new Promise((r) => setTimeout(r, 20));
+  await new Promise((r) => setTimeout(r, 100));
+  t.same(closed, [true, true, false, false, false, false], 'the two oldest of that address were evicted, the four newest kept');
+  t.equal(reasons.filter((r) => r.startsWith('evicted: too many handshakes in progress from its address 127.0.0.2:')).length, 2, 'each eviction reported once, with the peer');
+  // Another address is not held back by them.
+  const c = await connectTls('127.0.0.1', listener.address.port, p.client);
+  await c.close();
+  t.pass('a client from 127.0.0.1 connects');
 });
 
 t.test('parseTlsAddress', async (t) => {

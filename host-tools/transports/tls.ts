@@ -95,10 +95,17 @@ export interface TlsListenOptions extends TlsPems {
   /** A connection whose handshake has not finished after this long is dropped (default 10 s). */
   handshakeTimeoutMs?: number;
   /**
-   * Most connections still in their handshake at once (default 64): more are closed at accept, so
-   * strangers that never finish a handshake hold at most these slots, each for the timeout.
+   * Most connections still in their handshake at once (default 64). A newcomer beyond it evicts
+   * the oldest handshake in progress (as a SYN cache does), first one that has not sent a byte:
+   * a stranger's idle socket goes before a real client's handshake, which sends its ClientHello
+   * at once and finishes in milliseconds. So strangers can delay, never lock out, a real client.
    */
   maxHandshaking?: number;
+  /**
+   * Most handshakes in progress from one remote address (default 16); a newcomer beyond it evicts
+   * that address's oldest (idle first). One address cannot fill the whole handshake budget.
+   */
+  maxHandshakingPerAddress?: number;
   /** Most connections open at once, authenticated or not; more are closed at accept (default 4096). */
   maxConnections?: number;
   /** Told of each failed handshake (no certificate, another CA, not TLS, too slow); never key material. */
@@ -140,33 +147,59 @@ export function listenTls(host: string, port: number, o: TlsListenOptions, onCon
     );
     server.maxConnections = o.maxConnections ?? 4096;
     server.on('drop', (d?: { remoteAddress?: string; remotePort?: number }) => o.onHandshakeError?.('too many connections', `${d?.remoteAddress ?? '?'}:${d?.remotePort ?? 0}`));
-    // Handshakes in progress: a raw socket leaves the set when its handshake completes
-    // (secureConnection) or it closes, whichever comes first. WeakMap/WeakSet: nothing outlives
-    // its socket.
+    // Handshakes in progress, oldest first (a Set keeps insertion order), and per remote address:
+    // a raw socket leaves both when its handshake completes (secureConnection) or it closes,
+    // whichever comes first. WeakMap/WeakSet: nothing outlives its socket; the per-address map
+    // holds only addresses with a handshake in progress.
     const handshaking = new Set<net.Socket>();
+    const byAddress = new Map<string, Set<net.Socket>>();
     const peers = new WeakMap<net.Socket, string>();
     const refused = new WeakSet<net.Socket>();
     const maxHandshaking = o.maxHandshaking ?? 64;
+    const maxPerAddress = o.maxHandshakingPerAddress ?? 16;
+    const done = (raw: net.Socket) => {
+      if (!handshaking.delete(raw)) return;
+      const a = raw.remoteAddress ?? '?';
+      const set = byAddress.get(a);
+      set?.delete(raw);
+      if (set?.size === 0) byAddress.delete(a);
+    };
+    // The oldest of `from` that has not sent a byte yet, else the oldest.
+    const victimOf = (from: Set<net.Socket>): net.Socket | undefined => {
+      let oldest: net.Socket | undefined;
+      for (const s of from) {
+        if (s.bytesRead === 0) return s;
+        oldest ??= s;
+      }
+      return oldest;
+    };
+    const evict = (victim: net.Socket, why: string) => {
+      done(victim);
+      o.onHandshakeError?.(why, peers.get(victim) ?? '?');
+      refused.add(victim);
+      victim.destroy();
+    };
     server.on('connection', (raw: net.Socket) => {
       raw.setNoDelay(true);
-      const peer = `${raw.remoteAddress ?? '?'}:${raw.remotePort ?? 0}`;
+      const address = raw.remoteAddress ?? '?';
+      const peer = `${address}:${raw.remotePort ?? 0}`;
       peers.set(raw, peer);
-      if (handshaking.size >= maxHandshaking) {
-        o.onHandshakeError?.('too many handshakes in progress', peer);
-        refused.add(raw);
-        raw.destroy();
-        return;
-      }
+      const mine = byAddress.get(address);
+      if (mine && mine.size >= maxPerAddress) evict(victimOf(mine)!, 'evicted: too many handshakes in progress from its address');
+      if (handshaking.size >= maxHandshaking) evict(victimOf(handshaking)!, 'evicted: too many handshakes in progress');
       handshaking.add(raw);
-      raw.once('close', () => handshaking.delete(raw));
+      const set = byAddress.get(address) ?? new Set<net.Socket>();
+      set.add(raw);
+      byAddress.set(address, set);
+      raw.once('close', () => done(raw));
     });
     server.on('secureConnection', (socket: tls.TLSSocket) => {
       const raw = rawOf(socket);
-      if (raw) handshaking.delete(raw);
+      if (raw) done(raw);
     });
     server.on('tlsClientError', (err: Error & { code?: string }, socket: tls.TLSSocket) => {
       const raw = rawOf(socket);
-      // A connection closed at accept above was reported there; its reset is not a second failure.
+      // A handshake evicted above was reported there; its reset is not a second failure.
       if (!raw || !refused.has(raw)) o.onHandshakeError?.(handshakeReason(err), (raw && peers.get(raw)) ?? `${socket.remoteAddress ?? '?'}:${socket.remotePort ?? 0}`);
       // With a listener installed node leaves the socket open (a timed-out handshake would hold
       // its connection slot for ever): end it here.

@@ -22,7 +22,7 @@ export const kmdServe = defineCommand({
       listen: str(v, 'listen')!,
       ...(str(v, 'download') ? { download: str(v, 'download')! } : {}),
       plainHttp: v['plain-http'] === true,
-      log: io.note,
+      log: io.log,
     });
     const ready = { event: 'ready', kmdId: home.config.kmdId, etsi014: server.etsi014Url, download: server.download ?? null, pid: process.pid };
     io.ready(ready, [`KMD ${ready.kmdId}: ETSI GS QKD 014 on ${ready.etsi014}/api/v1/keys/`, ...(ready.download ? [`download interface on ${ready.download}`] : []), 'Ctrl-C to stop'].join('\n'));

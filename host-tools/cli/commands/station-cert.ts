@@ -18,16 +18,18 @@ export default defineCommand({
     const terminal = str(v, 'terminal');
     const operator = str(v, 'operator');
     if ((terminal === undefined) === (operator === undefined)) throw new CliError('give exactly one of --terminal ID or --operator NAME', Exit.USAGE);
-    const role: StationRole = terminal !== undefined ? { kind: 'terminal', id: terminal } : { kind: 'operator', id: operator! };
+    let role: StationRole = terminal !== undefined ? { kind: 'terminal', id: terminal } : { kind: 'operator', id: operator! };
     if (!isId(role.id)) throw new CliError(`--${role.kind} must be 1-32 of A-Z a-z 0-9 . _ -, got ${JSON.stringify(role.id)}`, Exit.USAGE);
     return changeKmd(v, async (home) => {
       if (role.kind === 'terminal' && !home.hasTerminal(role.id)) {
         throw new CliError(`terminal ${JSON.stringify(role.id)} is not enrolled at this KMD; enrol it with qkt kmd enroll`, Exit.STATE);
       }
+      // A terminal certificate names the device generation it is for: `kmd enroll --again` retires it.
+      if (role.kind === 'terminal') role = { ...role, generation: home.terminal(role.id).generation ?? 1 };
       await ensurePki(home);
       try {
         const p = await issueStationClientCert(pkiDir(home), role, str(v, 'out')!);
-        return { role: role.kind, id: role.id, uri: roleUri(role), key: p.keyPath, cert: p.certPath, ca: p.caPath };
+        return { role: role.kind, id: role.id, ...(role.kind === 'terminal' ? { generation: role.generation } : {}), uri: roleUri(role), key: p.keyPath, cert: p.certPath, ca: p.caPath };
       } catch (e) {
         if (e instanceof StationCertError) throw new CliError(e.message, e.code === 'BAD_ID' ? Exit.USAGE : Exit.STATE);
         throw e;

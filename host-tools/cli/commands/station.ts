@@ -30,7 +30,7 @@ export default defineCommand({
         await ensurePki(home);
         return (await ensureStationServerCert(pkiDir(home), names)).pems;
       });
-    const server = await startStationServer({ stationDir: home.path('station'), listen, tls, log: io.note });
+    const server = await startStationServer({ stationDir: home.path('station'), listen, tls, log: io.log });
     const ready = {
       event: 'ready',
       listen: server.address,
