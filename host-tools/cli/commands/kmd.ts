@@ -124,6 +124,8 @@ export const kmdStatusCommand = defineCommand<KmdStatus>({
     return kmdCli(() => kmdStatus(home));
   },
   render: (s) => renderStatus(s),
+  // A damaged file is the operator's to repair: a script must not read a partial report as success.
+  outcome: (s) => (s.damaged.length > 0 ? { exitCode: Exit.STATE, reason: `${s.damaged.length} file(s) of the home are damaged (listed); the rest was read` } : undefined),
 });
 
 function renderStatus(s: KmdStatus): string {
@@ -147,6 +149,8 @@ function renderStatus(s: KmdStatus): string {
       ),
     );
   }
+  for (const d of s.damaged) lines.push(`DAMAGED ${d.file}${d.terminalId ? ` (terminal ${d.terminalId}, left out below)` : ''}: ${d.reason}`);
+  if (s.damaged.length > 0) lines.push('');
   const counts = BATCH_STATES.filter((st) => s.totals[st].batches > 0).map((st) => `${s.totals[st].batches} ${st} (${formatBits(s.totals[st].bits)})`);
   lines.push('', `batches: ${counts.length > 0 ? counts.join(', ') : 'none'}`);
   // Collected and void batches are history: counted above, listed by --json.
