@@ -1,6 +1,7 @@
 // Exports as transactions (issue 9 item 1): a refusal spends nothing; a crash before the ledger
 // is written hands nothing out (the next export drops the reservation left at the station and
-// uses the same seq); a failure after it burns the batch, and its seq is never handed out again.
+// uses the same seq); a failure after it burns the batch, and its seq is never handed out again;
+// the supply's takenBits counts key handed out, never bits the link dropped.
 import t from 'tap';
 import type { Test } from 'tap';
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
@@ -10,6 +11,8 @@ import { KmdError, KmdHome } from './home.js';
 import { enrollTerminal } from './enroll.js';
 import { exportBatch, exportBatches } from './export.js';
 import { StationStore } from '../station/store.js';
+import { voidBatches } from './void.js';
+import { kmdStatus } from './status.js';
 
 function setup(t: Test, stockBits = 1 << 22) {
   const dir = t.testdir({});
@@ -94,5 +97,42 @@ t.test('temp files a killed export left in the outbox are swept by the next expo
   const [e] = exportBatches(home, ['T1'], 4096, { station: store });
   t.notOk(existsSync(left), 'the temp file is gone');
   t.same(readdirSync(home.path('outbox')), [`T1-${e!.record.batchId}.qkb`], 'only the batch is in the outbox');
+  t.end();
+});
+
+t.test('takenBits is key handed out: after export/void cycles at a high rate it is the sum of every batch exported', (t) => {
+  const dir = t.testdir({});
+  let clock = Date.parse('2026-01-01T00:00:00Z');
+  // 1 Gbit/s against the 2^30-bit buffer: between two exports the link overfills it and drops bits.
+  const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 1e9, now: () => clock });
+  enrollTerminal(home, 'T1', join(dir, 'T1.img'));
+  const store = new StationStore(home.path('station'));
+  t.teardown(() => store.close());
+  const bits = 1 << 20;
+  for (let i = 0; i < 20; i++) {
+    clock += 5_000; // 5e9 bits produced, most beyond the buffer
+    exportBatch(home, 'T1', bits, { station: store });
+    voidBatches(home, 'T1', { station: store, reason: 'test' });
+  }
+  const s = kmdStatus(home, { station: store });
+  t.equal(s.totals.void.batches, 20);
+  t.equal(s.supply.takenBits, s.batches.reduce((n, b) => n + b.bits, 0), 'takenBits == the bits of every exported batch (void ones included)');
+  t.equal(s.supply.takenBits, 20 * bits);
+  // And the ranges never overlap: dropped bits are skipped, not handed out.
+  const offsets = home.terminal('T1').batches.map((b) => b.supplyOffset);
+  for (let i = 1; i < offsets.length; i++) t.ok(offsets[i]! >= offsets[i - 1]! + bits, `batch ${i + 1} starts after batch ${i} ends`);
+  t.end();
+});
+
+t.test('a supply account from before offsetBits: its takenBits is the stream position, and it goes on from there', (t) => {
+  const { home, store } = setup(t);
+  const file = home.path('supply.json');
+  const old = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+  delete old['offsetBits'];
+  old['takenBits'] = 8192;
+  writeFileSync(file, JSON.stringify(old));
+  const e = exportBatch(home, 'T1', 8192, { station: store });
+  t.equal(e.record.supplyOffset, 8192, 'the next take starts at the old takenBits');
+  t.match(JSON.parse(readFileSync(file, 'utf8')), { takenBits: 16384, offsetBits: 16384 });
   t.end();
 });

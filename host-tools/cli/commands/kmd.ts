@@ -128,6 +128,12 @@ export const kmdStatusCommand = defineCommand<KmdStatus>({
   outcome: (s) => (s.damaged.length > 0 ? { exitCode: Exit.STATE, reason: `${s.damaged.length} file(s) of the home are damaged (listed); the rest was read` } : undefined),
 });
 
+/** formatBits, and for a large count it cannot write exactly, Mbit to two places with the exact count after. */
+function roughBits(bits: number): string {
+  const f = formatBits(bits);
+  return f.endsWith(' bit') && bits >= 2 ** 20 ? `${(bits / 2 ** 20).toFixed(2)} Mbit (${bits} bit)` : f;
+}
+
 function renderStatus(s: KmdStatus): string {
   const pad = (cells: string[], widths: number[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
   const table = (head: string[], rows: string[][]): string[] => {
@@ -136,7 +142,7 @@ function renderStatus(s: KmdStatus): string {
   };
   const lines = [
     `KMD ${s.kmdId} in ${s.home}`,
-    `supply: ${formatBits(s.supply.availableBits)} available at ${s.supply.rateBitsPerSecond} bit/s; ${formatBits(s.supply.takenBits)} taken so far`,
+    `supply: ${roughBits(s.supply.availableBits)} available at ${s.supply.rateBitsPerSecond} bit/s; ${roughBits(s.supply.takenBits)} handed out so far`,
   ];
   if (!s.consistent) lines.push(`note: the home is in use${s.writer ? ` by pid ${s.writer.pid} (${s.writer.command}, since ${s.writer.since})` : ''}; read without its lock, a batch it is changing may show one step behind`);
   lines.push('');
