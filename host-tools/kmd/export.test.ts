@@ -1,7 +1,8 @@
 // Exports as transactions (issue 9 item 1): a refusal spends nothing; a crash before the ledger
 // is written hands nothing out (the next export drops the reservation left at the station and
 // uses the same seq); a failure after it burns the batch, and its seq is never handed out again;
-// the supply's takenBits counts key handed out, never bits the link dropped.
+// the supply's takenBits counts key handed out, never bits the link dropped; a full station's
+// refusal names what frees room (nothing but time or --in-use when the terminal uses it all).
 import t from 'tap';
 import type { Test } from 'tap';
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
@@ -9,7 +10,8 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { KmdError, KmdHome } from './home.js';
 import { enrollTerminal } from './enroll.js';
-import { exportBatch, exportBatches } from './export.js';
+import { exportBatch, exportBatches, markOnCarrier, NoRoomError } from './export.js';
+import { noRoomReason } from './download.js';
 import { StationStore } from '../station/store.js';
 import { voidBatches } from './void.js';
 import { kmdStatus } from './status.js';
@@ -134,5 +136,32 @@ t.test('a supply account from before offsetBits: its takenBits is the stream pos
   const e = exportBatch(home, 'T1', 8192, { station: store });
   t.equal(e.record.supplyOffset, 8192, 'the next take starts at the old takenBits');
   t.match(JSON.parse(readFileSync(file, 'utf8')), { takenBits: 16384, offsetBits: 16384 });
+  t.end();
+});
+
+t.test('no room, and all of it held by keys the terminal uses: the refusal says only time or --in-use frees it', (t) => {
+  const { home, store } = setup(t, 1 << 24);
+  const full = exportBatch(home, 'T2', 1 << 23, { station: store });
+  const refuse = () => t.throws(() => exportBatch(home, 'T2', 1 << 20, { station: store })) as NoRoomError;
+  // Still exported (not delivered): a plain void frees it.
+  let e = refuse();
+  t.equal(e.inUseOnly, false);
+  t.match(noRoomReason(e), /kmd void or kmd collect/);
+  // Collected: the terminal holds and uses it.
+  markOnCarrier(home, 'T2', full.record.batchId, 'car1');
+  const r = home.terminal('T2');
+  r.batches[0]!.deliveredAt = home.nowIso();
+  home.saveTerminal(r);
+  store.activate('T2', full.record.batchId, 'receipt');
+  e = refuse();
+  t.match(e, {
+    code: 'NO_ROOM',
+    inUseOnly: true,
+    message: /; nothing was spent; its room holds only batches T2 holds and uses \(collected or delivered\): it frees as the terminal uses them up, or, if it lost them \(zeroized, replaced\): qkt kmd void --home \S+ --terminal T2 --in-use$/,
+  });
+  t.notMatch(e.message, /kmd collect/, 'no collect suggested: it frees nothing here');
+  const wire = noRoomReason(e);
+  t.equal(wire, 'station room full of keys the terminal holds: frees as it uses them; none spent');
+  t.ok(wire.length <= 80, 'fits a wire reason');
   t.end();
 });
