@@ -42,7 +42,22 @@ export interface TerminalRecord {
   nextSeq: number;
   /** Counter the next admin token gets. */
   nextAdminCounter: number;
+  /** Full records: every batch not yet final, and the newest final ones (compact.ts). */
   batches: BatchRecord[];
+  /** Final batches folded out of `batches` (compact.ts); absent until the first is. */
+  pruned?: PrunedHistory;
+}
+
+/** What the record keeps of the final batches it no longer lists. */
+export interface PrunedHistory {
+  /** Voided batches folded out: how many, and their key bits. */
+  void: { batches: number; bits: number };
+  /** Collected batches folded out once the station retired them (keys used up). */
+  collected: { batches: number; bits: number };
+  /** Highest seq among them the terminal accepted (delivered): lower seqs are stale. */
+  acceptedSeq: number;
+  /** Highest seq among them: a receipt for a seq up to it may be for a folded batch. */
+  maxSeq: number;
 }
 
 export interface BatchRecord {
@@ -117,6 +132,14 @@ function recordFault(v: unknown, id: string): string | undefined {
   if (!isNat(r['nextSeq'])) return 'nextSeq';
   if (!isNat(r['nextAdminCounter'])) return 'nextAdminCounter';
   if (!Array.isArray(r['batches'])) return 'batches';
+  if (r['pruned'] !== undefined) {
+    const p = r['pruned'] as Record<string, unknown> | null;
+    if (typeof p !== 'object' || p === null || !isNat(p['acceptedSeq']) || !isNat(p['maxSeq'])) return 'pruned';
+    for (const k of ['void', 'collected']) {
+      const c = p[k] as Record<string, unknown> | null;
+      if (typeof c !== 'object' || c === null || !isNat(c['batches']) || !isNat(c['bits'])) return `pruned.${k}`;
+    }
+  }
   for (const [i, b] of (r['batches'] as unknown[]).entries()) {
     if (typeof b !== 'object' || b === null) return `batches[${i}]`;
     const x = b as Record<string, unknown>;

@@ -108,6 +108,14 @@ export function kmdStatus(home: KmdHome, o: { lockWaitMs?: number; station?: Sta
       totals[b.state].batches++;
       totals[b.state].bits += b.bits;
     }
+    // Final batches folded out of the records (compact.ts) count too.
+    for (const t of ledger.terminals) {
+      if (lost.has(t.terminalId) || !t.pruned) continue;
+      for (const st of ['void', 'collected'] as const) {
+        totals[st].batches += t.pruned[st].batches;
+        totals[st].bits += t.pruned[st].bits;
+      }
+    }
     return { kmdId: home.config.kmdId, home: home.dir, consistent: held !== undefined, writer, supply: ledger.supply, terminals, batches, totals, damaged };
   } finally {
     if (!o.station) station.close();
