@@ -2,11 +2,13 @@
 // `carrier load --home` for one terminal get distinct seqs, and `kmd status --json` follows every
 // batch from on-carrier to collected; a failed load leaves `kmd status --json` identical; a stale
 // batch is refused at inject with the `kmd void` that retires it; void races exports and never
-// leaves a half state; a factory-reset module is enrolled again with a new key. Every process is
-// ended by pid (hil/cli.ts, e2e-rig.ts).
+// leaves a half state; a factory-reset module is enrolled again with a new key, and a --flash that
+// is a dangling symlink or a FIFO changes nothing; a damaged home's status exits 6 and lists it.
+// Every process is ended by pid (hil/cli.ts, e2e-rig.ts).
 import t from 'tap';
 import type { Test } from 'tap';
-import { existsSync, readdirSync } from 'node:fs';
+import { existsSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { NorFlash } from '../firmware/flash/nor-flash.js';
 import { createTerminal } from '../firmware/terminal.js';
@@ -180,4 +182,37 @@ t.test('a factory-reset terminal is enrolled again: new key, old batches void, s
   term = await background(t, ['terminal', 'run', '--flash', image('T1'), '--listen', 'tcp:127.0.0.1:0']);
   t.match(await qktJson(t, ['inject', '--carrier', join(dir, 'c2'), '--port', term.ready['port'] as string]), { terminalId: 'T1', seq: 2 });
   t.match(await qktJson(t, ['kmd', 'collect', '--home', home, '--carrier', join(dir, 'c2')]), { collected: [{ seq: 2 }], rejected: [] });
+});
+
+t.test('kmd enroll --again on a dangling symlink or a FIFO: refused at once, kmd status --json identical', { skip }, async (t) => {
+  const { dir, home } = await setup(t, '4Mbit', ['T1']);
+  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'c1'), '--terminal', 'T1', '--bits', '64kbit']);
+  const ledger = async () => {
+    const s = await status(t, home);
+    return JSON.stringify({ ...s, supply: { ...s.supply, availableBits: 0 } }); // available accrues with the clock
+  };
+  const before = await ledger();
+  const link = join(dir, 't1-new.img');
+  symlinkSync(join(dir, 'nonexistent', 'new.img'), link);
+  failsWith(t, await runQkt(['kmd', 'enroll', '--home', home, '--terminal', 'T1', '--flash', link, '--again']), 2, /^qkt: \S+t1-new\.img: a symbolic link, not a regular file; a module flash image is a regular file/, 'a dangling symlink');
+  t.equal(await ledger(), before, 'the dangling symlink changed nothing');
+  const fifo = join(dir, 'fifo.img');
+  execFileSync('mkfifo', [fifo]);
+  failsWith(t, await runQkt(['kmd', 'enroll', '--home', home, '--terminal', 'T1', '--flash', fifo, '--again'], { timeoutMs: 20_000 }), 2, /^qkt: \S+fifo\.img: a FIFO, not a regular file/, 'a FIFO');
+  t.equal(await ledger(), before, 'the FIFO changed nothing');
+});
+
+t.test('kmd status on a damaged home: exit 6, the damaged files listed, the rest printed', { skip }, async (t) => {
+  const { home } = await setup(t, '4Mbit', ['T1', 'T2']);
+  await qktJson(t, ['kmd', 'export', '--home', home, '--terminal', 'T1', '--bits', '64kbit']);
+  writeFileSync(join(home, 'terminals', 'T2.json'), '{}');
+  const r = await runQkt(['kmd', 'status', '--home', home, '--json']);
+  t.equal(r.code, 6, 'exit 6');
+  t.equal(r.stderr, 'qkt: 1 file(s) of the home are damaged (listed); the rest was read\n');
+  const s = parseJson<KmdStatus>(r);
+  t.same(s.damaged, [{ terminalId: 'T2', file: join(home, 'terminals', 'T2.json'), reason: 'not a terminal record (terminalId does not match its file name)' }]);
+  t.same(states(s), ['T1:1:exported'], "T1's batches are still reported");
+  const text = await runQkt(['kmd', 'status', '--home', home]);
+  t.equal(text.code, 6);
+  t.match(text.stdout, /^DAMAGED \S+T2\.json \(terminal T2, left out below\): not a terminal record/m);
 });

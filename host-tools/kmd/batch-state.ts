@@ -1,5 +1,6 @@
 // The life of a batch as the KMD sees it (docs/batch.md "Batch states at the KMD"): one rule,
 // read from the terminal's record, its outbox and the station, used by `kmd status` and `kmd void`.
+// Batches folded out of the record (compact.ts) are final; only their accepted seq matters here.
 import type { BatchRecord, TerminalRecord } from './home.js';
 
 export const BATCH_STATES = ['exported', 'on-carrier', 'delivered', 'collected', 'void', 'stale', 'burned'] as const;
@@ -31,7 +32,7 @@ export interface BatchFacts {
 export function batchStates(t: TerminalRecord, facts: BatchFacts): Map<string, BatchState> {
   const used = (b: BatchRecord): boolean => b.deliveredAt !== undefined || (b.voidedAt === undefined && facts.firstUse(b));
   // The terminal accepted this seq, so it refuses every lower one.
-  const acceptedSeq = Math.max(0, ...t.batches.filter(used).map((b) => b.seq));
+  const acceptedSeq = Math.max(t.pruned?.acceptedSeq ?? 0, ...t.batches.filter(used).map((b) => b.seq));
   const out = new Map<string, BatchState>();
   for (const b of t.batches) {
     let s: BatchState;

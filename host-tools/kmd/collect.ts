@@ -7,6 +7,7 @@ import { isId } from './home.js';
 import type { Carrier } from '../carrier/carrier.js';
 import type { KmdHome } from './home.js';
 import { stationStore } from './export.js';
+import { compactTerminal } from './compact.js';
 import { StationStoreError } from '../station/store.js';
 import type { StationStore } from '../station/store.js';
 
@@ -75,7 +76,11 @@ function collectLocked(home: KmdHome, carrier: Carrier, o: { station?: StationSt
       if (!rec) {
         // Authentic (the MAC verified), so the terminal did take it: kept, never offered again.
         // Its ciphertext on the carrier is spent: wiped like a collected one's.
-        result.rejected.push({ id: entry.id, reason: `batch ${batchIdHex} was not exported by this KMD`, quarantined: false });
+        const folded = t.pruned !== undefined && receipt.seq <= t.pruned.maxSeq && receipt.seq < t.nextSeq;
+        const reason = folded
+          ? `batch ${batchIdHex} of ${receipt.terminalId} (seq ${receipt.seq}) is final at this KMD (void, or used up and retired) and folded into its record's counters: nothing to activate`
+          : `batch ${batchIdHex} was not exported by this KMD`;
+        result.rejected.push({ id: entry.id, reason, quarantined: false });
         done.push(entry.id);
         continue;
       }
@@ -105,6 +110,8 @@ function collectLocked(home: KmdHome, carrier: Carrier, o: { station?: StationSt
       done.push(entry.id);
     }
     carrier.markCollected(done);
+    // Batches the station retired (used up) are final now: keep the records bounded (compact.ts).
+    for (const id of new Set([...result.collected, ...result.retired].map((c) => c.terminalId))) compactTerminal(home, station, id);
   } finally {
     if (!o.station) station.close();
   }

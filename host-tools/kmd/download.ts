@@ -19,7 +19,7 @@ import type { Transport } from '../../firmware/link/transport.js';
 import { FIRMWARE } from '../../firmware/version.js';
 import type { KmdHome } from './home.js';
 import { KmdError, isId } from './home.js';
-import { exportBatches, markOnCarrier, outbox, readOutbox } from './export.js';
+import { exportBatches, markOnCarrier, NoRoomError, outbox, readOutbox } from './export.js';
 import { LockBusyError } from '../lock.js';
 import type { ExportedBatch } from './export.js';
 import { carrierKey, carrierProof } from './carriers.js';
@@ -121,7 +121,7 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
           if (e instanceof KmdError && e.code === 'SUPPLY') throw new LinkError(Rc.KEYS_EXHAUSTED, e.message.slice(0, 80));
           // The KMD's own message (terminal, sizes, the fix) is longer than a wire reason (80): the
           // carrier gets what matters, the fix included; the KMD's log has the rest.
-          if (e instanceof KmdError && e.code === 'NO_ROOM') throw new LinkError(Rc.NO_SPACE, 'station room full, nothing spent; at the KMD: qkt kmd void or kmd collect');
+          if (e instanceof KmdError && e.code === 'NO_ROOM') throw new LinkError(Rc.NO_SPACE, noRoomReason(e));
           if (e instanceof LockBusyError) throw new LinkError(Rc.BUSY, e.message.slice(0, 80));
           if (e instanceof RangeError) throw new LinkError(Rc.BAD_REQUEST, e.message.slice(0, 80));
           throw e;
@@ -159,4 +159,14 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
   );
   dispatcher.register(group);
   return new DeviceLink(transport, dispatcher, limits);
+}
+
+/**
+ * The wire reason (at most 80 characters) of an export the station has no room for: what frees
+ * room, honestly; with the keys in use, nothing at the KMD short of `kmd void --in-use` does.
+ */
+export function noRoomReason(e: KmdError): string {
+  return e instanceof NoRoomError && e.inUseOnly
+    ? 'station room full of keys the terminal holds: frees as it uses them; none spent'
+    : 'station room full, nothing spent; at the KMD: qkt kmd void or kmd collect';
 }

@@ -1,10 +1,12 @@
 // Enrolment and re-enrolment (enroll.ts): a factory-reset module of an enrolled terminal gets a
 // new device key and generation, every batch of the old key is void (KMD and station), sequence
 // numbers go on forward, and the module works with the new key; a live module is never
-// re-enrolled; a cut between the steps is completed by running it again.
+// re-enrolled; a cut between the steps is completed by running it again; a --flash that is not
+// a regular file, or a failure before the ledger is written, changes nothing.
 import t from 'tap';
 import type { Test } from 'tap';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
 import { AdminCmd, Group, SystemCmd } from '../../firmware/link/groups.js';
@@ -139,5 +141,75 @@ t.test('an image that is not provably blank or reset is refused, unchanged', (t)
   writeFileSync(join(dir, 'short.img'), Buffer.alloc(100));
   t.throws(() => reenrollTerminal(home, 'T1', join(dir, 'short.img'), { station: store }), { code: 'CORRUPT' });
   t.equal(home.terminal('T1').generation, 1, 'T1 unchanged');
+  t.end();
+});
+
+t.test('--again on a name that is not a regular file, or a failure before the ledger: nothing changes', (t) => {
+  const { dir, home, store } = setup(t);
+  exportBatch(home, 'T1', 8192, { station: store });
+  const record = () => readFileSync(home.path('terminals', 'T1.json'), 'utf8');
+  // All of `kmd status --json` but the supply's available bits (they accrue with the clock).
+  const status = () => JSON.stringify({ ...kmdStatus(home, { station: store }), supply: { ...kmdStatus(home, { station: store }).supply, availableBits: 0 } });
+  const before = { record: record(), status: status() };
+  const unchanged = (what: string) => {
+    t.equal(record(), before.record, `${what}: the record (key, generation, batches) unchanged`);
+    t.equal(status(), before.status, `${what}: kmd status identical`);
+  };
+
+  // The review's repro: a dangling symlink looked like "no image".
+  const dangling = join(dir, 'dangling.img');
+  symlinkSync(join(dir, 'nonexistent', 'new.img'), dangling);
+  t.throws(() => reenrollTerminal(home, 'T1', dangling, { station: store }), { code: 'BAD_INPUT', message: /dangling\.img: a symbolic link, not a regular file; a module flash image is a regular file/ });
+  unchanged('dangling symlink');
+  t.notOk(existsSync(join(dir, 'nonexistent')), 'nothing created through the link');
+  // A link to a real blank image: refused too (the image is named by its own path).
+  const blank = join(dir, 'blank.img');
+  NorFlash.open(blank).close();
+  const link = join(dir, 'link.img');
+  symlinkSync(blank, link);
+  t.throws(() => reenrollTerminal(home, 'T1', link, { station: store }), { code: 'BAD_INPUT', message: /symbolic link/ });
+  unchanged('symlink to a blank image');
+
+  const folder = join(dir, 'folder.img');
+  mkdirSync(folder);
+  t.throws(() => reenrollTerminal(home, 'T1', folder, { station: store }), { code: 'BAD_INPUT', message: /folder\.img: unreadable \(EISDIR\): a directory/ });
+  unchanged('directory');
+
+  // A FIFO: an open of it would block for ever, holding the home's lock.
+  const fifo = join(dir, 'fifo.img');
+  execFileSync('mkfifo', [fifo]);
+  t.throws(() => reenrollTerminal(home, 'T1', fifo, { station: store }), { code: 'BAD_INPUT', message: /fifo\.img: a FIFO, not a regular file/ });
+  t.throws(() => enrollTerminal(home, 'T5', fifo), { code: 'BAD_INPUT', message: /a FIFO/ }, 'a first enrolment too');
+  t.throws(() => enrollTerminal(home, 'T5', dangling), { code: 'BAD_INPUT', message: /a symbolic link/ });
+  t.notOk(home.hasTerminal('T5'));
+  unchanged('FIFO');
+
+  // A disk full (or read-only) once the new image is made, before the ledger: the image this run
+  // created is removed, the ledger untouched.
+  const fresh = join(dir, 'fresh.img');
+  const full = Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
+  t.throws(() => reenrollTerminal(home, 'T1', fresh, { station: store, afterStep: (s) => { if (s === 'image') throw full; } }), { code: 'ENOSPC' });
+  unchanged('ENOSPC on a new image');
+  t.notOk(existsSync(fresh), 'the new image it made is gone');
+  t.notOk(existsSync(`${fresh}.wear`));
+  // On an existing blank image: that image is not this run's to remove.
+  t.throws(() => reenrollTerminal(home, 'T1', blank, { station: store, afterStep: (s) => { if (s === 'image') throw full; } }), { code: 'ENOSPC' });
+  unchanged('ENOSPC on an existing image');
+  t.ok(existsSync(blank), 'an existing image is left');
+
+  // A folder the image cannot be created in (EACCES for anyone but root; root skips it).
+  const ro = join(dir, 'ro');
+  mkdirSync(ro);
+  chmodSync(ro, 0o500);
+  if (process.getuid?.() !== 0) {
+    t.throws(() => reenrollTerminal(home, 'T1', join(ro, 'new.img'), { station: store }), { code: 'EACCES' });
+    unchanged('read-only folder');
+  }
+  chmodSync(ro, 0o700);
+
+  // And after all that, the blank image enrols.
+  const r = reenrollTerminal(home, 'T1', blank, { station: store });
+  t.equal(r.record.generation, 2);
+  t.equal(r.voided.voided.length, 1);
   t.end();
 });

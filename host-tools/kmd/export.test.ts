@@ -1,6 +1,8 @@
 // Exports as transactions (issue 9 item 1): a refusal spends nothing; a crash before the ledger
 // is written hands nothing out (the next export drops the reservation left at the station and
-// uses the same seq); a failure after it burns the batch, and its seq is never handed out again.
+// uses the same seq); a failure after it burns the batch, and its seq is never handed out again;
+// the supply's takenBits counts key handed out, never bits the link dropped; a full station's
+// refusal names what frees room (nothing but time or --in-use when the terminal uses it all).
 import t from 'tap';
 import type { Test } from 'tap';
 import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
@@ -8,8 +10,11 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { KmdError, KmdHome } from './home.js';
 import { enrollTerminal } from './enroll.js';
-import { exportBatch, exportBatches } from './export.js';
+import { exportBatch, exportBatches, markOnCarrier, NoRoomError } from './export.js';
+import { noRoomReason } from './download.js';
 import { StationStore } from '../station/store.js';
+import { voidBatches } from './void.js';
+import { kmdStatus } from './status.js';
 
 function setup(t: Test, stockBits = 1 << 22) {
   const dir = t.testdir({});
@@ -94,5 +99,69 @@ t.test('temp files a killed export left in the outbox are swept by the next expo
   const [e] = exportBatches(home, ['T1'], 4096, { station: store });
   t.notOk(existsSync(left), 'the temp file is gone');
   t.same(readdirSync(home.path('outbox')), [`T1-${e!.record.batchId}.qkb`], 'only the batch is in the outbox');
+  t.end();
+});
+
+t.test('takenBits is key handed out: after export/void cycles at a high rate it is the sum of every batch exported', (t) => {
+  const dir = t.testdir({});
+  let clock = Date.parse('2026-01-01T00:00:00Z');
+  // 1 Gbit/s against the 2^30-bit buffer: between two exports the link overfills it and drops bits.
+  const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 1e9, now: () => clock });
+  enrollTerminal(home, 'T1', join(dir, 'T1.img'));
+  const store = new StationStore(home.path('station'));
+  t.teardown(() => store.close());
+  const bits = 1 << 20;
+  for (let i = 0; i < 20; i++) {
+    clock += 5_000; // 5e9 bits produced, most beyond the buffer
+    exportBatch(home, 'T1', bits, { station: store });
+    voidBatches(home, 'T1', { station: store, reason: 'test' });
+  }
+  const s = kmdStatus(home, { station: store });
+  t.equal(s.totals.void.batches, 20);
+  t.equal(s.supply.takenBits, s.batches.reduce((n, b) => n + b.bits, 0), 'takenBits == the bits of every exported batch (void ones included)');
+  t.equal(s.supply.takenBits, 20 * bits);
+  // And the ranges never overlap: dropped bits are skipped, not handed out.
+  const offsets = home.terminal('T1').batches.map((b) => b.supplyOffset);
+  for (let i = 1; i < offsets.length; i++) t.ok(offsets[i]! >= offsets[i - 1]! + bits, `batch ${i + 1} starts after batch ${i} ends`);
+  t.end();
+});
+
+t.test('a supply account from before offsetBits: its takenBits is the stream position, and it goes on from there', (t) => {
+  const { home, store } = setup(t);
+  const file = home.path('supply.json');
+  const old = JSON.parse(readFileSync(file, 'utf8')) as Record<string, unknown>;
+  delete old['offsetBits'];
+  old['takenBits'] = 8192;
+  writeFileSync(file, JSON.stringify(old));
+  const e = exportBatch(home, 'T1', 8192, { station: store });
+  t.equal(e.record.supplyOffset, 8192, 'the next take starts at the old takenBits');
+  t.match(JSON.parse(readFileSync(file, 'utf8')), { takenBits: 16384, offsetBits: 16384 });
+  t.end();
+});
+
+t.test('no room, and all of it held by keys the terminal uses: the refusal says only time or --in-use frees it', (t) => {
+  const { home, store } = setup(t, 1 << 24);
+  const full = exportBatch(home, 'T2', 1 << 23, { station: store });
+  const refuse = () => t.throws(() => exportBatch(home, 'T2', 1 << 20, { station: store })) as NoRoomError;
+  // Still exported (not delivered): a plain void frees it.
+  let e = refuse();
+  t.equal(e.inUseOnly, false);
+  t.match(noRoomReason(e), /kmd void or kmd collect/);
+  // Collected: the terminal holds and uses it.
+  markOnCarrier(home, 'T2', full.record.batchId, 'car1');
+  const r = home.terminal('T2');
+  r.batches[0]!.deliveredAt = home.nowIso();
+  home.saveTerminal(r);
+  store.activate('T2', full.record.batchId, 'receipt');
+  e = refuse();
+  t.match(e, {
+    code: 'NO_ROOM',
+    inUseOnly: true,
+    message: /; nothing was spent; its room holds only batches T2 holds and uses \(collected or delivered\): it frees as the terminal uses them up, or, if it lost them \(zeroized, replaced\): qkt kmd void --home \S+ --terminal T2 --in-use$/,
+  });
+  t.notMatch(e.message, /kmd collect/, 'no collect suggested: it frees nothing here');
+  const wire = noRoomReason(e);
+  t.equal(wire, 'station room full of keys the terminal holds: frees as it uses them; none spent');
+  t.ok(wire.length <= 80, 'fits a wire reason');
   t.end();
 });

@@ -14,6 +14,17 @@ import type { BatchRecord, KmdHome, TerminalRecord } from './home.js';
 import { PoolError } from '../../firmware/keypool/errors.js';
 import { SupplyExhaustedError } from './supply.js';
 import { formatBits } from '../units.js';
+import { batchStates, IN_USE_STATES } from './batch-state.js';
+
+/** The station has no room: `inUseOnly` when all of it is held by batches the terminal uses (only `--in-use` or time frees it). */
+export class NoRoomError extends KmdError {
+  constructor(
+    message: string,
+    readonly inUseOnly: boolean,
+  ) {
+    super(message, 'NO_ROOM');
+  }
+}
 
 export interface ExportedBatch {
   record: BatchRecord;
@@ -97,8 +108,14 @@ export function exportBatches(home: KmdHome, terminalIds: readonly string[], bit
           if (e instanceof PoolError) {
             const full = e.code === 'NO_SPACE' || e.code === 'TOO_MANY_BATCHES' || e.code === 'WORN_OUT';
             const why = full ? `has no room for a ${formatBits(bits)} batch` : 'refuses the batch';
-            const fix = full ? `; to free room: qkt kmd void --home ${home.dir} --terminal ${p.t.terminalId} (batches never to be used), or qkt kmd collect (receipts retire used-up ones)` : '';
-            throw new KmdError(`the station's key pool for ${p.t.terminalId} ${why} (${e.code}: ${e.message}); nothing was spent${fix}`, 'NO_ROOM');
+            const inUseOnly = full && roomHeldInUse(home, station, p.t);
+            const id = p.t.terminalId;
+            const fix = !full
+              ? ''
+              : inUseOnly
+                ? `; its room holds only batches ${id} holds and uses (collected or delivered): it frees as the terminal uses them up, or, if it lost them (zeroized, replaced): qkt kmd void --home ${home.dir} --terminal ${id} --in-use`
+                : `; to free room: qkt kmd void --home ${home.dir} --terminal ${id} (batches never to be used), or qkt kmd collect (receipts retire used-up ones)`;
+            throw new NoRoomError(`the station's key pool for ${id} ${why} (${e.code}: ${e.message}); nothing was spent${fix}`, inUseOnly);
           }
           throw e;
         }
@@ -152,6 +169,20 @@ function commitOne(home: KmdHome, supply: ReturnType<KmdHome['supply']>, station
     keys.fill(0);
     deviceKey.fill(0);
   }
+}
+
+/**
+ * True if every batch of the terminal that holds room at the station is one the terminal holds and
+ * uses (collected, delivered): then no plain `kmd void` or `kmd collect` frees anything.
+ */
+function roomHeldInUse(home: KmdHome, station: StationStore, t: TerminalRecord): boolean {
+  const named = new Map(Object.values(station.state(t.terminalId).batches).map((b) => [b.batchId, b]));
+  const states = batchStates(t, {
+    inOutbox: (b) => existsSync(outboxFile(home, t.terminalId, b.batchId)),
+    firstUse: (b) => named.get(b.batchId)?.activatedBy === 'first-use',
+  });
+  const holding = t.batches.filter((b) => named.has(b.batchId));
+  return holding.length > 0 && holding.every((b) => IN_USE_STATES.has(states.get(b.batchId)!));
 }
 
 /** Sealed batches in the outbox that no carrier has taken yet, oldest first. */

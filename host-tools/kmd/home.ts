@@ -3,10 +3,12 @@
 // 0700 and files 0600 (secret-file.ts); every file is replaced atomically (fs-atomic.ts), so a
 // crash leaves the old state or the new. Every change is made holding the home's lock
 // (`kmd.lock` inside it, host-tools/lock.ts): one writer at a time, whatever the process.
-import { existsSync, readdirSync, readFileSync, chmodSync } from 'node:fs';
+import { existsSync, readdirSync, chmodSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { writeFileAtomic } from '../fs-atomic.js';
+import { DamagedFileError, readJsonFile } from '../json-file.js';
+import { lexists } from '../carrier/safe-file.js';
 import { mkdirSecret, SECRET_DIR_MODE } from '../secret-file.js';
 import { TERMINAL_ID_RE } from '../../firmware/crypto/_util.js';
 import { FixedRateSupply } from './supply.js';
@@ -40,7 +42,22 @@ export interface TerminalRecord {
   nextSeq: number;
   /** Counter the next admin token gets. */
   nextAdminCounter: number;
+  /** Full records: every batch not yet final, and the newest final ones (compact.ts). */
   batches: BatchRecord[];
+  /** Final batches folded out of `batches` (compact.ts); absent until the first is. */
+  pruned?: PrunedHistory;
+}
+
+/** What the record keeps of the final batches it no longer lists. */
+export interface PrunedHistory {
+  /** Voided batches folded out: how many, and their key bits. */
+  void: { batches: number; bits: number };
+  /** Collected batches folded out once the station retired them (keys used up). */
+  collected: { batches: number; bits: number };
+  /** Highest seq among them the terminal accepted (delivered): lower seqs are stale. */
+  acceptedSeq: number;
+  /** Highest seq among them: a receipt for a seq up to it may be for a folded batch. */
+  maxSeq: number;
 }
 
 export interface BatchRecord {
@@ -85,6 +102,53 @@ export function isId(id: unknown): id is string {
 export function checkId(kind: string, id: string): string {
   if (!isId(id)) throw new KmdError(`${kind} id must be 1-32 of A-Z a-z 0-9 . _ -, got ${JSON.stringify(id)}`, 'BAD_ID');
   return id;
+}
+
+/** Largest terminal record read (a decade of batches is far less: home.ts keeps it bounded). */
+export const MAX_RECORD_BYTES = 64 * 1024 * 1024;
+
+/** A JSON file of the home, read as json-file.ts reads (no link followed): KmdError CORRUPT naming it. */
+function readHomeJson(file: string, maxBytes: number): unknown {
+  try {
+    return readJsonFile(file, maxBytes);
+  } catch (e) {
+    if (e instanceof DamagedFileError) throw new KmdError(e.message, 'CORRUPT');
+    throw e;
+  }
+}
+
+const isNat = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0;
+const isStr = (v: unknown): boolean => typeof v === 'string';
+
+/** What is wrong with `v` as the record of terminal `id` (a field name), or undefined. Never its values. */
+function recordFault(v: unknown, id: string): string | undefined {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return 'not an object';
+  const r = v as Record<string, unknown>;
+  if (r['terminalId'] !== id) return 'terminalId does not match its file name';
+  if (typeof r['deviceKey'] !== 'string' || !/^[0-9a-f]{64}$/.test(r['deviceKey'])) return 'deviceKey';
+  if (!isStr(r['enrolledAt'])) return 'enrolledAt';
+  if (r['generation'] !== undefined && !isNat(r['generation'])) return 'generation';
+  if (r['flash'] !== undefined && !isStr(r['flash'])) return 'flash';
+  if (!isNat(r['nextSeq'])) return 'nextSeq';
+  if (!isNat(r['nextAdminCounter'])) return 'nextAdminCounter';
+  if (!Array.isArray(r['batches'])) return 'batches';
+  if (r['pruned'] !== undefined) {
+    const p = r['pruned'] as Record<string, unknown> | null;
+    if (typeof p !== 'object' || p === null || !isNat(p['acceptedSeq']) || !isNat(p['maxSeq'])) return 'pruned';
+    for (const k of ['void', 'collected']) {
+      const c = p[k] as Record<string, unknown> | null;
+      if (typeof c !== 'object' || c === null || !isNat(c['batches']) || !isNat(c['bits'])) return `pruned.${k}`;
+    }
+  }
+  for (const [i, b] of (r['batches'] as unknown[]).entries()) {
+    if (typeof b !== 'object' || b === null) return `batches[${i}]`;
+    const x = b as Record<string, unknown>;
+    if (typeof x['batchId'] !== 'string' || !/^[0-9a-f]{32}$/.test(x['batchId'])) return `batches[${i}].batchId`;
+    for (const k of ['seq', 'bits', 'supplyOffset']) if (!isNat(x[k])) return `batches[${i}].${k}`;
+    if (!isStr(x['createdAt'])) return `batches[${i}].createdAt`;
+    for (const k of ['carrierId', 'deliveredAt', 'voidedAt', 'voidReason']) if (x[k] !== undefined && !isStr(x[k])) return `batches[${i}].${k}`;
+  }
+  return undefined;
 }
 
 /** The lock on a KMD home: held by whatever changes its files, only for that change. */
@@ -137,13 +201,8 @@ export class KmdHome {
     const abs = resolve(dir);
     const file = join(abs, 'kmd.json');
     if (!existsSync(file)) throw new KmdError(`no KMD in ${abs} (run qkt kmd init --home ${dir})`, 'NO_HOME');
-    let config: KmdConfig;
-    try {
-      config = JSON.parse(readFileSync(file, 'utf8')) as KmdConfig;
-    } catch (e) {
-      throw new KmdError(`${file} is corrupt: ${(e as Error).message}`, 'CORRUPT');
-    }
-    if (config.format !== KMD_FORMAT) throw new KmdError(`${file} is not a qkt KMD configuration`, 'CORRUPT');
+    const config = readHomeJson(file, 64 * 1024) as KmdConfig | undefined;
+    if (typeof config !== 'object' || config === null || config.format !== KMD_FORMAT || typeof config.kmdId !== 'string') throw new KmdError(`${file} is not a qkt KMD configuration`, 'CORRUPT');
     return new KmdHome(abs, config, o.now ?? Date.now);
   }
 
@@ -187,13 +246,18 @@ export class KmdHome {
   }
 
   hasTerminal(id: string): boolean {
-    return existsSync(this.path('terminals', `${checkId('terminal', id)}.json`));
+    // lstat: a link or anything else by that name counts (terminal() then says it is damaged).
+    return lexists(this.path('terminals', `${checkId('terminal', id)}.json`));
   }
 
+  /** The terminal's record: KmdError CORRUPT, naming the file, if it is not a regular file holding one. */
   terminal(id: string): TerminalRecord {
     const file = this.path('terminals', `${checkId('terminal', id)}.json`);
-    if (!existsSync(file)) throw new KmdError(`terminal ${id} is not enrolled at this KMD (qkt kmd enroll --home ${this.dir} --terminal ${id} --flash FILE enrols it; qkt kmd status --home ${this.dir} lists those enrolled)`, 'NOT_ENROLLED');
-    return JSON.parse(readFileSync(file, 'utf8')) as TerminalRecord;
+    const v = readHomeJson(file, MAX_RECORD_BYTES);
+    if (v === undefined) throw new KmdError(`terminal ${id} is not enrolled at this KMD (qkt kmd enroll --home ${this.dir} --terminal ${id} --flash FILE enrols it; qkt kmd status --home ${this.dir} lists those enrolled)`, 'NOT_ENROLLED');
+    const bad = recordFault(v, id);
+    if (bad !== undefined) throw new KmdError(`${file}: not a terminal record (${bad})`, 'CORRUPT');
+    return v as TerminalRecord;
   }
 
   saveTerminal(t: TerminalRecord): void {

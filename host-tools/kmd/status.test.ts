@@ -1,7 +1,8 @@
 // `kmd status` (status.ts, batch-state.ts): every batch state from what the KMD and the station
-// know, per-state totals, supply and station room; a status changes nothing.
+// know, per-state totals, supply and station room; a status changes nothing; a damaged home is
+// reported file by file, never quoting a file's bytes.
 import t from 'tap';
-import { readFileSync, readdirSync, unlinkSync } from 'node:fs';
+import { readFileSync, readdirSync, symlinkSync, unlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { KmdHome } from './home.js';
 import { enrollTerminal } from './enroll.js';
@@ -62,5 +63,47 @@ t.test('every state, its totals, supply and station room', (t) => {
     { terminalId: 'T1', enrolledAt: '2026-01-01T00:00:00.000Z', generation: 1, nextSeq: 8, station: { storedKeyBits: 6 * bits, maxKeyBits: 1 << 23, freeKeyBits: (1 << 23) - 6 * bits, batches: 6 } },
     { terminalId: 'T2', enrolledAt: '2026-01-01T00:00:00.000Z', generation: 1, nextSeq: 1, station: { storedKeyBits: 0, maxKeyBits: 1 << 23, freeKeyBits: 1 << 23, batches: 0 } },
   ]);
+  t.end();
+});
+
+t.test('a damaged home: each damaged terminal listed with its file and why, never its bytes; the rest read', (t) => {
+  const dir = t.testdir({ secret: 'root:x:0:0:root:/root:/bin/bash\n' });
+  const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 11_000, stockBits: 1 << 22 });
+  for (const id of ['T1', 'T2', 'T3', 'T4', 'T5']) enrollTerminal(home, id, join(dir, `${id}.img`));
+  const store = new StationStore(home.path('station'));
+  t.teardown(() => store.close());
+  for (const id of ['T1', 'T5']) exportBatch(home, id, 8192, { station: store });
+  const file = (id: string) => home.path('terminals', `${id}.json`);
+  writeFileSync(file('T2'), '{"terminalId": "T2", "deviceKey": "0123'); // cut short
+  writeFileSync(file('T3'), '{}');
+  unlinkSync(file('T4'));
+  symlinkSync(join(dir, 'secret'), file('T4'));
+  writeFileSync(home.path('station', 'T1', 'state.json'), 'root:x:0:0 garbage');
+  symlinkSync(join(dir, 'secret'), home.path('terminals', 'not an id.json'));
+
+  const s = kmdStatus(home, { station: store });
+  t.same(
+    s.damaged.map((d) => [d.terminalId, d.file, d.reason]),
+    [
+      ['T1', home.path('station', 'T1', 'state.json'), 'not valid JSON (18 bytes)'],
+      ['T2', file('T2'), 'not valid JSON (39 bytes)'],
+      ['T3', file('T3'), 'not a terminal record (terminalId does not match its file name)'],
+      ['T4', file('T4'), 'a symbolic link, not a regular file'],
+      [null, file('not an id'), 'its name is not a terminal id'],
+    ],
+  );
+  t.notMatch(JSON.stringify(s), /root:x|0123/, "no file's contents in the report");
+  t.same(s.terminals.map((x) => x.terminalId), ['T5'], 'the readable terminal is reported');
+  t.same(s.batches.map((b) => [b.terminalId, b.state]), [['T5', 'exported']]);
+  t.equal(s.totals.exported.batches, 1, 'totals of what could be read');
+
+  // The terminal's own commands refuse with the file named, its bytes not quoted.
+  t.throws(() => home.terminal('T4'), { code: 'CORRUPT', message: `${file('T4')}: a symbolic link, not a regular file` });
+  t.throws(() => home.terminal('T3'), { code: 'CORRUPT', message: /T3\.json: not a terminal record/ });
+  // The supply and the configuration are the whole KMD's: those fail the status, naming the file.
+  writeFileSync(home.path('supply.json'), 'root:x:0:0');
+  t.throws(() => kmdStatus(home, { station: store }), { code: 'CORRUPT', message: `${home.path('supply.json')}: not valid JSON (10 bytes); the KMD cannot account its key without it` });
+  writeFileSync(home.path('kmd.json'), '{"format": "root:x:0:0"}');
+  t.throws(() => KmdHome.open(home.dir), { code: 'CORRUPT', message: `${home.path('kmd.json')} is not a qkt KMD configuration` });
   t.end();
 });

@@ -6,8 +6,14 @@
 // is one consistent snapshot; a status never holds the lock while it reads station pool images.
 // It waits for the lock only briefly (`lockWaitMs`, default 1 s): behind a long carrier load it
 // reads without the lock and says so (`consistent: false`, `writer`), rather than wait for it.
+//
+// A damaged home (a terminal record or station state that is corrupt, not a regular file, or a
+// symlink) is reported per terminal in `damaged` (file and reason, never its bytes) and the rest
+// is read; the CLI then exits 6. Only kmd.json and supply.json, which everything needs, fail it.
 import { existsSync, readdirSync } from 'node:fs';
-import { homeLockOptions } from './home.js';
+import { join } from 'node:path';
+import { homeLockOptions, isId, KmdError } from './home.js';
+import { DamagedFileError } from '../json-file.js';
 import type { KmdHome, TerminalRecord } from './home.js';
 import { stationStore } from './export.js';
 import { BATCH_STATES, batchStates } from './batch-state.js';
@@ -28,8 +34,18 @@ export interface KmdStatus {
   supply: { availableBits: number; rateBitsPerSecond: number; takenBits: number; capacityBits: number };
   terminals: TerminalStatus[];
   batches: BatchStatus[];
-  /** Per state, how many batches and their key bits. */
+  /** Per state, how many batches and their key bits (of the terminals that could be read). */
   totals: Record<BatchState, { batches: number; bits: number }>;
+  /** Terminals whose files could not be read: left out of terminals, batches and totals. */
+  damaged: DamagedEntry[];
+}
+
+export interface DamagedEntry {
+  /** The terminal the file belongs to (null: a file name that is no terminal id). */
+  terminalId: string | null;
+  file: string;
+  /** Why, in words: never the file's contents. */
+  reason: string;
 }
 
 export interface TerminalStatus {
@@ -72,31 +88,72 @@ export function kmdStatus(home: KmdHome, o: { lockWaitMs?: number; station?: Sta
       held?.release();
     }
     // Station pools: each read under its own lock, after the home's is released.
-    const terminals = ledger.terminals.map((t): TerminalStatus => ({
-      terminalId: t.terminalId,
-      enrolledAt: t.enrolledAt,
-      generation: t.generation ?? 1,
-      nextSeq: t.nextSeq,
-      station: poolRoom(station, t.terminalId),
-    }));
+    const { damaged } = ledger;
+    const terminals: TerminalStatus[] = [];
+    const lost = new Set<string>();
+    for (const t of ledger.terminals) {
+      let room: TerminalStatus['station'];
+      try {
+        room = poolRoom(station, t.terminalId);
+      } catch (e) {
+        damaged.push({ terminalId: t.terminalId, file: join(station.dir, t.terminalId, 'pool.img'), reason: e instanceof DamagedFileError ? e.reason : `unreadable: ${(e as Error).message}` });
+        lost.add(t.terminalId);
+        continue;
+      }
+      terminals.push({ terminalId: t.terminalId, enrolledAt: t.enrolledAt, generation: t.generation ?? 1, nextSeq: t.nextSeq, station: room });
+    }
+    const batches = ledger.batches.filter((b) => !lost.has(b.terminalId));
     const totals = Object.fromEntries(BATCH_STATES.map((s) => [s, { batches: 0, bits: 0 }])) as KmdStatus['totals'];
-    for (const b of ledger.batches) {
+    for (const b of batches) {
       totals[b.state].batches++;
       totals[b.state].bits += b.bits;
     }
-    return { kmdId: home.config.kmdId, home: home.dir, consistent: held !== undefined, writer, supply: ledger.supply, terminals, batches: ledger.batches, totals };
+    // Final batches folded out of the records (compact.ts) count too.
+    for (const t of ledger.terminals) {
+      if (lost.has(t.terminalId) || !t.pruned) continue;
+      for (const st of ['void', 'collected'] as const) {
+        totals[st].batches += t.pruned[st].batches;
+        totals[st].bits += t.pruned[st].bits;
+      }
+    }
+    return { kmdId: home.config.kmdId, home: home.dir, consistent: held !== undefined, writer, supply: ledger.supply, terminals, batches, totals, damaged };
   } finally {
     if (!o.station) station.close();
   }
 }
 
-function readLedger(home: KmdHome, station: StationStore): { supply: KmdStatus['supply']; terminals: TerminalRecord[]; batches: BatchStatus[] } {
-  const supply = home.supply().account();
+function readLedger(home: KmdHome, station: StationStore): { supply: KmdStatus['supply']; terminals: TerminalRecord[]; batches: BatchStatus[]; damaged: DamagedEntry[] } {
+  let supply: KmdStatus['supply'];
+  try {
+    supply = home.supply().account();
+  } catch (e) {
+    if (e instanceof DamagedFileError) throw new KmdError(`${e.message}; the KMD cannot account its key without it`, 'CORRUPT');
+    throw e;
+  }
   const outbox = new Set(existsSync(home.path('outbox')) ? readdirSync(home.path('outbox')) : []);
-  const terminals = home.terminalIds().map((id) => home.terminal(id));
+  const damaged: DamagedEntry[] = [];
+  const terminals: TerminalRecord[] = [];
+  const stations = new Map<string, ReturnType<StationStore['state']>>();
+  for (const id of home.terminalIds()) {
+    const file = home.path('terminals', `${id}.json`);
+    if (!isId(id)) {
+      damaged.push({ terminalId: null, file, reason: 'its name is not a terminal id' });
+      continue;
+    }
+    try {
+      const t = home.terminal(id);
+      stations.set(id, station.state(id));
+      terminals.push(t);
+    } catch (e) {
+      // home.ts and json-file.ts errors start with the file's path; keep the reason apart.
+      if (e instanceof DamagedFileError) damaged.push({ terminalId: id, file: e.file, reason: e.reason });
+      else if (e instanceof KmdError && e.code === 'CORRUPT') damaged.push({ terminalId: id, file, reason: e.message.startsWith(`${file}: `) ? e.message.slice(file.length + 2) : e.message });
+      else throw e;
+    }
+  }
   const batches: BatchStatus[] = [];
   for (const t of terminals) {
-    const named = new Map(Object.values(station.state(t.terminalId).batches).map((b) => [b.batchId, b]));
+    const named = new Map(Object.values(stations.get(t.terminalId)!.batches).map((b) => [b.batchId, b]));
     const states = batchStates(t, {
       inOutbox: (b) => outbox.has(`${t.terminalId}-${b.batchId}.qkb`),
       firstUse: (b) => named.get(b.batchId)?.activatedBy === 'first-use',
@@ -110,7 +167,7 @@ function readLedger(home: KmdHome, station: StationStore): { supply: KmdStatus['
       batches.push(s);
     }
   }
-  return { supply, terminals, batches };
+  return { supply, terminals, batches, damaged };
 }
 
 function poolRoom(station: StationStore, terminalId: string): TerminalStatus['station'] {

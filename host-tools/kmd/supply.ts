@@ -2,8 +2,8 @@
 // 11 kbit/s by default). Behind an interface so a physical QKD link model can replace it. Every
 // bit handed out is accounted, so the same key bits never go to two consumers or twice to one.
 import { randomBytes } from 'node:crypto';
-import { readFileSync } from 'node:fs';
 import { writeFileAtomic } from '../fs-atomic.js';
+import { DamagedFileError, readJsonFile } from '../json-file.js';
 
 export interface KeySupply {
   /** Key bits available to take now. */
@@ -34,8 +34,14 @@ export class SupplyExhaustedError extends Error {
 interface SupplyState {
   rateBitsPerSecond: number;
   startedAtMs: number;
-  /** Bits handed out so far; the next take starts here. */
+  /** Key bits handed out so far (the sum of every take): what consumers got, nothing else. */
   takenBits: number;
+  /**
+   * Where the next take starts in the link's output stream: takenBits plus the bits the link
+   * dropped while the buffer was full (older than capacityBits), which nobody got. Absent in
+   * files from before it: then takenBits was this position (and counted dropped bits too).
+   */
+  offsetBits?: number;
   /** Most key material the KMD buffers (older bits beyond this are not kept). */
   capacityBits: number;
 }
@@ -56,8 +62,13 @@ export class FixedRateSupply implements KeySupply {
 
   /** Read from disk on every use: several users of one KMD home (the ETSI API, the download
    * interface, the CLI) share the account, and none may hand out bits another already took. */
-  private get state(): SupplyState {
-    return JSON.parse(readFileSync(this.path, 'utf8')) as SupplyState;
+  private get state(): Required<SupplyState> {
+    const s = readJsonFile(this.path, 64 * 1024) as SupplyState | undefined;
+    if (s === undefined) throw new DamagedFileError(this.path, 'missing');
+    for (const k of ['rateBitsPerSecond', 'startedAtMs', 'takenBits', 'capacityBits'] as const) {
+      if (typeof s !== 'object' || s === null || typeof s[k] !== 'number' || !Number.isFinite(s[k])) throw new DamagedFileError(this.path, `not a supply account (${k})`);
+    }
+    return { ...s, offsetBits: s.offsetBits ?? s.takenBits };
   }
 
   static create(path: string, o: { rateBitsPerSecond: number; capacityBits?: number; startedAtMs?: number }): void {
@@ -65,6 +76,7 @@ export class FixedRateSupply implements KeySupply {
       rateBitsPerSecond: o.rateBitsPerSecond,
       startedAtMs: o.startedAtMs ?? Date.now(),
       takenBits: 0,
+      offsetBits: 0,
       capacityBits: o.capacityBits ?? 2 ** 30,
     };
     writeFileAtomic(path, JSON.stringify(state, null, 2) + '\n');
@@ -80,14 +92,14 @@ export class FixedRateSupply implements KeySupply {
     return Math.floor(secs * this.state.rateBitsPerSecond);
   }
 
-  /** The account as it stands: for `kmd status`. */
+  /** The account as it stands: for `kmd status` (takenBits: key handed out, dropped bits not counted). */
   account(): { rateBitsPerSecond: number; takenBits: number; capacityBits: number; availableBits: number } {
     const s = this.state;
     return { rateBitsPerSecond: s.rateBitsPerSecond, takenBits: s.takenBits, capacityBits: s.capacityBits, availableBits: this.availableBits() };
   }
 
   availableBits(): number {
-    const avail = this.producedBits() - this.state.takenBits;
+    const avail = this.producedBits() - this.state.offsetBits;
     return Math.max(0, Math.min(avail, this.state.capacityBits)) & ~7;
   }
 
@@ -97,8 +109,8 @@ export class FixedRateSupply implements KeySupply {
     const avail = this.availableBits();
     if (bits > avail) throw new SupplyExhaustedError(bits, avail);
     // Bits older than the buffer capacity were dropped by the link: skip past them.
-    const start = Math.max(state.takenBits, this.producedBits() - state.capacityBits);
-    writeFileAtomic(this.path, JSON.stringify({ ...state, takenBits: start + bits }, null, 2) + '\n');
+    const start = Math.max(state.offsetBits, this.producedBits() - state.capacityBits);
+    writeFileAtomic(this.path, JSON.stringify({ ...state, takenBits: state.takenBits + bits, offsetBits: start + bits }, null, 2) + '\n');
     return { supplyOffset: start, key: this.random(bits / 8) };
   }
 }

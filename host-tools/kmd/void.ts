@@ -6,6 +6,7 @@ import { KmdError } from './home.js';
 import type { BatchRecord, KmdHome } from './home.js';
 import { outboxFile, stationStore } from './export.js';
 import { batchStates, IN_USE_STATES } from './batch-state.js';
+import { compactTerminal } from './compact.js';
 import type { BatchState } from './batch-state.js';
 import { StationStoreError } from '../station/store.js';
 import type { StationStore } from '../station/store.js';
@@ -141,6 +142,8 @@ function voidLocked(home: KmdHome, terminalId: string, reason: string, station: 
     o.afterStep?.('station', b.batchId);
     out.push({ batchId: b.batchId, seq: b.seq, bits: b.bits, was: was.get(b.batchId)!, reason: b.voidReason ?? reason, stationBits, outboxRemoved });
   }
+  // Void batches with nothing left behind are final: keep the record bounded (compact.ts).
+  if (out.length > 0) compactTerminal(home, station, terminalId);
   return { terminalId, reason, voided: out, kept };
 }
 

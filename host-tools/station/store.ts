@@ -22,6 +22,7 @@ import type { ConsumedKey, PoolStatus, Purpose } from '../../firmware/keypool/ke
 import { poolBatchId } from '../../firmware/commands/inject.js';
 import { PoolError } from '../../firmware/keypool/errors.js';
 import { writeFileAtomic } from '../fs-atomic.js';
+import { DamagedFileError, readJsonFile } from '../json-file.js';
 import { withLockSync } from '../lock.js';
 import type { LockOptions } from '../lock.js';
 
@@ -98,10 +99,19 @@ export class StationStore {
     }
   }
 
-  /** The names and activation of the terminal's batches (state.json is replaced atomically: readable any time). */
+  /**
+   * The names and activation of the terminal's batches (state.json is replaced atomically: readable
+   * any time). DamagedFileError, naming the file, if it is not a regular file holding a state.
+   */
   state(terminalId: string): StationState {
     const p = this.statePath(terminalId);
-    return existsSync(p) ? (JSON.parse(readFileSync(p, 'utf8')) as StationState) : { batches: {} };
+    const s = readJsonFile(p, 16 * 1024 * 1024) as StationState | undefined;
+    if (s === undefined) return { batches: {} };
+    if (typeof s !== 'object' || s === null || typeof s.batches !== 'object' || s.batches === null) throw new DamagedFileError(p, 'not a station state (batches)');
+    for (const b of Object.values(s.batches)) {
+      if (typeof b !== 'object' || b === null || typeof b.batchId !== 'string' || typeof b.seq !== 'number') throw new DamagedFileError(p, 'not a station state (a batch)');
+    }
+    return s;
   }
 
   private saveState(terminalId: string, s: StationState): void {

@@ -124,7 +124,15 @@ export const kmdStatusCommand = defineCommand<KmdStatus>({
     return kmdCli(() => kmdStatus(home));
   },
   render: (s) => renderStatus(s),
+  // A damaged file is the operator's to repair: a script must not read a partial report as success.
+  outcome: (s) => (s.damaged.length > 0 ? { exitCode: Exit.STATE, reason: `${s.damaged.length} file(s) of the home are damaged (listed); the rest was read` } : undefined),
 });
+
+/** formatBits, and for a large count it cannot write exactly, Mbit to two places with the exact count after. */
+function roughBits(bits: number): string {
+  const f = formatBits(bits);
+  return f.endsWith(' bit') && bits >= 2 ** 20 ? `${(bits / 2 ** 20).toFixed(2)} Mbit (${bits} bit)` : f;
+}
 
 function renderStatus(s: KmdStatus): string {
   const pad = (cells: string[], widths: number[]): string => cells.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd();
@@ -134,7 +142,7 @@ function renderStatus(s: KmdStatus): string {
   };
   const lines = [
     `KMD ${s.kmdId} in ${s.home}`,
-    `supply: ${formatBits(s.supply.availableBits)} available at ${s.supply.rateBitsPerSecond} bit/s; ${formatBits(s.supply.takenBits)} taken so far`,
+    `supply: ${roughBits(s.supply.availableBits)} available at ${s.supply.rateBitsPerSecond} bit/s; ${roughBits(s.supply.takenBits)} handed out so far`,
   ];
   if (!s.consistent) lines.push(`note: the home is in use${s.writer ? ` by pid ${s.writer.pid} (${s.writer.command}, since ${s.writer.since})` : ''}; read without its lock, a batch it is changing may show one step behind`);
   lines.push('');
@@ -147,6 +155,8 @@ function renderStatus(s: KmdStatus): string {
       ),
     );
   }
+  for (const d of s.damaged) lines.push(`DAMAGED ${d.file}${d.terminalId ? ` (terminal ${d.terminalId}, left out below)` : ''}: ${d.reason}`);
+  if (s.damaged.length > 0) lines.push('');
   const counts = BATCH_STATES.filter((st) => s.totals[st].batches > 0).map((st) => `${s.totals[st].batches} ${st} (${formatBits(s.totals[st].bits)})`);
   lines.push('', `batches: ${counts.length > 0 ? counts.join(', ') : 'none'}`);
   // Collected and void batches are history: counted above, listed by --json.
