@@ -7,7 +7,7 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import { join } from 'node:path';
-import { Group, KeysCmd, SystemCmd, SystemEvent } from '../firmware/link/groups.js';
+import { DiagCmd, Group, KeysCmd, SystemCmd, SystemEvent } from '../firmware/link/groups.js';
 import { Kind } from '../firmware/link/frame.js';
 import { LinkError, Rc } from '../firmware/link/errors.js';
 import { connectTcp, parseTcpAddress } from '../host-tools/transports/tcp.js';
@@ -260,7 +260,8 @@ async function rawPeer(t: Test, address: string) {
 const within = (p: Promise<unknown>, ms: number) => Promise.race([p.then(() => 'closed'), sleep(ms).then(() => 'still open')]);
 
 t.test('a peer that floods requests and never reads is closed; another connection\'s inject completes', { skip }, async (t) => {
-  const h = await host(t, 'T5');
+  const drops: string[] = [];
+  const h = await host(t, 'T5', { onDrop: (why) => drops.push(why) });
   const a = await connect(t, h.address);
   const inject = injectBatch(a.client, a.params, batchOf('T5'));
   const flooder = await rawPeer(t, h.address);
@@ -268,18 +269,24 @@ t.test('a peer that floods requests and never reads is closed; another connectio
   let sent = 0;
   let open = true;
   void flooder.closed.then(() => (open = false));
-  // Far past what the module may queue for it (1 MiB or 1024 frames of output): without the
-  // bound this grows the module's memory without limit.
-  while (open && sent < 400_000) {
-    const batch = Buffer.concat(Array.from({ length: 500 }, (_, i) => flooder.frame(Group.SYSTEM, SystemCmd.STATUS, ((sent + i) % 65_535) + 1)));
-    sent += 500;
+  // Far past what the module may queue for it (1 MiB or 1024 frames of output beyond what the
+  // kernel's buffers take): without the bound this grows the module's memory without limit. A
+  // retry of an executed request is answered from the response cache: one full-chunk ECHO, then
+  // tiny retries of it, each answered with the whole cached reply, fill the buffers fast.
+  flooder.socket.write(flooder.frame(Group.DIAG, DiagCmd.ECHO, 1, { d: new Uint8Array(a.params.maxChunk) }));
+  await sleep(100);
+  const retry = flooder.frame(Group.DIAG, DiagCmd.ECHO, 1, { d: new Uint8Array(0) });
+  while (open && sent < 200_000) {
+    const batch = Buffer.concat(Array.from({ length: 50 }, () => retry));
+    sent += 50;
     if (!flooder.socket.write(batch)) await Promise.race([new Promise((r) => flooder.socket.once('drain', r)), flooder.closed]);
     await sleep(1);
   }
-  t.equal(await within(flooder.closed, 10_000), 'closed', `the module closed the non-reading peer (after ${sent} requests)`);
+  t.equal(await within(flooder.closed, 30_000), 'closed', `the module closed the non-reading peer (after ${sent} requests)`);
   const r = await inject;
   t.equal(r.bits, MBIT8, "the other connection's 8 Mbit inject completed");
   t.equal(h.terminal.linkCount, 1, 'only the flooder was dropped');
+  t.match(drops, [/^peer does not read its replies: \d+ frames, \d+ bytes unsent$/], 'for not reading its replies');
 });
 
 t.test('a reset connection with SEALs queued behind other links\' work: at most the one running spends keys', { skip }, async (t) => {

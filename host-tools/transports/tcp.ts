@@ -58,10 +58,11 @@ export function socketTransport(socket: net.Socket, description?: string): Trans
     closing ??= new Promise<void>((resolve) => {
       if (socket.destroyed && core.ended) return resolve();
       socket.once('close', () => resolve());
-      // end() sends what is queued, then FIN; destroy after a grace period in case the peer
-      // never reads (its window full), so close() always finishes.
+      // end() sends what is queued, then FIN; reset after a grace period in case the peer
+      // never reads (its window full), so close() always finishes and the peer learns of it
+      // (a FIN queued behind bytes it never reads would never reach it).
       socket.end();
-      const timer = setTimeout(() => socket.destroy(), 2000);
+      const timer = setTimeout(() => socket.resetAndDestroy(), 2000);
       timer.unref();
     });
     return closing;
