@@ -302,3 +302,22 @@ t.test('a peer that never reads its replies is closed once its unsent output pas
   t.ok(writes <= 64, `at most the limit of frames (${writes}) was ever queued to it`);
   t.equal((await rig.client.request(Group.SYSTEM, SystemCmd.STATUS, {}))['state'], 'ready', 'the other link is served');
 });
+
+t.test("on the module's only cable (overflow 'drop') a peer that does not read loses answers, the link stays", async (t) => {
+  const rig = await startRig({ terminal: { limits: { maxUnsentFrames: 64 } } });
+  t.teardown(() => rig.close());
+  const [host, device] = createInProcessPair({ names: ['serial host', 'module'] });
+  let closed = false;
+  let writes = 0;
+  const stuck = { ...device, description: 'stuck', write: () => (writes++, new Promise<void>(() => undefined)), close: () => ((closed = true), device.close()) };
+  const link = rig.terminal.attach(stuck, { overflow: 'drop' });
+  for (let i = 0; i < 400; i++) {
+    await host.write(encodeMessage({ kind: Kind.REQUEST, group: Group.SYSTEM, command: SystemCmd.PARAMS, seq: i + 1, payload: {} }));
+    await new Promise((r) => setImmediate(r));
+  }
+  await new Promise((r) => setTimeout(r, 50));
+  t.equal(closed, false, 'the cable is not closed');
+  t.ok(link.open, 'the link is open');
+  t.equal(writes, 64, 'answers past the limit were dropped, not queued');
+  t.equal(link.stats.frames, 400, 'and every frame was still read');
+});

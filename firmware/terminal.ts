@@ -69,7 +69,7 @@ export interface Terminal {
    * sequence numbers, response cache, receive state); the module state behind it is shared and
    * every link's requests run one at a time through the one dispatcher.
    */
-  attach(transport: Transport, hooks?: Pick<DeviceLinkHooks, 'onFrame' | 'onShed'>): DeviceLink;
+  attach(transport: Transport, hooks?: Pick<DeviceLinkHooks, 'onFrame' | 'onShed' | 'overflow'>): DeviceLink;
   /** Links attached and not yet closed. */
   readonly linkCount: number;
   status(): Payload;
@@ -290,7 +290,7 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
     };
   }
 
-  const attach = (transport: Transport, hooks: Pick<DeviceLinkHooks, 'onFrame' | 'onShed'> = {}): DeviceLink => {
+  const attach = (transport: Transport, hooks: Pick<DeviceLinkHooks, 'onFrame' | 'onShed' | 'overflow'> = {}): DeviceLink => {
     const mine = new DeviceLink(transport, dispatcher, limits, { ...hooks, clock });
     link = mine;
     links.push(mine);

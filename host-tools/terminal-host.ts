@@ -110,7 +110,8 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
     });
     const transport = o.baud && isPty(o.port) ? pace(serial) : serial;
     const closed = new Promise<void>((resolve) => transport.onClose(() => resolve()));
-    terminal.attach(transport);
+    // The module's only cable: a host that stops reading loses answers, never the module's port.
+    terminal.attach(transport, { overflow: 'drop' });
     return {
       address: o.port,
       terminal,

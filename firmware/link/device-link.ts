@@ -33,6 +33,12 @@ export interface DeviceLinkHooks {
   onFrame?: () => void;
   /** Called once when the link closes itself because its peer does not read (for a log line). */
   onShed?: (reason: string) => void;
+  /**
+   * What to do past the unsent-output limit: 'close' the transport (a TCP connection: the peer
+   * reconnects) or 'drop' the answers that do not fit (a serial port, the module's only cable:
+   * closing it would end the module; a host that reads again retries and is answered).
+   */
+  overflow?: 'close' | 'drop';
 }
 
 /** Unsent output past which a link is closed, unless its limits say otherwise. */
@@ -203,6 +209,7 @@ export class DeviceLink implements LinkPeer {
     const maxBytes = this.limits.maxUnsentBytes ?? MAX_UNSENT_BYTES;
     const maxFrames = this.limits.maxUnsentFrames ?? MAX_UNSENT_FRAMES;
     if (this.unsentBytes + frame.length > maxBytes || this.unsentFrames + 1 > maxFrames) {
+      if (this.hooks.overflow === 'drop') return; // lost like a frame on a noisy line (4.4)
       this.stop();
       this.hooks.onShed?.(`peer does not read its replies: ${this.unsentFrames} frames, ${this.unsentBytes} bytes unsent`);
       void this.transport.close().catch(() => undefined);
