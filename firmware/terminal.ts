@@ -3,7 +3,7 @@
 // flash, clock, RNG), so the same module runs in-process, on a pty, TCP or USB.
 import { randomBytes } from 'node:crypto';
 import { DeviceLink } from './link/device-link.js';
-import type { DeviceLinkLimits } from './link/device-link.js';
+import type { DeviceLinkHooks, DeviceLinkLimits } from './link/device-link.js';
 import { Dispatcher } from './link/dispatch.js';
 import type { CommandGroup, RequestContext } from './link/dispatch.js';
 import { HEADER_SIZE, CRC_SIZE } from './link/frame.js';
@@ -69,7 +69,7 @@ export interface Terminal {
    * sequence numbers, response cache, receive state); the module state behind it is shared and
    * every link's requests run one at a time through the one dispatcher.
    */
-  attach(transport: Transport): DeviceLink;
+  attach(transport: Transport, hooks?: Pick<DeviceLinkHooks, 'onFrame' | 'onShed' | 'overflow'>): DeviceLink;
   /** Links attached and not yet closed. */
   readonly linkCount: number;
   status(): Payload;
@@ -224,7 +224,8 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
       },
     }),
   );
-  dispatcher.register(diagGroup({ maxChunk }));
+  const diag = diagGroup({ maxChunk, rng });
+  dispatcher.register(diag);
   const inject = injectGroup(ctx);
   const keys = keysGroup(ctx);
   /** Forget in-RAM state (open transfer, sessions) and reload from flash, as a reset would. */
@@ -289,8 +290,8 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
     };
   }
 
-  const attach = (transport: Transport): DeviceLink => {
-    const mine = new DeviceLink(transport, dispatcher, limits);
+  const attach = (transport: Transport, hooks: Pick<DeviceLinkHooks, 'onFrame' | 'onShed' | 'overflow'> = {}): DeviceLink => {
+    const mine = new DeviceLink(transport, dispatcher, limits, { ...hooks, clock });
     link = mine;
     links.push(mine);
     // The link that closed leaves the event list, not the one attached last, and the transfer
@@ -302,6 +303,7 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
       void dispatcher.exclusive(() => {
         inject.release(mine);
         keys.release(mine);
+        diag.release(mine);
       });
     });
     return mine;

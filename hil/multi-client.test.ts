@@ -7,7 +7,7 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import { join } from 'node:path';
-import { Group, KeysCmd, SystemCmd, SystemEvent } from '../firmware/link/groups.js';
+import { DiagCmd, Group, KeysCmd, SystemCmd, SystemEvent } from '../firmware/link/groups.js';
 import { Kind } from '../firmware/link/frame.js';
 import { LinkError, Rc } from '../firmware/link/errors.js';
 import { connectTcp, parseTcpAddress } from '../host-tools/transports/tcp.js';
@@ -18,7 +18,11 @@ import { injectBatch } from '../host-tools/link/inject.js';
 import type { InjectProgress } from '../host-tools/link/inject.js';
 import { Carrier } from '../host-tools/carrier/carrier.js';
 import { startTerminalHost, TCP_MAX_CLIENTS } from '../host-tools/terminal-host.js';
-import type { TerminalHost } from '../host-tools/terminal-host.js';
+import type { TerminalHost, TerminalHostOptions } from '../host-tools/terminal-host.js';
+import net from 'node:net';
+import { encodeMessage, decodeMessage } from '../firmware/link/codec.js';
+import type { Message, Payload } from '../firmware/link/codec.js';
+import { Deframer } from '../firmware/link/framer.js';
 import { background, cliSkipReason, parseJson, qktJson, runQkt } from './e2e-rig.js';
 
 t.setTimeout(300_000);
@@ -38,8 +42,8 @@ t.before(async () => {
   const home = join(dir, 'kmd');
   const image = (id: string) => join(dir, `${id}.img`);
   const carrier = join(dir, 'carrier');
-  const ids = ['T1', 'T2', 'T3', 'T4'];
-  await qktJson(t, ['kmd', 'init', '--home', home, '--stock', '40Mbit']);
+  const ids = ['T1', 'T2', 'T3', 'T4', 'T5'];
+  await qktJson(t, ['kmd', 'init', '--home', home, '--stock', '48Mbit']);
   for (const id of ids) await qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', id, '--flash', image(id)]);
   await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', carrier, ...ids.flatMap((id) => ['--terminal', id]), '--bits', '8Mbit']);
   kit = { image, carrier };
@@ -59,7 +63,7 @@ async function connect(t: Test, address: string, baud?: number): Promise<{ clien
   return { client, params: await client.negotiate() };
 }
 
-async function host(t: Test, id: string, o: { lowWatermarkBits?: number; idleMs?: number } = {}): Promise<TerminalHost> {
+async function host(t: Test, id: string, o: Omit<TerminalHostOptions, 'flashPath' | 'listen'> = {}): Promise<TerminalHost> {
   const h = await startTerminalHost({ flashPath: kit.image(id), listen: 'tcp:127.0.0.1:0', ...o });
   t.teardown(() => h.close());
   return h;
@@ -207,7 +211,7 @@ t.test(`the ${TCP_MAX_CLIENTS + 1}th connection is answered DENIED and closed; a
 });
 
 t.test('a connection that sends nothing for the idle timeout is closed; a talking one stays', { skip }, async (t) => {
-  const h = await host(t, 'T4', { idleMs: 400 });
+  const h = await host(t, 'T4', { idleMs: 400, firstFrameMs: 400 });
   const { host: hh, port } = parseTcpAddress(h.address);
   const silent = await connectTcp(hh, port);
   const silentClosed = new Promise<void>((r) => silent.onClose(() => r()));
@@ -222,4 +226,133 @@ t.test('a connection that sends nothing for the idle timeout is closed; a talkin
   t.equal(outcome, 'closed', 'the silent connection was closed by the module');
   t.equal(h.terminal.linkCount, 1, 'its slot is free; the talking connection is still served');
   t.equal((await talker.client.request(Group.SYSTEM, SystemCmd.STATUS, {}))['terminalId'], 'T4');
+});
+
+/** A raw TCP peer: frames by hand, replies collected (or never read), reset at will. */
+async function rawPeer(t: Test, address: string) {
+  const { host: h, port } = parseTcpAddress(address);
+  const socket = await new Promise<net.Socket>((resolve, reject) => {
+    const s = net.connect({ host: h, port }, () => resolve(s));
+    s.once('error', reject);
+  });
+  socket.on('error', () => undefined);
+  const closed = new Promise<void>((r) => socket.once('close', () => r()));
+  t.teardown(() => void socket.destroy());
+  const deframer = new Deframer(70_000);
+  const replies = new Map<number, Message>();
+  socket.on('data', (c: Buffer) => {
+    for (const b of deframer.push(c)) {
+      const m = decodeMessage(b);
+      if (m.ok) replies.set(m.message.seq, m.message);
+    }
+  });
+  const frame = (group: number, command: number, seq: number, payload: Payload = {}) => encodeMessage({ kind: Kind.REQUEST, group, command, seq, payload });
+  const call = async (group: number, command: number, seq: number, payload: Payload = {}): Promise<Message> => {
+    socket.write(frame(group, command, seq, payload));
+    for (let i = 0; i < 500 && !replies.has(seq); i++) await sleep(10);
+    const m = replies.get(seq);
+    if (!m) throw new Error(`no reply to seq ${seq}`);
+    return m;
+  };
+  return { socket, closed, frame, call };
+}
+
+const within = (p: Promise<unknown>, ms: number) => Promise.race([p.then(() => 'closed'), sleep(ms).then(() => 'still open')]);
+
+t.test('a peer that floods requests and never reads is closed; another connection\'s inject completes', { skip }, async (t) => {
+  const drops: string[] = [];
+  const h = await host(t, 'T5', { onDrop: (why) => drops.push(why) });
+  const a = await connect(t, h.address);
+  const inject = injectBatch(a.client, a.params, batchOf('T5'));
+  const flooder = await rawPeer(t, h.address);
+  flooder.socket.pause(); // never reads a reply
+  let sent = 0;
+  let open = true;
+  void flooder.closed.then(() => (open = false));
+  // Far past what the module may queue for it (1 MiB or 1024 frames of output beyond what the
+  // kernel's buffers take): without the bound this grows the module's memory without limit. A
+  // retry of an executed request is answered from the response cache: one full-chunk ECHO, then
+  // tiny retries of it, each answered with the whole cached reply, fill the buffers fast.
+  flooder.socket.write(flooder.frame(Group.DIAG, DiagCmd.ECHO, 1, { d: new Uint8Array(a.params.maxChunk) }));
+  await sleep(100);
+  const retry = flooder.frame(Group.DIAG, DiagCmd.ECHO, 1, { d: new Uint8Array(0) });
+  while (open && sent < 200_000) {
+    const batch = Buffer.concat(Array.from({ length: 50 }, () => retry));
+    sent += 50;
+    if (!flooder.socket.write(batch)) await Promise.race([new Promise((r) => flooder.socket.once('drain', r)), flooder.closed]);
+    await sleep(1);
+  }
+  t.equal(await within(flooder.closed, 30_000), 'closed', `the module closed the non-reading peer (after ${sent} requests)`);
+  const r = await inject;
+  t.equal(r.bits, MBIT8, "the other connection's 8 Mbit inject completed");
+  t.equal(h.terminal.linkCount, 1, 'only the flooder was dropped');
+  t.match(drops, [/^peer does not read its replies: \d+ frames, \d+ bytes unsent$/], 'for not reading its replies');
+});
+
+t.test('a reset connection with SEALs queued behind other links\' work: at most the one running spends keys', { skip }, async (t) => {
+  const h = await host(t, 'T5');
+  const probe = await connect(t, h.address);
+  // T5's batch (already in from the test before, or put in now: the re-run finds it done).
+  await injectBatch(probe.client, probe.params, batchOf('T5'));
+  const consumed = async () => ((await probe.client.request(Group.SYSTEM, SystemCmd.STATUS, {}))['pool'] as { consumedKeyBits: number }).consumedKeyBits;
+  let stop = false;
+  // Keep the dispatcher's queue busy from other connections, as a loaded module's is.
+  const busy = await Promise.all([0, 1, 2, 3, 4].map(() => connect(t, h.address)));
+  const loops = busy.map(async (b) => {
+    while (!stop) await Promise.all([0, 1, 2, 3].map(() => b.client.request(Group.SYSTEM, SystemCmd.AUDIT_LOG, { max: 64 }).catch(() => undefined)));
+  });
+  const seals = async (reset: boolean): Promise<number> => {
+    const p = await rawPeer(t, h.address);
+    const neg = await p.call(Group.KEYS, KeysCmd.NEGOTIATE, 1, { mode: 'otp', enc: 'any', auth: 'any' });
+    t.equal(neg.kind, Kind.RESPONSE, 'session negotiated');
+    const s = neg.payload['s'] as number;
+    const before = await consumed();
+    p.socket.write(Buffer.concat([2, 3, 4, 5].map((seq) => p.frame(Group.KEYS, KeysCmd.SEAL, seq, { s, d: new Uint8Array(4096) }))));
+    if (reset) p.socket.resetAndDestroy();
+    await sleep(300);
+    return (await consumed()) - before;
+  };
+  const all = await seals(false);
+  t.ok(all > 0, `control: 4 pipelined SEALs on a connection that stays spend ${all} key bits`);
+  const oneSeal = all / 4;
+  for (let trial = 0; trial < 3; trial++) {
+    const spent = await seals(true);
+    t.ok(spent <= oneSeal, `trial ${trial}: ${spent} key bits spent, at most one SEAL's worth (4 were queued)`);
+  }
+  stop = true;
+  await Promise.all(loops);
+});
+
+t.test('bytes are not activity: a trickling peer is closed; one without a first frame is closed sooner', { skip }, async (t) => {
+  const h = await host(t, 'T4', { idleMs: 400, firstFrameMs: 300 });
+  const never = await rawPeer(t, h.address); // never a frame, one byte every 100 ms
+  const framed = await rawPeer(t, h.address); // one valid frame, then only bytes
+  await framed.call(Group.SYSTEM, SystemCmd.PARAMS, 1);
+  const trickle = async (p: { socket: net.Socket; closed: Promise<void> }) => {
+    let open = true;
+    void p.closed.then(() => (open = false));
+    for (let i = 0; i < 30 && open; i++) {
+      p.socket.write(Buffer.from([0x41]));
+      await sleep(100);
+    }
+  };
+  await Promise.all([trickle(never), trickle(framed)]);
+  t.equal(await within(never.closed, 100), 'closed', 'a connection that sent no valid frame is closed, its bytes notwithstanding');
+  t.equal(await within(framed.closed, 100), 'closed', 'a connection that trickles bytes after a frame is closed at the idle timeout');
+});
+
+t.test('every slot taken: a newcomer evicts the connection idle longest, if idle long enough', { skip }, async (t) => {
+  const h = await host(t, 'T4', { maxClients: 2, evictIdleMs: 500 });
+  const quiet = await rawPeer(t, h.address);
+  await quiet.call(Group.SYSTEM, SystemCmd.PARAMS, 1);
+  const busy = await connect(t, h.address);
+  await t.rejects(connect(t, h.address), new LinkError(Rc.DENIED, 'terminal serves 2 connections at once; try again later'), 'both slots in use: DENIED');
+  for (let i = 0; i < 8; i++) {
+    await busy.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
+    await sleep(100);
+  }
+  const late = await connect(t, h.address);
+  t.equal((await late.client.request(Group.SYSTEM, SystemCmd.STATUS, {}))['terminalId'], 'T4', 'the newcomer is served');
+  t.equal(await within(quiet.closed, 2000), 'closed', 'the connection idle longest gave up its slot');
+  t.equal((await busy.client.request(Group.SYSTEM, SystemCmd.STATUS, {}))['terminalId'], 'T4', 'the active one is untouched');
 });

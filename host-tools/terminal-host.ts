@@ -14,6 +14,7 @@ import { Dispatcher } from '../firmware/link/dispatch.js';
 import type { DispatchOutcome } from '../firmware/link/dispatch.js';
 import { LinkError, Rc } from '../firmware/link/errors.js';
 import { closeWhenIdle } from './transports/idle.js';
+import type { IdleWatch } from './transports/idle.js';
 import { openSerial } from './transports/serial.js';
 import { listenTcp, parseTcpAddress } from './transports/tcp.js';
 import { paced } from './transports/pacing.js';
@@ -33,13 +34,24 @@ export interface TerminalHostOptions {
   lowWatermarkBits?: number;
   /** TCP: connections served at once (default 8); one more is answered DENIED and closed. */
   maxClients?: number;
-  /** TCP: a connection that sends nothing for this long is closed (default 120 s). */
+  /** TCP: a connection that sends no valid request frame for this long is closed (default 120 s). */
   idleMs?: number;
+  /** TCP: a connection whose first valid frame has not come this long after it opened is closed (default 10 s). */
+  firstFrameMs?: number;
+  /** TCP: with every slot taken, a newcomer evicts the connection idle longest if idle this long (default 30 s). */
+  evictIdleMs?: number;
+  /** Told of each connection the host closes on its own (idle, no frame, evicted, not reading), for a log line. */
+  onDrop?: (why: string) => void;
 }
 
-/** TCP connections a module serves at once, and how long one may stay silent (docs/protocol.md 4.9). */
+/**
+ * TCP connections a module serves at once, how long one may go without a valid request frame, how
+ * soon its first must come, and how idle one must be for a newcomer to evict it (docs/protocol.md 4.9).
+ */
 export const TCP_MAX_CLIENTS = 8;
 export const TCP_IDLE_MS = 120_000;
+export const TCP_FIRST_FRAME_MS = 10_000;
+export const TCP_EVICT_IDLE_MS = 30_000;
 /** How long a refused connection stays open to answer its requests DENIED before it is closed. */
 const REFUSE_GRACE_MS = 2000;
 
@@ -98,7 +110,8 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
     });
     const transport = o.baud && isPty(o.port) ? pace(serial) : serial;
     const closed = new Promise<void>((resolve) => transport.onClose(() => resolve()));
-    terminal.attach(transport);
+    // The module's only cable: a host that stops reading loses answers, never the module's port.
+    terminal.attach(transport, { overflow: 'drop' });
     return {
       address: o.port,
       terminal,
@@ -113,10 +126,31 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
   const { host, port } = parseTcpAddress(o.listen!);
   const maxClients = o.maxClients ?? TCP_MAX_CLIENTS;
   const idleMs = o.idleMs ?? TCP_IDLE_MS;
-  const live = new Set<Transport>();
+  const firstMs = o.firstFrameMs ?? TCP_FIRST_FRAME_MS;
+  const evictIdleMs = o.evictIdleMs ?? TCP_EVICT_IDLE_MS;
+  const live = new Map<Transport, IdleWatch>();
   const refusing = new Set<Transport>();
   const refusal = new RefusingDispatcher(`terminal serves ${maxClients} connections at once; try again later`);
+  /** With every slot taken: the connection idle longest (by valid frames), if idle long enough to evict. */
+  const evictable = (): Transport | undefined => {
+    let worst: [Transport, number] | undefined;
+    for (const [tr, w] of live) {
+      const idle = w.idleFor();
+      if (!worst || idle > worst[1]) worst = [tr, idle];
+    }
+    return worst && worst[1] >= evictIdleMs ? worst[0] : undefined;
+  };
   const listener = await listenTcp(host, port, (t) => {
+    if (live.size >= maxClients) {
+      // Slots are for connections in use: one silent (no valid frame) for evictIdleMs gives its
+      // slot to the newcomer. Its link closes as any other (its transfer freed for a resume).
+      const victim = evictable();
+      if (victim) {
+        live.delete(victim);
+        o.onDrop?.('evicted: idle longest with every slot taken');
+        void victim.close();
+      }
+    }
     if (live.size >= maxClients) {
       // Over the limit: a clear answer, not a hang. The connection's requests (its PARAMS first)
       // are answered DENIED, then it is closed. Refused connections are bounded too: past as many
@@ -128,10 +162,13 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
       setTimeout(() => void t.close(), REFUSE_GRACE_MS).unref();
       return;
     }
-    // Each connection is a link of its own; closing one never touches another's.
-    live.add(t);
+    // Each connection is a link of its own; closing one never touches another's. Only valid
+    // request frames (the link knows them) keep it open, not bytes.
+    const tr = pace(t);
+    const watch = closeWhenIdle(tr, idleMs, { firstMs, onIdle: (why) => o.onDrop?.(why === 'idle' ? 'idle' : 'no valid frame') });
+    live.set(t, watch);
     t.onClose(() => live.delete(t));
-    terminal.attach(closeWhenIdle(pace(t), idleMs));
+    terminal.attach(tr, { onFrame: () => watch.frame(), onShed: (why) => o.onDrop?.(why) });
   }).catch((e: Error) => {
     closeFlash();
     throw new CliError(`cannot listen on ${o.listen}: ${e.message}`, Exit.FAILURE);

@@ -17,9 +17,9 @@ import { withIdentity } from './context.js';
 import type { ModuleContext } from './context.js';
 
 /**
- * How long a transfer's owner may stay silent before a BEGIN on another link may take the transfer
- * over (a host whose connection went half-open, then reconnected). Above the 8.6 s a full chunk
- * frame takes at 9600 baud, so a slow but live owner is never taken over.
+ * How long a transfer's owner link may stay silent (no request, no byte received) before a BEGIN on
+ * another link may take the transfer over (a host whose connection went half-open, then
+ * reconnected). Bytes of a chunk still arriving count, so a slow but live owner is never taken over.
  */
 export const TRANSFER_TAKEOVER_MS = 30_000;
 
@@ -129,7 +129,10 @@ export function injectGroup(ctx: ModuleContext): CommandGroup & { reset(): void;
   const heldElsewhere = (c: RequestContext): BatchTransfer | undefined => {
     const t = transfer;
     if (!t?.owner || !c.link || t.owner === c.link || !t.owner.open) return undefined;
-    return ctx.clock() - t.lastUsed < TRANSFER_TAKEOVER_MS ? t : undefined;
+    // The owner's last request, or the last bytes its link received (a chunk still arriving on a
+    // slow line): a live owner is never taken over, however slow its line.
+    const last = Math.max(t.lastUsed, t.owner.lastHeard ?? -Infinity);
+    return ctx.clock() - last < TRANSFER_TAKEOVER_MS ? t : undefined;
   };
 
   /** Full ids of the live batches, for the receipt (docs/batch.md "Receipt", version 2). */

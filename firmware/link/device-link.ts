@@ -17,7 +17,33 @@ export interface DeviceLinkLimits {
   maxBody: number;
   /** Requests the device queues before answering BUSY. */
   window: number;
+  /**
+   * Output the transport has not yet taken (bytes, frames) past which the link is closed: a peer
+   * that sends requests and never reads its replies (docs/protocol.md 4.9). Defaults 1 MiB, 1024.
+   */
+  maxUnsentBytes?: number;
+  maxUnsentFrames?: number;
 }
+
+/** What the module tells a link beyond its limits: its clock, and who to tell of activity. */
+export interface DeviceLinkHooks {
+  /** The module clock (ms), for `lastHeard`. Default Date.now. */
+  clock?: () => number;
+  /** Called for every well-formed request frame (e.g. to re-arm an idle timer). */
+  onFrame?: () => void;
+  /** Called once when the link closes itself because its peer does not read (for a log line). */
+  onShed?: (reason: string) => void;
+  /**
+   * What to do past the unsent-output limit: 'close' the transport (a TCP connection: the peer
+   * reconnects) or 'drop' the answers that do not fit (a serial port, the module's only cable:
+   * closing it would end the module; a host that reads again retries and is answered).
+   */
+  overflow?: 'close' | 'drop';
+}
+
+/** Unsent output past which a link is closed, unless its limits say otherwise. */
+export const MAX_UNSENT_BYTES = 1 << 20;
+export const MAX_UNSENT_FRAMES = 1024;
 
 export interface DeviceLinkStats extends FramerStats {
   requests: number;
@@ -39,34 +65,50 @@ export class DeviceLink implements LinkPeer {
   private readonly cache = new Map<number, CachedResponse>();
   private readonly pending = new Set<number>();
   private running = false;
+  /** A request is executing or its answer is being sent (it counts in the window). */
+  private executing = false;
   private closed = false;
   private readonly counters = { requests: 0, duplicates: 0, busy: 0, ignored: 0 };
+  private unsentBytes = 0;
+  private unsentFrames = 0;
+  private readonly clock: () => number;
+  private heard: number;
 
   constructor(
     private readonly transport: Transport,
     private readonly dispatcher: Dispatcher,
     limits: DeviceLinkLimits,
+    private readonly hooks: DeviceLinkHooks = {},
   ) {
     if (limits.maxBody < MIN_BODY_SIZE || limits.window < 1) throw new RangeError('invalid link limits');
     this.limits = limits;
     this.deframer = new Deframer(limits.maxBody);
+    this.clock = hooks.clock ?? Date.now;
+    this.heard = this.clock();
     transport.onData((chunk) => this.receive(chunk));
-    transport.onClose(() => {
-      this.closed = true;
-      // Requests still queued are dropped, not executed: their answers could not reach anyone,
-      // and one that changes state (a KEYS SEAL spends keys) must not run for a host that is gone.
-      for (const m of this.queue) this.pending.delete(m.seq);
-      this.queue.length = 0;
-    });
+    transport.onClose(() => this.stop());
   }
 
-  /** False once the transport closed: state this link owned may be dropped or taken over. */
+  /** False once the transport closed (or the link shed it): state this link owned may be dropped or taken over. */
   get open(): boolean {
     return !this.closed;
   }
 
+  /** Module clock when this link last received bytes (any, even part of a frame): its peer is alive. */
+  get lastHeard(): number {
+    return this.heard;
+  }
+
   get stats(): DeviceLinkStats {
     return { ...this.deframer.stats, ...this.counters };
+  }
+
+  private stop(): void {
+    this.closed = true;
+    // Requests still queued are dropped, not executed: their answers could not reach anyone,
+    // and one that changes state (a KEYS SEAL spends keys) must not run for a host that is gone.
+    for (const m of this.queue) this.pending.delete(m.seq);
+    this.queue.length = 0;
   }
 
   /** Send an unsolicited event (e.g. pool low watermark). */
@@ -75,7 +117,10 @@ export class DeviceLink implements LinkPeer {
   }
 
   private receive(chunk: Uint8Array): void {
+    if (this.closed) return; // shed: nothing more is read, let alone executed
+    this.heard = this.clock();
     for (const body of this.deframer.push(chunk)) {
+      if (this.closed) return;
       const decoded = decodeMessage(body);
       if (!decoded.ok) {
         const h = decoded.header;
@@ -94,6 +139,7 @@ export class DeviceLink implements LinkPeer {
         this.counters.ignored++; // a device only takes requests; anything else is line noise
         continue;
       }
+      this.hooks.onFrame?.();
       if (m.group === Group.SYSTEM && m.command === SystemCmd.PARAMS) {
         // PARAMS opens a host session: a new host program may reuse sequence numbers that
         // the previous one used on this cable, so answers cached for those must not be replayed.
@@ -110,7 +156,7 @@ export class DeviceLink implements LinkPeer {
         this.counters.duplicates++; // still queued or running: its response is on its way
         continue;
       }
-      if (this.queue.length + (this.running ? 1 : 0) >= this.limits.window) {
+      if (this.queue.length + (this.executing ? 1 : 0) >= this.limits.window) {
         this.counters.busy++;
         const e = new LinkError(Rc.BUSY, 'receive window full');
         void this.send(encodeMessage({ kind: Kind.ERROR, group: m.group, command: m.command, seq: m.seq, payload: { ...errorPayload(m.group, e) } }));
@@ -126,7 +172,15 @@ export class DeviceLink implements LinkPeer {
     this.running = true;
     try {
       let m: Message | undefined;
-      while ((m = this.queue.shift())) {
+      let first = true;
+      for (;;) {
+        // A request that waited behind this link's previous one starts on a turn of its own, so a
+        // close the event loop has for this link (a reset right after pipelined SEALs) is seen
+        // first and the request dropped (4.8). A lone request pays nothing.
+        if (!first && this.queue.length > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+        first = false;
+        if (!(m = this.queue.shift())) break;
+        this.executing = true;
         this.counters.requests++;
         const ctx = { group: m.group, command: m.command, seq: m.seq };
         const out = await this.dispatcher.dispatch(m.payload, { ...ctx, link: this });
@@ -141,8 +195,10 @@ export class DeviceLink implements LinkPeer {
         this.remember(m.seq, { group: m.group, command: m.command, frame });
         this.pending.delete(m.seq);
         await this.send(frame);
+        this.executing = false;
       }
     } finally {
+      this.executing = false;
       this.running = false;
     }
   }
@@ -159,10 +215,27 @@ export class DeviceLink implements LinkPeer {
 
   private async send(frame: Uint8Array): Promise<void> {
     if (this.closed) return;
+    // Bounded output: every answer waits in memory until the transport takes it, and a peer that
+    // never reads would make that grow without limit. Past the limit this link (only this one)
+    // is closed; an honest host has at most a window of answers and a few events outstanding.
+    const maxBytes = this.limits.maxUnsentBytes ?? MAX_UNSENT_BYTES;
+    const maxFrames = this.limits.maxUnsentFrames ?? MAX_UNSENT_FRAMES;
+    if (this.unsentBytes + frame.length > maxBytes || this.unsentFrames + 1 > maxFrames) {
+      if (this.hooks.overflow === 'drop') return; // lost like a frame on a noisy line (4.4)
+      this.stop();
+      this.hooks.onShed?.(`peer does not read its replies: ${this.unsentFrames} frames, ${this.unsentBytes} bytes unsent`);
+      void this.transport.close().catch(() => undefined);
+      return;
+    }
+    this.unsentBytes += frame.length;
+    this.unsentFrames++;
     try {
       await this.transport.write(frame);
     } catch {
       // The cable went away; the host will retry or resume. Nothing to do on the device.
+    } finally {
+      this.unsentBytes -= frame.length;
+      this.unsentFrames--;
     }
   }
 }

@@ -17,6 +17,8 @@ export interface LinkPeer {
   readonly open: boolean;
   /** The link's counters (framing, requests, duplicates, busy), for STATUS. */
   readonly stats: object;
+  /** Module clock when the link last received bytes: its peer is alive (e.g. mid-way through a slow chunk). */
+  readonly lastHeard?: number;
 }
 
 export type Handler = (payload: Payload, ctx: RequestContext) => Payload | Promise<Payload>;
@@ -55,14 +57,27 @@ export class Dispatcher {
     return this.exclusive(() => this.run(payload, ctx));
   }
 
-  /** Run `fn` in the same queue as the handlers (e.g. dropping a closed link's state). */
+  /**
+   * Run `fn` in the same queue as the handlers (e.g. dropping a closed link's state). Work queued
+   * behind other work starts on a turn of its own (setImmediate): handlers that finish without
+   * yielding would otherwise run the whole queue before the event loop delivers a connection's
+   * close. Work that finds the queue empty starts at once (no turn is lost on an idle module).
+   */
   exclusive<T>(fn: () => T | Promise<T>): Promise<T> {
-    const done = this.tail.then(fn);
+    const start = this.queued > 0 ? this.tail.then(() => new Promise<void>((resolve) => setImmediate(resolve))) : this.tail;
+    this.queued++;
+    const done = start.then(fn).finally(() => this.queued--);
     this.tail = done.catch(() => undefined);
     return done;
   }
 
+  /** Work queued or running in `exclusive`. */
+  private queued = 0;
+
   private async run(payload: Payload, ctx: RequestContext): Promise<DispatchOutcome> {
+    // A request whose link closed while it waited is dropped: its answer could reach no one, and
+    // one that changes state (a SEAL spends keys) must not run for a host that is gone.
+    if (ctx.link && !ctx.link.open) return { ok: false, error: new LinkError(Rc.BUSY, 'link closed') };
     const group = this.groups.get(ctx.group);
     const handler = group?.commands[ctx.command];
     if (!group || !handler) {

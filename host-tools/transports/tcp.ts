@@ -44,9 +44,11 @@ export function socketTransport(socket: net.Socket, description?: string): Trans
   let closing: Promise<void> | undefined;
   let failure: Error | undefined;
   socket.on('data', (chunk: Buffer) => core.deliver(chunk));
-  socket.on('error', (err) => (failure ??= err));
+  // A reset or a FIN ends the transport at once, not at the 'close' that follows a turn later:
+  // the link must not run requests still queued for a peer that is gone (docs/protocol.md 4.8).
+  socket.on('error', (err) => core.end(closing ? undefined : (failure ??= err)));
   // allowHalfOpen is false, so a FIN from the peer ends our side too and 'close' follows.
-  socket.on('end', () => (failure ??= new Error(`${core.description}: peer closed`)));
+  socket.on('end', () => core.end(closing ? undefined : (failure ??= new Error(`${core.description}: peer closed`))));
   socket.on('close', () => core.end(closing ? undefined : (failure ?? new Error(`${core.description}: connection closed`))));
 
   const write = async (bytes: Uint8Array): Promise<void> => {
@@ -58,10 +60,11 @@ export function socketTransport(socket: net.Socket, description?: string): Trans
     closing ??= new Promise<void>((resolve) => {
       if (socket.destroyed && core.ended) return resolve();
       socket.once('close', () => resolve());
-      // end() sends what is queued, then FIN; destroy after a grace period in case the peer
-      // never reads (its window full), so close() always finishes.
+      // end() sends what is queued, then FIN; reset after a grace period in case the peer
+      // never reads (its window full), so close() always finishes and the peer learns of it
+      // (a FIN queued behind bytes it never reads would never reach it).
       socket.end();
-      const timer = setTimeout(() => socket.destroy(), 2000);
+      const timer = setTimeout(() => socket.resetAndDestroy(), 2000);
       timer.unref();
     });
     return closing;
