@@ -92,7 +92,8 @@ t.test("closing the owner's link frees the transfer: another link resumes it fro
   const x = makeBatch(rig.deviceKey, { bits: 256 * 1024 });
   await startTransfer(rig.client, rig.params.maxChunk, x.sealed, 3);
   await rig.client.close();
-  await new Promise((r) => setTimeout(r, 20));
+  // No wait: the in-process cable ends the module side before close() resolves (inproc.ts), so
+  // the transfer is free now.
   const r = await injectBatch(b.client, rig.params, x.sealed);
   t.ok(r.resumedFromBits > 0, `B resumed at ${r.resumedFromBits} bits`);
   await b.close();
@@ -134,13 +135,18 @@ t.test("a link that closes with requests queued: the running one finishes, the q
   const ran: number[] = [];
   let release!: () => void;
   const gate = new Promise<void>((r) => (release = r));
+  let running!: () => void;
+  const firstRuns = new Promise<void>((r) => (running = r));
   d.register({
     id: 9,
     name: 'spend',
     commands: {
       0: async (p) => {
         ran.push(p['n'] as number);
-        if (p['n'] === 1) await gate; // the first request is running when the cable goes
+        if (p['n'] === 1) {
+          running();
+          await gate; // the first request is running when the cable goes
+        }
         return {};
       },
     },
@@ -148,10 +154,12 @@ t.test("a link that closes with requests queued: the running one finishes, the q
   const [host, device] = createInProcessPair();
   new DeviceLink(device, d, DEFAULT_LIMITS);
   for (const n of [1, 2, 3]) await host.write(encodeMessage({ kind: Kind.REQUEST, group: 9, command: 0, seq: n, payload: { n } }));
-  await new Promise((r) => setTimeout(r, 20));
+  await firstRuns;
   t.same(ran, [1], 'the first request is running, two queued');
   await host.close();
   release();
+  // Nothing to wait for: the check is that nothing more happens. 20 ms bounds it (the queued
+  // requests would run in the microtasks right after the release).
   await new Promise((r) => setTimeout(r, 20));
   t.same(ran, [1], 'requests 2 and 3 were dropped with the link');
 });

@@ -243,11 +243,20 @@ t.test('LOW_WATERMARK reaches every open link: closing one link detaches that li
   await c.negotiate();
   await hostB.close();
   const seen: string[] = [];
-  rig.client.onEvent((m) => seen.push(`A ${m.command}`));
-  c.onEvent((m) => seen.push(`C ${m.command}`));
+  // Wait for the two events themselves; the bound turns a missing one into a failure, not a hang.
+  let both!: () => void;
+  const two = new Promise<void>((r) => (both = r));
+  const see = (x: string) => {
+    seen.push(x);
+    if (seen.length === 2) both();
+  };
+  rig.client.onEvent((m) => see(`A ${m.command}`));
+  c.onEvent((m) => see(`C ${m.command}`));
   const s = (await rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'otp', enc: 'any', auth: 'any' }))['s'];
   await rig.client.request(Group.KEYS, KeysCmd.SEAL, { s, d: new Uint8Array(600) }); // 632 of 1024 bytes: below 4096 bits
-  await new Promise((r) => setTimeout(r, 50));
+  let bound: NodeJS.Timeout | undefined;
+  await Promise.race([two, new Promise<void>((r) => (bound = setTimeout(r, 5000)))]);
+  clearTimeout(bound);
   t.same(seen.sort(), ['A 0', 'C 0'], 'both open links got the event after another one closed');
   await c.close();
 });

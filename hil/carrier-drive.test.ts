@@ -7,7 +7,7 @@ import type { Test } from 'tap';
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -15,24 +15,15 @@ import { sealBatch } from '../firmware/crypto/batch.js';
 import { Carrier, BATCH_DIR } from '../host-tools/carrier/carrier.js';
 import type { AddOutcome } from '../host-tools/carrier/carrier.js';
 import { createLoopDrive, loopDriveSkipReason } from './loop-drive.js';
+import { assertFreshBuild } from './build-check.js';
 
-const SRC = fileURLToPath(new URL('../host-tools/carrier/', import.meta.url));
 const DIST = fileURLToPath(new URL('../dist/host-tools/carrier/', import.meta.url));
 const WRITER = fileURLToPath(new URL('./fixtures-js/carrier-writer.mjs', import.meta.url));
 
-/** The child runs the compiled carrier (no TS loader: it must start in ~0.1 s, 50 times). */
-function distSkipReason(): string | false {
-  for (const name of ['carrier', 'journal', 'errors']) {
-    const js = join(DIST, `${name}.js`);
-    if (!existsSync(js)) return `${js} missing: run \`npm run build\` first (npm test does)`;
-    if (statSync(js).mtimeMs < statSync(join(SRC, `${name}.ts`)).mtimeMs) {
-      return `${js} is older than its source: run \`npm run build\` first (npm test does)`;
-    }
-  }
-  return false;
-}
-
-const skip = loopDriveSkipReason() || distSkipReason();
+// The child runs the compiled carrier (no TS loader: it must start in ~0.1 s, 50 times), so a
+// missing or stale build fails here, never skips.
+assertFreshBuild();
+const skip = loopDriveSkipReason();
 
 /** mulberry32: a seeded PRNG so a failing kill schedule can be replayed (QKT_SEED=...). */
 function prng(seed: number): () => number {

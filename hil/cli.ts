@@ -1,8 +1,10 @@
 // Test support: run the built `qkt` CLI as a user would (a child process), and start long-running
 // commands (terminal run) that announce readiness as their first --json line, ended by pid.
+// A missing or stale dist/ fails the run (build-check.ts) rather than test old code.
 import { spawn } from 'node:child_process';
 import type { ChildProcess } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { assertFreshBuild } from './build-check.js';
 
 export const QKT_BIN = fileURLToPath(new URL('../bin/qkt.js', import.meta.url));
 
@@ -14,6 +16,7 @@ export interface CliRun {
 
 export function runQkt(args: string[], o: { env?: NodeJS.ProcessEnv; timeoutMs?: number; cwd?: string } = {}): Promise<CliRun> {
   return new Promise((resolve, reject) => {
+    assertFreshBuild();
     const child = spawn(process.execPath, [QKT_BIN, ...args], {
       env: { ...process.env, ...o.env },
       cwd: o.cwd,
@@ -49,6 +52,7 @@ export interface Background {
 /** Start a long-running `qkt ... --json` command and wait for its ready document. */
 export function startQkt(args: string[], o: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<Background> {
   return new Promise((resolve, reject) => {
+    assertFreshBuild();
     const child = spawn(process.execPath, [QKT_BIN, ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...o.env } });
     let out = '';
     let err = '';

@@ -1,19 +1,19 @@
 // Test support for the end-to-end CLI suites (e2e-offline, field-tool, kmd-serve): run `qkt` as
 // a user would, with every process and socat pair a test starts ended by pid in its teardown.
-import { existsSync } from 'node:fs';
 import type { Test } from 'tap';
-import { fileURLToPath } from 'node:url';
+import { assertFreshBuild } from './build-check.js';
 import { createPtyPair, socatSkipReason } from './pty.js';
 import type { PtyPair } from './pty.js';
 import { runQkt, startQkt } from './cli.js';
 import type { Background, CliRun } from './cli.js';
 
-const BUILT = existsSync(fileURLToPath(new URL('../dist/host-tools/cli/main.js', import.meta.url)));
-
-/** A reason to skip a CLI test (the CLI is not built), or false. Never skips under CI=true. */
-export function cliSkipReason(): string | false {
-  if (BUILT || process.env['CI'] === 'true') return false;
-  return 'the CLI is not built (npm run build)';
+/**
+ * Never a reason to skip: a CLI test with a missing or stale build must fail, not pass unseen.
+ * Throws (naming the stale file and the build command) unless dist/ matches the source.
+ */
+export function cliSkipReason(): false {
+  assertFreshBuild();
+  return false;
 }
 
 /** cliSkipReason, then socatSkipReason. */

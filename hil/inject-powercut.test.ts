@@ -1,12 +1,12 @@
 // HIL: `qkt terminal run --power-cut-after N` on a socat pty pair dies at its Nth flash operation
 // mid-injection; restarted on the same flash file, the re-run injection ends complete exactly once.
 import t from 'tap';
-import { copyFileSync, existsSync } from 'node:fs';
+import { copyFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import { fileURLToPath } from 'node:url';
 import { createPtyPair, socatSkipReason } from './pty.js';
 import type { PtyPair } from './pty.js';
 import { startQkt } from './cli.js';
+import { assertFreshBuild } from './build-check.js';
 import type { Background } from './cli.js';
 import { openSerial } from '../host-tools/transports/serial.js';
 import { LinkClient } from '../host-tools/link/client.js';
@@ -21,8 +21,9 @@ import { Group, SystemCmd } from '../firmware/link/groups.js';
 import { drainPool, makeBatch } from '../firmware/test-support/module-rig.js';
 import { createInProcessPair } from '../host-tools/transports/inproc.js';
 
-const BUILT = existsSync(fileURLToPath(new URL('../dist/host-tools/cli/main.js', import.meta.url)));
-const skip = socatSkipReason() || (BUILT ? false : 'the CLI is not built (npm run build)');
+// It runs the built CLI: a missing or stale build fails here, never skips.
+assertFreshBuild();
+const skip = socatSkipReason();
 
 t.setTimeout(120_000);
 

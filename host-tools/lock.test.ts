@@ -10,10 +10,12 @@ import { existsSync, readFileSync, utimesSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { assertFreshBuild } from '../hil/build-check.js';
 import { LockBusyError, lock, lockHolder, lockSync, lockWaitMs, procStartTime, setLockCommand, withLock, withLockSync } from './lock.js';
 
 const BUILT = fileURLToPath(new URL('../dist/host-tools/lock.js', import.meta.url));
-const skip = existsSync(BUILT) || process.env['CI'] === 'true' ? false : 'the build is missing (npm run build)';
+// The child imports the built module: a missing or stale build fails here, never skips.
+assertFreshBuild();
 
 /** A node process running `body` with `lock` (the built module) and `target` in scope. */
 function child(t: Test, dir: string, body: string, target: string): { proc: ChildProcess; out: () => string; exited: Promise<number | string> } {
@@ -112,7 +114,8 @@ t.test('a dead holder (crashed, killed) is taken over; an unreadable lock once i
 });
 
 const BOOT_ID = existsSync('/proc/sys/kernel/random/boot_id') ? readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim() : undefined;
-const noProc = BOOT_ID && procStartTime(process.pid) !== undefined ? false : 'no /proc (not Linux)';
+// Linux CI always has /proc (boot id, start times): there a missing one fails, never skips.
+const noProc = (BOOT_ID && procStartTime(process.pid) !== undefined) || (process.platform === 'linux' && process.env['CI'] === 'true') ? false : 'no /proc (not Linux)';
 
 t.test('a reused pid: a live pid that is another process now (another boot, another start time) is stale', { skip: noProc }, (t) => {
   const dir = t.testdir({});
@@ -142,7 +145,7 @@ t.test('a reused pid: a live pid that is another process now (another boot, anot
   t.end();
 });
 
-t.test('a live holder: refused at once with its pid, or waited for up to the bound', { skip }, async (t) => {
+t.test('a live holder: refused at once with its pid, or waited for up to the bound', async (t) => {
   const dir = t.testdir({});
   const target = join(dir, 'thing');
   const c = child(t, dir, `const l = L.lockSync(target, { what: 'x' }); console.log('held'); setTimeout(() => { l.release(); console.log('released'); setTimeout(() => {}, 60000); }, 700);`, target);
@@ -157,7 +160,7 @@ t.test('a live holder: refused at once with its pid, or waited for up to the bou
   t.ok(Date.now() - t0 < 5000, 'waited about as long as the holder held it');
 });
 
-t.test('released on the ways out of a process; a SIGKILLed holder\'s lock is taken over', { skip }, async (t) => {
+t.test('released on the ways out of a process; a SIGKILLed holder\'s lock is taken over', async (t) => {
   const dir = t.testdir({});
   const ways: Array<[string, string, NodeJS.Signals | undefined]> = [
     ['exit', `L.lockSync(target, { what: 'x' }); console.log('held'); setTimeout(() => process.exit(3), 50);`, undefined],
@@ -184,7 +187,7 @@ t.test('released on the ways out of a process; a SIGKILLed holder\'s lock is tak
   }
 });
 
-t.test('many processes: one holder at a time, also when they all race to take over a stale lock', { skip }, async (t) => {
+t.test('many processes: one holder at a time, also when they all race to take over a stale lock', async (t) => {
   const dir = t.testdir({});
   const target = join(dir, 'counter');
   writeFileSync(target, '0');

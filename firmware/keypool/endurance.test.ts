@@ -19,6 +19,7 @@ t.test('wear-out is reported cleanly and never serves a key from a failed sector
   let rounds = 0;
   let stopped: PoolError | undefined;
   let sawBad = 0;
+  let maintained = 0;
   outer: for (; rounds < 10_000; rounds++) {
     const data = Uint8Array.from({ length: 1500 + Math.floor(r() * 1500) }, () => Math.floor(r() * 256));
     try {
@@ -32,6 +33,7 @@ t.test('wear-out is reported cleanly and never serves a key from a failed sector
       break outer;
     }
     let off = 0;
+    let recycledMidBatch = false;
     while (off < data.length) {
       const n = Math.min(data.length - off, 1 + Math.floor(r() * 200));
       const k = pool.consume('enc', n);
@@ -41,13 +43,27 @@ t.test('wear-out is reported cleanly and never serves a key from a failed sector
       }
       off += n;
       served++;
-    }
-    try {
-      pool.maintain();
-    } catch (e) {
-      if (!(e instanceof PoolError)) throw e;
-      stopped = e;
-      break outer;
+      // Past the first sector, mid-batch (a used-up batch is retired by consume itself): the
+      // used-up leading sectors are releasable, and maintain recycles exactly those, or stops
+      // with the typed wear-out error.
+      if (!recycledMidBatch && off >= geo.sectorSize && off < data.length) {
+        recycledMidBatch = true;
+        const before = pool.status().sectors.releasable;
+        try {
+          const recycled = pool.maintain();
+          const after = pool.status().sectors.releasable;
+          if (before < 1 || recycled !== before || after !== 0) {
+            t.fail(`round ${rounds}: ${before} releasable, maintain recycled ${recycled}, ${after} left`);
+            break outer;
+          }
+          maintained++;
+        } catch (e) {
+          if (!(e instanceof PoolError)) throw e;
+          t.equal(e.code, 'WORN_OUT', `maintain stopped with a typed WORN_OUT error (${e.code}: ${e.message})`);
+          stopped = e;
+          break outer;
+        }
+      }
     }
     sawBad = Math.max(sawBad, pool.status().sectors.bad);
     // reboot now and then: bad-sector knowledge is rediscovered, never trusted blindly
@@ -55,6 +71,7 @@ t.test('wear-out is reported cleanly and never serves a key from a failed sector
   }
   t.ok(stopped, 'the pool eventually refuses with a typed error');
   t.ok(served > 100, `served ${served} keys over ${rounds} rounds first`);
+  t.ok(maintained >= rounds - 1, `maintain recycled the used-up sectors mid-batch (${maintained} times in ${rounds} rounds)`);
   const worn = [...Array(flash.sectorCount).keys()].filter((s) => flash.sectorHealth(s) === 'worn');
   t.ok(worn.length > 0, `${worn.length} sectors worn out on the flash`);
   t.ok(sawBad > 0 || stopped?.code === 'WORN_OUT', 'status showed bad sectors or the error said worn out');

@@ -10,13 +10,15 @@ import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { poolBatchId } from '../../firmware/commands/inject.js';
 import { StationStore } from './store.js';
+import { assertFreshBuild } from '../../hil/build-check.js';
 
 const BUILT = fileURLToPath(new URL('../../dist/host-tools/station/store.js', import.meta.url));
-const skip = existsSync(BUILT) || process.env['CI'] === 'true' ? false : 'the build is missing (npm run build)';
+// The child imports the built module: a missing or stale build fails here, never skips.
+assertFreshBuild();
 
 const meta = (n: number) => ({ batchId: new Uint8Array(16).fill(n), seq: n, purpose: 'enc' as const, bits: 8192 });
 
-t.test('a writer SIGKILLed between its writes and its last token: another store remounts', { skip }, async (t) => {
+t.test('a writer SIGKILLed between its writes and its last token: another store remounts', async (t) => {
   const dir = join(t.testdir({}), 'station');
   const running = new StationStore(dir);
   t.teardown(() => running.close());

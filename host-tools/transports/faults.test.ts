@@ -88,6 +88,7 @@ t.test('pull after N bytes on the send side: exactly N bytes arrive, then an err
   t.equal(concat(got).length, 2500);
   t.ok(f.stats.pulled);
   await f.close();
+  // Nothing to wait for: the check is that no second onClose comes; 20 ms bounds it.
   await new Promise((r) => setTimeout(r, 20));
   t.equal(wf.calls.length, 1, 'onClose once');
 });

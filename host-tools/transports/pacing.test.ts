@@ -115,10 +115,11 @@ t.test('transport suite through a fast pacer', (t) => {
 });
 
 t.test('close rejects queued writes; bad baud is a RangeError', async (t) => {
-  const [a] = createInProcessPair();
+  const [a, b] = createInProcessPair();
+  const firstSlice = new Promise((r) => b.onData(r));
   const p = paced(a, { baud: 9600 });
   const w = t.rejects(p.write(new Uint8Array(9600)), /closed/); // ten seconds of line time
-  await new Promise((r) => setTimeout(r, 20));
+  await firstSlice; // the write is under way (its first slice is on the line), the rest queued
   await p.close();
   await w;
   t.throws(() => paced(a, { baud: 0 }), RangeError);

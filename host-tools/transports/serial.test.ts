@@ -53,11 +53,21 @@ t.test('mock port: one whole frame per chunk however the bytes arrive', async (t
   const tr = await openSerial('/dev/mockframes', { binding: SerialPortMock.binding });
   const mock = tr.port.port as MockPort;
   const chunks: string[] = [];
-  tr.onData((c) => chunks.push(Buffer.from(c).toString('hex')));
+  // Wait for the third chunk itself (not a sleep); the bound only turns a lost chunk into a failure.
+  const three = new Promise<void>((resolve, reject) => {
+    const bound = setTimeout(() => reject(new Error(`only ${chunks.length} chunk(s) arrived: ${chunks.join(' ')}`)), 5000);
+    tr.onData((c) => {
+      chunks.push(Buffer.from(c).toString('hex'));
+      if (chunks.length === 3) {
+        clearTimeout(bound);
+        resolve();
+      }
+    });
+  });
   mock.emitData(Buffer.from([1, 2]));
   mock.emitData(Buffer.from([3, 0, 4, 0, 5]));
   mock.emitData(Buffer.from([6, 0]));
-  await new Promise((r) => setTimeout(r, 20));
+  await three;
   t.same(chunks, ['01020300', '0400', '050600']);
   await tr.close();
 });

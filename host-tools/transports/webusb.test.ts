@@ -1,6 +1,8 @@
 // WebUSB bulk transport against the fake device: the shared suite, the open sequence, endpoint
 // selection, stalls, and device discovery filtering.
 import t from 'tap';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { FakeWebUsbDevice, FAKE_EP_IN, FAKE_EP_OUT, FAKE_INTERFACE } from './fake-webusb.js';
 import { findWebUsbDevices, openWebUsb } from './webusb.js';
 import { collect, transportSuite, watchClose } from './transport.suite.js';
@@ -82,11 +84,24 @@ t.test('findWebUsbDevices filters what getDevices returns', async (t) => {
   t.same(await findWebUsbDevices([{ vendorId: 1 }], usb), []);
 });
 
-t.test('findWebUsbDevices on the real stack: a list, or a clear error where there is no USB bus', async (t) => {
-  try {
-    const found = await findWebUsbDevices();
-    t.ok(Array.isArray(found), `${found.length} device(s)`);
-  } catch (e) {
-    t.type(e, Error, `no USB here: ${(e as Error).message}`);
+t.test('findWebUsbDevices on the real stack: what sysfs lists, or a clear error where there is no USB bus', { skip: process.platform !== 'linux' && 'compared with Linux sysfs' }, async (t) => {
+  // The truth comes from sysfs, not from the code under test: a USB bus is there exactly when
+  // /sys/bus/usb/devices is, and each device libusb finds has its ids in a sysfs entry.
+  const sysUsb = '/sys/bus/usb/devices';
+  if (!existsSync(sysUsb)) {
+    await t.rejects(findWebUsbDevices(), /\/sys\/bus\/usb/, 'no USB bus: a rejection naming what is missing');
+    return;
   }
+  const ids = new Set<string>();
+  for (const e of readdirSync(sysUsb)) {
+    try {
+      ids.add(`${readFileSync(join(sysUsb, e, 'idVendor'), 'utf8').trim()}:${readFileSync(join(sysUsb, e, 'idProduct'), 'utf8').trim()}`);
+    } catch {
+      // an interface entry (no ids of its own)
+    }
+  }
+  const found = await findWebUsbDevices();
+  const hex4 = (n: number) => n.toString(16).padStart(4, '0');
+  t.ok(found.length <= ids.size, `${found.length} device(s), sysfs lists ${ids.size}`);
+  for (const d of found) t.ok(ids.has(`${hex4(d.vendorId)}:${hex4(d.productId)}`), `${hex4(d.vendorId)}:${hex4(d.productId)} is in sysfs`);
 });
