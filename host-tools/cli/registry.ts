@@ -296,9 +296,9 @@ export const commands: readonly CommandSpec[] = [
   },
   {
     path: ['bench'],
-    summary: 'benchmarks (link, flash, inject, lifetime, download, station, multiclient): a markdown table, or JSON with --json',
-    usage: 'qkt bench [link|flash|inject|lifetime|download|station|multiclient]... [--quick] [--bytes N] [--out DIR] [--json]',
-    examples: ['qkt bench link', 'qkt bench link --json', 'qkt bench --out docs/bench', 'qkt bench flash --quick', 'qkt bench lifetime --json'],
+    summary: 'benchmarks (link, flash, inject, lifetime, download, station, multiclient, start): a markdown table, or JSON with --json',
+    usage: 'qkt bench [link|flash|inject|lifetime|download|station|multiclient|start]... [--quick] [--bytes N] [--out DIR] [--json]',
+    examples: ['qkt bench link', 'qkt bench link --json', 'qkt bench --out docs/bench', 'qkt bench flash --quick', 'qkt bench lifetime --json', 'qkt bench start'],
     options: {
       quick: flag('smaller sizes and fewer repeats (a smoke run, not figures to quote)'),
       bytes: { type: 'string', value: 'N', description: 'bytes to move per case (link, inject, download, multiclient)', defaultText: "each benchmark's own (inject: 1 MiB)" },
