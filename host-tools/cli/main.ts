@@ -54,7 +54,7 @@ export async function main(argv: string[]): Promise<number> {
     const h = commandHelp(c);
     return print(h, formatCommandHelp(h));
   };
-  if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || (argv[0] === '--json' && asksHelp)) return printList([]);
+  if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || (argv[0] === '--json' && (asksHelp || argv.length === 1))) return printList([]);
   if (argv[0] === 'help') {
     const words = argv.slice(1).filter((a) => !a.startsWith('-'));
     const sub = findCommand(words);
@@ -66,6 +66,7 @@ export async function main(argv: string[]): Promise<number> {
   if (argv[0] === '--version' || argv[0] === '-V' || argv[0] === 'version') {
     return print({ version: version() }, `qkt ${version()}`);
   }
+  if (argv[0]!.startsWith('-')) return fail(`unknown option ${argv[0]} before a command; run qkt --help`, Exit.USAGE);
   const found = findCommand(argv);
   if (!found) {
     const group = findGroup(argv);

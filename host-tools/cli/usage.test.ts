@@ -50,6 +50,7 @@ t.test('malformed values, unknown, repeated and valueless options: exit 2, the r
     [['status', '--port', 'x', '--baud', '-9600'], /^qkt: --baud must be a whole number from 300 to 12000000, got "-9600"; usage: qkt status /],
     [['status', '--port', 'x', 'extra'], /^qkt: unexpected argument "extra": qkt status takes no arguments besides its options .*; usage: qkt status /],
     [['ports', 'usb'], /^qkt: unexpected argument "usb": qkt ports takes no arguments besides its options; usage: qkt ports/],
+    [['--bogus', 'status'], /^qkt: unknown option --bogus before a command; run qkt --help$/m],
     [['kmd', 'frob'], /^qkt: unknown command "kmd frob": qkt kmd has init, enroll, .*; run qkt kmd --help/],
   ];
   for (const [args, re] of cases) {
