@@ -143,4 +143,14 @@ t.test('help and usage errors load no command implementation and no dependency',
   // The control: a command that runs does load its implementation, seen by the same hook.
   await run(['status', '--port', '/dev/qkt-no-such-port']);
   t.ok(readFileSync(log, 'utf8').includes('/cli/commands/status.js'), 'a running command loads its module');
+  t.ok(readFileSync(log, 'utf8').includes('/transports/serial.js'), 'and a serial path the serial transport');
+  // A TCP port needs neither the serial nor the USB library (native bindings, slow to load).
+  t.equal(await run(['status', '--port', 'tcp:127.0.0.1:1']), 3);
+  const tcp = readFileSync(log, 'utf8');
+  t.ok(tcp.includes('/transports/tcp.js'), 'status over tcp: the tcp transport');
+  t.notOk(/\/node_modules\/(serialport|@serialport|usb)\/|\/transports\/(serial|webusb)\.js|\/ports\/list\.js/.test(tcp), 'status over tcp: no serial or USB library');
+  // usb:VID:PID still reaches the USB library, loaded when asked for.
+  const usb = await runQkt(['status', '--port', 'usb:ffff:fffe']);
+  t.equal(usb.code, 3);
+  t.match(usb.stderr, /^qkt: (no USB device ffff:fffe attached|USB is not available here: .*)\n$/);
 });
