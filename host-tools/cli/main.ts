@@ -30,10 +30,6 @@ function findGroup(argv: string[]): string[] {
   return words;
 }
 
-export function helpText(): string {
-  return formatListHelp(listHelp(commands, []));
-}
-
 export async function main(argv: string[]): Promise<number> {
   const json = argv.includes('--json');
   const asksHelp = argv.includes('--help') || argv.includes('-h');
