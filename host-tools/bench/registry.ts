@@ -17,6 +17,8 @@ import { benchDownload, formatDownloadBench } from './download.js';
 import type { DownloadBenchResult } from './download.js';
 import { benchStation, formatStationBench } from './station.js';
 import type { StationBenchResult } from './station.js';
+import { benchStart, formatStartBench } from './start.js';
+import type { StartBenchResult } from './start.js';
 
 export interface BenchOptions {
   quick: boolean;
@@ -65,5 +67,9 @@ export const benchmarks: Record<string, Benchmark> = {
   multiclient: {
     run: (o) => benchMulticlient({ bits: o.bytes ? o.bytes * 8 : o.quick ? 2 ** 20 : 2 ** 23, repeats: o.quick ? 1 : 5, log: o.log }),
     format: (r) => formatMulticlientBench(r as MulticlientBenchResult),
+  },
+  start: {
+    run: async (o) => benchStart({ runs: o.quick ? 3 : 20, log: o.log }),
+    format: (r) => formatStartBench(r as StartBenchResult),
   },
 };

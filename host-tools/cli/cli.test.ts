@@ -66,7 +66,7 @@ t.test('demo --json: one JSON document; every message opened, both sides used th
 t.test('hil run refuses what it cannot run, before starting anything', async (t) => {
   const r = await runQkt(['hil', 'run', '--transport', 'carrier-pigeon']);
   t.equal(r.code, 2);
-  t.match(r.stderr, /^qkt: unknown transport carrier-pigeon; choose from inproc, tcp, pty, mock, webusb\n$/);
+  t.match(r.stderr, /^qkt: unknown transport carrier-pigeon; choose from inproc, tcp, pty, mock, webusb; usage: qkt hil run \[--transport [^\n]*\n$/);
   const c = await runQkt(['hil', 'run', '--carrier', '/nonexistent/drive']);
   t.equal(c.code, 2);
   t.match(c.stderr, /--carrier \/nonexistent\/drive does not exist/);

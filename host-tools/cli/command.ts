@@ -1,9 +1,25 @@
-// The CLI's command shape (oclif-style, declarative): summary, usage, examples, options, and a
-// run() that calls the library and returns a typed result. `--json` prints that result and
-// nothing else; otherwise render() turns it into lines for a person.
-import type { ParseArgsConfig } from 'node:util';
+// The CLI's command shape: a light spec (path, summary, usage, options, examples: registry.ts)
+// and, loaded only when the command runs, a run() that calls the library and returns a typed
+// result. `--json` prints that result and nothing else; otherwise render() turns it into lines.
+import { parseBits, parseRate } from '../units.js';
 
-export type OptionSpec = NonNullable<ParseArgsConfig['options']>;
+/** One option of a command, as `--help` describes it and the parser reads it. */
+export interface OptionInfo {
+  type: 'string' | 'boolean';
+  short?: string;
+  /** Given once per value (`--terminal T1 --terminal T2`). */
+  multiple?: boolean;
+  /** The parser's default (booleans: false). */
+  default?: string | boolean;
+  /** What it means, with its unit. */
+  description: string;
+  /** The value's placeholder in help (`DIR`, `N`); default `VALUE`. */
+  value?: string;
+  /** The default the command applies when the option is absent, in words (`115200`, `QKT_HOME`). */
+  defaultText?: string;
+}
+
+export type OptionSpec = Record<string, OptionInfo>;
 export type Values = Record<string, string | boolean | string[] | boolean[] | undefined>;
 
 /** Exit codes of `qkt` (docs/cli.md): stable, scripts depend on them. */
@@ -59,7 +75,8 @@ export interface ProgressSink {
   done(): void;
 }
 
-export interface Command<R = unknown> {
+/** What `qkt --help` and `qkt CMD --help` show and the parser needs: nothing heavy is loaded for it. */
+export interface CommandSpec {
   /** Words that name the command, e.g. ['terminal', 'run']. */
   path: readonly string[];
   summary: string;
@@ -68,6 +85,14 @@ export interface Command<R = unknown> {
   options: OptionSpec;
   /** Options that must be present. */
   required?: readonly string[];
+  /** The positional arguments it takes, if any (anything else on the line is refused). */
+  positionals?: { name: string; description: string };
+  /** Imports the implementation: only when the command runs. */
+  load(): Promise<Command<any>>;
+}
+
+/** A command's implementation (commands/*.ts), loaded lazily by the spec. */
+export interface Command<R = unknown> {
   run(values: Values, positionals: string[], io: Io): Promise<R>;
   /** Human rendering of the result; default is none (long-running commands print as they go). */
   render?(result: R): string;
@@ -90,6 +115,28 @@ export function str(v: Values, name: string): string | undefined {
 export function strs(v: Values, name: string): string[] {
   const x = v[name];
   return Array.isArray(x) ? x.filter((s): s is string => typeof s === 'string') : typeof x === 'string' ? [x] : [];
+}
+
+/** A key amount option (`3Mbit`, `384KiB`, bits), refused as a usage error naming the option. */
+export function bitsOption(v: Values, name: string): number | undefined {
+  const x = str(v, name);
+  if (x === undefined) return undefined;
+  try {
+    return parseBits(x);
+  } catch (e) {
+    throw new CliError(`--${name}: ${(e as Error).message}`, Exit.USAGE);
+  }
+}
+
+/** A rate option (`11kbit/s`, bit/s), refused as a usage error naming the option. */
+export function rateOption(v: Values, name: string): number | undefined {
+  const x = str(v, name);
+  if (x === undefined) return undefined;
+  try {
+    return parseRate(x);
+  } catch (e) {
+    throw new CliError(`--${name}: ${(e as Error).message}`, Exit.USAGE);
+  }
 }
 
 export function int(v: Values, name: string, min = 0, max = Number.MAX_SAFE_INTEGER): number | undefined {

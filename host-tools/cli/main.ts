@@ -1,89 +1,104 @@
 // `qkt` entry: finds the command named by the first words, parses its options, runs it, and
 // prints its result (human lines, or exactly one JSON document under --json). A failure is one
 // line on stderr and a stable non-zero exit code (command.ts `Exit`).
-import { parseArgs } from 'node:util';
 import { readFileSync } from 'node:fs';
-import { Exit, CliError } from './command.js';
-import type { Command, Io, OptionSpec, Values } from './command.js';
-import { ttyProgress } from './progress.js';
-import { describeError } from './errors.js';
+import { CliError, Exit } from './command.js';
+import type { CommandSpec, Io, Values } from './command.js';
 import { commands } from './registry.js';
-import { setLockCommand } from '../lock.js';
-
-const GLOBAL: OptionSpec = {
-  json: { type: 'boolean', default: false },
-  help: { type: 'boolean', short: 'h', default: false },
-};
+import { commandHelp, formatCommandHelp, formatListHelp, groupMembers, listHelp } from './help.js';
+import { parseCommandLine, UsageError } from './argv.js';
 
 function version(): string {
   const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
   return pkg.version;
 }
 
-function findCommand(argv: string[]): { command: Command; rest: string[] } | undefined {
-  let best: Command | undefined;
+function findCommand(argv: string[]): { command: CommandSpec; rest: string[] } | undefined {
+  let best: CommandSpec | undefined;
   for (const c of commands) {
     if (c.path.every((w, i) => argv[i] === w) && (!best || c.path.length > best.path.length)) best = c;
   }
   return best ? { command: best, rest: argv.slice(best.path.length) } : undefined;
 }
 
-export function helpText(): string {
-  const width = Math.max(...commands.map((c) => c.path.join(' ').length));
-  return [
-    'qkt: quantum keys for distribution terminals (KMD, carrier, terminal module, master station)',
-    '',
-    'Usage: qkt <command> [options]     (every command takes --json and --help)',
-    '',
-    'Commands:',
-    ...commands.map((c) => `  ${c.path.join(' ').padEnd(width)}  ${c.summary}`),
-    '',
-    'State lives in a home folder: --home DIR or QKT_HOME.',
-    'Run `qkt <command> --help` for its options and examples. Docs: README.md, docs/.',
-  ].join('\n');
-}
-
-function commandHelp(c: Command): string {
-  return [`qkt ${c.path.join(' ')}: ${c.summary}`, '', `Usage: ${c.usage}`, '', 'Examples:', ...c.examples.map((e) => `  ${e}`)].join('\n');
+/** The longest run of leading words that names a group of commands (`kmd`, `kmd sae`), or []. */
+function findGroup(argv: string[]): string[] {
+  let words: string[] = [];
+  for (let n = 1; n <= argv.length && !argv[n - 1]!.startsWith('-'); n++) {
+    if (groupMembers(commands, argv.slice(0, n)).length > 0) words = argv.slice(0, n);
+  }
+  return words;
 }
 
 export async function main(argv: string[]): Promise<number> {
   const json = argv.includes('--json');
+  const asksHelp = argv.includes('--help') || argv.includes('-h');
   const fail = (message: string, code: number): number => {
     process.stderr.write(`qkt: ${message.split('\n')[0]}\n`);
     if (json) process.stdout.write(JSON.stringify({ error: { message, exitCode: code } }) + '\n');
     return code;
   };
-  if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || argv[0] === 'help') {
-    const sub = argv[0] === 'help' ? findCommand(argv.slice(1)) : undefined;
-    process.stdout.write((sub ? commandHelp(sub.command) : helpText()) + '\n');
+  const print = (doc: unknown, text: string): number => {
+    process.stdout.write((json ? JSON.stringify(doc) : text) + '\n');
     return Exit.OK;
+  };
+  const printList = (words: string[]) => {
+    const h = listHelp(commands, words);
+    return print(h, formatListHelp(h));
+  };
+  const printCommand = (c: CommandSpec) => {
+    const h = commandHelp(c);
+    return print(h, formatCommandHelp(h));
+  };
+  if (argv.length === 0 || argv[0] === '--help' || argv[0] === '-h' || (argv[0] === '--json' && (asksHelp || argv.length === 1))) return printList([]);
+  if (argv[0] === 'help') {
+    const words = argv.slice(1).filter((a) => !a.startsWith('-'));
+    const sub = findCommand(words);
+    if (sub && sub.rest.length === 0) return printCommand(sub.command);
+    const group = findGroup(words);
+    if (group.length === words.length) return printList(group);
+    return fail(`no command "${words.join(' ')}"; run qkt --help`, Exit.USAGE);
   }
   if (argv[0] === '--version' || argv[0] === '-V' || argv[0] === 'version') {
-    process.stdout.write(json ? JSON.stringify({ version: version() }) + '\n' : `qkt ${version()}\n`);
-    return Exit.OK;
+    return print({ version: version() }, `qkt ${version()}`);
   }
+  if (argv[0]!.startsWith('-')) return fail(`unknown option ${argv[0]} before a command; run qkt --help`, Exit.USAGE);
   const found = findCommand(argv);
-  if (!found) return fail(`unknown command "${argv.filter((a) => !a.startsWith('-')).slice(0, 2).join(' ')}"; run qkt --help`, Exit.USAGE);
+  if (!found) {
+    const group = findGroup(argv);
+    if (group.length === 0) return fail(`unknown command "${argv.filter((a) => !a.startsWith('-')).slice(0, 2).join(' ')}"; run qkt --help`, Exit.USAGE);
+    if (argv.length === group.length || argv.slice(group.length).every((a) => a.startsWith('-'))) {
+      // `qkt kmd --help` asked for the list; `qkt kmd` alone ran nothing, so a script that built
+      // `qkt kmd $SUB` with an empty $SUB must not read it as done: the list, on stderr, exit 2.
+      if (asksHelp) return printList(group);
+      const h = listHelp(commands, group);
+      const code = fail(`"qkt ${h.group}" needs a command: ${h.commands.map((c) => c.command.split(' ').slice(group.length).join(' ')).join(', ')}; run qkt ${h.group} --help`, Exit.USAGE);
+      if (!json) process.stderr.write('\n' + formatListHelp(h) + '\n');
+      return code;
+    }
+    const g = group.join(' ');
+    const names = groupMembers(commands, group).map((c) => c.path.slice(group.length).join(' '));
+    return fail(`unknown command "${argv.slice(0, group.length + 1).join(' ')}": qkt ${g} has ${names.join(', ')}; run qkt ${g} --help`, Exit.USAGE);
+  }
   const { command, rest } = found;
+  const beforeTerminator = rest.includes('--') ? rest.slice(0, rest.indexOf('--')) : rest;
+  if (beforeTerminator.includes('--help') || beforeTerminator.includes('-h')) return printCommand(command);
 
   let values: Values;
   let positionals: string[];
   try {
-    const parsed = parseArgs({ args: rest, options: { ...GLOBAL, ...command.options }, allowPositionals: true, strict: true });
-    values = parsed.values as Values;
-    positionals = parsed.positionals;
+    ({ values, positionals } = parseCommandLine(command, rest));
   } catch (e) {
-    return fail(`${(e as Error).message.replace(/\. To specify.*$/, '')}; see qkt ${command.path.join(' ')} --help`, Exit.USAGE);
-  }
-  if (values['help']) {
-    process.stdout.write(commandHelp(command) + '\n');
-    return Exit.OK;
+    if (e instanceof UsageError) return fail(e.message, Exit.USAGE);
+    throw e;
   }
   for (const r of command.required ?? []) {
     if (values[r] === undefined) return fail(`--${r} is required; usage: ${command.usage}`, Exit.USAGE);
   }
 
+  // Only now the command's modules (and the lock, progress and error helpers) load: help and usage
+  // errors above stay fast to start.
+  const [impl, { setLockCommand }, { ttyProgress }, { describeError }] = await Promise.all([command.load(), import('../lock.js'), import('./progress.js'), import('./errors.js')]);
   // Locks this command takes name it: "KMD home H is in use by pid N (qkt carrier load, ...)".
   setLockCommand(`qkt ${command.path.join(' ')}`);
   let stop: () => void = () => undefined;
@@ -112,13 +127,13 @@ export async function main(argv: string[]): Promise<number> {
     },
   };
   try {
-    const result = await command.run(values, positionals, io);
+    const result = await impl.run(values, positionals, io);
     io.progress.done();
     if (!readyPrinted) {
       if (json) process.stdout.write(JSON.stringify(result) + '\n');
-      else if (command.render) process.stdout.write(command.render(result) + '\n');
+      else if (impl.render) process.stdout.write(impl.render(result) + '\n');
     }
-    const partial = command.outcome?.(result);
+    const partial = impl.outcome?.(result);
     if (partial) {
       process.stderr.write(`qkt: ${partial.reason}\n`);
       return partial.exitCode;
@@ -127,11 +142,12 @@ export async function main(argv: string[]): Promise<number> {
   } catch (e) {
     io.progress.done();
     const { message, exitCode } = describeError(e);
-    return fail(message, exitCode);
+    // A value the command refused (`--bits -1`, two of --kmd/--home): show the right form too.
+    const form = e instanceof CliError && exitCode === Exit.USAGE && !message.includes('usage: ') ? `; usage: ${command.usage}` : '';
+    return fail(message + form, exitCode);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
 }
 
-export { CliError };

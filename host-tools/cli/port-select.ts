@@ -1,7 +1,6 @@
 // Resolves the --port a field engineer typed: a path or tcp:/usb: address as is, or `auto` for
 // the single attached serial device (optionally filtered by VID:PID).
 import { CliError, Exit } from './command.js';
-import { listPorts } from '../ports/list.js';
 
 export async function resolvePort(port: string, vidpid?: string): Promise<string> {
   if (port !== 'auto') return port;
@@ -13,6 +12,8 @@ export async function resolvePort(port: string, vidpid?: string): Promise<string
     vid = m[1]!.toLowerCase();
     pid = m[2]!.toLowerCase();
   }
+  // Listing loads the serial and USB libraries (native bindings): only for `auto`.
+  const { listPorts } = await import('../ports/list.js');
   const { serial } = await listPorts();
   if (!serial.available && serial.ports.length === 0) {
     throw new CliError(`--port auto: cannot list serial ports here (${serial.reason ?? 'unknown reason'}); give --port PATH`, Exit.NO_DEVICE);

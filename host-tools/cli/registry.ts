@@ -1,40 +1,310 @@
-// The commands `qkt` knows, in the order `qkt --help` lists them.
-import type { Command } from './command.js';
-import demo from './commands/demo.js';
-import terminalRun from './commands/terminal-run.js';
-import status from './commands/status.js';
-import bench from './commands/bench.js';
-import ports from './commands/ports.js';
-import inject from './commands/inject.js';
-import { kmdCollect, kmdEnroll, kmdExport, kmdInit, kmdStatusCommand, kmdVoid } from './commands/kmd.js';
-import { kmdEnrollCarrier, kmdSaeAdd, kmdServe } from './commands/kmd-serve.js';
-import { carrierLoad, carrierStatus } from './commands/carrier.js';
-import { kmdToken, zeroize } from './commands/zeroize.js';
-import hilRun from './commands/hil.js';
-import stationRun from './commands/station.js';
-import stationCert from './commands/station-cert.js';
+// The commands `qkt` knows, in the order `qkt --help` lists them: what help and the parser need
+// (path, summary, usage, options, examples). A command's modules load only when it runs (load()),
+// so `qkt --help` and a usage error never pay for crypto, TLS, serial or USB libraries.
+import type { CommandSpec, OptionInfo } from './command.js';
 
-export const commands: readonly Command<any>[] = [
-  demo,
-  ports,
-  status,
-  inject,
-  zeroize,
-  carrierLoad,
-  carrierStatus,
-  kmdInit,
-  kmdEnroll,
-  kmdExport,
-  kmdCollect,
-  kmdStatusCommand,
-  kmdVoid,
-  kmdServe,
-  kmdSaeAdd,
-  kmdEnrollCarrier,
-  kmdToken,
-  stationRun,
-  stationCert,
-  terminalRun,
-  hilRun,
-  bench,
+// Options several commands share, described once.
+const home: OptionInfo = { type: 'string', value: 'DIR', description: "the KMD's home folder (its keys, terminals, batches, station store)", defaultText: '$QKT_HOME' };
+const carrierDir: OptionInfo = { type: 'string', value: 'DIR', description: 'the carrier: a folder or the mount point of a USB drive' };
+const port: OptionInfo = {
+  type: 'string',
+  value: 'PORT',
+  description: "the terminal's port: a serial device (/dev/ttyUSB0), auto (the one USB serial port, see --vidpid), tcp:HOST:PORT or usb:VID:PID",
+};
+const vidpid: OptionInfo = { type: 'string', value: 'VID:PID', description: 'with --port auto: only USB serial ports with this vendor:product id (hex)', defaultText: 'any' };
+const baud: OptionInfo = {
+  type: 'string',
+  value: 'N',
+  description: 'line rate in baud (bit/s, 300 to 12000000): sets a serial port; on a pty or tcp: paces the link to it',
+  defaultText: '115200 on a serial port; a pty or tcp: unpaced',
+};
+const bits: OptionInfo = { type: 'string', value: 'N', description: 'key per terminal: a number of bits, or with a unit (3Mbit, 384KiB)' };
+const terminal: OptionInfo = { type: 'string', value: 'ID', description: 'terminal id (1-32 of A-Z a-z 0-9 . _ -)' };
+const terminals: OptionInfo = { ...terminal, multiple: true, description: 'terminal id; give --terminal once per terminal (--terminal T1 --terminal T2)' };
+const flag = (description: string): OptionInfo => ({ type: 'boolean', default: false, description });
+
+export const commands: readonly CommandSpec[] = [
+  {
+    path: ['demo'],
+    summary: 'the whole chain on this machine: KMD, carrier, 3 terminals, station, encrypted traffic',
+    usage: 'qkt demo [--pty] [--keep DIR] [--json]',
+    examples: ['qkt demo', 'qkt demo --pty', 'qkt demo --keep ./demo-state --json'],
+    options: {
+      pty: flag('run the terminals on socat pty pairs (a serial line each) instead of in this process'),
+      keep: { type: 'string', value: 'DIR', description: "keep the demo's state (KMD home, carrier, flash images) in DIR", defaultText: 'a temporary folder, removed' },
+    },
+    load: () => import('./commands/demo.js').then((m) => m.default),
+  },
+  {
+    path: ['ports'],
+    summary: 'serial ports, USB devices and removable drives on this machine',
+    usage: 'qkt ports [--json]',
+    examples: ['qkt ports', 'qkt ports --json'],
+    options: {},
+    load: () => import('./commands/ports.js').then((m) => m.default),
+  },
+  {
+    path: ['status'],
+    summary: 'identity, firmware and key pool of the terminal on a port',
+    usage: 'qkt status --port PATH|auto|tcp:HOST:PORT [--audit] [--baud N] [--json]',
+    examples: ['qkt status --port /dev/ttyUSB0', 'qkt status --port auto --json', 'qkt status --port tcp:127.0.0.1:7000 --audit'],
+    options: { port, baud, vidpid, audit: flag("also read the module's security log (up to its 64 oldest events)") },
+    required: ['port'],
+    load: () => import('./commands/status.js').then((m) => m.default),
+  },
+  {
+    path: ['inject'],
+    summary: "inject the terminal's key batch from a carrier; resumable",
+    usage: 'qkt inject --carrier DIR --port PATH|auto|tcp:HOST:PORT [--vidpid VID:PID] [--baud N]',
+    examples: ['qkt inject --carrier /media/usb0 --port /dev/ttyUSB0', 'qkt inject --carrier /media/usb0 --port auto --vidpid 0483:5740', 'qkt inject --carrier ./car1 --port /dev/pts/3 --json'],
+    options: { carrier: { ...carrierDir, description: "the carrier holding the terminal's batch; its receipt is written there" }, port, vidpid, baud },
+    required: ['carrier', 'port'],
+    load: () => import('./commands/inject.js').then((m) => m.default),
+  },
+  {
+    path: ['zeroize'],
+    summary: "wipe every key in the terminal's pool (needs a KMD token on the carrier)",
+    usage: 'qkt zeroize --carrier DIR --port PATH|auto|tcp:HOST:PORT [--factory-reset]',
+    examples: ['qkt zeroize --carrier /media/usb0 --port /dev/ttyUSB0', 'qkt zeroize --carrier /media/usb0 --port auto --factory-reset'],
+    options: {
+      carrier: { ...carrierDir, description: 'the carrier holding the token (qkt kmd token); the token is spent' },
+      port,
+      vidpid,
+      'factory-reset': flag('also erase the device key: the module must be enrolled again (qkt kmd enroll --again)'),
+    },
+    required: ['carrier', 'port'],
+    load: () => import('./commands/zeroize.js').then((m) => m.zeroize),
+  },
+  {
+    path: ['carrier', 'load'],
+    summary: 'export sealed batches onto a carrier, from a local KMD home or a KMD download port',
+    usage: 'qkt carrier load (--kmd PORT | --home H) --carrier DIR --terminal ID [--terminal ID...] --bits N [--carrier-id ID]',
+    examples: [
+      'qkt carrier load --home ./kmd --carrier /media/usb0 --terminal T1 --terminal T2 --bits 3Mbit',
+      'qkt carrier load --kmd /dev/ttyUSB1 --carrier /media/usb0 --terminal T1 --bits 3Mbit',
+      'qkt carrier load --kmd tcp:127.0.0.1:7100 --carrier ./car1',
+    ],
+    options: {
+      home,
+      kmd: { type: 'string', value: 'PORT', description: "load through a KMD's download interface on this port (serial device or tcp:HOST:PORT) instead of --home" },
+      carrier: { ...carrierDir, description: 'the carrier to load: an existing carrier of this KMD, or an empty folder or drive (made a carrier)' },
+      terminal: { ...terminals, description: 'terminal to load a batch for; give --terminal once per terminal (--terminal T1 --terminal T2). With --kmd: default every terminal the KMD has queued' },
+      bits: { ...bits, description: 'key per terminal: a number of bits, or with a unit (3Mbit, 384KiB); with --kmd: default what the KMD has queued' },
+      'carrier-id': { type: 'string', value: 'ID', description: 'id of a new carrier', defaultText: 'car- and 6 random hex digits' },
+    },
+    required: ['carrier'],
+    load: () => import('./commands/carrier.js').then((m) => m.carrierLoad),
+  },
+  {
+    path: ['carrier', 'status'],
+    summary: 'what a carrier holds and has delivered',
+    usage: 'qkt carrier status --carrier DIR',
+    examples: ['qkt carrier status --carrier /media/usb0 --json'],
+    options: { carrier: carrierDir },
+    required: ['carrier'],
+    load: () => import('./commands/carrier.js').then((m) => m.carrierStatus),
+  },
+  {
+    path: ['kmd', 'init'],
+    summary: 'create a new KMD in a home folder',
+    usage: 'qkt kmd init --home H [--rate 11kbit/s] [--stock 9Mbit]',
+    examples: ['qkt kmd init --home ./kmd', 'qkt kmd init --home ./kmd --rate 11kbit/s --stock 9Mbit', 'qkt kmd init --home ./kmd --rate 1Mbit/s'],
+    options: {
+      home: { ...home, description: 'the new KMD home folder (must not hold a KMD yet)' },
+      rate: { type: 'string', value: 'RATE', description: 'key supply rate of the QKD link, in bit/s or with a unit (11kbit/s, 1Mbit/s)', defaultText: '11kbit/s' },
+      stock: { type: 'string', value: 'N', description: 'key already in stock at creation: bits, or with a unit (9Mbit)', defaultText: '0' },
+    },
+    load: () => import('./commands/kmd.js').then((m) => m.kmdInit),
+  },
+  {
+    path: ['kmd', 'enroll'],
+    summary: 'factory step: new flash image for a terminal, registered in the KMD (--again: a factory-reset module, new device key)',
+    usage: 'qkt kmd enroll --home H --terminal ID --flash FILE [--again]',
+    examples: ['qkt kmd enroll --home ./kmd --terminal T1 --flash t1.img', 'qkt kmd enroll --home ./kmd --terminal T1 --flash t1.img --again'],
+    options: {
+      home,
+      terminal: { ...terminal, description: 'id of the terminal to enrol' },
+      flash: { type: 'string', value: 'FILE', description: "the module's flash image to create (mode 600: it holds the device key)" },
+      again: flag('enrol a terminal already known (its module was factory-reset): new device key, the old key\'s batches voided'),
+    },
+    required: ['terminal', 'flash'],
+    load: () => import('./commands/kmd.js').then((m) => m.kmdEnroll),
+  },
+  {
+    path: ['kmd', 'export'],
+    summary: 'queue sealed batches for the next carrier that connects',
+    usage: 'qkt kmd export --home H --terminal ID [--terminal ID...] --bits N [--purpose enc|auth|any]',
+    examples: ['qkt kmd export --home ./kmd --terminal T1 --terminal T2 --bits 3Mbit'],
+    options: {
+      home,
+      terminal: terminals,
+      bits,
+      purpose: { type: 'string', value: 'WORD', description: 'what the keys may be used for: enc, auth or any', defaultText: 'any' },
+    },
+    required: ['terminal', 'bits'],
+    load: () => import('./commands/kmd.js').then((m) => m.kmdExport),
+  },
+  {
+    path: ['kmd', 'collect'],
+    summary: "take the receipts back from a carrier; activate the station's keys",
+    usage: 'qkt kmd collect --home H --carrier DIR',
+    examples: ['qkt kmd collect --home ./kmd --carrier /media/usb0'],
+    options: { home, carrier: { ...carrierDir, description: 'the carrier back from the field, with the receipts' } },
+    required: ['carrier'],
+    load: () => import('./commands/kmd.js').then((m) => m.kmdCollect),
+  },
+  {
+    path: ['kmd', 'status'],
+    summary: 'supply, terminals and batches by state (exported, on-carrier, delivered, collected, void, stale, burned)',
+    usage: 'qkt kmd status --home H',
+    examples: ['qkt kmd status --home ./kmd', 'qkt kmd status --home ./kmd --json'],
+    options: { home },
+    load: () => import('./commands/kmd.js').then((m) => m.kmdStatusCommand),
+  },
+  {
+    path: ['kmd', 'void'],
+    summary: 'retire batches that will never be used (lost carrier, zeroized terminal, stale), at the KMD and the station',
+    usage: 'qkt kmd void --home H --terminal ID [--batch B] [--reason lost-carrier|zeroized|stale|burned|...] [--in-use]',
+    examples: [
+      'qkt kmd void --home ./kmd --terminal T1 --reason lost-carrier',
+      'qkt kmd void --home ./kmd --terminal T1 --batch 1a2b3c4d --reason stale',
+      'qkt kmd void --home ./kmd --terminal T1 --reason zeroized --in-use',
+    ],
+    options: {
+      home,
+      terminal: { ...terminal, description: 'the terminal whose batches to void' },
+      batch: { type: 'string', value: 'B', description: 'only this batch: its id or a unique prefix (8 hex digits as listed)', defaultText: "every batch of the terminal not in use" },
+      reason: { type: 'string', value: 'WORD', description: 'why, recorded in the ledger: a word of a-z 0-9 - (lost-carrier, zeroized, stale, burned)', defaultText: 'unspecified' },
+      'in-use': flag('also void batches the terminal holds (it lost them: zeroized, replaced)'),
+    },
+    required: ['terminal'],
+    load: () => import('./commands/kmd.js').then((m) => m.kmdVoid),
+  },
+  {
+    path: ['kmd', 'serve'],
+    summary: 'KMD services: ETSI GS QKD 014 API (mutual TLS) and the carrier download interface',
+    usage: 'qkt kmd serve --home H --listen HOST:PORT [--download PORT|tcp:HOST:PORT] [--plain-http]',
+    examples: [
+      'qkt kmd serve --home ./kmd --listen 127.0.0.1:8443',
+      'qkt kmd serve --home ./kmd --listen 127.0.0.1:8443 --download /dev/ttyUSB1',
+      'qkt kmd serve --home ./kmd --listen 127.0.0.1:8443 --download tcp:127.0.0.1:7100',
+    ],
+    options: {
+      home,
+      listen: { type: 'string', value: 'HOST:PORT', description: 'address of the ETSI GS QKD 014 API (port 0: any free port, printed when ready)' },
+      download: { type: 'string', value: 'PORT', description: 'also serve the carrier download interface on this serial device or tcp:HOST:PORT', defaultText: 'not served' },
+      'plain-http': flag('serve the ETSI API over plain HTTP, no TLS (tests on 127.0.0.1 only)'),
+    },
+    required: ['listen'],
+    load: () => import('./commands/kmd-serve.js').then((m) => m.kmdServe),
+  },
+  {
+    path: ['kmd', 'sae', 'add'],
+    summary: 'issue an SAE client certificate for the ETSI 014 API',
+    usage: 'qkt kmd sae add --home H --sae ID',
+    examples: ['qkt kmd sae add --home ./kmd --sae station-1'],
+    options: { home, sae: { type: 'string', value: 'ID', description: 'id of the SAE (the client application) to certify' } },
+    required: ['sae'],
+    load: () => import('./commands/kmd-serve.js').then((m) => m.kmdSaeAdd),
+  },
+  {
+    path: ['kmd', 'carrier', 'add'],
+    summary: "enrol a carrier for the KMD's download interface",
+    usage: 'qkt kmd carrier add --home H --carrier ID --dir DIR',
+    examples: ['qkt kmd carrier add --home ./kmd --carrier car1 --dir /media/usb0'],
+    options: {
+      home,
+      carrier: { type: 'string', value: 'ID', description: 'id of the carrier to enrol' },
+      dir: { ...carrierDir, description: "the carrier's folder or drive: its authentication key is written there" },
+    },
+    required: ['carrier', 'dir'],
+    load: () => import('./commands/kmd-serve.js').then((m) => m.kmdEnrollCarrier),
+  },
+  {
+    path: ['kmd', 'token'],
+    summary: 'issue a zeroize (or factory-reset) token for a terminal onto a carrier',
+    usage: 'qkt kmd token --home H --terminal ID --carrier DIR [--factory-reset]',
+    examples: ['qkt kmd token --home ./kmd --terminal T1 --carrier /media/usb0'],
+    options: {
+      home,
+      terminal: { ...terminal, description: 'the terminal the token is for (good for that module only, once)' },
+      carrier: { ...carrierDir, description: 'the carrier to put the token on' },
+      'factory-reset': flag('a factory-reset token (also erases the device key) instead of a zeroize token'),
+    },
+    required: ['terminal', 'carrier'],
+    load: () => import('./commands/zeroize.js').then((m) => m.kmdToken),
+  },
+  {
+    path: ['station', 'run'],
+    summary: 'run the master station on mutual TLS: open terminal uplinks with the pre-applied keys, seal downlinks',
+    usage: 'qkt station run --home H --listen [tls:]HOST:PORT [--san NAME...]',
+    examples: ['qkt station run --home ./kmd --listen 127.0.0.1:7200', 'qkt station run --home ./kmd --listen 0.0.0.0:7200 --san station.grid.example'],
+    options: {
+      home,
+      listen: { type: 'string', value: '[tls:]HOST:PORT', description: 'address to serve on (port 0: any free port, printed when ready)' },
+      san: { type: 'string', multiple: true, value: 'NAME', description: "another DNS name or IP address for the station's server certificate; once per name", defaultText: 'the --listen host' },
+    },
+    required: ['listen'],
+    load: () => import('./commands/station.js').then((m) => m.default),
+  },
+  {
+    path: ['station', 'cert'],
+    summary: "issue a station client certificate for a terminal or an operator, from the KMD's CA",
+    usage: 'qkt station cert --home H (--terminal ID | --operator NAME) --out DIR',
+    examples: ['qkt station cert --home ./kmd --terminal T1 --out ./t1-station', 'qkt station cert --home ./kmd --operator scada-1 --out ./scada'],
+    options: {
+      home,
+      terminal: { ...terminal, description: 'certify this enrolled terminal (its uplinks and downlinks)' },
+      operator: { type: 'string', value: 'NAME', description: 'certify this operator (status and accounts, no keys)' },
+      out: { type: 'string', value: 'DIR', description: 'folder to write the key, certificate and CA certificate into' },
+    },
+    required: ['out'],
+    load: () => import('./commands/station-cert.js').then((m) => m.default),
+  },
+  {
+    path: ['terminal', 'run'],
+    summary: 'run an emulated terminal module on a serial device or TCP',
+    usage: 'qkt terminal run --flash FILE (--port PATH | --listen tcp:HOST:PORT) [--baud N] [--power-cut-after N] [--allow-shared-image]',
+    examples: [
+      'qkt terminal run --flash t1.img --port /dev/pts/4',
+      'qkt terminal run --flash t1.img --listen tcp:127.0.0.1:7000 --baud 115200',
+      'qkt terminal run --flash t1.img --port /dev/pts/4 --power-cut-after 500',
+      'qkt terminal run --flash t1.img --port /dev/pts/4 --allow-shared-image   # start on an image group/others can read (a warning, no refusal)',
+    ],
+    options: {
+      flash: { type: 'string', value: 'FILE', description: "the module's flash image (qkt kmd enroll makes one)" },
+      port: { type: 'string', value: 'PATH', description: 'serve on this serial device or pty' },
+      listen: { type: 'string', value: 'tcp:HOST:PORT', description: 'serve on TCP instead (port 0: any free port, printed when ready)' },
+      baud: { type: 'string', value: 'N', description: "line rate in baud (bit/s, 300 to 12000000): sets a serial port; on a pty or TCP paces the module's replies", defaultText: '115200 on a serial port; a pty or TCP: unpaced' },
+      'power-cut-after': { type: 'string', value: 'N', description: 'fault injection: cut the power (the process exits 137) at the N-th flash program or erase' , defaultText: 'never' },
+      'allow-shared-image': flag('start even when group or others can read the flash image (a warning instead of a refusal)'),
+    },
+    required: ['flash'],
+    load: () => import('./commands/terminal-run.js').then((m) => m.default),
+  },
+  {
+    path: ['hil', 'run'],
+    summary: 'run the hardware-in-the-loop suite (transports, power cuts, cable pulls, drives)',
+    usage: 'qkt hil run [--transport inproc,tcp,pty,mock,webusb] [--carrier DIR] [--junit FILE]',
+    examples: ['qkt hil run', 'qkt hil run --transport pty,tcp --junit hil.xml', 'qkt hil run --carrier /media/usb0'],
+    options: {
+      transport: { type: 'string', value: 'LIST', description: 'the link transports to test, comma-separated, from inproc, tcp, pty, mock, webusb', defaultText: 'all five' },
+      carrier: { type: 'string', value: 'DIR', description: 'also test a carrier on this mounted drive (its contents are used)', defaultText: 'folders only' },
+      junit: { type: 'string', value: 'FILE', description: 'write a JUnit XML report to FILE', defaultText: 'the tap report on stdout' },
+    },
+    load: () => import('./commands/hil.js').then((m) => m.default),
+  },
+  {
+    path: ['bench'],
+    summary: 'benchmarks (link, flash, inject, lifetime, download, station, multiclient, start): a markdown table, or JSON with --json',
+    usage: 'qkt bench [link|flash|inject|lifetime|download|station|multiclient|start]... [--quick] [--bytes N] [--out DIR] [--json]',
+    examples: ['qkt bench link', 'qkt bench link --json', 'qkt bench --out docs/bench', 'qkt bench flash --quick', 'qkt bench lifetime --json', 'qkt bench start'],
+    options: {
+      quick: flag('smaller sizes and fewer repeats (a smoke run, not figures to quote)'),
+      bytes: { type: 'string', value: 'N', description: 'bytes to move per case (link, inject, download, multiclient)', defaultText: "each benchmark's own (inject: 1 MiB)" },
+      out: { type: 'string', value: 'DIR', description: 'also write DIR/NAME.json and DIR/NAME.md per benchmark', defaultText: 'stdout only' },
+    },
+    positionals: { name: 'NAME', description: 'benchmarks to run (default: all)' },
+    load: () => import('./commands/bench.js').then((m) => m.default),
+  },
 ];

@@ -2,9 +2,7 @@
 // `tcp:HOST:PORT`, or `usb:VID:PID` (raw bulk through WebUSB), optionally paced to a baud rate.
 import { realpathSync } from 'node:fs';
 import type { Transport } from '../../firmware/link/transport.js';
-import { openSerial } from '../transports/serial.js';
 import { connectTcp, isTcpAddress, parseTcpAddress } from '../transports/tcp.js';
-import { findWebUsbDevices, openWebUsb } from '../transports/webusb.js';
 import { paced } from '../transports/pacing.js';
 import { CliError, Exit } from '../cli/command.js';
 
@@ -30,6 +28,8 @@ export function parseUsbSpec(spec: string): { vendorId: number; productId: numbe
 export async function openLink(spec: string, o: OpenOptions = {}): Promise<Transport> {
   const usb = parseUsbSpec(spec);
   if (usb) {
+    // The serial and USB libraries (native bindings, ~70 ms to load) load only for their cables.
+    const { findWebUsbDevices, openWebUsb } = await import('../transports/webusb.js');
     const devices = await findWebUsbDevices([usb]).catch((e: Error) => {
       throw new CliError(`USB is not available here: ${e.message}`, Exit.NO_DEVICE);
     });
@@ -44,6 +44,7 @@ export async function openLink(spec: string, o: OpenOptions = {}): Promise<Trans
     });
     return o.baud ? paced(t, { baud: o.baud }) : t;
   }
+  const { openSerial } = await import('../transports/serial.js');
   const t = await openSerial(spec, o.baud ? { baudRate: o.baud } : {}).catch((e: Error) => {
     throw new CliError(`cannot open ${spec}: ${e.message}`, Exit.NO_DEVICE);
   });

@@ -11,11 +11,6 @@ export interface BenchResult {
 }
 
 export default defineCommand<BenchResult>({
-  path: ['bench'],
-  summary: 'benchmarks (link, flash, inject, lifetime, download, station, multiclient): a markdown table, or JSON with --json',
-  usage: 'qkt bench [link|flash|inject|lifetime|download|station|multiclient] [--quick] [--bytes N] [--out DIR] [--json]',
-  examples: ['qkt bench link', 'qkt bench link --json', 'qkt bench --out docs/bench', 'qkt bench flash --quick', 'qkt bench lifetime --json'],
-  options: { quick: { type: 'boolean', default: false }, bytes: { type: 'string' }, out: { type: 'string' } },
   async run(v, positionals, io) {
     const names = positionals.length ? positionals : Object.keys(benchmarks);
     for (const n of names) {

@@ -3,7 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { defineCommand, strs, str, CliError, Exit } from '../command.js';
+import { defineCommand, bitsOption, strs, str, CliError, Exit } from '../command.js';
 import type { Io, Values } from '../command.js';
 import type { KmdHome } from '../../kmd/home.js';
 import { changeKmd, kmdCli } from '../home.js';
@@ -11,7 +11,7 @@ import { Carrier, CarrierError, formatCarrierStatus, LOCK_FILE, MANIFEST_FILE } 
 import type { CarrierStatus } from '../../carrier/carrier.js';
 import { exportBatches, markOnCarrier, outbox, readOutbox } from '../../kmd/export.js';
 import { openCarrier, withCarrier, withCarrierSync } from '../carrier-open.js';
-import { formatBits, parseBits } from '../../units.js';
+import { formatBits } from '../../units.js';
 import { downloadFromKmd } from '../../kmd/download-client.js';
 import { CARRIER_KEY_FILE } from '../../kmd/carriers.js';
 import { warnSharedSecrets } from '../../secret-file.js';
@@ -48,27 +48,10 @@ function initCarrier(dir: string, kmdId: string, carrierId?: string): Carrier {
 }
 
 export const carrierLoad = defineCommand<LoadResult>({
-  path: ['carrier', 'load'],
-  summary: 'export sealed batches onto a carrier, from a local KMD home or a KMD download port',
-  usage: 'qkt carrier load (--kmd PORT | --home H) --carrier DIR --terminal ID... --bits N',
-  examples: [
-    'qkt carrier load --home ./kmd --carrier /media/usb0 --terminal T1 --terminal T2 --bits 3Mbit',
-    'qkt carrier load --kmd /dev/ttyUSB1 --carrier /media/usb0 --terminal T1 --bits 3Mbit',
-    'qkt carrier load --kmd tcp:127.0.0.1:7100 --carrier ./car1',
-  ],
-  options: {
-    home: { type: 'string' },
-    kmd: { type: 'string' },
-    carrier: { type: 'string' },
-    terminal: { type: 'string', multiple: true },
-    bits: { type: 'string' },
-    'carrier-id': { type: 'string' },
-  },
-  required: ['carrier'],
   async run(v, _p, io) {
     const dir = str(v, 'carrier')!;
     const ids = strs(v, 'terminal');
-    const bits = str(v, 'bits') ? parseBits(str(v, 'bits')!) : undefined;
+    const bits = bitsOption(v, 'bits');
     if (str(v, 'kmd')) {
       if (str(v, 'home')) throw new CliError('give one of --kmd PORT or --home H', Exit.USAGE);
       warnSharedSecrets([join(dir, CARRIER_KEY_FILE)]); // the carrier's key authenticates it to the KMD
@@ -104,12 +87,6 @@ function loadFromHome(home: KmdHome, dir: string, ids: string[], bits: number, v
 }
 
 export const carrierStatus = defineCommand<CarrierStatus>({
-  path: ['carrier', 'status'],
-  summary: 'what a carrier holds and has delivered',
-  usage: 'qkt carrier status --carrier DIR',
-  examples: ['qkt carrier status --carrier /media/usb0 --json'],
-  options: { carrier: { type: 'string' } },
-  required: ['carrier'],
   async run(v) {
     // Opening finishes interrupted work (a torn journal line, a cut wipe): never while another
     // command is writing the carrier, whose half-written line is not torn. A second or it says who.

@@ -6,11 +6,6 @@ import type { DemoResult } from '../../demo.js';
 import { formatBits } from '../../units.js';
 
 export default defineCommand<DemoResult>({
-  path: ['demo'],
-  summary: 'the whole chain on this machine: KMD, carrier, 3 terminals, station, encrypted traffic',
-  usage: 'qkt demo [--pty] [--keep DIR] [--json]',
-  examples: ['qkt demo', 'qkt demo --pty', 'qkt demo --keep ./demo-state --json'],
-  options: { pty: { type: 'boolean', default: false }, keep: { type: 'string' } },
   async run(v, _p, io) {
     const r = await runDemo({
       transport: v['pty'] ? 'pty' : 'inproc',

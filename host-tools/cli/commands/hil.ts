@@ -32,11 +32,6 @@ export interface HilResult {
 }
 
 export default defineCommand<HilResult>({
-  path: ['hil', 'run'],
-  summary: 'run the hardware-in-the-loop suite (transports, power cuts, cable pulls, drives)',
-  usage: 'qkt hil run [--transport inproc,tcp,pty,mock,webusb] [--carrier DIR] [--junit FILE]',
-  examples: ['qkt hil run', 'qkt hil run --transport pty,tcp --junit hil.xml', 'qkt hil run --carrier /media/usb0'],
-  options: { transport: { type: 'string' }, carrier: { type: 'string' }, junit: { type: 'string' } },
   async run(v, _p, io) {
     const root = fileURLToPath(new URL('../../../../', import.meta.url));
     const tap = join(root, 'node_modules', 'tap', 'dist', 'esm', 'run.mjs');

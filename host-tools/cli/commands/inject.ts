@@ -27,12 +27,6 @@ export interface InjectCliResult {
 }
 
 export default defineCommand<InjectCliResult>({
-  path: ['inject'],
-  summary: "inject the terminal's key batch from a carrier; resumable",
-  usage: 'qkt inject --carrier DIR --port PATH|auto [--vidpid VID:PID] [--baud N]',
-  examples: ['qkt inject --carrier /media/usb0 --port /dev/ttyUSB0', 'qkt inject --carrier /media/usb0 --port auto --vidpid 0483:5740', 'qkt inject --carrier ./car1 --port /dev/pts/3 --json'],
-  options: { carrier: { type: 'string' }, port: { type: 'string' }, vidpid: { type: 'string' }, baud: { type: 'string' } },
-  required: ['carrier', 'port'],
   // The carrier's lock is held for the whole inject: its receipt is written under it.
   run: (v, _p, io) => withCarrier(str(v, 'carrier')!, () => injectWith(v, io)),
   render: (r) =>

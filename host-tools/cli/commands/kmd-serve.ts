@@ -6,16 +6,6 @@ import { issueSaeCert, hasSaeCert } from '../../kmd/pki.js';
 import { enrollCarrier } from '../../kmd/carriers.js';
 
 export const kmdServe = defineCommand({
-  path: ['kmd', 'serve'],
-  summary: 'KMD services: ETSI GS QKD 014 API (mutual TLS) and the carrier download interface',
-  usage: 'qkt kmd serve --home H --listen HOST:PORT [--download PORT|tcp:HOST:PORT] [--plain-http]',
-  examples: [
-    'qkt kmd serve --home ./kmd --listen 127.0.0.1:8443',
-    'qkt kmd serve --home ./kmd --listen 127.0.0.1:8443 --download /dev/ttyUSB1',
-    'qkt kmd serve --home ./kmd --listen 127.0.0.1:8443 --download tcp:127.0.0.1:7100',
-  ],
-  options: { home: { type: 'string' }, listen: { type: 'string' }, download: { type: 'string' }, 'plain-http': { type: 'boolean', default: false } },
-  required: ['listen'],
   async run(v, _p, io) {
     const home = openKmd(v);
     const server = await startKmdServer(home, {
@@ -33,12 +23,6 @@ export const kmdServe = defineCommand({
 });
 
 export const kmdSaeAdd = defineCommand({
-  path: ['kmd', 'sae', 'add'],
-  summary: 'issue an SAE client certificate for the ETSI 014 API',
-  usage: 'qkt kmd sae add --home H --sae ID',
-  examples: ['qkt kmd sae add --home ./kmd --sae station-1'],
-  options: { home: { type: 'string' }, sae: { type: 'string' } },
-  required: ['sae'],
   async run(v) {
     const id = str(v, 'sae')!;
     return changeKmd(v, async (home) => {
@@ -52,12 +36,6 @@ export const kmdSaeAdd = defineCommand({
 });
 
 export const kmdEnrollCarrier = defineCommand({
-  path: ['kmd', 'carrier', 'add'],
-  summary: "enrol a carrier for the KMD's download interface",
-  usage: 'qkt kmd carrier add --home H --carrier ID --dir DIR',
-  examples: ['qkt kmd carrier add --home ./kmd --carrier car1 --dir /media/usb0'],
-  options: { home: { type: 'string' }, carrier: { type: 'string' }, dir: { type: 'string' } },
-  required: ['carrier', 'dir'],
   async run(v) {
     return changeKmd(v, (home) => kmdCli(() => enrollCarrier(home, str(v, 'carrier')!, str(v, 'dir')!)));
   },

@@ -1,5 +1,5 @@
 // `qkt kmd ...`: the access-layer key management device: init, enroll, export, collect, status, void.
-import { defineCommand, strs, str, CliError, Exit } from '../command.js';
+import { defineCommand, bitsOption, rateOption, strs, str, CliError, Exit } from '../command.js';
 import { changeKmd, homeDir, kmdCli, openKmd } from '../home.js';
 import { KmdHome } from '../../kmd/home.js';
 import { enrollTerminal, reenrollTerminal } from '../../kmd/enroll.js';
@@ -12,17 +12,12 @@ import { exportBatches, outbox } from '../../kmd/export.js';
 import { collectReceipts } from '../../kmd/collect.js';
 import type { CollectResult } from '../../kmd/collect.js';
 import { openCarrier, withCarrierSync } from '../carrier-open.js';
-import { formatBits, parseBits, parseRate } from '../../units.js';
+import { formatBits } from '../../units.js';
 
 export const kmdInit = defineCommand({
-  path: ['kmd', 'init'],
-  summary: 'create a new KMD in a home folder',
-  usage: 'qkt kmd init --home H [--rate 11kbit/s] [--stock 9Mbit]',
-  examples: ['qkt kmd init --home ./kmd', 'qkt kmd init --home ./kmd --rate 11kbit/s --stock 9Mbit', 'qkt kmd init --home ./kmd --rate 1Mbit/s'],
-  options: { home: { type: 'string' }, rate: { type: 'string' }, stock: { type: 'string' } },
   async run(v) {
-    const rate = parseRate(str(v, 'rate') ?? '11kbit/s');
-    const stock = str(v, 'stock') ? parseBits(str(v, 'stock')!) : 0;
+    const rate = rateOption(v, 'rate') ?? 11_000;
+    const stock = bitsOption(v, 'stock') ?? 0;
     const home = kmdCli(() => KmdHome.init(homeDir(v), { rateBitsPerSecond: rate, stockBits: stock }));
     return { kmdId: home.config.kmdId, home: home.dir, rateBitsPerSecond: rate, stockBits: stock };
   },
@@ -39,12 +34,6 @@ export interface EnrollCliResult {
 }
 
 export const kmdEnroll = defineCommand<EnrollCliResult>({
-  path: ['kmd', 'enroll'],
-  summary: 'factory step: new flash image for a terminal, registered in the KMD (--again: a factory-reset module, new device key)',
-  usage: 'qkt kmd enroll --home H --terminal ID --flash FILE [--again]',
-  examples: ['qkt kmd enroll --home ./kmd --terminal T1 --flash t1.img', 'qkt kmd enroll --home ./kmd --terminal T1 --flash t1.img --again'],
-  options: { home: { type: 'string' }, terminal: { type: 'string' }, flash: { type: 'string' }, again: { type: 'boolean', default: false } },
-  required: ['terminal', 'flash'],
   async run(v) {
     return changeKmd(v, (home) => {
       if (v['again'] === true) {
@@ -63,14 +52,8 @@ export const kmdEnroll = defineCommand<EnrollCliResult>({
 });
 
 export const kmdExport = defineCommand({
-  path: ['kmd', 'export'],
-  summary: 'queue sealed batches for the next carrier that connects',
-  usage: 'qkt kmd export --home H --terminal ID... --bits N',
-  examples: ['qkt kmd export --home ./kmd --terminal T1 --terminal T2 --bits 3Mbit'],
-  options: { home: { type: 'string' }, terminal: { type: 'string', multiple: true }, bits: { type: 'string' }, purpose: { type: 'string' } },
-  required: ['terminal', 'bits'],
   async run(v) {
-    const bits = parseBits(str(v, 'bits')!);
+    const bits = bitsOption(v, 'bits')!;
     const purpose = (str(v, 'purpose') ?? 'any') as 'enc' | 'auth' | 'any';
     if (!['enc', 'auth', 'any'].includes(purpose)) throw new CliError('--purpose must be enc, auth or any', Exit.USAGE);
     const ids = strs(v, 'terminal');
@@ -85,12 +68,6 @@ export const kmdExport = defineCommand({
 });
 
 export const kmdCollect = defineCommand({
-  path: ['kmd', 'collect'],
-  summary: "take the receipts back from a carrier; activate the station's keys",
-  usage: 'qkt kmd collect --home H --carrier DIR',
-  examples: ['qkt kmd collect --home ./kmd --carrier /media/usb0'],
-  options: { home: { type: 'string' }, carrier: { type: 'string' } },
-  required: ['carrier'],
   async run(v): Promise<CollectResult> {
     return changeKmd(v, (home) =>
       withCarrierSync(str(v, 'carrier')!, () => {
@@ -114,11 +91,6 @@ export const kmdCollect = defineCommand({
 });
 
 export const kmdStatusCommand = defineCommand<KmdStatus>({
-  path: ['kmd', 'status'],
-  summary: 'supply, terminals and batches by state (exported, on-carrier, delivered, collected, void, stale, burned)',
-  usage: 'qkt kmd status --home H',
-  examples: ['qkt kmd status --home ./kmd', 'qkt kmd status --home ./kmd --json'],
-  options: { home: { type: 'string' } },
   async run(v) {
     const home = openKmd(v);
     return kmdCli(() => kmdStatus(home));
@@ -171,16 +143,6 @@ function renderStatus(s: KmdStatus): string {
 }
 
 export const kmdVoid = defineCommand<VoidResult>({
-  path: ['kmd', 'void'],
-  summary: 'retire batches that will never be used (lost carrier, zeroized terminal, stale), at the KMD and the station',
-  usage: 'qkt kmd void --home H --terminal ID [--batch B] [--reason lost-carrier|zeroized|stale|burned|...] [--in-use]',
-  examples: [
-    'qkt kmd void --home ./kmd --terminal T1 --reason lost-carrier',
-    'qkt kmd void --home ./kmd --terminal T1 --batch 1a2b3c4d --reason stale',
-    'qkt kmd void --home ./kmd --terminal T1 --reason zeroized --in-use',
-  ],
-  options: { home: { type: 'string' }, terminal: { type: 'string' }, batch: { type: 'string' }, reason: { type: 'string' }, 'in-use': { type: 'boolean', default: false } },
-  required: ['terminal'],
   async run(v) {
     return changeKmd(v, (home) => {
       const batch = str(v, 'batch');

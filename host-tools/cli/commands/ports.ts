@@ -5,11 +5,6 @@ import { listPorts } from '../../ports/list.js';
 import type { PortsReport } from '../../ports/list.js';
 
 export default defineCommand<PortsReport>({
-  path: ['ports'],
-  summary: 'serial ports, USB devices and removable drives on this machine',
-  usage: 'qkt ports [--json]',
-  examples: ['qkt ports', 'qkt ports --json'],
-  options: {},
   run: () => listPorts(),
   render(r) {
     const unavailable = (s: { available: boolean; reason?: string }) => (s.available ? '' : ` (unavailable: ${s.reason ?? 'unknown'})`);

@@ -8,12 +8,6 @@ import type { StationRole } from '../../station/certs.js';
 import { isId } from '../../kmd/home.js';
 
 export default defineCommand({
-  path: ['station', 'cert'],
-  summary: "issue a station client certificate for a terminal or an operator, from the KMD's CA",
-  usage: 'qkt station cert --home H (--terminal ID | --operator NAME) --out DIR',
-  examples: ['qkt station cert --home ./kmd --terminal T1 --out ./t1-station', 'qkt station cert --home ./kmd --operator scada-1 --out ./scada'],
-  options: { home: { type: 'string' }, terminal: { type: 'string' }, operator: { type: 'string' }, out: { type: 'string' } },
-  required: ['out'],
   async run(v) {
     const terminal = str(v, 'terminal');
     const operator = str(v, 'operator');

@@ -8,12 +8,6 @@ import { ensurePki, pkiDir } from '../../kmd/serve.js';
 import { parseTlsAddress } from '../../transports/tls.js';
 
 export default defineCommand({
-  path: ['station', 'run'],
-  summary: 'run the master station on mutual TLS: open terminal uplinks with the pre-applied keys, seal downlinks',
-  usage: 'qkt station run --home H --listen [tls:]HOST:PORT [--san NAME...]',
-  examples: ['qkt station run --home ./kmd --listen 127.0.0.1:7200', 'qkt station run --home ./kmd --listen 0.0.0.0:7200 --san station.grid.example'],
-  options: { home: { type: 'string' }, listen: { type: 'string' }, san: { type: 'string', multiple: true } },
-  required: ['listen'],
   async run(v, _p, io) {
     const home = openKmd(v);
     const listen = str(v, 'listen')!;

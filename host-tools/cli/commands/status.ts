@@ -29,12 +29,6 @@ interface AuditLine {
 }
 
 export default defineCommand<StatusResult>({
-  path: ['status'],
-  summary: 'identity, firmware and key pool of the terminal on a port',
-  usage: 'qkt status --port PATH|auto|tcp:HOST:PORT [--audit] [--baud N] [--json]',
-  examples: ['qkt status --port /dev/ttyUSB0', 'qkt status --port auto --json', 'qkt status --port tcp:127.0.0.1:7000 --audit'],
-  options: { port: { type: 'string' }, baud: { type: 'string' }, vidpid: { type: 'string' }, audit: { type: 'boolean', default: false } },
-  required: ['port'],
   async run(v) {
     const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
     const baud = int(v, 'baud', 300, 12_000_000);

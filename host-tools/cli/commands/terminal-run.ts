@@ -15,24 +15,6 @@ export interface TerminalRunResult {
 }
 
 export default defineCommand<TerminalRunResult>({
-  path: ['terminal', 'run'],
-  summary: 'run an emulated terminal module on a serial device or TCP',
-  usage: 'qkt terminal run --flash FILE (--port PATH | --listen tcp:HOST:PORT) [--baud N] [--power-cut-after N] [--allow-shared-image]',
-  examples: [
-    'qkt terminal run --flash t1.img --port /dev/pts/4',
-    'qkt terminal run --flash t1.img --listen tcp:127.0.0.1:7000 --baud 115200',
-    'qkt terminal run --flash t1.img --port /dev/pts/4 --power-cut-after 500',
-    'qkt terminal run --flash t1.img --port /dev/pts/4 --allow-shared-image   # start on an image group/others can read (a warning, no refusal)',
-  ],
-  options: {
-    flash: { type: 'string' },
-    port: { type: 'string' },
-    listen: { type: 'string' },
-    baud: { type: 'string' },
-    'power-cut-after': { type: 'string' },
-    'allow-shared-image': { type: 'boolean', default: false },
-  },
-  required: ['flash'],
   async run(v, _p, io) {
     const port = str(v, 'port');
     const listen = str(v, 'listen');

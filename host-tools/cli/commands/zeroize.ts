@@ -15,12 +15,6 @@ import { deviceTerminalId } from '../device-id.js';
 const command = (v: Record<string, unknown>): AdminCommand => (v['factory-reset'] === true ? 'factory-reset' : 'zeroize');
 
 export const kmdToken = defineCommand({
-  path: ['kmd', 'token'],
-  summary: 'issue a zeroize (or factory-reset) token for a terminal onto a carrier',
-  usage: 'qkt kmd token --home H --terminal ID --carrier DIR [--factory-reset]',
-  examples: ['qkt kmd token --home ./kmd --terminal T1 --carrier /media/usb0'],
-  options: { home: { type: 'string' }, terminal: { type: 'string' }, carrier: { type: 'string' }, 'factory-reset': { type: 'boolean', default: false } },
-  required: ['terminal', 'carrier'],
   async run(v) {
     return changeKmd(v, (home) =>
       withCarrierSync(str(v, 'carrier')!, () => {
@@ -34,12 +28,6 @@ export const kmdToken = defineCommand({
 });
 
 export const zeroize = defineCommand({
-  path: ['zeroize'],
-  summary: "wipe every key in the terminal's pool (needs a KMD token on the carrier)",
-  usage: 'qkt zeroize --carrier DIR --port PATH|auto [--factory-reset]',
-  examples: ['qkt zeroize --carrier /media/usb0 --port /dev/ttyUSB0', 'qkt zeroize --carrier /media/usb0 --port auto --factory-reset'],
-  options: { carrier: { type: 'string' }, port: { type: 'string' }, vidpid: { type: 'string' }, 'factory-reset': { type: 'boolean', default: false } },
-  required: ['carrier', 'port'],
   run: (v) => withCarrier(str(v, 'carrier')!, () => zeroizeWith(v)),
   render: (r) => `${r.terminalId}: ${r.command} done; module is ${String(r.state)}`,
 });
