@@ -63,7 +63,7 @@ t.test('the client checks the server: its name, and its CA', async (t) => {
 });
 
 /** Hold `n` idle plain-TCP sockets open from `localAddress`, reopening each one the server closes, until stop(). */
-function flood(port: number, n: number, localAddress = '127.0.0.1'): { stop: () => void; opened: () => number } {
+function flood(port: number, n: number, localAddress = '127.0.0.1', hello = false): { stop: () => void; opened: () => number } {
   let stopped = false;
   let opened = 0;
   const open = () => {
@@ -72,6 +72,8 @@ function flood(port: number, n: number, localAddress = '127.0.0.1'): { stop: () 
     opened++;
     socks.add(s);
     s.on('error', () => undefined);
+    // Three bytes of a TLS record header: the socket is no longer "silent".
+    if (hello) s.once('connect', () => s.write(Buffer.from([0x16, 0x03, 0x01])));
     s.once('close', () => {
       socks.delete(s);
       setImmediate(open);
@@ -117,6 +119,32 @@ t.test('idle strangers flooding the handshake budget do not lock a real client o
   t.equal(handed, 10, 'and each is handed over');
   t.ok(f.opened() > 80, `the flood was evicted and kept reconnecting (${f.opened()} sockets opened)`);
   t.ok(reasons.includes('evicted: too many handshakes in progress'), 'evictions are reported');
+});
+
+t.test('strangers on several addresses sending a few bytes and reconnecting fast never evict a real client from another address', async (t) => {
+  const p = await pems(join(t.testdir({}), 'pki'));
+  const reasons: string[] = [];
+  const listener = await listenTls('127.0.0.1', 0, { ...p.server, maxHandshaking: 64, maxHandshakingPerAddress: 16, onHandshakeError: (r) => reasons.push(r) }, (tr) => void tr.close());
+  t.teardown(() => listener.close());
+  // 4 addresses x 40 sockets: the whole budget, each socket past its address's 16 evicting that address's own.
+  const floods = ['127.0.0.2', '127.0.0.3', '127.0.0.4', '127.0.0.5'].map((a) => flood(listener.address.port, 40, a, true));
+  t.teardown(() => floods.forEach((f) => f.stop()));
+  await new Promise((r) => setTimeout(r, 300));
+  let ok = 0;
+  const failures: string[] = [];
+  for (let i = 0; i < 10; i++) {
+    try {
+      const c = await connectTls('127.0.0.1', listener.address.port, { ...p.client, timeoutMs: 5000 });
+      ok++;
+      await c.close();
+    } catch (e) {
+      failures.push((e as Error).message);
+    }
+  }
+  floods.forEach((f) => f.stop());
+  t.equal(ok, 10, `all 10 connections of the real client succeed (${failures.join('; ')})`);
+  t.ok(floods.every((f) => f.opened() > 40), 'every flood was evicted and kept reconnecting');
+  t.ok(reasons.some((r) => r.startsWith('evicted: too many handshakes in progress')), 'evictions are reported');
 });
 
 t.test('one address holds at most maxHandshakingPerAddress handshakes; its oldest go first', async (t) => {

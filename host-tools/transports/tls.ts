@@ -1,5 +1,6 @@
 // TLS transport over node:tls: the TCP transport with mutual TLS 1.3 under it (the master station's
 // link service, docs/station.md). Same Transport as tcp.ts, the bytes are the link's frames inside TLS.
+import { randomInt } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 import type { Transport } from '../../firmware/link/transport.js';
@@ -173,6 +174,20 @@ export function listenTls(host: string, port: number, o: TlsListenOptions, onCon
       }
       return oldest;
     };
+    // When the whole budget is full: a handshake of the address holding the most in progress,
+    // silent ones first, picked at random among them. An honest terminal's one handshake is never
+    // the target while any address holds more; among equals (an attacker spread over many
+    // addresses) a random pick leaves a handshake that needs a few milliseconds a fair chance
+    // however fast the others churn, where oldest-first evicted it for certain (review).
+    const globalVictim = (): net.Socket | undefined => {
+      let most = 0;
+      for (const set of byAddress.values()) most = Math.max(most, set.size);
+      const candidates: net.Socket[] = [];
+      for (const set of byAddress.values()) if (set.size === most) candidates.push(...set);
+      const silent = candidates.filter((c) => c.bytesRead === 0);
+      const pool = silent.length > 0 ? silent : candidates;
+      return pool.length > 0 ? pool[randomInt(pool.length)] : victimOf(handshaking);
+    };
     const evict = (victim: net.Socket, why: string) => {
       done(victim);
       o.onHandshakeError?.(why, peers.get(victim) ?? '?');
@@ -186,7 +201,7 @@ export function listenTls(host: string, port: number, o: TlsListenOptions, onCon
       peers.set(raw, peer);
       const mine = byAddress.get(address);
       if (mine && mine.size >= maxPerAddress) evict(victimOf(mine)!, 'evicted: too many handshakes in progress from its address');
-      if (handshaking.size >= maxHandshaking) evict(victimOf(handshaking)!, 'evicted: too many handshakes in progress');
+      if (handshaking.size >= maxHandshaking) evict(globalVictim()!, 'evicted: too many handshakes in progress');
       handshaking.add(raw);
       const set = byAddress.get(address) ?? new Set<net.Socket>();
       set.add(raw);
