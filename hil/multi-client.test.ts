@@ -356,3 +356,36 @@ t.test('every slot taken: a newcomer evicts the connection idle longest, if idle
   t.equal(await within(quiet.closed, 2000), 'closed', 'the connection idle longest gave up its slot');
   t.equal((await busy.client.request(Group.SYSTEM, SystemCmd.STATUS, {}))['terminalId'], 'T4', 'the active one is untouched');
 });
+
+t.test('every slot taken by sockets that never send: a real client evicts one and is served, however fast they come back', { skip }, async (t) => {
+  const drops: string[] = [];
+  const h = await host(t, 'T4', { maxClients: 3, onDrop: (why) => drops.push(why) });
+  const { host: ip, port } = parseTcpAddress(h.address);
+  // Three silent sockets, each reopened the moment the module closes it (a review's slot hog).
+  let stopped = false;
+  const socks = new Set<net.Socket>();
+  const open = () => {
+    if (stopped) return;
+    const s = net.connect({ host: ip, port });
+    socks.add(s);
+    s.on('error', () => undefined);
+    s.once('close', () => {
+      socks.delete(s);
+      setImmediate(open);
+    });
+  };
+  for (let i = 0; i < 3; i++) open();
+  t.teardown(() => {
+    stopped = true;
+    socks.forEach((s) => s.destroy());
+  });
+  await sleep(200);
+  let served = 0;
+  for (let i = 0; i < 5; i++) {
+    const c = await connect(t, h.address);
+    if ((await c.client.request(Group.SYSTEM, SystemCmd.STATUS, {}))['terminalId'] === 'T4') served++;
+    await c.client.close();
+  }
+  t.equal(served, 5, 'each of 5 real clients is served while the silent sockets keep every slot taken');
+  t.ok(drops.includes('evicted: no valid frame yet with every slot taken'), 'a silent socket gave up its slot, reported as such');
+});

@@ -131,13 +131,21 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
   const live = new Map<Transport, IdleWatch>();
   const refusing = new Set<Transport>();
   const refusal = new RefusingDispatcher(`terminal serves ${maxClients} connections at once; try again later`);
-  /** With every slot taken: the connection idle longest (by valid frames), if idle long enough to evict. */
+  /**
+   * With every slot taken: the oldest connection that has sent no valid frame yet (a client sends
+   * its first at once; one that has not is a stranger holding a slot, however recently it came:
+   * sockets that never send and reconnect as they are closed held all 8 slots in a review), else the
+   * connection idle longest (by valid frames), if idle long enough to evict.
+   */
   const evictable = (): Transport | undefined => {
+    let silent: [Transport, number] | undefined;
     let worst: [Transport, number] | undefined;
     for (const [tr, w] of live) {
       const idle = w.idleFor();
+      if (!w.framed() && (!silent || idle > silent[1])) silent = [tr, idle];
       if (!worst || idle > worst[1]) worst = [tr, idle];
     }
+    if (silent) return silent[0];
     return worst && worst[1] >= evictIdleMs ? worst[0] : undefined;
   };
   const listener = await listenTcp(host, port, (t) => {
@@ -146,8 +154,8 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
       // slot to the newcomer. Its link closes as any other (its transfer freed for a resume).
       const victim = evictable();
       if (victim) {
+        o.onDrop?.(live.get(victim)?.framed() === false ? 'evicted: no valid frame yet with every slot taken' : 'evicted: idle longest with every slot taken');
         live.delete(victim);
-        o.onDrop?.('evicted: idle longest with every slot taken');
         void victim.close();
       }
     }

@@ -9,6 +9,8 @@ export interface IdleWatch {
   frame(): void;
   /** Milliseconds since the last valid frame (or since the connection opened, before the first). */
   idleFor(): number;
+  /** True once a valid request frame arrived. */
+  framed(): boolean;
 }
 
 export interface IdleOptions {
@@ -56,5 +58,6 @@ export function closeWhenIdle(inner: Transport, ms: number, o: IdleOptions = {})
       arm(ms);
     },
     idleFor: () => now() - last,
+    framed: () => framed,
   };
 }
