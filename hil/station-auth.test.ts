@@ -6,7 +6,7 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import { createHash } from 'node:crypto';
-import { readFileSync, readdirSync, existsSync } from 'node:fs';
+import { readFileSync, readdirSync, existsSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import net from 'node:net';
 import { join } from 'node:path';
@@ -318,6 +318,17 @@ t.test("a terminal certificate holds for its device generation only: kmd enroll 
   // T1 (generation 1) is unaffected.
   const t1 = await client(t, r, r.certs.t1);
   t.match(await t1.request(Group.STATION, StationCmd.STATUS, {}), { terminals: [{ terminalId: 'T1' }] });
+  // A damaged record at the KMD: the generation cannot be checked, so the certificate is DENIED, by name.
+  const recordFile = join(r.home, 'terminals', 'T1.json');
+  const record = readFileSync(recordFile);
+  writeFileSync(recordFile, '{"trunc');
+  const de = await t1.request(Group.STATION, StationCmd.STATUS, {}).then(
+    () => undefined,
+    (err: Error) => err,
+  );
+  t.match(de, { rc: Rc.DENIED, message: /the KMD's record of T1 is damaged; see qkt kmd status$/ }, 'a damaged record: DENIED with the reason, not INTERNAL');
+  writeFileSync(recordFile, record);
+  t.match(await t1.request(Group.STATION, StationCmd.STATUS, {}), { terminals: [{ terminalId: 'T1' }] }, 'served again once the record is whole');
   // A certificate from before generations (no `:g` marker) is refused, naming the fix.
   await issueStationClientCert(pkiDir(KmdHome.open(r.home)), { kind: 'terminal', id: 'T1' }, join(r.dir, 't1-old-format'));
   const pre = await client(t, r, readClientPems(join(r.dir, 't1-old-format')));

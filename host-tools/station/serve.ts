@@ -9,7 +9,7 @@
 // the caller's client certificate (certs.ts roleOf): a terminal its own UPLINK and DOWNLINK and
 // its own STATUS row, an operator STATUS; anything else is DENIED before a key is read, and a
 // connection whose certificate names no station role is closed at once.
-import { appendFileSync, existsSync, readFileSync } from 'node:fs';
+import { appendFileSync, existsSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Dispatcher } from '../../firmware/link/dispatch.js';
 import type { CommandGroup } from '../../firmware/link/dispatch.js';
@@ -30,7 +30,8 @@ import { roleOf } from './certs.js';
 import type { StationRole } from './certs.js';
 import { StationStore, StationStoreError, stationServiceLockOptions } from './store.js';
 import { LockBusyError, lockSync } from '../lock.js';
-import { isId } from '../kmd/home.js';
+import { isId, MAX_RECORD_BYTES } from '../kmd/home.js';
+import { DamagedFileError, readJsonFile } from '../json-file.js';
 
 export const STATION_FIRMWARE = `qkt-station ${FIRMWARE.split(' ')[1]}`;
 
@@ -43,15 +44,19 @@ export const STATION_LIMITS = { maxPerIdentity: 8, idleTimeoutMs: 300_000 } as c
  * The terminal's current device generation as the KMD home that holds `stationDir` records it
  * (`terminals/<id>.json`, written atomically: read without its lock), undefined when not enrolled.
  */
-function kmdGeneration(stationDir: string): (terminalId: string) => number | undefined {
+function kmdGeneration(stationDir: string): (terminalId: string) => number | undefined | 'damaged' {
   return (id) => {
-    let text: string;
+    let record: unknown;
     try {
-      text = readFileSync(join(dirname(stationDir), 'terminals', `${id}.json`), 'utf8');
-    } catch {
-      return undefined;
+      // As the KMD reads its records (json-file.ts): no link followed, capped, never quoted.
+      record = readJsonFile(join(dirname(stationDir), 'terminals', `${id}.json`), MAX_RECORD_BYTES);
+    } catch (e) {
+      if (e instanceof DamagedFileError) return 'damaged';
+      throw e;
     }
-    const g = (JSON.parse(text) as { generation?: unknown }).generation;
+    if (record === undefined) return undefined;
+    if (record === null || typeof record !== 'object') return 'damaged';
+    const g = (record as { generation?: unknown }).generation;
     return typeof g === 'number' && Number.isInteger(g) && g >= 1 ? g : 1; // records from before generations: 1
   };
 }
@@ -106,7 +111,7 @@ export interface StationServerOptions {
    * The terminal's current device generation (undefined: not enrolled); a terminal certificate
    * of another generation is DENIED. Default: read from the KMD home that holds `stationDir`.
    */
-  terminalGeneration?: (terminalId: string) => number | undefined;
+  terminalGeneration?: (terminalId: string) => number | undefined | 'damaged';
 }
 
 /** What the service refused, since it started: counters only (bounded numbers, no peer data kept). */
@@ -199,6 +204,11 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
       deny(`cert names no generation: ${fix}`);
     }
     const now = generationOf(caller.id);
+    if (now === 'damaged') {
+      // Fail safe: without the record the certificate's generation cannot be checked.
+      logGeneration(`station: DENIED terminal ${caller.id}: its record at the KMD is damaged (qkt kmd status names it)`);
+      deny(`the KMD's record of ${caller.id} is damaged; see qkt kmd status`);
+    }
     if (now === undefined) {
       logGeneration(`station: DENIED a certificate for terminal ${caller.id}, which is not enrolled at this KMD`);
       deny(`terminal ${caller.id} is not enrolled at this KMD`);
