@@ -87,7 +87,7 @@ export const kmdCollect = defineCommand({
       `${r.collected.length} receipt(s) collected, ${formatBits(r.activatedBits)} of station keys activated`,
     ].join('\n'),
   // Receipts left unproven are the engineer's to look at: a script must not read this as success.
-  outcome: (r) => (r.rejected.length > 0 ? { exitCode: Exit.CARRIER, reason: `${r.rejected.length} receipt(s) rejected (see the list); the rest were collected` } : undefined),
+  outcome: (r) => (r.rejected.length > 0 ? { reason: `${r.rejected.length} receipt(s) rejected (see the list); the rest were collected`, exitCode: Exit.CARRIER } : undefined),
 });
 
 export const kmdStatusCommand = defineCommand<KmdStatus>({
