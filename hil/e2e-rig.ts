@@ -6,6 +6,11 @@ import { createPtyPair, socatSkipReason } from './pty.js';
 import type { PtyPair } from './pty.js';
 import { runQkt, startQkt } from './cli.js';
 import type { Background, CliRun } from './cli.js';
+import { NorFlash } from '../firmware/flash/nor-flash.js';
+import { createTerminal } from '../firmware/terminal.js';
+import { createInProcessPair } from '../host-tools/transports/inproc.js';
+import { LinkClient } from '../host-tools/link/client.js';
+import type { DeviceParams } from '../host-tools/link/client.js';
 
 /**
  * Never a reason to skip: a CLI test with a missing or stale build must fail, not pass unseen.
@@ -51,3 +56,23 @@ export function parseJson<R = Record<string, unknown>>(r: CliRun): R {
 }
 
 export { runQkt };
+
+/** A refusal as the CLI gives it: exit `code`, nothing on stdout, one line on stderr matching `reason`. */
+export function failsWith(t: Test, r: CliRun, code: number, reason: RegExp, what: string): void {
+  t.equal(r.code, code, `${what}: exit ${code}`);
+  t.equal(r.stdout, '', `${what}: nothing on stdout`);
+  const lines = r.stderr.trimEnd().split('\n');
+  t.equal(lines.length, 1, `${what}: one line on stderr: ${r.stderr.trim()}`);
+  t.match(lines[0], reason, `${what}: says why`);
+}
+
+/** The terminal module, in process, on its flash image (as `terminal run` would host it). */
+export async function moduleOn(t: Test, image: string): Promise<{ client: LinkClient; params: DeviceParams }> {
+  const flash = NorFlash.open(image);
+  t.teardown(() => flash.close());
+  const [host, device] = createInProcessPair();
+  createTerminal({ flash, transport: device });
+  const client = new LinkClient(host);
+  t.teardown(() => client.close());
+  return { client, params: await client.negotiate() };
+}

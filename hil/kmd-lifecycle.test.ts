@@ -10,17 +10,11 @@ import type { Test } from 'tap';
 import { existsSync, readdirSync, symlinkSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { join } from 'node:path';
-import { NorFlash } from '../firmware/flash/nor-flash.js';
-import { createTerminal } from '../firmware/terminal.js';
 import { Group, SystemCmd } from '../firmware/link/groups.js';
-import { createInProcessPair } from '../host-tools/transports/inproc.js';
-import { LinkClient } from '../host-tools/link/client.js';
-import type { DeviceParams } from '../host-tools/link/client.js';
 import { injectBatch } from '../host-tools/link/inject.js';
 import { Carrier } from '../host-tools/carrier/carrier.js';
 import type { KmdStatus } from '../host-tools/kmd/status.js';
-import type { CliRun } from './cli.js';
-import { background, cliSkipReason, parseJson, qktJson, runQkt } from './e2e-rig.js';
+import { background, cliSkipReason, failsWith, moduleOn, parseJson, qktJson, runQkt } from './e2e-rig.js';
 
 t.setTimeout(180_000);
 const skip = cliSkipReason();
@@ -41,25 +35,6 @@ async function setup(t: Test, stock: string, terminals: string[], init: string[]
 
 const status = (t: Test, home: string) => qktJson<KmdStatus>(t, ['kmd', 'status', '--home', home]);
 const states = (s: KmdStatus) => s.batches.map((b) => `${b.terminalId}:${b.seq}:${b.state}`);
-
-function failsWith(t: Test, r: CliRun, code: number, reason: RegExp, what: string): void {
-  t.equal(r.code, code, `${what}: exit ${code}`);
-  t.equal(r.stdout, '', `${what}: nothing on stdout`);
-  const lines = r.stderr.trimEnd().split('\n');
-  t.equal(lines.length, 1, `${what}: one line on stderr: ${r.stderr.trim()}`);
-  t.match(lines[0], reason, `${what}: says why`);
-}
-
-/** The terminal module, in process, on its flash image (as `terminal run` would host it). */
-async function moduleOn(t: Test, image: string): Promise<{ client: LinkClient; params: DeviceParams }> {
-  const flash = NorFlash.open(image);
-  t.teardown(() => flash.close());
-  const [host, device] = createInProcessPair();
-  createTerminal({ flash, transport: device });
-  const client = new LinkClient(host);
-  t.teardown(() => client.close());
-  return { client, params: await client.negotiate() };
-}
 
 t.test('6 concurrent carrier loads for one terminal: distinct seqs; kmd status follows each from on-carrier to collected', { skip }, async (t) => {
   const { dir, home, image } = await setup(t, '8Mbit', ['T1']);

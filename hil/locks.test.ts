@@ -11,11 +11,8 @@ import type { Test } from 'tap';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { NorFlash } from '../firmware/flash/nor-flash.js';
-import { createTerminal } from '../firmware/terminal.js';
 import { Group, KeysCmd, StationCmd, SystemCmd } from '../firmware/link/groups.js';
 import { LinkError, Rc } from '../firmware/link/errors.js';
-import { createInProcessPair } from '../host-tools/transports/inproc.js';
 import { connectStation } from '../host-tools/station/connect.js';
 import { readClientPems } from '../host-tools/station/certs.js';
 import { LinkClient } from '../host-tools/link/client.js';
@@ -26,8 +23,7 @@ import { lockSync, setLockCommand } from '../host-tools/lock.js';
 import { homeLockOptions } from '../host-tools/kmd/home.js';
 import { StationStore } from '../host-tools/station/store.js';
 import { QKT_BIN } from './cli.js';
-import type { CliRun } from './cli.js';
-import { background, cliSkipReason, parseJson, qktJson, runQkt } from './e2e-rig.js';
+import { background, cliSkipReason, failsWith, moduleOn, parseJson, qktJson, runQkt } from './e2e-rig.js';
 
 t.setTimeout(180_000);
 const skip = cliSkipReason();
@@ -53,25 +49,6 @@ function ledger(home: string): { takenBits: number; terminals: Record<string, { 
     if (names.length > 0) station[id] = names.sort();
   }
   return { takenBits: supply.takenBits, terminals, outbox: readdirSync(join(home, 'outbox')).sort(), station };
-}
-
-function failsWith(t: Test, r: CliRun, code: number, reason: RegExp, what: string): void {
-  t.equal(r.code, code, `${what}: exit ${code}`);
-  t.equal(r.stdout, '', `${what}: nothing on stdout`);
-  const lines = r.stderr.trimEnd().split('\n');
-  t.equal(lines.length, 1, `${what}: one line on stderr: ${r.stderr.trim()}`);
-  t.match(lines[0], reason, `${what}: says why`);
-}
-
-/** The terminal module, in process, on its flash image (as `terminal run` would host it). */
-async function moduleOn(t: Test, image: string): Promise<{ client: LinkClient; params: DeviceParams }> {
-  const flash = NorFlash.open(image);
-  t.teardown(() => flash.close());
-  const [host, device] = createInProcessPair();
-  createTerminal({ flash, transport: device });
-  const client = new LinkClient(host);
-  t.teardown(() => client.close());
-  return { client, params: await client.negotiate() };
 }
 
 async function injectFrom(m: { client: LinkClient; params: DeviceParams }, carrierDir: string, terminalId: string): Promise<{ batchId: string; seq: number }> {

@@ -10,12 +10,9 @@ import { readFileSync, readdirSync, existsSync, writeFileSync } from 'node:fs';
 import { request as httpsRequest } from 'node:https';
 import net from 'node:net';
 import { join } from 'node:path';
-import { NorFlash } from '../firmware/flash/nor-flash.js';
-import { createTerminal } from '../firmware/terminal.js';
 import { Group, KeysCmd, StationCmd, SystemCmd } from '../firmware/link/groups.js';
 import { LinkError, Rc } from '../firmware/link/errors.js';
 import { decodeServiceHeader, encodeServiceHeader } from '../firmware/crypto/service.js';
-import { createInProcessPair } from '../host-tools/transports/inproc.js';
 import { connectTcp } from '../host-tools/transports/tcp.js';
 import { connectTls, parseTlsAddress } from '../host-tools/transports/tls.js';
 import type { TlsPems } from '../host-tools/transports/tls.js';
@@ -29,7 +26,7 @@ import { startStationServer } from '../host-tools/station/serve.js';
 import type { StationServer } from '../host-tools/station/serve.js';
 import { ensureStationServerCert, issueStationClientCert, readClientPems, roleOf, serverNames } from '../host-tools/station/certs.js';
 import { connectStation } from '../host-tools/station/connect.js';
-import { cliSkipReason, parseJson, qktJson, runQkt } from './e2e-rig.js';
+import { cliSkipReason, moduleOn, parseJson, qktJson, runQkt } from './e2e-rig.js';
 
 t.setTimeout(180_000);
 const skip = cliSkipReason();
@@ -74,13 +71,7 @@ async function rig(t: Test, o: { handshakeTimeoutMs?: number; maxHandshaking?: n
   const foreign = { ...readClientPems(join(dir, 'foreign')), caCertPem: sae.caCertPem };
 
   // The field visit for T1, in process: its module injected from the carrier.
-  const flash = NorFlash.open(join(dir, 'T1.img'));
-  t.teardown(() => flash.close());
-  const [host, device] = createInProcessPair();
-  createTerminal({ flash, transport: device });
-  const module = new LinkClient(host);
-  t.teardown(() => module.close());
-  const params = await module.negotiate();
+  const { client: module, params } = await moduleOn(t, join(dir, 'T1.img'));
   const carrier = Carrier.open(join(dir, 'car'));
   const r = await injectBatch(module, params, carrier.readBatch(carrier.batchFor('T1')!));
   carrier.recordReceipt('T1', r.batchId, r.receipt);

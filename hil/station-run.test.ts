@@ -7,12 +7,10 @@ import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { runQkt, startQkt } from './cli.js';
-import { NorFlash } from '../firmware/flash/nor-flash.js';
-import { createTerminal } from '../firmware/terminal.js';
+import { moduleOn } from './e2e-rig.js';
 import { Group, KeysCmd, StationCmd, SystemCmd } from '../firmware/link/groups.js';
 import { LinkError, Rc } from '../firmware/link/errors.js';
 import { decodeServiceHeader } from '../firmware/crypto/service.js';
-import { createInProcessPair } from '../host-tools/transports/inproc.js';
 import { connectStation } from '../host-tools/station/connect.js';
 import { readClientPems } from '../host-tools/station/certs.js';
 import { LinkClient } from '../host-tools/link/client.js';
@@ -43,13 +41,7 @@ t.test('station run opens uplinks, seals downlinks, accounts key use', async (t)
     t.equal(r.code, 0, `qkt ${args.slice(0, 2).join(' ')}: ${r.stderr}`);
   }
   // The field visit, in process: the module on its flash image, injected from the carrier.
-  const flash = NorFlash.open(join(dir, 't1.img'));
-  t.teardown(() => flash.close());
-  const [host, device] = createInProcessPair();
-  createTerminal({ flash, transport: device });
-  const module = new LinkClient(host);
-  t.teardown(() => module.close());
-  const params = await module.negotiate();
+  const { client: module, params } = await moduleOn(t, join(dir, 't1.img'));
   const carrier = Carrier.open(join(dir, 'car'));
   const r = await injectBatch(module, params, carrier.readBatch(carrier.batchFor('T1')!));
   carrier.recordReceipt('T1', r.batchId, r.receipt);

@@ -9,7 +9,7 @@
 // the caller's client certificate (certs.ts roleOf): a terminal its own UPLINK and DOWNLINK and
 // its own STATUS row, an operator STATUS; anything else is DENIED before a key is read, and a
 // connection whose certificate names no station role is closed at once.
-import { appendFileSync, existsSync } from 'node:fs';
+import { appendFileSync, existsSync, lstatSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Dispatcher } from '../../firmware/link/dispatch.js';
 import type { CommandGroup } from '../../firmware/link/dispatch.js';
@@ -45,19 +45,34 @@ export const STATION_LIMITS = { maxPerIdentity: 8, idleTimeoutMs: 300_000 } as c
  * (`terminals/<id>.json`, written atomically: read without its lock), undefined when not enrolled.
  */
 function kmdGeneration(stationDir: string): (terminalId: string) => number | undefined | 'damaged' {
+  // Asked on every STATION request: the record (which also holds the device key) is read and parsed
+  // only when it changed since the last read (its inode, size or mtime), not once per request.
+  const seen = new Map<string, { stamp: string; generation: number | 'damaged' }>();
   return (id) => {
+    const file = join(dirname(stationDir), 'terminals', `${id}.json`);
+    let st;
+    try {
+      st = lstatSync(file);
+    } catch {
+      seen.delete(id);
+      return undefined;
+    }
+    const stamp = `${st.ino}/${st.size}/${st.mtimeMs}`;
+    const known = seen.get(id);
+    if (known?.stamp === stamp) return known.generation;
     let record: unknown;
     try {
       // As the KMD reads its records (json-file.ts): no link followed, capped, never quoted.
-      record = readJsonFile(join(dirname(stationDir), 'terminals', `${id}.json`), MAX_RECORD_BYTES);
+      record = readJsonFile(file, MAX_RECORD_BYTES);
     } catch (e) {
-      if (e instanceof DamagedFileError) return 'damaged';
-      throw e;
+      if (!(e instanceof DamagedFileError)) throw e;
+      record = null;
     }
     if (record === undefined) return undefined;
-    if (record === null || typeof record !== 'object') return 'damaged';
-    const g = (record as { generation?: unknown }).generation;
-    return typeof g === 'number' && Number.isInteger(g) && g >= 1 ? g : 1; // records from before generations: 1
+    const g = record !== null && typeof record === 'object' ? (record as { generation?: unknown }).generation : undefined;
+    const generation = record === null || typeof record !== 'object' ? 'damaged' : typeof g === 'number' && Number.isInteger(g) && g >= 1 ? g : 1; // records from before generations: 1
+    seen.set(id, { stamp, generation });
+    return generation;
   };
 }
 

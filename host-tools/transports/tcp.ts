@@ -19,12 +19,17 @@ export function isTcpAddress(text: string): boolean {
  * `tcp:[::1]:7000`). Port 0 is allowed: it asks the OS for a free port when listening.
  */
 export function parseTcpAddress(text: string): TcpAddress {
+  return parseHostPort(text, 'tcp');
+}
+
+/** `SCHEME:HOST:PORT` or `HOST:PORT` (IPv6 hosts in brackets), for tcp: and tls: alike. */
+export function parseHostPort(text: string, scheme: string): TcpAddress {
   if (typeof text !== 'string') throw new TypeError('address must be a string');
-  const rest = text.startsWith('tcp:') ? text.slice(4) : text;
+  const rest = text.startsWith(`${scheme}:`) ? text.slice(scheme.length + 1) : text;
   const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(rest);
   const host = m?.[1] ?? m?.[2];
   const port = Number(m?.[3]);
-  if (!m || !host) throw new RangeError(`address must look like tcp:HOST:PORT, got ${JSON.stringify(text)}`);
+  if (!m || !host) throw new RangeError(`address must look like ${scheme}:HOST:PORT, got ${JSON.stringify(text)}`);
   if (port > 65_535) throw new RangeError(`port must be 0..65535, got ${port}`);
   return { host, port };
 }

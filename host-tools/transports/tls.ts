@@ -4,7 +4,7 @@ import { randomInt } from 'node:crypto';
 import net from 'node:net';
 import tls from 'node:tls';
 import type { Transport } from '../../firmware/link/transport.js';
-import { socketTransport } from './tcp.js';
+import { parseHostPort, socketTransport } from './tcp.js';
 import type { TcpAddress } from './tcp.js';
 
 /** PEM material for one end: its certificate and key, and the CA its peer must chain to. */
@@ -27,13 +27,7 @@ export function isTlsAddress(text: string): boolean {
 export function parseTlsAddress(text: string): TcpAddress {
   if (typeof text !== 'string') throw new TypeError('address must be a string');
   if (text.startsWith('tcp:')) throw new RangeError(`this service speaks TLS only: give tls:HOST:PORT or HOST:PORT, not ${JSON.stringify(text)}`);
-  const rest = text.startsWith('tls:') ? text.slice(4) : text;
-  const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(rest);
-  const host = m?.[1] ?? m?.[2];
-  const port = Number(m?.[3]);
-  if (!m || !host) throw new RangeError(`address must look like tls:HOST:PORT, got ${JSON.stringify(text)}`);
-  if (port > 65_535) throw new RangeError(`port must be 0..65535, got ${port}`);
-  return { host, port };
+  return parseHostPort(text, 'tls');
 }
 
 export function formatTlsAddress(host: string, port: number): string {
@@ -174,19 +168,20 @@ export function listenTls(host: string, port: number, o: TlsListenOptions, onCon
       }
       return oldest;
     };
-    // When the whole budget is full: a handshake of the address holding the most in progress,
-    // silent ones first, picked at random among them. An honest terminal's one handshake is never
-    // the target while any address holds more; among equals (an attacker spread over many
-    // addresses) a random pick leaves a handshake that needs a few milliseconds a fair chance
-    // however fast the others churn, where oldest-first evicted it for certain (review).
+    // When the whole budget is full: a handshake of the address holding the most in progress. Of
+    // those, the oldest that has sent nothing yet (a real client sends its ClientHello at once, so
+    // silent sockets are strangers and the newest arrival is never picked); if all have sent
+    // bytes, one picked at random. An honest terminal's one handshake is never the target while any
+    // address holds more; among equals (strangers spread over many addresses sending a few bytes)
+    // a random pick leaves a handshake that needs a few milliseconds a fair chance however fast
+    // the others churn, where oldest-first evicted it for certain (review).
     const globalVictim = (): net.Socket | undefined => {
       let most = 0;
       for (const set of byAddress.values()) most = Math.max(most, set.size);
-      const candidates: net.Socket[] = [];
-      for (const set of byAddress.values()) if (set.size === most) candidates.push(...set);
-      const silent = candidates.filter((c) => c.bytesRead === 0);
-      const pool = silent.length > 0 ? silent : candidates;
-      return pool.length > 0 ? pool[randomInt(pool.length)] : victimOf(handshaking);
+      const candidates = [...handshaking].filter((c) => byAddress.get(c.remoteAddress ?? '?')?.size === most);
+      const silent = candidates.find((c) => c.bytesRead === 0);
+      if (silent) return silent;
+      return candidates.length > 0 ? candidates[randomInt(candidates.length)] : victimOf(handshaking);
     };
     const evict = (victim: net.Socket, why: string) => {
       done(victim);
