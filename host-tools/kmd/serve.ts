@@ -13,7 +13,6 @@ import { serveLockOptions } from './home.js';
 import type { KeySupply } from './supply.js';
 import { lockSync } from '../lock.js';
 import { serveDownload } from './download.js';
-import type { Transport } from '../../firmware/link/transport.js';
 import { openSerial } from '../transports/serial.js';
 import { isTcpAddress, listenTcp, parseTcpAddress } from '../transports/tcp.js';
 
@@ -71,11 +70,8 @@ async function startLocked(home: KmdHome, o: { listen: string; download?: string
   if (o.download) {
     if (isTcpAddress(o.download)) {
       const a = parseTcpAddress(o.download);
-      const links: Transport[] = [];
-      const l = await listenTcp(a.host, a.port, (t) => {
-        links.push(t);
-        serveDownload(home, t, log);
-      });
+      // Each connection is its own download session; listenTcp keeps (and drops on close) the live ones.
+      const l = await listenTcp(a.host, a.port, (t) => void serveDownload(home, t, log));
       download = `tcp:${l.address.host}:${l.address.port}`;
       closers.push(() => l.close());
     } else {
