@@ -62,7 +62,7 @@ export interface Io {
    * too, where stdout holds only JSON documents and stderr is the service's log.
    */
   log(line: string): void;
-  /** Live progress line (stderr, only on a TTY and not under --json). */
+  /** Progress on stderr: a line redrawn in place on a TTY, plain lines now and then otherwise, none under --json. */
   progress: ProgressSink;
   /** Resolves when the user asks the command to stop (SIGINT/SIGTERM). */
   stopped: Promise<void>;
@@ -71,7 +71,8 @@ export interface Io {
 }
 
 export interface ProgressSink {
-  update(done: number, total: number, label: string): void;
+  /** `done` of `total` bits (or, with `unit`, of things such as 'terminal': shown as counts, no rate). */
+  update(done: number, total: number, label: string, unit?: string): void;
   done(): void;
 }
 

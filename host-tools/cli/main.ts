@@ -119,7 +119,7 @@ export async function main(argv: string[]): Promise<number> {
       if (!json) process.stderr.write(line + '\n');
     },
     log: (line) => void process.stderr.write(line + '\n'),
-    progress: ttyProgress(process.stderr, !json && process.stderr.isTTY === true),
+    progress: ttyProgress(process.stderr, json ? 'off' : process.stderr.isTTY === true ? 'tty' : 'lines'),
     stopped,
     ready: (result, human) => {
       readyPrinted = true;

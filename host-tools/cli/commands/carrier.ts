@@ -76,13 +76,13 @@ function loadFromHome(home: KmdHome, dir: string, ids: string[], bits: number, v
   const carrier = typeof target === 'function' ? target() : target;
   const loaded: LoadResult['loaded'] = [];
   ids.forEach((id, i) => {
-    io.progress.update(i, ids.length, `load ${id}`);
+    io.progress.update(i, ids.length, `load ${id}`, 'terminal');
     const e = queued.get(id)!;
     const added = carrier.addBatch(readOutbox(e));
     markOnCarrier(home, id, e.record.batchId, carrier.carrierId);
     loaded.push({ terminalId: id, batchId: e.record.batchId, seq: e.record.seq, bits: e.record.bits, outcome: added.outcome });
   });
-  io.progress.update(ids.length, ids.length, 'load');
+  io.progress.update(ids.length, ids.length, 'load', 'terminal');
   return { carrierId: carrier.carrierId, carrier: carrier.path, loaded };
 }
 
