@@ -4,6 +4,7 @@
 // under --json.
 import t from 'tap';
 import { EventEmitter } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { ttyProgress, formatSeconds, formatAmount } from './progress.js';
 import type { ProgressMode } from './progress.js';
 
@@ -173,4 +174,28 @@ t.test('durations and amounts', async (t) => {
   t.equal(formatAmount(500_000), '488.3 kbit');
   t.equal(formatAmount(3 * MBIT), '3 Mbit');
   t.equal(formatAmount(700), '700 bit');
+});
+
+t.test('docs/field.md shows what the code prints', async (t) => {
+  const doc = readFileSync(new URL('../../docs/field.md', import.meta.url), 'utf8');
+  const section = doc.slice(doc.indexOf('## What the progress line looks like'));
+  t.ok(section.length > 0 && doc.includes('## What the progress line looks like'), 'the section exists');
+  const blocks = [...section.matchAll(/```text\n([\s\S]*?)```/g)].map((m) => m[1]!);
+  t.equal(blocks.length, 3, 'two terminal captures and the log lines');
+  // The captures: each box as wide as its terminal; progress lines within the width less one.
+  for (const [i, columns] of [[0, 80], [1, 40]] as const) {
+    const rows = blocks[i]!.split('\n').filter((l) => l.startsWith('|'));
+    t.ok(rows.length >= 2, `${columns} columns: captured rows`);
+    for (const row of rows) {
+      t.equal(row.length, columns + 2, `${columns} columns: ${row}`);
+      const line = row.slice(1, -1).trimEnd();
+      if (line.startsWith('inject T1 [')) t.ok(line.length <= columns - 1, `progress line within ${columns - 1}: ${line}`);
+    }
+  }
+  const r = rig('lines');
+  feed(r, 0, 10_500);
+  r.at(10_600);
+  r.sink.update(MBIT, MBIT, 'inject T1');
+  r.sink.done();
+  t.equal(blocks[2], r.stream.out, 'the log lines are the ones the code prints');
 });
