@@ -290,7 +290,7 @@ export const commands: readonly CommandSpec[] = [
     options: {
       transport: { type: 'string', value: 'LIST', description: 'the link transports to test, comma-separated, from inproc, tcp, pty, mock, webusb', defaultText: 'all five' },
       carrier: { type: 'string', value: 'DIR', description: 'also test a carrier on this mounted drive (its contents are used)', defaultText: 'folders only' },
-      junit: { type: 'string', value: 'FILE', description: 'write a JUnit XML report to FILE', defaultText: 'the tap report on stdout' },
+      junit: { type: 'string', value: 'FILE', description: 'write a JUnit XML report to FILE', defaultText: 'none: each suite is reported on stderr as it ends' },
     },
     load: () => import('./commands/hil.js').then((m) => m.default),
   },
