@@ -10,7 +10,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { QKT_BIN } from './cli.js';
-import { background, ptyPair, ptySkipReason, qktJson } from './e2e-rig.js';
+import { background, ptyPair, ptySkipReason, qktJson, runQkt } from './e2e-rig.js';
 
 t.setTimeout(120_000);
 
@@ -132,4 +132,24 @@ t.test('qkt inject in an 80- and a 40-column terminal: one line, within the widt
       t.comment(`and when it has finished (tmux wraps the result line):\n${boxed(shown, columns)}`);
     });
   }
+});
+
+t.test('qkt inject with stderr on a pipe (a CI log): plain lines every 5 s and 10 %, then the last one', { skip: ptySkipReason() }, async (t) => {
+  const dir = t.testdir({ c: {} });
+  const home = join(dir, 'kmd');
+  await qktJson(t, ['kmd', 'init', '--home', home, '--rate', '1000Mbit/s']);
+  await qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', 'T1', '--flash', join(dir, 't1.img')]);
+  // 640 kbit at 115200 baud: about 7 s, long enough for one periodic line.
+  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'c'), '--terminal', 'T1', '--bits', '640kbit']);
+  const cable = await ptyPair(t);
+  await background(t, ['terminal', 'run', '--flash', join(dir, 't1.img'), '--port', cable.b]);
+  const r = await runQkt(['inject', '--carrier', join(dir, 'c'), '--port', cable.a, '--baud', '115200']);
+  t.equal(r.code, 0, r.stderr);
+  t.match(r.stdout, /^T1: 640 kbit injected .* receipt stored on the carrier\n$/);
+  t.notMatch(r.stderr, /\r|\x1b/, 'no bar, no control characters');
+  const lines = r.stderr.trimEnd().split('\n');
+  t.ok(lines.length >= 2, `a periodic line and the last one: ${JSON.stringify(lines)}`);
+  for (const l of lines.slice(0, -1)) t.match(l, /^inject T1: \d+% \([\d.]+ kbit of 640 kbit\), [\d.]+ kbit\/s, ETA \d+s$/);
+  t.match(lines.at(-1), /^inject T1: 100% \(640 kbit of 640 kbit\), [\d.]+ kbit\/s, in \d+s$/);
+  t.comment(`stderr on a pipe:\n${r.stderr.trimEnd()}`);
 });
