@@ -163,7 +163,7 @@ export async function downloadFromKmd(o: { port: string; carrierDir: string; ter
     for (const p of pending) {
       const buf = await readPending(dl, params, p, (n) => {
         done += n;
-        o.progress?.update(done, total, 'download');
+        o.progress?.update(done * 8, total * 8, 'download'); // bytes of the sealed batches, shown as bits
       });
       let h;
       try {
