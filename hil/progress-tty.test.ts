@@ -7,7 +7,7 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { QKT_BIN } from './cli.js';
 import { background, ptyPair, ptySkipReason, qktJson, runQkt } from './e2e-rig.js';
@@ -59,7 +59,11 @@ async function runInTmux(t: Test, columns: number, args: string[], dir: string):
     'exec sleep 600',
   ].join('; ');
   tmux(socket, ['new-session', '-d', '-x', String(columns), '-y', '12', cmd]);
-  t.teardown(() => void spawnSync('tmux', ['-L', socket, 'kill-server'], { stdio: 'ignore', timeout: 10_000 }));
+  const socketPath = tmux(socket, ['display-message', '-p', '#{socket_path}']).trim();
+  t.teardown(() => {
+    spawnSync('tmux', ['-L', socket, 'kill-server'], { stdio: 'ignore', timeout: 10_000 });
+    if (socketPath.includes(socket)) rmSync(socketPath, { force: true }); // a killed server may leave it
+  });
   tmux(socket, ['pipe-pane', '-o', `cat > ${q(rawFile)}`]);
   const finished = waitFor(socket, 'finished');
   let over = false;
