@@ -7,12 +7,22 @@ import { basename, join, resolve } from 'node:path';
 import { BATCH_DIR, BATCH_EXT, JOURNAL_FILE, MANIFEST_FILE, RECEIPT_DIR, formatBytes } from './carrier.js';
 import type { BatchEntry, Carrier } from './carrier.js';
 import { CarrierError } from './errors.js';
+import { batchLayout, DEFAULT_CHUNK_SIZE, HEADER_FIXED_BYTES } from '../../firmware/crypto/batch.js';
 
 /**
  * Free space a receipt needs, with its margin: the receipt (at most 639 bytes), two journal lines
  * (about 1.5 KiB) and the temporary file of each atomic write, each taking whole blocks.
  */
 export const RECEIPT_ROOM_BYTES = 64 * 1024;
+/** Bytes a sealed batch of `bits` takes on a carrier (the longest header; the KMD's chunk size), 0 if out of range. */
+export function sealedBytesFor(bits: number): number {
+  try {
+    return batchLayout(HEADER_FIXED_BYTES + 32, bits, DEFAULT_CHUNK_SIZE).totalLength;
+  } catch {
+    return 0;
+  }
+}
+
 /** Blocks asked for besides, on a drive with big blocks (each file and journal append may take one). */
 const RECEIPT_ROOM_BLOCKS = 8;
 /** Free inodes asked for (receipt, its temporary, the probe), where the filesystem counts them. */
@@ -34,7 +44,14 @@ export interface PreflightOptions {
   statfs?: (dir: string) => FreeSpace;
   /** For tests: create and remove a file in `folder`, throwing the errno error a write would. */
   probe?: (folder: string) => void;
+  /**
+   * What a refusal means, after "so": default "the terminal's receipt could not be stored; nothing
+   * was sent" (inject); a load says "no batch could be stored on it; nothing was exported".
+   */
+  consequence?: string;
 }
+
+const RECEIPT_CONSEQUENCE = "the terminal's receipt could not be stored; nothing was sent";
 
 const errno = (e: unknown): string => (e as NodeJS.ErrnoException | null)?.code ?? '';
 
@@ -58,17 +75,17 @@ function defaultStatfs(dir: string): FreeSpace {
 }
 
 /** The refusal for a write the carrier's drive or permissions do not allow, or undefined. */
-function writeRefusal(dir: string, e: unknown): CarrierError | undefined {
+export function carrierWriteRefusal(dir: string, e: unknown, consequence = RECEIPT_CONSEQUENCE): CarrierError | undefined {
   const code = errno(e);
   if (code === 'EROFS') {
-    return new CarrierError('READ_ONLY', `carrier ${dir} is on a drive mounted read-only, so the terminal's receipt could not be stored; nothing was sent: remount it read-write (mount -o remount,rw on its mount point) and run the command again`);
+    return new CarrierError('READ_ONLY', `carrier ${dir} is on a drive mounted read-only, so ${consequence}: remount it read-write (mount -o remount,rw on its mount point) and run the command again`);
   }
   if (code === 'EACCES' || code === 'EPERM') {
     const who = typeof process.getuid === 'function' ? ` (uid ${process.getuid()})` : '';
-    return new CarrierError('NOT_WRITABLE', `carrier ${dir} is not writable by this user${who}, so the terminal's receipt could not be stored; nothing was sent: run qkt as the user who owns the carrier, or give this user write access to it (chown, or mount a FAT drive with uid=/gid= options)`);
+    return new CarrierError('NOT_WRITABLE', `carrier ${dir} is not writable by this user${who}, so ${consequence}: run qkt as the user who owns the carrier, or give this user write access to it (chown, or mount a FAT drive with uid=/gid= options)`);
   }
   if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new CarrierError('NO_ROOM', `carrier ${dir} has no room left on its drive for the terminal's receipt; nothing was sent: free some space on it and run the command again`);
+    return new CarrierError('NO_ROOM', `carrier ${dir} has no room left on its drive, so ${consequence}: free some space on it and run the command again`);
   }
   return undefined;
 }
@@ -88,17 +105,27 @@ export function preflightCarrier(dirIn: string, o: PreflightOptions = {}): void 
     if (code === 'ENOENT' || code === 'ENOTDIR') {
       throw new CarrierError('NOT_FOUND', `carrier ${dir} does not exist: is the drive mounted? (qkt ports lists the drives; check the path)`);
     }
-    throw writeRefusal(dir, e) ?? e;
+    throw carrierWriteRefusal(dir, e) ?? e;
   }
   if (!st.isDirectory()) throw new CarrierError('NOT_A_CARRIER', `${dir} is not a folder, so not a carrier: is the drive mounted? (qkt ports lists the drives)`);
   let manifest = false;
   try {
     manifest = lstatSync(join(dir, MANIFEST_FILE)).isFile();
   } catch (e) {
-    if (errno(e) !== 'ENOENT') throw writeRefusal(dir, e) ?? e;
+    if (errno(e) !== 'ENOENT') throw carrierWriteRefusal(dir, e) ?? e;
   }
   if (!manifest) throw new CarrierError('NOT_A_CARRIER', `${dir} is not a carrier (no ${MANIFEST_FILE}): is the drive mounted? (qkt ports lists the drives)`);
+  checkCarrierWritable(dir, o);
+}
 
+/**
+ * The folder `dir` (a carrier, or the empty folder a load makes one in) can be written by this user
+ * and its drive has room for `needBytes` (with a margin): READ_ONLY, NOT_WRITABLE or NO_ROOM if not.
+ */
+export function checkCarrierWritable(dirIn: string, o: PreflightOptions = {}): void {
+  const dir = resolve(dirIn);
+  const consequence = o.consequence ?? RECEIPT_CONSEQUENCE;
+  const refusal = (e: unknown) => carrierWriteRefusal(dir, e, consequence) ?? e;
   // Writable: where the receipt goes (receipts/, made by open if missing: then the folder itself)
   // and the journal it appends to. As root, permissions pass but a read-only mount still fails.
   const probe = o.probe ?? probeWrite;
@@ -113,13 +140,13 @@ export function preflightCarrier(dirIn: string, o: PreflightOptions = {}): void 
     try {
       probe(folder);
     } catch (e) {
-      throw writeRefusal(dir, e) ?? e;
+      throw refusal(e);
     }
   }
   try {
     accessSync(join(dir, JOURNAL_FILE), constants.W_OK);
   } catch (e) {
-    if (errno(e) !== 'ENOENT') throw writeRefusal(dir, e) ?? e;
+    if (errno(e) !== 'ENOENT') throw refusal(e);
   }
 
   const need = o.needBytes ?? RECEIPT_ROOM_BYTES;
@@ -130,13 +157,13 @@ export function preflightCarrier(dirIn: string, o: PreflightOptions = {}): void 
   } catch {
     return; // statfs is a nicety (a network share may refuse it); the write itself still checks
   }
-  const want = Math.max(need, RECEIPT_ROOM_BLOCKS * fs.bsize);
+  const want = Math.max(need, RECEIPT_ROOM_BYTES, RECEIPT_ROOM_BLOCKS * fs.bsize);
   const free = fs.bavail * fs.bsize;
   if (free < want) {
-    throw new CarrierError('NO_ROOM', `carrier ${dir} has ${formatBytes(free)} free, and storing the terminal's receipt needs at least ${formatBytes(want)}; nothing was sent: free space on the drive (qkt kmd collect wipes delivered batches) and run the command again`);
+    throw new CarrierError('NO_ROOM', `carrier ${dir} has ${formatBytes(free)} free and needs at least ${formatBytes(want)}, so ${consequence}: free space on the drive (qkt kmd collect wipes delivered batches) and run the command again`);
   }
   if (fs.files > 0 && fs.ffree < RECEIPT_ROOM_INODES) {
-    throw new CarrierError('NO_ROOM', `carrier ${dir} has no free file slots (inodes) left for the terminal's receipt; nothing was sent: remove files from the drive and run the command again`);
+    throw new CarrierError('NO_ROOM', `carrier ${dir} has no free file slots (inodes) left on its drive, so ${consequence}: remove files from the drive and run the command again`);
   }
 }
 

@@ -2,7 +2,7 @@
 // straight from a local KMD home (or through a KMD's download interface), and show what it holds.
 import { randomBytes } from 'node:crypto';
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve, sep } from 'node:path';
 import { defineCommand, bitsOption, strs, str, CliError, Exit } from '../command.js';
 import type { Io, Values } from '../command.js';
 import type { KmdHome } from '../../kmd/home.js';
@@ -11,6 +11,7 @@ import { Carrier, CarrierError, formatCarrierStatus, LOCK_FILE, MANIFEST_FILE, r
 import type { CarrierStatus } from '../../carrier/carrier.js';
 import { exportBatches, markOnCarrier, outbox, readOutbox } from '../../kmd/export.js';
 import { openCarrier, withCarrier, withCarrierSync } from '../carrier-open.js';
+import { carrierWriteRefusal, checkCarrierWritable, RECEIPT_ROOM_BYTES, sealedBytesFor } from '../../carrier/preflight.js';
 import { formatBits } from '../../units.js';
 import { downloadFromKmd } from '../../kmd/download-client.js';
 import { CARRIER_KEY_FILE } from '../../kmd/carriers.js';
@@ -28,10 +29,20 @@ export interface LoadResult {
  * or a drive that is not mounted. Checked before anything is exported, made only after the export
  * worked; `undo` removes what `make` made (a load that then failed leaves no empty carrier).
  */
-export function checkCarrierTarget(dir: string, kmdId: string, carrierId?: string, init = false): Carrier | { make: () => Carrier; undo: () => void } {
+export function checkCarrierTarget(dir: string, kmdId: string, carrierId?: string, init = false, needBytes = 0): Carrier | { make: () => Carrier; undo: () => void } {
+  // Room and write access are checked before anything is exported: a refusal spends nothing.
+  const writable = () => {
+    try {
+      checkCarrierWritable(dir, { needBytes: needBytes + RECEIPT_ROOM_BYTES, consequence: 'no batch could be stored on it; nothing was exported' });
+    } catch (e) {
+      if (e instanceof CarrierError) throw new CliError(e.message, Exit.CARRIER);
+      throw e;
+    }
+  };
   if (existsSync(join(dir, MANIFEST_FILE))) {
     const c = openCarrier(dir);
     if (c.kmdId !== kmdId) throw new CliError(`carrier ${c.carrierId} belongs to KMD ${c.kmdId}, not this KMD (${kmdId})`, Exit.CARRIER);
+    writable();
     return c;
   }
   const exists = existsSync(dir);
@@ -42,6 +53,7 @@ export function checkCarrierTarget(dir: string, kmdId: string, carrierId?: strin
   if (exists && readdirSync(dir).filter((f) => f !== 'lost+found' && f !== LOCK_FILE).length > 0) {
     throw new CliError(`${dir} is not empty and not a carrier; give an empty folder or drive`, Exit.CARRIER);
   }
+  if (exists) writable();
   return { make: () => initCarrier(dir, kmdId, carrierId), undo: () => void removeNewCarrier(dir, { folder: !exists }) };
 }
 
@@ -74,7 +86,7 @@ export const carrierLoad = defineCommand<LoadResult>({
 
 function loadFromHome(home: KmdHome, dir: string, ids: string[], bits: number, v: Values, io: Io): LoadResult {
   for (const id of ids) kmdCli(() => home.terminal(id));
-  const target = checkCarrierTarget(dir, home.config.kmdId, str(v, 'carrier-id'), v['init'] === true);
+  const target = checkCarrierTarget(dir, home.config.kmdId, str(v, 'carrier-id'), v['init'] === true, ids.length * sealedBytesFor(bits));
   // A batch already queued for a terminal (kmd export, or a load that was cut) goes first; the
   // others are exported in one transaction: a refusal (supply, station room) spends nothing,
   // and the carrier is not even made.
@@ -103,6 +115,11 @@ function loadFromHome(home: KmdHome, dir: string, ids: string[], bits: number, v
         // the first error is the one to report
       }
     }
+    // A drive that turned read-only or full under the load: the batches stay queued at the KMD.
+    const where = (err as NodeJS.ErrnoException).path;
+    const onCarrier = typeof where === 'string' && (resolve(where) + sep).startsWith(resolve(dir) + sep);
+    const refusal = onCarrier ? carrierWriteRefusal(dir, err, 'the batch could not be stored on it; the KMD keeps it queued for the next carrier load') : undefined;
+    if (refusal) throw new CliError(refusal.message, Exit.CARRIER);
     throw err;
   }
   io.progress.update(ids.length, ids.length, 'load');
