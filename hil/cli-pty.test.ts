@@ -9,7 +9,7 @@ import { openSerial } from '../host-tools/transports/serial.js';
 t.test('status over a pty pair, before and after 100 KiB of random bytes', { skip: socatSkipReason() }, async (t) => {
   const pty = await createPtyPair();
   const dir = t.testdir({});
-  const term = await startQkt(['terminal', 'run', '--flash', `${dir}/t1.img`, '--port', pty.b]);
+  const term = await startQkt(['terminal', 'run', '--flash', `${dir}/t1.img`, '--create-image', '--port', pty.b]);
   t.teardown(async () => {
     await term.stop();
     await pty.close();
@@ -37,7 +37,7 @@ t.test('status over a pty pair, before and after 100 KiB of random bytes', { ski
 
 t.test('status against a terminal on TCP, paced at 115200 baud', async (t) => {
   const dir = t.testdir({});
-  const term = await startQkt(['terminal', 'run', '--flash', `${dir}/t.img`, '--listen', 'tcp:127.0.0.1:0', '--baud', '115200']);
+  const term = await startQkt(['terminal', 'run', '--flash', `${dir}/t.img`, '--create-image', '--listen', 'tcp:127.0.0.1:0', '--baud', '115200']);
   t.teardown(() => term.stop());
   const port = term.ready['port'] as string;
   t.match(port, /^tcp:127\.0\.0\.1:\d+$/);

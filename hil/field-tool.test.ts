@@ -67,7 +67,7 @@ t.test('qkt inject, as the field engineer runs it', { skip: ptySkipReason(), job
     qktJson(t, ['kmd', 'enroll', '--home', other, '--terminal', 'T1', '--flash', join(dir, 'foreign-T1.img')]),
   ]);
   const load = (h: string, c: string, ids: string[], bits: string) =>
-    qktJson<Loaded>(t, ['carrier', 'load', '--home', h, '--carrier', car(c), ...ids.flatMap((id) => ['--terminal', id]), '--bits', bits]);
+    qktJson<Loaded>(t, ['carrier', 'load', '--init', '--home', h, '--carrier', car(c), ...ids.flatMap((id) => ['--terminal', id]), '--bits', bits]);
   // Sequential on one KMD home: each load takes the next seq for its terminals.
   const c1 = await load(home, 'c1', ['T1', 'T2'], '1Mbit');
   const cOld = await load(home, 'c-old', ['T3'], '256Kbit'); // T3 seq 1
@@ -88,7 +88,7 @@ t.test('qkt inject, as the field engineer runs it', { skip: ptySkipReason(), job
     }),
   );
   const blankCable = await ptyPair(t);
-  const blank = await background(t, ['terminal', 'run', '--flash', join(dir, 'blank.img'), '--port', blankCable.b]);
+  const blank = await background(t, ['terminal', 'run', '--flash', join(dir, 'blank.img'), '--create-image', '--port', blankCable.b]);
   t.match(blank.ready, { terminalId: null, enrolled: false });
   const emptyCable = await ptyPair(t); // a cable with nothing on the other end
 

@@ -41,7 +41,7 @@ t.test('6 concurrent carrier loads for one terminal: distinct seqs; kmd status f
   const N = 6;
   const bits = 256 * 1024;
   const runs = await Promise.all(
-    Array.from({ length: N }, (_, i) => runQkt(['carrier', 'load', '--home', home, '--carrier', join(dir, `c${i}`), '--terminal', 'T1', '--bits', '256kbit', '--json'])),
+    Array.from({ length: N }, (_, i) => runQkt(['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, `c${i}`), '--terminal', 'T1', '--bits', '256kbit', '--json'])),
   );
   runs.forEach((r, i) => t.equal(r.code, 0, `load ${i} exits 0${r.code === 0 ? '' : `: ${r.stderr.trim()}`}`));
   const docs = runs.map((r) => parseJson<Loaded>(r));
@@ -77,12 +77,12 @@ t.test('a load that fails leaves kmd status --json identical, and names the fix'
   // A link fast enough to keep the supply's buffer (1 Gbit) full: what is available is the
   // buffer, not a clock reading, so two statuses of an unchanged KMD are the same document.
   const { dir, home } = await setup(t, '2Gbit', ['T1', 'T2'], ['--rate', '1000Mbit/s']);
-  t.match(await qktJson<Loaded>(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'full'), '--terminal', 'T2', '--bits', '8Mbit']), { loaded: [{ seq: 1 }] });
+  t.match(await qktJson<Loaded>(t, ['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, 'full'), '--terminal', 'T2', '--bits', '8Mbit']), { loaded: [{ seq: 1 }] });
   const before = await runQkt(['kmd', 'status', '--home', home, '--json']);
   t.equal(before.code, 0);
   t.match(parseJson<KmdStatus>(before), { supply: { availableBits: 2 ** 30 }, terminals: [{ nextSeq: 1, station: { freeKeyBits: 2 ** 23 } }, { nextSeq: 2, station: { freeKeyBits: 0 } }] });
 
-  const noRoom = await runQkt(['carrier', 'load', '--home', home, '--carrier', join(dir, 'c1'), '--terminal', 'T1', '--terminal', 'T2', '--bits', '1Mbit']);
+  const noRoom = await runQkt(['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, 'c1'), '--terminal', 'T1', '--terminal', 'T2', '--bits', '1Mbit']);
   failsWith(t, noRoom, 1, new RegExp(`^qkt: the station's key pool for T2 has no room for a 1 Mbit batch \\(NO_SPACE: .*\\); nothing was spent; to free room: qkt kmd void --home ${home} --terminal T2 \\(batches never to be used\\), or qkt kmd collect`), 'no room');
   t.notOk(existsSync(join(dir, 'c1')), 'no carrier was made');
   const after = await runQkt(['kmd', 'status', '--home', home, '--json']);
@@ -91,8 +91,8 @@ t.test('a load that fails leaves kmd status --json identical, and names the fix'
 
 t.test('a stale batch: inject names kmd void; void retires it; collected ones need --in-use', { skip }, async (t) => {
   const { dir, home, image } = await setup(t, '4Mbit', ['T1']);
-  const l1 = await qktJson<Loaded>(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'c1'), '--terminal', 'T1', '--bits', '64kbit']);
-  const l2 = await qktJson<Loaded>(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'c2'), '--terminal', 'T1', '--bits', '64kbit']);
+  const l1 = await qktJson<Loaded>(t, ['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, 'c1'), '--terminal', 'T1', '--bits', '64kbit']);
+  const l2 = await qktJson<Loaded>(t, ['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, 'c2'), '--terminal', 'T1', '--bits', '64kbit']);
   const term = await background(t, ['terminal', 'run', '--flash', image('T1'), '--listen', 'tcp:127.0.0.1:0']);
   const port = term.ready['port'] as string;
   await qktJson(t, ['inject', '--carrier', join(dir, 'c2'), '--port', port]);
@@ -135,7 +135,7 @@ t.test('void racing exports: every batch ends exported or void, never in between
 
 t.test('a factory-reset terminal is enrolled again: new key, old batches void, seq forward', { skip }, async (t) => {
   const { dir, home, image } = await setup(t, '4Mbit', ['T1']);
-  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'c1'), '--terminal', 'T1', '--bits', '64kbit']);
+  await qktJson(t, ['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, 'c1'), '--terminal', 'T1', '--bits', '64kbit']);
   const again = ['kmd', 'enroll', '--home', home, '--terminal', 'T1', '--flash', image('T1'), '--again'];
   failsWith(t, await runQkt(again), 6, /^qkt: \S+ is a live module of T1 holding this KMD's current device key \(generation 1\): nothing to do; to give it a new key, factory-reset it first \(qkt kmd token/, 'a live module');
 
@@ -153,7 +153,7 @@ t.test('a factory-reset terminal is enrolled again: new key, old batches void, s
   t.match(await status(t, home), { terminals: [{ terminalId: 'T1', generation: 2, nextSeq: 2 }], totals: { void: { batches: 1 }, collected: { batches: 0 } } });
 
   // The module works again, under the new key, and the seq goes on from 2.
-  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'c2'), '--terminal', 'T1', '--bits', '64kbit']);
+  await qktJson(t, ['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, 'c2'), '--terminal', 'T1', '--bits', '64kbit']);
   term = await background(t, ['terminal', 'run', '--flash', image('T1'), '--listen', 'tcp:127.0.0.1:0']);
   t.match(await qktJson(t, ['inject', '--carrier', join(dir, 'c2'), '--port', term.ready['port'] as string]), { terminalId: 'T1', seq: 2 });
   t.match(await qktJson(t, ['kmd', 'collect', '--home', home, '--carrier', join(dir, 'c2')]), { collected: [{ seq: 2 }], rejected: [] });
@@ -161,7 +161,7 @@ t.test('a factory-reset terminal is enrolled again: new key, old batches void, s
 
 t.test('kmd enroll --again on a dangling symlink or a FIFO: refused at once, kmd status --json identical', { skip }, async (t) => {
   const { dir, home } = await setup(t, '4Mbit', ['T1']);
-  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'c1'), '--terminal', 'T1', '--bits', '64kbit']);
+  await qktJson(t, ['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, 'c1'), '--terminal', 'T1', '--bits', '64kbit']);
   const ledger = async () => {
     const s = await status(t, home);
     return JSON.stringify({ ...s, supply: { ...s.supply, availableBits: 0 } }); // available accrues with the clock

@@ -72,7 +72,7 @@ t.test('4 concurrent carrier loads for one terminal: distinct seqs; every batch 
   const N = 4;
   const bits = 256 * 1024;
   const runs = await Promise.all(
-    Array.from({ length: N }, (_, i) => runQkt(['carrier', 'load', '--home', home, '--carrier', join(dir, `c${i}`), '--terminal', 'T1', '--bits', '256kbit', '--json'])),
+    Array.from({ length: N }, (_, i) => runQkt(['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, `c${i}`), '--terminal', 'T1', '--bits', '256kbit', '--json'])),
   );
   runs.forEach((r, i) => t.equal(r.code, 0, `load ${i} exits 0${r.code === 0 ? '' : `: ${r.stderr.trim()}`}`));
   const docs = runs.map((r) => parseJson<Loaded>(r));
@@ -99,16 +99,16 @@ t.test('4 concurrent carrier loads for one terminal: distinct seqs; every batch 
 t.test('a load that fails spends nothing: no supply, no seq, nothing on the carrier or in the outbox', { skip }, async (t) => {
   const { dir, home } = await setup(t, '10Mbit', ['T1', 'T2']);
   // T2's station pool is full after one 8 Mbit batch (the station's pool is as big as a module's).
-  t.match(await qktJson<Loaded>(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'full'), '--terminal', 'T2', '--bits', '8Mbit']), { loaded: [{ seq: 1 }] });
+  t.match(await qktJson<Loaded>(t, ['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, 'full'), '--terminal', 'T2', '--bits', '8Mbit']), { loaded: [{ seq: 1 }] });
   const before = ledger(home);
 
-  const noRoom = await runQkt(['carrier', 'load', '--home', home, '--carrier', join(dir, 'c1'), '--terminal', 'T2', '--bits', '1Mbit']);
+  const noRoom = await runQkt(['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, 'c1'), '--terminal', 'T2', '--bits', '1Mbit']);
   failsWith(t, noRoom, 1, /^qkt: the station's key pool for T2 has no room for a 1 Mbit batch \(NO_SPACE: .*\); nothing was spent; to free room: qkt kmd void --home \S+ --terminal T2 .*qkt kmd collect .*$/, 'no room at the station');
   t.same(ledger(home), before, 'supply, seqs, batches, outbox and station unchanged');
   t.notOk(existsSync(join(dir, 'c1')), 'no carrier was made');
 
   // Two terminals in one load: T1 would fit, T2 does not; the load is one transaction.
-  const both = await runQkt(['carrier', 'load', '--home', home, '--carrier', join(dir, 'c2'), '--terminal', 'T1', '--terminal', 'T2', '--bits', '1Mbit', '--json']);
+  const both = await runQkt(['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, 'c2'), '--terminal', 'T1', '--terminal', 'T2', '--bits', '1Mbit', '--json']);
   t.equal(both.code, 1, 'T1 + T2 refused');
   t.match(parseJson(both), { error: { message: /key pool for T2 has no room/, exitCode: 1 } });
   t.same(ledger(home), before, 'T1 spent nothing either');
@@ -120,7 +120,7 @@ t.test('a load that fails spends nothing: no supply, no seq, nothing on the carr
   t.same(ledger(home), before, 'unchanged');
 
   // And the same load once there is room works, with the next seq (none was burned).
-  t.match(await qktJson<Loaded>(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'c3'), '--terminal', 'T1', '--bits', '1Mbit']), { loaded: [{ terminalId: 'T1', seq: 1 }] });
+  t.match(await qktJson<Loaded>(t, ['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, 'c3'), '--terminal', 'T1', '--bits', '1Mbit']), { loaded: [{ terminalId: 'T1', seq: 1 }] });
   t.equal(ledger(home).takenBits, before.takenBits + (1 << 20));
 });
 
@@ -175,7 +175,7 @@ t.test('a station started before an export serves it; exports beside its uplinks
   await station.negotiate();
 
   // Exported after the station started (T1's station pool image did not even exist then).
-  const l1 = await qktJson<Loaded>(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'c1'), '--terminal', 'T1', '--bits', '1Mbit']);
+  const l1 = await qktJson<Loaded>(t, ['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, 'c1'), '--terminal', 'T1', '--bits', '1Mbit']);
   const m = await moduleOn(t, image('T1'));
   await injectFrom(m, join(dir, 'c1'), 'T1');
   const uplink = async (bytes: number): Promise<Uint8Array> => {
@@ -195,7 +195,7 @@ t.test('a station started before an export serves it; exports beside its uplinks
       await new Promise((r) => setTimeout(r, 15));
     }
   })();
-  const loads = await Promise.all([2, 3, 4].map((i) => qktJson<Loaded>(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, `c${i}`), '--terminal', 'T1', '--bits', '1Mbit'])));
+  const loads = await Promise.all([2, 3, 4].map((i) => qktJson<Loaded>(t, ['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, `c${i}`), '--terminal', 'T1', '--bits', '1Mbit'])));
   loading = false;
   await uplinks;
   t.ok(opened > 1, `${opened} uplinks opened while three loads ran`);
@@ -267,7 +267,7 @@ t.test('a carrier has one writer: inject, collect, status and load wait for its 
   const car = join(dir, 'c1');
   mkdirSync(car);
   // Into an existing empty folder: the load's own lock file does not make it "not empty".
-  t.match(await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', car, '--terminal', 'T1', '--bits', '64KiB']), { loaded: [{ seq: 1 }] });
+  t.match(await qktJson(t, ['carrier', 'load', '--init', '--home', home, '--carrier', car, '--terminal', 'T1', '--bits', '64KiB']), { loaded: [{ seq: 1 }] });
   t.notOk(existsSync(join(car, LOCK_FILE)), 'the load released the carrier');
   const journal = readFileSync(join(car, 'journal.jsonl'));
 
@@ -280,7 +280,7 @@ t.test('a carrier has one writer: inject, collect, status and load wait for its 
   failsWith(t, await runQkt(['inject', '--carrier', car, '--port', 'tcp:127.0.0.1:9'], { env }), BUSY, holder, 'inject on a held carrier');
   failsWith(t, await runQkt(['kmd', 'collect', '--home', home, '--carrier', car], { env }), BUSY, holder, 'collect on a held carrier');
   failsWith(t, await runQkt(['carrier', 'status', '--carrier', car]), BUSY, holder, 'status while another writes (it would finish that writer\'s work)');
-  failsWith(t, await runQkt(['carrier', 'load', '--home', home, '--carrier', car, '--terminal', 'T1', '--bits', '64KiB'], { env }), BUSY, holder, 'load on a held carrier');
+  failsWith(t, await runQkt(['carrier', 'load', '--init', '--home', home, '--carrier', car, '--terminal', 'T1', '--bits', '64KiB'], { env }), BUSY, holder, 'load on a held carrier');
   // The same carrier by another path (a symlink, a path through ..) is the same carrier, the same lock.
   symlinkSync(car, join(dir, 'c1-link'));
   failsWith(t, await runQkt(['inject', '--carrier', join(dir, 'c1-link'), '--port', 'tcp:127.0.0.1:9'], { env }), BUSY, holder, 'inject through a symlink to a held carrier');

@@ -45,7 +45,7 @@ t.before(async () => {
   const ids = ['T1', 'T2', 'T3', 'T4', 'T5'];
   await qktJson(t, ['kmd', 'init', '--home', home, '--stock', '48Mbit']);
   for (const id of ids) await qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', id, '--flash', image(id)]);
-  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', carrier, ...ids.flatMap((id) => ['--terminal', id]), '--bits', '8Mbit']);
+  await qktJson(t, ['carrier', 'load', '--init', '--home', home, '--carrier', carrier, ...ids.flatMap((id) => ['--terminal', id]), '--bits', '8Mbit']);
   kit = { image, carrier };
 });
 

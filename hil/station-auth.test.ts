@@ -54,7 +54,7 @@ async function rig(t: Test, o: { handshakeTimeoutMs?: number; maxHandshaking?: n
   const home = join(dir, 'kmd');
   await qktJson(t, ['kmd', 'init', '--home', home, '--stock', '4Mbit']);
   for (const id of ['T1', 'T2']) await qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', id, '--flash', join(dir, `${id}.img`)]);
-  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'car'), '--terminal', 'T1', '--terminal', 'T2', '--bits', '1Mbit']);
+  await qktJson(t, ['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, 'car'), '--terminal', 'T1', '--terminal', 'T2', '--bits', '1Mbit']);
   // Client certificates, issued as a user would.
   for (const [flag, id, out] of [['--terminal', 'T1', 't1'], ['--terminal', 'T2', 't2'], ['--operator', 'scada-1', 'ops']] as const) {
     await qktJson(t, ['station', 'cert', '--home', home, flag, id, '--out', join(dir, out)]);

@@ -34,7 +34,7 @@ t.test('station run opens uplinks, seals downlinks, accounts key use', async (t)
   for (const args of [
     ['kmd', 'init', '--home', home, '--rate', '11kbit/s', '--stock', '4Mbit'],
     ['kmd', 'enroll', '--home', home, '--terminal', 'T1', '--flash', join(dir, 't1.img')],
-    ['carrier', 'load', '--home', home, '--carrier', join(dir, 'car'), '--terminal', 'T1', '--bits', '1Mbit'],
+    ['carrier', 'load', '--init', '--home', home, '--carrier', join(dir, 'car'), '--terminal', 'T1', '--bits', '1Mbit'],
     ['station', 'cert', '--home', home, '--terminal', 'T1', '--out', join(dir, 't1-station')],
   ]) {
     const r = await runQkt(args);

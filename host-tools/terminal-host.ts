@@ -22,9 +22,12 @@ import { isPty } from './link/open.js';
 import { CliError, Exit } from './cli/command.js';
 import { lockSync } from './lock.js';
 import { flashLockOptions } from './flash-lock.js';
+import { requireImage } from './flash-image.js';
 
 export interface TerminalHostOptions {
   flashPath: string;
+  /** Start a blank module when the image file does not exist (default: MissingImageError). */
+  createImage?: boolean;
   port?: string;
   listen?: string;
   baud?: number;
@@ -76,7 +79,9 @@ export interface TerminalHost {
 }
 
 export async function startTerminalHost(o: TerminalHostOptions): Promise<TerminalHost> {
-  // The module's flash: an image file (a missing file is a blank, unenrolled module's flash).
+  // The module's flash: an image file; a missing one is a blank, unenrolled module's flash, made
+  // only when asked (before the lock, which would leave a file beside a mistyped path).
+  requireImage(o.flashPath, o.createImage === true);
   const imageLock = lockSync(o.flashPath, flashLockOptions(o.flashPath));
   let flash: NorFlash;
   try {

@@ -85,7 +85,7 @@ t.test('a batch symlink is never read through, and addBatch replaces the link, n
   const link = join(dir, BATCH_DIR, `${a.id}.qkb`);
   symlinkSync(victim, link);
   t.match(c.status().damaged, [{ file: link, reason: /symbolic link/ }]);
-  t.throws(() => c.readBatch({ id: a.id }), { code: 'UNKNOWN_BATCH' });
+  t.throws(() => c.readBatch({ id: a.id }), { code: 'DAMAGED_BATCH' });
   t.match(c.addBatch(a.sealed), { outcome: 'replaced-damaged' });
   t.same(readFileSync(victim), victimBytes, 'victim untouched');
   t.ok(lstatSync(link).isFile(), 'the link was replaced by the batch');

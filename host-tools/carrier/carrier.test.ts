@@ -149,7 +149,7 @@ t.test('open: clear typed errors for what is not a carrier', async (t) => {
     badid: { 'carrier.json': '{"format":"qkt-carrier","version":1,"carrierId":"C","kmdId":"../K","created":"x"}' },
     nocreated: { 'carrier.json': '{"format":"qkt-carrier","version":1,"carrierId":"C","kmdId":"K"}' },
   });
-  t.throws(() => Carrier.open(join(root, 'missing')), code('NOT_A_CARRIER'));
+  t.throws(() => Carrier.open(join(root, 'missing')), code('NOT_FOUND'));
   t.throws(() => Carrier.open(join(root, 'plain')), code('NOT_A_CARRIER'));
   t.throws(() => Carrier.open(join(root, 'file')), code('NOT_A_CARRIER'));
   t.throws(() => Carrier.open(join(root, 'badjson')), code('CORRUPT'));
@@ -243,7 +243,7 @@ t.test('pending, batchFor, readBatch: seq order, per terminal, whole batches onl
   // Damaged after the scan: readBatch re-checks.
   const e = c.batchFor('T2')!;
   truncateSync(e.file, 50);
-  t.throws(() => c.readBatch(e), code('UNKNOWN_BATCH'));
+  t.throws(() => c.readBatch(e), code('DAMAGED_BATCH'));
 });
 
 t.test('scan reports damaged files and never offers them', async (t) => {

@@ -15,7 +15,7 @@
 // receipt and the batch is offered again). The journal records history and the KMD's verdicts.
 // Every write is write-temp, fsync, rename, fsync folder (host-tools/fs-atomic.ts), so a pulled
 // drive holds each file whole or not at all.
-import { closeSync, fsyncSync, lstatSync, mkdirSync, readdirSync, renameSync, statSync, statfsSync, unlinkSync, writeSync } from 'node:fs';
+import { closeSync, fsyncSync, lstatSync, mkdirSync, readdirSync, renameSync, rmdirSync, statSync, statfsSync, unlinkSync, writeSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { sha256 } from '@noble/hashes/sha2.js';
 import { parseSealedHeader, BatchError, HEADER_FIXED_BYTES, MAX_BATCH_BITS, TAG_BYTES } from '../../firmware/crypto/batch.js';
@@ -288,7 +288,7 @@ function readManifest(dir: string): CarrierManifest {
   try {
     st = statSync(dir);
   } catch {
-    throw new CarrierError('NOT_A_CARRIER', `${dir}: no such folder`);
+    throw new CarrierError('NOT_FOUND', `${dir}: no such folder; is the drive mounted?`);
   }
   if (!st.isDirectory()) throw new CarrierError('NOT_A_CARRIER', `${dir}: not a folder`);
   let text: Uint8Array | undefined;
@@ -298,7 +298,7 @@ function readManifest(dir: string): CarrierManifest {
     if (e instanceof UnsafeFileError) throw new CarrierError('UNSAFE_FILE', `${path}: ${e.reason}; refusing to open this carrier`);
     throw e;
   }
-  if (text === undefined) throw new CarrierError('NOT_A_CARRIER', `${dir}: not a carrier (no ${MANIFEST_FILE})`);
+  if (text === undefined) throw new CarrierError('NOT_A_CARRIER', `${dir}: not a carrier (no ${MANIFEST_FILE}); is the drive mounted?`);
   let m: unknown;
   try {
     m = JSON.parse(Buffer.from(text).toString('utf8'));
@@ -355,6 +355,50 @@ function journalState(records: JournalRecord[]): JournalState {
 /** The quarantine name of a rejected receipt: fixed by its bytes, so a re-run move lands on the same name. */
 function quarantineName(id: string, receipt: Uint8Array): string {
   return `${id}-${hex(sha256(receipt).subarray(0, 8))}${RECEIPT_EXT}`;
+}
+
+/**
+ * Undo a carrier made by a load that then failed before it held anything (docs/carrier.md "Made
+ * only when told"): the manifest first (what makes the folder a carrier), then the journal and the
+ * empty batches/ and receipts/ (temporaries included), and the folder itself if `folder` is set
+ * (the load made it) and nothing else is left in it. Anything else on it (a batch, a receipt, a
+ * token, a key) keeps the carrier as it is: returns false. Also cleans up after an init that
+ * failed part way (no manifest yet).
+ */
+export function removeNewCarrier(dir: string, o: { folder: boolean }): boolean {
+  const path = resolve(dir);
+  const ours = new Set([MANIFEST_FILE, JOURNAL_FILE, BATCH_DIR, RECEIPT_DIR]);
+  let names: string[];
+  try {
+    names = readdirSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return true;
+    throw e;
+  }
+  // What a formatted drive carries and the lock of the running command stay; they are not ours.
+  const kept = (name: string) => FOREIGN_ENTRIES.has(name) || name.startsWith('.Trash-') || name === LOCK_FILE;
+  for (const name of names) {
+    if (!ours.has(name) && !TMP_RE.test(name) && !kept(name)) return false;
+    if ((name === BATCH_DIR || name === RECEIPT_DIR) && lstatSync(join(path, name)).isDirectory()) {
+      if (!readdirSync(join(path, name)).every((n) => TMP_RE.test(n))) return false;
+    }
+  }
+  if (lexists(join(path, MANIFEST_FILE))) {
+    unlinkSync(join(path, MANIFEST_FILE));
+    fsyncDir(path);
+  }
+  for (const name of names) {
+    if (name === MANIFEST_FILE || kept(name)) continue;
+    const p = join(path, name);
+    if (lstatSync(p).isDirectory()) {
+      for (const n of readdirSync(p)) unlinkSync(join(p, n));
+      rmdirSync(p);
+    } else {
+      unlinkSync(p);
+    }
+  }
+  if (o.folder && !names.some(kept)) rmdirSync(path);
+  return true;
 }
 
 export class Carrier {
@@ -529,13 +573,13 @@ export class Carrier {
     try {
       bytes = readCapped(file, SEALED_MAX_BYTES);
     } catch (e) {
-      if (e instanceof UnsafeFileError) throw new CarrierError('UNKNOWN_BATCH', `${entry.id} is damaged: ${e.reason}`);
+      if (e instanceof UnsafeFileError) throw new CarrierError('DAMAGED_BATCH', `${entry.id} is damaged: ${e.reason}`);
       throw e;
     }
     if (bytes === undefined) throw new CarrierError('UNKNOWN_BATCH', `${entry.id} is not on the carrier`);
     const check = checkSealed(bytes, bytes.length);
     if ('reason' in check || entryOf(check.info, file).id !== entry.id) {
-      throw new CarrierError('UNKNOWN_BATCH', `${entry.id} is damaged: ${'reason' in check ? check.reason : 'its header names another batch'}`);
+      throw new CarrierError('DAMAGED_BATCH', `${entry.id} is damaged: ${'reason' in check ? check.reason : 'its header names another batch'}`);
     }
     return bytes;
   }
@@ -937,7 +981,8 @@ export class Carrier {
   }
 }
 
-function formatBytes(n: number): string {
+/** A byte count for a person: `385.1 KiB`. */
+export function formatBytes(n: number): string {
   if (n >= 2 ** 30) return `${(n / 2 ** 30).toFixed(1)} GiB`;
   if (n >= 2 ** 20) return `${(n / 2 ** 20).toFixed(1)} MiB`;
   if (n >= 2 ** 10) return `${(n / 2 ** 10).toFixed(1)} KiB`;

@@ -2,6 +2,8 @@
 // messages name files, ids and lengths only (batches are sealed: there is no key material to leak).
 
 export type CarrierErrorCode =
+  /** The path does not exist (a drive that is not mounted, a mistyped path): nothing is made there. */
+  | 'NOT_FOUND'
   /** The folder has no carrier.json: not a carrier (or an init that never finished). */
   | 'NOT_A_CARRIER'
   /** carrier.json is there but does not parse or lacks a field. */
@@ -31,7 +33,18 @@ export type CarrierErrorCode =
    * open: carrier.json, journal.jsonl, batches/ or receipts/ is a symlink, FIFO, device or other
    * non-regular entry, or oversize (a hostile drive): the carrier is not opened at all.
    */
-  | 'UNSAFE_FILE';
+  | 'UNSAFE_FILE'
+  /** preflight: the carrier's drive is mounted read-only (EROFS): its receipt could not be written. */
+  | 'READ_ONLY'
+  /** preflight: this user cannot write the carrier (EACCES, EPERM: another user's folder or drive). */
+  | 'NOT_WRITABLE'
+  /** preflight: too little free space (or no free inode) on the carrier's drive for the receipt. */
+  | 'NO_ROOM'
+  /**
+   * readBatch / preflight: the terminal's batch file is on the carrier but not whole and valid
+   * (cut short, bytes changed, unreadable): never sent; the KMD must load the batch again.
+   */
+  | 'DAMAGED_BATCH';
 
 export class CarrierError extends Error {
   constructor(

@@ -5,6 +5,9 @@ import { lstatSync, realpathSync, statSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { Carrier, CarrierError, LOCK_FILE } from '../carrier/carrier.js';
+import type { BatchEntry } from '../carrier/carrier.js';
+import { batchToSend, preflightCarrier } from '../carrier/preflight.js';
+import type { PreflightOptions } from '../carrier/preflight.js';
 import { LockBusyError, lock, lockSync } from '../lock.js';
 import type { Lock, LockOptions } from '../lock.js';
 import { CliError, Exit } from './command.js';
@@ -22,6 +25,25 @@ export function openCarrier(dir: string): Carrier {
     throw e;
   }
 }
+
+/** A carrier refusal the library names in full (it names the carrier and the fix): exit 5. */
+function asCli<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof CarrierError) throw new CliError(e.message, Exit.CARRIER);
+    throw e;
+  }
+}
+
+/**
+ * Before anything goes to a terminal (inject, zeroize): the carrier exists, is one, is writable by
+ * this user and has room for what the command writes back (carrier/preflight.ts). Exit 5 if not.
+ */
+export const checkCarrierBeforeSend = (dir: string, o?: PreflightOptions): void => asCli(() => preflightCarrier(dir, o));
+
+/** The terminal's batch and its bytes, checked whole; a damaged one is named as damaged (exit 5). */
+export const batchForTerminal = (carrier: Carrier, terminalId: string): (BatchEntry & { sealed: Uint8Array }) | undefined => asCli(() => batchToSend(carrier, terminalId));
 
 // The lock file lives on the carrier itself (a drive's mount point's parent is seldom writable, and
 // the lock must travel with the drive). A drive pulled from a laptop that crashed mid-inject comes

@@ -78,16 +78,18 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['carrier', 'load'],
     summary: 'export sealed batches onto a carrier, from a local KMD home or a KMD download port',
-    usage: 'qkt carrier load (--kmd PORT | --home H) --carrier DIR --terminal ID [--terminal ID...] --bits N [--carrier-id ID]',
+    usage: 'qkt carrier load (--kmd PORT | --home H) --carrier DIR --terminal ID [--terminal ID...] --bits N [--init] [--carrier-id ID]',
     examples: [
       'qkt carrier load --home ./kmd --carrier /media/usb0 --terminal T1 --terminal T2 --bits 3Mbit',
+      'qkt carrier load --home ./kmd --carrier ./car1 --init --terminal T1 --bits 3Mbit   # a new carrier folder',
       'qkt carrier load --kmd /dev/ttyUSB1 --carrier /media/usb0 --terminal T1 --bits 3Mbit',
       'qkt carrier load --kmd tcp:127.0.0.1:7100 --carrier ./car1',
     ],
     options: {
       home,
       kmd: { type: 'string', value: 'PORT', description: "load through a KMD's download interface on this port (serial device or tcp:HOST:PORT) instead of --home" },
-      carrier: { ...carrierDir, description: 'the carrier to load: an existing carrier of this KMD, or an empty folder or drive (made a carrier)' },
+      carrier: { ...carrierDir, description: 'the carrier to load: an existing carrier of this KMD, or an existing empty folder or drive (made a carrier); a path that does not exist is refused (is the drive mounted?) unless --init' },
+      init: flag('with --home: make the --carrier folder when it does not exist (a new carrier); a load that fails removes it again'),
       terminal: { ...terminals, description: 'terminal to load a batch for; give --terminal once per terminal (--terminal T1 --terminal T2). With --kmd: default every terminal the KMD has queued' },
       bits: { ...bits, description: 'key per terminal: a number of bits, or with a unit (3Mbit, 384KiB); with --kmd: default what the KMD has queued' },
       'carrier-id': { type: 'string', value: 'ID', description: 'id of a new carrier', defaultText: 'car- and 6 random hex digits' },
@@ -264,15 +266,17 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['terminal', 'run'],
     summary: 'run an emulated terminal module on a serial device or TCP',
-    usage: 'qkt terminal run --flash FILE (--port PATH | --listen tcp:HOST:PORT) [--baud N] [--power-cut-after N] [--allow-shared-image]',
+    usage: 'qkt terminal run --flash FILE (--port PATH | --listen tcp:HOST:PORT) [--create-image] [--baud N] [--power-cut-after N] [--allow-shared-image]',
     examples: [
       'qkt terminal run --flash t1.img --port /dev/pts/4',
+      'qkt terminal run --flash blank.img --create-image --listen tcp:127.0.0.1:7000   # a blank, unenrolled module on a new image',
       'qkt terminal run --flash t1.img --listen tcp:127.0.0.1:7000 --baud 115200',
       'qkt terminal run --flash t1.img --port /dev/pts/4 --power-cut-after 500',
       'qkt terminal run --flash t1.img --port /dev/pts/4 --allow-shared-image   # start on an image group/others can read (a warning, no refusal)',
     ],
     options: {
-      flash: { type: 'string', value: 'FILE', description: "the module's flash image (qkt kmd enroll makes one)" },
+      flash: { type: 'string', value: 'FILE', description: "the module's flash image (qkt kmd enroll makes one); a file that does not exist is refused unless --create-image" },
+      'create-image': flag('when the --flash FILE does not exist, make it: a blank 2 MiB image (mode 600), an unenrolled module; an existing image is used as it is'),
       port: { type: 'string', value: 'PATH', description: 'serve on this serial device or pty' },
       listen: { type: 'string', value: 'tcp:HOST:PORT', description: 'serve on TCP instead (port 0: any free port, printed when ready)' },
       baud: { type: 'string', value: 'N', description: "line rate in baud (bit/s, 300 to 12000000): sets a serial port; on a pty or TCP paces the module's replies", defaultText: '115200 on a serial port; a pty or TCP: unpaced' },

@@ -25,7 +25,7 @@ t.test('carrier load --terminal T1 T2: exit 2 naming --terminal T1 --terminal T2
   };
   const before = await ledger();
 
-  const r = await runQkt(['carrier', 'load', '--home', home, '--carrier', car, '--terminal', 'T1', 'T2', '--bits', '1Mbit']);
+  const r = await runQkt(['carrier', 'load', '--init', '--home', home, '--carrier', car, '--terminal', 'T1', 'T2', '--bits', '1Mbit']);
   t.equal(r.code, 2);
   t.match(r.stderr, /^qkt: unexpected argument "T2": --terminal takes one value each time; give it again: --terminal T1 --terminal T2; usage: qkt carrier load /);
   t.equal(r.stderr.trim().split('\n').length, 1, 'one line');
@@ -33,7 +33,7 @@ t.test('carrier load --terminal T1 T2: exit 2 naming --terminal T1 --terminal T2
   t.same(await ledger(), before, 'KMD home unchanged: nothing exported');
 
   // The form the message names works: the refusal above was the stray argument's, nothing else.
-  const ok = await runQkt(['carrier', 'load', '--home', home, '--carrier', car, '--terminal', 'T1', '--terminal', 'T2', '--bits', '1Mbit', '--json']);
+  const ok = await runQkt(['carrier', 'load', '--init', '--home', home, '--carrier', car, '--terminal', 'T1', '--terminal', 'T2', '--bits', '1Mbit', '--json']);
   t.equal(ok.code, 0, ok.stderr);
   t.same(json<{ loaded: Array<{ terminalId: string }> }>(ok.stdout).loaded.map((l) => l.terminalId), ['T1', 'T2']);
   t.notSame(await ledger(), before, 'and the ledger shows that load (so it would have shown one above)');

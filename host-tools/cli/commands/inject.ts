@@ -7,7 +7,7 @@ import { connectDevice } from '../../link/session.js';
 import { injectBatch } from '../../link/inject.js';
 import { Group, SystemCmd } from '../../../firmware/link/groups.js';
 import { LinkError, Rc, rcName } from '../../../firmware/link/errors.js';
-import { openCarrier, withCarrier } from '../carrier-open.js';
+import { batchForTerminal, checkCarrierBeforeSend, openCarrier, withCarrier } from '../carrier-open.js';
 import { resolvePort } from '../port-select.js';
 import { formatBits } from '../../units.js';
 import { int } from '../command.js';
@@ -36,6 +36,8 @@ export default defineCommand<InjectCliResult>({
 });
 
 async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
+  // Preflight: a carrier that cannot keep the receipt (missing, read-only, not ours, full) is refused before the port is opened.
+  checkCarrierBeforeSend(str(v, 'carrier')!);
   const carrier = openCarrier(str(v, 'carrier')!);
   const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
   const baud = int(v, 'baud', 300, 12_000_000);
@@ -43,7 +45,7 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
   try {
     const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
     const terminalId = deviceTerminalId(st['terminalId'], port, st['state']);
-    const entry = carrier.batchFor(terminalId);
+    const entry = batchForTerminal(carrier, terminalId); // a damaged batch file is named as damaged, before BEGIN
     if (!entry) {
       const delivered = carrier.status().delivered.filter((d) => d.terminalId === terminalId);
       const unverified = delivered.find((d) => !d.collected);
@@ -56,7 +58,7 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
         Exit.CARRIER,
       );
     }
-    const sealed = carrier.readBatch(entry);
+    const sealed = entry.sealed;
     let r;
     try {
       r = await injectBatch(s.client, s.params, sealed, {

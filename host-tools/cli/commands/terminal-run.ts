@@ -4,6 +4,7 @@
 import { defineCommand, int, str, CliError, Exit } from '../command.js';
 import { startTerminalHost } from '../../terminal-host.js';
 import { readableByOthers, sharedSecretsWarning } from '../../secret-file.js';
+import { MissingImageError, requireImage } from '../../flash-image.js';
 
 export interface TerminalRunResult {
   event: 'ready';
@@ -22,6 +23,13 @@ export default defineCommand<TerminalRunResult>({
     const baud = int(v, 'baud', 300, 12_000_000);
     const powerCutAfter = int(v, 'power-cut-after', 1);
     const flash = str(v, 'flash')!;
+    const createImage = v['create-image'] === true;
+    try {
+      requireImage(flash, createImage); // a mistyped --flash makes no image
+    } catch (e) {
+      if (e instanceof MissingImageError) throw new CliError(e.message, Exit.STATE);
+      throw e;
+    }
     if (readableByOthers(flash)) {
       if (v['allow-shared-image'] !== true) {
         throw new CliError(`flash image ${flash} holds the device key and group or others can read it; fix: chmod 600 ${flash} (or pass --allow-shared-image)`, Exit.STATE);
@@ -30,6 +38,7 @@ export default defineCommand<TerminalRunResult>({
     }
     const host = await startTerminalHost({
       flashPath: flash,
+      createImage,
       ...(port ? { port } : { listen: listen! }),
       ...(baud ? { baud } : {}),
       ...(powerCutAfter ? { powerCutAfter } : {}),

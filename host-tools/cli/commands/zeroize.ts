@@ -5,7 +5,7 @@ import { defineCommand, str, CliError, Exit } from '../command.js';
 import type { Values } from '../command.js';
 import { changeKmd, kmdCli } from '../home.js';
 import { issueToken, readToken, removeToken } from '../../kmd/tokens.js';
-import { openCarrier, withCarrier, withCarrierSync } from '../carrier-open.js';
+import { checkCarrierBeforeSend, openCarrier, withCarrier, withCarrierSync } from '../carrier-open.js';
 import { resolvePort } from '../port-select.js';
 import { connectDevice } from '../../link/session.js';
 import { AdminCmd, Group, SystemCmd } from '../../../firmware/link/groups.js';
@@ -33,6 +33,8 @@ export const zeroize = defineCommand({
 });
 
 async function zeroizeWith(v: Values) {
+  // The spent token is removed from the carrier: a carrier this user cannot write is refused first.
+  checkCarrierBeforeSend(str(v, 'carrier')!, { needBytes: 0 });
   const carrier = openCarrier(str(v, 'carrier')!);
   const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
   const cmd = command(v);
