@@ -29,6 +29,7 @@ import { CarrierError } from './errors.js';
 import { Journal } from './journal.js';
 import { lexists, lstatRegular, openRegular, RDWR_FLAGS, readCapped, readHeadCapped, UnsafeFileError } from './safe-file.js';
 import type { JournalRecord } from './journal.js';
+import { InputError } from '../input-error.js';
 
 export { CarrierError } from './errors.js';
 export type { CarrierErrorCode } from './errors.js';
@@ -202,14 +203,14 @@ function hex(bytes: Uint8Array): string {
 
 function aid(value: unknown, name: string): string {
   if (typeof value !== 'string') throw new TypeError(`${name} must be a string`);
-  if (!isId(value)) throw new RangeError(`${name} must be 1-32 chars of [A-Za-z0-9._-], not only dots`);
+  if (!isId(value)) throw new InputError(`${name} must be 1-32 chars of [A-Za-z0-9._-], not only dots`);
   return value;
 }
 
 function abatchIdHex(value: unknown, name: string): string {
   if (typeof value !== 'string') throw new TypeError(`${name} must be a string`);
   const v = value.toLowerCase();
-  if (!BATCH_ID_HEX_RE.test(v)) throw new RangeError(`${name} must be 32 hex digits`);
+  if (!BATCH_ID_HEX_RE.test(v)) throw new InputError(`${name} must be 32 hex digits`);
   return v;
 }
 

@@ -36,7 +36,7 @@ export async function changeKmd<T>(v: Values, fn: (home: KmdHome) => T | Promise
 }
 
 /** KMD errors as CLI exit codes (docs/cli.md "Exit codes"). */
-const KMD_EXIT: Record<KmdError['code'], number> = {
+export const KMD_EXIT: Record<KmdError['code'], number> = {
   BAD_ID: Exit.USAGE,
   BAD_INPUT: Exit.USAGE,
   NO_BATCH: Exit.USAGE,

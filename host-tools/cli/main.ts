@@ -98,7 +98,7 @@ export async function main(argv: string[]): Promise<number> {
 
   // Only now the command's modules (and the lock, progress and error helpers) load: help and usage
   // errors above stay fast to start.
-  const [impl, { setLockCommand }, { ttyProgress }, { describeError }] = await Promise.all([command.load(), import('../lock.js'), import('./progress.js'), import('./errors.js')]);
+  const [impl, { setLockCommand }, { ttyProgress }] = await Promise.all([command.load(), import('../lock.js'), import('./progress.js')]);
   // Locks this command takes name it: "KMD home H is in use by pid N (qkt carrier load, ...)".
   setLockCommand(`qkt ${command.path.join(' ')}`);
   let stop: () => void = () => undefined;
@@ -141,6 +141,8 @@ export async function main(argv: string[]): Promise<number> {
     return Exit.OK;
   } catch (e) {
     io.progress.done();
+    // The error mapping (and every error class it knows) loads only when something failed.
+    const { describeError } = await import('./errors.js');
     const { message, exitCode } = describeError(e);
     // A value the command refused (`--bits -1`, two of --kmd/--home): show the right form too.
     const form = e instanceof CliError && exitCode === Exit.USAGE && !message.includes('usage: ') ? `; usage: ${command.usage}` : '';
