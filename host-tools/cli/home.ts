@@ -44,6 +44,7 @@ export const KMD_EXIT: Record<KmdError['code'], number> = {
   NO_ROOM: Exit.FAILURE,
   IN_USE: Exit.FAILURE,
   NO_HOME: Exit.STATE,
+  NO_FOLDER: Exit.STATE,
   EXISTS: Exit.STATE,
   NOT_ENROLLED: Exit.STATE,
   ALREADY_ENROLLED: Exit.STATE,
