@@ -80,7 +80,7 @@ function describeRaw(e: unknown): { message: string; exitCode: number } {
   if (e instanceof PeerDataError) return { message: e.message, exitCode: Exit.REFUSED };
   if (e instanceof LinkError) {
     const reason = e.reason ? `: ${printable(e.reason, 80)}` : '';
-    return { message: `terminal refused: ${refusalWords(e.rc)} (${rcName(e.rc)}${reason})`, exitCode: e.rc === Rc.BUSY ? Exit.BUSY : Exit.REFUSED };
+    return { message: `terminal refused: ${refusalWords(e.rc)} (${rcName(e.rc)}${reason})`, exitCode: e.rc !== Rc.BUSY ? Exit.REFUSED : Exit.BUSY }; // busy: retry later
   }
   // The carrier, the KMD, the module host: each error's code says what it is.
   if (e instanceof CarrierError || e instanceof UnsafeFileError || e instanceof DownloadError) return { message: e.message, exitCode: Exit.CARRIER };
