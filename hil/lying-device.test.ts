@@ -5,7 +5,7 @@
 // one line; under --json a valid error document), and keeps --json valid JSON throughout.
 import t from 'tap';
 import type { Test } from 'tap';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { Dispatcher } from '../firmware/link/dispatch.js';
 import { DeviceLink } from '../firmware/link/device-link.js';
@@ -13,6 +13,7 @@ import { LinkError, Rc } from '../firmware/link/errors.js';
 import { systemGroup } from '../firmware/commands/system.js';
 import { DEFAULT_LIMITS, CHUNK_OVERHEAD } from '../firmware/terminal.js';
 import { listenTcp } from '../host-tools/transports/tcp.js';
+import { Carrier } from '../host-tools/carrier/carrier.js';
 import { Exit } from '../host-tools/cli/command.js';
 import { cliSkipReason, runQkt } from './e2e-rig.js';
 import type { Payload } from '../firmware/link/codec.js';
@@ -88,4 +89,14 @@ t.test('kmd enroll --flash in a missing folder: a clear message, exit 6, nothing
     t.equal(r.stderr, `qkt: --flash ${flash}: the folder ${join(dir, 'nodir')} does not exist; create it or give another path (nothing was changed)\n`);
     t.notOk(existsSync(join(dir, 'nodir')), 'no folder made');
   }
+});
+
+t.test('a carrier drive whose file names hold escape sequences: carrier status shows them escaped', { skip: cliSkipReason() }, async (t) => {
+  const car = join(t.testdir({}), 'car');
+  Carrier.init(car, { carrierId: 'c1', kmdId: 'k1' });
+  writeFileSync(join(car, 'batches', `T1-${EVIL}.qkb`), 'junk');
+  const r = await runQkt(['carrier', 'status', '--carrier', car]);
+  t.equal(r.code, 0, r.stderr);
+  t.notMatch(r.stdout, CONTROLS);
+  t.match(r.stdout, /damaged \(never offered\): 1\n {2}.*T1-\\x1b\[2J\\x1b\]0;owned\\x07\\x9b31m\\x0d\.qkb/);
 });

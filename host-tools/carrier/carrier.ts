@@ -30,6 +30,7 @@ import { Journal } from './journal.js';
 import { lexists, lstatRegular, openRegular, RDWR_FLAGS, readCapped, readHeadCapped, UnsafeFileError } from './safe-file.js';
 import type { JournalRecord } from './journal.js';
 import { InputError } from '../input-error.js';
+import { printable } from '../peer-text.js';
 
 export { CarrierError } from './errors.js';
 export type { CarrierErrorCode } from './errors.js';
@@ -963,12 +964,13 @@ export function formatCarrierStatus(status: CarrierStatus): string {
   }
   if (status.quarantined.length > 0) {
     lines.push(`receipts the KMD rejected (quarantined; their batches are offered again): ${status.quarantined.length}`);
-    for (const q of status.quarantined) lines.push(`  ${q.id}: ${q.reason ?? 'reason not in the journal'}`);
+    // Names and reasons read off the drive: a hostile drive's file names cannot drive the terminal.
+    for (const q of status.quarantined) lines.push(`  ${printable(q.id)}: ${printable(q.reason ?? 'reason not in the journal')}`);
   }
   lines.push(`sealed bytes held: ${formatBytes(status.sealedBytes)}`);
   if (status.damaged.length > 0) {
     lines.push(`damaged (never offered): ${status.damaged.length}`);
-    for (const d of status.damaged) lines.push(`  ${d.file} (${d.bytes} bytes): ${d.reason}`);
+    for (const d of status.damaged) lines.push(`  ${printable(d.file)} (${d.bytes} bytes): ${printable(d.reason)}`);
   }
   if (status.journal.skippedLines > 0) lines.push(`journal: ${status.journal.skippedLines} unreadable line(s) skipped`);
   return lines.join('\n');
