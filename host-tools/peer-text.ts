@@ -23,9 +23,3 @@ export function printable(value: unknown, max = 200): string {
   const safe = s.replace(UNSAFE, escape);
   return safe.length > max ? `${safe.slice(0, max)}…` : safe;
 }
-
-/** True when `s` holds a character printable() would escape. */
-export function hasControls(s: string): boolean {
-  UNSAFE.lastIndex = 0;
-  return UNSAFE.test(s);
-}
