@@ -3,6 +3,8 @@
 // 2^53. The CLI prints the device's text with its control characters escaped (never raw to the
 // engineer's terminal), refuses a reply with an out-of-range number as a protocol error (exit 4,
 // one line; under --json a valid error document), and keeps --json valid JSON throughout.
+// Beside it, over the same real CLI: a hostile drive's file names, a --flash in a missing folder,
+// and a value a library refuses (a usage error with the right form).
 import t from 'tap';
 import type { Test } from 'tap';
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
@@ -99,4 +101,10 @@ t.test('a carrier drive whose file names hold escape sequences: carrier status s
   t.equal(r.code, 0, r.stderr);
   t.notMatch(r.stdout, CONTROLS);
   t.match(r.stdout, /damaged \(never offered\): 1\n {2}.*T1-\\x1b\[2J\\x1b\]0;owned\\x07\\x9b31m\\x0d\.qkb/);
+});
+
+t.test('a value a library refuses (a malformed address) is a usage error with the right form', { skip: cliSkipReason() }, async (t) => {
+  const r = await runQkt(['status', '--port', 'tcp:nope']);
+  t.equal(r.code, Exit.USAGE);
+  t.match(r.stderr, /^qkt: address must look like tcp:HOST:PORT, got "tcp:nope"; usage: qkt status --port /);
 });
