@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Carrier } from '../host-tools/carrier/carrier.js';
-import { makeBatch } from '../firmware/test-support/module-rig.js';
+import { makeBatch } from '../host-tools/test-support/module-rig.js';
 import { encodeReceipt, makeReceipt } from '../firmware/crypto/receipt.js';
 import { parseSealedHeader } from '../firmware/crypto/batch.js';
 

@@ -18,7 +18,7 @@ import { createTerminal } from '../firmware/terminal.js';
 import { parseSealedHeader } from '../firmware/crypto/batch.js';
 import { decodeReceipt, verifyReceipt } from '../firmware/crypto/receipt.js';
 import { Group, SystemCmd } from '../firmware/link/groups.js';
-import { drainPool, makeBatch } from '../firmware/test-support/module-rig.js';
+import { drainPool, makeBatch } from '../host-tools/test-support/module-rig.js';
 import { createInProcessPair } from '../host-tools/transports/inproc.js';
 
 // It runs the built CLI: a missing or stale build fails here, never skips.

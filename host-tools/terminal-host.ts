@@ -19,10 +19,13 @@ import { openSerial } from './transports/serial.js';
 import { listenTcp, parseTcpAddress } from './transports/tcp.js';
 import { paced } from './transports/pacing.js';
 import { isPty } from './link/open.js';
-import { CliError, Exit } from './cli/command.js';
+import { NoDeviceError, errnoOf } from './link/errors.js';
+import { TerminalHostError } from './terminal-host-error.js';
 import { lockSync } from './lock.js';
 import { flashLockOptions } from './flash-lock.js';
 import { requireImage } from './flash-image.js';
+
+export { TerminalHostError };
 
 export interface TerminalHostOptions {
   flashPath: string;
@@ -88,7 +91,7 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
     flash = NorFlash.open(o.flashPath);
   } catch (e) {
     imageLock.release();
-    throw new CliError(`cannot use flash image ${o.flashPath}: ${(e as Error).message}`, Exit.STATE);
+    throw new TerminalHostError('IMAGE', `cannot use flash image ${o.flashPath}: ${(e as Error).message}`, errnoOf(e));
   }
   if (o.powerCutAfter) flash.faults.cutAfter(o.powerCutAfter, 'torn');
   const closeFlash = () => {
@@ -111,7 +114,7 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
   if (o.port) {
     const serial = await openSerial(o.port, o.baud ? { baudRate: o.baud } : {}).catch((e: Error) => {
       closeFlash();
-      throw new CliError(`cannot open ${o.port}: ${e.message}`, Exit.NO_DEVICE);
+      throw new NoDeviceError(o.port!, `cannot open ${o.port}: ${e.message}`, errnoOf(e));
     });
     const transport = o.baud && isPty(o.port) ? pace(serial) : serial;
     const closed = new Promise<void>((resolve) => transport.onClose(() => resolve()));
@@ -184,7 +187,7 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
     terminal.attach(tr, { onFrame: () => watch.frame(), onShed: (why) => o.onDrop?.(why) });
   }).catch((e: Error) => {
     closeFlash();
-    throw new CliError(`cannot listen on ${o.listen}: ${e.message}`, Exit.FAILURE);
+    throw new TerminalHostError('LISTEN', `cannot listen on ${o.listen}: ${e.message}`, errnoOf(e));
   });
   return {
     address: `tcp:${listener.address.host}:${listener.address.port}`,

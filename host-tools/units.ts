@@ -1,6 +1,8 @@
 // Key amounts and rates as the CLI accepts them (DESIGN.md "Units"): bits are the unit; Mbit and
 // kbit of key material are binary (2^20, 2^10 bits), rates are decimal (11kbit/s = 11,000 bit/s).
 
+import { InputError } from './input-error.js';
+
 const AMOUNT: Record<string, number> = {
   '': 1,
   bit: 1,
@@ -30,10 +32,10 @@ export function parseBits(text: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
   const unit = m ? AMOUNT[m[2]!.toLowerCase()] : undefined;
   if (!m || unit === undefined) {
-    throw new RangeError(`not a key amount: ${JSON.stringify(text)} (try 3Mbit, 384KiB or a number of bits)`);
+    throw new InputError(`not a key amount: ${JSON.stringify(text)} (try 3Mbit, 384KiB or a number of bits)`);
   }
   const bits = Number(m[1]) * unit;
-  if (!Number.isSafeInteger(bits) || bits <= 0) throw new RangeError(`key amount must be a positive whole number of bits: ${text}`);
+  if (!Number.isSafeInteger(bits) || bits <= 0) throw new InputError(`key amount must be a positive whole number of bits: ${text}`);
   return bits;
 }
 
@@ -41,9 +43,9 @@ export function parseBits(text: string): number {
 export function parseRate(text: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z/]*)\s*$/.exec(text);
   const unit = m ? (m[2] === '' ? 1 : RATE[m[2]!.toLowerCase()]) : undefined;
-  if (!m || unit === undefined) throw new RangeError(`not a rate: ${JSON.stringify(text)} (try 11kbit/s)`);
+  if (!m || unit === undefined) throw new InputError(`not a rate: ${JSON.stringify(text)} (try 11kbit/s)`);
   const r = Number(m[1]) * unit;
-  if (!(r > 0)) throw new RangeError(`rate must be positive: ${text}`);
+  if (!(r > 0)) throw new InputError(`rate must be positive: ${text}`);
   return r;
 }
 

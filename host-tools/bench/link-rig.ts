@@ -6,7 +6,7 @@ import type { Transport } from '../../firmware/link/transport.js';
 import { createInProcessPair } from '../transports/inproc.js';
 import { openSerial } from '../transports/serial.js';
 import { paced } from '../transports/pacing.js';
-import { createPtyPair } from '../../hil/pty.js';
+import { createPtyPair } from '../transports/pty-pair.js';
 import { startSession } from '../link/session.js';
 import type { DeviceSession } from '../link/session.js';
 

@@ -14,6 +14,7 @@ import { writeFileAtomic } from '../fs-atomic.js';
 import { Carrier, CarrierError, formatCarrierStatus, BATCH_DIR, RECEIPT_DIR, JOURNAL_FILE, MANIFEST_FILE } from './carrier.js';
 import type { CarrierErrorCode } from './carrier.js';
 import { Journal } from './journal.js';
+import { InputError } from '../input-error.js';
 
 interface TestBatch {
   sealed: Uint8Array;
@@ -129,8 +130,8 @@ t.test('init refuses a folder with other files; accepts a fresh drive and a half
 
 t.test('init and open validate their arguments', async (t) => {
   const dir = dirOf(t);
-  t.throws(() => Carrier.init(dir, { carrierId: 'bad id', kmdId: 'K' }), RangeError);
-  t.throws(() => Carrier.init(dir, { carrierId: 'C', kmdId: 'x'.repeat(33) }), RangeError);
+  t.throws(() => Carrier.init(dir, { carrierId: 'bad id', kmdId: 'K' }), InputError);
+  t.throws(() => Carrier.init(dir, { carrierId: 'C', kmdId: 'x'.repeat(33) }), InputError);
   t.throws(() => Carrier.init(dir, { carrierId: 7 as unknown as string, kmdId: 'K' }), TypeError);
   t.throws(() => Carrier.init(dir, null as unknown as { carrierId: string; kmdId: string }), TypeError);
   t.throws(() => Carrier.init('', { carrierId: 'C', kmdId: 'K' }), TypeError);
@@ -232,7 +233,7 @@ t.test('pending, batchFor, readBatch: seq order, per terminal, whole batches onl
   t.equal(c.batchFor('T1')?.purpose, 'auth');
   t.equal(c.batchFor('T2')?.bytes, t2s1.sealed.length);
   t.equal(c.batchFor('T9'), undefined);
-  t.throws(() => c.pending('no way'), RangeError);
+  t.throws(() => c.pending('no way'), InputError);
 
   for (const [e, b] of [[c.batchFor('T1')!, t1s3], [c.batchFor('T2')!, t2s1]] as const) {
     t.same(c.readBatch(e), b.sealed, `${e.id} byte-identical`);
@@ -406,8 +407,8 @@ t.test('recordReceipt refusals', async (t) => {
   t.throws(() => c.recordReceipt('T2', a.batchId, receiptFor(a)), code('BAD_RECEIPT'), 'terminal id differs');
   t.throws(() => c.recordReceipt('T1', a.batchId, receiptFor(a, { seq: 4 })), code('BAD_RECEIPT'), 'seq differs');
   t.throws(() => c.recordReceipt('T1', other.batchId, receiptFor(other)), code('UNKNOWN_BATCH'), 'batch not on the carrier');
-  t.throws(() => c.recordReceipt('T1', 'xyz', receiptFor(a)), RangeError);
-  t.throws(() => c.recordReceipt('T 1', a.batchId, receiptFor(a)), RangeError);
+  t.throws(() => c.recordReceipt('T1', 'xyz', receiptFor(a)), InputError);
+  t.throws(() => c.recordReceipt('T 1', a.batchId, receiptFor(a)), InputError);
   t.throws(() => c.recordReceipt('T1', 5 as unknown as string, receiptFor(a)), TypeError);
   t.throws(() => c.recordReceipt('T1', a.batchId, [1, 2] as unknown as Uint8Array), TypeError);
   t.same(readdirSync(join(c.path, RECEIPT_DIR)), [], 'nothing stored');
@@ -460,8 +461,8 @@ t.test('hostile ids: dot names are never offered, other ids are refused at the e
   t.same(s.damaged, []);
   t.same(readFileSync(join(c.path, BATCH_DIR, `..-${hex}.qkb`)), Buffer.from(a.sealed), 'left as it was');
   for (const bad of ['..', '.', '', 'x'.repeat(200), '../x', 'T\u00001']) {
-    t.throws(() => c.recordReceipt(bad, hex, receiptFor(a)), RangeError, `recordReceipt ${JSON.stringify(bad)}`);
-    t.throws(() => c.pending(bad), RangeError, `pending ${JSON.stringify(bad)}`);
+    t.throws(() => c.recordReceipt(bad, hex, receiptFor(a)), InputError, `recordReceipt ${JSON.stringify(bad)}`);
+    t.throws(() => c.pending(bad), InputError, `pending ${JSON.stringify(bad)}`);
   }
 });
 

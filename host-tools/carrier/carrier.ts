@@ -29,6 +29,8 @@ import { CarrierError } from './errors.js';
 import { Journal } from './journal.js';
 import { lexists, lstatRegular, openRegular, RDWR_FLAGS, readCapped, readHeadCapped, UnsafeFileError } from './safe-file.js';
 import type { JournalRecord } from './journal.js';
+import { InputError } from '../input-error.js';
+import { printable } from '../peer-text.js';
 
 export { CarrierError } from './errors.js';
 export type { CarrierErrorCode } from './errors.js';
@@ -202,14 +204,14 @@ function hex(bytes: Uint8Array): string {
 
 function aid(value: unknown, name: string): string {
   if (typeof value !== 'string') throw new TypeError(`${name} must be a string`);
-  if (!isId(value)) throw new RangeError(`${name} must be 1-32 chars of [A-Za-z0-9._-], not only dots`);
+  if (!isId(value)) throw new InputError(`${name} must be 1-32 chars of [A-Za-z0-9._-], not only dots`);
   return value;
 }
 
 function abatchIdHex(value: unknown, name: string): string {
   if (typeof value !== 'string') throw new TypeError(`${name} must be a string`);
   const v = value.toLowerCase();
-  if (!BATCH_ID_HEX_RE.test(v)) throw new RangeError(`${name} must be 32 hex digits`);
+  if (!BATCH_ID_HEX_RE.test(v)) throw new InputError(`${name} must be 32 hex digits`);
   return v;
 }
 
@@ -1007,12 +1009,13 @@ export function formatCarrierStatus(status: CarrierStatus): string {
   }
   if (status.quarantined.length > 0) {
     lines.push(`receipts the KMD rejected (quarantined; their batches are offered again): ${status.quarantined.length}`);
-    for (const q of status.quarantined) lines.push(`  ${q.id}: ${q.reason ?? 'reason not in the journal'}`);
+    // Names and reasons read off the drive: a hostile drive's file names cannot drive the terminal.
+    for (const q of status.quarantined) lines.push(`  ${printable(q.id)}: ${printable(q.reason ?? 'reason not in the journal')}`);
   }
   lines.push(`sealed bytes held: ${formatBytes(status.sealedBytes)}`);
   if (status.damaged.length > 0) {
     lines.push(`damaged (never offered): ${status.damaged.length}`);
-    for (const d of status.damaged) lines.push(`  ${d.file} (${d.bytes} bytes): ${d.reason}`);
+    for (const d of status.damaged) lines.push(`  ${printable(d.file)} (${d.bytes} bytes): ${printable(d.reason)}`);
   }
   if (status.journal.skippedLines > 0) lines.push(`journal: ${status.journal.skippedLines} unreadable line(s) skipped`);
   return lines.join('\n');

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { Carrier, CarrierError, removeNewCarrier } from './carrier.js';
 import { batchToSend, checkCarrierWritable, preflightCarrier, RECEIPT_ROOM_BYTES, sealedBytesFor } from './preflight.js';
-import { makeBatch } from '../../firmware/test-support/module-rig.js';
+import { makeBatch } from '../test-support/module-rig.js';
 
 const errnoError = (code: string) => Object.assign(new Error(`${code}: simulated`), { code });
 const code = (c: string) => ({ name: 'CarrierError', code: c });

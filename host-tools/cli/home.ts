@@ -36,7 +36,7 @@ export async function changeKmd<T>(v: Values, fn: (home: KmdHome) => T | Promise
 }
 
 /** KMD errors as CLI exit codes (docs/cli.md "Exit codes"). */
-const KMD_EXIT: Record<KmdError['code'], number> = {
+export const KMD_EXIT: Record<KmdError['code'], number> = {
   BAD_ID: Exit.USAGE,
   BAD_INPUT: Exit.USAGE,
   NO_BATCH: Exit.USAGE,
@@ -44,6 +44,7 @@ const KMD_EXIT: Record<KmdError['code'], number> = {
   NO_ROOM: Exit.FAILURE,
   IN_USE: Exit.FAILURE,
   NO_HOME: Exit.STATE,
+  NO_FOLDER: Exit.STATE,
   EXISTS: Exit.STATE,
   NOT_ENROLLED: Exit.STATE,
   ALREADY_ENROLLED: Exit.STATE,

@@ -2,7 +2,7 @@
 // prints its result (human lines, or exactly one JSON document under --json). A failure is one
 // line on stderr and a stable non-zero exit code (command.ts `Exit`).
 import { readFileSync } from 'node:fs';
-import { CliError, Exit } from './command.js';
+import { Exit } from './command.js';
 import type { CommandSpec, Io, Values } from './command.js';
 import { commands } from './registry.js';
 import { commandHelp, formatCommandHelp, formatListHelp, groupMembers, listHelp } from './help.js';
@@ -98,7 +98,7 @@ export async function main(argv: string[]): Promise<number> {
 
   // Only now the command's modules (and the lock, progress and error helpers) load: help and usage
   // errors above stay fast to start.
-  const [impl, { setLockCommand }, { ttyProgress }, { describeError }] = await Promise.all([command.load(), import('../lock.js'), import('./progress.js'), import('./errors.js')]);
+  const [impl, { setLockCommand }, { ttyProgress }] = await Promise.all([command.load(), import('../lock.js'), import('./progress.js')]);
   // Locks this command takes name it: "KMD home H is in use by pid N (qkt carrier load, ...)".
   setLockCommand(`qkt ${command.path.join(' ')}`);
   let stop: () => void = () => undefined;
@@ -141,9 +141,11 @@ export async function main(argv: string[]): Promise<number> {
     return Exit.OK;
   } catch (e) {
     io.progress.done();
+    // The error mapping (and every error class it knows) loads only when something failed.
+    const { describeError } = await import('./errors.js');
     const { message, exitCode } = describeError(e);
-    // A value the command refused (`--bits -1`, two of --kmd/--home): show the right form too.
-    const form = e instanceof CliError && exitCode === Exit.USAGE && !message.includes('usage: ') ? `; usage: ${command.usage}` : '';
+    // A value the command or a library refused (`--bits -1`, `--port tcp:nope`): show the right form too.
+    const form = exitCode === Exit.USAGE && !message.includes('usage: ') ? `; usage: ${command.usage}` : '';
     return fail(message + form, exitCode);
   } finally {
     process.off('SIGINT', onSignal);

@@ -8,7 +8,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
 import { Group, KeysCmd } from '../../firmware/link/groups.js';
-import { startRig } from '../../firmware/test-support/module-rig.js';
+import { startRig } from '../test-support/module-rig.js';
 import { KmdHome } from './home.js';
 import { enrollTerminal } from './enroll.js';
 import { exportBatch, markOnCarrier, readOutbox } from './export.js';

@@ -10,12 +10,19 @@ import type { DeviceParams, LinkClient, RequestOptions } from '../link/client.js
 import { parseSealedHeader } from '../../firmware/crypto/batch.js';
 import { SEALED_MAX_BYTES } from '../carrier/carrier.js';
 import { connectDevice } from '../link/session.js';
-import { openCarrier } from '../cli/carrier-open.js';
-import { CliError, Exit } from '../cli/command.js';
-import type { ProgressSink } from '../cli/command.js';
+import type { Carrier } from '../carrier/carrier.js';
+import { printable } from '../peer-text.js';
+import { DownloadError } from './download-error.js';
 import { carrierProof, readCarrierKey } from './carriers.js';
 import { KmdError, isId } from './home.js';
 import { NONCE_BYTES, TO_CARRIER, TO_KMD, open, seal, sessionKey } from './download-session.js';
+
+export { DownloadError };
+
+/** Where download progress goes (the CLI's progress bar fits it). */
+export interface DownloadProgress {
+  update(done: number, total: number, label: string): void;
+}
 
 export interface DownloadResult {
   carrierId: string;
@@ -47,10 +54,10 @@ export class DownloadSession {
     try {
       r = open(this.key, TO_CARRIER, command, reply);
     } catch (e) {
-      if (e instanceof LinkError) throw new CliError(`the KMD's reply does not authenticate (${e.reason ?? 'malformed'}): someone else may be on the line`, Exit.CARRIER);
+      if (e instanceof LinkError) throw new DownloadError('NOT_AUTHENTIC', `the KMD's reply does not authenticate (${printable(e.reason ?? 'malformed')}): someone else may be on the line`);
       throw e;
     }
-    if (r.counter !== c) throw new CliError(`the KMD's reply carries counter ${r.counter}, not ${c}: someone else may be on the line`, Exit.CARRIER);
+    if (r.counter !== c) throw new DownloadError('NOT_AUTHENTIC', `the KMD's reply carries counter ${r.counter}, not ${c}: someone else may be on the line`);
     return r.inner;
   }
 
@@ -67,10 +74,10 @@ export class DownloadSession {
 export async function authenticate(client: LinkClient, key: Uint8Array, carrierId: string, kmdId: string, port = 'the port'): Promise<DownloadSession> {
   const hello = await client.request(Group.DOWNLOAD, DownloadCmd.HELLO, { carrier: carrierId });
   if (hello['kmdId'] !== kmdId) {
-    throw new CliError(`the KMD on ${port} is ${String(hello['kmdId'])}; carrier ${carrierId} belongs to ${kmdId}`, Exit.CARRIER);
+    throw new DownloadError('WRONG_KMD', `the KMD on ${port} is ${printable(hello['kmdId'], 40)}; carrier ${carrierId} belongs to ${kmdId}`);
   }
   const challenge = hello['challenge'];
-  if (!(challenge instanceof Uint8Array) || challenge.length !== 32) throw new CliError(`the KMD on ${port} sent no 32-byte challenge`, Exit.CARRIER);
+  if (!(challenge instanceof Uint8Array) || challenge.length !== 32) throw new DownloadError('MALFORMED', `the KMD on ${port} sent no 32-byte challenge`);
   const nonce = new Uint8Array(randomBytes(NONCE_BYTES));
   const mac = carrierProof(key, kmdId, carrierId, challenge);
   const reply = await client.request(Group.DOWNLOAD, DownloadCmd.AUTH, { mac, nonce });
@@ -80,7 +87,7 @@ export async function authenticate(client: LinkClient, key: Uint8Array, carrierI
     if (r.counter !== 0 || r.inner['carrier'] !== carrierId) throw new LinkError(0, 'wrong counter or carrier');
   } catch (e) {
     k.fill(0);
-    if (e instanceof LinkError) throw new CliError(`the KMD on ${port} did not prove it holds carrier ${carrierId}'s key; not downloading`, Exit.CARRIER);
+    if (e instanceof LinkError) throw new DownloadError('NOT_AUTHENTIC', `the KMD on ${port} did not prove it holds carrier ${carrierId}'s key; not downloading`);
     throw e;
   }
   return new DownloadSession(client, k);
@@ -89,7 +96,7 @@ export async function authenticate(client: LinkClient, key: Uint8Array, carrierI
 /** NOTIFY's list, checked: ids name files on the carrier, sizes size buffers. */
 export function pendingList(reply: Payload): Pending[] {
   const list = reply['pending'];
-  if (!Array.isArray(list)) throw new CliError('the KMD sent a malformed notification', Exit.CARRIER);
+  if (!Array.isArray(list)) throw new DownloadError('MALFORMED', 'the KMD sent a malformed notification');
   return list.map((x: unknown) => {
     const p = x as Record<string, unknown>;
     const ok =
@@ -103,7 +110,7 @@ export function pendingList(reply: Payload): Pending[] {
       Number.isSafeInteger(p['bytes']) &&
       (p['bytes'] as number) > 0 &&
       (p['bytes'] as number) <= SEALED_MAX_BYTES;
-    if (!ok) throw new CliError(`the KMD sent a malformed pending batch ${JSON.stringify(x).slice(0, 60)}`, Exit.CARRIER);
+    if (!ok) throw new DownloadError('MALFORMED', `the KMD sent a malformed pending batch ${printable(safeJson(x), 60)}`);
     return { terminalId: p['terminalId'] as string, batchId: p['batchId'] as string, seq: p['seq'] as number, bits: p['bits'] as number, bytes: p['bytes'] as number };
   });
 }
@@ -119,7 +126,7 @@ export async function readPending(dl: DownloadSession, params: Pick<DeviceParams
         dl.request(DownloadCmd.READ, { b: p.batchId, o: at, n: params.maxChunk }, { expectBytes: params.maxChunk + 64 }).then((r) => {
           const d = r['d'];
           if (!(d instanceof Uint8Array) || d.length !== Math.min(params.maxChunk, p.bytes - at)) {
-            throw new CliError(`the KMD sent a short or malformed block of batch ${p.batchId.slice(0, 8)} at ${at}`, Exit.CARRIER);
+            throw new DownloadError('MALFORMED', `the KMD sent a short or malformed block of batch ${p.batchId.slice(0, 8)} at ${at}`);
           }
           buf.set(d, at);
           onBytes?.(d.length);
@@ -131,16 +138,20 @@ export async function readPending(dl: DownloadSession, params: Pick<DeviceParams
   return buf;
 }
 
-export async function downloadFromKmd(o: { port: string; carrierDir: string; terminals: string[]; bits?: number; progress?: ProgressSink }): Promise<DownloadResult> {
-  const carrier = openCarrier(o.carrierDir);
+/**
+ * Download what the KMD on `port` holds for `carrier` (opened, and locked, by the caller), asking it
+ * first to export for `terminals` (with `bits`) that have nothing waiting.
+ */
+export async function downloadFromKmd(o: { port: string; carrier: Carrier; terminals: string[]; bits?: number; progress?: DownloadProgress }): Promise<DownloadResult> {
+  const carrier = o.carrier;
+  if (o.terminals.length > 0 && o.bits === undefined) throw new KmdError('--bits is required with --terminal', 'BAD_INPUT');
   let key: Uint8Array;
   try {
     key = readCarrierKey(carrier.path);
   } catch (e) {
-    if (e instanceof KmdError) throw new CliError(e.message, Exit.CARRIER);
+    if (e instanceof KmdError) throw new DownloadError('NO_CARRIER_KEY', e.message);
     throw e;
   }
-  if (o.terminals.length > 0 && o.bits === undefined) throw new CliError('--bits is required with --terminal', Exit.USAGE);
   const s = await connectDevice(o.port);
   let session: DownloadSession | undefined;
   try {
@@ -169,10 +180,10 @@ export async function downloadFromKmd(o: { port: string; carrierDir: string; ter
       try {
         h = parseSealedHeader(buf).header;
       } catch (e) {
-        throw new CliError(`the KMD's batch ${p.batchId.slice(0, 8)} is not a sealed batch (${(e as Error).message})`, Exit.CARRIER);
+        throw new DownloadError('MALFORMED', `the KMD's batch ${p.batchId.slice(0, 8)} is not a sealed batch (${(e as Error).message})`);
       }
       if (h.terminalId !== p.terminalId || Buffer.from(h.batchId).toString('hex') !== p.batchId) {
-        throw new CliError(`the KMD's batch ${p.batchId.slice(0, 8)} names another terminal or batch in its header`, Exit.CARRIER);
+        throw new DownloadError('MALFORMED', `the KMD's batch ${p.batchId.slice(0, 8)} names another terminal or batch in its header`);
       }
       const added = carrier.addBatch(buf); // validates the sealed layout before anything is written
       await dl.request(DownloadCmd.TAKEN, { b: p.batchId });
@@ -183,5 +194,14 @@ export async function downloadFromKmd(o: { port: string; carrierDir: string; ter
     key.fill(0);
     session?.end();
     await s.close();
+  }
+}
+
+/** `x` as JSON for a message, or a word when it has none (a BigInt, a cycle). */
+function safeJson(x: unknown): string {
+  try {
+    return JSON.stringify(x) ?? String(x);
+  } catch {
+    return typeof x;
   }
 }

@@ -177,3 +177,26 @@ t.test('the carrier refuses replies that do not carry the session MAC', async (t
   t.equal((ok['pending'] as unknown[]).length, 1, 'the real KMD still answers');
   s.end();
 });
+
+t.test('failed authentications flood no log: one line a second across connections, the carrier id escaped', async (t) => {
+  const { home } = await setup(t);
+  const lines: string[] = [];
+  const log = (l: string) => void lines.push(l);
+  // Fifty connections, each a HELLO under an id full of escape sequences and a wrong AUTH.
+  const start = Date.now();
+  for (let i = 0; i < 50; i++) {
+    const [host, device] = createInProcessPair({ names: ['attacker', 'kmd'] });
+    serveDownload(home, device, log);
+    const client = new LinkClient(host, { baseTimeoutMs: 2000 });
+    await client.request(Group.DOWNLOAD, DownloadCmd.HELLO, { carrier: `x\u001b[2J\u009b${i}` });
+    await refused(t, client.request(Group.DOWNLOAD, DownloadCmd.AUTH, { mac: new Uint8Array(32), nonce: new Uint8Array(32) }), Rc.AUTH_FAILED, `attempt ${i}`);
+    await client.close();
+  }
+  const seconds = (Date.now() - start) / 1000;
+  const failed = lines.filter((l) => l.includes('failed authentication'));
+  // At most one a second (plus the first): however slow the machine, never one per failure.
+  t.ok(failed.length >= 1 && failed.length <= Math.min(49, Math.floor(seconds) + 1), `${failed.length} line(s) for 50 failures in ${seconds.toFixed(1)} s`);
+  t.equal(failed[0], 'download: carrier x\\x1b[2J\\x9b0 failed authentication');
+  // eslint-disable-next-line no-control-regex
+  t.notOk(lines.some((l) => /[\u0000-\u001f\u007f-\u009f]/.test(l)), 'no control character in the log');
+});

@@ -25,12 +25,17 @@ import type { ExportedBatch } from './export.js';
 import { carrierKey, carrierProof } from './carriers.js';
 import { NONCE_BYTES, ReplayWindow, SEAL_OVERHEAD, TO_CARRIER, TO_KMD, open, seal, sessionKey } from './download-session.js';
 import type { Payload } from '../../firmware/link/codec.js';
+import { printable } from '../peer-text.js';
+import { sharedRateLimited } from '../log-limit.js';
 
 export const KMD_FIRMWARE = `qkt-kmd ${FIRMWARE.split(' ')[1]}`;
 
 /** Serve the download interface on one cable; each cable has its own authentication state. */
 export function serveDownload(home: KmdHome, transport: Transport, log: (line: string) => void = () => undefined): DeviceLink {
   const limits = DEFAULT_LIMITS;
+  // Anyone who reaches the port can fail authentication at will, under any carrier id they name:
+  // those lines are limited (one a second across every connection), and the id is shown escaped.
+  const failLog = sharedRateLimited(log);
   // A READ response is sealed: its data leaves room for the seal (download-session.ts).
   const maxChunk = limits.maxBody - CHUNK_OVERHEAD - SEAL_OVERHEAD;
   let challenge: { carrierId: string; bytes: Uint8Array } | undefined;
@@ -91,14 +96,14 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
         const ok = key !== undefined && ctEqual(carrierProof(key, home.config.kmdId, c.carrierId, c.bytes), mac);
         if (!ok) {
           key?.fill(0);
-          log(`download: carrier ${c.carrierId} failed authentication`);
+          failLog(`download: carrier ${printable(c.carrierId, 40)} failed authentication`);
           throw new LinkError(Rc.AUTH_FAILED, 'carrier not enrolled here or wrong key');
         }
         // Both challenges in the key: the KMD's makes it fresh for the KMD, the carrier's for the carrier.
         const k = sessionKey(key, home.config.kmdId, c.carrierId, c.bytes, nonce);
         key.fill(0);
         session = { carrierId: c.carrierId, key: k, counters: new ReplayWindow() };
-        log(`download: carrier ${c.carrierId} authenticated`);
+        log(`download: carrier ${printable(c.carrierId, 40)} authenticated`);
         // Counter 0, sealed: the carrier learns that this KMD holds its key too.
         return seal(k, TO_CARRIER, DownloadCmd.AUTH, 0, { carrier: c.carrierId });
       },
@@ -117,7 +122,7 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
         try {
           await home.locked(() => exportBatches(home, ids as string[], bits));
         } catch (e) {
-          if (e instanceof KmdError) log(`download: export refused: ${e.message}`);
+          if (e instanceof KmdError) log(`download: export refused: ${printable(e.message)}`);
           if (e instanceof KmdError && e.code === 'SUPPLY') throw new LinkError(Rc.KEYS_EXHAUSTED, e.message.slice(0, 80));
           // The KMD's own message (terminal, sizes, the fix) is longer than a wire reason (80): the
           // carrier gets what matters, the fix included; the KMD's log has the rest.
@@ -126,7 +131,7 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
           if (e instanceof RangeError) throw new LinkError(Rc.BAD_REQUEST, e.message.slice(0, 80));
           throw e;
         }
-        log(`download: carrier ${carrierId} asked for ${bits} bits for ${(ids as string[]).join(', ')}`);
+        log(`download: carrier ${carrierId} asked for ${bits} bits for ${printable((ids as string[]).join(', '))}`);
         return { pending: pending().map(describe) };
       }),
       [DownloadCmd.READ]: sealed(DownloadCmd.READ, (p) => {

@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
 import { AdminCmd, Group, SystemCmd } from '../../firmware/link/groups.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
-import { startRig } from '../../firmware/test-support/module-rig.js';
+import { startRig } from '../test-support/module-rig.js';
 import { KmdHome } from './home.js';
 import { enrollTerminal, reenrollTerminal } from './enroll.js';
 import { exportBatch, markOnCarrier, readOutbox } from './export.js';

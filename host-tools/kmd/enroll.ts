@@ -3,8 +3,8 @@
 // home's lock and the new image's lock (a `terminal run` cannot start on it half-written).
 // Re-enrolment (`kmd enroll --again`) gives a factory-reset module of an enrolled terminal a new
 // device key, after voiding every batch sealed under the old one.
-import { unlinkSync } from 'node:fs';
-import { resolve } from 'node:path';
+import { statSync, unlinkSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
 import { UNIT } from '../../firmware/flash/record-log.js';
@@ -22,6 +22,7 @@ import type { StationStore } from '../station/store.js';
 
 export function enrollTerminal(home: KmdHome, terminalId: string, flashPath: string): TerminalRecord {
   checkId('terminal', terminalId);
+  checkImageFolder(flashPath);
   return home.lockedSync(() => withLockSync(flashPath, flashLockOptions(flashPath), () => enrollLocked(home, terminalId, flashPath)));
 }
 
@@ -59,6 +60,21 @@ function enrollLocked(home: KmdHome, terminalId: string, flashPath: string): Ter
     deviceKey.fill(0);
   }
   return record;
+}
+
+/**
+ * The folder the image goes in must exist: enrolment makes an image, never folders (a mistyped
+ * path must not become a new tree), and the image's lock file goes beside it.
+ */
+function checkImageFolder(flashPath: string): void {
+  const dir = dirname(resolve(flashPath));
+  let isDir = false;
+  try {
+    isDir = statSync(dir).isDirectory();
+  } catch {
+    // missing, or not reachable: said below
+  }
+  if (!isDir) throw new KmdError(`--flash ${flashPath}: the folder ${dir} does not exist; create it or give another path (nothing was changed)`, 'NO_FOLDER');
 }
 
 /**
@@ -134,6 +150,7 @@ export type ReenrollStep = 'image' | 'voided' | 'record';
  */
 export function reenrollTerminal(home: KmdHome, terminalId: string, flashPath: string, o: { station?: StationStore; afterStep?: (s: ReenrollStep) => void } = {}): ReenrollResult {
   checkId('terminal', terminalId);
+  checkImageFolder(flashPath);
   return home.lockedSync(() => withLockSync(flashPath, flashLockOptions(flashPath), () => reenrollLocked(home, terminalId, resolve(flashPath), o)));
 }
 

@@ -15,6 +15,7 @@ import { noRoomReason } from './download.js';
 import { StationStore } from '../station/store.js';
 import { voidBatches } from './void.js';
 import { kmdStatus } from './status.js';
+import { InputError } from '../input-error.js';
 
 function setup(t: Test, stockBits = 1 << 22) {
   const dir = t.testdir({});
@@ -31,7 +32,7 @@ t.test('refusals spend nothing: supply, station room, enrolment, a terminal name
   const { home, store, taken } = setup(t, 1 << 20);
   t.throws(() => exportBatches(home, ['T1', 'T2'], 1 << 20, { station: store }), { name: 'KmdError', code: 'SUPPLY', message: /not enough key yet for 2 terminals: \d+ bits available, 2097152 needed/ });
   t.throws(() => exportBatches(home, ['T1', 'T9'], 4096, { station: store }), { code: 'NOT_ENROLLED' });
-  t.throws(() => exportBatches(home, ['T1', 'T1'], 4096, { station: store }), RangeError);
+  t.throws(() => exportBatches(home, ['T1', 'T1'], 4096, { station: store }), InputError);
   t.equal(taken(), 0);
   t.same([home.terminal('T1').nextSeq, home.terminal('T2').nextSeq], [1, 1]);
   t.same(readdirSync(home.path('outbox')), []);

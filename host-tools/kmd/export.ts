@@ -15,6 +15,7 @@ import { PoolError } from '../../firmware/keypool/errors.js';
 import { SupplyExhaustedError } from './supply.js';
 import { formatBits } from '../units.js';
 import { batchStates, IN_USE_STATES } from './batch-state.js';
+import { InputError } from '../input-error.js';
 
 /** The station has no room: `inUseOnly` when all of it is held by batches the terminal uses (only `--in-use` or time frees it). */
 export class NoRoomError extends KmdError {
@@ -58,7 +59,7 @@ export function exportBatch(home: KmdHome, terminalId: string, bits: number, o: 
 
 function checkBits(bits: number): void {
   if (!Number.isSafeInteger(bits) || bits <= 0 || bits % 8 !== 0 || bits > 2 ** 23) {
-    throw new RangeError(`--bits must be a multiple of 8 from 8 to 8388608 (8 Mbit), got ${bits}`);
+    throw new InputError(`--bits must be a multiple of 8 from 8 to 8388608 (8 Mbit), got ${bits}`);
   }
 }
 
@@ -77,7 +78,7 @@ function checkBits(bits: number): void {
 export function exportBatches(home: KmdHome, terminalIds: readonly string[], bits: number, o: { purpose?: Purpose; station?: StationStore } = {}): ExportedBatch[] {
   checkBits(bits);
   const twice = terminalIds.find((id, i) => terminalIds.indexOf(id) !== i);
-  if (twice !== undefined) throw new RangeError(`terminal ${twice} is named twice; one batch per terminal and export`);
+  if (twice !== undefined) throw new InputError(`terminal ${twice} is named twice; one batch per terminal and export`);
   return home.lockedSync(() => {
     sweepOutboxTemps(home);
     const terminals = terminalIds.map((id) => home.terminal(id));

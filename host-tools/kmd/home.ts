@@ -84,7 +84,7 @@ export interface BatchRecord {
 export class KmdError extends Error {
   constructor(
     message: string,
-    readonly code: 'NO_HOME' | 'EXISTS' | 'NOT_ENROLLED' | 'ALREADY_ENROLLED' | 'BAD_ID' | 'BAD_INPUT' | 'NO_BATCH' | 'IN_USE' | 'LIVE_MODULE' | 'SUPPLY' | 'NO_ROOM' | 'CORRUPT',
+    readonly code: 'NO_HOME' | 'NO_FOLDER' | 'EXISTS' | 'NOT_ENROLLED' | 'ALREADY_ENROLLED' | 'BAD_ID' | 'BAD_INPUT' | 'NO_BATCH' | 'IN_USE' | 'LIVE_MODULE' | 'SUPPLY' | 'NO_ROOM' | 'CORRUPT',
   ) {
     super(message);
     this.name = 'KmdError';

@@ -4,6 +4,7 @@ import { X509Certificate } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { createCa, hasSaeCert, issueSaeCert, issueServerCert, readServerTls, validateSaeId } from './pki.js';
+import { InputError } from '../input-error.js';
 
 t.test('CA, server and SAE certificates', async (t) => {
   const dir = t.testdir();
@@ -59,12 +60,12 @@ t.test('SAE ID and host name validation', async (t) => {
   const dir = t.testdir();
   await createCa(dir);
   for (const bad of ['', 'a/b', '..', '.', 'a b', 'é', 'x'.repeat(65), 'CN=x,O=y']) {
-    await t.rejects(issueSaeCert(dir, bad), RangeError, `rejects ${JSON.stringify(bad)}`);
+    await t.rejects(issueSaeCert(dir, bad), InputError, `rejects ${JSON.stringify(bad)}`);
   }
   t.throws(() => validateSaeId(42), TypeError);
   t.equal(validateSaeId('x'.repeat(64)), 'x'.repeat(64));
-  await t.rejects(issueServerCert(dir, []), RangeError);
-  await t.rejects(issueServerCert(dir, ['bad host']), RangeError);
+  await t.rejects(issueServerCert(dir, []), InputError);
+  await t.rejects(issueServerCert(dir, ['bad host']), InputError);
   const empty = join(dir, 'empty');
   await t.rejects(issueSaeCert(empty, 'nocadir'), /ENOENT/, 'needs a CA');
   t.notOk(existsSync(join(empty, 'sae')), 'nothing written without a CA');

@@ -10,6 +10,7 @@ import { dirname, join } from 'node:path';
 import { writeFileAtomic } from '../fs-atomic.js';
 import { mkdirSecret } from '../secret-file.js';
 import { isSaeId, SAE_ID_PATTERN } from './sae-store.js';
+import { InputError } from '../input-error.js';
 
 x509.cryptoProvider.set(webcrypto);
 
@@ -49,7 +50,7 @@ const BACKDATE_MS = 5 * 60_000;
 /** Throws TypeError / RangeError unless `saeId` is a valid SAE ID; returns it. */
 export function validateSaeId(saeId: unknown, name = 'saeId'): string {
   if (typeof saeId !== 'string') throw new TypeError(`${name} must be a string`);
-  if (!isSaeId(saeId)) throw new RangeError(`${name} must match ${SAE_ID_PATTERN.source} and not be "." or "..", got ${JSON.stringify(saeId)}`);
+  if (!isSaeId(saeId)) throw new InputError(`${name} must match ${SAE_ID_PATTERN.source} and not be "." or "..", got ${JSON.stringify(saeId)}`);
   return saeId;
 }
 
@@ -96,9 +97,9 @@ export async function issueServerCert(dir: string, hostnames: string[], o: Issue
 
 /** subjectAltName entries for host names and IP addresses (validated). */
 export function hostNames(hostnames: string[]): x509.JsonGeneralName[] {
-  if (!Array.isArray(hostnames) || hostnames.length === 0) throw new RangeError('hostnames must name at least one host');
+  if (!Array.isArray(hostnames) || hostnames.length === 0) throw new InputError('hostnames must name at least one host');
   for (const h of hostnames) {
-    if (typeof h !== 'string' || !(isIP(h) || /^[A-Za-z0-9.-]{1,253}$/.test(h))) throw new RangeError(`hostnames: not a host name or IP address: ${JSON.stringify(h)}`);
+    if (typeof h !== 'string' || !(isIP(h) || /^[A-Za-z0-9.-]{1,253}$/.test(h))) throw new InputError(`hostnames: not a host name or IP address: ${JSON.stringify(h)}`);
   }
   return hostnames.map((h) => (isIP(h) ? { type: 'ip' as const, value: h } : { type: 'dns' as const, value: h }));
 }

@@ -9,23 +9,13 @@ import { Kind, SUPPORTED_VERSIONS } from '../../firmware/link/frame.js';
 import { Group, SystemCmd } from '../../firmware/link/groups.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
 import type { Transport } from '../../firmware/link/transport.js';
+import { LinkClosedError, LinkTimeoutError } from './errors.js';
+import { checkReply } from './reply-check.js';
 
 /** Times a request answered BUSY is sent again (pauses of 25 ms doubling to 400 ms: about 2.4 s in all). */
 const BUSY_RETRIES = 10;
 
-export class LinkTimeoutError extends Error {
-  constructor(what: string, ms: number, attempts: number) {
-    super(`no answer to ${what} after ${attempts} attempt(s), ${Math.round(ms)} ms each`);
-    this.name = 'LinkTimeoutError';
-  }
-}
-
-export class LinkClosedError extends Error {
-  constructor(cause?: Error) {
-    super(cause ? `link closed: ${cause.message}` : 'link closed');
-    this.name = 'LinkClosedError';
-  }
-}
+export { LinkClosedError, LinkTimeoutError };
 
 /** The device's limits, from its parameters reply (docs/protocol.md, "params"). */
 export interface DeviceParams {
@@ -146,12 +136,12 @@ export class LinkClient {
         } finally {
           this.unsentBytes -= frame.length;
         }
-        if (sent === TIMEOUT) throw new LinkTimeoutError(`group ${group} command ${command} (the link takes no bytes)`, writeMs, attempt);
+        if (sent === TIMEOUT) throw new LinkTimeoutError(group, command, writeMs, attempt, 'the link takes no bytes');
         // The timer starts once the bytes have left (a paced link takes its time to send them).
         const result = await raceTimeout(answer, timeoutMs);
         if (result !== TIMEOUT) return result;
       }
-      throw new LinkTimeoutError(`group ${group} command ${command}`, timeoutMs, attempts);
+      throw new LinkTimeoutError(group, command, timeoutMs, attempts);
     } finally {
       this.pending.delete(seq);
     }
@@ -185,7 +175,11 @@ export class LinkClient {
       }
       this.pending.delete(m.seq);
       if (m.kind === Kind.ERROR) p.reject(errorFromPayload(m.payload));
-      else p.resolve(m.payload);
+      else {
+        const bad = checkReply(m.group, m.command, m.payload); // numbers past 2^53 (reply-check.ts)
+        if (bad) p.reject(bad);
+        else p.resolve(m.payload);
+      }
     }
   }
 

@@ -4,7 +4,7 @@ import { realpathSync } from 'node:fs';
 import type { Transport } from '../../firmware/link/transport.js';
 import { connectTcp, isTcpAddress, parseTcpAddress } from '../transports/tcp.js';
 import { paced } from '../transports/pacing.js';
-import { CliError, Exit } from '../cli/command.js';
+import { NoDeviceError, errnoOf } from './errors.js';
 
 export interface OpenOptions {
   /** Line rate: set on a real UART; on a pty or TCP the link is paced to it. */
@@ -31,22 +31,29 @@ export async function openLink(spec: string, o: OpenOptions = {}): Promise<Trans
     // The serial and USB libraries (native bindings, ~70 ms to load) load only for their cables.
     const { findWebUsbDevices, openWebUsb } = await import('../transports/webusb.js');
     const devices = await findWebUsbDevices([usb]).catch((e: Error) => {
-      throw new CliError(`USB is not available here: ${e.message}`, Exit.NO_DEVICE);
+      throw new NoDeviceError(spec, `USB is not available here: ${e.message}`, errnoOf(e));
     });
-    if (devices.length === 0) throw new CliError(`no USB device ${spec.slice(4)} attached`, Exit.NO_DEVICE);
-    if (devices.length > 1) throw new CliError(`${devices.length} USB devices match ${spec.slice(4)}; unplug all but one`, Exit.NO_DEVICE);
+    if (devices.length === 0) throw new NoDeviceError(spec, `no USB device ${spec.slice(4)} attached`);
+    if (devices.length > 1) throw new NoDeviceError(spec, `${devices.length} USB devices match ${spec.slice(4)}; unplug all but one`);
     return openWebUsb(devices[0]!);
   }
   if (isTcpAddress(spec)) {
     const { host, port } = parseTcpAddress(spec);
     const t = await connectTcp(host, port).catch((e: Error) => {
-      throw new CliError(`cannot connect to ${spec}: ${e.message}`, Exit.NO_DEVICE);
+      throw new NoDeviceError(spec, `cannot connect to ${spec}: ${e.message}`, errnoOf(e));
     });
     return o.baud ? paced(t, { baud: o.baud }) : t;
   }
   const { openSerial } = await import('../transports/serial.js');
   const t = await openSerial(spec, o.baud ? { baudRate: o.baud } : {}).catch((e: Error) => {
-    throw new CliError(`cannot open ${spec}: ${e.message}`, Exit.NO_DEVICE);
+    throw new NoDeviceError(spec, `cannot open ${spec}: ${e.message}${permissionHint(e)}`, errnoOf(e));
   });
   return o.baud && isPty(spec) ? paced(t, { baud: o.baud }) : t;
+}
+
+/** What to do about a serial port this user may not open (Linux: the dialout group). */
+function permissionHint(e: Error): string {
+  const code = errnoOf(e);
+  const denied = code === 'EACCES' || code === 'EPERM' || /permission denied/i.test(e.message);
+  return denied ? ' (no permission: add yourself to the group that owns the port, e.g. dialout, and log in again)' : '';
 }

@@ -4,7 +4,8 @@ import { LinkClient } from './client.js';
 import type { DeviceParams } from './client.js';
 import { openLink } from './open.js';
 import type { OpenOptions } from './open.js';
-import { CliError, Exit } from '../cli/command.js';
+import { DeviceBusyError, LinkClosedError, LinkTimeoutError, NoDeviceError } from './errors.js';
+import { printable } from '../peer-text.js';
 import type { Transport } from '../../firmware/link/transport.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
 
@@ -28,10 +29,10 @@ export async function startSession(transport: Transport, name: string, o: OpenOp
     await client.close().catch(() => undefined);
     if (e instanceof LinkError && e.rc === Rc.DENIED) {
       // A device at its connection limit answers the session's PARAMS DENIED (docs/protocol.md 4.9).
-      throw new CliError(`${name} refused the connection: ${e.reason ?? 'denied'}`, Exit.BUSY);
+      throw new DeviceBusyError(name, `${name} refused the connection: ${printable(e.reason ?? 'denied')}`);
     }
-    if (e instanceof Error && (e.name === 'LinkTimeoutError' || e.name === 'LinkClosedError')) {
-      throw new CliError(`no terminal answered on ${name} (${e.message})`, Exit.NO_DEVICE);
+    if (e instanceof LinkTimeoutError || e instanceof LinkClosedError) {
+      throw new NoDeviceError(name, `no terminal answered on ${name} (${e.message})`);
     }
     throw e;
   }

@@ -10,7 +10,7 @@ import { NorFlash } from '../../firmware/flash/nor-flash.js';
 import { Group, KeysCmd } from '../../firmware/link/groups.js';
 import { decodeServiceHeader, encodeServiceHeader } from '../../firmware/crypto/service.js';
 import type { KeyRange } from '../../firmware/crypto/service.js';
-import { startRig } from '../../firmware/test-support/module-rig.js';
+import { startRig } from '../test-support/module-rig.js';
 import { KmdHome } from '../kmd/home.js';
 import { enrollTerminal } from '../kmd/enroll.js';
 import { exportBatch } from '../kmd/export.js';

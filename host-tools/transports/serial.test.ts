@@ -5,7 +5,7 @@ import { SerialPortMock } from 'serialport';
 import { openSerial, type SerialTransport } from './serial.js';
 import { nullModem } from './mock-serial.js';
 import { collect, transportSuite, watchClose } from './transport.suite.js';
-import { createPtyPair, socatSkipReason } from '../../hil/pty.js';
+import { createPtyPair, socatSkipReason } from './pty-pair.js';
 
 type MockPort = Awaited<ReturnType<typeof SerialPortMock.binding.open>>;
 

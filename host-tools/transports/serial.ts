@@ -27,7 +27,7 @@ export interface SerialTransport extends Transport {
 
 /**
  * Open `path` and resolve once it is open. The port is used raw: bytes pass untouched (ptys
- * must be created raw with echo off, see hil/pty.ts). Received bytes up to each 0x00 are
+ * must be created raw with echo off, see pty-pair.ts). Received bytes up to each 0x00 are
  * delivered per frame; a trailing partial frame is held until its delimiter arrives, or passed
  * on when it exceeds maxBuffer. write() resolves when the binding has written the bytes (to the
  * kernel; no tcdrain, which can block on a pty nobody reads). A close that close() did not ask

@@ -4,6 +4,7 @@ import t from 'tap';
 import type { Transport } from '../../firmware/link/transport.js';
 import { connectTcp, isTcpAddress, listenTcp, parseTcpAddress } from './tcp.js';
 import { collect, transportSuite, watchClose } from './transport.suite.js';
+import { InputError } from '../input-error.js';
 
 async function loopbackPair() {
   let accepted: (tr: Transport) => void = () => {};
@@ -35,7 +36,7 @@ t.test('parseTcpAddress', async (t) => {
   t.same(parseTcpAddress('localhost:0'), { host: 'localhost', port: 0 });
   t.same(parseTcpAddress('tcp:[::1]:65535'), { host: '::1', port: 65535 });
   for (const bad of ['tcp:', 'tcp:host', 'tcp:host:', 'tcp:host:70000', 'tcp::7000', '/dev/ttyUSB0', 'tcp:::1:7']) {
-    t.throws(() => parseTcpAddress(bad), RangeError, bad);
+    t.throws(() => parseTcpAddress(bad), InputError, bad);
   }
   t.ok(isTcpAddress('tcp:1.2.3.4:5'));
   t.notOk(isTcpAddress('/dev/ttyACM0'));

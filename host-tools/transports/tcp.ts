@@ -3,6 +3,7 @@
 import net from 'node:net';
 import type { Transport } from '../../firmware/link/transport.js';
 import { EndpointCore, checkBytes, makeTransport } from './_core.js';
+import { InputError } from '../input-error.js';
 
 export interface TcpAddress {
   host: string;
@@ -29,8 +30,8 @@ export function parseHostPort(text: string, scheme: string): TcpAddress {
   const m = /^(?:\[([^\]]+)\]|([^:[\]]+)):(\d{1,5})$/.exec(rest);
   const host = m?.[1] ?? m?.[2];
   const port = Number(m?.[3]);
-  if (!m || !host) throw new RangeError(`address must look like ${scheme}:HOST:PORT, got ${JSON.stringify(text)}`);
-  if (port > 65_535) throw new RangeError(`port must be 0..65535, got ${port}`);
+  if (!m || !host) throw new InputError(`address must look like ${scheme}:HOST:PORT, got ${JSON.stringify(text)}`);
+  if (port > 65_535) throw new InputError(`port must be 0..65535, got ${port}`);
   return { host, port };
 }
 

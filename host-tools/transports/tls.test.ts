@@ -9,6 +9,7 @@ import { createCa, issueServerCert, issueSaeCert, readServerTls } from '../kmd/p
 import { connectTls, isTlsAddress, listenTls, parseTlsAddress } from './tls.js';
 import type { TlsPems } from './tls.js';
 import { transportSuite } from './transport.suite.js';
+import { InputError } from '../input-error.js';
 
 async function pems(dir: string): Promise<{ server: TlsPems; client: TlsPems }> {
   await createCa(dir);
@@ -180,7 +181,7 @@ t.test('parseTlsAddress', async (t) => {
   t.same(parseTlsAddress('localhost:0'), { host: 'localhost', port: 0 });
   t.same(parseTlsAddress('tls:[::1]:65535'), { host: '::1', port: 65535 });
   t.throws(() => parseTlsAddress('tcp:127.0.0.1:7200'), { message: /speaks TLS only/ });
-  for (const bad of ['tls:', 'tls:host', 'tls:host:70000', '/dev/ttyUSB0']) t.throws(() => parseTlsAddress(bad), RangeError, bad);
+  for (const bad of ['tls:', 'tls:host', 'tls:host:70000', '/dev/ttyUSB0']) t.throws(() => parseTlsAddress(bad), InputError, bad);
   t.ok(isTlsAddress('tls:1.2.3.4:5'));
   t.notOk(isTlsAddress('tcp:1.2.3.4:5'));
 });

@@ -6,6 +6,7 @@ import tls from 'node:tls';
 import type { Transport } from '../../firmware/link/transport.js';
 import { parseHostPort, socketTransport } from './tcp.js';
 import type { TcpAddress } from './tcp.js';
+import { InputError } from '../input-error.js';
 
 /** PEM material for one end: its certificate and key, and the CA its peer must chain to. */
 export interface TlsPems {
@@ -26,7 +27,7 @@ export function isTlsAddress(text: string): boolean {
  */
 export function parseTlsAddress(text: string): TcpAddress {
   if (typeof text !== 'string') throw new TypeError('address must be a string');
-  if (text.startsWith('tcp:')) throw new RangeError(`this service speaks TLS only: give tls:HOST:PORT or HOST:PORT, not ${JSON.stringify(text)}`);
+  if (text.startsWith('tcp:')) throw new InputError(`this service speaks TLS only: give tls:HOST:PORT or HOST:PORT, not ${JSON.stringify(text)}`);
   return parseHostPort(text, 'tls');
 }
 

@@ -75,7 +75,7 @@ export const carrierLoad = defineCommand<LoadResult>({
       if (str(v, 'home')) throw new CliError('give one of --kmd PORT or --home H', Exit.USAGE);
       if (v['init'] === true) throw new CliError('--init makes a carrier for --home; a carrier for --kmd is made by qkt kmd carrier add --dir DIR', Exit.USAGE);
       warnSharedSecrets([join(dir, CARRIER_KEY_FILE)]); // the carrier's key authenticates it to the KMD
-      return withCarrier(dir, () => downloadFromKmd({ port: str(v, 'kmd')!, carrierDir: dir, terminals: ids, ...(bits ? { bits } : {}), progress: io.progress }));
+      return withCarrier(dir, () => downloadFromKmd({ port: str(v, 'kmd')!, carrier: openCarrier(dir), terminals: ids, ...(bits ? { bits } : {}), progress: io.progress }));
     }
     if (ids.length === 0 || bits === undefined) throw new CliError('--terminal and --bits are required with --home', Exit.USAGE);
     // The whole load holds the home's lock: export, onto the carrier, off the outbox, as one change.

@@ -13,6 +13,7 @@ import { collectReceipts } from '../../kmd/collect.js';
 import type { CollectResult } from '../../kmd/collect.js';
 import { openCarrier, withCarrierSync } from '../carrier-open.js';
 import { formatBits } from '../../units.js';
+import { printable } from '../../peer-text.js';
 
 export const kmdInit = defineCommand({
   async run(v) {
@@ -82,7 +83,7 @@ export const kmdCollect = defineCommand({
   render: (r) =>
     [
       ...r.collected.map((c) => `collected receipt of ${c.terminalId} batch ${c.batchId.slice(0, 8)} (seq ${c.seq}, ${formatBits(c.bits)})`),
-      ...r.rejected.map((x) => `REJECTED ${x.id}: ${x.reason}${x.quarantined ? ' (receipt quarantined on the carrier; the batch is offered for inject again)' : ''}`),
+      ...r.rejected.map((x) => `REJECTED ${printable(x.id)}: ${printable(x.reason)}${x.quarantined ? ' (receipt quarantined on the carrier; the batch is offered for inject again)' : ''}`),
       ...r.retired.map((x) => `retired station batch ${x.batchId.slice(0, 8)} of ${x.terminalId}: no longer held by the terminal (${formatBits(x.bits)} unused)`),
       `${r.collected.length} receipt(s) collected, ${formatBits(r.activatedBits)} of station keys activated`,
     ].join('\n'),

@@ -3,6 +3,7 @@
 import { defineCommand } from '../command.js';
 import { listPorts } from '../../ports/list.js';
 import type { PortsReport } from '../../ports/list.js';
+import { printable } from '../../peer-text.js';
 
 export default defineCommand<PortsReport>({
   run: () => listPorts(),
@@ -12,16 +13,16 @@ export default defineCommand<PortsReport>({
     if (r.serial.ports.length === 0) lines.push('  none');
     for (const p of r.serial.ports) {
       const id = p.vendorId && p.productId ? ` ${p.vendorId}:${p.productId}` : '';
-      lines.push(`  ${p.path}${id}${p.manufacturer ? `  ${p.manufacturer}` : ''}${p.serialNumber ? `  s/n ${p.serialNumber}` : ''}`);
+      lines.push(`  ${printable(p.path)}${id}${p.manufacturer ? `  ${printable(p.manufacturer, 64)}` : ''}${p.serialNumber ? `  s/n ${printable(p.serialNumber, 64)}` : ''}`);
     }
     lines.push(`USB devices${unavailable(r.usb)}:`);
     if (r.usb.devices.length === 0) lines.push('  none');
-    for (const d of r.usb.devices) lines.push(`  ${d.vendorId}:${d.productId}${d.manufacturer ? `  ${d.manufacturer}` : ''}${d.product ? ` ${d.product}` : ''}`);
+    for (const d of r.usb.devices) lines.push(`  ${d.vendorId}:${d.productId}${d.manufacturer ? `  ${printable(d.manufacturer, 64)}` : ''}${d.product ? ` ${printable(d.product, 64)}` : ''}`);
     lines.push(`Removable drives${unavailable(r.drives)}:`);
     if (r.drives.drives.length === 0) lines.push('  none');
     for (const d of r.drives.drives) {
       const size = d.sizeBytes ? `  ${(d.sizeBytes / 1e9).toFixed(1)} GB` : '';
-      lines.push(`  ${d.device}${d.mountpoint ? ` on ${d.mountpoint}` : '  (not mounted)'}${d.label ? `  "${d.label}"` : ''}${d.fstype ? `  ${d.fstype}` : ''}${size}`);
+      lines.push(`  ${d.device}${d.mountpoint ? ` on ${d.mountpoint}` : '  (not mounted)'}${d.label ? `  "${printable(d.label, 64)}"` : ''}${d.fstype ? `  ${d.fstype}` : ''}${size}`);
     }
     return lines.join('\n');
   },

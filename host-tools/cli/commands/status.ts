@@ -4,6 +4,7 @@ import { connectDevice } from '../../link/session.js';
 import { Group, SystemCmd } from '../../../firmware/link/groups.js';
 import { formatBits } from '../../units.js';
 import { resolvePort } from '../port-select.js';
+import { printable } from '../../peer-text.js';
 
 export interface StatusResult {
   port: string;
@@ -52,14 +53,15 @@ export default defineCommand<StatusResult>({
   render(r) {
     const p = r.pool;
     return [
-      `terminal   ${r.terminalId ?? '(not enrolled)'}`,
-      `firmware   ${r.firmware}${r.state && r.state !== 'ready' ? `  [${r.state}]` : ''}`,
+      // Everything here is the device's word: shown with its control characters escaped.
+      `terminal   ${r.terminalId === null || r.terminalId === undefined ? '(not enrolled)' : printable(r.terminalId, 64)}`,
+      `firmware   ${printable(r.firmware, 64)}${r.state && r.state !== 'ready' ? `  [${printable(r.state, 32)}]` : ''}`,
       `key pool   ${formatBits(p.storedKeyBits)} stored of ${formatBits(p.maxKeyBits)} max, ${formatBits(p.consumedKeyBits)} consumed, ${p.batches.length} batch(es)`,
       `link       ${r.port}, frames up to ${r.link.maxFrame} B, window ${r.link.window}`,
-      ...(r.secureArea?.damaged ? [`secure     DAMAGED: ${r.secureArea.reason ?? 'see the audit log'}`] : []),
+      ...(r.secureArea?.damaged ? [`secure     DAMAGED: ${printable(r.secureArea.reason ?? 'see the audit log', 120)}`] : []),
       ...(r.audit?.pendingRefusals ? [`refusals   ${r.audit.pendingRefusals} since the last one logged (counted in RAM)`] : []),
       ...(r.audit?.log
-        ? ['audit log:', ...r.audit.log.map((e) => `  #${e.n} ${new Date(e.at).toISOString()} ${e.type}${e.count !== undefined ? ` x${e.count} since ${new Date(e.first ?? e.at).toISOString()}` : ''} ${e.detail}`)]
+        ? ['audit log:', ...r.audit.log.map((e) => `  #${e.n} ${new Date(e.at).toISOString()} ${printable(e.type, 32)}${e.count !== undefined ? ` x${e.count} since ${new Date(e.first ?? e.at).toISOString()}` : ''} ${printable(e.detail, 200)}`)]
         : []),
     ].join('\n');
   },

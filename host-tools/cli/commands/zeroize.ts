@@ -11,6 +11,7 @@ import { connectDevice } from '../../link/session.js';
 import { AdminCmd, Group, SystemCmd } from '../../../firmware/link/groups.js';
 import type { AdminCommand } from '../../../firmware/crypto/token.js';
 import { deviceTerminalId } from '../device-id.js';
+import { printable } from '../../peer-text.js';
 
 const command = (v: Record<string, unknown>): AdminCommand => (v['factory-reset'] === true ? 'factory-reset' : 'zeroize');
 
@@ -29,7 +30,7 @@ export const kmdToken = defineCommand({
 
 export const zeroize = defineCommand({
   run: (v) => withCarrier(str(v, 'carrier')!, () => zeroizeWith(v)),
-  render: (r) => `${r.terminalId}: ${r.command} done; module is ${String(r.state)}`,
+  render: (r) => `${r.terminalId}: ${r.command} done; module is ${printable(r.state, 32)}`,
 });
 
 async function zeroizeWith(v: Values) {

@@ -2,22 +2,22 @@
 // traffic scenario, and an injection cut by a power loss at every flash operation then resumed.
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
-import { injectBatch } from '../host-tools/link/inject.js';
-import { createInProcessPair } from '../host-tools/transports/inproc.js';
-import { LinkClient } from '../host-tools/link/client.js';
-import { NorFlash } from './flash/nor-flash.js';
-import { PowerCutError } from './flash/errors.js';
-import type { CutMode } from './flash/faults.js';
-import { parseSealedHeader } from './crypto/batch.js';
-import { decodeReceipt, verifyReceipt } from './crypto/receipt.js';
-import { makeAdminToken } from './crypto/token.js';
-import { decodeServiceHeader, encodeServiceHeader, sessionSeal } from './crypto/service.js';
-import { Deframer } from './link/framer.js';
-import { AdminCmd, Group, InjectCmd, KeysCmd, SystemCmd } from './link/groups.js';
-import { Rc } from './link/errors.js';
-import { SECURE_SECTORS } from './secure/secure-area.js';
-import { drainPool, enrolled, findWindows, makeBatch, poolOf, startRig } from './test-support/module-rig.js';
-import type { TestBatch } from './test-support/module-rig.js';
+import { injectBatch } from '../../host-tools/link/inject.js';
+import { createInProcessPair } from '../../host-tools/transports/inproc.js';
+import { LinkClient } from '../../host-tools/link/client.js';
+import { NorFlash } from '../../firmware/flash/nor-flash.js';
+import { PowerCutError } from '../../firmware/flash/errors.js';
+import type { CutMode } from '../../firmware/flash/faults.js';
+import { parseSealedHeader } from '../../firmware/crypto/batch.js';
+import { decodeReceipt, verifyReceipt } from '../../firmware/crypto/receipt.js';
+import { makeAdminToken } from '../../firmware/crypto/token.js';
+import { decodeServiceHeader, encodeServiceHeader, sessionSeal } from '../../firmware/crypto/service.js';
+import { Deframer } from '../../firmware/link/framer.js';
+import { AdminCmd, Group, InjectCmd, KeysCmd, SystemCmd } from '../../firmware/link/groups.js';
+import { Rc } from '../../firmware/link/errors.js';
+import { SECURE_SECTORS } from '../../firmware/secure/secure-area.js';
+import { drainPool, enrolled, findWindows, makeBatch, poolOf, startRig } from '../../host-tools/test-support/module-rig.js';
+import type { TestBatch } from '../../host-tools/test-support/module-rig.js';
 
 const same = (a: Uint8Array, b: Uint8Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(b);
 const linkError = (rc: number) => ({ name: 'LinkError', rc });

@@ -2,15 +2,15 @@
 // compactions, remount, and find old or new values, never torn ones; the audit log over the link.
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
-import { NorFlash } from '../flash/nor-flash.js';
-import { PowerCutError } from '../flash/errors.js';
-import type { CutMode } from '../flash/faults.js';
-import { injectBatch } from '../../host-tools/link/inject.js';
-import { Group, SystemCmd } from '../link/groups.js';
-import { Rc } from '../link/errors.js';
-import { makeBatch, startRig } from '../test-support/module-rig.js';
-import { openSecureArea, REFUSAL_INTERVAL_MS, SECURE_SECTORS, secureBounds } from './secure-area.js';
-import type { WritableSecureArea } from './secure-area.js';
+import { NorFlash } from '../../../firmware/flash/nor-flash.js';
+import { PowerCutError } from '../../../firmware/flash/errors.js';
+import type { CutMode } from '../../../firmware/flash/faults.js';
+import { injectBatch } from '../../../host-tools/link/inject.js';
+import { Group, SystemCmd } from '../../../firmware/link/groups.js';
+import { Rc } from '../../../firmware/link/errors.js';
+import { makeBatch, startRig } from '../../../host-tools/test-support/module-rig.js';
+import { openSecureArea, REFUSAL_INTERVAL_MS, SECURE_SECTORS, secureBounds } from '../../../firmware/secure/secure-area.js';
+import type { WritableSecureArea } from '../../../firmware/secure/secure-area.js';
 
 // Small sectors so that a short run fills one and compacts into the next (the 48 kept audit
 // events still fit in one sector).

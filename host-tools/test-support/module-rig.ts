@@ -1,18 +1,18 @@
 // Test support: an enrolled module on an in-memory flash, a host client on an in-process cable,
 // and sealed batches made the way the KMD makes them, with the plaintext kept for checking.
 import { randomBytes } from 'node:crypto';
-import { NorFlash } from '../flash/nor-flash.js';
-import { enrollFlash, POOL_OPTIONS } from '../secure/enroll.js';
-import { KeyPool, MAX_KEY_BYTES } from '../keypool/key-pool.js';
-import { createTerminal } from '../terminal.js';
-import type { Terminal, TerminalOptions } from '../terminal.js';
-import { sealBatch } from '../crypto/batch.js';
-import type { Purpose } from '../crypto/batch.js';
-import { createInProcessPair } from '../../host-tools/transports/inproc.js';
-import { LinkClient } from '../../host-tools/link/client.js';
-import type { DeviceParams } from '../../host-tools/link/client.js';
-import type { Transport } from '../link/transport.js';
-import { SECURE_SECTORS } from '../secure/secure-area.js';
+import { NorFlash } from '../../firmware/flash/nor-flash.js';
+import { enrollFlash, POOL_OPTIONS } from '../../firmware/secure/enroll.js';
+import { KeyPool, MAX_KEY_BYTES } from '../../firmware/keypool/key-pool.js';
+import { createTerminal } from '../../firmware/terminal.js';
+import type { Terminal, TerminalOptions } from '../../firmware/terminal.js';
+import { sealBatch } from '../../firmware/crypto/batch.js';
+import type { Purpose } from '../../firmware/crypto/batch.js';
+import { createInProcessPair } from '../transports/inproc.js';
+import { LinkClient } from '../link/client.js';
+import type { DeviceParams } from '../link/client.js';
+import type { Transport } from '../../firmware/link/transport.js';
+import { SECURE_SECTORS } from '../../firmware/secure/secure-area.js';
 
 export interface Rig {
   flash: NorFlash;

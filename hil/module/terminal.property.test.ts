@@ -9,21 +9,21 @@
 import t from 'tap';
 import fc from 'fast-check';
 import { isDeepStrictEqual } from 'node:util';
-import { injectBatch } from '../host-tools/link/inject.js';
-import { createInProcessPair } from '../host-tools/transports/inproc.js';
-import { parseSealedHeader } from './crypto/batch.js';
-import { decodeServiceHeader, encodeServiceHeader, sessionSeal } from './crypto/service.js';
-import { makeAdminToken } from './crypto/token.js';
-import { decodeMessage, encodeMessage } from './link/codec.js';
-import type { Message, Payload } from './link/codec.js';
-import { Deframer } from './link/framer.js';
-import { Kind } from './link/frame.js';
-import { AdminCmd, DiagCmd, Group, InjectCmd, KeysCmd, SystemCmd } from './link/groups.js';
-import { Rc } from './link/errors.js';
-import { cobsEncode } from './link/cobs.js';
+import { injectBatch } from '../../host-tools/link/inject.js';
+import { createInProcessPair } from '../../host-tools/transports/inproc.js';
+import { parseSealedHeader } from '../../firmware/crypto/batch.js';
+import { decodeServiceHeader, encodeServiceHeader, sessionSeal } from '../../firmware/crypto/service.js';
+import { makeAdminToken } from '../../firmware/crypto/token.js';
+import { decodeMessage, encodeMessage } from '../../firmware/link/codec.js';
+import type { Message, Payload } from '../../firmware/link/codec.js';
+import { Deframer } from '../../firmware/link/framer.js';
+import { Kind } from '../../firmware/link/frame.js';
+import { AdminCmd, DiagCmd, Group, InjectCmd, KeysCmd, SystemCmd } from '../../firmware/link/groups.js';
+import { Rc } from '../../firmware/link/errors.js';
+import { cobsEncode } from '../../firmware/link/cobs.js';
 import { crc32 } from 'node:zlib';
-import { makeBatch, poolOf, poolRegion, startRig } from './test-support/module-rig.js';
-import { mutate, mutationsArb, sameBytes } from './test-support/mutate.js';
+import { makeBatch, poolOf, poolRegion, startRig } from '../../host-tools/test-support/module-rig.js';
+import { mutate, mutationsArb, sameBytes } from '../../firmware/test-support/mutate.js';
 
 const RUNS = 300;
 /** Sequence numbers from here up are the test's own STATUS probes; fuzzed requests stay below. */

@@ -4,20 +4,20 @@
 // KEYS sessions belong to their link too; STATUS reports the asking link's counters; a closed
 // link's queued requests are not executed.
 import t from 'tap';
-import { injectBatch } from '../host-tools/link/inject.js';
-import { createInProcessPair } from '../host-tools/transports/inproc.js';
-import { LinkClient } from '../host-tools/link/client.js';
-import { parseSealedHeader } from './crypto/batch.js';
-import { DiagCmd, Group, InjectCmd, KeysCmd, SystemCmd } from './link/groups.js';
-import { Rc } from './link/errors.js';
-import { TRANSFER_TAKEOVER_MS } from './commands/inject.js';
-import { DeviceLink } from './link/device-link.js';
-import { Dispatcher } from './link/dispatch.js';
-import { encodeMessage } from './link/codec.js';
-import { Kind } from './link/frame.js';
-import { DEFAULT_LIMITS } from './terminal.js';
-import { drainPool, makeBatch, poolOf, startRig } from './test-support/module-rig.js';
-import type { Rig } from './test-support/module-rig.js';
+import { injectBatch } from '../../host-tools/link/inject.js';
+import { createInProcessPair } from '../../host-tools/transports/inproc.js';
+import { LinkClient } from '../../host-tools/link/client.js';
+import { parseSealedHeader } from '../../firmware/crypto/batch.js';
+import { DiagCmd, Group, InjectCmd, KeysCmd, SystemCmd } from '../../firmware/link/groups.js';
+import { Rc } from '../../firmware/link/errors.js';
+import { TRANSFER_TAKEOVER_MS } from '../../firmware/commands/inject.js';
+import { DeviceLink } from '../../firmware/link/device-link.js';
+import { Dispatcher } from '../../firmware/link/dispatch.js';
+import { encodeMessage } from '../../firmware/link/codec.js';
+import { Kind } from '../../firmware/link/frame.js';
+import { DEFAULT_LIMITS } from '../../firmware/terminal.js';
+import { drainPool, makeBatch, poolOf, startRig } from '../../host-tools/test-support/module-rig.js';
+import type { Rig } from '../../host-tools/test-support/module-rig.js';
 
 const same = (a: Uint8Array, b: Uint8Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(b);
 

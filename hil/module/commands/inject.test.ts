@@ -3,18 +3,18 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import { randomBytes } from 'node:crypto';
-import { injectBatch } from '../../host-tools/link/inject.js';
-import { withFaults } from '../../host-tools/transports/faults.js';
-import type { FaultyTransport } from '../../host-tools/transports/faults.js';
-import { parseSealedHeader } from '../crypto/batch.js';
-import { decodeReceipt, verifyReceipt } from '../crypto/receipt.js';
-import { makeAdminToken } from '../crypto/token.js';
-import { AdminCmd, Group, InjectCmd } from '../link/groups.js';
-import { Rc } from '../link/errors.js';
-import { drainPool, enrolled, makeBatch, poolOf, poolRegion, startRig } from '../test-support/module-rig.js';
-import { KeyPool } from '../keypool/key-pool.js';
-import { POOL_OPTIONS } from '../secure/enroll.js';
-import type { Rig } from '../test-support/module-rig.js';
+import { injectBatch } from '../../../host-tools/link/inject.js';
+import { withFaults } from '../../../host-tools/transports/faults.js';
+import type { FaultyTransport } from '../../../host-tools/transports/faults.js';
+import { parseSealedHeader } from '../../../firmware/crypto/batch.js';
+import { decodeReceipt, verifyReceipt } from '../../../firmware/crypto/receipt.js';
+import { makeAdminToken } from '../../../firmware/crypto/token.js';
+import { AdminCmd, Group, InjectCmd } from '../../../firmware/link/groups.js';
+import { Rc } from '../../../firmware/link/errors.js';
+import { drainPool, enrolled, makeBatch, poolOf, poolRegion, startRig } from '../../../host-tools/test-support/module-rig.js';
+import { KeyPool } from '../../../firmware/keypool/key-pool.js';
+import { POOL_OPTIONS } from '../../../firmware/secure/enroll.js';
+import type { Rig } from '../../../host-tools/test-support/module-rig.js';
 
 const same = (a: Uint8Array, b: Uint8Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(b);
 

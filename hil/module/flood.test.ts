@@ -5,18 +5,18 @@
 // writes, and the enrolment, the auth failures and the lockout are still in the audit log after it.
 import t from 'tap';
 import { crc32 } from 'node:zlib';
-import { cobsEncode } from './link/cobs.js';
-import { encodeMessage } from './link/codec.js';
-import { Kind } from './link/frame.js';
-import { Deframer } from './link/framer.js';
-import { AdminCmd, Group, InjectCmd, KeysCmd, SystemCmd } from './link/groups.js';
-import { parseSealedHeader } from './crypto/batch.js';
-import { makeAdminToken } from './crypto/token.js';
-import { prng } from './flash/faults.js';
-import { createInProcessPair } from '../host-tools/transports/inproc.js';
-import { makeBatch, poolOf, startRig } from './test-support/module-rig.js';
-import { REFUSAL_INTERVAL_MS } from './secure/secure-area.js';
-import { MAX_FAILED_AUTH } from './commands/admin.js';
+import { cobsEncode } from '../../firmware/link/cobs.js';
+import { encodeMessage } from '../../firmware/link/codec.js';
+import { Kind } from '../../firmware/link/frame.js';
+import { Deframer } from '../../firmware/link/framer.js';
+import { AdminCmd, Group, InjectCmd, KeysCmd, SystemCmd } from '../../firmware/link/groups.js';
+import { parseSealedHeader } from '../../firmware/crypto/batch.js';
+import { makeAdminToken } from '../../firmware/crypto/token.js';
+import { prng } from '../../firmware/flash/faults.js';
+import { createInProcessPair } from '../../host-tools/transports/inproc.js';
+import { makeBatch, poolOf, startRig } from '../../host-tools/test-support/module-rig.js';
+import { REFUSAL_INTERVAL_MS } from '../../firmware/secure/secure-area.js';
+import { MAX_FAILED_AUTH } from '../../firmware/commands/admin.js';
 
 const FLOOD = 100_000;
 const HOUR = 3_600_000;
@@ -28,7 +28,7 @@ t.test(`${FLOOD} forged and malformed requests cost at most ${MAX_APPENDS} recor
   const rig = await startRig({ terminal: { clock: () => now } });
   t.teardown(() => rig.close());
   const genuine = makeBatch(rig.deviceKey, { bits: 8192, seq: 10 });
-  const { injectBatch } = await import('../host-tools/link/inject.js');
+  const { injectBatch } = await import('../../host-tools/link/inject.js');
   await injectBatch(rig.client, rig.params, genuine.sealed);
   const pool = poolOf(rig.terminal);
 

@@ -2,13 +2,13 @@
 // plaintext keys the batch carried (the station's view), and the other way; no key is used twice.
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
-import { injectBatch } from '../../host-tools/link/inject.js';
-import { decodeServiceHeader, encodeServiceHeader, otpOpen, sessionOpen, sessionSeal, splitOtpKey } from '../crypto/service.js';
-import type { KeyRange } from '../crypto/service.js';
-import { Group, KeysCmd } from '../link/groups.js';
-import { Rc } from '../link/errors.js';
-import { findWindows, makeBatch, poolOf, startRig } from '../test-support/module-rig.js';
-import type { Rig, TestBatch } from '../test-support/module-rig.js';
+import { injectBatch } from '../../../host-tools/link/inject.js';
+import { decodeServiceHeader, encodeServiceHeader, otpOpen, sessionOpen, sessionSeal, splitOtpKey } from '../../../firmware/crypto/service.js';
+import type { KeyRange } from '../../../firmware/crypto/service.js';
+import { Group, KeysCmd } from '../../../firmware/link/groups.js';
+import { Rc } from '../../../firmware/link/errors.js';
+import { findWindows, makeBatch, poolOf, startRig } from '../../../host-tools/test-support/module-rig.js';
+import type { Rig, TestBatch } from '../../../host-tools/test-support/module-rig.js';
 
 const same = (a: Uint8Array, b: Uint8Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(b);
 const linkError = (rc: number) => ({ name: 'LinkError', rc });

@@ -2,15 +2,15 @@
 // against a retry counter kept in flash, which locks the commands out for good at the limit.
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
-import { injectBatch } from '../../host-tools/link/inject.js';
-import { makeAdminToken } from '../crypto/token.js';
-import type { AdminCommand } from '../crypto/token.js';
-import { enrollFlash } from '../secure/enroll.js';
-import { AdminCmd, Group, KeysCmd, SystemCmd } from '../link/groups.js';
-import { Rc } from '../link/errors.js';
-import { findWindows, makeBatch, poolOf, poolRegion, startRig } from '../test-support/module-rig.js';
-import type { Rig } from '../test-support/module-rig.js';
-import { MAX_FAILED_AUTH } from './admin.js';
+import { injectBatch } from '../../../host-tools/link/inject.js';
+import { makeAdminToken } from '../../../firmware/crypto/token.js';
+import type { AdminCommand } from '../../../firmware/crypto/token.js';
+import { enrollFlash } from '../../../firmware/secure/enroll.js';
+import { AdminCmd, Group, KeysCmd, SystemCmd } from '../../../firmware/link/groups.js';
+import { Rc } from '../../../firmware/link/errors.js';
+import { findWindows, makeBatch, poolOf, poolRegion, startRig } from '../../../host-tools/test-support/module-rig.js';
+import type { Rig } from '../../../host-tools/test-support/module-rig.js';
+import { MAX_FAILED_AUTH } from '../../../firmware/commands/admin.js';
 
 const linkError = (rc: number, more: object = {}) => ({ name: 'LinkError', rc, ...more });
 const same = (a: Uint8Array, b: Uint8Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).equals(b);
