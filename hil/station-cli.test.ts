@@ -107,7 +107,7 @@ t.test('station status and a test uplink from the CLI; status against what is no
   // is refused before the terminal spends a key on the message.
   const spent = async () => (await qktJson<{ pool: { consumedKeyBits: number } }>(t, ['status', '--port', port])).pool.consumedKeyBits;
   const spentBefore = await spent();
-  failsWith(t, await runQkt(['station', 'uplink', '--port', port, '--station', station, '--cert', join(dir, 'ops')]), 2, /^qkt: --cert: the certificate is operator ops's, not terminal T1's: give its own \(qkt station cert --terminal T1\)$/, 'uplink with an operator certificate');
+  failsWith(t, await runQkt(['station', 'uplink', '--port', port, '--station', station, '--cert', join(dir, 'ops')]), 2, /^qkt: --cert: the certificate is operator ops's, not terminal T1's: give its own \(qkt station cert --terminal T1\); usage: qkt station uplink /, 'uplink with an operator certificate');
   failsWith(t, await runQkt(['station', 'uplink', '--port', port, '--station', station, '--cert', join(dir, 't2')]), 2, /^qkt: --cert: the certificate is terminal T2's; the terminal on the port is T1: give its own/, "uplink with another terminal's certificate");
   t.equal(await spent(), spentBefore, 'no key spent at the terminal for either');
   const t2 = await background(t, ['terminal', 'run', '--flash', join(dir, 'T2.img'), '--listen', 'tcp:127.0.0.1:0']);
