@@ -249,7 +249,12 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
         const keyBits = (station.consumedBits.get(terminalId) ?? 0) - before;
         const at = Date.now();
         appendFileSync(inbox, JSON.stringify({ at: new Date(at).toISOString(), terminal: terminalId, mode, counter, bytes: data.length, data: Buffer.from(data).toString('base64') }) + '\n', { mode: 0o600 });
-        store.recordUplink(terminalId, { at, mode, counter, bytes: data.length, keyBits });
+        try {
+          store.recordUplink(terminalId, { at, mode, counter, bytes: data.length, keyBits });
+        } catch (e) {
+          // Informational only: the uplink is opened and filed; STATUS shows an older last uplink.
+          log(`station: could not record ${terminalId}'s last uplink: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        }
         log(`station: ${terminalId} ${mode} uplink, ${data.length} bytes, ${keyBits} key bits`);
         return { n: data.length, keyBits };
       },
