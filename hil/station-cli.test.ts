@@ -14,6 +14,9 @@ import { randomBytes } from 'node:crypto';
 import type { Test } from 'tap';
 import { background, failsWith, qktJson, runQkt } from './e2e-rig.js';
 import { StationStore } from '../host-tools/station/store.js';
+import { LinkClient } from '../host-tools/link/client.js';
+import { connectTcp, parseTcpAddress } from '../host-tools/transports/tcp.js';
+import { Group, SystemCmd } from '../firmware/link/groups.js';
 
 t.setTimeout(240_000);
 
@@ -147,4 +150,26 @@ t.test('station status and a test uplink from the CLI; status against what is no
   failsWith(t, await runQkt(['status', '--port', hangup]), NO_DEVICE, new RegExp(`^qkt: ${hangup} did not answer as a terminal: it closed the connection without a reply$`), 'status against a socket that hangs up');
   // And the terminal itself still answers as one.
   t.match(await qktJson(t, ['status', '--port', port]), { terminalId: 'T1' });
+
+  // The KMD download port under a flood: 40 sockets that never send hold no slot against a real
+  // carrier, and a stranger's STATUS does not tell how many batches wait.
+  const { host: dlHost, port: dlPort } = parseTcpAddress(download);
+  const flood: net.Socket[] = [];
+  t.teardown(() => flood.forEach((s) => s.destroy()));
+  for (let i = 0; i < 40; i++) {
+    const s = net.connect({ host: dlHost, port: dlPort });
+    s.on('error', () => undefined);
+    s.resume();
+    flood.push(s);
+    await new Promise((r) => s.once('connect', r));
+  }
+  const peek = new LinkClient(await connectTcp(dlHost, dlPort));
+  await peek.negotiate();
+  t.same(Object.keys(await peek.request(Group.SYSTEM, SystemCmd.STATUS, {})).sort(), ['firmware', 'kmdId'], "a stranger's STATUS: no pending count");
+  await peek.close();
+  await qktJson(t, ['kmd', 'carrier', 'add', '--home', home, '--carrier', 'car2', '--dir', join(dir, 'car2')]);
+  const loaded = await qktJson<{ loaded: Array<{ terminalId: string }> }>(t, ['carrier', 'load', '--kmd', download, '--carrier', join(dir, 'car2'), '--terminal', 'T2', '--bits', '8192']);
+  t.same(loaded.loaded.map((l) => l.terminalId), ['T2'], 'the carrier loaded its batch through the flood');
+  t.ok(flood.filter((s) => s.destroyed || s.readableEnded).length >= 25, 'silent sockets were closed to make room');
+  t.match(kmd.stderr(), /download: tcp [^ ]+ closed to make room \(no valid frame yet; 16 connections open\)/, 'and the KMD logged it');
 });
