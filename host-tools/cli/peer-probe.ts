@@ -24,13 +24,18 @@ function plainProbe(host: string, port: number, ms: number): Promise<{ bytes: Bu
       resolve({ bytes: Buffer.concat(chunks), ended });
     };
     const timer = setTimeout(() => done('timeout'), ms);
-    s.on('connect', () => s.write(encodeMessage({ kind: Kind.REQUEST, group: Group.SYSTEM, command: SystemCmd.PARAMS, seq: 1, payload: { versions: [...SUPPORTED_VERSIONS] } })));
+    let connected = false;
+    s.on('connect', () => {
+      connected = true;
+      s.write(encodeMessage({ kind: Kind.REQUEST, group: Group.SYSTEM, command: SystemCmd.PARAMS, seq: 1, payload: { versions: [...SUPPORTED_VERSIONS] } }));
+    });
     s.on('data', (d: Buffer) => {
       chunks.push(d);
       size += d.length;
       if (size >= 64) done('timeout');
     });
-    s.on('error', () => done(size ? 'closed' : 'error'));
+    // A reset after the connection opened is a hang-up, not an unreachable port.
+    s.on('error', () => done(connected ? 'closed' : 'error'));
     s.on('close', () => done('closed'));
   });
 }
@@ -54,7 +59,7 @@ function tlsProbe(host: string, port: number, ms: number): Promise<string | unde
 }
 
 /** What listens on `tcp:HOST:PORT`, in a word (each look at most `ms`). */
-export async function probeTcpPeer(address: string, ms = 1500): Promise<PeerKind> {
+export async function probeTcpPeer(address: string, ms = 1000): Promise<PeerKind> {
   const { host, port } = parseTcpAddress(address);
   const plain = await plainProbe(host, port, ms);
   if (plain.ended === 'error' && plain.bytes.length === 0) return 'unreachable';
