@@ -16,7 +16,9 @@ import { background, failsWith, qktJson, runQkt } from './e2e-rig.js';
 import { StationStore } from '../host-tools/station/store.js';
 import { LinkClient } from '../host-tools/link/client.js';
 import { connectTcp, parseTcpAddress } from '../host-tools/transports/tcp.js';
-import { Group, SystemCmd } from '../firmware/link/groups.js';
+import { Group, StationCmd, SystemCmd } from '../firmware/link/groups.js';
+import { connectStation } from '../host-tools/station/connect.js';
+import { readClientPems } from '../host-tools/station/certs.js';
 
 t.setTimeout(240_000);
 
@@ -132,6 +134,23 @@ t.test('station status and a test uplink from the CLI; status against what is no
     'every terminal, in id order, over two pages',
   );
   t.match(all.terminals.find((r) => r.terminalId === 'X07'), { generation: null, storedKeyBits: 4096, lastUplink: null }, 'not enrolled at the KMD: generation null');
+  // The pages on the wire: at most 16 rows, `next` to go on; a terminal's certificate gets its own row whatever it asks.
+  const ops = new LinkClient(await connectStation(station, readClientPems(join(dir, 'ops'))));
+  await ops.negotiate();
+  const p1 = await ops.request(Group.STATION, StationCmd.STATUS, { max: 5 });
+  t.same([(p1['terminals'] as Row[]).map((r) => r.terminalId), p1['next']], [['T1', 'X00', 'X01', 'X02', 'X03'], 'X03'], 'max 5: five rows and next');
+  const p2 = await ops.request(Group.STATION, StationCmd.STATUS, { after: 'X02', max: 1000 });
+  t.same([(p2['terminals'] as Row[]).length, p2['next']], [16, 'X18'], 'capped at 16 rows');
+  const p3 = await ops.request(Group.STATION, StationCmd.STATUS, { after: 'X18' });
+  t.same([(p3['terminals'] as Row[]).map((r) => r.terminalId), p3['next']], [['X19'], undefined], 'the last page: no next');
+  const p4 = await ops.request(Group.STATION, StationCmd.STATUS, { after: 'X19' });
+  t.same([p4['terminals'], p4['next']], [[], undefined], 'past the end: no rows, no next');
+  await ops.close();
+  const mine = new LinkClient(await connectStation(station, readClientPems(join(dir, 't1'))));
+  await mine.negotiate();
+  const own1 = await mine.request(Group.STATION, StationCmd.STATUS, { after: 'X00', max: 16 });
+  t.same([(own1['terminals'] as Row[]).map((r) => r.terminalId), own1['next']], [['T1'], undefined], "a terminal's own row only");
+  await mine.close();
 
   // `qkt status` pointed at things that are not terminals: named, exit 3, one line.
   const stationTcp = station.replace(/^tls:/, 'tcp:');
@@ -170,6 +189,10 @@ t.test('station status and a test uplink from the CLI; status against what is no
   await qktJson(t, ['kmd', 'carrier', 'add', '--home', home, '--carrier', 'car2', '--dir', join(dir, 'car2')]);
   const loaded = await qktJson<{ loaded: Array<{ terminalId: string }> }>(t, ['carrier', 'load', '--kmd', download, '--carrier', join(dir, 'car2'), '--terminal', 'T2', '--bits', '8192']);
   t.same(loaded.loaded.map((l) => l.terminalId), ['T2'], 'the carrier loaded its batch through the flood');
+  // T2's module is replaced (enrolled again): its old certificate is refused at the STATUS check,
+  // before the module spends a key.
+  await qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', 'T2', '--flash', join(dir, 'T2b.img'), '--again']);
+  failsWith(t, await runQkt(['station', 'uplink', '--port', t2.ready['port'] as string, '--station', station, '--cert', join(dir, 't2')]), REFUSED, /^qkt: the station refused STATUS: .*cert generation 1 retired \(now 2\)/, 'a certificate of a retired generation');
   t.ok(flood.filter((s) => s.destroyed || s.readableEnded).length >= 25, 'silent sockets were closed to make room');
   t.match(kmd.stderr(), /download: tcp [^ ]+ closed to make room \(no valid frame yet; 16 connections open\)/, 'and the KMD logged it');
 });
