@@ -134,6 +134,12 @@ t.test('station status and a test uplink from the CLI; status against what is no
     'every terminal, in id order, over two pages',
   );
   t.match(all.terminals.find((r) => r.terminalId === 'X07'), { generation: null, storedKeyBits: 4096, lastUplink: null }, 'not enrolled at the KMD: generation null');
+  // --home: the same accounts read from the store itself, no service needed.
+  const local = await qktJson<{ station: string; terminals: Row[] }>(t, ['station', 'status', '--home', home]);
+  t.equal(local.station, join(home, 'station'));
+  t.same(local.terminals, all.terminals, '--home reads the same rows the station serves');
+  failsWith(t, await runQkt(['station', 'status'], { env: { QKT_HOME: '' } }), 2, /^qkt: give --station \[tls:\]HOST:PORT --cert DIR \(a running station\) or --home H \(its store\); usage: /, 'neither a station nor a home');
+  failsWith(t, await runQkt(['station', 'status', '--station', station]), 2, /^qkt: --station needs --cert DIR/, '--station without --cert');
   // The pages on the wire: at most 16 rows, `next` to go on; a terminal's certificate gets its own row whatever it asks.
   const ops = new LinkClient(await connectStation(station, readClientPems(join(dir, 'ops'))));
   await ops.negotiate();

@@ -263,14 +263,14 @@ export const commands: readonly CommandSpec[] = [
   },
   {
     path: ['station', 'status'],
-    summary: 'ask a running station for its key accounts per terminal and each one\'s last uplink',
-    usage: 'qkt station status --station [tls:]HOST:PORT --cert DIR [--json]',
-    examples: ['qkt station status --station tls:127.0.0.1:7200 --cert ./scada', 'qkt station status --station station.grid.example:7200 --cert ./scada --json'],
+    summary: "the station's key accounts per terminal and each one's last uplink: from a running station, or its store",
+    usage: 'qkt station status (--station [tls:]HOST:PORT --cert DIR | --home H) [--json]',
+    examples: ['qkt station status --station tls:127.0.0.1:7200 --cert ./scada', 'qkt station status --station station.grid.example:7200 --cert ./scada --json', 'qkt station status --home ./kmd'],
     options: {
-      station: { type: 'string', value: '[tls:]HOST:PORT', description: 'the running station (qkt station run) to ask' },
+      station: { type: 'string', value: '[tls:]HOST:PORT', description: 'the running station (qkt station run) to ask; needs --cert', defaultText: 'read the store of --home instead' },
       cert: { type: 'string', value: 'DIR', description: 'folder qkt station cert wrote: an operator certificate sees every terminal, a terminal certificate its own' },
+      home: { ...home, description: "without --station: read the station store of this KMD home (H/station) directly" },
     },
-    required: ['station', 'cert'],
     load: () => import('./commands/station-client.js').then((m) => m.stationStatus),
   },
   {

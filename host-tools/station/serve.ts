@@ -27,6 +27,7 @@ import { formatTlsAddress, listenTls, parseTlsAddress } from '../transports/tls.
 import type { TlsPems } from '../transports/tls.js';
 import { Station, StationError } from './station.js';
 import { roleOf } from './certs.js';
+import { accountRow } from './accounts.js';
 import type { StationRole } from './certs.js';
 import { StationStore, StationStoreError, stationServiceLockOptions } from './store.js';
 import { LockBusyError, lockSync } from '../lock.js';
@@ -273,10 +274,8 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
         const all = caller.kind === 'operator' ? store.terminals().filter((d) => after === undefined || d > after) : store.terminals().filter((d) => d === caller.id);
         const ids = all.slice(0, Math.max(max, 1));
         const terminals = ids.map((id) => {
-          const a = guard(() => store.account(id));
           const g = generationOf(id);
-          const u = store.lastUplink(id);
-          return { terminalId: id, generation: typeof g === 'number' ? g : null, ...a, lastUplink: u };
+          return guard(() => accountRow(store, id, typeof g === 'number' ? g : null));
         });
         return { terminals, ...(all.length > ids.length ? { next: ids[ids.length - 1]! } : {}) };
       },

@@ -1,11 +1,16 @@
 // `qkt station status` and `qkt station uplink`: the running master station from the CLI, over
 // mutual TLS with a certificate from `qkt station cert` (docs/station.md): its key accounts per
-// terminal and last uplinks (an operator's certificate: every terminal), and a test uplink from a
+// terminal and last uplinks (an operator's certificate: every terminal; or `--home H`: read from
+// the KMD home's station store, no service needed), and a test uplink from a
 // terminal module on a port through the station (the terminal's certificate). The work is in
 // host-tools/station/client.ts.
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { CliError, defineCommand, Exit, int, str } from '../command.js';
+import type { Values } from '../command.js';
+import { openKmd } from '../home.js';
+import { StationStore } from '../../station/store.js';
+import { accountRow } from '../../station/accounts.js';
 import { connectDevice } from '../../link/session.js';
 import { LinkClient } from '../../link/client.js';
 import { connectStation } from '../../station/connect.js';
@@ -77,15 +82,43 @@ export interface StationStatusResult {
   terminals: StatusRow[];
 }
 
+/** `--home H`: the accounts read from the KMD home's station store itself, no service needed. */
+function storeStatus(v: Values): StationStatusResult {
+  const home = openKmd(v);
+  const dir = home.path('station');
+  const generation = (id: string): number | null => {
+    try {
+      return home.terminal(id).generation ?? 1;
+    } catch {
+      return null; // not enrolled, or its record damaged (qkt kmd status names it)
+    }
+  };
+  if (!existsSync(dir)) return { station: dir, terminals: [] };
+  const store = new StationStore(dir);
+  try {
+    return { station: dir, terminals: store.terminals().map((id) => jsonRow(accountRow(store, id, generation(id)))) };
+  } finally {
+    store.close();
+  }
+}
+
+function jsonRow(r: StationTerminalRow): StatusRow {
+  return { ...r, lastUplink: r.lastUplink ? { ...r.lastUplink, at: new Date(r.lastUplink.at).toISOString() } : null };
+}
+
 export const stationStatus = defineCommand<StationStatusResult>({
   async run(v) {
+    if (str(v, 'station') === undefined) {
+      if (str(v, 'cert') !== undefined) throw new CliError('--cert goes with --station: give --station [tls:]HOST:PORT too, or --home H alone', Exit.USAGE);
+      if (str(v, 'home') === undefined && !process.env['QKT_HOME']) throw new CliError('give --station [tls:]HOST:PORT --cert DIR (a running station) or --home H (its store)', Exit.USAGE);
+      return storeStatus(v);
+    }
+    if (str(v, 'cert') === undefined) throw new CliError('--station needs --cert DIR (a certificate from qkt station cert)', Exit.USAGE);
+    if (str(v, 'home') !== undefined) throw new CliError('give --station with --cert, or --home, not both', Exit.USAGE);
     const { client, address } = await openStation(str(v, 'station')!, str(v, 'cert')!);
     try {
       const rows = await readStationStatus(client);
-      return {
-        station: address,
-        terminals: rows.map((r) => ({ ...r, lastUplink: r.lastUplink ? { ...r.lastUplink, at: new Date(r.lastUplink.at).toISOString() } : null })),
-      };
+      return { station: address, terminals: rows.map(jsonRow) };
     } catch (e) {
       throw cliError(e);
     } finally {
@@ -93,7 +126,7 @@ export const stationStatus = defineCommand<StationStatusResult>({
     }
   },
   render(r) {
-    if (r.terminals.length === 0) return `station ${r.station}: holds keys for no terminal (that this certificate may see)`;
+    if (r.terminals.length === 0) return `station ${r.station}: holds keys for no terminal${r.station.startsWith('tls:') ? ' (that this certificate may see)' : ''}`;
     const head = ['terminal', 'gen', 'remaining', 'usable', 'awaiting', 'used', 'batches', 'last uplink'];
     const lines = r.terminals.map((t) => [
       t.terminalId,
