@@ -276,7 +276,7 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['station', 'uplink'],
     summary: "send a test uplink from the terminal on a port through the station, and show the station's answer (spends key)",
-    usage: 'qkt station uplink --port PATH|auto|tcp:HOST:PORT --station [tls:]HOST:PORT --cert DIR [--mode otp|aead] [--data TEXT] [--json]',
+    usage: 'qkt station uplink --port PATH|auto|tcp:HOST:PORT --station [tls:]HOST:PORT --cert DIR [--mode otp|aead] [--data TEXT] [--vidpid VID:PID] [--baud N] [--json]',
     examples: [
       'qkt station uplink --port /dev/ttyUSB0 --station tls:10.0.0.5:7200 --cert ./t1-station',
       'qkt station uplink --port tcp:127.0.0.1:7000 --station tls:127.0.0.1:7200 --cert ./t1-station --mode aead --json',
