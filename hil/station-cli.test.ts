@@ -8,6 +8,8 @@
 // says what it found and exits 3, never a TypeError.
 import t from 'tap';
 import http from 'node:http';
+import tls from 'node:tls';
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -169,6 +171,12 @@ t.test('station status and a test uplink from the CLI; status against what is no
   t.teardown(() => web.close());
   const webPort = `tcp:127.0.0.1:${(web.address() as net.AddressInfo).port}`;
   failsWith(t, await runQkt(['status', '--port', webPort]), NO_DEVICE, new RegExp(`^qkt: ${webPort} is an HTTP server, not a terminal$`), 'status against an HTTP server');
+  // A TLS server that is not the station (the KMD's own server certificate, a plain TLS echo).
+  const other = tls.createServer({ key: readFileSync(join(home, 'pki', 'server.key')), cert: readFileSync(join(home, 'pki', 'server.crt')) }, (c) => c.on('error', () => undefined).pipe(c));
+  await new Promise<void>((r) => other.listen(0, '127.0.0.1', () => r()));
+  t.teardown(() => other.close());
+  const otherPort = `tcp:127.0.0.1:${(other.address() as net.AddressInfo).port}`;
+  failsWith(t, await runQkt(['status', '--port', otherPort]), NO_DEVICE, new RegExp(`^qkt: ${otherPort} speaks TLS, not the qkt link protocol: it is not a terminal$`), 'status against another TLS server');
   const silent = await server(t, () => undefined);
   failsWith(t, await runQkt(['status', '--port', silent]), NO_DEVICE, new RegExp(`^qkt: ${silent} did not answer as a terminal: the connection opened but nothing answered PARAMS$`), 'status against silence');
   const hangup = await server(t, (s) => s.destroy());
