@@ -264,6 +264,38 @@ export const commands: readonly CommandSpec[] = [
     load: () => import('./commands/station-cert.js').then((m) => m.default),
   },
   {
+    path: ['station', 'status'],
+    summary: "the station's key accounts per terminal and each one's last uplink: from a running station, or its store",
+    usage: 'qkt station status (--station [tls:]HOST:PORT --cert DIR | --home H) [--json]',
+    examples: ['qkt station status --station tls:127.0.0.1:7200 --cert ./scada', 'qkt station status --station station.grid.example:7200 --cert ./scada --json', 'qkt station status --home ./kmd'],
+    options: {
+      station: { type: 'string', value: '[tls:]HOST:PORT', description: 'the running station (qkt station run) to ask; needs --cert', defaultText: 'read the store of --home instead' },
+      cert: { type: 'string', value: 'DIR', description: 'folder qkt station cert wrote: an operator certificate sees every terminal, a terminal certificate its own' },
+      home: { ...home, description: "without --station: read the station store of this KMD home (H/station) directly" },
+    },
+    load: () => import('./commands/station-client.js').then((m) => m.stationStatus),
+  },
+  {
+    path: ['station', 'uplink'],
+    summary: "send a test uplink from the terminal on a port through the station, and show the station's answer (spends key)",
+    usage: 'qkt station uplink --port PATH|auto|tcp:HOST:PORT --station [tls:]HOST:PORT --cert DIR [--mode otp|aead] [--data TEXT] [--vidpid VID:PID] [--baud N] [--json]',
+    examples: [
+      'qkt station uplink --port /dev/ttyUSB0 --station tls:10.0.0.5:7200 --cert ./t1-station',
+      'qkt station uplink --port tcp:127.0.0.1:7000 --station tls:127.0.0.1:7200 --cert ./t1-station --mode aead --json',
+    ],
+    options: {
+      port,
+      vidpid,
+      baud,
+      station: { type: 'string', value: '[tls:]HOST:PORT', description: 'the running station (qkt station run) to send it to' },
+      cert: { type: 'string', value: 'DIR', description: "the terminal's station certificate folder (qkt station cert --terminal ID)" },
+      mode: { type: 'string', value: 'otp|aead', description: 'otp: one-time pad, 256 + 8 key bits per byte; aead: a session key (256 bits), and a downlink back under it', defaultText: 'otp' },
+      data: { type: 'string', value: 'TEXT', description: 'the service data to send (at most 4096 bytes); the station files it in its inbox', defaultText: '"qkt station uplink test"' },
+    },
+    required: ['port', 'station', 'cert'],
+    load: () => import('./commands/station-client.js').then((m) => m.stationUplink),
+  },
+  {
     path: ['terminal', 'run'],
     summary: 'run an emulated terminal module on a serial device or TCP',
     usage: 'qkt terminal run --flash FILE (--port PATH | --listen tcp:HOST:PORT) [--create-image] [--baud N] [--power-cut-after N] [--allow-shared-image]',

@@ -30,8 +30,16 @@ import { sharedRateLimited } from '../log-limit.js';
 
 export const KMD_FIRMWARE = `qkt-kmd ${FIRMWARE.split(' ')[1]}`;
 
+/** What a listener learns of one cable's session (download-port.ts: idle and login deadlines). */
+export interface DownloadHooks {
+  /** Every well-formed request frame. */
+  onFrame?: () => void;
+  /** A carrier authenticated (AUTH succeeded). */
+  onAuthenticated?: () => void;
+}
+
 /** Serve the download interface on one cable; each cable has its own authentication state. */
-export function serveDownload(home: KmdHome, transport: Transport, log: (line: string) => void = () => undefined): DeviceLink {
+export function serveDownload(home: KmdHome, transport: Transport, log: (line: string) => void = () => undefined, hooks: DownloadHooks = {}): DeviceLink {
   const limits = DEFAULT_LIMITS;
   // Anyone who reaches the port can fail authentication at will, under any carrier id they name:
   // those lines are limited (one a second across every connection), and the id is shown escaped.
@@ -103,6 +111,7 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
         const k = sessionKey(key, home.config.kmdId, c.carrierId, c.bytes, nonce);
         key.fill(0);
         session = { carrierId: c.carrierId, key: k, counters: new ReplayWindow() };
+        hooks.onAuthenticated?.();
         log(`download: carrier ${printable(c.carrierId, 40)} authenticated`);
         // Counter 0, sealed: the carrier learns that this KMD holds its key too.
         return seal(k, TO_CARRIER, DownloadCmd.AUTH, 0, { carrier: c.carrierId });
@@ -159,11 +168,13 @@ export function serveDownload(home: KmdHome, transport: Transport, log: (line: s
   dispatcher.register(
     systemGroup({
       params: () => ({ maxFrame: limits.maxBody, window: limits.window, maxChunk, firmware: KMD_FIRMWARE }),
-      status: () => ({ kmdId: home.config.kmdId, firmware: KMD_FIRMWARE, pending: pending().length }),
+      // What the outbox holds is told only inside an authenticated session (3.11.7): a stranger
+      // learns the KMD's id (HELLO says it too) and firmware, not how many batches wait.
+      status: () => ({ kmdId: home.config.kmdId, firmware: KMD_FIRMWARE, ...(session ? { pending: pending().length } : {}) }),
     }),
   );
   dispatcher.register(group);
-  return new DeviceLink(transport, dispatcher, limits);
+  return new DeviceLink(transport, dispatcher, limits, hooks.onFrame ? { onFrame: hooks.onFrame } : {});
 }
 
 /**

@@ -14,7 +14,9 @@ import type { KeySupply } from './supply.js';
 import { lockSync } from '../lock.js';
 import { serveDownload } from './download.js';
 import { openSerial } from '../transports/serial.js';
-import { isTcpAddress, listenTcp, parseTcpAddress } from '../transports/tcp.js';
+import { isTcpAddress, parseTcpAddress } from '../transports/tcp.js';
+import { listenDownloadPort } from './download-port.js';
+import type { DownloadPortOptions } from './download-port.js';
 
 export function pkiDir(home: KmdHome): string {
   return home.path('pki');
@@ -42,7 +44,16 @@ function lockedSupply(home: KmdHome): KeySupply {
   };
 }
 
-export async function startKmdServer(home: KmdHome, o: { listen: string; download?: string; plainHttp?: boolean; log?: (line: string) => void }): Promise<KmdServer> {
+export interface KmdServerOptions {
+  listen: string;
+  download?: string;
+  plainHttp?: boolean;
+  log?: (line: string) => void;
+  /** Limits of the download interface on TCP (download-port.ts; defaults DOWNLOAD_PORT_LIMITS). */
+  downloadLimits?: Omit<DownloadPortOptions, 'log'>;
+}
+
+export async function startKmdServer(home: KmdHome, o: KmdServerOptions): Promise<KmdServer> {
   const serveLock = lockSync(home.dir, serveLockOptions(home.dir));
   try {
     return await startLocked(home, o, () => serveLock.release());
@@ -52,7 +63,7 @@ export async function startKmdServer(home: KmdHome, o: { listen: string; downloa
   }
 }
 
-async function startLocked(home: KmdHome, o: { listen: string; download?: string; plainHttp?: boolean; log?: (line: string) => void }, unlock: () => void): Promise<KmdServer> {
+async function startLocked(home: KmdHome, o: KmdServerOptions, unlock: () => void): Promise<KmdServer> {
   const log = o.log ?? (() => undefined);
   const { host, port } = parseTcpAddress(o.listen);
   await home.locked(() => ensurePki(home));
@@ -70,10 +81,10 @@ async function startLocked(home: KmdHome, o: { listen: string; download?: string
   if (o.download) {
     if (isTcpAddress(o.download)) {
       const a = parseTcpAddress(o.download);
-      // Each connection is its own download session; listenTcp keeps (and drops on close) the live ones.
-      const l = await listenTcp(a.host, a.port, (t) => void serveDownload(home, t, log));
-      download = `tcp:${l.address.host}:${l.address.port}`;
-      closers.push(() => l.close());
+      // Each connection is its own download session, within the port's limits on strangers.
+      const { listener } = await listenDownloadPort(home, a.host, a.port, { ...o.downloadLimits, log });
+      download = `tcp:${listener.address.host}:${listener.address.port}`;
+      closers.push(() => listener.close());
     } else {
       const t = await openSerial(o.download);
       serveDownload(home, t, log);

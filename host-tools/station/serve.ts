@@ -16,7 +16,7 @@ import type { CommandGroup } from '../../firmware/link/dispatch.js';
 import { DeviceLink } from '../../firmware/link/device-link.js';
 import { Group, StationCmd } from '../../firmware/link/groups.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
-import { bytes, text, uint } from '../../firmware/link/fields.js';
+import { bytes, optionalUint, text, uint } from '../../firmware/link/fields.js';
 import { systemGroup } from '../../firmware/commands/system.js';
 import { DEFAULT_LIMITS, CHUNK_OVERHEAD } from '../../firmware/terminal.js';
 import { decodeServiceHeader } from '../../firmware/crypto/service.js';
@@ -27,6 +27,7 @@ import { formatTlsAddress, listenTls, parseTlsAddress } from '../transports/tls.
 import type { TlsPems } from '../transports/tls.js';
 import { Station, StationError } from './station.js';
 import { roleOf } from './certs.js';
+import { accountRow } from './accounts.js';
 import type { StationRole } from './certs.js';
 import { StationStore, StationStoreError, stationServiceLockOptions } from './store.js';
 import { LockBusyError, lockSync } from '../lock.js';
@@ -36,6 +37,9 @@ import { DamagedFileError, readJsonFile } from '../json-file.js';
 export const STATION_FIRMWARE = `qkt-station ${FIRMWARE.split(' ')[1]}`;
 
 const NO_ROLE = 'certificate names no station role; issue one with qkt station cert';
+
+/** Most rows of one STATUS reply (docs/protocol.md 3.12.3): 16 rows fit a frame with room to spare. */
+export const STATUS_PAGE = 16;
 
 /** Defaults of the limits below (docs/station.md "What strangers cost"). */
 export const STATION_LIMITS = { maxPerIdentity: 8, idleTimeoutMs: 300_000 } as const;
@@ -240,11 +244,18 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
       [StationCmd.UPLINK]: (p) => {
         const terminalId = known(entitled(caller, text(p, 't', 32)));
         const m = bytes(p, 'm', maxChunk);
-        const mode = guard(() => decodeServiceHeader(m).header.mode);
+        const { mode, counter } = guard(() => decodeServiceHeader(m).header);
         const before = station.consumedBits.get(terminalId) ?? 0;
         const data = guard(() => station.openUplink(terminalId, m));
         const keyBits = (station.consumedBits.get(terminalId) ?? 0) - before;
-        appendFileSync(inbox, JSON.stringify({ at: new Date().toISOString(), terminal: terminalId, mode, bytes: data.length, data: Buffer.from(data).toString('base64') }) + '\n', { mode: 0o600 });
+        const at = Date.now();
+        appendFileSync(inbox, JSON.stringify({ at: new Date(at).toISOString(), terminal: terminalId, mode, counter, bytes: data.length, data: Buffer.from(data).toString('base64') }) + '\n', { mode: 0o600 });
+        try {
+          store.recordUplink(terminalId, { at, mode, counter, bytes: data.length, keyBits });
+        } catch (e) {
+          // Informational only: the uplink is opened and filed; STATUS shows an older last uplink.
+          log(`station: could not record ${terminalId}'s last uplink: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        }
         log(`station: ${terminalId} ${mode} uplink, ${data.length} bytes, ${keyBits} key bits`);
         return { n: data.length, keyBits };
       },
@@ -254,17 +265,19 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
         const m = guard(() => station.sealDownlink(terminalId, range, bytes(p, 'd', 4096)));
         return { m };
       },
-      [StationCmd.STATUS]: () => {
+      [StationCmd.STATUS]: (p) => {
         if (!caller) return deny(NO_ROLE);
         if (caller.kind === 'terminal') current(caller);
-        // An operator sees every terminal's account, a terminal its own.
-        const ids = caller.kind === 'operator' ? store.terminals() : store.terminals().filter((d) => d === caller.id);
-        return {
-          terminals: ids.map((id) => {
-            const s = guard(() => store.status(id));
-            return { terminalId: id, storedKeyBits: s.storedKeyBits, consumedKeyBits: s.consumedKeyBits, activeBatches: s.active.length, inactiveBatches: s.inactive.length };
-          }),
-        };
+        const after = p['after'] === undefined ? undefined : text(p, 'after', 32);
+        const max = Math.min(optionalUint(p, 'max', 2 ** 32 - 1) ?? STATUS_PAGE, STATUS_PAGE);
+        // An operator sees every terminal's account, a page at a time in id order; a terminal its own.
+        const all = caller.kind === 'operator' ? store.terminals().filter((d) => after === undefined || d > after) : store.terminals().filter((d) => d === caller.id);
+        const ids = all.slice(0, Math.max(max, 1));
+        const terminals = ids.map((id) => {
+          const g = generationOf(id);
+          return guard(() => accountRow(store, id, typeof g === 'number' ? g : null));
+        });
+        return { terminals, ...(all.length > ids.length ? { next: ids[ids.length - 1]! } : {}) };
       },
     },
   });

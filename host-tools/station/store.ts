@@ -12,7 +12,7 @@
 // mid-operation still leaves the others a token they have not seen) and again after its last,
 // and a token other than the one this process saw last means remount. So no two processes ever hold one image in RAM and write it, and a
 // running station serves batches exported after it started.
-import { existsSync, mkdirSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
@@ -42,6 +42,31 @@ export class StationStoreError extends Error {
     super(message);
     this.name = 'StationStoreError';
   }
+}
+
+/** The last uplink the station opened for a terminal (`<terminal>/last-uplink.json`). */
+export interface LastUplink {
+  /** When the station opened it, ms since the Unix epoch. */
+  at: number;
+  mode: 'otp' | 'aead';
+  /** The service header's counter: the AEAD nonce counter or the OTP message number. */
+  counter: number;
+  /** Bytes of service data. */
+  bytes: number;
+  /** Key bits the station consumed for it. */
+  keyBits: number;
+}
+
+/** One terminal's key account at the station (STATION STATUS, docs/protocol.md 3.12.3). */
+export interface StationAccount {
+  storedKeyBits: number;
+  maxKeyBits: number;
+  consumedKeyBits: number;
+  activeBatches: number;
+  inactiveBatches: number;
+  /** Of storedKeyBits: in batches whose delivery is proven, and in batches still awaiting it. */
+  activeKeyBits: number;
+  inactiveKeyBits: number;
 }
 
 export interface StationBatchMeta {
@@ -413,6 +438,69 @@ export class StationStore {
       const list = Object.values(st.batches);
       return { ...s, active: list.filter((b) => b.active).map((b) => b.batchId), inactive: list.filter((b) => !b.active).map((b) => b.batchId) };
     });
+  }
+
+  /** The terminal's key account: what the pool holds, split by activation, and what it used. */
+  account(terminalId: string): StationAccount {
+    return this.withPool(terminalId, false, (pool) => {
+      const s = pool.status();
+      const st = this.state(terminalId);
+      let activeKeyBits = 0;
+      let inactiveKeyBits = 0;
+      for (const b of s.batches) {
+        const left = b.bits - b.consumedBits;
+        if (st.batches[String(b.batchId)]?.active) activeKeyBits += left;
+        else inactiveKeyBits += left;
+      }
+      const list = Object.values(st.batches);
+      const activeBatches = list.filter((b) => b.active).length;
+      return {
+        storedKeyBits: s.storedKeyBits,
+        maxKeyBits: s.maxKeyBits,
+        consumedKeyBits: s.consumedKeyBits,
+        activeBatches,
+        inactiveBatches: list.length - activeBatches,
+        activeKeyBits,
+        inactiveKeyBits,
+      };
+    });
+  }
+
+  private lastUplinkPath(terminalId: string): string {
+    return join(this.dir, terminalId, 'last-uplink.json');
+  }
+
+  /**
+   * Record the last uplink opened for the terminal. Its one writer is the station service (it
+   * holds the store's service lock); replaced by rename, not synced: informational, so after a
+   * power loss it may name an earlier uplink (inbox.jsonl has them all).
+   */
+  recordUplink(terminalId: string, u: LastUplink): void {
+    const p = this.lastUplinkPath(terminalId);
+    const tmp = `${p}.tmp-${process.pid}`;
+    writeFileSync(tmp, JSON.stringify(u) + '\n', { mode: 0o600 });
+    renameSync(tmp, p);
+  }
+
+  /** The last uplink recorded for the terminal, or null (none yet, or the file is not one). */
+  lastUplink(terminalId: string): LastUplink | null {
+    let u: unknown;
+    try {
+      u = readJsonFile(this.lastUplinkPath(terminalId), 4096);
+    } catch (e) {
+      if (e instanceof DamagedFileError) return null;
+      throw e;
+    }
+    const x = u as Partial<LastUplink> | undefined;
+    const ok =
+      x !== null &&
+      typeof x === 'object' &&
+      Number.isSafeInteger(x.at) &&
+      (x.mode === 'otp' || x.mode === 'aead') &&
+      Number.isSafeInteger(x.counter) &&
+      Number.isSafeInteger(x.bytes) &&
+      Number.isSafeInteger(x.keyBits);
+    return ok ? { at: x.at!, mode: x.mode!, counter: x.counter!, bytes: x.bytes!, keyBits: x.keyBits! } : null;
   }
 
   close(): void {

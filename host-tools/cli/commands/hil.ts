@@ -21,6 +21,7 @@ const SUITES = [
   'hil/e2e-offline.test.ts',
   'hil/station-run.test.ts',
   'hil/station-auth.test.ts',
+  'hil/station-cli.test.ts',
   'hil/multi-client.test.ts',
   'hil/carrier-drive.test.ts',
   'hil/carrier-dir.test.ts',

@@ -1,10 +1,13 @@
-// `qkt status --port PATH`: identity, firmware and key pool of the terminal on a port.
-import { defineCommand, int, str } from '../command.js';
+// `qkt status --port PATH`: identity, firmware and key pool of the terminal on a port. Something
+// else on the port (a KMD download port, a station, an HTTP server, silence) is named as such,
+// exit 3, never read as a terminal.
+import { CliError, defineCommand, Exit, int, str } from '../command.js';
 import { connectDevice } from '../../link/session.js';
 import { Group, SystemCmd } from '../../../firmware/link/groups.js';
 import { formatBits } from '../../units.js';
 import { resolvePort } from '../port-select.js';
 import { printable } from '../../peer-text.js';
+import { isTcpAddress } from '../../transports/tcp.js';
 
 export interface StatusResult {
   port: string;
@@ -29,13 +32,42 @@ interface AuditLine {
   first?: number;
 }
 
+/** A device that answered "too many connections": it is a terminal, and busy (exit 7 stays). */
+function isBusy(e: unknown): boolean {
+  return (e as { exitCode?: unknown })?.exitCode === Exit.BUSY || /refused the connection/.test((e as Error)?.message ?? '');
+}
+
+function isPoolStatus(p: unknown): p is StatusResult['pool'] {
+  const x = p as Record<string, unknown> | null;
+  const n = (v: unknown) => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+  return x !== null && typeof x === 'object' && n(x['storedKeyBits']) && n(x['maxKeyBits']) && n(x['consumedKeyBits']) && Array.isArray(x['batches']);
+}
+
 export default defineCommand<StatusResult>({
   async run(v) {
     const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
     const baud = int(v, 'baud', 300, 12_000_000);
-    const s = await connectDevice(port, baud ? { baud } : {});
+    let s;
     try {
+      s = await connectDevice(port, baud ? { baud } : {});
+    } catch (e) {
+      // On TCP, one short look at what is there instead (peer-probe.ts, loaded only now).
+      if (isTcpAddress(port) && !isBusy(e)) {
+        const { notATerminal, probeTcpPeer } = await import('../peer-probe.js');
+        const found = notATerminal(port, await probeTcpPeer(port));
+        if (found) throw new CliError(found, Exit.NO_DEVICE);
+      }
+      throw e;
+    }
+    try {
+      // The KMD's download port and the station speak the same link but are not terminals.
+      const fw = String(s.params.firmware ?? '');
+      if (fw.startsWith('qkt-kmd')) throw new CliError(`${port} is a qkt KMD download port (${fw}), not a terminal: use qkt carrier load --kmd ${port}`, Exit.NO_DEVICE);
+      if (fw.startsWith('qkt-station')) throw new CliError(`${port} is a qkt station (${fw}), not a terminal: use qkt station status`, Exit.NO_DEVICE);
       const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
+      if (!isPoolStatus(st['pool'])) {
+        throw new CliError(`${port} answered, but not as a terminal: its STATUS has no key pool (firmware ${JSON.stringify(fw.slice(0, 40))})`, Exit.NO_DEVICE);
+      }
       const { link: _deviceLinkStats, ...rest } = st;
       const link = { maxFrame: s.params.maxFrame, window: s.params.window, protocolVersions: s.params.versions };
       const result = { ...rest, port, link } as StatusResult;
