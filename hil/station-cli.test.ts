@@ -63,7 +63,7 @@ t.test('station status and a test uplink from the CLI; status against what is no
   const home = join(dir, 'kmd');
   await qktJson(t, ['kmd', 'init', '--home', home, '--stock', '4Mbit']);
   for (const id of ['T1', 'T2']) await qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', id, '--flash', join(dir, `${id}.img`)]);
-  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'car'), '--terminal', 'T1', '--bits', '1Mbit']);
+  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'car'), '--terminal', 'T1', '--bits', '1Mbit', '--init']);
   await qktJson(t, ['station', 'cert', '--home', home, '--terminal', 'T1', '--out', join(dir, 't1')]);
   await qktJson(t, ['station', 'cert', '--home', home, '--terminal', 'T2', '--out', join(dir, 't2')]);
   await qktJson(t, ['station', 'cert', '--home', home, '--operator', 'ops', '--out', join(dir, 'ops')]);
