@@ -39,6 +39,7 @@ interface Row {
   activeKeyBits: number;
   inactiveKeyBits: number;
   lastUplink: { at: string; mode: string; counter: number; bytes: number; keyBits: number } | null;
+  forecast: { keyBitsPerDay: number; basisDays: number; daysLeft: number } | null;
 }
 
 /** A TCP server on 127.0.0.1 that does `onSocket` with each connection; closed when the test ends. */
@@ -83,6 +84,7 @@ t.test('station status and a test uplink from the CLI; status against what is no
     'one terminal, its batch inactive, no uplink yet',
   );
   t.ok(before.terminals[0]!.maxKeyBits >= 1 << 20, 'its pool size');
+  t.equal(before.terminals[0]!.forecast, null, 'no forecast before any key is used');
 
   // A test uplink, OTP: the station opened it, and says so.
   const otp = await qktJson<Record<string, unknown>>(t, ['station', 'uplink', '--port', port, '--station', station, '--cert', join(dir, 't1'), '--data', 'hello station']);
@@ -102,10 +104,14 @@ t.test('station status and a test uplink from the CLI; status against what is no
   t.same([row.activeBatches, row.inactiveBatches, row.activeKeyBits, row.inactiveKeyBits], [1, 0, row.storedKeyBits, 0], 'the batch is active: its first use proved delivery');
   t.match(row.lastUplink, { mode: 'aead', counter: 0, bytes: 23, keyBits: 256 });
   t.ok(Math.abs(Date.parse(row.lastUplink!.at) - Date.now()) < 600_000 && /Z$/.test(row.lastUplink!.at), 'its time, ISO 8601 UTC');
+  // The forecast: today's 616 key bits a day (two days' worth if the uplinks straddled midnight UTC).
+  const f = row.forecast!;
+  t.ok(f && f.basisDays >= 1 && f.basisDays <= 2 && f.keyBitsPerDay === Math.ceil(row.consumedKeyBits / f.basisDays), `the use per day: ${JSON.stringify(f)}`);
+  t.equal(f.daysLeft, Math.floor(row.storedKeyBits / f.keyBitsPerDay), 'the days the remaining keys last');
   const human = await runQkt(['station', 'status', '--station', station, '--cert', join(dir, 'ops')]);
   t.equal(human.code, 0);
-  t.match(human.stdout, /^terminal\s+gen\s+remaining\s+usable\s+awaiting\s+used\s+batches\s+last uplink$/m);
-  t.match(human.stdout, /^T1\s+1\s+\S+ \S+\s+\S+ \S+\s+0 bit\s+\S+ \S+\s+1\+0\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ aead #0, 23 B$/m);
+  t.match(human.stdout, /^terminal\s+gen\s+remaining\s+usable\s+awaiting\s+used\s+batches\s+lasts\s+last uplink$/m);
+  t.match(human.stdout, new RegExp(`^T1\\s+1\\s+\\S+ \\S+\\s+\\S+ \\S+\\s+0 bit\\s+\\S+ \\S+\\s+1\\+0\\s+${f.daysLeft} d\\s+\\d{4}-\\d\\d-\\d\\d \\d\\d:\\d\\d:\\d\\dZ aead #0, 23 B$`, 'm'));
   // A terminal's certificate sees its own row only.
   const own = await qktJson<{ terminals: Row[] }>(t, ['station', 'status', '--station', station, '--cert', join(dir, 't2')]);
   t.same(own.terminals, [], "T2's certificate: T2 has no keys at the station, and T1's row is not shown");

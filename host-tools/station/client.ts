@@ -17,6 +17,18 @@ export interface StationTerminalRow extends StationAccount {
   /** The terminal's device generation at the KMD; null when it is not enrolled there (or its record is damaged). */
   generation: number | null;
   lastUplink: LastUplink | null;
+  /** When its keys run out at its recent use (docs/protocol.md 3.12.3); null: no use in the last 30 days. */
+  forecast: StationForecast | null;
+}
+
+/** The station's forecast for one terminal's keys. */
+export interface StationForecast {
+  /** Key bits a day its uplinks used, averaged over `basisDays`. */
+  keyBitsPerDay: number;
+  /** UTC days the average covers: from its first day with use in the last 30 to today. */
+  basisDays: number;
+  /** Whole days the key bits the station holds for it last at that rate. */
+  daysLeft: number;
 }
 
 /** The station (or what answered in its place) sent something the protocol does not allow. */
@@ -80,6 +92,12 @@ function row(x: unknown): StationTerminalRow {
     if (typeof u !== 'object' || !count(u['at']) || (u['mode'] !== 'otp' && u['mode'] !== 'aead') || !count(u['counter']) || !count(u['bytes']) || !count(u['keyBits'])) bad('lastUplink');
     lastUplink = { at: u['at'] as number, mode: u['mode'] as 'otp' | 'aead', counter: u['counter'] as number, bytes: u['bytes'] as number, keyBits: u['keyBits'] as number };
   }
+  const f = r['forecast'] as Record<string, unknown> | null | undefined;
+  let forecast: StationForecast | null = null;
+  if (f !== undefined && f !== null) {
+    if (typeof f !== 'object' || !count(f['keyBitsPerDay']) || !count(f['basisDays']) || !count(f['daysLeft']) || f['keyBitsPerDay'] === 0 || f['basisDays'] === 0) bad('forecast');
+    forecast = { keyBitsPerDay: f['keyBitsPerDay'] as number, basisDays: f['basisDays'] as number, daysLeft: f['daysLeft'] as number };
+  }
   return {
     terminalId: id,
     generation: typeof g === 'number' ? g : null,
@@ -91,6 +109,7 @@ function row(x: unknown): StationTerminalRow {
     activeKeyBits: (r['activeKeyBits'] as number | undefined) ?? 0,
     inactiveKeyBits: (r['inactiveKeyBits'] as number | undefined) ?? 0,
     lastUplink,
+    forecast,
   };
 }
 

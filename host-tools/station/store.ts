@@ -44,6 +44,10 @@ export class StationStoreError extends Error {
   }
 }
 
+const DAY_MS = 86_400_000;
+/** Days of key use the forecast looks back on (`station status`). */
+export const USAGE_DAYS = 30;
+
 /** The last uplink the station opened for a terminal (`<terminal>/last-uplink.json`). */
 export interface LastUplink {
   /** When the station opened it, ms since the Unix epoch. */
@@ -477,9 +481,31 @@ export class StationStore {
    */
   recordUplink(terminalId: string, u: LastUplink): void {
     const p = this.lastUplinkPath(terminalId);
+    // The key bits used per UTC day, the last USAGE_DAYS days only: what the forecast reads
+    // (accounts.ts). Bounded: a decade of uplinks keeps 30 pairs.
+    const day = Math.floor(u.at / DAY_MS);
+    const days = this.usageDays(terminalId).filter(([d]) => d > day - USAGE_DAYS && d <= day);
+    const today = days.find(([d]) => d === day);
+    if (today) today[1] += u.keyBits;
+    else days.push([day, u.keyBits]);
     const tmp = `${p}.tmp-${process.pid}`;
-    writeFileSync(tmp, JSON.stringify(u) + '\n', { mode: 0o600 });
+    writeFileSync(tmp, JSON.stringify({ ...u, days }) + '\n', { mode: 0o600 });
     renameSync(tmp, p);
+  }
+
+  /** Key bits used per UTC day (`[day since the epoch, bits]`, oldest first), as recordUplink kept them; [] if none or damaged. */
+  usageDays(terminalId: string): Array<[number, number]> {
+    let u: unknown;
+    try {
+      u = readJsonFile(this.lastUplinkPath(terminalId), 4096);
+    } catch (e) {
+      if (e instanceof DamagedFileError) return [];
+      throw e;
+    }
+    const days = (u as { days?: unknown } | null | undefined)?.days;
+    if (!Array.isArray(days) || days.length > USAGE_DAYS) return [];
+    const ok = days.every((x) => Array.isArray(x) && x.length === 2 && Number.isSafeInteger(x[0]) && Number.isSafeInteger(x[1]) && x[1] >= 0);
+    return ok ? (days as Array<[number, number]>).map(([d, b]): [number, number] => [d, b]).sort((a, b) => a[0] - b[0]) : [];
   }
 
   /** The last uplink recorded for the terminal, or null (none yet, or the file is not one). */
