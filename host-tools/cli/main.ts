@@ -30,6 +30,9 @@ function findGroup(argv: string[]): string[] {
   return words;
 }
 
+/** How long a command may take to stop after the first SIGINT/SIGTERM before main ends it. */
+const STOP_GRACE_MS = 2000;
+
 export async function main(argv: string[]): Promise<number> {
   const json = argv.includes('--json');
   const asksHelp = argv.includes('--help') || argv.includes('-h');
@@ -98,17 +101,41 @@ export async function main(argv: string[]): Promise<number> {
 
   // Only now the command's modules (and the lock, progress and error helpers) load: help and usage
   // errors above stay fast to start.
-  const [impl, { setLockCommand }, { ttyProgress }, { describeError }] = await Promise.all([command.load(), import('../lock.js'), import('./progress.js'), import('./errors.js')]);
+  const [impl, { setLockCommand }, { ttyProgress }, { describeError }, { StoppedError }] = await Promise.all([
+    command.load(),
+    import('../lock.js'),
+    import('./progress.js'),
+    import('./errors.js'),
+    import('../link/stop.js'),
+  ]);
   // Locks this command takes name it: "KMD home H is in use by pid N (qkt carrier load, ...)".
-  setLockCommand(`qkt ${command.path.join(' ')}`);
+  const name = `qkt ${command.path.join(' ')}`;
+  setLockCommand(name);
   let stop: () => void = () => undefined;
   const stopped = new Promise<void>((resolve) => (stop = resolve));
-  // The first SIGINT/SIGTERM asks the command to stop cleanly (it unwinds, releasing its locks);
-  // a second one ends the process at once (the 'exit' hook still releases the locks).
-  let signalled = 0;
+  const abort = new AbortController();
+  // The first SIGINT/SIGTERM asks the command to stop cleanly: io.stopped resolves and io.signal
+  // aborts (a transfer stops at a chunk boundary, the command unwinds releasing its locks and
+  // says what state things are in). A command still running STOP_GRACE_MS later is ended here
+  // with exit 130/143 (the locks' exit hook releases them); a second signal ends it at once.
+  let signalled: NodeJS.Signals | undefined;
+  let graceTimer: NodeJS.Timeout | undefined;
+  const signalExit = (sig: NodeJS.Signals) => (sig === 'SIGTERM' ? Exit.TERMINATED : Exit.INTERRUPTED);
   const onSignal = (sig: NodeJS.Signals) => {
-    if (++signalled > 1) process.exit(sig === 'SIGINT' ? 130 : 143);
+    if (signalled) {
+      io.progress.done();
+      fail(`stopped at once (${sig} again): ${name} was cut short; what it was doing may be half done (an inject resumes when run again)`, signalExit(sig));
+      process.exit(signalExit(sig));
+    }
+    signalled = sig;
+    abort.abort(new StoppedError(sig));
     stop();
+    graceTimer = setTimeout(() => {
+      io.progress.done();
+      fail(`stopped (${sig}): ${name} did not finish; what it was doing may be half done (an inject resumes when run again)`, signalExit(sig));
+      process.exit(signalExit(sig));
+    }, STOP_GRACE_MS);
+    graceTimer.unref();
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
@@ -121,6 +148,7 @@ export async function main(argv: string[]): Promise<number> {
     log: (line) => void process.stderr.write(line + '\n'),
     progress: ttyProgress(process.stderr, !json && process.stderr.isTTY === true),
     stopped,
+    signal: abort.signal,
     ready: (result, human) => {
       readyPrinted = true;
       process.stdout.write(json ? JSON.stringify(result) + '\n' : human + '\n');
@@ -141,11 +169,14 @@ export async function main(argv: string[]): Promise<number> {
     return Exit.OK;
   } catch (e) {
     io.progress.done();
-    const { message, exitCode } = describeError(e);
+    let { message, exitCode } = describeError(e);
+    // Failing while stopping on request: the stop is the reason (the command's words follow).
+    if (signalled && !(e instanceof StoppedError)) ({ message, exitCode } = { message: `stopped (${signalled}): ${message}`, exitCode: signalExit(signalled) });
     // A value the command refused (`--bits -1`, two of --kmd/--home): show the right form too.
     const form = e instanceof CliError && exitCode === Exit.USAGE && !message.includes('usage: ') ? `; usage: ${command.usage}` : '';
     return fail(message + form, exitCode);
   } finally {
+    clearTimeout(graceTimer);
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }

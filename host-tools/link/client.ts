@@ -9,6 +9,7 @@ import { Kind, SUPPORTED_VERSIONS } from '../../firmware/link/frame.js';
 import { Group, SystemCmd } from '../../firmware/link/groups.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
 import type { Transport } from '../../firmware/link/transport.js';
+import { abortable, sleep, throwIfStopped } from './stop.js';
 
 /** Times a request answered BUSY is sent again (pauses of 25 ms doubling to 400 ms: about 2.4 s in all). */
 const BUSY_RETRIES = 10;
@@ -53,6 +54,8 @@ export interface RequestOptions {
   retries?: number;
   /** Expected response size in bytes, to scale the timeout. */
   expectBytes?: number;
+  /** Stop waiting at once when this aborts (StoppedError); a late answer is then a stray. */
+  signal?: AbortSignal;
 }
 
 interface Pending {
@@ -76,6 +79,8 @@ export class LinkClient {
   private unsentBytes = 0;
   /** Responses that matched no pending request (late answers to a retried request). */
   strayResponses = 0;
+  /** When bytes last came from the device (performance.now()); the client's creation before any. */
+  lastReceiveAt = performance.now();
   params: DeviceParams | undefined;
 
   constructor(
@@ -119,16 +124,17 @@ export class LinkClient {
         return await this.requestOnce(group, command, payload, opts);
       } catch (e) {
         if (!(e instanceof LinkError && e.rc === Rc.BUSY) || busy >= BUSY_RETRIES || this.closed) throw e;
-        await new Promise((r) => setTimeout(r, Math.min(400, 25 * 2 ** busy)));
+        await sleep(Math.min(400, 25 * 2 ** busy), opts.signal);
       }
     }
   }
 
   private async requestOnce(group: number, command: number, payload: Payload, opts: RequestOptions): Promise<Payload> {
     if (this.closed) throw this.closed;
+    throwIfStopped(opts.signal);
     const seq = this.nextSeq();
     const frame = encodeMessage({ kind: Kind.REQUEST, group, command, seq, payload });
-    const timeoutMs = opts.timeoutMs ?? this.baseTimeoutMs + 2 * (frame.length + (opts.expectBytes ?? 64)) * this.msPerByte;
+    const timeoutMs = opts.timeoutMs ?? this.answerTimeoutMs(frame.length, opts.expectBytes ?? 64);
     const attempts = 1 + (opts.retries ?? this.retries);
     const answer = new Promise<Payload>((resolve, reject) => {
       this.pending.set(seq, { resolve, reject, group, command });
@@ -142,13 +148,13 @@ export class LinkClient {
         const writeMs = this.baseTimeoutMs + 2 * this.unsentBytes * this.msPerByte;
         let sent: void | typeof TIMEOUT;
         try {
-          sent = await raceTimeout(this.transport.write(frame), writeMs);
+          sent = await abortable(raceTimeout(this.transport.write(frame), writeMs), opts.signal);
         } finally {
           this.unsentBytes -= frame.length;
         }
         if (sent === TIMEOUT) throw new LinkTimeoutError(`group ${group} command ${command} (the link takes no bytes)`, writeMs, attempt);
         // The timer starts once the bytes have left (a paced link takes its time to send them).
-        const result = await raceTimeout(answer, timeoutMs);
+        const result = await abortable(raceTimeout(answer, timeoutMs), opts.signal);
         if (result !== TIMEOUT) return result;
       }
       throw new LinkTimeoutError(`group ${group} command ${command}`, timeoutMs, attempts);
@@ -169,7 +175,13 @@ export class LinkClient {
     return this.seq;
   }
 
+  /** The answer timeout of one attempt of a request of `requestBytes` (section 4.3). */
+  answerTimeoutMs(requestBytes: number, expectBytes = 64): number {
+    return this.baseTimeoutMs + 2 * (requestBytes + expectBytes) * this.msPerByte;
+  }
+
   private receive(chunk: Uint8Array): void {
+    this.lastReceiveAt = performance.now();
     for (const body of this.deframer.push(chunk)) {
       const decoded = decodeMessage(body);
       if (!decoded.ok) continue; // a device never sends undecodable frames; treat as line noise
