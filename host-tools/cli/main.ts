@@ -120,11 +120,13 @@ export async function main(argv: string[]): Promise<number> {
   // with exit 130/143 (the locks' exit hook releases them); a second signal ends it at once.
   let signalled: NodeJS.Signals | undefined;
   let graceTimer: NodeJS.Timeout | undefined;
+  // The module keeps what it staged (docs/protocol.md 5.4): the same inject run again goes on from there.
+  const resumeHint = name === 'qkt inject' ? '; the terminal keeps what it received: the same qkt inject resumes' : '';
   const signalExit = (sig: NodeJS.Signals) => (sig === 'SIGTERM' ? Exit.TERMINATED : Exit.INTERRUPTED);
   const onSignal = (sig: NodeJS.Signals) => {
     if (signalled) {
       io.progress.done();
-      fail(`stopped at once (${sig} again): ${name} was cut short; what it was doing may be half done (an inject resumes when run again)`, signalExit(sig));
+      fail(`stopped at once (${sig} again): ${name} ended before it finished${resumeHint}`, signalExit(sig));
       process.exit(signalExit(sig));
     }
     signalled = sig;
@@ -132,7 +134,7 @@ export async function main(argv: string[]): Promise<number> {
     stop();
     graceTimer = setTimeout(() => {
       io.progress.done();
-      fail(`stopped (${sig}): ${name} did not finish; what it was doing may be half done (an inject resumes when run again)`, signalExit(sig));
+      fail(`stopped (${sig}): ${name} ended before it finished${resumeHint}`, signalExit(sig));
       process.exit(signalExit(sig));
     }, STOP_GRACE_MS);
     graceTimer.unref();

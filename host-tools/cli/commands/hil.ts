@@ -2,6 +2,7 @@
 // chosen transports, the CLI on pty pairs, power cuts, cable pulls, the offline chain end to end,
 // and the carrier on a real drive. It runs the project's tap suites (dev dependencies needed).
 import { spawn } from 'node:child_process';
+import { throwIfStopped } from '../../link/stop.js';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join, resolve } from 'node:path';
@@ -53,8 +54,15 @@ export default defineCommand<HilResult>({
         env: { ...process.env, QKT_HIL_TRANSPORTS: transports.join(','), ...(carrier ? { QKT_HIL_CARRIER: carrier } : {}) },
       });
       child.on('error', fail);
-      child.on('exit', (code, signal) => done(code ?? (signal ? 128 : 1)));
+      // Stopped by the user: pass it on to the suite (tap ends its test processes), by pid.
+      const onAbort = () => child.kill('SIGTERM');
+      io.signal.addEventListener('abort', onAbort, { once: true });
+      child.on('exit', (code, signal) => {
+        io.signal.removeEventListener('abort', onAbort);
+        done(code ?? (signal ? 128 : 1));
+      });
     });
+    throwIfStopped(io.signal);
     const result: HilResult = { passed: exitCode === 0, exitCode, transports, suites: SUITES, carrier, junit };
     if (exitCode !== 0) throw new CliError(`HIL suite failed (tap exit ${exitCode})${junit ? `; report in ${junit}` : ''}`, Exit.FAILURE);
     return result;
