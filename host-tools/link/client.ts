@@ -149,6 +149,11 @@ export class LinkClient {
         let sent: void | typeof TIMEOUT;
         try {
           sent = await abortable(raceTimeout(this.transport.write(frame), writeMs), opts.signal);
+        } catch (e) {
+          // A write the transport refused: the cable is gone (a paced link's queue is failed with
+          // its own error when the link under it closes). The same error as a close, for callers.
+          if (e instanceof Error && e.name === 'StoppedError') throw e;
+          throw this.closed ?? new LinkClosedError(e instanceof Error ? e : undefined);
         } finally {
           this.unsentBytes -= frame.length;
         }

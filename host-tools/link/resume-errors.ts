@@ -4,7 +4,7 @@
 import { StoppedError } from './stop.js';
 import { formatBits } from '../units.js';
 
-/** What the module holds of the batch, for messages: "3.1 of 8 Mbit of batch ab12cd34". */
+/** What the module holds of the batch, for messages: "holds at least 3.1 of 8 Mbit of batch ab12cd34". */
 export interface HeldState {
   terminalId: string;
   batchId: string;
@@ -13,8 +13,9 @@ export interface HeldState {
 }
 
 export function heldText(s: HeldState): string {
-  const held = s.totalBits >= 2 ** 20 ? `${(s.heldBits / 2 ** 20).toFixed(1).replace(/\.0$/, '')} of ${formatBits(s.totalBits)}` : `${formatBits(s.heldBits)} of ${formatBits(s.totalBits)}`;
-  return `terminal ${s.terminalId} holds ${held} of batch ${s.batchId.slice(0, 8)}`;
+  const held = s.totalBits >= 2 ** 20 ? `${(Math.floor((s.heldBits / 2 ** 20) * 10) / 10).toFixed(1).replace(/\.0$/, '')} of ${formatBits(s.totalBits)}` : `${formatBits(s.heldBits)} of ${formatBits(s.totalBits)}`;
+  // What the module acknowledged, in whole sealed chunks: durable there (it may hold a little more).
+  return `terminal ${s.terminalId} holds at least ${held} of batch ${s.batchId.slice(0, 8)}`;
 }
 
 /** Stopped by the user mid-transfer; the module keeps what it staged (resumable). */
