@@ -7,6 +7,7 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import { spawn } from 'node:child_process';
+import { readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { join } from 'node:path';
 import { Carrier } from '../host-tools/carrier/carrier.js';
 import { NorFlash } from '../firmware/flash/nor-flash.js';
@@ -70,6 +71,24 @@ function run(t: Test, args: string[], env: NodeJS.ProcessEnv = {}): Run {
       }),
     done,
   };
+}
+
+/** Resolves once process `pid` has `path` open (the CLI opens the port after its signal handlers). */
+async function untilOpens(pid: number, path: string): Promise<void> {
+  for (;;) {
+    const fds = readdirSync(`/proc/${pid}/fd`);
+    if (fds.some((fd) => { try { return readlinkSync(`/proc/${pid}/fd/${fd}`) === path; } catch { return false; } })) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Resolves once no signal is pending for process `pid` (ShdPnd and SigPnd in /proc/PID/status). */
+async function untilDelivered(pid: number): Promise<void> {
+  for (;;) {
+    const st = readFileSync(`/proc/${pid}/status`, 'utf8');
+    if ([...st.matchAll(/^(ShdPnd|SigPnd):\s*([0-9a-f]+)$/gm)].every((m) => BigInt(`0x${m[2]}`) === 0n)) return;
+    await new Promise((r) => setTimeout(r, 5));
+  }
 }
 
 interface PoolDoc {
@@ -218,5 +237,24 @@ t.test('qkt inject stops, resumes and survives restarts', { skip: ptySkipReason(
     t.equal(r.code, Exit.NO_DEVICE, 'then gives up (QKT_RESUME_WAIT=0): exit 3');
     t.match(r.stderr.trimEnd().split('\n').at(-1), /a re-run resumes from there: qkt inject/);
     process.kill(term.child.pid!, 'SIGCONT');
+  });
+
+  t.test('a command that does not look at the signal is still bounded; a second signal is at once', async (t) => {
+    const cable = await ptyPair(t); // nothing on the other end: PARAMS takes 3 x 1.5 s to fail
+    const once = run(t, ['status', '--port', cable.a]);
+    await untilOpens(once.pid, cable.a);
+    process.kill(once.pid, 'SIGINT');
+    const r = await once.done;
+    t.equal(r.code, Exit.INTERRUPTED, 'exit 130');
+    t.equal(r.stderr, 'qkt: stopped (SIGINT): qkt status ended before it finished\n');
+
+    const twice = run(t, ['status', '--port', cable.a]);
+    await untilOpens(twice.pid, cable.a);
+    process.kill(twice.pid, 'SIGTERM');
+    await untilDelivered(twice.pid); // two at once would merge into one pending signal
+    process.kill(twice.pid, 'SIGTERM');
+    const r2 = await twice.done;
+    t.equal(r2.code, Exit.TERMINATED, 'exit 143');
+    t.equal(r2.stderr, 'qkt: stopped at once (SIGTERM again): qkt status ended before it finished\n');
   });
 });
