@@ -65,7 +65,8 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
     const sealed = carrier.readBatch(entry);
     let r;
     try {
-      const rerun = `qkt inject --carrier ${carrier.path} --port ${str(v, 'port')!}${baud ? ` --baud ${baud}` : ''}`;
+      const vidpid = str(v, 'vidpid');
+      const rerun = `qkt inject --carrier ${sh(carrier.path)} --port ${sh(str(v, 'port')!)}${vidpid ? ` --vidpid ${sh(vidpid)}` : ''}${baud ? ` --baud ${baud}` : ''}`;
       r = await injectResuming(s, {
         connect,
         sealed,
@@ -115,4 +116,9 @@ function resumeWaitMs(): number {
   const env = process.env['QKT_RESUME_WAIT'];
   const secs = env === undefined || env.trim() === '' ? NaN : Number(env);
   return Number.isFinite(secs) && secs >= 0 ? Math.round(secs * 1000) : RESUME_WAIT_MS;
+}
+
+/** A word as a shell takes it back: as is when plain, else single-quoted. */
+function sh(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
 }
