@@ -36,9 +36,9 @@ t.test('README links docs/field.md', async (t) => {
 });
 
 t.test('every message in docs/field.md is the code\'s, with the code\'s exit code', async (t) => {
-  const rows = [...field.matchAll(/^\| `(.+?)` \| (\d) \| (.+) \|$/gm)].map((m) => ({ message: m[1]!, exit: Number(m[2]), todo: m[3]! }));
+  const rows = [...field.matchAll(/^\| `(.+?)` \| (\d+) \| (.+) \|$/gm)].map((m) => ({ message: m[1]!, exit: Number(m[2]), todo: m[3]! }));
   t.ok(rows.length >= 20, `${rows.length} messages`);
-  const table = new Set([...cli.slice(cli.indexOf('## Exit codes')).matchAll(/^\| (\d) \|/gm)].map((m) => Number(m[1])));
+  const table = new Set([...cli.slice(cli.indexOf('## Exit codes')).matchAll(/^\| (\d+) \|/gm)].map((m) => Number(m[1])));
   for (const row of rows) {
     t.ok(table.has(row.exit), `exit ${row.exit} is in docs/cli.md's table: ${row.message}`);
     t.ok(row.todo.length > 10, `says what to do: ${row.message}`);

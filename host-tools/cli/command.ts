@@ -39,6 +39,10 @@ export const Exit = {
   STATE: 6,
   /** Another process holds the home, flash image or station store ("in use by pid N"); retry later. */
   BUSY: 7,
+  /** Stopped by SIGINT (Ctrl-C), 128 + 2; the one-line reason says what state things are in. */
+  INTERRUPTED: 130,
+  /** Stopped by SIGTERM, 128 + 15; as INTERRUPTED. */
+  TERMINATED: 143,
 } as const;
 
 /** An error the CLI reports as one line on stderr with a specific exit code. */
@@ -66,6 +70,12 @@ export interface Io {
   progress: ProgressSink;
   /** Resolves when the user asks the command to stop (SIGINT/SIGTERM). */
   stopped: Promise<void>;
+  /**
+   * Aborts on the same first SIGINT/SIGTERM, its reason a StoppedError naming the signal: pass it
+   * to library calls (LinkClient requests, sendBulk, injectBatch) so they stop at a safe point.
+   * A command that has not finished about 2 s after the signal is ended by main (exit 130/143).
+   */
+  signal: AbortSignal;
   /** For long-running commands: print their "ready" document/line now, then keep running. */
   ready(result: unknown, human: string): void;
 }

@@ -62,6 +62,8 @@ function describeSystemError(e: NodeJS.ErrnoException, code: string): { message:
 
 /** A fault of qkt itself (a TypeError, a RangeError nobody meant for the user): exit 1, and ask for a report. */
 const BUG_CLASSES = [TypeError, RangeError, ReferenceError, SyntaxError, EvalError, URIError];
+import { StoppedError } from '../link/stop.js';
+import { LinkLostError } from '../link/resume-errors.js';
 
 export function describeError(e: unknown): { message: string; exitCode: number } {
   const d = describeRaw(e);
@@ -73,6 +75,11 @@ function describeRaw(e: unknown): { message: string; exitCode: number } {
   if (e instanceof CliError) return { message: e.message, exitCode: e.exitCode };
   if (e instanceof UsageError || e instanceof InputError) return { message: e.message, exitCode: Exit.USAGE };
   if (e instanceof LockBusyError) return { message: e.message, exitCode: Exit.BUSY };
+  // Stopped on request (its message says what state things are in): 128 + the signal's number.
+  if (e instanceof StoppedError) return { message: e.message, exitCode: e.signal === 'SIGTERM' ? Exit.TERMINATED : Exit.INTERRUPTED };
+  // The module or the cable went away and did not come back in time: nothing is wrong with the
+  // batch, and a re-run resumes (the message says from how much).
+  if (e instanceof LinkLostError) return { message: e.message, exitCode: Exit.NO_DEVICE };
   // The link: nothing there, busy, gone, lying, or a refusal in the device's own code.
   if (e instanceof NoDeviceError) return { message: e.message, exitCode: Exit.NO_DEVICE };
   if (e instanceof DeviceBusyError) return { message: e.message, exitCode: Exit.BUSY };

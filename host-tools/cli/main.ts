@@ -30,6 +30,9 @@ function findGroup(argv: string[]): string[] {
   return words;
 }
 
+/** How long a command may take to stop after the first SIGINT/SIGTERM before main ends it. */
+const STOP_GRACE_MS = 2000;
+
 export async function main(argv: string[]): Promise<number> {
   const json = argv.includes('--json');
   const asksHelp = argv.includes('--help') || argv.includes('-h');
@@ -98,17 +101,37 @@ export async function main(argv: string[]): Promise<number> {
 
   // Only now the command's modules (and the lock, progress and error helpers) load: help and usage
   // errors above stay fast to start.
-  const [impl, { setLockCommand }, { ttyProgress }] = await Promise.all([command.load(), import('../lock.js'), import('./progress.js')]);
+  const [impl, { setLockCommand }, { ttyProgress }, { StoppedError }] = await Promise.all([command.load(), import('../lock.js'), import('./progress.js'), import('../link/stop.js')]);
   // Locks this command takes name it: "KMD home H is in use by pid N (qkt carrier load, ...)".
-  setLockCommand(`qkt ${command.path.join(' ')}`);
+  const name = `qkt ${command.path.join(' ')}`;
+  setLockCommand(name);
   let stop: () => void = () => undefined;
   const stopped = new Promise<void>((resolve) => (stop = resolve));
-  // The first SIGINT/SIGTERM asks the command to stop cleanly (it unwinds, releasing its locks);
-  // a second one ends the process at once (the 'exit' hook still releases the locks).
-  let signalled = 0;
+  const abort = new AbortController();
+  // The first SIGINT/SIGTERM asks the command to stop cleanly: io.stopped resolves and io.signal
+  // aborts (a transfer stops at a chunk boundary, the command unwinds releasing its locks and
+  // says what state things are in). A command still running STOP_GRACE_MS later is ended here
+  // with exit 130/143 (the locks' exit hook releases them); a second signal ends it at once.
+  let signalled: NodeJS.Signals | undefined;
+  let graceTimer: NodeJS.Timeout | undefined;
+  // The module keeps what it staged (docs/protocol.md 5.4): the same inject run again goes on from there.
+  const resumeHint = name === 'qkt inject' ? '; the terminal keeps what it received: the same qkt inject resumes' : '';
+  const signalExit = (sig: NodeJS.Signals) => (sig === 'SIGTERM' ? Exit.TERMINATED : Exit.INTERRUPTED);
   const onSignal = (sig: NodeJS.Signals) => {
-    if (++signalled > 1) process.exit(sig === 'SIGINT' ? 130 : 143);
+    if (signalled) {
+      io.progress.done();
+      fail(`stopped at once (${sig} again): ${name} ended before it finished${resumeHint}`, signalExit(sig));
+      process.exit(signalExit(sig));
+    }
+    signalled = sig;
+    abort.abort(new StoppedError(sig));
     stop();
+    graceTimer = setTimeout(() => {
+      io.progress.done();
+      fail(`stopped (${sig}): ${name} ended before it finished${resumeHint}`, signalExit(sig));
+      process.exit(signalExit(sig));
+    }, STOP_GRACE_MS);
+    graceTimer.unref();
   };
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
@@ -121,6 +144,7 @@ export async function main(argv: string[]): Promise<number> {
     log: (line) => void process.stderr.write(line + '\n'),
     progress: ttyProgress(process.stderr, json ? 'off' : process.stderr.isTTY === true ? 'tty' : 'lines'),
     stopped,
+    signal: abort.signal,
     ready: (result, human) => {
       readyPrinted = true;
       process.stdout.write(json ? JSON.stringify(result) + '\n' : human + '\n');
@@ -143,11 +167,14 @@ export async function main(argv: string[]): Promise<number> {
     io.progress.done();
     // The error mapping (and every error class it knows) loads only when something failed.
     const { describeError } = await import('./errors.js');
-    const { message, exitCode } = describeError(e);
+    let { message, exitCode } = describeError(e);
+    // Failing while stopping on request: the stop is the reason (the command's words follow).
+    if (signalled && !(e instanceof StoppedError)) ({ message, exitCode } = { message: `stopped (${signalled}): ${message}`, exitCode: signalExit(signalled) });
     // A value the command or a library refused (`--bits -1`, `--port tcp:nope`): show the right form too.
     const form = exitCode === Exit.USAGE && !message.includes('usage: ') ? `; usage: ${command.usage}` : '';
     return fail(message + form, exitCode);
   } finally {
+    clearTimeout(graceTimer);
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }

@@ -1,8 +1,12 @@
 // Host side of windowed bulk transfers: keeps up to the device's window of chunks in flight
 // (go-back-N), advances on acknowledged committed offsets, goes back to the device's committed
-// offset on OUT_OF_ORDER, and resyncs from the device's own status after a timeout.
+// offset on OUT_OF_ORDER, and resyncs from the device's own status after a timeout. Stops at a
+// chunk boundary when its AbortSignal fires: no chunk is started after it (the device keeps its
+// committed offset, so the transfer stays resumable).
+import { LinkTimeoutError } from './errors.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
 import type { Payload } from '../../firmware/link/codec.js';
+import { stoppedError } from './stop.js';
 
 export interface BulkSendOptions {
   total: number;
@@ -19,6 +23,12 @@ export interface BulkSendOptions {
   onProgress?(committed: number, total: number): void;
   /** Give up after this many go-backs/resyncs. Default 16. */
   maxRestarts?: number;
+  /**
+   * Stop when this aborts: no new chunk is sent; answers to the chunks in flight are awaited
+   * for at most `stopGraceMs` (default 500) to report the offset, then StoppedError is thrown.
+   */
+  signal?: AbortSignal;
+  stopGraceMs?: number;
 }
 
 export interface BulkSendResult {
@@ -31,6 +41,8 @@ export interface BulkSendResult {
 interface Outcome {
   id: number;
   generation: number;
+  /** Where the chunk ends in the stream. */
+  end: number;
   committed?: number;
   error?: unknown;
 }
@@ -46,6 +58,34 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
   let bytesSent = 0;
   let ids = 0;
   const inflight = new Map<number, Promise<Outcome>>();
+  const STOP = Symbol('stop');
+  const signal = o.signal;
+  const stopRequested = new Promise<typeof STOP>((resolve) => {
+    if (signal?.aborted) resolve(STOP);
+    else signal?.addEventListener('abort', () => resolve(STOP), { once: true });
+  });
+  const take = (out: Outcome) => {
+    if (out.error === undefined && out.committed !== undefined && out.committed > committed) {
+      committed = out.committed;
+      if (next < committed) next = committed; // an answer from before a go-back: skip ahead
+      o.onProgress?.(committed, o.total);
+    }
+  };
+  const stop = async (): Promise<never> => {
+    // A chunk boundary: nothing new leaves; answers already on their way still count, briefly.
+    const deadline = performance.now() + (o.stopGraceMs ?? 500);
+    while (inflight.size > 0) {
+      const left = deadline - performance.now();
+      if (left <= 0) break;
+      let timer: NodeJS.Timeout | undefined;
+      const out = await Promise.race([...inflight.values(), new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), left)))]);
+      clearTimeout(timer);
+      if (!out) break;
+      inflight.delete(out.id);
+      take(out);
+    }
+    throw stoppedError(signal!);
+  };
 
   const restart = (at: number) => {
     if (++restarts > maxRestarts) throw new Error(`bulk transfer gave up after ${maxRestarts} restarts at offset ${at}`);
@@ -55,6 +95,7 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
   };
 
   while (committed < o.total || inflight.size > 0) {
+    if (signal?.aborted) return stop();
     while (inflight.size < o.window && next < o.total) {
       const len = Math.min(o.chunkSize, o.total - next);
       const data = o.read(next, len);
@@ -64,8 +105,8 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
       inflight.set(
         id,
         o.sendChunk(offset, data).then(
-          (p) => ({ id, generation: gen, committed: typeof p['c'] === 'number' ? p['c'] : undefined }),
-          (error: unknown) => ({ id, generation: gen, error }),
+          (p) => ({ id, generation: gen, end: offset + len, committed: typeof p['c'] === 'number' ? p['c'] : undefined }),
+          (error: unknown) => ({ id, generation: gen, end: offset + len, error }),
         ),
       );
       chunksSent++;
@@ -77,23 +118,22 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
       restart(await o.queryCommitted());
       continue;
     }
-    const out = await Promise.race(inflight.values());
+    const out = await Promise.race([...inflight.values(), stopRequested]);
+    if (out === STOP) return stop();
     inflight.delete(out.id);
     if (out.error === undefined) {
-      if (out.committed !== undefined && out.committed > committed) {
-        committed = out.committed;
-        if (next < committed) next = committed; // an answer from before a go-back: skip ahead
-        o.onProgress?.(committed, o.total);
-      }
+      take(out);
       continue;
     }
     if (out.generation !== generation) continue; // already went back past this chunk
     const e = out.error;
+    // Its answer was lost, but a later chunk's answer already moved the offset past it.
+    if (e instanceof LinkTimeoutError && out.end <= committed) continue;
     if (e instanceof LinkError && e.rc === Rc.OUT_OF_ORDER && typeof e.details?.['committed'] === 'number') {
       restart(e.details['committed']);
     } else if (e instanceof LinkError && e.rc === Rc.BUSY) {
       restart(await o.queryCommitted());
-    } else if (e instanceof Error && e.name === 'LinkTimeoutError') {
+    } else if (e instanceof LinkTimeoutError) {
       restart(await o.queryCommitted());
     } else {
       // A refusal (tampered chunk, no space, ...) or a closed link: the caller decides.

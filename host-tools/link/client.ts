@@ -11,6 +11,7 @@ import { LinkError, Rc } from '../../firmware/link/errors.js';
 import type { Transport } from '../../firmware/link/transport.js';
 import { LinkClosedError, LinkTimeoutError } from './errors.js';
 import { checkReply } from './reply-check.js';
+import { StoppedError, abortable, sleep, throwIfStopped } from './stop.js';
 
 /** Times a request answered BUSY is sent again (pauses of 25 ms doubling to 400 ms: about 2.4 s in all). */
 const BUSY_RETRIES = 10;
@@ -43,6 +44,8 @@ export interface RequestOptions {
   retries?: number;
   /** Expected response size in bytes, to scale the timeout. */
   expectBytes?: number;
+  /** Stop waiting at once when this aborts (StoppedError); a late answer is then a stray. */
+  signal?: AbortSignal;
 }
 
 interface Pending {
@@ -66,6 +69,8 @@ export class LinkClient {
   private unsentBytes = 0;
   /** Responses that matched no pending request (late answers to a retried request). */
   strayResponses = 0;
+  /** When bytes last came from the device (performance.now()); the client's creation before any. */
+  lastReceiveAt = performance.now();
   params: DeviceParams | undefined;
 
   constructor(
@@ -109,16 +114,17 @@ export class LinkClient {
         return await this.requestOnce(group, command, payload, opts);
       } catch (e) {
         if (!(e instanceof LinkError && e.rc === Rc.BUSY) || busy >= BUSY_RETRIES || this.closed) throw e;
-        await new Promise((r) => setTimeout(r, Math.min(400, 25 * 2 ** busy)));
+        await sleep(Math.min(400, 25 * 2 ** busy), opts.signal);
       }
     }
   }
 
   private async requestOnce(group: number, command: number, payload: Payload, opts: RequestOptions): Promise<Payload> {
     if (this.closed) throw this.closed;
+    throwIfStopped(opts.signal);
     const seq = this.nextSeq();
     const frame = encodeMessage({ kind: Kind.REQUEST, group, command, seq, payload });
-    const timeoutMs = opts.timeoutMs ?? this.baseTimeoutMs + 2 * (frame.length + (opts.expectBytes ?? 64)) * this.msPerByte;
+    const timeoutMs = opts.timeoutMs ?? this.answerTimeoutMs(frame.length, opts.expectBytes ?? 64);
     const attempts = 1 + (opts.retries ?? this.retries);
     const answer = new Promise<Payload>((resolve, reject) => {
       this.pending.set(seq, { resolve, reject, group, command });
@@ -132,13 +138,18 @@ export class LinkClient {
         const writeMs = this.baseTimeoutMs + 2 * this.unsentBytes * this.msPerByte;
         let sent: void | typeof TIMEOUT;
         try {
-          sent = await raceTimeout(this.transport.write(frame), writeMs);
+          sent = await abortable(raceTimeout(this.transport.write(frame), writeMs), opts.signal);
+        } catch (e) {
+          // A write the transport refused: the cable is gone (a paced link's queue is failed with
+          // its own error when the link under it closes). The same error as a close, for callers.
+          if (e instanceof StoppedError) throw e;
+          throw this.closed ?? new LinkClosedError(e instanceof Error ? e : undefined);
         } finally {
           this.unsentBytes -= frame.length;
         }
         if (sent === TIMEOUT) throw new LinkTimeoutError(group, command, writeMs, attempt, 'the link takes no bytes');
         // The timer starts once the bytes have left (a paced link takes its time to send them).
-        const result = await raceTimeout(answer, timeoutMs);
+        const result = await abortable(raceTimeout(answer, timeoutMs), opts.signal);
         if (result !== TIMEOUT) return result;
       }
       throw new LinkTimeoutError(group, command, timeoutMs, attempts);
@@ -159,7 +170,13 @@ export class LinkClient {
     return this.seq;
   }
 
+  /** The answer timeout of one attempt of a request of `requestBytes` (section 4.3). */
+  answerTimeoutMs(requestBytes: number, expectBytes = 64): number {
+    return this.baseTimeoutMs + 2 * (requestBytes + expectBytes) * this.msPerByte;
+  }
+
   private receive(chunk: Uint8Array): void {
+    this.lastReceiveAt = performance.now();
     for (const body of this.deframer.push(chunk)) {
       const decoded = decodeMessage(body);
       if (!decoded.ok) continue; // a device never sends undecodable frames; treat as line noise

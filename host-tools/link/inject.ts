@@ -1,9 +1,13 @@
 // Host side of batch injection: BEGIN with the sealed header, stream the sealed chunks through
 // the windowed bulk transfer from the module's committed offset (a re-run resumes), COMMIT, and
-// return the module's delivery receipt. The host only ever handles sealed bytes.
+// return the module's delivery receipt. The host only ever handles sealed bytes. Stops at a chunk
+// boundary when its AbortSignal fires (StoppedError); the module keeps what it staged.
+// A link that goes silent fails fast here (LinkTimeoutError): chunks are not retried (the bulk
+// sender asks the module's STATUS instead); resume.ts reconnects and BEGINs again.
 import { parseSealedHeader } from '../../firmware/crypto/batch.js';
 import { Group, InjectCmd } from '../../firmware/link/groups.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
+import { LinkTimeoutError } from './client.js';
 import type { LinkClient, DeviceParams } from './client.js';
 import { sendBulk } from './bulk-sender.js';
 
@@ -35,7 +39,13 @@ export async function injectBatch(
   client: LinkClient,
   params: DeviceParams,
   sealed: Uint8Array,
-  o: { onProgress?: (p: InjectProgress) => void; chunkBytes?: number } = {},
+  o: {
+    onProgress?: (p: InjectProgress) => void;
+    chunkBytes?: number;
+    signal?: AbortSignal;
+    /** BEGINs again after the module lost the transfer, before throwing (default 3; resume.ts: 0). */
+    maxRebegin?: number;
+  } = {},
 ): Promise<InjectResult> {
   const info = parseSealedHeader(sealed);
   const h = info.header;
@@ -53,12 +63,13 @@ export async function injectBatch(
   let sealedBytesSent = 0;
   let restarts = 0;
   let resumedFrom: number | undefined;
+  const signal = o.signal;
   // The transfer can vanish under us: our link went silent long enough for another connection's
   // BEGIN to take it over (docs/protocol.md 4.9), or the module reset. Its id then answers
   // NO_TRANSFER, and we BEGIN again: answered BUSY (the other inject holds it) or a resume from
   // what the pool holds. Bounded: a transfer lost this often is reported, not chased.
   for (let attempt = 0; ; attempt++) {
-    const begin = await client.request(Group.INJECT, InjectCmd.BEGIN, { h: head }, { expectBytes: 256 });
+    const begin = await client.request(Group.INJECT, InjectCmd.BEGIN, { h: head }, { expectBytes: 256, signal });
     if (begin['done'] === true) {
       return { ...base, resumedFromBits: h.bits, alreadyAccepted: true, receipt: begin['receipt'] as Uint8Array, seconds: (performance.now() - t0) / 1000, sealedBytesSent, restarts };
     }
@@ -66,20 +77,35 @@ export async function injectBatch(
     const start = begin['c'] as number;
     resumedFrom ??= toBits(start);
     progress(start);
+    const chunkSize = o.chunkBytes ?? params.maxChunk;
+    // Upper bound of a chunk request's frame: data, CBOR and header fields, CRC, COBS, delimiters.
+    const chunkFrameBytes = chunkSize + Math.ceil(chunkSize / 254) + 64;
     try {
       const res = await sendBulk({
         total: chunks.length,
         startOffset: start,
-        chunkSize: o.chunkBytes ?? params.maxChunk,
+        chunkSize,
         window: params.window,
         read: (off, n) => chunks.subarray(off, off + n),
-        sendChunk: (off, d) => client.request(Group.INJECT, InjectCmd.CHUNK, { t, o: off, d }, { expectBytes: 16 }),
-        queryCommitted: async () => (await client.request(Group.INJECT, InjectCmd.STATUS, { t }))['c'] as number,
+        // No retry of a chunk: a lost answer costs a STATUS and a go-back (section 5.3), and a
+        // dead link is found after one chunk's timeout and two short STATUS ones, not three of each.
+        sendChunk: (off, d) => client.request(Group.INJECT, InjectCmd.CHUNK, { t, o: off, d }, { expectBytes: 16, retries: 0 }),
+        queryCommitted: async () => {
+          // A chunk timed out and nothing at all came from the module for half a chunk's timeout
+          // (base/2 + the chunk's line time: longer than a working link is ever quiet while chunks
+          // are in flight, as each takes one line time): the link is dead (a restart, a cable),
+          // not one answer lost. Say so now rather than queue a STATUS behind chunks the link may
+          // never take; resume.ts reopens the port.
+          const silentMs = performance.now() - client.lastReceiveAt;
+          if (silentMs > client.answerTimeoutMs(chunkFrameBytes, 16) / 2) throw new LinkTimeoutError(Group.INJECT, InjectCmd.CHUNK, silentMs, 1, `the module sent nothing for ${(silentMs / 1000).toFixed(1)} s`);
+          return (await client.request(Group.INJECT, InjectCmd.STATUS, { t }, { retries: 1, signal }))['c'] as number;
+        },
         onProgress: progress,
+        ...(signal ? { signal } : {}),
       });
       sealedBytesSent += res.bytesSent;
       restarts += res.restarts;
-      const commit = await client.request(Group.INJECT, InjectCmd.COMMIT, { t }, { expectBytes: 256 });
+      const commit = await client.request(Group.INJECT, InjectCmd.COMMIT, { t }, { expectBytes: 256, signal });
       progress(chunks.length);
       return {
         ...base,
@@ -91,7 +117,9 @@ export async function injectBatch(
         restarts,
       };
     } catch (e) {
-      if (!(e instanceof LinkError && e.rc === Rc.NO_TRANSFER) || attempt >= MAX_REBEGIN) throw e;
+      // NO_TRANSFER: the module lost the transfer (a restart, a takeover); INTERNAL: a handler
+      // failed without changing state (a watchdog reset drops the transfer too, section 3.5).
+      if (!(e instanceof LinkError && (e.rc === Rc.NO_TRANSFER || e.rc === Rc.INTERNAL)) || attempt >= (o.maxRebegin ?? MAX_REBEGIN)) throw e;
       restarts++;
     }
   }

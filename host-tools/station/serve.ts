@@ -21,6 +21,8 @@ import { systemGroup } from '../../firmware/commands/system.js';
 import { DEFAULT_LIMITS, CHUNK_OVERHEAD } from '../../firmware/terminal.js';
 import { decodeServiceHeader } from '../../firmware/crypto/service.js';
 import { FIRMWARE } from '../../firmware/version.js';
+import { PoolError } from '../../firmware/keypool/errors.js';
+import { CryptoFormatError } from '../../firmware/crypto/errors.js';
 import type { TLSSocket } from 'node:tls';
 import type { Transport } from '../../firmware/link/transport.js';
 import { formatTlsAddress, listenTls, parseTlsAddress } from '../transports/tls.js';
@@ -195,8 +197,8 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
       if (e instanceof StationError) throw new LinkError(Rc.AUTH_FAILED, e.message.slice(0, 80));
       if (e instanceof LockBusyError) throw new LinkError(Rc.BUSY, e.message.slice(0, 80));
       if (e instanceof StationStoreError) throw new LinkError(Rc.KEY_NOT_AVAILABLE, e.message.slice(0, 80));
-      if (e instanceof Error && e.name === 'PoolError') throw new LinkError(Rc.KEY_NOT_AVAILABLE, e.message.slice(0, 80));
-      if (e instanceof Error && (e.name === 'CryptoFormatError' || e instanceof RangeError)) throw new LinkError(Rc.BAD_REQUEST, e.message.slice(0, 80));
+      if (e instanceof PoolError) throw new LinkError(Rc.KEY_NOT_AVAILABLE, e.message.slice(0, 80));
+      if (e instanceof CryptoFormatError || e instanceof RangeError) throw new LinkError(Rc.BAD_REQUEST, e.message.slice(0, 80));
       throw e;
     }
   };

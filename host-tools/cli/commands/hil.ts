@@ -5,6 +5,7 @@
 // seconds) on stderr; a failed suite's details come after, from tap's own report (tap replay).
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
+import { throwIfStopped } from '../../link/stop.js';
 import { existsSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { join, resolve } from 'node:path';
@@ -66,8 +67,15 @@ export default defineCommand<HilResult>({
         io.note(formatSuite(r, results.length, SUITES.length, (Date.now() - started) / 1000));
       });
       child.on('error', fail);
-      child.on('close', (code, signal) => done(code ?? (signal ? 128 : 1)));
+      // Stopped by the user: pass it on to the suite (tap ends its test processes), by pid.
+      const onAbort = () => child.kill('SIGTERM');
+      io.signal.addEventListener('abort', onAbort, { once: true });
+      child.on('close', (code, signal) => {
+        io.signal.removeEventListener('abort', onAbort);
+        done(code ?? (signal ? 128 : 1));
+      });
     });
+    throwIfStopped(io.signal);
     // The JUnit report and a failed suite's details come from tap's saved results (.tap/test-results).
     const replay = (extra: string[], files: string[], stdio: 'ignore' | 'stderr') =>
       new Promise<void>((done, fail) => {

@@ -1,10 +1,12 @@
 // `qkt inject --carrier DIR --port PATH`: the field engineer's step. Asks the terminal on the port
 // who it is, picks its batch from the carrier, injects it with a progress bar (resuming a broken
-// transfer), stores the delivery receipt on the carrier, and prints a one-line result.
+// transfer; reopening the port and resuming by itself when the module restarts or the cable drops,
+// link/resume.ts), stores the delivery receipt on the carrier, and prints a one-line result. The
+// first SIGINT/SIGTERM stops it at a chunk boundary, saying what the module holds.
 import { defineCommand, str, CliError, Exit } from '../command.js';
 import type { Io, Values } from '../command.js';
 import { connectDevice } from '../../link/session.js';
-import { injectBatch } from '../../link/inject.js';
+import { injectResuming, RESUME_WAIT_MS } from '../../link/resume.js';
 import { Group, SystemCmd } from '../../../firmware/link/groups.js';
 import { LinkError, Rc, rcName } from '../../../firmware/link/errors.js';
 import { batchForTerminal, checkCarrierBeforeSend, openCarrier, withCarrier } from '../carrier-open.js';
@@ -21,6 +23,8 @@ export interface InjectCliResult {
   seconds: number;
   resumedFromBits: number;
   alreadyAccepted: boolean;
+  /** Times the transfer was lost (module restart, watchdog, cable) and begun again by itself. */
+  resumes: number;
   port: string;
   carrierId: string;
   receiptStored: boolean;
@@ -32,6 +36,7 @@ export default defineCommand<InjectCliResult>({
   render: (r) =>
     `${r.terminalId}: ${formatBits(r.bits)} injected (batch ${r.batchId.slice(0, 8)}, seq ${r.seq}) in ${r.seconds.toFixed(2)} s` +
     (r.alreadyAccepted ? ', already accepted earlier' : r.resumedFromBits > 0 ? `, resumed from ${formatBits(r.resumedFromBits)}` : '') +
+    (r.resumes > 0 ? `, lost and resumed by itself ${r.resumes} time(s)` : '') +
     '; receipt stored on the carrier',
 });
 
@@ -41,9 +46,10 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
   const carrier = openCarrier(str(v, 'carrier')!);
   const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
   const baud = int(v, 'baud', 300, 12_000_000);
-  const s = await connectDevice(port, baud ? { baud } : {});
+  const connect = () => connectDevice(port, baud ? { baud } : {});
+  const s = await connect();
   try {
-    const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
+    const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {}, { signal: io.signal });
     const terminalId = deviceTerminalId(st['terminalId'], port, st['state']);
     const entry = batchForTerminal(carrier, terminalId); // a damaged batch file is named as damaged, before BEGIN
     if (!entry) {
@@ -61,8 +67,19 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
     const sealed = entry.sealed;
     let r;
     try {
-      r = await injectBatch(s.client, s.params, sealed, {
+      const vidpid = str(v, 'vidpid');
+      const rerun = `qkt inject --carrier ${sh(carrier.path)} --port ${sh(str(v, 'port')!)}${vidpid ? ` --vidpid ${sh(vidpid)}` : ''}${baud ? ` --baud ${baud}` : ''}`;
+      r = await injectResuming(s, {
+        connect,
+        sealed,
+        signal: io.signal,
+        rerun,
+        waitMs: resumeWaitMs(),
         onProgress: (p) => io.progress.update(p.bits, p.totalBits, `inject ${terminalId}`),
+        onNote: (line) => {
+          io.progress.done();
+          io.note(`qkt: ${line}`);
+        },
       });
     } catch (e) {
       if (e instanceof LinkError && e.rc === Rc.BUSY) {
@@ -86,6 +103,7 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
       seconds: Math.round(r.seconds * 1000) / 1000,
       resumedFromBits: r.resumedFromBits,
       alreadyAccepted: r.alreadyAccepted,
+      resumes: r.resumes,
       port,
       carrierId: carrier.carrierId,
       receiptStored: true,
@@ -93,4 +111,16 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
   } finally {
     await s.close();
   }
+}
+
+/** How long one outage is waited out: QKT_RESUME_WAIT seconds (fractional allowed), default 20. */
+function resumeWaitMs(): number {
+  const env = process.env['QKT_RESUME_WAIT'];
+  const secs = env === undefined || env.trim() === '' ? NaN : Number(env);
+  return Number.isFinite(secs) && secs >= 0 ? Math.round(secs * 1000) : RESUME_WAIT_MS;
+}
+
+/** A word as a shell takes it back: as is when plain, else single-quoted. */
+function sh(word: string): string {
+  return /^[\w@%+=:,./-]+$/.test(word) ? word : `'${word.replace(/'/g, `'\\''`)}'`;
 }

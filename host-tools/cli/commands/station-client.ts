@@ -127,7 +127,7 @@ export const stationStatus = defineCommand<StationStatusResult>({
   },
   render(r) {
     if (r.terminals.length === 0) return `station ${r.station}: holds keys for no terminal${r.station.startsWith('tls:') ? ' (that this certificate may see)' : ''}`;
-    const head = ['terminal', 'gen', 'remaining', 'usable', 'awaiting', 'used', 'batches', 'last uplink'];
+    const head = ['terminal', 'gen', 'remaining', 'usable', 'awaiting', 'used', 'batches', 'lasts', 'last uplink'];
     const lines = r.terminals.map((t) => [
       t.terminalId,
       t.generation === null ? '-' : String(t.generation),
@@ -136,12 +136,13 @@ export const stationStatus = defineCommand<StationStatusResult>({
       formatBits(t.inactiveKeyBits),
       formatBits(t.consumedKeyBits),
       `${t.activeBatches}+${t.inactiveBatches}`,
+      t.forecast ? `${t.forecast.daysLeft} d` : '-',
       t.lastUplink ? `${t.lastUplink.at.replace('T', ' ').replace(/\.\d+Z$/, 'Z')} ${t.lastUplink.mode} #${t.lastUplink.counter}, ${t.lastUplink.bytes} B` : 'none',
     ]);
     const width = head.map((h, i) => Math.max(h.length, ...lines.map((l) => l[i]!.length)));
     const fmt = (l: string[]) => l.map((c, i) => (i === l.length - 1 ? c : c.padEnd(width[i]!))).join('  ');
     return [
-      `station ${r.station}: ${r.terminals.length} terminal(s); remaining = usable (delivery proven) + awaiting (receipt not back); batches active+inactive`,
+      `station ${r.station}: ${r.terminals.length} terminal(s); remaining = usable (delivery proven) + awaiting (receipt not back); batches active+inactive; lasts = days the remaining keys last at the last 30 days' use (- : no use)`,
       fmt(head),
       ...lines.map(fmt),
     ].join('\n');

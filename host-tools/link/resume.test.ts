@@ -1,0 +1,162 @@
+// Resumable injection and stopping, in process: sendBulk stops at a chunk boundary on abort;
+// injectResuming reopens after the module "restarts" (a new module on the same flash, its RAM
+// state gone) and delivers the batch once; gives up past its bounds with LinkLostError; stops
+// with InjectStoppedError while it waits to reopen.
+import t from 'tap';
+import { randomBytes } from 'node:crypto';
+import { NorFlash } from '../../firmware/flash/nor-flash.js';
+import { enrollFlash } from '../../firmware/secure/enroll.js';
+import { createTerminal } from '../../firmware/terminal.js';
+import { sealBatch } from '../../firmware/crypto/batch.js';
+import { Group, SystemCmd } from '../../firmware/link/groups.js';
+import type { Transport } from '../../firmware/link/transport.js';
+import { createInProcessPair } from '../transports/inproc.js';
+import { LinkClient } from './client.js';
+import { sendBulk } from './bulk-sender.js';
+import { injectResuming, InjectStoppedError, LinkLostError } from './resume.js';
+import type { LinkSession } from './resume.js';
+import { StoppedError } from './stop.js';
+
+const deviceKey = new Uint8Array(randomBytes(32));
+const BITS = 64 * 1024 * 8; // 64 KiB of key: 16 sealed chunks of 4096
+const sealed = sealBatch({
+  deviceKey,
+  header: { batchId: new Uint8Array(randomBytes(16)), terminalId: 'T1', seq: 1, purpose: 'any', bits: BITS, chunkSize: 4096, createdAt: 1_700_000_000_000 },
+  keys: new Uint8Array(randomBytes(BITS / 8)),
+});
+
+function enrolled(): NorFlash {
+  const flash = NorFlash.memory();
+  enrollFlash(flash, { terminalId: 'T1', deviceKey });
+  return flash;
+}
+
+/** A module booted on `flash` (a restart is a new one on the same flash) and a session to it. */
+async function boot(flash: NorFlash): Promise<LinkSession & { device: Transport }> {
+  const [host, device] = createInProcessPair();
+  createTerminal({ flash, transport: device });
+  const client = new LinkClient(host);
+  const params = await client.negotiate();
+  return { client, params, device, close: () => client.close() };
+}
+
+t.test('sendBulk stops at a chunk boundary on abort, with the offset the device acknowledged', async (t) => {
+  const abort = new AbortController();
+  const sent: number[] = [];
+  let device = 0;
+  const err = await sendBulk({
+    total: 100,
+    startOffset: 0,
+    chunkSize: 10,
+    window: 2,
+    read: (o, n) => new Uint8Array(n).fill(o),
+    sendChunk: async (o, d) => {
+      sent.push(o);
+      if (o === 30) abort.abort(new StoppedError('SIGINT'));
+      await new Promise((r) => setImmediate(r));
+      device = Math.max(device, o + d.length);
+      return { c: device };
+    },
+    queryCommitted: async () => device,
+    signal: abort.signal,
+  }).catch((e: unknown) => e);
+  t.type(err, StoppedError);
+  t.equal((err as StoppedError).signal, 'SIGINT', 'the reason names the signal');
+  t.same(sent, [0, 10, 20, 30], 'no chunk after the signal (the window had 20 and 30 in flight)');
+});
+
+t.test('a module restart mid-transfer: reopened, resumed from its durable offset, delivered once', async (t) => {
+  const flash = enrolled();
+  const first = await boot(flash);
+  let opens = 0;
+  let cut = false;
+  const notes: string[] = [];
+  const r = await injectResuming(first, {
+    sealed,
+    chunkBytes: 4112,
+    connect: async () => {
+      opens++;
+      return boot(flash);
+    },
+    onNote: (l) => notes.push(l),
+    onProgress: (p) => {
+      // Power cut half way: the module's end of the cable goes dead, its RAM (the transfer) with it.
+      if (!cut && p.bits >= BITS / 2) {
+        cut = true;
+        void first.device.close();
+      }
+    },
+  });
+  t.equal(opens, 1, 'the port was reopened once');
+  t.equal(r.resumes, 1, 'one resume counted');
+  t.equal(r.resumedFromBits, 0, 'this run began at 0');
+  t.match(notes, [/^link lost: the link closed; terminal T1 holds at least [\d.]+ kbit of 512 kbit of batch [0-9a-f]{8}; reopening the port/]);
+  const check = await boot(flash);
+  const st = await check.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
+  t.match(st, { pool: { storedKeyBits: BITS, staging: null, batches: [{ bits: BITS }] } });
+  t.equal((st['pool'] as { batches: unknown[] }).batches.length, 1, 'exactly once');
+  await check.close();
+});
+
+t.test('the module never comes back: LinkLostError within the wait, saying what it holds', async (t) => {
+  const flash = enrolled();
+  const first = await boot(flash);
+  let tries = 0;
+  let cut = false;
+  const err = await injectResuming(first, {
+    sealed,
+    chunkBytes: 4112,
+    waitMs: 300,
+    rerun: 'qkt inject --carrier C --port P',
+    connect: async () => {
+      tries++;
+      throw new Error('cannot open P: ENOENT');
+    },
+    onProgress: (p) => {
+      if (!cut && p.bits >= BITS / 4) {
+        cut = true;
+        void first.device.close();
+      }
+    },
+  }).catch((e: unknown) => e);
+  t.type(err, LinkLostError);
+  t.ok(tries >= 1 && tries <= 3, `reopened ${tries} time(s) in 300 ms (pauses 0.25 s, 0.5 s)`);
+  t.match((err as Error).message, /^link lost: the link closed and the port gave no terminal in 0 s \(\d tr(y|ies); last: cannot open P: ENOENT\); terminal T1 holds at least \d+ kbit of 512 kbit of batch [0-9a-f]{8}: a re-run resumes from there: qkt inject --carrier C --port P$/);
+  t.ok((err as LinkLostError).state.heldBits >= BITS / 4, 'the state it reports is what the module acknowledged');
+});
+
+t.test('losses in a row with no progress are bounded', async (t) => {
+  const flash = enrolled();
+  const first = await boot(flash);
+  let opens = 0;
+  const err = await injectResuming(first, {
+    sealed,
+    maxLosses: 2,
+    connect: async () => {
+      opens++;
+      const s = await boot(flash);
+      void s.device.close(); // dies at once, every time
+      return s;
+    },
+    onProgress: () => void first.device.close(),
+  }).catch((e: unknown) => e);
+  t.type(err, LinkLostError);
+  t.equal(opens, 2, 'two reopens, then the third loss in a row gives up');
+  t.match((err as Error).message, /the link closed \(2 times in a row with no progress\)/);
+});
+
+t.test('a stop while waiting to reopen: InjectStoppedError naming the signal', async (t) => {
+  const flash = enrolled();
+  const first = await boot(flash);
+  const abort = new AbortController();
+  const err = await injectResuming(first, {
+    sealed,
+    signal: abort.signal,
+    rerun: 'qkt inject --carrier C --port P',
+    connect: () => new Promise<never>(() => abort.abort(new StoppedError('SIGTERM'))), // never opens
+    onProgress: () => void first.device.close(),
+  }).catch((e: unknown) => e);
+  t.type(err, InjectStoppedError);
+  t.equal((err as InjectStoppedError).signal, 'SIGTERM');
+  t.match((err as Error).message, /^stopped: terminal T1 holds at least \d+ (k?bit) of 512 kbit of batch [0-9a-f]{8}; resume with: qkt inject --carrier C --port P$/);
+});
