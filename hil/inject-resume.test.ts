@@ -121,7 +121,7 @@ t.test('qkt inject stops, resumes and survives restarts', { skip: ptySkipReason(
   await qktJson(t, ['kmd', 'init', '--home', home, '--rate', '1000Mbit/s']);
   await Promise.all(ids.map((id) => qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', id, '--flash', flash(id)])));
   const loaded = await qktJson<{ loaded: Array<{ terminalId: string; batchId: string; bits: number }> }>(t, [
-    'carrier', 'load', '--home', home, '--carrier', carrier, ...ids.flatMap((id) => ['--terminal', id]), '--bits', '1Mbit',
+    'carrier', 'load', '--home', home, '--carrier', carrier, ...ids.flatMap((id) => ['--terminal', id]), '--bits', '1Mbit', '--init',
   ]);
   const batchOf = (id: string) => loaded.loaded.find((b) => b.terminalId === id)!;
   const BITS = 1 << 20;
