@@ -5,6 +5,7 @@
 // go back to the KMD. Then every terminal holds 3 Mbit and the master station holds exactly the
 // same keys under the same key ids, byte for byte, active; the KMD marked every batch delivered.
 import t from 'tap';
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { NorFlash } from '../firmware/flash/nor-flash.js';
 import { KeyPool } from '../firmware/keypool/key-pool.js';
@@ -14,6 +15,7 @@ import { StationStore } from '../host-tools/station/store.js';
 import { KmdHome } from '../host-tools/kmd/home.js';
 import type { Background } from './cli.js';
 import { background, ptyPair, ptySkipReason, qktJson } from './e2e-rig.js';
+import { runQkt } from './cli.js';
 
 const MBIT = 1 << 20;
 const BITS = 3 * MBIT;
@@ -34,7 +36,12 @@ t.test('KMD -> carrier (download interface) -> 3 terminals -> receipts; station 
   // Three factory enrolments (independent of one another: run side by side).
   const enrolled = await Promise.all(TERMINALS.map((id) => qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', id, '--flash', flash(id)])));
   TERMINALS.forEach((id, i) => t.match(enrolled[i], { terminalId: id, flash: flash(id) }));
-  t.match(await qktJson(t, ['kmd', 'carrier', 'add', '--home', home, '--carrier', 'car1', '--dir', carrierDir]), { carrierId: 'car1' });
+  // A carrier folder that is not there (an unmounted drive, a typo) is refused; --init makes it.
+  const missing = await runQkt(['kmd', 'carrier', 'add', '--home', home, '--carrier', 'car1', '--dir', carrierDir]);
+  t.equal(missing.code, 5, 'kmd carrier add into a missing folder: exit 5');
+  t.match(missing.stderr, /carrier .* does not exist: is the drive mounted\? .*add --init/);
+  t.notOk(existsSync(carrierDir), 'and no folder was made');
+  t.match(await qktJson(t, ['kmd', 'carrier', 'add', '--home', home, '--carrier', 'car1', '--dir', carrierDir, '--init']), { carrierId: 'car1' });
 
   // ---- the KMD's download interface on a serial cable; the carrier station loads through it
   const kmdCable = await ptyPair(t);

@@ -206,7 +206,7 @@ t.test('station status and a test uplink from the CLI; status against what is no
   await peek.negotiate();
   t.same(Object.keys(await peek.request(Group.SYSTEM, SystemCmd.STATUS, {})).sort(), ['firmware', 'kmdId'], "a stranger's STATUS: no pending count");
   await peek.close();
-  await qktJson(t, ['kmd', 'carrier', 'add', '--home', home, '--carrier', 'car2', '--dir', join(dir, 'car2')]);
+  await qktJson(t, ['kmd', 'carrier', 'add', '--home', home, '--carrier', 'car2', '--dir', join(dir, 'car2'), '--init']);
   const loaded = await qktJson<{ loaded: Array<{ terminalId: string }> }>(t, ['carrier', 'load', '--kmd', download, '--carrier', join(dir, 'car2'), '--terminal', 'T2', '--bits', '8192']);
   t.same(loaded.loaded.map((l) => l.terminalId), ['T2'], 'the carrier loaded its batch through the flood');
   // T2's module is replaced (enrolled again): its old certificate is refused at the STATUS check,

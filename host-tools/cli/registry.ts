@@ -212,12 +212,13 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['kmd', 'carrier', 'add'],
     summary: "enrol a carrier for the KMD's download interface",
-    usage: 'qkt kmd carrier add --home H --carrier ID --dir DIR',
-    examples: ['qkt kmd carrier add --home ./kmd --carrier car1 --dir /media/usb0'],
+    usage: 'qkt kmd carrier add --home H --carrier ID --dir DIR [--init]',
+    examples: ['qkt kmd carrier add --home ./kmd --carrier car1 --dir /media/usb0', 'qkt kmd carrier add --home ./kmd --carrier lab1 --dir ./lab1 --init'],
     options: {
       home,
       carrier: { type: 'string', value: 'ID', description: 'id of the carrier to enrol' },
-      dir: { ...carrierDir, description: "the carrier's folder or drive: its authentication key is written there" },
+      dir: { ...carrierDir, description: "the carrier's folder or drive, existing (a mounted drive, an empty folder): its authentication key is written there" },
+      init: flag('make the --dir folder when it does not exist (a carrier in a plain folder); without it a missing DIR is refused'),
     },
     required: ['carrier', 'dir'],
     load: () => import('./commands/kmd-serve.js').then((m) => m.kmdEnrollCarrier),

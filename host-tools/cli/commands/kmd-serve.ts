@@ -1,4 +1,5 @@
 // `qkt kmd serve` and `qkt kmd sae add`: the KMD's network services and its SAE certificates.
+import { existsSync } from 'node:fs';
 import { defineCommand, str, CliError, Exit } from '../command.js';
 import { changeKmd, openKmd, kmdCli } from '../home.js';
 import { ensurePki, pkiDir, startKmdServer } from '../../kmd/serve.js';
@@ -37,7 +38,12 @@ export const kmdSaeAdd = defineCommand({
 
 export const kmdEnrollCarrier = defineCommand({
   async run(v) {
-    return changeKmd(v, (home) => kmdCli(() => enrollCarrier(home, str(v, 'carrier')!, str(v, 'dir')!)));
+    const dir = str(v, 'dir')!;
+    // As carrier load: a mistyped path or an unmounted drive's mount point makes no carrier on the system disk.
+    if (!existsSync(dir) && v['init'] !== true) {
+      throw new CliError(`carrier ${dir} does not exist: is the drive mounted? (qkt ports lists the drives; to make a new carrier folder there, add --init)`, Exit.CARRIER);
+    }
+    return changeKmd(v, (home) => kmdCli(() => enrollCarrier(home, str(v, 'carrier')!, dir)));
   },
   render: (r) => `carrier ${r.carrierId} enrolled at ${r.dir}`,
 });
