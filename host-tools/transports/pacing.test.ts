@@ -92,6 +92,40 @@ t.test('virtual clock: an unpaced peer\'s burst is received at the line rate, no
   }
 });
 
+t.test('virtual clock: behind a paced sender that runs late and catches up, the receiver adds no delay of its own', async (t) => {
+  const baud = 921_600;
+  const clock = virtualClock(0);
+  const { tr, feed } = recorder(clock);
+  const p = paced(tr, { baud, clock });
+  const slice = 368; // 4 ms of line at 921600
+  const total = 500 * slice; // 2 s of line
+  let got = 0;
+  let lastAt = 0;
+  p.onData((b) => {
+    got += b.length;
+    lastAt = clock.now();
+  });
+  // The sender's slices come every 4 ms, except every 10th comes 10 ms late with the next ones
+  // bunched behind it (its own pacer catching up): on average exactly at the line rate.
+  let t0 = 0;
+  for (let i = 0; i < 500; i++) {
+    const due = (i + 1) * 4;
+    const at = i % 10 === 0 ? due + 10 : due;
+    while (clock.t < Math.max(at, t0)) {
+      await new Promise((r) => setImmediate(r));
+      clock.t = Math.min(Math.max(at, t0), clock.t + 1);
+    }
+    t0 = at;
+    feed(new Uint8Array(slice));
+  }
+  while (got < total) {
+    await new Promise((r) => setImmediate(r));
+    clock.t += 1;
+  }
+  const lineMs = (total * 10 * 1000) / baud;
+  t.ok(lastAt <= lineMs + 4 + 10 + 2, `the last byte is handed on ${lastAt.toFixed(1)} ms in, for ${lineMs.toFixed(1)} ms of line: no accumulated lateness`);
+});
+
 t.test('virtual clock: receive: false passes bytes through at once', async (t) => {
   const clock = virtualClock(0);
   const { tr, feed } = recorder(clock);

@@ -28,9 +28,10 @@ export interface PacingOptions {
   /** Hand a slice on without sleeping while its end is at most this far ahead of the line. Default 2 ms. */
   aheadMs?: number;
   /**
-   * While fed continuously, lateness up to this much (timer overshoot, a slow event loop tick)
-   * is caught up, so the long-run rate does not fall below the line rate; beyond it the line
-   * clock restarts from now (the consumer was slower than the line). Default 20 ms.
+   * While fed continuously, lateness up to this much (timer overshoot, a slow event loop tick,
+   * the process descheduled on a loaded machine) is caught up, so the long-run rate does not fall
+   * below the line rate, as a UART goes on sending from its buffer while the CPU is busy; beyond it
+   * the line clock restarts from now (the consumer was slower than the line). Default 100 ms.
    */
   catchUpMs?: number;
   /**
@@ -100,6 +101,13 @@ class Line {
     private readonly stopped: () => Error | undefined,
     private readonly pass: (slice: Uint8Array) => void | Promise<void>,
     private readonly drained: () => void = () => undefined,
+    /**
+     * Receive side: a gap of at most catchUpMs before bytes arrive is not idle line time (the
+     * sender was late: a timer, a descheduled process, or its own pacer catching up) and is
+     * caught up like lateness, so a paced receiver behind a paced sender does not add the
+     * sender's jitter to its own. A send side starts from now after any gap.
+     */
+    private readonly gapsAreLateness = false,
   ) {}
 
   push(job: Job): void {
@@ -116,7 +124,8 @@ class Line {
   private async pump(): Promise<void> {
     this.pumping = true;
     // The line was idle until now: it is free from now on, not from some time in the past.
-    this.nextFree = Math.max(this.nextFree, this.clock.now());
+    const now = this.clock.now();
+    if (!this.gapsAreLateness || now - this.nextFree > this.catchUpMs) this.nextFree = Math.max(this.nextFree, now);
     try {
       while (this.queue.length > 0) {
         const job = this.queue[0]!;
@@ -166,7 +175,7 @@ export function paced(inner: Transport, options: PacingOptions): PacedTransport 
   const msPerByte = (1000 * bitsPerByte) / baud;
   const sliceBytes = Math.max(1, Math.floor((options.sliceMs ?? 4) / msPerByte));
   const aheadMs = options.aheadMs ?? 2;
-  const catchUpMs = options.catchUpMs ?? 20;
+  const catchUpMs = options.catchUpMs ?? 100;
   const clock = options.clock ?? realClock;
   const highWater = options.receiveHighWater ?? 16 * 1024;
   const limit = options.receiveLimit ?? 1024 * 1024;
@@ -179,12 +188,22 @@ export function paced(inner: Transport, options: PacingOptions): PacedTransport 
   const stopped = () => (closing || core.ended ? core.closedError() : undefined);
 
   const tx = new Line(msPerByte, sliceBytes, aheadMs, catchUpMs, clock, stopped, (slice) => inner.write(slice));
-  const rx = new Line(msPerByte, sliceBytes, aheadMs, catchUpMs, clock, stopped, (slice) => core.deliver(slice), () => {
-    if (readPaused && rx.queuedBytes <= highWater / 2) {
-      readPaused = false;
-      flow!.resume();
-    }
-  });
+  const rx = new Line(
+    msPerByte,
+    sliceBytes,
+    aheadMs,
+    catchUpMs,
+    clock,
+    stopped,
+    (slice) => core.deliver(slice),
+    () => {
+      if (readPaused && rx.queuedBytes <= highWater / 2) {
+        readPaused = false;
+        flow!.resume();
+      }
+    },
+    true,
+  );
 
   if (options.receive === false) {
     inner.onData((chunk) => core.deliver(chunk));
