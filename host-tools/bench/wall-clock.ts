@@ -111,9 +111,11 @@ export interface ZmodemRun {
 export async function zmodemTransfer(cable: Cable, file: string): Promise<ZmodemRun> {
   const into = mkdtempSync(join(tmpdir(), 'qkt-bench-rz-'));
   try {
-    const rz = onPty('rz', ['-b', '-y'], cable.device, into);
+    // Now and then ZMODEM's opening exchange is lost on a fresh socat pty (a plain pair as well as
+    // this relay) and sz/rz wait 30 s before trying again: the bench reports the median of its runs.
     const t0 = performance.now();
     const sz = onPty('sz', ['-b', '-8', file], cable.host, into);
+    const rz = onPty('rz', ['-b', '-y'], cable.device, into);
     const timer = setTimeout(() => {
       for (const p of [sz.pid, rz.pid]) {
         try {
