@@ -18,6 +18,7 @@ import type { IdleWatch } from './transports/idle.js';
 import { openSerial } from './transports/serial.js';
 import { listenTcp, parseTcpAddress } from './transports/tcp.js';
 import { paced } from './transports/pacing.js';
+import type { ReadFlow } from './transports/pacing.js';
 import { isPty } from './link/open.js';
 import { NoDeviceError, errnoOf } from './link/errors.js';
 import { TerminalHostError } from './terminal-host-error.js';
@@ -110,13 +111,17 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
     closeFlash();
     throw e;
   }
-  const pace = (t: Transport): Transport => (o.baud ? paced(t, { baud: o.baud }) : t);
+  // --baud on a pty or TCP: the module's end behaves like a UART at that rate in both directions
+  // (its replies leave, and the host's bytes are taken, at baud/10 bytes per second), whether or
+  // not the host paces too. On a pty the reader pauses while bytes wait, so a faster host is held
+  // back by the kernel's pty buffer; on TCP more than 1 MiB waiting is dropped, as a UART overruns.
+  const pace = (t: Transport, readFlow?: ReadFlow): Transport => (o.baud ? paced(t, { baud: o.baud, ...(readFlow ? { readFlow } : {}) }) : t);
   if (o.port) {
     const serial = await openSerial(o.port, o.baud ? { baudRate: o.baud } : {}).catch((e: Error) => {
       closeFlash();
       throw new NoDeviceError(o.port!, `cannot open ${o.port}: ${e.message}`, errnoOf(e));
     });
-    const transport = o.baud && isPty(o.port) ? pace(serial) : serial;
+    const transport = o.baud && isPty(o.port) ? pace(serial, { pause: () => serial.parser.pause(), resume: () => serial.parser.resume() }) : serial;
     const closed = new Promise<void>((resolve) => transport.onClose(() => resolve()));
     // The module's only cable: a host that stops reading loses answers, never the module's port.
     terminal.attach(transport, { overflow: 'drop' });

@@ -20,7 +20,8 @@ export interface LinkRig {
 }
 
 export async function openLinkRig(kind: RigTransport, baud?: number, terminal: Terminal = createTerminal({})): Promise<LinkRig> {
-  const pace = (t: Transport) => (baud ? paced(t, { baud }) : t);
+  // Both ends pace their writes, so each direction of the cable is paced once, by its sender.
+  const pace = (t: Transport) => (baud ? paced(t, { baud, receive: false }) : t);
   if (kind === 'inproc') {
     const [host, device] = createInProcessPair({ names: ['host', 'terminal'] });
     terminal.attach(pace(device));

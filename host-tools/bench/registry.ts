@@ -49,7 +49,7 @@ export const benchmarks: Record<string, Benchmark> = {
     format: (r) => formatFlashBenchMarkdown(r as FlashBenchResult),
   },
   inject: {
-    run: (o) => benchInject({ bits: o.bytes ? o.bytes * 8 : o.quick ? 2 ** 20 : 2 ** 23, log: o.log }),
+    run: (o) => benchInject({ bits: o.bytes ? o.bytes * 8 : o.quick ? 2 ** 20 : 2 ** 23, runs: o.quick ? 1 : 3, log: o.log }),
     format: (r) => formatInjectBench(r as InjectBenchResult),
   },
   lifetime: {

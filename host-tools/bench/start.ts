@@ -23,7 +23,7 @@ export interface StartBenchResult {
 }
 
 /** bin/qkt.js, from the source tree (host-tools/bench) or the build (dist/host-tools/bench). */
-function qktBin(): string {
+export function qktBin(): string {
   for (const rel of ['../../bin/qkt.js', '../../../bin/qkt.js']) {
     const p = fileURLToPath(new URL(rel, import.meta.url));
     if (existsSync(p)) return p;

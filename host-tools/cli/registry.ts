@@ -15,7 +15,7 @@ const vidpid: OptionInfo = { type: 'string', value: 'VID:PID', description: 'wit
 const baud: OptionInfo = {
   type: 'string',
   value: 'N',
-  description: 'line rate in baud (bit/s, 300 to 12000000): sets a serial port; on a pty or tcp: paces the link to it',
+  description: 'line rate in baud (bit/s, 300 to 12000000): sets a serial port; on a pty or tcp: both directions paced like a UART at that rate (8N1: baud/10 bytes/s); also sizes the reply timeouts',
   defaultText: '115200 on a serial port; a pty or tcp: unpaced',
 };
 const bits: OptionInfo = { type: 'string', value: 'N', description: 'key per terminal: a number of bits, or with a unit (3Mbit, 384KiB)' };
@@ -312,7 +312,7 @@ export const commands: readonly CommandSpec[] = [
       'create-image': flag('when the --flash FILE does not exist, make it: a blank 2 MiB image (mode 600), an unenrolled module; an existing image is used as it is'),
       port: { type: 'string', value: 'PATH', description: 'serve on this serial device or pty' },
       listen: { type: 'string', value: 'tcp:HOST:PORT', description: 'serve on TCP instead (port 0: any free port, printed when ready)' },
-      baud: { type: 'string', value: 'N', description: "line rate in baud (bit/s, 300 to 12000000): sets a serial port; on a pty or TCP paces the module's replies", defaultText: '115200 on a serial port; a pty or TCP: unpaced' },
+      baud: { type: 'string', value: 'N', description: 'line rate in baud (bit/s, 300 to 12000000): sets a serial port; on a pty or TCP the module sends and takes bytes like a UART at that rate (8N1: baud/10 bytes/s), whatever the host does', defaultText: '115200 on a serial port; a pty or TCP: unpaced' },
       'power-cut-after': { type: 'string', value: 'N', description: 'fault injection: cut the power (the process exits 137) at the N-th flash program or erase' , defaultText: 'never' },
       'allow-shared-image': flag('start even when group or others can read the flash image (a warning instead of a refusal)'),
     },
