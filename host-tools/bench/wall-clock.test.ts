@@ -6,7 +6,7 @@ import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { openSerial } from '../transports/serial.js';
-import { socatSkipReason } from '../../hil/pty.js';
+import { socatSkipReason } from '../transports/pty-pair.js';
 import { lrzszAvailable, LRZSZ_MISSING, pacedCable, zmodemTransfer } from './wall-clock.js';
 
 t.setTimeout(120_000);
