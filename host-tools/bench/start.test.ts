@@ -4,11 +4,12 @@ import t from 'tap';
 import { benchStart, formatStartBench } from './start.js';
 
 t.test('bench start measures each case and checks its exit code', async (t) => {
-  const r = benchStart({ runs: 1 });
+  const r = await benchStart({ runs: 1 });
   t.same(r.cases.map((c) => [c.args.join(' '), c.exitCode]), [
     ['-e 0', 0],
     ['--help', 0],
     ['status --help', 0],
+    [`status --port ${r.cases[3]!.args[2]}`, 0],
     ['kmd', 2],
     ['carrier load --carrier x --terminal T1 T2', 2],
   ]);

@@ -1,7 +1,11 @@
-// `qkt bench start`: how long the CLI takes to start and exit on help and usage paths (spawn to
-// exit, median of N runs), beside bare `node -e 0` in the same run: the ratio is the figure.
-import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+// `qkt bench start`: how long the CLI takes to start and exit on help and usage paths and on a
+// real `qkt status` against an emulated terminal on TCP (spawn to exit, median of N runs), beside
+// bare `node -e 0` in the same run: the ratio is the figure.
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 
 export interface StartCase {
@@ -37,12 +41,42 @@ const median = (xs: number[]): number => {
   return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 };
 
-export function benchStart(o: { runs: number; log?: (line: string) => void }): StartBenchResult {
+/** A blank emulated terminal (`terminal run --create-image`) on 127.0.0.1, for a real `qkt status`; stop() ends it by pid. */
+async function startTerminal(bin: string): Promise<{ port: string; stop: () => void }> {
+  const dir = mkdtempSync(join(tmpdir(), 'qkt-bench-start-'));
+  const p = spawn(process.execPath, [bin, 'terminal', 'run', '--flash', join(dir, 't.img'), '--create-image', '--listen', 'tcp:127.0.0.1:0', '--json'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const stop = () => {
+    p.kill('SIGKILL');
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    const port = await new Promise<string>((resolve, reject) => {
+      createInterface({ input: p.stdout! }).once('line', (l) => resolve((JSON.parse(l) as { port: string }).port));
+      p.once('exit', (code) => reject(new Error(`bench start: terminal run exited ${code}`)));
+    });
+    return { port, stop };
+  } catch (e) {
+    stop();
+    throw e;
+  }
+}
+
+export async function benchStart(o: { runs: number; log?: (line: string) => void }): Promise<StartBenchResult> {
   const bin = qktBin();
+  const terminal = await startTerminal(bin);
+  try {
+    return measure(bin, terminal.port, o);
+  } finally {
+    terminal.stop();
+  }
+}
+
+function measure(bin: string, terminalPort: string, o: { runs: number; log?: (line: string) => void }): StartBenchResult {
   const cases = [
     { name: 'node -e 0', argv: ['-e', '0'], exitCode: 0 },
     { name: 'qkt --help', argv: [bin, '--help'], exitCode: 0 },
     { name: 'qkt status --help', argv: [bin, 'status', '--help'], exitCode: 0 },
+    { name: 'qkt status --port tcp: (a blank emulated terminal)', argv: [bin, 'status', '--port', terminalPort], exitCode: 0 },
     { name: 'qkt kmd (usage error: the group list)', argv: [bin, 'kmd'], exitCode: 2 },
     { name: 'qkt carrier load ... T2 (usage error)', argv: [bin, 'carrier', 'load', '--carrier', 'x', '--terminal', 'T1', 'T2'], exitCode: 2 },
   ];
