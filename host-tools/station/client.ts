@@ -72,6 +72,13 @@ export class TerminalRefusedError extends Error {
 
 const TERMINAL_ID = /^[A-Za-z0-9._-]{1,32}$/;
 const count = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+/** The latest time a JavaScript Date (and so an ISO 8601 line) can show: 8.64e15 ms after the epoch. */
+const MAX_DATE_MS = 8.64e15;
+
+/** Most rows of one STATUS page (docs/protocol.md 3.12.3: 16). */
+export const STATUS_PAGE_ROWS = 16;
+/** Most rows `readStationStatus` reads in all: a station that pages on without end is cut off, not held in memory. */
+export const MAX_STATUS_ROWS = 65_536;
 
 function row(x: unknown): StationTerminalRow {
   const r = x as Record<string, unknown> | null;
@@ -89,7 +96,7 @@ function row(x: unknown): StationTerminalRow {
   const u = r['lastUplink'] as Record<string, unknown> | null | undefined;
   let lastUplink: LastUplink | null = null;
   if (u !== undefined && u !== null) {
-    if (typeof u !== 'object' || !count(u['at']) || (u['mode'] !== 'otp' && u['mode'] !== 'aead') || !count(u['counter']) || !count(u['bytes']) || !count(u['keyBits'])) bad('lastUplink');
+    if (typeof u !== 'object' || !count(u['at']) || (u['at'] as number) > MAX_DATE_MS || (u['mode'] !== 'otp' && u['mode'] !== 'aead') || !count(u['counter']) || !count(u['bytes']) || !count(u['keyBits'])) bad('lastUplink');
     lastUplink = { at: u['at'] as number, mode: u['mode'] as 'otp' | 'aead', counter: u['counter'] as number, bytes: u['bytes'] as number, keyBits: u['keyBits'] as number };
   }
   const f = r['forecast'] as Record<string, unknown> | null | undefined;
@@ -127,12 +134,21 @@ export async function readStationStatus(station: LinkClient): Promise<StationTer
     }
     const list = reply['terminals'];
     if (!Array.isArray(list)) throw new StationReplyError('the station sent a STATUS reply without a terminals list');
+    if (list.length > STATUS_PAGE_ROWS) throw new StationReplyError(`the station sent a STATUS page of ${list.length} rows (at most ${STATUS_PAGE_ROWS})`);
     const page = list.map(row);
+    // Rows in id order, each after the previous page's last: a station that repeats or reorders
+    // rows cannot make us list a terminal twice or loop.
+    let last = after;
+    for (const r of page) {
+      if (last !== undefined && r.terminalId <= last) throw new StationReplyError('the station sent STATUS rows out of order or repeated');
+      last = r.terminalId;
+    }
+    if (rows.length + page.length > MAX_STATUS_ROWS) throw new StationReplyError(`the station sent more than ${MAX_STATUS_ROWS} STATUS rows: stopped reading`);
     rows.push(...page);
     const next = reply['next'];
     if (next === undefined) return rows;
-    // Each page must move on (ids in order): a station that repeats itself cannot loop us.
-    if (typeof next !== 'string' || page.length === 0 || (after !== undefined && next <= after)) throw new StationReplyError('the station sent a STATUS page that does not move on');
+    // Each page must move on: `next` is its last row's id (3.12.3).
+    if (typeof next !== 'string' || page.length === 0 || next !== last) throw new StationReplyError('the station sent a STATUS page that does not move on');
     after = next;
   }
 }

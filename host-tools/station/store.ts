@@ -45,6 +45,10 @@ export class StationStoreError extends Error {
 }
 
 const DAY_MS = 86_400_000;
+/** The latest time a Date can hold (ms since the epoch): a last uplink after it cannot be shown. */
+const MAX_DATE_MS = 8.64e15;
+/** A field of a last uplink (STATUS sends them as safe-uint): a whole number, not negative. */
+const count = (x: unknown): boolean => Number.isSafeInteger(x) && (x as number) >= 0;
 /** Days of key use the forecast looks back on (`station status`). */
 export const USAGE_DAYS = 30;
 
@@ -521,11 +525,12 @@ export class StationStore {
     const ok =
       x !== null &&
       typeof x === 'object' &&
-      Number.isSafeInteger(x.at) &&
+      count(x.at) &&
+      x.at! <= MAX_DATE_MS &&
       (x.mode === 'otp' || x.mode === 'aead') &&
-      Number.isSafeInteger(x.counter) &&
-      Number.isSafeInteger(x.bytes) &&
-      Number.isSafeInteger(x.keyBits);
+      count(x.counter) &&
+      count(x.bytes) &&
+      count(x.keyBits);
     return ok ? { at: x.at!, mode: x.mode!, counter: x.counter!, bytes: x.bytes!, keyBits: x.keyBits! } : null;
   }
 
