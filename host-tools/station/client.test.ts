@@ -65,3 +65,13 @@ t.test("a store's last-uplink.json with negative or undated fields reads as none
     t.equal(store.lastUplink('T1'), null, JSON.stringify(bad));
   }
 });
+
+t.test('a stray folder not named as a terminal id is not a terminal of the store', async (t) => {
+  const store = new StationStore(join(t.testdir({}), 'station'));
+  t.teardown(() => store.close());
+  for (const d of ['T1', 'X\x1b[31mred', 'a b', '..x', 'x'.repeat(33)]) {
+    mkdirSync(join(store.dir, d), { recursive: true });
+    writeFileSync(join(store.dir, d, 'pool.img'), '');
+  }
+  t.same(store.terminals(), ['..x', 'T1'].sort());
+});

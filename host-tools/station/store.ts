@@ -24,6 +24,7 @@ import { PoolError } from '../../firmware/keypool/errors.js';
 import { writeFileAtomic } from '../fs-atomic.js';
 import { DamagedFileError, readJsonFile } from '../json-file.js';
 import { withLockSync } from '../lock.js';
+import { TERMINAL_ID_RE } from '../../firmware/crypto/_util.js';
 import type { LockOptions } from '../lock.js';
 
 /** Same layout as a terminal module's pool (secure area left unused), so capacities agree. */
@@ -113,7 +114,11 @@ export class StationStore {
   }
 
   terminals(): string[] {
-    return readdirSync(this.dir).filter((d) => existsSync(join(this.dir, d, 'pool.img'))).sort();
+    // Only folders named as terminal ids (what exports make): a stray folder of another name is no
+    // terminal's, and must neither reach a terminal's screen nor make STATUS rows a client refuses.
+    return readdirSync(this.dir)
+      .filter((d) => TERMINAL_ID_RE.test(d) && !/^\.+$/.test(d) && existsSync(join(this.dir, d, 'pool.img')))
+      .sort();
   }
 
   private statePath(terminalId: string): string {
