@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { MAX_STATUS_ROWS, readStationStatus, StationReplyError } from './client.js';
 import type { LinkClient } from '../link/client.js';
 import type { Payload } from '../../firmware/link/codec.js';
-import { StationStore } from './store.js';
+import { MAX_MOUNTED_POOLS, StationStore } from './store.js';
 
 const base = { generation: 1, storedKeyBits: 1, maxKeyBits: 1, consumedKeyBits: 0, activeBatches: 1, inactiveBatches: 0, activeKeyBits: 1, inactiveKeyBits: 0, lastUplink: null, forecast: null };
 const station = (answer: (p: Payload, n: number) => Payload): LinkClient & { asked: number } => {
@@ -74,4 +74,16 @@ t.test('a stray folder not named as a terminal id is not a terminal of the store
     writeFileSync(join(store.dir, d, 'pool.img'), '');
   }
   t.same(store.terminals(), ['..x', 'T1'].sort());
+});
+
+t.test("paging every terminal's account keeps at most MAX_MOUNTED_POOLS pools in memory", async (t) => {
+  const store = new StationStore(join(t.testdir({}), 'station'));
+  t.teardown(() => store.close());
+  const n = MAX_MOUNTED_POOLS + 8;
+  for (let i = 0; i < n; i++) store.addBatch(id(i), { batchId: new Uint8Array(16).fill(i + 1), seq: 1, purpose: 'enc', bits: 8192 }, new Uint8Array(1024).fill(i));
+  for (const x of store.terminals()) t.equal(store.account(x).storedKeyBits, 8192);
+  const mounted = (store as unknown as { pools: Map<string, unknown> }).pools.size;
+  t.ok(mounted <= MAX_MOUNTED_POOLS, `${mounted} pools mounted after reading ${n} accounts`);
+  // An unmounted pool mounts again as it was.
+  t.equal(store.account(id(0)).storedKeyBits, 8192);
 });
