@@ -3,7 +3,8 @@
 import t from 'tap';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { MAX_STATUS_ROWS, readStationStatus, StationReplyError } from './client.js';
+import { MAX_STATUS_ROWS, readStationStatus, sendTestUplink, StationRefusedError, StationReplyError } from './client.js';
+import { Group, SystemCmd } from '../../firmware/link/groups.js';
 import type { LinkClient } from '../link/client.js';
 import type { Payload } from '../../firmware/link/codec.js';
 import { MAX_MOUNTED_POOLS, StationStore } from './store.js';
@@ -86,4 +87,18 @@ t.test("paging every terminal's account keeps at most MAX_MOUNTED_POOLS pools in
   t.ok(mounted <= MAX_MOUNTED_POOLS, `${mounted} pools mounted after reading ${n} accounts`);
   // An unmounted pool mounts again as it was.
   t.equal(store.account(id(0)).storedKeyBits, 8192);
+});
+
+t.test('station uplink: a station row with no key left costs the terminal no key', async (t) => {
+  const asked: number[] = [];
+  const terminal = {
+    request: async (group: number, command: number) => {
+      asked.push(group * 256 + command);
+      if (group === Group.SYSTEM && command === SystemCmd.STATUS) return { terminalId: 'T1' };
+      throw new Error(`the terminal was asked group ${group} command ${command}`);
+    },
+  } as unknown as LinkClient;
+  const st = station(() => ({ terminals: [{ ...base, terminalId: 'T1', storedKeyBits: 0, activeKeyBits: 0, activeBatches: 0 }] }));
+  await t.rejects(sendTestUplink(terminal, st, { mode: 'otp', data: new Uint8Array(3), caller: { kind: 'terminal', id: 'T1', generation: 1 } }), StationRefusedError);
+  t.same(asked, [Group.SYSTEM * 256 + SystemCmd.STATUS], 'the terminal was asked its STATUS only');
 });

@@ -194,7 +194,9 @@ export async function sendTestUplink(terminal: LinkClient, station: LinkClient, 
   if (o.caller?.kind !== 'terminal') throw new WrongCertificateError(`the certificate is ${o.caller ? `operator ${o.caller.id}'s` : 'no station certificate'}, not terminal ${terminalId}'s: ${fix}`);
   if (o.caller.id !== terminalId) throw new WrongCertificateError(`the certificate is terminal ${o.caller.id}'s; the terminal on the port is ${terminalId}: ${fix}`);
   const own = await readStationStatus(station);
-  if (!own.some((r) => r.terminalId === terminalId)) {
+  // A row with no key left (its batches used up or voided at the KMD) holds none either: the
+  // terminal's key would be spent on a message the station cannot open.
+  if (!own.some((r) => r.terminalId === terminalId && r.storedKeyBits > 0)) {
     throw new StationRefusedError('uplink', new LinkError(Rc.WRONG_TERMINAL), `the station holds no keys for terminal ${terminalId}: nothing sent (load a batch for it and inject it first)`);
   }
   const neg = await onTerminal(terminal, 'a key session', Group.KEYS, KeysCmd.NEGOTIATE, o.mode === 'otp' ? { mode: 'otp', enc: 'any', auth: 'any' } : { mode: 'aead', enc: 'any' });
