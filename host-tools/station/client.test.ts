@@ -4,7 +4,7 @@ import t from 'tap';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { MAX_STATUS_ROWS, readStationStatus, sendTestUplink, StationRefusedError, StationReplyError } from './client.js';
-import { Group, SystemCmd } from '../../firmware/link/groups.js';
+import { Group, KeysCmd, SystemCmd } from '../../firmware/link/groups.js';
 import type { LinkClient } from '../link/client.js';
 import type { Payload } from '../../firmware/link/codec.js';
 import { MAX_MOUNTED_POOLS, StationStore } from './store.js';
@@ -101,4 +101,20 @@ t.test('station uplink: a station row with no key left costs the terminal no key
   const st = station(() => ({ terminals: [{ ...base, terminalId: 'T1', storedKeyBits: 0, activeKeyBits: 0, activeBatches: 0 }] }));
   await t.rejects(sendTestUplink(terminal, st, { mode: 'otp', data: new Uint8Array(3), caller: { kind: 'terminal', id: 'T1', generation: 1 } }), StationRefusedError);
   t.same(asked, [Group.SYSTEM * 256 + SystemCmd.STATUS], 'the terminal was asked its STATUS only');
+});
+
+t.test('station uplink: a terminal that seals garbage is named, and nothing goes to the station', async (t) => {
+  const terminal = {
+    request: async (group: number, command: number) => {
+      if (group === Group.SYSTEM && command === SystemCmd.STATUS) return { terminalId: 'T1' };
+      if (group === Group.KEYS && command === KeysCmd.NEGOTIATE) return { s: 1 };
+      if (group === Group.KEYS && command === KeysCmd.SEAL) return { m: new Uint8Array(5) };
+      return {};
+    },
+  } as unknown as LinkClient;
+  const st = station((p) => {
+    if ('m' in p) throw new Error('the uplink reached the station');
+    return { terminals: [{ ...base, terminalId: 'T1' }] };
+  });
+  await t.rejects(sendTestUplink(terminal, st, { mode: 'otp', data: new Uint8Array(3), caller: { kind: 'terminal', id: 'T1', generation: 1 } }), { name: 'TerminalReplyError', message: /malformed sealed message/ });
 });

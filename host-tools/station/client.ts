@@ -8,6 +8,7 @@ import { LinkError, Rc } from '../../firmware/link/errors.js';
 import { decodeServiceHeader } from '../../firmware/crypto/service.js';
 import type { Payload } from '../../firmware/link/codec.js';
 import type { LinkClient } from '../link/client.js';
+import { printable } from '../peer-text.js';
 import type { LastUplink, StationAccount } from './store.js';
 import type { StationRole } from './certs.js';
 
@@ -48,6 +49,14 @@ export class StationRefusedError extends Error {
   ) {
     super(message);
     this.name = 'StationRefusedError';
+  }
+}
+
+/** The terminal module sent something the protocol does not allow (a sealed message that is none). */
+export class TerminalReplyError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'TerminalReplyError';
   }
 }
 
@@ -205,7 +214,13 @@ export async function sendTestUplink(terminal: LinkClient, station: LinkClient, 
     const sealed = await onTerminal(terminal, 'to seal the test message', Group.KEYS, KeysCmd.SEAL, { s: s as number, d: o.data });
     const m = sealed['m'];
     if (!(m instanceof Uint8Array)) throw new TerminalRefusedError(undefined, 'the terminal sent no sealed message');
-    const header = decodeServiceHeader(m).header;
+    let header;
+    try {
+      header = decodeServiceHeader(m).header;
+    } catch (e) {
+      // What answered on the port is not a module sealing by the protocol (or a broken one).
+      throw new TerminalReplyError(`the terminal sent a malformed sealed message (${printable((e as Error).message, 80)}): nothing sent to the station`);
+    }
     let up: Payload;
     try {
       up = await station.request(Group.STATION, StationCmd.UPLINK, { t: terminalId, m });
