@@ -17,6 +17,7 @@ import { listenTcp } from '../transports/tcp.js';
 import type { TcpListener } from '../transports/tcp.js';
 import type { KmdHome } from './home.js';
 import { serveDownload } from './download.js';
+import { rateLimited } from '../log-limit.js';
 
 /** Defaults of the download port's limits (docs/protocol.md 3.11.9). */
 export const DOWNLOAD_PORT_LIMITS = {
@@ -75,19 +76,6 @@ class RefusingDispatcher extends Dispatcher {
   override dispatch(): Promise<DispatchOutcome> {
     return Promise.resolve({ ok: false, error: new LinkError(Rc.DENIED, this.reason) });
   }
-}
-
-/** A logger that writes at most one line a second, the next one saying how many it left out. */
-function rateLimited(log: (line: string) => void): (line: string) => void {
-  let last = 0;
-  let unlogged = 0;
-  return (line) => {
-    const now = Date.now();
-    if (now - last < 1000) return void unlogged++;
-    log(`${line}${unlogged ? ` (and ${unlogged} more since the last report)` : ''}`);
-    last = now;
-    unlogged = 0;
-  };
 }
 
 interface Slot {
