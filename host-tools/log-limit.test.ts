@@ -25,3 +25,15 @@ t.test('one limiter per log function, shared by every caller', async (t) => {
   sharedRateLimited((l) => void other.push(l))('x');
   t.same(other, ['x'], 'another log has its own allowance');
 });
+
+t.test('a clock set back does not silence the log until it catches up', async (t) => {
+  const lines: string[] = [];
+  let now = 10 * 3_600_000;
+  const log = rateLimited((l) => lines.push(l), 1000, () => now);
+  log('before');
+  now -= 3_600_000; // an hour back
+  log('after the step');
+  t.same(lines, ['before', 'after the step']);
+  log('again at once');
+  t.equal(lines.length, 2, 'and limited from there');
+});

@@ -11,7 +11,9 @@ export function rateLimited(log: (line: string) => void, intervalMs = 1000, now:
   let unlogged = 0;
   return (line) => {
     const t = now();
-    if (t - last < intervalMs) return void unlogged++;
+    // A clock set back (an NTP step, a wrong RTC fixed) starts a new interval: it must not silence
+    // the log until the clock is past the old time again.
+    if (t - last < intervalMs && t >= last) return void unlogged++;
     log(`${line}${unlogged ? ` (and ${unlogged} more since the last report)` : ''}`);
     last = t;
     unlogged = 0;

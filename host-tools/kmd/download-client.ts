@@ -152,7 +152,7 @@ export async function downloadFromKmd(o: { port: string; carrier: Carrier; termi
     if (e instanceof KmdError) throw new DownloadError('NO_CARRIER_KEY', e.message);
     throw e;
   }
-  const s = await connectDevice(o.port);
+  const s = await connectDevice(o.port, { device: 'KMD' });
   let session: DownloadSession | undefined;
   try {
     const { client, params } = s;

@@ -10,7 +10,7 @@ import { DownloadCmd, Group, SystemCmd } from '../../firmware/link/groups.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
 import { encodeMessage } from '../../firmware/link/codec.js';
 import { Kind } from '../../firmware/link/frame.js';
-import { connectTcp } from '../transports/tcp.js';
+import { connectTcp, socketTransport } from '../transports/tcp.js';
 import { LinkClient } from '../link/client.js';
 import { KmdHome } from './home.js';
 import { enrollTerminal } from './enroll.js';
@@ -41,9 +41,9 @@ async function client(t: Test, port: DownloadPort): Promise<LinkClient & { gone:
 }
 
 /** A raw socket that connects and sends nothing (or one valid PARAMS frame); resolves once connected. */
-function stranger(port: DownloadPort, sendParams = false): Promise<{ socket: net.Socket; closed: Promise<void> }> {
+function stranger(port: DownloadPort, sendParams = false, localAddress?: string): Promise<{ socket: net.Socket; closed: Promise<void> }> {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: '127.0.0.1', port: port.listener.address.port });
+    const socket = net.connect({ host: '127.0.0.1', port: port.listener.address.port, ...(localAddress ? { localAddress } : {}) });
     const closed = new Promise<void>((r) => socket.on('close', () => r()));
     socket.on('error', () => undefined);
     socket.resume(); // reads (and drops) what the KMD sends, so its FIN is seen
@@ -118,6 +118,33 @@ t.test('a flood of sockets that never log in does not keep a carrier out', async
   t.equal(((await s.request(DownloadCmd.NOTIFY, {}))['pending'] as unknown[]).length, 1, 'the carrier is still served');
   t.equal(port.counters.refused, 0, 'no newcomer was refused: strangers were evicted');
   for (const x of strangers) x.socket.destroy();
+  s.end();
+});
+
+t.test('a flood from one address evicts its own strangers, never a carrier logging in from another', async (t) => {
+  const { home, port, key } = await setup(t, { maxConnections: 4 });
+  const flood = [];
+  for (let i = 0; i < 4; i++) flood.push(await stranger(port, true, '127.0.0.2'));
+  await until(() => port.open === 4 && port.counters.accepted === 4);
+  // The carrier's socket is open and has not sent its PARAMS yet (the moment after connect) when
+  // more of the flood arrives: the flood's own connections make room, not the carrier's.
+  const carrier = await stranger(port, false, '127.0.0.1');
+  let carrierClosed = false;
+  void carrier.closed.then(() => (carrierClosed = true));
+  await until(() => port.counters.accepted === 5);
+  for (let i = 0; i < 8; i++) flood.push(await stranger(port, true, '127.0.0.2'));
+  await until(() => port.counters.accepted === 13);
+  await new Promise((r) => setTimeout(r, 50));
+  t.notOk(carrierClosed, 'the silent carrier socket kept its slot');
+  // It logs in on that socket while the flood goes on, and is served.
+  const c = new LinkClient(socketTransport(carrier.socket), { baseTimeoutMs: 3000, retries: 0 });
+  t.teardown(() => c.close());
+  await c.negotiate();
+  for (let i = 0; i < 8; i++) flood.push(await stranger(port, true, '127.0.0.2'));
+  const s = await authenticate(c, key(), 'car1', home.config.kmdId);
+  t.equal(((await s.request(DownloadCmd.NOTIFY, {}))['pending'] as unknown[]).length, 1, 'the carrier got in');
+  t.notOk(carrierClosed);
+  for (const x of flood) x.socket.destroy();
   s.end();
 });
 

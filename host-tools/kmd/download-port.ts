@@ -2,8 +2,9 @@
 // bounds what strangers can hold (docs/protocol.md 3.11.9). At most `maxConnections` at once; a
 // connection must send a valid request frame within `firstFrameMs`, authenticate a carrier within
 // `authMs`, and then send a valid frame at least every `idleMs`. With every slot taken a newcomer
-// evicts a silent or unauthenticated connection (the oldest), else one idle long enough, else it
-// is answered DENIED and closed: a flood of sockets that never log in cannot lock carriers out.
+// evicts a silent or unauthenticated connection (of the address holding the most, the oldest),
+// else one idle long enough, else it is answered DENIED and closed: a flood of sockets that never
+// log in cannot lock carriers out.
 import type { Transport } from '../../firmware/link/transport.js';
 import { DeviceLink } from '../../firmware/link/device-link.js';
 import { Dispatcher } from '../../firmware/link/dispatch.js';
@@ -16,6 +17,7 @@ import { listenTcp } from '../transports/tcp.js';
 import type { TcpListener } from '../transports/tcp.js';
 import type { KmdHome } from './home.js';
 import { serveDownload } from './download.js';
+import { rateLimited } from '../log-limit.js';
 
 /** Defaults of the download port's limits (docs/protocol.md 3.11.9). */
 export const DOWNLOAD_PORT_LIMITS = {
@@ -76,23 +78,12 @@ class RefusingDispatcher extends Dispatcher {
   }
 }
 
-/** A logger that writes at most one line a second, the next one saying how many it left out. */
-function rateLimited(log: (line: string) => void): (line: string) => void {
-  let last = 0;
-  let unlogged = 0;
-  return (line) => {
-    const now = Date.now();
-    if (now - last < 1000) return void unlogged++;
-    log(`${line}${unlogged ? ` (and ${unlogged} more since the last report)` : ''}`);
-    last = now;
-    unlogged = 0;
-  };
-}
-
 interface Slot {
   watch: IdleWatch;
   opened: number;
   authenticated: boolean;
+  /** The peer's IP address: strangers are evicted from the address that holds the most. */
+  address: string;
 }
 
 /** Serve the download interface on HOST:PORT, each connection its own session, within the limits above. */
@@ -111,19 +102,25 @@ export async function listenDownloadPort(home: KmdHome, host: string, port: numb
   const refusal = new RefusingDispatcher(`KMD download port serves ${max} connections at once; try again later`);
   let seq = 0;
   /**
-   * With every slot taken: the oldest connection that has sent no valid frame yet, else the
-   * oldest that has not authenticated a carrier (a carrier sends PARAMS, HELLO and AUTH at once:
-   * one that has not is a stranger holding a slot), else the one idle longest, if idle long enough.
+   * With every slot taken: a connection on which no carrier has logged in, of the address that
+   * holds the most such (a flood from one address evicts its own, never a carrier connecting from
+   * elsewhere, which is silent for the moment before its PARAMS arrives and a stranger until its
+   * AUTH, a few round trips later); of those, the oldest that has sent no valid frame yet, else
+   * the oldest. With every slot logged in: the one idle longest, if idle long enough.
    */
   const victim = (): [Transport, string] | undefined => {
+    const strangers = new Map<string, number>();
+    for (const s of live.values()) if (!s.authenticated) strangers.set(s.address, (strangers.get(s.address) ?? 0) + 1);
+    const most = Math.max(0, ...strangers.values());
     let silent: [Transport, Slot] | undefined;
     let stranger: [Transport, Slot] | undefined;
     let idlest: [Transport, Slot] | undefined;
     for (const [tr, s] of live) {
-      if (!s.watch.framed()) {
-        if (!silent || s.opened < silent[1].opened) silent = [tr, s];
-      } else if (!s.authenticated) {
-        if (!stranger || s.opened < stranger[1].opened) stranger = [tr, s];
+      if (!s.authenticated) {
+        if (strangers.get(s.address) !== most) continue;
+        if (!s.watch.framed()) {
+          if (!silent || s.opened < silent[1].opened) silent = [tr, s];
+        } else if (!stranger || s.opened < stranger[1].opened) stranger = [tr, s];
       } else if (!idlest || s.watch.idleFor() > idlest[1].watch.idleFor()) idlest = [tr, s];
     }
     if (silent) return [silent[0], 'no valid frame yet'];
@@ -131,7 +128,7 @@ export async function listenDownloadPort(home: KmdHome, host: string, port: numb
     if (idlest && idlest[1].watch.idleFor() >= evictIdleMs) return [idlest[0], `idle ${Math.round(idlest[1].watch.idleFor() / 1000)} s`];
     return undefined;
   };
-  const listener = await listenTcp(host, port, (t) => {
+  const listener = await listenTcp(host, port, (t, socket) => {
     if (live.size >= max) {
       const v = victim();
       if (v) {
@@ -162,7 +159,7 @@ export async function listenDownloadPort(home: KmdHome, host: string, port: numb
         logClosed(`download: ${t.description} closed: ${why === 'no-frame' ? `no valid frame within ${firstMs / 1000} s` : `no valid frame for ${idleMs / 1000} s`}`);
       },
     });
-    const slot: Slot = { watch, opened: seq++, authenticated: false };
+    const slot: Slot = { watch, opened: seq++, authenticated: false, address: socket.remoteAddress ?? '?' };
     live.set(t, slot);
     const authTimer = setTimeout(() => {
       if (slot.authenticated) return;

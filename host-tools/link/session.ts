@@ -15,12 +15,13 @@ export interface DeviceSession {
   close(): Promise<void>;
 }
 
-export async function connectDevice(spec: string, o: OpenOptions & { timeoutMs?: number } = {}): Promise<DeviceSession> {
+export async function connectDevice(spec: string, o: OpenOptions & { timeoutMs?: number; device?: 'terminal' | 'KMD' } = {}): Promise<DeviceSession> {
   const transport = await openLink(spec, o);
   return startSession(transport, spec, o);
 }
 
-export async function startSession(transport: Transport, name: string, o: OpenOptions & { timeoutMs?: number } = {}): Promise<DeviceSession> {
+/** `o.device`: what should answer, in the words of the message when nothing does (default "terminal"). */
+export async function startSession(transport: Transport, name: string, o: OpenOptions & { timeoutMs?: number; device?: 'terminal' | 'KMD' } = {}): Promise<DeviceSession> {
   const client = new LinkClient(transport, { baud: o.baud ?? 115_200, baseTimeoutMs: o.timeoutMs ?? 1500 });
   try {
     const params = await client.negotiate();
@@ -32,7 +33,7 @@ export async function startSession(transport: Transport, name: string, o: OpenOp
       throw new DeviceBusyError(name, `${name} refused the connection: ${printable(e.reason ?? 'denied')}`);
     }
     if (e instanceof LinkTimeoutError || e instanceof LinkClosedError) {
-      throw new NoDeviceError(name, `no terminal answered on ${name} (${e.message})`);
+      throw new NoDeviceError(name, `${o.device === 'KMD' ? `no KMD answered on ${name}` : `no terminal answered on ${name}`} (${e.message})`);
     }
     throw e;
   }

@@ -8,6 +8,7 @@ import { LinkError, Rc } from '../../firmware/link/errors.js';
 import { decodeServiceHeader } from '../../firmware/crypto/service.js';
 import type { Payload } from '../../firmware/link/codec.js';
 import type { LinkClient } from '../link/client.js';
+import { printable } from '../peer-text.js';
 import type { LastUplink, StationAccount } from './store.js';
 import type { StationRole } from './certs.js';
 
@@ -51,6 +52,14 @@ export class StationRefusedError extends Error {
   }
 }
 
+/** The terminal module sent something the protocol does not allow (a sealed message that is none). */
+export class TerminalReplyError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'TerminalReplyError';
+  }
+}
+
 /** The certificate given cannot send this terminal's uplinks (an operator's, another terminal's). */
 export class WrongCertificateError extends Error {
   constructor(message: string) {
@@ -72,6 +81,13 @@ export class TerminalRefusedError extends Error {
 
 const TERMINAL_ID = /^[A-Za-z0-9._-]{1,32}$/;
 const count = (x: unknown): x is number => typeof x === 'number' && Number.isSafeInteger(x) && x >= 0;
+/** The latest time a JavaScript Date (and so an ISO 8601 line) can show: 8.64e15 ms after the epoch. */
+const MAX_DATE_MS = 8.64e15;
+
+/** Most rows of one STATUS page (docs/protocol.md 3.12.3: 16). */
+export const STATUS_PAGE_ROWS = 16;
+/** Most rows `readStationStatus` reads in all: a station that pages on without end is cut off, not held in memory. */
+export const MAX_STATUS_ROWS = 65_536;
 
 function row(x: unknown): StationTerminalRow {
   const r = x as Record<string, unknown> | null;
@@ -89,7 +105,7 @@ function row(x: unknown): StationTerminalRow {
   const u = r['lastUplink'] as Record<string, unknown> | null | undefined;
   let lastUplink: LastUplink | null = null;
   if (u !== undefined && u !== null) {
-    if (typeof u !== 'object' || !count(u['at']) || (u['mode'] !== 'otp' && u['mode'] !== 'aead') || !count(u['counter']) || !count(u['bytes']) || !count(u['keyBits'])) bad('lastUplink');
+    if (typeof u !== 'object' || !count(u['at']) || (u['at'] as number) > MAX_DATE_MS || (u['mode'] !== 'otp' && u['mode'] !== 'aead') || !count(u['counter']) || !count(u['bytes']) || !count(u['keyBits'])) bad('lastUplink');
     lastUplink = { at: u['at'] as number, mode: u['mode'] as 'otp' | 'aead', counter: u['counter'] as number, bytes: u['bytes'] as number, keyBits: u['keyBits'] as number };
   }
   const f = r['forecast'] as Record<string, unknown> | null | undefined;
@@ -127,12 +143,21 @@ export async function readStationStatus(station: LinkClient): Promise<StationTer
     }
     const list = reply['terminals'];
     if (!Array.isArray(list)) throw new StationReplyError('the station sent a STATUS reply without a terminals list');
+    if (list.length > STATUS_PAGE_ROWS) throw new StationReplyError(`the station sent a STATUS page of ${list.length} rows (at most ${STATUS_PAGE_ROWS})`);
     const page = list.map(row);
+    // Rows in id order, each after the previous page's last: a station that repeats or reorders
+    // rows cannot make us list a terminal twice or loop.
+    let last = after;
+    for (const r of page) {
+      if (last !== undefined && r.terminalId <= last) throw new StationReplyError('the station sent STATUS rows out of order or repeated');
+      last = r.terminalId;
+    }
+    if (rows.length + page.length > MAX_STATUS_ROWS) throw new StationReplyError(`the station sent more than ${MAX_STATUS_ROWS} STATUS rows: stopped reading`);
     rows.push(...page);
     const next = reply['next'];
     if (next === undefined) return rows;
-    // Each page must move on (ids in order): a station that repeats itself cannot loop us.
-    if (typeof next !== 'string' || page.length === 0 || (after !== undefined && next <= after)) throw new StationReplyError('the station sent a STATUS page that does not move on');
+    // Each page must move on: `next` is its last row's id (3.12.3).
+    if (typeof next !== 'string' || page.length === 0 || next !== last) throw new StationReplyError('the station sent a STATUS page that does not move on');
     after = next;
   }
 }
@@ -178,7 +203,9 @@ export async function sendTestUplink(terminal: LinkClient, station: LinkClient, 
   if (o.caller?.kind !== 'terminal') throw new WrongCertificateError(`the certificate is ${o.caller ? `operator ${o.caller.id}'s` : 'no station certificate'}, not terminal ${terminalId}'s: ${fix}`);
   if (o.caller.id !== terminalId) throw new WrongCertificateError(`the certificate is terminal ${o.caller.id}'s; the terminal on the port is ${terminalId}: ${fix}`);
   const own = await readStationStatus(station);
-  if (!own.some((r) => r.terminalId === terminalId)) {
+  // A row with no key left (its batches used up or voided at the KMD) holds none either: the
+  // terminal's key would be spent on a message the station cannot open.
+  if (!own.some((r) => r.terminalId === terminalId && r.storedKeyBits > 0)) {
     throw new StationRefusedError('uplink', new LinkError(Rc.WRONG_TERMINAL), `the station holds no keys for terminal ${terminalId}: nothing sent (load a batch for it and inject it first)`);
   }
   const neg = await onTerminal(terminal, 'a key session', Group.KEYS, KeysCmd.NEGOTIATE, o.mode === 'otp' ? { mode: 'otp', enc: 'any', auth: 'any' } : { mode: 'aead', enc: 'any' });
@@ -187,7 +214,13 @@ export async function sendTestUplink(terminal: LinkClient, station: LinkClient, 
     const sealed = await onTerminal(terminal, 'to seal the test message', Group.KEYS, KeysCmd.SEAL, { s: s as number, d: o.data });
     const m = sealed['m'];
     if (!(m instanceof Uint8Array)) throw new TerminalRefusedError(undefined, 'the terminal sent no sealed message');
-    const header = decodeServiceHeader(m).header;
+    let header;
+    try {
+      header = decodeServiceHeader(m).header;
+    } catch (e) {
+      // What answered on the port is not a module sealing by the protocol (or a broken one).
+      throw new TerminalReplyError(`the terminal sent a malformed sealed message (${printable((e as Error).message, 80)}): nothing sent to the station`);
+    }
     let up: Payload;
     try {
       up = await station.request(Group.STATION, StationCmd.UPLINK, { t: terminalId, m });

@@ -35,6 +35,7 @@ import { StationStore, StationStoreError, stationServiceLockOptions } from './st
 import { LockBusyError, lockSync } from '../lock.js';
 import { isId, MAX_RECORD_BYTES } from '../kmd/home.js';
 import { DamagedFileError, readJsonFile } from '../json-file.js';
+import { rateLimited } from '../log-limit.js';
 
 export const STATION_FIRMWARE = `qkt-station ${FIRMWARE.split(' ')[1]}`;
 
@@ -79,19 +80,6 @@ function kmdGeneration(stationDir: string): (terminalId: string) => number | und
     const generation = record === null || typeof record !== 'object' ? 'damaged' : typeof g === 'number' && Number.isInteger(g) && g >= 1 ? g : 1; // records from before generations: 1
     seen.set(id, { stamp, generation });
     return generation;
-  };
-}
-
-/** A logger that writes at most one line a second, the next one saying how many it left out. */
-function rateLimited(log: (line: string) => void): (line: string) => void {
-  let last = 0;
-  let unlogged = 0;
-  return (line) => {
-    const now = Date.now();
-    if (now - last < 1000) return void unlogged++;
-    log(`${line}${unlogged ? ` (and ${unlogged} more since the last report)` : ''}`);
-    last = now;
-    unlogged = 0;
   };
 }
 

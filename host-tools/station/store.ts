@@ -24,6 +24,7 @@ import { PoolError } from '../../firmware/keypool/errors.js';
 import { writeFileAtomic } from '../fs-atomic.js';
 import { DamagedFileError, readJsonFile } from '../json-file.js';
 import { withLockSync } from '../lock.js';
+import { TERMINAL_ID_RE } from '../../firmware/crypto/_util.js';
 import type { LockOptions } from '../lock.js';
 
 /** Same layout as a terminal module's pool (secure area left unused), so capacities agree. */
@@ -45,6 +46,10 @@ export class StationStoreError extends Error {
 }
 
 const DAY_MS = 86_400_000;
+/** The latest time a Date can hold (ms since the epoch): a last uplink after it cannot be shown. */
+const MAX_DATE_MS = 8.64e15;
+/** A field of a last uplink (STATUS sends them as safe-uint): a whole number, not negative. */
+const count = (x: unknown): boolean => Number.isSafeInteger(x) && (x as number) >= 0;
 /** Days of key use the forecast looks back on (`station status`). */
 export const USAGE_DAYS = 30;
 
@@ -100,8 +105,17 @@ export function stationServiceLockOptions(dir: string): LockOptions {
   return { what: `station store ${dir}`, file: join(dir, 'service.lock'), waitMs: 0 };
 }
 
+/**
+ * Pools kept mounted between operations (each holds its 2 MiB image in RAM), the most recently
+ * used: a station's memory does not grow with the terminals an operator's STATUS pages through.
+ */
+export const MAX_MOUNTED_POOLS = 16;
+
 export class StationStore {
+  /** Mounted pools, least recently used first. */
   private readonly pools = new Map<string, Mount>();
+  /** Terminals with an operation running (nested ones counted): never unmounted to make room. */
+  private readonly busy = new Map<string, number>();
   /** Set by an operation that wrote state.json; the generation moves on. */
   private wroteState = false;
   constructor(readonly dir: string) {
@@ -109,7 +123,11 @@ export class StationStore {
   }
 
   terminals(): string[] {
-    return readdirSync(this.dir).filter((d) => existsSync(join(this.dir, d, 'pool.img'))).sort();
+    // Only folders named as terminal ids (what exports make): a stray folder of another name is no
+    // terminal's, and must neither reach a terminal's screen nor make STATUS rows a client refuses.
+    return readdirSync(this.dir)
+      .filter((d) => TERMINAL_ID_RE.test(d) && !/^\.+$/.test(d) && existsSync(join(this.dir, d, 'pool.img')))
+      .sort();
   }
 
   private statePath(terminalId: string): string {
@@ -164,7 +182,27 @@ export class StationStore {
       if (!create) throw new StationStoreError(`the station holds no keys for terminal ${terminalId}`, 'NO_TERMINAL');
       mkdirSync(dir, { recursive: true, mode: 0o700 });
     }
-    return withLockSync(img, poolLockOptions(this.dir, terminalId), () => {
+    this.busy.set(terminalId, (this.busy.get(terminalId) ?? 0) + 1);
+    try {
+      return withLockSync(img, poolLockOptions(this.dir, terminalId), () => this.operate(terminalId, img, fn));
+    } finally {
+      const n = this.busy.get(terminalId)! - 1;
+      if (n > 0) this.busy.set(terminalId, n);
+      else this.busy.delete(terminalId);
+      this.trim();
+    }
+  }
+
+  /** Unmount the least recently used pools beyond MAX_MOUNTED_POOLS (none with an operation running). */
+  private trim(): void {
+    for (const id of [...this.pools.keys()]) {
+      if (this.pools.size <= MAX_MOUNTED_POOLS) return;
+      if (!this.busy.has(id)) this.unmount(id);
+    }
+  }
+
+  private operate<T>(terminalId: string, img: string, fn: (pool: KeyPool) => T): T {
+    {
       const m = this.mount(terminalId, img);
       const ops = (): number => m.flash.stats.programs + m.flash.stats.erases;
       const before = ops();
@@ -188,7 +226,7 @@ export class StationStore {
         }
         m.marked = false; // the next operation (or the rest of an enclosing one) marks again
       }
-    });
+    }
   }
 
   /** A new generation token: every other process' mount of this pool is out of date now. */
@@ -227,7 +265,12 @@ export class StationStore {
   private mount(terminalId: string, img: string): Mount {
     const gen = this.readGen(terminalId);
     const open = this.pools.get(terminalId);
-    if (open && open.gen === gen && !open.flash.powerLost) return open;
+    if (open && open.gen === gen && !open.flash.powerLost) {
+      // The most recently used last (trim unmounts from the front).
+      this.pools.delete(terminalId);
+      this.pools.set(terminalId, open);
+      return open;
+    }
     if (open) this.unmount(terminalId);
     const fresh = !existsSync(img);
     const flash = NorFlash.open(img);
@@ -521,11 +564,12 @@ export class StationStore {
     const ok =
       x !== null &&
       typeof x === 'object' &&
-      Number.isSafeInteger(x.at) &&
+      count(x.at) &&
+      x.at! <= MAX_DATE_MS &&
       (x.mode === 'otp' || x.mode === 'aead') &&
-      Number.isSafeInteger(x.counter) &&
-      Number.isSafeInteger(x.bytes) &&
-      Number.isSafeInteger(x.keyBits);
+      count(x.counter) &&
+      count(x.bytes) &&
+      count(x.keyBits);
     return ok ? { at: x.at!, mode: x.mode!, counter: x.counter!, bytes: x.bytes!, keyBits: x.keyBits! } : null;
   }
 

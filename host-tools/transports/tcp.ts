@@ -100,14 +100,14 @@ export interface TcpListener {
 }
 
 /** Listen on HOST:PORT and hand each accepted connection to `onConnection` as a Transport. */
-export function listenTcp(host: string, port: number, onConnection: (transport: Transport) => void): Promise<TcpListener> {
+export function listenTcp(host: string, port: number, onConnection: (transport: Transport, socket: net.Socket) => void): Promise<TcpListener> {
   return new Promise((resolve, reject) => {
     const live = new Set<Transport>();
     const server = net.createServer((socket) => {
       const tr = socketTransport(socket);
       live.add(tr);
       tr.onClose(() => live.delete(tr));
-      onConnection(tr);
+      onConnection(tr, socket);
     });
     server.once('error', reject);
     server.listen({ host, port }, () => {

@@ -16,7 +16,7 @@ import { LinkClient } from '../../link/client.js';
 import { connectStation } from '../../station/connect.js';
 import { CLIENT_FILES, readClientPems, roleOf } from '../../station/certs.js';
 import type { StationRole } from '../../station/certs.js';
-import { readStationStatus, sendTestUplink, StationRefusedError, StationReplyError, TerminalRefusedError, WrongCertificateError } from '../../station/client.js';
+import { readStationStatus, sendTestUplink, StationRefusedError, StationReplyError, TerminalRefusedError, TerminalReplyError, WrongCertificateError } from '../../station/client.js';
 import type { StationTerminalRow, TestUplinkResult } from '../../station/client.js';
 import { formatTlsAddress, parseTlsAddress } from '../../transports/tls.js';
 import { formatBits } from '../../units.js';
@@ -69,7 +69,7 @@ async function openStation(address: string, dir: string): Promise<{ client: Link
 function cliError(e: unknown): unknown {
   if (e instanceof StationRefusedError || (e instanceof TerminalRefusedError && e.linkError)) return new CliError((e as Error).message, Exit.REFUSED);
   if (e instanceof TerminalRefusedError) return new CliError(e.message, Exit.STATE);
-  if (e instanceof StationReplyError) return new CliError(e.message, Exit.FAILURE);
+  if (e instanceof StationReplyError || e instanceof TerminalReplyError) return new CliError(e.message, Exit.FAILURE);
   if (e instanceof WrongCertificateError) return new CliError(`--cert: ${e.message}`, Exit.USAGE);
   return e;
 }
