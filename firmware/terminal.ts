@@ -55,6 +55,12 @@ export interface TerminalOptions {
   watchdogMs?: number;
   /** Called when the flash lost power mid-operation: the module is dead until rebooted. */
   onPowerCut?: (e: PowerCutError) => void;
+  /**
+   * The line rate of the module's link in baud, when it has one (a UART's rate; an emulated
+   * module's pacing, `terminal run --baud`): told in PARAMS (`baud`) so a host times its replies
+   * by the slower end.
+   */
+  lineRate?: number;
   /** Fire a LOW_WATERMARK event when stored key bits fall below this. */
   lowWatermarkBits?: number;
 }
@@ -215,6 +221,7 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
         window: limits.window,
         maxChunk,
         firmware: FIRMWARE,
+        ...(o.lineRate ? { baud: o.lineRate } : {}),
         ...(o.flash ? { flash: { ...o.flash.geometry }, secureSectors: SECURE_SECTORS } : {}),
       }),
       status,

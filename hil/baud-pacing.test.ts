@@ -35,3 +35,21 @@ t.test('an unpaced inject into a module run with --baud 115200 goes no faster th
   const st = await qktJson<{ pool: { storedKeyBits: number } }>(t, ['status', '--port', cable.a]);
   t.equal(st.pool.storedKeyBits, 262_144, 'the module holds it');
 });
+
+t.test('an unpaced inject into a module run with --baud 19200 (TCP) completes: the module tells its rate in PARAMS', async (t) => {
+  const dir = t.testdir({});
+  const home = join(dir, 'kmd');
+  const image = join(dir, 'T1.img');
+  const carrier = join(dir, 'c1');
+  await qktJson(t, ['kmd', 'init', '--home', home, '--rate', '1000Mbit/s']);
+  await qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', 'T1', '--flash', image]);
+  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', carrier, '--terminal', 'T1', '--bits', '64Kbit', '--init']);
+  const term = await background(t, ['terminal', 'run', '--flash', image, '--listen', 'tcp:127.0.0.1:0', '--baud', '19200']);
+  const port = term.ready['port'] as string;
+  // Before, the host timed the replies as for 115200 baud, declared the line dead after ~11 s at
+  // "0 bit" every time, and said a re-run would resume.
+  const r = await runQkt(['inject', '--carrier', carrier, '--port', port, '--json'], { timeoutMs: 90_000 });
+  t.equal(r.code, 0, `inject exits 0${r.code === 0 ? '' : `: ${r.stderr.trim()}`}`);
+  t.match(parseJson<{ bits: number; resumes: number }>(r), { bits: 65_536, resumes: 0 }, 'the whole batch, no loss on the way');
+});
+

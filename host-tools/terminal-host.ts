@@ -104,7 +104,7 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
   };
   let terminal: Terminal;
   try {
-    terminal = createTerminal({ flash, ...(o.lowWatermarkBits ? { lowWatermarkBits: o.lowWatermarkBits } : {}), ...(o.onPowerCut ? { onPowerCut: () => o.onPowerCut!() } : {}) });
+    terminal = createTerminal({ flash, ...(o.baud ? { lineRate: o.baud } : {}), ...(o.lowWatermarkBits ? { lowWatermarkBits: o.lowWatermarkBits } : {}), ...(o.onPowerCut ? { onPowerCut: () => o.onPowerCut!() } : {}) });
   } catch (e) {
     // A cut during boot (mount, boot audit record) is a cut like any other.
     if (e instanceof PowerCutError && o.onPowerCut) o.onPowerCut();

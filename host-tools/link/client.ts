@@ -62,7 +62,7 @@ export class LinkClient {
   // Random start: a second host program on the same cable does not reuse the first one's numbers.
   private seq = randomInt(0, 0x10000);
   private closed: Error | undefined;
-  private readonly msPerByte: number;
+  private msPerByte: number;
   private readonly baseTimeoutMs: number;
   private readonly retries: number;
   /** Bytes handed to the transport whose write has not completed yet. */
@@ -100,6 +100,11 @@ export class LinkClient {
     if (!versions.some((v) => SUPPORTED_VERSIONS.includes(v))) {
       throw new LinkError(Rc.BAD_VERSION, `device speaks protocol ${versions.join(', ') || 'none'}; host speaks ${SUPPORTED_VERSIONS.join(', ')}`);
     }
+    // A device that tells its line rate (PARAMS `baud`: a UART, or an emulated module's pacing)
+    // slower than the one this host assumed: its replies are timed by the slower end, or a fast
+    // host would call a slow line dead.
+    const baud = p['baud'];
+    if (typeof baud === 'number' && Number.isSafeInteger(baud) && baud >= 50 && 10_000 / baud > this.msPerByte) this.msPerByte = 10_000 / baud;
     this.params = p as unknown as DeviceParams;
     return this.params;
   }
