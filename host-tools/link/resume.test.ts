@@ -4,6 +4,7 @@
 // with InjectStoppedError while it waits to reopen.
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
+import { getEventListeners } from 'node:events';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
 import { enrollFlash } from '../../firmware/secure/enroll.js';
 import { createTerminal } from '../../firmware/terminal.js';
@@ -187,4 +188,14 @@ t.test('a module that forgets and re-takes one chunk, then two, in turn, is not 
   t.type(err, LinkLostError, (err as Error).message);
   t.match((err as Error).message, /\(5 times in a row with no progress\)/);
   t.ok(begins <= 8, `gave up after ${begins} BEGINs`);
+});
+
+t.test('sendBulk leaves no abort listener behind, however it ends (a run resumes many times on one signal)', async (t) => {
+  const abort = new AbortController();
+  const base = { total: 40, startOffset: 0, chunkSize: 10, window: 2, read: (o: number, n: number) => new Uint8Array(n).fill(o), queryCommitted: async () => 0, signal: abort.signal };
+  for (let i = 0; i < 12; i++) {
+    await sendBulk({ ...base, sendChunk: async (o, d) => ({ c: o + d.length }) });
+    await sendBulk({ ...base, sendChunk: async () => Promise.reject(new LinkError(Rc.NO_TRANSFER, 'forgot')) }).catch(() => undefined);
+  }
+  t.equal(getEventListeners(abort.signal, 'abort').length, 0, 'no listener left on the signal');
 });
