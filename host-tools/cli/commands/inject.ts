@@ -14,6 +14,7 @@ import { resolvePort } from '../port-select.js';
 import { formatBits } from '../../units.js';
 import { int } from '../command.js';
 import { deviceTerminalId } from '../device-id.js';
+import { CarrierError } from '../../carrier/errors.js';
 
 export interface InjectCliResult {
   terminalId: string;
@@ -94,7 +95,17 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
       throw e;
     }
     io.progress.done();
-    carrier.recordReceipt(terminalId, r.batchId, r.receipt);
+    try {
+      carrier.recordReceipt(terminalId, r.batchId, r.receipt);
+    } catch (e) {
+      // The carrier is fine; what the port answered is not a receipt of this batch (or one the KMD
+      // already proved false): the terminal's fault, exit 4 like any answer the tool cannot accept.
+      if (e instanceof CarrierError && e.code === 'BAD_RECEIPT') {
+        const detail = e.message.replace(/^[^:]*: /, '');
+        throw new CliError(`terminal ${terminalId} sent a receipt that is not one for its batch ${r.batchId.slice(0, 8)} (${detail}); nothing was stored: it is not a genuine qkt device or it is damaged`, Exit.REFUSED);
+      }
+      throw e;
+    }
     return {
       terminalId,
       batchId: r.batchId,
