@@ -15,6 +15,7 @@ import { formatBits } from '../../units.js';
 import { int } from '../command.js';
 import { deviceTerminalId } from '../device-id.js';
 import { CarrierError } from '../../carrier/errors.js';
+import { carrierWriteRefusal } from '../../carrier/preflight.js';
 
 export interface InjectCliResult {
   terminalId: string;
@@ -104,7 +105,9 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
         const detail = e.message.replace(/^[^:]*: /, '');
         throw new CliError(`terminal ${terminalId} sent a receipt that is not one for its batch ${r.batchId.slice(0, 8)} (${detail}); nothing was stored: it is not a genuine qkt device or it is damaged`, Exit.REFUSED);
       }
-      throw e;
+      // The drive went read-only (a USB stick's filesystem error), full, or lost its permissions
+      // after the preflight: the terminal holds the batch, and BEGIN gives its receipt again.
+      throw carrierWriteRefusal(carrier.path, e, `the terminal's receipt could not be stored (terminal ${terminalId} holds batch ${r.batchId.slice(0, 8)} in full: the same qkt inject gets its receipt again)`) ?? e;
     }
     return {
       terminalId,
