@@ -97,6 +97,15 @@ t.test('kmd enroll --flash in a missing folder: a clear message, exit 6, nothing
   }
 });
 
+t.test('terminal run --create-image with --flash in a missing folder: a clear message, exit 6, nothing created', { skip: cliSkipReason() }, async (t) => {
+  const dir = t.testdir({});
+  const flash = join(dir, 'nodir', 'x.img');
+  const r = await runQkt(['terminal', 'run', '--flash', flash, '--create-image', '--listen', 'tcp:127.0.0.1:0']);
+  t.equal(r.code, Exit.STATE, r.stderr);
+  t.equal(r.stderr, `qkt: --flash ${flash}: the folder ${join(dir, 'nodir')} does not exist; create it or give another path (nothing was created)\n`);
+  t.notOk(existsSync(join(dir, 'nodir')), 'no folder made');
+});
+
 t.test('a carrier drive whose file names hold escape sequences: carrier status shows them escaped', { skip: cliSkipReason() }, async (t) => {
   const car = join(t.testdir({}), 'car');
   Carrier.init(car, { carrierId: 'c1', kmdId: 'k1' });
