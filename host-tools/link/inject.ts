@@ -60,7 +60,9 @@ export async function injectBatch(
     seq: h.seq,
     bits: h.bits,
   };
-  const toBits = (sealedOffset: number) => Math.min(h.bits, Math.floor(sealedOffset / info.sealedChunkSize) * h.chunkSize * 8);
+  // Whole sealed chunks held, as key bits; all of them is the whole batch (its last chunk may be
+  // short: 200 kbit is 6.25 chunks of 4 KiB, and flooring showed the finished bar at 96%).
+  const toBits = (sealedOffset: number) => (sealedOffset >= chunks.length ? h.bits : Math.min(h.bits, Math.floor(sealedOffset / info.sealedChunkSize) * h.chunkSize * 8));
   const progress = (c: number) => o.onProgress?.({ committedBytes: c, totalBytes: chunks.length, bits: toBits(c), totalBits: h.bits });
   let sealedBytesSent = 0;
   let restarts = 0;

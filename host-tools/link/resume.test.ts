@@ -199,3 +199,17 @@ t.test('sendBulk leaves no abort listener behind, however it ends (a run resumes
   }
   t.equal(getEventListeners(abort.signal, 'abort').length, 0, 'no listener left on the signal');
 });
+
+t.test('the last progress of a batch whose last chunk is short is the whole batch (the bar ends at 100%)', async (t) => {
+  const bits = 200 * 1024; // 25600 bytes: 6.25 chunks of 4096
+  const short = sealBatch({
+    deviceKey,
+    header: { batchId: new Uint8Array(randomBytes(16)), terminalId: 'T1', seq: 1, purpose: 'any', bits, chunkSize: 4096, createdAt: 1_700_000_000_000 },
+    keys: new Uint8Array(randomBytes(bits / 8)),
+  });
+  const first = await boot(enrolled());
+  const seen: number[] = [];
+  await injectResuming(first, { sealed: short, connect: () => Promise.reject(new Error('no reopen')), onProgress: (p) => seen.push(p.bits) });
+  await first.close();
+  t.equal(seen.at(-1), bits, `ends at ${seen.at(-1)} of ${bits} bits`);
+});
