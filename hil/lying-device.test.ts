@@ -23,6 +23,9 @@ import { Group, InjectCmd } from '../firmware/link/groups.js';
 import { sealBatch } from '../firmware/crypto/batch.js';
 import { randomBytes } from 'node:crypto';
 import { readdirSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { spawn } from 'node:child_process';
+import { QKT_BIN } from './cli.js';
 
 /** Control characters of every kind a terminal acts on: CSI clear, OSC title, BEL, C1 CSI, CR. */
 const EVIL = '\u001b[2J\u001b]0;owned\u0007\u009b31m\r';
@@ -166,4 +169,29 @@ t.test('qkt inject: a terminal whose inject answers are malformed is refused (ex
     t.notMatch(r.stderr, /internal error|NaN/, `${what}: not a fault of qkt, no NaN`);
     t.same(readdirSync(join(car, 'receipts')), [], `${what}: no receipt stored`);
   }
+});
+
+t.test('qkt inject stopped while the terminal has not answered yet: says nothing was sent and the command to run again', { skip: cliSkipReason() }, async (t) => {
+  // Accepts the connection and never answers: inject waits for the STATUS reply.
+  const server = createServer(() => undefined);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(() => server.close());
+  const BITS = 64 * 1024 * 8;
+  const car = join(t.testdir({}), 'my car');
+  Carrier.init(car, { carrierId: 'c1', kmdId: 'k1' }).addBatch(
+    sealBatch({
+      deviceKey: new Uint8Array(randomBytes(32)),
+      header: { batchId: new Uint8Array(randomBytes(16)), terminalId: 'T1', seq: 1, purpose: 'any', bits: BITS, chunkSize: 4096, createdAt: 1_700_000_000_000 },
+      keys: new Uint8Array(randomBytes(BITS / 8)),
+    }),
+  );
+  const port = `tcp:127.0.0.1:${(server.address() as { port: number }).port}`;
+  const child = spawn(process.execPath, [QKT_BIN, 'inject', '--carrier', car, '--port', port], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  await new Promise((r) => setTimeout(r, 1200)); // started, connected, waiting for STATUS
+  child.kill('SIGINT');
+  t.equal(await exited, 130, err);
+  t.equal(err, `qkt: stopped before anything was sent to the terminal; run the same command again: qkt inject --carrier '${car}' --port ${port}\n`);
 });

@@ -7,6 +7,7 @@ import { defineCommand, str, CliError, Exit } from '../command.js';
 import type { Io, Values } from '../command.js';
 import { connectDevice } from '../../link/session.js';
 import { injectResuming, RESUME_WAIT_MS } from '../../link/resume.js';
+import { StoppedError } from '../../link/stop.js';
 import { Group, SystemCmd } from '../../../firmware/link/groups.js';
 import { LinkError, Rc, rcName } from '../../../firmware/link/errors.js';
 import { batchForTerminal, checkCarrierBeforeSend, openCarrier, withCarrier } from '../carrier-open.js';
@@ -48,10 +49,18 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
   const carrier = openCarrier(str(v, 'carrier')!);
   const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
   const baud = int(v, 'baud', 300, 12_000_000);
-  const connect = () => connectDevice(port, baud ? { baud } : {});
-  const s = await connect();
+  // The signal also ends a wait for the module's first answer (a port where nothing answers yet).
+  const connect = () => connectDevice(port, { ...(baud ? { baud } : {}), signal: io.signal });
+  const vidpid = str(v, 'vidpid');
+  const rerun = `qkt inject --carrier ${sh(carrier.path)} --port ${sh(str(v, 'port')!)}${vidpid ? ` --vidpid ${sh(vidpid)}` : ''}${baud ? ` --baud ${baud}` : ''}`;
+  const s = await connect().catch((e: unknown) => {
+    throw e instanceof StoppedError ? nothingSent(e, rerun) : e;
+  });
   try {
-    const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {}, { signal: io.signal });
+    const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {}, { signal: io.signal }).catch((e: unknown) => {
+      // Stopped while opening the port or asking who is there: not a byte of the batch was sent.
+      throw e instanceof StoppedError ? nothingSent(e, rerun) : e;
+    });
     const terminalId = deviceTerminalId(st['terminalId'], port, st['state']);
     const entry = batchForTerminal(carrier, terminalId); // a damaged batch file is named as damaged, before BEGIN
     if (!entry) {
@@ -69,8 +78,6 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
     const sealed = entry.sealed;
     let r;
     try {
-      const vidpid = str(v, 'vidpid');
-      const rerun = `qkt inject --carrier ${sh(carrier.path)} --port ${sh(str(v, 'port')!)}${vidpid ? ` --vidpid ${sh(vidpid)}` : ''}${baud ? ` --baud ${baud}` : ''}`;
       r = await injectResuming(s, {
         connect,
         sealed,
@@ -132,6 +139,11 @@ function resumeWaitMs(): number {
   const env = process.env['QKT_RESUME_WAIT'];
   const secs = env === undefined || env.trim() === '' ? NaN : Number(env);
   return Number.isFinite(secs) && secs >= 0 ? Math.round(secs * 1000) : RESUME_WAIT_MS;
+}
+
+/** Stopped while opening the port or asking who is there: not a byte of the batch was sent. */
+function nothingSent(e: StoppedError, rerun: string): StoppedError {
+  return new StoppedError(e.signal, `stopped before anything was sent to the terminal; run the same command again: ${rerun}`);
 }
 
 /** A word as a shell takes it back: as is when plain, else single-quoted. */
