@@ -19,6 +19,13 @@ import { Carrier } from '../host-tools/carrier/carrier.js';
 import { Exit } from '../host-tools/cli/command.js';
 import { cliSkipReason, runQkt } from './e2e-rig.js';
 import type { Payload } from '../firmware/link/codec.js';
+import { Group, InjectCmd } from '../firmware/link/groups.js';
+import { sealBatch } from '../firmware/crypto/batch.js';
+import { randomBytes } from 'node:crypto';
+import { readdirSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { spawn } from 'node:child_process';
+import { QKT_BIN } from './cli.js';
 
 /** Control characters of every kind a terminal acts on: CSI clear, OSC title, BEL, C1 CSI, CR. */
 const EVIL = '\u001b[2J\u001b]0;owned\u0007\u009b31m\r';
@@ -93,6 +100,15 @@ t.test('kmd enroll --flash in a missing folder: a clear message, exit 6, nothing
   }
 });
 
+t.test('terminal run --create-image with --flash in a missing folder: a clear message, exit 6, nothing created', { skip: cliSkipReason() }, async (t) => {
+  const dir = t.testdir({});
+  const flash = join(dir, 'nodir', 'x.img');
+  const r = await runQkt(['terminal', 'run', '--flash', flash, '--create-image', '--listen', 'tcp:127.0.0.1:0']);
+  t.equal(r.code, Exit.STATE, r.stderr);
+  t.equal(r.stderr, `qkt: --flash ${flash}: the folder ${join(dir, 'nodir')} does not exist; create it or give another path (nothing was created)\n`);
+  t.notOk(existsSync(join(dir, 'nodir')), 'no folder made');
+});
+
 t.test('a carrier drive whose file names hold escape sequences: carrier status shows them escaped', { skip: cliSkipReason() }, async (t) => {
   const car = join(t.testdir({}), 'car');
   Carrier.init(car, { carrierId: 'c1', kmdId: 'k1' });
@@ -107,4 +123,75 @@ t.test('a value a library refuses (a malformed address) is a usage error with th
   const r = await runQkt(['status', '--port', 'tcp:nope']);
   t.equal(r.code, Exit.USAGE);
   t.match(r.stderr, /^qkt: address must look like tcp:HOST:PORT, got "tcp:nope"; usage: qkt status --port /);
+});
+
+t.test('qkt inject: a terminal whose inject answers are malformed is refused (exit 4, one line), no receipt stored', { skip: cliSkipReason() }, async (t) => {
+  const BITS = 64 * 1024 * 8;
+  const sealed = sealBatch({
+    deviceKey: new Uint8Array(randomBytes(32)),
+    header: { batchId: new Uint8Array(randomBytes(16)), terminalId: 'T1', seq: 1, purpose: 'any', bits: BITS, chunkSize: 4096, createdAt: 1_700_000_000_000 },
+    keys: new Uint8Array(randomBytes(BITS / 8)),
+  });
+  const cases: Array<[string, Payload | undefined, Payload | undefined, RegExp]> = [
+    ['a negative offset', { t: 1, c: -8192 }, undefined, /inject start request \(group 2 command 0\): transfer 1 at offset -8192 of \d+; it is not a genuine qkt device/],
+    ['an offset past the end', { t: 1, c: 1e9 }, undefined, /inject start request .*offset 1000000000 of \d+;/],
+    ['no offset at all', { t: 'x' }, undefined, /inject start request .*transfer "x" at offset undefined of \d+;/],
+    ['"already accepted" with no receipt', { done: true, bits: BITS }, undefined, /inject start request .*: no receipt \(missing\);/],
+    ['a commit with no receipt', { t: 1, c: 0 }, {}, /inject commit request \(group 2 command 2\): no receipt \(missing\);/],
+    ['a receipt that is no receipt', { done: true, bits: BITS, receipt: new Uint8Array(40) }, undefined, /terminal T1 sent a receipt that is not one for its batch [0-9a-f]{8} \(.*truncated\); nothing was stored: it is not a genuine qkt device or it is damaged/],
+  ];
+  for (const [what, begin, commit, message] of cases) {
+    const server = await listenTcp('127.0.0.1', 0, (transport) => {
+      const d = new Dispatcher();
+      d.register(
+        systemGroup({
+          params: () => ({ maxFrame: DEFAULT_LIMITS.maxBody, window: DEFAULT_LIMITS.window, maxChunk: DEFAULT_LIMITS.maxBody - CHUNK_OVERHEAD, firmware: 'liar' }),
+          status: () => ({ terminalId: 'T1', enrolled: true, firmware: 'liar', state: 'ready', pool }),
+        }),
+      );
+      d.register({
+        id: Group.INJECT,
+        name: 'inject',
+        commands: {
+          [InjectCmd.BEGIN]: () => begin!,
+          [InjectCmd.CHUNK]: (p) => ({ c: (p['o'] as number) + (p['d'] as Uint8Array).length }),
+          [InjectCmd.COMMIT]: () => commit!,
+        },
+      });
+      new DeviceLink(transport, d, DEFAULT_LIMITS);
+    });
+    const car = join(t.testdir({}), 'car');
+    Carrier.init(car, { carrierId: 'c1', kmdId: 'k1' }).addBatch(sealed);
+    const r = await runQkt(['inject', '--carrier', car, '--port', `tcp:127.0.0.1:${server.address.port}`]);
+    await server.close();
+    t.equal(r.code, Exit.REFUSED, `${what}: exit 4 (${r.stderr.trim()})`);
+    t.match(r.stderr.trimEnd().split('\n').at(-1), message, what);
+    t.notMatch(r.stderr, /internal error|NaN/, `${what}: not a fault of qkt, no NaN`);
+    t.same(readdirSync(join(car, 'receipts')), [], `${what}: no receipt stored`);
+  }
+});
+
+t.test('qkt inject stopped while the terminal has not answered yet: says nothing was sent and the command to run again', { skip: cliSkipReason() }, async (t) => {
+  // Accepts the connection and never answers: inject waits for the STATUS reply.
+  const server = createServer(() => undefined);
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  t.teardown(() => server.close());
+  const BITS = 64 * 1024 * 8;
+  const car = join(t.testdir({}), 'my car');
+  Carrier.init(car, { carrierId: 'c1', kmdId: 'k1' }).addBatch(
+    sealBatch({
+      deviceKey: new Uint8Array(randomBytes(32)),
+      header: { batchId: new Uint8Array(randomBytes(16)), terminalId: 'T1', seq: 1, purpose: 'any', bits: BITS, chunkSize: 4096, createdAt: 1_700_000_000_000 },
+      keys: new Uint8Array(randomBytes(BITS / 8)),
+    }),
+  );
+  const port = `tcp:127.0.0.1:${(server.address() as { port: number }).port}`;
+  const child = spawn(process.execPath, [QKT_BIN, 'inject', '--carrier', car, '--port', port], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const exited = new Promise<number | null>((r) => child.on('exit', (code) => r(code)));
+  await new Promise((r) => setTimeout(r, 1200)); // started, connected, waiting for STATUS
+  child.kill('SIGINT');
+  t.equal(await exited, 130, err);
+  t.equal(err, `qkt: stopped before anything was sent to the terminal; run the same command again: qkt inject --carrier '${car}' --port ${port}\n`);
 });

@@ -158,6 +158,25 @@ t.test('preflight: checks before anything is sent', { skip }, async (t) => {
     t.match(await qktJson(t, ['inject', '--carrier', ro.path, '--port', port['T1']!]), { terminalId: 'T1', batchId: l.loaded[0]!.batchId, resumedFromBits: 0 }, 'read-write again: the same batch injects in full');
   });
 
+  t.test('a drive that turns read-only after the preflight, mid-inject: exit 5, the terminal holds the batch, the same inject stores its receipt', { skip: tmpfsSkipReason() }, async (t) => {
+    await qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', 'T5', '--flash', image('T5')]);
+    // Paced: 512 kbit take about 5 s, time to turn the drive read-only under the transfer.
+    const slow = (await background(t, ['terminal', 'run', '--flash', image('T5'), '--listen', 'tcp:127.0.0.1:0', '--baud', '115200'])).ready['port'] as string;
+    const drive = mountTmpfs(join(dir, 'goes-ro'), 4096);
+    mounts.push(drive);
+    const l = await load(t, drive.path, 'T5', '512kbit');
+    const b = l.loaded[0]!.batchId.slice(0, 8);
+    const running = runQkt(['inject', '--carrier', drive.path, '--port', slow]);
+    await new Promise((r) => setTimeout(r, 1500));
+    drive.readOnly(true);
+    const r = await running;
+    t.equal(r.code, CARRIER, `exit 5: ${r.stderr.trim()}`);
+    t.match(r.stderr.trimEnd().split('\n').at(-1), new RegExp(`^qkt: carrier ${drive.path} is on a drive mounted read-only, so the terminal's receipt could not be stored \\(terminal T5 holds batch ${b} in full: the same qkt inject gets its receipt again\\): remount it read-write`));
+    t.notMatch(r.stderr, /\.qkr\.tmp-/, 'no temporary file name');
+    drive.readOnly(false);
+    t.match(await qktJson(t, ['inject', '--carrier', drive.path, '--port', slow]), { terminalId: 'T5', batchId: l.loaded[0]!.batchId, alreadyAccepted: true, receiptStored: true }, 'read-write again: the receipt is stored');
+  });
+
   t.test("another user's carrier is refused before the first frame", { skip: otherUserSkipReason() }, async (t) => {
     const car = join(dir, 'c-root');
     await load(t, car, 'T2', '256kbit', ['--init']);

@@ -175,8 +175,20 @@ export async function main(argv: string[]): Promise<number> {
     return fail(message + form, exitCode);
   } finally {
     clearTimeout(graceTimer);
+    // Finished, its result printed: a signal from now until the process ends (Ctrl-C pressed as
+    // the command ended, or caught during its last synchronous work and not yet dispatched) must
+    // not kill it by the default action (exit 130 after "added"; a script then runs the load
+    // again): it ends the process with the command's own exit code. Added before the command's
+    // handler is removed, so the signal is never without a handler in between.
+    process.on('SIGINT', afterFinish);
+    process.on('SIGTERM', afterFinish);
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
+}
+
+/** A signal after the command finished: the exit code is the command's (bin/qkt.js sets it). */
+function afterFinish(): void {
+  process.exit();
 }
 

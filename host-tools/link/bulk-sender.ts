@@ -60,9 +60,13 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
   const inflight = new Map<number, Promise<Outcome>>();
   const STOP = Symbol('stop');
   const signal = o.signal;
+  // Removed when this returns or throws (the finally below): a run that resumes many times
+  // (resume.ts) calls this once per loss on the same signal, and one listener left behind per call
+  // is a leak, and Node's MaxListenersExceededWarning on the engineer's screen after ten.
+  let onAbort: (() => void) | undefined;
   const stopRequested = new Promise<typeof STOP>((resolve) => {
     if (signal?.aborted) resolve(STOP);
-    else signal?.addEventListener('abort', () => resolve(STOP), { once: true });
+    else signal?.addEventListener('abort', (onAbort = () => resolve(STOP)), { once: true });
   });
   const take = (out: Outcome) => {
     if (out.error === undefined && out.committed !== undefined && out.committed > committed) {
@@ -94,52 +98,56 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
     generation++; // outcomes of chunks sent before this point no longer move the offset
   };
 
-  while (committed < o.total || inflight.size > 0) {
-    if (signal?.aborted) return stop();
-    while (inflight.size < o.window && next < o.total) {
-      const len = Math.min(o.chunkSize, o.total - next);
-      const data = o.read(next, len);
-      const id = ids++;
-      const gen = generation;
-      const offset = next;
-      inflight.set(
-        id,
-        o.sendChunk(offset, data).then(
-          (p) => ({ id, generation: gen, end: offset + len, committed: typeof p['c'] === 'number' ? p['c'] : undefined }),
-          (error: unknown) => ({ id, generation: gen, end: offset + len, error }),
-        ),
-      );
-      chunksSent++;
-      bytesSent += len;
-      next += len;
+  try {
+    while (committed < o.total || inflight.size > 0) {
+      if (signal?.aborted) return stop();
+      while (inflight.size < o.window && next < o.total) {
+        const len = Math.min(o.chunkSize, o.total - next);
+        const data = o.read(next, len);
+        const id = ids++;
+        const gen = generation;
+        const offset = next;
+        inflight.set(
+          id,
+          o.sendChunk(offset, data).then(
+            (p) => ({ id, generation: gen, end: offset + len, committed: typeof p['c'] === 'number' ? p['c'] : undefined }),
+            (error: unknown) => ({ id, generation: gen, end: offset + len, error }),
+          ),
+        );
+        chunksSent++;
+        bytesSent += len;
+        next += len;
+      }
+      if (inflight.size === 0) {
+        // Everything answered but the device is not at the end: ask it where it is.
+        restart(await o.queryCommitted());
+        continue;
+      }
+      const out = await Promise.race([...inflight.values(), stopRequested]);
+      if (out === STOP) return stop();
+      inflight.delete(out.id);
+      if (out.error === undefined) {
+        take(out);
+        continue;
+      }
+      if (out.generation !== generation) continue; // already went back past this chunk
+      const e = out.error;
+      // Its answer was lost, but a later chunk's answer already moved the offset past it.
+      if (e instanceof LinkTimeoutError && out.end <= committed) continue;
+      if (e instanceof LinkError && e.rc === Rc.OUT_OF_ORDER && typeof e.details?.['committed'] === 'number') {
+        restart(e.details['committed']);
+      } else if (e instanceof LinkError && e.rc === Rc.BUSY) {
+        restart(await o.queryCommitted());
+      } else if (e instanceof LinkTimeoutError) {
+        restart(await o.queryCommitted());
+      } else {
+        // A refusal (tampered chunk, no space, ...) or a closed link: the caller decides.
+        await Promise.allSettled(inflight.values());
+        throw e;
+      }
     }
-    if (inflight.size === 0) {
-      // Everything answered but the device is not at the end: ask it where it is.
-      restart(await o.queryCommitted());
-      continue;
-    }
-    const out = await Promise.race([...inflight.values(), stopRequested]);
-    if (out === STOP) return stop();
-    inflight.delete(out.id);
-    if (out.error === undefined) {
-      take(out);
-      continue;
-    }
-    if (out.generation !== generation) continue; // already went back past this chunk
-    const e = out.error;
-    // Its answer was lost, but a later chunk's answer already moved the offset past it.
-    if (e instanceof LinkTimeoutError && out.end <= committed) continue;
-    if (e instanceof LinkError && e.rc === Rc.OUT_OF_ORDER && typeof e.details?.['committed'] === 'number') {
-      restart(e.details['committed']);
-    } else if (e instanceof LinkError && e.rc === Rc.BUSY) {
-      restart(await o.queryCommitted());
-    } else if (e instanceof LinkTimeoutError) {
-      restart(await o.queryCommitted());
-    } else {
-      // A refusal (tampered chunk, no space, ...) or a closed link: the caller decides.
-      await Promise.allSettled(inflight.values());
-      throw e;
-    }
+    return { committed, chunksSent, bytesSent, restarts };
+  } finally {
+    if (onAbort) signal?.removeEventListener('abort', onAbort);
   }
-  return { committed, chunksSent, bytesSent, restarts };
 }

@@ -94,8 +94,8 @@ export class LinkClient {
   }
 
   /** Ask the device for its limits; every later decision (frame size, window) uses them. */
-  async negotiate(): Promise<DeviceParams> {
-    const p = await this.request(Group.SYSTEM, SystemCmd.PARAMS, { versions: [...SUPPORTED_VERSIONS] });
+  async negotiate(signal?: AbortSignal): Promise<DeviceParams> {
+    const p = await this.request(Group.SYSTEM, SystemCmd.PARAMS, { versions: [...SUPPORTED_VERSIONS] }, { signal });
     const versions = Array.isArray(p['versions']) ? (p['versions'] as number[]) : [];
     if (!versions.some((v) => SUPPORTED_VERSIONS.includes(v))) {
       throw new LinkError(Rc.BAD_VERSION, `device speaks protocol ${versions.join(', ') || 'none'}; host speaks ${SUPPORTED_VERSIONS.join(', ')}`);

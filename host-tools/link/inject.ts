@@ -8,6 +8,8 @@ import { parseSealedHeader } from '../../firmware/crypto/batch.js';
 import { Group, InjectCmd } from '../../firmware/link/groups.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
 import { LinkTimeoutError } from './client.js';
+import { PeerDataError } from './errors.js';
+import { peerName, requestName } from './names.js';
 import type { LinkClient, DeviceParams } from './client.js';
 import { sendBulk } from './bulk-sender.js';
 
@@ -58,7 +60,9 @@ export async function injectBatch(
     seq: h.seq,
     bits: h.bits,
   };
-  const toBits = (sealedOffset: number) => Math.min(h.bits, Math.floor(sealedOffset / info.sealedChunkSize) * h.chunkSize * 8);
+  // Whole sealed chunks held, as key bits; all of them is the whole batch (its last chunk may be
+  // short: 200 kbit is 6.25 chunks of 4 KiB, and flooring showed the finished bar at 96%).
+  const toBits = (sealedOffset: number) => (sealedOffset >= chunks.length ? h.bits : Math.min(h.bits, Math.floor(sealedOffset / info.sealedChunkSize) * h.chunkSize * 8));
   const progress = (c: number) => o.onProgress?.({ committedBytes: c, totalBytes: chunks.length, bits: toBits(c), totalBits: h.bits });
   let sealedBytesSent = 0;
   let restarts = 0;
@@ -71,10 +75,15 @@ export async function injectBatch(
   for (let attempt = 0; ; attempt++) {
     const begin = await client.request(Group.INJECT, InjectCmd.BEGIN, { h: head }, { expectBytes: 256, signal });
     if (begin['done'] === true) {
-      return { ...base, resumedFromBits: h.bits, alreadyAccepted: true, receipt: begin['receipt'] as Uint8Array, seconds: (performance.now() - t0) / 1000, sealedBytesSent, restarts };
+      return { ...base, resumedFromBits: h.bits, alreadyAccepted: true, receipt: receiptOf(begin, InjectCmd.BEGIN), seconds: (performance.now() - t0) / 1000, sealedBytesSent, restarts };
     }
     const t = begin['t'] as number;
     const start = begin['c'] as number;
+    // Checked before use: a negative, fractional or past-the-end offset (or none) would be shown
+    // as held ("NaN of 8 Mbit"), drawn as a bar, and sent as chunk offsets.
+    if (!Number.isSafeInteger(t) || !Number.isSafeInteger(start) || start < 0 || start > chunks.length) {
+      throw malformed(InjectCmd.BEGIN, `transfer ${JSON.stringify(t)?.slice(0, 20)} at offset ${JSON.stringify(start)?.slice(0, 20)} of ${chunks.length}`);
+    }
     resumedFrom ??= toBits(start);
     progress(start);
     const chunkSize = o.chunkBytes ?? params.maxChunk;
@@ -111,7 +120,7 @@ export async function injectBatch(
         ...base,
         resumedFromBits: resumedFrom,
         alreadyAccepted: false,
-        receipt: commit['receipt'] as Uint8Array,
+        receipt: receiptOf(commit, InjectCmd.COMMIT),
         seconds: (performance.now() - t0) / 1000,
         sealedBytesSent,
         restarts,
@@ -123,6 +132,18 @@ export async function injectBatch(
       restarts++;
     }
   }
+}
+
+/** A reply the tool cannot use: exit 4 at the CLI, like a number out of range (reply-check.ts). */
+function malformed(command: number, what: string): PeerDataError {
+  return new PeerDataError(`${peerName(Group.INJECT)} sent a malformed answer to ${requestName(Group.INJECT, command)}: ${what}; it is not a genuine qkt device or it is damaged`);
+}
+
+/** The receipt of a BEGIN (already accepted) or COMMIT reply: bytes, or a malformed answer. */
+function receiptOf(reply: Record<string, unknown>, command: number): Uint8Array {
+  const r = reply['receipt'];
+  if (!(r instanceof Uint8Array)) throw malformed(command, `no receipt (${r === undefined ? 'missing' : typeof r})`);
+  return r;
 }
 
 /** BEGINs again after a lost transfer before giving up. */

@@ -4,11 +4,13 @@
 // with InjectStoppedError while it waits to reopen.
 import t from 'tap';
 import { randomBytes } from 'node:crypto';
+import { getEventListeners } from 'node:events';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
 import { enrollFlash } from '../../firmware/secure/enroll.js';
 import { createTerminal } from '../../firmware/terminal.js';
 import { sealBatch } from '../../firmware/crypto/batch.js';
 import { Group, SystemCmd } from '../../firmware/link/groups.js';
+import { LinkError, Rc } from '../../firmware/link/errors.js';
 import type { Transport } from '../../firmware/link/transport.js';
 import { createInProcessPair } from '../transports/inproc.js';
 import { LinkClient } from './client.js';
@@ -159,4 +161,55 @@ t.test('a stop while waiting to reopen: InjectStoppedError naming the signal', a
   t.type(err, InjectStoppedError);
   t.equal((err as InjectStoppedError).signal, 'SIGTERM');
   t.match((err as Error).message, /^stopped: terminal T1 holds at least \d+ (k?bit) of 512 kbit of batch [0-9a-f]{8}; resume with: qkt inject --carrier C --port P$/);
+});
+
+t.test('a module that forgets and re-takes one chunk, then two, in turn, is not progress: bounded', async (t) => {
+  // A faulty or lying module: each BEGIN answers offset 0, it acknowledges one chunk (odd BEGINs)
+  // or two (even ones), then answers NO_TRANSFER. What it holds at each loss goes up and down
+  // around the same two values; before, every rise over the previous loss reset the count.
+  let begins = 0;
+  let acked = 0;
+  const request = async (group: number, command: number, p: Record<string, unknown>): Promise<Record<string, unknown>> => {
+    if (group !== Group.INJECT) throw new Error(`unexpected group ${group}`);
+    if (command === 0) {
+      if (++begins > 200) throw new Error('unbounded: 200 BEGINs');
+      acked = 0;
+      return { t: 1, c: 0 };
+    }
+    if (command === 1) {
+      if (++acked > 1 + (begins % 2)) throw new LinkError(Rc.NO_TRANSFER, 'forgot');
+      return { c: (p['o'] as number) + (p['d'] as Uint8Array).length };
+    }
+    return { c: 0 };
+  };
+  const client = { request, lastReceiveAt: performance.now(), answerTimeoutMs: () => 1000 } as unknown as LinkClient;
+  const session: LinkSession = { client, params: { versions: [1], maxFrame: 8256, window: 4, maxChunk: 4112, firmware: 'liar' }, close: async () => undefined };
+  const err = await injectResuming(session, { sealed, connect: async () => session }).catch((e: unknown) => e);
+  t.type(err, LinkLostError, (err as Error).message);
+  t.match((err as Error).message, /\(5 times in a row with no progress\)/);
+  t.ok(begins <= 8, `gave up after ${begins} BEGINs`);
+});
+
+t.test('sendBulk leaves no abort listener behind, however it ends (a run resumes many times on one signal)', async (t) => {
+  const abort = new AbortController();
+  const base = { total: 40, startOffset: 0, chunkSize: 10, window: 2, read: (o: number, n: number) => new Uint8Array(n).fill(o), queryCommitted: async () => 0, signal: abort.signal };
+  for (let i = 0; i < 12; i++) {
+    await sendBulk({ ...base, sendChunk: async (o, d) => ({ c: o + d.length }) });
+    await sendBulk({ ...base, sendChunk: async () => Promise.reject(new LinkError(Rc.NO_TRANSFER, 'forgot')) }).catch(() => undefined);
+  }
+  t.equal(getEventListeners(abort.signal, 'abort').length, 0, 'no listener left on the signal');
+});
+
+t.test('the last progress of a batch whose last chunk is short is the whole batch (the bar ends at 100%)', async (t) => {
+  const bits = 200 * 1024; // 25600 bytes: 6.25 chunks of 4096
+  const short = sealBatch({
+    deviceKey,
+    header: { batchId: new Uint8Array(randomBytes(16)), terminalId: 'T1', seq: 1, purpose: 'any', bits, chunkSize: 4096, createdAt: 1_700_000_000_000 },
+    keys: new Uint8Array(randomBytes(bits / 8)),
+  });
+  const first = await boot(enrolled());
+  const seen: number[] = [];
+  await injectResuming(first, { sealed: short, connect: () => Promise.reject(new Error('no reopen')), onProgress: (p) => seen.push(p.bits) });
+  await first.close();
+  t.equal(seen.at(-1), bits, `ends at ${seen.at(-1)} of ${bits} bits`);
 });

@@ -24,7 +24,7 @@ export interface LinkSession {
 
 /** How long one outage is waited out, reopening the port, before giving up. */
 export const RESUME_WAIT_MS = 20_000;
-/** Losses in a row without the module taking one more sealed chunk, before giving up. */
+/** Losses in a row without the module holding more of the batch than ever before in the run, before giving up. */
 export const MAX_LOSSES = 5;
 /** Pauses between reopen tries: 0.25 s, 0.5 s, then 1 s. */
 const PAUSES_MS = [250, 500, 1000];
@@ -83,7 +83,7 @@ export async function injectResuming(first: LinkSession, o: ResumeOptions): Prom
   let losses = 0;
   let restarts = 0;
   let resumedFromBits: number | undefined;
-  let heldAtLoss = -1;
+  let mostHeldAtLoss = -1;
   const t0 = performance.now();
   const stopped = (e: unknown): never => {
     throw new InjectStoppedError(e instanceof StoppedError ? e.signal : undefined, state, o.rerun);
@@ -105,8 +105,13 @@ export async function injectResuming(first: LinkSession, o: ResumeOptions): Prom
       } catch (e) {
         if (e instanceof StoppedError) stopped(e);
         if (!isLinkLoss(e)) throw e;
-        if (state.heldBits > heldAtLoss) losses = 0; // the module took more since the last loss
-        heldAtLoss = state.heldBits;
+        // Progress is the module holding more than it ever held at a loss in this run, not just
+        // more than at the last one: a module that forgets and re-takes one or two chunks in turn
+        // (a faulty or lying one) would otherwise count as progressing for ever.
+        if (state.heldBits > mostHeldAtLoss) {
+          losses = 0; // the module took more of the batch than ever before
+          mostHeldAtLoss = state.heldBits;
+        }
         resumes++;
         restarts++;
         const cause = why(e);

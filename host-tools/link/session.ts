@@ -6,6 +6,7 @@ import { openLink } from './open.js';
 import type { OpenOptions } from './open.js';
 import { DeviceBusyError, LinkClosedError, LinkTimeoutError, NoDeviceError } from './errors.js';
 import { printable } from '../peer-text.js';
+import { StoppedError } from './stop.js';
 import type { Transport } from '../../firmware/link/transport.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
 
@@ -15,19 +16,23 @@ export interface DeviceSession {
   close(): Promise<void>;
 }
 
-export async function connectDevice(spec: string, o: OpenOptions & { timeoutMs?: number; device?: 'terminal' | 'KMD' } = {}): Promise<DeviceSession> {
+/** `signal`: stop waiting for the device's PARAMS answer at once when it aborts (StoppedError; the link is closed). */
+export async function connectDevice(spec: string, o: OpenOptions & { timeoutMs?: number; device?: 'terminal' | 'KMD'; signal?: AbortSignal } = {}): Promise<DeviceSession> {
   const transport = await openLink(spec, o);
   return startSession(transport, spec, o);
 }
 
 /** `o.device`: what should answer, in the words of the message when nothing does (default "terminal"). */
-export async function startSession(transport: Transport, name: string, o: OpenOptions & { timeoutMs?: number; device?: 'terminal' | 'KMD' } = {}): Promise<DeviceSession> {
+export async function startSession(transport: Transport, name: string, o: OpenOptions & { timeoutMs?: number; device?: 'terminal' | 'KMD'; signal?: AbortSignal } = {}): Promise<DeviceSession> {
   const client = new LinkClient(transport, { baud: o.baud ?? 115_200, baseTimeoutMs: o.timeoutMs ?? 1500 });
   try {
-    const params = await client.negotiate();
+    const params = await client.negotiate(o.signal);
     return { client, params, close: () => client.close() };
   } catch (e) {
-    await client.close().catch(() => undefined);
+    // Stopped on request: at once, not after the close (up to 2 s on a peer that never reads).
+    const closing = client.close().catch(() => undefined);
+    if (e instanceof StoppedError) throw e;
+    await closing;
     if (e instanceof LinkError && e.rc === Rc.DENIED) {
       // A device at its connection limit answers the session's PARAMS DENIED (docs/protocol.md 4.9).
       throw new DeviceBusyError(name, `${name} refused the connection: ${printable(e.reason ?? 'denied')}`);

@@ -7,6 +7,7 @@ import { defineCommand, str, CliError, Exit } from '../command.js';
 import type { Io, Values } from '../command.js';
 import { connectDevice } from '../../link/session.js';
 import { injectResuming, RESUME_WAIT_MS } from '../../link/resume.js';
+import { StoppedError } from '../../link/stop.js';
 import { Group, SystemCmd } from '../../../firmware/link/groups.js';
 import { LinkError, Rc, rcName } from '../../../firmware/link/errors.js';
 import { batchForTerminal, checkCarrierBeforeSend, openCarrier, withCarrier } from '../carrier-open.js';
@@ -14,6 +15,8 @@ import { resolvePort } from '../port-select.js';
 import { formatBits } from '../../units.js';
 import { int } from '../command.js';
 import { deviceTerminalId } from '../device-id.js';
+import { CarrierError } from '../../carrier/errors.js';
+import { carrierWriteRefusal } from '../../carrier/preflight.js';
 
 export interface InjectCliResult {
   terminalId: string;
@@ -46,10 +49,18 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
   const carrier = openCarrier(str(v, 'carrier')!);
   const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
   const baud = int(v, 'baud', 300, 12_000_000);
-  const connect = () => connectDevice(port, baud ? { baud } : {});
-  const s = await connect();
+  // The signal also ends a wait for the module's first answer (a port where nothing answers yet).
+  const connect = () => connectDevice(port, { ...(baud ? { baud } : {}), signal: io.signal });
+  const vidpid = str(v, 'vidpid');
+  const rerun = `qkt inject --carrier ${sh(carrier.path)} --port ${sh(str(v, 'port')!)}${vidpid ? ` --vidpid ${sh(vidpid)}` : ''}${baud ? ` --baud ${baud}` : ''}`;
+  const s = await connect().catch((e: unknown) => {
+    throw e instanceof StoppedError ? nothingSent(e, rerun) : e;
+  });
   try {
-    const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {}, { signal: io.signal });
+    const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {}, { signal: io.signal }).catch((e: unknown) => {
+      // Stopped while opening the port or asking who is there: not a byte of the batch was sent.
+      throw e instanceof StoppedError ? nothingSent(e, rerun) : e;
+    });
     const terminalId = deviceTerminalId(st['terminalId'], port, st['state']);
     const entry = batchForTerminal(carrier, terminalId); // a damaged batch file is named as damaged, before BEGIN
     if (!entry) {
@@ -67,8 +78,6 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
     const sealed = entry.sealed;
     let r;
     try {
-      const vidpid = str(v, 'vidpid');
-      const rerun = `qkt inject --carrier ${sh(carrier.path)} --port ${sh(str(v, 'port')!)}${vidpid ? ` --vidpid ${sh(vidpid)}` : ''}${baud ? ` --baud ${baud}` : ''}`;
       r = await injectResuming(s, {
         connect,
         sealed,
@@ -94,7 +103,19 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
       throw e;
     }
     io.progress.done();
-    carrier.recordReceipt(terminalId, r.batchId, r.receipt);
+    try {
+      carrier.recordReceipt(terminalId, r.batchId, r.receipt);
+    } catch (e) {
+      // The carrier is fine; what the port answered is not a receipt of this batch (or one the KMD
+      // already proved false): the terminal's fault, exit 4 like any answer the tool cannot accept.
+      if (e instanceof CarrierError && e.code === 'BAD_RECEIPT') {
+        const detail = e.message.replace(/^[^:]*: /, '');
+        throw new CliError(`terminal ${terminalId} sent a receipt that is not one for its batch ${r.batchId.slice(0, 8)} (${detail}); nothing was stored: it is not a genuine qkt device or it is damaged`, Exit.REFUSED);
+      }
+      // The drive went read-only (a USB stick's filesystem error), full, or lost its permissions
+      // after the preflight: the terminal holds the batch, and BEGIN gives its receipt again.
+      throw carrierWriteRefusal(carrier.path, e, `the terminal's receipt could not be stored (terminal ${terminalId} holds batch ${r.batchId.slice(0, 8)} in full: the same qkt inject gets its receipt again)`) ?? e;
+    }
     return {
       terminalId,
       batchId: r.batchId,
@@ -118,6 +139,11 @@ function resumeWaitMs(): number {
   const env = process.env['QKT_RESUME_WAIT'];
   const secs = env === undefined || env.trim() === '' ? NaN : Number(env);
   return Number.isFinite(secs) && secs >= 0 ? Math.round(secs * 1000) : RESUME_WAIT_MS;
+}
+
+/** Stopped while opening the port or asking who is there: not a byte of the batch was sent. */
+function nothingSent(e: StoppedError, rerun: string): StoppedError {
+  return new StoppedError(e.signal, `stopped before anything was sent to the terminal; run the same command again: ${rerun}`);
 }
 
 /** A word as a shell takes it back: as is when plain, else single-quoted. */
