@@ -16,6 +16,9 @@ import { StoppedError, abortable, sleep, throwIfStopped } from './stop.js';
 /** Times a request answered BUSY is sent again (pauses of 25 ms doubling to 400 ms: about 2.4 s in all). */
 const BUSY_RETRIES = 10;
 
+/** The slowest line rate a device's PARAMS `baud` makes the host time its replies by (below it: --baud). */
+export const DEVICE_BAUD_FLOOR = 9600;
+
 export { LinkClosedError, LinkTimeoutError };
 
 /** The device's limits, from its parameters reply (docs/protocol.md, "params"). */
@@ -102,9 +105,13 @@ export class LinkClient {
     }
     // A device that tells its line rate (PARAMS `baud`: a UART, or an emulated module's pacing)
     // slower than the one this host assumed: its replies are timed by the slower end, or a fast
-    // host would call a slow line dead.
+    // host would call a slow line dead. Taken down to DEVICE_BAUD_FLOOR only: a lying device must
+    // not stretch every timeout to hours (a slower line needs --baud on the host).
     const baud = p['baud'];
-    if (typeof baud === 'number' && Number.isSafeInteger(baud) && baud >= 50 && 10_000 / baud > this.msPerByte) this.msPerByte = 10_000 / baud;
+    if (typeof baud === 'number' && Number.isSafeInteger(baud) && baud > 0) {
+      const msPerByte = 10_000 / Math.max(baud, DEVICE_BAUD_FLOOR);
+      if (msPerByte > this.msPerByte) this.msPerByte = msPerByte;
+    }
     this.params = p as unknown as DeviceParams;
     return this.params;
   }

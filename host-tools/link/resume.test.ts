@@ -213,3 +213,20 @@ t.test('the last progress of a batch whose last chunk is short is the whole batc
   await first.close();
   t.equal(seen.at(-1), bits, `ends at ${seen.at(-1)} of ${bits} bits`);
 });
+
+t.test("a module's PARAMS baud: replies timed by the slower end, but never slower than 9600 baud", async (t) => {
+  const timeouts: Record<string, number> = {};
+  for (const [name, lineRate] of [['unpaced', undefined], ['19200', 19_200], ['a liar at 1 baud', 1]] as const) {
+    const [host, device] = createInProcessPair();
+    createTerminal({ flash: enrolled(), transport: device, ...(lineRate ? { lineRate } : {}) });
+    const client = new LinkClient(host, { baud: 115_200, baseTimeoutMs: 1000 });
+    const params = await client.negotiate();
+    t.equal(params['baud'], lineRate, `${name}: PARAMS baud`);
+    timeouts[name] = client.answerTimeoutMs(8192, 16) - 1000;
+    await client.close();
+  }
+  const at = (baud: number) => 2 * (8192 + 16) * (10_000 / baud);
+  t.equal(timeouts['unpaced'], at(115_200), "no baud: the host's own rate");
+  t.equal(timeouts['19200'], at(19_200), "19200: the module's, the slower");
+  t.equal(timeouts['a liar at 1 baud'], at(9600), 'a device claiming 1 baud: held at 9600 (about 17 s for a full chunk, not 46 hours)');
+});
