@@ -3,20 +3,27 @@
 // move a batch into it faster than the line rate (11,520 bytes/s, 8N1). Real clock, upper bound
 // only: the transfer's own time (not counting the CLI's start) against the batch's sealed bytes.
 import t from 'tap';
+import type { Test } from 'tap';
 import { readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { background, ptyPair, ptySkipReason, qktJson, runQkt, parseJson } from './e2e-rig.js';
 
 t.setTimeout(120_000);
 
-t.test('an unpaced inject into a module run with --baud 115200 goes no faster than the line', { skip: ptySkipReason() }, async (t) => {
+/** A KMD home with T1 enrolled on an image and a new carrier holding `bits` of key for it. */
+async function t1WithBatch(t: Test, bits: string): Promise<{ image: string; carrier: string }> {
   const dir = t.testdir({});
   const home = join(dir, 'kmd');
   const image = join(dir, 'T1.img');
   const carrier = join(dir, 'c1');
   await qktJson(t, ['kmd', 'init', '--home', home, '--rate', '1000Mbit/s']);
   await qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', 'T1', '--flash', image]);
-  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', carrier, '--terminal', 'T1', '--bits', '256Kbit', '--init']);
+  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', carrier, '--terminal', 'T1', '--bits', bits, '--init']);
+  return { image, carrier };
+}
+
+t.test('an unpaced inject into a module run with --baud 115200 goes no faster than the line', { skip: ptySkipReason() }, async (t) => {
+  const { image, carrier } = await t1WithBatch(t, '256Kbit');
   const batchFile = readdirSync(join(carrier, 'batches')).find((f) => f.startsWith('T1-'));
   t.ok(batchFile, 'the carrier holds the batch');
   const sealedBytes = statSync(join(carrier, 'batches', batchFile!)).size;
@@ -37,13 +44,7 @@ t.test('an unpaced inject into a module run with --baud 115200 goes no faster th
 });
 
 t.test('an unpaced inject into a module run with --baud 19200 (TCP) completes: the module tells its rate in PARAMS', async (t) => {
-  const dir = t.testdir({});
-  const home = join(dir, 'kmd');
-  const image = join(dir, 'T1.img');
-  const carrier = join(dir, 'c1');
-  await qktJson(t, ['kmd', 'init', '--home', home, '--rate', '1000Mbit/s']);
-  await qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', 'T1', '--flash', image]);
-  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', carrier, '--terminal', 'T1', '--bits', '64Kbit', '--init']);
+  const { image, carrier } = await t1WithBatch(t, '64Kbit');
   const term = await background(t, ['terminal', 'run', '--flash', image, '--listen', 'tcp:127.0.0.1:0', '--baud', '19200']);
   const port = term.ready['port'] as string;
   // Before, the host timed the replies as for 115200 baud, declared the line dead after ~11 s at
