@@ -16,6 +16,7 @@ import { formatBits } from '../../units.js';
 import { int } from '../command.js';
 import { deviceTerminalId } from '../device-id.js';
 import { CarrierError } from '../../carrier/errors.js';
+import { PeerDataError } from '../../link/errors.js';
 import { carrierWriteRefusal } from '../../carrier/preflight.js';
 
 export interface InjectCliResult {
@@ -110,7 +111,7 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
       // already proved false): the terminal's fault, exit 4 like any answer the tool cannot accept.
       if (e instanceof CarrierError && e.code === 'BAD_RECEIPT') {
         const detail = e.message.replace(/^[^:]*: /, '');
-        throw new CliError(`terminal ${terminalId} sent a receipt that is not one for its batch ${r.batchId.slice(0, 8)} (${detail}); nothing was stored: it is not a genuine qkt device or it is damaged`, Exit.REFUSED);
+        throw new PeerDataError(`terminal ${terminalId} sent a receipt that is not one for its batch ${r.batchId.slice(0, 8)} (${detail}); nothing was stored: it is not a genuine qkt device or it is damaged`);
       }
       // The drive went read-only (a USB stick's filesystem error), full, or lost its permissions
       // after the preflight: the terminal holds the batch, and BEGIN gives its receipt again.
