@@ -7,11 +7,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import { cpSync, mkdtempSync, mkdirSync, openSync, closeSync, readdirSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { openSerial } from '../transports/serial.js';
-import type { SerialTransport } from '../transports/serial.js';
-import { paced } from '../transports/pacing.js';
+import { joinCable, ptyEnd } from '../transports/cable.js';
+import type { NoiseOptions } from '../transports/cable.js';
 import { createPtyPair } from '../transports/pty-pair.js';
-import type { PtyPair } from '../transports/pty-pair.js';
 import { qktBin } from './start.js';
 
 /** A cable between two pty paths: `host` for the host program, `device` for the other end. */
@@ -29,55 +27,27 @@ export async function ptyCable(): Promise<Cable> {
 }
 
 /**
- * Two pty pairs joined by a pacing relay: bytes written at `host` come out at `device` at most at
- * baud/10 bytes a second, and back. A direction with more than 64 KiB waiting stops reading its
- * source, so a fast sender is held back by the kernel's pty buffer, as by a slow UART.
+ * Two pty pairs joined by a pacing relay (transports/cable.ts, the relay `qkt link` runs): bytes
+ * written at `host` come out at `device` at most at baud/10 bytes a second, and back, with seeded
+ * byte noise if asked. A fast sender is held back by the kernel's pty buffer, as by a slow UART.
  */
-export async function pacedCable(baud: number): Promise<Cable> {
-  const pairs: PtyPair[] = [];
-  const ports: SerialTransport[] = [];
+export async function pacedCable(baud: number, noise?: NoiseOptions): Promise<Cable> {
+  const host = await ptyEnd();
+  let device;
   try {
-    pairs.push(await createPtyPair(), await createPtyPair());
-    ports.push(await openSerial(pairs[0]!.b), await openSerial(pairs[1]!.a));
+    device = await ptyEnd();
   } catch (e) {
-    for (const p of ports) await p.close();
-    for (const p of pairs) await p.close();
+    await host.transport.close();
+    await host.dispose?.();
     throw e;
   }
-  const [near, far] = ports as [SerialTransport, SerialTransport];
-  // Writes go through a pacer per end (receive unpaced: the relay paces once per direction, on
-  // the way out). Reads come from the raw port, not the transport's 0x00 splitter, which holds
-  // bytes until a 0x00 comes (ZMODEM's headers have none).
-  const ends = [paced(near, { baud, receive: false }), paced(far, { baud, receive: false })] as const;
-  const relay = (from: 0 | 1) => {
-    const port = ports[from]!.port;
-    port.unpipe(ports[from]!.parser);
-    const out = ends[from === 0 ? 1 : 0];
-    let waiting = 0;
-    port.on('data', (chunk: Buffer) => {
-      waiting += chunk.length;
-      if (waiting > 64 * 1024) port.pause();
-      out.write(chunk).then(
-        () => {
-          waiting -= chunk.length;
-          if (waiting <= 32 * 1024 && port.isPaused()) port.resume();
-        },
-        () => undefined, // the cable is being closed
-      );
-    });
-    port.resume(); // unpipe() left the stream paused
-  };
-  relay(0);
-  relay(1);
-  const outs = ends;
+  const relay = joinCable(host, device, { baud, ...(noise ? { noise } : {}) });
+  const noisy = noise && noise.rate > 0 ? `, noise ${noise.rate * 100}% seed ${noise.seed}` : '';
   return {
-    host: pairs[0]!.a,
-    device: pairs[1]!.b,
-    description: `pty ${pairs[0]!.a} <-> relay paced at ${baud} baud <-> pty ${pairs[1]!.b}`,
-    close: async () => {
-      for (const o of outs) await o.close();
-      for (const p of pairs) await p.close();
-    },
+    host: host.path,
+    device: device.path,
+    description: `pty ${host.path} <-> relay paced at ${baud} baud${noisy} <-> pty ${device.path}`,
+    close: () => relay.close(),
   };
 }
 

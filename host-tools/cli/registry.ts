@@ -320,6 +320,24 @@ export const commands: readonly CommandSpec[] = [
     load: () => import('./commands/terminal-run.js').then((m) => m.default),
   },
   {
+    path: ['link'],
+    summary: 'a virtual cable between two ptys or TCP ends, paced like a UART, with seeded byte noise',
+    usage: 'qkt link A B --baud N [--noise R] [--seed S] [--json]',
+    examples: [
+      'qkt link pty pty --baud 115200   # prints the two pty paths to open',
+      'qkt link pty tcp:127.0.0.1:7001 --baud 9600 --noise 0.1%',
+      'qkt link pty pty --baud 115200 --noise 1% --seed 42   # replay a noisy run exactly',
+    ],
+    positionals: { name: 'A B', description: 'the two cable ends: pty (a new pty pair; the path to open is printed) or tcp:HOST:PORT (listen there and take one connection; port 0: any free port, printed)' },
+    options: {
+      baud: { type: 'string', value: 'N', description: 'line rate in baud (bit/s, 300 to 12000000): each direction carries at most N/10 bytes/s (8N1)' },
+      noise: { type: 'string', value: 'R', description: 'byte noise both ways, a percentage of bytes (0.1%): one bit flipped in R of bytes, R/2 dropped, a random byte inserted at R/10', defaultText: '0%' },
+      seed: { type: 'string', value: 'S', description: 'noise seed (0 to 4294967295): the same seed and bytes give the same faults', defaultText: 'random, printed in the ready line' },
+    },
+    required: ['baud'],
+    load: () => import('./commands/link.js').then((m) => m.default),
+  },
+  {
     path: ['hil', 'run'],
     summary: 'run the hardware-in-the-loop suite (transports, power cuts, cable pulls, drives)',
     usage: 'qkt hil run [--transport inproc,tcp,pty,mock,webusb] [--carrier DIR] [--junit FILE]',

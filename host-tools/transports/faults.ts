@@ -41,7 +41,7 @@ export interface FaultyTransport extends Transport {
 }
 
 /** mulberry32: small, fast, good enough for fault patterns; not for anything secret. */
-function mulberry32(seed: number): () => number {
+export function mulberry32(seed: number): () => number {
   let a = seed >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;

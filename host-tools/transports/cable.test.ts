@@ -1,0 +1,95 @@
+// The cable relay (transports/cable.ts, run by `qkt link` and the benchmarks' paced cable):
+// byte-exact without noise, never faster than the line rate, and seeded noise reproducible.
+import t from 'tap';
+import type { Transport } from '../../firmware/link/transport.js';
+import { createInProcessPair } from './inproc.js';
+import { ByteNoise, joinCable } from './cable.js';
+import type { CableEnd, DirectionStats, NoiseOptions } from './cable.js';
+
+/** A cable between two in-process users: `userA` and `userB` are what the programs on each end hold. */
+function rig(baud: number, noise?: NoiseOptions) {
+  const [userA, endA] = createInProcessPair();
+  const [userB, endB] = createInProcessPair();
+  const end = (tr: Transport, name: string): CableEnd => ({ description: name, transport: tr, listen: (cb) => tr.onData(cb) });
+  const relay = joinCable(end(endA, 'a'), end(endB, 'b'), { baud, ...(noise ? { noise } : {}) });
+  return { userA, userB, relay };
+}
+
+/** Collect what `tr` receives until `n` bytes have come or `quietMs` pass without any. */
+function receive(tr: Transport, n: number, quietMs = 300): Promise<Uint8Array> {
+  return new Promise((resolve) => {
+    const parts: number[] = [];
+    let timer = setTimeout(done, quietMs * 10);
+    function done() {
+      clearTimeout(timer);
+      resolve(Uint8Array.from(parts));
+    }
+    tr.onData((chunk) => {
+      parts.push(...chunk);
+      clearTimeout(timer);
+      if (parts.length >= n) done();
+      else timer = setTimeout(done, quietMs);
+    });
+  });
+}
+
+const pattern = (n: number, salt = 0) => Uint8Array.from({ length: n }, (_, i) => (i * 31 + salt + (i >> 8)) & 0xff);
+
+t.test('zero noise is byte-exact, both ways at once', async (t) => {
+  const { userA, userB, relay } = rig(921_600, { rate: 0, seed: 5 });
+  const ab = pattern(20_000, 1);
+  const ba = pattern(15_000, 2);
+  const gotB = receive(userB, ab.length);
+  const gotA = receive(userA, ba.length);
+  await Promise.all([userA.write(ab), userB.write(ba)]);
+  t.same(await gotB, ab);
+  t.same(await gotA, ba);
+  t.match(relay.stats, { aToB: { bytesIn: ab.length, bytesOut: ab.length, corrupted: 0, dropped: 0, inserted: 0 }, bToA: { bytesIn: ba.length, bytesOut: ba.length } });
+  await relay.close();
+});
+
+t.test('paced: never faster than baud/10 bytes a second', async (t) => {
+  const baud = 96_000; // 9600 bytes/s: 4800 bytes take at least 500 ms
+  const { userA, userB, relay } = rig(baud);
+  const bytes = pattern(4800);
+  const got = receive(userB, bytes.length);
+  const start = performance.now();
+  await userA.write(bytes);
+  t.equal((await got).length, bytes.length);
+  const elapsed = performance.now() - start;
+  // Upper bound on the rate only (a loaded machine may be slower, never faster). 2 ms ahead allowed.
+  t.ok(elapsed >= (bytes.length * 10 * 1000) / baud - 10, `4800 bytes at ${baud} baud took ${elapsed.toFixed(0)} ms`);
+  await relay.close();
+});
+
+t.test('seeded noise: the same seed gives the same output, another seed another', async (t) => {
+  const input = pattern(50_000, 3);
+  const run = async (seed: number, chunk: number) => {
+    const { userA, userB, relay } = rig(2_000_000, { rate: 0.01, seed });
+    const got = receive(userB, Infinity, 400);
+    // Written in different chunkings: noise is per byte, so the output does not depend on them.
+    for (let i = 0; i < input.length; i += chunk) await userA.write(input.subarray(i, i + chunk));
+    const out = await got;
+    await relay.close();
+    return { out, stats: { ...relay.stats.aToB } };
+  };
+  const first = await run(9, 1000);
+  const again = await run(9, 777);
+  t.same(again.out, first.out, 'same seed, other chunks: same bytes out');
+  t.same(again.stats, first.stats);
+  t.notSame(first.out, input, 'noise changed the bytes');
+  const s = first.stats;
+  t.equal(s.bytesOut, s.bytesIn - s.dropped + s.inserted);
+  // 1%: about 500 corrupted, 250 dropped, 50 inserted out of 50,000.
+  t.ok(s.corrupted > 350 && s.corrupted < 650, `corrupted ${s.corrupted}`);
+  t.ok(s.dropped > 150 && s.dropped < 350, `dropped ${s.dropped}`);
+  t.ok(s.inserted > 20 && s.inserted < 90, `inserted ${s.inserted}`);
+  const other = await run(10, 1000);
+  t.notSame(other.out, first.out, 'another seed, other faults');
+});
+
+t.test('ByteNoise refuses a rate outside [0, 1]', async (t) => {
+  const stats: DirectionStats = { bytesIn: 0, bytesOut: 0, corrupted: 0, dropped: 0, inserted: 0 };
+  t.throws(() => new ByteNoise(1.5, 1, stats), RangeError);
+  t.same(new ByteNoise(0, 1, stats).apply(Uint8Array.of(1, 2, 3)), Uint8Array.of(1, 2, 3));
+});
