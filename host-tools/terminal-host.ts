@@ -3,16 +3,13 @@
 // docs/protocol.md 4.9). Used by `qkt terminal run`, `qkt demo` and the HIL rig. The host holds
 // the image's lock (`<image>.lock`) for its whole life: a second module on the same image is
 // refused at once, with the pid.
-import { createTerminal, DEFAULT_LIMITS } from '../firmware/terminal.js';
+import { createTerminal } from '../firmware/terminal.js';
 import type { Terminal } from '../firmware/terminal.js';
 import { NorFlash } from '../firmware/flash/nor-flash.js';
 import { PowerCutError } from '../firmware/flash/errors.js';
 import type { Payload } from '../firmware/link/codec.js';
 import type { Transport } from '../firmware/link/transport.js';
-import { DeviceLink } from '../firmware/link/device-link.js';
-import { Dispatcher } from '../firmware/link/dispatch.js';
-import type { DispatchOutcome } from '../firmware/link/dispatch.js';
-import { LinkError, Rc } from '../firmware/link/errors.js';
+import { connectionRefuser } from './transports/refuse.js';
 import { closeWhenIdle } from './transports/idle.js';
 import type { IdleWatch } from './transports/idle.js';
 import { openSerial } from './transports/serial.js';
@@ -59,19 +56,8 @@ export const TCP_MAX_CLIENTS = 8;
 export const TCP_IDLE_MS = 120_000;
 export const TCP_FIRST_FRAME_MS = 10_000;
 export const TCP_EVICT_IDLE_MS = 30_000;
-/** How long a refused connection stays open to answer its requests DENIED before it is closed. */
-const REFUSE_GRACE_MS = 2000;
 
 /** Answers every request DENIED: the session of a connection over the limit, until it is closed. */
-class RefusingDispatcher extends Dispatcher {
-  constructor(private readonly reason: string) {
-    super();
-  }
-  override dispatch(): Promise<DispatchOutcome> {
-    return Promise.resolve({ ok: false, error: new LinkError(Rc.DENIED, this.reason) });
-  }
-}
-
 export interface TerminalHost {
   /** Where it serves: the serial path or tcp:HOST:PORT with the real port. */
   address: string;
@@ -142,8 +128,7 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
   const firstMs = o.firstFrameMs ?? TCP_FIRST_FRAME_MS;
   const evictIdleMs = o.evictIdleMs ?? TCP_EVICT_IDLE_MS;
   const live = new Map<Transport, IdleWatch>();
-  const refusing = new Set<Transport>();
-  const refusal = new RefusingDispatcher(`terminal serves ${maxClients} connections at once; try again later`);
+  const refuse = connectionRefuser(`terminal serves ${maxClients} connections at once; try again later`, maxClients);
   /**
    * With every slot taken: the oldest connection that has sent no valid frame yet (a client sends
    * its first at once; one that has not is a stranger holding a slot, however recently it came:
@@ -176,11 +161,7 @@ export async function startTerminalHost(o: TerminalHostOptions): Promise<Termina
       // Over the limit: a clear answer, not a hang. The connection's requests (its PARAMS first)
       // are answered DENIED, then it is closed. Refused connections are bounded too: past as many
       // again, a connection is closed at once.
-      if (refusing.size >= maxClients) return void t.close();
-      refusing.add(t);
-      t.onClose(() => refusing.delete(t));
-      void new DeviceLink(t, refusal, DEFAULT_LIMITS);
-      setTimeout(() => void t.close(), REFUSE_GRACE_MS).unref();
+      refuse(t);
       return;
     }
     // Each connection is a link of its own; closing one never touches another's. Only valid

@@ -6,11 +6,7 @@
 // else one idle long enough, else it is answered DENIED and closed: a flood of sockets that never
 // log in cannot lock carriers out.
 import type { Transport } from '../../firmware/link/transport.js';
-import { DeviceLink } from '../../firmware/link/device-link.js';
-import { Dispatcher } from '../../firmware/link/dispatch.js';
-import type { DispatchOutcome } from '../../firmware/link/dispatch.js';
-import { LinkError, Rc } from '../../firmware/link/errors.js';
-import { DEFAULT_LIMITS } from '../../firmware/terminal.js';
+import { connectionRefuser } from '../transports/refuse.js';
 import { closeWhenIdle } from '../transports/idle.js';
 import type { IdleWatch } from '../transports/idle.js';
 import { listenTcp } from '../transports/tcp.js';
@@ -28,8 +24,6 @@ export const DOWNLOAD_PORT_LIMITS = {
   evictIdleMs: 30_000,
 } as const;
 
-/** How long a refused connection stays open to answer its requests DENIED before it is closed. */
-const REFUSE_GRACE_MS = 2000;
 
 export interface DownloadPortOptions {
   /** Connections served at once (default 16); one more evicts a stranger or is answered DENIED. */
@@ -69,15 +63,6 @@ export interface DownloadPort {
 }
 
 /** Answers every request DENIED: a connection over the limit, until it is closed. */
-class RefusingDispatcher extends Dispatcher {
-  constructor(private readonly reason: string) {
-    super();
-  }
-  override dispatch(): Promise<DispatchOutcome> {
-    return Promise.resolve({ ok: false, error: new LinkError(Rc.DENIED, this.reason) });
-  }
-}
-
 interface Slot {
   watch: IdleWatch;
   opened: number;
@@ -98,8 +83,7 @@ export async function listenDownloadPort(home: KmdHome, host: string, port: numb
   const logClosed = rateLimited(log);
   const logRefused = rateLimited(log);
   const live = new Map<Transport, Slot>();
-  const refusing = new Set<Transport>();
-  const refusal = new RefusingDispatcher(`KMD download port serves ${max} connections at once; try again later`);
+  const refuse = connectionRefuser(`KMD download port serves ${max} connections at once; try again later`, max);
   let seq = 0;
   /**
    * With every slot taken: a connection on which no carrier has logged in, of the address that
@@ -143,11 +127,7 @@ export async function listenDownloadPort(home: KmdHome, host: string, port: numb
       // connections are bounded too: past as many again, one is closed at once without an answer.
       counters.refused++;
       logRefused(`download: ${t.description} refused: ${max} connections open`);
-      if (refusing.size >= max) return void t.close();
-      refusing.add(t);
-      t.onClose(() => refusing.delete(t));
-      void new DeviceLink(t, refusal, DEFAULT_LIMITS);
-      setTimeout(() => void t.close(), REFUSE_GRACE_MS).unref();
+      refuse(t);
       return;
     }
     counters.accepted++;

@@ -19,6 +19,22 @@ async function pems(dir: string): Promise<{ server: TlsPems; client: TlsPems }> 
   return { server, client: { caCertPem: server.caCertPem, certPem: readFileSync(c.certPath, 'utf8'), keyPem: readFileSync(c.keyPath, 'utf8') } };
 }
 
+/** Ten connections of the real client, one after another: how many succeeded, and why the others failed. */
+async function tenRealClients(port: number, client: Parameters<typeof connectTls>[2]): Promise<{ ok: number; failures: string[] }> {
+  let ok = 0;
+  const failures: string[] = [];
+  for (let i = 0; i < 10; i++) {
+    try {
+      const c = await connectTls('127.0.0.1', port, { ...client, timeoutMs: 5000 });
+      ok++;
+      await c.close();
+    } catch (e) {
+      failures.push((e as Error).message);
+    }
+  }
+  return { ok, failures };
+}
+
 t.test('transport suite over loopback mutual TLS', async (t) => {
   const p = await pems(join(t.testdir({}), 'pki'));
   transportSuite(
@@ -104,17 +120,7 @@ t.test('idle strangers flooding the handshake budget do not lock a real client o
   const f = flood(listener.address.port, 80);
   t.teardown(() => f.stop());
   await new Promise((r) => setTimeout(r, 300));
-  let ok = 0;
-  const failures: string[] = [];
-  for (let i = 0; i < 10; i++) {
-    try {
-      const c = await connectTls('127.0.0.1', listener.address.port, { ...p.client, timeoutMs: 5000 });
-      ok++;
-      await c.close();
-    } catch (e) {
-      failures.push((e as Error).message);
-    }
-  }
+  const { ok, failures } = await tenRealClients(listener.address.port, p.client);
   f.stop();
   t.equal(ok, 10, `all 10 connections of the real client succeed while 80 idle sockets flood (${failures.join('; ')})`);
   t.equal(handed, 10, 'and each is handed over');
@@ -131,17 +137,7 @@ t.test('strangers on several addresses sending a few bytes and reconnecting fast
   const floods = ['127.0.0.2', '127.0.0.3', '127.0.0.4', '127.0.0.5'].map((a) => flood(listener.address.port, 40, a, true));
   t.teardown(() => floods.forEach((f) => f.stop()));
   await new Promise((r) => setTimeout(r, 300));
-  let ok = 0;
-  const failures: string[] = [];
-  for (let i = 0; i < 10; i++) {
-    try {
-      const c = await connectTls('127.0.0.1', listener.address.port, { ...p.client, timeoutMs: 5000 });
-      ok++;
-      await c.close();
-    } catch (e) {
-      failures.push((e as Error).message);
-    }
-  }
+  const { ok, failures } = await tenRealClients(listener.address.port, p.client);
   floods.forEach((f) => f.stop());
   t.equal(ok, 10, `all 10 connections of the real client succeed (${failures.join('; ')})`);
   t.ok(floods.every((f) => f.opened() > 40), 'every flood was evicted and kept reconnecting');
