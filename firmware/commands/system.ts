@@ -14,6 +14,25 @@ export interface SystemInfo {
   auditLog?(from: number, max: number): Payload;
 }
 
+/** Most names in an `only` list, and the longest name. */
+const MAX_ONLY = 32;
+const MAX_ONLY_NAME = 32;
+
+/**
+ * The reply cut down to the top-level keys the request lists in `only` (and `always`): a host on a
+ * noisy line asks for what it needs, in a frame small enough to arrive whole (docs/protocol.md
+ * 3.6.1). Without `only`, the whole reply.
+ */
+function pick(reply: Payload, request: Payload, always: string[] = []): Payload {
+  const only = request['only'];
+  if (only === undefined) return reply;
+  if (!Array.isArray(only) || only.length > MAX_ONLY || !only.every((k) => typeof k === 'string' && k.length <= MAX_ONLY_NAME)) {
+    throw new LinkError(Rc.BAD_REQUEST, `only must be a list of at most ${MAX_ONLY} names of at most ${MAX_ONLY_NAME} characters`);
+  }
+  const keep = new Set<string>([...(only as string[]), ...always]);
+  return Object.fromEntries(Object.entries(reply).filter(([k]) => keep.has(k)));
+}
+
 export function systemGroup(info: SystemInfo): CommandGroup {
   const commands: Record<number, CommandGroup['commands'][number]> = {
     [SystemCmd.PARAMS]: (p) => {
@@ -24,9 +43,9 @@ export function systemGroup(info: SystemInfo): CommandGroup {
           throw new LinkError(Rc.BAD_VERSION, `device speaks ${SUPPORTED_VERSIONS.join(', ')}`);
         }
       }
-      return { versions: [...SUPPORTED_VERSIONS], ...info.params() };
+      return pick({ versions: [...SUPPORTED_VERSIONS], ...info.params() }, p, ['versions']);
     },
-    [SystemCmd.STATUS]: (_p, c) => info.status(c),
+    [SystemCmd.STATUS]: (p, c) => pick(info.status(c), p),
   };
   if (info.auditLog) {
     const log = info.auditLog;

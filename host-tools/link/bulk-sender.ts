@@ -1,28 +1,53 @@
 // Host side of windowed bulk transfers: keeps up to the device's window of chunks in flight
 // (go-back-N), advances on acknowledged committed offsets, goes back to the device's committed
-// offset on OUT_OF_ORDER, and resyncs from the device's own status after a timeout. Stops at a
-// chunk boundary when its AbortSignal fires: no chunk is started after it (the device keeps its
-// committed offset, so the transfer stays resumable).
-import { LinkTimeoutError } from './errors.js';
+// offset on OUT_OF_ORDER, and sends again from the last acknowledged offset when an answer is
+// overdue. On a noisy line it sizes chunks to the error rate it sees (chunk-size.ts), times
+// answers by the round trips it measures, and gives up only after a run of losses without
+// progress. Stops at a chunk boundary when its AbortSignal fires: no chunk is started after it
+// (the device keeps its committed offset, so the transfer stays resumable).
+import { ChunkSizer, LOSSY_WINDOW } from './chunk-size.js';
+import { LinkStalledError, LinkTimeoutError } from './errors.js';
+import { DiagCmd, Group } from '../../firmware/link/groups.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
 import type { Payload } from '../../firmware/link/codec.js';
-import { stoppedError } from './stop.js';
+import { sleep, stoppedError } from './stop.js';
 
 export interface BulkSendOptions {
   total: number;
   /** Where to start: the device's committed offset (0 for a new transfer). */
   startOffset: number;
+  /** The largest chunk (the device's maxChunk, or less). */
   chunkSize: number;
   window: number;
   /** Bytes [offset, offset+length) of the transfer. */
   read(offset: number, length: number): Uint8Array;
-  /** Send one chunk; resolves with the device's reply (carrying `c`, its committed offset). */
-  sendChunk(offset: number, data: Uint8Array): Promise<Payload>;
-  /** Ask the device for its committed offset (after a timeout). */
+  /**
+   * Send one chunk; resolves with the device's reply (carrying `c`, its committed offset). No
+   * retries under the same seq: a chunk whose answer is overdue is sent again by this sender.
+   * `timeoutMs`: how long to wait for the answer (undefined: the client's own timeout).
+   */
+  sendChunk(offset: number, data: Uint8Array, timeoutMs?: number): Promise<Payload>;
+  /** Ask the device for its committed offset (when every chunk is answered yet it is short of the end). */
   queryCommitted(): Promise<number>;
+  /**
+   * Whether the device has been silent long enough to doubt the link, when an answer is overdue:
+   * then the sender asks `queryCommitted` (a small request, which fails on a dead link) rather
+   * than send chunks again. Absent: never silent.
+   */
+  isSilent?(): boolean;
   onProgress?(committed: number, total: number): void;
-  /** Give up after this many go-backs/resyncs. Default 16. */
+  /** Give up after this many losses (go-backs, overdue answers, BUSY) in a row with no progress. Default 32. */
   maxRestarts?: number;
+  /** The error given up with (default: a LinkStalledError naming DIAG SINK_CHUNK). */
+  stalled?(message: string): Error;
+  /** Adapt the chunk size to losses (default true); false: always `chunkSize`. */
+  adapt?: boolean;
+  /** The smallest adapted chunk. Default 16 bytes. */
+  minChunk?: number;
+  /** Bytes a chunk frame takes besides its data (header, CBOR, CRC, COBS, delimiter). Default 30. */
+  frameOverhead?: number;
+  /** The least an answer is waited for before sending again, ms. Default 150. */
+  minTimeoutMs?: number;
   /**
    * Stop when this aborts: no new chunk is sent; answers to the chunks in flight are awaited
    * for at most `stopGraceMs` (default 500) to report the offset, then StoppedError is thrown.
@@ -35,7 +60,13 @@ export interface BulkSendResult {
   committed: number;
   chunksSent: number;
   bytesSent: number;
+  /** Go-backs and resends after an overdue answer, over the whole transfer. */
   restarts: number;
+  /** Of those, the ones after an overdue answer. */
+  timeouts: number;
+  /** The smallest and the last chunk size used (bytes of data). */
+  smallestChunk: number;
+  lastChunk: number;
 }
 
 interface Outcome {
@@ -45,19 +76,33 @@ interface Outcome {
   end: number;
   committed?: number;
   error?: unknown;
+  /** Its data bytes, and when it was sent (performance.now()). */
+  len: number;
+  sentAt: number;
 }
 
 export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
-  if (o.chunkSize < 1 || o.window < 1) throw new RangeError('chunkSize and window must be >= 1');
-  const maxRestarts = o.maxRestarts ?? 16;
+  if (!(o.chunkSize >= 1) || !(o.window >= 1)) throw new RangeError('chunkSize and window must be >= 1');
+  const maxRestarts = o.maxRestarts ?? 32;
+  const sizer = new ChunkSizer(o.chunkSize, o.minChunk ?? 16, o.frameOverhead ?? 30);
+  const adapt = o.adapt ?? true;
+  const minTimeoutMs = o.minTimeoutMs ?? 50;
   let committed = o.startOffset;
   let next = o.startOffset;
   let generation = 0;
   let restarts = 0;
+  let timeouts = 0;
+  /** Losses since the committed offset last moved. */
+  let stalled = 0;
   let chunksSent = 0;
   let bytesSent = 0;
   let ids = 0;
+  // Round-trip estimate (RFC 6298's smoothing); the answer timeout once there are samples.
+  let srtt: number | undefined;
+  let rttvar = 0;
   const inflight = new Map<number, Promise<Outcome>>();
+  /** Ends of the chunks in flight, by id: answered-past ones are dropped from the window. */
+  const ends = new Map<number, number>();
   const STOP = Symbol('stop');
   const signal = o.signal;
   // Removed when this returns or throws (the finally below): a run that resumes many times
@@ -68,10 +113,18 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
     if (signal?.aborted) resolve(STOP);
     else signal?.addEventListener('abort', (onAbort = () => resolve(STOP)), { once: true });
   });
+  const forget = (id: number) => {
+    inflight.delete(id);
+    ends.delete(id);
+  };
   const take = (out: Outcome) => {
     if (out.error === undefined && out.committed !== undefined && out.committed > committed) {
       committed = out.committed;
+      stalled = 0;
       if (next < committed) next = committed; // an answer from before a go-back: skip ahead
+      // A chunk whose answer was lost but whose bytes a later answer covers holds no window slot:
+      // waiting out its timeout would stall a noisy line for nothing.
+      for (const [id, end] of ends) if (end <= committed) forget(id);
       o.onProgress?.(committed, o.total);
     }
   };
@@ -85,49 +138,82 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
       const out = await Promise.race([...inflight.values(), new Promise<undefined>((r) => (timer = setTimeout(() => r(undefined), left)))]);
       clearTimeout(timer);
       if (!out) break;
-      inflight.delete(out.id);
+      forget(out.id);
       take(out);
     }
     throw stoppedError(signal!);
   };
 
-  const restart = (at: number) => {
-    if (++restarts > maxRestarts) throw new Error(`bulk transfer gave up after ${maxRestarts} restarts at offset ${at}`);
-    committed = at;
-    next = at;
+  /** Go back to `at` (the device's offset, or the last one it acknowledged) after a loss. */
+  const restart = (at: number, lost: boolean) => {
+    restarts++;
+    if (at > committed) stalled = 0; // the device holds more than we knew: progress
+    if (++stalled > maxRestarts) {
+      const message = `the transfer made no progress in ${maxRestarts} go-backs in a row at offset ${at} of ${o.total}`;
+      throw o.stalled ? o.stalled(message) : new LinkStalledError(Group.DIAG, DiagCmd.SINK_CHUNK, message);
+    }
+    if (lost && adapt) sizer.lost(sizer.size);
+    const moved = at > committed;
+    committed = at; // the device's word, or the last offset it acknowledged
+    if (moved) o.onProgress?.(committed, o.total);
+    next = committed;
     generation++; // outcomes of chunks sent before this point no longer move the offset
+    // Chunks of the old generation no longer hold window slots: their answers (OUT_OF_ORDER, or
+    // none) say nothing new, and a lost one would otherwise hold its slot until its timeout.
+    inflight.clear();
+    ends.clear();
   };
+  const answerTimeout = (): number | undefined => (srtt === undefined ? undefined : Math.max(minTimeoutMs, srtt + 4 * rttvar));
 
   try {
     while (committed < o.total || inflight.size > 0) {
       if (signal?.aborted) return stop();
-      while (inflight.size < o.window && next < o.total) {
-        const len = Math.min(o.chunkSize, o.total - next);
+      // Once chunks have shrunk the line loses frames: fewer in flight, fewer sent for nothing
+      // behind a lost one (the line stays busy: small frames come back fast).
+      const window = adapt && sizer.size < o.chunkSize ? Math.min(o.window, LOSSY_WINDOW) : o.window;
+      while (inflight.size < window && next < o.total) {
+        const len = Math.min(adapt ? sizer.size : o.chunkSize, o.total - next);
         const data = o.read(next, len);
         const id = ids++;
         const gen = generation;
         const offset = next;
+        const sentAt = performance.now();
         inflight.set(
           id,
-          o.sendChunk(offset, data).then(
-            (p) => ({ id, generation: gen, end: offset + len, committed: typeof p['c'] === 'number' ? p['c'] : undefined }),
-            (error: unknown) => ({ id, generation: gen, end: offset + len, error }),
+          o.sendChunk(offset, data, answerTimeout()).then(
+            (p) => ({ id, generation: gen, end: offset + len, committed: typeof p['c'] === 'number' ? p['c'] : undefined, len, sentAt }),
+            (error: unknown) => ({ id, generation: gen, end: offset + len, error, len, sentAt }),
           ),
         );
+        ends.set(id, offset + len);
         chunksSent++;
         bytesSent += len;
         next += len;
       }
       if (inflight.size === 0) {
         // Everything answered but the device is not at the end: ask it where it is.
-        restart(await o.queryCommitted());
+        restart(await o.queryCommitted(), false);
         continue;
       }
       const out = await Promise.race([...inflight.values(), stopRequested]);
       if (out === STOP) return stop();
-      inflight.delete(out.id);
+      if (!inflight.has(out.id)) continue; // dropped from the window meanwhile
+      forget(out.id);
       if (out.error === undefined) {
+        // Every chunk is sent once under its own seq, so its answer times that sending alone.
+        if (out.generation === generation) {
+          const rtt = performance.now() - out.sentAt;
+          if (srtt === undefined) {
+            srtt = rtt;
+            rttvar = rtt / 2;
+          } else {
+            rttvar = 0.75 * rttvar + 0.25 * Math.abs(srtt - rtt);
+            srtt = 0.875 * srtt + 0.125 * rtt;
+          }
+        }
+        const before = committed;
         take(out);
+        if (adapt && committed > before && out.generation === generation) sizer.acked(out.len);
         continue;
       }
       if (out.generation !== generation) continue; // already went back past this chunk
@@ -135,18 +221,25 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
       // Its answer was lost, but a later chunk's answer already moved the offset past it.
       if (e instanceof LinkTimeoutError && out.end <= committed) continue;
       if (e instanceof LinkError && e.rc === Rc.OUT_OF_ORDER && typeof e.details?.['committed'] === 'number') {
-        restart(e.details['committed']);
+        restart(e.details['committed'], true);
       } else if (e instanceof LinkError && e.rc === Rc.BUSY) {
-        restart(await o.queryCommitted());
+        // The device's queue was full: let it drain (a round trip or so), then go on from where it was.
+        await sleep(Math.min(400, srtt ?? 50), signal).catch(() => undefined);
+        restart(committed, false);
       } else if (e instanceof LinkTimeoutError) {
-        restart(await o.queryCommitted());
+        // An overdue answer: the chunk or its answer was lost on the line, or the link died. A
+        // device heard lately is there: send again from the last acknowledged offset (it answers
+        // a chunk it already holds with its offset). A silent one is asked where it is, with a
+        // small request that a noisy line lets through and a dead one does not (that throws).
+        timeouts++;
+        restart(o.isSilent?.() ? await o.queryCommitted() : committed, true);
       } else {
         // A refusal (tampered chunk, no space, ...) or a closed link: the caller decides.
         await Promise.allSettled(inflight.values());
         throw e;
       }
     }
-    return { committed, chunksSent, bytesSent, restarts };
+    return { committed, chunksSent, bytesSent, restarts, timeouts, smallestChunk: adapt ? sizer.smallest : o.chunkSize, lastChunk: adapt ? sizer.size : o.chunkSize };
   } finally {
     if (onAbort) signal?.removeEventListener('abort', onAbort);
   }

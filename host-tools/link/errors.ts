@@ -17,6 +17,18 @@ export class LinkTimeoutError extends Error {
   }
 }
 
+/**
+ * A bulk transfer that made no progress in many go-backs in a row: the line loses nearly every
+ * chunk or answer. A kind of timeout (the link does not carry), so a resuming caller reconnects.
+ */
+export class LinkStalledError extends LinkTimeoutError {
+  constructor(group: number, command: number, message: string) {
+    super(group, command, 0, 0);
+    this.message = message;
+    this.name = 'LinkStalledError';
+  }
+}
+
 /** The cable or connection went away (or the client was closed) while requests were open. */
 export class LinkClosedError extends Error {
   constructor(cause?: Error) {

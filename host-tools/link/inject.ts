@@ -8,7 +8,7 @@ import { parseSealedHeader } from '../../firmware/crypto/batch.js';
 import { Group, InjectCmd } from '../../firmware/link/groups.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
 import { LinkTimeoutError } from './client.js';
-import { PeerDataError } from './errors.js';
+import { LinkStalledError, PeerDataError } from './errors.js';
 import { peerName, requestName } from './names.js';
 import type { LinkClient, DeviceParams } from './client.js';
 import { sendBulk } from './bulk-sender.js';
@@ -89,6 +89,12 @@ export async function injectBatch(
     const chunkSize = o.chunkBytes ?? params.maxChunk;
     // Upper bound of a chunk request's frame: data, CBOR and header fields, CRC, COBS, delimiters.
     const chunkFrameBytes = chunkSize + Math.ceil(chunkSize / 254) + 64;
+    // A chunk's answer overdue and nothing at all came from the module for half a full chunk's
+    // timeout (base/2 + the chunk's line time: longer than a working link is ever quiet while
+    // chunks are in flight, as each takes one line time): the link may be dead (a restart, a
+    // cable), or so noisy that no chunk arrives whole. The sender then asks STATUS, which a dead
+    // link does not answer (LinkTimeoutError: resume.ts reopens the port) and a noisy one does.
+    const isSilent = () => performance.now() - client.lastReceiveAt > client.answerTimeoutMs(chunkFrameBytes, 16) / 2;
     try {
       const res = await sendBulk({
         total: chunks.length,
@@ -96,19 +102,12 @@ export async function injectBatch(
         chunkSize,
         window: params.window,
         read: (off, n) => chunks.subarray(off, off + n),
-        // No retry of a chunk: a lost answer costs a STATUS and a go-back (section 5.3), and a
-        // dead link is found after one chunk's timeout and two short STATUS ones, not three of each.
-        sendChunk: (off, d) => client.request(Group.INJECT, InjectCmd.CHUNK, { t, o: off, d }, { expectBytes: 16, retries: 0 }),
-        queryCommitted: async () => {
-          // A chunk timed out and nothing at all came from the module for half a chunk's timeout
-          // (base/2 + the chunk's line time: longer than a working link is ever quiet while chunks
-          // are in flight, as each takes one line time): the link is dead (a restart, a cable),
-          // not one answer lost. Say so now rather than queue a STATUS behind chunks the link may
-          // never take; resume.ts reopens the port.
-          const silentMs = performance.now() - client.lastReceiveAt;
-          if (silentMs > client.answerTimeoutMs(chunkFrameBytes, 16) / 2) throw new LinkTimeoutError(Group.INJECT, InjectCmd.CHUNK, silentMs, 1, `the module sent nothing for ${(silentMs / 1000).toFixed(1)} s`);
-          return (await client.request(Group.INJECT, InjectCmd.STATUS, { t }, { retries: 1, signal }))['c'] as number;
-        },
+        // No retry of a chunk under its seq: an overdue answer costs a go-back (section 5.3), and
+        // a dead link is found after one chunk's timeout, not three.
+        sendChunk: (off, d, timeoutMs) => client.request(Group.INJECT, InjectCmd.CHUNK, { t, o: off, d }, { expectBytes: 16, retries: 0, ...(timeoutMs ? { timeoutMs } : {}) }),
+        isSilent,
+        queryCommitted: async () => (await client.request(Group.INJECT, InjectCmd.STATUS, { t }, { retries: 1, signal }))['c'] as number,
+        stalled: (message) => new LinkStalledError(Group.INJECT, InjectCmd.CHUNK, `${message} (the line loses nearly every chunk)`),
         onProgress: progress,
         ...(signal ? { signal } : {}),
       });

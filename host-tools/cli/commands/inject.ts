@@ -58,7 +58,8 @@ async function injectWith(v: Values, io: Io): Promise<InjectCliResult> {
     throw e instanceof StoppedError ? nothingSent(e, rerun) : e;
   });
   try {
-    const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, {}, { signal: io.signal }).catch((e: unknown) => {
+    // Only the two fields used: the whole STATUS is 300 bytes or more, which a noisy line rarely lets through.
+    const st = await s.client.request(Group.SYSTEM, SystemCmd.STATUS, { only: ['terminalId', 'state'] }, { signal: io.signal }).catch((e: unknown) => {
       // Stopped while opening the port or asking who is there: not a byte of the batch was sent.
       throw e instanceof StoppedError ? nothingSent(e, rerun) : e;
     });
