@@ -11,6 +11,7 @@ import { joinCable, ptyEnd } from '../host-tools/transports/cable.js';
 import type { CableEnd, CableStats } from '../host-tools/transports/cable.js';
 import { socketTransport } from '../host-tools/transports/tcp.js';
 import { parseNoise } from '../host-tools/cli/commands/link.js';
+import { parseBits } from '../host-tools/units.js';
 import type { NoiseReport, NoiseRun } from '../host-tools/cli/commands/hil.js';
 import { QKT_BIN, runQkt, startQkt } from './cli.js';
 import type { Background } from './cli.js';
@@ -31,11 +32,13 @@ export interface NoiseSettings {
   rate: number;
   seed: number;
   baud: number;
+  /** The batch's payload: 3 Mbit, or QKT_HIL_NOISE_BITS (a smaller one for the rig's own test). */
+  bits: number;
   /** Where to write the report for `qkt hil run` (QKT_HIL_NOISE_REPORT), or undefined. */
   reportFile: string | undefined;
 }
 
-/** The suite's settings from `qkt hil run` (QKT_HIL_NOISE, QKT_HIL_NOISE_SEED, QKT_HIL_NOISE_REPORT). */
+/** The suite's settings from `qkt hil run` (QKT_HIL_NOISE, QKT_HIL_NOISE_SEED, QKT_HIL_NOISE_REPORT), or the defaults. */
 export function noiseSettings(env: NodeJS.ProcessEnv = process.env): NoiseSettings {
   const rateText = env['QKT_HIL_NOISE'];
   const seedText = env['QKT_HIL_NOISE_SEED'];
@@ -45,6 +48,7 @@ export function noiseSettings(env: NodeJS.ProcessEnv = process.env): NoiseSettin
     rate: rateText === undefined || rateText === '' ? DEFAULT_NOISE : parseNoise(rateText),
     seed,
     baud: NOISE_BAUD,
+    bits: env['QKT_HIL_NOISE_BITS'] ? parseBits(env['QKT_HIL_NOISE_BITS']) : NOISE_BITS,
     reportFile: env['QKT_HIL_NOISE_REPORT'] || undefined,
   };
 }
@@ -180,7 +184,8 @@ const goodput = (bits: number, r: CableRun): NoiseRun => ({
 const round = (x: number, digits: number) => Number(x.toFixed(digits));
 
 /** The report `qkt hil run --noise` prints: the noisy run against the clean one, the relay's counters. */
-export function noiseReport(s: NoiseSettings, bits: number, clean: CableRun, noisy: CableRun): NoiseReport {
+export function noiseReport(s: NoiseSettings, clean: CableRun, noisy: CableRun): NoiseReport {
+  const bits = s.bits;
   const c = goodput(bits, clean);
   const n = goodput(bits, noisy);
   const { aToB, bToA } = noisy.relay;

@@ -11,8 +11,9 @@ import { join } from 'node:path';
 import { ByteNoise } from '../host-tools/transports/cable.js';
 import type { DirectionStats } from '../host-tools/transports/cable.js';
 import { formatNoise, formatRate } from '../host-tools/cli/commands/hil.js';
+import { formatBits } from '../host-tools/units.js';
 import { ptySkipReason } from './e2e-rig.js';
-import { NOISE_BITS, injectOverCable, noiseFixture, noiseReport, noiseSettings } from './noise-rig.js';
+import { injectOverCable, noiseFixture, noiseReport, noiseSettings } from './noise-rig.js';
 import type { CableRun } from './noise-rig.js';
 
 t.setTimeout(240_000);
@@ -25,12 +26,12 @@ function replay(rate: number, seed: number, bytes: number): Pick<DirectionStats,
 }
 
 /** The inject ended 0 in one run and the pool grew by the batch, exactly once. */
-function landedOnce(t: Test, name: string, r: CableRun): void {
+function landedOnce(t: Test, name: string, r: CableRun, bits: number): void {
   t.equal(r.code, 0, `${name}: qkt inject exits 0 in one run${r.code === 0 ? '' : `: ${r.stderr.trim().split('\n').pop()}`}`);
   if (!r.inject) return;
-  t.equal(r.inject.bits, NOISE_BITS, `${name}: the inject reports the batch's ${NOISE_BITS} bits`);
+  t.equal(r.inject.bits, bits, `${name}: the inject reports the batch's ${bits} bits`);
   t.equal(r.inject.resumedFromBits, 0, `${name}: from the start (a fresh module)`);
-  t.equal(r.after.pool.storedKeyBits, r.before.pool.storedKeyBits + NOISE_BITS, `${name}: the pool holds exactly the batch's bits more`);
+  t.equal(r.after.pool.storedKeyBits, r.before.pool.storedKeyBits + bits, `${name}: the pool holds exactly the batch's bits more`);
   t.equal(r.after.pool.batches.length, r.before.pool.batches.length + 1, `${name}: one batch more`);
   t.equal(r.before.pool.batches.filter((b) => b.batchId === r.inject!.batchId).length, 0, `${name}: the batch was not there before`);
   t.equal(r.after.pool.batches.filter((b) => b.batchId === r.inject!.batchId).length, 1, `${name}: the batch is there once`);
@@ -38,21 +39,21 @@ function landedOnce(t: Test, name: string, r: CableRun): void {
 
 const settings = noiseSettings();
 
-t.test(`3 Mbit through a ${settings.baud}-baud cable with ${formatRate(settings.rate)} byte noise, and through a clean one`, { skip: ptySkipReason() }, async (t) => {
+t.test(`${formatBits(settings.bits)} through a ${settings.baud}-baud cable with ${formatRate(settings.rate)} byte noise, and through a clean one`, { skip: ptySkipReason() }, async (t) => {
   const s = settings;
   t.comment(`noise ${formatRate(s.rate)} seed ${s.seed} at ${s.baud} baud (rerun: QKT_HIL_NOISE=${s.rate} QKT_HIL_NOISE_SEED=${s.seed})`);
   const dir = t.testdir({});
-  const fx = await noiseFixture(dir, NOISE_BITS);
+  const fx = await noiseFixture(dir, s.bits);
   const clean = await injectOverCable(fx, join(dir, 'clean'), { baud: s.baud, rate: 0, seed: s.seed });
   const noisy = await injectOverCable(fx, join(dir, 'noisy'), { baud: s.baud, rate: s.rate, seed: s.seed });
-  const report = noiseReport(s, NOISE_BITS, clean, noisy);
+  const report = noiseReport(s, clean, noisy);
   if (s.reportFile) writeFileSync(s.reportFile, JSON.stringify(report));
   t.comment(formatNoise(report).trim());
   // Carried as a diagnostic: tap's JUnit reporter makes it a <property name="noise"> of this case.
   t.pass('noise report', { diagnostic: true, noise: report });
 
-  landedOnce(t, 'clean', clean);
-  landedOnce(t, 'noisy', noisy);
+  landedOnce(t, 'clean', clean, s.bits);
+  landedOnce(t, 'noisy', noisy, s.bits);
 
   // The noise was applied as asked: the relay's counters are those the seed gives over the bytes
   // it carried (one stream per direction, the module's way from seed ^ 0x5bd1e995: cable.ts).

@@ -340,8 +340,8 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['hil', 'run'],
     summary: 'run the hardware-in-the-loop suite (transports, power cuts, cable pulls, drives)',
-    usage: 'qkt hil run [--transport inproc,tcp,pty,mock,webusb] [--carrier DIR] [--noise R [--seed S]] [--junit FILE]',
-    examples: ['qkt hil run', 'qkt hil run --transport pty,tcp --junit hil.xml', 'qkt hil run --carrier /media/usb0', 'qkt hil run --noise 1% --json'],
+    usage: 'qkt hil run [--transport inproc,tcp,pty,mock,webusb] [--carrier DIR] [--noise R [--seed S]] [--suite LIST] [--junit FILE]',
+    examples: ['qkt hil run', 'qkt hil run --transport pty,tcp --junit hil.xml', 'qkt hil run --carrier /media/usb0', 'qkt hil run --noise 1% --json', 'qkt hil run --suite noise --noise 0.1% --seed 7'],
     options: {
       transport: { type: 'string', value: 'LIST', description: 'the link transports to test, comma-separated, from inproc, tcp, pty, mock, webusb', defaultText: 'all five' },
       carrier: { type: 'string', value: 'DIR', description: 'also test a carrier on this mounted drive (its contents are used)', defaultText: 'folders only' },
@@ -353,6 +353,7 @@ export const commands: readonly CommandSpec[] = [
         defaultText: 'no noise suite',
       },
       seed: { type: 'string', value: 'S', description: "the line noise's seed (0 to 4294967295), with --noise", defaultText: 'random, printed' },
+      suite: { type: 'string', value: 'LIST', description: 'run only these suites, comma-separated short names (protocol, cli-pty, ..., noise with --noise)', defaultText: 'all' },
     },
     load: () => import('./commands/hil.js').then((m) => m.default),
   },

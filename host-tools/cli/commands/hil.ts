@@ -65,7 +65,7 @@ export default defineCommand<HilResult>({
     const noise = noiseText === undefined ? undefined : parseNoise(noiseText);
     if (noise === undefined && str(v, 'seed') !== undefined) throw new CliError('--seed is the seed of the line noise: give it with --noise R', Exit.USAGE);
     const seed = noise === undefined ? undefined : (int(v, 'seed', 0, 0xffffffff) ?? randomInt(0, 0x1_0000_0000));
-    const suites = noise === undefined ? SUITES : [...SUITES, NOISE_SUITE];
+    const suites = pickSuites(str(v, 'suite'), noise !== undefined);
     // The noise suite writes its report here; read once the suite has ended.
     const scratch = noise === undefined ? undefined : mkdtempSync(join(tmpdir(), 'qkt-hil-noise-'));
     const reportFile = scratch && join(scratch, 'noise.json');
@@ -75,7 +75,7 @@ export default defineCommand<HilResult>({
       ...process.env,
       QKT_HIL_TRANSPORTS: transports.join(','),
       ...(carrier ? { QKT_HIL_CARRIER: carrier } : {}),
-      ...(noise !== undefined ? { QKT_HIL_NOISE: String(noise), QKT_HIL_NOISE_SEED: String(seed), QKT_HIL_NOISE_REPORT: reportFile! } : {}),
+      ...(noise !== undefined ? { QKT_HIL_NOISE: noiseText!.trim(), QKT_HIL_NOISE_SEED: String(seed), QKT_HIL_NOISE_REPORT: reportFile! } : {}),
     };
     const noisy = noise !== undefined ? `, line noise ${formatRate(noise)} (seed ${seed})` : '';
     io.note(`HIL: ${suites.length} suites over ${transports.join(', ')}${carrier ? `, carrier drive ${carrier}` : ''}${noisy}`);
@@ -126,6 +126,24 @@ export default defineCommand<HilResult>({
   render: (r) =>
     `HIL suite passed over ${r.transports.join(', ')}${r.carrier ? `, carrier drive ${r.carrier}` : ''}${r.noise ? `, line noise ${formatRate(r.noise.rate)} (ratio ${r.noise.ratio ?? '-'})` : ''}${r.junit ? `; JUnit report ${r.junit}` : ''}`,
 });
+
+/** `protocol` for hil/protocol.test.ts. */
+const shortName = (suite: string) => suite.replace(/^hil\//, '').replace(/\.test\.ts$/, '');
+
+/**
+ * The suites to run: all (and the noise suite with --noise), or those --suite names
+ * (comma-separated short names: protocol,cli-pty; `noise` only with --noise), in the run's order.
+ */
+export function pickSuites(list: string | undefined, noise: boolean): string[] {
+  const all = noise ? [...SUITES, NOISE_SUITE] : SUITES;
+  if (list === undefined) return all;
+  const names = list.split(',').map((x) => x.trim()).filter((x) => x !== '');
+  if (!noise && names.includes(shortName(NOISE_SUITE))) throw new CliError('the noise suite runs with --noise R (e.g. --noise 1%)', Exit.USAGE);
+  const known = all.map(shortName);
+  const bad = names.filter((x) => !known.includes(x));
+  if (bad.length || !names.length) throw new CliError(`unknown suite ${bad.join(', ') || JSON.stringify(list)}; choose from ${known.join(', ')}`, Exit.USAGE);
+  return all.filter((s) => names.includes(shortName(s)));
+}
 
 /** One `qkt inject` of the noise suite: spawn to exit; goodput = payload bits / those seconds. */
 export interface NoiseRun {
