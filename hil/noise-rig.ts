@@ -15,6 +15,7 @@ import { parseBits } from '../host-tools/units.js';
 import type { NoiseReport, NoiseRun } from '../host-tools/cli/commands/hil.js';
 import { QKT_BIN, runQkt, startQkt } from './cli.js';
 import type { Background } from './cli.js';
+import type { Test } from 'tap';
 
 /** The paper's initial offline load: 3 Mbit = 3,145,728 bits. */
 export const NOISE_BITS = 3 * 2 ** 20;
@@ -116,12 +117,21 @@ export async function noiseFixture(dir: string, bits: number): Promise<{ image: 
   return { image, carrier };
 }
 
+/** An inject not done by then is stopped (SIGTERM, then SIGKILL) and counted as failed. */
+export const INJECT_TIMEOUT_MS = 180_000;
+
 /**
  * Into a fresh copy of the fixture's image and carrier (in `work`): the module up, its pool read,
  * then one `qkt inject` through the paced cable at `baud` with `rate` noise from `seed`; then
- * the cable closed, the pool read again, the module stopped (all by pid).
+ * the cable closed, the pool read again, the module stopped (all by pid). `t`'s teardown ends
+ * whatever is left should the test end first (a timeout).
  */
-export async function injectOverCable(fx: { image: string; carrier: string }, work: string, o: { baud: number; rate: number; seed: number }): Promise<CableRun> {
+export async function injectOverCable(
+  t: Test,
+  fx: { image: string; carrier: string },
+  work: string,
+  o: { baud: number; rate: number; seed: number; timeoutMs?: number },
+): Promise<CableRun> {
   mkdirSync(work, { recursive: true });
   const image = join(work, 'T1.img');
   const carrier = join(work, 'carrier');
@@ -134,21 +144,42 @@ export async function injectOverCable(fx: { image: string; carrier: string }, wo
   let relay: ReturnType<typeof joinCable> | undefined;
   try {
     term = await startQkt(['terminal', 'run', '--flash', image, '--listen', 'tcp:127.0.0.1:0', '--baud', baud]);
+    const started = term;
+    t.teardown(() => started.stop());
     const port = Number(/:(\d+)$/.exec(String(term.ready['port']))?.[1]);
     if (!port) throw new Error(`qkt terminal run: no TCP port in its ready line ${JSON.stringify(term.ready)}`);
     const before = await status(port);
     host = await ptyEnd();
+    const pty = host;
+    t.teardown(async () => {
+      await pty.transport.close().catch(() => undefined);
+      await pty.dispose?.(); // socat, by pid
+    });
     device = await connectEnd(port);
     relay = joinCable(host, device, { baud: o.baud, noise: { rate: o.rate, seed: o.seed } });
     const t0 = performance.now();
     const r = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
       const p = spawn(process.execPath, [QKT_BIN, 'inject', '--carrier', carrier, '--port', host!.path, '--baud', baud, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const end = (signal: NodeJS.Signals) => {
+        if (p.exitCode === null && p.signalCode === null) p.kill(signal);
+      };
+      t.teardown(() => end('SIGKILL'));
+      let killer: NodeJS.Timeout | undefined;
+      const timer = setTimeout(() => {
+        stderr += `\n(stopped by the suite after ${(o.timeoutMs ?? INJECT_TIMEOUT_MS) / 1000} s)`;
+        end('SIGTERM');
+        killer = setTimeout(() => end('SIGKILL'), 5000);
+      }, o.timeoutMs ?? INJECT_TIMEOUT_MS);
       let stdout = '';
       let stderr = '';
       p.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
       p.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
       p.once('error', reject);
-      p.once('close', (code) => resolve({ code, stdout, stderr }));
+      p.once('close', (code) => {
+        clearTimeout(timer);
+        clearTimeout(killer);
+        resolve({ code, stdout, stderr });
+      });
     });
     const wallSeconds = (performance.now() - t0) / 1000;
     await relay.close();

@@ -16,7 +16,7 @@ import { ptySkipReason } from './e2e-rig.js';
 import { injectOverCable, noiseFixture, noiseReport, noiseSettings } from './noise-rig.js';
 import type { CableRun } from './noise-rig.js';
 
-t.setTimeout(240_000);
+t.setTimeout(420_000); // two injects of at most INJECT_TIMEOUT_MS each, and the fixture
 
 /** The counters a seeded ByteNoise gives over `bytes` bytes: they depend on the seed and the count only. */
 function replay(rate: number, seed: number, bytes: number): Pick<DirectionStats, 'corrupted' | 'dropped' | 'inserted'> {
@@ -44,8 +44,8 @@ t.test(`${formatBits(settings.bits)} through a ${settings.baud}-baud cable with 
   t.comment(`noise ${formatRate(s.rate)} seed ${s.seed} at ${s.baud} baud (rerun: QKT_HIL_NOISE=${s.rate} QKT_HIL_NOISE_SEED=${s.seed})`);
   const dir = t.testdir({});
   const fx = await noiseFixture(dir, s.bits);
-  const clean = await injectOverCable(fx, join(dir, 'clean'), { baud: s.baud, rate: 0, seed: s.seed });
-  const noisy = await injectOverCable(fx, join(dir, 'noisy'), { baud: s.baud, rate: s.rate, seed: s.seed });
+  const clean = await injectOverCable(t, fx, join(dir, 'clean'), { baud: s.baud, rate: 0, seed: s.seed });
+  const noisy = await injectOverCable(t, fx, join(dir, 'noisy'), { baud: s.baud, rate: s.rate, seed: s.seed });
   const report = noiseReport(s, clean, noisy);
   if (s.reportFile) writeFileSync(s.reportFile, JSON.stringify(report));
   t.comment(formatNoise(report).trim());

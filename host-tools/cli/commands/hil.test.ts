@@ -2,7 +2,8 @@
 // are found among the suites' own indented lines, and each becomes one line for the engineer;
 // with --noise, the noise suite's report (a file from another process) is checked and summed up.
 import t from 'tap';
-import { parseSuiteLine, formatSuite, formatNoise, formatRate, checkNoiseReport, pickSuites, NOISE_SUITE } from './hil.js';
+import hil, { parseSuiteLine, formatSuite, formatNoise, formatRate, checkNoiseReport, pickSuites, NOISE_SUITE } from './hil.js';
+import type { HilResult } from './hil.js';
 
 const STREAM = `TAP version 14
 1..3
@@ -78,4 +79,20 @@ t.test('--suite picks suites by short name, in the run order; noise only with --
   t.throws(() => pickSuites('noise', false), /runs with --noise R/);
   t.throws(() => pickSuites('protocol,frob', false), /unknown suite frob; choose from protocol, /);
   t.throws(() => pickSuites(',', false), /unknown suite ","/);
+});
+
+t.test('a failed run is still a result (with its noise report), exit 1 with the reason', async (t) => {
+  const failed: HilResult = {
+    passed: false,
+    exitCode: 1,
+    transports: ['pty'],
+    suites: [NOISE_SUITE],
+    results: [{ suite: NOISE_SUITE, ok: false, skipped: null, seconds: 16.6 }],
+    carrier: null,
+    junit: '/tmp/hil.xml',
+    noise: { ...REPORT, noisy: { exitCode: 3, seconds: 5.0, transferSeconds: null, goodputBitsPerSecond: null }, ratio: null },
+  };
+  t.same(hil.outcome!(failed), { exitCode: 1, reason: 'HIL suite failed (tap exit 1; failed: hil/noise.test.ts); report in /tmp/hil.xml' });
+  t.match(hil.render!(failed), /^HIL suite FAILED over pty, line noise 1% \(ratio -\); JUnit report \/tmp\/hil\.xml$/);
+  t.equal(hil.outcome!({ ...failed, passed: true, exitCode: 0 }), undefined, 'a passed run exits 0');
 });

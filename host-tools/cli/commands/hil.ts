@@ -117,14 +117,19 @@ export default defineCommand<HilResult>({
       if (failed.length && !io.json) await replay(['--reporter=base'], failed, 'stderr');
       if (reportFile && !report) report = readNoiseReport(reportFile);
       const result: HilResult = { passed: exitCode === 0, exitCode, transports, suites, results, carrier, junit, ...(noise !== undefined ? { noise: report } : {}) };
-      if (exitCode !== 0) throw new CliError(`HIL suite failed (tap exit ${exitCode}${failed.length ? `; failed: ${failed.join(', ')}` : ''})${junit ? `; report in ${junit}` : ''}`, Exit.FAILURE);
+      // A failed run still prints its result (--json: passed false, each suite, the noise report); outcome() gives the exit.
       return result;
     } finally {
       if (scratch) rmSync(scratch, { recursive: true, force: true });
     }
   },
+  outcome: (r) => {
+    if (r.passed) return undefined;
+    const failed = r.results.filter((x) => !x.ok).map((x) => x.suite);
+    return { exitCode: Exit.FAILURE, reason: `HIL suite failed (tap exit ${r.exitCode}${failed.length ? `; failed: ${failed.join(', ')}` : ''})${r.junit ? `; report in ${r.junit}` : ''}` };
+  },
   render: (r) =>
-    `HIL suite passed over ${r.transports.join(', ')}${r.carrier ? `, carrier drive ${r.carrier}` : ''}${r.noise ? `, line noise ${formatRate(r.noise.rate)} (ratio ${r.noise.ratio ?? '-'})` : ''}${r.junit ? `; JUnit report ${r.junit}` : ''}`,
+    `HIL suite ${r.passed ? 'passed' : 'FAILED'} over ${r.transports.join(', ')}${r.carrier ? `, carrier drive ${r.carrier}` : ''}${r.noise ? `, line noise ${formatRate(r.noise.rate)} (ratio ${r.noise.ratio ?? '-'})` : ''}${r.junit ? `; JUnit report ${r.junit}` : ''}`,
 });
 
 /** `protocol` for hil/protocol.test.ts. */
