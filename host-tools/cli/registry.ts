@@ -340,12 +340,20 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['hil', 'run'],
     summary: 'run the hardware-in-the-loop suite (transports, power cuts, cable pulls, drives)',
-    usage: 'qkt hil run [--transport inproc,tcp,pty,mock,webusb] [--carrier DIR] [--junit FILE]',
-    examples: ['qkt hil run', 'qkt hil run --transport pty,tcp --junit hil.xml', 'qkt hil run --carrier /media/usb0'],
+    usage: 'qkt hil run [--transport inproc,tcp,pty,mock,webusb] [--carrier DIR] [--noise R [--seed S]] [--suite LIST] [--junit FILE]',
+    examples: ['qkt hil run', 'qkt hil run --transport pty,tcp --junit hil.xml', 'qkt hil run --carrier /media/usb0', 'qkt hil run --noise 1% --json', 'qkt hil run --suite noise --noise 0.1% --seed 7'],
     options: {
       transport: { type: 'string', value: 'LIST', description: 'the link transports to test, comma-separated, from inproc, tcp, pty, mock, webusb', defaultText: 'all five' },
       carrier: { type: 'string', value: 'DIR', description: 'also test a carrier on this mounted drive (its contents are used)', defaultText: 'folders only' },
       junit: { type: 'string', value: 'FILE', description: 'write a JUnit XML report to FILE', defaultText: 'none: each suite is reported on stderr as it ends' },
+      noise: {
+        type: 'string',
+        value: 'R',
+        description: 'also run the line-noise suite: a 3 Mbit inject over a 921600-baud cable with R byte noise (1%, or 0.01; as qkt link --noise), and over a clean one; reports goodput of both',
+        defaultText: 'no noise suite',
+      },
+      seed: { type: 'string', value: 'S', description: "the line noise's seed (0 to 4294967295), with --noise", defaultText: 'random, printed' },
+      suite: { type: 'string', value: 'LIST', description: 'run only these suites, comma-separated short names (protocol, cli-pty, ..., noise with --noise)', defaultText: 'all' },
     },
     load: () => import('./commands/hil.js').then((m) => m.default),
   },

@@ -1,7 +1,9 @@
 // `qkt hil run` reports each suite as it ends: the top-level result lines of tap's TAP stream
-// are found among the suites' own indented lines, and each becomes one line for the engineer.
+// are found among the suites' own indented lines, and each becomes one line for the engineer;
+// with --noise, the noise suite's report (a file from another process) is checked and summed up.
 import t from 'tap';
-import { parseSuiteLine, formatSuite } from './hil.js';
+import hil, { parseSuiteLine, formatSuite, formatNoise, formatRate, checkNoiseReport, pickSuites, NOISE_SUITE } from './hil.js';
+import type { HilResult } from './hil.js';
 
 const STREAM = `TAP version 14
 1..3
@@ -31,4 +33,66 @@ t.test('one line per suite: ok, FAIL or skip, its time, how far the run is', asy
   t.equal(formatSuite(parseSuiteLine('ok 1 - hil/cli-pty.test.ts # time=2345.6ms')!, 1, 11, 2.6), '  ok    hil/cli-pty.test.ts               2.3 s   1/11 at 3 s');
   t.equal(formatSuite(parseSuiteLine('not ok 2 - hil/protocol.test.ts # time=10400ms')!, 2, 11, 10.9), '  FAIL  hil/protocol.test.ts             10.4 s   2/11 at 11 s');
   t.match(formatSuite(parseSuiteLine('ok 3 - hil/carrier-drive.test.ts # SKIP no loop devices')!, 3, 11, 11), /^  skip  hil\/carrier-drive\.test\.ts +3\/11 at 11 s \(no loop devices\)$/);
+});
+
+const REPORT = {
+  rate: 0.01,
+  seed: 7,
+  baud: 921600,
+  bits: 3145728,
+  clean: { exitCode: 0, seconds: 4.851, transferSeconds: 4.377, goodputBitsPerSecond: 648486 },
+  noisy: { exitCode: 0, seconds: 10.096, transferSeconds: 9.182, goodputBitsPerSecond: 311586 },
+  ratio: 0.48,
+  relay: {
+    toDevice: { bytesIn: 607915, bytesOut: 607912, corrupted: 11, dropped: 3, inserted: 0 },
+    toHost: { bytesIn: 2583, bytesOut: 2584, corrupted: 1, dropped: 0, inserted: 1 },
+  },
+};
+
+t.test('the noise report: one line after the suite, relay faults summed over both ways', async (t) => {
+  t.equal(
+    formatNoise(REPORT),
+    '        noise 1% at 921600 baud, seed 7: clean 648.5 kbit/s, noisy 311.6 kbit/s, ratio 0.48; relay: 12 corrupted, 3 dropped, 1 inserted',
+  );
+  const failed = { ...REPORT, noisy: { exitCode: 4, seconds: 60.2, transferSeconds: null, goodputBitsPerSecond: null }, ratio: null };
+  t.match(formatNoise(failed), /noisy failed, ratio -;/);
+  t.equal(formatRate(0.00001), '0.001%');
+  t.equal(formatRate(0.001), '0.1%');
+  t.equal(formatRate(0.07), '7%');
+});
+
+t.test('the noise report file is checked, not trusted', async (t) => {
+  t.same(checkNoiseReport(JSON.parse(JSON.stringify(REPORT))), REPORT, 'a good report comes through as is');
+  t.same(checkNoiseReport({ ...REPORT, extra: 'dropped' }), REPORT, 'unknown fields are left out');
+  t.equal(checkNoiseReport({ ...REPORT, rate: 2 }), undefined, 'a rate above 1');
+  t.equal(checkNoiseReport({ ...REPORT, ratio: 'fast' }), undefined, 'a ratio not a number');
+  t.equal(checkNoiseReport({ ...REPORT, clean: { ...REPORT.clean, seconds: -1 } }), undefined, 'negative seconds');
+  t.equal(checkNoiseReport({ ...REPORT, relay: { toDevice: REPORT.relay.toDevice } }), undefined, 'a direction missing');
+  t.equal(checkNoiseReport([]), undefined, 'not an object');
+});
+
+t.test('--suite picks suites by short name, in the run order; noise only with --noise', async (t) => {
+  t.notOk(pickSuites(undefined, false).includes(NOISE_SUITE), 'all, without the noise suite');
+  t.ok(pickSuites(undefined, false).includes('hil/protocol.test.ts'), 'the protocol suite among them');
+  t.equal(pickSuites(undefined, true).at(-1), NOISE_SUITE, 'with --noise the noise suite comes last');
+  t.same(pickSuites('noise, protocol', true), ['hil/protocol.test.ts', NOISE_SUITE]);
+  t.throws(() => pickSuites('noise', false), /runs with --noise R/);
+  t.throws(() => pickSuites('protocol,frob', false), /unknown suite frob; choose from protocol, /);
+  t.throws(() => pickSuites(',', false), /unknown suite ","/);
+});
+
+t.test('a failed run is still a result (with its noise report), exit 1 with the reason', async (t) => {
+  const failed: HilResult = {
+    passed: false,
+    exitCode: 1,
+    transports: ['pty'],
+    suites: [NOISE_SUITE],
+    results: [{ suite: NOISE_SUITE, ok: false, skipped: null, seconds: 16.6 }],
+    carrier: null,
+    junit: '/tmp/hil.xml',
+    noise: { ...REPORT, noisy: { exitCode: 3, seconds: 5.0, transferSeconds: null, goodputBitsPerSecond: null }, ratio: null },
+  };
+  t.same(hil.outcome!(failed), { exitCode: 1, reason: 'HIL suite failed (tap exit 1; failed: hil/noise.test.ts); report in /tmp/hil.xml' });
+  t.match(hil.render!(failed), /^HIL suite FAILED over pty, line noise 1% \(ratio -\); JUnit report \/tmp\/hil\.xml$/);
+  t.equal(hil.outcome!({ ...failed, passed: true, exitCode: 0 }), undefined, 'a passed run exits 0');
 });

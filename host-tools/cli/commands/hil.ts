@@ -3,13 +3,18 @@
 // and the carrier on a real drive. It runs the project's tap suites (dev dependencies needed),
 // side by side, reading tap's TAP stream to report each suite as it ends (name, ok/FAIL/skip,
 // seconds) on stderr; a failed suite's details come after, from tap's own report (tap replay).
+// `--noise R` adds the line-noise suite (hil/noise.test.ts): an inject over a paced noisy cable
+// against a clean one, whose report (goodput, the relay's counters) comes back in a file.
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { throwIfStopped } from '../../link/stop.js';
-import { existsSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { join, resolve } from 'node:path';
-import { defineCommand, str, CliError, Exit } from '../command.js';
+import { randomInt } from 'node:crypto';
+import { defineCommand, int, str, CliError, Exit } from '../command.js';
+import { parseNoise } from './link.js';
 
 const TRANSPORTS = ['inproc', 'tcp', 'pty', 'mock', 'webusb'] as const;
 /** The suites of the rig, in the order they run. */
@@ -27,6 +32,8 @@ const SUITES = [
   'hil/carrier-drive.test.ts',
   'hil/carrier-dir.test.ts',
 ];
+/** Added to the run by --noise. */
+export const NOISE_SUITE = 'hil/noise.test.ts';
 
 export interface HilResult {
   passed: boolean;
@@ -37,6 +44,8 @@ export interface HilResult {
   results: SuiteResult[];
   carrier: string | null;
   junit: string | null;
+  /** With --noise: the noise suite's report (null if it ended before making one). */
+  noise?: NoiseReport | null;
 }
 
 export default defineCommand<HilResult>({
@@ -52,46 +61,179 @@ export default defineCommand<HilResult>({
     const carrier = str(v, 'carrier') ? resolve(str(v, 'carrier')!) : null;
     if (carrier && !existsSync(carrier)) throw new CliError(`--carrier ${carrier} does not exist`, Exit.USAGE);
     const junit = str(v, 'junit') ? resolve(str(v, 'junit')!) : null;
+    const noiseText = str(v, 'noise');
+    const noise = noiseText === undefined ? undefined : parseNoise(noiseText);
+    if (noise === undefined && str(v, 'seed') !== undefined) throw new CliError('--seed is the seed of the line noise: give it with --noise R', Exit.USAGE);
+    const seed = noise === undefined ? undefined : (int(v, 'seed', 0, 0xffffffff) ?? randomInt(0, 0x1_0000_0000));
+    const suites = pickSuites(str(v, 'suite'), noise !== undefined);
+    // The noise suite writes its report here; read once the suite has ended.
+    const scratch = noise === undefined ? undefined : mkdtempSync(join(tmpdir(), 'qkt-hil-noise-'));
+    const reportFile = scratch && join(scratch, 'noise.json');
     // tap's TAP stream on a pipe: one top-level result line per suite, as each one ends.
-    const args = [tap, '--disable-coverage', '--reporter=tap', ...SUITES];
-    const env = { ...process.env, QKT_HIL_TRANSPORTS: transports.join(','), ...(carrier ? { QKT_HIL_CARRIER: carrier } : {}) };
-    io.note(`HIL: ${SUITES.length} suites over ${transports.join(', ')}${carrier ? `, carrier drive ${carrier}` : ''}`);
-    const results: SuiteResult[] = [];
-    const started = Date.now();
-    const exitCode = await new Promise<number>((done, fail) => {
-      const child = spawn(process.execPath, args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'], env });
-      createInterface({ input: child.stdout }).on('line', (line) => {
-        const r = parseSuiteLine(line);
-        if (!r) return;
-        results.push(r);
-        io.note(formatSuite(r, results.length, SUITES.length, (Date.now() - started) / 1000));
+    const args = [tap, '--disable-coverage', '--reporter=tap', ...suites];
+    const env = {
+      ...process.env,
+      QKT_HIL_TRANSPORTS: transports.join(','),
+      ...(carrier ? { QKT_HIL_CARRIER: carrier } : {}),
+      ...(noise !== undefined ? { QKT_HIL_NOISE: noiseText!.trim(), QKT_HIL_NOISE_SEED: String(seed), QKT_HIL_NOISE_REPORT: reportFile! } : {}),
+    };
+    const noisy = noise !== undefined ? `, line noise ${formatRate(noise)} (seed ${seed})` : '';
+    io.note(`HIL: ${suites.length} suites over ${transports.join(', ')}${carrier ? `, carrier drive ${carrier}` : ''}${noisy}`);
+    let report: NoiseReport | null = null;
+    try {
+      const results: SuiteResult[] = [];
+      const started = Date.now();
+      const exitCode = await new Promise<number>((done, fail) => {
+        const child = spawn(process.execPath, args, { cwd: root, stdio: ['ignore', 'pipe', 'inherit'], env });
+        createInterface({ input: child.stdout }).on('line', (line) => {
+          const r = parseSuiteLine(line);
+          if (!r) return;
+          results.push(r);
+          io.note(formatSuite(r, results.length, suites.length, (Date.now() - started) / 1000));
+          if (r.suite === NOISE_SUITE && reportFile) {
+            report = readNoiseReport(reportFile);
+            if (report) io.note(formatNoise(report));
+          }
+        });
+        child.on('error', fail);
+        // Stopped by the user: pass it on to the suite (tap ends its test processes), by pid.
+        const onAbort = () => child.kill('SIGTERM');
+        io.signal.addEventListener('abort', onAbort, { once: true });
+        child.on('close', (code, signal) => {
+          io.signal.removeEventListener('abort', onAbort);
+          done(code ?? (signal ? 128 : 1));
+        });
       });
-      child.on('error', fail);
-      // Stopped by the user: pass it on to the suite (tap ends its test processes), by pid.
-      const onAbort = () => child.kill('SIGTERM');
-      io.signal.addEventListener('abort', onAbort, { once: true });
-      child.on('close', (code, signal) => {
-        io.signal.removeEventListener('abort', onAbort);
-        done(code ?? (signal ? 128 : 1));
-      });
-    });
-    throwIfStopped(io.signal);
-    // The JUnit report and a failed suite's details come from tap's saved results (.tap/test-results).
-    const replay = (extra: string[], files: string[], stdio: 'ignore' | 'stderr') =>
-      new Promise<void>((done, fail) => {
-        const c = spawn(process.execPath, [tap, 'replay', '--disable-coverage', ...extra, ...files], { cwd: root, env, stdio: ['ignore', stdio === 'stderr' ? 2 : 'ignore', stdio === 'stderr' ? 2 : 'ignore'] });
-        c.on('error', fail);
-        c.on('close', () => done());
-      });
-    if (junit) await replay(['--reporter=junit', `--reporter-file=${junit}`], SUITES, 'ignore');
-    const failed = results.filter((r) => !r.ok).map((r) => r.suite);
-    if (failed.length && !io.json) await replay(['--reporter=base'], failed, 'stderr');
-    const result: HilResult = { passed: exitCode === 0, exitCode, transports, suites: SUITES, results, carrier, junit };
-    if (exitCode !== 0) throw new CliError(`HIL suite failed (tap exit ${exitCode}${failed.length ? `; failed: ${failed.join(', ')}` : ''})${junit ? `; report in ${junit}` : ''}`, Exit.FAILURE);
-    return result;
+      throwIfStopped(io.signal);
+      // The JUnit report and a failed suite's details come from tap's saved results (.tap/test-results).
+      const replay = (extra: string[], files: string[], stdio: 'ignore' | 'stderr') =>
+        new Promise<void>((done, fail) => {
+          const c = spawn(process.execPath, [tap, 'replay', '--disable-coverage', ...extra, ...files], { cwd: root, env, stdio: ['ignore', stdio === 'stderr' ? 2 : 'ignore', stdio === 'stderr' ? 2 : 'ignore'] });
+          c.on('error', fail);
+          c.on('close', () => done());
+        });
+      if (junit) await replay(['--reporter=junit', `--reporter-file=${junit}`], suites, 'ignore');
+      const failed = results.filter((r) => !r.ok).map((r) => r.suite);
+      if (failed.length && !io.json) await replay(['--reporter=base'], failed, 'stderr');
+      if (reportFile && !report) report = readNoiseReport(reportFile);
+      const result: HilResult = { passed: exitCode === 0, exitCode, transports, suites, results, carrier, junit, ...(noise !== undefined ? { noise: report } : {}) };
+      // A failed run still prints its result (--json: passed false, each suite, the noise report); outcome() gives the exit.
+      return result;
+    } finally {
+      if (scratch) rmSync(scratch, { recursive: true, force: true });
+    }
   },
-  render: (r) => `HIL suite passed over ${r.transports.join(', ')}${r.carrier ? `, carrier drive ${r.carrier}` : ''}${r.junit ? `; JUnit report ${r.junit}` : ''}`,
+  outcome: (r) => {
+    if (r.passed) return undefined;
+    const failed = r.results.filter((x) => !x.ok).map((x) => x.suite);
+    return { exitCode: Exit.FAILURE, reason: `HIL suite failed (tap exit ${r.exitCode}${failed.length ? `; failed: ${failed.join(', ')}` : ''})${r.junit ? `; report in ${r.junit}` : ''}` };
+  },
+  render: (r) =>
+    `HIL suite ${r.passed ? 'passed' : 'FAILED'} over ${r.transports.join(', ')}${r.carrier ? `, carrier drive ${r.carrier}` : ''}${r.noise ? `, line noise ${formatRate(r.noise.rate)} (ratio ${r.noise.ratio ?? '-'})` : ''}${r.junit ? `; JUnit report ${r.junit}` : ''}`,
 });
+
+/** `protocol` for hil/protocol.test.ts. */
+const shortName = (suite: string) => suite.replace(/^hil\//, '').replace(/\.test\.ts$/, '');
+
+/**
+ * The suites to run: all (and the noise suite with --noise), or those --suite names
+ * (comma-separated short names: protocol,cli-pty; `noise` only with --noise), in the run's order.
+ */
+export function pickSuites(list: string | undefined, noise: boolean): string[] {
+  const all = noise ? [...SUITES, NOISE_SUITE] : SUITES;
+  if (list === undefined) return all;
+  const names = list.split(',').map((x) => x.trim()).filter((x) => x !== '');
+  if (!noise && names.includes(shortName(NOISE_SUITE))) throw new CliError('the noise suite runs with --noise R (e.g. --noise 1%)', Exit.USAGE);
+  const known = all.map(shortName);
+  const bad = names.filter((x) => !known.includes(x));
+  if (bad.length || !names.length) throw new CliError(`unknown suite ${bad.join(', ') || JSON.stringify(list)}; choose from ${known.join(', ')}`, Exit.USAGE);
+  return all.filter((s) => names.includes(shortName(s)));
+}
+
+/** One `qkt inject` of the noise suite: spawn to exit; goodput = payload bits / those seconds. */
+export interface NoiseRun {
+  /** The inject's exit code (0: the batch is in the pool exactly once, checked by the suite). */
+  exitCode: number | null;
+  /** Wall time, spawn of `qkt inject` to its exit. */
+  seconds: number;
+  /** The transfer time the inject reports itself (BEGIN to COMMIT's answer); null if it failed. */
+  transferSeconds: number | null;
+  /** Payload key bits per wall second; null if it failed. */
+  goodputBitsPerSecond: number | null;
+}
+
+/** One direction of the relay during the noisy run (transports/cable.ts DirectionStats). */
+export interface NoiseRelayDirection {
+  bytesIn: number;
+  bytesOut: number;
+  corrupted: number;
+  dropped: number;
+  inserted: number;
+}
+
+/** The line-noise suite's report: the same inject over a noisy and a clean cable of one baud. */
+export interface NoiseReport {
+  /** Fraction of bytes with a bit flipped (0.01 for 1%); R/2 dropped, R/10 inserted, both ways. */
+  rate: number;
+  seed: number;
+  baud: number;
+  /** The batch's payload, bits. */
+  bits: number;
+  clean: NoiseRun;
+  noisy: NoiseRun;
+  /** noisy / clean goodput, or null if a run failed. Reported, never asserted. */
+  ratio: number | null;
+  /** The relay's counters during the noisy run: host to module, module to host. */
+  relay: { toDevice: NoiseRelayDirection; toHost: NoiseRelayDirection };
+}
+
+const isCount = (x: unknown): x is number => typeof x === 'number' && Number.isInteger(x) && x >= 0;
+const isNum = (x: unknown): x is number => typeof x === 'number' && Number.isFinite(x) && x >= 0;
+const isObj = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x);
+const isRun = (x: unknown): x is NoiseRun =>
+  isObj(x) &&
+  (x['exitCode'] === null || Number.isInteger(x['exitCode'])) &&
+  isNum(x['seconds']) &&
+  (x['transferSeconds'] === null || isNum(x['transferSeconds'])) &&
+  (x['goodputBitsPerSecond'] === null || isNum(x['goodputBitsPerSecond']));
+const isDirection = (x: unknown): x is NoiseRelayDirection => isObj(x) && ['bytesIn', 'bytesOut', 'corrupted', 'dropped', 'inserted'].every((k) => isCount(x[k]));
+
+/** Check a noise report (the suite's file is input from another process): the report, or undefined. */
+export function checkNoiseReport(x: unknown): NoiseReport | undefined {
+  if (!isObj(x) || !isNum(x['rate']) || x['rate'] > 1 || !isCount(x['seed']) || !isCount(x['baud']) || !isCount(x['bits'])) return undefined;
+  if (!isRun(x['clean']) || !isRun(x['noisy']) || !(x['ratio'] === null || isNum(x['ratio']))) return undefined;
+  const relay = x['relay'];
+  if (!isObj(relay) || !isDirection(relay['toDevice']) || !isDirection(relay['toHost'])) return undefined;
+  const pick = (d: NoiseRelayDirection): NoiseRelayDirection => ({ bytesIn: d.bytesIn, bytesOut: d.bytesOut, corrupted: d.corrupted, dropped: d.dropped, inserted: d.inserted });
+  const run = (r: NoiseRun): NoiseRun => ({ exitCode: r.exitCode, seconds: r.seconds, transferSeconds: r.transferSeconds, goodputBitsPerSecond: r.goodputBitsPerSecond });
+  return { rate: x['rate'], seed: x['seed'], baud: x['baud'], bits: x['bits'], clean: run(x['clean']), noisy: run(x['noisy']), ratio: x['ratio'], relay: { toDevice: pick(relay['toDevice']), toHost: pick(relay['toHost']) } };
+}
+
+/** The suite's report file, checked; undefined-safe: null when absent or malformed. */
+function readNoiseReport(file: string): NoiseReport | null {
+  if (!existsSync(file)) return null;
+  try {
+    return checkNoiseReport(JSON.parse(readFileSync(file, 'utf8'))) ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** `1%`, `0.001%`: a fraction as the percentage the user typed. */
+export function formatRate(rate: number): string {
+  return `${Number((rate * 100).toPrecision(6))}%`;
+}
+
+const kbits = (bps: number | null) => (bps === null ? 'failed' : `${(bps / 1000).toFixed(1)} kbit/s`);
+
+/** `        noise 1% at 921600 baud, seed 7: clean 80.1 kbit/s, noisy 70.2 kbit/s, ratio 0.876; relay: 41 corrupted, 20 dropped, 4 inserted` */
+export function formatNoise(r: NoiseReport): string {
+  const sum = (k: 'corrupted' | 'dropped' | 'inserted') => r.relay.toDevice[k] + r.relay.toHost[k];
+  return (
+    `        noise ${formatRate(r.rate)} at ${r.baud} baud, seed ${r.seed}: clean ${kbits(r.clean.goodputBitsPerSecond)}, noisy ${kbits(r.noisy.goodputBitsPerSecond)}` +
+    `, ratio ${r.ratio ?? '-'}; relay: ${sum('corrupted')} corrupted, ${sum('dropped')} dropped, ${sum('inserted')} inserted`
+  );
+}
 
 export interface SuiteResult {
   suite: string;
