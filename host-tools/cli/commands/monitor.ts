@@ -1,0 +1,143 @@
+// `qkt monitor A B [--pcap FILE] [--baud N]`: a transparent relay between the device side A and
+// the host side B (transports/cable.ts, unpaced, no noise) that shows every frame both ways as it
+// passes: a line per frame (or a JSON object per line with --json), and a pcap for Wireshark
+// (docs/wireshark/qkt.lua). The relay forwards every byte unchanged; decoding (monitor/) works on
+// a copy and never holds it up. Ends: pty, tcp:HOST:PORT (listen), connect:HOST:PORT, a serial path.
+import { defineCommand, int, str, CliError, Exit } from '../command.js';
+import { connectTcpEnd, joinCable, listenTcpEnd, ptyEnd, serialEnd } from '../../transports/cable.js';
+import type { CableEnd, TcpEndListener } from '../../transports/cable.js';
+import { parseHostPort } from '../../transports/tcp.js';
+import { NoDeviceError, errnoOf } from '../../link/errors.js';
+import { LinkMonitor, formatFrame } from '../../monitor/link-monitor.js';
+import type { Direction, MonitorStats } from '../../monitor/link-monitor.js';
+import { PcapWriter } from '../../monitor/pcap.js';
+
+export interface MonitorReady {
+  event: 'ready';
+  /** The device side: what to open or where it is (a pty path, tcp:HOST:PORT, the serial path). */
+  a: string;
+  /** The host side. */
+  b: string;
+  pcap: string | null;
+  pid: number;
+}
+
+export interface MonitorEnd {
+  event: 'end';
+  /** Why the relay ended: "stopped" (Ctrl-C / SIGTERM) or the end that closed. */
+  reason: string;
+  'host->device': MonitorStats;
+  'device->host': MonitorStats;
+  pcapRecords: number | null;
+}
+
+type Spec = { kind: 'pty' } | { kind: 'listen'; host: string; port: number } | { kind: 'connect'; host: string; port: number } | { kind: 'serial'; path: string };
+
+function parseEnd(text: string): Spec {
+  if (text === 'pty') return { kind: 'pty' };
+  for (const [scheme, kind] of [['tcp', 'listen'], ['connect', 'connect']] as const) {
+    if (!text.startsWith(`${scheme}:`)) continue;
+    try {
+      return { kind, ...parseHostPort(text, scheme) };
+    } catch (e) {
+      throw new CliError(`${text}: ${(e as Error).message}`, Exit.USAGE);
+    }
+  }
+  if (text.startsWith('/')) return { kind: 'serial', path: text };
+  throw new CliError(`monitor end ${JSON.stringify(text)} is not pty, tcp:HOST:PORT, connect:HOST:PORT or a serial device path (/dev/...)`, Exit.USAGE);
+}
+
+const hostPort = (h: string, p: number) => `${h.includes(':') ? `[${h}]` : h}:${p}`;
+
+const summary = (dir: Direction, s: MonitorStats) => {
+  const problems = Object.entries(s.problems).map(([k, n]) => `${n} ${k}`);
+  return `${dir}: ${s.frames} frames, ${s.bytes} bytes${problems.length ? `, ${problems.join(', ')}` : ', no framing errors'}`;
+};
+
+export default defineCommand<MonitorReady>({
+  async run(v, positionals, io) {
+    if (positionals.length !== 2) throw new CliError('give two ends: qkt monitor A B (A the device side, B the host side; each pty, tcp:HOST:PORT, connect:HOST:PORT or a serial path)', Exit.USAGE);
+    const specs = positionals.map(parseEnd);
+    const baud = int(v, 'baud', 300, 12_000_000);
+    const pcapPath = str(v, 'pcap');
+
+    const opened: { label: string; end?: CableEnd; listener?: TcpEndListener }[] = [];
+    let pcap: PcapWriter | undefined;
+    const closeAll = async () => {
+      for (const o of opened) {
+        if (o.end) {
+          await o.end.transport.close().catch(() => undefined);
+          await o.end.dispose?.().catch(() => undefined);
+        } else await o.listener?.close().catch(() => undefined);
+      }
+      pcap?.close();
+    };
+    try {
+      for (const [i, s] of specs.entries()) {
+        const name = positionals[i]!;
+        if (s.kind === 'pty') {
+          const end = await ptyEnd();
+          opened.push({ label: end.path, end });
+        } else if (s.kind === 'listen') {
+          const listener = await listenTcpEnd(s.host, s.port);
+          opened.push({ label: `tcp:${hostPort(listener.address.host, listener.address.port)}`, listener });
+        } else if (s.kind === 'connect') {
+          const end = await connectTcpEnd(s.host, s.port).catch((e: Error) => {
+            throw new NoDeviceError(name, `cannot connect to ${name}: ${e.message}`, errnoOf(e));
+          });
+          opened.push({ label: name, end });
+        } else {
+          const end = await serialEnd(s.path, baud).catch((e: Error) => {
+            throw new NoDeviceError(name, `cannot open ${name}: ${e.message}`, errnoOf(e));
+          });
+          opened.push({ label: name, end });
+        }
+      }
+      if (pcapPath !== undefined) pcap = PcapWriter.open(pcapPath);
+    } catch (e) {
+      await closeAll();
+      throw e;
+    }
+    const ready: MonitorReady = { event: 'ready', a: opened[0]!.label, b: opened[1]!.label, pcap: pcapPath ?? null, pid: process.pid };
+    io.ready(ready, `monitor: device side ${ready.a} <-> host side ${ready.b}${pcapPath ? `, capture to ${pcapPath}` : ''}; Ctrl-C to stop`);
+
+    // stdout carries the frames (a line each, or a JSON object each); the log goes to stderr.
+    const monitor = new LinkMonitor({
+      onFrame: (view, raw) => {
+        pcap?.write(raw);
+        process.stdout.write((io.json ? JSON.stringify({ event: 'frame', ...view }) : formatFrame(view)) + '\n');
+      },
+    });
+
+    let reason = 'stopped';
+    const stop = io.stopped.then(() => undefined);
+    for (const o of opened) {
+      if (o.end) continue;
+      const end = await Promise.race([o.listener!.end, stop]);
+      if (!end) break;
+      o.end = end;
+      io.log(`${o.label}: connected (${end.description})`);
+    }
+    if (opened.every((o) => o.end)) {
+      // Unpaced (no baud): the monitor must not change the line's timing.
+      const relay = joinCable(opened[0]!.end!, opened[1]!.end!, {
+        tap: (from, bytes) => monitor.push(from === 'a' ? 'device->host' : 'host->device', bytes),
+      });
+      const why = await Promise.race([io.stopped.then(() => undefined), relay.ended]);
+      if (why) {
+        reason = why.message;
+        io.log(`relay ended: ${why.message}`);
+      }
+      await relay.close();
+    }
+    await closeAll();
+    const end: MonitorEnd = { event: 'end', reason, 'host->device': monitor.stats['host->device'], 'device->host': monitor.stats['device->host'], pcapRecords: pcap ? pcap.records : null };
+    if (io.json) process.stdout.write(JSON.stringify(end) + '\n');
+    else {
+      io.log(summary('host->device', end['host->device']));
+      io.log(summary('device->host', end['device->host']));
+      if (pcap) io.log(`${pcap.records} frames written to ${pcap.path}`);
+    }
+    return ready;
+  },
+});
