@@ -1,6 +1,7 @@
 // `qkt monitor` as a bench engineer runs it: between a `qkt terminal run` on TCP and a
-// `qkt inject`, every frame both ways comes out as a --json line and in the pcap, which tshark with
-// docs/wireshark/qkt.lua decodes to the same frames with good CRCs; then on a real serial path
+// `qkt inject` (and a `qkt status` after it, on the same monitor), every frame both ways comes out
+// as a --json line and in the pcap, which tshark with docs/wireshark/qkt.lua decodes to the same
+// frames with good CRCs; then on a real serial path
 // (a socat pty) with a new pty for the host; and a wrong command line is refused.
 import t from 'tap';
 import type { Test } from 'tap';
@@ -44,20 +45,25 @@ t.test('monitor between terminal run and inject: --json lines and a pcap tshark 
   const inject = await runQkt(['inject', '--carrier', carrier, '--port', mon.ready['b'] as string, '--json']);
   t.equal(inject.code, 0, inject.stderr);
   t.match(JSON.parse(inject.stdout), { terminalId: 'T1', bits: 96 * 1024 });
-  // The host closing its connection ends the relay: the monitor reports and exits 0.
-  t.equal(await mon.exited, 0, mon.stderr());
+  // The host's connection closed; the monitor serves the next one (a second host program).
+  const status = await runQkt(['status', '--json', '--port', mon.ready['b'] as string]);
+  t.equal(status.code, 0, status.stderr);
+  t.match(JSON.parse(status.stdout), { terminalId: 'T1', pool: { storedKeyBits: 96 * 1024 } });
+  t.equal(await mon.stop(), 0, mon.stderr());
+  t.match(mon.stderr(), /disconnected; waiting for the next connection/);
 
   const out = lines(mon.stdout());
   const frames = out.filter((l) => l.event === 'frame');
   const end = out.at(-1)!;
   t.equal(end.event, 'end');
-  t.match(end, { reason: /closed/, pcapRecords: frames.length, 'host->device': { problems: {} }, 'device->host': { problems: {} } });
+  t.match(end, { reason: 'stopped', pcapRecords: frames.length, 'host->device': { problems: {} }, 'device->host': { problems: {} } });
   t.ok(frames.every((f) => f['ok'] === true && f['problem'] === undefined), 'every frame whole, no framing errors');
   const names = (dir: string) => frames.filter((f) => f['dir'] === dir).map((f) => `${f['groupName']}.${f['commandName']}`);
   for (const dir of ['host->device', 'device->host']) {
     const n = names(dir);
     t.ok(n.includes('INJECT.BEGIN') && n.includes('INJECT.CHUNK') && n.includes('INJECT.COMMIT'), `${dir}: BEGIN, CHUNK, COMMIT in ${n.join(' ')}`);
   }
+  t.equal(frames.at(-1)!['commandName'], 'STATUS', "the second program's frames are there too");
   const chunks = frames.filter((f) => f['commandName'] === 'CHUNK' && f['kind'] === 'request');
   t.ok(chunks.length >= 2, '96 kbit is two chunks or more');
   t.ok(chunks.every((c) => /"d": h'\.\.'\(\d+ bytes\)/.test(c['payload'] as string)), 'sealed chunk bytes: their length only');

@@ -3,7 +3,8 @@
 import t from 'tap';
 import type { Transport } from '../../firmware/link/transport.js';
 import { createInProcessPair } from './inproc.js';
-import { ByteNoise, joinCable } from './cable.js';
+import { ByteNoise, joinCable, tcpServerEnd } from './cable.js';
+import { connectTcp } from './tcp.js';
 import type { CableEnd, CableOptions, DirectionStats, NoiseOptions } from './cable.js';
 
 /** A cable between two in-process users: `userA` and `userB` are what the programs on each end hold. */
@@ -113,4 +114,40 @@ t.test('unpaced with a tap (qkt monitor): the tap sees every byte, in order, and
   t.same(Uint8Array.from(seen.a), ab, 'the tap saw A->B as sent');
   t.same(Uint8Array.from(seen.b), ba, 'and B->A');
   await relay.close();
+});
+
+t.test('tcpServerEnd: one connection at a time, the next one after it closes, drops while none', async (t) => {
+  let gone: () => void = () => undefined;
+  const disconnected = new Promise<void>((resolve) => (gone = resolve));
+  const server = await tcpServerEnd('127.0.0.1', 0, { disconnected: () => gone() });
+  t.teardown(() => server.transport.close());
+  const got: number[] = [];
+  let want = 0;
+  let reached: () => void = () => undefined;
+  const until = (n: number) => new Promise<void>((resolve) => ((want = n), (reached = resolve), got.length >= n && resolve()));
+  server.listen((chunk) => {
+    got.push(...chunk);
+    if (got.length >= want) reached();
+  });
+  await server.transport.write(Uint8Array.of(1, 2, 3)); // nobody connected: dropped, no error
+  const first = await connectTcp('127.0.0.1', server.address.port);
+  const firstGot = receive(first, 2);
+  await first.write(Uint8Array.of(10, 11));
+  await until(2); // the server has the first connection now
+  // A second connection while the first is open is closed at once.
+  const second = await connectTcp('127.0.0.1', server.address.port);
+  await new Promise<void>((resolve) => second.onClose(() => resolve()));
+  await server.transport.write(Uint8Array.of(20, 21));
+  t.same(await firstGot, Uint8Array.of(20, 21), 'the first connection gets what is written now, not what came before');
+  await first.close();
+  await disconnected;
+  // After it closed, the next connection takes its place.
+  const third = await connectTcp('127.0.0.1', server.address.port);
+  const thirdGot = receive(third, 1);
+  await third.write(Uint8Array.of(31));
+  await until(3);
+  await server.transport.write(Uint8Array.of(30));
+  t.same(await thirdGot, Uint8Array.of(30));
+  t.same(got, [10, 11, 31], 'the end received both connections, in order');
+  await third.close();
 });

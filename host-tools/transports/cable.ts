@@ -3,6 +3,7 @@
 // in R of bytes, R/2 dropped, a garbage byte inserted at R/10), both directions. Used by
 // `qkt link`, `qkt monitor` (unpaced, with a tap that sees every byte), the benchmarks' paced
 // cable (bench/wall-clock.ts) and the HIL suite.
+import type { Socket } from 'node:net';
 import type { Transport } from '../../firmware/link/transport.js';
 import { mulberry32 } from './faults.js';
 import { paced } from './pacing.js';
@@ -261,4 +262,70 @@ export async function serialEnd(path: string, baudRate?: number): Promise<CableE
 export async function connectTcpEnd(host: string, port: number): Promise<CableEnd> {
   const transport = await connectTcp(host, port);
   return { description: transport.description, transport, listen: (onData) => transport.onData(onData) };
+}
+
+/** A TCP end that serves one connection at a time for as long as it runs (see tcpServerEnd). */
+export interface TcpServerEnd extends CableEnd {
+  readonly address: { host: string; port: number };
+}
+
+/**
+ * A TCP end for a relay that outlives its peers (`qkt monitor`): listen on HOST:PORT and carry one
+ * connection at a time; when it closes, the next connection takes its place, as a host program is
+ * started again on the same cable. Connections arriving while one is open are closed at once.
+ * While none is open, bytes written to this end are dropped (a cable with nothing plugged in).
+ * The end closes only with close(). `events` hears connections come and go (for a log).
+ */
+export async function tcpServerEnd(host: string, port: number, events: { connected?(description: string): void; disconnected?(description: string, error?: Error): void } = {}): Promise<TcpServerEnd> {
+  let current: { transport: Transport; socket: Socket } | undefined;
+  let onData: (chunk: Uint8Array) => void = () => undefined;
+  let paused = false;
+  const closeListeners: ((error?: Error) => void)[] = [];
+  let closing: Promise<void> | undefined;
+  const listener = await listenTcp(host, port, (transport, socket) => {
+    if (current || closing) {
+      socket.destroy();
+      return;
+    }
+    const conn = { transport, socket };
+    current = conn;
+    if (paused) socket.pause();
+    transport.onData((chunk) => onData(chunk));
+    transport.onClose((error) => {
+      if (current === conn) current = undefined;
+      if (!closing) events.disconnected?.(transport.description, error);
+    });
+    events.connected?.(transport.description);
+  });
+  const description = listener.description;
+  const transport: Transport = {
+    description,
+    write: async (bytes) => {
+      if (closing) throw new Error(`${description}: closed`);
+      // No peer, or it is going away: the bytes fall on the floor, as on an unplugged cable.
+      await current?.transport.write(bytes).catch(() => undefined);
+    },
+    onData: (l) => (onData = l),
+    onClose: (l) => void closeListeners.push(l),
+    close: () => {
+      closing ??= listener.close().then(() => {
+        for (const l of closeListeners.splice(0)) l(undefined);
+      });
+      return closing;
+    },
+  };
+  return {
+    address: listener.address,
+    description,
+    transport,
+    listen: (l) => (onData = l),
+    pause: () => {
+      paused = true;
+      current?.socket.pause();
+    },
+    resume: () => {
+      paused = false;
+      current?.socket.resume();
+    },
+  };
 }

@@ -4,8 +4,8 @@
 // (docs/wireshark/qkt.lua). The relay forwards every byte unchanged; decoding (monitor/) works on
 // a copy and never holds it up. Ends: pty, tcp:HOST:PORT (listen), connect:HOST:PORT, a serial path.
 import { defineCommand, int, str, CliError, Exit } from '../command.js';
-import { connectTcpEnd, joinCable, listenTcpEnd, ptyEnd, serialEnd } from '../../transports/cable.js';
-import type { CableEnd, TcpEndListener } from '../../transports/cable.js';
+import { connectTcpEnd, joinCable, ptyEnd, serialEnd, tcpServerEnd } from '../../transports/cable.js';
+import type { CableEnd } from '../../transports/cable.js';
 import { parseHostPort } from '../../transports/tcp.js';
 import { NoDeviceError, errnoOf } from '../../link/errors.js';
 import { LinkMonitor, formatFrame } from '../../monitor/link-monitor.js';
@@ -61,14 +61,12 @@ export default defineCommand<MonitorReady>({
     const baud = int(v, 'baud', 300, 12_000_000);
     const pcapPath = str(v, 'pcap');
 
-    const opened: { label: string; end?: CableEnd; listener?: TcpEndListener }[] = [];
+    const opened: { label: string; end: CableEnd }[] = [];
     let pcap: PcapWriter | undefined;
     const closeAll = async () => {
       for (const o of opened) {
-        if (o.end) {
-          await o.end.transport.close().catch(() => undefined);
-          await o.end.dispose?.().catch(() => undefined);
-        } else await o.listener?.close().catch(() => undefined);
+        await o.end.transport.close().catch(() => undefined);
+        await o.end.dispose?.().catch(() => undefined);
       }
       pcap?.close();
     };
@@ -79,8 +77,15 @@ export default defineCommand<MonitorReady>({
           const end = await ptyEnd();
           opened.push({ label: end.path, end });
         } else if (s.kind === 'listen') {
-          const listener = await listenTcpEnd(s.host, s.port);
-          opened.push({ label: `tcp:${hostPort(listener.address.host, listener.address.port)}`, listener });
+          // Serves one connection at a time, for as long as the monitor runs: a host program may
+          // come and go (status, then inject) on the same monitor.
+          let label = `tcp:${hostPort(s.host, s.port)}`;
+          const end = await tcpServerEnd(s.host, s.port, {
+            connected: (d) => io.log(`${label}: connected (${d})`),
+            disconnected: (d) => io.log(`${label}: ${d} disconnected; waiting for the next connection`),
+          });
+          label = `tcp:${hostPort(end.address.host, end.address.port)}`;
+          opened.push({ label, end });
         } else if (s.kind === 'connect') {
           const end = await connectTcpEnd(s.host, s.port).catch((e: Error) => {
             throw new NoDeviceError(name, `cannot connect to ${name}: ${e.message}`, errnoOf(e));
@@ -110,26 +115,16 @@ export default defineCommand<MonitorReady>({
     });
 
     let reason = 'stopped';
-    const stop = io.stopped.then(() => undefined);
-    for (const o of opened) {
-      if (o.end) continue;
-      const end = await Promise.race([o.listener!.end, stop]);
-      if (!end) break;
-      o.end = end;
-      io.log(`${o.label}: connected (${end.description})`);
+    // Unpaced (no baud): the monitor must not change the line's timing.
+    const relay = joinCable(opened[0]!.end, opened[1]!.end, {
+      tap: (from, bytes) => monitor.push(from === 'a' ? 'device->host' : 'host->device', bytes),
+    });
+    const why = await Promise.race([io.stopped.then(() => undefined), relay.ended]);
+    if (why) {
+      reason = why.message;
+      io.log(`relay ended: ${why.message}`);
     }
-    if (opened.every((o) => o.end)) {
-      // Unpaced (no baud): the monitor must not change the line's timing.
-      const relay = joinCable(opened[0]!.end!, opened[1]!.end!, {
-        tap: (from, bytes) => monitor.push(from === 'a' ? 'device->host' : 'host->device', bytes),
-      });
-      const why = await Promise.race([io.stopped.then(() => undefined), relay.ended]);
-      if (why) {
-        reason = why.message;
-        io.log(`relay ended: ${why.message}`);
-      }
-      await relay.close();
-    }
+    await relay.close();
     await closeAll();
     const end: MonitorEnd = { event: 'end', reason, 'host->device': monitor.stats['host->device'], 'device->host': monitor.stats['device->host'], pcapRecords: pcap ? pcap.records : null };
     if (io.json) process.stdout.write(JSON.stringify(end) + '\n');
