@@ -105,3 +105,11 @@ t.test('INJECT bytes show only their length; a body over maxFrame is flagged', a
   t.match(seen[1]!.view, { ok: true, problem: 'oversize', detail: /over the advertised maxFrame 64/ });
   t.equal(seen[1]!.raw.flags, 0x08);
 });
+
+t.test('the human line escapes terminal controls a device puts in its text', async (t) => {
+  const evil = 'ok\u001b[2J\u009b31m\u202eevil';
+  const wire = encodeMessage({ kind: Kind.ERROR, group: 0, command: 1, seq: 3, payload: { g: 0, rc: 3, r: evil, x: evil } });
+  const line = formatFrame({ t: 0, dir: 'device->host', ...inspectFrame(wire.subarray(1, -1)) });
+  t.notMatch(line, /[\u001b\u009b\u202e]/u, 'no control reaches the terminal');
+  t.ok(line.includes('BAD_REQUEST: it could not read the request (a fault of this tool or a garbled line) ("ok\\u001b[2J\\x9b31m\\u{202e}evil")'), line);
+});

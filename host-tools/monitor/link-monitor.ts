@@ -9,6 +9,7 @@ import { decodeMessage } from '../../firmware/link/codec.js';
 import { rcName } from '../../firmware/link/errors.js';
 import { DownloadCmd, Group, SystemCmd } from '../../firmware/link/groups.js';
 import { commandId, groupId, refusalWords } from '../link/names.js';
+import { printable } from '../peer-text.js';
 import { cborDiag } from './cbor-diag.js';
 import { PCAP_SNAPLEN, PSEUDO_HEADER_SIZE, PcapDirection, PcapFlag } from './pcap.js';
 import type { PcapFrame } from './pcap.js';
@@ -196,14 +197,21 @@ export class LinkMonitor {
   }
 }
 
-/** One human line for a frame: time, direction, seq, kind, names, refusal, payload. */
+/**
+ * One human line for a frame: time, direction, seq, kind, names, refusal, payload. Text from the
+ * cable is made printable (peer-text.ts): a device cannot put terminal controls on the screen.
+ */
 export function formatFrame(v: FrameView): string {
+  return printable(frameLine(v), 10_000);
+}
+
+function frameLine(v: FrameView): string {
   const head = `${v.t.toFixed(3).padStart(9)} ${v.dir}`;
   if (v.seq === undefined) return `${head} ${v.problem}: ${v.detail}`;
   const what = `${v.groupName}.${v.commandName}`;
   const kind = typeof v.kind === 'number' ? `kind ${v.kind}` : v.kind;
   let line = `${head} seq ${String(v.seq).padEnd(5)} ${String(kind).padEnd(8)} ${what}`;
-  if (v.error) line += ` ${v.error.name}: ${v.error.words}${v.error.reason ? ` ("${v.error.reason}")` : ''}`;
+  if (v.error) line += ` ${v.error.name}: ${v.error.words}${v.error.reason !== undefined ? ` (${JSON.stringify(v.error.reason)})` : ''}`;
   line += ` ${v.payload}`;
   if (v.payloadError) line += ` [${v.payloadError}]`;
   if (v.problem) line += ` [${v.problem}: ${v.detail}]`;

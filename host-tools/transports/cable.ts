@@ -3,6 +3,7 @@
 // in R of bytes, R/2 dropped, a garbage byte inserted at R/10), both directions. Used by
 // `qkt link`, `qkt monitor` (unpaced, with a tap that sees every byte), the benchmarks' paced
 // cable (bench/wall-clock.ts) and the HIL suite.
+import { connect } from 'node:net';
 import type { Socket } from 'node:net';
 import type { Transport } from '../../firmware/link/transport.js';
 import { mulberry32 } from './faults.js';
@@ -10,7 +11,7 @@ import { paced } from './pacing.js';
 import { createPtyPair } from './pty-pair.js';
 import type { PtyPair } from './pty-pair.js';
 import { openSerial } from './serial.js';
-import { connectTcp, listenTcp } from './tcp.js';
+import { listenTcp, socketTransport } from './tcp.js';
 
 /** One end of the cable: raw bytes in (no frame splitting), writes out, optional read flow control. */
 export interface CableEnd {
@@ -260,8 +261,22 @@ export async function serialEnd(path: string, baudRate?: number): Promise<CableE
 
 /** A TCP end connected to HOST:PORT (a module served by `qkt terminal run --listen tcp:...`). */
 export async function connectTcpEnd(host: string, port: number): Promise<CableEnd> {
-  const transport = await connectTcp(host, port);
-  return { description: transport.description, transport, listen: (onData) => transport.onData(onData) };
+  const socket = await new Promise<Socket>((resolve, reject) => {
+    const s = connect({ host, port });
+    s.once('error', reject);
+    s.once('connect', () => {
+      s.off('error', reject);
+      resolve(s);
+    });
+  });
+  const transport = socketTransport(socket, `tcp ${host.includes(':') ? `[${host}]` : host}:${port}`);
+  return {
+    description: transport.description,
+    transport,
+    listen: (onData) => transport.onData(onData),
+    pause: () => socket.pause(),
+    resume: () => socket.resume(),
+  };
 }
 
 /** A TCP end that serves one connection at a time for as long as it runs (see tcpServerEnd). */
