@@ -5,8 +5,12 @@
 // (a socat pty) with a new pty for the host; and a wrong command line is refused.
 import t from 'tap';
 import type { Test } from 'tap';
+import { connect } from 'node:net';
+import type { Socket } from 'node:net';
 import { join } from 'node:path';
+import { loadFrameFixtures } from '../fixtures/frames.js';
 import { runQkt, startQkt } from './cli.js';
+import type { Background } from './cli.js';
 import { createPtyPair, socatSkipReason } from './pty.js';
 import { tsharkFields, tsharkSkipReason } from './tshark.js';
 
@@ -101,6 +105,69 @@ t.test('monitor on a serial path with a new pty for the host', { skip: socatSkip
     ['device->host', 'response', 'SYSTEM.STATUS'],
   ]);
   t.match(out.at(-1), { event: 'end', reason: 'stopped', pcapRecords: null });
+});
+
+/** Resolves once the monitor has printed a line that `done` accepts (on its stdout 'data' events). */
+function untilLine(mon: Background, done: (l: Line) => boolean): Promise<void> {
+  return new Promise((resolve) => {
+    const check = () => {
+      if (lines(mon.stdout().slice(0, mon.stdout().lastIndexOf('\n') + 1)).some(done)) {
+        mon.child.stdout!.off('data', check);
+        resolve();
+      }
+    };
+    mon.child.stdout!.on('data', check);
+    check();
+  });
+}
+
+const dial = (port: number) =>
+  new Promise<Socket>((resolve, reject) => {
+    const s = connect({ host: '127.0.0.1', port }, () => resolve(s));
+    s.once('error', reject);
+  });
+
+t.test('garbage, bad CRCs and bad COBS pass through unchanged and are reported', async (t) => {
+  const mon = await startQkt(['monitor', 'tcp:127.0.0.1:0', 'tcp:127.0.0.1:0']);
+  t.teardown(() => mon.stop());
+  const port = (end: unknown) => Number(String(end).split(':').at(-1));
+  const device = await dial(port(mon.ready['a']));
+  const host = await dial(port(mon.ready['b']));
+  t.teardown(() => {
+    device.destroy();
+    host.destroy();
+  });
+  const [params, , status] = loadFrameFixtures();
+  const badCrc = params!.wire.slice();
+  badCrc[badCrc.length - 2]! ^= 0x10;
+  const noise = Uint8Array.from({ length: 300 }, (_, i) => (i * 97 + 13) & 0xff); // zeros included
+  const stream = Buffer.concat([Uint8Array.of(0x41, 0x42, 0x43), badCrc, noise, status!.wire, Uint8Array.of(0, 2, 1, 0), params!.wire]);
+  const received: Buffer[] = [];
+  const all = new Promise<void>((resolve) =>
+    device.on('data', (d: Buffer) => {
+      received.push(d);
+      if (Buffer.concat(received).length >= stream.length) resolve();
+    }),
+  );
+  // Both connections taken before the bytes go (until then a tcp: end drops what it is sent).
+  await new Promise<void>((resolve) => {
+    const check = () => (mon.stderr().match(/: connected \(/g)?.length === 2 ? (mon.child.stderr!.off('data', check), resolve()) : undefined);
+    mon.child.stderr!.on('data', check);
+    check();
+  });
+  host.write(stream);
+  await all;
+  t.same(Buffer.concat(received), stream, 'the device end got every byte, unchanged');
+  await untilLine(mon, (l) => l.event === 'frame' && l['seq'] === 1 && l['ok'] === true && l['commandName'] === 'PARAMS');
+  t.equal(await mon.stop(), 0);
+  const frames = lines(mon.stdout()).filter((l) => l.event === 'frame');
+  t.ok(frames.every((f) => f['dir'] === 'host->device'));
+  const problems = frames.map((f) => f['problem'] ?? (f['ok'] ? 'ok' : '?'));
+  t.same(problems.slice(0, 2), ['bad COBS', 'bad CRC'], 'the garbage ends at the bad-CRC frame (its leading 0x00), which is its own line');
+  t.ok(problems.includes('too short'), problems.join(','));
+  t.same(frames.filter((f) => f['ok'] === true).map((f) => f['commandName']), ['STATUS', 'PARAMS'], 'the good frames after the noise decode');
+  const end = lines(mon.stdout()).at(-1)!;
+  t.match(end, { event: 'end', 'host->device': { bytes: stream.length, problems: { 'bad CRC': 1 } }, 'device->host': { frames: 0, bytes: 0 } });
 });
 
 t.test('monitor refuses a bad command line and an absent device', async (t) => {
