@@ -1,8 +1,8 @@
 // `qkt monitor` as a bench engineer runs it: between a `qkt terminal run` on TCP and a
 // `qkt inject` (and a `qkt status` after it, on the same monitor), every frame both ways comes out
 // as a --json line and in the pcap, which tshark with docs/wireshark/qkt.lua decodes to the same
-// frames with good CRCs; then on a real serial path
-// (a socat pty) with a new pty for the host; and a wrong command line is refused.
+// frames with good CRCs; then on a real serial path (a socat pty) with a new pty for the host;
+// garbage and bad frames passed through byte for byte and reported; a wrong command line refused.
 import t from 'tap';
 import type { Test } from 'tap';
 import { connect } from 'node:net';
