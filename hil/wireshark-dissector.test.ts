@@ -6,7 +6,7 @@ import t from 'tap';
 import { join } from 'node:path';
 import { loadFrameFixtures } from '../fixtures/frames.js';
 import { encodeMessage } from '../firmware/link/codec.js';
-import { Kind } from '../firmware/link/frame.js';
+import { Kind, encodeFrame } from '../firmware/link/frame.js';
 import { AdminCmd, DiagCmd, DownloadCmd, Group, InjectCmd, KeysCmd, StationCmd, SystemCmd, SystemEvent } from '../firmware/link/groups.js';
 import { Rc } from '../firmware/link/errors.js';
 import { PcapWriter } from '../host-tools/monitor/pcap.js';
@@ -107,4 +107,35 @@ t.test("the dissector's names match groups.ts and errors.ts", { skip }, async (t
   const pcap = capture(join(t.testdir({}), 'names.pcap'), frames);
   const rows = await tsharkFields(pcap, ['_ws.col.Info']);
   t.same(rows.map((r) => r['_ws.col.Info']), want);
+});
+
+t.test('CBOR in the tree: 64-bit and negative integers, floats, tags, indefinite lengths; malformed CBOR flagged', { skip }, async (t) => {
+  const payloads = [
+    'a261613bffffffffffffffff61621bffffffffffffffff', // {"a": -2^64, "b": 2^64 - 1}
+    'a5616ef93c00616bfb3ff199999999999a6174c11a514b67b061699f0102ff616dbf6178a161796161ff',
+    'a1616c5f42010243030405ff', // an indefinite byte string in two chunks
+    'a2616161', // cut short
+    '81'.repeat(100) + '00', // 100 levels deep
+    'a36161f461624061636078', // a trailing byte
+  ];
+  const pcap = capture(
+    join(t.testdir({}), 'cbor.pcap'),
+    payloads.map((h, i) => ({ wire: encodeFrame({ version: 1, kind: Kind.RESPONSE, group: Group.DIAG, command: DiagCmd.ECHO, seq: i }, Buffer.from(h, 'hex')), toHost: true })),
+  );
+  const text = await tshark(pcap, ['-V']);
+  const frames = text.split(/\n(?=Frame \d+:)/);
+  t.equal(frames.length, payloads.length);
+  t.match(frames[0], /"a": -18446744073709551616\n\s+"b": 18446744073709551615\n/);
+  t.match(frames[1], /"n": 1\n\s+"k": 1\.1\n\s+"t": tag 1\n\s+1363896240\n\s+"i": array \(indefinite\)\n\s+\[0\]: 1\n\s+\[1\]: 2\n\s+"m": map \(indefinite\)\n\s+"x": map of 1\n\s+"y": "a"\n/);
+  t.match(frames[2], /"l": \(_ indefinite-length string\)\n\s+chunk: byte string, 2 bytes: h'0102'[\s\S]*chunk: byte string, 3 bytes: h'030405'/);
+  const rows = await tsharkFields(pcap, ['_ws.expert.message', 'qkt.crc.good']);
+  t.same(rows.map((r) => r['_ws.expert.message']), [
+    '',
+    '',
+    '',
+    'malformed CBOR at body byte 10: string length runs past the end',
+    'malformed CBOR at body byte 39: nested deeper than 32 levels',
+    'malformed CBOR at body byte 16: 1 bytes after the CBOR item',
+  ]);
+  t.ok(rows.every((r) => r['qkt.crc.good'] === '1'), 'the frames themselves are whole');
 });
