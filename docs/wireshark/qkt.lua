@@ -188,15 +188,12 @@ item = function(tvb, pos, limit, tree, prefix, depth, ctx, break_ok)
     local len, p, indef = argument(tvb, pos, info, limit)
     if indef then
       local sub = tree:add(F.cbor_bytes_len, tvb:range(start, 1), 0, label .. "(_ indefinite-length string)")
-      local total = 0
       while true do
         if p >= limit then fail("unexpected end", p) end
         if tvb:range(p, 1):uint() == 0xFF then p = p + 1 break end
         local cb = tvb:range(p, 1):uint()
         if bit32.rshift(cb, 5) ~= major or bit32.band(cb, 31) == 31 then fail("bad chunk in an indefinite string", p) end
-        local before = p
         p = item(tvb, p, limit, sub, "chunk", depth + 1, ctx)
-        total = total + (p - before)
       end
       sub:set_len(p - start)
       return p, "(_ ...)"
@@ -228,19 +225,20 @@ item = function(tvb, pos, limit, tree, prefix, depth, ctx, break_ok)
         local key_start = p
         -- The key: text keys become the label of their value; other keys are shown as items too.
         local kb = (p < limit) and tvb:range(p, 1):uint() or fail("unexpected end", p)
-        local key
+        local key, key_label
         if bit32.rshift(kb, 5) == 3 and bit32.band(kb, 31) ~= 31 then
           local klen, kp = argument(tvb, p + 1, bit32.band(kb, 31), limit)
           if type(klen) ~= "number" or kp + klen > limit then fail("key length runs past the end", kp) end
           key = klen > 0 and tvb:range(kp, klen):string(ENC_UTF_8) or ""
           sub:add(F.cbor_key, tvb:range(key_start, kp + klen - key_start), key):set_hidden()
           p = kp + klen
+          key_label = '"' .. key .. '"'
         else
-          local _
           p, key = item(tvb, p, limit, sub, "key", depth + 1, ctx)
+          key_label = key
         end
         local value
-        p, value = item(tvb, p, limit, sub, '"' .. key .. '"', depth + 1, ctx)
+        p, value = item(tvb, p, limit, sub, key_label, depth + 1, ctx)
         -- Top-level scalars by key, for the error reply's rc and r (docs/protocol.md 3.4).
         if depth == 0 then ctx.top[key] = value end
       end
