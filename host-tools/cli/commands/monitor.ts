@@ -63,6 +63,7 @@ export default defineCommand<MonitorReady>({
 
     const opened: { label: string; end: CableEnd }[] = [];
     let pcap: PcapWriter | undefined;
+    let capturing = true;
     const closeAll = async () => {
       for (const o of opened) {
         await o.end.transport.close().catch(() => undefined);
@@ -109,7 +110,16 @@ export default defineCommand<MonitorReady>({
     // stdout carries the frames (a line each, or a JSON object each); the log goes to stderr.
     const monitor = new LinkMonitor({
       onFrame: (view, raw) => {
-        pcap?.write(raw);
+        if (pcap && capturing) {
+          try {
+            pcap.write(raw);
+          } catch (e) {
+            // A full disk or a pulled drive stops the capture, not the monitor or the relay.
+            io.log(`capture ${pcap.path} stopped after ${pcap.records} frames: ${(e as Error).message}`);
+            capturing = false;
+            pcap.close();
+          }
+        }
         process.stdout.write((io.json ? JSON.stringify({ event: 'frame', ...view }) : formatFrame(view)) + '\n');
       },
     });
