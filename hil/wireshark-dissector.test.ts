@@ -139,3 +139,14 @@ t.test('CBOR in the tree: 64-bit and negative integers, floats, tags, indefinite
   ]);
   t.ok(rows.every((r) => r['qkt.crc.good'] === '1'), 'the frames themselves are whole');
 });
+
+t.test("the monitor's own verdicts: a cut oversize record, a body over maxFrame", { skip }, async (t) => {
+  const path = join(t.testdir({}), 'big.pcap');
+  const w = PcapWriter.open(path);
+  w.write({ timeUs: 1, direction: 0, flags: 0x08, bytes: new Uint8Array(65_531).fill(0x41), origLength: 70_000 });
+  w.write({ timeUs: 2, direction: 0, flags: 0x08, bytes: loadFrameFixtures()[0]!.wire.subarray(1, -1) });
+  w.close();
+  const rows = await tsharkFields(path, ['frame.len', 'frame.cap_len', '_ws.expert.message', '_ws.col.Info']);
+  t.match(rows[0], { 'frame.len': '70004', 'frame.cap_len': '65535', '_ws.expert.message': 'frame cut: 70000 bytes on the wire, 65531 captured', '_ws.col.Info': 'host->device oversize frame (70000 bytes on the wire)' });
+  t.match(rows[1], { '_ws.expert.message': 'the monitor saw a body larger than the maxFrame the module announced', '_ws.col.Info': 'host->device request SYSTEM.PARAMS seq=1' });
+});

@@ -303,6 +303,11 @@ function qkt.dissector(tvb, pinfo, tree)
   ph:add(F.direction, tvb:range(1, 1))
   local flags = ph:add(F.flags, tvb:range(2, 1))
   for _, f in ipairs({ F.flag_cobs, F.flag_crc, F.flag_short, F.flag_oversize, F.flag_message }) do flags:add(f, tvb:range(2, 1)) end
+  -- Only the monitor knows the maxFrame the module announced: its oversize verdict is shown as is.
+  local flag_bits = tvb:range(2, 1):uint()
+  if bit32.band(flag_bits, 0x08) ~= 0 and tvb:reported_len() == tvb:len() then
+    flags:add_proto_expert_info(E_CUT, "the monitor saw a body larger than the maxFrame the module announced")
+  end
   pinfo.p2p_dir = (dir == 0) and P2P_DIR_SENT or P2P_DIR_RECV
   pinfo.cols.src = (dir == 0) and "host" or "device"
   pinfo.cols.dst = (dir == 0) and "device" or "host"
