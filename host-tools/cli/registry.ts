@@ -338,6 +338,26 @@ export const commands: readonly CommandSpec[] = [
     load: () => import('./commands/link.js').then((m) => m.default),
   },
   {
+    path: ['monitor'],
+    summary: 'a relay between a device and a host that shows every frame both ways; writes a pcap for Wireshark',
+    usage: 'qkt monitor A B [--pcap FILE] [--baud N] [--json]',
+    examples: [
+      'qkt monitor /dev/ttyUSB0 pty   # then: qkt inject --port <the printed pty> ...',
+      'qkt monitor connect:127.0.0.1:7000 tcp:127.0.0.1:7001 --pcap link.pcap',
+      'qkt monitor /dev/ttyACM0 pty --json > frames.jsonl',
+    ],
+    positionals: {
+      name: 'A B',
+      description:
+        'A the device side, B the host side; each pty (a new pty pair; the path to open is printed), tcp:HOST:PORT (listen there and take one connection; port 0: any free port, printed), connect:HOST:PORT (connect to a module served on TCP) or a serial device path (/dev/ttyUSB0, /dev/pts/N)',
+    },
+    options: {
+      pcap: { type: 'string', value: 'FILE', description: 'also write every frame to FILE, a pcap (LINKTYPE_USER0) for Wireshark with docs/wireshark/qkt.lua; an existing FILE is overwritten', defaultText: 'none' },
+      baud: { type: 'string', value: 'N', description: 'line rate of serial device ends (300 to 12000000); the relay itself is not paced', defaultText: '115200' },
+    },
+    load: () => import('./commands/monitor.js').then((m) => m.default),
+  },
+  {
     path: ['hil', 'run'],
     summary: 'run the hardware-in-the-loop suite (transports, power cuts, cable pulls, drives)',
     usage: 'qkt hil run [--transport inproc,tcp,pty,mock,webusb] [--carrier DIR] [--noise R [--seed S]] [--suite LIST] [--junit FILE]',

@@ -3,7 +3,7 @@
 import t from 'tap';
 import { Rc } from '../../firmware/link/errors.js';
 import * as groups from '../../firmware/link/groups.js';
-import { describeRefusal, noAnswerMessage, peerName, refusalWords, requestName } from './names.js';
+import { commandId, describeRefusal, groupId, noAnswerMessage, peerName, refusalWords, requestName } from './names.js';
 import { bigIntField, checkReply } from './reply-check.js';
 
 t.test('every refusal code has its own sentence', async (t) => {
@@ -46,4 +46,16 @@ t.test('a reply holding a number past 2^53 is refused, naming the field', async 
   const e = checkReply(groups.Group.SYSTEM, groups.SystemCmd.STATUS, { pool: { 'stored\u001bKeyBits': 2n ** 64n - 1n } });
   t.match(e, { name: 'PeerDataError', message: 'the terminal sent an out-of-range number in its answer to the status request (group 0 command 1), field pool.stored?KeyBits; it is not a genuine qkt device or it is damaged' });
   t.equal(checkReply(0, 1, { pool: { storedKeyBits: Number.MAX_SAFE_INTEGER } }), undefined);
+});
+
+t.test('groupId and commandId give back the names of groups.ts; unknown ids are their numbers', async (t) => {
+  t.equal(groupId(groups.Group.INJECT), 'INJECT');
+  t.equal(commandId(groups.Group.INJECT, groups.InjectCmd.CHUNK), 'CHUNK');
+  t.equal(commandId(groups.Group.DOWNLOAD, groups.DownloadCmd.TAKEN), 'TAKEN');
+  t.equal(commandId(groups.Group.SYSTEM, groups.SystemEvent.LOW_WATERMARK, true), 'LOW_WATERMARK');
+  t.equal(commandId(groups.Group.SYSTEM, 2, true), '2', 'no such event');
+  t.equal(groupId(9), '9');
+  t.equal(commandId(9, 7), '7');
+  t.equal(commandId(groups.Group.ADMIN, 200), '200');
+  for (const [g, name] of Object.entries(groups.Group)) t.equal(groupId(name), g);
 });

@@ -1,7 +1,7 @@
 // The link protocol's numbers in a field engineer's words: what each request is ("the inject chunk
 // request"), who answers it (a terminal, a KMD, a station), and what each refusal code means. The
 // numbers stay in the message after the words, for whoever reads docs/protocol.md or a capture.
-import { AdminCmd, DiagCmd, DownloadCmd, Group, InjectCmd, KeysCmd, StationCmd, SystemCmd } from '../../firmware/link/groups.js';
+import { AdminCmd, DiagCmd, DownloadCmd, Group, InjectCmd, KeysCmd, StationCmd, SystemCmd, SystemEvent } from '../../firmware/link/groups.js';
 import { Rc, rcName } from '../../firmware/link/errors.js';
 
 const REQUESTS: Record<number, { peer: string; commands: Record<number, string> }> = {
@@ -78,4 +78,29 @@ export function noAnswerMessage(group: number, command: number, ms: number, atte
 /** LinkClosedError's message: "the connection closed: <why>" (a cable pulled, a device gone, a socket reset). */
 export function linkClosedMessage(cause?: Error): string {
   return cause ? `the connection closed: ${cause.message}` : 'the connection closed';
+}
+
+// ---- Identifiers, as docs/protocol.md and a capture name them (qkt monitor, docs/wireshark) ----
+
+const byValue = (table: Record<string, number>) => new Map(Object.entries(table).map(([k, v]) => [v, k]));
+const GROUP_IDS = byValue(Group);
+const COMMAND_IDS: Record<number, Map<number, string>> = {
+  [Group.SYSTEM]: byValue(SystemCmd),
+  [Group.DIAG]: byValue(DiagCmd),
+  [Group.INJECT]: byValue(InjectCmd),
+  [Group.KEYS]: byValue(KeysCmd),
+  [Group.ADMIN]: byValue(AdminCmd),
+  [Group.DOWNLOAD]: byValue(DownloadCmd),
+  [Group.STATION]: byValue(StationCmd),
+};
+const EVENT_IDS: Record<number, Map<number, string>> = { [Group.SYSTEM]: byValue(SystemEvent) };
+
+/** "INJECT" for group 2; an unknown group is its number ("9"). */
+export function groupId(group: number): string {
+  return GROUP_IDS.get(group) ?? String(group);
+}
+
+/** "CHUNK" for group 2 command 1 ("LOW_WATERMARK" for a SYSTEM event 0); unknown: the number. */
+export function commandId(group: number, command: number, event = false): string {
+  return (event ? EVENT_IDS : COMMAND_IDS)[group]?.get(command) ?? String(command);
 }

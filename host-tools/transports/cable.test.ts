@@ -3,15 +3,16 @@
 import t from 'tap';
 import type { Transport } from '../../firmware/link/transport.js';
 import { createInProcessPair } from './inproc.js';
-import { ByteNoise, joinCable } from './cable.js';
-import type { CableEnd, DirectionStats, NoiseOptions } from './cable.js';
+import { ByteNoise, joinCable, tcpServerEnd } from './cable.js';
+import { connectTcp } from './tcp.js';
+import type { CableEnd, CableOptions, DirectionStats, NoiseOptions } from './cable.js';
 
 /** A cable between two in-process users: `userA` and `userB` are what the programs on each end hold. */
-function rig(baud: number, noise?: NoiseOptions) {
+function rig(baud: number | undefined, noise?: NoiseOptions, tap?: CableOptions['tap']) {
   const [userA, endA] = createInProcessPair();
   const [userB, endB] = createInProcessPair();
   const end = (tr: Transport, name: string): CableEnd => ({ description: name, transport: tr, listen: (cb) => tr.onData(cb) });
-  const relay = joinCable(end(endA, 'a'), end(endB, 'b'), { baud, ...(noise ? { noise } : {}) });
+  const relay = joinCable(end(endA, 'a'), end(endB, 'b'), { ...(baud === undefined ? {} : { baud }), ...(noise ? { noise } : {}), ...(tap ? { tap } : {}) });
   return { userA, userB, relay };
 }
 
@@ -92,4 +93,61 @@ t.test('ByteNoise refuses a rate outside [0, 1]', async (t) => {
   const stats: DirectionStats = { bytesIn: 0, bytesOut: 0, corrupted: 0, dropped: 0, inserted: 0 };
   t.throws(() => new ByteNoise(1.5, 1, stats), RangeError);
   t.same(new ByteNoise(0, 1, stats).apply(Uint8Array.of(1, 2, 3)), Uint8Array.of(1, 2, 3));
+});
+
+t.test('unpaced with a tap (qkt monitor): the tap sees every byte, in order, and the relay is byte-exact', async (t) => {
+  const seen: Record<'a' | 'b', number[]> = { a: [], b: [] };
+  let throws = 0;
+  const { userA, userB, relay } = rig(undefined, undefined, (from, bytes) => {
+    seen[from].push(...bytes);
+    bytes.fill(0); // the tap's copy is its own: scribbling on it must not reach the far end
+    if (++throws % 3 === 0) throw new Error('a broken tap');
+  });
+  const ab = pattern(50_000, 3);
+  const ba = pattern(30_000, 4);
+  const gotB = receive(userB, ab.length);
+  const gotA = receive(userA, ba.length);
+  for (let i = 0; i < ab.length; i += 7000) await userA.write(ab.subarray(i, i + 7000));
+  await userB.write(ba);
+  t.same(await gotB, ab);
+  t.same(await gotA, ba);
+  t.same(Uint8Array.from(seen.a), ab, 'the tap saw A->B as sent');
+  t.same(Uint8Array.from(seen.b), ba, 'and B->A');
+  await relay.close();
+});
+
+t.test('tcpServerEnd: one connection at a time, the next one after it closes, drops while none', async (t) => {
+  let gone: () => void = () => undefined;
+  const disconnected = new Promise<void>((resolve) => (gone = resolve));
+  const server = await tcpServerEnd('127.0.0.1', 0, { disconnected: () => gone() });
+  t.teardown(() => server.transport.close());
+  const got: number[] = [];
+  let want = 0;
+  let reached: () => void = () => undefined;
+  const until = (n: number) => new Promise<void>((resolve) => ((want = n), (reached = resolve), got.length >= n && resolve()));
+  server.listen((chunk) => {
+    got.push(...chunk);
+    if (got.length >= want) reached();
+  });
+  await server.transport.write(Uint8Array.of(1, 2, 3)); // nobody connected: dropped, no error
+  const first = await connectTcp('127.0.0.1', server.address.port);
+  const firstGot = receive(first, 2);
+  await first.write(Uint8Array.of(10, 11));
+  await until(2); // the server has the first connection now
+  // A second connection while the first is open is closed at once.
+  const second = await connectTcp('127.0.0.1', server.address.port);
+  await new Promise<void>((resolve) => second.onClose(() => resolve()));
+  await server.transport.write(Uint8Array.of(20, 21));
+  t.same(await firstGot, Uint8Array.of(20, 21), 'the first connection gets what is written now, not what came before');
+  await first.close();
+  await disconnected;
+  // After it closed, the next connection takes its place.
+  const third = await connectTcp('127.0.0.1', server.address.port);
+  const thirdGot = receive(third, 1);
+  await third.write(Uint8Array.of(31));
+  await until(3);
+  await server.transport.write(Uint8Array.of(30));
+  t.same(await thirdGot, Uint8Array.of(30));
+  t.same(got, [10, 11, 31], 'the end received both connections, in order');
+  await third.close();
 });

@@ -1,0 +1,152 @@
+// The Wireshark dissector (docs/wireshark/qkt.lua) under tshark: the frozen frames of
+// fixtures/frames/, written to a pcap by the monitor's own writer, decode to their header fields,
+// names and CBOR values with good CRCs; a corrupted CRC, bad COBS and garbage are flagged; and the
+// dissector's name tables agree with firmware/link/groups.ts and errors.ts, id for id.
+import t from 'tap';
+import { join } from 'node:path';
+import { loadFrameFixtures } from '../fixtures/frames.js';
+import { encodeMessage } from '../firmware/link/codec.js';
+import { Kind, encodeFrame } from '../firmware/link/frame.js';
+import { AdminCmd, DiagCmd, DownloadCmd, Group, InjectCmd, KeysCmd, StationCmd, SystemCmd, SystemEvent } from '../firmware/link/groups.js';
+import { Rc } from '../firmware/link/errors.js';
+import { PcapWriter } from '../host-tools/monitor/pcap.js';
+import { tshark, tsharkFields, tsharkSkipReason } from './tshark.js';
+
+/** A capture of these wire frames (each with its delimiters, as encodeFrame makes them). */
+function capture(path: string, frames: { wire: Uint8Array; toHost: boolean; flags?: number }[]): string {
+  const w = PcapWriter.open(path);
+  frames.forEach((f, i) => w.write({ timeUs: 1_700_000_000_000_000 + i * 1000, direction: f.toHost ? 1 : 0, flags: f.flags ?? 0, bytes: f.wire.subarray(1, -1) }));
+  w.close();
+  return path;
+}
+
+const skip = tsharkSkipReason();
+
+t.test('the frozen frames decode to their fields', { skip }, async (t) => {
+  const fixtures = loadFrameFixtures();
+  const pcap = capture(join(t.testdir({}), 'frames.pcap'), fixtures.map((f) => ({ wire: f.wire, toHost: f.message.kind !== Kind.REQUEST })));
+  const rows = await tsharkFields(pcap, ['qkt.direction', 'qkt.version', 'qkt.kind', 'qkt.group', 'qkt.command', 'qkt.command_name', 'qkt.seq', 'qkt.crc.good', 'qkt.rc', 'qkt.reason', 'qkt.cbor.key', 'qkt.cbor.uint', 'qkt.cbor.text', '_ws.col.Info']);
+  t.equal(rows.length, fixtures.length);
+  fixtures.forEach((f, i) => {
+    const r = rows[i]!;
+    const h = f.message;
+    t.match(r, { 'qkt.direction': h.kind === Kind.REQUEST ? '0' : '1', 'qkt.version': '1', 'qkt.kind': String(h.kind), 'qkt.group': String(h.group), 'qkt.command': String(h.command), 'qkt.seq': String(h.seq), 'qkt.crc.good': '1' }, f.name);
+  });
+  t.same(rows.map((r) => r['_ws.col.Info']), [
+    'host->device request SYSTEM.PARAMS seq=1',
+    'device->host response SYSTEM.PARAMS seq=1',
+    'host->device request SYSTEM.STATUS seq=2',
+    'device->host error NOT_SUPPORTED (9.7) seq=4660 "group 9 command 7"',
+    'device->host error OUT_OF_ORDER (DIAG.SINK_CHUNK) seq=7 "expected offset 4096"',
+    'host->device request DIAG.SINK_CHUNK seq=3',
+  ]);
+  t.same(rows.map((r) => r['qkt.command_name']), ['PARAMS', 'PARAMS', 'STATUS', '7', 'SINK_CHUNK', 'SINK_CHUNK']);
+  // CBOR values: the PARAMS reply's map, the errors' codes and reasons, nested maps.
+  t.equal(rows[1]!['qkt.cbor.key'], 'versions|maxFrame|window|maxChunk|firmware');
+  t.equal(rows[1]!['qkt.cbor.uint'], '1|8256|4|8206');
+  t.equal(rows[1]!['qkt.cbor.text'], 'qkt-fw 0.1.0');
+  t.match(rows[3], { 'qkt.rc': '2', 'qkt.reason': 'group 9 command 7' });
+  t.match(rows[4], { 'qkt.rc': '12', 'qkt.cbor.key': 'g|rc|r|d|committed', 'qkt.cbor.uint': '1|12|4096' });
+  // The tree as a person sees it (-V): labels with keys, nesting, byte strings with their length.
+  const text = await tshark(pcap, ['-V']);
+  t.match(text, /"maxFrame": 8256/);
+  t.match(text, /"d": map of 1\n\s+"committed": 4096/);
+  t.match(text, /"d": byte string, 6 bytes: h'0001020000ff'/);
+  t.match(text, /Group: DIAG \(1\)/);
+  t.match(text, /Refusal code: OUT_OF_ORDER \(12\)\n\s+\[Expert Info \(Note\/Response\): refused: OUT_OF_ORDER \(expected offset 4096\)\]/);
+});
+
+t.test('a corrupted CRC, bad COBS and garbage are flagged', { skip }, async (t) => {
+  const good = loadFrameFixtures()[0]!.wire;
+  const badCrc = good.slice();
+  badCrc[badCrc.length - 2]! ^= 0x10;
+  const pcap = capture(join(t.testdir({}), 'bad.pcap'), [
+    { wire: badCrc, toHost: false, flags: 0x02 },
+    { wire: Uint8Array.of(0, 9, 1, 2, 0), toHost: true, flags: 0x01 },
+    { wire: Uint8Array.of(0, 2, 0x42, 0), toHost: true, flags: 0x04 },
+    { wire: good, toHost: false },
+  ]);
+  const rows = await tsharkFields(pcap, ['qkt.crc.good', 'qkt.flags', '_ws.expert.message', '_ws.col.Info']);
+  t.match(rows[0], { 'qkt.crc.good': '0', 'qkt.flags': '0x02', '_ws.expert.message': /^bad CRC-32: frame says 0x[0-9a-f]{8}, computed 0x[0-9a-f]{8}$/, '_ws.col.Info': 'host->device bad CRC' });
+  t.match(rows[1], { 'qkt.crc.good': '', '_ws.expert.message': 'Not valid COBS', '_ws.col.Info': 'device->host bad COBS (3 bytes)' });
+  t.match(rows[2], { '_ws.expert.message': /^too short: 1 bytes decoded/, '_ws.col.Info': /too short/ });
+  t.match(rows[3], { 'qkt.crc.good': '1', '_ws.expert.message': '', '_ws.col.Info': 'host->device request SYSTEM.PARAMS seq=1' });
+  const filtered = await tshark(pcap, ['-Y', 'qkt.crc.good == 0', '-T', 'fields', '-e', 'frame.number']);
+  t.equal(filtered.trim(), '1', 'a display filter finds the bad frame');
+});
+
+t.test("the dissector's names match groups.ts and errors.ts", { skip }, async (t) => {
+  const tables: [number, Record<string, number>][] = [
+    [Group.SYSTEM, SystemCmd],
+    [Group.DIAG, DiagCmd],
+    [Group.INJECT, InjectCmd],
+    [Group.KEYS, KeysCmd],
+    [Group.ADMIN, AdminCmd],
+    [Group.DOWNLOAD, DownloadCmd],
+    [Group.STATION, StationCmd],
+  ];
+  const groupNames = new Map(Object.entries(Group).map(([k, v]) => [v as number, k]));
+  const want: string[] = [];
+  const frames: { wire: Uint8Array; toHost: boolean }[] = [];
+  let seq = 0;
+  for (const [g, cmds] of tables) {
+    for (const [name, c] of Object.entries(cmds)) {
+      frames.push({ wire: encodeMessage({ kind: Kind.REQUEST, group: g, command: c, seq: ++seq, payload: {} }), toHost: false });
+      want.push(`host->device request ${groupNames.get(g)}.${name} seq=${seq}`);
+    }
+  }
+  for (const [name, c] of Object.entries(SystemEvent)) {
+    frames.push({ wire: encodeMessage({ kind: Kind.EVENT, group: Group.SYSTEM, command: c, seq: ++seq, payload: {} }), toHost: true });
+    want.push(`device->host event SYSTEM.${name} seq=${seq}`);
+  }
+  for (const [name, rc] of Object.entries(Rc)) {
+    frames.push({ wire: encodeMessage({ kind: Kind.ERROR, group: 0, command: 1, seq: ++seq, payload: { g: 0, rc } }), toHost: true });
+    want.push(`device->host error ${name} (SYSTEM.STATUS) seq=${seq}`);
+  }
+  t.ok(Object.keys(Group).every((g) => tables.some(([id]) => groupNames.get(id) === g)), 'every group of groups.ts is in the list');
+  const pcap = capture(join(t.testdir({}), 'names.pcap'), frames);
+  const rows = await tsharkFields(pcap, ['_ws.col.Info']);
+  t.same(rows.map((r) => r['_ws.col.Info']), want);
+});
+
+t.test('CBOR in the tree: 64-bit and negative integers, floats, tags, indefinite lengths; malformed CBOR flagged', { skip }, async (t) => {
+  const payloads = [
+    'a261613bffffffffffffffff61621bffffffffffffffff', // {"a": -2^64, "b": 2^64 - 1}
+    'a5616ef93c00616bfb3ff199999999999a6174c11a514b67b061699f0102ff616dbf6178a161796161ff',
+    'a1616c5f42010243030405ff', // an indefinite byte string in two chunks
+    'a2616161', // cut short
+    '81'.repeat(100) + '00', // 100 levels deep
+    'a36161f461624061636078', // a trailing byte
+  ];
+  const pcap = capture(
+    join(t.testdir({}), 'cbor.pcap'),
+    payloads.map((h, i) => ({ wire: encodeFrame({ version: 1, kind: Kind.RESPONSE, group: Group.DIAG, command: DiagCmd.ECHO, seq: i }, Buffer.from(h, 'hex')), toHost: true })),
+  );
+  const text = await tshark(pcap, ['-V']);
+  const frames = text.split(/\n(?=Frame \d+:)/);
+  t.equal(frames.length, payloads.length);
+  t.match(frames[0], /"a": -18446744073709551616\n\s+"b": 18446744073709551615\n/);
+  t.match(frames[1], /"n": 1\n\s+"k": 1\.1\n\s+"t": tag 1\n\s+1363896240\n\s+"i": array \(indefinite\)\n\s+\[0\]: 1\n\s+\[1\]: 2\n\s+"m": map \(indefinite\)\n\s+"x": map of 1\n\s+"y": "a"\n/);
+  t.match(frames[2], /"l": \(_ indefinite-length string\)\n\s+chunk: byte string, 2 bytes: h'0102'[\s\S]*chunk: byte string, 3 bytes: h'030405'/);
+  const rows = await tsharkFields(pcap, ['_ws.expert.message', 'qkt.crc.good']);
+  t.same(rows.map((r) => r['_ws.expert.message']), [
+    '',
+    '',
+    '',
+    'malformed CBOR at body byte 10: string length runs past the end',
+    'malformed CBOR at body byte 39: nested deeper than 32 levels',
+    'malformed CBOR at body byte 16: 1 bytes after the CBOR item',
+  ]);
+  t.ok(rows.every((r) => r['qkt.crc.good'] === '1'), 'the frames themselves are whole');
+});
+
+t.test("the monitor's own verdicts: a cut oversize record, a body over maxFrame", { skip }, async (t) => {
+  const path = join(t.testdir({}), 'big.pcap');
+  const w = PcapWriter.open(path);
+  w.write({ timeUs: 1, direction: 0, flags: 0x08, bytes: new Uint8Array(65_531).fill(0x41), origLength: 70_000 });
+  w.write({ timeUs: 2, direction: 0, flags: 0x08, bytes: loadFrameFixtures()[0]!.wire.subarray(1, -1) });
+  w.close();
+  const rows = await tsharkFields(path, ['frame.len', 'frame.cap_len', '_ws.expert.message', '_ws.col.Info']);
+  t.match(rows[0], { 'frame.len': '70004', 'frame.cap_len': '65535', '_ws.expert.message': 'frame cut: 70000 bytes on the wire, 65531 captured', '_ws.col.Info': 'host->device oversize frame (70000 bytes on the wire)' });
+  t.match(rows[1], { '_ws.expert.message': 'the monitor saw a body larger than the maxFrame the module announced', '_ws.col.Info': 'host->device request SYSTEM.PARAMS seq=1' });
+});
