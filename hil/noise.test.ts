@@ -13,10 +13,9 @@ import type { DirectionStats } from '../host-tools/transports/cable.js';
 import { formatNoise, formatRate } from '../host-tools/cli/commands/hil.js';
 import { formatBits } from '../host-tools/units.js';
 import { ptySkipReason } from './e2e-rig.js';
-import { injectOverCable, noiseFixture, noiseReport, noiseSettings } from './noise-rig.js';
+import { injectOverCable, injectTimeoutMs, noiseFixture, noiseReport, noiseSettings } from './noise-rig.js';
 import type { CableRun } from './noise-rig.js';
 
-t.setTimeout(420_000); // two injects of at most INJECT_TIMEOUT_MS each, and the fixture
 
 /** The counters a seeded ByteNoise gives over `bytes` bytes: they depend on the seed and the count only. */
 function replay(rate: number, seed: number, bytes: number): Pick<DirectionStats, 'corrupted' | 'dropped' | 'inserted'> {
@@ -38,6 +37,7 @@ function landedOnce(t: Test, name: string, r: CableRun, bits: number): void {
 }
 
 const settings = noiseSettings();
+t.setTimeout(2 * injectTimeoutMs(settings.rate) + 60_000); // two injects at most, and the fixture
 
 t.test(`${formatBits(settings.bits)} through a ${settings.baud}-baud cable with ${formatRate(settings.rate)} byte noise, and through a clean one`, { skip: ptySkipReason() }, async (t) => {
   const s = settings;
