@@ -9,7 +9,7 @@ import { Kind, SUPPORTED_VERSIONS } from '../../firmware/link/frame.js';
 import { Group, SystemCmd } from '../../firmware/link/groups.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
 import type { Transport } from '../../firmware/link/transport.js';
-import { LinkClosedError, LinkTimeoutError } from './errors.js';
+import { LinkClosedError, LinkTimeoutError, PeerDataError } from './errors.js';
 import { checkReply } from './reply-check.js';
 import { StoppedError, abortable, sleep, throwIfStopped } from './stop.js';
 
@@ -79,6 +79,8 @@ export class LinkClient {
   private msPerByte: number;
   private readonly baseTimeoutMs: number;
   private readonly retries: number;
+  /** Largest frame body accepted from the device. */
+  private readonly maxBody: number;
   /** Bytes handed to the transport whose write has not completed yet. */
   private unsentBytes = 0;
   /** Responses that matched no pending request (late answers to a retried request). */
@@ -94,7 +96,8 @@ export class LinkClient {
     this.msPerByte = 10_000 / (opts.baud ?? 115_200);
     this.baseTimeoutMs = opts.baseTimeoutMs ?? 1000;
     this.retries = opts.retries ?? 2;
-    this.deframer = new Deframer(opts.maxBody ?? 65_536);
+    this.maxBody = opts.maxBody ?? 65_536;
+    this.deframer = new Deframer(this.maxBody);
     transport.onData((chunk) => this.receive(chunk));
     transport.onClose((err) => this.fail(new LinkClosedError(err)));
   }
@@ -124,6 +127,19 @@ export class LinkClient {
       const msPerByte = 10_000 / Math.max(baud, DEVICE_BAUD_FLOOR);
       if (msPerByte > this.msPerByte) this.msPerByte = msPerByte;
     }
+    // Limits the host sizes frames, chunks and its window by: whole numbers in range, or the
+    // device is not one this host can talk to (a huge maxChunk would be sent and never answered,
+    // a window of 0 would send nothing).
+    const limit = (name: string, lo: number, hi: number): number => {
+      const v = p[name];
+      if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < lo || v > hi) {
+        throw new PeerDataError(`the device's parameters are unusable: ${name} ${JSON.stringify(v)?.slice(0, 20) ?? 'missing'} is not a whole number from ${lo} to ${hi}; it is not a genuine qkt device or it is damaged`);
+      }
+      return v;
+    };
+    const maxFrame = limit('maxFrame', 64, this.maxBody);
+    limit('window', 1, 1024);
+    limit('maxChunk', 1, maxFrame);
     this.params = p as unknown as DeviceParams;
     return this.params;
   }
