@@ -46,8 +46,10 @@ export interface BulkSendOptions {
   minChunk?: number;
   /** Bytes a chunk frame takes besides its data (header, CBOR, CRC, COBS, delimiter). Default 30. */
   frameOverhead?: number;
-  /** The least an answer is waited for before sending again, ms. Default 150. */
+  /** The least an answer is waited for before sending again, ms. Default 50. */
   minTimeoutMs?: number;
+  /** Milliseconds a byte takes on the line: answers are waited for at least twice the line time of what is in flight. */
+  lineMsPerByte?: number;
   /**
    * Stop when this aborts: no new chunk is sent; answers to the chunks in flight are awaited
    * for at most `stopGraceMs` (default 500) to report the offset, then StoppedError is thrown.
@@ -163,7 +165,21 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
     inflight.clear();
     ends.clear();
   };
-  const answerTimeout = (): number | undefined => (srtt === undefined ? undefined : Math.max(minTimeoutMs, srtt + 4 * rttvar));
+  /**
+   * Doubled at an overdue answer, back to 1 at the next timed one (RFC 6298 5.5): once per chunk
+   * sent after the last doubling, not once per chunk in flight, or a window of chunks lost
+   * together would multiply it by 2^window.
+   */
+  let backoff = 1;
+  let doubledAt = -1;
+  const overhead = o.frameOverhead ?? 30;
+  /** Line bytes in flight with a chunk of `extra` more (go-back-N: everything from committed to next). */
+  const inflightBytes = (extra: number) => (ends.size + 1) * overhead + extra + (next - committed);
+  // Until an answer has been timed, the request layer's own timeout; then the measured round
+  // trip, never less than twice the line time of what is in flight (chunks grow: a round trip
+  // measured on small ones is too short for large ones), doubled after an overdue answer.
+  const answerTimeout = (len: number): number | undefined =>
+    srtt === undefined ? undefined : backoff * Math.max(minTimeoutMs + 2 * inflightBytes(len) * (o.lineMsPerByte ?? 0), srtt + 4 * rttvar);
 
   try {
     while (committed < o.total || inflight.size > 0) {
@@ -180,7 +196,7 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
         const sentAt = performance.now();
         inflight.set(
           id,
-          o.sendChunk(offset, data, answerTimeout()).then(
+          o.sendChunk(offset, data, answerTimeout(len)).then(
             (p) => ({ id, generation: gen, end: offset + len, committed: typeof p['c'] === 'number' ? p['c'] : undefined, len, sentAt }),
             (error: unknown) => ({ id, generation: gen, end: offset + len, error, len, sentAt }),
           ),
@@ -202,6 +218,7 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
       if (out.error === undefined) {
         // Every chunk is sent once under its own seq, so its answer times that sending alone.
         if (out.generation === generation) {
+          backoff = 1;
           const rtt = performance.now() - out.sentAt;
           if (srtt === undefined) {
             srtt = rtt;
@@ -232,6 +249,10 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
         // a chunk it already holds with its offset). A silent one is asked where it is, with a
         // small request that a noisy line lets through and a dead one does not (that throws).
         timeouts++;
+        if (out.id > doubledAt) {
+          backoff = Math.min(backoff * 2, 8);
+          doubledAt = ids - 1; // chunks sent so far were timed with the old value
+        }
         restart(o.isSilent?.() ? await o.queryCommitted() : committed, true);
       } else {
         // A refusal (tampered chunk, no space, ...) or a closed link: the caller decides.

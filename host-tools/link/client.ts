@@ -216,6 +216,11 @@ export class LinkClient {
     return this.seq;
   }
 
+  /** Milliseconds a byte takes on the line (10 bits at the slower of the host's and the device's rate). */
+  get lineMsPerByte(): number {
+    return this.msPerByte;
+  }
+
   /** The answer timeout of one attempt of a request of `requestBytes` (section 4.3). */
   answerTimeoutMs(requestBytes: number, expectBytes = 64): number {
     return this.baseTimeoutMs + 2 * (requestBytes + expectBytes) * this.msPerByte;

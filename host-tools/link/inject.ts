@@ -106,6 +106,7 @@ export async function injectBatch(
         // a dead link is found after one chunk's timeout, not three.
         sendChunk: (off, d, timeoutMs) => client.request(Group.INJECT, InjectCmd.CHUNK, { t, o: off, d }, { expectBytes: 16, retries: 0, ...(timeoutMs ? { timeoutMs } : {}) }),
         isSilent,
+        lineMsPerByte: client.lineMsPerByte,
         queryCommitted: async () => (await client.request(Group.INJECT, InjectCmd.STATUS, { t }, { retries: 1, signal }))['c'] as number,
         stalled: (message) => new LinkStalledError(Group.INJECT, InjectCmd.CHUNK, `${message} (the line loses nearly every chunk)`),
         onProgress: progress,
