@@ -65,13 +65,37 @@ function float(v: number, size: 2 | 4 | 8): number[] {
   return [size === 4 ? 0xfa : 0xfb, ...new Uint8Array(dv.buffer)];
 }
 
-function write(x: Item, out: number[]): void {
+/** A growing byte buffer: items up to a frame's size (and an oversize one) without per-byte arrays. */
+class Writer {
+  private buf = new Uint8Array(256);
+  length = 0;
+  private room(n: number): void {
+    if (this.length + n <= this.buf.length) return;
+    const b = new Uint8Array(Math.max(this.buf.length * 2, this.length + n));
+    b.set(this.buf.subarray(0, this.length));
+    this.buf = b;
+  }
+  byte(b: number): void {
+    this.room(1);
+    this.buf[this.length++] = b;
+  }
+  bytes(b: ArrayLike<number>): void {
+    this.room(b.length);
+    this.buf.set(b, this.length);
+    this.length += b.length;
+  }
+  result(): Uint8Array {
+    return this.buf.slice(0, this.length);
+  }
+}
+
+function write(x: Item, out: Writer): void {
   switch (x.t) {
     case 'uint':
-      out.push(...head(0, x.v));
+      out.bytes(head(0, x.v));
       return;
     case 'nint':
-      out.push(...head(1, x.v));
+      out.bytes(head(1, x.v));
       return;
     case 'bytes':
     case 'text': {
@@ -80,44 +104,49 @@ function write(x: Item, out: number[]): void {
       if (x.indef) {
         // Two definite chunks inside an indefinite string, then the break.
         const mid = b.length >> 1;
-        out.push((major << 5) | 31, ...head(major, mid), ...b.subarray(0, mid), ...head(major, b.length - mid), ...b.subarray(mid), 0xff);
+        out.byte((major << 5) | 31);
+        out.bytes(head(major, mid));
+        out.bytes(b.subarray(0, mid));
+        out.bytes(head(major, b.length - mid));
+        out.bytes(b.subarray(mid));
+        out.byte(0xff);
       } else {
-        out.push(...head(major, b.length));
-        for (const c of b) out.push(c);
+        out.bytes(head(major, b.length));
+        out.bytes(b);
       }
       return;
     }
     case 'array':
-      out.push(...(x.indef ? [0x9f] : head(4, x.v.length)));
+      out.bytes(x.indef ? [0x9f] : head(4, x.v.length));
       for (const e of x.v) write(e, out);
-      if (x.indef && !x.noBreak) out.push(0xff);
+      if (x.indef && !x.noBreak) out.byte(0xff);
       return;
     case 'map':
-      out.push(...(x.indef ? [0xbf] : head(5, x.v.length)));
+      out.bytes(x.indef ? [0xbf] : head(5, x.v.length));
       for (const [k, v] of x.v) {
         write(k, out);
         write(v, out);
       }
-      if (x.indef && !x.noBreak) out.push(0xff);
+      if (x.indef && !x.noBreak) out.byte(0xff);
       return;
     case 'tag':
-      out.push(...head(6, x.tag));
+      out.bytes(head(6, x.tag));
       write(x.v, out);
       return;
     case 'float':
-      out.push(...float(x.v, x.size));
+      out.bytes(float(x.v, x.size));
       return;
     case 'simple':
-      out.push(...(x.v < 24 ? [0xe0 | x.v] : [0xf8, x.v & 0xff]));
+      out.bytes(x.v < 24 ? [0xe0 | x.v] : [0xf8, x.v & 0xff]);
       return;
     case 'raw':
-      for (const c of x.v) out.push(c);
+      out.bytes(x.v);
       return;
   }
 }
 
 export function encodeItem(x: Item): Uint8Array {
-  const out: number[] = [];
+  const out = new Writer();
   write(x, out);
-  return Uint8Array.from(out);
+  return out.result();
 }

@@ -57,6 +57,7 @@ export interface FuzzRunResult {
   inputsPerSecond: number;
   syncs: number;
   probes: number;
+  retries: number;
   layers: Record<Layer, number>;
   /** Replies to the inputs: responses, and errors by rc. */
   replies: { responses: number; errors: number; byRc: Record<string, number> };
@@ -70,7 +71,10 @@ export interface FuzzRunOptions {
   /** Index of the first input (a rerun of one window starts there). */
   first?: number;
   count: number;
+  /** Most inputs between two syncs (fewer when they hold requests enough to fill the window). */
   syncEvery?: number;
+  /** The module's receive window (PARAMS `window`). */
+  window?: number;
   probeEvery?: number;
   /** How long the module has to answer a sync or probe (the link timeout). */
   timeoutMs?: number;
@@ -94,6 +98,8 @@ class HostSide {
   /** INTERNAL replies since the last take(), with their reasons. */
   internal: string[] = [];
   closed: string | undefined;
+  /** Our requests resent because no answer came within the retry time (dropped as a duplicate, or a slow module). */
+  retries = 0;
 
   constructor(private readonly t: Transport) {
     t.onData((chunk) => this.receive(chunk));
@@ -152,8 +158,20 @@ class HostSide {
       this.waiting.delete(seq);
       if (a instanceof Error) throw a;
       if (a === 'busy') await new Promise<void>((r) => setImmediate(r));
-      else if (a !== 'timeout') return a;
+      else if (a === 'timeout') this.retries++;
+      else return a;
     }
+  }
+}
+
+/** `p`, or a Hang after `ms`. */
+async function within<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<never>((_, reject) => (timer = setTimeout(() => reject(new Hang(`${what} in ${ms} ms`)), ms)));
+  try {
+    return await Promise.race([p, late]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 
@@ -162,7 +180,8 @@ const emptyLayers = (): Record<Layer, number> => ({ valid: 0, raw: 0, body: 0, h
 /** Fuzz one target: `count` inputs from index `first`, then compare pool status and flash with before. */
 export async function fuzzTarget(target: FuzzTarget, o: FuzzRunOptions): Promise<FuzzRunResult> {
   const first = o.first ?? 0;
-  const syncEvery = o.syncEvery ?? 4;
+  const syncEvery = o.syncEvery ?? 16;
+  const windowSize = o.window ?? 4;
   const probeEvery = o.probeEvery ?? 256;
   const timeoutMs = o.timeoutMs ?? 5000;
   const retryMs = Math.min(500, timeoutMs);
@@ -172,6 +191,7 @@ export async function fuzzTarget(target: FuzzTarget, o: FuzzRunOptions): Promise
   const failures: FuzzFailure[] = [];
   const layers = emptyLayers();
   let window: FuzzInput[] = [];
+  let written: Promise<unknown> = Promise.resolve();
   let windowFrom = first;
   let bytes = 0;
   let syncs = 0;
@@ -192,18 +212,28 @@ export async function fuzzTarget(target: FuzzTarget, o: FuzzRunOptions): Promise
   const t0 = performance.now();
   let i = first;
   const end = first + o.count;
+  let queued = 0;
   for (; i < end && failures.length < maxFailures; i++) {
     const x = gen.input(i);
     layers[x.layer]++;
     window.push(x);
+    queued += x.requests;
+    // Written one after the other without waiting in between, awaited before the sync. One write at
+    // a time: serialport runs writes on libuv's thread pool, and writes blocked on a full pty would
+    // take the threads its reads need.
     for (const w of x.writes) {
       bytes += w.length;
-      await target.transport.write(w).catch(() => undefined);
+      written = written.then(() => target.transport.write(w)).catch(() => undefined);
     }
     const last = i === end - 1;
-    if ((i - first + 1) % syncEvery !== 0 && !last) continue;
+    const probe = (i - first + 1) % probeEvery === 0 || last;
+    // Sync before the next input could overfill the module's window (ours needs a place too), or
+    // after `syncEvery` inputs, whichever comes first: the inputs run, few are answered BUSY.
+    if (!probe && window.length < syncEvery && queued < windowSize - 2) continue;
+    queued = 0;
     try {
-      if ((i - first + 1) % probeEvery === 0 || last) {
+      await within(written, timeoutMs, 'the module took no more bytes');
+      if (probe) {
         await status();
         probes++;
       } else {
@@ -248,6 +278,7 @@ export async function fuzzTarget(target: FuzzTarget, o: FuzzRunOptions): Promise
     inputsPerSecond: Math.round(inputs / seconds),
     syncs,
     probes,
+    retries: host.retries,
     layers,
     replies: host.replies,
     pool: { before: before['pool'], after: after?.['pool'] },

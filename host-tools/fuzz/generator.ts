@@ -24,6 +24,8 @@ export interface FuzzInput {
   seed: string;
   /** Written to the link one after the other (a frame split across writes, or frames together). */
   writes: Uint8Array[];
+  /** Request frames (version 1) in it: at most the places it takes in the module's receive window. */
+  requests: number;
 }
 
 /** Seq numbers the fuzzer's own requests use; seeds draw theirs below this. */
@@ -97,35 +99,47 @@ export class FuzzGenerator {
     const r = new Prng(this.seed, index);
     for (let attempt = 0; ; attempt++) {
       const x = this.draw(index, r, 0);
-      if (this.admin || attempt > 50 || !this.reachesAdminToken(x.writes)) return x;
+      const c = this.classify(x.writes);
+      if (this.admin || attempt > 50 || !c.adminToken) return { ...x, requests: c.requests };
     }
+  }
+
+  /** True when the bytes hold an ADMIN request whose token the module would check (and count in flash when wrong). */
+  reachesAdminToken(writes: Uint8Array[]): boolean {
+    return this.classify(writes).adminToken;
   }
 
   /**
-   * True when the bytes hold an ADMIN request whose token is a byte string the module would check
-   * (and count in flash when wrong): decoded with the module's own deframer and codec.
+   * What the module will make of these bytes, read with its own deframer and codec: how many
+   * request frames of version 1 they hold (each may take a place in its receive window), and
+   * whether one is an ADMIN request with a byte-string token.
    */
-  reachesAdminToken(writes: Uint8Array[]): boolean {
+  private classify(writes: Uint8Array[]): { requests: number; adminToken: boolean } {
+    let requests = 0;
+    let adminToken = false;
     for (const w of writes) {
       for (const body of this.checker.push(w)) {
+        if (body[0] !== 1 || body[1] !== Kind.REQUEST) continue;
+        requests++;
+        if (body[2] !== Group.ADMIN) continue; // header bytes: no decode needed
         const d = decodeMessage(body);
-        if (!d.ok || d.message.kind !== Kind.REQUEST || d.message.group !== Group.ADMIN) continue;
+        if (!d.ok) continue;
         const t = d.message.payload['token'];
-        if (t instanceof Uint8Array && t.length <= 256) return true;
+        if (t instanceof Uint8Array && t.length <= 256) adminToken = true;
       }
     }
-    this.checker.push(Uint8Array.of(0)); // end any partial frame: the next check starts clean
-    return false;
+    this.checker.push(Uint8Array.of(0)); // end any partial frame: the next input is read on its own
+    return { requests, adminToken };
   }
 
-  private draw(index: number, r: Prng, depth: number): FuzzInput {
+  private draw(index: number, r: Prng, depth: number): Omit<FuzzInput, 'requests'> {
     const roll = r.int(100);
     const layer: Layer = roll < 8 ? 'valid' : roll < 24 ? 'raw' : roll < 38 ? 'body' : roll < 52 ? 'header' : roll < 88 ? 'cbor' : roll < 94 ? (depth === 0 && index > 0 ? 'replay' : 'cbor') : 'multi';
     const si = r.int(this.seeds.length);
     const seed = this.seeds[si]!;
     const seq = r.int(HOST_SEQ_BASE);
     const h = { version: 1, kind: Kind.REQUEST as number, group: seed.group, command: seed.command, seq };
-    const one = (writes: Uint8Array[]): FuzzInput => ({ index, layer, seed: seed.name, writes });
+    const one = (writes: Uint8Array[]): Omit<FuzzInput, 'requests'> => ({ index, layer, seed: seed.name, writes });
     switch (layer) {
       case 'valid':
         return one([wireOfBody(bodyOf(h, this.payloads[si]!))]);
@@ -201,8 +215,14 @@ export class FuzzGenerator {
       case 5:
         return r.pick<Item>([{ t: 'simple', v: 20 }, { t: 'simple', v: 21 }, { t: 'simple', v: 22 }, { t: 'simple', v: 23 }, { t: 'simple', v: 255 }, { t: 'simple', v: 19 }]);
       case 6:
-        // Deep nesting, as deep as the frame allows (10,000 levels when it fits).
-        return { t: 'raw', v: deep(Math.max(1, Math.min(10_000, r.pick([16, 1000, 10_000]), Math.floor((room - 4) / 3))), r.pick(['array', 'map', 'indef'] as const)) };
+      {
+        // Deep nesting: 16, 1,000 or 10,000 levels; mostly cut to what fits the frame (a 10,000-deep
+        // array does not fit 8 KiB: sent whole it tests the framer's oversize drop instead).
+        const kind = r.pick(['array', 'map', 'indef'] as const);
+        const fits = Math.floor((room - 4) / (kind === 'array' ? 1 : kind === 'indef' ? 2 : 3));
+        const want = r.pick([16, 1000, 10_000]);
+        return { t: 'raw', v: deep(Math.max(1, r.chance(0.8) ? Math.min(want, fits) : want), kind) };
+      }
       case 7:
         // A head declaring far more than follows.
         return { t: 'raw', v: Uint8Array.from([...head(r.pick([2, 3, 4, 5]), r.pick([2n ** 32n - 1n, 2n ** 64n - 1n, 0xffffn, 9000n])), ...r.bytes(r.int(8))]) };

@@ -38,7 +38,13 @@ export class Prng {
   }
   bytes(n: number): Uint8Array {
     const out = new Uint8Array(n);
-    for (let i = 0; i < n; i++) out[i] = this.u32() & 0xff;
+    for (let i = 0; i < n; i += 4) {
+      const x = this.u32();
+      out[i] = x;
+      if (i + 1 < n) out[i + 1] = x >>> 8;
+      if (i + 2 < n) out[i + 2] = x >>> 16;
+      if (i + 3 < n) out[i + 3] = x >>> 24;
+    }
     return out;
   }
 }
