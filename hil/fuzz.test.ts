@@ -18,7 +18,8 @@ const SEED = process.env['QKT_FUZZ_SEED'] !== undefined ? Number(process.env['QK
 const IN_PROCESS = 90_000;
 const LIVE = 5_000;
 
-const report = (t: Test, failures: FuzzFailure[]) => {
+const report = (t: Test, failures: FuzzFailure[], stalls: Array<{ from: number; to: number; ms: number; message: string }> = []) => {
+  for (const x of stalls) t.comment(`late answer (not a failure) after inputs ${x.from}..${x.to}: ${x.ms} ms: ${x.message}`);
   for (const f of failures) {
     t.comment(describeFailure(f));
     for (const x of f.inputs) t.comment(`  input ${x.index} (${x.layer}, from ${x.seed}): ${x.hex}`);
@@ -29,7 +30,7 @@ t.comment(`fuzz seed ${SEED} (repeat with QKT_FUZZ_SEED=${SEED})`);
 
 t.test(`${IN_PROCESS} inputs into a module in this process`, async (t) => {
   const r = await runFuzzCampaign({ seed: SEED, plan: [{ target: 'in-process', count: IN_PROCESS }] });
-  report(t, r.failures);
+  report(t, r.failures, r.runs.flatMap((x) => x.stalls));
   t.equal(r.inputs, IN_PROCESS, 'every input was sent and the module answered after it');
   t.same(r.failures.map(describeFailure), [], 'no crash, hang, INTERNAL reply or state change');
   const run = r.runs[0]!;
@@ -44,7 +45,7 @@ t.test(`${IN_PROCESS} inputs into a module in this process`, async (t) => {
 t.test(`${LIVE} inputs into qkt terminal run over TCP`, async (t) => {
   assertFreshBuild();
   const r = await runFuzzCampaign({ seed: SEED, plan: [{ target: 'tcp', count: LIVE }] });
-  report(t, r.failures);
+  report(t, r.failures, r.runs.flatMap((x) => x.stalls));
   t.equal(r.inputs, LIVE);
   t.same(r.failures.map(describeFailure), []);
   t.equal(r.runs[0]!.flash.after, r.runs[0]!.flash.before, 'flash image file unchanged');
@@ -53,7 +54,7 @@ t.test(`${LIVE} inputs into qkt terminal run over TCP`, async (t) => {
 t.test(`${LIVE} inputs into qkt terminal run over a pty`, { skip: socatSkipReason() }, async (t) => {
   assertFreshBuild();
   const r = await runFuzzCampaign({ seed: SEED, plan: [{ target: 'pty', count: LIVE }] });
-  report(t, r.failures);
+  report(t, r.failures, r.runs.flatMap((x) => x.stalls));
   t.equal(r.inputs, LIVE);
   t.same(r.skipped, []);
   t.same(r.failures.map(describeFailure), []);

@@ -9,7 +9,7 @@ import { describeFailure } from '../fuzz/driver.js';
 
 export interface FuzzBenchResult extends Omit<FuzzCampaignResult, 'runs'> {
   node: string;
-  runs: Array<{ target: string; seed: number; inputs: number; seconds: number; inputsPerSecond: number; bytes: number; probes: number; failures: number; poolUnchanged: boolean; flashUnchanged: boolean }>;
+  runs: Array<{ target: string; seed: number; inputs: number; seconds: number; inputsPerSecond: number; bytes: number; probes: number; failures: number; stalls: number; poolUnchanged: boolean; flashUnchanged: boolean }>;
 }
 
 export function fuzzPlan(total: number): FuzzPlanStep[] {
@@ -36,6 +36,7 @@ export async function benchFuzz(o: { inputs: number; seed?: number; log?: (line:
       bytes: r.bytes,
       probes: r.probes,
       failures: r.failures.length,
+      stalls: r.stalls.length,
       poolUnchanged: JSON.stringify(r.pool.after) === JSON.stringify(r.pool.before),
       flashUnchanged: r.flash.after === r.flash.before,
     })),
@@ -46,12 +47,12 @@ export function formatFuzzBench(r: FuzzBenchResult): string {
   return [
     `### Module fuzzing: ${r.inputs.toLocaleString('en')} inputs, seed ${r.seed}, node ${r.node}`,
     '',
-    '| target | inputs | seconds | inputs/s | bytes sent | STATUS probes | failures | pool unchanged | flash unchanged |',
-    '|---|---:|---:|---:|---:|---:|---:|---|---|',
-    ...r.runs.map((x) => `| ${x.target} (seed ${x.seed}) | ${x.inputs} | ${x.seconds} | ${x.inputsPerSecond} | ${x.bytes} | ${x.probes} | ${x.failures} | ${x.poolUnchanged ? 'yes' : '**no**'} | ${x.flashUnchanged ? 'yes' : '**no**'} |`),
-    ...r.skipped.map((s) => `| ${s.target} | skipped: ${s.reason} | | | | | | | |`),
+    '| target | inputs | seconds | inputs/s | bytes sent | STATUS probes | failures | late answers | pool unchanged | flash unchanged |',
+    '|---|---:|---:|---:|---:|---:|---:|---:|---|---|',
+    ...r.runs.map((x) => `| ${x.target} (seed ${x.seed}) | ${x.inputs} | ${x.seconds} | ${x.inputsPerSecond} | ${x.bytes} | ${x.probes} | ${x.failures} | ${x.stalls} | ${x.poolUnchanged ? 'yes' : '**no**'} | ${x.flashUnchanged ? 'yes' : '**no**'} |`),
+    ...r.skipped.map((s) => `| ${s.target} | skipped: ${s.reason} | | | | | | | | |`),
     '',
-    `Crashes ${r.crashes}, hangs ${r.hangs}, state changes ${r.stateChanges}, INTERNAL replies ${r.internalErrors}, links closed by the module ${r.closedLinks}.`,
+    `Crashes ${r.crashes}, hangs ${r.hangs}, state changes ${r.stateChanges}, INTERNAL replies ${r.internalErrors}, links closed by the module ${r.closedLinks}; late answers (after the 5 s timeout, within a second one; not failures) ${r.stalls}.`,
     ...r.failures.map((f) => `- ${describeFailure(f)}`),
   ].join('\n');
 }

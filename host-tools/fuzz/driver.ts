@@ -58,6 +58,8 @@ export interface FuzzRunResult {
   syncs: number;
   probes: number;
   retries: number;
+  /** Answers that came only after the timeout (then within a second one): windows and how long. Not failures; reported. */
+  stalls: Array<{ from: number; to: number; ms: number; message: string }>;
   layers: Record<Layer, number>;
   /** Replies to the inputs: responses, and errors by rc. */
   replies: { responses: number; errors: number; byRc: Record<string, number> };
@@ -192,6 +194,7 @@ export async function fuzzTarget(target: FuzzTarget, o: FuzzRunOptions): Promise
   const layers = emptyLayers();
   let window: FuzzInput[] = [];
   let written: Promise<unknown> = Promise.resolve();
+  const stalls: FuzzRunResult['stalls'] = [];
   let windowFrom = first;
   let bytes = 0;
   let syncs = 0;
@@ -244,7 +247,22 @@ export async function fuzzTarget(target: FuzzTarget, o: FuzzRunOptions): Promise
       const crash = await target.crashedWithin(2000);
       if (crash) fail('crash', crash, i);
       else if (host.closed) fail('closed', `the module closed the link: ${host.closed}`, i);
-      else fail(e instanceof Hang ? 'hang' : 'internal', (e as Error).message, i);
+      else if (!(e instanceof Hang)) fail('internal', (e as Error).message, i);
+      else {
+        // Late, or gone for good? One more timeout for the bytes and a STATUS: an answer then is a
+        // stall (a loaded machine, a slow pty relay), recorded with its window; none is a hang.
+        const t0 = performance.now();
+        try {
+          await within(written, timeoutMs, 'the module took no more bytes');
+          await status();
+          stalls.push({ from: windowFrom, to: i, ms: Math.round(performance.now() - t0 + timeoutMs), message: e.message });
+          window = [];
+          windowFrom = i + 1;
+          continue;
+        } catch (e2) {
+          fail('hang', `${e.message}; still nothing ${timeoutMs} ms later (${(e2 as Error).message})`, i);
+        }
+      }
       break; // a module that stopped answering cannot be fuzzed on
     }
     const crash = target.crashed();
@@ -279,6 +297,7 @@ export async function fuzzTarget(target: FuzzTarget, o: FuzzRunOptions): Promise
     syncs,
     probes,
     retries: host.retries,
+    stalls,
     layers,
     replies: host.replies,
     pool: { before: before['pool'], after: after?.['pool'] },

@@ -19,6 +19,8 @@ export interface FuzzCampaignResult {
   stateChanges: number;
   internalErrors: number;
   closedLinks: number;
+  /** Late answers (after one timeout, within a second): not failures, reported. */
+  stalls: number;
   runs: FuzzRunResult[];
   /** Targets not run, with the reason (no socat for the pty). */
   skipped: Array<{ target: TargetName; reason: string }>;
@@ -44,6 +46,7 @@ export async function runFuzzCampaign(o: { seed: number; plan: FuzzPlanStep[]; l
       runs.push(r);
       o.log?.(`fuzz: ${step.target}: ${r.inputs} inputs in ${r.seconds} s (${r.inputsPerSecond}/s), ${r.failures.length} failures`);
       for (const f of r.failures) o.log?.(`fuzz: ${describeFailure(f)}`);
+      for (const x of r.stalls) o.log?.(`fuzz: ${step.target}: late answer after inputs ${x.from}..${x.to} (${x.ms} ms): ${x.message}`);
     } finally {
       await target.close();
     }
@@ -58,6 +61,7 @@ export async function runFuzzCampaign(o: { seed: number; plan: FuzzPlanStep[]; l
     stateChanges: count('state'),
     internalErrors: count('internal'),
     closedLinks: count('closed'),
+    stalls: runs.reduce((n, r) => n + r.stalls.length, 0),
     runs,
     skipped,
     failures,
