@@ -1,6 +1,6 @@
-// Fuzzing the terminal module in CI (issue 11, item 5): 113,000 structure-aware inputs per run,
+// Fuzzing the terminal module in CI (issue 11, item 5): 119,000 structure-aware inputs per run,
 // 90,000 fed to a module in this process, 10,000 each to `qkt terminal run` spawned on TCP and on a
-// socat pty pair, 3,000 with ADMIN tokens. Zero crashes, zero hangs (a STATUS answers every 256 inputs), zero INTERNAL
+// socat pty pair, 3,000 with ADMIN tokens, 6,000 of a fixed case. Zero crashes, zero hangs (a STATUS answers every 256 inputs), zero INTERNAL
 // replies, and the pool status and the whole flash image unchanged at the end. The seed is new
 // each run (QKT_FUZZ_SEED=N repeats one) and printed; a failure prints its seed, input window and bytes.
 import t from 'tap';
@@ -60,6 +60,22 @@ t.test(`${LIVE} inputs into qkt terminal run over a pty`, { skip: socatSkipReaso
   t.same(r.skipped, []);
   t.same(r.failures.map(describeFailure), []);
   t.equal(r.runs[0]!.flash.after, r.runs[0]!.flash.before, 'flash image file unchanged');
+});
+
+t.test('fixed case: seed 100 over a pty, which stopped the link before the serial fix', { skip: socatSkipReason() }, async (t) => {
+  // Before host-tools/transports/serial.ts kept its poll interests, this run's pty link stopped for
+  // good (the fuzzer's write of an oversize burst never completed: inputs 4716..4720 in one run,
+  // 356..357 in another). The deterministic regression test is in host-tools/transports/serial.test.ts.
+  assertFreshBuild();
+  const target = await liveTarget('pty');
+  try {
+    const r = await fuzzTarget(target, { seed: 100, count: 6000 });
+    report(t, r.failures, r.stalls);
+    t.same(r.failures.map(describeFailure), []);
+    t.equal(r.inputs, 6000);
+  } finally {
+    await target.close();
+  }
 });
 
 t.test('ADMIN requests with wrong tokens: counted in flash by design, nothing else changes', async (t) => {
