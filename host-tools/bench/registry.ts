@@ -19,10 +19,14 @@ import { benchStation, formatStationBench } from './station.js';
 import type { StationBenchResult } from './station.js';
 import { benchStart, formatStartBench } from './start.js';
 import type { StartBenchResult } from './start.js';
+import { benchFuzz, formatFuzzBench } from './fuzz.js';
+import type { FuzzBenchResult } from './fuzz.js';
 
 export interface BenchOptions {
   quick: boolean;
   bytes?: number;
+  /** A seed for the benchmarks that draw random inputs (fuzz); default a new one, reported. */
+  seed?: number;
   log: (line: string) => void;
 }
 
@@ -71,5 +75,9 @@ export const benchmarks: Record<string, Benchmark> = {
   start: {
     run: async (o) => benchStart({ runs: o.quick ? 3 : 20, log: o.log }),
     format: (r) => formatStartBench(r as StartBenchResult),
+  },
+  fuzz: {
+    run: (o) => benchFuzz({ inputs: o.quick ? 20_000 : 1_000_000, ...(o.seed !== undefined ? { seed: o.seed } : {}), log: o.log }),
+    format: (r) => formatFuzzBench(r as FuzzBenchResult),
   },
 };

@@ -379,13 +379,14 @@ export const commands: readonly CommandSpec[] = [
   },
   {
     path: ['bench'],
-    summary: 'benchmarks (link, flash, inject, lifetime, download, station, multiclient, start): a markdown table, or JSON with --json',
-    usage: 'qkt bench [link|flash|inject|lifetime|download|station|multiclient|start]... [--quick] [--bytes N] [--out DIR] [--json]',
-    examples: ['qkt bench link', 'qkt bench link --json', 'qkt bench --out docs/bench', 'qkt bench flash --quick', 'qkt bench lifetime --json', 'qkt bench start'],
+    summary: 'benchmarks (link, flash, inject, lifetime, download, station, multiclient, start, fuzz): a markdown table, or JSON with --json',
+    usage: 'qkt bench [link|flash|inject|lifetime|download|station|multiclient|start|fuzz]... [--quick] [--bytes N] [--seed N] [--out DIR] [--json]',
+    examples: ['qkt bench link', 'qkt bench link --json', 'qkt bench --out docs/bench', 'qkt bench flash --quick', 'qkt bench lifetime --json', 'qkt bench start', 'qkt bench fuzz --seed 7'],
     options: {
       quick: flag('smaller sizes and fewer repeats (a smoke run, not figures to quote)'),
       bytes: { type: 'string', value: 'N', description: 'bytes to move per case (link, inject, download, multiclient)', defaultText: "each benchmark's own (inject: 1 MiB)" },
       out: { type: 'string', value: 'DIR', description: 'also write DIR/NAME.json and DIR/NAME.md per benchmark', defaultText: 'stdout only' },
+      seed: { type: 'string', value: 'N', description: 'seed of the fuzz inputs (0 to 4294967295): the same seed sends the same inputs', defaultText: 'a new one each run, reported' },
     },
     positionals: { name: 'NAME', description: 'benchmarks to run (default: all)' },
     load: () => import('./commands/bench.js').then((m) => m.default),

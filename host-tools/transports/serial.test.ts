@@ -102,3 +102,33 @@ t.test('open errors and argument checks', async (t) => {
   t.equal(await w.closed, undefined);
   await t.rejects(tr.write(Uint8Array.of(0)), /closed/);
 });
+
+t.test('a write that waits for room completes while a read waits too (lost poll wake-up)', { skip: socatSkipReason() }, async (t) => {
+  // @serialport/bindings-cpp 13 restarts its poll with the newest event alone: a read that starts
+  // waiting while a write waits for room in the tty dropped the write's wake-up, and the write (and
+  // every later one) never completed: the fuzzer's pty link to `terminal run --port` stopped this
+  // way (hil/fuzz.test.ts). A sends more than the pty holds while B sends it bytes back; B reads all.
+  const pty = await createPtyPair();
+  const a = await openSerial(pty.a);
+  const b = await openSerial(pty.b);
+  t.teardown(async () => {
+    await Promise.all([a.close(), b.close()]);
+    await pty.close();
+  });
+  let toB = 0;
+  b.onData((c) => void (toB += c.length));
+  a.onData(() => undefined);
+  const big = new Uint8Array(256 * 1024).fill(0x41);
+  for (let round = 0; round < 8; round++) {
+    const w = a.write(big);
+    for (let k = 0; k < 20; k++) await b.write(Uint8Array.of(0x42, 0x00));
+    let timer: NodeJS.Timeout | undefined;
+    const r = await Promise.race([w.then(() => 'written'), new Promise((res) => (timer = setTimeout(() => res('stuck'), 5000)))]);
+    clearTimeout(timer);
+    if (r !== 'written') {
+      t.fail(`round ${round}: A's write of 256 KiB never completed (B had ${toB} bytes)`);
+      return;
+    }
+  }
+  t.pass('8 writes of 256 KiB completed');
+});

@@ -40,6 +40,7 @@ export async function openSerial(path: string, options: SerialOptions = {}): Pro
   const binding = options.binding ?? SerialPort.binding;
   const port = new SerialPortStream({ binding, path, baudRate, autoOpen: false });
   await new Promise<void>((resolve, reject) => port.open((err) => (err ? reject(err) : resolve())));
+  keepPollInterests(port);
 
   const core = new EndpointCore(`serial ${path}`);
   const parser = new BoundedDelimiterParser({
@@ -92,3 +93,32 @@ export async function openSerial(path: string, options: SerialOptions = {}): Pro
 
   return Object.assign(makeTransport(core, write, close), { port, parser });
 }
+
+/** What the native poller of @serialport/bindings-cpp (Linux, macOS) offers its JS wrapper. */
+interface UnixPoller {
+  poll(eventFlag?: number): void;
+  listenerCount(event: string): number;
+}
+
+/**
+ * Work around a lost wake-up in @serialport/bindings-cpp 13 (src/poller.cpp, Poller::poll): each
+ * poll(flag) restarts the libuv poll with that flag alone, so a read that starts waiting
+ * ("readable") while a write waits ("writable", the tty's buffer full) drops the write's interest.
+ * Unless bytes arrive later, the write never completes and every later one queues behind it. Found
+ * by the fuzzer (hil/fuzz.test.ts): its link to `terminal run --port` on a pty stopped for good,
+ * its own write of an oversize burst waiting while it read the module's replies; a module's
+ * replies on a serial port go through the same path. Regression test in serial.test.ts.
+ * Here every poll asks for the events still awaited too. A spurious event is harmless: the read or
+ * write is retried and waits again on EAGAIN.
+ */
+function keepPollInterests(port: SerialPortStream): void {
+  const poller = (port.port as unknown as { poller?: UnixPoller } | undefined)?.poller;
+  if (!poller || typeof poller.poll !== 'function' || typeof poller.listenerCount !== 'function') return; // not the unix binding (mock, Windows)
+  const poll = poller.poll.bind(poller);
+  poller.poll = (eventFlag = 0) =>
+    poll(eventFlag | (poller.listenerCount('readable') ? READABLE : 0) | (poller.listenerCount('writable') ? WRITABLE : 0) | (poller.listenerCount('disconnect') ? DISCONNECT : 0));
+}
+// Event flags of the bindings' Poller (EVENTS in @serialport/bindings-cpp/dist/poller.js).
+const READABLE = 0b001;
+const WRITABLE = 0b010;
+const DISCONNECT = 0b100;

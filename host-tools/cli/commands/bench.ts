@@ -17,12 +17,13 @@ export default defineCommand<BenchResult>({
       if (!benchmarks[n]) throw new CliError(`no benchmark "${n}"; there are: ${Object.keys(benchmarks).join(', ')}`, Exit.USAGE);
     }
     const bytes = int(v, 'bytes', 1);
+    const seed = int(v, 'seed', 0, 2 ** 32 - 1);
     const out = str(v, 'out');
     const results: BenchResult['results'] = [];
     const tables: string[] = [];
     for (const n of names) {
       const b = benchmarks[n]!;
-      const result = await b.run({ quick: v['quick'] === true, ...(bytes ? { bytes } : {}), log: io.note });
+      const result = await b.run({ quick: v['quick'] === true, ...(bytes ? { bytes } : {}), ...(seed !== undefined ? { seed } : {}), log: io.note });
       const md = b.format(result);
       results.push({ name: n, result });
       tables.push(md);
