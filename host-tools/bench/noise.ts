@@ -73,8 +73,9 @@ export type ZmodemNoiseRun =
       outcome: Outcome;
       /** Spawn of sz to sz's exit (the sender's view, as `qkt inject`'s spawn to exit). */
       seconds: number;
-      /** Spawn of sz to both exited: rz sometimes waits 30 s more for sz's last bytes (wall-clock.ts). */
+      /** Spawn of sz to both exited: rz sometimes waits for sz's last bytes, and is stopped 2 s after sz if its file is whole (wall-clock.ts). */
       bothExitedSeconds: number;
+      rzStopped: boolean;
       /** Key bits / seconds (the same numerator as qkt's); null unless ok. */
       goodputBitsPerSecond: number | null;
       ratioToClean: number | null;
@@ -225,7 +226,7 @@ async function qktRun(fx: InjectFixture, cable: Cable, run: number, timeoutSecon
     outcome,
     exitCode: r.code,
     wallSeconds,
-    goodputBitsPerSecond: outcome === 'ok' ? Math.round(bits / r.wallSeconds) : null,
+    goodputBitsPerSecond: outcome === 'ok' ? Math.round(bits / wallSeconds) : null,
     ratioToClean: null,
     transferSeconds,
     resumes,
@@ -240,19 +241,21 @@ async function zmodemNoiseRun(cable: Cable, file: string, timeoutSeconds: number
   let relay: CableStats;
   let z;
   try {
-    z = await zmodemRun(cable, file, { timeoutMs: timeoutSeconds * 1000 });
+    z = await zmodemRun(cable, file, { timeoutMs: timeoutSeconds * 1000, stopReceiverWhenDone: true });
   } finally {
     relay = snapshot(cable.stats);
     await cable.close();
   }
+  const seconds = r4(z.senderSeconds);
   return {
     outcome: z.outcome,
-    seconds: r4(z.senderSeconds),
+    seconds,
     bothExitedSeconds: r4(z.seconds),
-    goodputBitsPerSecond: z.outcome === 'ok' ? Math.round(bits / z.senderSeconds) : null,
+    goodputBitsPerSecond: z.outcome === 'ok' ? Math.round(bits / seconds) : null,
     ratioToClean: null,
     szCode: z.szCode,
     rzCode: z.rzCode,
+    rzStopped: z.rzStopped,
     ...(z.error ? { error: z.error } : {}),
     relay,
   };
@@ -343,7 +346,7 @@ export function formatNoiseBench(r: NoiseBenchResult): string {
     '',
     `${r.keyBits} key bits (${r.sealedBytes} sealed bytes, ${r.lineSeconds} s of line time) over a cable paced at ${r.baud} baud (8N1) by the relay of \`qkt link\`, noise seed ${r.seed}: at rate R a bit is flipped in R of the bytes, R/2 are dropped and a random byte is inserted at R/10, both directions. ` +
       `qkt: one \`qkt inject\` spawned against \`qkt terminal run\` (file-backed flash), spawn to exit; the pool is then read from the module's flash (exactly once: one copy of the batch, stored bits grown by exactly the batch). ` +
-      `ZMODEM: \`sz -b -8\` / \`rz -b -y\` of the same sealed file on a new cable of the same rate and seed, spawn of sz to its exit (rz must then exit 0 with the file intact; it sometimes waits 30 s more for sz's last two bytes, not counted: \`bothExitedSeconds\` in the JSON). Goodput is key bits per second for both. Each run is bounded (stopped by pid) by the time in the JSON (\`timeoutSeconds\`).`,
+      `ZMODEM: \`sz -b -8\` / \`rz -b -y\` of the same sealed file on a new cable of the same rate and seed, spawn of sz to its exit (rz must then have the file intact and exit 0; it sometimes waits 30 s for sz's last two bytes, lost at sz's exit, and is then stopped 2 s after sz: \`bothExitedSeconds\`, \`rzStopped\` in the JSON). Goodput is key bits per second for both. Each run is bounded (stopped by pid) by the time in the JSON (\`timeoutSeconds\`).`,
     '',
     `Machine: ${r.machine.cpu}, ${r.machine.cores} cores, load average ${r.machine.loadAverageBefore.join(' ')} before, ${r.machine.loadAverageAfter.join(' ')} after.`,
     '',

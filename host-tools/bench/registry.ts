@@ -19,16 +19,24 @@ import { benchStation, formatStationBench } from './station.js';
 import type { StationBenchResult } from './station.js';
 import { benchStart, formatStartBench } from './start.js';
 import type { StartBenchResult } from './start.js';
+import { benchNoise, formatNoiseBench } from './noise.js';
+import type { NoiseBenchResult } from './noise.js';
 
 export interface BenchOptions {
   quick: boolean;
   bytes?: number;
+  /** noise: the rates (fractions of bytes), the noise seed, a fixed bound on each run. */
+  rates?: number[];
+  seed?: number;
+  timeoutSeconds?: number;
   log: (line: string) => void;
 }
 
 export interface Benchmark {
   run(o: BenchOptions): Promise<unknown>;
   format(result: unknown): string;
+  /** Runs only when named (`qkt bench noise`), not in a bare `qkt bench`: it takes hours. */
+  onlyWhenNamed?: boolean;
 }
 
 export const benchmarks: Record<string, Benchmark> = {
@@ -71,5 +79,17 @@ export const benchmarks: Record<string, Benchmark> = {
   start: {
     run: async (o) => benchStart({ runs: o.quick ? 3 : 20, log: o.log }),
     format: (r) => formatStartBench(r as StartBenchResult),
+  },
+  noise: {
+    run: (o) =>
+      benchNoise({
+        bits: o.bytes ? o.bytes * 8 : o.quick ? 2 ** 18 : 2 ** 23,
+        ...(o.rates ? { rates: o.rates } : {}),
+        ...(o.seed !== undefined ? { seed: o.seed } : {}),
+        ...(o.timeoutSeconds !== undefined ? { timeoutSeconds: o.timeoutSeconds } : o.quick ? { timeoutFloorSeconds: 60 } : {}),
+        log: o.log,
+      }),
+    format: (r) => formatNoiseBench(r as NoiseBenchResult),
+    onlyWhenNamed: true,
   },
 };

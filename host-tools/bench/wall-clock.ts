@@ -92,6 +92,8 @@ export interface ZmodemOutcome {
   senderSeconds: number;
   szCode: number | null;
   rzCode: number | null;
+  /** rz was stopped by the bench (stopReceiverWhenDone) after sz had exited 0 and its file was whole. */
+  rzStopped: boolean;
   /** Why it is not `ok`, one line. */
   error?: string;
 }
@@ -99,11 +101,16 @@ export interface ZmodemOutcome {
 /** Once one of sz/rz has exited, how long the other may take to follow before it is killed (rz's own wait for "OO" is 30 s). */
 const ZMODEM_PEER_GRACE_MS = 60_000;
 
+/** After sz has exited 0, how long rz may take to exit before `stopReceiverWhenDone` looks at its file. */
+const RZ_AFTER_SZ_MS = 2000;
+
 /**
  * `sz -b -8 FILE` at the host end and `rz -b -y` at the device end, bounded by `timeoutMs` (both
  * killed by pid when it passes); never throws for a failed transfer, says how it ended.
+ * `stopReceiverWhenDone`: when sz has exited 0 and rz has not followed within 2 s, and the file rz
+ * wrote is the sent one, rz is stopped (it only waits for sz's "OO", below) and the run is ok.
  */
-export async function zmodemRun(cable: Cable, file: string, o: { timeoutMs?: number } = {}): Promise<ZmodemOutcome> {
+export async function zmodemRun(cable: Cable, file: string, o: { timeoutMs?: number; stopReceiverWhenDone?: boolean } = {}): Promise<ZmodemOutcome> {
   const into = mkdtempSync(join(tmpdir(), 'qkt-bench-rz-'));
   try {
     // About one run in two, rz waits 30 s after the transfer before it exits: sz's last two bytes
@@ -128,20 +135,40 @@ export async function zmodemRun(cable: Cable, file: string, o: { timeoutMs?: num
     // One side gave up (or finished) and the other waits for a peer that is gone: bounded too.
     let grace: NodeJS.Timeout | undefined;
     const first = () => (grace ??= setTimeout(kill, ZMODEM_PEER_GRACE_MS));
+    const original = readFileSync(file);
+    const intact = () => {
+      const got = readdirSync(into);
+      return got.length === 1 && readFileSync(join(into, got[0]!)).equals(original);
+    };
     let senderSeconds = NaN;
-    void sz.done.then(() => (senderSeconds = (performance.now() - t0) / 1000)).then(first, first);
-    void rz.done.then(first, first);
+    let rzExited = false;
+    let rzStopped = false;
+    let look: NodeJS.Timeout | undefined;
+    void sz.done.then((code) => {
+      senderSeconds = (performance.now() - t0) / 1000;
+      if (code === 0 && o.stopReceiverWhenDone) {
+        look = setTimeout(() => {
+          if (rzExited || !intact()) return;
+          rzStopped = true;
+          try {
+            process.kill(rz.pid, 'SIGTERM');
+          } catch {
+            // already gone
+          }
+        }, RZ_AFTER_SZ_MS);
+      }
+    }).then(first, first);
+    void rz.done.then(() => (rzExited = true)).then(first, first);
     const [szCode, rzCode] = await Promise.all([sz.done, rz.done]).finally(() => {
       clearTimeout(timer);
       clearTimeout(grace);
+      clearTimeout(look);
     });
     const seconds = (performance.now() - t0) / 1000;
-    const original = readFileSync(file);
-    const base = { bytes: original.length, seconds, senderSeconds: Number.isNaN(senderSeconds) ? seconds : senderSeconds, szCode, rzCode };
+    const base = { bytes: original.length, seconds, senderSeconds: Number.isNaN(senderSeconds) ? seconds : senderSeconds, szCode, rzCode, rzStopped };
     if (timedOut) return { ...base, outcome: 'timed out', error: `killed after ${Math.round((o.timeoutMs ?? 300_000) / 1000)} s` };
-    if (szCode !== 0 || rzCode !== 0) return { ...base, outcome: 'failed', error: `sz exit ${szCode}, rz exit ${rzCode}: ${oneLine(sz.stderr())} ${oneLine(rz.stderr())}`.trim() };
-    const got = readdirSync(into);
-    if (got.length !== 1 || !readFileSync(join(into, got[0]!)).equals(original)) return { ...base, outcome: 'failed', error: 'the received file differs from the sent one' };
+    if (szCode !== 0 || (rzCode !== 0 && !rzStopped)) return { ...base, outcome: 'failed', error: `sz exit ${szCode}, rz exit ${rzCode}: ${oneLine(sz.stderr())} ${oneLine(rz.stderr())}`.trim() };
+    if (!intact()) return { ...base, outcome: 'failed', error: 'the received file differs from the sent one' };
     return { ...base, outcome: 'ok' };
   } finally {
     rmSync(into, { recursive: true, force: true });

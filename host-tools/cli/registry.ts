@@ -351,15 +351,18 @@ export const commands: readonly CommandSpec[] = [
   },
   {
     path: ['bench'],
-    summary: 'benchmarks (link, flash, inject, lifetime, download, station, multiclient, start): a markdown table, or JSON with --json',
-    usage: 'qkt bench [link|flash|inject|lifetime|download|station|multiclient|start]... [--quick] [--bytes N] [--out DIR] [--json]',
-    examples: ['qkt bench link', 'qkt bench link --json', 'qkt bench --out docs/bench', 'qkt bench flash --quick', 'qkt bench lifetime --json', 'qkt bench start'],
+    summary: 'benchmarks (link, flash, inject, lifetime, download, station, multiclient, start, noise): a markdown table, or JSON with --json',
+    usage: 'qkt bench [link|flash|inject|lifetime|download|station|multiclient|start|noise]... [--quick] [--bytes N] [--rates LIST] [--seed S] [--timeout SECONDS] [--out DIR] [--json]',
+    examples: ['qkt bench link', 'qkt bench link --json', 'qkt bench --out docs/bench', 'qkt bench flash --quick', 'qkt bench lifetime --json', 'qkt bench start', 'qkt bench noise --bytes 131072 --rates 0.01%,0.1% --seed 7'],
     options: {
       quick: flag('smaller sizes and fewer repeats (a smoke run, not figures to quote)'),
-      bytes: { type: 'string', value: 'N', description: 'bytes to move per case (link, inject, download, multiclient)', defaultText: "each benchmark's own (inject: 1 MiB)" },
+      bytes: { type: 'string', value: 'N', description: 'bytes to move per case (link, inject, download, multiclient); noise: key bytes in the batch', defaultText: "each benchmark's own (inject: 1 MiB)" },
+      rates: { type: 'string', value: 'LIST', description: 'noise: the noise rates, comma-separated percentages of bytes (a clean run is always made first)', defaultText: '0.01%,0.1%,1%,5%' },
+      seed: { type: 'string', value: 'S', description: 'noise: the noise seed (0 to 4294967295)', defaultText: '1' },
+      timeout: { type: 'string', value: 'SECONDS', description: 'noise: stop each inject or ZMODEM run after SECONDS', defaultText: 'max(20 x the clean run, 300 s)' },
       out: { type: 'string', value: 'DIR', description: 'also write DIR/NAME.json and DIR/NAME.md per benchmark', defaultText: 'stdout only' },
     },
-    positionals: { name: 'NAME', description: 'benchmarks to run (default: all)' },
+    positionals: { name: 'NAME', description: 'benchmarks to run (default: all but noise, which takes hours)' },
     load: () => import('./commands/bench.js').then((m) => m.default),
   },
 ];
