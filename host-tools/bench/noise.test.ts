@@ -64,6 +64,25 @@ t.test('bench noise: a row per rate, the batch exactly once in the pool, ZMODEM 
   if (!zmodem) t.match(md, /ZMODEM: lrzsz \(sz\/rz\) is not installed/);
 });
 
+t.test('bench noise: a run that does not finish in its bound is stopped and reported, with what the module holds', { skip: socatSkipReason() }, async (t) => {
+  const bits = 2 ** 19; // 5.8 s of line time, bounded at 3 s
+  const r = await benchNoise({ bits, rates: [], seed: 7, timeoutSeconds: 3, zmodem });
+  t.same(r.cases.map((c) => c.rate), [0], 'no rates asked: the clean run alone');
+  const c = r.cases[0]!;
+  t.equal(c.qkt.outcome, 'timed out');
+  t.match(c.qkt.error, /^stopped by the bench after 3 s/);
+  t.same([c.qkt.goodputBitsPerSecond, c.qkt.ratioToClean, c.qkt.pool.exactlyOnce, c.qkt.pool.copies, c.qkt.pool.storedBitsAfter], [null, null, false, 0, 0], 'no goodput, nothing committed');
+  t.ok(c.qkt.pool.stagedDurableBits >= 0 && c.qkt.pool.stagedDurableBits < bits, `${c.qkt.pool.stagedDurableBits} bits staged durably`);
+  t.ok(c.qkt.wallSeconds >= 3, 'it ran to its bound');
+  if (zmodem) {
+    t.equal(c.zmodem.outcome, 'timed out');
+    t.equal(c.qktOverZmodem, null);
+  }
+  const md = formatNoiseBench(r);
+  t.match(md, /^\| 0 \(clean\) \| timed out after [\d.]+ \| - \| - \| no: 0 copies, \+0 bits/m, 'the row says so');
+  t.match(md, /^- 0 \(clean\), qkt inject: stopped by the bench after 3 s/m, 'and how it ended');
+});
+
 t.test('bench noise refuses a rate outside 0..1 before it makes anything', async (t) => {
   await t.rejects(benchNoise({ bits: 2 ** 15, rates: [1.5] }), RangeError);
 });

@@ -57,11 +57,9 @@ export interface QktNoiseRun {
   goodputBitsPerSecond: number | null;
   /** Goodput over the clean run's; null unless both ok. */
   ratioToClean: number | null;
-  /** `qkt inject --json`'s own transfer time and resumes (ok runs only). */
+  /** `qkt inject --json`'s own transfer time and resumes (ok runs only: under --json the notes of a lost and resumed transfer are silent). */
   transferSeconds: number | null;
   resumes: number | null;
-  /** The `qkt: ...` lines it printed on stderr on the way (losses, resumes). */
-  notes: string[];
   /** The failing run's last stderr line. */
   error?: string;
   pool: PoolCheck;
@@ -205,7 +203,8 @@ async function qktRun(fx: InjectFixture, cable: Cable, run: number, timeoutSecon
     storedBitsAfter: after.storedKeyBits,
     copies,
     exactlyOnce: copies === 1 && after.storedKeyBits - before.storedKeyBits === bits,
-    stagedDurableBits: after.staging?.batchId === batchId ? after.staging.durableBits : 0,
+    // STATUS names a staging batch by its pool id, the first 4 bytes of the batch id (8 hex digits).
+    stagedDurableBits: after.staging && after.staging.batchId.length >= 8 && batchId.startsWith(after.staging.batchId) ? after.staging.durableBits : 0,
   };
   const lines = r.stderr.split(/\r?\n/).map((l) => l.trim()).filter(Boolean);
   const outcome: Outcome = r.timedOut ? 'timed out' : r.code === 0 ? 'ok' : 'failed';
@@ -219,8 +218,6 @@ async function qktRun(fx: InjectFixture, cable: Cable, run: number, timeoutSecon
   }
   const transferSeconds = typeof doc.seconds === 'number' ? doc.seconds : null;
   const resumes = typeof doc.resumes === 'number' ? doc.resumes : null;
-  const notes = (outcome === 'ok' ? lines : lines.slice(0, -1)).filter((l) => l.startsWith('qkt: '));
-  if (outcome === 'ok' && transferSeconds === null) notes.push('exit 0 without the --json document');
   const wallSeconds = r4(r.wallSeconds);
   return {
     outcome,
@@ -230,7 +227,6 @@ async function qktRun(fx: InjectFixture, cable: Cable, run: number, timeoutSecon
     ratioToClean: null,
     transferSeconds,
     resumes,
-    notes,
     ...(outcome === 'ok' ? {} : { error: r.timedOut ? `stopped by the bench after ${Math.round(timeoutSeconds)} s${lines.length ? `; its last line: ${lines[lines.length - 1]}` : ''}` : (lines[lines.length - 1] ?? `exit ${r.code}, nothing on stderr`) }),
     pool,
     relay,
@@ -332,7 +328,7 @@ export function formatNoiseBench(r: NoiseBenchResult): string {
   const rows = r.cases.map((c) => {
     const q = c.qkt;
     const z = c.zmodem;
-    const notes = q.resumes !== null ? `${q.resumes} resumes` : `${q.notes.length} notes`;
+    const notes = q.resumes !== null ? `${q.resumes} resumes` : '-';
     const zCols = z.outcome === 'skipped' ? ['skipped', '-', '-', '-'] : [z.outcome === 'ok' ? String(z.seconds) : `${z.outcome} after ${z.seconds}`, kbit(z.goodputBitsPerSecond), String(z.ratioToClean ?? '-'), faults(z.relay)];
     return `| ${pct(c.rate)} | ${qktSeconds(q)} | ${kbit(q.goodputBitsPerSecond)} | ${q.ratioToClean ?? '-'} | ${poolText(q, r.keyBits)} | ${notes} | ${faults(q.relay)} | ${zCols.join(' | ')} | ${c.qktOverZmodem ?? '-'} |`;
   });
@@ -350,7 +346,7 @@ export function formatNoiseBench(r: NoiseBenchResult): string {
     '',
     `Machine: ${r.machine.cpu}, ${r.machine.cores} cores, load average ${r.machine.loadAverageBefore.join(' ')} before, ${r.machine.loadAverageAfter.join(' ')} after.`,
     '',
-    '| noise | qkt s | qkt kbit/s | qkt / clean | pool exactly once | resumes / notes | qkt relay corrupted / dropped / inserted | ZMODEM s | ZMODEM kbit/s | ZMODEM / clean | ZMODEM relay corrupted / dropped / inserted | qkt / ZMODEM |',
+    '| noise | qkt s | qkt kbit/s | qkt / clean | pool exactly once | resumes | qkt relay corrupted / dropped / inserted | ZMODEM s | ZMODEM kbit/s | ZMODEM / clean | ZMODEM relay corrupted / dropped / inserted | qkt / ZMODEM |',
     '|---|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|',
     ...rows,
     ...(failures.length ? ['', 'How the runs that did not finish ended:', '', ...failures] : []),
