@@ -35,7 +35,7 @@ export interface BenchOptions {
 export interface Benchmark {
   run(o: BenchOptions): Promise<unknown>;
   format(result: unknown): string;
-  /** Runs only when named (`qkt bench noise`), not in a bare `qkt bench`: it takes hours. */
+  /** Runs only when named (`qkt bench noise`), not in a bare `qkt bench`: a full run takes an hour or more. */
   onlyWhenNamed?: boolean;
 }
 

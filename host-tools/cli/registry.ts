@@ -362,7 +362,7 @@ export const commands: readonly CommandSpec[] = [
       timeout: { type: 'string', value: 'SECONDS', description: 'noise: stop each inject or ZMODEM run after SECONDS', defaultText: 'max(20 x the clean run, 300 s)' },
       out: { type: 'string', value: 'DIR', description: 'also write DIR/NAME.json and DIR/NAME.md per benchmark', defaultText: 'stdout only' },
     },
-    positionals: { name: 'NAME', description: 'benchmarks to run (default: all but noise, which takes hours)' },
+    positionals: { name: 'NAME', description: 'benchmarks to run (default: all but noise, which takes an hour or more)' },
     load: () => import('./commands/bench.js').then((m) => m.default),
   },
 ];
