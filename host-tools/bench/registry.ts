@@ -21,18 +21,25 @@ import { benchStart, formatStartBench } from './start.js';
 import type { StartBenchResult } from './start.js';
 import { benchFuzz, formatFuzzBench } from './fuzz.js';
 import type { FuzzBenchResult } from './fuzz.js';
+import { benchNoise, formatNoiseBench } from './noise.js';
+import type { NoiseBenchResult } from './noise.js';
 
 export interface BenchOptions {
   quick: boolean;
   bytes?: number;
-  /** A seed for the benchmarks that draw random inputs (fuzz); default a new one, reported. */
+  /** A seed for the benchmarks that draw random inputs: fuzz (default a new one, reported) and noise (default 1). */
   seed?: number;
+  /** noise: the rates (fractions of bytes), a fixed bound on each run. */
+  rates?: number[];
+  timeoutSeconds?: number;
   log: (line: string) => void;
 }
 
 export interface Benchmark {
   run(o: BenchOptions): Promise<unknown>;
   format(result: unknown): string;
+  /** Runs only when named (`qkt bench noise`), not in a bare `qkt bench`: a full run takes an hour or more. */
+  onlyWhenNamed?: boolean;
 }
 
 export const benchmarks: Record<string, Benchmark> = {
@@ -79,5 +86,17 @@ export const benchmarks: Record<string, Benchmark> = {
   fuzz: {
     run: (o) => benchFuzz({ inputs: o.quick ? 20_000 : 1_000_000, ...(o.seed !== undefined ? { seed: o.seed } : {}), log: o.log }),
     format: (r) => formatFuzzBench(r as FuzzBenchResult),
+  },
+  noise: {
+    run: (o) =>
+      benchNoise({
+        bits: o.bytes ? o.bytes * 8 : o.quick ? 2 ** 18 : 2 ** 23,
+        ...(o.rates ? { rates: o.rates } : {}),
+        ...(o.seed !== undefined ? { seed: o.seed } : {}),
+        ...(o.timeoutSeconds !== undefined ? { timeoutSeconds: o.timeoutSeconds } : o.quick ? { timeoutFloorSeconds: 60 } : {}),
+        log: o.log,
+      }),
+    format: (r) => formatNoiseBench(r as NoiseBenchResult),
+    onlyWhenNamed: true,
   },
 };

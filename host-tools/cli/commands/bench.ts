@@ -4,6 +4,7 @@ import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { defineCommand, int, str, CliError, Exit } from '../command.js';
 import { benchmarks } from '../../bench/registry.js';
+import { parseNoise } from './link.js';
 
 export interface BenchResult {
   results: Array<{ name: string; result: unknown }>;
@@ -12,18 +13,21 @@ export interface BenchResult {
 
 export default defineCommand<BenchResult>({
   async run(v, positionals, io) {
-    const names = positionals.length ? positionals : Object.keys(benchmarks);
+    const names = positionals.length ? positionals : Object.keys(benchmarks).filter((n) => !benchmarks[n]!.onlyWhenNamed);
     for (const n of names) {
       if (!benchmarks[n]) throw new CliError(`no benchmark "${n}"; there are: ${Object.keys(benchmarks).join(', ')}`, Exit.USAGE);
     }
     const bytes = int(v, 'bytes', 1);
-    const seed = int(v, 'seed', 0, 2 ** 32 - 1);
     const out = str(v, 'out');
+    const ratesText = str(v, 'rates');
+    const rates = ratesText === undefined ? undefined : ratesText.split(',').map((r) => parseNoise(r, '--rates'));
+    const seed = int(v, 'seed', 0, 0xffffffff);
+    const timeoutSeconds = int(v, 'timeout', 1);
     const results: BenchResult['results'] = [];
     const tables: string[] = [];
     for (const n of names) {
       const b = benchmarks[n]!;
-      const result = await b.run({ quick: v['quick'] === true, ...(bytes ? { bytes } : {}), ...(seed !== undefined ? { seed } : {}), log: io.note });
+      const result = await b.run({ quick: v['quick'] === true, ...(bytes ? { bytes } : {}), ...(rates ? { rates } : {}), ...(seed !== undefined ? { seed } : {}), ...(timeoutSeconds ? { timeoutSeconds } : {}), log: io.note });
       const md = b.format(result);
       results.push({ name: n, result });
       tables.push(md);

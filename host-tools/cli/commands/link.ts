@@ -19,11 +19,11 @@ export interface LinkResult {
   pid: number;
 }
 
-/** `0.1%` or a fraction `0.001`; from 0 to 100%. */
-export function parseNoise(text: string): number {
+/** `0.1%` or a fraction `0.001`; from 0 to 100%. `option` names it in the refusal (`qkt bench --rates` too). */
+export function parseNoise(text: string, option = '--noise'): number {
   const m = /^(\d+(?:\.\d+)?|\.\d+)(%?)$/.exec(text.trim());
   const r = m ? Number(m[1]) / (m[2] ? 100 : 1) : NaN;
-  if (!(r >= 0 && r <= 1)) throw new CliError(`--noise must be a percentage of bytes from 0% to 100% (e.g. 0.1%), got ${JSON.stringify(text)}`, Exit.USAGE);
+  if (!(r >= 0 && r <= 1)) throw new CliError(`${option} must be a percentage of bytes from 0% to 100% (e.g. 0.1%), got ${JSON.stringify(text)}`, Exit.USAGE);
   return r;
 }
 
