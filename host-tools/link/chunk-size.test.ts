@@ -251,3 +251,24 @@ t.test('progress resets the count of go-backs without progress', async (t) => {
   t.equal(res.committed, data.length);
   t.equal(res.restarts, 20);
 });
+
+t.test('a resumed inject names a stalled line in its own words', async (t) => {
+  const { injectResuming } = await import('./resume.js');
+  const { makeBatch, startRig } = await import('../test-support/module-rig.js');
+  const rig = await startRig();
+  t.teardown(() => rig.close());
+  const b = makeBatch(rig.deviceKey, { bits: 64 * 1024 });
+  // Every chunk is refused OUT_OF_ORDER at offset 0, as on a line that garbles each one.
+  const orig = rig.client.request.bind(rig.client);
+  rig.client.request = (async (g: number, c: number, p: Payload, opts?: object) => {
+    if (g === 2 && c === 1) throw new LinkError(Rc.OUT_OF_ORDER, 'garbled', { committed: 0 });
+    return orig(g, c, p, opts);
+  }) as typeof rig.client.request;
+  const notes: string[] = [];
+  const err = await injectResuming(
+    { client: rig.client, params: rig.params, close: async () => undefined },
+    { sealed: b.sealed, maxLosses: 1, waitMs: 0, connect: async () => ({ client: rig.client, params: rig.params, close: async () => undefined }), onNote: (l) => notes.push(l) },
+  ).catch((e: unknown) => e);
+  t.match((err as Error).message, /the transfer made no progress in 32 go-backs in a row at offset 0 of \d+ \(the line loses nearly every chunk\)/);
+  t.match(notes[0], /link lost: the transfer made no progress in 32 go-backs/);
+});

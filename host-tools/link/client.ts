@@ -60,6 +60,8 @@ export interface RequestOptions {
   expectBytes?: number;
   /** Stop waiting at once when this aborts (StoppedError); a late answer is then a stray. */
   signal?: AbortSignal;
+  /** Keep trying, up to NOISY_ATTEMPTS, while damaged frames arrive. Default: unless `retries` is 0. */
+  persistWhileNoisy?: boolean;
 }
 
 interface Pending {
@@ -169,7 +171,7 @@ export class LinkClient {
     // Damaged frames seen since the first attempt: the line is alive and noisy (see NOISY_ATTEMPTS).
     const damage = () => this.deframer.stats.corrupt + this.deframer.stats.oversize + this.deframer.stats.droppedBytes;
     const damageAtStart = damage();
-    const mayPersist = opts.retries !== 0;
+    const mayPersist = opts.persistWhileNoisy ?? opts.retries !== 0;
     const answer = new Promise<Payload>((resolve, reject) => {
       this.pending.set(seq, { resolve, reject, group, command });
     });

@@ -107,7 +107,9 @@ export async function injectBatch(
         sendChunk: (off, d, timeoutMs) => client.request(Group.INJECT, InjectCmd.CHUNK, { t, o: off, d }, { expectBytes: 16, retries: 0, ...(timeoutMs ? { timeoutMs } : {}) }),
         isSilent,
         lineMsPerByte: client.lineMsPerByte,
-        queryCommitted: async () => (await client.request(Group.INJECT, InjectCmd.STATUS, { t }, { retries: 1, signal }))['c'] as number,
+        // One attempt on a silent link (a dead one is reported 1.5 s sooner); more while the
+        // module is heard but its frames arrive damaged (a noisy one).
+        queryCommitted: async () => (await client.request(Group.INJECT, InjectCmd.STATUS, { t }, { retries: 0, persistWhileNoisy: true, signal }))['c'] as number,
         stalled: (message) => new LinkStalledError(Group.INJECT, InjectCmd.CHUNK, `${message} (the line loses nearly every chunk)`),
         onProgress: progress,
         ...(signal ? { signal } : {}),

@@ -2,7 +2,7 @@
 // cable drops mid-transfer, reopen the same port and BEGIN again, resuming from the module's
 // durable offset (docs/protocol.md 5.4), within bounds; then give up saying a re-run resumes.
 // The session opener is injected (the CLI passes its connectDevice), so this knows no ports.
-import { LinkClosedError, LinkTimeoutError } from './errors.js';
+import { LinkClosedError, LinkStalledError, LinkTimeoutError } from './errors.js';
 import { parseSealedHeader } from '../../firmware/crypto/batch.js';
 import { LinkError, Rc, rcName } from '../../firmware/link/errors.js';
 import type { DeviceParams, LinkClient } from './client.js';
@@ -62,6 +62,7 @@ export function isLinkLoss(e: unknown): boolean {
 function why(e: unknown): string {
   if (e instanceof LinkError) return e.rc === Rc.NO_TRANSFER ? 'the module lost the transfer (it restarted)' : `the module reset (${rcName(e.rc)})`;
   if (e instanceof LinkClosedError) return 'the link closed';
+  if (e instanceof LinkStalledError) return e.message; // a line too noisy to carry even small chunks
   if (e instanceof LinkTimeoutError) return 'the link went silent';
   return e instanceof Error ? e.message : String(e);
 }
