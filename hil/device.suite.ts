@@ -96,8 +96,14 @@ export function deviceSuite(t: Test, o: DeviceSuiteOptions): void {
     return rig;
   };
   const limits = () => {
-    if (!params) throw new Error('PARAMS did not answer: nothing to size the checks by');
+    // Without PARAMS every other check would wait out its timeouts: each fails at once instead.
+    if (!params) throw new Error(`PARAMS was not answered on ${o.port}: the other checks are not tried`);
     return params;
+  };
+  /** The open cable, once PARAMS has answered. */
+  const ready = (): Rig => {
+    limits();
+    return need();
   };
   /** The STATUS link counters of this link (3.6.2). */
   const linkStats = async (r: Rig) => {
@@ -124,7 +130,7 @@ export function deviceSuite(t: Test, o: DeviceSuiteOptions): void {
   });
 
   t.test('STATUS: the fields of docs/protocol.md 3.6.2; `only` answers just those named', async (t) => {
-    const r = need();
+    const r = ready();
     const s = await r.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
     t.ok(s['terminalId'] === null || typeof s['terminalId'] === 'string', 'terminalId: a string or null');
     t.type(s['enrolled'], 'boolean', 'enrolled');
@@ -158,7 +164,7 @@ export function deviceSuite(t: Test, o: DeviceSuiteOptions): void {
   });
 
   t.test('ECHO: byte strings of 1 byte up to maxChunk come back unchanged; one more is TOO_LARGE', async (t) => {
-    const r = need();
+    const r = ready();
     const { maxChunk } = limits();
     // COBS edges (253/254/255: a run of nonzero bytes at its maximum), zeros only, and the extremes.
     const sizes = [...new Set([1, 2, 253, 254, 255, 256, 1000, maxChunk - 1, maxChunk].filter((n) => n >= 1 && n <= maxChunk))];
@@ -176,7 +182,7 @@ export function deviceSuite(t: Test, o: DeviceSuiteOptions): void {
   });
 
   t.test('unknown groups and commands are answered NOT_SUPPORTED', async (t) => {
-    const r = need();
+    const r = ready();
     t.equal(await rcOf(r.client.request(99, 0, {})), 'NOT_SUPPORTED', 'group 99');
     t.equal(await rcOf(r.client.request(Group.SYSTEM, 200, {})), 'NOT_SUPPORTED', 'SYSTEM command 200');
     t.equal(await rcOf(r.client.request(Group.DIAG, 200, {})), 'NOT_SUPPORTED', 'DIAG command 200');
@@ -184,7 +190,7 @@ export function deviceSuite(t: Test, o: DeviceSuiteOptions): void {
   });
 
   t.test('a retried request (same seq, same bytes) is answered from the response cache, not run again', async (t) => {
-    const r = need();
+    const r = ready();
     const before = await linkStats(r);
     // A raw PARAMS first: it clears the link's response cache (3.6.1), so no earlier answer of the client's can match.
     const s0 = randomInt(0, 0x10000);
@@ -207,7 +213,7 @@ export function deviceSuite(t: Test, o: DeviceSuiteOptions): void {
   });
 
   t.test('garbage on the line is dropped, and a valid request after it is answered', async (t) => {
-    const r = need();
+    const r = ready();
     const before = await linkStats(r);
     // At most about half a second of the line: a slow UART is not kept busy with noise.
     const n = Math.max(256, Math.min(4096, Math.floor(lineBaud / 20)));
@@ -221,7 +227,7 @@ export function deviceSuite(t: Test, o: DeviceSuiteOptions): void {
   });
 
   t.test(`DIAG sink: ${o.bulkBytes} bytes in a windowed bulk transfer, the module's CRC-32 matching`, { timeout: 120_000 + 4 * lineMs(o.bulkBytes) }, async (t) => {
-    const r = need();
+    const r = ready();
     const { maxChunk, window } = limits();
     const data = randomBytes(o.bulkBytes);
     const id = (await r.client.request(Group.DIAG, DiagCmd.SINK_BEGIN, { n: data.length }))['t'];
