@@ -83,10 +83,6 @@ export function deviceSuite(t: Test, o: DeviceSuiteOptions): void {
   let params: { versions: number[]; maxFrame: number; window: number; maxChunk: number; firmware: string } | undefined;
   const report: DeviceReport = { port: o.port, baud: o.baud ?? null, firmware: null, maxFrame: null, window: null, maxChunk: null, bulk: null };
 
-  t.before(async () => {
-    const transport = await openLink(o.port, o.baud ? { baud: o.baud } : {});
-    rig = { transport, client: newClient(transport) };
-  });
   t.teardown(async () => {
     await rig?.client.close().catch(() => undefined);
     await rig?.transport.close().catch(() => undefined);
@@ -114,6 +110,10 @@ export function deviceSuite(t: Test, o: DeviceSuiteOptions): void {
   };
 
   t.test('PARAMS: a protocol version this host speaks, and sane limits', async (t) => {
+    // Opened here, not in a before hook: a port that cannot be opened fails this check, and the
+    // others fail at once after it, the report still written.
+    const transport = await openLink(o.port, o.baud ? { baud: o.baud } : {});
+    rig = { transport, client: newClient(transport) };
     const r = need();
     const p = await r.client.negotiate();
     t.ok(Array.isArray(p.versions) && p.versions.some((v) => SUPPORTED_VERSIONS.includes(v)), `versions ${JSON.stringify(p.versions)} include one of ${SUPPORTED_VERSIONS.join(', ')}`);
