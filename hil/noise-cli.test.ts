@@ -3,14 +3,11 @@
 // That run happens in a scratch project root (dist/ and bin/ copied, sources linked), so the tap
 // it starts keeps its .tap/ there and leaves this run's results and coverage alone.
 import t from 'tap';
-import { spawn } from 'node:child_process';
-import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { checkNoiseReport } from '../host-tools/cli/commands/hil.js';
 import { runQkt } from './cli.js';
-import { assertFreshBuild } from './build-check.js';
+import { runInRoot, scratchRoot } from './scratch-root.js';
 import { ptySkipReason } from './e2e-rig.js';
 
 t.setTimeout(180_000);
@@ -33,38 +30,12 @@ t.test('hil run refuses a bad --noise, --seed or --suite (exit 2, one line)', as
   }
 });
 
-/** A project root in a scratch folder: what `qkt hil run` and tap need, the sources linked. */
-function scratchRoot(): string {
-  assertFreshBuild();
-  const repo = fileURLToPath(new URL('..', import.meta.url));
-  const root = mkdtempSync(join(tmpdir(), 'qkt-hil-root-'));
-  for (const f of ['package.json', 'tsconfig.json', 'tsconfig.build.json']) cpSync(join(repo, f), join(root, f));
-  // Copied: `hil run` finds the project root from where its own module lies.
-  for (const d of ['bin', 'dist']) cpSync(join(repo, d), join(root, d), { recursive: true });
-  for (const d of ['node_modules', 'hil', 'host-tools', 'firmware', 'fixtures']) symlinkSync(join(repo, d), join(root, d));
-  return root;
-}
-
 t.test('hil run --suite noise --noise 0.001%: the report in --json and in the JUnit file', { skip: ptySkipReason() }, async (t) => {
   const root = scratchRoot();
   t.teardown(() => rmSync(root, { recursive: true, force: true }));
   const junit = join(root, 'hil.xml');
-  // This run's tap settings stay here: the inner tap is a runner of its own, not a child of this one.
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !/^(TAP|_TAPJS|NODE_OPTIONS$)/.test(k)));
-  env['QKT_HIL_NOISE_BITS'] = '256kbit'; // the suite's check, not its figures: a small batch
-  const r = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
-    const p = spawn(process.execPath, [join(root, 'bin', 'qkt.js'), 'hil', 'run', '--suite', 'noise', '--noise', '0.001%', '--seed', '5', '--junit', junit, '--json'], { cwd: root, env, stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    p.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
-    p.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
-    const timer = setTimeout(() => p.kill('SIGTERM'), 150_000);
-    p.once('error', reject);
-    p.once('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-  });
+  // The check, not the figures: a small batch.
+  const r = await runInRoot(root, ['hil', 'run', '--suite', 'noise', '--noise', '0.001%', '--seed', '5', '--junit', junit, '--json'], { env: { QKT_HIL_NOISE_BITS: '256kbit' }, timeoutMs: 150_000 });
   t.equal(r.code, 0, `hil run exits 0: ${r.stderr.trim().slice(-2000)}`);
   const doc = JSON.parse(r.stdout) as Record<string, unknown>;
   t.same(doc['suites'], ['hil/noise.test.ts'], 'the noise suite alone');

@@ -360,11 +360,27 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['hil', 'run'],
     summary: 'run the hardware-in-the-loop suite (transports, power cuts, cable pulls, drives)',
-    usage: 'qkt hil run [--transport inproc,tcp,pty,mock,webusb] [--carrier DIR] [--noise R [--seed S]] [--suite LIST] [--junit FILE]',
-    examples: ['qkt hil run', 'qkt hil run --transport pty,tcp --junit hil.xml', 'qkt hil run --carrier /media/usb0', 'qkt hil run --noise 1% --json', 'qkt hil run --suite noise --noise 0.1% --seed 7'],
+    usage: 'qkt hil run [--transport inproc,tcp,pty,mock,webusb] [--carrier DIR] [--port PORT [--baud N] [--vidpid VID:PID]] [--noise R [--seed S]] [--suite LIST] [--junit FILE]',
+    examples: [
+      'qkt hil run',
+      'qkt hil run --transport pty,tcp --junit hil.xml',
+      'qkt hil run --carrier /media/usb0',
+      'qkt hil run --port /dev/ttyUSB0 --baud 115200 --junit hil.xml',
+      'qkt hil run --suite device --port tcp:127.0.0.1:7000 --json',
+      'qkt hil run --noise 1% --json',
+      'qkt hil run --suite noise --noise 0.1% --seed 7',
+    ],
     options: {
       transport: { type: 'string', value: 'LIST', description: 'the link transports to test, comma-separated, from inproc, tcp, pty, mock, webusb', defaultText: 'all five' },
       carrier: { type: 'string', value: 'DIR', description: 'also test a carrier on this mounted drive (its contents are used)', defaultText: 'folders only' },
+      port: {
+        type: 'string',
+        value: 'PORT',
+        description: 'run the device suite against the module on this port: a serial device (/dev/ttyUSB0), auto (see --vidpid), tcp:HOST:PORT or usb:VID:PID; non-destructive (PARAMS, STATUS, ECHO, the DIAG sink)',
+        defaultText: 'none: the device suite skips',
+      },
+      baud: { ...baud, description: 'with --port: its line rate in baud (300 to 12000000), set on a serial port, paced on a pty or tcp; goodput is reported against it' },
+      vidpid: { ...vidpid, description: 'with --port auto: only USB serial ports with this vendor:product id (hex)' },
       junit: { type: 'string', value: 'FILE', description: 'write a JUnit XML report to FILE', defaultText: 'none: each suite is reported on stderr as it ends' },
       noise: {
         type: 'string',
@@ -373,7 +389,7 @@ export const commands: readonly CommandSpec[] = [
         defaultText: 'no noise suite',
       },
       seed: { type: 'string', value: 'S', description: "the line noise's seed (0 to 4294967295), with --noise", defaultText: 'random, printed' },
-      suite: { type: 'string', value: 'LIST', description: 'run only these suites, comma-separated short names (protocol, cli-pty, ..., noise with --noise)', defaultText: 'all' },
+      suite: { type: 'string', value: 'LIST', description: 'run only these suites, comma-separated short names (protocol, cli-pty, ..., device, noise with --noise)', defaultText: 'all' },
     },
     load: () => import('./commands/hil.js').then((m) => m.default),
   },

@@ -2,7 +2,7 @@
 // are found among the suites' own indented lines, and each becomes one line for the engineer;
 // with --noise, the noise suite's report (a file from another process) is checked and summed up.
 import t from 'tap';
-import hil, { parseSuiteLine, formatSuite, formatNoise, formatRate, checkNoiseReport, pickSuites, NOISE_SUITE } from './hil.js';
+import hil, { parseSuiteLine, formatSuite, formatNoise, formatRate, checkNoiseReport, pickSuites, NOISE_SUITE, DEVICE_SUITE, checkDeviceReport, formatDevice } from './hil.js';
 import type { HilResult } from './hil.js';
 
 const STREAM = `TAP version 14
@@ -95,4 +95,39 @@ t.test('a failed run is still a result (with its noise report), exit 1 with the 
   t.same(hil.outcome!(failed), { exitCode: 1, reason: 'HIL suite failed (tap exit 1; failed: hil/noise.test.ts); report in /tmp/hil.xml' });
   t.match(hil.render!(failed), /^HIL suite FAILED over pty, line noise 1% \(ratio -\); JUnit report \/tmp\/hil\.xml$/);
   t.equal(hil.outcome!({ ...failed, passed: true, exitCode: 0 }), undefined, 'a passed run exits 0');
+});
+
+const DEVICE = {
+  port: '/dev/ttyUSB0',
+  baud: 115200,
+  firmware: 'qkt-fw 0.1.0',
+  maxFrame: 8256,
+  window: 4,
+  maxChunk: 8206,
+  bulk: { bytes: 1048576, seconds: 95.213, goodputBitsPerSecond: 88104, lineRateFraction: 0.956, restarts: 0 },
+};
+
+t.test('the device report: one line after the suite; the file is checked, not trusted', async (t) => {
+  t.equal(formatDevice(DEVICE), '        device /dev/ttyUSB0 at 115200 baud: qkt-fw 0.1.0; 1048576 bytes in 95.21 s, 88.1 kbit/s, 0.956 of the line rate');
+  t.equal(
+    formatDevice({ ...DEVICE, port: 'tcp:127.0.0.1:7000', baud: null, bulk: { ...DEVICE.bulk, lineRateFraction: null, restarts: 3 } }),
+    '        device tcp:127.0.0.1:7000: qkt-fw 0.1.0; 1048576 bytes in 95.21 s, 88.1 kbit/s, 3 go-backs',
+  );
+  t.equal(formatDevice({ ...DEVICE, firmware: null, maxFrame: null, window: null, maxChunk: null, bulk: null }), '        device /dev/ttyUSB0 at 115200 baud: no PARAMS answer; bulk transfer did not complete');
+  t.same(checkDeviceReport(JSON.parse(JSON.stringify(DEVICE))), DEVICE, 'a good report comes through as is');
+  t.same(checkDeviceReport({ ...DEVICE, extra: 1, bulk: { ...DEVICE.bulk, extra: 2 } }), DEVICE, 'unknown fields are left out');
+  t.same(checkDeviceReport({ ...DEVICE, bulk: null }), { ...DEVICE, bulk: null }, 'no bulk transfer');
+  t.equal(checkDeviceReport({ ...DEVICE, port: 7 }), undefined, 'a port not a string');
+  t.equal(checkDeviceReport({ ...DEVICE, baud: -1 }), undefined, 'a negative baud');
+  t.equal(checkDeviceReport({ ...DEVICE, bulk: { ...DEVICE.bulk, seconds: 'slow' } }), undefined, 'seconds not a number');
+  t.equal(checkDeviceReport({ ...DEVICE, bulk: { ...DEVICE.bulk, restarts: 0.5 } }), undefined, 'restarts not a count');
+  t.equal(checkDeviceReport(null), undefined, 'not an object');
+});
+
+t.test('the device suite is one of the rig, last before noise', async (t) => {
+  t.equal(pickSuites(undefined, false).at(-1), DEVICE_SUITE);
+  t.same(pickSuites('device', false), [DEVICE_SUITE]);
+  t.same(pickSuites('noise,device', true), [DEVICE_SUITE, NOISE_SUITE]);
+  const r: HilResult = { passed: true, exitCode: 0, transports: ['pty'], suites: [DEVICE_SUITE], results: [], carrier: null, junit: null, device: DEVICE };
+  t.equal(hil.render!(r), 'HIL suite passed over pty, device /dev/ttyUSB0');
 });

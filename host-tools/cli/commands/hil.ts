@@ -5,6 +5,8 @@
 // seconds) on stderr; a failed suite's details come after, from tap's own report (tap replay).
 // `--noise R` adds the line-noise suite (hil/noise.test.ts): an inject over a paced noisy cable
 // against a clean one, whose report (goodput, the relay's counters) comes back in a file.
+// `--port P [--baud N]` points the device suite (hil/device.test.ts) at a module on a real serial or
+// USB CDC device (or tcp:, usb:VID:PID): non-destructive protocol checks and a bulk transfer's goodput.
 import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { throwIfStopped } from '../../link/stop.js';
@@ -15,6 +17,7 @@ import { join, resolve } from 'node:path';
 import { randomInt } from 'node:crypto';
 import { defineCommand, int, str, CliError, Exit } from '../command.js';
 import { parseNoise } from './link.js';
+import { resolvePort } from '../port-select.js';
 
 const TRANSPORTS = ['inproc', 'tcp', 'pty', 'mock', 'webusb'] as const;
 /** The suites of the rig, in the order they run. */
@@ -31,7 +34,10 @@ const SUITES = [
   'hil/multi-client.test.ts',
   'hil/carrier-drive.test.ts',
   'hil/carrier-dir.test.ts',
+  'hil/device.test.ts',
 ];
+/** Skips itself, with this reason, unless --port names a device. */
+export const DEVICE_SUITE = 'hil/device.test.ts';
 /** Added to the run by --noise. */
 export const NOISE_SUITE = 'hil/noise.test.ts';
 
@@ -46,6 +52,8 @@ export interface HilResult {
   junit: string | null;
   /** With --noise: the noise suite's report (null if it ended before making one). */
   noise?: NoiseReport | null;
+  /** With --port: the device suite's report (null if it did not run to its end). */
+  device?: DeviceReport | null;
 }
 
 export default defineCommand<HilResult>({
@@ -65,10 +73,18 @@ export default defineCommand<HilResult>({
     const noise = noiseText === undefined ? undefined : parseNoise(noiseText);
     if (noise === undefined && str(v, 'seed') !== undefined) throw new CliError('--seed is the seed of the line noise: give it with --noise R', Exit.USAGE);
     const seed = noise === undefined ? undefined : (int(v, 'seed', 0, 0xffffffff) ?? randomInt(0, 0x1_0000_0000));
+    const portText = str(v, 'port');
+    if (portText === undefined && str(v, 'baud') !== undefined) throw new CliError('--baud is the line rate of the device on --port P: give it with --port P', Exit.USAGE);
+    if (portText === undefined && str(v, 'vidpid') !== undefined) throw new CliError('--vidpid picks the device of --port auto: give it with --port auto', Exit.USAGE);
+    const baud = int(v, 'baud', 300, 12_000_000);
+    const port = portText === undefined ? undefined : await resolvePort(portText, str(v, 'vidpid'));
+    // A serial path that is not there fails here, not as a failed suite minutes later.
+    if (port !== undefined && !/^(tcp|usb):/.test(port) && !existsSync(port)) throw new CliError(`--port ${port} does not exist; qkt ports lists the serial devices attached`, Exit.NO_DEVICE);
     const suites = pickSuites(str(v, 'suite'), noise !== undefined);
-    // The noise suite writes its report here; read once the suite has ended.
-    const scratch = noise === undefined ? undefined : mkdtempSync(join(tmpdir(), 'qkt-hil-noise-'));
-    const reportFile = scratch && join(scratch, 'noise.json');
+    // The noise and device suites write their reports here; read once the suite has ended.
+    const scratch = noise === undefined && port === undefined ? undefined : mkdtempSync(join(tmpdir(), 'qkt-hil-'));
+    const reportFile = noise === undefined ? undefined : join(scratch!, 'noise.json');
+    const deviceFile = port === undefined ? undefined : join(scratch!, 'device.json');
     // tap's TAP stream on a pipe: one top-level result line per suite, as each one ends.
     const args = [tap, '--disable-coverage', '--reporter=tap', ...suites];
     const env = {
@@ -76,10 +92,19 @@ export default defineCommand<HilResult>({
       QKT_HIL_TRANSPORTS: transports.join(','),
       ...(carrier ? { QKT_HIL_CARRIER: carrier } : {}),
       ...(noise !== undefined ? { QKT_HIL_NOISE: noiseText!.trim(), QKT_HIL_NOISE_SEED: String(seed), QKT_HIL_NOISE_REPORT: reportFile! } : {}),
+      ...(port !== undefined ? { QKT_HIL_PORT: port, QKT_HIL_DEVICE_REPORT: deviceFile!, ...(baud ? { QKT_HIL_BAUD: String(baud) } : {}) } : {}),
     };
+    // A --port given to this run only: the device suite never picks one up from the caller's environment.
+    if (port === undefined) {
+      delete env['QKT_HIL_PORT'];
+      delete env['QKT_HIL_BAUD'];
+      delete env['QKT_HIL_DEVICE_REPORT'];
+    }
     const noisy = noise !== undefined ? `, line noise ${formatRate(noise)} (seed ${seed})` : '';
-    io.note(`HIL: ${suites.length} suites over ${transports.join(', ')}${carrier ? `, carrier drive ${carrier}` : ''}${noisy}`);
+    const device = port !== undefined ? `, device ${port}${baud ? ` at ${baud} baud` : ''}` : '';
+    io.note(`HIL: ${suites.length} suites over ${transports.join(', ')}${carrier ? `, carrier drive ${carrier}` : ''}${device}${noisy}`);
     let report: NoiseReport | null = null;
+    let deviceReport: DeviceReport | null = null;
     try {
       const results: SuiteResult[] = [];
       const started = Date.now();
@@ -93,6 +118,10 @@ export default defineCommand<HilResult>({
           if (r.suite === NOISE_SUITE && reportFile) {
             report = readNoiseReport(reportFile);
             if (report) io.note(formatNoise(report));
+          }
+          if (r.suite === DEVICE_SUITE && deviceFile) {
+            deviceReport = readDeviceReport(deviceFile);
+            if (deviceReport) io.note(formatDevice(deviceReport));
           }
         });
         child.on('error', fail);
@@ -116,7 +145,18 @@ export default defineCommand<HilResult>({
       const failed = results.filter((r) => !r.ok).map((r) => r.suite);
       if (failed.length && !io.json) await replay(['--reporter=base'], failed, 'stderr');
       if (reportFile && !report) report = readNoiseReport(reportFile);
-      const result: HilResult = { passed: exitCode === 0, exitCode, transports, suites, results, carrier, junit, ...(noise !== undefined ? { noise: report } : {}) };
+      if (deviceFile && !deviceReport) deviceReport = readDeviceReport(deviceFile);
+      const result: HilResult = {
+        passed: exitCode === 0,
+        exitCode,
+        transports,
+        suites,
+        results,
+        carrier,
+        junit,
+        ...(noise !== undefined ? { noise: report } : {}),
+        ...(port !== undefined ? { device: deviceReport } : {}),
+      };
       // A failed run still prints its result (--json: passed false, each suite, the noise report); outcome() gives the exit.
       return result;
     } finally {
@@ -129,7 +169,7 @@ export default defineCommand<HilResult>({
     return { exitCode: Exit.FAILURE, reason: `HIL suite failed (tap exit ${r.exitCode}${failed.length ? `; failed: ${failed.join(', ')}` : ''})${r.junit ? `; report in ${r.junit}` : ''}` };
   },
   render: (r) =>
-    `HIL suite ${r.passed ? 'passed' : 'FAILED'} over ${r.transports.join(', ')}${r.carrier ? `, carrier drive ${r.carrier}` : ''}${r.noise ? `, line noise ${formatRate(r.noise.rate)} (ratio ${r.noise.ratio ?? '-'})` : ''}${r.junit ? `; JUnit report ${r.junit}` : ''}`,
+    `HIL suite ${r.passed ? 'passed' : 'FAILED'} over ${r.transports.join(', ')}${r.carrier ? `, carrier drive ${r.carrier}` : ''}${r.device ? `, device ${r.device.port}` : ''}${r.noise ? `, line noise ${formatRate(r.noise.rate)} (ratio ${r.noise.ratio ?? '-'})` : ''}${r.junit ? `; JUnit report ${r.junit}` : ''}`,
 });
 
 /** `protocol` for hil/protocol.test.ts. */
@@ -233,6 +273,66 @@ export function formatNoise(r: NoiseReport): string {
     `        noise ${formatRate(r.rate)} at ${r.baud} baud, seed ${r.seed}: clean ${kbits(r.clean.goodputBitsPerSecond)}, noisy ${kbits(r.noisy.goodputBitsPerSecond)}` +
     `, ratio ${r.ratio ?? '-'}; relay: ${sum('corrupted')} corrupted, ${sum('dropped')} dropped, ${sum('inserted')} inserted`
   );
+}
+
+/** The device suite's report: the module on --port and the goodput of its DIAG sink transfer. */
+export interface DeviceReport {
+  /** The port as given to the suite (`auto` resolved). */
+  port: string;
+  /** --baud, or null (a serial port then runs at 115200; a pty or TCP unpaced). */
+  baud: number | null;
+  /** From PARAMS; null if it did not answer. */
+  firmware: string | null;
+  maxFrame: number | null;
+  window: number | null;
+  maxChunk: number | null;
+  /** The bulk transfer; null if it did not complete. */
+  bulk: DeviceBulk | null;
+}
+
+export interface DeviceBulk {
+  bytes: number;
+  /** SINK_BEGIN's answer to the last chunk's. */
+  seconds: number;
+  /** Payload bits per second over those seconds. */
+  goodputBitsPerSecond: number;
+  /** Goodput over the line's payload capacity (8N1: baud/10 bytes a second); null without --baud. */
+  lineRateFraction: number | null;
+  /** Go-backs and resends of the transfer. */
+  restarts: number;
+}
+
+const isNumOrNull = (x: unknown): x is number | null => x === null || isCount(x);
+
+/** Check a device report (the suite's file is input from another process): the report, or undefined. */
+export function checkDeviceReport(x: unknown): DeviceReport | undefined {
+  if (!isObj(x) || typeof x['port'] !== 'string' || !isNumOrNull(x['baud']) || !(x['firmware'] === null || typeof x['firmware'] === 'string')) return undefined;
+  if (!isNumOrNull(x['maxFrame']) || !isNumOrNull(x['window']) || !isNumOrNull(x['maxChunk'])) return undefined;
+  const b = x['bulk'];
+  let bulk: DeviceBulk | null = null;
+  if (b !== null) {
+    if (!isObj(b) || !isCount(b['bytes']) || !isNum(b['seconds']) || !isCount(b['goodputBitsPerSecond']) || !(b['lineRateFraction'] === null || isNum(b['lineRateFraction'])) || !isCount(b['restarts'])) return undefined;
+    bulk = { bytes: b['bytes'], seconds: b['seconds'], goodputBitsPerSecond: b['goodputBitsPerSecond'], lineRateFraction: b['lineRateFraction'], restarts: b['restarts'] };
+  }
+  return { port: x['port'], baud: x['baud'], firmware: x['firmware'], maxFrame: x['maxFrame'], window: x['window'], maxChunk: x['maxChunk'], bulk };
+}
+
+function readDeviceReport(file: string): DeviceReport | null {
+  if (!existsSync(file)) return null;
+  try {
+    return checkDeviceReport(JSON.parse(readFileSync(file, 'utf8'))) ?? null;
+  } catch {
+    return null;
+  }
+}
+
+/** `        device /dev/ttyUSB0 at 115200 baud: qkt-fw 0.1.0; 1048576 bytes in 95.21 s, 88.1 kbit/s, 0.956 of the line rate` */
+export function formatDevice(r: DeviceReport): string {
+  const b = r.bulk;
+  const bulk = b
+    ? `${b.bytes} bytes in ${b.seconds.toFixed(2)} s, ${kbits(b.goodputBitsPerSecond)}${b.lineRateFraction !== null ? `, ${b.lineRateFraction} of the line rate` : ''}${b.restarts ? `, ${b.restarts} go-backs` : ''}`
+    : 'bulk transfer did not complete';
+  return `        device ${r.port}${r.baud ? ` at ${r.baud} baud` : ''}: ${r.firmware ?? 'no PARAMS answer'}; ${bulk}`;
 }
 
 export interface SuiteResult {
