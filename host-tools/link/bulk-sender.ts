@@ -253,6 +253,11 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
         const before = committed;
         take(out);
         if (adapt && committed > before && out.generation === generation) sizer.acked(out.len);
+        // A device that takes a chunk holds at least up to its end (firmware/link/bulk.ts: the
+        // chunk written, or a duplicate below its offset). One that answers less did not keep it
+        // (a broken or lying device, "held" without moving): a loss without progress, counted now,
+        // not after the whole rest of the transfer has been sent for nothing (32 times over).
+        if (out.generation === generation && out.committed !== undefined && (out.committed as number) < out.end) restart(out.committed, false);
         continue;
       }
       if (out.generation !== generation) continue; // already went back past this chunk
