@@ -150,3 +150,28 @@ t.test("the monitor's own verdicts: a cut oversize record, a body over maxFrame"
   t.match(rows[0], { 'frame.len': '70004', 'frame.cap_len': '65535', '_ws.expert.message': 'frame cut: 70000 bytes on the wire, 65531 captured', '_ws.col.Info': 'host->device oversize frame (70000 bytes on the wire)' });
   t.match(rows[1], { '_ws.expert.message': 'the monitor saw a body larger than the maxFrame the module announced', '_ws.col.Info': 'host->device request SYSTEM.PARAMS seq=1' });
 });
+
+t.test('a refusal code out of the field range is named as sent, never shown wrapped in qkt.rc', { skip }, async (t) => {
+  const payloads = [
+    'a1627263 1b0000000100000000', // {"rc": 2^32}: not "OK (0)"
+    'a1627263 1bffffffffffffffff', // {"rc": 2^64 - 1}
+    'a1627263 20', // {"rc": -1}: not 4294967295
+    'a1627263 fb3ff8000000000000', // {"rc": 1.5}: not INTERNAL (1)
+    'a1627263 0c', // {"rc": 12}: OUT_OF_ORDER as before
+  ];
+  const pcap = capture(
+    join(t.testdir({}), 'rc.pcap'),
+    payloads.map((h, i) => ({ wire: encodeFrame({ version: 1, kind: Kind.ERROR, group: Group.SYSTEM, command: SystemCmd.PARAMS, seq: i }, Buffer.from(h.replace(/ /g, ''), 'hex')), toHost: true })),
+  );
+  const rows = await tsharkFields(pcap, ['qkt.rc', '_ws.col.Info']);
+  t.same(
+    rows.map((r) => [r['qkt.rc'], r['_ws.col.Info']]),
+    [
+      ['', 'device->host error RC_4294967296 (SYSTEM.PARAMS) seq=0'],
+      ['', 'device->host error RC_18446744073709551615 (SYSTEM.PARAMS) seq=1'],
+      ['', 'device->host error RC_-1 (SYSTEM.PARAMS) seq=2'],
+      ['', 'device->host error RC_1.5 (SYSTEM.PARAMS) seq=3'],
+      ['12', 'device->host error OUT_OF_ORDER (SYSTEM.PARAMS) seq=4'],
+    ],
+  );
+});

@@ -385,11 +385,16 @@ function qkt.dissector(tvb, pinfo, tree)
 
   -- An error reply: the refusal code by name, and its reason.
   if kind == 2 and ok then
-    local rc = tonumber(ctx.top["rc"] or "")
+    local rc_text = ctx.top["rc"]
+    local rc = tonumber(rc_text or "")
     local reason = ctx.top["r"]
     if type(rc) == "number" then
-      local name = RCS[rc] or ("RC_" .. rc)
-      local rc_item = root:add(F.rc, prange, rc)
+      -- qkt.rc is a uint32: a code that is not a whole number in its range (a crafted or damaged
+      -- frame: -1, 1.5, 2^32, 2^64-1) is named by its CBOR text and not put in the field, where
+      -- it would show wrapped or truncated (2^32 as "OK (0)", and match qkt.rc == 0).
+      local in_range = rc >= 0 and rc <= 0xFFFFFFFF and math.floor(rc) == rc
+      local name = (in_range and RCS[rc]) or ("RC_" .. rc_text)
+      local rc_item = in_range and root:add(F.rc, prange, rc) or root:add(prange, "Refusal code: " .. rc_text .. " (out of range)")
       if reason then root:add(F.reason, prange, reason) end
       rc_item:add_proto_expert_info(E_REFUSAL, "refused: " .. name .. (reason and (" (" .. reason .. ")") or ""))
       info = string.format("%s error %s (%s.%s) seq=%d%s", dir_text, name, gname, cname, seq, reason and (' "' .. reason .. '"') or "")

@@ -6,7 +6,7 @@
 // progress. Stops at a chunk boundary when its AbortSignal fires: no chunk is started after it
 // (the device keeps its committed offset, so the transfer stays resumable).
 import { ChunkSizer, LOSSY_WINDOW } from './chunk-size.js';
-import { LinkStalledError, LinkTimeoutError } from './errors.js';
+import { LinkStalledError, LinkTimeoutError, PeerDataError } from './errors.js';
 import { DiagCmd, Group } from '../../firmware/link/groups.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
 import type { Payload } from '../../firmware/link/codec.js';
@@ -76,7 +76,8 @@ interface Outcome {
   generation: number;
   /** Where the chunk ends in the stream. */
   end: number;
-  committed?: number;
+  /** The device's committed offset from its answer (checked by `take`). */
+  committed?: unknown;
   error?: unknown;
   /** Its data bytes, and when it was sent (performance.now()). */
   len: number;
@@ -90,6 +91,18 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
   const adapt = o.adapt ?? true;
   const minTimeoutMs = o.minTimeoutMs ?? 50;
   let committed = o.startOffset;
+  /**
+   * The furthest the device has said it holds. A genuine device's offset never goes back within a
+   * transfer, so only passing this is progress: a device that acknowledges an offset and then
+   * goes back before it again (a lying or broken one) must not reset the count of losses without
+   * progress each time, or the transfer never ends.
+   */
+  let highest = o.startOffset;
+  /** An offset the device gave: a whole number within the transfer, or a PeerDataError. */
+  const deviceOffset = (v: unknown, where: string): number => {
+    if (typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 && v <= o.total) return v;
+    throw new PeerDataError(`the device gave ${where} ${typeof v === 'number' ? String(v) : (JSON.stringify(v)?.slice(0, 20) ?? 'nothing')}, not an offset from 0 to ${o.total}; it is not a genuine qkt device or it is damaged`);
+  };
   let next = o.startOffset;
   let generation = 0;
   let restarts = 0;
@@ -120,9 +133,13 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
     ends.delete(id);
   };
   const take = (out: Outcome) => {
-    if (out.error === undefined && out.committed !== undefined && out.committed > committed) {
-      committed = out.committed;
-      stalled = 0;
+    const c = out.error === undefined && out.committed !== undefined ? deviceOffset(out.committed, 'the committed offset') : undefined;
+    if (c !== undefined && c > committed) {
+      committed = c;
+      if (committed > highest) {
+        highest = committed;
+        stalled = 0;
+      }
       if (next < committed) next = committed; // an answer from before a go-back: skip ahead
       // A chunk whose answer was lost but whose bytes a later answer covers holds no window slot:
       // waiting out its timeout would stall a noisy line for nothing.
@@ -147,9 +164,14 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
   };
 
   /** Go back to `at` (the device's offset, or the last one it acknowledged) after a loss. */
-  const restart = (at: number, lost: boolean) => {
+  const restart = (given: unknown, lost: boolean) => {
+    const at = deviceOffset(given, 'the committed offset');
     restarts++;
-    if (at > committed) stalled = 0; // the device holds more than we knew: progress
+    if (at > highest) {
+      // the device holds more than it ever said: progress
+      highest = at;
+      stalled = 0;
+    }
     if (++stalled > maxRestarts) {
       const message = `the transfer made no progress in ${maxRestarts} go-backs in a row at offset ${at} of ${o.total}`;
       throw o.stalled ? o.stalled(message) : new LinkStalledError(Group.DIAG, DiagCmd.SINK_CHUNK, message);
@@ -197,7 +219,7 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
         inflight.set(
           id,
           o.sendChunk(offset, data, answerTimeout(len)).then(
-            (p) => ({ id, generation: gen, end: offset + len, committed: typeof p['c'] === 'number' ? p['c'] : undefined, len, sentAt }),
+            (p) => ({ id, generation: gen, end: offset + len, committed: p['c'] === undefined ? undefined : p['c'], len, sentAt }),
             (error: unknown) => ({ id, generation: gen, end: offset + len, error, len, sentAt }),
           ),
         );
@@ -231,6 +253,11 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
         const before = committed;
         take(out);
         if (adapt && committed > before && out.generation === generation) sizer.acked(out.len);
+        // A device that takes a chunk holds at least up to its end (firmware/link/bulk.ts: the
+        // chunk written, or a duplicate below its offset). One that answers less did not keep it
+        // (a broken or lying device, "held" without moving): a loss without progress, counted now,
+        // not after the whole rest of the transfer has been sent for nothing (32 times over).
+        if (out.generation === generation && out.committed !== undefined && (out.committed as number) < out.end) restart(out.committed, false);
         continue;
       }
       if (out.generation !== generation) continue; // already went back past this chunk

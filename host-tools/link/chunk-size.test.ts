@@ -5,7 +5,7 @@
 import t from 'tap';
 import { ChunkSizer, LOSSY_WINDOW } from './chunk-size.js';
 import { sendBulk } from './bulk-sender.js';
-import { LinkStalledError, LinkTimeoutError } from './errors.js';
+import { LinkStalledError, LinkTimeoutError, PeerDataError } from './errors.js';
 import { isLinkLoss } from './resume.js';
 import { LinkError, Rc } from '../../firmware/link/errors.js';
 import { mulberry32 } from '../transports/faults.js';
@@ -271,4 +271,78 @@ t.test('a resumed inject names a stalled line in its own words', async (t) => {
   ).catch((e: unknown) => e);
   t.match((err as Error).message, /the transfer made no progress in 32 go-backs in a row at offset 0 of \d+ \(the line loses nearly every chunk\)/);
   t.match(notes[0], /link lost: the transfer made no progress in 32 go-backs/);
+});
+
+t.test('a device that acknowledges an offset and then goes back before it again ends in a LinkStalledError', async (t) => {
+  // A lying or broken device: every other chunk is answered "100 held", the next OUT_OF_ORDER
+  // "0 held". Only passing the furthest offset it ever gave is progress, or this never ends.
+  let sends = 0;
+  const err = await sendBulk({
+    total: 10_000,
+    startOffset: 0,
+    chunkSize: 100,
+    window: 1,
+    maxRestarts: 8,
+    read: (o, n) => new Uint8Array(n),
+    sendChunk: async () => {
+      if (++sends > 10_000) throw new Error('still sending after 10,000 chunks');
+      if (sends % 2 === 1) return { c: 100 };
+      throw new LinkError(Rc.OUT_OF_ORDER, 'go back', { committed: 0 });
+    },
+    queryCommitted: async () => 0,
+  }).catch((e: unknown) => e);
+  t.type(err, LinkStalledError);
+  t.ok(sends <= 2 * 9 + 2, `stopped after ${sends} sends`);
+});
+
+for (const [what, bad] of [
+  ['a CHUNK answer', { chunk: 2 ** 52 }],
+  ['a CHUNK answer', { chunk: -1 }],
+  ['a CHUNK answer', { chunk: 0.5 }],
+  ['a CHUNK answer', { chunk: 'x' }],
+  ['an OUT_OF_ORDER refusal', { ooo: -50 }],
+  ['an OUT_OF_ORDER refusal', { ooo: 10_001 }],
+  ['a STATUS answer', { status: undefined }],
+  ['a STATUS answer', { status: Number.NaN }],
+] as const) {
+  t.test(`an offset outside the transfer in ${what} (${JSON.stringify(Object.values(bad)[0]) ?? 'none'}) is a PeerDataError, nothing sent for it`, async (t) => {
+    const offsets: number[] = [];
+    const err = await sendBulk({
+      total: 10_000,
+      startOffset: 0,
+      chunkSize: 1000,
+      window: 1,
+      read: (o, n) => (offsets.push(o), new Uint8Array(n)),
+      sendChunk: async () => {
+        if (offsets.length > 100) throw new Error('still sending');
+        if ('chunk' in bad) return { c: bad.chunk };
+        if ('ooo' in bad) throw new LinkError(Rc.OUT_OF_ORDER, 'go back', { committed: bad.ooo });
+        return {}; // no offset in the answers: STATUS is asked once every chunk is answered
+      },
+      queryCommitted: async () => (bad as { status: number }).status,
+    }).catch((e: unknown) => e);
+    t.type(err, PeerDataError, (err as Error)?.message);
+    t.ok(offsets.every((o) => o >= 0 && o < 10_000), `offsets sent: ${offsets.slice(0, 5).join(', ')}`);
+  });
+}
+
+t.test('a device that acknowledges chunks without holding them is given up on after a few, not after resending everything', async (t) => {
+  // "Held" answers that never move: each chunk answered c = 0. Before, each pass sent the whole
+  // rest of the transfer and counted one loss at the end: 33 passes of 100 chunks here.
+  let sends = 0;
+  const err = await sendBulk({
+    total: 100_000,
+    startOffset: 0,
+    chunkSize: 1000,
+    window: 4,
+    maxRestarts: 8,
+    read: (o, n) => new Uint8Array(n),
+    sendChunk: async () => {
+      sends++;
+      return { c: 0 };
+    },
+    queryCommitted: async () => 0,
+  }).catch((e: unknown) => e);
+  t.type(err, LinkStalledError);
+  t.ok(sends <= 4 * 10, `stopped after ${sends} sends`);
 });

@@ -68,3 +68,50 @@ t.test('the writer streams: after each record the file reads whole', async (t) =
   t.throws(() => w.write({ timeUs: 0, direction: 0, flags: 0, bytes: Uint8Array.of(1) }), /closed/);
   t.throws(() => PcapWriter.open(join(dir, 'no', 'such', 'dir.pcap')), { code: 'ENOENT' });
 });
+
+t.test('a named pipe nobody reads is refused at once, not waited on where no signal stops it', async (t) => {
+  const { spawnSync } = await import('node:child_process');
+  const fifo = join(t.testdir({}), 'live.pcap');
+  if (spawnSync('mkfifo', [fifo]).status !== 0) {
+    t.comment('no mkfifo here');
+    return;
+  }
+  // In a child: before, openSync blocked for good (the monitor ignored Ctrl-C and SIGTERM).
+  const url = new URL('../../dist/host-tools/monitor/pcap.js', import.meta.url).href; // built (npm test builds first)
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', `const { PcapWriter } = await import(${JSON.stringify(url)}); try { PcapWriter.open(process.argv[1]); console.log('opened'); } catch (e) { console.log(e.message); }`, fifo], { encoding: 'utf8', timeout: 5000 });
+  t.equal(r.signal, null, 'returned by itself');
+  t.match(r.stdout, /a pipe that no program reads yet: start the reader first/);
+});
+
+t.test('a named pipe with a reader gets the capture; a reader that stops reading stops it, never blocks', async (t) => {
+  const { spawnSync, spawn } = await import('node:child_process');
+  const fifo = join(t.testdir({}), 'live.pcap');
+  if (spawnSync('mkfifo', [fifo]).status !== 0) {
+    t.comment('no mkfifo here');
+    return;
+  }
+  // A reader that takes the first bytes and then sleeps without reading (a stalled Wireshark).
+  const reader = spawn('sh', ['-c', `exec 3<"${fifo}"; head -c 24 <&3 >/dev/null; sleep 30`], { stdio: 'ignore' });
+  t.teardown(() => reader.kill('SIGKILL'));
+  let w: PcapWriter | undefined;
+  for (let i = 0; i < 100 && !w; i++) {
+    try {
+      w = PcapWriter.open(fifo);
+    } catch {
+      await new Promise((r) => setTimeout(r, 20)); // the reader is not there yet
+    }
+  }
+  t.ok(w, 'opened once the reader is there');
+  const t0 = Date.now();
+  const err = (() => {
+    try {
+      for (let i = 0; i < 1000; i++) w!.write({ timeUs: 1, direction: PcapDirection.HOST_TO_DEVICE, flags: 0, bytes: new Uint8Array(8192) });
+    } catch (e) {
+      return e as Error;
+    }
+    return undefined;
+  })();
+  w!.close();
+  t.match(err?.message, /its reader does not keep up/);
+  t.ok(Date.now() - t0 < 2000, 'without waiting for the reader');
+});

@@ -4,7 +4,7 @@
 // pseudo-header (version, direction, flags, reserved) then the frame's bytes between its 0x00
 // delimiters, still COBS-encoded. Records are written one by one with a synchronous write, so a
 // monitor that is killed leaves a file whose every complete record reads (docs/cli.md "monitor").
-import { closeSync, openSync, writeSync } from 'node:fs';
+import { closeSync, constants, openSync, writeSync } from 'node:fs';
 
 export const PCAP_MAGIC = 0xa1b2c3d4;
 /** LINKTYPE_USER0: one of the link types reserved for private use (tcpdump.org/linktypes.html). */
@@ -93,9 +93,21 @@ export class PcapWriter {
     this.#fd = fd;
   }
 
-  /** Create or truncate `path` and write the global header. Throws the fs error (ENOENT, EACCES...). */
+  /**
+   * Create or truncate `path` and write the global header. Throws the fs error (ENOENT, EACCES...).
+   * Non-blocking: a named pipe (live capture: `mkfifo f; wireshark -k -i f`) that no program reads
+   * yet is refused at once (ENXIO) instead of blocking the monitor where no signal can stop it,
+   * and a reader that falls behind stops the capture (EAGAIN) instead of holding up the relay. On
+   * a regular file the flag changes nothing.
+   */
   static open(path: string): PcapWriter {
-    const fd = openSync(path, 'w');
+    let fd: number;
+    try {
+      fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_NONBLOCK, 0o666);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENXIO') throw new Error(`${path}: a pipe that no program reads yet: start the reader first (wireshark -k -i ${path})`);
+      throw e;
+    }
     try {
       writeSync(fd, pcapGlobalHeader());
     } catch (e) {
@@ -110,7 +122,12 @@ export class PcapWriter {
     if (this.#fd === undefined) throw new Error(`capture ${this.path} is closed`);
     const rec = pcapRecord(f);
     let done = 0;
-    while (done < rec.length) done += writeSync(this.#fd, rec, done);
+    try {
+      while (done < rec.length) done += writeSync(this.#fd, rec, done);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') throw new Error('its reader does not keep up (a pipe that is full)');
+      throw e;
+    }
     this.records++;
   }
 

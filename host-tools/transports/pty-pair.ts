@@ -28,16 +28,45 @@ export function socatSkipReason(): string | false {
   return 'socat not installed (apt-get install -y socat); pty tests skipped';
 }
 
+/** socat processes of pairs not closed yet: ended when this process exits (see createPtyPair). */
+const live = new Set<number>();
+let exitHook = false;
+function killLiveOnExit(): void {
+  if (exitHook) return;
+  exitHook = true;
+  process.once('exit', () => {
+    for (const pid of live) {
+      try {
+        process.kill(pid, 'SIGTERM');
+      } catch {
+        // already gone
+      }
+    }
+  });
+}
+
 /**
  * Spawn `socat -d -d pty,raw,echo=0 pty,raw,echo=0` and resolve once both ptys exist and socat
  * is relaying. raw,echo=0: no line discipline, so binary frames (0x00, 0x03, 0x0a...) pass as is.
+ *
+ * socat runs in a process group of its own: Ctrl-C at a terminal signals the whole foreground
+ * group, and a socat that died with it at once pulled the ptys from under the command that was
+ * stopping (`qkt monitor pty pty` ended "bad file descriptor" instead of "stopped"). The pair's
+ * owner ends it: close(), or this process's exit (a second Ctrl-C, process.exit) kills it.
  */
 export function createPtyPair(options: { timeoutMs?: number } = {}): Promise<PtyPair> {
   const timeoutMs = options.timeoutMs ?? 5000;
   return new Promise((resolve, reject) => {
     const child = spawn('socat', ['-d', '-d', 'pty,raw,echo=0', 'pty,raw,echo=0'], {
       stdio: ['ignore', 'ignore', 'pipe'],
+      detached: true,
     });
+    if (child.pid !== undefined) {
+      live.add(child.pid);
+      killLiveOnExit();
+      const pid = child.pid;
+      child.once('exit', () => live.delete(pid));
+    }
     const paths: string[] = [];
     let stderr = '';
     let settled = false;

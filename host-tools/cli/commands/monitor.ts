@@ -11,6 +11,7 @@ import { NoDeviceError, errnoOf } from '../../link/errors.js';
 import { LinkMonitor, formatFrame } from '../../monitor/link-monitor.js';
 import type { Direction, MonitorStats } from '../../monitor/link-monitor.js';
 import { PcapWriter } from '../../monitor/pcap.js';
+import { FrameOutput } from '../../monitor/output.js';
 
 export interface MonitorReady {
   event: 'ready';
@@ -29,6 +30,8 @@ export interface MonitorEnd {
   'host->device': MonitorStats;
   'device->host': MonitorStats;
   pcapRecords: number | null;
+  /** Frame lines left out because stdout was not read fast enough (monitor/output.ts). */
+  framesNotShown: number;
 }
 
 type Spec = { kind: 'pty' } | { kind: 'listen'; host: string; port: number } | { kind: 'connect'; host: string; port: number } | { kind: 'serial'; path: string };
@@ -107,7 +110,12 @@ export default defineCommand<MonitorReady>({
     const ready: MonitorReady = { event: 'ready', a: opened[0]!.label, b: opened[1]!.label, pcap: pcapPath ?? null, pid: process.pid };
     io.ready(ready, `monitor: device side ${ready.a} <-> host side ${ready.b}${pcapPath ? `, capture to ${pcapPath}` : ''}; Ctrl-C to stop`);
 
-    // stdout carries the frames (a line each, or a JSON object each); the log goes to stderr.
+    // stdout carries the frames (a line each, or a JSON object each); the log goes to stderr. A
+    // reader that falls behind (a pager, a paused terminal, a flood of tiny frames) gets a line
+    // saying how many were left out, not a monitor that queues every line until memory runs out.
+    const output = new FrameOutput(process.stdout, (n) =>
+      io.json ? JSON.stringify({ event: 'skipped', frames: n }) : `          ${n} frames not shown: the output was not read fast enough (the relay and the capture carry on)`,
+    );
     const monitor = new LinkMonitor({
       onFrame: (view, raw) => {
         if (pcap && capturing) {
@@ -120,7 +128,7 @@ export default defineCommand<MonitorReady>({
             pcap.close();
           }
         }
-        process.stdout.write((io.json ? JSON.stringify({ event: 'frame', ...view }) : formatFrame(view)) + '\n');
+        output.line(io.json ? JSON.stringify({ event: 'frame', ...view }) : formatFrame(view));
       },
     });
 
@@ -136,12 +144,21 @@ export default defineCommand<MonitorReady>({
     }
     await relay.close();
     await closeAll();
-    const end: MonitorEnd = { event: 'end', reason, 'host->device': monitor.stats['host->device'], 'device->host': monitor.stats['device->host'], pcapRecords: pcap ? pcap.records : null };
+    output.flush();
+    const end: MonitorEnd = {
+      event: 'end',
+      reason,
+      'host->device': monitor.stats['host->device'],
+      'device->host': monitor.stats['device->host'],
+      pcapRecords: pcap ? pcap.records : null,
+      framesNotShown: output.skipped,
+    };
     if (io.json) process.stdout.write(JSON.stringify(end) + '\n');
     else {
       io.log(summary('host->device', end['host->device']));
       io.log(summary('device->host', end['device->host']));
       if (pcap) io.log(`${pcap.records} frames written to ${pcap.path}`);
+      if (output.skipped > 0) io.log(`${output.skipped} frames not shown: the output was not read fast enough`);
     }
     return ready;
   },
