@@ -17,8 +17,8 @@ import { StoppedError, abortable, sleep, throwIfStopped } from './stop.js';
 const BUSY_RETRIES = 10;
 
 /**
- * Attempts of a request (same seq) while the device is heard but its frames arrive damaged: a
- * noisy line, not an absent device. The device answers repeats from its cache, never running a
+ * Attempts of a request (same seq) while the device is heard (its frames arrive damaged, or
+ * anything comes from it) but no answer arrives whole: a noisy line, not an absent device. The device answers repeats from its cache, never running a
  * request twice, so persisting is safe; 24 attempts carry a 120-byte request and its answer over
  * a line that loses 90% of such frames with 92% odds (docs/protocol.md 4.4).
  */
@@ -171,6 +171,11 @@ export class LinkClient {
     // Damaged frames seen since the first attempt: the line is alive and noisy (see NOISY_ATTEMPTS).
     const damage = () => this.deframer.stats.corrupt + this.deframer.stats.oversize + this.deframer.stats.droppedBytes;
     const damageAtStart = damage();
+    const startedAt = performance.now();
+    // The device is there but the line is noisy: frames arrived damaged, or anything at all came
+    // (a stray answer, an event) since this request was first sent. A port where nothing answers
+    // gives neither and fails after the usual attempts.
+    const heard = () => damage() > damageAtStart || this.lastReceiveAt > startedAt;
     const mayPersist = opts.persistWhileNoisy ?? opts.retries !== 0;
     const answer = new Promise<Payload>((resolve, reject) => {
       this.pending.set(seq, { resolve, reject, group, command });
@@ -178,7 +183,7 @@ export class LinkClient {
     answer.catch(() => undefined); // settled below; avoid an unhandled rejection in between
     try {
       let attempt = 1;
-      for (; attempt <= attempts || (mayPersist && attempt <= NOISY_ATTEMPTS && damage() > damageAtStart); attempt++) {
+      for (; attempt <= attempts || (mayPersist && attempt <= NOISY_ATTEMPTS && heard()); attempt++) {
         // A link that takes no bytes (a pty whose reader died, flow control held off) must not
         // hang the host: the write gets the line time of everything queued ahead of it, and more.
         this.unsentBytes += frame.length;

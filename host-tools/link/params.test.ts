@@ -52,3 +52,33 @@ for (const [what, bad] of [
     t.match((e as Error).message, /the device's parameters are unusable: \w+ .* is not a whole number from \d+ to \d+/);
   });
 }
+
+t.test('a request persists while the device is heard (here: stray answers), and fails after 3 attempts where nothing answers', async (t) => {
+  const [host, device] = createInProcessPair({ names: ['host', 'device'] });
+  const d = new Deframer(65536);
+  let seen = 0;
+  device.onData((chunk) => {
+    for (const body of d.push(chunk)) {
+      const m = decodeMessage(body);
+      if (!m.ok) continue;
+      // The first 5 copies get a stray answer (another seq), as when the real one is garbled; the 6th the answer.
+      const seq = ++seen <= 5 ? (m.message.seq + 1) & 0xffff : m.message.seq;
+      void device.write(encodeMessage({ kind: Kind.RESPONSE, group: m.message.group, command: m.message.command, seq, payload: good }));
+    }
+  });
+  const client = new LinkClient(host, { baseTimeoutMs: 30 });
+  t.match(await client.negotiate(), { maxChunk: 8206 });
+  t.equal(seen, 6, 'answered at the 6th attempt, past the usual 3');
+  await client.close();
+  await device.close();
+
+  const [host2, silent] = createInProcessPair({ names: ['host', 'device'] });
+  let copies = 0;
+  const d2 = new Deframer(65536);
+  silent.onData((chunk) => (copies += d2.push(chunk).length));
+  const c2 = new LinkClient(host2, { baseTimeoutMs: 30 });
+  await t.rejects(c2.negotiate(), { name: 'LinkTimeoutError' });
+  t.equal(copies, 3, 'a silent port: the usual 3 attempts');
+  await c2.close();
+  await silent.close();
+});
