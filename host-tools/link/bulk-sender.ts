@@ -107,7 +107,7 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
   let generation = 0;
   let restarts = 0;
   let timeouts = 0;
-  /** Losses since the committed offset last moved. */
+  /** Losses since the furthest offset the device has given last moved. */
   let stalled = 0;
   let chunksSent = 0;
   let bytesSent = 0;
