@@ -18,9 +18,10 @@ const BUSY_RETRIES = 10;
 
 /**
  * Attempts of a request (same seq) while the device is heard (its frames arrive damaged, or
- * anything comes from it) but no answer arrives whole: a noisy line, not an absent device. The device answers repeats from its cache, never running a
- * request twice, so persisting is safe; 24 attempts carry a 120-byte request and its answer over
- * a line that loses 90% of such frames with 92% odds (docs/protocol.md 4.4).
+ * anything comes from it) but no answer arrives whole: a noisy line, not an absent device. The
+ * device answers repeats from its cache, never running a request twice, so persisting is safe;
+ * 24 attempts carry a 120-byte request and its answer over a line that loses 90% of such frames
+ * with 92% odds (docs/protocol.md 4.4).
  */
 export const NOISY_ATTEMPTS = 24;
 
@@ -60,7 +61,7 @@ export interface RequestOptions {
   expectBytes?: number;
   /** Stop waiting at once when this aborts (StoppedError); a late answer is then a stray. */
   signal?: AbortSignal;
-  /** Keep trying, up to NOISY_ATTEMPTS, while damaged frames arrive. Default: unless `retries` is 0. */
+  /** Keep trying, up to NOISY_ATTEMPTS, while anything comes from the device. Default: unless `retries` is 0. */
   persistWhileNoisy?: boolean;
 }
 
@@ -168,7 +169,7 @@ export class LinkClient {
     const frame = encodeMessage({ kind: Kind.REQUEST, group, command, seq, payload });
     const timeoutMs = opts.timeoutMs ?? this.answerTimeoutMs(frame.length, opts.expectBytes ?? 64);
     const attempts = 1 + (opts.retries ?? this.retries);
-    // Damaged frames seen since the first attempt: the line is alive and noisy (see NOISY_ATTEMPTS).
+    // Damaged frames and stray bytes seen since the first attempt (see NOISY_ATTEMPTS).
     const damage = () => this.deframer.stats.corrupt + this.deframer.stats.oversize + this.deframer.stats.droppedBytes;
     const damageAtStart = damage();
     const startedAt = performance.now();

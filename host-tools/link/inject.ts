@@ -107,8 +107,8 @@ export async function injectBatch(
         sendChunk: (off, d, timeoutMs) => client.request(Group.INJECT, InjectCmd.CHUNK, { t, o: off, d }, { expectBytes: 16, retries: 0, ...(timeoutMs ? { timeoutMs } : {}) }),
         isSilent,
         lineMsPerByte: client.lineMsPerByte,
-        // One attempt on a silent link (a dead one is reported 1.5 s sooner); more while the
-        // module is heard but its frames arrive damaged (a noisy one).
+        // One attempt on a silent link (a dead one is reported 1.5 s sooner); up to 24 while
+        // anything comes from the module (a noisy one).
         queryCommitted: async () => (await client.request(Group.INJECT, InjectCmd.STATUS, { t }, { retries: 0, persistWhileNoisy: true, signal }))['c'] as number,
         stalled: (message) => new LinkStalledError(Group.INJECT, InjectCmd.CHUNK, `${message} (the line loses nearly every chunk)`),
         onProgress: progress,
