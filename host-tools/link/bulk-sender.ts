@@ -42,6 +42,8 @@ export interface BulkSendOptions {
   stalled?(message: string): Error;
   /** Adapt the chunk size to losses (default true); false: always `chunkSize`. */
   adapt?: boolean;
+  /** The chunk sizer to use (and keep learning in), e.g. one shared by the attempts of a resuming inject; its max must be `chunkSize`. */
+  sizer?: ChunkSizer;
   /** The smallest adapted chunk. Default 16 bytes. */
   minChunk?: number;
   /** Bytes a chunk frame takes besides its data (header, CBOR, CRC, COBS, delimiter). Default 30. */
@@ -87,7 +89,9 @@ interface Outcome {
 export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
   if (!(o.chunkSize >= 1) || !(o.window >= 1)) throw new RangeError('chunkSize and window must be >= 1');
   const maxRestarts = o.maxRestarts ?? 32;
-  const sizer = new ChunkSizer(o.chunkSize, o.minChunk ?? 16, o.frameOverhead ?? 30);
+  // A sizer passed in carries what an earlier attempt learnt of the line (a resumed inject starts
+  // at the size the line allowed, not at 8 KiB that a noisy line loses whole).
+  const sizer = o.sizer && o.sizer.max === o.chunkSize ? o.sizer : new ChunkSizer(o.chunkSize, o.minChunk ?? 16, o.frameOverhead ?? 30);
   const adapt = o.adapt ?? true;
   const minTimeoutMs = o.minTimeoutMs ?? 50;
   let committed = o.startOffset;

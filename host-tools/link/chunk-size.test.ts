@@ -346,3 +346,34 @@ t.test('a device that acknowledges chunks without holding them is given up on af
   t.type(err, LinkStalledError);
   t.ok(sends <= 4 * 10, `stopped after ${sends} sends`);
 });
+
+t.test('a sizer passed in carries what an earlier attempt learnt: the next starts small', async (t) => {
+  const sizer = new ChunkSizer(8206, 16, OVERHEAD);
+  drive(sizer, 1.6e-3, 400, mulberry32(9)); // an earlier attempt on a noisy line
+  const learnt = sizer.size;
+  t.ok(learnt < 1000, `learnt ${learnt}`);
+  const data = new Uint8Array(20_000);
+  const sizes: number[] = [];
+  let c = 0;
+  const send = (s: ChunkSizer | undefined, chunkSize: number) =>
+    sendBulk({
+      total: data.length,
+      startOffset: 0,
+      chunkSize,
+      window: 2,
+      ...(s ? { sizer: s } : {}),
+      read: (o, n) => data.subarray(o, o + n),
+      sendChunk: async (o, d) => {
+        sizes.push(d.length);
+        if (o === c) c = o + d.length;
+        return { c };
+      },
+      queryCommitted: async () => c,
+    });
+  await send(sizer, 8206);
+  t.equal(sizes[0], learnt, 'the first chunk of the new attempt is the learnt size');
+  sizes.length = 0;
+  c = 0;
+  await send(sizer, 4096);
+  t.equal(sizes[0], 4096, 'a sizer for another maximum is not used');
+});

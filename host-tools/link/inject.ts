@@ -12,6 +12,7 @@ import { LinkStalledError, PeerDataError } from './errors.js';
 import { peerName, requestName } from './names.js';
 import type { LinkClient, DeviceParams } from './client.js';
 import { sendBulk } from './bulk-sender.js';
+import type { ChunkSizer } from './chunk-size.js';
 
 export interface InjectProgress {
   /** Sealed bytes the module holds durably (or buffered) so far. */
@@ -47,6 +48,8 @@ export async function injectBatch(
     signal?: AbortSignal;
     /** BEGINs again after the module lost the transfer, before throwing (default 3; resume.ts: 0). */
     maxRebegin?: number;
+    /** Shared by the attempts of a resuming inject (resume.ts): what one learnt of the line, the next starts from. */
+    sizer?: ChunkSizer;
   } = {},
 ): Promise<InjectResult> {
   const info = parseSealedHeader(sealed);
@@ -106,6 +109,7 @@ export async function injectBatch(
         // a dead link is found after one chunk's timeout, not three.
         sendChunk: (off, d, timeoutMs) => client.request(Group.INJECT, InjectCmd.CHUNK, { t, o: off, d }, { expectBytes: 16, retries: 0, ...(timeoutMs ? { timeoutMs } : {}) }),
         isSilent,
+        ...(o.sizer ? { sizer: o.sizer } : {}),
         lineMsPerByte: client.lineMsPerByte,
         // One attempt on a silent link (a dead one is reported 1.5 s sooner); up to 24 while
         // anything comes from the module (a noisy one).

@@ -7,6 +7,7 @@ import { parseSealedHeader } from '../../firmware/crypto/batch.js';
 import { LinkError, Rc, rcName } from '../../firmware/link/errors.js';
 import type { DeviceParams, LinkClient } from './client.js';
 import { injectBatch } from './inject.js';
+import { ChunkSizer } from './chunk-size.js';
 import type { InjectProgress, InjectResult } from './inject.js';
 import { StoppedError, abortable, sleep, stoppedError } from './stop.js';
 import { InjectStoppedError, LinkLostError, heldText } from './resume-errors.js';
@@ -85,6 +86,8 @@ export async function injectResuming(first: LinkSession, o: ResumeOptions): Prom
   let restarts = 0;
   let resumedFromBits: number | undefined;
   let mostHeldAtLoss = -1;
+  /** One for the whole run: after a loss on a noisy line the next attempt starts at the size that line allowed. */
+  let sizer: ChunkSizer | undefined;
   const t0 = performance.now();
   const stopped = (e: unknown): never => {
     throw new InjectStoppedError(e instanceof StoppedError ? e.signal : undefined, state, o.rerun);
@@ -96,6 +99,7 @@ export async function injectResuming(first: LinkSession, o: ResumeOptions): Prom
           ...(o.chunkBytes ? { chunkBytes: o.chunkBytes } : {}),
           ...(o.signal ? { signal: o.signal } : {}),
           maxRebegin: 0, // every loss comes here: counted, bounded and told
+          sizer: (sizer = sizer && sizer.max === (o.chunkBytes ?? session.params.maxChunk) ? sizer : new ChunkSizer(o.chunkBytes ?? session.params.maxChunk, 16, 30)),
           onProgress: (p) => {
             state.heldBits = p.bits;
             resumedFromBits ??= p.bits; // the first BEGIN's offset: where this run started
