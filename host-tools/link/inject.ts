@@ -111,9 +111,10 @@ export async function injectBatch(
         isSilent,
         ...(o.sizer ? { sizer: o.sizer } : {}),
         lineMsPerByte: client.lineMsPerByte,
-        // One attempt on a silent link (a dead one is reported 1.5 s sooner); up to 24 while
-        // anything comes from the module (a noisy one).
-        queryCommitted: async () => (await client.request(Group.INJECT, InjectCmd.STATUS, { t }, { retries: 0, persistWhileNoisy: true, signal }))['c'] as number,
+        // Two attempts on a silent link; up to 24 while anything comes from the module (a noisy
+        // one). One attempt reported a dead link 1.5 s sooner, but on a 1% line lost the probe
+        // itself (its request garbled, the module silent) about one time in four, each a loss.
+        queryCommitted: async () => (await client.request(Group.INJECT, InjectCmd.STATUS, { t }, { retries: 1, signal }))['c'] as number,
         stalled: (message) => new LinkStalledError(Group.INJECT, InjectCmd.CHUNK, `${message} (the line loses nearly every chunk)`),
         onProgress: progress,
         ...(signal ? { signal } : {}),
