@@ -5,11 +5,9 @@
 // whatever the noise did to the line.
 import { spawn } from 'node:child_process';
 import { cpSync, mkdirSync } from 'node:fs';
-import net from 'node:net';
 import { join } from 'node:path';
-import { joinCable, ptyEnd } from '../host-tools/transports/cable.js';
+import { connectTcpEnd, joinCable, ptyEnd } from '../host-tools/transports/cable.js';
 import type { CableEnd, CableStats } from '../host-tools/transports/cable.js';
-import { socketTransport } from '../host-tools/transports/tcp.js';
 import { parseNoise } from '../host-tools/cli/commands/link.js';
 import { parseBits } from '../host-tools/units.js';
 import type { NoiseReport, NoiseRun } from '../host-tools/cli/commands/hil.js';
@@ -76,24 +74,6 @@ export interface CableRun {
   relay: CableStats;
 }
 
-/** The module's side of the cable: a TCP connection to `qkt terminal run --listen`. */
-function connectEnd(port: number): Promise<CableEnd> {
-  return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: '127.0.0.1', port });
-    socket.once('error', reject);
-    socket.once('connect', () => {
-      socket.off('error', reject);
-      const transport = socketTransport(socket);
-      resolve({
-        description: transport.description,
-        transport,
-        listen: (onData) => transport.onData(onData),
-        pause: () => socket.pause(),
-        resume: () => socket.resume(),
-      });
-    });
-  });
-}
 
 async function status(port: number): Promise<PoolDoc> {
   const r = await runQkt(['status', '--port', `tcp:127.0.0.1:${port}`, '--json']);
@@ -159,7 +139,7 @@ export async function injectOverCable(
       await pty.transport.close().catch(() => undefined);
       await pty.dispose?.(); // socat, by pid
     });
-    device = await connectEnd(port);
+    device = await connectTcpEnd('127.0.0.1', port);
     relay = joinCable(host, device, { baud: o.baud, noise: { rate: o.rate, seed: o.seed } });
     const t0 = performance.now();
     const r = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {

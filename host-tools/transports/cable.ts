@@ -97,6 +97,9 @@ export class ByteNoise {
   }
 }
 
+/** The noise seed of the B-to-A direction (A to B uses the seed itself): replayable from the seed alone. */
+export const backSeed = (seed: number): number => (seed ^ 0x5bd1e995) >>> 0;
+
 const newStats = (): DirectionStats => ({ bytesIn: 0, bytesOut: 0, corrupted: 0, dropped: 0, inserted: 0 });
 
 export interface CableOptions {
@@ -161,7 +164,7 @@ export function joinCable(a: CableEnd, b: CableEnd, options: CableOptions): Rela
   };
   const seed = options.noise?.seed ?? 0;
   direction(a, 'a', outB, stats.aToB, seed >>> 0);
-  direction(b, 'b', outA, stats.bToA, (seed ^ 0x5bd1e995) >>> 0);
+  direction(b, 'b', outA, stats.bToA, backSeed(seed));
   const close = (): Promise<void> => {
     closing ??= (async () => {
       await Promise.allSettled([outA.close(), outB.close()]);

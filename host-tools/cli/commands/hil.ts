@@ -116,11 +116,11 @@ export default defineCommand<HilResult>({
           results.push(r);
           io.note(formatSuite(r, results.length, suites.length, (Date.now() - started) / 1000));
           if (r.suite === NOISE_SUITE && reportFile) {
-            report = readNoiseReport(reportFile);
+            report = readReport(reportFile, checkNoiseReport);
             if (report) io.note(formatNoise(report));
           }
           if (r.suite === DEVICE_SUITE && deviceFile) {
-            deviceReport = readDeviceReport(deviceFile);
+            deviceReport = readReport(deviceFile, checkDeviceReport);
             if (deviceReport) io.note(formatDevice(deviceReport));
           }
         });
@@ -144,8 +144,8 @@ export default defineCommand<HilResult>({
       if (junit) await replay(['--reporter=junit', `--reporter-file=${junit}`], suites, 'ignore');
       const failed = results.filter((r) => !r.ok).map((r) => r.suite);
       if (failed.length && !io.json) await replay(['--reporter=base'], failed, 'stderr');
-      if (reportFile && !report) report = readNoiseReport(reportFile);
-      if (deviceFile && !deviceReport) deviceReport = readDeviceReport(deviceFile);
+      if (reportFile && !report) report = readReport(reportFile, checkNoiseReport);
+      if (deviceFile && !deviceReport) deviceReport = readReport(deviceFile, checkDeviceReport);
       const result: HilResult = {
         passed: exitCode === 0,
         exitCode,
@@ -249,11 +249,11 @@ export function checkNoiseReport(x: unknown): NoiseReport | undefined {
   return { rate: x['rate'], seed: x['seed'], baud: x['baud'], bits: x['bits'], clean: run(x['clean']), noisy: run(x['noisy']), ratio: x['ratio'], relay: { toDevice: pick(relay['toDevice']), toHost: pick(relay['toHost']) } };
 }
 
-/** The suite's report file, checked; undefined-safe: null when absent or malformed. */
-function readNoiseReport(file: string): NoiseReport | null {
+/** A suite's report file (written by another process), checked: null when absent or malformed. */
+function readReport<T>(file: string, check: (x: unknown) => T | undefined): T | null {
   if (!existsSync(file)) return null;
   try {
-    return checkNoiseReport(JSON.parse(readFileSync(file, 'utf8'))) ?? null;
+    return check(JSON.parse(readFileSync(file, 'utf8'))) ?? null;
   } catch {
     return null;
   }
@@ -315,15 +315,6 @@ export function checkDeviceReport(x: unknown): DeviceReport | undefined {
     bulk = { bytes: b['bytes'], seconds: b['seconds'], goodputBitsPerSecond: b['goodputBitsPerSecond'], lineRateFraction: b['lineRateFraction'], restarts: b['restarts'] };
   }
   return { port: x['port'], baud: x['baud'], firmware: x['firmware'], maxFrame: x['maxFrame'], window: x['window'], maxChunk: x['maxChunk'], bulk };
-}
-
-function readDeviceReport(file: string): DeviceReport | null {
-  if (!existsSync(file)) return null;
-  try {
-    return checkDeviceReport(JSON.parse(readFileSync(file, 'utf8'))) ?? null;
-  } catch {
-    return null;
-  }
 }
 
 /** `        device /dev/ttyUSB0 at 115200 baud: qkt-fw 0.1.0; 1048576 bytes in 95.21 s, 88.1 kbit/s, 0.956 of the line rate` */
