@@ -2,6 +2,7 @@
 // time as firmware would, with a bounded receive window and a cache of recent responses so a
 // retried request (same sequence number) is answered again, never executed twice.
 import { Deframer } from './framer.js';
+import { frameAsShards, planShards, seenByte } from './fec.js';
 import type { FramerStats } from './framer.js';
 import { decodeMessage, encodeMessage, encodePayload, errorPayload } from './codec.js';
 import type { Message, Payload } from './codec.js';
@@ -69,6 +70,9 @@ export class DeviceLink implements LinkPeer {
   private executing = false;
   private closed = false;
   private readonly counters = { requests: 0, duplicates: 0, busy: 0, ignored: 0 };
+  /** The last request came as FEC shards: answers and events go out as shards too (docs/protocol.md 2.6). */
+  private inShards = false;
+  private shardId = 0;
   private unsentBytes = 0;
   private unsentFrames = 0;
   private readonly clock: () => number;
@@ -122,6 +126,10 @@ export class DeviceLink implements LinkPeer {
     for (const body of this.deframer.push(chunk)) {
       if (this.closed) return;
       const decoded = decodeMessage(body);
+      if ((decoded.ok ? decoded.message.kind : decoded.header.kind) === Kind.REQUEST) {
+        // Answer in the framing the host last used: it knows what its line needs (docs/protocol.md 2.6).
+        this.inShards = this.deframer.cameInShards(body);
+      }
       if (!decoded.ok) {
         const h = decoded.header;
         if (h.kind !== Kind.REQUEST) {
@@ -203,6 +211,19 @@ export class DeviceLink implements LinkPeer {
     }
   }
 
+  /**
+   * A frame as shards planned for the line this link's requests come over: the device sees the
+   * shards the host sends and how many arrive whole, and sizes its own by that (docs/protocol.md 2.6).
+   */
+  private asShards(frame: Uint8Array): Uint8Array {
+    // The body is the frame minus its two delimiters and COBS (at most 1 byte in 254).
+    const lambda = this.deframer.shards.sendLambda(frame.length);
+    const plan = planShards(frame.length - 2, lambda);
+    if (!plan) return frame; // too large for the line in any plan: plain, as a last resort
+    this.shardId = (this.shardId + 1) & 0xff;
+    return frameAsShards(frame, this.shardId, plan, seenByte(this.deframer.shards.line.lambda));
+  }
+
   private remember(seq: number, r: CachedResponse): void {
     this.cache.delete(seq);
     this.cache.set(seq, r);
@@ -213,8 +234,9 @@ export class DeviceLink implements LinkPeer {
     }
   }
 
-  private async send(frame: Uint8Array): Promise<void> {
+  private async send(plain: Uint8Array): Promise<void> {
     if (this.closed) return;
+    const frame = this.inShards ? this.asShards(plain) : plain;
     // Bounded output: every answer waits in memory until the transport takes it, and a peer that
     // never reads would make that grow without limit. Past the limit this link (only this one)
     // is closed; an honest host has at most a window of answers and a few events outstanding.

@@ -3,6 +3,7 @@
 // every 0x00, counts and drops corrupt or oversize frames, and never buffers without bound.
 import { cobsDecodeInto, cobsMaxEncodedLength } from './cobs.js';
 import { CRC_SIZE, MIN_BODY_SIZE, crcOk } from './frame.js';
+import { SHARD_MARK, ShardCollector } from './fec.js';
 
 export interface FramerStats {
   /** Valid frames delivered. */
@@ -18,6 +19,9 @@ export interface FramerStats {
 export class Deframer {
   readonly maxBody: number;
   readonly stats: FramerStats = { frames: 0, corrupt: 0, oversize: 0, droppedBytes: 0 };
+  /** Frames that come as FEC shards (docs/protocol.md 2.6) are put together here. */
+  readonly shards: ShardCollector;
+  private readonly viaShards = new WeakSet<Uint8Array>();
   private readonly encoded: Uint8Array;
   private length = 0;
   /** Set after an overflow: everything up to the next 0x00 belongs to the oversize frame. */
@@ -30,6 +34,12 @@ export class Deframer {
     }
     this.maxBody = maxBody;
     this.encoded = new Uint8Array(cobsMaxEncodedLength(maxBody));
+    this.shards = new ShardCollector(maxBody);
+  }
+
+  /** Whether a body push() returned came as shards (a device answers such a request in shards). */
+  cameInShards(body: Uint8Array): boolean {
+    return this.viaShards.has(body);
   }
 
   /**
@@ -81,6 +91,24 @@ export class Deframer {
     if (n === 0) return undefined; // back-to-back delimiters are idle fill, not an error
     const body = new Uint8Array(n);
     const len = cobsDecodeInto(this.encoded, n, body);
+    if (len > 0 && body[0] === SHARD_MARK) {
+      // A shard: whole ones are collected, and the frame they complete is checked as any other.
+      const before = this.shards.stats.badShards;
+      const frame = this.shards.push(body.subarray(0, len));
+      if (this.shards.stats.badShards > before) {
+        this.stats.corrupt++;
+        this.stats.droppedBytes += n;
+      }
+      if (!frame) return undefined;
+      if (frame.length < MIN_BODY_SIZE || !crcOk(frame)) {
+        this.stats.corrupt++;
+        return undefined;
+      }
+      this.stats.frames++;
+      const out = frame.slice(0, frame.length - CRC_SIZE);
+      this.viaShards.add(out);
+      return out;
+    }
     if (len < MIN_BODY_SIZE || len > this.maxBody || !crcOk(body.subarray(0, len))) {
       this.stats.corrupt++;
       this.stats.droppedBytes += n;

@@ -44,6 +44,15 @@ export interface BulkSendOptions {
   adapt?: boolean;
   /** The chunk sizer to use (and keep learning in), e.g. one shared by the attempts of a resuming inject; its max must be `chunkSize`. */
   sizer?: ChunkSizer;
+  /**
+   * The most a chunk should carry on the line now, if less than `chunkSize` (a link sending FEC
+   * shards: the size its plan carries best). Asked before every chunk.
+   */
+  chunkCap?(): number;
+  /** Line bytes per frame byte now (FEC shards take more of the line than the frame): default 1. */
+  wireFactor?(): number;
+  /** Called at each loss (a go-back, an overdue answer): the link may change how it frames. */
+  onLoss?(): void;
   /** The smallest adapted chunk. Default 16 bytes. */
   minChunk?: number;
   /** Bytes a chunk frame takes besides its data (header, CBOR, CRC, COBS, delimiter). Default 30. */
@@ -180,6 +189,7 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
       const message = `the transfer made no progress in ${maxRestarts} go-backs in a row at offset ${at} of ${o.total}`;
       throw o.stalled ? o.stalled(message) : new LinkStalledError(Group.DIAG, DiagCmd.SINK_CHUNK, message);
     }
+    if (lost) o.onLoss?.();
     if (lost && adapt) sizer.lost(sizer.size);
     const moved = at > committed;
     committed = at; // the device's word, or the last offset it acknowledged
@@ -205,16 +215,17 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
   // trip, never less than twice the line time of what is in flight (chunks grow: a round trip
   // measured on small ones is too short for large ones), doubled after an overdue answer.
   const answerTimeout = (len: number): number | undefined =>
-    srtt === undefined ? undefined : backoff * Math.max(minTimeoutMs + 2 * inflightBytes(len) * (o.lineMsPerByte ?? 0), srtt + 4 * rttvar);
+    srtt === undefined ? undefined : backoff * Math.max(minTimeoutMs + 2 * inflightBytes(len) * (o.wireFactor?.() ?? 1) * (o.lineMsPerByte ?? 0), srtt + 4 * rttvar);
 
   try {
     while (committed < o.total || inflight.size > 0) {
       if (signal?.aborted) return stop();
       // Once chunks have shrunk the line loses frames: fewer in flight, fewer sent for nothing
       // behind a lost one (the line stays busy: small frames come back fast).
-      const window = adapt && sizer.size < o.chunkSize ? Math.min(o.window, LOSSY_WINDOW) : o.window;
+      const cap = Math.min(o.chunkSize, o.chunkCap?.() ?? o.chunkSize);
+      const window = adapt && Math.min(sizer.size, cap) < o.chunkSize ? Math.min(o.window, LOSSY_WINDOW) : o.window;
       while (inflight.size < window && next < o.total) {
-        const len = Math.min(adapt ? sizer.size : o.chunkSize, o.total - next);
+        const len = Math.min(adapt ? Math.min(sizer.size, cap) : o.chunkSize, o.total - next);
         const data = o.read(next, len);
         const id = ids++;
         const gen = generation;

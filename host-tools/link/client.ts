@@ -3,6 +3,7 @@
 // device answers a retry from its cache, never executing twice), and device-parameter negotiation.
 import { randomInt } from 'node:crypto';
 import { Deframer } from '../../firmware/link/framer.js';
+import { FEC_VERSION, bestFrame, frameAsShards, planShards, seenByte } from '../../firmware/link/fec.js';
 import { decodeMessage, encodeMessage, errorFromPayload } from '../../firmware/link/codec.js';
 import type { Message, Payload } from '../../firmware/link/codec.js';
 import { Kind, SUPPORTED_VERSIONS } from '../../firmware/link/frame.js';
@@ -26,7 +27,7 @@ const BUSY_RETRIES = 10;
 export const NOISY_ATTEMPTS = 24;
 
 /** The PARAMS fields a host uses (the request's `only`). */
-export const PARAMS_USED = ['maxFrame', 'window', 'maxChunk', 'firmware', 'baud'] as const;
+export const PARAMS_USED = ['maxFrame', 'window', 'maxChunk', 'firmware', 'baud', 'fec'] as const;
 
 /** The slowest line rate a device's PARAMS `baud` makes the host time its replies by (below it: --baud). */
 export const DEVICE_BAUD_FLOOR = 9600;
@@ -52,6 +53,11 @@ export interface LinkClientOptions {
   retries?: number;
   /** Largest frame body accepted from the device before negotiation. Default 64 KiB. */
   maxBody?: number;
+  /**
+   * Frames as FEC shards (docs/protocol.md 2.6): 'auto' (default) from the first loss on a line
+   * that is heard, if the device takes shards; 'on' from the start; 'off' never.
+   */
+  fec?: 'auto' | 'on' | 'off';
 }
 
 export interface RequestOptions {
@@ -91,6 +97,13 @@ export class LinkClient {
   /** When bytes last came from the device (performance.now()); the client's creation before any. */
   lastReceiveAt = performance.now();
   params: DeviceParams | undefined;
+  /** Frames go out as FEC shards (docs/protocol.md 2.6); set on the first loss in 'auto'. */
+  private inShards: boolean;
+  /** False when told 'off', or when the device's PARAMS show it takes no shards. */
+  private fecAllowed: boolean;
+  private shardId = randomInt(0, 256);
+  /** Shards were tried only because PARAMS went unanswered: dropped if the line shows no damage. */
+  private tentativeShards = false;
 
   constructor(
     readonly transport: Transport,
@@ -101,12 +114,58 @@ export class LinkClient {
     this.retries = opts.retries ?? 2;
     this.maxBody = opts.maxBody ?? 65_536;
     this.deframer = new Deframer(this.maxBody);
+    this.inShards = opts.fec === 'on';
+    this.fecAllowed = opts.fec !== 'off';
     transport.onData((chunk) => this.receive(chunk));
     transport.onClose((err) => this.fail(new LinkClosedError(err)));
   }
 
   get framerStats() {
     return this.deframer.stats;
+  }
+
+  /** Whether frames now go out as FEC shards. */
+  get shards(): boolean {
+    return this.inShards;
+  }
+
+  /** FEC counters: shards received whole and damaged, frames put together from them. */
+  get shardStats() {
+    return this.deframer.shards.stats;
+  }
+
+  /**
+   * A frame sent was lost on a line the device is heard on (a go-back, an overdue answer): from
+   * now on frames go as shards, or, if they already do, are planned for a worse line.
+   */
+  lineLost(): void {
+    if (this.inShards) this.deframer.shards.worse();
+    else if (this.fecAllowed) this.inShards = true;
+  }
+
+  /** The line bytes a frame body of `len` bytes takes now (as shards, or plain). */
+  wireBytes(len: number): number {
+    if (!this.inShards) return len + 4;
+    return planShards(len, this.deframer.shards.sendLambda(len))?.wire ?? len + 4;
+  }
+
+  /**
+   * The chunk size (data bytes, at most `cap`) that carries the most over this line now, when a
+   * chunk frame has `overhead` bytes besides its data: `cap` on a plain link.
+   */
+  bestChunk(cap: number, overhead: number): number {
+    if (!this.inShards) return cap;
+    return Math.max(1, bestFrame(this.deframer.shards.sendLambda(cap + overhead), cap + overhead, overhead) - overhead);
+  }
+
+  /** A frame as it goes on the line now: plain, or as shards planned for the line. */
+  private onLine(frame: Uint8Array): Uint8Array {
+    if (!this.inShards) return frame;
+    const sh = this.deframer.shards;
+    const plan = planShards(frame.length - 2, sh.sendLambda(frame.length));
+    if (!plan) return frame;
+    this.shardId = (this.shardId + 1) & 0xff;
+    return frameAsShards(frame, this.shardId, plan, seenByte(sh.line.lambda));
   }
 
   onEvent(listener: (m: Message) => void): void {
@@ -140,6 +199,14 @@ export class LinkClient {
       }
       return v;
     };
+    // A device that does not take FEC shards (its PARAMS has no `fec` 1) gets plain frames only.
+    if (p['fec'] !== FEC_VERSION) {
+      this.fecAllowed = false;
+      this.inShards = false;
+    }
+    const st = this.deframer.stats;
+    if (this.tentativeShards && st.corrupt + st.oversize + st.droppedBytes === 0) this.inShards = false;
+    this.tentativeShards = false;
     const maxFrame = limit('maxFrame', 64, this.maxBody);
     limit('window', 1, 1024);
     limit('maxChunk', 1, maxFrame);
@@ -166,8 +233,9 @@ export class LinkClient {
     if (this.closed) throw this.closed;
     throwIfStopped(opts.signal);
     const seq = this.nextSeq();
-    const frame = encodeMessage({ kind: Kind.REQUEST, group, command, seq, payload });
-    const timeoutMs = opts.timeoutMs ?? this.answerTimeoutMs(frame.length, opts.expectBytes ?? 64);
+    const plain = encodeMessage({ kind: Kind.REQUEST, group, command, seq, payload });
+    let frame = this.onLine(plain);
+    const timeoutMs = () => opts.timeoutMs ?? this.answerTimeoutMs(plain.length, opts.expectBytes ?? 64);
     const attempts = 1 + (opts.retries ?? this.retries);
     // Damaged frames and stray bytes seen since the first attempt (see NOISY_ATTEMPTS).
     const damage = () => this.deframer.stats.corrupt + this.deframer.stats.oversize + this.deframer.stats.droppedBytes;
@@ -178,6 +246,7 @@ export class LinkClient {
     // gives neither and fails after the usual attempts.
     const heard = () => damage() > damageAtStart || this.lastReceiveAt > startedAt;
     const mayPersist = opts.persistWhileNoisy ?? opts.retries !== 0;
+    const opening = group === Group.SYSTEM && command === SystemCmd.PARAMS;
     const answer = new Promise<Payload>((resolve, reject) => {
       this.pending.set(seq, { resolve, reject, group, command });
     });
@@ -185,6 +254,19 @@ export class LinkClient {
     try {
       let attempt = 1;
       for (; attempt <= attempts || (mayPersist && attempt <= NOISY_ATTEMPTS && heard()); attempt++) {
+        if (attempt > 1) {
+          // Opening a session on a line so bad that not even a plain PARAMS gets through (nothing
+          // comes back): the next attempts go as shards, planned for a bad line (docs/protocol.md
+          // 2.6). Taken back after the reply if the line showed no damage at all.
+          if (opening && this.fecAllowed && !this.inShards) {
+            this.inShards = true;
+            this.tentativeShards = true;
+            this.deframer.shards.worse();
+            this.deframer.shards.worse();
+          }
+          // Each attempt as the line now needs it: shards after a loss, planned for what is known.
+          frame = this.onLine(plain);
+        }
         // A link that takes no bytes (a pty whose reader died, flow control held off) must not
         // hang the host: the write gets the line time of everything queued ahead of it, and more.
         this.unsentBytes += frame.length;
@@ -202,11 +284,12 @@ export class LinkClient {
         }
         if (sent === TIMEOUT) throw new LinkTimeoutError(group, command, writeMs, attempt, 'the link takes no bytes');
         // The timer starts once the bytes have left (a paced link takes its time to send them).
-        const result = await abortable(raceTimeout(answer, timeoutMs), opts.signal);
+        const result = await abortable(raceTimeout(answer, timeoutMs()), opts.signal);
         if (result !== TIMEOUT) return result;
+        if (heard()) this.lineLost(); // the device is there: the line lost the request or its answer
       }
       const tried = attempt - 1;
-      throw new LinkTimeoutError(group, command, timeoutMs, tried, tried > attempts ? 'the line damages most frames' : undefined);
+      throw new LinkTimeoutError(group, command, timeoutMs(), tried, tried > attempts ? 'the line damages most frames' : undefined);
     } finally {
       this.pending.delete(seq);
     }
@@ -231,7 +314,8 @@ export class LinkClient {
 
   /** The answer timeout of one attempt of a request of `requestBytes` (section 4.3). */
   answerTimeoutMs(requestBytes: number, expectBytes = 64): number {
-    return this.baseTimeoutMs + 2 * (requestBytes + expectBytes) * this.msPerByte;
+    const bytes = this.inShards ? this.wireBytes(requestBytes) + this.wireBytes(expectBytes + 12) : requestBytes + expectBytes;
+    return this.baseTimeoutMs + 2 * bytes * this.msPerByte;
   }
 
   private receive(chunk: Uint8Array): void {

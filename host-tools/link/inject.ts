@@ -90,6 +90,8 @@ export async function injectBatch(
     resumedFrom ??= toBits(start);
     progress(start);
     const chunkSize = o.chunkBytes ?? params.maxChunk;
+    /** Bytes of a chunk's frame body besides its data: header, CBOR of t, o and d's length, CRC. */
+    const CHUNK_FRAME_OVERHEAD = 30;
     // Upper bound of a chunk request's frame: data, CBOR and header fields, CRC, COBS, delimiters.
     const chunkFrameBytes = chunkSize + Math.ceil(chunkSize / 254) + 64;
     // A chunk's answer overdue and nothing at all came from the module for half a full chunk's
@@ -111,6 +113,14 @@ export async function injectBatch(
         isSilent,
         ...(o.sizer ? { sizer: o.sizer } : {}),
         lineMsPerByte: client.lineMsPerByte,
+        // Once the link sends FEC shards (after a loss on a noisy line: docs/protocol.md 2.6),
+        // chunks are sized for the shard plan, and answers timed by the line bytes shards take.
+        chunkCap: () => client.bestChunk(chunkSize, CHUNK_FRAME_OVERHEAD),
+        wireFactor: () => {
+          const n = client.bestChunk(chunkSize, CHUNK_FRAME_OVERHEAD) + CHUNK_FRAME_OVERHEAD;
+          return client.wireBytes(n) / n;
+        },
+        onLoss: () => client.lineLost(),
         // Two attempts on a silent link; up to 24 while anything comes from the module (a noisy
         // one). One attempt reported a dead link 1.5 s sooner, but on a 1% line lost the probe
         // itself (its request garbled, the module silent) about one time in four, each a loss.

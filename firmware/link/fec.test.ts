@@ -1,0 +1,171 @@
+// FEC shards (docs/protocol.md 2.6): any k of n shards give the frame back, damaged shards are
+// dropped and counted, the collector stays bounded whatever a peer sends, and the plan fits the line.
+import t from 'tap';
+import fc from 'fast-check';
+import {
+  MAX_SHARD,
+  MAX_SHARDS,
+  MIN_SHARD,
+  SHARD_WIRE_EXTRA,
+  ShardCollector,
+  LineEstimate,
+  bestFrame,
+  decodeShards,
+  encodeShards,
+  frameAsShards,
+  parseShard,
+  planShards,
+  seenByte,
+  seenLambda,
+} from './fec.js';
+import { Deframer } from './framer.js';
+import { encodeMessage, decodeMessage } from './codec.js';
+import { Kind } from './frame.js';
+
+const plans = fc
+  .record({ len: fc.integer({ min: 1, max: 2000 }), s: fc.integer({ min: MIN_SHARD, max: MAX_SHARD }), extra: fc.integer({ min: 0, max: 40 }) })
+  .filter(({ len, s }) => Math.ceil((len + 2) / s) <= 200)
+  .map(({ len, s, extra }) => {
+    const k = Math.ceil((len + 2) / s);
+    return { len, s, k, n: Math.min(MAX_SHARDS, k + extra) };
+  });
+
+t.test('any k of the n shards give the frame back, byte for byte', async (t) => {
+  fc.assert(
+    fc.property(plans, fc.integer(), fc.integer({ min: 0, max: 255 }), (p, seed, id) => {
+      const body = new Uint8Array(p.len).map((_, i) => (i * 131 + seed) & 0xff);
+      const shards = encodeShards(body, id, p);
+      if (shards.length !== p.n) return false;
+      // A seeded choice of k distinct indices out of n.
+      const idx = [...Array(p.n).keys()];
+      let x = seed >>> 0;
+      for (let i = idx.length - 1; i > 0; i--) {
+        x = (x * 1103515245 + 12345) >>> 0;
+        const j = x % (i + 1);
+        [idx[i], idx[j]] = [idx[j]!, idx[i]!];
+      }
+      const got = new Map<number, Uint8Array>();
+      for (const i of idx.slice(0, p.k)) {
+        const sh = parseShard(shards[i]!);
+        if (!sh || sh.index !== i || sh.k !== p.k || sh.n !== p.n || sh.id !== (id & 0xff)) return false;
+        got.set(i, sh.data);
+      }
+      const out = decodeShards(p.k, got);
+      return out !== undefined && Buffer.from(out).equals(Buffer.from(body));
+    }),
+    { numRuns: 300 },
+  );
+});
+
+t.test('the parity shards alone give the frame back (every data shard lost)', async (t) => {
+  const body = new Uint8Array(500).map((_, i) => i & 0xff);
+  const k = Math.ceil(502 / 20);
+  const shards = encodeShards(body, 1, { s: 20, k, n: 2 * k });
+  const got = new Map<number, Uint8Array>();
+  for (let i = k; i < 2 * k; i++) got.set(i, parseShard(shards[i]!)!.data);
+  t.same(decodeShards(k, got), body);
+  // Fewer than k: nothing.
+  got.delete(k);
+  t.equal(decodeShards(k, got), undefined);
+});
+
+t.test('a damaged shard fails its check; bad fields are refused', async (t) => {
+  const [sh] = encodeShards(new Uint8Array(30).fill(7), 9, { s: 16, k: 2, n: 3 });
+  t.ok(parseShard(sh!));
+  for (let i = 0; i < sh!.length; i++) {
+    for (const bit of [1, 0x80]) {
+      const bad = Uint8Array.from(sh!);
+      bad[i]! ^= bit;
+      if (parseShard(bad)) t.fail(`byte ${i} bit ${bit} passed`);
+    }
+  }
+  t.equal(parseShard(sh!.subarray(0, sh!.length - 1)), undefined, 'a dropped byte');
+  t.equal(parseShard(new Uint8Array(5)), undefined, 'too short');
+  t.throws(() => encodeShards(new Uint8Array(100), 0, { s: 16, k: 2, n: 3 }), /cannot carry/);
+  t.throws(() => encodeShards(new Uint8Array(10), 0, { s: 16, k: 1, n: 256 }), /cannot carry/);
+});
+
+t.test('the collector: frames out once, later shards ignored, at most 8 frames held', async (t) => {
+  const c = new ShardCollector(1000);
+  const body = new Uint8Array(100).fill(3);
+  const shards = encodeShards(body, 5, { s: 10, k: 11, n: 15 });
+  const outs = shards.map((b) => c.push(b)).filter(Boolean);
+  t.equal(outs.length, 1, 'one frame from 15 shards');
+  t.same(outs[0], body);
+  t.equal(c.stats.framesDecoded, 1);
+  t.equal(c.stats.shards, 15);
+  // A duplicate index does not count twice towards k.
+  const c2 = new ShardCollector(1000);
+  for (let i = 0; i < 20; i++) t.equal(c2.push(shards[0]!), undefined);
+  t.equal(c2.stats.framesDecoded, 0);
+  // A hostile flood of first shards under every id and shape: memory stays bounded (8 groups,
+  // each at most its k shards), and the frames in between still come out.
+  const c3 = new ShardCollector(8000);
+  for (let id = 0; id < 256; id++) {
+    for (let j = 0; j < 3; j++) c3.push(encodeShards(new Uint8Array(2000), id, { s: 240, k: 9, n: 12 })[j]!);
+  }
+  t.ok(c3.stats.framesLost >= 248, `incomplete frames dropped: ${c3.stats.framesLost}`);
+  const ok = encodeShards(body, 77, { s: 50, k: 3, n: 4 });
+  t.same(ok.map((b) => c3.push(b)).find(Boolean), body, 'a real frame after the flood');
+  // A frame larger than the receiver takes is not collected.
+  const small = new ShardCollector(64);
+  for (const b of encodeShards(new Uint8Array(1000), 1, { s: 100, k: 11, n: 11 })) t.equal(small.push(b), undefined);
+});
+
+t.test('the deframer takes shards between plain frames and noise, and says which came as shards', async (t) => {
+  const m1 = encodeMessage({ kind: Kind.REQUEST, group: 0, command: 1, seq: 1, payload: { a: 1 } });
+  const m2 = encodeMessage({ kind: Kind.REQUEST, group: 0, command: 1, seq: 2, payload: { b: new Uint8Array(300).fill(0) } });
+  const plan = planShards(m2.length, 0.01)!;
+  const wire2 = frameAsShards(m2, 3, plan);
+  // Lose the first shard of m2 whole (its bytes up to its delimiter) and flip a byte in another.
+  const stream = Buffer.concat([Buffer.from([1, 2, 3]), m1, Buffer.from(wire2)]);
+  const firstEnd = stream.indexOf(0, m1.length + 3 + 1);
+  const damaged = Buffer.concat([stream.subarray(0, m1.length + 3 + 1), stream.subarray(firstEnd + 1)]);
+  damaged[damaged.length - 20]! ^= 0x10;
+  const d = new Deframer(9000);
+  const bodies = d.push(new Uint8Array(damaged));
+  if (plan.n - plan.k < 2) t.fail(`plan has too little parity to test: ${JSON.stringify(plan)}`);
+  t.equal(bodies.length, 2);
+  const [a, b] = bodies.map((x) => decodeMessage(x));
+  t.ok(a!.ok && a!.message.seq === 1 && !d.cameInShards(bodies[0]!), 'plain frame');
+  t.ok(b!.ok && b!.message.seq === 2 && d.cameInShards(bodies[1]!), 'frame from shards');
+  t.ok(d.stats.corrupt >= 2, `noise and the damaged shard counted: ${d.stats.corrupt}`);
+});
+
+t.test('the plan fits the frame and the line; heavier noise costs more line bytes', async (t) => {
+  let last = 0;
+  for (const lambda of [0, 1e-5, 1e-4, 1e-3, 1e-2, 0.05]) {
+    const p = planShards(300, lambda)!;
+    t.ok(p, `a plan at ${lambda}`);
+    t.ok(p.k * p.s >= 302 && p.n >= p.k + 1 && p.n <= MAX_SHARDS, `${JSON.stringify(p)}`);
+    t.equal(p.wire, p.n * (p.s + SHARD_WIRE_EXTRA));
+    t.ok(p.wire >= last, `more line bytes at ${lambda}: ${p.wire}`);
+    last = p.wire;
+    t.ok(p.p >= 0.5);
+  }
+  // A frame too large for a very bad line in any plan: none.
+  t.equal(planShards(8000, 0.2), undefined);
+  // Chunks shrink as the line gets worse, and are the cap on a clean line.
+  t.ok(bestFrame(1e-6, 8256, 30) > 7000, 'about the cap on a clean line');
+  t.ok(bestFrame(0.08, 8256, 30) < bestFrame(0.016, 8256, 30));
+  t.ok(bestFrame(0.016, 8256, 30) < 8256);
+});
+
+t.test('seen: a byte that carries hits per byte within 9%', async (t) => {
+  for (const l of [1e-9, 1e-6, 1e-4, 0.0016, 0.016, 0.08, 0.5]) {
+    const back = seenLambda(seenByte(l));
+    if (l >= Math.pow(2, -255 / 8)) t.ok(Math.abs(back / l - 1) < 0.05, `${l} -> ${back}`);
+  }
+  t.equal(seenLambda(0), 0);
+  t.ok(seenByte(0) > 0, 'no hits seen: the smallest rate, not "none"');
+});
+
+t.test('the line estimate follows the shards that arrive', async (t) => {
+  const e = new LineEstimate(0.02);
+  t.ok(Math.abs(e.lambda - 0.02) < 1e-9, 'the prior');
+  for (let i = 0; i < 100; i++) e.observe(100, 90, 50); // 10% of 50-byte shards lost
+  const want = -Math.log(0.9) / 50;
+  t.ok(Math.abs(e.lambda / want - 1) < 0.05, `${e.lambda} near ${want}`);
+  e.observe(10, 11, 50); // impossible counts are ignored
+  t.ok(Math.abs(e.lambda / want - 1) < 0.05);
+});

@@ -1,0 +1,490 @@
+// Forward error correction for noisy lines (docs/protocol.md 2.6): a frame body is cut into k
+// data shards of s bytes and sent with n - k parity shards of a systematic Reed-Solomon erasure
+// code over GF(2^8); each shard is a small frame of its own (COBS, 0x00, a 16-bit check), so a
+// byte flipped, dropped or inserted costs one shard, not the frame, and any k whole shards of n
+// give the frame back. Which shards arrive does not matter.
+//
+// Hand-written: the npm erasure-code packages are native add-ons (@ronomon/reed-solomon) or
+// unmaintained, and an MCU runs the same 200 lines. The code is the Cauchy construction
+// (Bloemer et al., "An XOR-based erasure-resilient coding scheme", ICSI TR-95-048, 1995): parity
+// row j, data column i holds 1 / (x_j + y_i) with x_j = k + j and y_i = i; every square submatrix
+// of a Cauchy matrix is invertible, so any k shards decode (the code is MDS).
+import { crc32 } from 'node:zlib';
+import { cobsDecode, cobsEncodeInto, cobsMaxEncodedLength } from './cobs.js';
+
+/** The shard format a device takes, as its PARAMS `fec` says (docs/protocol.md 2.6). */
+export const FEC_VERSION = 1;
+/** First byte of a shard body: never a protocol version, so a frame reader tells the two apart. */
+export const SHARD_MARK = 0xfe;
+/** Shard body bytes besides its data: mark, frame id, k, n, index, line seen, 16-bit check. */
+export const SHARD_HEADER = 6;
+export const SHARD_CHECK = 2;
+/** Line bytes a shard of s data bytes takes: its body, one COBS code byte (bodies stay under 254 bytes) and a 0x00. */
+export const SHARD_WIRE_EXTRA = SHARD_HEADER + SHARD_CHECK + 2;
+export const MIN_SHARD = 4;
+export const MAX_SHARD = 240;
+/** Shards of one frame, data and parity: k <= n <= 255 (the Cauchy x and y values are bytes). */
+export const MAX_SHARDS = 255;
+
+// ---- GF(2^8), polynomial x^8 + x^4 + x^3 + x^2 + 1 (0x11d) -------------------------------
+const EXP = new Uint8Array(512);
+const LOG = new Uint8Array(256);
+{
+  let x = 1;
+  for (let i = 0; i < 255; i++) {
+    EXP[i] = x;
+    LOG[x] = i;
+    x <<= 1;
+    if (x & 0x100) x ^= 0x11d;
+  }
+  for (let i = 255; i < 512; i++) EXP[i] = EXP[i - 255]!;
+}
+function mul(a: number, b: number): number {
+  return a === 0 || b === 0 ? 0 : EXP[LOG[a]! + LOG[b]!]!;
+}
+function inv(a: number): number {
+  return EXP[255 - LOG[a]!]!;
+}
+/** The Cauchy coefficient of parity row j (0-based) on data shard i, for k data shards. */
+function coef(k: number, j: number, i: number): number {
+  return inv((k + j) ^ i);
+}
+/** out[t] ^= c * src[t] for every t. */
+function addScaled(out: Uint8Array, src: Uint8Array, c: number): void {
+  if (c === 0) return;
+  const lc = LOG[c]!;
+  for (let t = 0; t < out.length; t++) {
+    const d = src[t]!;
+    if (d !== 0) out[t] = out[t]! ^ EXP[lc + LOG[d]!]!;
+  }
+}
+
+/** The 16-bit check of a shard: the low half of the CRC-32 (the frames' CRC) of its header and data. */
+function check16(bytes: Uint8Array): number {
+  return crc32(bytes) & 0xffff;
+}
+
+export interface ShardPlan {
+  /** Data bytes per shard. */
+  s: number;
+  /** Data shards. */
+  k: number;
+  /** All shards, data and parity. */
+  n: number;
+}
+
+/**
+ * The shard bodies (before COBS) of one frame body `body` (header, payload and CRC): its length
+ * in 2 bytes, then the body, zero-padded to k shards of s bytes, then n - k parity shards.
+ */
+export function encodeShards(body: Uint8Array, id: number, plan: ShardPlan, seen = 0): Uint8Array[] {
+  const { s, k, n } = plan;
+  if (!(s >= MIN_SHARD && s <= MAX_SHARD && k >= 1 && n >= k && n <= MAX_SHARDS) || k * s < body.length + 2) {
+    throw new RangeError(`shard plan ${s}x${k}/${n} cannot carry ${body.length} bytes`);
+  }
+  const data = new Uint8Array(k * s);
+  data[0] = body.length >>> 8;
+  data[1] = body.length & 0xff;
+  data.set(body, 2);
+  const shards: Uint8Array[] = [];
+  for (let i = 0; i < n; i++) {
+    const out = new Uint8Array(SHARD_HEADER + s + SHARD_CHECK);
+    out[0] = SHARD_MARK;
+    out[1] = id & 0xff;
+    out[2] = k;
+    out[3] = n;
+    out[4] = i;
+    out[5] = seen;
+    const payload = out.subarray(SHARD_HEADER, SHARD_HEADER + s);
+    if (i < k) payload.set(data.subarray(i * s, (i + 1) * s));
+    else for (let d = 0; d < k; d++) addScaled(payload, data.subarray(d * s, (d + 1) * s), coef(k, i - k, d));
+    const c = check16(out.subarray(0, SHARD_HEADER + s));
+    out[SHARD_HEADER + s] = c >>> 8;
+    out[SHARD_HEADER + s + 1] = c & 0xff;
+    shards.push(out);
+  }
+  return shards;
+}
+
+export interface ParsedShard {
+  id: number;
+  /** The sender's estimate of the line it receives on (seenByte), 0 if it has none. */
+  seen: number;
+  k: number;
+  n: number;
+  index: number;
+  data: Uint8Array;
+}
+
+/** A shard body, checked; undefined if it is not a whole one. */
+export function parseShard(body: Uint8Array): ParsedShard | undefined {
+  const s = body.length - SHARD_HEADER - SHARD_CHECK;
+  if (body[0] !== SHARD_MARK || s < MIN_SHARD || s > MAX_SHARD) return undefined;
+  const k = body[2]!;
+  const n = body[3]!;
+  const index = body[4]!;
+  if (k < 1 || n < k || index >= n) return undefined;
+  const want = (body[SHARD_HEADER + s]! << 8) | body[SHARD_HEADER + s + 1]!;
+  if (check16(body.subarray(0, SHARD_HEADER + s)) !== want) return undefined;
+  return { id: body[1]!, seen: body[5]!, k, n, index, data: body.subarray(SHARD_HEADER, SHARD_HEADER + s) };
+}
+
+/**
+ * The frame body from any k of a frame's shards (all of one id, k, n and size; distinct indices),
+ * or undefined when their length field is impossible (the shards were not one frame's).
+ */
+export function decodeShards(k: number, shards: ReadonlyMap<number, Uint8Array>): Uint8Array | undefined {
+  const s = shards.values().next().value?.length ?? 0;
+  if (shards.size < k || s === 0) return undefined;
+  const data: (Uint8Array | undefined)[] = [];
+  for (let i = 0; i < k; i++) data.push(shards.get(i));
+  const missing: number[] = [];
+  for (let i = 0; i < k; i++) if (!data[i]) missing.push(i);
+  if (missing.length > 0) {
+    // Parity rows to use, one per missing data shard, and their syndromes: the parity minus what
+    // the present data shards put in it, which is what the missing ones put in it.
+    const rows: number[] = [];
+    for (const idx of shards.keys()) if (idx >= k && rows.length < missing.length) rows.push(idx - k);
+    const e = missing.length;
+    const syn = rows.map((j) => {
+      const sv = Uint8Array.from(shards.get(k + j)!);
+      for (let i = 0; i < k; i++) if (data[i]) addScaled(sv, data[i]!, coef(k, j, i));
+      return sv;
+    });
+    // Invert the e x e Cauchy submatrix A[r][c] = coef(rows[r], missing[c]) (Gauss-Jordan).
+    const a: number[][] = rows.map((j) => missing.map((i) => coef(k, j, i)));
+    const b: number[][] = rows.map((_, r) => missing.map((_, c) => (r === c ? 1 : 0)));
+    for (let c = 0; c < e; c++) {
+      let p = c;
+      while (a[p]![c] === 0) p++; // a Cauchy submatrix is invertible: a pivot exists
+      [a[c], a[p]] = [a[p]!, a[c]!];
+      [b[c], b[p]] = [b[p]!, b[c]!];
+      const f = inv(a[c]![c]!);
+      for (let t = 0; t < e; t++) {
+        a[c]![t] = mul(a[c]![t]!, f);
+        b[c]![t] = mul(b[c]![t]!, f);
+      }
+      for (let r = 0; r < e; r++) {
+        const g = a[r]![c]!;
+        if (r === c || g === 0) continue;
+        for (let t = 0; t < e; t++) {
+          a[r]![t] = a[r]![t]! ^ mul(g, a[c]![t]!);
+          b[r]![t] = b[r]![t]! ^ mul(g, b[c]![t]!);
+        }
+      }
+    }
+    missing.forEach((i, c) => {
+      const out = new Uint8Array(s);
+      for (let r = 0; r < e; r++) addScaled(out, syn[r]!, b[c]![r]!);
+      data[i] = out;
+    });
+  }
+  const all = new Uint8Array(k * s);
+  data.forEach((d, i) => all.set(d!, i * s));
+  const len = (all[0]! << 8) | all[1]!;
+  if (len + 2 > all.length) return undefined;
+  return all.slice(2, 2 + len);
+}
+
+// ---- How many shards: the sender's plan for the line it sees ------------------------------
+
+/**
+ * What a lost frame costs beyond itself: the link sends again from the last frame acknowledged,
+ * with up to LOSSY_WINDOW (2) frames in flight, so about two frames' worth.
+ */
+const RESEND_FACTOR = 2;
+
+/** P(at least k of n shards arrive) when each arrives with probability q. */
+function atLeast(k: number, n: number, q: number): number {
+  if (q >= 1) return 1;
+  if (q <= 0) return 0;
+  // Sum of the binomial pmf from k to n, in log space (n <= 255: exact and cheap).
+  const lq = Math.log(q);
+  const lp = Math.log(1 - q);
+  let lf = 0; // log C(n, x), built up from x = 0
+  let sum = 0;
+  for (let x = 0; x <= n; x++) {
+    if (x > 0) lf += Math.log((n - x + 1) / x);
+    if (x >= k) sum += Math.exp(lf + x * lq + (n - x) * lp);
+  }
+  return Math.min(1, sum);
+}
+
+/**
+ * The n >= k + 1 (at most 255) that costs the fewest shards per frame delivered when each
+ * shard arrives with probability q, counting what a lost frame costs (RESEND_FACTOR).
+ */
+function shardsFor(k: number, q: number): { n: number; p: number } {
+  if (q >= 1) return { n: Math.min(MAX_SHARDS, k + 1), p: 1 };
+  let best = { n: Math.min(MAX_SHARDS, k + 1), p: atLeast(k, Math.min(MAX_SHARDS, k + 1), q) };
+  let bestCost = Infinity;
+  // From where half the frames would arrive (the mean of the arrivals is n q) to where nearly all do.
+  for (let n = Math.max(k + 1, Math.min(MAX_SHARDS, Math.floor(k / q) - 1)); n <= MAX_SHARDS; n++) {
+    const p = atLeast(k, n, q);
+    const cost = (n * (1 + RESEND_FACTOR * (1 - p))) / p;
+    if (cost < bestCost) {
+      bestCost = cost;
+      best = { n, p };
+    } else if (p > 0.999) break;
+  }
+  return best;
+}
+
+/**
+ * The shard plan for a frame body of `len` bytes on a line where each byte is hit with
+ * probability about `lambda` (hits per byte): the shard size and count that carry it in the
+ * fewest line bytes per frame that gets through. Undefined when no plan carries it with even
+ * even odds (the frame is too large for the line: send smaller ones).
+ */
+export function planShards(len: number, lambda: number): Plan | undefined {
+  // Plans are asked for every frame sent; the line estimate moves slowly, so a few cached ones
+  // (lambda rounded to 2%) serve most frames.
+  const key = `${len}:${Math.round(Math.log(Math.max(lambda, 1e-7)) * 50)}`;
+  const hit = planCache.get(key);
+  if (hit !== undefined || planCache.has(key)) return hit;
+  const plan = computePlan(len, lambda);
+  planCache.set(key, plan);
+  if (planCache.size > 512) planCache.delete(planCache.keys().next().value as string);
+  return plan;
+}
+
+type Plan = ShardPlan & { wire: number; p: number };
+const planCache = new Map<string, Plan | undefined>();
+
+function computePlan(len: number, lambda: number): Plan | undefined {
+  let best: Plan | undefined;
+  let bestCost = Infinity;
+  for (let s = MIN_SHARD; s <= MAX_SHARD; s = s < 16 ? s + 1 : Math.min(MAX_SHARD, Math.ceil(s * 1.08)) + (s === MAX_SHARD ? 1 : 0)) {
+    const k = Math.ceil((len + 2) / s);
+    if (k > MAX_SHARDS - 1) continue;
+    const w = s + SHARD_WIRE_EXTRA;
+    const q = Math.exp(-lambda * w);
+    const { n, p } = shardsFor(k, q);
+    if (p < 0.5) continue;
+    const wire = n * w;
+    const cost = (wire * (1 + RESEND_FACTOR * (1 - p))) / p; // line bytes per frame delivered
+    if (cost < bestCost) {
+      bestCost = cost;
+      best = { s, k, n, wire, p };
+    }
+  }
+  return best;
+}
+
+/**
+ * The frame body size, at most `cap`, that carries the most data per line byte on this line when
+ * `overhead` of its bytes are not data (a chunk's header and CBOR): what a bulk sender sizes its
+ * chunks by when shards carry its frames.
+ */
+export function bestFrame(lambda: number, cap: number, overhead: number): number {
+  const key = `${cap}:${overhead}:${Math.round(Math.log(Math.max(lambda, 1e-7)) * 50)}`;
+  let v = frameCache.get(key);
+  if (v === undefined) {
+    v = computeBestFrame(lambda, cap, overhead);
+    frameCache.set(key, v);
+    if (frameCache.size > 256) frameCache.delete(frameCache.keys().next().value as string);
+  }
+  return v;
+}
+const frameCache = new Map<string, number>();
+
+function computeBestFrame(lambda: number, cap: number, overhead: number): number {
+  let best = Math.min(cap, overhead + 16);
+  let bestShare = 0;
+  for (let len = overhead + 16; ; len = Math.min(cap, Math.ceil(len * 1.15))) {
+    const plan = planShards(len, lambda);
+    if (plan) {
+      const share = ((len - overhead) * plan.p) / (plan.wire * (1 + RESEND_FACTOR * (1 - plan.p)));
+      if (share > bestShare) {
+        bestShare = share;
+        best = len;
+      }
+    }
+    if (len >= cap) break;
+  }
+  return best;
+}
+
+/**
+ * Hits per byte as one byte, carried in every shard so each end learns how the other receives:
+ * v = round(-8 log2(lambda)) within 1..255 (steps of 9%), 0 for no estimate.
+ */
+export function seenByte(lambda: number): number {
+  if (!(lambda > 0)) return 255;
+  return Math.max(1, Math.min(255, Math.round(-8 * Math.log2(lambda))));
+}
+export function seenLambda(v: number): number {
+  return v === 0 ? 0 : Math.pow(2, -v / 8);
+}
+
+// ---- The line as a receiver of shards sees it --------------------------------------------
+
+/** Shards (decayed) over which the evidence halves. */
+const HALF_LIFE_SHARDS = 512;
+
+/**
+ * Hits per line byte, from the shards of received frames: sent (the highest index seen plus one,
+ * or n for a frame never completed) against arrived whole. Starts at `prior` with the weight of
+ * `priorShards` shards, so the first frames are sized for a bad line, not a clean one.
+ */
+export class LineEstimate {
+  #sent: number;
+  #ok: number;
+  #bytes: number;
+
+  constructor(prior: number, priorShards = 32, priorShardBytes = 24) {
+    this.#sent = priorShards;
+    this.#ok = priorShards * Math.exp(-prior * priorShardBytes);
+    this.#bytes = priorShards * priorShardBytes;
+  }
+
+  observe(sent: number, ok: number, shardBytes: number): void {
+    if (!(sent > 0) || ok > sent) return;
+    const keep = Math.pow(0.5, sent / HALF_LIFE_SHARDS);
+    this.#sent = this.#sent * keep + sent;
+    this.#ok = this.#ok * keep + ok;
+    this.#bytes = this.#bytes * keep + sent * shardBytes;
+  }
+
+  get lambda(): number {
+    const q = Math.max(0.01, Math.min(1, this.#ok / this.#sent));
+    return -Math.log(q) / (this.#bytes / this.#sent);
+  }
+}
+
+interface Group {
+  k: number;
+  n: number;
+  s: number;
+  shards: Map<number, Uint8Array>;
+  /** Highest index seen, and whole shards seen (also after it decoded). */
+  top: number;
+  ok: number;
+  done: boolean;
+  /** The highest index seen when it decoded: later shards are counted from there. */
+  decodedTop: number;
+}
+
+export interface FecStats {
+  shards: number;
+  badShards: number;
+  framesDecoded: number;
+  framesLost: number;
+}
+
+/** Frames up to this size are planned for the worse of the two ends' estimates. */
+const SMALL_FRAME = 512;
+
+/** Groups of shards a receiver keeps at once (frames in flight are far fewer). */
+const MAX_GROUPS = 8;
+
+/**
+ * Collects shards into frames: bounded to MAX_GROUPS frames at once (the oldest dropped), each
+ * holding at most its k shards, so a stranger's shards cost at most 8 frame bodies of memory.
+ */
+export class ShardCollector {
+  readonly stats: FecStats = { shards: 0, badShards: 0, framesDecoded: 0, framesLost: 0 };
+  readonly line: LineEstimate;
+  /** What the peer last said of the line it receives on (hits per byte; 0: nothing said yet). */
+  peerLambda = 0;
+  /** Doubled for each answer that never came, back to 1 at the next frame that does. */
+  #penalty = 1;
+  readonly #groups = new Map<number, Group>();
+
+  constructor(
+    private readonly maxBody: number,
+    prior = 0.02,
+  ) {
+    this.line = new LineEstimate(prior);
+  }
+
+  /**
+   * The hits per byte to plan a frame of `len` bytes to the peer by: what the peer says it sees
+   * (it counts the shards it gets), or this end's own estimate while it has said nothing. A
+   * small frame (a request, an answer: little to pay) is planned for the worse of the two.
+   */
+  sendLambda(len: number): number {
+    const own = this.line.lambda;
+    const l = this.peerLambda === 0 ? own : len <= SMALL_FRAME ? Math.max(own, this.peerLambda) : this.peerLambda;
+    return l * this.#penalty;
+  }
+
+  /** An answer to a frame sent in shards never came: plan the next ones for a worse line. */
+  worse(): void {
+    this.#penalty = Math.min(16, this.#penalty * 2);
+  }
+
+  /** Take one shard body; returns the frame body (CRC included) once its frame is complete. */
+  push(body: Uint8Array): Uint8Array | undefined {
+    const sh = parseShard(body);
+    if (!sh) {
+      this.stats.badShards++;
+      return undefined;
+    }
+    this.stats.shards++;
+    if (sh.seen !== 0) this.peerLambda = seenLambda(sh.seen);
+    const s = sh.data.length;
+    let g = this.#groups.get(sh.id);
+    if (g && (g.k !== sh.k || g.n !== sh.n || g.s !== s)) {
+      this.#close(sh.id, g); // a new frame under a reused id
+      g = undefined;
+    }
+    if (!g) {
+      if (sh.k * s > this.maxBody + 2 + s) return undefined; // larger than any frame we take
+      g = { k: sh.k, n: sh.n, s, shards: new Map(), top: -1, ok: 0, done: false, decodedTop: -1 };
+      this.#groups.set(sh.id, g);
+      while (this.#groups.size > MAX_GROUPS) {
+        const [oldest, og] = this.#groups.entries().next().value as [number, Group];
+        this.#close(oldest, og);
+      }
+    }
+    g.top = Math.max(g.top, sh.index);
+    g.ok++;
+    if (g.done || g.shards.has(sh.index)) return undefined;
+    g.shards.set(sh.index, Uint8Array.from(sh.data));
+    if (g.shards.size < g.k) return undefined;
+    g.done = true;
+    const frame = decodeShards(g.k, g.shards);
+    g.shards.clear();
+    // Sent so far: every index up to the highest seen; whole: the ones seen (the shard completing
+    // it is the highest).
+    this.line.observe(g.top + 1, g.ok, s + SHARD_WIRE_EXTRA);
+    g.decodedTop = g.top;
+    g.ok = 0;
+    if (!frame || frame.length > this.maxBody) {
+      this.stats.framesLost++;
+      return undefined;
+    }
+    this.stats.framesDecoded++;
+    this.#penalty = 1;
+    return frame;
+  }
+
+  #close(id: number, g: Group): void {
+    this.#groups.delete(id);
+    if (!g.done) {
+      this.stats.framesLost++;
+      this.line.observe(g.n, g.ok, g.s + SHARD_WIRE_EXTRA);
+    } else if (g.top > g.decodedTop) {
+      // Shards of a decoded frame that came after it: sent up to the highest index seen since.
+      this.line.observe(g.top - g.decodedTop, g.ok, g.s + SHARD_WIRE_EXTRA);
+    }
+  }
+}
+
+/**
+ * One frame (as encodeFrame writes it: 0x00, COBS body, 0x00) as shards on the line: each
+ * COBS-encoded and ended by 0x00, after one leading 0x00; `seen`: seenByte of the sender's estimate.
+ */
+export function frameAsShards(wireFrame: Uint8Array, id: number, plan: ShardPlan, seen = 0): Uint8Array {
+  const body = cobsDecode(wireFrame.subarray(1, wireFrame.length - 1));
+  if (!body) throw new RangeError('not a frame');
+  const shards = encodeShards(body, id, plan, seen);
+  const out = new Uint8Array(1 + shards.reduce((n, b) => n + cobsMaxEncodedLength(b.length) + 1, 0));
+  let o = 1;
+  for (const b of shards) {
+    o += cobsEncodeInto(b, out.subarray(o));
+    out[o++] = 0;
+  }
+  return out.subarray(0, o);
+}
