@@ -26,7 +26,6 @@ import { openSecureArea, SECURE_SECTORS } from './secure/secure-area.js';
 import { POOL_OPTIONS } from './secure/enroll.js';
 import type { SecureArea } from './secure/types.js';
 import { FIRMWARE } from './version.js';
-import { FEC_VERSION } from './link/fec.js';
 
 /**
  * Link limits. RAM budget, stated like an MCU's: one receive buffer (COBS of maxBody), `window`
@@ -222,7 +221,6 @@ export function createTerminal(o: TerminalOptions = {}): Terminal {
         window: limits.window,
         maxChunk,
         firmware: FIRMWARE,
-        fec: FEC_VERSION,
         ...(o.lineRate ? { baud: o.lineRate } : {}),
         ...(o.flash ? { flash: { ...o.flash.geometry }, secureSectors: SECURE_SECTORS } : {}),
       }),

@@ -12,8 +12,6 @@
 import { crc32 } from 'node:zlib';
 import { cobsDecode, cobsEncodeInto, cobsMaxEncodedLength } from './cobs.js';
 
-/** The shard format a device takes, as its PARAMS `fec` says (docs/protocol.md 2.6). */
-export const FEC_VERSION = 1;
 /** First byte of a shard body: never a protocol version, so a frame reader tells the two apart. */
 export const SHARD_MARK = 0xfe;
 /** Shard body bytes besides its data: mark, frame id, k, n, index, line seen, 16-bit check. */
@@ -194,38 +192,32 @@ export function decodeShards(k: number, shards: ReadonlyMap<number, Uint8Array>)
  */
 const RESEND_FACTOR = 2;
 
-/** P(at least k of n shards arrive) when each arrives with probability q. */
-function atLeast(k: number, n: number, q: number): number {
-  if (q >= 1) return 1;
-  if (q <= 0) return 0;
-  // Sum of the binomial pmf from k to n, in log space (n <= 255: exact and cheap).
-  const lq = Math.log(q);
-  const lp = Math.log(1 - q);
-  let lf = 0; // log C(n, x), built up from x = 0
-  let sum = 0;
-  for (let x = 0; x <= n; x++) {
-    if (x > 0) lf += Math.log((n - x + 1) / x);
-    if (x >= k) sum += Math.exp(lf + x * lq + (n - x) * lp);
-  }
-  return Math.min(1, sum);
-}
-
 /**
  * The n >= k + 1 (at most 255) that costs the fewest shards per frame delivered when each
- * shard arrives with probability q, counting what a lost frame costs (RESEND_FACTOR).
+ * shard arrives with probability q, counting what a lost frame costs (RESEND_FACTOR), and the
+ * probability p that k of those n arrive.
  */
 function shardsFor(k: number, q: number): { n: number; p: number } {
   if (q >= 1) return { n: Math.min(MAX_SHARDS, k + 1), p: 1 };
-  let best = { n: Math.min(MAX_SHARDS, k + 1), p: atLeast(k, Math.min(MAX_SHARDS, k + 1), q) };
+  if (q <= 0) return { n: MAX_SHARDS, p: 0 };
+  // P(at least k of n arrive) for n = k, k+1, ...: P(n+1) = P(n) + q * P(exactly k-1 of n), and
+  // P(exactly k-1 of n+1) = P(exactly k-1 of n) * (1-q) * (n+1) / (n+2-k). O(1) per n.
+  const lq = Math.log(q);
+  let p = Math.exp(k * lq); // all k of k
+  let exact = Math.exp(Math.log(k) + (k - 1) * lq + Math.log(1 - q)); // exactly k-1 of k: k q^(k-1) (1-q)
+  let best = { n: MAX_SHARDS, p: 0 };
   let bestCost = Infinity;
-  // From where half the frames would arrive (the mean of the arrivals is n q) to where nearly all do.
-  for (let n = Math.max(k + 1, Math.min(MAX_SHARDS, Math.floor(k / q) - 1)); n <= MAX_SHARDS; n++) {
-    const p = atLeast(k, n, q);
-    const cost = (n * (1 + RESEND_FACTOR * (1 - p))) / p;
-    if (cost < bestCost) {
-      bestCost = cost;
-      best = { n, p };
-    } else if (p > 0.999) break;
+  for (let n = k; n <= MAX_SHARDS; n++) {
+    if (n > k) {
+      const cost = (n * (1 + RESEND_FACTOR * (1 - p))) / p;
+      if (cost < bestCost) {
+        bestCost = cost;
+        best = { n, p };
+      } else if (p > 0.999) break;
+    }
+    // step to n + 1
+    p = Math.min(1, p + q * exact);
+    exact = (exact * (1 - q) * (n + 1)) / (n + 2 - k);
   }
   return best;
 }
@@ -233,8 +225,9 @@ function shardsFor(k: number, q: number): { n: number; p: number } {
 /**
  * The shard plan for a frame body of `len` bytes on a line where each byte is hit with
  * probability about `lambda` (hits per byte): the shard size and count that carry it in the
- * fewest line bytes per frame that gets through. Undefined when no plan carries it with even
- * even odds (the frame is too large for the line: send smaller ones).
+ * fewest line bytes per frame that gets through (on a line too bad for the frame, that may
+ * still be a plan that rarely gets it through: the caller sends smaller frames). Undefined only
+ * when no plan has any chance.
  */
 export function planShards(len: number, lambda: number): Plan | undefined {
   // Plans are asked for every frame sent; the line estimate moves slowly, so a few cached ones
@@ -260,7 +253,7 @@ function computePlan(len: number, lambda: number): Plan | undefined {
     const w = s + SHARD_WIRE_EXTRA;
     const q = Math.exp(-lambda * w);
     const { n, p } = shardsFor(k, q);
-    if (p < 0.5) continue;
+    if (!(p > 0)) continue;
     const wire = n * w;
     const cost = (wire * (1 + RESEND_FACTOR * (1 - p))) / p; // line bytes per frame delivered
     if (cost < bestCost) {
@@ -411,7 +404,7 @@ export class ShardCollector {
 
   /** An answer to a frame sent in shards never came: plan the next ones for a worse line. */
   worse(): void {
-    this.#penalty = Math.min(16, this.#penalty * 2);
+    this.#penalty = Math.min(4, this.#penalty * 2);
   }
 
   /** Take one shard body; returns the frame body (CRC included) once its frame is complete. */

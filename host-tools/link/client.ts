@@ -3,7 +3,7 @@
 // device answers a retry from its cache, never executing twice), and device-parameter negotiation.
 import { randomInt } from 'node:crypto';
 import { Deframer } from '../../firmware/link/framer.js';
-import { FEC_VERSION, bestFrame, frameAsShards, planShards, seenByte } from '../../firmware/link/fec.js';
+import { bestFrame, frameAsShards, planShards, seenByte } from '../../firmware/link/fec.js';
 import { decodeMessage, encodeMessage, errorFromPayload } from '../../firmware/link/codec.js';
 import type { Message, Payload } from '../../firmware/link/codec.js';
 import { Kind, SUPPORTED_VERSIONS } from '../../firmware/link/frame.js';
@@ -27,7 +27,7 @@ const BUSY_RETRIES = 10;
 export const NOISY_ATTEMPTS = 24;
 
 /** The PARAMS fields a host uses (the request's `only`). */
-export const PARAMS_USED = ['maxFrame', 'window', 'maxChunk', 'firmware', 'baud', 'fec'] as const;
+export const PARAMS_USED = ['maxFrame', 'window', 'maxChunk', 'firmware', 'baud'] as const;
 
 /** The slowest line rate a device's PARAMS `baud` makes the host time its replies by (below it: --baud). */
 export const DEVICE_BAUD_FLOOR = 9600;
@@ -55,7 +55,7 @@ export interface LinkClientOptions {
   maxBody?: number;
   /**
    * Frames as FEC shards (docs/protocol.md 2.6): 'auto' (default) from the first loss on a line
-   * that is heard, if the device takes shards; 'on' from the start; 'off' never.
+   * that is heard, or when PARAMS goes unanswered; 'on' from the start; 'off' never.
    */
   fec?: 'auto' | 'on' | 'off';
 }
@@ -199,11 +199,6 @@ export class LinkClient {
       }
       return v;
     };
-    // A device that does not take FEC shards (its PARAMS has no `fec` 1) gets plain frames only.
-    if (p['fec'] !== FEC_VERSION) {
-      this.fecAllowed = false;
-      this.inShards = false;
-    }
     const st = this.deframer.stats;
     if (this.tentativeShards && st.corrupt + st.oversize + st.droppedBytes === 0) this.inShards = false;
     this.tentativeShards = false;
@@ -286,7 +281,10 @@ export class LinkClient {
         // The timer starts once the bytes have left (a paced link takes its time to send them).
         const result = await abortable(raceTimeout(answer, timeoutMs()), opts.signal);
         if (result !== TIMEOUT) return result;
-        if (heard()) this.lineLost(); // the device is there: the line lost the request or its answer
+        // The device is there: the line lost the request or its answer (to shards, or worse ones).
+        // Nothing heard while sending shards: the request itself was likely lost; stronger ones.
+        if (heard()) this.lineLost();
+        else if (this.inShards) this.deframer.shards.worse();
       }
       const tried = attempt - 1;
       throw new LinkTimeoutError(group, command, timeoutMs(), tried, tried > attempts ? 'the line damages most frames' : undefined);
