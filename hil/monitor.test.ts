@@ -2,13 +2,16 @@
 // `qkt inject` (and a `qkt status` after it, on the same monitor), every frame both ways comes out
 // as a --json line and in the pcap, which tshark with docs/wireshark/qkt.lua decodes to the same
 // frames with good CRCs; then on a real serial path (a socat pty) with a new pty for the host;
-// garbage and bad frames passed through byte for byte and reported; a wrong command line refused.
+// garbage and bad frames passed through byte for byte and reported; a frame in FEC shards shown
+// once, its shards in the pcap; a wrong command line refused.
 import t from 'tap';
 import type { Test } from 'tap';
 import { connect } from 'node:net';
 import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import { loadFrameFixtures } from '../fixtures/frames.js';
+import { cobsDecode, cobsEncode } from '../firmware/link/cobs.js';
+import { encodeShards } from '../firmware/link/fec.js';
 import { runQkt, startQkt } from './cli.js';
 import type { Background } from './cli.js';
 import { createPtyPair, socatSkipReason } from './pty.js';
@@ -168,6 +171,65 @@ t.test('garbage, bad CRCs and bad COBS pass through unchanged and are reported',
   t.same(frames.filter((f) => f['ok'] === true).map((f) => f['commandName']), ['STATUS', 'PARAMS'], 'the good frames after the noise decode');
   const end = lines(mon.stdout()).at(-1)!;
   t.match(end, { event: 'end', 'host->device': { bytes: stream.length, problems: { 'bad CRC': 1 } }, 'device->host': { frames: 0, bytes: 0 } });
+});
+
+t.test('a frame in FEC shards: one --json line with its fec, no line per shard; shards and the frame in the pcap', async (t) => {
+  const pcap = join(t.testdir({}), 'fec.pcap');
+  const mon = await startQkt(['monitor', 'tcp:127.0.0.1:0', 'tcp:127.0.0.1:0', '--pcap', pcap]);
+  t.teardown(() => mon.stop());
+  const port = (end: unknown) => Number(String(end).split(':').at(-1));
+  const device = await dial(port(mon.ready['a']));
+  const host = await dial(port(mon.ready['b']));
+  t.teardown(() => {
+    device.destroy();
+    host.destroy();
+  });
+  const status = loadFrameFixtures()[2]!.wire;
+  const shards = encodeShards(cobsDecode(status.subarray(1, -1))!, 3, { s: 4, k: 4, n: 9 }, 60);
+  const onWire = (b: Uint8Array) => Buffer.concat([cobsEncode(b), Buffer.of(0)]);
+  const damaged = Uint8Array.from(shards[0]!);
+  damaged[6]! ^= 0x08; // the frame's version byte: 1 becomes 9
+  // Shard 0 damaged, 1 lost; 2, 3 and parity 4, 5 make the frame; 6 comes late.
+  const stream = Buffer.concat([Buffer.of(0), onWire(damaged), ...[2, 3, 4, 5, 6].map((i) => onWire(shards[i]!))]);
+  await new Promise<void>((resolve) => {
+    const check = () => (mon.stderr().match(/: connected \(/g)?.length === 2 ? (mon.child.stderr!.off('data', check), resolve()) : undefined);
+    mon.child.stderr!.on('data', check);
+    check();
+  });
+  const received: Buffer[] = [];
+  const all = new Promise<void>((resolve) =>
+    device.on('data', (d: Buffer) => {
+      received.push(d);
+      if (Buffer.concat(received).length >= stream.length) resolve();
+    }),
+  );
+  host.write(stream);
+  await all;
+  t.same(Buffer.concat(received), stream, 'the shards pass unchanged');
+  await untilLine(mon, (l) => l.event === 'frame' && l['commandName'] === 'STATUS');
+  t.equal(await mon.stop(), 0);
+  const out = lines(mon.stdout());
+  const frames = out.filter((l) => l.event === 'frame');
+  t.equal(frames.length, 1, 'one line: the frame, none per shard');
+  t.match(frames[0], { dir: 'host->device', ok: true, seq: 2, commandName: 'STATUS', fec: { k: 4, n: 9, s: 4, shards: 4 }, wireBytes: 4 * 13 });
+  t.match(out.at(-1), { event: 'end', pcapRecords: 7, 'host->device': { frames: 1, problems: { 'bad shard': 1 }, shards: { good: 5, bad: 1 } } });
+  t.notOk('shards' in (out.at(-1)!['device->host'] as object), 'no shards: no shard counts');
+
+  await t.test('tshark decodes the shards and the reassembled frame', { skip: tsharkSkipReason() }, async (t) => {
+    const rows = await tsharkFields(pcap, ['qkt.flags', 'qkt.fec.index', 'qkt.fec.check.good', 'qkt.fec.reassembled', 'qkt.command_name', 'qkt.crc.good']);
+    t.same(
+      rows.map((r) => [r['qkt.flags'], r['qkt.fec.index'], r['qkt.fec.check.good'], r['qkt.fec.reassembled'], r['qkt.command_name']]),
+      [
+        ['0x22', '0', '0', '', ''],
+        ['0x20', '2', '1', '', ''],
+        ['0x20', '3', '1', '', ''],
+        ['0x20', '4', '1', '', ''],
+        ['0x20', '5', '1', '', ''],
+        ['0x40', '', '', '1', 'STATUS'],
+        ['0x20', '6', '1', '', ''],
+      ],
+    );
+  });
 });
 
 t.test('monitor refuses a bad command line and an absent device', async (t) => {

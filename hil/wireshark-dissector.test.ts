@@ -1,7 +1,8 @@
 // The Wireshark dissector (docs/wireshark/qkt.lua) under tshark: the frozen frames of
 // fixtures/frames/, written to a pcap by the monitor's own writer, decode to their header fields,
 // names and CBOR values with good CRCs; a corrupted CRC, bad COBS and garbage are flagged; and the
-// dissector's name tables agree with firmware/link/groups.ts and errors.ts, id for id.
+// dissector's name tables agree with firmware/link/groups.ts and errors.ts, id for id; FEC shards
+// show their fields and check, and a frame the monitor put together from them decodes as any frame.
 import t from 'tap';
 import { join } from 'node:path';
 import { loadFrameFixtures } from '../fixtures/frames.js';
@@ -10,6 +11,9 @@ import { Kind, encodeFrame } from '../firmware/link/frame.js';
 import { AdminCmd, DiagCmd, DownloadCmd, Group, InjectCmd, KeysCmd, StationCmd, SystemCmd, SystemEvent } from '../firmware/link/groups.js';
 import { Rc } from '../firmware/link/errors.js';
 import { PcapWriter } from '../host-tools/monitor/pcap.js';
+import { LinkMonitor } from '../host-tools/monitor/link-monitor.js';
+import { cobsDecode, cobsEncode } from '../firmware/link/cobs.js';
+import { encodeShards } from '../firmware/link/fec.js';
 import { tshark, tsharkFields, tsharkSkipReason } from './tshark.js';
 
 /** A capture of these wire frames (each with its delimiters, as encodeFrame makes them). */
@@ -174,4 +178,53 @@ t.test('a refusal code out of the field range is named as sent, never shown wrap
       ['12', 'device->host error OUT_OF_ORDER (SYSTEM.PARAMS) seq=4'],
     ],
   );
+});
+
+t.test('FEC shards: their fields and check; a frame put together from them decodes as any frame', { skip }, async (t) => {
+  // What the monitor writes for an INJECT chunk sent as shards (one damaged, one repeated) and a
+  // plain frame after it: its own records, through its own writer.
+  const secretish = Uint8Array.from({ length: 100 }, (_, i) => 0xc0 + (i % 16));
+  const chunk = encodeMessage({ kind: Kind.REQUEST, group: Group.INJECT, command: InjectCmd.CHUNK, seq: 41, payload: { t: 1, o: 0, d: secretish } });
+  const body = cobsDecode(chunk.subarray(1, -1))!;
+  const k = Math.ceil((body.length + 2) / 16);
+  const shards = encodeShards(body, 7, { s: 16, k, n: k + 2 }, 44);
+  const onWire = (b: Uint8Array) => Buffer.concat([cobsEncode(b), Buffer.of(0)]);
+  const damagedBody = Uint8Array.from(shards[0]!);
+  damagedBody[8]! ^= 0x04; // the frame's version byte, 1: now 5, still not 0x00
+  const damaged = onWire(damagedBody);
+  const path = join(t.testdir({}), 'fec.pcap');
+  const w = PcapWriter.open(path);
+  let now = 1_700_000_000_000_000;
+  const m = new LinkMonitor({ onFrame: (_v, raw) => raw && w.write(raw), onShard: (raw) => w.write(raw), nowUs: () => (now += 1000) });
+  m.push('host->device', Buffer.concat([Buffer.of(0), damaged, ...shards.slice(1, k + 1).map(onWire), onWire(shards[1]!)]));
+  m.push('device->host', loadFrameFixtures()[1]!.wire);
+  w.close();
+  const rows = await tsharkFields(path, ['qkt.flags', 'qkt.fec.id', 'qkt.fec.k', 'qkt.fec.n', 'qkt.fec.index', 'qkt.fec.seen', 'qkt.fec.data', 'qkt.fec.check', 'qkt.fec.check.good', 'qkt.fec.reassembled', 'qkt.seq', 'qkt.crc.good', '_ws.expert.message', '_ws.col.Info']);
+  t.equal(rows.length, k + 4, 'k + 1 shards, the reassembled frame, a late shard, the plain frame');
+  const want = (i: number) => {
+    const sh = shards[i]!;
+    return { 'qkt.fec.id': '7', 'qkt.fec.k': String(k), 'qkt.fec.n': String(k + 2), 'qkt.fec.index': String(i), 'qkt.fec.seen': '44', 'qkt.fec.data': '16', 'qkt.fec.check': '0x' + Buffer.from(sh.subarray(-2)).toString('hex'), 'qkt.fec.check.good': '1', 'qkt.seq': '', 'qkt.crc.good': '' };
+  };
+  t.match(rows[0], { 'qkt.flags': '0x22', 'qkt.fec.index': '0', 'qkt.fec.check.good': '0', '_ws.expert.message': /^bad shard check: shard says 0x[0-9a-f]{4}, computed 0x[0-9a-f]{4}$/, '_ws.col.Info': `host->device FEC shard 0 of ${k + 2}, frame id 7, k ${k}, s 16 [bad check]` });
+  for (let i = 1; i <= k; i++) t.match(rows[i], { 'qkt.flags': '0x20', '_ws.expert.message': '', '_ws.col.Info': `host->device FEC shard ${i} of ${k + 2}, frame id 7, k ${k}, s 16`, ...want(i) }, `shard ${i}`);
+  t.match(rows[k + 1], { 'qkt.flags': '0x40', 'qkt.fec.reassembled': '1', 'qkt.fec.id': '', 'qkt.seq': '41', 'qkt.crc.good': '1', '_ws.expert.message': '', '_ws.col.Info': 'host->device request INJECT.CHUNK seq=41 [reassembled from FEC shards]' });
+  t.match(rows[k + 2], { 'qkt.flags': '0x20', ...want(1) }, 'a shard after its frame was complete');
+  t.match(rows[k + 3], { 'qkt.flags': '0x00', 'qkt.fec.reassembled': '', 'qkt.fec.id': '', '_ws.col.Info': 'device->host response SYSTEM.PARAMS seq=1' });
+  // The tree: shard data and sealed chunk bytes by length only, in the shard and in the frame.
+  const text = await tshark(path, ['-V']);
+  t.match(text, /Shard data length: 16\n/);
+  t.match(text, /Shard index: 1 \(data\)/);
+  t.match(text, new RegExp(`Shard index: ${k} \\(parity\\)`));
+  t.match(text, /Reassembled from FEC shards: the monitor put this frame together/);
+  t.match(text, /"d": byte string, 100 bytes\n/);
+  t.same(text.split('\n').filter((l) => /Shard data/.test(l) && /c0c1/.test(l)), [], 'shard data by length only');
+  // A body that starts 0xFE is a shard even without the flag; a record too short for one is flagged.
+  const path2 = join(t.testdir({}), 'mark.pcap');
+  const w2 = PcapWriter.open(path2);
+  w2.write({ timeUs: 1, direction: 1, flags: 0, bytes: cobsEncode(shards[2]!) });
+  w2.write({ timeUs: 2, direction: 1, flags: 0x22, bytes: cobsEncode(Uint8Array.of(0xfe, 1, 2)) });
+  w2.close();
+  const rows2 = await tsharkFields(path2, ['qkt.fec.index', 'qkt.fec.check.good', '_ws.expert.message', '_ws.col.Info']);
+  t.match(rows2[0], { 'qkt.fec.index': '2', 'qkt.fec.check.good': '1', '_ws.col.Info': /^device->host FEC shard 2 of / });
+  t.match(rows2[1], { 'qkt.fec.index': '', '_ws.expert.message': /^too short for a FEC shard: 3 bytes decoded/, '_ws.col.Info': 'device->host FEC shard, too short (3 bytes)' });
 });

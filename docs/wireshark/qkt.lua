@@ -3,7 +3,9 @@
 -- pseudo-header (version, direction, flags, reserved) then one frame's bytes between its 0x00
 -- delimiters, still COBS-encoded (docs/cli.md, "qkt monitor"). It un-COBSes the frame, checks the
 -- CRC-32 (expert info when it fails), and shows the 6-byte header with names and the CBOR payload
--- (RFC 8949) as a tree. Install: docs/wireshark/README.md. Tested by docs/wireshark/dissector.test.ts.
+-- (RFC 8949) as a tree. A FEC shard (docs/protocol.md 2.6: flag 0x20, or a body starting 0xFE)
+-- shows its fields and 16-bit check; a frame the monitor put together from shards (flag 0x40) is
+-- shown as any frame, noted as reassembled. Install: docs/wireshark/README.md. Tested by docs/wireshark/dissector.test.ts.
 --
 -- The name tables below copy firmware/link/groups.ts and firmware/link/errors.ts; the test decodes
 -- a frame for every id in those files and compares, so a new id there fails it until added here.
@@ -35,6 +37,14 @@ local HEADER_SIZE = 6
 local CRC_SIZE = 4
 local MIN_BODY_SIZE = 11
 local MAX_DEPTH = 32
+-- FEC shards (docs/protocol.md 2.6, firmware/link/fec.ts): mark, id, k, n, index, seen, data, check.
+local SHARD_MARK = 0xFE
+local SHARD_HEADER = 6
+local SHARD_CHECK = 2
+local MIN_SHARD = 4
+local MAX_SHARD = 240
+local FLAG_FEC_SHARD = 0x20
+local FLAG_FEC_REASSEMBLED = 0x40
 -- Byte strings of these groups may be sealed key material: their bytes are not put in the label.
 local LENGTH_ONLY_GROUPS = { [2] = true, [4] = true }
 
@@ -47,6 +57,8 @@ F.flag_crc = ProtoField.bool("qkt.flags.bad_crc", "Bad CRC", 8, nil, 0x02)
 F.flag_short = ProtoField.bool("qkt.flags.short", "Too short", 8, nil, 0x04)
 F.flag_oversize = ProtoField.bool("qkt.flags.oversize", "Oversize", 8, nil, 0x08)
 F.flag_message = ProtoField.bool("qkt.flags.bad_message", "Bad message", 8, nil, 0x10)
+F.flag_fec_shard = ProtoField.bool("qkt.flags.fec_shard", "FEC shard", 8, nil, FLAG_FEC_SHARD)
+F.flag_fec_reassembled = ProtoField.bool("qkt.flags.fec_reassembled", "Reassembled from FEC shards", 8, nil, FLAG_FEC_REASSEMBLED)
 F.encoded = ProtoField.bytes("qkt.encoded", "COBS-encoded frame")
 F.body_len = ProtoField.uint32("qkt.body_len", "Body length (decoded)")
 F.version = ProtoField.uint8("qkt.version", "Version")
@@ -60,6 +72,15 @@ F.crc = ProtoField.uint32("qkt.crc", "CRC-32", base.HEX)
 F.crc_good = ProtoField.bool("qkt.crc.good", "CRC-32 good")
 F.rc = ProtoField.uint32("qkt.rc", "Refusal code", base.DEC, RCS)
 F.reason = ProtoField.string("qkt.reason", "Reason")
+F.fec_id = ProtoField.uint8("qkt.fec.id", "Frame id")
+F.fec_k = ProtoField.uint8("qkt.fec.k", "Data shards (k)")
+F.fec_n = ProtoField.uint8("qkt.fec.n", "All shards (n)")
+F.fec_index = ProtoField.uint8("qkt.fec.index", "Shard index")
+F.fec_seen = ProtoField.uint8("qkt.fec.seen", "Line seen by the sender")
+F.fec_data = ProtoField.uint32("qkt.fec.data", "Shard data length")
+F.fec_check = ProtoField.uint16("qkt.fec.check", "Shard check", base.HEX)
+F.fec_check_good = ProtoField.bool("qkt.fec.check.good", "Shard check good")
+F.fec_reassembled = ProtoField.bool("qkt.fec.reassembled", "Reassembled from FEC shards")
 F.cbor_key = ProtoField.string("qkt.cbor.key", "Map key")
 F.cbor_uint = ProtoField.uint64("qkt.cbor.uint", "Unsigned integer")
 F.cbor_nint = ProtoField.string("qkt.cbor.nint", "Negative integer")
@@ -79,7 +100,9 @@ local E_CUT = ProtoExpert.new("qkt.oversize", "Frame larger than the capture hol
 local E_CBOR = ProtoExpert.new("qkt.cbor.bad", "Malformed CBOR", expert.group.MALFORMED, expert.severity.ERROR)
 local E_KIND = ProtoExpert.new("qkt.kind.bad", "Unknown kind or protocol version", expert.group.PROTOCOL, expert.severity.WARN)
 local E_REFUSAL = ProtoExpert.new("qkt.refusal", "Refusal", expert.group.RESPONSE_CODE, expert.severity.NOTE)
-qkt.experts = { E_CRC, E_COBS, E_SHORT, E_CUT, E_CBOR, E_KIND, E_REFUSAL }
+local E_FEC_CHECK = ProtoExpert.new("qkt.fec.check.bad", "Bad shard check", expert.group.CHECKSUM, expert.severity.ERROR)
+local E_FEC_BAD = ProtoExpert.new("qkt.fec.bad", "Not a whole FEC shard", expert.group.MALFORMED, expert.severity.ERROR)
+qkt.experts = { E_CRC, E_COBS, E_SHORT, E_CUT, E_CBOR, E_KIND, E_REFUSAL, E_FEC_CHECK, E_FEC_BAD }
 
 -- CRC-32 (IEEE 802.3, reflected, polynomial 0xEDB88320), as node:zlib's crc32 (docs/protocol.md 2.3).
 local CRC_TABLE = {}
@@ -291,6 +314,46 @@ item = function(tvb, pos, limit, tree, prefix, depth, ctx, break_ok)
   end
 end
 
+-- ---- A FEC shard ---------------------------------------------------------------------------
+
+-- One shard body (COBS-decoded, n bytes): its fields and its check. Its data bytes are shown by
+-- length only: they are pieces of a frame that may carry sealed key material.
+local function dissect_shard(btvb, body, n, root, pinfo, dir_text)
+  local st = root:add(btvb:range(0, n), "FEC shard")
+  if n < SHARD_HEADER + SHARD_CHECK then
+    st:add_proto_expert_info(E_FEC_BAD, "too short for a FEC shard: " .. n .. " bytes decoded, a shard has at least " .. (SHARD_HEADER + MIN_SHARD + SHARD_CHECK))
+    pinfo.cols.info = dir_text .. " FEC shard, too short (" .. n .. " bytes)"
+    return
+  end
+  local s = n - SHARD_HEADER - SHARD_CHECK
+  local id = btvb:range(1, 1):uint()
+  local k = btvb:range(2, 1):uint()
+  local total = btvb:range(3, 1):uint()
+  local index = btvb:range(4, 1):uint()
+  st:add(F.fec_id, btvb:range(1, 1))
+  st:add(F.fec_k, btvb:range(2, 1))
+  st:add(F.fec_n, btvb:range(3, 1))
+  st:add(F.fec_index, btvb:range(4, 1)):append_text(index < k and " (data)" or " (parity)")
+  st:add(F.fec_seen, btvb:range(5, 1))
+  local data_item = st:add(F.fec_data, btvb:range(SHARD_HEADER, math.max(s, 0)), s)
+  local want = btvb:range(n - SHARD_CHECK, SHARD_CHECK):uint()
+  local got = bit32.band(crc32(body, n - SHARD_CHECK), 0xFFFF)
+  local check_item = st:add(F.fec_check, btvb:range(n - SHARD_CHECK, SHARD_CHECK))
+  local good = want == got
+  check_item:add(F.fec_check_good, btvb:range(n - SHARD_CHECK, SHARD_CHECK), good)
+  local info = string.format("%s FEC shard %d of %d, frame id %d, k %d, s %d", dir_text, index, total, id, k, s)
+  if not good then
+    check_item:add_proto_expert_info(E_FEC_CHECK, string.format("bad shard check: shard says 0x%04x, computed 0x%04x", want, got))
+    info = info .. " [bad check]"
+  elseif s < MIN_SHARD or s > MAX_SHARD or k == 0 or total < k or index >= total then
+    -- A receiver drops these as corrupt even with a good check (docs/protocol.md 2.6).
+    data_item:add_proto_expert_info(E_FEC_BAD, string.format("impossible shard: k %d, n %d, index %d, %d data bytes (4..240)", k, total, index, s))
+    info = info .. " [impossible]"
+  end
+  root:append_text(string.format(", FEC shard %d of %d, frame id %d", index, total, id))
+  pinfo.cols.info = info
+end
+
 -- ---- The frame -------------------------------------------------------------------------------
 
 function qkt.dissector(tvb, pinfo, tree)
@@ -302,7 +365,7 @@ function qkt.dissector(tvb, pinfo, tree)
   local dir = tvb:range(1, 1):uint()
   ph:add(F.direction, tvb:range(1, 1))
   local flags = ph:add(F.flags, tvb:range(2, 1))
-  for _, f in ipairs({ F.flag_cobs, F.flag_crc, F.flag_short, F.flag_oversize, F.flag_message }) do flags:add(f, tvb:range(2, 1)) end
+  for _, f in ipairs({ F.flag_cobs, F.flag_crc, F.flag_short, F.flag_oversize, F.flag_message, F.flag_fec_shard, F.flag_fec_reassembled }) do flags:add(f, tvb:range(2, 1)) end
   -- Only the monitor knows the maxFrame the module announced: its oversize verdict is shown as is.
   local flag_bits = tvb:range(2, 1):uint()
   if bit32.band(flag_bits, 0x08) ~= 0 and tvb:reported_len() == tvb:len() then
@@ -334,9 +397,19 @@ function qkt.dissector(tvb, pinfo, tree)
   local btvb = body:tvb("COBS-decoded body")
   local n = body:len()
   root:add(F.body_len, btvb:range(0, math.max(n, 0)), n)
+  -- A frame's first byte is its version, never 0xFE: such a body is a shard whatever the flags say.
+  if bit32.band(flag_bits, FLAG_FEC_SHARD) ~= 0 or (n > 0 and body:get_index(0) == SHARD_MARK) then
+    dissect_shard(btvb, body, n, root, pinfo, dir_text)
+    return tvb:len()
+  end
+  local reassembled = bit32.band(flag_bits, FLAG_FEC_REASSEMBLED) ~= 0
+  if reassembled then
+    root:add(F.fec_reassembled, tvb:range(2, 1), true, "Reassembled from FEC shards: the monitor put this frame together from the shards before it; these bytes were not on the wire as such")
+  end
+  local note = reassembled and " [reassembled from FEC shards]" or ""
   if n < MIN_BODY_SIZE then
     enc_item:add_proto_expert_info(E_SHORT, "too short: " .. n .. " bytes decoded, a frame has at least " .. MIN_BODY_SIZE)
-    pinfo.cols.info = dir_text .. " too short (" .. n .. " bytes decoded): line noise or garbage"
+    pinfo.cols.info = dir_text .. " too short (" .. n .. " bytes decoded): line noise or garbage" .. note
     return tvb:len()
   end
 
@@ -348,7 +421,7 @@ function qkt.dissector(tvb, pinfo, tree)
   crc_item:add(F.crc_good, btvb:range(n - CRC_SIZE, 4), good)
   if not good then
     crc_item:add_proto_expert_info(E_CRC, string.format("bad CRC-32: frame says 0x%08x, computed 0x%08x", want, got))
-    pinfo.cols.info = dir_text .. " bad CRC"
+    pinfo.cols.info = dir_text .. " bad CRC" .. note
     return tvb:len()
   end
 
@@ -401,7 +474,7 @@ function qkt.dissector(tvb, pinfo, tree)
     end
   end
   root:append_text(string.format(", %s %s.%s seq %d", KINDS[kind] or ("kind " .. kind), gname, cname, seq))
-  pinfo.cols.info = info
+  pinfo.cols.info = info .. note
   return tvb:len()
 end
 

@@ -1,6 +1,7 @@
 // FEC shards (docs/protocol.md 2.6): any k of n shards give the frame back, damaged shards are
 // dropped and counted, the collector stays bounded whatever a peer sends, and the plan fits the line.
 import t from 'tap';
+import { crc32 } from 'node:zlib';
 import fc from 'fast-check';
 import {
   MAX_SHARD,
@@ -111,6 +112,35 @@ t.test('the collector: frames out once, later shards ignored, at most 8 frames h
   // A frame larger than the receiver takes is not collected.
   const small = new ShardCollector(64);
   for (const b of encodeShards(new Uint8Array(1000), 1, { s: 100, k: 11, n: 11 })) t.equal(small.push(b), undefined);
+});
+
+t.test('the collector says which frame a push completed and how many whole shards it took', async (t) => {
+  const c = new ShardCollector(1000);
+  const body = new Uint8Array(100).fill(3);
+  const shards = encodeShards(body, 5, { s: 10, k: 11, n: 15 });
+  const damaged = Uint8Array.from(shards[1]!);
+  damaged[7]! ^= 1;
+  // Shard 0 twice, a damaged 1, then 2..11: the 11th distinct index completes the frame.
+  for (const b of [shards[0]!, shards[0]!, damaged]) {
+    t.equal(c.push(b), undefined);
+    t.equal(c.completed, undefined);
+  }
+  for (let i = 2; i < 11; i++) {
+    c.push(shards[i]!);
+    if (c.completed !== undefined) t.fail(`completed at shard ${i}`);
+  }
+  t.same(c.push(shards[11]!), body);
+  t.same(c.completed, { id: 5, k: 11, n: 15, s: 10, shards: 12 }, 'whole shards: 0 twice and 2..11; not the damaged one');
+  c.push(shards[12]!);
+  t.equal(c.completed, undefined, 'a later shard of the frame completes nothing');
+  // One shard (k = 1) whose length field says more than it holds: completed, but no frame.
+  const forged = Uint8Array.of(0xfe, 9, 1, 1, 0, 0, 0xff, 0xff, 0, 0, 0, 0);
+  const check = crc32(forged.subarray(0, 10)) & 0xffff;
+  forged[10] = check >>> 8;
+  forged[11] = check & 0xff;
+  t.equal(c.push(forged), undefined);
+  t.same(c.completed, { id: 9, k: 1, n: 1, s: 4, shards: 1 });
+  t.same(c.stats, { shards: 14, badShards: 1, framesDecoded: 1, framesLost: 1 }, 'the counts as before');
 });
 
 t.test('the deframer takes shards between plain frames and noise, and says which came as shards', async (t) => {

@@ -358,6 +358,16 @@ interface Group {
   decodedTop: number;
 }
 
+/** A frame the last push() completed: its shape, and the whole shards of it taken until then. */
+export interface CompletedFrame {
+  id: number;
+  k: number;
+  n: number;
+  s: number;
+  /** Whole shards of this frame pushed up to and including the completing one (repeats too). */
+  shards: number;
+}
+
 export interface FecStats {
   shards: number;
   badShards: number;
@@ -383,6 +393,11 @@ export class ShardCollector {
   /** Doubled for each answer that never came, back to 1 at the next frame that does. */
   #penalty = 1;
   readonly #groups = new Map<number, Group>();
+  /**
+   * Set by the push() at which a frame's k-th distinct shard arrived, whether or not it gave a
+   * frame body; undefined after any other push. For a monitor that reports what each frame cost.
+   */
+  completed: CompletedFrame | undefined;
 
   constructor(
     private readonly maxBody: number,
@@ -409,6 +424,7 @@ export class ShardCollector {
 
   /** Take one shard body; returns the frame body (CRC included) once its frame is complete. */
   push(body: Uint8Array): Uint8Array | undefined {
+    this.completed = undefined;
     const sh = parseShard(body);
     if (!sh) {
       this.stats.badShards++;
@@ -442,6 +458,7 @@ export class ShardCollector {
     // Sent so far: every index up to the highest seen; whole: the ones seen (the shard completing
     // it is the highest).
     this.line.observe(g.top + 1, g.ok, s + SHARD_WIRE_EXTRA);
+    this.completed = { id: sh.id, k: g.k, n: g.n, s, shards: g.ok };
     g.decodedTop = g.top;
     g.ok = 0;
     if (!frame || frame.length > this.maxBody) {

@@ -5,16 +5,33 @@ import t from 'tap';
 import { loadFrameFixtures } from '../../fixtures/frames.js';
 import { encodeMessage } from '../../firmware/link/codec.js';
 import { encodeFrame, Kind } from '../../firmware/link/frame.js';
+import { cobsEncode } from '../../firmware/link/cobs.js';
+import { encodeShards } from '../../firmware/link/fec.js';
+import { PcapFlag } from './pcap.js';
 import { Group, InjectCmd, SystemCmd } from '../../firmware/link/groups.js';
+import { cobsDecode } from '../../firmware/link/cobs.js';
+import { crc32 } from 'node:zlib';
 import { LinkMonitor, MAX_KEPT, formatFrame, inspectFrame } from './link-monitor.js';
 import type { Direction, FrameView } from './link-monitor.js';
 import type { PcapFrame } from './pcap.js';
 
+/** Flags of a frame the monitor gave no capture record. */
+const NO_RECORD = -1;
+
 function rig() {
   const seen: { view: FrameView; raw: PcapFrame }[] = [];
+  /** Every capture record, frames and shards, in order. */
+  const records: PcapFrame[] = [];
   let now = 1_000_000;
-  const m = new LinkMonitor({ onFrame: (view, raw) => seen.push({ view, raw }), nowUs: () => (now += 1500) });
-  return { m, seen };
+  const m = new LinkMonitor({
+    onFrame: (view, raw) => {
+      if (raw) records.push(raw);
+      seen.push({ view, raw: raw ?? { timeUs: 0, direction: 0, flags: NO_RECORD, bytes: new Uint8Array(0) } });
+    },
+    onShard: (raw) => records.push(raw),
+    nowUs: () => (now += 1500),
+  });
+  return { m, seen, records };
 }
 const dirOf = (kind: number): Direction => (kind === Kind.REQUEST ? 'host->device' : 'device->host');
 
@@ -112,4 +129,89 @@ t.test('the human line escapes terminal controls a device puts in its text', asy
   const line = formatFrame({ t: 0, dir: 'device->host', ...inspectFrame(wire.subarray(1, -1)) });
   t.notMatch(line, /[\u001b\u009b\u202e]/u, 'no control reaches the terminal');
   t.ok(line.includes('BAD_REQUEST: it could not read the request (a fault of this tool or a garbled line) ("ok\\u001b[2J\\x9b31m\\u{202e}evil")'), line);
+});
+
+/** A shard body on the wire: COBS, then its 0x00. */
+const onWire = (shard: Uint8Array) => Buffer.concat([cobsEncode(shard), Buffer.of(0)]);
+
+t.test('FEC shards: one view for the frame they make, with what it took; none per shard', async (t) => {
+  const secretish = Uint8Array.from({ length: 100 }, (_, i) => 0xc0 + (i % 16));
+  const chunk = encodeMessage({ kind: Kind.REQUEST, group: Group.INJECT, command: InjectCmd.CHUNK, seq: 41, payload: { t: 1, o: 0, d: secretish } });
+  const body = cobsDecode(chunk.subarray(1, -1))!;
+  const k = Math.ceil((body.length + 2) / 16);
+  const shards = encodeShards(body, 5, { s: 16, k, n: k + 4 }, 40);
+  // The device's answer comes in shards under the same id: each direction collects its own.
+  const reply = encodeMessage({ kind: Kind.RESPONSE, group: Group.INJECT, command: InjectCmd.CHUNK, seq: 41, payload: { c: 100 } });
+  const replyShards = encodeShards(cobsDecode(reply.subarray(1, -1))!, 5, { s: 8, k: 3, n: 5 });
+  const damaged = onWire(shards[1]!);
+  damaged[10]! ^= 0x04; // a data byte (non-zero either way: 0xc0.. and 0xc4..)
+  const plain = loadFrameFixtures()[2]!.wire; // status-request
+  const { m, seen, records } = rig();
+  const host: Uint8Array[] = [Buffer.of(0), onWire(shards[0]!), Buffer.of(0x02, 0x42, 0), damaged, plain, onWire(shards[2]!), onWire(shards[2]!)];
+  // Shard 1 damaged and 3 lost: data 0, 2, 4..k-1 and parity k, k+1 make the k.
+  for (let i = 4; i < k; i++) host.push(onWire(shards[i]!));
+  host.push(onWire(shards[k]!));
+  m.push('device->host', Buffer.concat([Buffer.of(0), onWire(replyShards[0]!), onWire(replyShards[4]!)]));
+  host.push(onWire(shards[k + 1]!), onWire(shards[k + 2]!)); // the last one after the frame is complete
+  for (const b of host) m.push('host->device', b);
+  m.push('device->host', onWire(replyShards[2]!));
+
+  t.same(
+    seen.map((s) => [s.view.dir, s.view.problem ?? 'ok', s.view.commandName, s.view.fec]),
+    [
+      ['host->device', 'too short', undefined, undefined],
+      ['host->device', 'ok', 'STATUS', undefined],
+      ['host->device', 'ok', 'CHUNK', { k, n: k + 4, s: 16, shards: k + 1 }],
+      ['device->host', 'ok', 'CHUNK', { k: 3, n: 5, s: 8, shards: 3 }],
+    ],
+    'the noise and the plain frame as before; a view per frame from shards, none per shard',
+  );
+  const v = seen[2]!.view;
+  t.match(v, { ok: true, kind: 'request', seq: 41, wireBytes: (k + 1) * (16 + 9), payload: `{"t": 1, "o": 0, "d": h'..'(100 bytes)}` });
+  t.notMatch(JSON.stringify(seen.map((s) => s.view)), /c0c1c2/, 'sealed bytes: their length only, from shards too');
+  t.match(formatFrame(v), new RegExp(`seq 41 +request +INJECT\\.CHUNK \\{.*\\} \\[fec ${k} of ${k + 4}, s 16, ${k + 1} seen\\]$`));
+  t.same(seen[3]!.view.payload, '{"c": 100}');
+  t.same(m.stats['host->device'], {
+    frames: 3,
+    problems: { 'too short': 1, 'bad shard': 1 },
+    bytes: host.reduce((n, b) => n + b.length, 0),
+    shards: { good: k + 2, bad: 1 },
+  });
+  t.same(m.stats['device->host'].shards, { good: 3, bad: 0 });
+
+  // The capture: every shard as on the wire, then the frame they made, re-encoded as a plain frame.
+  const h2d = records.filter((r) => r.direction === 0);
+  const F = PcapFlag;
+  t.same(
+    h2d.map((r) => r.flags),
+    [F.FEC_SHARD, F.SHORT, F.FEC_SHARD | F.BAD_CRC, 0, F.FEC_SHARD, F.FEC_SHARD, ...Array(k - 4).fill(F.FEC_SHARD), F.FEC_SHARD, F.FEC_SHARD, F.FEC_REASSEMBLED, F.FEC_SHARD],
+  );
+  t.same(Buffer.from(h2d[h2d.length - 2]!.bytes), Buffer.from(chunk.subarray(1, -1)), 'the reassembled record is the frame as encodeFrame writes it');
+  t.same(Buffer.from(h2d[0]!.bytes), onWire(shards[0]!).subarray(0, -1), 'a shard record: its bytes between the delimiters');
+  t.same(Buffer.from(h2d[2]!.bytes), damaged.subarray(0, -1));
+  t.equal(records.filter((r) => r.direction === 1).length, 4, 'three shards and the reply');
+});
+
+t.test('shards that make no good frame: a bad CRC shown with its fec; an impossible length with no record', async (t) => {
+  const good = loadFrameFixtures()[2]!.wire;
+  const body = Uint8Array.from(cobsDecode(good.subarray(1, -1))!);
+  body[body.length - 1]! ^= 0xff; // the frame's CRC-32: the shards are whole, the frame is not
+  const { m, seen, records } = rig();
+  for (const sh of encodeShards(body, 1, { s: 8, k: 3, n: 3 })) m.push('device->host', onWire(sh));
+  t.match(seen[0]!.view, { ok: false, problem: 'bad CRC', fec: { k: 3, n: 3, s: 8, shards: 3 }, wireBytes: 3 * 17 });
+  t.equal(seen[0]!.raw.flags, PcapFlag.FEC_REASSEMBLED | PcapFlag.BAD_CRC);
+  t.match(formatFrame(seen[0]!.view), /device->host bad CRC: CRC-32 [0-9a-f]{8} does not match the 7 bytes before it \[fec 3 of 3, s 8, 3 seen\]$/);
+  // One shard (k = 1) with a valid check whose length field says more than it holds.
+  const forged = Uint8Array.of(0xfe, 2, 1, 1, 0, 0, 0xff, 0xff, 0, 0, 0, 0);
+  const check = crc32(forged.subarray(0, 10)) & 0xffff;
+  forged[10] = check >>> 8;
+  forged[11] = check & 0xff;
+  m.push('device->host', onWire(forged));
+  t.match(seen[1]!.view, { ok: false, problem: 'bad shard', detail: /^1 whole shards of frame 2 do not make a frame/, fec: { k: 1, n: 1, s: 4, shards: 1 } });
+  t.equal(seen[1]!.raw.flags, NO_RECORD, 'no capture record: there is no frame to show');
+  t.equal(records.length, 5, 'the three shards, the bad-CRC frame, the forged shard');
+  // Hostile runs of 0xFE bodies never throw and are counted as bad shards.
+  for (let len = 1; len < 40; len++) m.push('device->host', onWire(new Uint8Array(len).fill(0xfe)));
+  t.equal(m.stats['device->host'].problems['bad shard'], 39 + 1);
+  t.equal(seen.length, 2);
 });

@@ -2,8 +2,11 @@
 // receiver resynchronises, docs/protocol.md 2.5) and each frame checked and decoded with the link's
 // own codec (cobs.ts, frame.ts, codec.ts) into a FrameView: header with names, payload in CBOR
 // diagnostic notation, refusal codes in words, and framing faults (bad COBS, bad CRC, too short,
-// oversize) as views of their own. Works on a copy of the stream; never throws on what it reads.
-import { cobsDecode } from '../../firmware/link/cobs.js';
+// oversize) as views of their own. FEC shards (docs/protocol.md 2.6) are collected per direction
+// and not shown one by one: the frame they make is shown once complete, with what it took. Works
+// on a copy of the stream; never throws on what it reads.
+import { cobsDecode, cobsEncode } from '../../firmware/link/cobs.js';
+import { SHARD_CHECK, SHARD_HEADER, SHARD_MARK, ShardCollector } from '../../firmware/link/fec.js';
 import { CRC_SIZE, HEADER_SIZE, Kind, MIN_BODY_SIZE, crcOk, readHeader } from '../../firmware/link/frame.js';
 import { decodeMessage } from '../../firmware/link/codec.js';
 import { rcName } from '../../firmware/link/errors.js';
@@ -17,14 +20,26 @@ import type { PcapFrame } from './pcap.js';
 /** A is the device side of the cable, B the host side: bytes read at A go device->host. */
 export type Direction = 'host->device' | 'device->host';
 export type KindName = 'request' | 'response' | 'error' | 'event';
-export type Problem = 'bad COBS' | 'bad CRC' | 'too short' | 'oversize' | 'bad message';
+export type Problem = 'bad COBS' | 'bad CRC' | 'too short' | 'oversize' | 'bad message' | 'bad shard';
+
+/** How a frame that came as FEC shards was sent, and what of it the monitor saw. */
+export interface FecInfo {
+  /** Data shards. */
+  k: number;
+  /** All shards, data and parity. */
+  n: number;
+  /** Data bytes per shard. */
+  s: number;
+  /** Whole shards of this frame seen until it was complete (a repeat counts again). */
+  shards: number;
+}
 
 /** One frame as seen on the cable; also the `--json` line of `qkt monitor` (docs/cli.md). */
 export interface FrameView {
   /** Seconds since the monitor started, to the millisecond. */
   t: number;
   dir: Direction;
-  /** Bytes between its two 0x00 delimiters (COBS-encoded). */
+  /** Bytes between its two 0x00 delimiters (COBS-encoded); for a frame from shards, its whole shards' bytes. */
   wireBytes: number;
   /** A whole, CRC-checked v1 message. */
   ok: boolean;
@@ -46,6 +61,8 @@ export interface FrameView {
   payloadError?: string;
   /** For an ERROR frame: the refusal. */
   error?: { group: number; rc: number; name: string; words: string; reason?: string };
+  /** Present when the frame was put together from FEC shards. */
+  fec?: FecInfo;
 }
 
 const KIND_NAMES: Record<number, KindName> = { [Kind.REQUEST]: 'request', [Kind.RESPONSE]: 'response', [Kind.ERROR]: 'error', [Kind.EVENT]: 'event' };
@@ -70,6 +87,12 @@ export function inspectFrame(encoded: Uint8Array, origLength = encoded.length, m
   }
   const body = cobsDecode(encoded);
   if (!body) return { ...v, problem: 'bad COBS', detail: `${origLength} bytes that are not valid COBS (line noise, or garbage between frames)` };
+  return inspectBody(body, origLength, maxBody);
+}
+
+/** Check and decode one frame body (after COBS): a frame's, or one put together from shards. */
+export function inspectBody(body: Uint8Array, wireBytes: number, maxBody = DEFAULT_MAX_BODY): Omit<FrameView, 't' | 'dir'> {
+  const v: Omit<FrameView, 't' | 'dir'> = { wireBytes, ok: false };
   if (body.length < MIN_BODY_SIZE) return { ...v, problem: 'too short', detail: `${body.length} bytes decoded, under the ${MIN_BODY_SIZE} of the smallest frame (line noise, or garbage between frames)` };
   if (!crcOk(body)) {
     const n = body.length - CRC_SIZE;
@@ -109,14 +132,21 @@ export function inspectFrame(encoded: Uint8Array, origLength = encoded.length, m
 
 export interface MonitorStats {
   frames: number;
-  /** Frames with a problem (framing faults and bad messages), by problem. */
+  /** Frames with a problem (framing faults and bad messages), by problem; 'bad shard' counts shards. */
   problems: Partial<Record<Problem, number>>;
   bytes: number;
+  /** FEC shards, once one has been seen: whole ones, and ones not whole (also in problems). */
+  shards?: { good: number; bad: number };
 }
 
 export interface LinkMonitorOptions {
-  /** Each frame, in the order its closing delimiter arrived. */
-  onFrame(view: FrameView, raw: PcapFrame): void;
+  /**
+   * Each frame, in the order its closing delimiter (or its completing shard) arrived, with its
+   * capture record; none for k shards that do not make a frame (nothing to show Wireshark).
+   */
+  onFrame(view: FrameView, raw: PcapFrame | undefined): void;
+  /** Each FEC shard's capture record (its frame is reported to onFrame once complete). */
+  onShard?(raw: PcapFrame): void;
   /** Microseconds since the Unix epoch; default performance.timeOrigin + performance.now(). */
   nowUs?: () => number;
 }
@@ -156,44 +186,103 @@ export class LinkMonitor {
   readonly #nowUs: () => number;
   readonly #split: Record<Direction, Splitter> = { 'host->device': new Splitter(), 'device->host': new Splitter() };
   readonly #onFrame: LinkMonitorOptions['onFrame'];
+  readonly #onShard: LinkMonitorOptions['onShard'];
+  // Any frame fits: k * s is at most 255 * 240 bytes. maxFrame is checked on the frame, as for plain ones.
+  readonly #fec: Record<Direction, ShardCollector> = { 'host->device': new ShardCollector(DEFAULT_MAX_BODY), 'device->host': new ShardCollector(DEFAULT_MAX_BODY) };
   /** The device's advertised maxFrame, once a PARAMS reply has been seen. */
   maxFrame: number | undefined;
 
   constructor(options: LinkMonitorOptions) {
     this.#onFrame = options.onFrame;
+    this.#onShard = options.onShard;
     this.#nowUs = options.nowUs ?? (() => Math.round((performance.timeOrigin + performance.now()) * 1000));
     this.#startUs = this.#nowUs();
   }
 
   /** Bytes that went `dir` on the cable (a copy the monitor may keep). */
   push(dir: Direction, bytes: Uint8Array): void {
-    const s = this.stats[dir];
-    s.bytes += bytes.length;
+    this.stats[dir].bytes += bytes.length;
     this.#split[dir].push(bytes, (kept, length) => {
       const nowUs = this.#nowUs();
-      const seen = inspectFrame(kept, length, this.maxFrame ?? DEFAULT_MAX_BODY);
-      const view: FrameView = { t: Math.round((nowUs - this.#startUs) / 1000) / 1000, dir, ...seen };
-      s.frames++;
-      if (view.problem) s.problems[view.problem] = (s.problems[view.problem] ?? 0) + 1;
-      this.#learn(view, kept);
-      const flags =
-        (view.problem === 'bad COBS' ? PcapFlag.BAD_COBS : 0) |
-        (view.problem === 'bad CRC' ? PcapFlag.BAD_CRC : 0) |
-        (view.problem === 'too short' ? PcapFlag.SHORT : 0) |
-        (view.problem === 'oversize' ? PcapFlag.OVERSIZE : 0) |
-        (view.problem === 'bad message' ? PcapFlag.BAD_MESSAGE : 0);
-      const direction = dir === 'host->device' ? PcapDirection.HOST_TO_DEVICE : PcapDirection.DEVICE_TO_HOST;
-      this.#onFrame(view, { timeUs: nowUs, direction, flags, bytes: kept, origLength: length });
+      const body = length === kept.length ? cobsDecode(kept) : undefined;
+      // 0xFE is never a frame's version byte: such a body is a shard (docs/protocol.md 2.6).
+      if (body !== undefined && body[0] === SHARD_MARK) {
+        this.#shard(dir, body, kept, nowUs);
+        return;
+      }
+      const max = this.maxFrame ?? DEFAULT_MAX_BODY;
+      const seen = body ? inspectBody(body, length, max) : inspectFrame(kept, length, max);
+      this.#report(dir, seen, body, nowUs, { timeUs: nowUs, direction: pcapDirection(dir), flags: 0, bytes: kept, origLength: length });
     });
   }
 
+  /** One shard: counted and captured, not shown; the frame it completes is reported. */
+  #shard(dir: Direction, body: Uint8Array, kept: Uint8Array, nowUs: number): void {
+    const st = this.stats[dir];
+    const c = this.#fec[dir];
+    const badBefore = c.stats.badShards;
+    const frame = c.push(body);
+    const bad = c.stats.badShards > badBefore;
+    const counts = (st.shards ??= { good: 0, bad: 0 });
+    if (bad) {
+      counts.bad++;
+      st.problems['bad shard'] = (st.problems['bad shard'] ?? 0) + 1;
+    } else counts.good++;
+    const direction = pcapDirection(dir);
+    this.#onShard?.({ timeUs: nowUs, direction, flags: PcapFlag.FEC_SHARD | (bad ? PcapFlag.BAD_CRC : 0), bytes: kept });
+    const done = c.completed;
+    if (!done) return;
+    const fec: FecInfo = { k: done.k, n: done.n, s: done.s, shards: done.shards };
+    // A whole shard's body is under 254 bytes, so COBS adds exactly one byte: every whole shard
+    // of this frame took the same s + 9 bytes between its delimiters.
+    const wireBytes = done.shards * (done.s + SHARD_HEADER + SHARD_CHECK + 1);
+    if (!frame) {
+      const detail = `${done.k} whole shards of frame ${done.id} do not make a frame: their length field says more than they hold`;
+      this.#report(dir, { wireBytes, ok: false, problem: 'bad shard', detail, fec }, undefined, nowUs, undefined);
+      return;
+    }
+    const seen = { ...inspectBody(frame, wireBytes, this.maxFrame ?? DEFAULT_MAX_BODY), fec };
+    const bytes = cobsEncode(frame);
+    this.#report(dir, seen, frame, nowUs, { timeUs: nowUs, direction, flags: PcapFlag.FEC_REASSEMBLED, bytes });
+  }
+
+  /** Count, learn from and hand on one frame; `raw`'s flags gain the verdict's bits. */
+  #report(dir: Direction, seen: Omit<FrameView, 't' | 'dir'>, body: Uint8Array | undefined, nowUs: number, raw: PcapFrame | undefined): void {
+    const s = this.stats[dir];
+    const view: FrameView = { t: Math.round((nowUs - this.#startUs) / 1000) / 1000, dir, ...seen };
+    s.frames++;
+    if (view.problem) s.problems[view.problem] = (s.problems[view.problem] ?? 0) + 1;
+    if (body) this.#learn(view, body);
+    if (raw) raw.flags |= problemFlag(view.problem);
+    this.#onFrame(view, raw);
+  }
+
   /** The device's PARAMS reply names its maxFrame: larger bodies from then on are flagged. */
-  #learn(view: FrameView, kept: Uint8Array): void {
+  #learn(view: FrameView, body: Uint8Array): void {
     if (!view.ok || view.kind !== 'response' || view.group !== Group.SYSTEM || view.command !== SystemCmd.PARAMS) return;
-    const body = cobsDecode(kept);
-    const m = body && decodeMessage(body.subarray(0, body.length - CRC_SIZE));
+    const m = decodeMessage(body.subarray(0, body.length - CRC_SIZE));
     const mf = m && m.ok ? m.message.payload['maxFrame'] : undefined;
     if (typeof mf === 'number' && Number.isInteger(mf) && mf >= MIN_BODY_SIZE) this.maxFrame = mf;
+  }
+}
+
+const pcapDirection = (dir: Direction) => (dir === 'host->device' ? PcapDirection.HOST_TO_DEVICE : PcapDirection.DEVICE_TO_HOST);
+
+function problemFlag(p: Problem | undefined): number {
+  switch (p) {
+    case 'bad COBS':
+      return PcapFlag.BAD_COBS;
+    case 'bad CRC':
+    case 'bad shard':
+      return PcapFlag.BAD_CRC;
+    case 'too short':
+      return PcapFlag.SHORT;
+    case 'oversize':
+      return PcapFlag.OVERSIZE;
+    case 'bad message':
+      return PcapFlag.BAD_MESSAGE;
+    default:
+      return 0;
   }
 }
 
@@ -207,7 +296,8 @@ export function formatFrame(v: FrameView): string {
 
 function frameLine(v: FrameView): string {
   const head = `${v.t.toFixed(3).padStart(9)} ${v.dir}`;
-  if (v.seq === undefined) return `${head} ${v.problem}: ${v.detail}`;
+  const fec = v.fec ? ` [fec ${v.fec.k} of ${v.fec.n}, s ${v.fec.s}, ${v.fec.shards} seen]` : '';
+  if (v.seq === undefined) return `${head} ${v.problem}: ${v.detail}${fec}`;
   const what = `${v.groupName}.${v.commandName}`;
   const kind = typeof v.kind === 'number' ? `kind ${v.kind}` : v.kind;
   let line = `${head} seq ${String(v.seq).padEnd(5)} ${String(kind).padEnd(8)} ${what}`;
@@ -215,5 +305,5 @@ function frameLine(v: FrameView): string {
   line += ` ${v.payload}`;
   if (v.payloadError) line += ` [${v.payloadError}]`;
   if (v.problem) line += ` [${v.problem}: ${v.detail}]`;
-  return line;
+  return line + fec;
 }

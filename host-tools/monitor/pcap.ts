@@ -2,7 +2,9 @@
 // draft-ietf-opsawg-pcap) of link frames as `qkt monitor` sees them on the cable, for Wireshark
 // with docs/wireshark/qkt.lua. Link type LINKTYPE_USER0 (147); each record is a 4-byte
 // pseudo-header (version, direction, flags, reserved) then the frame's bytes between its 0x00
-// delimiters, still COBS-encoded. Records are written one by one with a synchronous write, so a
+// delimiters, still COBS-encoded. A frame sent as FEC shards (docs/protocol.md 2.6) is a record per
+// shard (flag FEC_SHARD) and, once the monitor has put it together, one more record of the frame's
+// body COBS-encoded as a plain frame would be (flag FEC_REASSEMBLED). Records are written one by one with a synchronous write, so a
 // monitor that is killed leaves a file whose every complete record reads (docs/cli.md "monitor").
 import { closeSync, constants, openSync, writeSync } from 'node:fs';
 
@@ -33,6 +35,16 @@ export const PcapFlag = {
   OVERSIZE: 0x08,
   /** CRC good but not a v1 message: unknown version or kind, or the payload is not a CBOR map. */
   BAD_MESSAGE: 0x10,
+  /**
+   * One FEC shard (its body starts 0xFE), as on the wire. With BAD_CRC: not a whole shard (its
+   * 16-bit check fails or its k, n, index or size are impossible).
+   */
+  FEC_SHARD: 0x20,
+  /**
+   * Not bytes from the wire: a frame the monitor put together from the shards before it, its body
+   * COBS-encoded as a plain frame would be; the other bits are the verdict on that body.
+   */
+  FEC_REASSEMBLED: 0x40,
 } as const;
 
 /** The 24-byte global header: little-endian, v2.4, UTC, snaplen 65535, LINKTYPE_USER0. */

@@ -11,6 +11,7 @@ import { NoDeviceError, errnoOf } from '../../link/errors.js';
 import { LinkMonitor, formatFrame } from '../../monitor/link-monitor.js';
 import type { Direction, MonitorStats } from '../../monitor/link-monitor.js';
 import { PcapWriter } from '../../monitor/pcap.js';
+import type { PcapFrame } from '../../monitor/pcap.js';
 import { FrameOutput } from '../../monitor/output.js';
 
 export interface MonitorReady {
@@ -54,7 +55,8 @@ const hostPort = (h: string, p: number) => `${h.includes(':') ? `[${h}]` : h}:${
 
 const summary = (dir: Direction, s: MonitorStats) => {
   const problems = Object.entries(s.problems).map(([k, n]) => `${n} ${k}`);
-  return `${dir}: ${s.frames} frames, ${s.bytes} bytes${problems.length ? `, ${problems.join(', ')}` : ', no framing errors'}`;
+  const shards = s.shards ? `; FEC shards: ${s.shards.good} whole, ${s.shards.bad} bad` : '';
+  return `${dir}: ${s.frames} frames, ${s.bytes} bytes${problems.length ? `, ${problems.join(', ')}` : ', no framing errors'}${shards}`;
 };
 
 export default defineCommand<MonitorReady>({
@@ -116,20 +118,24 @@ export default defineCommand<MonitorReady>({
     const output = new FrameOutput(process.stdout, (n) =>
       io.json ? JSON.stringify({ event: 'skipped', frames: n }) : `          ${n} frames not shown: the output was not read fast enough (the relay and the capture carry on)`,
     );
+    const capture = (raw: PcapFrame | undefined) => {
+      if (!raw || !pcap || !capturing) return;
+      try {
+        pcap.write(raw);
+      } catch (e) {
+        // A full disk or a pulled drive stops the capture, not the monitor or the relay.
+        io.log(`capture ${pcap.path} stopped after ${pcap.records} records: ${(e as Error).message}`);
+        capturing = false;
+        pcap.close();
+      }
+    };
     const monitor = new LinkMonitor({
       onFrame: (view, raw) => {
-        if (pcap && capturing) {
-          try {
-            pcap.write(raw);
-          } catch (e) {
-            // A full disk or a pulled drive stops the capture, not the monitor or the relay.
-            io.log(`capture ${pcap.path} stopped after ${pcap.records} frames: ${(e as Error).message}`);
-            capturing = false;
-            pcap.close();
-          }
-        }
+        capture(raw);
         output.line(io.json ? JSON.stringify({ event: 'frame', ...view }) : formatFrame(view));
       },
+      // A shard goes to the capture only: its frame gets the line once complete.
+      onShard: capture,
     });
 
     let reason = 'stopped';
@@ -157,7 +163,7 @@ export default defineCommand<MonitorReady>({
     else {
       io.log(summary('host->device', end['host->device']));
       io.log(summary('device->host', end['device->host']));
-      if (pcap) io.log(`${pcap.records} frames written to ${pcap.path}`);
+      if (pcap) io.log(`${pcap.records} records written to ${pcap.path}`);
       if (output.skipped > 0) io.log(`${output.skipped} frames not shown: the output was not read fast enough`);
     }
     return ready;
