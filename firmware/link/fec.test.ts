@@ -24,6 +24,13 @@ import { encodeMessage, decodeMessage } from './codec.js';
 import { Kind } from './frame.js';
 import { readFileSync } from 'node:fs';
 
+/** A frame body: `n` bytes and their CRC-32 (what a collector checks before it gives a frame out). */
+function frameBody(n: number, fill = 3): Uint8Array {
+  const b = new Uint8Array(n + 4).map((_, i) => (i * 7 + fill) & 0xff);
+  new DataView(b.buffer).setUint32(n, crc32(b.subarray(0, n)), false);
+  return b;
+}
+
 const plans = fc
   .record({ len: fc.integer({ min: 1, max: 2000 }), s: fc.integer({ min: MIN_SHARD, max: MAX_SHARD }), extra: fc.integer({ min: 0, max: 40 }) })
   .filter(({ len, s }) => Math.ceil((len + 2) / s) <= 200)
@@ -71,16 +78,39 @@ t.test('the parity shards alone give the frame back (every data shard lost)', as
   t.equal(decodeShards(k, got), undefined);
 });
 
-t.test('a damaged shard fails its check; bad fields are refused', async (t) => {
-  const [sh] = encodeShards(new Uint8Array(30).fill(7), 9, { s: 16, k: 2, n: 3 });
-  t.ok(parseShard(sh!));
-  for (let i = 0; i < sh!.length; i++) {
-    for (const bit of [1, 0x80]) {
+t.test('one flipped bit anywhere in a shard is corrected; more damage fails the check; bad fields are refused', async (t) => {
+  const [sh] = encodeShards(new Uint8Array(30).map((_, i) => i * 3), 9, { s: 16, k: 2, n: 3 });
+  const good = parseShard(sh!)!;
+  t.equal(good.corrected, false);
+  // A 16-bit check tells most single flips apart, not all: two bit positions may share a
+  // syndrome, and those flips are refused (never put right wrongly).
+  let corrected = 0;
+  let refusedFlips = 0;
+  for (let i = 1; i < sh!.length; i++) {
+    for (let bit = 0; bit < 8; bit++) {
       const bad = Uint8Array.from(sh!);
-      bad[i]! ^= bit;
-      if (parseShard(bad)) t.fail(`byte ${i} bit ${bit} passed`);
+      bad[i]! ^= 1 << bit;
+      const p = parseShard(bad);
+      if (!p) refusedFlips++;
+      else if (p.corrected && Buffer.from(p.data).equals(Buffer.from(good.data)) && p.index === good.index && p.id === good.id) corrected++;
+      else t.fail(`byte ${i} bit ${bit} put right wrongly`);
     }
   }
+  t.ok(corrected >= (sh!.length - 1) * 8 * 0.95, `${corrected} single flips put right, ${refusedFlips} refused (positions sharing a syndrome)`);
+  // Two flips: refused, or (rarely) "corrected" into something else, which the frame CRC catches.
+  let refused = 0;
+  let wrong = 0;
+  for (let i = 1; i < sh!.length; i++) {
+    for (let j = i + 1; j < sh!.length; j++) {
+      const bad = Uint8Array.from(sh!);
+      bad[i]! ^= 0x01;
+      bad[j]! ^= 0x10;
+      const p = parseShard(bad);
+      if (!p) refused++;
+      else if (!Buffer.from(p.data).equals(Buffer.from(good.data)) || p.index !== good.index) wrong++;
+    }
+  }
+  t.ok(wrong <= (refused + wrong) * 0.02, `two flips: ${refused} refused, ${wrong} miscorrected`);
   t.equal(parseShard(sh!.subarray(0, sh!.length - 1)), undefined, 'a dropped byte');
   t.equal(parseShard(new Uint8Array(5)), undefined, 'too short');
   t.throws(() => encodeShards(new Uint8Array(100), 0, { s: 16, k: 2, n: 3 }), /cannot carry/);
@@ -89,7 +119,7 @@ t.test('a damaged shard fails its check; bad fields are refused', async (t) => {
 
 t.test('the collector: frames out once, later shards ignored, at most 8 frames held', async (t) => {
   const c = new ShardCollector(1000);
-  const body = new Uint8Array(100).fill(3);
+  const body = frameBody(96);
   const shards = encodeShards(body, 5, { s: 10, k: 11, n: 15 });
   const outs = shards.map((b) => c.push(b)).filter(Boolean);
   t.equal(outs.length, 1, 'one frame from 15 shards');
@@ -116,10 +146,12 @@ t.test('the collector: frames out once, later shards ignored, at most 8 frames h
 
 t.test('the collector says which frame a push completed and how many whole shards it took', async (t) => {
   const c = new ShardCollector(1000);
-  const body = new Uint8Array(100).fill(3);
+  const body = frameBody(96);
   const shards = encodeShards(body, 5, { s: 10, k: 11, n: 15 });
   const damaged = Uint8Array.from(shards[1]!);
-  damaged[7]! ^= 1;
+  damaged[7]! ^= 0x11; // three bytes: more than a single flip, which would be put right
+  damaged[8]! ^= 0x22;
+  damaged[9]! ^= 0x44;
   // Shard 0 twice, a damaged 1, then 2..11: the 11th distinct index completes the frame.
   for (const b of [shards[0]!, shards[0]!, damaged]) {
     t.equal(c.push(b), undefined);
@@ -148,11 +180,11 @@ t.test('the deframer takes shards between plain frames and noise, and says which
   const m2 = encodeMessage({ kind: Kind.REQUEST, group: 0, command: 1, seq: 2, payload: { b: new Uint8Array(300).fill(0) } });
   const plan = planShards(m2.length, 0.01)!;
   const wire2 = frameAsShards(m2, 3, plan);
-  // Lose the first shard of m2 whole (its bytes up to its delimiter) and flip a byte in another.
+  // Lose the first shard of m2 whole (its bytes up to its delimiter) and damage another.
   const stream = Buffer.concat([Buffer.from([1, 2, 3]), m1, Buffer.from(wire2)]);
   const firstEnd = stream.indexOf(0, m1.length + 3 + 1);
   const damaged = Buffer.concat([stream.subarray(0, m1.length + 3 + 1), stream.subarray(firstEnd + 1)]);
-  damaged[damaged.length - 20]! ^= 0x10;
+  for (const back of [20, 21, 22]) damaged[damaged.length - back]! ^= 0x10; // more than one flipped bit
   const d = new Deframer(9000);
   const bodies = d.push(new Uint8Array(damaged));
   if (plan.n - plan.k < 2) t.fail(`plan has too little parity to test: ${JSON.stringify(plan)}`);
@@ -216,4 +248,28 @@ t.test('fixtures/fec/shards.json: the encoder reproduces every shard byte for by
     for (let i = c.plan.n - c.plan.k; i < c.plan.n; i++) last.set(i, parseShard(Buffer.from(c.shards[i]!, 'hex'))!.data);
     t.same(Buffer.from(decodeShards(c.plan.k, last)!), body, `${c.name}: from the last k`);
   }
+});
+
+t.test('a shard put right wrongly does not lose the frame: it is put together again without it', async (t) => {
+  const body = frameBody(196, 11);
+  const shards = encodeShards(body, 4, { s: 20, k: 11, n: 14 });
+  // Forge a shard that parses as "corrected" but carries wrong data: take shard 0, change its
+  // data, recompute the check, then flip one bit so the receiver corrects it back to the wrong data.
+  const forged = Uint8Array.from(shards[0]!);
+  forged[10]! ^= 0xff;
+  const c16 = crc32(forged.subarray(0, forged.length - 2)) & 0xffff;
+  forged[forged.length - 2] = c16 >>> 8;
+  forged[forged.length - 1] = c16 & 0xff;
+  forged[12]! ^= 0x04;
+  t.equal(parseShard(forged)?.corrected, true, 'the forged shard is taken as corrected');
+  const c = new ShardCollector(1000);
+  const outs = [forged, ...shards.slice(1)].map((b) => c.push(b));
+  t.same(outs.find(Boolean), body, 'the frame, from the shards that were not corrected');
+  t.equal(c.stats.framesDecoded, 1);
+  t.equal(c.stats.framesLost, 0);
+  // Without enough other shards the frame is lost when it is dropped, and counted once.
+  const c2 = new ShardCollector(1000);
+  for (const b of [forged, ...shards.slice(1, 11)]) t.equal(c2.push(b), undefined);
+  for (let id = 10; id < 20; id++) c2.push(encodeShards(frameBody(12), id, { s: 20, k: 1, n: 1 })[0]!);
+  t.equal(c2.stats.framesLost, 1, 'lost once, when it is dropped for newer frames');
 });

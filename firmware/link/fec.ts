@@ -11,6 +11,7 @@
 // of a Cauchy matrix is invertible, so any k shards decode (the code is MDS).
 import { crc32 } from 'node:zlib';
 import { cobsDecode, cobsEncodeInto, cobsMaxEncodedLength } from './cobs.js';
+import { MIN_BODY_SIZE, crcOk } from './frame.js';
 
 /** First byte of a shard body: never a protocol version, so a frame reader tells the two apart. */
 export const SHARD_MARK = 0xfe;
@@ -106,6 +107,8 @@ export function encodeShards(body: Uint8Array, id: number, plan: ShardPlan, seen
 
 export interface ParsedShard {
   id: number;
+  /** One flipped bit was corrected (parseShard). */
+  corrected: boolean;
   /** The sender's estimate of the line it receives on (seenByte), 0 if it has none. */
   seen: number;
   k: number;
@@ -114,17 +117,75 @@ export interface ParsedShard {
   data: Uint8Array;
 }
 
-/** A shard body, checked; undefined if it is not a whole one. */
+/**
+ * A shard body, checked; undefined if it is not a whole one. A shard whose check shows exactly
+ * one flipped bit (the commonest damage on a serial line) is corrected and marked so: the check
+ * is a CRC, and the difference a single flipped bit makes to it depends only on the bit's distance
+ * from the end of the shard, so one table of those differences finds the bit. About 1 in 100
+ * shards with other damage looks like a single flip: the frame's own CRC-32 catches those, and the
+ * collector then puts the frame together without the shards it corrected.
+ */
 export function parseShard(body: Uint8Array): ParsedShard | undefined {
   const s = body.length - SHARD_HEADER - SHARD_CHECK;
   if (body[0] !== SHARD_MARK || s < MIN_SHARD || s > MAX_SHARD) return undefined;
-  const k = body[2]!;
-  const n = body[3]!;
-  const index = body[4]!;
+  let b = body;
+  let corrected = false;
+  const covered = SHARD_HEADER + s;
+  const syndrome = check16(b.subarray(0, covered)) ^ ((b[covered]! << 8) | b[covered + 1]!);
+  if (syndrome !== 0) {
+    const bit = singleBitAt(syndrome, covered);
+    if (bit === undefined) return undefined;
+    b = Uint8Array.from(body);
+    b[bit >>> 3]! ^= 1 << (bit & 7);
+    if (b[0] !== SHARD_MARK) return undefined;
+    corrected = true;
+  }
+  const k = b[2]!;
+  const n = b[3]!;
+  const index = b[4]!;
   if (k < 1 || n < k || index >= n) return undefined;
-  const want = (body[SHARD_HEADER + s]! << 8) | body[SHARD_HEADER + s + 1]!;
-  if (check16(body.subarray(0, SHARD_HEADER + s)) !== want) return undefined;
-  return { id: body[1]!, seen: body[5]!, k, n, index, data: body.subarray(SHARD_HEADER, SHARD_HEADER + s) };
+  return { id: b[1]!, seen: b[5]!, k, n, index, corrected, data: b.subarray(SHARD_HEADER, SHARD_HEADER + s) };
+}
+
+/** Syndromes of single flipped bits by distance from the end of the covered bytes (built once). */
+let flipTable: Map<number, number[]> | undefined;
+
+/**
+ * The bit (byte * 8 + bit, within the shard body) whose flip explains `syndrome` (computed check
+ * XOR stored check) for a shard whose check covers `covered` bytes; undefined if none or several.
+ */
+function singleBitAt(syndrome: number, covered: number): number | undefined {
+  const found: number[] = [];
+  // A flip in the check itself: the syndrome is that one bit (check byte 0 holds bits 15..8).
+  if ((syndrome & (syndrome - 1)) === 0) {
+    const v = 31 - Math.clz32(syndrome);
+    found.push((covered + (v >= 8 ? 0 : 1)) * 8 + (v & 7));
+  }
+  // A flip in the covered bytes: CRC-32 is affine, so the syndrome is the low half of the CRC of
+  // the error alone minus the CRC of zeros, which depends on the bit's distance from the end.
+  if (!flipTable) {
+    flipTable = new Map();
+    const len = SHARD_HEADER + MAX_SHARD;
+    const zero = check16(new Uint8Array(len));
+    const e = new Uint8Array(len);
+    for (let i = 0; i < len; i++) {
+      for (let bit = 0; bit < 8; bit++) {
+        e[i] = 1 << bit;
+        const syn = check16(e) ^ zero;
+        e[i] = 0;
+        // CRC-32 (reflected) takes each byte's low bit first: distance from the last bit taken.
+        const d = (len - 1 - i) * 8 + (7 - bit);
+        const at = flipTable.get(syn);
+        if (at) at.push(d);
+        else flipTable.set(syn, [d]);
+      }
+    }
+  }
+  for (const d of flipTable.get(syndrome) ?? []) {
+    if (d >= covered * 8) continue;
+    found.push(covered * 8 - 1 - d); // byte * 8 + bit: the order CRC-32 takes bits in
+  }
+  return found.length === 1 ? found[0] : undefined;
 }
 
 /**
@@ -349,7 +410,10 @@ interface Group {
   k: number;
   n: number;
   s: number;
-  shards: Map<number, Uint8Array>;
+  /** Its shards so far, by index; `corrected`: put right from one flipped bit (parseShard). */
+  shards: Map<number, { data: Uint8Array; corrected: boolean }>;
+  /** Indices whose corrected shard spoilt a decoding: not taken again. */
+  distrusted: Set<number>;
   /** Highest index seen, and whole shards seen (also after it decoded). */
   top: number;
   ok: number;
@@ -366,6 +430,8 @@ export interface CompletedFrame {
   s: number;
   /** Whole shards of this frame pushed up to and including the completing one (repeats too). */
   shards: number;
+  /** When it gave no frame but its length field was possible: the bytes it made (a bad CRC). */
+  body?: Uint8Array;
 }
 
 export interface FecStats {
@@ -422,7 +488,11 @@ export class ShardCollector {
     this.#penalty = Math.min(4, this.#penalty * 2);
   }
 
-  /** Take one shard body; returns the frame body (CRC included) once its frame is complete. */
+  /**
+   * Take one shard body; returns the frame body (CRC included, checked) once its frame is
+   * complete. A frame whose CRC fails is lost, unless shards put right from a flipped bit went
+   * into it: then it is put together again without them as more shards come.
+   */
   push(body: Uint8Array): Uint8Array | undefined {
     this.completed = undefined;
     const sh = parseShard(body);
@@ -435,12 +505,20 @@ export class ShardCollector {
     const s = sh.data.length;
     let g = this.#groups.get(sh.id);
     if (g && (g.k !== sh.k || g.n !== sh.n || g.s !== s)) {
-      this.#close(sh.id, g); // a new frame under a reused id
+      // Another shape under this id: a new frame if the one held is finished (ids come round
+      // every 256 frames), else a damaged shard that passed its check (about 1 in 100 of those
+      // with a byte dropped is "corrected" into a shard of another size): it must not end the
+      // frame being put together.
+      if (!g.done) {
+        this.stats.badShards++;
+        return undefined;
+      }
+      this.#close(sh.id, g);
       g = undefined;
     }
     if (!g) {
       if (sh.k * s > this.maxBody + 2 + s) return undefined; // larger than any frame we take
-      g = { k: sh.k, n: sh.n, s, shards: new Map(), top: -1, ok: 0, done: false, decodedTop: -1 };
+      g = { k: sh.k, n: sh.n, s, shards: new Map(), distrusted: new Set(), top: -1, ok: 0, done: false, decodedTop: -1 };
       this.#groups.set(sh.id, g);
       while (this.#groups.size > MAX_GROUPS) {
         const [oldest, og] = this.#groups.entries().next().value as [number, Group];
@@ -449,19 +527,33 @@ export class ShardCollector {
     }
     g.top = Math.max(g.top, sh.index);
     g.ok++;
-    if (g.done || g.shards.has(sh.index)) return undefined;
-    g.shards.set(sh.index, Uint8Array.from(sh.data));
+    if (g.done || g.shards.has(sh.index) || g.distrusted.has(sh.index)) return undefined;
+    g.shards.set(sh.index, { data: Uint8Array.from(sh.data), corrected: sh.corrected });
     if (g.shards.size < g.k) return undefined;
+    const data = new Map<number, Uint8Array>();
+    for (const [i, x] of g.shards) data.set(i, x.data);
+    const frame = decodeShards(g.k, data);
+    const whole = frame !== undefined && frame.length >= MIN_BODY_SIZE && frame.length <= this.maxBody && crcOk(frame);
+    if (!whole) {
+      const suspects = [...g.shards].filter(([, x]) => x.corrected).map(([i]) => i);
+      if (suspects.length > 0) {
+        // A shard put right wrongly spoils the frame: do without the corrected ones and wait for more.
+        for (const i of suspects) {
+          g.shards.delete(i);
+          g.distrusted.add(i);
+        }
+        return undefined;
+      }
+    }
     g.done = true;
-    const frame = decodeShards(g.k, g.shards);
     g.shards.clear();
     // Sent so far: every index up to the highest seen; whole: the ones seen (the shard completing
     // it is the highest).
     this.line.observe(g.top + 1, g.ok, s + SHARD_WIRE_EXTRA);
-    this.completed = { id: sh.id, k: g.k, n: g.n, s, shards: g.ok };
+    this.completed = { id: sh.id, k: g.k, n: g.n, s, shards: g.ok, ...(!whole && frame ? { body: frame } : {}) };
     g.decodedTop = g.top;
     g.ok = 0;
-    if (!frame || frame.length > this.maxBody) {
+    if (!whole) {
       this.stats.framesLost++;
       return undefined;
     }

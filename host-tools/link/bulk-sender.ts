@@ -45,10 +45,11 @@ export interface BulkSendOptions {
   /** The chunk sizer to use (and keep learning in), e.g. one shared by the attempts of a resuming inject; its max must be `chunkSize`. */
   sizer?: ChunkSizer;
   /**
-   * The most a chunk should carry on the line now, if less than `chunkSize` (a link sending FEC
-   * shards: the size its plan carries best). Asked before every chunk.
+   * The size a chunk should carry on the line now when the link sizes frames itself (a link
+   * sending FEC shards: the size its plan carries best; chunks then take it, at most
+   * `chunkSize`, and losses do not shrink them), or undefined. Asked before every chunk.
    */
-  chunkCap?(): number;
+  chunkCap?(): number | undefined;
   /** Line bytes per frame byte now (FEC shards take more of the line than the frame): default 1. */
   wireFactor?(): number;
   /** Called at each loss (a go-back, an overdue answer): the link may change how it frames. */
@@ -190,7 +191,9 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
       throw o.stalled ? o.stalled(message) : new LinkStalledError(Group.DIAG, DiagCmd.SINK_CHUNK, message);
     }
     if (lost) o.onLoss?.();
-    if (lost && adapt) sizer.lost(sizer.size);
+    // A loss shrinks chunks unless the link sizes them (FEC shards: the plan already counts the
+    // frames the line loses; halving 8 KiB chunks at each of them would only add round trips).
+    if (lost && adapt && o.chunkCap?.() === undefined) sizer.lost(sizer.size);
     const moved = at > committed;
     committed = at; // the device's word, or the last offset it acknowledged
     if (moved) o.onProgress?.(committed, o.total);
@@ -208,6 +211,9 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
    */
   let backoff = 1;
   let doubledAt = -1;
+  /** Chunk sizes the link chose (chunkCap), for the report. */
+  let smallestLinkSized = Infinity;
+  let lastLinkSized: number | undefined;
   const overhead = o.frameOverhead ?? 30;
   /** Line bytes in flight with a chunk of `extra` more (go-back-N: everything from committed to next). */
   const inflightBytes = (extra: number) => (ends.size + 1) * overhead + extra + (next - committed);
@@ -222,10 +228,15 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
       if (signal?.aborted) return stop();
       // Once chunks have shrunk the line loses frames: fewer in flight, fewer sent for nothing
       // behind a lost one (the line stays busy: small frames come back fast).
-      const cap = Math.min(o.chunkSize, o.chunkCap?.() ?? o.chunkSize);
-      const window = adapt && Math.min(sizer.size, cap) < o.chunkSize ? Math.min(o.window, LOSSY_WINDOW) : o.window;
+      const linkSized = o.chunkCap?.();
+      const size = linkSized !== undefined ? Math.max(1, Math.min(o.chunkSize, linkSized)) : adapt ? sizer.size : o.chunkSize;
+      if (linkSized !== undefined) {
+        smallestLinkSized = Math.min(smallestLinkSized, size);
+        lastLinkSized = size;
+      } else lastLinkSized = undefined;
+      const window = adapt && size < o.chunkSize ? Math.min(o.window, LOSSY_WINDOW) : o.window;
       while (inflight.size < window && next < o.total) {
-        const len = Math.min(adapt ? Math.min(sizer.size, cap) : o.chunkSize, o.total - next);
+        const len = Math.min(size, o.total - next);
         const data = o.read(next, len);
         const id = ids++;
         const gen = generation;
@@ -302,7 +313,8 @@ export async function sendBulk(o: BulkSendOptions): Promise<BulkSendResult> {
         throw e;
       }
     }
-    return { committed, chunksSent, bytesSent, restarts, timeouts, smallestChunk: adapt ? sizer.smallest : o.chunkSize, lastChunk: adapt ? sizer.size : o.chunkSize };
+    const smallestChunk = Math.min(adapt ? sizer.smallest : o.chunkSize, smallestLinkSized);
+    return { committed, chunksSent, bytesSent, restarts, timeouts, smallestChunk, lastChunk: lastLinkSized ?? (adapt ? sizer.size : o.chunkSize) };
   } finally {
     if (onAbort) signal?.removeEventListener('abort', onAbort);
   }

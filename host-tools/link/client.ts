@@ -151,10 +151,11 @@ export class LinkClient {
 
   /**
    * The chunk size (data bytes, at most `cap`) that carries the most over this line now, when a
-   * chunk frame has `overhead` bytes besides its data: `cap` on a plain link.
+   * chunk frame has `overhead` bytes besides its data; undefined on a plain link (the bulk
+   * sender's own sizer decides there).
    */
-  bestChunk(cap: number, overhead: number): number {
-    if (!this.inShards) return cap;
+  bestChunk(cap: number, overhead: number): number | undefined {
+    if (!this.inShards) return undefined;
     return Math.max(1, bestFrame(this.deframer.shards.sendLambda(cap + overhead), cap + overhead, overhead) - overhead);
   }
 

@@ -117,7 +117,7 @@ export async function injectBatch(
         // chunks are sized for the shard plan, and answers timed by the line bytes shards take.
         chunkCap: () => client.bestChunk(chunkSize, CHUNK_FRAME_OVERHEAD),
         wireFactor: () => {
-          const n = client.bestChunk(chunkSize, CHUNK_FRAME_OVERHEAD) + CHUNK_FRAME_OVERHEAD;
+          const n = (client.bestChunk(chunkSize, CHUNK_FRAME_OVERHEAD) ?? chunkSize) + CHUNK_FRAME_OVERHEAD;
           return client.wireBytes(n) / n;
         },
         onLoss: () => client.lineLost(),

@@ -182,7 +182,7 @@ t.test('a module that forgets and re-takes one chunk, then two, in turn, is not 
     }
     return { c: 0 };
   };
-  const client = { request, lastReceiveAt: performance.now(), answerTimeoutMs: () => 1000, bestChunk: (cap: number) => cap, wireBytes: (n: number) => n, lineLost: () => undefined } as unknown as LinkClient;
+  const client = { request, lastReceiveAt: performance.now(), answerTimeoutMs: () => 1000, bestChunk: () => undefined, wireBytes: (n: number) => n, lineLost: () => undefined } as unknown as LinkClient;
   const session: LinkSession = { client, params: { versions: [1], maxFrame: 8256, window: 4, maxChunk: 4112, firmware: 'liar' }, close: async () => undefined };
   const err = await injectResuming(session, { sealed, connect: async () => session }).catch((e: unknown) => e);
   t.type(err, LinkLostError, (err as Error).message);

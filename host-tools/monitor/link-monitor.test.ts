@@ -144,7 +144,9 @@ t.test('FEC shards: one view for the frame they make, with what it took; none pe
   const reply = encodeMessage({ kind: Kind.RESPONSE, group: Group.INJECT, command: InjectCmd.CHUNK, seq: 41, payload: { c: 100 } });
   const replyShards = encodeShards(cobsDecode(reply.subarray(1, -1))!, 5, { s: 8, k: 3, n: 5 });
   const damaged = onWire(shards[1]!);
-  damaged[10]! ^= 0x04; // a data byte (non-zero either way: 0xc0.. and 0xc4..)
+  damaged[10]! ^= 0x04; // three data bytes (non-zero either way): one flipped bit would be put right
+  damaged[11]! ^= 0x04;
+  damaged[12]! ^= 0x04;
   const plain = loadFrameFixtures()[2]!.wire; // status-request
   const { m, seen, records } = rig();
   const host: Uint8Array[] = [Buffer.of(0), onWire(shards[0]!), Buffer.of(0x02, 0x42, 0), damaged, plain, onWire(shards[2]!), onWire(shards[2]!)];

@@ -236,6 +236,12 @@ export class LinkMonitor {
     // A whole shard's body is under 254 bytes, so COBS adds exactly one byte: every whole shard
     // of this frame took the same s + 9 bytes between its delimiters.
     const wireBytes = done.shards * (done.s + SHARD_HEADER + SHARD_CHECK + 1);
+    if (!frame && done.body) {
+      // Put together, but not a frame (its CRC fails): shown as any bad frame, with what it took.
+      const seen = { ...inspectBody(done.body, wireBytes, this.maxFrame ?? DEFAULT_MAX_BODY), fec };
+      this.#report(dir, seen, undefined, nowUs, { timeUs: nowUs, direction, flags: PcapFlag.FEC_REASSEMBLED, bytes: cobsEncode(done.body) });
+      return;
+    }
     if (!frame) {
       const detail = `${done.k} whole shards of frame ${done.id} do not make a frame: their length field says more than they hold`;
       this.#report(dir, { wireBytes, ok: false, problem: 'bad shard', detail, fec }, undefined, nowUs, undefined);
