@@ -99,7 +99,7 @@ export class LinkClient {
   params: DeviceParams | undefined;
   /** Frames go out as FEC shards (docs/protocol.md 2.6); set on the first loss in 'auto'. */
   private inShards: boolean;
-  /** False when told 'off', or when the device's PARAMS show it takes no shards. */
+  /** False when told 'off': plain frames only. */
   private fecAllowed: boolean;
   private shardId = randomInt(0, 256);
   /** Shards were tried only because PARAMS went unanswered: dropped if the line shows no damage. */
