@@ -27,6 +27,8 @@ export interface NoiseBenchOptions {
   baud?: number;
   /** A fixed bound on every run, in seconds; default max(factor x the clean run, floor). */
   timeoutSeconds?: number;
+  /** A fixed bound on every ZMODEM run, in seconds; default as `timeoutSeconds`. */
+  zmodemTimeoutSeconds?: number;
   timeoutFactor?: number;
   timeoutFloorSeconds?: number;
   /** false: no ZMODEM runs (reported as skipped, with the reason). Default: run when lrzsz is here. */
@@ -151,7 +153,7 @@ export async function benchNoise(o: NoiseBenchOptions = {}): Promise<NoiseBenchR
       let zTimeout: number | null = null;
       if (zmodemMissing) z = { outcome: 'skipped', reason: zmodemMissing };
       else {
-        zTimeout = bound(cleanZ?.outcome === 'ok' ? cleanZ.seconds : undefined);
+        zTimeout = o.zmodemTimeoutSeconds ?? bound(cleanZ?.outcome === 'ok' ? cleanZ.seconds : undefined);
         log(`noise ${pct(rate)}: ZMODEM (sz/rz) of the same bytes on a new cable, same rate and seed (bound ${Math.round(zTimeout)} s)...`);
         const zr = await zmodemNoiseRun(await pacedCable(baud, noise), fx.batchFile, zTimeout, bits);
         if (rate === 0) cleanZ = zr;

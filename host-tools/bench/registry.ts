@@ -32,6 +32,8 @@ export interface BenchOptions {
   /** noise: the rates (fractions of bytes), a fixed bound on each run. */
   rates?: number[];
   timeoutSeconds?: number;
+  /** noise: a fixed bound on each ZMODEM run (default: timeoutSeconds, or its default). */
+  zmodemTimeoutSeconds?: number;
   log: (line: string) => void;
 }
 
@@ -94,6 +96,7 @@ export const benchmarks: Record<string, Benchmark> = {
         ...(o.rates ? { rates: o.rates } : {}),
         ...(o.seed !== undefined ? { seed: o.seed } : {}),
         ...(o.timeoutSeconds !== undefined ? { timeoutSeconds: o.timeoutSeconds } : o.quick ? { timeoutFloorSeconds: 60 } : {}),
+        ...(o.zmodemTimeoutSeconds !== undefined ? { zmodemTimeoutSeconds: o.zmodemTimeoutSeconds } : {}),
         log: o.log,
       }),
     format: (r) => formatNoiseBench(r as NoiseBenchResult),

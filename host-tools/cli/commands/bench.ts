@@ -23,11 +23,12 @@ export default defineCommand<BenchResult>({
     const rates = ratesText === undefined ? undefined : ratesText.split(',').map((r) => parseNoise(r, '--rates'));
     const seed = int(v, 'seed', 0, 0xffffffff);
     const timeoutSeconds = int(v, 'timeout', 1);
+    const zmodemTimeoutSeconds = int(v, 'zmodem-timeout', 1);
     const results: BenchResult['results'] = [];
     const tables: string[] = [];
     for (const n of names) {
       const b = benchmarks[n]!;
-      const result = await b.run({ quick: v['quick'] === true, ...(bytes ? { bytes } : {}), ...(rates ? { rates } : {}), ...(seed !== undefined ? { seed } : {}), ...(timeoutSeconds ? { timeoutSeconds } : {}), log: io.note });
+      const result = await b.run({ quick: v['quick'] === true, ...(bytes ? { bytes } : {}), ...(rates ? { rates } : {}), ...(seed !== undefined ? { seed } : {}), ...(timeoutSeconds ? { timeoutSeconds } : {}), ...(zmodemTimeoutSeconds ? { zmodemTimeoutSeconds } : {}), log: io.note });
       const md = b.format(result);
       results.push({ name: n, result });
       tables.push(md);
