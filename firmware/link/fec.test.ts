@@ -273,3 +273,17 @@ t.test('a shard put right wrongly does not lose the frame: it is put together ag
   for (let id = 10; id < 20; id++) c2.push(encodeShards(frameBody(12), id, { s: 20, k: 1, n: 1 })[0]!);
   t.equal(c2.stats.framesLost, 1, 'lost once, when it is dropped for newer frames');
 });
+
+t.test('a frame of parity shards alone past 96 missing data shards is not solved (a stranger cannot buy 100 ms a frame)', async (t) => {
+  const k = 150;
+  const body = frameBody(k * 10 - 2 - 4);
+  const shards = encodeShards(body, 1, { s: 10, k, n: 255 }); // 105 parity shards
+  const c = new ShardCollector(4000);
+  const some = [...shards.slice(0, k - 60), ...shards.slice(k, 255)];
+  t.same(some.map((b) => c.push(b)).find(Boolean), body, '60 data shards missing: solved');
+  const c2 = new ShardCollector(4000);
+  const withData = [...shards.slice(0, k - 97), ...shards.slice(k)];
+  t.equal(withData.map((b) => c2.push(b)).find(Boolean), undefined, '97 missing: waits, however many parity shards come');
+  t.equal(c2.stats.framesDecoded, 0);
+  t.same(c2.push(shards[k - 97]!), body, 'one more data shard: 96 missing, solved');
+});

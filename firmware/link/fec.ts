@@ -444,6 +444,9 @@ export interface FecStats {
 /** Frames up to this size are planned for the worse of the two ends' estimates. */
 const SMALL_FRAME = 512;
 
+/** Most missing data shards a receiver solves for in one frame. */
+const MAX_SOLVE = 96;
+
 /** Groups of shards a receiver keeps at once (frames in flight are far fewer). */
 const MAX_GROUPS = 8;
 
@@ -530,6 +533,12 @@ export class ShardCollector {
     if (g.done || g.shards.has(sh.index) || g.distrusted.has(sh.index)) return undefined;
     g.shards.set(sh.index, { data: Uint8Array.from(sh.data), corrected: sh.corrected });
     if (g.shards.size < g.k) return undefined;
+    // Solving for e missing data shards costs about e^3 + e k s steps: a stranger's frame of
+    // parity shards alone must not cost the receiver 100 ms each. A sender sends data shards
+    // first, and no line it can carry loses MAX_SOLVE of them: wait for more.
+    let missing = 0;
+    for (let i = 0; i < g.k; i++) if (!g.shards.has(i)) missing++;
+    if (missing > MAX_SOLVE) return undefined;
     const data = new Map<number, Uint8Array>();
     for (const [i, x] of g.shards) data.set(i, x.data);
     const frame = decodeShards(g.k, data);
