@@ -441,6 +441,9 @@ export interface FecStats {
   framesLost: number;
 }
 
+/** The most hits per byte a sender plans for. */
+const MAX_LAMBDA = 0.25;
+
 /** Frames up to this size are planned for the worse of the two ends' estimates. */
 const SMALL_FRAME = 512;
 
@@ -483,7 +486,9 @@ export class ShardCollector {
   sendLambda(len: number): number {
     const own = this.line.lambda;
     const l = this.peerLambda === 0 ? own : len <= SMALL_FRAME ? Math.max(own, this.peerLambda) : this.peerLambda;
-    return l * this.#penalty;
+    // At most 0.25 hits per byte: no line worse than that carries anything, and a peer's `seen`
+    // must not make every answer to it 255 shards.
+    return Math.min(MAX_LAMBDA, l * this.#penalty);
   }
 
   /** An answer to a frame sent in shards never came: plan the next ones for a worse line. */
