@@ -287,3 +287,63 @@ t.test('a frame of parity shards alone past 96 missing data shards is not solved
   t.equal(c2.stats.framesDecoded, 0);
   t.same(c2.push(shards[k - 97]!), body, 'one more data shard: 96 missing, solved');
 });
+
+t.test('property: interleaved frames, damaged, repeated and lost shards: every frame with k undamaged shards comes out, once, whole; nothing else does', async (t) => {
+  const frameArb = fc.record({ len: fc.integer({ min: 11, max: 600 }), s: fc.integer({ min: MIN_SHARD, max: 60 }), extra: fc.integer({ min: 0, max: 12 }), fill: fc.integer({ min: 0, max: 255 }) });
+  fc.assert(
+    fc.property(
+      fc.array(frameArb, { minLength: 1, maxLength: 4 }),
+      fc.array(fc.nat(), { minLength: 1, maxLength: 400 }), // the order shards go out in, by pick
+      fc.array(fc.record({ at: fc.nat(), byte: fc.nat(), mask: fc.integer({ min: 1, max: 255 }) }), { maxLength: 3 }),
+      fc.array(fc.nat(), { maxLength: 40 }), // shards lost
+      (frames, picks, damage, lost) => {
+        const made = frames
+          .map((f, id) => {
+            const k = Math.ceil((f.len + 4 + 2) / f.s);
+            if (k > 200) return undefined;
+            const body = frameBody(f.len, f.fill);
+            return { id, k, body, shards: encodeShards(body, id, { s: f.s, k, n: Math.min(MAX_SHARDS, k + f.extra) }) };
+          })
+          .filter((x): x is NonNullable<typeof x> => x !== undefined);
+        // Every shard once, in an order the picks choose (frames interleave), some repeated.
+        const queue = made.flatMap((m) => m.shards.map((b, i) => ({ frame: m.id, i, b })));
+        const order: typeof queue = [];
+        for (const p of picks) if (queue.length) order.push(...queue.splice(p % queue.length, 1));
+        order.push(...queue);
+        for (const p of picks.slice(0, 10)) if (order.length) order.push(order[p % order.length]!);
+        const lostSet = new Set(lost.map((x) => x % Math.max(1, order.length)));
+        const damaged = new Map<number, { byte: number; mask: number }>();
+        for (const d of damage) damaged.set(d.at % Math.max(1, order.length), d);
+        const c = new ShardCollector(10_000);
+        const intact = new Map<number, Set<number>>();
+        const out: Uint8Array[] = [];
+        order.forEach((x, n) => {
+          if (lostSet.has(n)) return;
+          let b = x.b;
+          const d = damaged.get(n);
+          if (d) {
+            b = Uint8Array.from(b);
+            b[d.byte % b.length]! ^= d.mask;
+          } else {
+            const set = intact.get(x.frame) ?? new Set<number>();
+            set.add(x.i);
+            intact.set(x.frame, set);
+          }
+          const f = c.push(b);
+          if (f) out.push(f);
+        });
+        for (const f of out) {
+          const m = made.find((x) => Buffer.from(x.body).equals(Buffer.from(f)));
+          if (!m) return false; // only frames that were sent
+        }
+        for (const m of made) {
+          const n = out.filter((f) => Buffer.from(f).equals(Buffer.from(m.body))).length;
+          if (n > 1) return false; // at most once
+          if ((intact.get(m.id)?.size ?? 0) >= m.k && n !== 1) return false; // k undamaged shards: out
+        }
+        return true;
+      },
+    ),
+    { numRuns: 400 },
+  );
+});
