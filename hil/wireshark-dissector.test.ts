@@ -220,6 +220,9 @@ t.test('FEC shards: their fields and check; a frame put together from them decod
   t.match(text, /Reassembled from FEC shards: the monitor put this frame together/);
   t.match(text, /"d": byte string, 100 bytes\n/);
   t.same(text.split('\n').filter((l) => /Shard data/.test(l) && /c0c1/.test(l)), [], 'shard data by length only');
+  // No label shows the sealed bytes: not the shard records, not the payload or record of the frame.
+  t.same(text.split('\n').filter((l) => /c0c1c2c3/.test(l)), [], 'no line shows the chunk bytes');
+  t.match(text, /Payload \(CBOR\), \d+ bytes; byte strings shown by length only/);
   // A body that starts 0xFE is a shard even without the flag; a record too short for one is flagged.
   const path2 = join(t.testdir({}), 'mark.pcap');
   const w2 = PcapWriter.open(path2);

@@ -399,6 +399,8 @@ function qkt.dissector(tvb, pinfo, tree)
   root:add(F.body_len, btvb:range(0, math.max(n, 0)), n)
   -- A frame's first byte is its version, never 0xFE: such a body is a shard whatever the flags say.
   if bit32.band(flag_bits, FLAG_FEC_SHARD) ~= 0 or (n > 0 and body:get_index(0) == SHARD_MARK) then
+    -- A shard's bytes may be part of a sealed chunk or a token: its record by length only too.
+    enc_item:set_text("COBS-encoded shard, " .. enc_len .. " bytes")
     dissect_shard(btvb, body, n, root, pinfo, dir_text)
     return tvb:len()
   end
@@ -446,6 +448,12 @@ function qkt.dissector(tvb, pinfo, tree)
   local prange = btvb:range(HEADER_SIZE, plen)
   local ptree = root:add(F.payload, prange)
   local ctx = { length_only = LENGTH_ONLY_GROUPS[group] or (group == 5 and command == 4), top = {} }
+  if ctx.length_only then
+    -- A bytes field shows its bytes in its label: for frames that may carry sealed key material
+    -- (INJECT, ADMIN, DOWNLOAD READ) the labels say lengths only, as the CBOR tree does.
+    ptree:set_text("Payload (CBOR), " .. plen .. " bytes; byte strings shown by length only")
+    enc_item:set_text("COBS-encoded frame, " .. enc_len .. " bytes")
+  end
   local ok, err = pcall(function()
     local p = item(btvb, HEADER_SIZE, HEADER_SIZE + plen, ptree, nil, 0, ctx)
     if p < HEADER_SIZE + plen then fail((HEADER_SIZE + plen - p) .. " bytes after the CBOR item", p) end
