@@ -2,7 +2,7 @@
 // time as firmware would, with a bounded receive window and a cache of recent responses so a
 // retried request (same sequence number) is answered again, never executed twice.
 import { Deframer } from './framer.js';
-import { frameAsShards, planShards, seenByte } from './fec.js';
+import { frameAsShards, planShardsAtMost, seenByte } from './fec.js';
 import type { FramerStats } from './framer.js';
 import { decodeMessage, encodeMessage, encodePayload, errorPayload } from './codec.js';
 import type { Message, Payload } from './codec.js';
@@ -218,7 +218,7 @@ export class DeviceLink implements LinkPeer {
   private asShards(frame: Uint8Array): Uint8Array {
     // The body is the frame minus its two delimiters and COBS (at most 1 byte in 254).
     const lambda = this.deframer.shards.sendLambda(frame.length);
-    const plan = planShards(frame.length - 2, lambda);
+    const plan = planShardsAtMost(frame.length - 2, lambda);
     if (!plan) return frame; // too large for the line in any plan: plain, as a last resort
     this.shardId = (this.shardId + 1) & 0xff;
     return frameAsShards(frame, this.shardId, plan, seenByte(this.deframer.shards.line.lambda));

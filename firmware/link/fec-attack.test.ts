@@ -4,7 +4,7 @@
 // decodes again at the next shard that brings it back to k. A sender of shards that are all
 // crafted "corrected" ones (a valid check, then one data bit flipped) gets a full decoding with
 // 95 missing data shards out of every shard it sends: about 10 ms per 62 line bytes, ~1 s per
-// frame id, where docs/protocol.md 2.6 promises a stranger's frame cannot cost 100 ms.
+// frame id. Now a frame is put together at most twice: once, and once without corrected shards.
 import t from 'tap';
 import { crc32 } from 'node:zlib';
 import { SHARD_MARK, ShardCollector, encodeShards, planShards } from './fec.js';
@@ -30,13 +30,10 @@ t.test('one frame id of crafted corrected shards costs the receiver at most a fe
   for (let i = k; i < n - 1; i++) bodies.push(shard(7, k, n, i, s, false));
   bodies.push(shard(7, k, n, n - 1, s, true)); // the k-th: a decoding fails, this one is set aside
   for (let i = 63; i < k; i++) bodies.push(shard(7, k, n, i, s, true)); // each brings it back to k
-  // Warm up the arithmetic once (an honest frame of this shape decodes in about 10 ms).
-  const warm = new ShardCollector(8256);
-  for (const b of bodies.slice(0, k)) warm.push(b);
-  const t0 = performance.now();
+  // Counted, not timed (a decoding with 95 missing data shards takes about 10 ms here).
   for (const b of bodies) col.push(b);
-  const ms = performance.now() - t0;
-  t.ok(ms < 250, `${bodies.length} crafted shards of one frame id took ${ms.toFixed(0)} ms (bound 250 ms)`);
+  t.ok(col.decodings <= 2, `${bodies.length} crafted shards of one frame id: ${col.decodings} decodings (at most 2)`);
+  t.equal(col.stats.framesDecoded, 0);
 });
 
 t.test('a handful of stray shards does not make the receiver believe the line is at its worst', async (t) => {

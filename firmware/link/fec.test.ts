@@ -16,6 +16,7 @@ import {
   frameAsShards,
   parseShard,
   planShards,
+  planShardsAtMost,
   seenByte,
   seenLambda,
 } from './fec.js';
@@ -209,7 +210,9 @@ t.test('the plan fits the frame and the line; heavier noise costs more line byte
   // A frame too large for a very bad line: the least bad plan, which rarely gets it through.
   const hopeless = planShards(8000, 0.2);
   t.ok(!hopeless || hopeless.p < 0.5, 'no plan, or one that rarely gets through');
-  t.ok(planShards(2000, 0.05)!.p < 0.5, 'a frame too large for a 5% line: a poor plan');
+  t.equal(planShards(2000, 0.08), undefined, 'a frame too large for a 5% line: no plan');
+  const robust = planShardsAtMost(2000, 0.08)!;
+  t.ok(robust && robust.p >= 0.5, `the most robust plan below that rate: ${JSON.stringify(robust)}`);
   // Chunks shrink as the line gets worse, and are the cap on a clean line.
   t.ok(bestFrame(1e-6, 8256, 30) > 7000, 'about the cap on a clean line');
   t.ok(bestFrame(0.08, 8256, 30) < bestFrame(0.016, 8256, 30));

@@ -286,9 +286,9 @@ function shardsFor(k: number, q: number): { n: number; p: number } {
 /**
  * The shard plan for a frame body of `len` bytes on a line where each byte is hit with
  * probability about `lambda` (hits per byte): the shard size and count that carry it in the
- * fewest line bytes per frame that gets through (on a line too bad for the frame, that may
- * still be a plan that rarely gets it through: the caller sends smaller frames). Undefined only
- * when no plan has any chance.
+ * fewest line bytes per frame that gets through. Undefined when no plan gets it through at least
+ * half the time: the frame is too large for the line (a bulk sender sends smaller ones; a single
+ * frame then goes plain).
  */
 export function planShards(len: number, lambda: number): Plan | undefined {
   // Plans are asked for every frame sent; the line estimate moves slowly, so a few cached ones
@@ -314,7 +314,7 @@ function computePlan(len: number, lambda: number): Plan | undefined {
     const w = s + SHARD_WIRE_EXTRA;
     const q = Math.exp(-lambda * w);
     const { n, p } = shardsFor(k, q);
-    if (!(p > 0)) continue;
+    if (!(p >= 0.5)) continue; // a plan that mostly fails only fills the line (and amplifies a lying peer's `seen`)
     const wire = n * w;
     const cost = (wire * (1 + RESEND_FACTOR * (1 - p))) / p; // line bytes per frame delivered
     if (cost < bestCost) {
@@ -323,6 +323,20 @@ function computePlan(len: number, lambda: number): Plan | undefined {
     }
   }
   return best;
+}
+
+/**
+ * A plan for `len` bytes at `lambda` hits per byte or, if the frame is too large for that, at the
+ * largest rate below it that has one (each try a third lower, 8 tries): the most robust plan
+ * that still gets the frame through at least half the time there.
+ */
+export function planShardsAtMost(len: number, lambda: number): Plan | undefined {
+  let l = lambda;
+  for (let i = 0; i < 8; i++, l /= 1.5) {
+    const plan = planShards(len, l);
+    if (plan) return plan;
+  }
+  return undefined;
 }
 
 /**
@@ -412,8 +426,10 @@ interface Group {
   s: number;
   /** Its shards so far, by index; `corrected`: put right from one flipped bit (parseShard). */
   shards: Map<number, { data: Uint8Array; corrected: boolean }>;
-  /** Indices whose corrected shard spoilt a decoding: not taken again. */
-  distrusted: Set<number>;
+  /** A decoding with corrected shards in it failed: from then on only uncorrected shards are taken. */
+  distrust: boolean;
+  /** The last `seen` its shards carried: believed once the frame is put together whole. */
+  seen: number;
   /** Highest index seen, and whole shards seen (also after it decoded). */
   top: number;
   ok: number;
@@ -464,6 +480,8 @@ export class ShardCollector {
   peerLambda = 0;
   /** Doubled for each answer that never came, back to 1 at the next frame that does. */
   #penalty = 1;
+  /** Frames put together (or tried): at most two per frame, whatever a peer sends. */
+  decodings = 0;
   readonly #groups = new Map<number, Group>();
   /**
    * Set by the push() at which a frame's k-th distinct shard arrived, whether or not it gave a
@@ -509,7 +527,6 @@ export class ShardCollector {
       return undefined;
     }
     this.stats.shards++;
-    if (sh.seen !== 0) this.peerLambda = seenLambda(sh.seen);
     const s = sh.data.length;
     let g = this.#groups.get(sh.id);
     if (g && (g.k !== sh.k || g.n !== sh.n || g.s !== s)) {
@@ -526,7 +543,7 @@ export class ShardCollector {
     }
     if (!g) {
       if (sh.k * s > this.maxBody + 2 + s) return undefined; // larger than any frame we take
-      g = { k: sh.k, n: sh.n, s, shards: new Map(), distrusted: new Set(), top: -1, ok: 0, done: false, decodedTop: -1 };
+      g = { k: sh.k, n: sh.n, s, shards: new Map(), distrust: false, seen: 0, top: -1, ok: 0, done: false, decodedTop: -1 };
       this.#groups.set(sh.id, g);
       while (this.#groups.size > MAX_GROUPS) {
         const [oldest, og] = this.#groups.entries().next().value as [number, Group];
@@ -535,7 +552,8 @@ export class ShardCollector {
     }
     g.top = Math.max(g.top, sh.index);
     g.ok++;
-    if (g.done || g.shards.has(sh.index) || g.distrusted.has(sh.index)) return undefined;
+    if (g.done || g.shards.has(sh.index) || (g.distrust && sh.corrected)) return undefined;
+    if (sh.seen !== 0) g.seen = sh.seen;
     g.shards.set(sh.index, { data: Uint8Array.from(sh.data), corrected: sh.corrected });
     if (g.shards.size < g.k) return undefined;
     // Solving for e missing data shards costs about e^3 + e k s steps: a stranger's frame of
@@ -546,24 +564,26 @@ export class ShardCollector {
     if (missing > MAX_SOLVE) return undefined;
     const data = new Map<number, Uint8Array>();
     for (const [i, x] of g.shards) data.set(i, x.data);
+    this.decodings++;
     const frame = decodeShards(g.k, data);
     const whole = frame !== undefined && frame.length >= MIN_BODY_SIZE && frame.length <= this.maxBody && crcOk(frame);
     if (!whole) {
       const suspects = [...g.shards].filter(([, x]) => x.corrected).map(([i]) => i);
-      if (suspects.length > 0) {
-        // A shard put right wrongly spoils the frame: do without the corrected ones and wait for more.
-        for (const i of suspects) {
-          g.shards.delete(i);
-          g.distrusted.add(i);
-        }
+      if (suspects.length > 0 && !g.distrust) {
+        // A shard put right wrongly spoils the frame: do without the corrected ones, and take no
+        // corrected shard for it again, and wait for more. Once only: a stranger's crafted
+        // "corrected" shards cannot make the receiver solve the same frame again and again.
+        for (const i of suspects) g.shards.delete(i);
+        g.distrust = true;
         return undefined;
       }
     }
     g.done = true;
     g.shards.clear();
     // Sent so far: every index up to the highest seen; whole: the ones seen (the shard completing
-    // it is the highest).
-    this.line.observe(g.top + 1, g.ok, s + SHARD_WIRE_EXTRA);
+    // it is the highest). Only a frame that came whole says anything of the line: shards that
+    // make no frame may be a stranger's, claiming any index.
+    if (whole) this.line.observe(g.top + 1, g.ok, s + SHARD_WIRE_EXTRA);
     this.completed = { id: sh.id, k: g.k, n: g.n, s, shards: g.ok, ...(!whole && frame ? { body: frame } : {}) };
     g.decodedTop = g.top;
     g.ok = 0;
@@ -573,6 +593,9 @@ export class ShardCollector {
     }
     this.stats.framesDecoded++;
     this.#penalty = 1;
+    // What the peer says of the line, from a frame that came whole: a stranger's stray shards
+    // with a `seen` of their own must not set how this end plans.
+    if (g.seen !== 0) this.peerLambda = seenLambda(g.seen);
     return frame;
   }
 
@@ -580,7 +603,10 @@ export class ShardCollector {
     this.#groups.delete(id);
     if (!g.done) {
       this.stats.framesLost++;
-      this.line.observe(g.n, g.ok, g.s + SHARD_WIRE_EXTRA);
+      // A frame that never came together says the line lost its shards, but only if it showed
+      // evidence of a frame: half its k shards whole. Sent: up to the highest index seen. A
+      // stranger's stray shard (one whole shard claiming n = 255) says nothing of the line.
+      if (g.ok * 2 >= g.k) this.line.observe(g.top + 1, g.ok, g.s + SHARD_WIRE_EXTRA);
     } else if (g.top > g.decodedTop) {
       // Shards of a decoded frame that came after it: sent up to the highest index seen since.
       this.line.observe(g.top - g.decodedTop, g.ok, g.s + SHARD_WIRE_EXTRA);

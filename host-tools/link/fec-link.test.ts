@@ -114,3 +114,31 @@ t.test('the module answers in the framing of the request: shards for shards, pla
   t.equal(cobsDecode(first)![0], SHARD_MARK, 'shards answer shards');
   await host.close();
 });
+
+t.test('a loss on a clean line (a stall, not noise) costs shards only until the module has seen the line is clean', async (t) => {
+  const { client, terminal } = rig(0, 5);
+  const params = await client.negotiate();
+  client.lineLost(); // as after a timeout while the module was busy
+  t.equal(client.shards, true);
+  const data = new Uint8Array(randomBytes(2 * 1024 * 1024));
+  const id = (await client.request(Group.DIAG, DiagCmd.SINK_BEGIN, { n: data.length }))['t'] as number;
+  let plainAgainAt: number | undefined;
+  await sendBulk({
+    total: data.length,
+    startOffset: 0,
+    chunkSize: params.maxChunk,
+    window: params.window,
+    read: (o, n) => data.subarray(o, o + n),
+    sendChunk: (o, d) => {
+      if (plainAgainAt === undefined && !client.shards) plainAgainAt = o;
+      return client.request(Group.DIAG, DiagCmd.SINK_CHUNK, { t: id, o, d }, { expectBytes: 16, retries: 0 });
+    },
+    queryCommitted: async () => (await client.request(Group.DIAG, DiagCmd.SINK_STATUS, { t: id }))['c'] as number,
+    chunkCap: () => client.bestChunk(params.maxChunk, 30),
+    onLoss: () => client.lineLost(),
+  });
+  t.equal(client.shards, false, 'plain frames again');
+  t.ok(plainAgainAt !== undefined && plainAgainAt < data.length / 2, `plain again after ${plainAgainAt} of ${data.length} bytes`);
+  t.equal(terminal.link.stats.corrupt, 0, 'nothing damaged on the way');
+  await client.close();
+});
