@@ -55,3 +55,15 @@ t.test('a handful of stray shards does not make the receiver believe the line is
   t.ok(col.line.lambda < 0.05, `estimate after 16 stray shards: ${col.line.lambda.toFixed(3)} hits per byte (bound 0.05; prior 0.02)`);
   t.ok(col.sendLambda(40) < 0.1, `small answers planned for ${col.sendLambda(40).toFixed(3)} hits per byte`);
 });
+
+t.test('late stray shards under the id of a frame that made nothing say nothing of the line either', async (t) => {
+  const col = new ShardCollector(8256);
+  const before = col.line.lambda;
+  // For each of 16 ids: a k = 1 "frame" that decodes to nothing, then a shard claiming index 254.
+  for (let id = 0; id < 16; id++) {
+    col.push(shard(id, 1, 255, 0, 4, false));
+    col.push(shard(id, 1, 255, 254, 4, false));
+  }
+  t.equal(col.line.lambda, before, 'the estimate is where it was');
+  t.equal(col.peerLambda, 0, 'nothing believed of a peer that sent no whole frame');
+});

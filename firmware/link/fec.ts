@@ -436,6 +436,8 @@ interface Group {
   done: boolean;
   /** The highest index seen when it decoded: later shards are counted from there. */
   decodedTop: number;
+  /** It gave a frame whole (only then do its shards say anything of the line). */
+  delivered: boolean;
 }
 
 /** A frame the last push() completed: its shape, and the whole shards of it taken until then. */
@@ -543,7 +545,7 @@ export class ShardCollector {
     }
     if (!g) {
       if (sh.k * s > this.maxBody + 2 + s) return undefined; // larger than any frame we take
-      g = { k: sh.k, n: sh.n, s, shards: new Map(), distrust: false, seen: 0, top: -1, ok: 0, done: false, decodedTop: -1 };
+      g = { k: sh.k, n: sh.n, s, shards: new Map(), distrust: false, seen: 0, top: -1, ok: 0, done: false, decodedTop: -1, delivered: false };
       this.#groups.set(sh.id, g);
       while (this.#groups.size > MAX_GROUPS) {
         const [oldest, og] = this.#groups.entries().next().value as [number, Group];
@@ -579,6 +581,7 @@ export class ShardCollector {
       }
     }
     g.done = true;
+    g.delivered = whole;
     g.shards.clear();
     // Sent so far: every index up to the highest seen; whole: the ones seen (the shard completing
     // it is the highest). Only a frame that came whole says anything of the line: shards that
@@ -607,8 +610,8 @@ export class ShardCollector {
       // evidence of a frame: half its k shards whole. Sent: up to the highest index seen. A
       // stranger's stray shard (one whole shard claiming n = 255) says nothing of the line.
       if (g.ok * 2 >= g.k) this.line.observe(g.top + 1, g.ok, g.s + SHARD_WIRE_EXTRA);
-    } else if (g.top > g.decodedTop) {
-      // Shards of a decoded frame that came after it: sent up to the highest index seen since.
+    } else if (g.delivered && g.top > g.decodedTop) {
+      // Shards of a delivered frame that came after it: sent up to the highest index seen since.
       this.line.observe(g.top - g.decodedTop, g.ok, g.s + SHARD_WIRE_EXTRA);
     }
   }
