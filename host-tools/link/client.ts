@@ -149,7 +149,12 @@ export class LinkClient {
    */
   lineLost(): void {
     if (this.inShards) this.deframer.shards.worse();
-    else if (this.fecAllowed) this.inShards = true;
+    else if (this.fecAllowed) {
+      this.inShards = true;
+      // What the device said of the line before it went back to plain frames is old news: its
+      // next frames in shards say it again (else a "clean" report would end shards at once).
+      this.deframer.shards.peerLambda = 0;
+    }
   }
 
   /** The line bytes a frame body of `len` bytes takes now (as shards, or plain). */

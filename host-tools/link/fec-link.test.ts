@@ -140,5 +140,9 @@ t.test('a loss on a clean line (a stall, not noise) costs shards only until the 
   t.equal(client.shards, false, 'plain frames again');
   t.ok(plainAgainAt !== undefined && plainAgainAt < data.length / 2, `plain again after ${plainAgainAt} of ${data.length} bytes`);
   t.equal(terminal.link.stats.corrupt, 0, 'nothing damaged on the way');
+  // The next loss brings shards back, and they stay until the device reports again.
+  client.lineLost();
+  await client.request(Group.SYSTEM, SystemCmd.STATUS, {});
+  t.equal(client.shards, true, 'shards again after a new loss: the old clean report does not end them');
   await client.close();
 });
