@@ -21,7 +21,7 @@ function shard(id: number, k: number, n: number, i: number, s: number, flip = fa
   return b;
 }
 
-/** ms per KB of line bytes a receiver spends on `rounds` frame ids of crafted shards (k, s; `data` data shards, the rest parity). */
+/** Solves (and ms per KB of line bytes) a receiver spends on `rounds` frame ids of crafted shards (k, s; `data` data shards, the rest parity). */
 function cost(k: number, s: number, data: number, rounds: number): { perKB: number; solves: number } {
   const col = new ShardCollector(8256);
   const bodies: Uint8Array[] = [];
@@ -37,13 +37,13 @@ function cost(k: number, s: number, data: number, rounds: number): { perKB: numb
   return { perKB: (performance.now() - t0) / (bytes / 1024), solves: col.decodings };
 }
 
-t.test("a stranger's small parity-only shards cost the receiver no more CPU per line byte than the case the last fix bounded", async (t) => {
-  cost(96, 4, 0, 2); // warm up
-  // The previous review's case (fec-attack.test.ts): k = 159, s = 52, 96 data shards missing.
-  const before = cost(159, 52, 63, 20);
-  // Parity only, smallest shards: every shard is line bytes the solve pays e^3 for.
+t.test("a stranger's small parity-only shards do not buy a big solve: the solve is paid for by the frame's line bytes", async (t) => {
+  // Counted, not timed: the old case cost 13-18 ms per KB of the stranger's bytes.
   const small = cost(96, 4, 0, 40);
-  t.ok(small.solves <= 80, `${small.solves} solves for 40 frame ids`);
-  // A ratio, not a time: robust to the machine's load. Now about 15x (18 vs 1.2 ms per KB here).
-  t.ok(small.perKB < 3 * before.perKB, `parity-only k = 96, s = 4: ${small.perKB.toFixed(1)} ms per KB; k = 159, s = 52: ${before.perKB.toFixed(1)} ms per KB (bound 3x)`);
+  t.equal(small.solves, 0, `parity-only k = 96, s = 4: ${small.solves} solves for 40 frame ids`);
+  // The previous review's case still solves (at most twice a frame), and genuine 5% and 1%
+  // frames (k = 70, s = 10, 35 missing; k = 165, s = 26, 45 missing) are solved.
+  t.ok(cost(159, 52, 63, 4).solves <= 8);
+  t.ok(cost(70, 10, 35, 1).solves >= 1, 'a 5% frame');
+  t.ok(cost(165, 26, 120, 1).solves >= 1, 'a 1% frame');
 });

@@ -434,10 +434,6 @@ interface Group {
   top: number;
   ok: number;
   done: boolean;
-  /** The highest index seen when it decoded: later shards are counted from there. */
-  decodedTop: number;
-  /** It gave a frame whole (only then do its shards say anything of the line). */
-  delivered: boolean;
 }
 
 /** A frame the last push() completed: its shape, and the whole shards of it taken until then. */
@@ -467,6 +463,8 @@ const SMALL_FRAME = 512;
 
 /** Most missing data shards a receiver solves for in one frame. */
 const MAX_SOLVE = 96;
+/** Solve steps (missing^3) allowed per line byte of the frame's k shards. */
+const SOLVE_STEPS_PER_BYTE = 64;
 
 /** Groups of shards a receiver keeps at once (frames in flight are far fewer). */
 const MAX_GROUPS = 8;
@@ -545,7 +543,7 @@ export class ShardCollector {
     }
     if (!g) {
       if (sh.k * s > this.maxBody + 2 + s) return undefined; // larger than any frame we take
-      g = { k: sh.k, n: sh.n, s, shards: new Map(), distrust: false, seen: 0, top: -1, ok: 0, done: false, decodedTop: -1, delivered: false };
+      g = { k: sh.k, n: sh.n, s, shards: new Map(), distrust: false, seen: 0, top: -1, ok: 0, done: false };
       this.#groups.set(sh.id, g);
       while (this.#groups.size > MAX_GROUPS) {
         const [oldest, og] = this.#groups.entries().next().value as [number, Group];
@@ -563,7 +561,10 @@ export class ShardCollector {
     // first, and no line it can carry loses MAX_SOLVE of them: wait for more.
     let missing = 0;
     for (let i = 0; i < g.k; i++) if (!g.shards.has(i)) missing++;
-    if (missing > MAX_SOLVE) return undefined;
+    // And the solve's e^3 steps are paid for by the line bytes of the frame: about 64 steps a
+    // byte at most, so small parity-only shards cannot buy a 96 x 96 inversion with 1.4 KB.
+    // Genuine frames stay well inside (5%: e about 35 of k = 70, s = 10, budget 44).
+    if (missing > MAX_SOLVE || missing ** 3 > SOLVE_STEPS_PER_BYTE * g.k * (s + SHARD_WIRE_EXTRA)) return undefined;
     const data = new Map<number, Uint8Array>();
     for (const [i, x] of g.shards) data.set(i, x.data);
     this.decodings++;
@@ -581,15 +582,14 @@ export class ShardCollector {
       }
     }
     g.done = true;
-    g.delivered = whole;
     g.shards.clear();
     // Sent so far: every index up to the highest seen; whole: the ones seen (the shard completing
     // it is the highest). Only a frame that came whole says anything of the line: shards that
     // make no frame may be a stranger's, claiming any index.
-    if (whole) this.line.observe(g.top + 1, g.ok, s + SHARD_WIRE_EXTRA);
+    // A frame can claim any index, so no frame counts for more than 4 shards sent per shard whole
+    // (75% lost: worse than any line the plans carry); a stranger's frames then weigh little.
+    if (whole) this.line.observe(Math.min(g.top + 1, 4 * g.ok), g.ok, s + SHARD_WIRE_EXTRA);
     this.completed = { id: sh.id, k: g.k, n: g.n, s, shards: g.ok, ...(!whole && frame ? { body: frame } : {}) };
-    g.decodedTop = g.top;
-    g.ok = 0;
     if (!whole) {
       this.stats.framesLost++;
       return undefined;
@@ -604,16 +604,9 @@ export class ShardCollector {
 
   #close(id: number, g: Group): void {
     this.#groups.delete(id);
-    if (!g.done) {
-      this.stats.framesLost++;
-      // A frame that never came together says the line lost its shards, but only if it showed
-      // evidence of a frame: half its k shards whole. Sent: up to the highest index seen. A
-      // stranger's stray shard (one whole shard claiming n = 255) says nothing of the line.
-      if (g.ok * 2 >= g.k) this.line.observe(g.top + 1, g.ok, g.s + SHARD_WIRE_EXTRA);
-    } else if (g.delivered && g.top > g.decodedTop) {
-      // Shards of a delivered frame that came after it: sent up to the highest index seen since.
-      this.line.observe(g.top - g.decodedTop, g.ok, g.s + SHARD_WIRE_EXTRA);
-    }
+    // Only frames put together whole inform the line estimate (push): a frame that never came
+    // together, or shards after one that did, may be a stranger's, claiming any index.
+    if (!g.done) this.stats.framesLost++;
   }
 }
 

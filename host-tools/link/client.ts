@@ -112,6 +112,11 @@ export class LinkClient {
   private shardId = randomInt(0, 256);
   /** Shards were tried only because PARAMS went unanswered: dropped if the line shows no damage. */
   private tentativeShards = false;
+  /** Damaged shards received when shards were tried for PARAMS: none more by the reply means a clean line. */
+  private damageAtTentative = 0;
+  /** Frames received in shards when the host last turned to shards, and how many more before plain again. */
+  private shardsSince = 0;
+  private plainAfter = 32;
 
   constructor(
     readonly transport: Transport,
@@ -151,6 +156,7 @@ export class LinkClient {
     if (this.inShards) this.deframer.shards.worse();
     else if (this.fecAllowed) {
       this.inShards = true;
+      this.shardsSince = this.deframer.shards.stats.framesDecoded;
       // What the device said of the line before it went back to plain frames is old news: its
       // next frames in shards say it again (else a "clean" report would end shards at once).
       this.deframer.shards.peerLambda = 0;
@@ -178,7 +184,12 @@ export class LinkClient {
     const sh = this.deframer.shards;
     // The device says the line is clean (a loss that was a stall, not noise, or noise that went):
     // plain frames again, which cost less there; the next loss brings shards back.
-    if (this.inShards && this.fecAuto && sh.peerLambda > 0 && sh.peerLambda < PLAIN_BELOW) this.inShards = false;
+    // Only after enough frames in shards to trust it, twice as many after each return to plain:
+    // a line that loses an 8 KiB frame now and then must not flap between the two.
+    if (this.inShards && this.fecAuto && sh.peerLambda > 0 && sh.peerLambda < PLAIN_BELOW && sh.stats.framesDecoded - this.shardsSince >= this.plainAfter) {
+      this.inShards = false;
+      this.plainAfter *= 2;
+    }
     if (!this.inShards) return frame;
     const plan = planShardsAtMost(frame.length - 2, sh.sendLambda(frame.length));
     if (!plan) return frame;
@@ -217,8 +228,8 @@ export class LinkClient {
       }
       return v;
     };
-    const st = this.deframer.stats;
-    if (this.tentativeShards && st.corrupt + st.oversize + st.droppedBytes === 0) this.inShards = false;
+    // Judged by the shard exchange alone: bytes a module writes as it comes up are not the line.
+    if (this.tentativeShards && this.deframer.shards.stats.badShards === this.damageAtTentative) this.inShards = false;
     this.tentativeShards = false;
     const maxFrame = limit('maxFrame', 64, this.maxBody);
     limit('window', 1, 1024);
@@ -274,6 +285,8 @@ export class LinkClient {
           if (opening && this.fecAllowed && !this.inShards) {
             this.inShards = true;
             this.tentativeShards = true;
+            this.damageAtTentative = this.deframer.shards.stats.badShards;
+            this.shardsSince = this.deframer.shards.stats.framesDecoded;
             this.deframer.shards.worse();
             this.deframer.shards.worse();
           }
