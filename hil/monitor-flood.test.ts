@@ -35,9 +35,10 @@ t.test('a flood of tiny frames to a monitor whose output is not read: bounded ou
   const out = Buffer.concat(chunks).toString();
   t.equal(code, 0, stderr);
   t.ok(out.length < MAX_BACKLOG + 1024 * 1024, `${out.length} bytes of output for ${FRAMES} frames`);
-  const m = /(\d+) frames not shown: the output was not read fast enough/.exec(out);
-  t.ok(m, 'the gap is reported in the output');
+  // One line per gap: under load the reader may fall behind more than once.
+  const gaps = [...out.matchAll(/(\d+) frames not shown: the output was not read fast enough/g)].map((g) => Number(g[1]));
+  t.ok(gaps.length > 0, 'the gap is reported in the output');
   const shown = out.split('\n').filter((l) => /too short/.test(l)).length;
-  t.equal(shown + Number(m?.[1] ?? 0), FRAMES, 'every frame shown or counted');
+  t.equal(shown + gaps.reduce((a, b) => a + b, 0), FRAMES, `every frame shown or counted (${gaps.length} gaps)`);
   t.match(stderr, /frames not shown/);
 });

@@ -6,13 +6,13 @@
 // answer to a genuine host using shards is planned as 255 shards (about 3,500 line bytes).
 import t from 'tap';
 import { crc32 } from 'node:zlib';
-import { SHARD_MARK, ShardCollector, encodeShards, frameAsShards, planShards } from './fec.js';
-import { createInProcessPair } from '../../host-tools/transports/inproc.js';
-import { createTerminal } from '../terminal.js';
-import { encodeMessage } from './codec.js';
-import { Kind } from './frame.js';
-import { DiagCmd, Group } from './groups.js';
-import { cobsEncodeInto, cobsMaxEncodedLength } from './cobs.js';
+import { SHARD_MARK, ShardCollector, encodeShards, frameAsShards, planShards } from '../../firmware/link/fec.js';
+import { createInProcessPair } from '../transports/inproc.js';
+import { createTerminal } from '../../firmware/terminal.js';
+import { encodeMessage } from '../../firmware/link/codec.js';
+import { Kind } from '../../firmware/link/frame.js';
+import { DiagCmd, Group } from '../../firmware/link/groups.js';
+import { cobsEncodeInto, cobsMaxEncodedLength } from '../../firmware/link/cobs.js';
 
 function shard(id: number, k: number, n: number, i: number, s: number): Uint8Array {
   const b = new Uint8Array(6 + s + 2);
