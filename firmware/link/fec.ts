@@ -5,7 +5,7 @@
 // give the frame back. Which shards arrive does not matter.
 //
 // Hand-written: the npm erasure-code packages are native add-ons (@ronomon/reed-solomon) or
-// unmaintained, and an MCU runs the same 200 lines. The code is the Cauchy construction
+// unmaintained, and an MCU runs the same code (the codec is about 200 lines; the rest is the sender's planning). The code is the Cauchy construction
 // (Bloemer et al., "An XOR-based erasure-resilient coding scheme", ICSI TR-95-048, 1995): parity
 // row j, data column i holds 1 / (x_j + y_i) with x_j = k + j and y_i = i; every square submatrix
 // of a Cauchy matrix is invertible, so any k shards decode (the code is MDS).
@@ -15,7 +15,7 @@ import { MIN_BODY_SIZE, crcOk } from './frame.js';
 
 /** First byte of a shard body: never a protocol version, so a frame reader tells the two apart. */
 export const SHARD_MARK = 0xfe;
-/** Shard body bytes besides its data: mark, frame id, k, n, index, line seen, 16-bit check. */
+/** Shard header bytes before its data: mark, frame id, k, n, index, seen (the 2-byte check follows the data). */
 export const SHARD_HEADER = 6;
 export const SHARD_CHECK = 2;
 /** Line bytes a shard of s data bytes takes: its body, one COBS code byte (bodies stay under 254 bytes) and a 0x00. */
