@@ -15,41 +15,28 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import fc from 'fast-check';
+import { envInt, fuzzParams, replayLine } from '../test-support/fuzz.js';
 import { NorFlash } from './nor-flash.js';
 import { PowerCutError } from './errors.js';
 import { prng, type CutMode } from './faults.js';
-import { RecordLog, RecordLogError, UNIT, unitsFor, type LogRecord, type NewRecord } from './record-log.js';
+import { decodeHeader, encodeHeader, readHeader, RecordLog, RecordLogError, UNIT, unitsFor, type LogRecord, type NewRecord } from './record-log.js';
 
 t.setTimeout(600_000);
 
 // ---------------------------------------------------------------- run control
 
-function envInt(name: string): number | undefined {
-  const v = process.env[name];
-  if (v === undefined || v === '') return undefined;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n)) throw new Error(`${name} must be an integer, not ${v}`);
-  return n;
-}
 const RUNS = Math.max(1, envInt('QKT_FUZZ_RUNS') ?? 200);
 const FILE = 'firmware/flash/record-log.model.test.ts';
 
-function params(numRuns: number): fc.Parameters<unknown> {
-  const seed = envInt('QKT_FUZZ_SEED');
-  const path = process.env.QKT_FUZZ_PATH;
-  return { numRuns, ...(seed !== undefined ? { seed } : {}), ...(path ? { path, endOnFailure: true } : {}) };
-}
-
 function runProperty<Ts>(t: Test, prop: fc.IProperty<Ts>, numRuns: number): boolean {
   const t0 = Date.now();
-  const out = fc.check(prop, params(numRuns) as fc.Parameters<Ts>);
+  const out = fc.check(prop, fuzzParams(numRuns) as fc.Parameters<Ts>);
   const secs = ((Date.now() - t0) / 1000).toFixed(1);
   if (out.failed) {
     t.fail(
       `${fc.defaultReportMessage(out)}\n` +
         `error: ${out.errorInstance instanceof Error ? out.errorInstance.message : String(out.errorInstance)}\n` +
-        `replay: QKT_FUZZ_SEED=${out.seed} QKT_FUZZ_PATH=${out.counterexamplePath ?? ''} ` +
-        `QKT_FUZZ_REPLAY=<the /*replayPath=...*/ of the counterexample> npx tap ${FILE}`,
+        `replay: ${replayLine(out, FILE)}`,
     );
     return false;
   }
@@ -523,7 +510,7 @@ t.test(`record log model: fc.commands, numRuns=${RUNS}`, async (t) => {
       `(${stats.cutsOld} replayed the old state, ${stats.cutsNew} the new), ${stats.flips} old-sector bit flips, ` +
       `${stats.tooLarge} TOO_LARGE refusals, ${((Date.now() - t0) / 1000).toFixed(1)} s`,
   );
-  if (ok && RUNS >= 100) {
+  if (ok && RUNS >= 100 && !process.env.QKT_FUZZ_PATH) {
     t.ok(stats.cutsOld > 0 && stats.cutsNew > 0, 'cuts left both the old and the new state');
     t.ok(stats.rollovers > RUNS, 'rollovers happened');
     t.ok(stats.tooLarge > 0, 'oversized records were refused');
@@ -558,4 +545,62 @@ t.test('a ring of two sectors survives two power cuts in a row', async (t) => {
     if (!(e instanceof Failure) && !(e instanceof RecordLogError)) throw e;
     t.fail(`${e instanceof RecordLogError ? `${e.code}: ` : ''}${e.message}\n  sequence: ${cmds.map(String).join(', ')}`);
   }
+});
+
+// A second finding of the property above (seed 1890622378, replayPath sZ/t:N; it failed CI once):
+// a burst, then two torn cuts leave the newest sector of a ring of two with a torn header over a
+// whole checkpoint; scan reads it as generation n + 1 because the other sector's header says n.
+// That old header is then the only thing naming the generation, and one flipped bit in it lost
+// the whole log (NOT_FORMATTED). Fixed: a header with one wrong bit is read as the header it was
+// (readHeader), and the active sector's gets rewritten on the first write.
+t.test('a ring of two sectors survives a torn header and a flip in the other header', async (t) => {
+  const { model, real } = setup(RING2);
+  const cmds: Array<fc.Command<LM, Real>> = [
+    new BurstCommand(32, 3113),
+    new CutCommand({ op: 'del', k: 0 }, { k: 1, mode: 'torn', seed: 1 }),
+    new CutCommand({ op: 'blob', len: 25, over: 0, seed: 1 }, { k: 10, mode: 'torn', seed: 1 }), // torn header of the rollover
+    new FlipCommand(0, 0, 0), // bit 0 of the other (older) sector's magic
+  ];
+  try {
+    fc.modelRun(() => ({ model, real }), cmds);
+    t.pass('the log survived');
+  } catch (e) {
+    if (!(e instanceof Failure) && !(e instanceof RecordLogError)) throw e;
+    t.fail(`${e instanceof RecordLogError ? `${e.code}: ` : ''}${e.message}\n  sequence: ${cmds.map(String).join(', ')}`);
+  }
+  // Neither header verifies as stored (the case of the finding); the next append completes the
+  // torn one, and the log goes on from there.
+  const S = RING2.geometry.sectorSize;
+  const verified = () => [0, 1].filter((i) => decodeHeader(real.flash.peek((RING2.firstSector + i) * S, UNIT), MAGIC, VERSION) !== undefined).length;
+  t.equal(verified(), 0, 'before: no header verifies as stored');
+  new OpCommand({ op: 'set', k: 2, len: 3, seed: 5 }).run(model, real);
+  t.equal(verified(), 1, 'after one append: the newest header verifies');
+  new RebootCommand().run(model, real);
+  t.pass('a reboot replays the state');
+});
+
+t.test('readHeader: one wrong bit anywhere is put right; blank, killed and two wrong bits are not', async (t) => {
+  const good = encodeHeader(MAGIC, 0x0102_0304, VERSION);
+  let fixed = 0;
+  for (let b = 0; b < UNIT * 8; b++) {
+    const h = good.slice();
+    h[b >> 3]! ^= 1 << (b & 7);
+    const r = readHeader(h, MAGIC, VERSION);
+    if (r?.fixed && r.gen === 0x0102_0304) fixed++;
+  }
+  t.equal(fixed, 128, 'all 128 one-bit errors are put right');
+  t.same(readHeader(good, MAGIC, VERSION), { gen: 0x0102_0304, fixed: false });
+  t.equal(readHeader(new Uint8Array(UNIT).fill(0xff), MAGIC, VERSION), undefined, 'blank');
+  t.equal(readHeader(new Uint8Array(UNIT), MAGIC, VERSION), undefined, 'killed');
+  t.equal(readHeader(encodeHeader(MAGIC, 7, VERSION + 1), MAGIC, VERSION), undefined, 'another version');
+  let two = 0;
+  for (let a = 0; a < UNIT * 8; a++) {
+    for (let b = a + 1; b < UNIT * 8; b++) {
+      const h = good.slice();
+      h[a >> 3]! ^= 1 << (a & 7);
+      h[b >> 3]! ^= 1 << (b & 7);
+      if (readHeader(h, MAGIC, VERSION) !== undefined) two++;
+    }
+  }
+  t.equal(two, 0, 'none of the 8,128 two-bit errors reads as a header');
 });

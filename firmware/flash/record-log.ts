@@ -8,7 +8,8 @@
 //               and the generation], back to back; the first blank unit ends the log.
 // A rollover erases the next ring sector, writes the owner's checkpoint there and then the
 // header with generation + 1: until the header lands, the old sector stays the valid one, so a
-// cut anywhere loses nothing. The newest valid header wins; two equal generations fail closed.
+// cut anywhere loses nothing. The newest valid header wins (one wrong bit in a header is put
+// right: readHeader); two equal generations fail closed.
 // Because the checkpoint is all a rollover keeps, its size bounds the log: the owner keeps its
 // checkpoint under half a sector (checked by `create`), so a rollover never fails for lack of room.
 
@@ -118,6 +119,28 @@ export function decodeHeader(buf: Uint8Array, magic: number, version: number): n
   return dv.getUint32(4, true);
 }
 
+/**
+ * The generation in a header of this log, also when one of its 128 stored bits reads wrong
+ * (`fixed`), or undefined. A ring sector's header can be the only thing that still names the
+ * generation of a newer sector whose own header a cut tore (scan): one flipped bit in it must not
+ * lose the log. Each bit is tried in turn; the fix must pass magic, version and CRC-32 whole,
+ * and CRC-32 over 12 bytes tells any two-bit error from a one-bit one, so a header is never
+ * "fixed" into another valid one. Blank and killed (all zero) headers stay what they are.
+ */
+export function readHeader(buf: Uint8Array, magic: number, version: number): { gen: number; fixed: boolean } | undefined {
+  const gen = decodeHeader(buf, magic, version);
+  if (gen !== undefined) return { gen, fixed: false };
+  const h = buf.slice(0, UNIT);
+  if (isBlank(h) || isZero(h)) return undefined;
+  for (let bit = 0; bit < UNIT * 8; bit++) {
+    h[bit >> 3]! ^= 1 << (bit & 7);
+    const g = decodeHeader(h, magic, version);
+    h[bit >> 3]! ^= 1 << (bit & 7);
+    if (g !== undefined) return { gen: g, fixed: true };
+  }
+  return undefined;
+}
+
 function isZero(buf: Uint8Array): boolean {
   for (let i = 0; i < buf.length; i++) if (buf[i] !== 0) return false;
   return true;
@@ -202,12 +225,17 @@ export class RecordLog {
 
   /** Valid ring sectors, newest first: [ring index, generation]. */
   generations(): Array<[number, number]> {
-    const out: Array<[number, number]> = [];
-    for (let i = 0; i < this.o.sectorCount; i++) {
-      const g = decodeHeader(this.flash.read((this.o.firstSector + i) * this.S, UNIT), this.o.magic, this.o.version);
-      if (g !== undefined) out.push([i, g]);
+    return this.headers().map(({ idx, gen }) => [idx, gen]);
+  }
+
+  /** Ring sectors whose header reads (readHeader: one wrong bit is put right), newest first. */
+  private headers(): Array<{ idx: number; gen: number; fixed: boolean }> {
+    const out: Array<{ idx: number; gen: number; fixed: boolean }> = [];
+    for (let idx = 0; idx < this.o.sectorCount; idx++) {
+      const h = readHeader(this.flash.read((this.o.firstSector + idx) * this.S, UNIT), this.o.magic, this.o.version);
+      if (h) out.push({ idx, ...h });
     }
-    return out.sort((a, b) => b[1] - a[1]);
+    return out.sort((a, b) => b.gen - a.gen);
   }
 
   /**
@@ -218,10 +246,11 @@ export class RecordLog {
    * secure area prefers a module that boots and says what it lost to one that is bricked).
    */
   scan(o: { tolerant?: boolean } = {}): ScanResult {
-    const gens = this.generations();
+    const gens = this.headers();
     if (gens.length === 0) throw new RecordLogError('NOT_FORMATTED', 'no valid record log header in its sector range');
-    let [best, bestGen] = gens[0]!;
-    const tie = gens.length > 1 && gens[1]![1] === bestGen;
+    let { idx: best, gen: bestGen } = gens[0]!;
+    let brokenHeader = gens[0]!.fixed;
+    const tie = gens.length > 1 && gens[1]!.gen === bestGen;
     if (tie && !o.tolerant) throw new RecordLogError('CORRUPT', `two sectors claim generation ${bestGen}`);
     // The newest sector may have a header that does not verify although its checkpoint is whole:
     // the header is programmed last, so a non-blank header over a checkpoint that verifies under
@@ -231,12 +260,10 @@ export class RecordLog {
     // anti-rollback, consumed keys) without a word. It is read, and its header completed on the
     // first write. A header of all zeros was killed on purpose (format, factory reset: kill())
     // and is never read again: neither a torn program nor a bit flip makes one.
-    let brokenHeader = false;
     for (let i = 0; i < this.o.sectorCount; i++) {
-      if (i === best) continue;
-      const head = this.flash.read((this.o.firstSector + i) * this.S, 2 * UNIT);
-      const h = head.subarray(0, UNIT);
-      if (isBlank(h) || isZero(h) || decodeHeader(head, this.o.magic, this.o.version) !== undefined) continue;
+      if (i === best || gens.some((g) => g.idx === i)) continue;
+      const h = this.flash.read((this.o.firstSector + i) * this.S, UNIT);
+      if (isBlank(h) || isZero(h)) continue;
       const first = this.flash.read((this.o.firstSector + i) * this.S + UNIT, this.S - UNIT);
       if (decodeRecord(first, bestGen + 1)) {
         best = i;

@@ -18,6 +18,7 @@
 import t from 'tap';
 import type { Test } from 'tap';
 import fc from 'fast-check';
+import { envInt, fuzzParams, replayLine } from '../test-support/fuzz.js';
 import { isDeepStrictEqual } from 'node:util';
 import { NorFlash } from '../flash/nor-flash.js';
 import { PowerCutError } from '../flash/errors.js';
@@ -29,23 +30,10 @@ t.setTimeout(600_000);
 
 // ---------------------------------------------------------------- run control
 
-function envInt(name: string): number | undefined {
-  const v = process.env[name];
-  if (v === undefined || v === '') return undefined;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n)) throw new Error(`${name} must be an integer, not ${v}`);
-  return n;
-}
 /** Sequences per model property (QKT_FUZZ_RUNS overrides; the lifetime property runs a tenth, at least 10). */
 const RUNS = Math.max(1, envInt('QKT_FUZZ_RUNS') ?? 200);
 const LIFETIME_RUNS = Math.max(10, Math.ceil(RUNS / 10));
 const FILE = 'firmware/keypool/model.test.ts';
-
-function params(numRuns: number): fc.Parameters<unknown> {
-  const seed = envInt('QKT_FUZZ_SEED');
-  const path = process.env.QKT_FUZZ_PATH;
-  return { numRuns, ...(seed !== undefined ? { seed } : {}), ...(path ? { path, endOnFailure: true } : {}) };
-}
 
 /** With a replay (QKT_FUZZ_PATH), only the property named by QKT_FUZZ_ONLY runs. */
 function selected(key: string): boolean {
@@ -55,14 +43,13 @@ function selected(key: string): boolean {
 /** Run a property; a failure is reported with fast-check's report (seed, path, shrunk commands) and the replay command. */
 function runProperty<Ts>(t: Test, key: string, prop: fc.IProperty<Ts>, numRuns: number): boolean {
   const t0 = Date.now();
-  const out = fc.check(prop, params(numRuns) as fc.Parameters<Ts>);
+  const out = fc.check(prop, fuzzParams(numRuns) as fc.Parameters<Ts>);
   const secs = ((Date.now() - t0) / 1000).toFixed(1);
   if (out.failed) {
     t.fail(
       `${fc.defaultReportMessage(out)}\n` +
         `error: ${out.errorInstance instanceof Error ? out.errorInstance.message : String(out.errorInstance)}\n` +
-        `replay: QKT_FUZZ_ONLY=${key} QKT_FUZZ_SEED=${out.seed} QKT_FUZZ_PATH=${out.counterexamplePath ?? ''} ` +
-        `QKT_FUZZ_REPLAY=<the /*replayPath=...*/ of the counterexample, if any> npx tap ${FILE}`,
+        `replay: ${replayLine(out, FILE, { QKT_FUZZ_ONLY: key })}`,
     );
     return false;
   }
@@ -988,7 +975,7 @@ t.test(`key pool model: fc.commands, numRuns=${RUNS}`, { skip: !selected('pool')
       `${stats.retiredBatches} batches used up (up to ${stats.maxRetiredInRun} in one run, up to ${stats.maxLiveBatches} live at once), ` +
       `${stats.crumbsRetired} crumb batches retired at a commit (${stats.crumbsLeftByCut} left live by a cut after COMMIT), refusals ${show(stats.refusals)}, ${((Date.now() - t0) / 1000).toFixed(1)} s`,
   );
-  if (ok && RUNS >= 100) {
+  if (ok && RUNS >= 100 && !process.env.QKT_FUZZ_PATH) {
     for (const code of ['ROLLBACK', 'DUPLICATE_BATCH', 'TOO_MANY_BATCHES', 'NO_SPACE', 'EXHAUSTED', 'NOT_PRESENT', 'ALREADY_CONSUMED', 'STAGING_BUSY', 'STAGE_INCOMPLETE', 'STAGE_OFFSET']) {
       t.ok((stats.refusals[code] ?? 0) > 0, `refusal ${code} was exercised`);
     }
