@@ -10,7 +10,7 @@
 // row j, data column i holds 1 / (x_j + y_i) with x_j = k + j and y_i = i; every square submatrix
 // of a Cauchy matrix is invertible, so any k shards decode (the code is MDS).
 import { crc32 } from 'node:zlib';
-import { cobsDecode, cobsDecodeInto, cobsEncodeInto, cobsMaxEncodedLength } from './cobs.js';
+import { cobsDecode, cobsEncodeInto, cobsMaxEncodedLength } from './cobs.js';
 import { MIN_BODY_SIZE, crcOk } from './frame.js';
 
 /** First byte of a shard body: never a protocol version, so a frame reader tells the two apart. */
@@ -149,32 +149,6 @@ export function parseShard(body: Uint8Array): ParsedShard | undefined {
 
 /** Syndromes of single flipped bits by distance from the end of the covered bytes (built once). */
 let flipTable: Map<number, number[]> | undefined;
-/** The syndrome of one flipped bit by its distance (in bits) from the end of the covered bytes. */
-let bitSyndrome: Uint16Array | undefined;
-
-function buildTables(): Map<number, number[]> {
-  if (flipTable) return flipTable;
-  const table = new Map<number, number[]>();
-  const len = SHARD_HEADER + MAX_SHARD;
-  bitSyndrome = new Uint16Array(len * 8);
-  const zero = check16(new Uint8Array(len));
-  const e = new Uint8Array(len);
-  for (let i = 0; i < len; i++) {
-    for (let bit = 0; bit < 8; bit++) {
-      e[i] = 1 << bit;
-      const syn = check16(e) ^ zero;
-      e[i] = 0;
-      // CRC-32 (reflected) takes each byte's low bit first: distance from the last bit taken.
-      const d = (len - 1 - i) * 8 + (7 - bit);
-      bitSyndrome[d] = syn;
-      const at = table.get(syn);
-      if (at) at.push(d);
-      else table.set(syn, [d]);
-    }
-  }
-  flipTable = table;
-  return table;
-}
 
 /**
  * The bit (byte * 8 + bit, within the shard body) whose flip explains `syndrome` (computed check
@@ -189,94 +163,27 @@ function singleBitAt(syndrome: number, covered: number): number | undefined {
   }
   // A flip in the covered bytes: CRC-32 is affine, so the syndrome is the low half of the CRC of
   // the error alone minus the CRC of zeros, which depends on the bit's distance from the end.
-  for (const d of buildTables().get(syndrome) ?? []) {
+  if (!flipTable) {
+    flipTable = new Map();
+    const len = SHARD_HEADER + MAX_SHARD;
+    const zero = check16(new Uint8Array(len));
+    const e = new Uint8Array(len);
+    for (let i = 0; i < len; i++) {
+      for (let bit = 0; bit < 8; bit++) {
+        e[i] = 1 << bit;
+        const syn = check16(e) ^ zero;
+        e[i] = 0;
+        // CRC-32 (reflected) takes each byte's low bit first: distance from the last bit taken.
+        const d = (len - 1 - i) * 8 + (7 - bit);
+        const at = flipTable.get(syn);
+        if (at) at.push(d);
+        else flipTable.set(syn, [d]);
+      }
+    }
+  }
+  for (const d of flipTable.get(syndrome) ?? []) {
     if (d >= covered * 8) continue;
     found.push(covered * 8 - 1 - d); // byte * 8 + bit: the order CRC-32 takes bits in
-  }
-  return found.length === 1 ? found[0] : undefined;
-}
-
-/** Places repairSlip has tried, ever (each about two COBS decodings and a check of one shard): for tests that bound its cost. */
-export let slipPlaces = 0;
-
-/**
- * A shard that lost or gained one line byte (a *slip*: a UART drops a byte on an overrun, noise
- * makes one of a glitch), put back. `encoded` is what came between two 0x00 (COBS), one byte
- * shorter or longer than `wireLen`, the COBS length of a shard of a frame being collected. Every
- * place the slip could be is tried: a gained byte is taken out; a lost one is put back with the
- * value the check asks for (the check is affine in each byte, so the value at a place is solved
- * from the syndrome with that byte's 8 bit syndromes). Returns the shard body when exactly one
- * shard comes out whole, else undefined (about 1 place in 256 also solves by chance: then the
- * slip is ambiguous and the shard stays lost). The caller treats it as corrected. Costs about
- * 2 COBS decodings and one check of the shard per place: linear in the bytes received per place.
- */
-export function repairSlip(encoded: Uint8Array, wireLen: number): Uint8Array | undefined {
-  const L = encoded.length;
-  slipPlaces += Math.abs(L - wireLen) === 1 ? L + 1 : 0;
-  const T = wireLen - 1; // the shard body's length (a COBS encoding of under 254 bytes adds one)
-  const s = T - SHARD_HEADER - SHARD_CHECK;
-  if (s < MIN_SHARD || s > MAX_SHARD) return undefined;
-  const covered = T - SHARD_CHECK;
-  const found: Uint8Array[] = [];
-  const keep = (c: Uint8Array): boolean => {
-    if (!found.some((f) => f.every((b, i) => b === c[i]))) found.push(c);
-    return found.length < 2;
-  };
-  const cand = new Uint8Array(L + 1);
-  const a = new Uint8Array(L + 1);
-  const b = new Uint8Array(L + 1);
-  if (L === T + 2) {
-    // A byte gained: take each out in turn; what is left must check exactly.
-    for (let j = 0; j < L; j++) {
-      cand.set(encoded.subarray(0, j));
-      cand.set(encoded.subarray(j + 1), j);
-      if (cobsDecodeInto(cand, L - 1, a) !== T) continue;
-      const body = a.subarray(0, T);
-      if (check16(body.subarray(0, covered)) !== ((body[covered]! << 8) | body[covered + 1]!)) continue;
-      if (!keep(body.slice())) return undefined;
-    }
-  } else if (L === T) {
-    // A byte lost: put one back at each place. A COBS literal is never 0; decoded with 1 and
-    // with 2 there, the bodies differ in exactly one byte when the place holds a literal.
-    const syn16 = buildTables() && bitSyndrome!;
-    for (let j = 0; j <= L; j++) {
-      cand.set(encoded.subarray(0, j));
-      cand.set(encoded.subarray(j), j + 1);
-      cand[j] = 1;
-      if (cobsDecodeInto(cand, L + 1, a) !== T) continue;
-      cand[j] = 2;
-      if (cobsDecodeInto(cand, L + 1, b) !== T) continue;
-      let m = -1;
-      let diffs = 0;
-      for (let i = 0; i < T; i++) if (a[i] !== b[i]) [m, diffs] = [i, diffs + 1];
-      if (diffs !== 1) continue;
-      const body = a.subarray(0, T);
-      const sum = check16(body.subarray(0, covered));
-      if (m >= covered) {
-        // The lost byte was one of the check's: the other one must match, and it names this one.
-        const want = m === covered ? sum >>> 8 : sum & 0xff;
-        const other = m === covered ? covered + 1 : covered;
-        const otherWant = m === covered ? sum & 0xff : sum >>> 8;
-        if (body[other] !== otherWant || want === 0) continue;
-        const c = body.slice();
-        c[m] = want;
-        if (!keep(c)) return undefined;
-        continue;
-      }
-      // The syndrome with 1 in place m must be what some change d of that byte makes: the XOR
-      // of the bit syndromes of d's bits at that distance (Gray-code walk over the 255 values).
-      const syn = sum ^ ((body[covered]! << 8) | body[covered + 1]!);
-      const base = (covered - 1 - m) * 8;
-      let acc = 0;
-      for (let g = 0; g < 256; g++) {
-        const d = g ^ (g >>> 1);
-        if (g > 0) acc ^= syn16[base + 7 - (31 - Math.clz32(g & -g))]!; // the bit Gray code g flips
-        if (acc !== syn || (d ^ 1) === 0) continue;
-        const c = body.slice();
-        c[m] = d ^ 1;
-        if (!keep(c)) return undefined;
-      }
-    }
   }
   return found.length === 1 ? found[0] : undefined;
 }
@@ -544,8 +451,6 @@ export interface CompletedFrame {
 export interface FecStats {
   shards: number;
   badShards: number;
-  /** Shards taken after a lost or gained byte was put right (repairSlip); counted in shards, not badShards. */
-  slipsRepaired: number;
   framesDecoded: number;
   framesLost: number;
 }
@@ -569,7 +474,7 @@ const MAX_GROUPS = 8;
  * holding at most its k shards, so a stranger's shards cost at most 8 frame bodies of memory.
  */
 export class ShardCollector {
-  readonly stats: FecStats = { shards: 0, badShards: 0, slipsRepaired: 0, framesDecoded: 0, framesLost: 0 };
+  readonly stats: FecStats = { shards: 0, badShards: 0, framesDecoded: 0, framesLost: 0 };
   readonly line: LineEstimate;
   /** What the peer last said of the line it receives on (hits per byte; 0: nothing said yet). */
   peerLambda = 0;
@@ -621,36 +526,6 @@ export class ShardCollector {
       this.stats.badShards++;
       return undefined;
     }
-    return this.#take(sh);
-  }
-
-  /**
-   * Take what came between two 0x00 and was no whole frame or shard (still COBS-encoded): if it
-   * is one byte shorter or longer than a shard of a frame being collected, it may be that shard
-   * with a byte lost or gained (repairSlip). True when it was taken so; the frame it completes,
-   * if any, is in `slipFrame`. Only frames being collected are tried (at most 8 shapes), so a
-   * slip never starts a frame, and the cost is bounded by the bytes received.
-   */
-  pushSlipped(encoded: Uint8Array): { taken: boolean; frame?: Uint8Array } {
-    this.completed = undefined;
-    const tried = new Set<number>();
-    for (const g of this.#groups.values()) {
-      const wireLen = g.s + SHARD_HEADER + SHARD_CHECK + 1;
-      if (g.done || g.distrust || Math.abs(encoded.length - wireLen) !== 1 || tried.has(wireLen)) continue;
-      tried.add(wireLen);
-      const body = repairSlip(encoded, wireLen);
-      const sh = body && parseShard(body);
-      if (!sh || sh.corrected) continue;
-      // It must belong to a frame being collected, in its shape: else it is no shard of ours.
-      const h = this.#groups.get(sh.id);
-      if (!h || h.done || h.distrust || h.k !== sh.k || h.n !== sh.n || h.s !== sh.data.length || h.shards.has(sh.index)) continue;
-      this.stats.slipsRepaired++;
-      return { taken: true, frame: this.#take({ ...sh, corrected: true }) };
-    }
-    return { taken: false };
-  }
-
-  #take(sh: ParsedShard): Uint8Array | undefined {
     this.stats.shards++;
     const s = sh.data.length;
     let g = this.#groups.get(sh.id);

@@ -95,30 +95,23 @@ export class Deframer {
       // A shard: whole ones are collected, and the frame they complete is checked as any other.
       const before = this.shards.stats.badShards;
       const frame = this.shards.push(body.subarray(0, len));
-      if (this.shards.stats.badShards === before) return this.fromShards(frame);
-      this.shards.stats.badShards = before; // counted below, unless a slip explains it
-    } else if (len >= MIN_BODY_SIZE && len <= this.maxBody && crcOk(body.subarray(0, len))) {
+      if (this.shards.stats.badShards > before) {
+        this.stats.corrupt++;
+        this.stats.droppedBytes += n;
+      }
+      // The collector gives out only frames whose length and CRC-32 it checked.
+      if (!frame) return undefined;
       this.stats.frames++;
-      return body.slice(0, len - CRC_SIZE);
+      const out = frame.slice(0, frame.length - CRC_SIZE);
+      this.viaShards.add(out);
+      return out;
     }
-    // Neither a whole frame nor a whole shard: perhaps a shard that lost or gained a byte.
-    const slip = this.shards.pushSlipped(this.encoded.subarray(0, n));
-    if (slip.taken) return this.fromShards(slip.frame);
-    if (len > 0 && body[0] === SHARD_MARK) this.shards.stats.badShards++;
-    this.stats.corrupt++;
-    this.stats.droppedBytes += n;
-    return undefined;
-  }
-
-  /**
-   * What a shard taken by the collector completed: undefined while its frame is incomplete, else
-   * the frame (the collector delivers only frames whose length and CRC-32 it checked).
-   */
-  private fromShards(frame: Uint8Array | undefined): Uint8Array | undefined {
-    if (!frame) return undefined;
+    if (len < MIN_BODY_SIZE || len > this.maxBody || !crcOk(body.subarray(0, len))) {
+      this.stats.corrupt++;
+      this.stats.droppedBytes += n;
+      return undefined;
+    }
     this.stats.frames++;
-    const out = frame.slice(0, frame.length - CRC_SIZE);
-    this.viaShards.add(out);
-    return out;
+    return body.slice(0, len - CRC_SIZE);
   }
 }

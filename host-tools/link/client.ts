@@ -114,11 +114,6 @@ export class LinkClient {
   private tentativeShards = false;
   /** Damaged shards received when shards were tried for PARAMS: none more by the reply means a clean line. */
   private damageAtTentative = 0;
-  /** Damaged shards received so far: dropped, or taken after a lost or gained byte was put back. */
-  private shardDamage(): number {
-    const st = this.deframer.shards.stats;
-    return st.badShards + st.slipsRepaired;
-  }
   /** Frames received in shards when the host last turned to shards, and how many more before plain again. */
   private shardsSince = 0;
   private plainAfter = 32;
@@ -234,7 +229,7 @@ export class LinkClient {
       return v;
     };
     // Judged by the shard exchange alone: bytes a module writes as it comes up are not the line.
-    if (this.tentativeShards && this.shardDamage() === this.damageAtTentative) this.inShards = false;
+    if (this.tentativeShards && this.deframer.shards.stats.badShards === this.damageAtTentative) this.inShards = false;
     this.tentativeShards = false;
     const maxFrame = limit('maxFrame', 64, this.maxBody);
     limit('window', 1, 1024);
@@ -290,7 +285,7 @@ export class LinkClient {
           if (opening && this.fecAllowed && !this.inShards) {
             this.inShards = true;
             this.tentativeShards = true;
-            this.damageAtTentative = this.shardDamage();
+            this.damageAtTentative = this.deframer.shards.stats.badShards;
             this.shardsSince = this.deframer.shards.stats.framesDecoded;
             this.deframer.shards.worse();
             this.deframer.shards.worse();

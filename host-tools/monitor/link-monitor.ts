@@ -212,49 +212,24 @@ export class LinkMonitor {
       }
       const max = this.maxFrame ?? DEFAULT_MAX_BODY;
       const seen = body ? inspectBody(body, length, max) : inspectFrame(kept, length, max);
-      // Not a frame: perhaps a shard that lost or gained a byte, which the receiver puts back.
-      if (!seen.ok && length === kept.length && this.#slipped(dir, kept, nowUs)) return;
       this.#report(dir, seen, body, nowUs, { timeUs: nowUs, direction: pcapDirection(dir), flags: 0, bytes: kept, origLength: length });
     });
   }
 
-  /** A shard that lost or gained a byte, put back as a receiver does (repairSlip): true if taken. */
-  #slipped(dir: Direction, kept: Uint8Array, nowUs: number): boolean {
-    const c = this.#fec[dir];
-    const slip = c.pushSlipped(kept);
-    if (!slip.taken) return false;
-    this.#shardTaken(dir, slip.frame, 'repaired', kept, nowUs);
-    return true;
-  }
-
   /** One shard: counted and captured, not shown; the frame it completes is reported. */
   #shard(dir: Direction, body: Uint8Array, kept: Uint8Array, nowUs: number): void {
+    const st = this.stats[dir];
     const c = this.#fec[dir];
     const badBefore = c.stats.badShards;
     const frame = c.push(body);
     const bad = c.stats.badShards > badBefore;
-    if (bad && this.#slipped(dir, kept, nowUs)) {
-      c.stats.badShards = badBefore;
-      return;
-    }
-    this.#shardTaken(dir, frame, bad ? 'bad' : 'whole', kept, nowUs);
-  }
-
-  /**
-   * A shard the collector took (`whole`), took after putting back a lost or gained byte
-   * (`repaired`: counted good, captured with BAD_CRC, as its bytes on the cable do not check) or
-   * dropped (`bad`).
-   */
-  #shardTaken(dir: Direction, frame: Uint8Array | undefined, how: 'whole' | 'repaired' | 'bad', kept: Uint8Array, nowUs: number): void {
-    const st = this.stats[dir];
-    const c = this.#fec[dir];
     const counts = (st.shards ??= { good: 0, bad: 0 });
-    if (how === 'bad') {
+    if (bad) {
       counts.bad++;
       st.problems['bad shard'] = (st.problems['bad shard'] ?? 0) + 1;
     } else counts.good++;
     const direction = pcapDirection(dir);
-    this.#onShard?.({ timeUs: nowUs, direction, flags: PcapFlag.FEC_SHARD | (how !== 'whole' ? PcapFlag.BAD_CRC : 0), bytes: kept });
+    this.#onShard?.({ timeUs: nowUs, direction, flags: PcapFlag.FEC_SHARD | (bad ? PcapFlag.BAD_CRC : 0), bytes: kept });
     const done = c.completed;
     if (!done) return;
     const fec: FecInfo = { k: done.k, n: done.n, s: done.s, shards: done.shards };
