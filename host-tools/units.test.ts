@@ -1,6 +1,6 @@
 // Unit parsing as DESIGN.md "Units" defines it.
 import t from 'tap';
-import { formatBits, parseBits, parseRate } from './units.js';
+import { formatBits, formatFrequency, parseBits, parseFrequency, parseRate } from './units.js';
 import { InputError } from './input-error.js';
 
 t.test('amounts', async (t) => {
@@ -18,6 +18,18 @@ t.test('rates', async (t) => {
   t.equal(parseRate('11000'), 11_000);
   t.equal(parseRate('1Mbit/s'), 1_000_000);
   t.throws(() => parseRate('fast'), InputError);
+});
+
+t.test('frequencies (a QKD source\'s pulse rate)', async (t) => {
+  t.equal(parseFrequency('1GHz'), 1e9);
+  t.equal(parseFrequency('50MHz'), 50e6);
+  t.equal(parseFrequency('2.5 ghz'), 2.5e9);
+  t.equal(parseFrequency('1000'), 1000);
+  for (const bad of ['', 'fast', '1THz', '0', '-1GHz', '1e9']) t.throws(() => parseFrequency(bad), InputError, bad);
+  t.equal(formatFrequency(1e9), '1 GHz');
+  t.equal(formatFrequency(50e6), '50 MHz');
+  t.equal(formatFrequency(2.5e9), '2.5 GHz');
+  t.equal(formatFrequency(999), '999 Hz');
 });
 
 t.test('formatting', async (t) => {

@@ -49,6 +49,24 @@ export function parseRate(text: string): number {
   return r;
 }
 
+const FREQUENCY: Record<string, number> = { '': 1, hz: 1, khz: 1e3, mhz: 1e6, ghz: 1e9 };
+
+/** Parse a frequency such as `1GHz`, `50MHz` or `1000000` (Hz) into Hz (a QKD source's pulse rate). */
+export function parseFrequency(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
+  const unit = m ? FREQUENCY[m[2]!.toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw new InputError(`not a frequency: ${JSON.stringify(text)} (try 1GHz or 50MHz)`);
+  const hz = Number(m[1]) * unit;
+  if (!(hz > 0)) throw new InputError(`frequency must be positive: ${text}`);
+  return hz;
+}
+
+/** Human form of a frequency: 1e9 -> "1 GHz", 50e6 -> "50 MHz". */
+export function formatFrequency(hz: number): string {
+  for (const [unit, k] of [['GHz', 1e9], ['MHz', 1e6], ['kHz', 1e3]] as const) if (hz >= k) return `${trim(hz / k)} ${unit}`;
+  return `${trim(hz)} Hz`;
+}
+
 /** Human form of a bit count: 3,145,728 bits -> "3 Mbit". */
 export function formatBits(bits: number): string {
   if (bits >= 2 ** 20 && bits % 2 ** 14 === 0) return `${trim(bits / 2 ** 20)} Mbit`;

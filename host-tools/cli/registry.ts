@@ -109,11 +109,25 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['kmd', 'init'],
     summary: 'create a new KMD in a home folder',
-    usage: 'qkt kmd init --home H [--rate 11kbit/s] [--stock 9Mbit]',
-    examples: ['qkt kmd init --home ./kmd', 'qkt kmd init --home ./kmd --rate 11kbit/s --stock 9Mbit', 'qkt kmd init --home ./kmd --rate 1Mbit/s'],
+    usage: 'qkt kmd init --home H [--qkd fixed|bb84-decoy|bb84-vacuum-weak|mdi] [--rate 11kbit/s | --km N [--pulse-rate 1GHz]] [--stock 9Mbit]',
+    examples: [
+      'qkt kmd init --home ./kmd',
+      'qkt kmd init --home ./kmd --rate 11kbit/s --stock 9Mbit',
+      'qkt kmd init --home ./kmd --rate 1Mbit/s',
+      'qkt kmd init --home ./kmd --qkd bb84-decoy --km 50 --pulse-rate 1GHz   # 222595 bit/s',
+      'qkt kmd init --home ./kmd --qkd mdi --km 100 --pulse-rate 50MHz',
+    ],
     options: {
       home: { ...home, description: 'the new KMD home folder (must not hold a KMD yet)' },
-      rate: { type: 'string', value: 'RATE', description: 'key supply rate of the QKD link, in bit/s or with a unit (11kbit/s, 1Mbit/s)', defaultText: '11kbit/s' },
+      qkd: {
+        type: 'string',
+        value: 'MODEL',
+        description: 'where the key supply comes from: fixed (--rate), or a QKD link model whose rate follows from --km and --pulse-rate: bb84-decoy (infinite decoys), bb84-vacuum-weak (vacuum + weak decoy, nu 0.05) or mdi (MDI-QKD); mu optimised',
+        defaultText: 'fixed',
+      },
+      rate: { type: 'string', value: 'RATE', description: 'key supply rate of a fixed supply, in bit/s or with a unit (11kbit/s, 1Mbit/s)', defaultText: '11kbit/s' },
+      km: { type: 'string', value: 'N', description: 'length of the QKD link in km (with --qkd other than fixed; required there)' },
+      'pulse-rate': { type: 'string', value: 'HZ', description: "the QKD source's pulse rate, in Hz or with a unit (1GHz, 50MHz)", defaultText: '1GHz' },
       stock: { type: 'string', value: 'N', description: 'key already in stock at creation: bits, or with a unit (9Mbit)', defaultText: '0' },
     },
     load: () => import('./commands/kmd.js').then((m) => m.kmdInit),

@@ -12,7 +12,7 @@ import { lexists } from '../carrier/safe-file.js';
 import { mkdirSecret, SECRET_DIR_MODE } from '../secret-file.js';
 import { TERMINAL_ID_RE } from '../../firmware/crypto/_util.js';
 import { FixedRateSupply } from './supply.js';
-import type { KeySupply } from './supply.js';
+import type { KeySupply, SupplyLink } from './supply.js';
 import { lock, lockSync, withLock, withLockSync } from '../lock.js';
 import type { Lock, LockOptions } from '../lock.js';
 
@@ -171,8 +171,11 @@ export class KmdHome {
     private readonly now: () => number,
   ) {}
 
-  /** `stockBits`: key already accrued from the QKD link when the KMD starts (default none). */
-  static init(dir: string, o: { rateBitsPerSecond: number; stockBits?: number; now?: () => number }): KmdHome {
+  /**
+   * `stockBits`: key already accrued from the QKD link when the KMD starts (default none); `link`:
+   * the QKD link model the rate comes from, recorded in supply.json (default a fixed rate).
+   */
+  static init(dir: string, o: { rateBitsPerSecond: number; stockBits?: number; link?: SupplyLink; now?: () => number }): KmdHome {
     const abs = resolve(dir);
     if (existsSync(join(abs, 'kmd.json'))) throw new KmdError(`${abs} already holds a KMD`, 'EXISTS');
     mkdirSecret(abs);
@@ -180,7 +183,7 @@ export class KmdHome {
     return withLockSync(abs, homeLockOptions(abs), () => KmdHome.initLocked(abs, o));
   }
 
-  private static initLocked(abs: string, o: { rateBitsPerSecond: number; stockBits?: number; now?: () => number }): KmdHome {
+  private static initLocked(abs: string, o: { rateBitsPerSecond: number; stockBits?: number; link?: SupplyLink; now?: () => number }): KmdHome {
     if (existsSync(join(abs, 'kmd.json'))) throw new KmdError(`${abs} already holds a KMD`, 'EXISTS');
     for (const d of ['terminals', 'carriers', 'outbox', 'station']) mkdirSecret(join(abs, d));
     const now = o.now ?? Date.now;
@@ -192,7 +195,7 @@ export class KmdHome {
       rateBitsPerSecond: o.rateBitsPerSecond,
     };
     const stockMs = ((o.stockBits ?? 0) / o.rateBitsPerSecond) * 1000;
-    FixedRateSupply.create(join(abs, 'supply.json'), { rateBitsPerSecond: o.rateBitsPerSecond, startedAtMs: now() - stockMs });
+    FixedRateSupply.create(join(abs, 'supply.json'), { rateBitsPerSecond: o.rateBitsPerSecond, startedAtMs: now() - stockMs, ...(o.link ? { link: o.link } : {}) });
     writeFileAtomic(join(abs, 'kmd.json'), JSON.stringify(config, null, 2) + '\n');
     return new KmdHome(abs, config, now);
   }

@@ -23,6 +23,7 @@ import type { Lock } from '../lock.js';
 import { StationStoreError } from '../station/store.js';
 import { DEFAULT_MAX_KEY_BITS } from '../../firmware/keypool/key-pool.js';
 import type { StationStore } from '../station/store.js';
+import type { SupplyAccount } from './supply.js';
 
 export interface KmdStatus {
   kmdId: string;
@@ -31,7 +32,8 @@ export interface KmdStatus {
   consistent: boolean;
   /** Who held the home's lock when it was read without it. */
   writer: { pid: number; command: string; since: string } | null;
-  supply: { availableBits: number; rateBitsPerSecond: number; takenBits: number; capacityBits: number };
+  /** The supply's model (`fixed`, or a QKD model with its km, pulseRateHz, perPulse, mu) and its account. */
+  supply: SupplyAccount;
   terminals: TerminalStatus[];
   batches: BatchStatus[];
   /** Per state, how many batches and their key bits (of the terminals that could be read). */

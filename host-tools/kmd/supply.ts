@@ -1,7 +1,10 @@
 // The KMD's key supply: a model of the QKD link that feeds it, at a fixed rate (the paper's
-// 11 kbit/s by default). Behind an interface so a physical QKD link model can replace it. Every
+// 11 kbit/s by default, or the rate a QKD link model gives at its distance, qkd-model.ts; the
+// account records which). Behind an interface so a physical QKD link can replace it. Every
 // bit handed out is accounted, so the same key bits never go to two consumers or twice to one.
 import { randomBytes } from 'node:crypto';
+import { QKD_MODEL_KINDS } from './qkd-model.js';
+import type { QkdModelKind } from './qkd-model.js';
 import { writeFileAtomic } from '../fs-atomic.js';
 import { DamagedFileError, readJsonFile } from '../json-file.js';
 
@@ -31,7 +34,21 @@ export class SupplyExhaustedError extends Error {
   }
 }
 
-interface SupplyState {
+/** Where the supply's rate comes from: a rate given as is, or a QKD link model (qkd-model.ts). */
+export type SupplyModelName = 'fixed' | QkdModelKind;
+export const SUPPLY_MODELS: readonly SupplyModelName[] = ['fixed', ...QKD_MODEL_KINDS];
+
+/** The QKD link model behind a supply's rate, as supply.json records it. */
+export interface SupplyLink {
+  model: SupplyModelName;
+  /** For a QKD model: the link's length (km), the source's pulse rate (Hz), the key rate per pulse and the signal intensity it was computed at. */
+  km?: number;
+  pulseRateHz?: number;
+  perPulse?: number;
+  mu?: number;
+}
+
+interface SupplyState extends Partial<SupplyLink> {
   rateBitsPerSecond: number;
   startedAtMs: number;
   /** Key bits handed out so far (the sum of every take): what consumers got, nothing else. */
@@ -44,6 +61,14 @@ interface SupplyState {
   offsetBits?: number;
   /** Most key material the KMD buffers (older bits beyond this are not kept). */
   capacityBits: number;
+}
+
+/** What `kmd status` shows of the supply: the model, then the account. */
+export interface SupplyAccount extends SupplyLink {
+  rateBitsPerSecond: number;
+  takenBits: number;
+  capacityBits: number;
+  availableBits: number;
 }
 
 /**
@@ -62,17 +87,25 @@ export class FixedRateSupply implements KeySupply {
 
   /** Read from disk on every use: several users of one KMD home (the ETSI API, the download
    * interface, the CLI) share the account, and none may hand out bits another already took. */
-  private get state(): Required<SupplyState> {
+  private get state(): SupplyState & { offsetBits: number } {
     const s = readJsonFile(this.path, 64 * 1024) as SupplyState | undefined;
     if (s === undefined) throw new DamagedFileError(this.path, 'missing');
     for (const k of ['rateBitsPerSecond', 'startedAtMs', 'takenBits', 'capacityBits'] as const) {
       if (typeof s !== 'object' || s === null || typeof s[k] !== 'number' || !Number.isFinite(s[k])) throw new DamagedFileError(this.path, `not a supply account (${k})`);
     }
+    // The model (absent in files from before it: a fixed rate). A QKD model names its figures.
+    if (s.model !== undefined && !SUPPLY_MODELS.includes(s.model)) throw new DamagedFileError(this.path, 'not a supply account (model)');
+    for (const k of ['km', 'pulseRateHz', 'perPulse', 'mu'] as const) {
+      const x = s[k];
+      const needed = s.model !== undefined && s.model !== 'fixed' && k !== 'mu';
+      if ((x === undefined && needed) || (x !== undefined && (typeof x !== 'number' || !Number.isFinite(x) || x < 0))) throw new DamagedFileError(this.path, `not a supply account (${k})`);
+    }
     return { ...s, offsetBits: s.offsetBits ?? s.takenBits };
   }
 
-  static create(path: string, o: { rateBitsPerSecond: number; capacityBits?: number; startedAtMs?: number }): void {
+  static create(path: string, o: { rateBitsPerSecond: number; capacityBits?: number; startedAtMs?: number; link?: SupplyLink }): void {
     const state: SupplyState = {
+      ...(o.link ?? { model: 'fixed' }),
       rateBitsPerSecond: o.rateBitsPerSecond,
       startedAtMs: o.startedAtMs ?? Date.now(),
       takenBits: 0,
@@ -93,9 +126,11 @@ export class FixedRateSupply implements KeySupply {
   }
 
   /** The account as it stands: for `kmd status` (takenBits: key handed out, dropped bits not counted). */
-  account(): { rateBitsPerSecond: number; takenBits: number; capacityBits: number; availableBits: number } {
+  account(): SupplyAccount {
     const s = this.state;
-    return { rateBitsPerSecond: s.rateBitsPerSecond, takenBits: s.takenBits, capacityBits: s.capacityBits, availableBits: this.availableBits() };
+    const link: SupplyLink = { model: s.model ?? 'fixed' };
+    for (const k of ['km', 'pulseRateHz', 'perPulse', 'mu'] as const) if (s[k] !== undefined) link[k] = s[k];
+    return { ...link, rateBitsPerSecond: s.rateBitsPerSecond, takenBits: s.takenBits, capacityBits: s.capacityBits, availableBits: this.availableBits() };
   }
 
   availableBits(): number {

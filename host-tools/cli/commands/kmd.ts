@@ -12,18 +12,74 @@ import { exportBatches, outbox } from '../../kmd/export.js';
 import { collectReceipts } from '../../kmd/collect.js';
 import type { CollectResult } from '../../kmd/collect.js';
 import { openCarrier, withCarrierSync } from '../carrier-open.js';
-import { formatBits } from '../../units.js';
+import { formatBits, formatFrequency, parseFrequency } from '../../units.js';
+import { SUPPLY_MODELS } from '../../kmd/supply.js';
+import type { SupplyLink, SupplyModelName } from '../../kmd/supply.js';
+import { QKD_MODEL_KINDS, cutoffKm, perPulseRate } from '../../kmd/qkd-model.js';
 import { printable } from '../../peer-text.js';
 
-export const kmdInit = defineCommand({
+export interface InitCliResult {
+  kmdId: string;
+  home: string;
+  /** The supply's rate: as given (fixed), or the QKD model's rate rounded down to a whole bit/s. */
+  rateBitsPerSecond: number;
+  stockBits: number;
+  /** Where the rate comes from: `fixed`, or a QKD model with the figures it was computed from. */
+  link: SupplyLink;
+}
+
+export const kmdInit = defineCommand<InitCliResult>({
   async run(v) {
-    const rate = rateOption(v, 'rate') ?? 11_000;
+    const link = supplyLinkOptions(v);
+    const rate = link.model === 'fixed' ? (rateOption(v, 'rate') ?? 11_000) : Math.floor(link.perPulse! * link.pulseRateHz!);
     const stock = bitsOption(v, 'stock') ?? 0;
-    const home = kmdCli(() => KmdHome.init(homeDir(v), { rateBitsPerSecond: rate, stockBits: stock }));
-    return { kmdId: home.config.kmdId, home: home.dir, rateBitsPerSecond: rate, stockBits: stock };
+    const home = kmdCli(() => KmdHome.init(homeDir(v), { rateBitsPerSecond: rate, stockBits: stock, link }));
+    return { kmdId: home.config.kmdId, home: home.dir, rateBitsPerSecond: rate, stockBits: stock, link };
   },
-  render: (r) => `KMD ${r.kmdId} created in ${r.home}, key supply ${r.rateBitsPerSecond} bit/s${r.stockBits ? `, ${formatBits(r.stockBits)} in stock` : ''}`,
+  render: (r) => `KMD ${r.kmdId} created in ${r.home}, key supply ${r.rateBitsPerSecond} bit/s${describeLink(r.link)}${r.stockBits ? `, ${formatBits(r.stockBits)} in stock` : ''}`,
 });
+
+/** The default pulse rate of a QKD source (docs/cli.md "qkt kmd init"): a GHz-clocked one. */
+const DEFAULT_PULSE_RATE_HZ = 1e9;
+
+/** --qkd, --km, --pulse-rate, --rate: the supply's model, its rate per pulse worked out. Usage errors (exit 2) name the option. */
+function supplyLinkOptions(v: Parameters<typeof str>[0]): SupplyLink {
+  const name = str(v, 'qkd') ?? 'fixed';
+  if (!(SUPPLY_MODELS as readonly string[]).includes(name)) throw new CliError(`--qkd must be one of ${SUPPLY_MODELS.join(', ')}, got ${JSON.stringify(name)}`, Exit.USAGE);
+  const model = name as SupplyModelName;
+  if (model === 'fixed') {
+    for (const o of ['km', 'pulse-rate']) {
+      if (str(v, o) !== undefined) throw new CliError(`--${o} sets up a QKD link model: give --qkd ${QKD_MODEL_KINDS.join('|')} with it (a fixed supply takes --rate only)`, Exit.USAGE);
+    }
+    return { model };
+  }
+  if (str(v, 'rate') !== undefined) throw new CliError(`--rate is for --qkd fixed: with --qkd ${model} the rate follows from --km and --pulse-rate`, Exit.USAGE);
+  const kmText = str(v, 'km');
+  if (kmText === undefined) throw new CliError(`--qkd ${model} needs --km N, the length of the link in km`, Exit.USAGE);
+  const km = Number(kmText);
+  if (kmText.trim() === '' || !Number.isFinite(km) || km < 0) throw new CliError(`--km must be a distance in km (a number >= 0), got ${JSON.stringify(kmText)}`, Exit.USAGE);
+  let pulseRateHz = DEFAULT_PULSE_RATE_HZ;
+  const prText = str(v, 'pulse-rate');
+  if (prText !== undefined) {
+    try {
+      pulseRateHz = parseFrequency(prText);
+    } catch (e) {
+      throw new CliError(`--pulse-rate: ${(e as Error).message}`, Exit.USAGE);
+    }
+  }
+  const { rate: perPulse, mu } = perPulseRate({ kind: model }, km);
+  if (perPulse * pulseRateHz < 1) {
+    const cutoff = cutoffKm({ kind: model });
+    throw new CliError(`--km ${kmText}: --qkd ${model} makes ${perPulse > 0 ? `under 1 bit/s at ${formatFrequency(pulseRateHz)} pulses` : 'no key'} at ${km} km (its cutoff is ${cutoff.toFixed(2)} km)`, Exit.USAGE);
+  }
+  return { model, km, pulseRateHz, perPulse, mu };
+}
+
+/** ` (bb84-decoy link, 50 km, 1 GHz pulses, 2.226e-4 bit per pulse at mu 0.479)`; nothing for a fixed rate. */
+function describeLink(l: SupplyLink): string {
+  if (l.model === 'fixed' || l.km === undefined || l.pulseRateHz === undefined || l.perPulse === undefined) return '';
+  return ` (${l.model} link, ${l.km} km, ${formatFrequency(l.pulseRateHz)} pulses, ${l.perPulse.toExponential(3)} bit per pulse${l.mu !== undefined ? ` at mu ${l.mu.toFixed(3)}` : ''})`;
+}
 
 export interface EnrollCliResult {
   terminalId: string;
@@ -115,7 +171,7 @@ function renderStatus(s: KmdStatus): string {
   };
   const lines = [
     `KMD ${s.kmdId} in ${s.home}`,
-    `supply: ${roughBits(s.supply.availableBits)} available at ${s.supply.rateBitsPerSecond} bit/s; ${roughBits(s.supply.takenBits)} handed out so far`,
+    `supply: ${roughBits(s.supply.availableBits)} available at ${s.supply.rateBitsPerSecond} bit/s${describeLink(s.supply)}; ${roughBits(s.supply.takenBits)} handed out so far`,
   ];
   if (!s.consistent) lines.push(`note: the home is in use${s.writer ? ` by pid ${s.writer.pid} (${s.writer.command}, since ${s.writer.since})` : ''}; read without its lock, a batch it is changing may show one step behind`);
   lines.push('');
