@@ -23,7 +23,7 @@ import { formatBits } from '../../units.js';
 import { resolvePort } from '../port-select.js';
 
 /** A negotiated link to the station at `address`, presenting the certificate in `dir`. */
-async function openStation(address: string, dir: string): Promise<{ client: LinkClient; address: string; caller: StationRole | undefined }> {
+export async function openStation(address: string, dir: string): Promise<{ client: LinkClient; address: string; caller: StationRole | undefined }> {
   let where: string;
   try {
     const a = parseTlsAddress(address);
@@ -66,7 +66,7 @@ async function openStation(address: string, dir: string): Promise<{ client: Link
 }
 
 /** Station-side and terminal-side refusals as the CLI's words and exit codes. */
-function cliError(e: unknown): unknown {
+export function cliError(e: unknown): unknown {
   if (e instanceof StationRefusedError || (e instanceof TerminalRefusedError && e.linkError)) return new CliError((e as Error).message, Exit.REFUSED);
   if (e instanceof TerminalRefusedError) return new CliError(e.message, Exit.STATE);
   if (e instanceof StationReplyError || e instanceof TerminalReplyError) return new CliError(e.message, Exit.FAILURE);

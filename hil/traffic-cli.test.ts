@@ -1,0 +1,68 @@
+// `qkt traffic` (issue 12 item 1): a user class's service traffic from a real `qkt terminal run`
+// through a real `qkt station run`, measured; the key both sides spent is what the messages cost,
+// and the station's account says the same. Usage mistakes and a wrong certificate cost no key.
+import t from 'tap';
+import { join } from 'node:path';
+import { background, failsWith, qktJson, runQkt } from './e2e-rig.js';
+
+t.setTimeout(240_000);
+
+interface Traffic {
+  port: string;
+  station: string;
+  terminalId: string;
+  class: string;
+  mode: string;
+  messages: number;
+  delivered: number;
+  late: number;
+  failed: number;
+  lossRate: number;
+  accessDelayMs: { median: number; p99: number; max: number } | null;
+  plainBits: number;
+  cipherBits: number;
+  cipherBitsPerSecond: number;
+  keyBits: number;
+  keyBitsPerSecond: number;
+  keyUseRate: number;
+  supplyBitsPerSecond: number;
+}
+
+t.test('qkt traffic: class E for half a second at T = 1 s, through a module and the station', async (t) => {
+  const dir = t.testdir({});
+  const home = join(dir, 'kmd');
+  await qktJson(t, ['kmd', 'init', '--home', home, '--stock', '4Mbit']);
+  await qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', 'T1', '--flash', join(dir, 'T1.img')]);
+  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'car'), '--terminal', 'T1', '--bits', '1Mbit', '--init']);
+  await qktJson(t, ['station', 'cert', '--home', home, '--terminal', 'T1', '--out', join(dir, 't1')]);
+  await qktJson(t, ['station', 'cert', '--home', home, '--operator', 'ops', '--out', join(dir, 'ops')]);
+  const st = await background(t, ['station', 'run', '--home', home, '--listen', '127.0.0.1:0']);
+  const station = st.ready['listen'] as string;
+  const term = await background(t, ['terminal', 'run', '--flash', join(dir, 'T1.img'), '--listen', 'tcp:127.0.0.1:0']);
+  const port = term.ready['port'] as string;
+  await qktJson(t, ['inject', '--carrier', join(dir, 'car'), '--port', port]);
+
+  // Refusals first: none of them spends key.
+  const base = ['traffic', '--port', port, '--station', station];
+  failsWith(t, await runQkt([...base, '--cert', join(dir, 't1'), '--class', 'F']), 2, /--class must be one of A, B, C, D, E/, 'an unknown class');
+  failsWith(t, await runQkt([...base, '--cert', join(dir, 't1'), '--class', 'E', '--seconds', 'soon']), 2, /--seconds must be a duration/, 'a bad duration');
+  failsWith(t, await runQkt([...base, '--cert', join(dir, 'ops'), '--class', 'E']), 2, /--cert: the certificate is operator ops's, not terminal T1's/, "an operator's certificate");
+
+  const r = await qktJson<Traffic>(t, [...base, '--cert', join(dir, 't1'), '--class', 'E', '--seconds', '500ms', '--t', '1s', '--seed', '4']);
+  t.match(r, { port, station, terminalId: 'T1', class: 'E', mode: 'otp', failed: 0, supplyBitsPerSecond: 11_000 });
+  t.ok(r.messages > 50, `${r.messages} messages (class E: about 350 a T)`);
+  t.equal(r.delivered + r.late, r.messages, 'every message opened');
+  t.equal(r.keyBits, r.plainBits + 256 * r.messages, 'OTP: the pad and a 256-bit MAC key per message');
+  t.ok(r.cipherBits > r.plainBits && r.accessDelayMs !== null);
+
+  // The station and the module spent the same key, and the station's account says so.
+  const acct = await qktJson<{ terminals: Array<{ terminalId: string; consumedKeyBits: number }> }>(t, ['station', 'status', '--station', station, '--cert', join(dir, 'ops')]);
+  const pool = (await qktJson<{ pool: { consumedKeyBits: number } }>(t, ['status', '--port', port])).pool;
+  t.equal(acct.terminals[0]!.consumedKeyBits, r.keyBits, 'the station consumed what the run counted');
+  t.equal(pool.consumedKeyBits, r.keyBits, 'and so did the module');
+
+  // In words.
+  const human = await runQkt([...base, '--cert', join(dir, 't1'), '--class', 'D', '--seconds', '200ms', '--t', '1s']);
+  t.equal(human.code, 0, human.stderr);
+  t.match(human.stdout, /^class D \(single-phase industry and commerce\) traffic of T1 \(tcp:127\.0\.0\.1:\d+\) to the station tls:127\.0\.0\.1:\d+, otp, T = 1 s, [\d.]+ s:\n  \d+ messages: \d+ opened in time, \d+ late, 0 refused or unanswered \(loss [\d.]+%\)\n  access delay: median [\d.]+ s, p99 [\d.]+ s, max [\d.]+ s\n  cipher rate [\d.]+ kbit\/s; key [\d.]+ kbit\/s, key use rate [\d.]+ of the 11 kbit\/s supply\n$/);
+});

@@ -1,0 +1,101 @@
+// `qkt traffic`: a terminal's service traffic to the master station, as its front end sends it
+// (docs/traffic.md): the messages of a user class (A-E) sealed by the module on the port and sent
+// as the terminal's uplinks to a running station, with access delay, cipher rate, key use rate
+// and packet loss measured. The work is in host-tools/station/traffic.ts.
+import { CliError, defineCommand, Exit, int, str } from '../command.js';
+import { connectDevice } from '../../link/session.js';
+import { readStationStatus } from '../../station/client.js';
+import { CLASSES, isClassId, runTraffic } from '../../station/traffic.js';
+import type { TrafficResult } from '../../station/traffic.js';
+import { Group, SystemCmd } from '../../../firmware/link/groups.js';
+import { parseRate } from '../../units.js';
+import { resolvePort } from '../port-select.js';
+import { cliError, openStation } from './station-client.js';
+
+export interface TrafficCommandResult extends TrafficResult {
+  port: string;
+  station: string;
+}
+
+/** A duration: a number of seconds, or with a unit (500ms, 2s, 1min). */
+function seconds(name: string, text: string | undefined, dflt: number, lo: number, hi: number): number {
+  if (text === undefined) return dflt;
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|min)?$/.exec(text.trim());
+  const v = m ? Number(m[1]) * (m[2] === 'ms' ? 0.001 : m[2] === 'min' ? 60 : 1) : NaN;
+  if (!(v >= lo && v <= hi)) throw new CliError(`--${name} must be a duration from ${lo} s to ${hi} s (500ms, 2s, 1min), got ${JSON.stringify(text)}`, Exit.USAGE);
+  return v;
+}
+
+export const traffic = defineCommand<TrafficCommandResult>({
+  async run(v, _p, io) {
+    const cls = str(v, 'class')!;
+    if (!isClassId(cls)) throw new CliError(`--class must be one of A, B, C, D, E, got ${JSON.stringify(cls)}`, Exit.USAGE);
+    const mode = str(v, 'mode') ?? 'otp';
+    if (mode !== 'otp' && mode !== 'aead') throw new CliError(`--mode must be otp or aead, got ${JSON.stringify(mode)}`, Exit.USAGE);
+    const durationS = seconds('seconds', str(v, 'seconds'), 60, 0.1, 30 * 86_400);
+    const tS = seconds('t', str(v, 't'), 60, 0.01, 86_400);
+    const deadlineS = seconds('deadline', str(v, 'deadline'), 3, 0.001, 3600);
+    let supply: number;
+    try {
+      supply = parseRate(str(v, 'supply') ?? '11kbit/s');
+    } catch (e) {
+      throw new CliError(`--supply: ${(e as Error).message}`, Exit.USAGE);
+    }
+    if (!(supply > 0)) throw new CliError('--supply must be above 0', Exit.USAGE);
+    const seed = int(v, 'seed', 0, 0xffff_ffff) ?? 1;
+    const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
+    const baud = int(v, 'baud', 300, 12_000_000);
+    // The station first: a wrong address or certificate costs the terminal no key.
+    const station = await openStation(str(v, 'station')!, str(v, 'cert')!);
+    try {
+      const terminal = await connectDevice(port, baud ? { baud } : {});
+      try {
+        const st = await terminal.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
+        const terminalId = st['terminalId'];
+        if (typeof terminalId !== 'string') throw new CliError('the module on the port is not enrolled (no terminal id): enrol it with qkt kmd enroll', Exit.STATE);
+        const caller = station.caller;
+        if (caller?.kind !== 'terminal' || caller.id !== terminalId) {
+          throw new CliError(`--cert: the certificate is ${caller ? `${caller.kind} ${caller.id}'s` : 'no station certificate'}, not terminal ${terminalId}'s: give its own (qkt station cert --terminal ${terminalId})`, Exit.USAGE);
+        }
+        const own = await readStationStatus(station.client);
+        if (!own.some((r) => r.terminalId === terminalId && r.storedKeyBits > 0)) {
+          throw new CliError(`the station holds no keys for terminal ${terminalId}: nothing sent (load a batch for it and inject it first)`, Exit.REFUSED);
+        }
+        const r = await runTraffic({
+          terminal: terminal.client,
+          station: station.client,
+          terminalId,
+          cls: CLASSES[cls],
+          tMs: tS * 1000,
+          durationMs: durationS * 1000,
+          seed,
+          mode,
+          supplyBitsPerSecond: supply,
+          deadlineMs: deadlineS * 1000,
+          onMessage: (done, total) => io.progress.update(done, total, `class ${cls} traffic of ${terminalId}`, 'message'),
+        });
+        io.progress.done();
+        return { port, station: station.address, ...r };
+      } catch (e) {
+        throw cliError(e);
+      } finally {
+        await terminal.close();
+      }
+    } finally {
+      await station.client.close().catch(() => undefined);
+    }
+  },
+  outcome(r) {
+    if (r.failed > 0) return { exitCode: Exit.FAILURE, reason: `${r.failed} of ${r.messages} messages were refused or not answered: ${Object.entries(r.failures).map(([k, n]) => `${n} ${k}`).join(', ')}` };
+    return undefined;
+  },
+  render(r) {
+    const d = r.accessDelayMs;
+    return [
+      `class ${r.class} (${CLASSES[r.class].name}) traffic of ${r.terminalId} (${r.port}) to the station ${r.station}, ${r.mode}, T = ${r.tMs / 1000} s, ${r.seconds} s:`,
+      `  ${r.messages} messages: ${r.delivered} opened in time, ${r.late} late, ${r.failed} refused or unanswered (loss ${(r.lossRate * 100).toFixed(2)}%)`,
+      `  access delay: ${d ? `median ${(d.median / 1000).toFixed(3)} s, p99 ${(d.p99 / 1000).toFixed(3)} s, max ${(d.max / 1000).toFixed(3)} s` : 'none opened'}`,
+      `  cipher rate ${(r.cipherBitsPerSecond / 1000).toFixed(2)} kbit/s; key ${(r.keyBitsPerSecond / 1000).toFixed(2)} kbit/s, key use rate ${r.keyUseRate.toFixed(3)} of the ${r.supplyBitsPerSecond / 1000} kbit/s supply`,
+    ].join('\n');
+  },
+});

@@ -1,0 +1,79 @@
+// Service traffic (traffic.ts): class profiles as seeded Poisson streams of the grid's own frames,
+// sent through a real module and the station service on loopback mutual TLS; every message
+// opened once, the key both sides spend is what the messages cost, and a replay is refused.
+import t from 'tap';
+import { prng } from '../../firmware/flash/faults.js';
+import { Group, KeysCmd, StationCmd } from '../../firmware/link/groups.js';
+import { LinkError } from '../../firmware/link/errors.js';
+import { CLASSES, messageBytes, offeredBitsPerSecond, runTraffic, schedule } from './traffic.js';
+import { startTrafficRig } from './traffic-rig.js';
+
+t.test('a schedule is seeded, in time order, and offers what its class says', async (t) => {
+  const a = schedule(CLASSES.A, { tMs: 60_000, durationMs: 600_000, seed: 3 });
+  t.same(schedule(CLASSES.A, { tMs: 60_000, durationMs: 600_000, seed: 3 }), a, 'the same seed, the same schedule');
+  t.notSame(schedule(CLASSES.A, { tMs: 60_000, durationMs: 600_000, seed: 4 }), a, 'another seed, another');
+  t.ok(a.every((m, i) => i === 0 || m.atMs >= a[i - 1]!.atMs), 'in time order');
+  t.ok(a.every((m) => m.atMs >= 0 && m.atMs < 600_000), 'within the run');
+  // Ten minutes of class A: 10 x (240 + 12 + 60 + 4) messages expected; Poisson, so within 5%.
+  t.ok(Math.abs(a.length / 3160 - 1) < 0.05, `${a.length} messages for 3160 expected`);
+  const bits = a.reduce((s, m) => s + m.bytes * 8, 0) / 600;
+  t.ok(Math.abs(bits / offeredBitsPerSecond(CLASSES.A, 60_000) - 1) < 0.05, `${Math.round(bits)} bit/s offered`);
+  t.ok(offeredBitsPerSecond(CLASSES.A, 60_000) > offeredBitsPerSecond(CLASSES.E, 60_000), 'class A offers more than E');
+  const double = schedule(CLASSES.E, { tMs: 60_000, durationMs: 600_000, seed: 3, scale: 2 });
+  const single = schedule(CLASSES.E, { tMs: 60_000, durationMs: 600_000, seed: 3 });
+  t.ok(Math.abs(double.length / single.length / 2 - 1) < 0.08, 'scale 2: twice the messages');
+  t.throws(() => schedule(CLASSES.A, { tMs: 0, durationMs: 1, seed: 1 }), RangeError);
+  t.throws(() => schedule(CLASSES.A, { tMs: 1, durationMs: 1, seed: 1, scale: 0 }), RangeError);
+});
+
+t.test('messages are framed as their standards frame them', async (t) => {
+  const rnd = prng(1);
+  for (const c of Object.values(CLASSES)) {
+    for (const k of c.kinds) {
+      const b = messageBytes(k, 5, rnd);
+      t.equal(b.length, k.bytes, `${c.id} ${k.name}: ${k.bytes} bytes`);
+      t.equal(b[0], 0x68, 'starts 0x68');
+      if (k.name === 'measured' || k.name === 'events') {
+        t.ok(b.length <= 255 && b[1] === b.length - 2 && b[1]! <= 253, 'an IEC 104 APDU: length octet at most 253');
+      } else {
+        const cs = b.subarray(0, b.length - 2).reduce((s, x) => (s + x) & 0xff, 0);
+        t.equal(b[b.length - 2], cs, 'DL/T 645 checksum');
+        t.equal(b[b.length - 1], 0x16, 'DL/T 645 end');
+        t.equal(b[9], b.length - 12, 'DL/T 645 length');
+      }
+    }
+  }
+});
+
+t.test('traffic through a module and the station: every message opened once, its key spent on both sides, a replay refused', async (t) => {
+  const rig = await startTrafficRig({ ids: ['T1'], bits: 2 ** 20, supplyBitsPerSecond: 11_000 });
+  t.teardown(() => rig.close());
+  const term = rig.terminals[0]!;
+  const station = await term.connect();
+  t.teardown(() => station.close());
+  // Class E with T = 1 s (the field's minute, sixty times faster): about 350 messages a T.
+  // Over 0.4 s that is some 140 messages.
+  const r = await runTraffic({ terminal: term.module, station, terminalId: 'T1', cls: CLASSES.E, tMs: 1000, durationMs: 400, seed: 9, mode: 'otp', supplyBitsPerSecond: 11_000, deadlineMs: 60_000 });
+  const plan = schedule(CLASSES.E, { tMs: 1000, durationMs: 400, seed: 9 });
+  t.equal(r.messages, plan.length);
+  t.ok(r.messages > 50, `${r.messages} messages`);
+  t.equal(r.failed, 0, `none failed: ${JSON.stringify(r.failures)}`);
+  t.equal(r.delivered + r.late, r.messages, 'every message opened');
+  t.equal(r.lossRate, r.late / r.messages);
+  const plain = plan.reduce((s, m) => s + m.bytes * 8, 0);
+  t.equal(r.plainBits, plain, 'the station opened every plaintext byte');
+  // OTP: the pad (8 bits per byte) and a 256-bit one-time MAC key per message, at the station
+  // (and at the module: docs/batch.md).
+  t.equal(r.keyBits, plain + 256 * r.messages, 'key spent: pad plus one MAC key per message');
+  t.ok(r.cipherBits > r.plainBits, 'a sealed message is longer than its plaintext (header, tag)');
+  t.equal(r.keyUseRate, Math.round((r.keyBitsPerSecond / 11_000) * 1000) / 1000);
+  t.ok(r.accessDelayMs !== null && r.accessDelayMs.median > 0 && r.accessDelayMs.p99 >= r.accessDelayMs.median);
+
+  // A sealed message goes to the station once: the same bytes again are refused (the keys it
+  // names were taken), and nothing is opened twice.
+  const s = (await term.module.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'otp', enc: 'any', auth: 'any' }))['s'];
+  const m = (await term.module.request(Group.KEYS, KeysCmd.SEAL, { s: s as number, d: new Uint8Array(40).fill(7) }))['m'] as Uint8Array;
+  const first = await station.request(Group.STATION, StationCmd.UPLINK, { t: 'T1', m });
+  t.equal(first['n'], 40);
+  await t.rejects(station.request(Group.STATION, StationCmd.UPLINK, { t: 'T1', m }), LinkError, 'a replay is refused');
+});

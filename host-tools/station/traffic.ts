@@ -1,0 +1,297 @@
+// Service traffic from a terminal to the master station (issue 12; docs/traffic.md): the paper's
+// user classes A-E (section VI, Table I) as traffic profiles of the grid's own messages, sent as
+// a terminal's front end sends them: each message sealed by the terminal's crypto module in a
+// KEYS session, then handed to the station as the terminal's UPLINK, which opens it. What it
+// measures comes out of that traffic: access delay (from the moment the message exists to the
+// station's answer that it opened it), cipher rate (service-message bits the station received,
+// per second), key use rate (key bits both sides consumed per second, over the KMD's supply rate),
+// and packet loss (messages not opened within the deadline, refused or never answered).
+import { prng } from '../../firmware/flash/faults.js';
+import { Group, KeysCmd, StationCmd } from '../../firmware/link/groups.js';
+import { LinkError, rcName } from '../../firmware/link/errors.js';
+import type { LinkClient } from '../link/client.js';
+
+/** One kind of service message: its size on the terminal side and how often it comes. */
+export interface MessageKind {
+  name: string;
+  /** What it is, in words (the standard it follows). */
+  what: string;
+  /** Plaintext bytes of one message. */
+  bytes: number;
+  /** Messages per interval unit T, on average (a Poisson stream). */
+  perT: number;
+}
+
+export type ClassId = 'A' | 'B' | 'C' | 'D' | 'E';
+
+export interface TrafficClass {
+  id: ClassId;
+  /** The paper's name of the user class. */
+  name: string;
+  kinds: MessageKind[];
+}
+
+// Message sizes. IEC 60870-5-104 (distribution automation): an APDU is 0x68, a length octet of at
+// most 253, then the control field and ASDU, so at most 255 octets on the wire (IEC 60870-5-104
+// 5.1). A measured-value ASDU of type 13 (M_ME_NC_1, short float with quality) without SQ takes
+// 6 octets of header and 3 + 5 per object: 30 objects fill one APDU (2 + 4 + 6 + 30 x 8 = 252).
+// A single-point event with CP56Time2a (type 30, M_SP_TB_1) takes 3 + 1 + 7 per object.
+// Electricity information collection (DL/T 645-2007 frames: 0x68, 6-octet address, 0x68,
+// control, length, data, checksum, 0x16; 12 octets of frame): an energy reading answers one data
+// identifier of 4 octets with 4 registers of 4 octets; a load-profile block carries 96 points of
+// 2 octets each (a day at 15 minutes) in one frame.
+const APDU_MEASURED = 2 + 4 + 6 + 30 * 8; // 252
+const APDU_EVENTS = 2 + 4 + 6 + 4 * (3 + 1 + 7); // 56
+const METER_READING = 12 + 4 + 4 * 4; // 32
+const LOAD_PROFILE = 12 + 4 + 96 * 2; // 208
+
+const kind = (name: string, what: string, bytes: number, perT: number): MessageKind => ({ name, what, bytes, perT });
+
+/**
+ * The paper's user classes as profiles (docs/traffic.md says why each rate): larger users carry
+ * distribution automation (measured values every few seconds, events) on top of metering; small
+ * ones only metering. Rates are per T (one minute in the field).
+ */
+export const CLASSES: Record<ClassId, TrafficClass> = {
+  A: {
+    id: 'A',
+    name: 'large special transformer',
+    kinds: [
+      kind('measured', 'IEC 104 M_ME_NC_1, 30 points', APDU_MEASURED, 240),
+      kind('events', 'IEC 104 M_SP_TB_1, 4 events', APDU_EVENTS, 12),
+      kind('reading', 'DL/T 645 energy reading', METER_READING, 60),
+      kind('profile', 'DL/T 645 load-profile block', LOAD_PROFILE, 4),
+    ],
+  },
+  B: {
+    id: 'B',
+    name: 'medium special transformer',
+    kinds: [
+      kind('measured', 'IEC 104 M_ME_NC_1, 30 points', APDU_MEASURED, 220),
+      kind('events', 'IEC 104 M_SP_TB_1, 4 events', APDU_EVENTS, 10),
+      kind('reading', 'DL/T 645 energy reading', METER_READING, 60),
+      kind('profile', 'DL/T 645 load-profile block', LOAD_PROFILE, 4),
+    ],
+  },
+  C: {
+    id: 'C',
+    name: 'three-phase industry and commerce',
+    kinds: [
+      kind('measured', 'IEC 104 M_ME_NC_1, 30 points', APDU_MEASURED, 210),
+      kind('events', 'IEC 104 M_SP_TB_1, 4 events', APDU_EVENTS, 8),
+      kind('reading', 'DL/T 645 energy reading', METER_READING, 60),
+      kind('profile', 'DL/T 645 load-profile block', LOAD_PROFILE, 4),
+    ],
+  },
+  D: {
+    id: 'D',
+    name: 'single-phase industry and commerce',
+    kinds: [
+      kind('reading', 'DL/T 645 energy reading', METER_READING, 330),
+      kind('profile', 'DL/T 645 load-profile block', LOAD_PROFILE, 55),
+    ],
+  },
+  E: {
+    id: 'E',
+    name: 'residential users',
+    kinds: [
+      kind('reading', 'DL/T 645 energy reading', METER_READING, 300),
+      kind('profile', 'DL/T 645 load-profile block', LOAD_PROFILE, 50),
+    ],
+  },
+};
+
+export function isClassId(x: unknown): x is ClassId {
+  return typeof x === 'string' && Object.hasOwn(CLASSES, x);
+}
+
+/** Plaintext bits per second a class offers on average, with T = `tMs`. */
+export function offeredBitsPerSecond(c: TrafficClass, tMs: number): number {
+  return c.kinds.reduce((s, k) => s + k.bytes * 8 * k.perT, 0) / (tMs / 1000);
+}
+
+export interface Scheduled {
+  /** When the message exists, in ms from the start. */
+  atMs: number;
+  kind: string;
+  bytes: number;
+}
+
+/**
+ * The messages of `durationMs` of a class's traffic: each kind a Poisson stream (exponential
+ * gaps, seeded), merged in time order. `scale` multiplies every rate (a load sweep).
+ */
+export function schedule(c: TrafficClass, o: { tMs: number; durationMs: number; seed: number; scale?: number }): Scheduled[] {
+  if (!(o.tMs > 0) || !(o.durationMs >= 0)) throw new RangeError('tMs must be > 0 and durationMs >= 0');
+  const scale = o.scale ?? 1;
+  if (!(scale > 0)) throw new RangeError('scale must be > 0');
+  const out: Scheduled[] = [];
+  c.kinds.forEach((k, i) => {
+    const rnd = prng((o.seed * 31 + i + 1) >>> 0);
+    const meanGap = o.tMs / (k.perT * scale);
+    for (let t = -Math.log(1 - rnd()) * meanGap; t < o.durationMs; t += -Math.log(1 - rnd()) * meanGap) out.push({ atMs: t, kind: k.name, bytes: k.bytes });
+  });
+  return out.sort((a, b) => a.atMs - b.atMs);
+}
+
+/**
+ * The bytes of one message: framed as its standard frames it (IEC 104 APDU or DL/T 645 frame),
+ * with seeded values. The station only opens them; the framing makes the sizes honest.
+ */
+export function messageBytes(k: Pick<MessageKind, 'name' | 'bytes'>, seq: number, rnd: () => number): Uint8Array {
+  const b = new Uint8Array(k.bytes);
+  for (let i = 0; i < b.length; i++) b[i] = Math.floor(rnd() * 256);
+  if (k.name === 'measured' || k.name === 'events') {
+    // APDU: start 0x68, length, I-format control (send and receive sequence numbers), ASDU type.
+    b[0] = 0x68;
+    b[1] = k.bytes - 2;
+    b[2] = (seq << 1) & 0xfe;
+    b[3] = (seq >>> 7) & 0xff;
+    b[4] = 0;
+    b[5] = 0;
+    b[6] = k.name === 'measured' ? 13 : 30;
+  } else if (b.length >= 12) {
+    // DL/T 645: 0x68, address, 0x68, control 0x91 (a slave's normal answer), length, ..., 0x16.
+    b[0] = 0x68;
+    b[7] = 0x68;
+    b[8] = 0x91;
+    b[9] = k.bytes - 12;
+    let cs = 0;
+    for (let i = 0; i < b.length - 2; i++) cs = (cs + b[i]!) & 0xff;
+    b[b.length - 2] = cs;
+    b[b.length - 1] = 0x16;
+  }
+  return b;
+}
+
+export interface TrafficOptions {
+  /** The terminal's crypto module (negotiated). */
+  terminal: LinkClient;
+  /** The station, with this terminal's certificate (negotiated). */
+  station: LinkClient;
+  terminalId: string;
+  cls: TrafficClass;
+  /** The interval unit T in ms (60,000 in the field). */
+  tMs: number;
+  durationMs: number;
+  seed: number;
+  mode: 'otp' | 'aead';
+  /** The KMD's key supply, bits per second (the key use rate's denominator). */
+  supplyBitsPerSecond: number;
+  /** A message opened later than this after it existed counts as lost. */
+  deadlineMs: number;
+  scale?: number;
+  /** Called after each message (progress). */
+  onMessage?: (done: number, total: number) => void;
+  now?: () => number;
+}
+
+export interface TrafficResult {
+  terminalId: string;
+  class: ClassId;
+  mode: 'otp' | 'aead';
+  tMs: number;
+  seconds: number;
+  messages: number;
+  /** Opened by the station within the deadline. */
+  delivered: number;
+  /** Opened, but later than the deadline. */
+  late: number;
+  /** Refused by the module or the station, or not answered. */
+  failed: number;
+  /** (late + failed) / messages. */
+  lossRate: number;
+  accessDelayMs: { median: number; p99: number; max: number } | null;
+  plainBits: number;
+  /** Bits of sealed service messages the station opened. */
+  cipherBits: number;
+  cipherBitsPerSecond: number;
+  /** Key bits the station consumed (the module consumed the same). */
+  keyBits: number;
+  keyBitsPerSecond: number;
+  supplyBitsPerSecond: number;
+  /** keyBitsPerSecond / supplyBitsPerSecond. */
+  keyUseRate: number;
+  /** Reasons of failed messages, counted. */
+  failures: Record<string, number>;
+}
+
+function quantile(sorted: number[], q: number): number {
+  if (sorted.length === 0) return 0;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
+}
+
+const round3 = (x: number) => Math.round(x * 1000) / 1000;
+
+/**
+ * Send a class's traffic for `durationMs` as the terminal's front end: one KEYS session on the
+ * module for the run, each message sealed when it exists (or as soon as the one before it is
+ * done: one at a time, as one serial front end does), then UPLINK to the station. Rates are over
+ * the run's wall time, from the first message's time to the end of the last.
+ */
+export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
+  const now = o.now ?? (() => performance.now());
+  const plan = schedule(o.cls, { tMs: o.tMs, durationMs: o.durationMs, seed: o.seed, ...(o.scale !== undefined ? { scale: o.scale } : {}) });
+  const rnd = prng(o.seed ^ 0x5eed);
+  const delays: number[] = [];
+  const failures: Record<string, number> = {};
+  let late = 0;
+  let plainBits = 0;
+  let cipherBits = 0;
+  let keyBits = 0;
+  const neg = await o.terminal.request(Group.KEYS, KeysCmd.NEGOTIATE, o.mode === 'otp' ? { mode: 'otp', enc: 'any', auth: 'any' } : { mode: 'aead', enc: 'any' });
+  const s = neg['s'];
+  const start = now();
+  try {
+    for (let i = 0; i < plan.length; i++) {
+      const m = plan[i]!;
+      const wait = start + m.atMs - now();
+      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      const data = messageBytes({ name: m.kind, bytes: m.bytes }, i, rnd);
+      try {
+        const sealed = (await o.terminal.request(Group.KEYS, KeysCmd.SEAL, { s: s as number, d: data }))['m'];
+        if (!(sealed instanceof Uint8Array)) throw new Error('no sealed message');
+        const up = await o.station.request(Group.STATION, StationCmd.UPLINK, { t: o.terminalId, m: sealed });
+        const delay = now() - (start + m.atMs);
+        if (up['n'] !== data.length) throw new Error('opened to other bytes');
+        plainBits += data.length * 8;
+        cipherBits += sealed.length * 8;
+        keyBits += typeof up['keyBits'] === 'number' ? up['keyBits'] : 0;
+        delays.push(delay);
+        if (delay > o.deadlineMs) late++;
+      } catch (e) {
+        // Counted by kind, never with message text from a peer beyond its code name.
+        const why = e instanceof LinkError ? rcName(e.rc) : e instanceof Error ? (e.name === 'Error' ? e.message : e.name) : 'error';
+        failures[why] = (failures[why] ?? 0) + 1;
+      }
+      o.onMessage?.(i + 1, plan.length);
+    }
+  } finally {
+    await o.terminal.request(Group.KEYS, KeysCmd.CLOSE, { s: s as number }).catch(() => undefined);
+  }
+  const seconds = Math.max(o.durationMs, now() - start) / 1000;
+  const failed = Object.values(failures).reduce((a, b) => a + b, 0);
+  const sorted = [...delays].sort((a, b) => a - b);
+  const keyBitsPerSecond = keyBits / seconds;
+  return {
+    terminalId: o.terminalId,
+    class: o.cls.id,
+    mode: o.mode,
+    tMs: o.tMs,
+    seconds: round3(seconds),
+    messages: plan.length,
+    delivered: delays.length - late,
+    late,
+    failed,
+    lossRate: plan.length === 0 ? 0 : round3((late + failed) / plan.length),
+    accessDelayMs: sorted.length === 0 ? null : { median: round3(quantile(sorted, 0.5)), p99: round3(quantile(sorted, 0.99)), max: round3(sorted[sorted.length - 1]!) },
+    plainBits,
+    cipherBits,
+    cipherBitsPerSecond: Math.round(cipherBits / seconds),
+    keyBits,
+    keyBitsPerSecond: Math.round(keyBitsPerSecond),
+    supplyBitsPerSecond: o.supplyBitsPerSecond,
+    keyUseRate: round3(keyBitsPerSecond / o.supplyBitsPerSecond),
+    failures,
+  };
+}
