@@ -61,6 +61,19 @@ t.test('qkt traffic: class E for half a second at T = 1 s, through a module and 
   t.equal(acct.terminals[0]!.consumedKeyBits, r.keyBits, 'the station consumed what the run counted');
   t.equal(pool.consumedKeyBits, r.keyBits, 'and so did the module');
 
+  // The forecast: the pool at class E's average use, with and without online supply.
+  const plain = await qktJson<{ pool: { storedKeyBits: number }; forecast: { class: string; keyBitsPerSecond: number; onlineBitsPerSecond: number; secondsLeft: number | null; runsOutAt: string | null } }>(t, ['status', '--port', port, '--class', 'E']);
+  const use = (300 * (32 * 8 + 256) + 50 * (208 * 8 + 256)) / 60; // docs/traffic.md, class E
+  t.equal(plain.forecast.keyBitsPerSecond, Math.round(use));
+  t.equal(plain.forecast.secondsLeft, Math.floor(plain.pool.storedKeyBits / use), 'the pool over the use');
+  t.ok(Math.abs(Date.parse(plain.forecast.runsOutAt!) - (Date.now() + plain.forecast.secondsLeft! * 1000)) < 60_000, 'runs out then');
+  const covered = await qktJson<{ forecast: { secondsLeft: number | null; runsOutAt: string | null; onlineBitsPerSecond: number } }>(t, ['status', '--port', port, '--class', 'E', '--online', '11kbit/s']);
+  t.same([covered.forecast.secondsLeft, covered.forecast.runsOutAt, covered.forecast.onlineBitsPerSecond], [null, null, 11_000], '11 kbit/s online covers class E');
+  const words = await runQkt(['status', '--port', port, '--class', 'A', '--online', '2kbit/s']);
+  t.match(words.stdout, /^forecast   class A's traffic uses [\d.]+ kbit\/s of key, 2 kbit\/s arrives online: the pool lasts \d+ (min|h), until \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ; the next visit is due before then$/m);
+  failsWith(t, await runQkt(['status', '--port', port, '--online', '2kbit/s']), 2, /--online goes with --class/, '--online alone');
+  failsWith(t, await runQkt(['status', '--port', port, '--class', 'Z']), 2, /--class must be one of A, B, C, D, E/, 'an unknown class');
+
   // In words.
   const human = await runQkt([...base, '--cert', join(dir, 't1'), '--class', 'D', '--seconds', '200ms', '--t', '1s']);
   t.equal(human.code, 0, human.stderr);

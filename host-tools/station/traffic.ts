@@ -295,3 +295,37 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
     failures,
   };
 }
+
+export interface ClassForecast {
+  class: ClassId;
+  /** Key bits a second the class's traffic costs the terminal (OTP), on average. */
+  keyBitsPerSecond: number;
+  /** Key bits a second reaching the terminal online (0: offline supply only, by carrier). */
+  onlineBitsPerSecond: number;
+  /** Seconds until the pool runs dry at that use; null when the online supply covers it. */
+  secondsLeft: number | null;
+  /** When, as ISO 8601 UTC; null as above. The next field visit is due before it. */
+  runsOutAt: string | null;
+}
+
+/** OTP key bits a second a class's traffic costs on average: each message's pad and its 256-bit MAC key. */
+export function otpKeyBitsPerSecond(c: TrafficClass, tMs = 60_000): number {
+  return c.kinds.reduce((s, k) => s + (k.bytes * 8 + 256) * k.perT, 0) / (tMs / 1000);
+}
+
+/**
+ * When a pool of `storedBits` runs dry under a class's traffic (OTP, T one minute), with
+ * `onlineBitsPerSecond` of key arriving online: the date the next carrier visit is due by.
+ */
+export function forecastFor(storedBits: number, c: TrafficClass, onlineBitsPerSecond: number, now = Date.now()): ClassForecast {
+  const use = otpKeyBitsPerSecond(c);
+  const net = use - onlineBitsPerSecond;
+  const secondsLeft = net > 0 ? Math.floor(storedBits / net) : null;
+  return {
+    class: c.id,
+    keyBitsPerSecond: Math.round(use),
+    onlineBitsPerSecond,
+    secondsLeft,
+    runsOutAt: secondsLeft === null ? null : new Date(now + secondsLeft * 1000).toISOString(),
+  };
+}

@@ -8,6 +8,9 @@ import { formatBits } from '../../units.js';
 import { resolvePort } from '../port-select.js';
 import { printable } from '../../peer-text.js';
 import { isTcpAddress } from '../../transports/tcp.js';
+import { CLASSES, forecastFor, isClassId } from '../../station/traffic.js';
+import type { ClassForecast } from '../../station/traffic.js';
+import { parseRate } from '../../units.js';
 
 export interface StatusResult {
   port: string;
@@ -19,6 +22,8 @@ export interface StatusResult {
   link: { maxFrame: number; window: number; protocolVersions: number[] };
   audit?: { events: number; pendingRefusals?: number; log?: AuditLine[] };
   secureArea?: { damaged: boolean; reason?: string };
+  /** With --class: when the pool runs dry under that class's traffic (docs/traffic.md). */
+  forecast?: ClassForecast;
   [k: string]: unknown;
 }
 
@@ -45,6 +50,16 @@ function isPoolStatus(p: unknown): p is StatusResult['pool'] {
 
 export default defineCommand<StatusResult>({
   async run(v) {
+    const cls = str(v, 'class');
+    if (cls !== undefined && !isClassId(cls)) throw new CliError(`--class must be one of A, B, C, D, E, got ${JSON.stringify(cls)}`, Exit.USAGE);
+    if (cls === undefined && str(v, 'online') !== undefined) throw new CliError('--online goes with --class: the forecast needs the class of traffic', Exit.USAGE);
+    let online = 0;
+    const onlineText = str(v, 'online');
+    try {
+      if (onlineText !== undefined && onlineText.trim() !== '0') online = parseRate(onlineText);
+    } catch (e) {
+      throw new CliError(`--online: ${(e as Error).message}`, Exit.USAGE);
+    }
     const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
     const baud = int(v, 'baud', 300, 12_000_000);
     let s;
@@ -77,6 +92,7 @@ export default defineCommand<StatusResult>({
         const audit = (rest['audit'] ?? {}) as { events?: number; pendingRefusals?: number };
         result.audit = { ...audit, events: audit.events ?? 0, log: log['events'] as AuditLine[] };
       }
+      if (cls !== undefined) result.forecast = forecastFor(result.pool.storedKeyBits, CLASSES[cls as keyof typeof CLASSES], online);
       return result;
     } finally {
       await s.close();
@@ -90,6 +106,7 @@ export default defineCommand<StatusResult>({
       `firmware   ${printable(r.firmware, 64)}${r.state && r.state !== 'ready' ? `  [${printable(r.state, 32)}]` : ''}`,
       `key pool   ${formatBits(p.storedKeyBits)} stored of ${formatBits(p.maxKeyBits)} max, ${formatBits(p.consumedKeyBits)} consumed, ${p.batches.length} batch(es)`,
       `link       ${r.port}, frames up to ${r.link.maxFrame} B, window ${r.link.window}`,
+      ...(r.forecast ? [`forecast   ${forecastText(r.forecast)}`] : []),
       ...(r.secureArea?.damaged ? [`secure     DAMAGED: ${printable(r.secureArea.reason ?? 'see the audit log', 120)}`] : []),
       ...(r.audit?.pendingRefusals ? [`refusals   ${r.audit.pendingRefusals} since the last one logged (counted in RAM)`] : []),
       ...(r.audit?.log
@@ -98,3 +115,12 @@ export default defineCommand<StatusResult>({
     ].join('\n');
   },
 });
+
+function forecastText(f: ClassForecast): string {
+  const kbps = (b: number) => `${Number((b / 1000).toFixed(2))} kbit/s`;
+  const at = `class ${f.class}'s traffic uses ${kbps(f.keyBitsPerSecond)} of key${f.onlineBitsPerSecond > 0 ? `, ${kbps(f.onlineBitsPerSecond)} arrives online` : ''}`;
+  if (f.secondsLeft === null) return `${at}: the online supply covers it, the pool does not run dry`;
+  const d = f.secondsLeft;
+  const span = d >= 86_400 ? `${Math.floor(d / 86_400)} d` : d >= 3600 ? `${Math.floor(d / 3600)} h` : d >= 60 ? `${Math.floor(d / 60)} min` : `${d} s`;
+  return `${at}: the pool lasts ${span}, until ${f.runsOutAt!.replace('T', ' ').replace(/\.\d+Z$/, 'Z')}; the next visit is due before then`;
+}
