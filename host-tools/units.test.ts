@@ -37,3 +37,19 @@ t.test('formatting', async (t) => {
   t.equal(formatBits(1024), '1 kbit');
   t.equal(formatBits(12), '12 bit');
 });
+
+t.test('durations and fractions (qkt net relay --latency, --jitter, --loss)', async (t) => {
+  const { parseDuration, parseFraction } = await import('./units.js');
+  t.equal(parseDuration('20ms'), 20);
+  t.equal(parseDuration('0.5s'), 500);
+  t.equal(parseDuration('250us'), 0.25);
+  t.equal(parseDuration('7'), 7);
+  t.equal(parseDuration('0'), 0);
+  t.throws(() => parseDuration('-5ms'), /not a duration/);
+  t.throws(() => parseDuration('5min'), /not a duration/);
+  t.equal(parseFraction('1%'), 0.01);
+  t.equal(parseFraction('0.02'), 0.02);
+  t.equal(parseFraction('100%'), 1);
+  t.throws(() => parseFraction('150%'), /not a percentage/);
+  t.throws(() => parseFraction('x'), /not a percentage/);
+});

@@ -77,3 +77,21 @@ export function formatBits(bits: number): string {
 function trim(n: number): string {
   return Number.isInteger(n) ? String(n) : n.toFixed(2).replace(/\.?0+$/, '');
 }
+
+const DURATION: Record<string, number> = { '': 1, us: 1e-3, ms: 1, s: 1e3 };
+
+/** Parse a duration such as `20ms`, `0.5s`, `250us` or `20` (ms) into milliseconds (0 allowed). */
+export function parseDuration(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
+  const unit = m ? DURATION[m[2]!.toLowerCase()] : undefined;
+  if (!m || unit === undefined) throw new InputError(`not a duration: ${JSON.stringify(text)} (try 20ms or 0.5s)`);
+  return Number(m[1]) * unit;
+}
+
+/** Parse a percentage `1%` or a fraction `0.01` into a fraction from 0 to 1. */
+export function parseFraction(text: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?|\.\d+)(%?)\s*$/.exec(text);
+  const r = m ? Number(m[1]) / (m[2] ? 100 : 1) : NaN;
+  if (!(r >= 0 && r <= 1)) throw new InputError(`not a percentage from 0% to 100%: ${JSON.stringify(text)} (try 1% or 0.01)`);
+  return r;
+}

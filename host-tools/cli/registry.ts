@@ -384,6 +384,26 @@ export const commands: readonly CommandSpec[] = [
     load: () => import('./commands/link.js').then((m) => m.default),
   },
   {
+    path: ['net', 'relay'],
+    summary: 'a TCP relay through a shaped network link: rate class, latency, jitter and seeded loss, as TCP sees them',
+    usage: 'qkt net relay --listen HOST:PORT --to HOST:PORT --rate R [--latency D] [--jitter D] [--loss P] [--seed S] [--json]',
+    examples: [
+      'qkt net relay --listen 127.0.0.1:7300 --to 127.0.0.1:7200 --rate 9.6kbit/s   # then the terminal side uses tls:127.0.0.1:7300',
+      'qkt net relay --listen 127.0.0.1:0 --to 10.0.0.5:7200 --rate 64kbit/s --latency 20ms --jitter 5ms --loss 1% --seed 42',
+    ],
+    options: {
+      listen: { type: 'string', value: 'HOST:PORT', description: 'address to accept connections on (port 0: any free port, printed when ready)' },
+      to: { type: 'string', value: 'HOST:PORT', description: 'where each connection is carried (the master station, qkt station run)' },
+      rate: { type: 'string', value: 'R', description: 'bottleneck rate of each direction, in bit/s or with a unit (9.6kbit/s, 64kbit/s); 40 header bytes per 536-byte segment count against it' },
+      latency: { type: 'string', value: 'D', description: 'one-way delay of each direction (20ms, 0.1s; a bare number is ms)', defaultText: '0' },
+      jitter: { type: 'string', value: 'D', description: "each segment's delay is latency plus a uniform draw in [-D, +D] (order kept)", defaultText: '0' },
+      loss: { type: 'string', value: 'P', description: 'fraction of segment transmissions lost, each resent after the RTO (1%, or 0.01; below 100%)', defaultText: '0%' },
+      seed: { type: 'string', value: 'S', description: 'seed of the loss and jitter (0 to 4294967295): the same seed and connection order give the same losses', defaultText: 'random, printed in the ready line' },
+    },
+    required: ['listen', 'to', 'rate'],
+    load: () => import('./commands/net-relay.js').then((m) => m.default),
+  },
+  {
     path: ['monitor'],
     summary: 'a relay between a device and a host that shows every frame both ways; writes a pcap for Wireshark',
     usage: 'qkt monitor A B [--pcap FILE] [--baud N] [--json]',
