@@ -22,6 +22,8 @@ import type { StartBenchResult } from './start.js';
 import { benchFuzz, formatFuzzBench } from './fuzz.js';
 import type { FuzzBenchResult } from './fuzz.js';
 import { benchNoise, formatNoiseBench } from './noise.js';
+import { benchTraffic, formatTrafficBench } from './traffic.js';
+import type { TrafficBenchResult } from './traffic.js';
 import type { NoiseBenchResult } from './noise.js';
 
 export interface BenchOptions {
@@ -88,6 +90,10 @@ export const benchmarks: Record<string, Benchmark> = {
   fuzz: {
     run: (o) => benchFuzz({ inputs: o.quick ? 20_000 : 1_000_000, ...(o.seed !== undefined ? { seed: o.seed } : {}), log: o.log }),
     format: (r) => formatFuzzBench(r as FuzzBenchResult),
+  },
+  traffic: {
+    run: (o) => benchTraffic({ seconds: o.quick ? 5 : 30, ...(o.seed !== undefined ? { seed: o.seed } : {}), log: o.log }),
+    format: (r) => formatTrafficBench(r as TrafficBenchResult),
   },
   noise: {
     run: (o) =>

@@ -461,8 +461,8 @@ export const commands: readonly CommandSpec[] = [
   },
   {
     path: ['bench'],
-    summary: 'benchmarks (link, flash, inject, lifetime, download, station, multiclient, start, fuzz, noise): a markdown table, or JSON with --json',
-    usage: 'qkt bench [link|flash|inject|lifetime|download|station|multiclient|start|fuzz|noise]... [--quick] [--bytes N] [--seed N] [--rates LIST] [--timeout SECONDS] [--zmodem-timeout SECONDS] [--out DIR] [--json]',
+    summary: 'benchmarks (link, flash, inject, lifetime, download, station, multiclient, start, fuzz, traffic, noise): a markdown table, or JSON with --json',
+    usage: 'qkt bench [link|flash|inject|lifetime|download|station|multiclient|start|fuzz|traffic|noise]... [--quick] [--bytes N] [--seed N] [--rates LIST] [--timeout SECONDS] [--zmodem-timeout SECONDS] [--out DIR] [--json]',
     examples: ['qkt bench link', 'qkt bench link --json', 'qkt bench --out docs/bench', 'qkt bench flash --quick', 'qkt bench lifetime --json', 'qkt bench start', 'qkt bench fuzz --seed 7', 'qkt bench noise --bytes 131072 --rates 0.01%,0.1% --seed 7'],
     options: {
       quick: flag('smaller sizes and fewer repeats (a smoke run, not figures to quote)'),
@@ -471,7 +471,7 @@ export const commands: readonly CommandSpec[] = [
       timeout: { type: 'string', value: 'SECONDS', description: 'noise: stop each inject or ZMODEM run after SECONDS', defaultText: 'max(20 x the clean run, 300 s)' },
       'zmodem-timeout': { type: 'string', value: 'SECONDS', description: 'noise: stop each ZMODEM run after SECONDS instead', defaultText: 'as --timeout' },
       out: { type: 'string', value: 'DIR', description: 'also write DIR/NAME.json and DIR/NAME.md per benchmark', defaultText: 'stdout only' },
-      seed: { type: 'string', value: 'N', description: 'seed (0 to 4294967295) of the fuzz inputs (the same seed sends the same inputs) and of the line noise', defaultText: 'fuzz: a new one each run, reported; noise: 1' },
+      seed: { type: 'string', value: 'N', description: 'seed (0 to 4294967295) of the fuzz inputs (the same seed sends the same inputs), of the line noise, and of the traffic and network draws', defaultText: 'fuzz: a new one each run, reported; noise, traffic: 1' },
     },
     positionals: { name: 'NAME', description: 'benchmarks to run (default: all but noise, which takes an hour or more)' },
     load: () => import('./commands/bench.js').then((m) => m.default),

@@ -225,9 +225,9 @@ const round3 = (x: number) => Math.round(x * 1000) / 1000;
 
 /**
  * Send a class's traffic for `durationMs` as the terminal's front end: one KEYS session on the
- * module for the run, each message sealed when it exists (or as soon as the one before it is
- * done: one at a time, as one serial front end does), then UPLINK to the station. Rates are over
- * the run's wall time, from the first message's time to the end of the last.
+ * module for the run, each message sealed when it exists (the module seals one at a time, in
+ * order), then sent as an UPLINK to the station, up to the station's window of uplinks in
+ * flight. Rates are over the run's wall time, from the start to the last answer.
  */
 export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
   const now = o.now ?? (() => performance.now());
@@ -242,30 +242,53 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
   const neg = await o.terminal.request(Group.KEYS, KeysCmd.NEGOTIATE, o.mode === 'otp' ? { mode: 'otp', enc: 'any', auth: 'any' } : { mode: 'aead', enc: 'any' });
   const s = neg['s'];
   const start = now();
+  const fail = (e: unknown) => {
+    // Counted by kind, never with message text from a peer beyond its code name.
+    const why = e instanceof LinkError ? rcName(e.rc) : e instanceof Error ? (e.name === 'Error' ? e.message : e.name) : 'error';
+    failures[why] = (failures[why] ?? 0) + 1;
+  };
+  // Uplinks in flight at once: the station's window (as an IEC 104 link keeps up to k APDUs
+  // unacknowledged), so a slow link is filled rather than idle for every round trip.
+  const window = Math.max(1, Math.min(o.station.params?.window ?? 1, 64));
+  const inflight = new Set<Promise<void>>();
+  let done = 0;
   try {
     for (let i = 0; i < plan.length; i++) {
       const m = plan[i]!;
       const wait = start + m.atMs - now();
       if (wait > 0) await new Promise((r) => setTimeout(r, wait));
       const data = messageBytes({ name: m.kind, bytes: m.bytes }, i, rnd);
+      let sealed: unknown;
       try {
-        const sealed = (await o.terminal.request(Group.KEYS, KeysCmd.SEAL, { s: s as number, d: data }))['m'];
+        // The module seals in order, one at a time (its session counter).
+        sealed = (await o.terminal.request(Group.KEYS, KeysCmd.SEAL, { s: s as number, d: data }))['m'];
         if (!(sealed instanceof Uint8Array)) throw new Error('no sealed message');
-        const up = await o.station.request(Group.STATION, StationCmd.UPLINK, { t: o.terminalId, m: sealed });
-        const delay = now() - (start + m.atMs);
-        if (up['n'] !== data.length) throw new Error('opened to other bytes');
-        plainBits += data.length * 8;
-        cipherBits += sealed.length * 8;
-        keyBits += typeof up['keyBits'] === 'number' ? up['keyBits'] : 0;
-        delays.push(delay);
-        if (delay > o.deadlineMs) late++;
       } catch (e) {
-        // Counted by kind, never with message text from a peer beyond its code name.
-        const why = e instanceof LinkError ? rcName(e.rc) : e instanceof Error ? (e.name === 'Error' ? e.message : e.name) : 'error';
-        failures[why] = (failures[why] ?? 0) + 1;
+        fail(e);
+        o.onMessage?.(++done, plan.length);
+        continue;
       }
-      o.onMessage?.(i + 1, plan.length);
+      const msg = sealed;
+      const p: Promise<void> = o.station
+        .request(Group.STATION, StationCmd.UPLINK, { t: o.terminalId, m: msg })
+        .then((up) => {
+          const delay = now() - (start + m.atMs);
+          if (up['n'] !== data.length) throw new Error('opened to other bytes');
+          plainBits += data.length * 8;
+          cipherBits += msg.length * 8;
+          keyBits += typeof up['keyBits'] === 'number' ? up['keyBits'] : 0;
+          delays.push(delay);
+          if (delay > o.deadlineMs) late++;
+        })
+        .catch(fail)
+        .finally(() => {
+          inflight.delete(p);
+          o.onMessage?.(++done, plan.length);
+        });
+      inflight.add(p);
+      while (inflight.size >= window) await Promise.race(inflight);
     }
+    await Promise.all(inflight);
   } finally {
     await o.terminal.request(Group.KEYS, KeysCmd.CLOSE, { s: s as number }).catch(() => undefined);
   }
