@@ -7,7 +7,7 @@
 // Direction rule (docs/batch.md "Service data"): the terminal picks every key it uses, in pool
 // order; OTP serves uplinks only, downlinks use the AEAD session key the terminal named, with
 // the direction in the nonce. So terminal and station never pick the same key independently.
-import { encodeServiceHeader, decodeServiceHeader, otpSeal, cipherOpen, cipherSeal, headerSuite, suiteMaxMessages, SessionCipher, SessionKeyState, AEAD_SUITES, DEFAULT_SUITE, OTP_MAC_KEY_BYTES, SESSION_KEY_BYTES } from '../crypto/service.js';
+import { encodeServiceHeader, decodeServiceHeader, otpSeal, cipherOpen, cipherSealMessage, headerSuite, suiteMaxMessages, SessionCipher, SessionKeyState, AEAD_SUITES, DEFAULT_SUITE, OTP_MAC_KEY_BYTES, SESSION_KEY_BYTES } from '../crypto/service.js';
 import type { AeadSuite, KeyRange, ServiceHeader } from '../crypto/service.js';
 import { Group, KeysCmd } from '../link/groups.js';
 import { LinkError, Rc } from '../link/errors.js';
@@ -149,7 +149,7 @@ export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void; r
         const a = s.aead!;
         const counter = a.send.nextCounter(now);
         const head = encodeServiceHeader({ mode: 'aead', ...(s.suite !== DEFAULT_SUITE ? { suite: s.suite } : {}), keyIds: [a.range], counter });
-        return { m: concat(head, cipherSeal(a.cipher, counter, data, head, 'up')), rekeyed };
+        return { m: cipherSealMessage(a.cipher, counter, data, head, 'up'), rekeyed };
       },
       [KeysCmd.OPEN]: (p, c) => {
         const s = session(uint(p, 's'), c);

@@ -7,7 +7,7 @@ import { BATCH_ID_BYTES } from './kdf.js';
 import { AEAD_SUITES, DEFAULT_SUITE, SessionCipher, SUITE_MAX_MESSAGES } from './suites.js';
 import type { AeadSuite, CryptoProvider } from './suites.js';
 import { CryptoFormatError, ServiceAuthError } from './errors.js';
-import { abytes, aint, aoneOf, concat, ctEqual, u32be, u64be, u8, wipe } from './_util.js';
+import { abytes, aint, aoneOf, concat, ctEqual, wipe } from './_util.js';
 
 // ---------------------------------------------------------------------------------------------
 // OTP with a one-time authenticator
@@ -115,7 +115,12 @@ const DIRECTION_CODE: Record<Direction, number> = { up: 1, down: 2 };
 export function sessionNonce(direction: Direction, counter: number): Uint8Array {
   aoneOf(direction, 'direction', DIRECTIONS);
   aint(counter, 'counter', 0, MAX_SESSION_COUNTER);
-  return concat(u32be(DIRECTION_CODE[direction]), u64be(counter));
+  const n = new Uint8Array(12);
+  const v = new DataView(n.buffer);
+  v.setUint32(0, DIRECTION_CODE[direction], false);
+  // u64 big-endian counter; counter <= 2^32 - 1, so the high word is 0 (no BigInt on the hot path).
+  v.setUint32(8, counter, false);
+  return n;
 }
 
 /**
@@ -149,6 +154,13 @@ export function cipherSeal(cipher: SessionCipher, counter: number, plaintext: Ui
   abytes(plaintext, 'plaintext');
   abytes(aad, 'aad');
   return cipher.seal(sessionNonce(direction, counter), plaintext, aad);
+}
+
+/** A whole service message: header || sealed payload, the header as AAD, in one allocation. */
+export function cipherSealMessage(cipher: SessionCipher, counter: number, plaintext: Uint8Array, header: Uint8Array, direction: Direction): Uint8Array {
+  abytes(plaintext, 'plaintext');
+  abytes(header, 'header');
+  return cipher.seal(sessionNonce(direction, counter), plaintext, header, header);
 }
 
 /** sessionOpen with a session's cipher; throws ServiceAuthError if it does not authenticate. */
@@ -267,13 +279,20 @@ export function encodeServiceHeader(h: ServiceHeader): Uint8Array {
   if (h.mode === 'otp' && keyBits(h.keyIds) < OTP_MAC_KEY_BYTES * 8) {
     throw new RangeError('header.keyIds must name at least 256 bits (the MAC key) in otp mode');
   }
-  return concat(
-    u8(SERVICE_HEADER_VERSION),
-    u8(h.mode === 'otp' ? OTP_CODE : SUITE_CODE[headerSuite(h)]),
-    u32be(h.counter),
-    u8(h.keyIds.length),
-    ...h.keyIds.flatMap((r) => [r.batchId, u32be(r.bitOffset), u32be(r.bits)]),
-  );
+  // Written in place (one allocation): every AEAD message encodes one, so it is on the hot path.
+  const out = new Uint8Array(SERVICE_HEADER_FIXED_BYTES + KEY_RANGE_BYTES * h.keyIds.length);
+  const v = new DataView(out.buffer);
+  out[0] = SERVICE_HEADER_VERSION;
+  out[1] = h.mode === 'otp' ? OTP_CODE : SUITE_CODE[headerSuite(h)];
+  v.setUint32(2, h.counter, false);
+  out[6] = h.keyIds.length;
+  h.keyIds.forEach((r, i) => {
+    const o = SERVICE_HEADER_FIXED_BYTES + i * KEY_RANGE_BYTES;
+    out.set(r.batchId, o);
+    v.setUint32(o + 16, r.bitOffset, false);
+    v.setUint32(o + 20, r.bits, false);
+  });
+  return out;
 }
 
 /** Decode the header at the start of a service message; `length` is where the payload begins. */

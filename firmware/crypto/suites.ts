@@ -49,8 +49,8 @@ export const SUITE_MAX_MESSAGES: Record<AeadSuite, number> = {
 
 export interface CryptoProvider {
   readonly name: 'node' | 'reference';
-  /** AEAD seal: ciphertext || 16-byte tag. */
-  aeadSeal(alg: 'aes-256-gcm' | 'chacha20-poly1305', key32: Uint8Array, nonce12: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Uint8Array;
+  /** AEAD seal: prefix || ciphertext || 16-byte tag (the prefix, e.g. the service header, saves a copy). */
+  aeadSeal(alg: 'aes-256-gcm' | 'chacha20-poly1305', key32: Uint8Array, nonce12: Uint8Array, plaintext: Uint8Array, aad: Uint8Array, prefix?: Uint8Array): Uint8Array;
   /** AEAD open: the plaintext, or undefined if the tag does not verify (compared in constant time). */
   aeadOpen(alg: 'aes-256-gcm' | 'chacha20-poly1305', key32: Uint8Array, nonce12: Uint8Array, sealed: Uint8Array, aad: Uint8Array): Uint8Array | undefined;
   /** SM4 in CTR mode, 128-bit big-endian counter from `counter16`. */
@@ -62,7 +62,10 @@ const u8 = (b: Buffer): Uint8Array => new Uint8Array(b.buffer, b.byteOffset, b.b
 
 export const referenceProvider: CryptoProvider = {
   name: 'reference',
-  aeadSeal: (alg, key, nonce, pt, aad) => (alg === 'aes-256-gcm' ? gcm(key, nonce, aad) : chacha20poly1305(key, nonce, aad)).encrypt(pt),
+  aeadSeal: (alg, key, nonce, pt, aad, prefix) => {
+    const sealed = (alg === 'aes-256-gcm' ? gcm(key, nonce, aad) : chacha20poly1305(key, nonce, aad)).encrypt(pt);
+    return prefix?.length ? concat(prefix, sealed) : sealed;
+  },
   aeadOpen: (alg, key, nonce, sealed, aad) => {
     try {
       return (alg === 'aes-256-gcm' ? gcm(key, nonce, aad) : chacha20poly1305(key, nonce, aad)).decrypt(sealed);
@@ -86,16 +89,18 @@ export const NODE_HAS = (() => {
   };
 })();
 
-function nodeSeal(alg: 'aes-256-gcm' | 'chacha20-poly1305', key: Uint8Array, nonce: Uint8Array, pt: Uint8Array, aad: Uint8Array): Uint8Array {
+function nodeSeal(alg: 'aes-256-gcm' | 'chacha20-poly1305', key: Uint8Array, nonce: Uint8Array, pt: Uint8Array, aad: Uint8Array, prefix: Uint8Array = new Uint8Array(0)): Uint8Array {
   const o = { authTagLength: SUITE_TAG_BYTES };
   const c = alg === 'aes-256-gcm' ? createCipheriv(alg, key, nonce, o) : createCipheriv(alg, key, nonce, o);
   c.setAAD(aad);
-  const out = new Uint8Array(pt.length + SUITE_TAG_BYTES);
+  const p = prefix.length;
+  const out = new Uint8Array(p + pt.length + SUITE_TAG_BYTES);
+  out.set(prefix);
   const a = c.update(pt);
   const b = c.final();
-  out.set(a);
-  out.set(b, a.length);
-  out.set(c.getAuthTag(), a.length + b.length);
+  out.set(a, p);
+  out.set(b, p + a.length);
+  out.set(c.getAuthTag(), p + a.length + b.length);
   return out;
 }
 
@@ -119,7 +124,7 @@ function nodeOpen(alg: 'aes-256-gcm' | 'chacha20-poly1305', key: Uint8Array, non
 
 export const nodeProvider: CryptoProvider = {
   name: 'node',
-  aeadSeal: (alg, key, nonce, pt, aad) => (NODE_HAS[alg] ? nodeSeal : referenceProvider.aeadSeal)(alg, key, nonce, pt, aad),
+  aeadSeal: (alg, key, nonce, pt, aad, prefix) => (NODE_HAS[alg] ? nodeSeal : referenceProvider.aeadSeal)(alg, key, nonce, pt, aad, prefix),
   aeadOpen: (alg, key, nonce, sealed, aad) => (NODE_HAS[alg] ? nodeOpen : referenceProvider.aeadOpen)(alg, key, nonce, sealed, aad),
   sm4Ctr: (key, counter, data) => {
     if (!NODE_HAS['sm4-ctr']) return refSm4Ctr(key, counter, data);
@@ -209,20 +214,22 @@ export class SessionCipher {
     if (this.wiped) throw new Error('session cipher wiped');
   }
 
-  /** ciphertext || 16-byte tag. */
-  seal(nonce12: Uint8Array, plaintext: Uint8Array, aad: Uint8Array): Uint8Array {
+  /** prefix || ciphertext || 16-byte tag; the prefix (default none) is typically the service header. */
+  seal(nonce12: Uint8Array, plaintext: Uint8Array, aad: Uint8Array, prefix: Uint8Array = new Uint8Array(0)): Uint8Array {
     this.live();
     abytes(nonce12, 'nonce12', SUITE_NONCE_BYTES);
     abytes(plaintext, 'plaintext');
     abytes(aad, 'aad');
-    if (!this.sm4) return this.provider.aeadSeal(this.suite as 'aes-256-gcm' | 'chacha20-poly1305', this.key, nonce12, plaintext, aad);
+    abytes(prefix, 'prefix');
+    if (!this.sm4) return this.provider.aeadSeal(this.suite as 'aes-256-gcm' | 'chacha20-poly1305', this.key, nonce12, plaintext, aad, prefix);
     // Encrypt-then-MAC (Bellare & Namprempre 2000): the tag covers nonce, aad and ciphertext.
     const ct = this.provider.sm4Ctr(this.sm4.enc16, sm4Counter0(nonce12), plaintext);
     const mac = this.provider.hmacSm3(this.sm4.mac32, sm4MacInput(nonce12, aad, ct));
-    const out = new Uint8Array(ct.length + SUITE_TAG_BYTES);
-    out.set(ct);
+    const out = new Uint8Array(prefix.length + ct.length + SUITE_TAG_BYTES);
+    out.set(prefix);
+    out.set(ct, prefix.length);
     // RFC 2104 §5: a tag truncated to the leftmost 128 bits (>= half the output, >= 80 bits).
-    out.set(mac.subarray(0, SUITE_TAG_BYTES), ct.length);
+    out.set(mac.subarray(0, SUITE_TAG_BYTES), prefix.length + ct.length);
     mac.fill(0);
     return out;
   }

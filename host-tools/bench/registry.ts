@@ -22,6 +22,8 @@ import type { StartBenchResult } from './start.js';
 import { benchFuzz, formatFuzzBench } from './fuzz.js';
 import type { FuzzBenchResult } from './fuzz.js';
 import { benchNoise, formatNoiseBench } from './noise.js';
+import { benchCrypto, formatCryptoBench } from './crypto.js';
+import type { CryptoBenchResult } from './crypto.js';
 import type { NoiseBenchResult } from './noise.js';
 
 export interface BenchOptions {
@@ -88,6 +90,10 @@ export const benchmarks: Record<string, Benchmark> = {
   fuzz: {
     run: (o) => benchFuzz({ inputs: o.quick ? 20_000 : 1_000_000, ...(o.seed !== undefined ? { seed: o.seed } : {}), log: o.log }),
     format: (r) => formatFuzzBench(r as FuzzBenchResult),
+  },
+  crypto: {
+    run: (o) => benchCrypto({ bytes: o.bytes ?? (o.quick ? 256 * 1024 : 4 * 1024 * 1024), rounds: o.quick ? 3 : 11, log: o.log }),
+    format: (r) => formatCryptoBench(r as CryptoBenchResult),
   },
   noise: {
     run: (o) =>

@@ -3,7 +3,7 @@
 // under the AEAD session key a terminal chose, with the suite its uplinks named (the header's
 // mode byte, authenticated as AAD: the station learns the suite as it learns the mode). A first verified use of an inactive batch proves
 // its delivery and activates it (pre-application mode, DESIGN.md "Security model").
-import { cipherOpen, cipherSeal, decodeServiceHeader, headerSuite, otpOpen, splitOtpKey, encodeServiceHeader, SessionCipher, SessionKeyState, DEFAULT_SUITE } from '../../firmware/crypto/service.js';
+import { cipherOpen, cipherSealMessage, decodeServiceHeader, headerSuite, otpOpen, splitOtpKey, encodeServiceHeader, SessionCipher, SessionKeyState, DEFAULT_SUITE } from '../../firmware/crypto/service.js';
 import type { AeadSuite, KeyRange } from '../../firmware/crypto/service.js';
 import { StationStoreError } from './store.js';
 import type { StationStore } from './store.js';
@@ -151,11 +151,7 @@ export class Station {
     if (!s) throw new StationError(`no AEAD session with ${terminalId} under that key; it must send an uplink first`);
     const counter = s.sendCounter++;
     const head = encodeServiceHeader({ mode: 'aead', ...(s.suite !== DEFAULT_SUITE ? { suite: s.suite } : {}), keyIds: [sessionKey], counter });
-    const sealed = cipherSeal(s.cipher, counter, plaintext, head, 'down');
-    const out = new Uint8Array(head.length + sealed.length);
-    out.set(head);
-    out.set(sealed, head.length);
-    return out;
+    return cipherSealMessage(s.cipher, counter, plaintext, head, 'down');
   }
 
   close(): void {
