@@ -9,10 +9,10 @@
 // primitive. `reference` is @noble/ciphers (AES-GCM, ChaCha20-Poly1305) and this folder's own
 // SM4/SM3 (_sm4.ts, _sm3.ts; no audited JS library has them): the independent answer the tests
 // cross-check `node` against, on the standards' vectors and on random inputs.
-import { createCipheriv, createDecipheriv, createHmac, getCiphers, getHashes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, createHash, createHmac, getCiphers, getHashes } from 'node:crypto';
 import { gcm } from '@noble/ciphers/aes.js';
 import { chacha20poly1305 } from '@noble/ciphers/chacha.js';
-import { hmacSm3 as refHmacSm3 } from './_sm3.js';
+import { hmacSm3 as refHmacSm3, sm3 as refSm3 } from './_sm3.js';
 import { sm4Ctr as refSm4Ctr } from './_sm4.js';
 import { abytes, aoneOf, ascii, concat, ctEqual, u32be, u64be, wipe } from './_util.js';
 
@@ -135,6 +135,11 @@ export const nodeProvider: CryptoProvider = {
   },
   hmacSm3: (key, data) => (NODE_HAS.sm3 ? u8(createHmac('sm3', key).update(data).digest()) : refHmacSm3(key, data)),
 };
+
+/** SM3 digest as the node provider computes it (OpenSSL, or the reference where it lacks SM3): for the power-on self-test. */
+export function sm3Digest(message: Uint8Array): Uint8Array {
+  return NODE_HAS.sm3 ? u8(createHash('sm3').update(message).digest()) : refSm3(message);
+}
 
 export const PROVIDERS: Record<CryptoProvider['name'], CryptoProvider> = { node: nodeProvider, reference: referenceProvider };
 
