@@ -1,13 +1,14 @@
 // KEYS command group: service-data crypto with pool keys, the paper's "quantum negotiation".
 // A session is OTP (XOR pad + one-time Poly1305 MAC, information-theoretically secure) or AEAD
-// (AES-256-GCM under a pool key as session key, rekeyed by count and age); the host says which
-// sub-pool serves encryption and which authentication. Keys are taken through the pool, which
+// (a pool key as session key, rekeyed by count and age, under the suite the host names:
+// AES-256-GCM by default, ChaCha20-Poly1305, or the national SM4-CTR + HMAC-SM3); the host says
+// which sub-pool serves encryption and which authentication. Keys are taken through the pool, which
 // records them consumed in flash before they are used, and wiped from RAM after use.
 // Direction rule (docs/batch.md "Service data"): the terminal picks every key it uses, in pool
 // order; OTP serves uplinks only, downlinks use the AEAD session key the terminal named, with
 // the direction in the nonce. So terminal and station never pick the same key independently.
-import { encodeServiceHeader, decodeServiceHeader, otpSeal, sessionOpen, sessionSeal, SessionKeyState, OTP_MAC_KEY_BYTES, SESSION_KEY_BYTES } from '../crypto/service.js';
-import type { KeyRange, ServiceHeader } from '../crypto/service.js';
+import { encodeServiceHeader, decodeServiceHeader, otpSeal, cipherOpen, cipherSealMessage, headerSuite, suiteMaxMessages, SessionCipher, SessionKeyState, AEAD_SUITES, DEFAULT_SUITE, OTP_MAC_KEY_BYTES, SESSION_KEY_BYTES } from '../crypto/service.js';
+import type { AeadSuite, KeyRange, ServiceHeader } from '../crypto/service.js';
 import { Group, KeysCmd } from '../link/groups.js';
 import { LinkError, Rc } from '../link/errors.js';
 import { bytes, oneOf, optionalUint, uint } from '../link/fields.js';
@@ -26,10 +27,12 @@ interface Session {
   /** The link that negotiated it: only that link's requests find it (docs/protocol.md 4.9). */
   owner: LinkPeer | undefined;
   mode: 'otp' | 'aead';
+  /** AEAD: the suite every message of the session uses, in both directions. */
+  suite: AeadSuite;
   enc: Purpose;
   auth: Purpose;
   counter: number;
-  aead?: { key: Uint8Array; range: KeyRange; send: SessionKeyState; recv: SessionKeyState };
+  aead?: { cipher: SessionCipher; range: KeyRange; send: SessionKeyState; recv: SessionKeyState };
   rekeyMessages: number;
   rekeyMs: number;
 }
@@ -53,11 +56,17 @@ export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void; r
   };
 
   const newSessionKey = (s: Session) => {
-    s.aead?.key.fill(0);
+    s.aead?.cipher.wipe();
     const { key, range } = take(s.enc, SESSION_KEY_BYTES);
+    let cipher: SessionCipher;
+    try {
+      cipher = new SessionCipher(s.suite, key.key);
+    } finally {
+      key.key.fill(0); // the cipher holds its own copy (or, for SM4, the keys derived from it)
+    }
     const now = ctx.clock();
     const limits = { maxMessages: s.rekeyMessages, maxAgeMs: s.rekeyMs };
-    s.aead = { key: key.key, range, send: new SessionKeyState(now, limits), recv: new SessionKeyState(now, limits) };
+    s.aead = { cipher, range, send: new SessionKeyState(now, limits), recv: new SessionKeyState(now, limits) };
   };
 
   // Another link's session is not found, whatever id is sent: a connection can neither use nor
@@ -69,7 +78,7 @@ export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void; r
   };
 
   const dropSession = (s: Session) => {
-    s.aead?.key.fill(0);
+    s.aead?.cipher.wipe();
     sessions.delete(s.id);
   };
 
@@ -88,14 +97,19 @@ export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void; r
         const mode = oneOf(p, 'mode', ['otp', 'aead'] as const);
         const enc = p['enc'] === undefined ? 'enc' : oneOf(p, 'enc', ['enc', 'any'] as const);
         const auth = p['auth'] === undefined ? 'auth' : oneOf(p, 'auth', ['auth', 'any'] as const);
+        // An unknown suite is refused here, before any key is taken or session evicted.
+        const asked = p['suite'] === undefined ? undefined : oneOf(p, 'suite', AEAD_SUITES);
+        if (asked !== undefined && mode !== 'aead') throw new LinkError(Rc.BAD_REQUEST, 'field "suite" applies to mode "aead" only');
+        const suite = asked ?? DEFAULT_SUITE;
         const s: Session = {
           id: nextId++,
           owner: c.link,
           mode,
+          suite,
           enc,
           auth,
           counter: 0,
-          rekeyMessages: optionalUint(p, 'rekeyMessages', 2 ** 32) ?? 2 ** 16,
+          rekeyMessages: optionalUint(p, 'rekeyMessages', suiteMaxMessages(suite)) ?? 2 ** 16,
           rekeyMs: optionalUint(p, 'rekeyMs') ?? 3_600_000,
         };
         if (s.rekeyMessages < 1 || s.rekeyMs < 1) throw new LinkError(Rc.BAD_REQUEST, 'rekey limits must be positive');
@@ -105,7 +119,9 @@ export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void; r
         if (mine.length >= MAX_SESSIONS) dropSession(mine[0]!);
         if (mode === 'aead') newSessionKey(s);
         sessions.set(s.id, s);
-        return { s: s.id, mode, enc, auth };
+        // The suite is echoed when it was asked for: a reply to a request without one stays the
+        // bytes it always was.
+        return { s: s.id, mode, enc, auth, ...(asked !== undefined ? { suite } : {}) };
       },
       [KeysCmd.SEAL]: (p, c) => {
         const s = session(uint(p, 's'), c);
@@ -132,8 +148,8 @@ export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void; r
         }
         const a = s.aead!;
         const counter = a.send.nextCounter(now);
-        const head = encodeServiceHeader({ mode: 'aead', keyIds: [a.range], counter });
-        return { m: concat(head, sessionSeal(a.key, counter, data, head, 'up')), rekeyed };
+        const head = encodeServiceHeader({ mode: 'aead', ...(s.suite !== DEFAULT_SUITE ? { suite: s.suite } : {}), keyIds: [a.range], counter });
+        return { m: cipherSealMessage(a.cipher, counter, data, head, 'up'), rekeyed };
       },
       [KeysCmd.OPEN]: (p, c) => {
         const s = session(uint(p, 's'), c);
@@ -148,6 +164,9 @@ export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void; r
         if (header.mode !== 'aead' || s.mode !== 'aead' || !s.aead) {
           throw new LinkError(Rc.DENIED, 'downlinks use the AEAD session key; OTP serves uplinks only');
         }
+        if (headerSuite(header) !== s.suite) {
+          throw new LinkError(Rc.DENIED, `message suite ${headerSuite(header)} is not the session's (${s.suite})`);
+        }
         const a = s.aead;
         const r = header.keyIds[0]!;
         if (header.keyIds.length !== 1 || r.bitOffset !== a.range.bitOffset || Buffer.compare(r.batchId, a.range.batchId) !== 0) {
@@ -155,7 +174,7 @@ export function keysGroup(ctx: ModuleContext): CommandGroup & { reset(): void; r
         }
         let d: Uint8Array;
         try {
-          d = sessionOpen(a.key, header.counter, m.subarray(length), m.subarray(0, length), 'down');
+          d = cipherOpen(a.cipher, header.counter, m.subarray(length), m.subarray(0, length), 'down');
         } catch {
           throw new LinkError(Rc.AUTH_FAILED, 'message does not authenticate');
         }

@@ -8,9 +8,10 @@ import { hkdf } from '@noble/hashes/hkdf.js';
 import { hmac } from '@noble/hashes/hmac.js';
 import { sha256 } from '@noble/hashes/sha2.js';
 import { ctEqual } from './_util.js';
+import { nodeProvider, sm3Digest } from './suites.js';
 
-export type SelfTestName = 'sha-256' | 'hmac-sha256' | 'hkdf-sha256' | 'aes-256-gcm' | 'poly1305';
-export const SELF_TEST_NAMES: readonly SelfTestName[] = ['sha-256', 'hmac-sha256', 'hkdf-sha256', 'aes-256-gcm', 'poly1305'];
+export type SelfTestName = 'sha-256' | 'hmac-sha256' | 'hkdf-sha256' | 'aes-256-gcm' | 'poly1305' | 'chacha20-poly1305' | 'sm4' | 'sm3';
+export const SELF_TEST_NAMES: readonly SelfTestName[] = ['sha-256', 'hmac-sha256', 'hkdf-sha256', 'aes-256-gcm', 'poly1305', 'chacha20-poly1305', 'sm4', 'sm3'];
 
 export interface SelfTestResult {
   name: SelfTestName;
@@ -93,6 +94,26 @@ export const SELF_TEST_VECTORS = {
     },
     { key: '02' + '00'.repeat(31), message: 'ff'.repeat(16), tag: '03' + '00'.repeat(15) },
   ],
+  // RFC 8439 §2.8.2 (the AEAD suite chacha20-poly1305).
+  'chacha20-poly1305': [
+    {
+      key: '808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f',
+      nonce: '070000004041424344454647',
+      aad: '50515253c0c1c2c3c4c5c6c7',
+      plaintext:
+        '4c616469657320616e642047656e746c656d656e206f662074686520636c617373206f66202739393a204966204920636f756c64206f6666657220796f75206f6e6c79206f6e652074697020666f7220746865206675747572652c2073756e73637265656e20776f756c642062652069742e',
+      ciphertext:
+        'd31a8d34648e60db7b86afbc53ef7ec2a4aded51296e08fea9e2b5a736ee62d63dbea45e8ca9671282fafb69da92728b1a71de0a9e060b2905d6a5b67ecd3b3692ddbd7f2d778b8c9803aee328091b58fab324e4fad675945585808b4831d7bc3ff4def08e4b7a9de576d26586cec64b6116',
+      tag: '1ae10b594f09e26a7e902ecbd0600691',
+    },
+  ],
+  // GB/T 32907-2016 Appendix A, example 1 (the suite sm4-ctr-hmac-sm3's cipher).
+  sm4: [{ key: '0123456789abcdeffedcba9876543210', plaintext: '0123456789abcdeffedcba9876543210', iterations: 1, ciphertext: '681edf34d206965e86b3e94f536e4246' }],
+  // GB/T 32905-2016 Appendix A, examples 1 and 2 (the suite's MAC and key derivation hash).
+  sm3: [
+    { message: '616263', digest: '66c7f0f462eeedd9d1f2d46bdc10e4e24167c4875cf2f7a2297da02b8f4ba8e0' },
+    { message: '61626364'.repeat(16), digest: 'debe9ff92275b8a138604889c18e5a4d6fdb70e5387e5765293dcba39c0c5732' },
+  ],
 } as const;
 
 function hex(s: string): Uint8Array {
@@ -128,6 +149,22 @@ const CHECKS: Record<SelfTestName, Check> = {
       }
     }),
   poly1305: (out) => SELF_TEST_VECTORS.poly1305.every((v) => ctEqual(out(poly1305(hex(v.message), hex(v.key))), hex(v.tag))),
+  // The AEAD suites run on the node:crypto provider (suites.ts): these test that provider, the
+  // code path sessions use. AES-256-GCM sessions use it too, so its vectors run there as well.
+  'chacha20-poly1305': (out) =>
+    SELF_TEST_VECTORS['chacha20-poly1305'].every((v) => {
+      const sealed = out(nodeProvider.aeadSeal('chacha20-poly1305', hex(v.key), hex(v.nonce), hex(v.plaintext), hex(v.aad)));
+      if (!ctEqual(sealed, hex(v.ciphertext + v.tag))) return false;
+      const opened = nodeProvider.aeadOpen('chacha20-poly1305', hex(v.key), hex(v.nonce), sealed, hex(v.aad));
+      const bad = Uint8Array.from(sealed);
+      bad[bad.length - 1]! ^= 1;
+      return !!opened && ctEqual(opened, hex(v.plaintext)) && nodeProvider.aeadOpen('chacha20-poly1305', hex(v.key), hex(v.nonce), bad, hex(v.aad)) === undefined;
+    }) &&
+    SELF_TEST_VECTORS['aes-256-gcm'].every((v) => ctEqual(nodeProvider.aeadSeal('aes-256-gcm', hex(v.key), hex(v.iv), hex(v.plaintext), hex(v.aad)), hex(v.ciphertext + v.tag))),
+  // SM4-CTR over one zero block with the plaintext as counter block is one SM4 encryption: the
+  // suite's own code path answers the standard's block vector.
+  sm4: (out) => SELF_TEST_VECTORS.sm4.every((v) => ctEqual(out(nodeProvider.sm4Ctr(hex(v.key), hex(v.plaintext), new Uint8Array(16))), hex(v.ciphertext))),
+  sm3: (out) => SELF_TEST_VECTORS.sm3.every((v) => ctEqual(out(sm3Digest(hex(v.message))), hex(v.digest))),
 };
 
 /** Run every known-answer test. Never throws: a crash inside a primitive is a failed test. */

@@ -139,9 +139,19 @@ t.test('service header: exact bytes, round trip, validation, malformed input', a
   t.throws(() => encodeServiceHeader({ ...h, keyIds: [{ batchId, bitOffset: 0, bits: 8 }] }), { name: 'RangeError', message: /at least 256/ });
   t.throws(() => encodeServiceHeader({ ...h, keyIds: [] }), { name: 'RangeError', message: /keyIds/ });
   t.throws(() => encodeServiceHeader({ ...h, mode: 'xor' as 'otp' }), { name: 'RangeError', message: /header\.mode/ });
+  // The suite rides in the mode byte: GCM keeps code 2 (the bytes of every older message), the others 3 and 4.
+  const one = { ...aead, keyIds: [{ batchId, bitOffset: 0, bits: 256 }] };
+  t.equal(encodeServiceHeader(one)[1], 2);
+  t.equal(toHex(encodeServiceHeader({ ...one, suite: 'aes-256-gcm' })), toHex(encodeServiceHeader(one)), 'naming the default suite changes no byte');
+  t.equal(encodeServiceHeader({ ...one, suite: 'chacha20-poly1305' })[1], 3);
+  t.equal(encodeServiceHeader({ ...one, suite: 'sm4-ctr-hmac-sm3' })[1], 4);
+  t.same(decodeServiceHeader(encodeServiceHeader({ ...one, suite: 'sm4-ctr-hmac-sm3' })).header, { ...one, suite: 'sm4-ctr-hmac-sm3' });
+  t.throws(() => encodeServiceHeader({ ...h, suite: 'sm4-ctr-hmac-sm3' }), { name: 'RangeError', message: /aead mode only/ });
+  t.throws(() => encodeServiceHeader({ ...one, suite: 'rc4' as 'aes-256-gcm' }), { name: 'RangeError', message: /header\.suite/ });
   t.throws(() => decodeServiceHeader(bytes.subarray(0, 20)), { name: 'CryptoFormatError' });
   t.throws(() => decodeServiceHeader(Uint8Array.from(bytes, (b, i) => (i === 0 ? 2 : b))), { name: 'CryptoFormatError' });
-  t.throws(() => decodeServiceHeader(Uint8Array.from(bytes, (b, i) => (i === 1 ? 3 : b))), { name: 'CryptoFormatError' });
+  // Codes 1..4 are otp and the three AEAD suites (suites.test.ts); 0 and 5..255 are unknown.
+  for (const code of [0, 5, 255]) t.throws(() => decodeServiceHeader(Uint8Array.from(bytes, (b, i) => (i === 1 ? code : b))), { name: 'CryptoFormatError', message: /mode code/ });
   t.throws(() => decodeServiceHeader(Uint8Array.from(bytes, (b, i) => (i === 6 ? 0 : b))), { name: 'CryptoFormatError' });
   t.throws(() => decodeServiceHeader(Uint8Array.from(bytes, (b, i) => (i === 30 ? 1 : b))), { name: 'CryptoFormatError' }, 'bits not /8');
 });

@@ -1,15 +1,19 @@
 // Service-data crypto between terminal and master station (docs/batch.md, "Service data"):
 // OTP = XOR with pool key + one-time Poly1305 MAC (RFC 8439 §2.5, §2.8 input layout), or an
-// AES-256-GCM session (NIST SP 800-38D) keyed from the pool, with a counter nonce and rekey limits.
-import { gcm } from '@noble/ciphers/aes.js';
+// AEAD session keyed from the pool (AES-256-GCM by default, ChaCha20-Poly1305 or SM4-CTR +
+// HMAC-SM3: suites.ts), with a counter nonce and rekey limits.
 import { poly1305 } from '@noble/ciphers/_poly1305.js';
 import { BATCH_ID_BYTES } from './kdf.js';
+import { AEAD_SUITES, DEFAULT_SUITE, SessionCipher, SUITE_MAX_MESSAGES } from './suites.js';
+import type { AeadSuite, CryptoProvider } from './suites.js';
 import { CryptoFormatError, ServiceAuthError } from './errors.js';
-import { abytes, aint, aoneOf, concat, ctEqual, u32be, u64be, u8, wipe } from './_util.js';
+import { abytes, aint, aoneOf, concat, ctEqual, wipe } from './_util.js';
 
 // ---------------------------------------------------------------------------------------------
 // OTP with a one-time authenticator
 export { CryptoFormatError, ServiceAuthError } from './errors.js';
+export { AEAD_SUITES, DEFAULT_SUITE, SessionCipher } from './suites.js';
+export type { AeadSuite } from './suites.js';
 
 export const OTP_MAC_KEY_BYTES = 32;
 export const OTP_TAG_BYTES = 16;
@@ -90,7 +94,7 @@ export function otpOpen(keyStream: Uint8Array, sealed: Uint8Array, macKey32: Uin
 // AEAD session
 
 export const SESSION_KEY_BYTES = 32;
-/** Rekey after this many messages per direction (far below GCM's 2^32 invocation limit). */
+/** Rekey after this many messages per direction (far below every suite's limit: suites.ts SUITE_MAX_MESSAGES). */
 export const REKEY_AFTER_MESSAGES = 2 ** 16;
 /** Rekey after one hour: limits what one pool key protects if it ever leaked. */
 export const REKEY_AFTER_MS = 60 * 60 * 1000;
@@ -102,36 +106,72 @@ export const DIRECTIONS: readonly Direction[] = ['up', 'down'];
 const DIRECTION_CODE: Record<Direction, number> = { up: 1, down: 2 };
 
 /**
- * 96-bit GCM nonce (SP 800-38D §8.2.1): fixed field = direction (4 bytes), invocation field =
- * message counter (8 bytes). Both sides use the same key, so the direction keeps their nonces
- * apart; each side sends a counter at most once, so (key, nonce) never repeats.
+ * 96-bit nonce of every suite (GCM: SP 800-38D §8.2.1 deterministic construction; ChaCha20-Poly1305:
+ * RFC 8439 §2.8 nonce; SM4-CTR: the first 12 bytes of the counter block): fixed field = direction
+ * (4 bytes), invocation field = message counter (8 bytes). Both sides use the same key, so the
+ * direction keeps their nonces apart; each side sends a counter at most once, so (key, nonce)
+ * never repeats.
  */
 export function sessionNonce(direction: Direction, counter: number): Uint8Array {
   aoneOf(direction, 'direction', DIRECTIONS);
   aint(counter, 'counter', 0, MAX_SESSION_COUNTER);
-  return concat(u32be(DIRECTION_CODE[direction]), u64be(counter));
+  const n = new Uint8Array(12);
+  const v = new DataView(n.buffer);
+  v.setUint32(0, DIRECTION_CODE[direction], false);
+  // u64 big-endian counter; counter <= 2^32 - 1, so the high word is 0 (no BigInt on the hot path).
+  v.setUint32(8, counter, false);
+  return n;
 }
 
-/** Seal one message of a session: ciphertext || 16-byte tag. `aad` is the service header. */
-export function sessionSeal(sessionKey32: Uint8Array, counter: number, plaintext: Uint8Array, aad: Uint8Array, direction: Direction): Uint8Array {
+/**
+ * Seal one message of a session: ciphertext || 16-byte tag. `aad` is the service header. A
+ * session that seals many messages keeps one SessionCipher instead (keys derived once):
+ * cipherSeal below. `suite` defaults to AES-256-GCM.
+ */
+export function sessionSeal(sessionKey32: Uint8Array, counter: number, plaintext: Uint8Array, aad: Uint8Array, direction: Direction, suite: AeadSuite = DEFAULT_SUITE, provider?: CryptoProvider): Uint8Array {
   abytes(sessionKey32, 'sessionKey32', SESSION_KEY_BYTES);
-  abytes(plaintext, 'plaintext');
-  abytes(aad, 'aad');
-  return gcm(sessionKey32, sessionNonce(direction, counter), aad).encrypt(plaintext);
+  const c = new SessionCipher(suite, sessionKey32, provider);
+  try {
+    return cipherSeal(c, counter, plaintext, aad, direction);
+  } finally {
+    c.wipe();
+  }
 }
 
 /** Open one message; throws ServiceAuthError if it does not authenticate. */
-export function sessionOpen(sessionKey32: Uint8Array, counter: number, sealed: Uint8Array, aad: Uint8Array, direction: Direction): Uint8Array {
+export function sessionOpen(sessionKey32: Uint8Array, counter: number, sealed: Uint8Array, aad: Uint8Array, direction: Direction, suite: AeadSuite = DEFAULT_SUITE, provider?: CryptoProvider): Uint8Array {
   abytes(sessionKey32, 'sessionKey32', SESSION_KEY_BYTES);
+  const c = new SessionCipher(suite, sessionKey32, provider);
+  try {
+    return cipherOpen(c, counter, sealed, aad, direction);
+  } finally {
+    c.wipe();
+  }
+}
+
+/** sessionSeal with a session's cipher. */
+export function cipherSeal(cipher: SessionCipher, counter: number, plaintext: Uint8Array, aad: Uint8Array, direction: Direction): Uint8Array {
+  abytes(plaintext, 'plaintext');
+  abytes(aad, 'aad');
+  return cipher.seal(sessionNonce(direction, counter), plaintext, aad);
+}
+
+/** A whole service message: header || sealed payload, the header as AAD, in one allocation. */
+export function cipherSealMessage(cipher: SessionCipher, counter: number, plaintext: Uint8Array, header: Uint8Array, direction: Direction): Uint8Array {
+  abytes(plaintext, 'plaintext');
+  abytes(header, 'header');
+  return cipher.seal(sessionNonce(direction, counter), plaintext, header, header);
+}
+
+/** sessionOpen with a session's cipher; throws ServiceAuthError if it does not authenticate. */
+export function cipherOpen(cipher: SessionCipher, counter: number, sealed: Uint8Array, aad: Uint8Array, direction: Direction): Uint8Array {
   abytes(sealed, 'sealed');
   abytes(aad, 'aad');
   const nonce = sessionNonce(direction, counter);
   if (sealed.length < 16) throw new ServiceAuthError('session message shorter than its tag');
-  try {
-    return gcm(sessionKey32, nonce, aad).decrypt(sealed);
-  } catch {
-    throw new ServiceAuthError(`session message ${counter} does not authenticate`);
-  }
+  const d = cipher.open(nonce, sealed, aad);
+  if (!d) throw new ServiceAuthError(`session message ${counter} does not authenticate`);
+  return d;
 }
 
 /**
@@ -185,7 +225,13 @@ const MAX_BITS = 2 ** 23;
 
 export type ServiceMode = 'otp' | 'aead';
 export const SERVICE_MODES: readonly ServiceMode[] = ['otp', 'aead'];
-const MODE_CODE: Record<ServiceMode, number> = { otp: 1, aead: 2 };
+/**
+ * Header byte 1 names the mode and, for AEAD, the suite (docs/batch.md "Service header"). Code 2
+ * is AES-256-GCM, as it was before suites, so older messages read the same. The byte is in the
+ * AAD: a message cannot be moved to another suite without failing its tag.
+ */
+const OTP_CODE = 1;
+const SUITE_CODE: Record<AeadSuite, number> = { 'aes-256-gcm': 2, 'chacha20-poly1305': 3, 'sm4-ctr-hmac-sm3': 4 };
 
 /** A run of pool key: bits [bitOffset, bitOffset + bits) of batch batchId. Byte-aligned. */
 export interface KeyRange {
@@ -196,6 +242,8 @@ export interface KeyRange {
 
 export interface ServiceHeader {
   mode: ServiceMode;
+  /** AEAD only: the suite; absent means aes-256-gcm (decodeServiceHeader leaves it out then). */
+  suite?: AeadSuite;
   keyIds: KeyRange[];
   /** Message counter: the AEAD nonce counter, or the OTP message number (replay check). u32. */
   counter: number;
@@ -217,6 +265,10 @@ function validateRange(r: KeyRange, name: string): void {
 export function encodeServiceHeader(h: ServiceHeader): Uint8Array {
   if (h === null || typeof h !== 'object') throw new TypeError('header must be an object');
   aoneOf(h.mode, 'header.mode', SERVICE_MODES);
+  if (h.suite !== undefined) {
+    if (h.mode !== 'aead') throw new RangeError('header.suite applies to aead mode only');
+    aoneOf(h.suite, 'header.suite', AEAD_SUITES);
+  }
   aint(h.counter, 'header.counter', 0, MAX_SESSION_COUNTER);
   if (!Array.isArray(h.keyIds)) throw new TypeError('header.keyIds must be an array');
   aint(h.keyIds.length, 'header.keyIds.length', 1, MAX_KEY_RANGES);
@@ -227,13 +279,20 @@ export function encodeServiceHeader(h: ServiceHeader): Uint8Array {
   if (h.mode === 'otp' && keyBits(h.keyIds) < OTP_MAC_KEY_BYTES * 8) {
     throw new RangeError('header.keyIds must name at least 256 bits (the MAC key) in otp mode');
   }
-  return concat(
-    u8(SERVICE_HEADER_VERSION),
-    u8(MODE_CODE[h.mode]),
-    u32be(h.counter),
-    u8(h.keyIds.length),
-    ...h.keyIds.flatMap((r) => [r.batchId, u32be(r.bitOffset), u32be(r.bits)]),
-  );
+  // Written in place (one allocation): every AEAD message encodes one, so it is on the hot path.
+  const out = new Uint8Array(SERVICE_HEADER_FIXED_BYTES + KEY_RANGE_BYTES * h.keyIds.length);
+  const v = new DataView(out.buffer);
+  out[0] = SERVICE_HEADER_VERSION;
+  out[1] = h.mode === 'otp' ? OTP_CODE : SUITE_CODE[headerSuite(h)];
+  v.setUint32(2, h.counter, false);
+  out[6] = h.keyIds.length;
+  h.keyIds.forEach((r, i) => {
+    const o = SERVICE_HEADER_FIXED_BYTES + i * KEY_RANGE_BYTES;
+    out.set(r.batchId, o);
+    v.setUint32(o + 16, r.bitOffset, false);
+    v.setUint32(o + 20, r.bits, false);
+  });
+  return out;
 }
 
 /** Decode the header at the start of a service message; `length` is where the payload begins. */
@@ -241,8 +300,9 @@ export function decodeServiceHeader(bytes: Uint8Array): { header: ServiceHeader;
   abytes(bytes, 'bytes');
   if (bytes.length < SERVICE_HEADER_FIXED_BYTES) throw new CryptoFormatError('service header truncated');
   if (bytes[0] !== SERVICE_HEADER_VERSION) throw new CryptoFormatError(`service header version ${bytes[0]} not supported`);
-  const mode = SERVICE_MODES.find((m) => MODE_CODE[m] === bytes[1]);
-  if (!mode) throw new CryptoFormatError(`service mode code ${bytes[1]} unknown`);
+  const suite = AEAD_SUITES.find((x) => SUITE_CODE[x] === bytes[1]);
+  if (bytes[1] !== OTP_CODE && !suite) throw new CryptoFormatError(`service mode code ${bytes[1]} unknown`);
+  const mode: ServiceMode = suite ? 'aead' : 'otp';
   const v = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const counter = v.getUint32(2, false);
   const n = bytes[6]!;
@@ -254,7 +314,7 @@ export function decodeServiceHeader(bytes: Uint8Array): { header: ServiceHeader;
     const o = SERVICE_HEADER_FIXED_BYTES + i * KEY_RANGE_BYTES;
     keyIds.push({ batchId: bytes.slice(o, o + 16), bitOffset: v.getUint32(o + 16, false), bits: v.getUint32(o + 20, false) });
   }
-  const header: ServiceHeader = { mode, keyIds, counter };
+  const header: ServiceHeader = suite && suite !== DEFAULT_SUITE ? { mode, suite, keyIds, counter } : { mode, keyIds, counter };
   try {
     keyIds.forEach((r, i) => validateRange(r, `keyIds[${i}]`));
     if (mode === 'aead' && keyBits(keyIds) !== 256) throw new RangeError('aead mode needs exactly 256 key bits');
@@ -268,4 +328,14 @@ export function decodeServiceHeader(bytes: Uint8Array): { header: ServiceHeader;
 /** Total key bits a header names. */
 export function keyBits(ranges: readonly KeyRange[]): number {
   return ranges.reduce((s, r) => s + r.bits, 0);
+}
+
+/** The AEAD suite a header names (aes-256-gcm when it names none). */
+export function headerSuite(h: Pick<ServiceHeader, 'suite'>): AeadSuite {
+  return h.suite ?? DEFAULT_SUITE;
+}
+
+/** Messages per direction one session key of `suite` may ever seal (the ceiling of rekeyMessages). */
+export function suiteMaxMessages(suite: AeadSuite): number {
+  return SUITE_MAX_MESSAGES[suite];
 }

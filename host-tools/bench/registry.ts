@@ -24,6 +24,8 @@ import type { FuzzBenchResult } from './fuzz.js';
 import { benchNoise, formatNoiseBench } from './noise.js';
 import { benchTraffic, formatTrafficBench } from './traffic.js';
 import type { TrafficBenchResult } from './traffic.js';
+import { benchCrypto, formatCryptoBench } from './crypto.js';
+import type { CryptoBenchResult } from './crypto.js';
 import type { NoiseBenchResult } from './noise.js';
 
 export interface BenchOptions {
@@ -94,6 +96,10 @@ export const benchmarks: Record<string, Benchmark> = {
   traffic: {
     run: (o) => benchTraffic({ seconds: o.quick ? 5 : 30, ...(o.seed !== undefined ? { seed: o.seed } : {}), log: o.log }),
     format: (r) => formatTrafficBench(r as TrafficBenchResult),
+  },
+  crypto: {
+    run: (o) => benchCrypto({ bytes: o.bytes ?? (o.quick ? 256 * 1024 : 4 * 1024 * 1024), rounds: o.quick ? 3 : 11, log: o.log }),
+    format: (r) => formatCryptoBench(r as CryptoBenchResult),
   },
   noise: {
     run: (o) =>

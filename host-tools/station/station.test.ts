@@ -90,3 +90,39 @@ t.test('AEAD sessions: at most MAX_SESSIONS_PER_TERMINAL per terminal (the oldes
   t.throws(() => station.sealDownlink('T1', keys[1]!, new Uint8Array(4)), { name: 'StationStoreError', message: /session ended: batch [0-9a-f]{8} of T1 is void at the station/ });
   t.throws(() => station.sealDownlink('T1', keys[1]!, new Uint8Array(4)), { name: 'StationError', message: /no AEAD session/ }, 'and it stays dropped');
 });
+
+t.test('AEAD suites: the station opens with the suite the header names, seals downlinks with it, and keeps one suite per key', async (t) => {
+  const dir = t.testdir({});
+  const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 11_000, stockBits: 1 << 20 });
+  enrollTerminal(home, 'T1', join(dir, 'T1.img'));
+  const flash = NorFlash.fromImage(readFileSync(join(dir, 'T1.img')));
+  const deviceKey = home.deviceKey('T1');
+  const store = new StationStore(home.path('station'));
+  const station = new Station(store);
+  t.teardown(() => station.close());
+  const rig = await startRig({ flash, deviceKey, terminalId: 'T1' });
+  t.teardown(() => rig.close());
+  const e = exportBatch(home, 'T1', 65536, { station: store });
+  await injectBatch(rig.client, rig.params, readFileSync(e.file));
+  deviceKey.fill(0);
+  for (const suite of ['chacha20-poly1305', 'sm4-ctr-hmac-sm3'] as const) {
+    const s = (await rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'aead', enc: 'any', suite }))['s'];
+    const m = (await rig.client.request(Group.KEYS, KeysCmd.SEAL, { s, d: new Uint8Array(40).fill(3) }))['m'] as Uint8Array;
+    const h = decodeServiceHeader(m).header;
+    // The same message relabelled as another suite, before and after the genuine one: refused, nothing taken.
+    const before = store.status('T1').storedKeyBits;
+    const relabelled = Uint8Array.from(m);
+    relabelled[1] = suite === 'sm4-ctr-hmac-sm3' ? 3 : 4;
+    t.throws(() => station.openUplink('T1', relabelled), { name: 'StationError', message: /does not authenticate/ }, `${suite}: a relabelled first message`);
+    t.equal(store.status('T1').storedKeyBits, before, `${suite}: nothing taken`);
+    t.same(station.openUplink('T1', m), new Uint8Array(40).fill(3), `${suite}: genuine uplink opens`);
+    const m2 = (await rig.client.request(Group.KEYS, KeysCmd.SEAL, { s, d: new Uint8Array(5).fill(4) }))['m'] as Uint8Array;
+    const other = Uint8Array.from(m2);
+    other[1] = 2;
+    t.throws(() => station.openUplink('T1', other), { name: 'StationError', message: /names suite aes-256-gcm, its session key is/ }, `${suite}: another suite under an open session's key`);
+    t.same(station.openUplink('T1', m2), new Uint8Array(5).fill(4), `${suite}: the genuine second message still opens`);
+    const down = station.sealDownlink('T1', h.keyIds[0]!, new Uint8Array(9).fill(5));
+    t.equal(decodeServiceHeader(down).header.suite, suite, `${suite}: the downlink names the session's suite`);
+    t.same((await rig.client.request(Group.KEYS, KeysCmd.OPEN, { s, m: down }))['d'], new Uint8Array(9).fill(5), `${suite}: the terminal opens the station's downlink`);
+  }
+});

@@ -1,9 +1,10 @@
 // The master station's cipher machine: opens terminal uplinks with the matching keys named in
 // each message header (taken from the station store by id: never twice), and seals downlinks
-// under the AEAD session key a terminal chose. A first verified use of an inactive batch proves
+// under the AEAD session key a terminal chose, with the suite its uplinks named (the header's
+// mode byte, authenticated as AAD: the station learns the suite as it learns the mode). A first verified use of an inactive batch proves
 // its delivery and activates it (pre-application mode, DESIGN.md "Security model").
-import { decodeServiceHeader, otpOpen, sessionOpen, sessionSeal, splitOtpKey, encodeServiceHeader, SessionKeyState } from '../../firmware/crypto/service.js';
-import type { KeyRange } from '../../firmware/crypto/service.js';
+import { cipherOpen, cipherSealMessage, decodeServiceHeader, headerSuite, otpOpen, splitOtpKey, encodeServiceHeader, SessionCipher, SessionKeyState, DEFAULT_SUITE } from '../../firmware/crypto/service.js';
+import type { AeadSuite, KeyRange } from '../../firmware/crypto/service.js';
 import { StationStoreError } from './store.js';
 import type { StationStore } from './store.js';
 
@@ -15,7 +16,9 @@ export class StationError extends Error {
 }
 
 interface Session {
-  key: Uint8Array;
+  /** The suite the session's first authentic uplink named: the key is never used under another. */
+  suite: AeadSuite;
+  cipher: SessionCipher;
   range: KeyRange;
   recv: SessionKeyState;
   sendCounter: number;
@@ -50,7 +53,7 @@ export class Station {
   private session(terminalId: string, id: string): Session | undefined {
     const s = this.sessions.get(id);
     if (!s || this.store.holdsBatch(terminalId, s.range.batchId)) return s;
-    s.key.fill(0);
+    s.cipher.wipe();
     this.sessions.delete(id);
     throw new StationStoreError(`session ended: batch ${Buffer.from(s.range.batchId).toString('hex').slice(0, 8)} of ${terminalId} is void at the station`, 'UNKNOWN_BATCH');
   }
@@ -59,7 +62,7 @@ export class Station {
     const mine = [...this.sessions.keys()].filter((k) => k.startsWith(`${terminalId}/`));
     if (mine.length >= MAX_SESSIONS_PER_TERMINAL) {
       const oldest = this.sessions.get(mine[0]!)!;
-      oldest.key.fill(0);
+      oldest.cipher.wipe();
       this.sessions.delete(mine[0]!);
     }
     this.sessions.set(id, s);
@@ -103,19 +106,37 @@ export class Station {
     }
     const r = header.keyIds[0]!;
     const id = rangeKey(terminalId, r);
+    const suite = headerSuite(header);
     let s = this.session(terminalId, id);
+    // One key, one suite: a message naming an open session's key under another suite is refused
+    // unopened (using the key under a second suite would void each suite's analysis).
+    if (s && s.suite !== suite) throw new StationError(`uplink from ${terminalId} names suite ${suite}, its session key is ${s.suite}`);
     // A new session key is read first and taken only once a message under it authenticates.
-    const fresh = s ? undefined : this.store.peekById(terminalId, r.batchId, r.bitOffset, r.bits / 8);
+    let fresh: SessionCipher | undefined;
+    if (!s) {
+      const k = this.store.peekById(terminalId, r.batchId, r.bitOffset, r.bits / 8);
+      try {
+        fresh = new SessionCipher(suite, k);
+      } finally {
+        k.fill(0);
+      }
+    }
     let plain: Uint8Array;
     try {
-      plain = sessionOpen(s ? s.key : fresh!, header.counter, body, aad, 'up');
+      plain = cipherOpen(s ? s.cipher : fresh!, header.counter, body, aad, 'up');
     } catch {
+      fresh?.wipe();
       throw new StationError(`uplink from ${terminalId} does not authenticate`);
-    } finally {
-      fresh?.fill(0);
     }
     if (!s) {
-      s = { key: this.take(terminalId, r), range: r, recv: new SessionKeyState(this.clock(), { maxMessages: 2 ** 32, maxAgeMs: Number.MAX_SAFE_INTEGER }), sendCounter: 0 };
+      // Authentic: take the key now (by id, never twice), keep the cipher built from its value.
+      try {
+        this.take(terminalId, r).fill(0);
+      } catch (e) {
+        fresh!.wipe();
+        throw e;
+      }
+      s = { suite, cipher: fresh!, range: r, recv: new SessionKeyState(this.clock(), { maxMessages: 2 ** 32, maxAgeMs: Number.MAX_SAFE_INTEGER }), sendCounter: 0 };
       this.keep(terminalId, id, s);
     }
     // The counter is recorded only for an authentic message: a forgery cannot block real ones.
@@ -129,16 +150,12 @@ export class Station {
     const s = this.session(terminalId, rangeKey(terminalId, sessionKey));
     if (!s) throw new StationError(`no AEAD session with ${terminalId} under that key; it must send an uplink first`);
     const counter = s.sendCounter++;
-    const head = encodeServiceHeader({ mode: 'aead', keyIds: [sessionKey], counter });
-    const sealed = sessionSeal(s.key, counter, plaintext, head, 'down');
-    const out = new Uint8Array(head.length + sealed.length);
-    out.set(head);
-    out.set(sealed, head.length);
-    return out;
+    const head = encodeServiceHeader({ mode: 'aead', ...(s.suite !== DEFAULT_SUITE ? { suite: s.suite } : {}), keyIds: [sessionKey], counter });
+    return cipherSealMessage(s.cipher, counter, plaintext, head, 'down');
   }
 
   close(): void {
-    for (const s of this.sessions.values()) s.key.fill(0);
+    for (const s of this.sessions.values()) s.cipher.wipe();
     this.sessions.clear();
     this.store.close();
   }

@@ -4,7 +4,8 @@ import t from 'tap';
 import { randomBytes } from 'node:crypto';
 import { injectBatch } from '../../../host-tools/link/inject.js';
 import { decodeServiceHeader, encodeServiceHeader, otpOpen, sessionOpen, sessionSeal, splitOtpKey } from '../../../firmware/crypto/service.js';
-import type { KeyRange } from '../../../firmware/crypto/service.js';
+import type { AeadSuite, KeyRange } from '../../../firmware/crypto/service.js';
+import { AEAD_SUITES } from '../../../firmware/crypto/service.js';
 import { Group, KeysCmd } from '../../../firmware/link/groups.js';
 import { Rc } from '../../../firmware/link/errors.js';
 import { findWindows, makeBatch, poolOf, startRig } from '../../../host-tools/test-support/module-rig.js';
@@ -192,4 +193,53 @@ t.test('sessions: bad negotiation refused, the oldest of too many sessions dropp
   for (let i = 0; i < 5; i++) ids.push((await rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'otp', enc: 'any', auth: 'any' }))['s']);
   await t.rejects(rig.client.request(Group.KEYS, KeysCmd.SEAL, { s: ids[0], d: new Uint8Array(1) }), linkError(Rc.NO_TRANSFER));
   await rig.client.request(Group.KEYS, KeysCmd.SEAL, { s: ids[4], d: new Uint8Array(1) });
+});
+
+t.test('AEAD suites: negotiated by `suite`, named in every header, downlinks of another suite refused', async (t) => {
+  for (const suite of AEAD_SUITES) {
+    const { rig, batches } = await rigWith([{ bits: 8 * 1024, purpose: 'enc' }]);
+    t.teardown(() => rig.close());
+    const station = new Station(batches);
+    const neg = await rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'aead', suite });
+    t.same(neg, { s: neg['s'], mode: 'aead', enc: 'enc', auth: 'auth', suite }, `${suite}: echoed`);
+    const s = neg['s'];
+    const plain = new Uint8Array(randomBytes(77));
+    const m = (await rig.client.request(Group.KEYS, KeysCmd.SEAL, { s, d: plain }))['m'] as Uint8Array;
+    t.equal(m.length, 31 + 77 + 16, `${suite}: same message size as GCM`);
+    const { header, length } = decodeServiceHeader(m);
+    t.equal(header.suite, suite === 'aes-256-gcm' ? undefined : suite, `${suite}: the header names it`);
+    const key = station.key(header.keyIds[0]!);
+    t.ok(same(sessionOpen(key, header.counter, m.subarray(length), m.subarray(0, length), 'up', suite), plain), `${suite}: uplink opens under the suite`);
+    for (const other of AEAD_SUITES.filter((x) => x !== suite)) {
+      t.throws(() => sessionOpen(key, header.counter, m.subarray(length), m.subarray(0, length), 'up', other), `${suite}: not as ${other}`);
+    }
+    const down = (as: AeadSuite, counter: number, d: Uint8Array) => {
+      const head = encodeServiceHeader({ mode: 'aead', ...(as === 'aes-256-gcm' ? {} : { suite: as }), keyIds: [header.keyIds[0]!], counter });
+      return Buffer.concat([head, sessionSeal(key, counter, d, head, 'down', as)]);
+    };
+    for (const other of AEAD_SUITES.filter((x) => x !== suite)) {
+      await t.rejects(rig.client.request(Group.KEYS, KeysCmd.OPEN, { s, m: down(other, 0, plain) }), { ...linkError(Rc.DENIED), message: /suite/ }, `${suite}: a ${other} downlink is refused`);
+    }
+    // A message whose suite byte was changed on the way fails too: the byte is in the AAD.
+    const moved = down(suite, 0, plain);
+    moved[1] = suite === 'aes-256-gcm' ? 3 : 2;
+    await t.rejects(rig.client.request(Group.KEYS, KeysCmd.OPEN, { s, m: moved }), { name: 'LinkError' }, `${suite}: suite byte changed in transit`);
+    t.ok(same((await rig.client.request(Group.KEYS, KeysCmd.OPEN, { s, m: down(suite, 0, plain) }))['d'] as Uint8Array, plain), `${suite}: its own downlink opens`);
+  }
+});
+
+t.test('AEAD suites: an unknown suite, or a suite on an OTP session, is refused and consumes nothing', async (t) => {
+  const { rig } = await rigWith([{ bits: 8 * 1024, purpose: 'any' }]);
+  t.teardown(() => rig.close());
+  const before = poolOf(rig.terminal)['consumedKeyBits'];
+  const older = (await rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'otp', enc: 'any', auth: 'any' }))['s'];
+  for (const suite of ['sm4-cbc', 'AES-256-GCM', '', 7]) {
+    await t.rejects(rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'aead', enc: 'any', suite }), { ...linkError(Rc.BAD_REQUEST), message: /suite/ }, `suite ${JSON.stringify(suite)}`);
+  }
+  await t.rejects(rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'otp', suite: 'sm4-ctr-hmac-sm3' }), { ...linkError(Rc.BAD_REQUEST), message: /aead/ });
+  t.equal(poolOf(rig.terminal)['consumedKeyBits'], before, 'no key taken');
+  await rig.client.request(Group.KEYS, KeysCmd.SEAL, { s: older, d: new Uint8Array(1) });
+  t.pass('and no session closed');
+  const plain = await rig.client.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'aead', enc: 'any' });
+  t.same(Object.keys(plain).sort(), ['auth', 'enc', 'mode', 's'], 'without `suite` the reply is what it always was');
 });
