@@ -2,8 +2,10 @@
 // enrols three terminals, seals 3 Mbit for each onto a carrier, the "field engineer" injects each
 // terminal's module over a link (in-process or a socat pty pair), the KMD collects the receipts
 // and activates the station's matching keys, and then every terminal talks to the master station:
-// OTP uplinks, and an AEAD session with uplinks and downlinks. The summary checks both sides
-// consumed exactly the same key bits.
+// OTP uplinks, and an AEAD session with uplinks and downlinks. Then each terminal sends the
+// service traffic of one of the paper's user classes (A, C, E) at the field's pace through a shaped
+// 64 kbit/s network link to the station service on mutual TLS, and the demo prints a small Table I
+// of its own (docs/traffic.md). The summary checks both sides consumed exactly the same key bits.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -22,6 +24,14 @@ import { Station } from './station/station.js';
 import { StationStore } from './station/store.js';
 import { openLinkRig } from './bench/link-rig.js';
 import type { RigTransport } from './bench/link-rig.js';
+import { LinkClient } from './link/client.js';
+import { ensurePki, pkiDir } from './kmd/serve.js';
+import { startStationServer } from './station/serve.js';
+import { ensureStationServerCert, issueStationClientCert, readClientPems, serverNames } from './station/certs.js';
+import { connectStation } from './station/connect.js';
+import { CLASSES, runTraffic } from './station/traffic.js';
+import type { ClassId, TrafficResult } from './station/traffic.js';
+import { startShapedRelay } from './transports/shaped-relay.js';
 
 export interface DemoTerminal {
   terminalId: string;
@@ -44,6 +54,8 @@ export interface DemoResult {
   terminals: DemoTerminal[];
   receiptsCollected: number;
   stationActivatedBits: number;
+  /** Step 6: each terminal's service traffic as a user class, through a shaped link (a small Table I). */
+  traffic: { seconds: number; linkBitsPerSecond: number; rows: TrafficResult[] };
   /** Every message opened to the same bytes, and both sides consumed the same key bits. */
   ok: boolean;
   home?: string;
@@ -57,9 +69,14 @@ function reading(terminalId: string, i: number): Uint8Array {
   return new TextEncoder().encode(JSON.stringify({ terminal: terminalId, seq: i, t: 1_764_000_000 + 60 * i, ua: 230.1 + (i % 7) / 10, ia: 12.5 + (i % 5), p_kw: 2.87 + i / 100, pf: 0.97 }));
 }
 
-export async function runDemo(o: { transport: RigTransport; keep?: string; messages?: number; log?: (s: string) => void; progress?: (done: number, total: number, label: string) => void }): Promise<DemoResult> {
+/** Step 6: the user class each demo terminal's traffic is. */
+const TRAFFIC_CLASSES: ClassId[] = ['A', 'C', 'E'];
+const LINK_BITS_PER_SECOND = 64_000;
+
+export async function runDemo(o: { transport: RigTransport; keep?: string; messages?: number; trafficSeconds?: number; log?: (s: string) => void; progress?: (done: number, total: number, label: string) => void }): Promise<DemoResult> {
   const log = o.log ?? (() => undefined);
   const messages = o.messages ?? 16;
+  const trafficSeconds = o.trafficSeconds ?? 5;
   const dir = o.keep ?? mkdtempSync(join(tmpdir(), 'qkt-demo-'));
   const rate = 11_000; // the paper's online key rate
   try {
@@ -85,7 +102,7 @@ export async function runDemo(o: { transport: RigTransport; keep?: string; messa
     let transport = '';
     const flashes: NorFlash[] = [];
     try {
-      const rigs = [];
+      const rigs: Array<Awaited<ReturnType<typeof openLinkRig>>> = [];
       for (const id of TERMINALS) {
         const flash = NorFlash.open(join(dir, `${id}.img`));
         flashes.push(flash);
@@ -141,6 +158,43 @@ export async function runDemo(o: { transport: RigTransport; keep?: string; messa
         ok &&= res.terminalConsumedBits === res.stationConsumedBits;
         log(`${id}: ${res.otpUplinks} OTP + ${res.aeadUplinks} AEAD uplinks, ${res.aeadDownlinks} downlinks; ${res.terminalConsumedBits} key bits used on each side`);
       }
+      station.close();
+
+      // 6. Service traffic of the paper's user classes, at once, each terminal on its own shaped
+      //    64 kbit/s link (20 ms, +-5 ms, 1% of TCP segments lost) to the station service.
+      const cert = await home.locked(async () => {
+        await ensurePki(home);
+        return ensureStationServerCert(pkiDir(home), serverNames('127.0.0.1'));
+      });
+      const server = await startStationServer({ stationDir: home.path('station'), listen: 'tls:127.0.0.1:0', tls: cert.pems });
+      const shape = { rate: LINK_BITS_PER_SECOND, latencyMs: 20, jitterMs: 5, loss: 0.01 };
+      const opened: Array<{ close(): Promise<void> }> = [];
+      let rows: TrafficResult[];
+      try {
+        log(`service traffic: ${TERMINALS.map((id, i) => `${id} class ${TRAFFIC_CLASSES[i]}`).join(', ')} for ${trafficSeconds} s, T = 1 min, each over a shaped ${LINK_BITS_PER_SECOND / 1000} kbit/s link to the station on mutual TLS`);
+        rows = await Promise.all(
+          TERMINALS.map(async (id, i) => {
+            await issueStationClientCert(pkiDir(home), { kind: 'terminal', id, generation: home.terminal(id).generation ?? 1 }, join(dir, `station-cert-${id}`));
+            const relay = await startShapedRelay({ listen: '127.0.0.1:0', target: server.address.replace(/^tls:/, ''), up: { ...shape, seed: i + 1 }, down: { ...shape, seed: i + 101 } });
+            opened.push(relay);
+            const link = new LinkClient(await connectStation(`tls:127.0.0.1:${relay.address.port}`, readClientPems(join(dir, `station-cert-${id}`))), { baseTimeoutMs: 10_000, retries: 0 });
+            opened.push(link);
+            await link.negotiate();
+            const before = (await rigs[i]!.session.client.request(Group.SYSTEM, SystemCmd.STATUS, {}))['pool'] as { consumedKeyBits: number };
+            const r = await runTraffic({ terminal: rigs[i]!.session.client, station: link, terminalId: id, cls: CLASSES[TRAFFIC_CLASSES[i]!], tMs: 60_000, durationMs: trafficSeconds * 1000, seed: i + 1, mode: 'otp', supplyBitsPerSecond: rate, deadlineMs: 3000 });
+            const after = (await rigs[i]!.session.client.request(Group.SYSTEM, SystemCmd.STATUS, {}))['pool'] as { consumedKeyBits: number };
+            // The module spent exactly what the station consumed for the traffic.
+            ok &&= r.failed === 0 && after.consumedKeyBits - before.consumedKeyBits === r.keyBits;
+            results[i]!.terminalConsumedBits = after.consumedKeyBits;
+            results[i]!.stationConsumedBits += r.keyBits;
+            return r;
+          }),
+        );
+      } finally {
+        for (const c of opened.reverse()) await c.close().catch(() => undefined);
+        await server.close();
+      }
+      for (const r of rows) log(`${r.terminalId} class ${r.class}: ${r.messages} messages, access delay median ${((r.accessDelayMs?.median ?? 0) / 1000).toFixed(3)} s, cipher ${(r.cipherBitsPerSecond / 1000).toFixed(2)} kbit/s, key use ${r.keyUseRate.toFixed(3)}`);
       for (const rig of rigs) await rig.close();
       return {
         kmdId: home.config.kmdId,
@@ -150,6 +204,7 @@ export async function runDemo(o: { transport: RigTransport; keep?: string; messa
         terminals: results,
         receiptsCollected: collected.collected.length,
         stationActivatedBits: collected.activatedBits,
+        traffic: { seconds: trafficSeconds, linkBitsPerSecond: LINK_BITS_PER_SECOND, rows },
         ok,
         ...(o.keep ? { home: dir } : {}),
       };
