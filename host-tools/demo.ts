@@ -29,8 +29,8 @@ import { ensurePki, pkiDir } from './kmd/serve.js';
 import { startStationServer } from './station/serve.js';
 import { ensureStationServerCert, issueStationClientCert, readClientPems, serverNames } from './station/certs.js';
 import { connectStation } from './station/connect.js';
-import { CLASSES, runTraffic } from './station/traffic.js';
-import type { ClassId, TrafficResult } from './station/traffic.js';
+import { CLASSES, forecastFor, runTraffic } from './station/traffic.js';
+import type { ClassForecast, ClassId, TrafficResult } from './station/traffic.js';
 import { startShapedRelay } from './transports/shaped-relay.js';
 
 export interface DemoTerminal {
@@ -55,7 +55,7 @@ export interface DemoResult {
   receiptsCollected: number;
   stationActivatedBits: number;
   /** Step 6: each terminal's service traffic as a user class, through a shaped link (a small Table I). */
-  traffic: { seconds: number; linkBitsPerSecond: number; rows: TrafficResult[] };
+  traffic: { seconds: number; linkBitsPerSecond: number; rows: Array<TrafficResult & { forecast: ClassForecast }> };
   /** Every message opened to the same bytes, and both sides consumed the same key bits. */
   ok: boolean;
   home?: string;
@@ -169,7 +169,7 @@ export async function runDemo(o: { transport: RigTransport; keep?: string; messa
       const server = await startStationServer({ stationDir: home.path('station'), listen: 'tls:127.0.0.1:0', tls: cert.pems });
       const shape = { rate: LINK_BITS_PER_SECOND, latencyMs: 20, jitterMs: 5, loss: 0.01 };
       const opened: Array<{ close(): Promise<void> }> = [];
-      let rows: TrafficResult[];
+      let rows: Array<TrafficResult & { forecast: ClassForecast }>;
       try {
         log(`service traffic: ${TERMINALS.map((id, i) => `${id} class ${TRAFFIC_CLASSES[i]}`).join(', ')} for ${trafficSeconds} s, T = 1 min, each over a shaped ${LINK_BITS_PER_SECOND / 1000} kbit/s link to the station on mutual TLS`);
         rows = await Promise.all(
@@ -182,12 +182,14 @@ export async function runDemo(o: { transport: RigTransport; keep?: string; messa
             await link.negotiate();
             const before = (await rigs[i]!.session.client.request(Group.SYSTEM, SystemCmd.STATUS, {}))['pool'] as { consumedKeyBits: number };
             const r = await runTraffic({ terminal: rigs[i]!.session.client, station: link, terminalId: id, cls: CLASSES[TRAFFIC_CLASSES[i]!], tMs: 60_000, durationMs: trafficSeconds * 1000, seed: i + 1, mode: 'otp', supplyBitsPerSecond: rate, deadlineMs: 3000 });
-            const after = (await rigs[i]!.session.client.request(Group.SYSTEM, SystemCmd.STATUS, {}))['pool'] as { consumedKeyBits: number };
+            const after = (await rigs[i]!.session.client.request(Group.SYSTEM, SystemCmd.STATUS, {}))['pool'] as { consumedKeyBits: number; storedKeyBits: number };
             // The module spent exactly what the station consumed for the traffic.
             ok &&= r.failed === 0 && after.consumedKeyBits - before.consumedKeyBits === r.keyBits;
             results[i]!.terminalConsumedBits = after.consumedKeyBits;
             results[i]!.stationConsumedBits += r.keyBits;
-            return r;
+            // When the rest of the pool runs dry at the class's average use, offline only: the
+            // next field visit's date (qkt status --class shows the same).
+            return { ...r, forecast: forecastFor(after.storedKeyBits, CLASSES[TRAFFIC_CLASSES[i]!], 0) };
           }),
         );
       } finally {

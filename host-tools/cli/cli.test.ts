@@ -58,18 +58,19 @@ t.test('demo --json: one JSON document; every message opened, both sides used th
   }
   t.equal(r.stderr, '', 'nothing on stderr under --json');
   // Step 6: each terminal's service traffic as a user class, every message opened, its key counted on both sides.
-  const traffic = (doc as unknown as { traffic: { rows: Array<{ terminalId: string; class: string; messages: number; failed: number; keyBits: number; plainBits: number; delivered: number; late: number }> } }).traffic;
+  const traffic = (doc as unknown as { traffic: { rows: Array<{ terminalId: string; class: string; messages: number; failed: number; keyBits: number; plainBits: number; delivered: number; late: number; forecast: { secondsLeft: number | null; onlineBitsPerSecond: number } }> } }).traffic;
   t.same(traffic.rows.map((x) => [x.terminalId, x.class]), [['T1', 'A'], ['T2', 'C'], ['T3', 'E']]);
   for (const x of traffic.rows) {
     t.ok(x.messages > 0 && x.failed === 0 && x.delivered + x.late === x.messages, `${x.terminalId}: ${x.messages} messages, all opened`);
     t.equal(x.keyBits, x.plainBits + 256 * x.messages, 'OTP: pad and a MAC key per message');
+    t.ok(x.forecast.secondsLeft !== null && x.forecast.secondsLeft > 0 && x.forecast.onlineBitsPerSecond === 0, 'a forecast, offline only');
   }
   const human = await runQkt(['demo']);
   t.equal(human.code, 0);
   t.match(human.stdout, /\| T3 \| 3 Mbit \|/);
   t.match(human.stdout, /3 receipts collected/);
-  t.match(human.stdout, /\| terminal \| class \| messages \| access delay median s \| cipher rate kbit\/s \| key use rate \| packet loss % \|/);
-  t.match(human.stdout, /^\| T1 \| A \| \d+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \|$/m);
+  t.match(human.stdout, /\| terminal \| class \| messages \| access delay median s \| cipher rate kbit\/s \| key use rate \| packet loss % \| pool lasts \(offline only\) \|/);
+  t.match(human.stdout, /^\| T1 \| A \| \d+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| [\d.]+ \| \d+ min \|$/m);
 });
 
 t.test('hil run refuses what it cannot run, before starting anything', async (t) => {

@@ -29,11 +29,14 @@ export default defineCommand<DemoResult>({
       '',
       `Service traffic, ${r.traffic.seconds} s at T = 1 min, each terminal over a shaped ${r.traffic.linkBitsPerSecond / 1000} kbit/s link to the station (OTP; a small Table I, docs/traffic.md):`,
       '',
-      '| terminal | class | messages | access delay median s | cipher rate kbit/s | key use rate | packet loss % |',
-      '|---|---|---:|---:|---:|---:|---:|',
+      '| terminal | class | messages | access delay median s | cipher rate kbit/s | key use rate | packet loss % | pool lasts (offline only) |',
+      '|---|---|---:|---:|---:|---:|---:|---:|',
       ...r.traffic.rows.map(
-        (x) => `| ${x.terminalId} | ${x.class} | ${x.messages} | ${((x.accessDelayMs?.median ?? 0) / 1000).toFixed(3)} | ${(x.cipherBitsPerSecond / 1000).toFixed(2)} | ${x.keyUseRate.toFixed(3)} | ${(x.lossRate * 100).toFixed(2)} |`,
+        (x) =>
+          `| ${x.terminalId} | ${x.class} | ${x.messages} | ${((x.accessDelayMs?.median ?? 0) / 1000).toFixed(3)} | ${(x.cipherBitsPerSecond / 1000).toFixed(2)} | ${x.keyUseRate.toFixed(3)} | ${(x.lossRate * 100).toFixed(2)} | ${x.forecast.secondsLeft === null ? 'does not run dry' : `${Math.floor(x.forecast.secondsLeft / 60)} min`} |`,
       ),
+      '',
+      'At these classes an offline batch lasts minutes: the paper pairs it with the 11 kbit/s online supply (qkt status --class C --online 11kbit/s).',
       '',
       'Every message opened to what was sent; no key was used twice. ok',
     ].join('\n'),
