@@ -47,6 +47,8 @@ t.test('qkt traffic: class E for half a second at T = 1 s, through a module and 
   failsWith(t, await runQkt([...base, '--cert', join(dir, 't1'), '--class', 'F']), 2, /--class must be one of A, B, C, D, E/, 'an unknown class');
   failsWith(t, await runQkt([...base, '--cert', join(dir, 't1'), '--class', 'E', '--seconds', 'soon']), 2, /--seconds must be a duration/, 'a bad duration');
   failsWith(t, await runQkt([...base, '--cert', join(dir, 'ops'), '--class', 'E']), 2, /--cert: the certificate is operator ops's, not terminal T1's/, "an operator's certificate");
+  failsWith(t, await runQkt([...base, '--cert', join(dir, 't1'), '--class', 'E', '--mode', 'aead', '--suite', 'rot13']), 2, /--suite must be one of aes-256-gcm, chacha20-poly1305, sm4-ctr-hmac-sm3/, 'an unknown suite');
+  failsWith(t, await runQkt([...base, '--cert', join(dir, 't1'), '--class', 'E', '--suite', 'chacha20-poly1305']), 2, /--suite goes with --mode aead/, 'a suite with OTP');
 
   const r = await qktJson<Traffic>(t, [...base, '--cert', join(dir, 't1'), '--class', 'E', '--seconds', '500ms', '--t', '1s', '--seed', '4']);
   t.match(r, { port, station, terminalId: 'T1', class: 'E', mode: 'otp', failed: 0, supplyBitsPerSecond: 11_000 });
@@ -73,6 +75,10 @@ t.test('qkt traffic: class E for half a second at T = 1 s, through a module and 
   t.match(words.stdout, /^forecast   class A's traffic uses [\d.]+ kbit\/s of key, 2 kbit\/s arrives online: the pool lasts \d+ (min|h), until \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ; the next visit is due before then$/m);
   failsWith(t, await runQkt(['status', '--port', port, '--online', '2kbit/s']), 2, /--online goes with --class/, '--online alone');
   failsWith(t, await runQkt(['status', '--port', port, '--class', 'Z']), 2, /--class must be one of A, B, C, D, E/, 'an unknown class');
+
+  // An SM4 session: one session key for the run.
+  const sm4 = await qktJson<Traffic & { suite: string }>(t, [...base, '--cert', join(dir, 't1'), '--class', 'C', '--seconds', '300ms', '--t', '1s', '--mode', 'aead', '--suite', 'sm4-ctr-hmac-sm3']);
+  t.match(sm4, { mode: 'aead', suite: 'sm4-ctr-hmac-sm3', failed: 0, keyBits: 256 });
 
   // In words.
   const human = await runQkt([...base, '--cert', join(dir, 't1'), '--class', 'D', '--seconds', '200ms', '--t', '1s']);

@@ -320,7 +320,7 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['traffic'],
     summary: "send a user class's service traffic from the terminal on a port to the station, and measure it (spends key)",
-    usage: 'qkt traffic --port PATH|auto|tcp:HOST:PORT --station [tls:]HOST:PORT --cert DIR --class A|B|C|D|E [--seconds 60] [--t 60s] [--mode otp|aead] [--deadline 3s] [--supply 11kbit/s] [--seed S] [--vidpid VID:PID] [--baud N] [--json]',
+    usage: 'qkt traffic --port PATH|auto|tcp:HOST:PORT --station [tls:]HOST:PORT --cert DIR --class A|B|C|D|E [--seconds 60] [--t 60s] [--mode otp|aead [--suite SUITE]] [--deadline 3s] [--supply 11kbit/s] [--seed S] [--vidpid VID:PID] [--baud N] [--json]',
     examples: [
       'qkt traffic --port /dev/ttyUSB0 --station tls:10.0.0.5:7200 --cert ./t1-station --class A',
       'qkt traffic --port tcp:127.0.0.1:7000 --station tls:127.0.0.1:7200 --cert ./t1-station --class E --seconds 20 --json',
@@ -335,6 +335,7 @@ export const commands: readonly CommandSpec[] = [
       seconds: { type: 'string', value: 'DURATION', description: 'how long to send: seconds, or 500ms, 2s, 1min', defaultText: '60' },
       t: { type: 'string', value: 'DURATION', description: 'the interval unit T the class rates are given in (one minute in the field; shorter sends faster)', defaultText: '60s' },
       mode: { type: 'string', value: 'otp|aead', description: 'otp: one-time pad with a one-time MAC; aead: one session key for the run', defaultText: 'otp' },
+      suite: { type: 'string', value: 'SUITE', description: 'aead: aes-256-gcm, chacha20-poly1305 or sm4-ctr-hmac-sm3', defaultText: 'aes-256-gcm' },
       deadline: { type: 'string', value: 'DURATION', description: 'a message not opened by the station this long after it existed counts as lost', defaultText: '3s' },
       supply: { type: 'string', value: 'RATE', description: "the KMD's key supply rate, the key use rate's denominator", defaultText: '11kbit/s' },
       seed: { type: 'string', value: 'S', description: 'seed of the message times and contents', defaultText: '1' },

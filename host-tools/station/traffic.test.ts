@@ -69,6 +69,15 @@ t.test('traffic through a module and the station: every message opened once, its
   t.equal(r.keyUseRate, Math.round((r.keyBitsPerSecond / 11_000) * 1000) / 1000);
   t.ok(r.accessDelayMs !== null && r.accessDelayMs.median > 0 && r.accessDelayMs.p99 >= r.accessDelayMs.median);
 
+  // AEAD sessions of each suite: one 256-bit session key for the whole run, every message opened.
+  for (const suite of ['chacha20-poly1305', 'sm4-ctr-hmac-sm3'] as const) {
+    const a = await runTraffic({ terminal: term.module, station, terminalId: 'T1', cls: CLASSES.D, tMs: 1000, durationMs: 150, seed: 2, mode: 'aead', suite, supplyBitsPerSecond: 11_000, deadlineMs: 60_000 });
+    t.match(a, { mode: 'aead', suite, failed: 0 }, `${suite}: none failed: ${JSON.stringify(a.failures)}`);
+    t.ok(a.messages > 10 && a.delivered + a.late === a.messages, `${suite}: ${a.messages} messages opened`);
+    t.equal(a.keyBits, 256, `${suite}: one session key`);
+  }
+  await t.rejects(runTraffic({ terminal: term.module, station, terminalId: 'T1', cls: CLASSES.D, tMs: 1000, durationMs: 10, seed: 2, mode: 'otp', suite: 'chacha20-poly1305', supplyBitsPerSecond: 11_000, deadlineMs: 1 }), RangeError, 'a suite with OTP is refused before anything is sent');
+
   // A sealed message goes to the station once: the same bytes again are refused (the keys it
   // names were taken), and nothing is opened twice.
   const s = (await term.module.request(Group.KEYS, KeysCmd.NEGOTIATE, { mode: 'otp', enc: 'any', auth: 'any' }))['s'];

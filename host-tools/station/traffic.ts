@@ -10,6 +10,7 @@ import { prng } from '../../firmware/flash/faults.js';
 import { Group, KeysCmd, StationCmd } from '../../firmware/link/groups.js';
 import { LinkError, rcName } from '../../firmware/link/errors.js';
 import type { LinkClient } from '../link/client.js';
+import type { AeadSuite } from '../../firmware/crypto/suites.js';
 
 /** One kind of service message: its size on the terminal side and how often it comes. */
 export interface MessageKind {
@@ -176,6 +177,8 @@ export interface TrafficOptions {
   durationMs: number;
   seed: number;
   mode: 'otp' | 'aead';
+  /** AEAD only: the session's suite (docs/protocol.md, KEYS NEGOTIATE); default the module's, aes-256-gcm. */
+  suite?: AeadSuite;
   /** The KMD's key supply, bits per second (the key use rate's denominator). */
   supplyBitsPerSecond: number;
   /** A message opened later than this after it existed counts as lost. */
@@ -190,6 +193,8 @@ export interface TrafficResult {
   terminalId: string;
   class: ClassId;
   mode: 'otp' | 'aead';
+  /** AEAD: the session's suite. */
+  suite?: AeadSuite;
   tMs: number;
   seconds: number;
   messages: number;
@@ -239,7 +244,8 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
   let plainBits = 0;
   let cipherBits = 0;
   let keyBits = 0;
-  const neg = await o.terminal.request(Group.KEYS, KeysCmd.NEGOTIATE, o.mode === 'otp' ? { mode: 'otp', enc: 'any', auth: 'any' } : { mode: 'aead', enc: 'any' });
+  if (o.suite !== undefined && o.mode !== 'aead') throw new RangeError('a suite goes with mode aead');
+  const neg = await o.terminal.request(Group.KEYS, KeysCmd.NEGOTIATE, o.mode === 'otp' ? { mode: 'otp', enc: 'any', auth: 'any' } : { mode: 'aead', enc: 'any', ...(o.suite ? { suite: o.suite } : {}) });
   const s = neg['s'];
   const start = now();
   const fail = (e: unknown) => {
@@ -270,7 +276,10 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
       }
       const msg = sealed;
       const p: Promise<void> = o.station
-        .request(Group.STATION, StationCmd.UPLINK, { t: o.terminalId, m: msg })
+        // Never sent twice: an UPLINK is not idempotent (its keys are taken), and a resend after
+        // the station's cache of recent answers moved on would be refused as a replay of a
+        // message it opened. One wait, long past the deadline; no answer by then is a loss.
+        .request(Group.STATION, StationCmd.UPLINK, { t: o.terminalId, m: msg }, { retries: 0, timeoutMs: Math.max(30_000, 10 * o.deadlineMs) })
         .then((up) => {
           const delay = now() - (start + m.atMs);
           if (up['n'] !== data.length) throw new Error('opened to other bytes');
@@ -300,6 +309,7 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
     terminalId: o.terminalId,
     class: o.cls.id,
     mode: o.mode,
+    ...(o.mode === 'aead' ? { suite: o.suite ?? 'aes-256-gcm' } : {}),
     tMs: o.tMs,
     seconds: round3(seconds),
     messages: plan.length,

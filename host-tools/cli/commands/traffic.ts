@@ -10,6 +10,8 @@ import type { TrafficResult } from '../../station/traffic.js';
 import { Group, SystemCmd } from '../../../firmware/link/groups.js';
 import { parseRate } from '../../units.js';
 import { resolvePort } from '../port-select.js';
+import { AEAD_SUITES } from '../../../firmware/crypto/suites.js';
+import type { AeadSuite } from '../../../firmware/crypto/suites.js';
 import { cliError, openStation } from './station-client.js';
 
 export interface TrafficCommandResult extends TrafficResult {
@@ -32,6 +34,9 @@ export const traffic = defineCommand<TrafficCommandResult>({
     if (!isClassId(cls)) throw new CliError(`--class must be one of A, B, C, D, E, got ${JSON.stringify(cls)}`, Exit.USAGE);
     const mode = str(v, 'mode') ?? 'otp';
     if (mode !== 'otp' && mode !== 'aead') throw new CliError(`--mode must be otp or aead, got ${JSON.stringify(mode)}`, Exit.USAGE);
+    const suite = str(v, 'suite');
+    if (suite !== undefined && !(AEAD_SUITES as readonly string[]).includes(suite)) throw new CliError(`--suite must be one of ${AEAD_SUITES.join(', ')}, got ${JSON.stringify(suite)}`, Exit.USAGE);
+    if (suite !== undefined && mode !== 'aead') throw new CliError('--suite goes with --mode aead (OTP has no suite)', Exit.USAGE);
     const durationS = seconds('seconds', str(v, 'seconds'), 60, 0.1, 30 * 86_400);
     const tS = seconds('t', str(v, 't'), 60, 0.01, 86_400);
     const deadlineS = seconds('deadline', str(v, 'deadline'), 3, 0.001, 3600);
@@ -70,6 +75,7 @@ export const traffic = defineCommand<TrafficCommandResult>({
           durationMs: durationS * 1000,
           seed,
           mode,
+          ...(suite !== undefined ? { suite: suite as AeadSuite } : {}),
           supplyBitsPerSecond: supply,
           deadlineMs: deadlineS * 1000,
           onMessage: (done, total) => io.progress.update(done, total, `class ${cls} traffic of ${terminalId}`, 'message'),
@@ -92,7 +98,7 @@ export const traffic = defineCommand<TrafficCommandResult>({
   render(r) {
     const d = r.accessDelayMs;
     return [
-      `class ${r.class} (${CLASSES[r.class].name}) traffic of ${r.terminalId} (${r.port}) to the station ${r.station}, ${r.mode}, T = ${r.tMs / 1000} s, ${r.seconds} s:`,
+      `class ${r.class} (${CLASSES[r.class].name}) traffic of ${r.terminalId} (${r.port}) to the station ${r.station}, ${r.mode}${r.suite ? ` ${r.suite}` : ''}, T = ${r.tMs / 1000} s, ${r.seconds} s:`,
       `  ${r.messages} messages: ${r.delivered} opened in time, ${r.late} late, ${r.failed} refused or unanswered (loss ${(r.lossRate * 100).toFixed(2)}%)`,
       `  access delay: ${d ? `median ${(d.median / 1000).toFixed(3)} s, p99 ${(d.p99 / 1000).toFixed(3)} s, max ${(d.max / 1000).toFixed(3)} s` : 'none opened'}`,
       `  cipher rate ${(r.cipherBitsPerSecond / 1000).toFixed(2)} kbit/s; key ${(r.keyBitsPerSecond / 1000).toFixed(2)} kbit/s, key use rate ${r.keyUseRate.toFixed(3)} of the ${r.supplyBitsPerSecond / 1000} kbit/s supply`,
