@@ -66,7 +66,13 @@ export class DeviceLink implements LinkPeer {
   private readonly cache = new Map<number, CachedResponse>();
   private readonly pending = new Set<number>();
   private running = false;
-  /** A request is executing or its answer is being sent (it counts in the window). */
+  /**
+   * A request is executing (it counts in the window). Not while its answer is being sent: a host
+   * may read the answer before the transport says it is written (a paced or congested link, TLS)
+   * and send its next request at once, and a host that keeps `window` requests outstanding must
+   * never see BUSY (docs/protocol.md 4.5). Memory stays bounded: the queue holds at most
+   * `window`, and the next request starts only after this answer is written.
+   */
   private executing = false;
   private closed = false;
   private readonly counters = { requests: 0, duplicates: 0, busy: 0, ignored: 0 };
@@ -202,8 +208,8 @@ export class DeviceLink implements LinkPeer {
         const frame = encodeFrame({ version: PROTOCOL_VERSION, kind, ...ctx }, payload);
         this.remember(m.seq, { group: m.group, command: m.command, frame });
         this.pending.delete(m.seq);
-        await this.send(frame);
         this.executing = false;
+        await this.send(frame);
       }
     } finally {
       this.executing = false;
