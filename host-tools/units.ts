@@ -45,7 +45,7 @@ export function parseRate(text: string): number {
   const unit = m ? (m[2] === '' ? 1 : RATE[m[2]!.toLowerCase()]) : undefined;
   if (!m || unit === undefined) throw new InputError(`not a rate: ${JSON.stringify(text)} (try 11kbit/s)`);
   const r = Number(m[1]) * unit;
-  if (!(r > 0)) throw new InputError(`rate must be positive: ${text}`);
+  if (!(r > 0) || !Number.isFinite(r) || r > 1e15) throw new InputError(`rate must be positive and at most 1 Pbit/s: ${text}`);
   return r;
 }
 
@@ -57,7 +57,7 @@ export function parseFrequency(text: string): number {
   const unit = m ? FREQUENCY[m[2]!.toLowerCase()] : undefined;
   if (!m || unit === undefined) throw new InputError(`not a frequency: ${JSON.stringify(text)} (try 1GHz or 50MHz)`);
   const hz = Number(m[1]) * unit;
-  if (!(hz > 0)) throw new InputError(`frequency must be positive: ${text}`);
+  if (!(hz > 0) || !Number.isFinite(hz) || hz > 1e12) throw new InputError(`frequency must be positive and at most 1 THz: ${text}`);
   return hz;
 }
 
@@ -85,7 +85,9 @@ export function parseDuration(text: string): number {
   const m = /^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$/.exec(text);
   const unit = m ? DURATION[m[2]!.toLowerCase()] : undefined;
   if (!m || unit === undefined) throw new InputError(`not a duration: ${JSON.stringify(text)} (try 20ms or 0.5s)`);
-  return Number(m[1]) * unit;
+  const v = Number(m[1]) * unit;
+  if (!Number.isFinite(v)) throw new InputError(`not a duration: ${JSON.stringify(text)} (too large)`);
+  return v;
 }
 
 /** Parse a percentage `1%` or a fraction `0.01` into a fraction from 0 to 1. */

@@ -124,8 +124,13 @@ export function decodeHeader(buf: Uint8Array, magic: number, version: number): n
  * (`fixed`), or undefined. A ring sector's header can be the only thing that still names the
  * generation of a newer sector whose own header a cut tore (scan): one flipped bit in it must not
  * lose the log. Each bit is tried in turn; the fix must pass magic, version and CRC-32 whole,
- * and CRC-32 over 12 bytes tells any two-bit error from a one-bit one, so a header is never
- * "fixed" into another valid one. Blank and killed (all zero) headers stay what they are.
+ * and CRC-32 over 12 bytes tells any two-bit error from a one-bit one, so a header hit by bit
+ * flips is never "fixed" into another valid one. A header torn mid-program (many bits not yet
+ * cleared) could in principle sit one bit from some other valid header: that needs a 32-bit
+ * CRC and the magic to match by chance (about 2^-80 per torn header under the fault model's
+ * tearing, measured by an outside review); scan therefore takes a fixed header only when the
+ * sector's first record verifies under its generation (records are bound to it). Blank and
+ * killed (all zero) headers stay what they are.
  */
 export function readHeader(buf: Uint8Array, magic: number, version: number): { gen: number; fixed: boolean } | undefined {
   const gen = decodeHeader(buf, magic, version);
@@ -246,7 +251,12 @@ export class RecordLog {
    * secure area prefers a module that boots and says what it lost to one that is bricked).
    */
   scan(o: { tolerant?: boolean } = {}): ScanResult {
-    const gens = this.headers();
+    // A header put right must be borne out by its sector's first record (or an empty checkpoint).
+    const gens = this.headers().filter(({ idx, gen, fixed }) => {
+      if (!fixed) return true;
+      const first = this.flash.read((this.o.firstSector + idx) * this.S + UNIT, this.S - UNIT);
+      return isBlank(first.subarray(0, UNIT)) || decodeRecord(first, gen) !== undefined;
+    });
     if (gens.length === 0) throw new RecordLogError('NOT_FORMATTED', 'no valid record log header in its sector range');
     let { idx: best, gen: bestGen } = gens[0]!;
     let brokenHeader = gens[0]!.fixed;

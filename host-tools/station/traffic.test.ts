@@ -86,3 +86,29 @@ t.test('traffic through a module and the station: every message opened once, its
   t.equal(first['n'], 40);
   await t.rejects(station.request(Group.STATION, StationCmd.UPLINK, { t: 'T1', m }), LinkError, 'a replay is refused');
 });
+
+t.test('a pool that runs dry stops the run at once; a station that lies about keys is counted, not believed', async (t) => {
+  const rig = await startTrafficRig({ ids: ['T1'], bits: 16_384, supplyBitsPerSecond: 11_000 });
+  t.teardown(() => rig.close());
+  const term = rig.terminals[0]!;
+  const station = await term.connect();
+  t.teardown(() => station.close());
+  // Class A at T = 1 s offers some 10 kbit of key in 0.1 s... and 200 kbit in 2 s: a 16 kbit pool runs dry early.
+  const r = await runTraffic({ terminal: term.module, station, terminalId: 'T1', cls: CLASSES.A, tMs: 1000, durationMs: 2000, seed: 5, mode: 'otp', supplyBitsPerSecond: 11_000, deadlineMs: 60_000 });
+  t.equal(r.stoppedBy, 'KEYS_EXHAUSTED', 'stopped: the pool ran dry');
+  t.equal(r.failures['KEYS_EXHAUSTED'], 1, 'one refusal, then no more messages');
+  t.ok(r.messages < schedule(CLASSES.A, { tMs: 1000, durationMs: 2000, seed: 5 }).length / 4, `${r.messages} messages, far fewer than the schedule`);
+  t.ok(r.keyBits <= 16_384 && r.keyBits > 8_000, `${r.keyBits} key bits spent of 16,384`);
+
+  // A station answering with impossible key counts: each such answer is a failed message, and
+  // nothing of it reaches the figures.
+  for (const keyBits of [-5_000_000, Number.NaN, Number.POSITIVE_INFINITY, 1e308, 2 ** 40, '256']) {
+    // It opens nothing, but answers the right length (class E sends 32- and 208-byte messages).
+    const liar = { params: { window: 2 }, request: async (_g: number, _c: number, p: Record<string, unknown>) => ({ n: (p['m'] as Uint8Array).length < 150 ? 32 : 208, keyBits }) };
+    const rig2 = await startTrafficRig({ ids: ['T2'], bits: 2 ** 16, supplyBitsPerSecond: 11_000 });
+    const x = await runTraffic({ terminal: rig2.terminals[0]!.module, station: liar as never, terminalId: 'T2', cls: CLASSES.E, tMs: 1000, durationMs: 30, seed: 1, mode: 'otp', supplyBitsPerSecond: 11_000, deadlineMs: 60_000 });
+    await rig2.close();
+    t.ok(x.messages > 0 && x.failed === x.messages && x.keyBits === 0 && Number.isFinite(x.keyUseRate), `keyBits ${String(keyBits)}: ${x.failed} of ${x.messages} failed, figures stay finite`);
+    t.same(Object.keys(x.failures), ['a malformed UPLINK answer'], 'named as a malformed answer');
+  }
+});

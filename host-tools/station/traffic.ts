@@ -8,7 +8,7 @@
 // and packet loss (messages not opened within the deadline, refused or never answered).
 import { prng } from '../../firmware/flash/faults.js';
 import { Group, KeysCmd, StationCmd } from '../../firmware/link/groups.js';
-import { LinkError, rcName } from '../../firmware/link/errors.js';
+import { LinkError, Rc, rcName } from '../../firmware/link/errors.js';
 import type { LinkClient } from '../link/client.js';
 import type { AeadSuite } from '../../firmware/crypto/suites.js';
 
@@ -123,16 +123,35 @@ export interface Scheduled {
  * gaps, seeded), merged in time order. `scale` multiplies every rate (a load sweep).
  */
 export function schedule(c: TrafficClass, o: { tMs: number; durationMs: number; seed: number; scale?: number }): Scheduled[] {
+  return [...scheduleStream(c, o)];
+}
+
+/**
+ * The same schedule, message by message as time goes on: a month-long run holds one pending time
+ * per kind, not millions of messages.
+ */
+export function* scheduleStream(c: TrafficClass, o: { tMs: number; durationMs: number; seed: number; scale?: number }): Generator<Scheduled> {
   if (!(o.tMs > 0) || !(o.durationMs >= 0)) throw new RangeError('tMs must be > 0 and durationMs >= 0');
   const scale = o.scale ?? 1;
   if (!(scale > 0)) throw new RangeError('scale must be > 0');
-  const out: Scheduled[] = [];
-  c.kinds.forEach((k, i) => {
+  const streams = c.kinds.map((k, i) => {
     const rnd = prng((o.seed * 31 + i + 1) >>> 0);
     const meanGap = o.tMs / (k.perT * scale);
-    for (let t = -Math.log(1 - rnd()) * meanGap; t < o.durationMs; t += -Math.log(1 - rnd()) * meanGap) out.push({ atMs: t, kind: k.name, bytes: k.bytes });
+    const gap = () => -Math.log(1 - rnd()) * meanGap;
+    return { k, next: gap(), gap };
   });
-  return out.sort((a, b) => a.atMs - b.atMs);
+  for (;;) {
+    let first: (typeof streams)[number] | undefined;
+    for (const st of streams) if (st.next < o.durationMs && (!first || st.next < first.next)) first = st;
+    if (!first) return;
+    yield { atMs: first.next, kind: first.k.name, bytes: first.k.bytes };
+    first.next += first.gap();
+  }
+}
+
+/** Messages a schedule holds on average (its progress total). */
+export function expectedMessages(c: TrafficClass, o: { tMs: number; durationMs: number; scale?: number }): number {
+  return Math.round((c.kinds.reduce((s, k) => s + k.perT, 0) * (o.scale ?? 1) * o.durationMs) / o.tMs);
 }
 
 /**
@@ -219,6 +238,8 @@ export interface TrafficResult {
   keyUseRate: number;
   /** Reasons of failed messages, counted. */
   failures: Record<string, number>;
+  /** Why the run ended before its time: the module's pool ran dry (KEYS_EXHAUSTED). */
+  stoppedBy?: string;
 }
 
 function quantile(sorted: number[], q: number): number {
@@ -236,7 +257,10 @@ const round3 = (x: number) => Math.round(x * 1000) / 1000;
  */
 export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
   const now = o.now ?? (() => performance.now());
-  const plan = schedule(o.cls, { tMs: o.tMs, durationMs: o.durationMs, seed: o.seed, ...(o.scale !== undefined ? { scale: o.scale } : {}) });
+  const sched = { tMs: o.tMs, durationMs: o.durationMs, seed: o.seed, ...(o.scale !== undefined ? { scale: o.scale } : {}) };
+  const expected = expectedMessages(o.cls, sched);
+  let sent = 0;
+  let stoppedBy: string | undefined;
   const rnd = prng(o.seed ^ 0x5eed);
   const delays: number[] = [];
   const failures: Record<string, number> = {};
@@ -259,8 +283,8 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
   const inflight = new Set<Promise<void>>();
   let done = 0;
   try {
-    for (let i = 0; i < plan.length; i++) {
-      const m = plan[i]!;
+    for (const m of scheduleStream(o.cls, sched)) {
+      const i = sent++;
       const wait = start + m.atMs - now();
       if (wait > 0) await new Promise((r) => setTimeout(r, wait));
       const data = messageBytes({ name: m.kind, bytes: m.bytes }, i, rnd);
@@ -271,7 +295,12 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
         if (!(sealed instanceof Uint8Array)) throw new Error('no sealed message');
       } catch (e) {
         fail(e);
-        o.onMessage?.(++done, plan.length);
+        o.onMessage?.(++done, Math.max(expected, sent));
+        // The pool ran dry: every later message would be refused too.
+        if (e instanceof LinkError && e.rc === Rc.KEYS_EXHAUSTED) {
+          stoppedBy = rcName(e.rc);
+          break;
+        }
         continue;
       }
       const msg = sealed;
@@ -283,16 +312,19 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
         .then((up) => {
           const delay = now() - (start + m.atMs);
           if (up['n'] !== data.length) throw new Error('opened to other bytes');
+          const kb = up['keyBits'];
+          // The station's word, checked: a whole number of bits no larger than the message could cost.
+          if (typeof kb !== 'number' || !Number.isSafeInteger(kb) || kb < 0 || kb > 8 * data.length + 512) throw new Error('a malformed UPLINK answer');
           plainBits += data.length * 8;
           cipherBits += msg.length * 8;
-          keyBits += typeof up['keyBits'] === 'number' ? up['keyBits'] : 0;
+          keyBits += kb;
           delays.push(delay);
           if (delay > o.deadlineMs) late++;
         })
         .catch(fail)
         .finally(() => {
           inflight.delete(p);
-          o.onMessage?.(++done, plan.length);
+          o.onMessage?.(++done, Math.max(expected, sent));
         });
       inflight.add(p);
       while (inflight.size >= window) await Promise.race(inflight);
@@ -312,11 +344,12 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
     ...(o.mode === 'aead' ? { suite: o.suite ?? 'aes-256-gcm' } : {}),
     tMs: o.tMs,
     seconds: round3(seconds),
-    messages: plan.length,
+    messages: sent,
     delivered: delays.length - late,
     late,
     failed,
-    lossRate: plan.length === 0 ? 0 : round3((late + failed) / plan.length),
+    lossRate: sent === 0 ? 0 : round3((late + failed) / sent),
+    ...(stoppedBy ? { stoppedBy } : {}),
     accessDelayMs: sorted.length === 0 ? null : { median: round3(quantile(sorted, 0.5)), p99: round3(quantile(sorted, 0.99)), max: round3(sorted[sorted.length - 1]!) },
     plainBits,
     cipherBits,

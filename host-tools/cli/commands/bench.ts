@@ -17,7 +17,9 @@ export default defineCommand<BenchResult>({
     for (const n of names) {
       if (!benchmarks[n]) throw new CliError(`no benchmark "${n}"; there are: ${Object.keys(benchmarks).join(', ')}`, Exit.USAGE);
     }
-    const bytes = int(v, 'bytes', 1);
+    // At most 1 GiB a case (a buffer that size is already half this machine's memory); crypto
+    // needs at least a whole 4 KiB message per case to measure anything.
+    const bytes = int(v, 'bytes', names.includes('crypto') ? 4096 : 1, 2 ** 30);
     const out = str(v, 'out');
     const ratesText = str(v, 'rates');
     const rates = ratesText === undefined ? undefined : ratesText.split(',').map((r) => parseNoise(r, '--rates'));

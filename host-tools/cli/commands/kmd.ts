@@ -57,7 +57,7 @@ function supplyLinkOptions(v: Parameters<typeof str>[0]): SupplyLink {
   const kmText = str(v, 'km');
   if (kmText === undefined) throw new CliError(`--qkd ${model} needs --km N, the length of the link in km`, Exit.USAGE);
   const km = Number(kmText);
-  if (kmText.trim() === '' || !Number.isFinite(km) || km < 0) throw new CliError(`--km must be a distance in km (a number >= 0), got ${JSON.stringify(kmText)}`, Exit.USAGE);
+  if (!/^\s*\d+(\.\d+)?\s*$/.test(kmText) || !Number.isFinite(km) || km < 0 || km > 10_000) throw new CliError(`--km must be a distance in km (a decimal number from 0 to 10000), got ${JSON.stringify(kmText)}`, Exit.USAGE);
   let pulseRateHz = DEFAULT_PULSE_RATE_HZ;
   const prText = str(v, 'pulse-rate');
   if (prText !== undefined) {

@@ -64,6 +64,10 @@ export default defineCommand<NetRelayReady>({
     const rate = rateOption(v, 'rate')!;
     const latencyMs = duration(v, 'latency');
     const jitterMs = duration(v, 'jitter');
+    // A timer takes at most 2^31 - 1 ms; a minute each is already no network anyone models.
+    for (const [name, ms] of [['latency', latencyMs], ['jitter', jitterMs]] as const) {
+      if (ms > 60_000) throw new CliError(`--${name} must be at most 60s, got ${ms} ms`, Exit.USAGE);
+    }
     const lossText = str(v, 'loss');
     let loss = 0;
     if (lossText !== undefined) {

@@ -39,7 +39,7 @@ interface AuditLine {
 
 /** A device that answered "too many connections": it is a terminal, and busy (exit 7 stays). */
 function isBusy(e: unknown): boolean {
-  return (e as { exitCode?: unknown })?.exitCode === Exit.BUSY || /refused the connection/.test((e as Error)?.message ?? '');
+  return /refused the connection/.test((e as Error)?.message ?? '') || (e as { exitCode?: unknown })?.exitCode === Exit.BUSY;
 }
 
 function isPoolStatus(p: unknown): p is StatusResult['pool'] {
@@ -56,7 +56,8 @@ export default defineCommand<StatusResult>({
     let online = 0;
     const onlineText = str(v, 'online');
     try {
-      if (onlineText !== undefined && onlineText.trim() !== '0') online = parseRate(onlineText);
+      // Zero in any unit (0, 0kbit/s) is no online supply; anything else is a rate.
+      if (onlineText !== undefined && !/^\s*0+(\.0+)?\s*[a-zA-Z/]*\s*$/.test(onlineText)) online = parseRate(onlineText);
     } catch (e) {
       throw new CliError(`--online: ${(e as Error).message}`, Exit.USAGE);
     }
