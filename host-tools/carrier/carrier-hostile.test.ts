@@ -155,11 +155,16 @@ t.test('a FIFO receipt does not block: the open returns and reports it damaged',
   t.equal(r.signal, null, 'the child was not killed by the 10 s guard');
   t.equal(r.status, 0, r.err);
   const s = JSON.parse(r.out) as ReturnType<Carrier['status']>;
-  t.match(s.damaged, [
-    { file: fifo, reason: /FIFO, not a regular file/ },
-    { file: join(dir, BATCH_DIR, `${a.id}.qkb`), reason: 'its receipt is damaged' },
-    { file: fifoBatch, reason: /FIFO, not a regular file/ },
-  ]);
+  // In any order: the batch ids are random, and the listing follows the file names.
+  const byFile = <T extends { file: string }>(l: T[]) => [...l].sort((x, y) => (x.file < y.file ? -1 : 1));
+  t.match(
+    byFile(s.damaged),
+    byFile([
+      { file: fifo, reason: /FIFO, not a regular file/ },
+      { file: join(dir, BATCH_DIR, `${a.id}.qkb`), reason: 'its receipt is damaged' },
+      { file: fifoBatch, reason: /FIFO, not a regular file/ },
+    ]),
+  );
   t.same(s.batches, [], 'nothing offered');
   t.same(Carrier.open(dir).receipts(), [], 'kmd collect sees no receipt');
 });
