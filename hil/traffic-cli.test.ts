@@ -3,7 +3,9 @@
 // and the station's account says the same. Usage mistakes and a wrong certificate cost no key.
 import t from 'tap';
 import { join } from 'node:path';
+import { spawn } from 'node:child_process';
 import { background, failsWith, qktJson, runQkt } from './e2e-rig.js';
+import { QKT_BIN } from './cli.js';
 
 t.setTimeout(240_000);
 
@@ -84,4 +86,31 @@ t.test('qkt traffic: class E for half a second at T = 1 s, through a module and 
   const human = await runQkt([...base, '--cert', join(dir, 't1'), '--class', 'D', '--seconds', '200ms', '--t', '1s']);
   t.equal(human.code, 0, human.stderr);
   t.match(human.stdout, /^class D \(single-phase industry and commerce\) traffic of T1 \(tcp:127\.0\.0\.1:\d+\) to the station tls:127\.0\.0\.1:\d+, otp, T = 1 s, [\d.]+ s:\n  \d+ messages: \d+ opened in time, \d+ late, 0 refused or unanswered \(loss [\d.]+%\)\n  access delay: median [\d.]+ s, p99 [\d.]+ s, max [\d.]+ s\n  cipher rate [\d.]+ kbit\/s; key [\d.]+ kbit\/s, key use rate [\d.]+ of the 11 kbit\/s supply\n$/);
+});
+
+t.test('qkt traffic stops on SIGINT and prints what it did', async (t) => {
+  const dir = t.testdir({});
+  const home = join(dir, 'kmd');
+  await qktJson(t, ['kmd', 'init', '--home', home, '--stock', '4Mbit']);
+  await qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', 'T1', '--flash', join(dir, 'T1.img')]);
+  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'car'), '--terminal', 'T1', '--bits', '1Mbit', '--init']);
+  await qktJson(t, ['station', 'cert', '--home', home, '--terminal', 'T1', '--out', join(dir, 't1')]);
+  const st = await background(t, ['station', 'run', '--home', home, '--listen', '127.0.0.1:0']);
+  const term = await background(t, ['terminal', 'run', '--flash', join(dir, 'T1.img'), '--listen', 'tcp:127.0.0.1:0']);
+  const port = term.ready['port'] as string;
+  await qktJson(t, ['inject', '--carrier', join(dir, 'car'), '--port', port]);
+  const child = spawn(process.execPath, [QKT_BIN, 'traffic', '--port', port, '--station', st.ready['listen'] as string, '--cert', join(dir, 't1'), '--class', 'E', '--seconds', '1min', '--t', '10s', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  t.teardown(() => child.kill('SIGKILL'));
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (b: Buffer) => (stdout += b.toString()));
+  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
+  const code = new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+  await new Promise((r) => setTimeout(r, 4000));
+  child.kill('SIGINT');
+  t.equal(await code, 130, 'exit 130');
+  const r = JSON.parse(stdout) as Traffic & { stoppedBy: string };
+  t.equal(r.stoppedBy, 'stopped');
+  t.ok(r.messages > 0 && r.failed === 0, `${r.messages} messages before the signal, none failed`);
+  t.match(stderr, /stopped by a signal after \d+ messages/);
 });

@@ -205,6 +205,8 @@ export interface TrafficOptions {
   scale?: number;
   /** Called after each message (progress). */
   onMessage?: (done: number, total: number) => void;
+  /** Stop sending (Ctrl-C): the messages on their way are waited for, and the run reports what it did. */
+  signal?: AbortSignal;
   now?: () => number;
 }
 
@@ -238,7 +240,7 @@ export interface TrafficResult {
   keyUseRate: number;
   /** Reasons of failed messages, counted. */
   failures: Record<string, number>;
-  /** Why the run ended before its time: the module's pool ran dry (KEYS_EXHAUSTED). */
+  /** Why the run ended before its time: the module's pool ran dry (KEYS_EXHAUSTED), or it was stopped (`stopped`). */
   stoppedBy?: string;
 }
 
@@ -248,6 +250,22 @@ function quantile(sorted: number[], q: number): number {
 }
 
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
+
+/** Access delays kept for the quantiles (a uniform sample beyond this many). */
+const DELAY_SAMPLES = 100_000;
+
+/** Wait `ms`, or less if `signal` aborts first. */
+function sleepUnless(ms: number, signal: AbortSignal | undefined): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      clearTimeout(timer);
+      signal?.removeEventListener('abort', done);
+      resolve();
+    };
+    const timer = setTimeout(done, ms);
+    signal?.addEventListener('abort', done, { once: true });
+  });
+}
 
 /**
  * Send a class's traffic for `durationMs` as the terminal's front end: one KEYS session on the
@@ -262,7 +280,21 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
   let sent = 0;
   let stoppedBy: string | undefined;
   const rnd = prng(o.seed ^ 0x5eed);
+  // Access delays for the quantiles: every one up to DELAY_SAMPLES, then a uniform sample of
+  // them (reservoir sampling, seeded), so a month-long run holds a bounded array.
   const delays: number[] = [];
+  let delayCount = 0;
+  let maxDelay = 0;
+  const sampleRnd = prng(o.seed ^ 0xde1a);
+  const addDelay = (d: number) => {
+    delayCount++;
+    if (d > maxDelay) maxDelay = d;
+    if (delays.length < DELAY_SAMPLES) delays.push(d);
+    else {
+      const j = Math.floor(sampleRnd() * delayCount);
+      if (j < DELAY_SAMPLES) delays[j] = d;
+    }
+  };
   const failures: Record<string, number> = {};
   let late = 0;
   let plainBits = 0;
@@ -284,9 +316,13 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
   let done = 0;
   try {
     for (const m of scheduleStream(o.cls, sched)) {
-      const i = sent++;
       const wait = start + m.atMs - now();
-      if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+      if (wait > 0) await sleepUnless(wait, o.signal);
+      if (o.signal?.aborted) {
+        stoppedBy = 'stopped';
+        break;
+      }
+      const i = sent++;
       const data = messageBytes({ name: m.kind, bytes: m.bytes }, i, rnd);
       let sealed: unknown;
       try {
@@ -318,7 +354,7 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
           plainBits += data.length * 8;
           cipherBits += msg.length * 8;
           keyBits += kb;
-          delays.push(delay);
+          addDelay(delay);
           if (delay > o.deadlineMs) late++;
         })
         .catch(fail)
@@ -345,12 +381,12 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
     tMs: o.tMs,
     seconds: round3(seconds),
     messages: sent,
-    delivered: delays.length - late,
+    delivered: delayCount - late,
     late,
     failed,
     lossRate: sent === 0 ? 0 : round3((late + failed) / sent),
     ...(stoppedBy ? { stoppedBy } : {}),
-    accessDelayMs: sorted.length === 0 ? null : { median: round3(quantile(sorted, 0.5)), p99: round3(quantile(sorted, 0.99)), max: round3(sorted[sorted.length - 1]!) },
+    accessDelayMs: sorted.length === 0 ? null : { median: round3(quantile(sorted, 0.5)), p99: round3(quantile(sorted, 0.99)), max: round3(maxDelay) },
     plainBits,
     cipherBits,
     cipherBitsPerSecond: Math.round(cipherBits / seconds),

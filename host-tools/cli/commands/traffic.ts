@@ -79,6 +79,7 @@ export const traffic = defineCommand<TrafficCommandResult>({
           supplyBitsPerSecond: supply,
           deadlineMs: deadlineS * 1000,
           onMessage: (done, total) => io.progress.update(done, total, `class ${cls} traffic of ${terminalId}`, 'message'),
+          signal: io.signal,
         });
         io.progress.done();
         return { port, station: station.address, ...r };
@@ -92,6 +93,7 @@ export const traffic = defineCommand<TrafficCommandResult>({
     }
   },
   outcome(r) {
+    if (r.stoppedBy === 'stopped') return { exitCode: 130, reason: `stopped by a signal after ${r.messages} messages (the result above counts them)` };
     if (r.stoppedBy === 'KEYS_EXHAUSTED') return { exitCode: Exit.STATE, reason: `the terminal's key pool ran dry after ${r.messages} messages: load a batch for it and inject it (qkt status --class ${r.class} forecasts the next visit)` };
     if (r.failed > 0) return { exitCode: Exit.FAILURE, reason: `${r.failed} of ${r.messages} messages were refused or not answered: ${Object.entries(r.failures).map(([k, n]) => `${n} ${k}`).join(', ')}` };
     return undefined;
@@ -100,7 +102,7 @@ export const traffic = defineCommand<TrafficCommandResult>({
     const d = r.accessDelayMs;
     return [
       `class ${r.class} (${CLASSES[r.class].name}) traffic of ${r.terminalId} (${r.port}) to the station ${r.station}, ${r.mode}${r.suite ? ` ${r.suite}` : ''}, T = ${r.tMs / 1000} s, ${r.seconds} s:`,
-      `  ${r.messages} messages: ${r.delivered} opened in time, ${r.late} late, ${r.failed} refused or unanswered (loss ${(r.lossRate * 100).toFixed(2)}%)${r.stoppedBy === 'KEYS_EXHAUSTED' ? '; stopped: the key pool ran dry' : ''}`,
+      `  ${r.messages} messages: ${r.delivered} opened in time, ${r.late} late, ${r.failed} refused or unanswered (loss ${(r.lossRate * 100).toFixed(2)}%)${r.stoppedBy === 'KEYS_EXHAUSTED' ? '; stopped: the key pool ran dry' : r.stoppedBy === 'stopped' ? '; stopped early (a signal)' : ''}`,
       `  access delay: ${d ? `median ${(d.median / 1000).toFixed(3)} s, p99 ${(d.p99 / 1000).toFixed(3)} s, max ${(d.max / 1000).toFixed(3)} s` : 'none opened'}`,
       `  cipher rate ${(r.cipherBitsPerSecond / 1000).toFixed(2)} kbit/s; key ${(r.keyBitsPerSecond / 1000).toFixed(2)} kbit/s, key use rate ${r.keyUseRate.toFixed(3)} of the ${r.supplyBitsPerSecond / 1000} kbit/s supply`,
     ].join('\n');
