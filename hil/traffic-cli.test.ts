@@ -6,31 +6,11 @@ import { join } from 'node:path';
 import { spawn } from 'node:child_process';
 import { background, failsWith, qktJson, runQkt } from './e2e-rig.js';
 import { QKT_BIN } from './cli.js';
+import type { Test } from 'tap';
+import type { TrafficCommandResult } from '../host-tools/cli/commands/traffic.js';
 
-t.setTimeout(240_000);
-
-interface Traffic {
-  port: string;
-  station: string;
-  terminalId: string;
-  class: string;
-  mode: string;
-  messages: number;
-  delivered: number;
-  late: number;
-  failed: number;
-  lossRate: number;
-  accessDelayMs: { median: number; p99: number; max: number } | null;
-  plainBits: number;
-  cipherBits: number;
-  cipherBitsPerSecond: number;
-  keyBits: number;
-  keyBitsPerSecond: number;
-  keyUseRate: number;
-  supplyBitsPerSecond: number;
-}
-
-t.test('qkt traffic: class E for half a second at T = 1 s, through a module and the station', async (t) => {
+/** A KMD, T1 enrolled with 1 Mbit injected, its station certificate (and an operator's), the station and the module running. */
+async function network(t: Test): Promise<{ dir: string; station: string; port: string }> {
   const dir = t.testdir({});
   const home = join(dir, 'kmd');
   await qktJson(t, ['kmd', 'init', '--home', home, '--stock', '4Mbit']);
@@ -39,10 +19,18 @@ t.test('qkt traffic: class E for half a second at T = 1 s, through a module and 
   await qktJson(t, ['station', 'cert', '--home', home, '--terminal', 'T1', '--out', join(dir, 't1')]);
   await qktJson(t, ['station', 'cert', '--home', home, '--operator', 'ops', '--out', join(dir, 'ops')]);
   const st = await background(t, ['station', 'run', '--home', home, '--listen', '127.0.0.1:0']);
-  const station = st.ready['listen'] as string;
   const term = await background(t, ['terminal', 'run', '--flash', join(dir, 'T1.img'), '--listen', 'tcp:127.0.0.1:0']);
   const port = term.ready['port'] as string;
   await qktJson(t, ['inject', '--carrier', join(dir, 'car'), '--port', port]);
+  return { dir, station: st.ready['listen'] as string, port };
+}
+
+t.setTimeout(240_000);
+
+type Traffic = TrafficCommandResult;
+
+t.test('qkt traffic: class E for half a second at T = 1 s, through a module and the station', async (t) => {
+  const { dir, station, port } = await network(t);
 
   // Refusals first: none of them spends key.
   const base = ['traffic', '--port', port, '--station', station];
@@ -89,17 +77,8 @@ t.test('qkt traffic: class E for half a second at T = 1 s, through a module and 
 });
 
 t.test('qkt traffic stops on SIGINT and prints what it did', async (t) => {
-  const dir = t.testdir({});
-  const home = join(dir, 'kmd');
-  await qktJson(t, ['kmd', 'init', '--home', home, '--stock', '4Mbit']);
-  await qktJson(t, ['kmd', 'enroll', '--home', home, '--terminal', 'T1', '--flash', join(dir, 'T1.img')]);
-  await qktJson(t, ['carrier', 'load', '--home', home, '--carrier', join(dir, 'car'), '--terminal', 'T1', '--bits', '1Mbit', '--init']);
-  await qktJson(t, ['station', 'cert', '--home', home, '--terminal', 'T1', '--out', join(dir, 't1')]);
-  const st = await background(t, ['station', 'run', '--home', home, '--listen', '127.0.0.1:0']);
-  const term = await background(t, ['terminal', 'run', '--flash', join(dir, 'T1.img'), '--listen', 'tcp:127.0.0.1:0']);
-  const port = term.ready['port'] as string;
-  await qktJson(t, ['inject', '--carrier', join(dir, 'car'), '--port', port]);
-  const child = spawn(process.execPath, [QKT_BIN, 'traffic', '--port', port, '--station', st.ready['listen'] as string, '--cert', join(dir, 't1'), '--class', 'E', '--seconds', '1min', '--t', '10s', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const { dir, station, port } = await network(t);
+  const child = spawn(process.execPath, [QKT_BIN, 'traffic', '--port', port, '--station', station, '--cert', join(dir, 't1'), '--class', 'E', '--seconds', '1min', '--t', '10s', '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
   t.teardown(() => child.kill('SIGKILL'));
   let stdout = '';
   let stderr = '';

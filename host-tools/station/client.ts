@@ -194,20 +194,34 @@ async function onTerminal(terminal: LinkClient, what: string, group: number, com
  * as any uplink does.
  */
 export async function sendTestUplink(terminal: LinkClient, station: LinkClient, o: { mode: 'otp' | 'aead'; data: Uint8Array; caller: StationRole | undefined }): Promise<TestUplinkResult> {
+  const terminalId = await beforeUplinks(terminal, station, o.caller);
+  return testUplink(terminal, station, terminalId, o);
+}
+
+/**
+ * What must hold before a terminal spends a key on a message for the station: the module is
+ * enrolled, the certificate is this terminal's, the station takes it (its generation is current)
+ * and holds keys for the terminal. Returns the terminal's id.
+ */
+export async function beforeUplinks(terminal: LinkClient, station: LinkClient, caller: StationRole | undefined): Promise<string> {
   const st = await onTerminal(terminal, 'STATUS', Group.SYSTEM, SystemCmd.STATUS, {});
   const terminalId = st['terminalId'];
   if (typeof terminalId !== 'string' || !TERMINAL_ID.test(terminalId)) throw new TerminalRefusedError(undefined, 'the module on the port is not enrolled (no terminal id): enrol it with qkt kmd enroll');
   // Checked before the terminal spends a key on the message: the certificate is this terminal's,
   // the station takes it (its generation is current) and holds keys for the terminal.
   const fix = `give its own (qkt station cert --terminal ${terminalId})`;
-  if (o.caller?.kind !== 'terminal') throw new WrongCertificateError(`the certificate is ${o.caller ? `operator ${o.caller.id}'s` : 'no station certificate'}, not terminal ${terminalId}'s: ${fix}`);
-  if (o.caller.id !== terminalId) throw new WrongCertificateError(`the certificate is terminal ${o.caller.id}'s; the terminal on the port is ${terminalId}: ${fix}`);
+  if (caller?.kind !== 'terminal') throw new WrongCertificateError(`the certificate is ${caller ? `operator ${caller.id}'s` : 'no station certificate'}, not terminal ${terminalId}'s: ${fix}`);
+  if (caller.id !== terminalId) throw new WrongCertificateError(`the certificate is terminal ${caller.id}'s; the terminal on the port is ${terminalId}: ${fix}`);
   const own = await readStationStatus(station);
   // A row with no key left (its batches used up or voided at the KMD) holds none either: the
   // terminal's key would be spent on a message the station cannot open.
   if (!own.some((r) => r.terminalId === terminalId && r.storedKeyBits > 0)) {
     throw new StationRefusedError('uplink', new LinkError(Rc.WRONG_TERMINAL), `the station holds no keys for terminal ${terminalId}: nothing sent (load a batch for it and inject it first)`);
   }
+  return terminalId;
+}
+
+async function testUplink(terminal: LinkClient, station: LinkClient, terminalId: string, o: { mode: 'otp' | 'aead'; data: Uint8Array }): Promise<TestUplinkResult> {
   const neg = await onTerminal(terminal, 'a key session', Group.KEYS, KeysCmd.NEGOTIATE, o.mode === 'otp' ? { mode: 'otp', enc: 'any', auth: 'any' } : { mode: 'aead', enc: 'any' });
   const s = neg['s'];
   try {

@@ -23,7 +23,7 @@ import { formatBits } from '../../units.js';
 import { resolvePort } from '../port-select.js';
 
 /** A negotiated link to the station at `address`, presenting the certificate in `dir`. */
-export async function openStation(address: string, dir: string): Promise<{ client: LinkClient; address: string; caller: StationRole | undefined }> {
+async function openStation(address: string, dir: string): Promise<{ client: LinkClient; address: string; caller: StationRole | undefined }> {
   let where: string;
   try {
     const a = parseTlsAddress(address);
@@ -65,8 +65,29 @@ export async function openStation(address: string, dir: string): Promise<{ clien
   return { client, address: where, caller: roleOf(new Uint8Array(der)) };
 }
 
+/**
+ * The station at --station with the certificate in --cert first (a wrong address or certificate
+ * costs the terminal no key), then the module on `port`; `fn` runs with both, refusals mapped to
+ * the CLI's words and exit codes, and both are closed after.
+ */
+export async function withStationAndTerminal<R>(v: Values, port: string, baud: number | undefined, fn: (terminal: LinkClient, station: Awaited<ReturnType<typeof openStation>>) => Promise<R>): Promise<R> {
+  const station = await openStation(str(v, 'station')!, str(v, 'cert')!);
+  try {
+    const terminal = await connectDevice(port, baud ? { baud } : {});
+    try {
+      return await fn(terminal.client, station);
+    } catch (e) {
+      throw cliError(e);
+    } finally {
+      await terminal.close();
+    }
+  } finally {
+    await station.client.close().catch(() => undefined);
+  }
+}
+
 /** Station-side and terminal-side refusals as the CLI's words and exit codes. */
-export function cliError(e: unknown): unknown {
+function cliError(e: unknown): unknown {
   if (e instanceof StationRefusedError || (e instanceof TerminalRefusedError && e.linkError)) return new CliError((e as Error).message, Exit.REFUSED);
   if (e instanceof TerminalRefusedError) return new CliError(e.message, Exit.STATE);
   if (e instanceof StationReplyError || e instanceof TerminalReplyError) return new CliError(e.message, Exit.FAILURE);
@@ -165,19 +186,11 @@ export const stationUplink = defineCommand<StationUplinkResult>({
     const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
     const baud = int(v, 'baud', 300, 12_000_000);
     // The station first: a wrong address or certificate costs the terminal no key.
-    const station = await openStation(str(v, 'station')!, str(v, 'cert')!);
-    try {
-      const terminal = await connectDevice(port, baud ? { baud } : {});
-      try {
-        return { port, station: station.address, ...(await sendTestUplink(terminal.client, station.client, { mode, data, caller: station.caller })) };
-      } catch (e) {
-        throw cliError(e);
-      } finally {
-        await terminal.close();
-      }
-    } finally {
-      await station.client.close().catch(() => undefined);
-    }
+    return withStationAndTerminal(v, port, baud, async (terminal, station) => ({
+      port,
+      station: station.address,
+      ...(await sendTestUplink(terminal, station.client, { mode, data, caller: station.caller })),
+    }));
   },
   outcome(r) {
     if (!r.decrypted) return { exitCode: Exit.FAILURE, reason: `the station accepted the uplink but opened ${r.bytes} bytes, not the bytes sent` };

@@ -3,16 +3,14 @@
 // as the terminal's uplinks to a running station, with access delay, cipher rate, key use rate
 // and packet loss measured. The work is in host-tools/station/traffic.ts.
 import { CliError, defineCommand, Exit, int, str } from '../command.js';
-import { connectDevice } from '../../link/session.js';
-import { readStationStatus } from '../../station/client.js';
+import { beforeUplinks } from '../../station/client.js';
 import { CLASSES, isClassId, runTraffic } from '../../station/traffic.js';
 import type { TrafficResult } from '../../station/traffic.js';
-import { Group, SystemCmd } from '../../../firmware/link/groups.js';
 import { parseRate } from '../../units.js';
 import { resolvePort } from '../port-select.js';
 import { AEAD_SUITES } from '../../../firmware/crypto/suites.js';
 import type { AeadSuite } from '../../../firmware/crypto/suites.js';
-import { cliError, openStation } from './station-client.js';
+import { withStationAndTerminal } from './station-client.js';
 
 export interface TrafficCommandResult extends TrafficResult {
   port: string;
@@ -50,47 +48,26 @@ export const traffic = defineCommand<TrafficCommandResult>({
     const seed = int(v, 'seed', 0, 0xffff_ffff) ?? 1;
     const port = await resolvePort(str(v, 'port')!, str(v, 'vidpid'));
     const baud = int(v, 'baud', 300, 12_000_000);
-    // The station first: a wrong address or certificate costs the terminal no key.
-    const station = await openStation(str(v, 'station')!, str(v, 'cert')!);
-    try {
-      const terminal = await connectDevice(port, baud ? { baud } : {});
-      try {
-        const st = await terminal.client.request(Group.SYSTEM, SystemCmd.STATUS, {});
-        const terminalId = st['terminalId'];
-        if (typeof terminalId !== 'string') throw new CliError('the module on the port is not enrolled (no terminal id): enrol it with qkt kmd enroll', Exit.STATE);
-        const caller = station.caller;
-        if (caller?.kind !== 'terminal' || caller.id !== terminalId) {
-          throw new CliError(`--cert: the certificate is ${caller ? `${caller.kind} ${caller.id}'s` : 'no station certificate'}, not terminal ${terminalId}'s: give its own (qkt station cert --terminal ${terminalId})`, Exit.USAGE);
-        }
-        const own = await readStationStatus(station.client);
-        if (!own.some((r) => r.terminalId === terminalId && r.storedKeyBits > 0)) {
-          throw new CliError(`the station holds no keys for terminal ${terminalId}: nothing sent (load a batch for it and inject it first)`, Exit.REFUSED);
-        }
-        const r = await runTraffic({
-          terminal: terminal.client,
-          station: station.client,
-          terminalId,
-          cls: CLASSES[cls],
-          tMs: tS * 1000,
-          durationMs: durationS * 1000,
-          seed,
-          mode,
-          ...(suite !== undefined ? { suite: suite as AeadSuite } : {}),
-          supplyBitsPerSecond: supply,
-          deadlineMs: deadlineS * 1000,
-          onMessage: (done, total) => io.progress.update(done, total, `class ${cls} traffic of ${terminalId}`, 'message'),
-          signal: io.signal,
-        });
-        io.progress.done();
-        return { port, station: station.address, ...r };
-      } catch (e) {
-        throw cliError(e);
-      } finally {
-        await terminal.close();
-      }
-    } finally {
-      await station.client.close().catch(() => undefined);
-    }
+    return withStationAndTerminal(v, port, baud, async (terminal, station) => {
+      const terminalId = await beforeUplinks(terminal, station.client, station.caller);
+      const r = await runTraffic({
+        terminal,
+        station: station.client,
+        terminalId,
+        cls: CLASSES[cls],
+        tMs: tS * 1000,
+        durationMs: durationS * 1000,
+        seed,
+        mode,
+        ...(suite !== undefined ? { suite: suite as AeadSuite } : {}),
+        supplyBitsPerSecond: supply,
+        deadlineMs: deadlineS * 1000,
+        onMessage: (done, total) => io.progress.update(done, total, `class ${cls} traffic of ${terminalId}`, 'message'),
+        signal: io.signal,
+      });
+      io.progress.done();
+      return { port, station: station.address, ...r };
+    });
   },
   outcome(r) {
     if (r.stoppedBy === 'stopped') return { exitCode: 130, reason: `stopped by a signal after ${r.messages} messages (the result above counts them)` };
