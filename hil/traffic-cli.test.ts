@@ -35,6 +35,7 @@ t.test('qkt traffic: class E for half a second at T = 1 s, through a module and 
   // Refusals first: none of them spends key.
   const base = ['traffic', '--port', port, '--station', station];
   failsWith(t, await runQkt([...base, '--cert', join(dir, 't1'), '--class', 'F']), 2, /--class must be one of A, B, C, D, E/, 'an unknown class');
+  failsWith(t, await runQkt(['station', 'run', '--home', join(dir, 'kmd'), '--listen', '127.0.0.1:0', '--inbox-max', '1KiB']), 2, /--inbox-max must be a size from 64KiB to 64GiB, got "1KiB"/, 'an inbox bound too small');
   failsWith(t, await runQkt([...base, '--cert', join(dir, 't1'), '--class', 'E', '--seconds', 'soon']), 2, /--seconds must be a duration/, 'a bad duration');
   failsWith(t, await runQkt([...base, '--cert', join(dir, 'ops'), '--class', 'E']), 2, /--cert: the certificate is operator ops's, not terminal T1's/, "an operator's certificate");
   failsWith(t, await runQkt([...base, '--cert', join(dir, 't1'), '--class', 'E', '--mode', 'aead', '--suite', 'rot13']), 2, /--suite must be one of aes-256-gcm, chacha20-poly1305, sm4-ctr-hmac-sm3/, 'an unknown suite');

@@ -261,12 +261,13 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['station', 'run'],
     summary: 'run the master station on mutual TLS: open terminal uplinks with the pre-applied keys, seal downlinks',
-    usage: 'qkt station run --home H --listen [tls:]HOST:PORT [--san NAME...]',
-    examples: ['qkt station run --home ./kmd --listen 127.0.0.1:7200', 'qkt station run --home ./kmd --listen 0.0.0.0:7200 --san station.grid.example'],
+    usage: 'qkt station run --home H --listen [tls:]HOST:PORT [--san NAME...] [--inbox-max 64MiB]',
+    examples: ['qkt station run --home ./kmd --listen 127.0.0.1:7200', 'qkt station run --home ./kmd --listen 0.0.0.0:7200 --san station.grid.example', 'qkt station run --home ./kmd --listen 127.0.0.1:7200 --inbox-max 1GiB'],
     options: {
       home,
       listen: { type: 'string', value: '[tls:]HOST:PORT', description: 'address to serve on (port 0: any free port, printed when ready)' },
       san: { type: 'string', multiple: true, value: 'NAME', description: "another DNS name or IP address for the station's server certificate; once per name", defaultText: 'the --listen host' },
+      'inbox-max': { type: 'string', value: 'SIZE', description: 'rotate inbox.jsonl past this size (64KiB to 64GiB, with its unit), keeping 4 older files (.1 newest)', defaultText: '64MiB' },
     },
     required: ['listen'],
     load: () => import('./commands/station.js').then((m) => m.default),

@@ -9,7 +9,7 @@
 // the caller's client certificate (certs.ts roleOf): a terminal its own UPLINK and DOWNLINK and
 // its own STATUS row, an operator STATUS; anything else is DENIED before a key is read, and a
 // connection whose certificate names no station role is closed at once.
-import { appendFileSync, existsSync, lstatSync } from 'node:fs';
+import { appendFileSync, existsSync, lstatSync, renameSync, statSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { Dispatcher } from '../../firmware/link/dispatch.js';
 import type { CommandGroup } from '../../firmware/link/dispatch.js';
@@ -43,6 +43,15 @@ const NO_ROLE = 'certificate names no station role; issue one with qkt station c
 
 /** Most rows of one STATUS reply (docs/protocol.md 3.12.3): 16 rows fit a frame with room to spare. */
 export const STATUS_PAGE = 16;
+
+/**
+ * The inbox is bounded: rotated at 64 MiB, four older files kept (inbox.jsonl.1 to .4), so a
+ * station that hears every terminal for ten years holds at most 5 x the bound of it. The SCADA
+ * front end must read it (and the rotated files) before they go: at the paper's class A rates
+ * one terminal fills 64 MiB in about nine hours (`qkt station run --inbox-max` sets the bound).
+ */
+export const INBOX_MAX_BYTES = 64 * 1024 * 1024;
+export const INBOX_KEEP = 4;
 
 /** Defaults of the limits below (docs/station.md "What strangers cost"). */
 export const STATION_LIMITS = { maxPerIdentity: 8, idleTimeoutMs: 300_000 } as const;
@@ -117,6 +126,11 @@ export interface StationServerOptions {
   /** A connection that carried no byte either way for this long is closed (default 300 s). */
   idleTimeoutMs?: number;
   /**
+   * The inbox is rotated when it passes this many bytes (default INBOX_MAX_BYTES): inbox.jsonl
+   * becomes inbox.jsonl.1, .1 becomes .2, and so on, the oldest beyond INBOX_KEEP dropped.
+   */
+  inboxMaxBytes?: number;
+  /**
    * The terminal's current device generation (undefined: not enrolled); a terminal certificate
    * of another generation is DENIED. Default: read from the KMD home that holds `stationDir`.
    */
@@ -171,6 +185,18 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
   const logGeneration = rateLimited(log);
   const station = new Station(store);
   const inbox = join(stationDir, 'inbox.jsonl');
+  const inboxMax = o.inboxMaxBytes ?? INBOX_MAX_BYTES;
+  let inboxBytes = existsSync(inbox) ? statSync(inbox).size : 0;
+  /** Append one line; past the bound, rotate first (the service is the inbox's one writer). */
+  const file = (line: string) => {
+    if (inboxBytes > 0 && inboxBytes + line.length > inboxMax) {
+      for (let i = INBOX_KEEP - 1; i >= 1; i--) if (existsSync(`${inbox}.${i}`)) renameSync(`${inbox}.${i}`, `${inbox}.${i + 1}`);
+      renameSync(inbox, `${inbox}.1`);
+      inboxBytes = 0;
+    }
+    appendFileSync(inbox, line, { mode: 0o600 });
+    inboxBytes += Buffer.byteLength(line);
+  };
   const maxChunk = DEFAULT_LIMITS.maxBody - CHUNK_OVERHEAD;
   const known = (id: string) => {
     // The id names a folder of the store: only plain terminal ids, never a path.
@@ -239,7 +265,7 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
         const data = guard(() => station.openUplink(terminalId, m));
         const keyBits = (station.consumedBits.get(terminalId) ?? 0) - before;
         const at = Date.now();
-        appendFileSync(inbox, JSON.stringify({ at: new Date(at).toISOString(), terminal: terminalId, mode, counter, bytes: data.length, data: Buffer.from(data).toString('base64') }) + '\n', { mode: 0o600 });
+        file(JSON.stringify({ at: new Date(at).toISOString(), terminal: terminalId, mode, counter, bytes: data.length, data: Buffer.from(data).toString('base64') }) + '\n');
         try {
           store.recordUplink(terminalId, { at, mode, counter, bytes: data.length, keyBits });
         } catch (e) {

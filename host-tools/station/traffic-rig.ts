@@ -42,7 +42,7 @@ export interface TrafficRig {
  * `ids.length` terminals, each with one batch of `bits` injected (the paper's initial offline
  * load is 3 Mbit), and a running station. close() ends everything and removes the folder.
  */
-export async function startTrafficRig(o: { ids: string[]; bits: number; supplyBitsPerSecond: number }): Promise<TrafficRig> {
+export async function startTrafficRig(o: { ids: string[]; bits: number; supplyBitsPerSecond: number; inboxMaxBytes?: number }): Promise<TrafficRig> {
   const dir = mkdtempSync(join(tmpdir(), 'qkt-traffic-'));
   const cleanup: Array<() => Promise<void> | void> = [() => rmSync(dir, { recursive: true, force: true })];
   const close = async () => {
@@ -81,7 +81,7 @@ export async function startTrafficRig(o: { ids: string[]; bits: number; supplyBi
         },
       });
     }
-    const station = await startStationServer({ stationDir: home.path('station'), listen: 'tls:127.0.0.1:0', tls: cert.pems });
+    const station = await startStationServer({ stationDir: home.path('station'), listen: 'tls:127.0.0.1:0', tls: cert.pems, ...(o.inboxMaxBytes ? { inboxMaxBytes: o.inboxMaxBytes } : {}) });
     cleanup.push(() => station.close());
     return { dir, home, station, terminals, close };
   } catch (e) {

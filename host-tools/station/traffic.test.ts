@@ -2,6 +2,8 @@
 // sent through a real module and the station service on loopback mutual TLS; every message
 // opened once, the key both sides spend is what the messages cost, and a replay is refused.
 import t from 'tap';
+import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { prng } from '../../firmware/flash/faults.js';
 import { Group, KeysCmd, StationCmd } from '../../firmware/link/groups.js';
 import { LinkError } from '../../firmware/link/errors.js';
@@ -111,4 +113,23 @@ t.test('a pool that runs dry stops the run at once; a station that lies about ke
     t.ok(x.messages > 0 && x.failed === x.messages && x.keyBits === 0 && Number.isFinite(x.keyUseRate), `keyBits ${String(keyBits)}: ${x.failed} of ${x.messages} failed, figures stay finite`);
     t.same(Object.keys(x.failures), ['a malformed UPLINK answer'], 'named as a malformed answer');
   }
+});
+
+t.test("the station's inbox is rotated past its bound, four older files kept, the newest lines last", async (t) => {
+  const rig = await startTrafficRig({ ids: ['T1'], bits: 2 ** 20, supplyBitsPerSecond: 11_000, inboxMaxBytes: 4096 });
+  t.teardown(() => rig.close());
+  const term = rig.terminals[0]!;
+  const station = await term.connect();
+  t.teardown(() => station.close());
+  const r = await runTraffic({ terminal: term.module, station, terminalId: 'T1', cls: CLASSES.D, tMs: 1000, durationMs: 500, seed: 4, mode: 'otp', supplyBitsPerSecond: 11_000, deadlineMs: 60_000 });
+  t.equal(r.failed, 0);
+  const dir = rig.home.path('station');
+  const files = readdirSync(dir).filter((f) => f.startsWith('inbox.jsonl')).sort();
+  t.same(files, ['inbox.jsonl', 'inbox.jsonl.1', 'inbox.jsonl.2', 'inbox.jsonl.3', 'inbox.jsonl.4'], `${r.messages} messages (some 40 KB of lines): the inbox and four rotated files, no more`);
+  const lines = (f: string) => readFileSync(join(dir, f), 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l) as { counter: number; terminal: string });
+  for (const f of files) t.ok(statSync(join(dir, f)).size <= 4096, `${f}: ${statSync(join(dir, f)).size} bytes, within the bound`);
+  // Newest last: every counter in .1 is below every counter in the live file, and so on down.
+  const order = ['inbox.jsonl.4', 'inbox.jsonl.3', 'inbox.jsonl.2', 'inbox.jsonl.1', 'inbox.jsonl'].map(lines);
+  for (let i = 1; i < order.length; i++) t.ok(Math.max(...order[i - 1]!.map((l) => l.counter)) < Math.min(...order[i]!.map((l) => l.counter)), `file ${i} is newer than file ${i - 1}`);
+  t.equal(Math.max(...order[4]!.map((l) => l.counter)), r.messages - 1, 'the last message is in the live file');
 });

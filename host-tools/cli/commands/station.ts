@@ -6,6 +6,7 @@ import { startStationServer } from '../../station/serve.js';
 import { ensureStationServerCert, serverNames } from '../../station/certs.js';
 import { ensurePki, pkiDir } from '../../kmd/serve.js';
 import { parseTlsAddress } from '../../transports/tls.js';
+import { parseBits } from '../../units.js';
 
 export default defineCommand({
   async run(v, _p, io) {
@@ -24,7 +25,19 @@ export default defineCommand({
         await ensurePki(home);
         return (await ensureStationServerCert(pkiDir(home), names)).pems;
       });
-    const server = await startStationServer({ stationDir: home.path('station'), listen, tls, log: io.log });
+    let inboxMaxBytes: number | undefined;
+    const maxText = str(v, 'inbox-max');
+    if (maxText !== undefined) {
+      let bits: number;
+      try {
+        bits = parseBits(maxText);
+      } catch (e) {
+        throw new CliError(`--inbox-max: ${(e as Error).message}`, Exit.USAGE);
+      }
+      inboxMaxBytes = Math.floor(bits / 8);
+      if (inboxMaxBytes < 64 * 1024 || inboxMaxBytes > 64 * 2 ** 30) throw new CliError(`--inbox-max must be a size from 64KiB to 64GiB, got ${JSON.stringify(maxText)}`, Exit.USAGE);
+    }
+    const server = await startStationServer({ stationDir: home.path('station'), listen, tls, log: io.log, ...(inboxMaxBytes ? { inboxMaxBytes } : {}) });
     const ready = {
       event: 'ready',
       listen: server.address,
