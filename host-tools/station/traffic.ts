@@ -205,6 +205,8 @@ export interface TrafficOptions {
   scale?: number;
   /** Called after each message (progress). */
   onMessage?: (done: number, total: number) => void;
+  /** Called with each opened message's access delay in ms (a fleet's quantiles over all its terminals). */
+  onOpened?: (delayMs: number) => void;
   now?: () => number;
 }
 
@@ -319,6 +321,7 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
           cipherBits += msg.length * 8;
           keyBits += kb;
           delays.push(delay);
+          o.onOpened?.(delay);
           if (delay > o.deadlineMs) late++;
         })
         .catch(fail)
