@@ -30,6 +30,8 @@ export type { Purpose } from './layout.js';
 
 /** 8 Mbit = 2^23 bits (DESIGN.md "Units"): the paper's maximum pool. */
 export const DEFAULT_MAX_KEY_BITS = 8 * 1024 * 1024;
+/** Sectors of the journal ring when the options name none (every module's layout uses it). */
+export const DEFAULT_JOURNAL_SECTORS = 8;
 /** Largest single key one consume may take, in bytes. */
 export const MAX_KEY_BYTES = 65536;
 
@@ -222,7 +224,7 @@ export class KeyPool {
     const { size, sectorSize, pageSize } = flash.geometry;
     this.S = sectorSize;
     this.secureSectors = opts.secureSectors ?? 4;
-    this.journalSectors = opts.journalSectors ?? 8;
+    this.journalSectors = opts.journalSectors ?? DEFAULT_JOURNAL_SECTORS;
     if (!Number.isSafeInteger(this.secureSectors) || this.secureSectors < 0) throw new RangeError('secureSectors must be a non-negative integer');
     if (!Number.isSafeInteger(this.journalSectors) || this.journalSectors < 2) throw new RangeError('journalSectors must be an integer >= 2');
     if (sectorSize % UNIT !== 0 || pageSize % UNIT !== 0 || sectorSize < 16 * UNIT) {

@@ -157,3 +157,13 @@ export function int(v: Values, name: string, min = 0, max = Number.MAX_SAFE_INTE
   if (!Number.isInteger(n) || n < min || n > max) throw new CliError(`--${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(x)}`, Exit.USAGE);
   return n;
 }
+
+/** A duration option in seconds: a number of seconds, or with a unit (500ms, 2s, 1min), from `lo` to `hi`; `dflt` when absent. */
+export function durationOption(v: Values, name: string, dflt: number, lo: number, hi: number): number {
+  const text = str(v, name);
+  if (text === undefined) return dflt;
+  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|min)?$/.exec(text.trim());
+  const x = m ? Number(m[1]) * (m[2] === 'ms' ? 0.001 : m[2] === 'min' ? 60 : 1) : NaN;
+  if (!(x >= lo && x <= hi)) throw new CliError(`--${name} must be a duration from ${lo} s to ${hi} s (500ms, 2s, 1min), got ${JSON.stringify(text)}`, Exit.USAGE);
+  return x;
+}

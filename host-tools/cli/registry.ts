@@ -345,6 +345,23 @@ export const commands: readonly CommandSpec[] = [
     load: () => import('./commands/traffic.js').then((m) => m.traffic),
   },
   {
+    path: ['fleet', 'run'],
+    summary: "N emulated terminals in this process, enrolled and loaded through the KMD and a carrier, each sending a user class's traffic to one station; a table per class",
+    usage: 'qkt fleet run --terminals N [--mix A:1,B:1,C:1,D:1,E:1] [--bits 128kbit] [--seconds 30] [--t 60s] [--seed S] [--home DIR] [--json]',
+    examples: ['qkt fleet run --terminals 100', 'qkt fleet run --terminals 1000 --seconds 20 --mix D:1,E:4 --json', 'qkt fleet run --terminals 10 --home ./fleet-state'],
+    options: {
+      terminals: { type: 'string', value: 'N', description: 'how many terminals (1 to 20000), each an emulated module with its own image, keys and class' },
+      mix: { type: 'string', value: 'SPEC', description: "the user classes (docs/traffic.md) as CLASS:WEIGHT pairs; terminals are dealt classes in proportion, seeded", defaultText: 'A:1,B:1,C:1,D:1,E:1' },
+      bits: { type: 'string', value: 'N', description: 'key per terminal, one batch: bits, or with a unit (128kbit); refused when it cannot last the run', defaultText: '128kbit, or what the run needs' },
+      seconds: { type: 'string', value: 'DURATION', description: 'how long each terminal sends: seconds, or 500ms, 2s, 1min', defaultText: '30' },
+      t: { type: 'string', value: 'DURATION', description: 'the interval unit T the class rates are given in', defaultText: '60s' },
+      seed: { type: 'string', value: 'S', description: 'seed of the class deal and of the message times and contents', defaultText: '1' },
+      home: { type: 'string', value: 'DIR', description: 'keep the KMD home, carrier, flash images (as files) and certificates in DIR (new or empty)', defaultText: 'a temporary folder, images in memory, removed' },
+    },
+    required: ['terminals'],
+    load: () => import('./commands/fleet.js').then((m) => m.default),
+  },
+  {
     path: ['terminal', 'run'],
     summary: 'run an emulated terminal module on a serial device or TCP',
     usage: 'qkt terminal run --flash FILE (--port PATH | --listen tcp:HOST:PORT) [--create-image] [--baud N] [--power-cut-after N] [--allow-shared-image]',

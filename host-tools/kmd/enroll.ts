@@ -7,6 +7,7 @@ import { statSync, unlinkSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
+import type { BlockDevice, Geometry } from '../../firmware/flash/block-device.js';
 import { UNIT } from '../../firmware/flash/record-log.js';
 import { enrollFlash } from '../../firmware/secure/enroll.js';
 import { openSecureArea, SECURE_SECTORS } from '../../firmware/secure/secure-area.js';
@@ -20,36 +21,76 @@ import type { VoidResult } from './void.js';
 import type { KmdHome, TerminalRecord } from './home.js';
 import type { StationStore } from '../station/store.js';
 
-export function enrollTerminal(home: KmdHome, terminalId: string, flashPath: string): TerminalRecord {
-  checkId('terminal', terminalId);
-  checkImageFolder(flashPath);
-  return home.lockedSync(() => withLockSync(flashPath, flashLockOptions(flashPath), () => enrollLocked(home, terminalId, flashPath)));
+/**
+ * How a new image is made: its geometry (default the module's 2 MiB chip) and the pool's capacity
+ * (default 8 Mbit). A fleet's emulated modules use a compact image sized for their batch
+ * (host-tools/fleet/image.ts).
+ */
+export interface ImageOptions {
+  geometry?: Partial<Geometry>;
+  maxKeyBits?: number;
 }
 
-function enrollLocked(home: KmdHome, terminalId: string, flashPath: string): TerminalRecord {
+export function enrollTerminal(home: KmdHome, terminalId: string, flashPath: string, o: ImageOptions = {}): TerminalRecord {
+  checkId('terminal', terminalId);
+  checkImageFolder(flashPath);
+  return home.lockedSync(() => withLockSync(flashPath, flashLockOptions(flashPath), () => enrollLocked(home, terminalId, flashPath, o)));
+}
+
+/**
+ * Enrol a terminal whose module flash this process holds (an in-memory image of an emulated
+ * module in a fleet): the same record and factory step as enrollTerminal, with no image file.
+ * `where` is what the record names as the module's image (e.g. `memory:T00001`). The flash must be
+ * blank; the caller owns it.
+ */
+export function enrollTerminalFlash(home: KmdHome, terminalId: string, flash: BlockDevice, o: { where: string; maxKeyBits?: number }): TerminalRecord {
+  checkId('terminal', terminalId);
+  return home.lockedSync(() => {
+    refuseEnrolled(home, terminalId);
+    const deviceKey = new Uint8Array(randomBytes(32));
+    try {
+      const record = newRecord(home, terminalId, deviceKey, o.where);
+      enrollFlash(flash, { terminalId, deviceKey }, undefined, o.maxKeyBits !== undefined ? { maxKeyBits: o.maxKeyBits } : {});
+      home.saveTerminal(record);
+      return record;
+    } finally {
+      deviceKey.fill(0);
+    }
+  });
+}
+
+function newRecord(home: KmdHome, terminalId: string, deviceKey: Uint8Array, flash: string): TerminalRecord {
+  return {
+    terminalId,
+    deviceKey: Buffer.from(deviceKey).toString('hex'),
+    enrolledAt: home.nowIso(),
+    generation: 1,
+    flash,
+    nextSeq: 1,
+    nextAdminCounter: 1,
+    batches: [],
+  };
+}
+
+function refuseEnrolled(home: KmdHome, terminalId: string): void {
   if (home.hasTerminal(terminalId)) {
     throw new KmdError(
       `terminal ${terminalId} is already enrolled at this KMD; to enrol its module again after a factory reset: qkt kmd enroll --home ${home.dir} --terminal ${terminalId} --flash FILE --again`,
       'ALREADY_ENROLLED',
     );
   }
+}
+
+function enrollLocked(home: KmdHome, terminalId: string, flashPath: string, o: ImageOptions): TerminalRecord {
+  refuseEnrolled(home, terminalId);
   const path = resolve(flashPath);
   if (imageKind(path) === 'regular') throw new KmdError(`${path} exists; enrolment writes a new flash image (remove it first)`, 'EXISTS');
   const deviceKey = new Uint8Array(randomBytes(32));
-  const record: TerminalRecord = {
-    terminalId,
-    deviceKey: Buffer.from(deviceKey).toString('hex'),
-    enrolledAt: home.nowIso(),
-    generation: 1,
-    flash: path,
-    nextSeq: 1,
-    nextAdminCounter: 1,
-    batches: [],
-  };
+  const record = newRecord(home, terminalId, deviceKey, path);
   let flash: NorFlash | undefined;
   try {
-    flash = createImage(path);
-    enrollFlash(flash, { terminalId, deviceKey });
+    flash = createImage(path, o.geometry);
+    enrollFlash(flash, { terminalId, deviceKey }, undefined, o.maxKeyBits !== undefined ? { maxKeyBits: o.maxKeyBits } : {});
     flash.close();
     home.saveTerminal(record);
   } catch (e) {
@@ -96,9 +137,9 @@ function imageKind(path: string): 'absent' | 'regular' {
  * Create a blank image at `path`, which lstat found absent: NorFlash.open creates it with O_EXCL
  * (so a name that appeared since, a link included, fails with EEXIST and is left alone).
  */
-function createImage(path: string): NorFlash {
+function createImage(path: string, geometry?: Partial<Geometry>): NorFlash {
   try {
-    return NorFlash.open(path);
+    return NorFlash.open(path, geometry);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'EEXIST') throw new KmdError(`${path} appeared while the image was being created; nothing was changed`, 'EXISTS');
     removeImage(path); // a part-written blank image (ENOSPC, EIO): it was ours, made under the image's lock

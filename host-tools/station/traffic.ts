@@ -207,6 +207,8 @@ export interface TrafficOptions {
   onMessage?: (done: number, total: number) => void;
   /** Stop sending (Ctrl-C): the messages on their way are waited for, and the run reports what it did. */
   signal?: AbortSignal;
+  /** Called with each opened message's access delay in ms (a fleet's quantiles over all its terminals). */
+  onOpened?: (delayMs: number) => void;
   now?: () => number;
 }
 
@@ -355,6 +357,7 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
           cipherBits += msg.length * 8;
           keyBits += kb;
           addDelay(delay);
+          o.onOpened?.(delay);
           if (delay > o.deadlineMs) late++;
         })
         .catch(fail)

@@ -2,7 +2,7 @@
 // (docs/traffic.md): the messages of a user class (A-E) sealed by the module on the port and sent
 // as the terminal's uplinks to a running station, with access delay, cipher rate, key use rate
 // and packet loss measured. The work is in host-tools/station/traffic.ts.
-import { CliError, defineCommand, Exit, int, str } from '../command.js';
+import { CliError, defineCommand, durationOption, Exit, int, str } from '../command.js';
 import { beforeUplinks } from '../../station/client.js';
 import { CLASSES, isClassId, runTraffic } from '../../station/traffic.js';
 import type { TrafficResult } from '../../station/traffic.js';
@@ -17,15 +17,6 @@ export interface TrafficCommandResult extends TrafficResult {
   station: string;
 }
 
-/** A duration: a number of seconds, or with a unit (500ms, 2s, 1min). */
-function seconds(name: string, text: string | undefined, dflt: number, lo: number, hi: number): number {
-  if (text === undefined) return dflt;
-  const m = /^(\d+(?:\.\d+)?)\s*(ms|s|min)?$/.exec(text.trim());
-  const v = m ? Number(m[1]) * (m[2] === 'ms' ? 0.001 : m[2] === 'min' ? 60 : 1) : NaN;
-  if (!(v >= lo && v <= hi)) throw new CliError(`--${name} must be a duration from ${lo} s to ${hi} s (500ms, 2s, 1min), got ${JSON.stringify(text)}`, Exit.USAGE);
-  return v;
-}
-
 export const traffic = defineCommand<TrafficCommandResult>({
   async run(v, _p, io) {
     const cls = str(v, 'class')!;
@@ -35,9 +26,9 @@ export const traffic = defineCommand<TrafficCommandResult>({
     const suite = str(v, 'suite');
     if (suite !== undefined && !(AEAD_SUITES as readonly string[]).includes(suite)) throw new CliError(`--suite must be one of ${AEAD_SUITES.join(', ')}, got ${JSON.stringify(suite)}`, Exit.USAGE);
     if (suite !== undefined && mode !== 'aead') throw new CliError('--suite goes with --mode aead (OTP has no suite)', Exit.USAGE);
-    const durationS = seconds('seconds', str(v, 'seconds'), 60, 0.1, 30 * 86_400);
-    const tS = seconds('t', str(v, 't'), 60, 0.01, 86_400);
-    const deadlineS = seconds('deadline', str(v, 'deadline'), 3, 0.001, 3600);
+    const durationS = durationOption(v, 'seconds', 60, 0.1, 30 * 86_400);
+    const tS = durationOption(v, 't', 60, 0.01, 86_400);
+    const deadlineS = durationOption(v, 'deadline', 3, 0.001, 3600);
     let supply: number;
     try {
       supply = parseRate(str(v, 'supply') ?? '11kbit/s');

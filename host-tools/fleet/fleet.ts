@@ -1,0 +1,451 @@
+// A fleet in one process (issue 13, item 1): N emulated terminal modules, each with its own compact
+// flash image, device key and batch, enrolled and loaded through the real KMD and carrier formats
+// (enrol, export, carrier, inject, receipts collected), then each sending the service traffic of a
+// user class drawn from a mix to one station service on loopback mutual TLS. Measures the traffic
+// per class and overall, the setup time and the process' memory per terminal, and checks that
+// every module consumed exactly the key bits the station consumed for it.
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { NorFlash } from '../../firmware/flash/nor-flash.js';
+import { createTerminal } from '../../firmware/terminal.js';
+import { prng } from '../../firmware/flash/faults.js';
+import { Group, SystemCmd } from '../../firmware/link/groups.js';
+import { createInProcessPair } from '../transports/inproc.js';
+import { LinkClient } from '../link/client.js';
+import { injectBatch } from '../link/inject.js';
+import { KmdHome } from '../kmd/home.js';
+import { enrollTerminal, enrollTerminalFlash } from '../kmd/enroll.js';
+import { exportBatches, markOnCarrier, readOutbox, stationStore } from '../kmd/export.js';
+import { collectReceipts } from '../kmd/collect.js';
+import { Carrier } from '../carrier/carrier.js';
+import type { BatchEntry } from '../carrier/carrier.js';
+import { ensurePki, pkiDir } from '../kmd/serve.js';
+import { startStationServer } from '../station/serve.js';
+import type { StationServer } from '../station/serve.js';
+import { ensureStationServerCert, issueStationClientCert, readClientPems, serverNames } from '../station/certs.js';
+import type { TlsPems } from '../transports/tls.js';
+import { connectStation } from '../station/connect.js';
+import { readStationStatus } from '../station/client.js';
+import { CLASSES, expectedMessages, otpKeyBitsPerSecond, runTraffic } from '../station/traffic.js';
+import { formatBits } from '../units.js';
+import type { ClassId, TrafficResult } from '../station/traffic.js';
+import { InputError } from '../input-error.js';
+import { compactGeometry } from './image.js';
+
+export const CLASS_IDS: readonly ClassId[] = ['A', 'B', 'C', 'D', 'E'];
+/** Most terminals one fleet run takes (one process; the station's store is one folder per terminal). */
+export const MAX_FLEET_TERMINALS = 20_000;
+/** The paper's five user classes, evenly. */
+export const DEFAULT_MIX = 'A:1,B:1,C:1,D:1,E:1';
+
+export type Mix = Record<ClassId, number>;
+
+/** `A:1,B:2,...`: each class at most once, a whole weight 0..1,000,000, at least one above 0. */
+export function parseMix(spec: string): Mix {
+  const mix: Mix = { A: 0, B: 0, C: 0, D: 0, E: 0 };
+  const seen = new Set<string>();
+  for (const part of spec.split(',')) {
+    const m = /^\s*([A-Z]):(\d{1,7})\s*$/.exec(part);
+    if (!m) throw new InputError(`--mix must be CLASS:WEIGHT pairs separated by commas (${DEFAULT_MIX}), got ${JSON.stringify(spec)}`);
+    const [, c, w] = m as unknown as [string, string, string];
+    if (!CLASS_IDS.includes(c as ClassId)) throw new InputError(`--mix: ${c} is not a user class (A, B, C, D, E)`);
+    if (seen.has(c)) throw new InputError(`--mix names class ${c} twice`);
+    seen.add(c);
+    const weight = Number(w);
+    if (weight > 1_000_000) throw new InputError(`--mix: the weight of class ${c} must be from 0 to 1000000, got ${w}`);
+    mix[c as ClassId] = weight;
+  }
+  if (CLASS_IDS.every((c) => mix[c] === 0)) throw new InputError('--mix: at least one class needs a weight above 0');
+  return mix;
+}
+
+/**
+ * Each terminal's class: the counts in proportion to the weights (largest remainder, so the default
+ * mix at N = 10 is exactly 2 of each, and a class with weight is present once N allows), then
+ * dealt to terminals in a seeded shuffle. A count-exact draw, not N independent draws: a small
+ * fleet measures every class it was asked for.
+ */
+export function assignClasses(n: number, mix: Mix, seed: number): ClassId[] {
+  const total = CLASS_IDS.reduce((s, c) => s + mix[c], 0);
+  const exact = CLASS_IDS.map((c) => ({ c, q: (n * mix[c]) / total }));
+  const counts = new Map(exact.map(({ c, q }) => [c, Math.floor(q)]));
+  let left = n - [...counts.values()].reduce((a, b) => a + b, 0);
+  for (const { c } of [...exact].filter((e) => mix[e.c] > 0).sort((a, b) => b.q - Math.floor(b.q) - (a.q - Math.floor(a.q)) || CLASS_IDS.indexOf(a.c) - CLASS_IDS.indexOf(b.c))) {
+    if (left-- <= 0) break;
+    counts.set(c, counts.get(c)! + 1);
+  }
+  const out: ClassId[] = CLASS_IDS.flatMap((c) => Array<ClassId>(counts.get(c)!).fill(c));
+  const rnd = prng((seed ^ 0x0f1ee7) >>> 0);
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(rnd() * (i + 1));
+    [out[i], out[j]] = [out[j]!, out[i]!];
+  }
+  return out;
+}
+
+export type FleetPhase = 'enrol' | 'inject' | 'connect' | 'traffic';
+
+export interface FleetOptions {
+  terminals: number;
+  mix?: Mix;
+  /** Key per terminal, one batch (default 128 kbit, or what the run needs: bitsFor). */
+  bits?: number;
+  /** How long each terminal sends. */
+  seconds: number;
+  /** The interval unit T (default one minute). */
+  tMs?: number;
+  seed?: number;
+  /** Keep everything (KMD home, carrier, images, certificates) in this folder, new or empty; images are files then. */
+  home?: string;
+  /** The KMD's supply, the key use rate's denominator (default 11 kbit/s, the paper's). */
+  supplyBitsPerSecond?: number;
+  /** A message opened later than this counts as late (default 3 s). */
+  deadlineMs?: number;
+  /** Terminals set up at once (inject, certificate, TLS handshake; default 8). */
+  concurrency?: number;
+  onProgress?: (phase: FleetPhase, done: number, total: number) => void;
+  signal?: AbortSignal;
+}
+
+export interface FleetRow {
+  class: ClassId | 'all';
+  terminals: number;
+  messages: number;
+  delivered: number;
+  late: number;
+  failed: number;
+  /** Over every message of the row's terminals that the station opened. */
+  accessDelayMs: { median: number; p99: number } | null;
+  /** Means over the row's terminals. */
+  cipherBitsPerSecondPerTerminal: number;
+  keyBitsPerSecondPerTerminal: number;
+  keyUseRatePerTerminal: number;
+}
+
+export interface FleetResult {
+  terminals: number;
+  bits: number;
+  mix: Mix;
+  mode: 'otp';
+  seconds: number;
+  tMs: number;
+  seed: number;
+  /** Each module's flash: in this process' memory, or files in the kept home. */
+  images: { where: 'memory' | 'files'; bytes: number; sectors: number; sectorSize: number };
+  /** TLS connections to the station: one per terminal (the station admits a terminal only on its own certificate). */
+  stationConnections: number;
+  setupSeconds: number;
+  trafficSeconds: number;
+  rss: { beforeBytes: number; afterSetupBytes: number; afterBytes: number; perTerminalBytes: number };
+  classes: FleetRow[];
+  overall: FleetRow;
+  /** Every module's consumed key bits (SYSTEM STATUS) equal the station's account of it (STATION STATUS). */
+  keysAgree: boolean;
+  keyMismatches: number;
+  /** Failed messages by reason, over the fleet. */
+  failures: Record<string, number>;
+  home?: string;
+}
+
+interface Member {
+  id: string;
+  cls: ClassId;
+  flash: NorFlash;
+  entry?: BatchEntry;
+  module?: LinkClient;
+  pems?: TlsPems;
+  station?: LinkClient;
+  result?: TrafficResult;
+}
+
+/** Run `fn` over `items`, at most `limit` at once. */
+async function bounded<T>(items: readonly T[], limit: number, fn: (x: T, i: number) => Promise<void>, signal?: AbortSignal): Promise<void> {
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      signal?.throwIfAborted();
+      const i = next++;
+      await fn(items[i]!, i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
+}
+
+function quantile(sorted: Float64Array, q: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
+}
+
+const round3 = (x: number) => Math.round(x * 1000) / 1000;
+const yieldNow = () => new Promise<void>((r) => setImmediate(r));
+
+function row(cls: ClassId | 'all', rs: TrafficResult[], delays: number[]): FleetRow {
+  const sum = (f: (r: TrafficResult) => number) => rs.reduce((s, r) => s + f(r), 0);
+  const mean = (f: (r: TrafficResult) => number) => (rs.length === 0 ? 0 : sum(f) / rs.length);
+  const sorted = Float64Array.from(delays).sort();
+  return {
+    class: cls,
+    terminals: rs.length,
+    messages: sum((r) => r.messages),
+    delivered: sum((r) => r.delivered),
+    late: sum((r) => r.late),
+    failed: sum((r) => r.failed),
+    accessDelayMs: sorted.length === 0 ? null : { median: round3(quantile(sorted, 0.5)), p99: round3(quantile(sorted, 0.99)) },
+    cipherBitsPerSecondPerTerminal: Math.round(mean((r) => r.cipherBitsPerSecond)),
+    keyBitsPerSecondPerTerminal: Math.round(mean((r) => r.keyBitsPerSecond)),
+    keyUseRatePerTerminal: round3(mean((r) => r.keyUseRate)),
+  };
+}
+
+/** The kept home: a new folder, or an empty one (a fleet never writes into a folder holding something). */
+function prepareHome(dir: string): string {
+  const abs = resolve(dir);
+  let entries: string[] | undefined;
+  try {
+    entries = readdirSync(abs);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new InputError(`--home ${dir}: ${(e as NodeJS.ErrnoException).code === 'ENOTDIR' ? 'not a folder' : (e as Error).message}`);
+  }
+  if (entries && entries.length > 0) throw new InputError(`--home ${dir} is not empty; give a new or empty folder (a fleet writes a KMD home, a carrier, images and certificates there)`);
+  mkdirSync(abs, { recursive: true, mode: 0o700 });
+  return abs;
+}
+
+/** The default batch: 128 kbit (16 KiB of key), when the run needs no more. */
+export const DEFAULT_FLEET_BITS = 131_072;
+
+/**
+ * Key bits the run's busiest class needs on average (OTP: each message's pad and 256-bit MAC key,
+ * traffic.ts otpKeyBitsPerSecond), with a quarter more for the Poisson draws and 8 kbit for a
+ * short run's few messages: a pool that runs dry measures the batch size, not the fleet.
+ */
+function needBits(o: { seconds: number; tMs: number; mix: Mix }): { bits: number; cls: ClassId; lastsSeconds: (bits: number) => number } {
+  const cls = CLASS_IDS.filter((c) => o.mix[c] > 0).reduce((a, b) => (otpKeyBitsPerSecond(CLASSES[b], o.tMs) > otpKeyBitsPerSecond(CLASSES[a], o.tMs) ? b : a));
+  const rate = otpKeyBitsPerSecond(CLASSES[cls], o.tMs);
+  return { bits: 1.25 * rate * o.seconds + 8192, cls, lastsSeconds: (bits) => Math.floor(Math.max(0, bits - 8192) / 1.25 / rate) };
+}
+
+/** The batch when --bits is not given: 128 kbit, or the run's need rounded up to 64 kbit (at most 8 Mbit). */
+export function bitsFor(o: { seconds: number; tMs: number; mix: Mix }): number {
+  const need = needBits(o).bits;
+  return Math.min(2 ** 23, Math.max(DEFAULT_FLEET_BITS, Math.ceil(need / 65_536) * 65_536));
+}
+
+export function checkFleetOptions(o: FleetOptions): void {
+  if (!Number.isSafeInteger(o.terminals) || o.terminals < 1 || o.terminals > MAX_FLEET_TERMINALS) throw new InputError(`--terminals must be a whole number from 1 to ${MAX_FLEET_TERMINALS}, got ${o.terminals}`);
+  if (!(o.seconds > 0 && o.seconds <= 86_400)) throw new InputError(`--seconds must be from above 0 to 86400, got ${o.seconds}`);
+  if (o.tMs !== undefined && !(o.tMs >= 10 && o.tMs <= 86_400_000)) throw new InputError(`--t must be from 10 ms to 1 day, got ${o.tMs} ms`);
+  if (o.concurrency !== undefined && !(Number.isSafeInteger(o.concurrency) && o.concurrency >= 1)) throw new InputError(`concurrency must be a whole number from 1, got ${o.concurrency}`);
+  if (o.bits === undefined) return;
+  const bits = o.bits;
+  if (!Number.isSafeInteger(bits) || bits < 8192 || bits > 2 ** 23 || bits % 8 !== 0) throw new InputError(`--bits must be a multiple of 8 bits from 8 kbit to 8 Mbit, got ${bits}`);
+  const need = needBits({ seconds: o.seconds, tMs: o.tMs ?? 60_000, mix: o.mix ?? parseMix(DEFAULT_MIX) });
+  if (bits < need.bits) {
+    const t = (o.tMs ?? 60_000) / 1000;
+    throw new InputError(
+      `--bits ${formatBits(bits)} lasts class ${need.cls} about ${need.lastsSeconds(bits)} s at T = ${t} s (with a margin for the random draws); --seconds ${o.seconds} needs --bits ${formatBits(bitsFor({ seconds: o.seconds, tMs: o.tMs ?? 60_000, mix: o.mix ?? parseMix(DEFAULT_MIX) }))} (or leave --bits out), a shorter --seconds or a longer --t`,
+    );
+  }
+}
+
+/**
+ * Set up the fleet, run its traffic for `seconds`, check the key accounts and tear it all down
+ * (the folder too, unless `home` was given). Setup, in the order the real chain runs it:
+ *
+ * 1. the KMD home (its supply stocked for N batches), its PKI and the station's server certificate;
+ * 2. N modules enrolled, each a compact image (image.ts), in memory or, with `home`, a file;
+ * 3. one batch each exported (the station gets the matching keys, inactive), in groups of 64 per
+ *    lock, and put on one carrier folder in the real carrier format;
+ * 4. per terminal, at most `concurrency` at once: its module started in-process, the batch read
+ *    from the carrier and injected over the module's link, the receipt put on the carrier, a
+ *    station client certificate issued;
+ * 5. the KMD collects the receipts (verified under each device key): the station's keys go active;
+ * 6. the station service starts on loopback mutual TLS, and each terminal opens its connection.
+ *
+ * Then every terminal sends its class's traffic at once (runTraffic, OTP).
+ */
+export async function runFleet(o: FleetOptions): Promise<FleetResult> {
+  checkFleetOptions(o);
+  const n = o.terminals;
+  const tMs = o.tMs ?? 60_000;
+  const seed = o.seed ?? 1;
+  const mix = o.mix ?? parseMix(DEFAULT_MIX);
+  const bits = o.bits ?? bitsFor({ seconds: o.seconds, tMs, mix });
+  const supply = o.supplyBitsPerSecond ?? 11_000;
+  const deadlineMs = o.deadlineMs ?? 3000;
+  const limit = Math.max(1, Math.min(o.concurrency ?? 8, 64));
+  const progress = o.onProgress ?? (() => undefined);
+  const rssBefore = process.memoryUsage().rss;
+  const t0 = performance.now();
+  const dir = o.home !== undefined ? prepareHome(o.home) : mkdtempSync(join(tmpdir(), 'qkt-fleet-'));
+  const geometry = compactGeometry(bits);
+  const classes = assignClasses(n, mix, seed);
+  const width = String(n).length;
+  const members: Member[] = [];
+  let server: StationServer | undefined;
+  try {
+    // 1. The KMD.
+    const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: supply, stockBits: bits * n });
+    const cert = await home.locked(async () => {
+      await ensurePki(home);
+      return ensureStationServerCert(pkiDir(home), serverNames('127.0.0.1'));
+    });
+    const carrier = Carrier.init(join(dir, 'carrier'), { carrierId: 'car-fleet', kmdId: home.config.kmdId });
+    if (o.home !== undefined) mkdirSync(join(dir, 'images'), { mode: 0o700 });
+    mkdirSync(join(dir, 'certs'), { mode: 0o700 });
+
+    // 2. Enrolment (each holds the home's lock briefly: one at a time).
+    for (let i = 0; i < n; i++) {
+      const id = `T${String(i + 1).padStart(Math.max(5, width), '0')}`;
+      let flash: NorFlash;
+      if (o.home !== undefined) {
+        const path = join(dir, 'images', `${id}.img`);
+        enrollTerminal(home, id, path, { geometry, maxKeyBits: geometry.maxKeyBits });
+        flash = NorFlash.open(path, geometry);
+      } else {
+        flash = NorFlash.memory(geometry);
+        enrollTerminalFlash(home, id, flash, { where: `memory:${id}`, maxKeyBits: geometry.maxKeyBits });
+      }
+      members.push({ id, cls: classes[i]!, flash });
+      progress('enrol', i + 1, n);
+      if (i % 32 === 31) {
+        await yieldNow();
+        o.signal?.throwIfAborted();
+      }
+    }
+
+    // 3. Export and the carrier. One station store for the setup (the service opens its own).
+    const store = stationStore(home);
+    try {
+      for (let i = 0; i < n; i += 64) {
+        const group = members.slice(i, i + 64);
+        for (const [k, e] of exportBatches(home, group.map((m) => m.id), bits, { station: store }).entries()) {
+          const added = carrier.addBatch(readOutbox(e));
+          markOnCarrier(home, e.terminalId, e.record.batchId, carrier.carrierId);
+          group[k]!.entry = added;
+        }
+        await yieldNow();
+        o.signal?.throwIfAborted();
+      }
+
+      // 4. The field visit, a few terminals at once.
+      let injected = 0;
+      await bounded(
+        members,
+        limit,
+        async (m) => {
+          const [host, device] = createInProcessPair();
+          createTerminal({ flash: m.flash, transport: device });
+          m.module = new LinkClient(host);
+          const params = await m.module.negotiate();
+          const r = await injectBatch(m.module, params, carrier.readBatch(m.entry!), o.signal ? { signal: o.signal } : {});
+          carrier.recordReceipt(m.id, r.batchId, r.receipt);
+          const certDir = join(dir, 'certs', m.id);
+          await issueStationClientCert(pkiDir(home), { kind: 'terminal', id: m.id, generation: 1 }, certDir);
+          m.pems = readClientPems(certDir);
+          progress('inject', ++injected, n);
+        },
+        o.signal,
+      );
+
+      // 5. Receipts back at the KMD: the station's keys go active.
+      const collected = collectReceipts(home, carrier, { station: store });
+      if (collected.collected.length !== n) {
+        throw new Error(`the KMD collected ${collected.collected.length} of ${n} receipts (${collected.rejected.map((r) => `${r.id}: ${r.reason}`).slice(0, 3).join('; ')})`);
+      }
+    } finally {
+      store.close();
+    }
+
+    // 6. The station service, and one connection per terminal: the station admits a terminal's
+    //    uplinks only on that terminal's own certificate, so connections cannot be shared. At most
+    //    8 handshakes at once (the service evicts beyond 16 in progress from one address).
+    server = await startStationServer({ stationDir: home.path('station'), listen: 'tls:127.0.0.1:0', tls: cert.pems, maxConnections: n + 64 });
+    const address = server.address;
+    let connected = 0;
+    await bounded(
+      members,
+      Math.min(limit, 8),
+      async (m) => {
+        m.station = new LinkClient(await connectStation(address, m.pems!), { baseTimeoutMs: 10_000, retries: 0 });
+        await m.station.negotiate();
+        progress('connect', ++connected, n);
+      },
+      o.signal,
+    );
+    const setupSeconds = (performance.now() - t0) / 1000;
+    const rssSetup = process.memoryUsage().rss;
+
+    // The traffic: every terminal at once.
+    const durationMs = o.seconds * 1000;
+    const total = members.reduce((s, m) => s + expectedMessages(CLASSES[m.cls], { tMs, durationMs }), 0);
+    const delays = new Map<ClassId, number[]>(CLASS_IDS.map((c) => [c, []]));
+    let done = 0;
+    const t1 = performance.now();
+    await Promise.all(
+      members.map(async (m, i) => {
+        m.result = await runTraffic({
+          terminal: m.module!,
+          station: m.station!,
+          terminalId: m.id,
+          cls: CLASSES[m.cls],
+          tMs,
+          durationMs,
+          seed: (seed * 1_000_003 + i) >>> 0,
+          mode: 'otp',
+          supplyBitsPerSecond: supply,
+          deadlineMs,
+          onMessage: () => progress('traffic', ++done, Math.max(total, done)),
+          onOpened: (d) => delays.get(m.cls)!.push(d),
+        });
+      }),
+    );
+    const trafficSeconds = (performance.now() - t1) / 1000;
+    const rssAfter = process.memoryUsage().rss;
+
+    // Both sides' accounts, terminal by terminal.
+    let mismatches = 0;
+    await bounded(members, limit, async (m) => {
+      const pool = (await m.module!.request(Group.SYSTEM, SystemCmd.STATUS, {}))['pool'] as { consumedKeyBits?: unknown } | undefined;
+      const own = (await readStationStatus(m.station!)).find((r) => r.terminalId === m.id);
+      if (typeof pool?.consumedKeyBits !== 'number' || own === undefined || pool.consumedKeyBits !== own.consumedKeyBits) mismatches++;
+    });
+
+    const results = members.map((m) => m.result!);
+    const failures: Record<string, number> = {};
+    for (const r of results) for (const [k, v] of Object.entries(r.failures)) failures[k] = (failures[k] ?? 0) + v;
+    const rows = CLASS_IDS.filter((c) => members.some((m) => m.cls === c)).map((c) => row(c, results.filter((r) => r.class === c), delays.get(c)!));
+    return {
+      terminals: n,
+      bits,
+      mix,
+      mode: 'otp',
+      seconds: o.seconds,
+      tMs,
+      seed,
+      images: { where: o.home !== undefined ? 'files' : 'memory', bytes: geometry.size, sectors: geometry.size / geometry.sectorSize, sectorSize: geometry.sectorSize },
+      stationConnections: n,
+      setupSeconds: round3(setupSeconds),
+      trafficSeconds: round3(trafficSeconds),
+      rss: { beforeBytes: rssBefore, afterSetupBytes: rssSetup, afterBytes: rssAfter, perTerminalBytes: Math.round((Math.max(rssSetup, rssAfter) - rssBefore) / n) },
+      classes: rows,
+      overall: row('all', results, [...delays.values()].flat()),
+      keysAgree: mismatches === 0,
+      keyMismatches: mismatches,
+      failures,
+      ...(o.home !== undefined ? { home: dir } : {}),
+    };
+  } finally {
+    for (const m of members) {
+      await m.station?.close().catch(() => undefined);
+      await m.module?.close().catch(() => undefined);
+      try {
+        m.flash.close();
+      } catch {
+        // a memory image: nothing to flush
+      }
+    }
+    await server?.close().catch(() => undefined);
+    if (o.home === undefined) rmSync(dir, { recursive: true, force: true });
+  }
+}
