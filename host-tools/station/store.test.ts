@@ -5,7 +5,7 @@
 // SIGKILLs itself.
 import t from 'tap';
 import { spawn } from 'node:child_process';
-import { existsSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { poolBatchId } from '../../firmware/commands/inject.js';
@@ -55,4 +55,33 @@ console.log('not killed');\n`,
   const s = fresh.status('T1');
   t.equal(s.staging, null, 'no reservation left');
   t.same(s.inactive.sort(), [Buffer.from(meta(1).batchId).toString('hex'), Buffer.from(meta(3).batchId).toString('hex')].sort(), 'batches 1 and 3, consistent image and names');
+});
+
+t.test('terminalsPage: pages in id order at a stat a row, only folders with a pool, and it sees a terminal added between pages', async (t) => {
+  const dir = t.testdir({});
+  const store = new StationStore(dir);
+  t.teardown(() => store.close());
+  const make = (id: string, pool = true) => {
+    mkdirSync(join(dir, id), { recursive: true });
+    if (pool) writeFileSync(join(dir, id, 'pool.img'), '');
+  };
+  for (let i = 0; i < 40; i++) make(`T${String(i).padStart(3, '0')}`);
+  make('T005x', false); // a folder with no pool: no terminal
+  make('not an id', true); // not a terminal id (a space)
+  const all: string[] = [];
+  let after: string | undefined;
+  for (let pages = 0; pages < 10; pages++) {
+    const p = store.terminalsPage(after, 16);
+    all.push(...p.ids);
+    if (!p.more) break;
+    after = p.ids[p.ids.length - 1];
+    if (pages === 0) make('T0155'); // added between the first and second page: it sorts after T015
+  }
+  t.same(all, [...store.terminals()], 'the same terminals as a full listing, in order');
+  t.ok(all.includes('T0155') && !all.includes('T005x'), 'the one added between pages is there; a folder without a pool is not');
+  t.same(store.terminalsPage('T039', 16), { ids: [], more: false }, 'past the end');
+  t.same(store.terminalsPage(undefined, 3), { ids: ['T000', 'T001', 'T002'], more: true });
+  t.equal(store.hasTerminal('T001'), true);
+  t.equal(store.hasTerminal('T005x'), false);
+  t.equal(store.hasTerminal('../T001'), false);
 });

@@ -12,7 +12,7 @@
 // mid-operation still leaves the others a token they have not seen) and again after its last,
 // and a token other than the one this process saw last means remount. So no two processes ever hold one image in RAM and write it, and a
 // running station serves batches exported after it started.
-import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
@@ -121,6 +121,44 @@ export class StationStore {
   constructor(readonly dir: string) {
     mkdirSync(dir, { recursive: true, mode: 0o700 });
   }
+
+  /** Whether the store holds keys for `terminalId` (its pool image exists): one stat, not a listing. */
+  hasTerminal(terminalId: string): boolean {
+    return TERMINAL_ID_RE.test(terminalId) && !/^\.+$/.test(terminalId) && existsSync(join(this.dir, terminalId, 'pool.img'));
+  }
+
+  /**
+   * Up to `max` terminals after `after` in id order, and whether more follow: a page of
+   * terminals() that costs a stat per row, not per terminal. The folder's listing is kept while
+   * its mtime stays (a terminal's folder made or removed changes it), so paging through N
+   * terminals costs one listing and N stats, not N^2 / page stats.
+   */
+  terminalsPage(after: string | undefined, max: number): { ids: string[]; more: boolean } {
+    // The folder's mtime and link count (a subfolder made or removed changes both, on a
+    // filesystem with coarse times at least the count) key the listing.
+    const st = statSync(this.dir);
+    const mtime = `${st.mtimeMs}:${st.nlink}`;
+    if (!this.listing || this.listing.mtime !== mtime) {
+      this.listing = { mtime, names: readdirSync(this.dir).filter((d) => TERMINAL_ID_RE.test(d) && !/^\.+$/.test(d)).sort() };
+    }
+    const names = this.listing.names;
+    // The first name above `after` (binary search), then the ones that hold a pool image.
+    let lo = 0;
+    let hi = names.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (after !== undefined && names[mid]! <= after) lo = mid + 1;
+      else hi = mid;
+    }
+    const ids: string[] = [];
+    for (let i = lo; i < names.length; i++) {
+      if (!existsSync(join(this.dir, names[i]!, 'pool.img'))) continue;
+      if (ids.length === max) return { ids, more: true };
+      ids.push(names[i]!);
+    }
+    return { ids, more: false };
+  }
+  private listing: { mtime: string; names: string[] } | undefined;
 
   terminals(): string[] {
     // Only folders named as terminal ids (what exports make): a stray folder of another name is no
