@@ -30,7 +30,9 @@ import { LinkError } from '../firmware/link/errors.js';
 
 t.setTimeout(180_000);
 
-const SEEDS = [3, 11, 29];
+// Seeds 5, 8 and 9 cut in the 'after' and 'clean' modes where the station burns the lost
+// message's keys with the first message after the restart (an outside review found them).
+const SEEDS = [3, 5, 8, 9, 11, 29];
 
 for (const seed of SEEDS) {
   t.test(`seed ${seed}: a power cut while sealing, both ends restarted, the traffic goes on in step`, async (t) => {

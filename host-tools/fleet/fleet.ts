@@ -4,7 +4,7 @@
 // user class drawn from a mix to one station service on loopback mutual TLS. Measures the traffic
 // per class and overall, the setup time and the process' memory per terminal, and checks that
 // every module consumed exactly the key bits the station consumed for it.
-import { mkdirSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
@@ -160,6 +160,9 @@ interface Member {
 }
 
 /** Run `fn` over `items`, at most `limit` at once. */
+/** Bytes of one terminal's pool image in the station's store (a full-size 2 MiB chip image). */
+const STATION_POOL_IMAGE_BYTES = 2 * 1024 * 1024;
+
 async function bounded<T>(items: readonly T[], limit: number, fn: (x: T, i: number) => Promise<void>, signal?: AbortSignal): Promise<void> {
   let next = 0;
   const worker = async () => {
@@ -284,6 +287,15 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
   const members: Member[] = [];
   let server: StationServer | undefined;
   try {
+    // 0. Room: each terminal's station pool image is 2 MiB on disk (the station's store keeps a
+    //    full-size pool per terminal), and with --home its module image too. Refused before
+    //    anything is made rather than failing at terminal 9,000 with the disk full.
+    const fs = statfsSync(dir);
+    const free = fs.bavail * fs.bsize;
+    const need = n * (STATION_POOL_IMAGE_BYTES + (o.home !== undefined ? geometry.size : 0) + 64 * 1024);
+    if (need > free) {
+      throw new InputError(`${n} terminals need about ${(need / 2 ** 30).toFixed(1)} GiB in ${o.home ?? tmpdir()} (a 2 MiB station pool each), and it has ${(free / 2 ** 30).toFixed(1)} GiB free: fewer --terminals, or --home on a bigger disk`);
+    }
     // 1. The KMD.
     const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: supply, stockBits: bits * n });
     const cert = await home.locked(async () => {
@@ -397,9 +409,12 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
           deadlineMs,
           onMessage: () => progress('traffic', ++done, Math.max(total, done)),
           onOpened: (d) => delays.get(m.cls)!.push(d),
+          ...(o.signal ? { signal: o.signal } : {}),
         });
       }),
     );
+    // Stopped (Ctrl-C): no table of a cut-short run; the finally below removes what was made.
+    o.signal?.throwIfAborted();
     const trafficSeconds = (performance.now() - t1) / 1000;
     const rssAfter = process.memoryUsage().rss;
 

@@ -195,7 +195,8 @@ export class KmdHome {
       rateBitsPerSecond: o.rateBitsPerSecond,
     };
     const stockMs = ((o.stockBits ?? 0) / o.rateBitsPerSecond) * 1000;
-    FixedRateSupply.create(join(abs, 'supply.json'), { rateBitsPerSecond: o.rateBitsPerSecond, startedAtMs: now() - stockMs, ...(o.link ? { link: o.link } : {}) });
+    // A stock larger than the supply's default buffer (2^30 bits) is kept whole: the buffer grows to hold it.
+    FixedRateSupply.create(join(abs, 'supply.json'), { rateBitsPerSecond: o.rateBitsPerSecond, startedAtMs: now() - stockMs, ...(o.stockBits && o.stockBits > 2 ** 30 ? { capacityBits: o.stockBits } : {}), ...(o.link ? { link: o.link } : {}) });
     writeFileAtomic(join(abs, 'kmd.json'), JSON.stringify(config, null, 2) + '\n');
     return new KmdHome(abs, config, now);
   }

@@ -135,7 +135,8 @@ export class FixedRateSupply implements KeySupply {
 
   availableBits(): number {
     const avail = this.producedBits() - this.state.offsetBits;
-    return Math.max(0, Math.min(avail, this.state.capacityBits)) & ~7;
+    // Whole bytes; by division, not `& ~7`, which works on 32 bits and wraps past 2^31 bits.
+    return Math.floor(Math.max(0, Math.min(avail, this.state.capacityBits)) / 8) * 8;
   }
 
   take(bits: number, _consumer: string): SuppliedKey {

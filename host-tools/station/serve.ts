@@ -186,13 +186,42 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
   const station = new Station(store);
   const inbox = join(stationDir, 'inbox.jsonl');
   const inboxMax = o.inboxMaxBytes ?? INBOX_MAX_BYTES;
-  let inboxBytes = existsSync(inbox) ? statSync(inbox).size : 0;
+  const sizeOf = (f: string): number | undefined => {
+    try {
+      const st = lstatSync(f);
+      return st.isFile() ? st.size : undefined;
+    } catch {
+      return 0; // absent
+    }
+  };
+  let inboxBytes = sizeOf(inbox) ?? 0;
+  const logInbox = rateLimited(log);
+  /**
+   * Past the bound: inbox.jsonl becomes .1, .1 becomes .2, and so on. Only when every one of them
+   * is a regular file or absent (a reader may have put a directory or a link there): otherwise,
+   * or if a rename fails, the inbox goes on growing and the log says why. Rotating is never a
+   * reason to lose an uplink whose keys were taken (it runs after the station opened it).
+   */
+  const rotate = (): void => {
+    const names = [inbox, ...Array.from({ length: INBOX_KEEP }, (_, i) => `${inbox}.${i + 1}`)];
+    if (names.some((f) => sizeOf(f) === undefined)) {
+      logInbox(`station: inbox not rotated: ${names.find((f) => sizeOf(f) === undefined)} is not a regular file`);
+      return;
+    }
+    try {
+      for (let i = INBOX_KEEP - 1; i >= 1; i--) if (existsSync(names[i]!)) renameSync(names[i]!, names[i + 1]!);
+      renameSync(inbox, names[1]!);
+      inboxBytes = 0;
+    } catch (e) {
+      logInbox(`station: inbox not rotated: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  };
   /** Append one line; past the bound, rotate first (the service is the inbox's one writer). */
   const file = (line: string) => {
-    if (inboxBytes > 0 && inboxBytes + line.length > inboxMax) {
-      for (let i = INBOX_KEEP - 1; i >= 1; i--) if (existsSync(`${inbox}.${i}`)) renameSync(`${inbox}.${i}`, `${inbox}.${i + 1}`);
-      renameSync(inbox, `${inbox}.1`);
-      inboxBytes = 0;
+    if (inboxBytes + line.length > inboxMax) {
+      // What is there now: a reader may have taken the file away (then nothing to rotate).
+      inboxBytes = sizeOf(inbox) ?? inboxBytes;
+      if (inboxBytes > 0 && inboxBytes + line.length > inboxMax) rotate();
     }
     appendFileSync(inbox, line, { mode: 0o600 });
     inboxBytes += Buffer.byteLength(line);

@@ -130,16 +130,19 @@ export class StationStore {
   /**
    * Up to `max` terminals after `after` in id order, and whether more follow: a page of
    * terminals() that costs a stat per row, not per terminal. The folder's listing is kept while
-   * its mtime stays (a terminal's folder made or removed changes it), so paging through N
-   * terminals costs one listing and N stats, not N^2 / page stats.
+   * its mtime stays (a terminal's folder made or removed changes it), for a second at most, so
+   * paging through N terminals costs a listing a second and N stats, not N^2 / page stats.
    */
   terminalsPage(after: string | undefined, max: number): { ids: string[]; more: boolean } {
     // The folder's mtime and link count (a subfolder made or removed changes both, on a
     // filesystem with coarse times at least the count) key the listing.
+    // And at most a second old: a folder added and another removed within one timestamp tick
+    // (coarse mtimes; btrfs keeps nlink at 1) would otherwise be missed until the next change.
     const st = statSync(this.dir);
     const mtime = `${st.mtimeMs}:${st.nlink}`;
-    if (!this.listing || this.listing.mtime !== mtime) {
-      this.listing = { mtime, names: readdirSync(this.dir).filter((d) => TERMINAL_ID_RE.test(d) && !/^\.+$/.test(d)).sort() };
+    const now = Date.now();
+    if (!this.listing || this.listing.mtime !== mtime || now - this.listing.at > 1000) {
+      this.listing = { mtime, at: now, names: readdirSync(this.dir).filter((d) => TERMINAL_ID_RE.test(d) && !/^\.+$/.test(d)).sort() };
     }
     const names = this.listing.names;
     // The first name above `after` (binary search), then the ones that hold a pool image.
@@ -158,7 +161,7 @@ export class StationStore {
     }
     return { ids, more: false };
   }
-  private listing: { mtime: string; names: string[] } | undefined;
+  private listing: { mtime: string; at: number; names: string[] } | undefined;
 
   terminals(): string[] {
     // Only folders named as terminal ids (what exports make): a stray folder of another name is no

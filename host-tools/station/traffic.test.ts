@@ -2,7 +2,7 @@
 // sent through a real module and the station service on loopback mutual TLS; every message
 // opened once, the key both sides spend is what the messages cost, and a replay is refused.
 import t from 'tap';
-import { readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { prng } from '../../firmware/flash/faults.js';
 import { Group, KeysCmd, StationCmd } from '../../firmware/link/groups.js';
@@ -104,7 +104,7 @@ t.test('a pool that runs dry stops the run at once; a station that lies about ke
 
   // A station answering with impossible key counts: each such answer is a failed message, and
   // nothing of it reaches the figures.
-  for (const keyBits of [-5_000_000, Number.NaN, Number.POSITIVE_INFINITY, 1e308, 2 ** 40, '256']) {
+  for (const keyBits of [-5_000_000, Number.NaN, Number.POSITIVE_INFINITY, 1e308, 2 ** 60, 0.5, '256']) {
     // It opens nothing, but answers the right length (class E sends 32- and 208-byte messages).
     const liar = { params: { window: 2 }, request: async (_g: number, _c: number, p: Record<string, unknown>) => ({ n: (p['m'] as Uint8Array).length < 150 ? 32 : 208, keyBits }) };
     const rig2 = await startTrafficRig({ ids: ['T2'], bits: 2 ** 16, supplyBitsPerSecond: 11_000 });
@@ -132,4 +132,31 @@ t.test("the station's inbox is rotated past its bound, four older files kept, th
   const order = ['inbox.jsonl.4', 'inbox.jsonl.3', 'inbox.jsonl.2', 'inbox.jsonl.1', 'inbox.jsonl'].map(lines);
   for (let i = 1; i < order.length; i++) t.ok(Math.max(...order[i - 1]!.map((l) => l.counter)) < Math.min(...order[i]!.map((l) => l.counter)), `file ${i} is newer than file ${i - 1}`);
   t.equal(Math.max(...order[4]!.map((l) => l.counter)), r.messages - 1, 'the last message is in the live file');
+});
+
+t.test('a rotation that cannot be made never costs an uplink: a reader took the inbox away, or put a folder where a rotated file goes', async (t) => {
+  const rig = await startTrafficRig({ ids: ['T1'], bits: 2 ** 20, supplyBitsPerSecond: 11_000, inboxMaxBytes: 4096 });
+  t.teardown(() => rig.close());
+  const term = rig.terminals[0]!;
+  const station = await term.connect();
+  t.teardown(() => station.close());
+  const dir = rig.home.path('station');
+  const send = (seed: number) => runTraffic({ terminal: term.module, station, terminalId: 'T1', cls: CLASSES.D, tMs: 1000, durationMs: 150, seed, mode: 'otp', supplyBitsPerSecond: 11_000, deadlineMs: 60_000 });
+  const a = await send(1);
+  t.equal(a.failed, 0);
+  // The reader takes the live file away: the next lines start a new one, nothing is shifted.
+  renameSync(join(dir, 'inbox.jsonl'), join(dir, 'taken.jsonl'));
+  const before = readdirSync(dir).filter((f) => f.startsWith('inbox.jsonl.')).map((f) => [f, statSync(join(dir, f)).size]);
+  const b = await send(2);
+  t.equal(b.failed, 0, `inbox taken away: ${b.messages} messages, none lost (${JSON.stringify(b.failures)})`);
+  t.ok(existsSync(join(dir, 'inbox.jsonl')), 'a new inbox');
+  // A folder where inbox.jsonl.4 goes: no rotation, the inbox grows, every uplink still filed.
+  rmSync(join(dir, 'inbox.jsonl.4'), { force: true });
+  mkdirSync(join(dir, 'inbox.jsonl.4'));
+  const rotated = readdirSync(dir).filter((f) => /^inbox\.jsonl\.[123]$/.test(f)).map((f) => [f, readFileSync(join(dir, f), 'utf8')]);
+  const c = await send(3);
+  t.equal(c.failed, 0, `a folder in the way: ${c.messages} messages, none lost`);
+  t.ok(statSync(join(dir, 'inbox.jsonl')).size > 4096, 'the inbox grew past its bound instead');
+  t.same(readdirSync(dir).filter((f) => /^inbox\.jsonl\.[123]$/.test(f)).map((f) => [f, readFileSync(join(dir, f), 'utf8')]), rotated, 'and the rotated files are as they were');
+  t.ok(before.length > 0);
 });

@@ -253,6 +253,9 @@ function quantile(sorted: number[], q: number): number {
 
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
 
+/** After a stop signal, how long the answers on their way are waited for. */
+const STOP_WAIT_MS = 1500;
+
 /** Access delays kept for the quantiles (a uniform sample beyond this many). */
 const DELAY_SAMPLES = 100_000;
 
@@ -351,8 +354,10 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
           const delay = now() - (start + m.atMs);
           if (up['n'] !== data.length) throw new Error('opened to other bytes');
           const kb = up['keyBits'];
-          // The station's word, checked: a whole number of bits no larger than the message could cost.
-          if (typeof kb !== 'number' || !Number.isSafeInteger(kb) || kb < 0 || kb > 8 * data.length + 512) throw new Error('a malformed UPLINK answer');
+          // The station's word, checked: a whole number of bits. It may be more than this message
+          // costs: the station counts the keys it burned on the way (a message a power cut took
+          // at the terminal, before this one), which the terminal spent too.
+          if (typeof kb !== 'number' || !Number.isSafeInteger(kb) || kb < 0) throw new Error('a malformed UPLINK answer');
           plainBits += data.length * 8;
           cipherBits += msg.length * 8;
           keyBits += kb;
@@ -368,11 +373,18 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
       inflight.add(p);
       while (inflight.size >= window) await Promise.race(inflight);
     }
-    await Promise.all(inflight);
+    if (stoppedBy === 'stopped') {
+      // Stopped by a signal: the answers on their way get a moment (the CLI ends a command 2 s
+      // after the signal), then the run reports; an uplink still unanswered counts as failed
+      // (the station may yet open it).
+      const unanswered = await Promise.race([Promise.all(inflight).then(() => 0), new Promise<number>((r) => setTimeout(() => r(inflight.size), STOP_WAIT_MS).unref())]);
+      if (unanswered > 0) failures['unanswered when stopped'] = (failures['unanswered when stopped'] ?? 0) + unanswered;
+    } else await Promise.all(inflight);
   } finally {
     await o.terminal.request(Group.KEYS, KeysCmd.CLOSE, { s: s as number }).catch(() => undefined);
   }
-  const seconds = Math.max(o.durationMs, now() - start) / 1000;
+  // Rates over the time the run took: its duration, or less when it stopped early.
+  const seconds = Math.max(1e-3, stoppedBy ? now() - start : Math.max(o.durationMs, now() - start)) / 1000;
   const failed = Object.values(failures).reduce((a, b) => a + b, 0);
   const sorted = [...delays].sort((a, b) => a - b);
   const keyBitsPerSecond = keyBits / seconds;
