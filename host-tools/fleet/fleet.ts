@@ -297,7 +297,8 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       throw new InputError(`${n} terminals need about ${(need / 2 ** 30).toFixed(1)} GiB in ${o.home ?? tmpdir()} (a 2 MiB station pool each), and it has ${(free / 2 ** 30).toFixed(1)} GiB free: fewer --terminals, or --home on a bigger disk`);
     }
     // 1. The KMD.
-    const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: supply, stockBits: bits * n });
+    // The supply's buffer holds the whole stock (its default, 2^30 bits, is 8,192 terminals at 128 kbit).
+    const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: supply, stockBits: bits * n, capacityBits: Math.max(2 ** 30, bits * n) });
     const cert = await home.locked(async () => {
       await ensurePki(home);
       return ensureStationServerCert(pkiDir(home), serverNames('127.0.0.1'));

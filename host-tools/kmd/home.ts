@@ -175,7 +175,8 @@ export class KmdHome {
    * `stockBits`: key already accrued from the QKD link when the KMD starts (default none); `link`:
    * the QKD link model the rate comes from, recorded in supply.json (default a fixed rate).
    */
-  static init(dir: string, o: { rateBitsPerSecond: number; stockBits?: number; link?: SupplyLink; now?: () => number }): KmdHome {
+  /** `capacityBits`: the supply's buffer (default 2^30 bits); a fleet's stock may need more. */
+  static init(dir: string, o: { rateBitsPerSecond: number; stockBits?: number; capacityBits?: number; link?: SupplyLink; now?: () => number }): KmdHome {
     const abs = resolve(dir);
     if (existsSync(join(abs, 'kmd.json'))) throw new KmdError(`${abs} already holds a KMD`, 'EXISTS');
     mkdirSecret(abs);
@@ -183,7 +184,7 @@ export class KmdHome {
     return withLockSync(abs, homeLockOptions(abs), () => KmdHome.initLocked(abs, o));
   }
 
-  private static initLocked(abs: string, o: { rateBitsPerSecond: number; stockBits?: number; link?: SupplyLink; now?: () => number }): KmdHome {
+  private static initLocked(abs: string, o: { rateBitsPerSecond: number; stockBits?: number; capacityBits?: number; link?: SupplyLink; now?: () => number }): KmdHome {
     if (existsSync(join(abs, 'kmd.json'))) throw new KmdError(`${abs} already holds a KMD`, 'EXISTS');
     for (const d of ['terminals', 'carriers', 'outbox', 'station']) mkdirSecret(join(abs, d));
     const now = o.now ?? Date.now;
@@ -195,8 +196,7 @@ export class KmdHome {
       rateBitsPerSecond: o.rateBitsPerSecond,
     };
     const stockMs = ((o.stockBits ?? 0) / o.rateBitsPerSecond) * 1000;
-    // A stock larger than the supply's default buffer (2^30 bits) is kept whole: the buffer grows to hold it.
-    FixedRateSupply.create(join(abs, 'supply.json'), { rateBitsPerSecond: o.rateBitsPerSecond, startedAtMs: now() - stockMs, ...(o.stockBits && o.stockBits > 2 ** 30 ? { capacityBits: o.stockBits } : {}), ...(o.link ? { link: o.link } : {}) });
+    FixedRateSupply.create(join(abs, 'supply.json'), { rateBitsPerSecond: o.rateBitsPerSecond, startedAtMs: now() - stockMs, ...(o.capacityBits ? { capacityBits: o.capacityBits } : {}), ...(o.link ? { link: o.link } : {}) });
     writeFileAtomic(join(abs, 'kmd.json'), JSON.stringify(config, null, 2) + '\n');
     return new KmdHome(abs, config, now);
   }
