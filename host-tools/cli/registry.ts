@@ -6,6 +6,9 @@ import type { CommandSpec, OptionInfo } from './command.js';
 // Options several commands share, described once.
 const home: OptionInfo = { type: 'string', value: 'DIR', description: "the KMD's home folder (its keys, terminals, batches, station store)", defaultText: '$QKT_HOME' };
 const carrierDir: OptionInfo = { type: 'string', value: 'DIR', description: 'the carrier: a folder or the mount point of a USB drive' };
+/** The station a terminal's messages go to, and the terminal's certificate for it (station uplink, traffic). */
+const stationToSend = { type: 'string', value: '[tls:]HOST:PORT', description: 'the running station (qkt station run) to send it to' } as const;
+const terminalCert = { type: 'string', value: 'DIR', description: "the terminal's station certificate folder (qkt station cert --terminal ID)" } as const;
 const port: OptionInfo = {
   type: 'string',
   value: 'PORT',
@@ -310,8 +313,8 @@ export const commands: readonly CommandSpec[] = [
       port,
       vidpid,
       baud,
-      station: { type: 'string', value: '[tls:]HOST:PORT', description: 'the running station (qkt station run) to send it to' },
-      cert: { type: 'string', value: 'DIR', description: "the terminal's station certificate folder (qkt station cert --terminal ID)" },
+      station: stationToSend,
+      cert: terminalCert,
       mode: { type: 'string', value: 'otp|aead', description: 'otp: one-time pad, 256 + 8 key bits per byte; aead: a session key (256 bits), and a downlink back under it', defaultText: 'otp' },
       data: { type: 'string', value: 'TEXT', description: 'the service data to send (at most 4096 bytes); the station files it in its inbox', defaultText: '"qkt station uplink test"' },
     },
@@ -330,8 +333,8 @@ export const commands: readonly CommandSpec[] = [
       port,
       vidpid,
       baud,
-      station: { type: 'string', value: '[tls:]HOST:PORT', description: 'the running station (qkt station run) to send it to' },
-      cert: { type: 'string', value: 'DIR', description: "the terminal's station certificate folder (qkt station cert --terminal ID)" },
+      station: stationToSend,
+      cert: terminalCert,
       class: { type: 'string', value: 'A|B|C|D|E', description: "the paper's user class whose traffic to send (docs/traffic.md)" },
       seconds: { type: 'string', value: 'DURATION', description: 'how long to send: seconds, or 500ms, 2s, 1min', defaultText: '60' },
       t: { type: 'string', value: 'DURATION', description: 'the interval unit T the class rates are given in (one minute in the field; shorter sends faster)', defaultText: '60s' },

@@ -27,7 +27,7 @@ import { ensureStationServerCert, issueStationClientCert, readClientPems, server
 import type { TlsPems } from '../transports/tls.js';
 import { connectStation } from '../station/connect.js';
 import { readStationStatus } from '../station/client.js';
-import { CLASSES, expectedMessages, otpKeyBitsPerSecond, runTraffic } from '../station/traffic.js';
+import { CLASSES, DelaySample, expectedMessages, otpKeyBitsPerSecond, runTraffic } from '../station/traffic.js';
 import { formatBits } from '../units.js';
 import type { ClassId, TrafficResult } from '../station/traffic.js';
 import { InputError } from '../input-error.js';
@@ -175,17 +175,12 @@ async function bounded<T>(items: readonly T[], limit: number, fn: (x: T, i: numb
   await Promise.all(Array.from({ length: Math.min(limit, items.length) }, worker));
 }
 
-function quantile(sorted: Float64Array, q: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
-}
-
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
 const yieldNow = () => new Promise<void>((r) => setImmediate(r));
 
-function row(cls: ClassId | 'all', rs: TrafficResult[], delays: number[]): FleetRow {
+function row(cls: ClassId | 'all', rs: TrafficResult[], delays: DelaySample): FleetRow {
   const sum = (f: (r: TrafficResult) => number) => rs.reduce((s, r) => s + f(r), 0);
   const mean = (f: (r: TrafficResult) => number) => (rs.length === 0 ? 0 : sum(f) / rs.length);
-  const sorted = Float64Array.from(delays).sort();
   return {
     class: cls,
     terminals: rs.length,
@@ -193,7 +188,7 @@ function row(cls: ClassId | 'all', rs: TrafficResult[], delays: number[]): Fleet
     delivered: sum((r) => r.delivered),
     late: sum((r) => r.late),
     failed: sum((r) => r.failed),
-    accessDelayMs: sorted.length === 0 ? null : { median: round3(quantile(sorted, 0.5)), p99: round3(quantile(sorted, 0.99)) },
+    accessDelayMs: ((d) => (d ? { median: d.median, p99: d.p99 } : null))(delays.summary()),
     cipherBitsPerSecondPerTerminal: Math.round(mean((r) => r.cipherBitsPerSecond)),
     keyBitsPerSecondPerTerminal: Math.round(mean((r) => r.keyBitsPerSecond)),
     keyUseRatePerTerminal: round3(mean((r) => r.keyUseRate)),
@@ -392,7 +387,9 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
     // The traffic: every terminal at once.
     const durationMs = o.seconds * 1000;
     const total = members.reduce((s, m) => s + expectedMessages(CLASSES[m.cls], { tMs, durationMs }), 0);
-    const delays = new Map<ClassId, number[]>(CLASS_IDS.map((c) => [c, []]));
+    // Bounded samples of the access delays, per class and over all (a long run of a large fleet).
+    const delays = new Map<ClassId, DelaySample>(CLASS_IDS.map((c, i) => [c, new DelaySample(seed + i)]));
+    const allDelays = new DelaySample(seed ^ 0xa11);
     let done = 0;
     const t1 = performance.now();
     await Promise.all(
@@ -409,7 +406,10 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
           supplyBitsPerSecond: supply,
           deadlineMs,
           onMessage: () => progress('traffic', ++done, Math.max(total, done)),
-          onOpened: (d) => delays.get(m.cls)!.push(d),
+          onOpened: (d) => {
+            delays.get(m.cls)!.add(d);
+            allDelays.add(d);
+          },
           ...(o.signal ? { signal: o.signal } : {}),
         });
       }),
@@ -445,7 +445,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       trafficSeconds: round3(trafficSeconds),
       rss: { beforeBytes: rssBefore, afterSetupBytes: rssSetup, afterBytes: rssAfter, perTerminalBytes: Math.round((Math.max(rssSetup, rssAfter) - rssBefore) / n) },
       classes: rows,
-      overall: row('all', results, [...delays.values()].flat()),
+      overall: row('all', results, allDelays),
       keysAgree: mismatches === 0,
       keyMismatches: mismatches,
       failures,

@@ -48,58 +48,26 @@ const LOAD_PROFILE = 12 + 4 + 96 * 2; // 208
 
 const kind = (name: string, what: string, bytes: number, perT: number): MessageKind => ({ name, what, bytes, perT });
 
+const automation = (measured: number, events: number): MessageKind[] => [
+  kind('measured', 'IEC 104 M_ME_NC_1, 30 points', APDU_MEASURED, measured),
+  kind('events', 'IEC 104 M_SP_TB_1, 4 events', APDU_EVENTS, events),
+];
+const metering = (readings: number, profiles: number): MessageKind[] => [
+  kind('reading', 'DL/T 645 energy reading', METER_READING, readings),
+  kind('profile', 'DL/T 645 load-profile block', LOAD_PROFILE, profiles),
+];
+
 /**
  * The paper's user classes as profiles (docs/traffic.md says why each rate): larger users carry
  * distribution automation (measured values every few seconds, events) on top of metering; small
  * ones only metering. Rates are per T (one minute in the field).
  */
 export const CLASSES: Record<ClassId, TrafficClass> = {
-  A: {
-    id: 'A',
-    name: 'large special transformer',
-    kinds: [
-      kind('measured', 'IEC 104 M_ME_NC_1, 30 points', APDU_MEASURED, 240),
-      kind('events', 'IEC 104 M_SP_TB_1, 4 events', APDU_EVENTS, 12),
-      kind('reading', 'DL/T 645 energy reading', METER_READING, 60),
-      kind('profile', 'DL/T 645 load-profile block', LOAD_PROFILE, 4),
-    ],
-  },
-  B: {
-    id: 'B',
-    name: 'medium special transformer',
-    kinds: [
-      kind('measured', 'IEC 104 M_ME_NC_1, 30 points', APDU_MEASURED, 220),
-      kind('events', 'IEC 104 M_SP_TB_1, 4 events', APDU_EVENTS, 10),
-      kind('reading', 'DL/T 645 energy reading', METER_READING, 60),
-      kind('profile', 'DL/T 645 load-profile block', LOAD_PROFILE, 4),
-    ],
-  },
-  C: {
-    id: 'C',
-    name: 'three-phase industry and commerce',
-    kinds: [
-      kind('measured', 'IEC 104 M_ME_NC_1, 30 points', APDU_MEASURED, 210),
-      kind('events', 'IEC 104 M_SP_TB_1, 4 events', APDU_EVENTS, 8),
-      kind('reading', 'DL/T 645 energy reading', METER_READING, 60),
-      kind('profile', 'DL/T 645 load-profile block', LOAD_PROFILE, 4),
-    ],
-  },
-  D: {
-    id: 'D',
-    name: 'single-phase industry and commerce',
-    kinds: [
-      kind('reading', 'DL/T 645 energy reading', METER_READING, 330),
-      kind('profile', 'DL/T 645 load-profile block', LOAD_PROFILE, 55),
-    ],
-  },
-  E: {
-    id: 'E',
-    name: 'residential users',
-    kinds: [
-      kind('reading', 'DL/T 645 energy reading', METER_READING, 300),
-      kind('profile', 'DL/T 645 load-profile block', LOAD_PROFILE, 50),
-    ],
-  },
+  A: { id: 'A', name: 'large special transformer', kinds: [...automation(240, 12), ...metering(60, 4)] },
+  B: { id: 'B', name: 'medium special transformer', kinds: [...automation(220, 10), ...metering(60, 4)] },
+  C: { id: 'C', name: 'three-phase industry and commerce', kinds: [...automation(210, 8), ...metering(60, 4)] },
+  D: { id: 'D', name: 'single-phase industry and commerce', kinds: metering(330, 55) },
+  E: { id: 'E', name: 'residential users', kinds: metering(300, 50) },
 };
 
 export function isClassId(x: unknown): x is ClassId {
@@ -246,7 +214,8 @@ export interface TrafficResult {
   stoppedBy?: string;
 }
 
-function quantile(sorted: number[], q: number): number {
+/** The q-quantile of ascending values (nearest rank), 0 for none. */
+function quantile(sorted: ArrayLike<number>, q: number): number {
   if (sorted.length === 0) return 0;
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))]!;
 }
@@ -256,8 +225,40 @@ const round3 = (x: number) => Math.round(x * 1000) / 1000;
 /** After a stop signal, how long the answers on their way are waited for. */
 const STOP_WAIT_MS = 1500;
 
-/** Access delays kept for the quantiles (a uniform sample beyond this many). */
-const DELAY_SAMPLES = 100_000;
+/**
+ * Access delays for quantiles, bounded: every one up to `size`, then a uniform sample of them
+ * (reservoir sampling, seeded), so a month-long run or a large fleet holds a bounded array.
+ */
+export class DelaySample {
+  readonly #kept: number[] = [];
+  #count = 0;
+  #max = 0;
+  readonly #rnd: () => number;
+  constructor(
+    seed: number,
+    private readonly size = 100_000,
+  ) {
+    this.#rnd = prng(seed);
+  }
+  add(d: number): void {
+    this.#count++;
+    if (d > this.#max) this.#max = d;
+    if (this.#kept.length < this.size) this.#kept.push(d);
+    else {
+      const j = Math.floor(this.#rnd() * this.#count);
+      if (j < this.size) this.#kept[j] = d;
+    }
+  }
+  get count(): number {
+    return this.#count;
+  }
+  /** Median, p99 and max in ms (3 decimals), or null when none was added. */
+  summary(): { median: number; p99: number; max: number } | null {
+    if (this.#count === 0) return null;
+    const sorted = Float64Array.from(this.#kept).sort();
+    return { median: round3(quantile(sorted, 0.5)), p99: round3(quantile(sorted, 0.99)), max: round3(this.#max) };
+  }
+}
 
 /** Wait `ms`, or less if `signal` aborts first. */
 function sleepUnless(ms: number, signal: AbortSignal | undefined): Promise<void> {
@@ -285,21 +286,7 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
   let sent = 0;
   let stoppedBy: string | undefined;
   const rnd = prng(o.seed ^ 0x5eed);
-  // Access delays for the quantiles: every one up to DELAY_SAMPLES, then a uniform sample of
-  // them (reservoir sampling, seeded), so a month-long run holds a bounded array.
-  const delays: number[] = [];
-  let delayCount = 0;
-  let maxDelay = 0;
-  const sampleRnd = prng(o.seed ^ 0xde1a);
-  const addDelay = (d: number) => {
-    delayCount++;
-    if (d > maxDelay) maxDelay = d;
-    if (delays.length < DELAY_SAMPLES) delays.push(d);
-    else {
-      const j = Math.floor(sampleRnd() * delayCount);
-      if (j < DELAY_SAMPLES) delays[j] = d;
-    }
-  };
+  const delays = new DelaySample(o.seed ^ 0xde1a);
   const failures: Record<string, number> = {};
   let late = 0;
   let plainBits = 0;
@@ -361,7 +348,7 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
           plainBits += data.length * 8;
           cipherBits += msg.length * 8;
           keyBits += kb;
-          addDelay(delay);
+          delays.add(delay);
           o.onOpened?.(delay);
           if (delay > o.deadlineMs) late++;
         })
@@ -386,7 +373,6 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
   // Rates over the time the run took: its duration, or less when it stopped early.
   const seconds = Math.max(1e-3, stoppedBy ? now() - start : Math.max(o.durationMs, now() - start)) / 1000;
   const failed = Object.values(failures).reduce((a, b) => a + b, 0);
-  const sorted = [...delays].sort((a, b) => a - b);
   const keyBitsPerSecond = keyBits / seconds;
   return {
     terminalId: o.terminalId,
@@ -396,12 +382,12 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
     tMs: o.tMs,
     seconds: round3(seconds),
     messages: sent,
-    delivered: delayCount - late,
+    delivered: delays.count - late,
     late,
     failed,
     lossRate: sent === 0 ? 0 : round3((late + failed) / sent),
     ...(stoppedBy ? { stoppedBy } : {}),
-    accessDelayMs: sorted.length === 0 ? null : { median: round3(quantile(sorted, 0.5)), p99: round3(quantile(sorted, 0.99)), max: round3(maxDelay) },
+    accessDelayMs: delays.summary(),
     plainBits,
     cipherBits,
     cipherBitsPerSecond: Math.round(cipherBits / seconds),
