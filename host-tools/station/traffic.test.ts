@@ -104,7 +104,7 @@ t.test('a pool that runs dry stops the run at once; a station that lies about ke
 
   // A station answering with impossible key counts: each such answer is a failed message, and
   // nothing of it reaches the figures.
-  for (const keyBits of [-5_000_000, Number.NaN, Number.POSITIVE_INFINITY, 1e308, 2 ** 60, 0.5, '256']) {
+  for (const keyBits of [-5_000_000, Number.NaN, Number.POSITIVE_INFINITY, 1e308, 2 ** 60, 2 ** 23 + 1, 0.5, '256']) {
     // It opens nothing, but answers the right length (class E sends 32- and 208-byte messages).
     const liar = { params: { window: 2 }, request: async (_g: number, _c: number, p: Record<string, unknown>) => ({ n: (p['m'] as Uint8Array).length < 150 ? 32 : 208, keyBits }) };
     const rig2 = await startTrafficRig({ ids: ['T2'], bits: 2 ** 16, supplyBitsPerSecond: 11_000 });
@@ -159,4 +159,18 @@ t.test('a rotation that cannot be made never costs an uplink: a reader took the 
   t.ok(statSync(join(dir, 'inbox.jsonl')).size > 4096, 'the inbox grew past its bound instead');
   t.same(readdirSync(dir).filter((f) => /^inbox\.jsonl\.[123]$/.test(f)).map((f) => [f, readFileSync(join(dir, f), 'utf8')]), rotated, 'and the rotated files are as they were');
   t.ok(before.length > 0);
+});
+
+t.test('a stop while the station does not answer: the run reports at once, the uplinks on their way counted', async (t) => {
+  const rig = await startTrafficRig({ ids: ['T1'], bits: 2 ** 18, supplyBitsPerSecond: 11_000 });
+  t.teardown(() => rig.close());
+  // A station that takes the uplinks and never answers (a frozen process).
+  const frozen = { params: { window: 4 }, request: () => new Promise<never>(() => undefined) };
+  const stop = new AbortController();
+  setTimeout(() => stop.abort(), 300);
+  const r = await runTraffic({ terminal: rig.terminals[0]!.module, station: frozen as never, terminalId: 'T1', cls: CLASSES.E, tMs: 1000, durationMs: 60_000, seed: 1, mode: 'otp', supplyBitsPerSecond: 11_000, deadlineMs: 3000, signal: stop.signal });
+  t.equal(r.stoppedBy, 'stopped');
+  t.ok(r.messages >= 4, `${r.messages} messages sent before the stop`);
+  t.equal(r.failures['unanswered when stopped'], r.messages, 'every one counted as unanswered');
+  // (Before, the window's wait ignored the signal: with a frozen station this never returned.)
 });

@@ -11,6 +11,7 @@ import { Group, KeysCmd, StationCmd } from '../../firmware/link/groups.js';
 import { LinkError, Rc, rcName } from '../../firmware/link/errors.js';
 import type { LinkClient } from '../link/client.js';
 import type { AeadSuite } from '../../firmware/crypto/suites.js';
+import { DEFAULT_MAX_KEY_BITS } from '../../firmware/keypool/key-pool.js';
 
 /** One kind of service message: its size on the terminal side and how often it comes. */
 export interface MessageKind {
@@ -222,6 +223,34 @@ function quantile(sorted: ArrayLike<number>, q: number): number {
 
 const round3 = (x: number) => Math.round(x * 1000) / 1000;
 
+/**
+ * Most key bits one UPLINK answer may say the station took: a message's own keys and any it
+ * burned on the way are keys of one terminal's pool, and a pool holds at most 8 Mbit; a station
+ * that says more is lying (it would inflate the key use rate).
+ */
+const MAX_UPLINK_KEY_BITS = DEFAULT_MAX_KEY_BITS;
+
+const STOPPED = Symbol('stopped');
+/** `p`, or STOPPED as soon as `signal` aborts (the promise is left to settle on its own). */
+function untilStopped<T>(p: Promise<T>, signal: AbortSignal | undefined): Promise<T | typeof STOPPED> {
+  if (!signal) return p;
+  if (signal.aborted) return Promise.resolve(STOPPED);
+  return new Promise((resolve, reject) => {
+    const onAbort = () => resolve(STOPPED);
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (e) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(e);
+      },
+    );
+  });
+}
+
 /** After a stop signal, how long the answers on their way are waited for. */
 const STOP_WAIT_MS = 1500;
 
@@ -319,7 +348,14 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
       let sealed: unknown;
       try {
         // The module seals in order, one at a time (its session counter).
-        sealed = (await o.terminal.request(Group.KEYS, KeysCmd.SEAL, { s: s as number, d: data }))['m'];
+        const seal = await untilStopped(o.terminal.request(Group.KEYS, KeysCmd.SEAL, { s: s as number, d: data }), o.signal);
+        if (seal === STOPPED) {
+          // Stopped while the module sealed (a module that stopped answering): its keys may be spent.
+          failures['unanswered when stopped'] = (failures['unanswered when stopped'] ?? 0) + 1;
+          stoppedBy = 'stopped';
+          break;
+        }
+        sealed = seal['m'];
         if (!(sealed instanceof Uint8Array)) throw new Error('no sealed message');
       } catch (e) {
         fail(e);
@@ -344,7 +380,7 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
           // The station's word, checked: a whole number of bits. It may be more than this message
           // costs: the station counts the keys it burned on the way (a message a power cut took
           // at the terminal, before this one), which the terminal spent too.
-          if (typeof kb !== 'number' || !Number.isSafeInteger(kb) || kb < 0) throw new Error('a malformed UPLINK answer');
+          if (typeof kb !== 'number' || !Number.isSafeInteger(kb) || kb < 0 || kb > MAX_UPLINK_KEY_BITS) throw new Error('a malformed UPLINK answer');
           plainBits += data.length * 8;
           cipherBits += msg.length * 8;
           keyBits += kb;
@@ -358,7 +394,11 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
           o.onMessage?.(++done, Math.max(expected, sent));
         });
       inflight.add(p);
-      while (inflight.size >= window) await Promise.race(inflight);
+      while (inflight.size >= window && !o.signal?.aborted) await untilStopped(Promise.race(inflight), o.signal);
+      if (o.signal?.aborted) {
+        stoppedBy = 'stopped';
+        break;
+      }
     }
     if (stoppedBy === 'stopped') {
       // Stopped by a signal: the answers on their way get a moment (the CLI ends a command 2 s
@@ -368,7 +408,8 @@ export async function runTraffic(o: TrafficOptions): Promise<TrafficResult> {
       if (unanswered > 0) failures['unanswered when stopped'] = (failures['unanswered when stopped'] ?? 0) + unanswered;
     } else await Promise.all(inflight);
   } finally {
-    await o.terminal.request(Group.KEYS, KeysCmd.CLOSE, { s: s as number }).catch(() => undefined);
+    // After a stop, briefly: the command has 2 s in all, and the module may be the one not answering.
+    await o.terminal.request(Group.KEYS, KeysCmd.CLOSE, { s: s as number }, stoppedBy === 'stopped' ? { timeoutMs: 300, retries: 0 } : {}).catch(() => undefined);
   }
   // Rates over the time the run took: its duration, or less when it stopped early.
   const seconds = Math.max(1e-3, stoppedBy ? now() - start : Math.max(o.durationMs, now() - start)) / 1000;
