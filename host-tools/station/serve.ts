@@ -31,7 +31,9 @@ import { Station, StationError } from './station.js';
 import { roleOf } from './certs.js';
 import { accountRow } from './accounts.js';
 import type { StationRole } from './certs.js';
-import { StationStore, StationStoreError, stationServiceLockOptions } from './store.js';
+import { StationStoreError, stationServiceLockOptions } from './store.js';
+import type { StationKeyStore } from './store.js';
+import { openStationStore } from './open-store.js';
 import { LockBusyError, lockSync } from '../lock.js';
 import { isId, MAX_RECORD_BYTES } from '../kmd/home.js';
 import { DamagedFileError, readJsonFile } from '../json-file.js';
@@ -160,7 +162,7 @@ export interface StationServer {
 }
 
 export async function startStationServer(o: StationServerOptions): Promise<StationServer> {
-  const store = new StationStore(o.stationDir);
+  const store = openStationStore(o.stationDir);
   const serviceLock = lockSync(o.stationDir, stationServiceLockOptions(o.stationDir));
   try {
     return await serveStore(store, o, () => serviceLock.release());
@@ -173,7 +175,7 @@ export async function startStationServer(o: StationServerOptions): Promise<Stati
 /** The caller of one connection, as its verified certificate says (undefined: no station role). */
 type Caller = StationRole | undefined;
 
-async function serveStore(store: StationStore, o: StationServerOptions, unlock: () => void): Promise<StationServer> {
+async function serveStore(store: StationKeyStore, o: StationServerOptions, unlock: () => void): Promise<StationServer> {
   const stationDir = o.stationDir;
   const log = o.log ?? (() => undefined);
   const counters: StationCounters = { handshakeFailures: 0, denied: 0, connections: 0, noRole: 0, evicted: 0, idleClosed: 0 };
@@ -184,6 +186,11 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
   const logEvicted = rateLimited(log);
   const logGeneration = rateLimited(log);
   const station = new Station(store);
+  store.onGroupFailure = (e) => {
+    // The uplinks of that turn were refused (their keys are unused again): no session keeps one.
+    station.forgetSessions();
+    log(`station: a store commit failed, its uplinks refused: ${(e as NodeJS.ErrnoException).code ?? e.message}`);
+  };
   const inbox = join(stationDir, 'inbox.jsonl');
   const inboxMax = o.inboxMaxBytes ?? INBOX_MAX_BYTES;
   const sizeOf = (f: string): number | undefined => {
@@ -230,7 +237,7 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
   const known = (id: string) => {
     // The id names a folder of the store: only plain terminal ids, never a path.
     if (!isId(id)) throw new LinkError(Rc.BAD_REQUEST, 'field "t" must be a terminal id');
-    if (!existsSync(join(stationDir, id, 'pool.img'))) throw new LinkError(Rc.WRONG_TERMINAL, `the station holds no keys for terminal ${id}`);
+    if (!store.hasTerminal(id)) throw new LinkError(Rc.WRONG_TERMINAL, `the station holds no keys for terminal ${id}`);
     return id;
   };
   const guard = <T>(fn: () => T): T => {
@@ -290,19 +297,29 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
         const terminalId = known(entitled(caller, text(p, 't', 32)));
         const m = bytes(p, 'm', maxChunk);
         const { mode, counter } = guard(() => decodeServiceHeader(m).header);
-        const before = station.consumedBits.get(terminalId) ?? 0;
-        const data = guard(() => station.openUplink(terminalId, m));
-        const keyBits = (station.consumedBits.get(terminalId) ?? 0) - before;
-        const at = Date.now();
-        file(JSON.stringify({ at: new Date(at).toISOString(), terminal: terminalId, mode, counter, bytes: data.length, data: Buffer.from(data).toString('base64') }) + '\n');
-        try {
-          store.recordUplink(terminalId, { at, mode, counter, bytes: data.length, keyBits });
-        } catch (e) {
-          // Informational only: the uplink is opened and filed; STATUS shows an older last uplink.
-          log(`station: could not record ${terminalId}'s last uplink: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-        }
-        log(`station: ${terminalId} ${mode} uplink, ${data.length} bytes, ${keyBits} key bits`);
-        return { n: data.length, keyBits };
+        // The keys are taken and the uplink recorded in the store's group: the answer goes
+        // once that is durable (one commit for every uplink of this turn, on the SQLite store),
+        // and the message is filed then (as before: a crash between loses the filing, never
+        // opens a message twice).
+        return store
+          .grouped(() => {
+            const before = station.consumedBits.get(terminalId) ?? 0;
+            const data = guard(() => station.openUplink(terminalId, m));
+            const keyBits = (station.consumedBits.get(terminalId) ?? 0) - before;
+            const at = Date.now();
+            try {
+              store.recordUplink(terminalId, { at, mode, counter, bytes: data.length, keyBits });
+            } catch (e) {
+              // Informational only: the uplink is opened; STATUS shows an older last uplink.
+              log(`station: could not record ${terminalId}'s last uplink: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+            }
+            return { data, keyBits, at };
+          })
+          .then(({ data, keyBits, at }) => {
+            file(JSON.stringify({ at: new Date(at).toISOString(), terminal: terminalId, mode, counter, bytes: data.length, data: Buffer.from(data).toString('base64') }) + '\n');
+            log(`station: ${terminalId} ${mode} uplink, ${data.length} bytes, ${keyBits} key bits`);
+            return { n: data.length, keyBits };
+          });
       },
       [StationCmd.DOWNLINK]: (p) => {
         const terminalId = known(entitled(caller, text(p, 't', 32)));

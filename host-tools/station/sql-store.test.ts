@@ -1,0 +1,305 @@
+// The SQLite station store against the pool-image store as its reference: the same random
+// sequences of exports, cancels, uses, voids, activations and reopenings give the same answers,
+// the same refusals (error codes) and the same accounts on both (fast-check model-based test).
+// Then what only the SQLite store has: group commit, rollback of one member, a failed commit,
+// used keys gone from its files, and durability across a SIGKILL.
+import t from 'tap';
+import fc from 'fast-check';
+import { spawn } from 'node:child_process';
+import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { randomBytes } from 'node:crypto';
+import { StationStore } from './store.js';
+import type { StationKeyStore } from './store.js';
+import { KEY_CHUNK, SqlStationStore } from './sql-store.js';
+import { openStationStore } from './open-store.js';
+import { fuzzParams, replayLine } from '../../firmware/test-support/fuzz.js';
+import { assertFreshBuild } from '../../hil/build-check.js';
+
+const batchId = (n: number) => new Uint8Array(16).fill(n);
+/** Key bytes of batch n: distinct per batch and position. */
+const keysOf = (n: number, bytes: number) => Uint8Array.from({ length: bytes }, (_, i) => (n * 37 + i * 7 + (i >> 8)) & 0xff);
+
+/** What an operation gave: a value, or the refusal's name and code (messages may differ). */
+function outcome(fn: () => unknown): unknown {
+  try {
+    const v = fn();
+    return { ok: v instanceof Uint8Array ? Buffer.from(v).toString('hex') : v };
+  } catch (e) {
+    const err = e as Error & { code?: string };
+    return { err: err.name, code: err.code };
+  }
+}
+
+/** Everything both stores show of a terminal: status (minus the flash's sectors), account, names. */
+function view(s: StationKeyStore, id: string): unknown {
+  return {
+    status: outcome(() => {
+      const st = s.status(id);
+      return { ...st, sectors: undefined, lowWatermarkBits: undefined, staging: st.staging && { ...st.staging, durableBits: undefined }, active: [...st.active].sort(), inactive: [...st.inactive].sort() };
+    }),
+    account: outcome(() => s.account(id)),
+    state: outcome(() => s.state(id)),
+    has: s.hasTerminal(id),
+    last: s.lastUplink(id),
+    days: s.usageDays(id),
+  };
+}
+
+interface Pair {
+  files: StationKeyStore;
+  sql: StationKeyStore;
+  dir: string;
+}
+
+type Op = (s: StationKeyStore) => unknown;
+
+class Do implements fc.Command<object, Pair> {
+  constructor(
+    readonly name: string,
+    readonly op: Op,
+  ) {}
+  check(): boolean {
+    return true;
+  }
+  run(_m: object, p: Pair): void {
+    const a = outcome(() => this.op(p.files));
+    const b = outcome(() => this.op(p.sql));
+    if (JSON.stringify(a) !== JSON.stringify(b)) throw new Error(`${this.name}: files ${JSON.stringify(a)} sqlite ${JSON.stringify(b)}`);
+    for (const id of ['T1', 'T2']) {
+      const va = JSON.stringify(view(p.files, id));
+      const vb = JSON.stringify(view(p.sql, id));
+      if (va !== vb) throw new Error(`after ${this.name}, ${id}: files ${va} sqlite ${vb}`);
+    }
+    if (JSON.stringify(p.files.terminals()) !== JSON.stringify(p.sql.terminals())) throw new Error('terminal lists differ');
+  }
+  toString(): string {
+    return this.name;
+  }
+}
+
+class Reopen implements fc.Command<object, Pair> {
+  check(): boolean {
+    return true;
+  }
+  run(_m: object, p: Pair): void {
+    p.files.close();
+    p.sql.close();
+    p.files = new StationStore(join(p.dir, 'files'));
+    p.sql = openStationStore(join(p.dir, 'sql'));
+  }
+  toString(): string {
+    return 'reopen';
+  }
+}
+
+const term = fc.constantFrom('T1', 'T2');
+const bn = fc.integer({ min: 1, max: 6 });
+const sizes = fc.constantFrom(64, KEY_CHUNK - 8, KEY_CHUNK, 3 * KEY_CHUNK + 40);
+const commands = [
+  fc.tuple(term, bn, fc.integer({ min: 0, max: 12 }), sizes).map(
+    ([id, n, seq, bytes]) => new Do(`addBatch ${id} b${n} seq ${seq} ${bytes}B`, (s) => s.addBatch(id, { batchId: batchId(n), seq, purpose: 'any', bits: bytes * 8 }, keysOf(n, bytes))),
+  ),
+  fc.tuple(term, bn, fc.integer({ min: 0, max: 12 }), sizes).map(
+    ([id, n, seq, bytes]) => new Do(`reserve ${id} b${n} seq ${seq} ${bytes}B`, (s) => s.reserve(id, { batchId: batchId(n), seq, purpose: 'any', bits: bytes * 8 })),
+  ),
+  fc.tuple(term, bn, sizes).map(([id, n, bytes]) => new Do(`fill ${id} b${n} ${bytes}B`, (s) => s.fill(id, batchId(n), keysOf(n, bytes)))),
+  fc.tuple(term, bn).map(([id, n]) => new Do(`cancel ${id} b${n}`, (s) => s.cancel(id, batchId(n)))),
+  fc.tuple(term, bn, fc.integer({ min: 0, max: 4 * KEY_CHUNK }), fc.integer({ min: 1, max: 600 }), fc.boolean()).map(
+    ([id, n, off, bytes, inactive]) => new Do(`take ${id} b${n} @${off * 8} ${bytes}B${inactive ? ' inactive ok' : ''}`, (s) => s.takeById(id, batchId(n), off * 8, bytes, inactive)),
+  ),
+  fc.tuple(term, bn, fc.integer({ min: -8, max: 4 * KEY_CHUNK }), fc.integer({ min: 0, max: 600 })).map(
+    ([id, n, off, bytes]) => new Do(`peek ${id} b${n} @${off * 8} ${bytes}B`, (s) => s.peekById(id, batchId(n), off * 8, bytes)),
+  ),
+  fc.tuple(term, bn).map(([id, n]) => new Do(`void ${id} b${n}`, (s) => s.voidBatch(id, Buffer.from(batchId(n)).toString('hex')))),
+  fc.tuple(term, bn, fc.boolean()).map(([id, n, r]) => new Do(`activate ${id} b${n}`, (s) => s.activate(id, Buffer.from(batchId(n)).toString('hex'), r ? 'receipt' : 'first-use'))),
+  fc.tuple(term, fc.integer({ min: 0, max: 13 }), fc.subarray([1, 2, 3, 4, 5, 6])).map(
+    ([id, below, live]) => new Do(`retireAbsent ${id} <${below} live ${live}`, (s) => s.retireAbsent(id, below, new Set(live.map((n) => Buffer.from(batchId(n)).toString('hex'))))),
+  ),
+  fc.tuple(term, bn).map(([id, n]) => new Do(`batch ${id} b${n}`, (s) => [s.batch(id, batchId(n)), s.holdsBatch(id, batchId(n))])),
+  fc.tuple(term, fc.integer({ min: 0, max: 40 }), fc.integer({ min: 0, max: 5000 })).map(
+    ([id, day, bits]) => new Do(`recordUplink ${id} day ${day} ${bits}`, (s) => s.hasTerminal(id) && s.recordUplink(id, { at: 1.7e12 + day * 86_400_000, mode: 'otp', counter: day, bytes: 10, keyBits: bits })),
+  ),
+  fc.constant(new Reopen()),
+];
+
+t.test('the SQLite store answers as the pool-image store does, over random histories with reopenings', (t) => {
+  const runs = Number(process.env.QKT_FUZZ_RUNS ?? 60);
+  const root = t.testdir({});
+  let k = 0;
+  const out = fc.check(
+    fc.property(fc.commands(commands, { maxCommands: 60, replayPath: process.env.QKT_FUZZ_REPLAY }), (cmds) => {
+      const dir = join(root, String(k++));
+      const p: Pair = { files: new StationStore(join(dir, 'files')), sql: openStationStore(join(dir, 'sql'), { create: 'sqlite' }), dir };
+      try {
+        fc.modelRun(() => ({ model: {}, real: p }), cmds);
+      } finally {
+        p.files.close();
+        p.sql.close();
+      }
+    }),
+    fuzzParams(runs),
+  );
+  t.notOk(out.failed, out.failed ? `${(out.errorInstance as Error | undefined)?.message}\n${fc.defaultReportMessage(out)}\nreplay: ${replayLine(out, 'host-tools/station/sql-store.test.ts')}` : 'same answers');
+  t.end();
+});
+
+const meta = (n: number, bytes = 4 * KEY_CHUNK) => ({ batchId: batchId(n), seq: n, purpose: 'enc' as const, bits: bytes * 8 });
+
+t.test('group commit: the uplinks of one turn share one commit, answered only after it', async (t) => {
+  const s = new SqlStationStore(join(t.testdir({}), 'st'), { create: true });
+  t.teardown(() => s.close());
+  s.addBatch('T1', meta(1), keysOf(1, 4 * KEY_CHUNK));
+  const order: string[] = [];
+  const all = Array.from({ length: 20 }, (_, i) =>
+    s.grouped(() => s.takeById('T1', batchId(1), i * 64, 8, true)).then((k) => {
+      order.push(`answer ${i}`);
+      return k;
+    }),
+  );
+  order.push('turn over');
+  const keys = await Promise.all(all);
+  t.equal(order[0], 'turn over', 'no answer before the turn ends (and the commit)');
+  t.same(s.stats, { groups: 1, groupedOps: 20 }, 'one commit for twenty');
+  t.same(Buffer.from(keys[3]!.key), Buffer.from(keysOf(1, 4 * KEY_CHUNK).subarray(24, 32)), 'the named key');
+  s.close();
+  const again = new SqlStationStore(s.dir);
+  t.teardown(() => again.close());
+  t.equal(again.status('T1').consumedKeyBits, 19 * 64 + 64, 'all twenty durable (keys and the gaps burned before them)');
+});
+
+t.test('group commit: a member that throws undoes its own changes only', async (t) => {
+  const s = new SqlStationStore(join(t.testdir({}), 'st'), { create: true });
+  t.teardown(() => s.close());
+  s.addBatch('T1', meta(1), keysOf(1, 4 * KEY_CHUNK));
+  const good = s.grouped(() => s.takeById('T1', batchId(1), 0, 8, true));
+  const bad = s.grouped(() => {
+    s.takeById('T1', batchId(1), 800, 8, true);
+    throw new Error('the message did not authenticate');
+  });
+  await t.rejects(bad, /did not authenticate/);
+  await good;
+  t.equal(s.status('T1').consumedKeyBits, 64, 'the failed member took nothing');
+  t.same(Buffer.from(s.peekById('T1', batchId(1), 800, 8)), Buffer.from(keysOf(1, 4 * KEY_CHUNK).subarray(100, 108)), 'its key is still there');
+});
+
+t.test('group commit: a commit that fails refuses every member and undoes all of them', async (t) => {
+  const s = new SqlStationStore(join(t.testdir({}), 'st'), { create: true });
+  t.teardown(() => s.close());
+  s.addBatch('T1', meta(1), keysOf(1, 4 * KEY_CHUNK));
+  const failures: Error[] = [];
+  s.onGroupFailure = (e) => failures.push(e);
+  const a = s.grouped(() => s.takeById('T1', batchId(1), 0, 8, true));
+  const b = s.grouped(() => {
+    // A deferred foreign-key violation: the statement runs, the COMMIT fails.
+    s.db.pragma('defer_foreign_keys = ON');
+    s.db.prepare("INSERT INTO batch (terminal, pool_id, batch_id, seq, purpose, bits, staged) VALUES ('NOPE', 1, x'00', 1, 'enc', 8, 1)").run();
+    return s.takeById('T1', batchId(1), 64, 8, true);
+  });
+  await t.rejects(a, /FOREIGN KEY/);
+  await t.rejects(b, /FOREIGN KEY/);
+  t.equal(failures.length, 1, 'the store says so once');
+  t.equal(s.status('T1').consumedKeyBits, 0, 'no key taken');
+  t.equal(s.db.inTransaction, false, 'no transaction left open');
+  const k = await s.grouped(() => s.takeById('T1', batchId(1), 0, 8, true));
+  t.equal(k.keyId.bitOffset, 0, 'the next group works, and the first key is served now');
+});
+
+t.test('a used key leaves the files: the database zeroes it, the log is truncated', async (t) => {
+  const dir = join(t.testdir({}), 'st');
+  const s = new SqlStationStore(dir, { create: true });
+  t.teardown(() => s.close());
+  const keys = new Uint8Array(randomBytes(4 * KEY_CHUNK));
+  s.addBatch('T1', meta(1), keys);
+  const files = () => Buffer.concat(readdirSync(dir).map((f) => readFileSync(join(dir, f))));
+  const has = (b: Uint8Array) => files().includes(Buffer.from(b));
+  const first = keys.slice(10, 42); // in the chunk still in use after the take
+  const whole = keys.slice(KEY_CHUNK + 100, KEY_CHUNK + 132); // in a chunk used up by it
+  const later = keys.slice(3 * KEY_CHUNK + 10, 3 * KEY_CHUNK + 42);
+  s.checkpoint();
+  t.ok(has(first) && has(whole) && has(later), 'the keys are in the files before use');
+  await s.grouped(() => s.takeById('T1', batchId(1), (2 * KEY_CHUNK + 16) * 8, 16, true));
+  s.checkpoint();
+  t.notOk(has(first), 'a key burned in a chunk still in use is zeroed');
+  t.notOk(has(whole), 'a chunk used up is deleted (and overwritten)');
+  t.ok(has(later), 'unused keys are kept');
+  s.voidBatch('T1', Buffer.from(batchId(1)).toString('hex'));
+  s.checkpoint();
+  t.notOk(has(later), 'a voided batch leaves nothing');
+});
+
+t.test('a station store killed (SIGKILL) mid-load: every answered take is durable, nothing is served twice', async (t) => {
+  assertFreshBuild();
+  const BUILT = pathToFileURL(fileURLToPath(new URL('../../dist/host-tools/station/sql-store.js', import.meta.url))).href;
+  const dir = join(t.testdir({}), 'st');
+  const s = new SqlStationStore(dir, { create: true });
+  s.addBatch('T1', meta(1, 64 * KEY_CHUNK), keysOf(1, 64 * KEY_CHUNK));
+  s.activate('T1', Buffer.from(batchId(1)).toString('hex'), 'receipt');
+  s.close();
+  const script = join(dir, '..', 'child.mjs');
+  // The child takes 16-byte keys as fast as it can, in groups of up to 8 per turn, and prints
+  // each key's offset once its group committed (an answer); the parent kills it mid-way.
+  writeFileSync(
+    script,
+    `import { SqlStationStore } from ${JSON.stringify(BUILT)};
+const s = new SqlStationStore(${JSON.stringify(dir)});
+const id = new Uint8Array(16).fill(1);
+let off = 0;
+for (;;) {
+  const batch = [];
+  for (let i = 0; i < 8 && off < 60 * 1024 * 8; i++, off += 128) { const o = off; batch.push(s.grouped(() => s.takeById('T1', id, o, 16)).then(() => o)); }
+  if (batch.length === 0) break;
+  for (const o of await Promise.all(batch)) process.stdout.write(o + '\\n');
+}
+`,
+  );
+  const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
+  let out = '';
+  let killed = false;
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    out += d;
+    if (!killed && out.split('\n').length > 300) {
+      killed = true;
+      child.kill('SIGKILL');
+    }
+  });
+  const end = await new Promise<string | number>((r) => child.on('exit', (code, sig) => r(sig ?? code ?? -1)));
+  t.equal(end, 'SIGKILL', 'killed mid-load');
+  const answered = out.split('\n').filter((l) => /^\d+$/.test(l)).map(Number);
+  t.ok(answered.length >= 300, `${answered.length} keys answered before the kill`);
+  const after = new SqlStationStore(dir);
+  t.teardown(() => after.close());
+  const refused = answered.filter((o) => {
+    try {
+      after.peekById('T1', batchId(1), o, 16);
+      return false;
+    } catch (e) {
+      return (e as { code?: string }).code === 'ALREADY_CONSUMED';
+    }
+  });
+  t.equal(refused.length, answered.length, 'every key answered before the kill is used for good');
+  const st = after.status('T1');
+  t.ok(st.consumedKeyBits >= (Math.max(...answered) + 128), 'the frontier is past the last answered key');
+  const next = await after.grouped(() => after.takeById('T1', batchId(1), st.consumedKeyBits, 16));
+  t.equal(next.keyId.bitOffset, st.consumedKeyBits, 'and the store serves on from there');
+});
+
+t.test('openStationStore: picks the kind by the folder, and will not put a database beside pool images', (t) => {
+  const root = t.testdir({});
+  const files = new StationStore(join(root, 'a'));
+  files.addBatch('T1', meta(1), keysOf(1, 4 * KEY_CHUNK));
+  files.close();
+  t.throws(() => openStationStore(join(root, 'a'), { create: 'sqlite' }), /already holds pool images/);
+  const a = openStationStore(join(root, 'a'));
+  t.equal(a.kind, 'files');
+  a.close();
+  const b = openStationStore(join(root, 'b'), { create: 'sqlite' });
+  t.equal(b.kind, 'sqlite');
+  b.close();
+  const b2 = openStationStore(join(root, 'b'));
+  t.equal(b2.kind, 'sqlite', 'reopened by what the folder holds');
+  b2.close();
+  t.throws(() => new SqlStationStore(join(root, 'c')), /no station database/);
+  t.end();
+});
