@@ -119,13 +119,14 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['kmd', 'init'],
     summary: 'create a new KMD in a home folder',
-    usage: 'qkt kmd init --home H [--qkd fixed|bb84-decoy|bb84-vacuum-weak|mdi] [--rate 11kbit/s | --km N [--pulse-rate 1GHz]] [--stock 9Mbit]',
+    usage: 'qkt kmd init --home H [--qkd fixed|bb84-decoy|bb84-vacuum-weak|mdi] [--rate 11kbit/s | --km N [--pulse-rate 1GHz]] [--stock 9Mbit] [--station-store files|sqlite]',
     examples: [
       'qkt kmd init --home ./kmd',
       'qkt kmd init --home ./kmd --rate 11kbit/s --stock 9Mbit',
       'qkt kmd init --home ./kmd --rate 1Mbit/s',
       'qkt kmd init --home ./kmd --qkd bb84-decoy --km 50 --pulse-rate 1GHz   # 222595 bit/s',
       'qkt kmd init --home ./kmd --qkd mdi --km 100 --pulse-rate 50MHz',
+      'qkt kmd init --home ./kmd --station-store sqlite   # one database for thousands of terminals',
     ],
     options: {
       home: { ...home, description: 'the new KMD home folder (must not hold a KMD yet)' },
@@ -139,6 +140,12 @@ export const commands: readonly CommandSpec[] = [
       km: { type: 'string', value: 'N', description: 'length of the QKD link in km (with --qkd other than fixed; required there)' },
       'pulse-rate': { type: 'string', value: 'HZ', description: "the QKD source's pulse rate, in Hz or with a unit (1GHz, 50MHz)", defaultText: '1GHz' },
       stock: { type: 'string', value: 'N', description: 'key already in stock at creation: bits, or with a unit (9Mbit)', defaultText: '0' },
+      'station-store': {
+        type: 'string',
+        value: 'KIND',
+        description: "the master station's key store: files (a 2 MiB pool image per terminal) or sqlite (one database, keys in 1 KiB rows: for fleets of thousands; docs/station.md)",
+        defaultText: 'files',
+      },
     },
     load: () => import('./commands/kmd.js').then((m) => m.kmdInit),
   },
@@ -350,7 +357,7 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['fleet', 'run'],
     summary: "N emulated terminals in this process, enrolled and loaded through the KMD and a carrier, each sending a user class's traffic to one station; a table per class",
-    usage: 'qkt fleet run --terminals N [--mix A:1,B:1,C:1,D:1,E:1] [--bits 128kbit] [--seconds 30] [--t 60s] [--seed S] [--home DIR] [--json]',
+    usage: 'qkt fleet run --terminals N [--mix A:1,B:1,C:1,D:1,E:1] [--bits 128kbit] [--seconds 30] [--t 60s] [--seed S] [--home DIR] [--store sqlite|files] [--json]',
     examples: ['qkt fleet run --terminals 100', 'qkt fleet run --terminals 1000 --seconds 20 --mix D:1,E:4 --json', 'qkt fleet run --terminals 10 --home ./fleet-state'],
     options: {
       terminals: { type: 'string', value: 'N', description: 'how many terminals (1 to 20000), each an emulated module with its own image, keys and class' },
@@ -360,6 +367,7 @@ export const commands: readonly CommandSpec[] = [
       t: { type: 'string', value: 'DURATION', description: 'the interval unit T the class rates are given in', defaultText: '60s' },
       seed: { type: 'string', value: 'S', description: 'seed of the class deal and of the message times and contents', defaultText: '1' },
       home: { type: 'string', value: 'DIR', description: 'keep the KMD home, carrier, flash images (as files) and certificates in DIR (new or empty)', defaultText: 'a temporary folder, images in memory, removed' },
+      store: { type: 'string', value: 'KIND', description: "the station's key store: sqlite (one database, group commit) or files (a 2 MiB pool image per terminal, as `kmd init` makes by default)", defaultText: 'sqlite' },
     },
     required: ['terminals'],
     load: () => import('./commands/fleet.js').then((m) => m.default),

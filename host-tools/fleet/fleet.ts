@@ -32,9 +32,10 @@ import { formatBits } from '../units.js';
 import type { ClassId, TrafficResult } from '../station/traffic.js';
 import { InputError } from '../input-error.js';
 import { compactGeometry } from './image.js';
+import type { StationStoreKind } from '../station/open-store.js';
 
 export const CLASS_IDS: readonly ClassId[] = ['A', 'B', 'C', 'D', 'E'];
-/** Most terminals one fleet run takes (one process; the station's store is one folder per terminal). */
+/** Most terminals one fleet run takes (one process). */
 export const MAX_FLEET_TERMINALS = 20_000;
 /** The paper's five user classes, evenly. */
 export const DEFAULT_MIX = 'A:1,B:1,C:1,D:1,E:1';
@@ -104,6 +105,8 @@ export interface FleetOptions {
   deadlineMs?: number;
   /** Terminals set up at once (inject, certificate, TLS handshake; default 8). */
   concurrency?: number;
+  /** The station's key store (default 'sqlite': one database; 'files': a 2 MiB pool image per terminal). */
+  store?: StationStoreKind;
   onProgress?: (phase: FleetPhase, done: number, total: number) => void;
   signal?: AbortSignal;
 }
@@ -133,6 +136,8 @@ export interface FleetResult {
   seed: number;
   /** Each module's flash: in this process' memory, or files in the kept home. */
   images: { where: 'memory' | 'files'; bytes: number; sectors: number; sectorSize: number };
+  /** The station's key store: one SQLite database, or a pool image per terminal. */
+  store: StationStoreKind;
   /** TLS connections to the station: one per terminal (the station admits a terminal only on its own certificate). */
   stationConnections: number;
   setupSeconds: number;
@@ -160,8 +165,10 @@ interface Member {
 }
 
 /** Run `fn` over `items`, at most `limit` at once. */
-/** Bytes of one terminal's pool image in the station's store (a full-size 2 MiB chip image). */
+/** Bytes of one terminal's pool image in the station's file store (a full-size 2 MiB chip image). */
 const STATION_POOL_IMAGE_BYTES = 2 * 1024 * 1024;
+/** Bytes of one terminal in the SQLite store, besides its keys: rows, index, log. */
+const STATION_ROW_BYTES = 16 * 1024;
 
 async function bounded<T>(items: readonly T[], limit: number, fn: (x: T, i: number) => Promise<void>, signal?: AbortSignal): Promise<void> {
   let next = 0;
@@ -278,22 +285,27 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
   const dir = o.home !== undefined ? prepareHome(o.home) : mkdtempSync(join(tmpdir(), 'qkt-fleet-'));
   const geometry = compactGeometry(bits);
   const classes = assignClasses(n, mix, seed);
+  const storeKind: StationStoreKind = o.store ?? 'sqlite';
   const width = String(n).length;
   const members: Member[] = [];
   let server: StationServer | undefined;
   try {
-    // 0. Room: each terminal's station pool image is 2 MiB on disk (the station's store keeps a
-    //    full-size pool per terminal), and with --home its module image too. Refused before
-    //    anything is made rather than failing at terminal 9,000 with the disk full.
+    // 0. Room: in the file store each terminal's station pool image is 2 MiB on disk (a
+    //    full-size pool per terminal), in the SQLite store its keys and a few rows; with --home
+    //    its module image too. Refused before anything is made rather than failing at terminal
+    //    9,000 with the disk full.
     const fs = statfsSync(dir);
     const free = fs.bavail * fs.bsize;
-    const need = n * (STATION_POOL_IMAGE_BYTES + (o.home !== undefined ? geometry.size : 0) + 64 * 1024);
+    const perStation = storeKind === 'files' ? STATION_POOL_IMAGE_BYTES : bits / 8 + STATION_ROW_BYTES;
+    const need = n * (perStation + (o.home !== undefined ? geometry.size : 0) + 64 * 1024);
     if (need > free) {
-      throw new InputError(`${n} terminals need about ${(need / 2 ** 30).toFixed(1)} GiB in ${o.home ?? tmpdir()} (a 2 MiB station pool each), and it has ${(free / 2 ** 30).toFixed(1)} GiB free: fewer --terminals, or --home on a bigger disk`);
+      throw new InputError(
+        `${n} terminals need about ${(need / 2 ** 30).toFixed(1)} GiB in ${o.home ?? tmpdir()} (${storeKind === 'files' ? 'a 2 MiB station pool each' : 'their keys at the station'}), and it has ${(free / 2 ** 30).toFixed(1)} GiB free: fewer --terminals, or --home on a bigger disk`,
+      );
     }
     // 1. The KMD.
     // The supply's buffer holds the whole stock (its default, 2^30 bits, is 8,192 terminals at 128 kbit).
-    const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: supply, stockBits: bits * n, capacityBits: Math.max(2 ** 30, bits * n) });
+    const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: supply, stockBits: bits * n, capacityBits: Math.max(2 ** 30, bits * n), stationStore: storeKind });
     const cert = await home.locked(async () => {
       await ensurePki(home);
       return ensureStationServerCert(pkiDir(home), serverNames('127.0.0.1'));
@@ -440,6 +452,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       tMs,
       seed,
       images: { where: o.home !== undefined ? 'files' : 'memory', bytes: geometry.size, sectors: geometry.size / geometry.sectorSize, sectorSize: geometry.sectorSize },
+      store: storeKind,
       stationConnections: n,
       setupSeconds: round3(setupSeconds),
       trafficSeconds: round3(trafficSeconds),

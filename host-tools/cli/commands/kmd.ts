@@ -26,6 +26,8 @@ export interface InitCliResult {
   stockBits: number;
   /** Where the rate comes from: `fixed`, or a QKD model with the figures it was computed from. */
   link: SupplyLink;
+  /** The station store's kind: `files` (a pool image per terminal) or `sqlite` (one database). */
+  stationStore: 'files' | 'sqlite';
 }
 
 export const kmdInit = defineCommand<InitCliResult>({
@@ -33,10 +35,12 @@ export const kmdInit = defineCommand<InitCliResult>({
     const link = supplyLinkOptions(v);
     const rate = link.model === 'fixed' ? (rateOption(v, 'rate') ?? 11_000) : Math.floor(link.perPulse! * link.pulseRateHz!);
     const stock = bitsOption(v, 'stock') ?? 0;
-    const home = kmdCli(() => KmdHome.init(homeDir(v), { rateBitsPerSecond: rate, stockBits: stock, link }));
-    return { kmdId: home.config.kmdId, home: home.dir, rateBitsPerSecond: rate, stockBits: stock, link };
+    const stationStore = str(v, 'station-store') ?? 'files';
+    if (stationStore !== 'files' && stationStore !== 'sqlite') throw new CliError(`--station-store must be files or sqlite, got ${JSON.stringify(stationStore)}`, Exit.USAGE);
+    const home = kmdCli(() => KmdHome.init(homeDir(v), { rateBitsPerSecond: rate, stockBits: stock, link, stationStore }));
+    return { kmdId: home.config.kmdId, home: home.dir, rateBitsPerSecond: rate, stockBits: stock, link, stationStore };
   },
-  render: (r) => `KMD ${r.kmdId} created in ${r.home}, key supply ${r.rateBitsPerSecond} bit/s${describeLink(r.link)}${r.stockBits ? `, ${formatBits(r.stockBits)} in stock` : ''}`,
+  render: (r) => `KMD ${r.kmdId} created in ${r.home}, key supply ${r.rateBitsPerSecond} bit/s${describeLink(r.link)}${r.stockBits ? `, ${formatBits(r.stockBits)} in stock` : ''}${r.stationStore === 'sqlite' ? ', station store in one SQLite database' : ''}`,
 });
 
 /** The default pulse rate of a QKD source (docs/cli.md "qkt kmd init"): a GHz-clocked one. */
