@@ -9,7 +9,8 @@
 // the caller's client certificate (certs.ts roleOf): a terminal its own UPLINK and DOWNLINK and
 // its own STATUS row, an operator STATUS; anything else is DENIED before a key is read, and a
 // connection whose certificate names no station role is closed at once.
-import { appendFileSync, existsSync, lstatSync, renameSync, statSync } from 'node:fs';
+import { appendFileSync, closeSync, existsSync, fstatSync, lstatSync, openSync, readSync, renameSync, statSync } from 'node:fs';
+import { sha256 } from '@noble/hashes/sha2.js';
 import { dirname, join } from 'node:path';
 import { Dispatcher } from '../../firmware/link/dispatch.js';
 import type { CommandGroup } from '../../firmware/link/dispatch.js';
@@ -172,6 +173,52 @@ export async function startStationServer(o: StationServerOptions): Promise<Stati
   }
 }
 
+/** The last `"id"` filed in the inbox (or its newest rotated file), 0 if none: read from its tail. */
+export function lastFiledId(inbox: string): number {
+  for (const f of [inbox, `${inbox}.1`]) {
+    let fd: number | undefined;
+    try {
+      fd = openSync(f, 'r');
+      const size = fstatSync(fd).size;
+      const len = Math.min(size, 256 * 1024);
+      const buf = Buffer.alloc(len);
+      readSync(fd, buf, 0, len, size - len);
+      const lines = buf.toString('utf8').split('\n');
+      for (let i = lines.length - 1; i >= 0; i--) {
+        const m = /^\{"id":(\d+),/.exec(lines[i]!);
+        if (m) return Number(m[1]);
+      }
+    } catch {
+      // absent or unreadable: look further back
+    } finally {
+      if (fd !== undefined) closeSync(fd);
+    }
+  }
+  return 0;
+}
+
+/**
+ * At start (SQLite store): file the lines of uplinks the store committed but the inbox lacks
+ * (the station died between its commit and the filing), and mark the rest filed. The inbox's
+ * last id tells which are there: a line is never filed twice.
+ */
+function fileUnfiled(store: StationKeyStore, inbox: string, file: (line: string) => void, log: (s: string) => void): void {
+  const last = lastFiledId(inbox);
+  let added = 0;
+  for (;;) {
+    const rows = store.unfiled!(1000);
+    if (rows.length === 0) break;
+    for (const r of rows) {
+      if (r.id > last) {
+        file(`{"id":${r.id},${r.line.slice(1)}\n`);
+        added++;
+      }
+    }
+    store.markFiled!(rows.map((r) => r.id));
+  }
+  if (added > 0) log(`station: filed ${added} uplinks opened before the last stop and not yet in the inbox`);
+}
+
 /** The caller of one connection, as its verified certificate says (undefined: no station role). */
 type Caller = StationRole | undefined;
 
@@ -233,6 +280,23 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
     appendFileSync(inbox, line, { mode: 0o600 });
     inboxBytes += Buffer.byteLength(line);
   };
+  // SQLite store: lines filed since the last group, marked filed in the next one (no commit of
+  // their own), or by the timer when no uplink comes. At start, lines the store holds that the
+  // inbox lacks (the station died between a commit and its filing) are filed first.
+  let filed: number[] = [];
+  const markFiled = () => {
+    if (filed.length === 0) return;
+    store.markFiled?.(filed);
+    filed = [];
+  };
+  if (store.unfiled) fileUnfiled(store, inbox, file, log);
+  const markTimer = setInterval(() => {
+    try {
+      markFiled();
+    } catch (e) {
+      log(`station: could not mark inbox lines filed: ${(e as Error).message}`);
+    }
+  }, 1000).unref();
   const maxChunk = DEFAULT_LIMITS.maxBody - CHUNK_OVERHEAD;
   const known = (id: string) => {
     // The id names a folder of the store: only plain terminal ids, never a path.
@@ -298,11 +362,24 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
         const m = bytes(p, 'm', maxChunk);
         const { mode, counter } = guard(() => decodeServiceHeader(m).header);
         // The keys are taken and the uplink recorded in the store's group: the answer goes
-        // once that is durable (one commit for every uplink of this turn, on the SQLite store),
-        // and the message is filed then (as before: a crash between loses the filing, never
-        // opens a message twice).
+        // once that is durable (one commit for every uplink of this turn, on the SQLite store).
+        // The SQLite store also holds the inbox line in that commit and knows the uplink by its
+        // digest: it is filed exactly once, and a retry after a lost answer (the station died
+        // between commit and answer) gets the same answer. The file store files after its
+        // commit: a crash in between loses the line, never opens a message twice.
+        const digest = store.recordOpened ? sha256(m) : undefined;
+        if (filed.length > 0) {
+          // The lines filed since the last group, marked in this one (a savepoint of their own).
+          const ids = filed;
+          filed = [];
+          store.grouped(() => store.markFiled!(ids)).catch(() => filed.push(...ids));
+        }
         return store
           .grouped(() => {
+            if (digest) {
+              const before = store.openedBefore!(terminalId, digest);
+              if (before) return { answer: { n: before.n, keyBits: before.keyBits } };
+            }
             const before = station.consumedBits.get(terminalId) ?? 0;
             const data = guard(() => station.openUplink(terminalId, m));
             const keyBits = (station.consumedBits.get(terminalId) ?? 0) - before;
@@ -313,12 +390,20 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
               // Informational only: the uplink is opened; STATUS shows an older last uplink.
               log(`station: could not record ${terminalId}'s last uplink: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
             }
-            return { data, keyBits, at };
+            const line = JSON.stringify({ at: new Date(at).toISOString(), terminal: terminalId, mode, counter, bytes: data.length, data: Buffer.from(data).toString('base64') });
+            data.fill(0);
+            const id = digest ? store.recordOpened!(terminalId, digest, line, data.length, keyBits) : undefined;
+            return { answer: { n: data.length, keyBits }, line, id };
           })
-          .then(({ data, keyBits, at }) => {
-            file(JSON.stringify({ at: new Date(at).toISOString(), terminal: terminalId, mode, counter, bytes: data.length, data: Buffer.from(data).toString('base64') }) + '\n');
-            log(`station: ${terminalId} ${mode} uplink, ${data.length} bytes, ${keyBits} key bits`);
-            return { n: data.length, keyBits };
+          .then(({ answer, line, id }) => {
+            if (line !== undefined) {
+              file(`${id !== undefined ? `{"id":${id},${line.slice(1)}` : line}\n`);
+              if (id !== undefined) filed.push(id);
+              log(`station: ${terminalId} ${mode} uplink, ${answer.n} bytes, ${answer.keyBits} key bits`);
+            } else {
+              log(`station: ${terminalId} sent an uplink again that was opened before (its answer was lost): answered again, not opened`);
+            }
+            return answer;
           });
       },
       [StationCmd.DOWNLINK]: (p) => {
@@ -420,6 +505,12 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
     counters,
     close: async () => {
       await l.close();
+      clearInterval(markTimer);
+      try {
+        markFiled();
+      } catch {
+        // marked at the next start instead (the inbox's ids tell what is filed)
+      }
       station.close();
       unlock();
     },

@@ -34,6 +34,8 @@ import type { LastUplink, StationAccount, StationBatchMeta, StationKeyStore, Sta
 export const SQL_STORE_FILE = 'station.sqlite';
 /** Key bytes per chunk row: a consumed key's bytes leave the database with their chunk. */
 export const KEY_CHUNK = 1024;
+/** Opened uplinks remembered per terminal, to answer a retry (more than a terminal's window). */
+export const OPENED_KEPT = 16;
 /** Live batches per terminal, as a module's pool holds (KeyPool's default maxBatches). */
 export const POOL_MAX_BATCHES = 32;
 const SCHEMA_VERSION = 1;
@@ -72,6 +74,16 @@ CREATE TABLE IF NOT EXISTS chunk (
   bytes BLOB NOT NULL,
   PRIMARY KEY (terminal, pool_id, n)
 );
+CREATE TABLE IF NOT EXISTS opened (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,     -- the inbox line's id: increasing, never reused
+  terminal TEXT NOT NULL,
+  digest BLOB NOT NULL,                     -- SHA-256 of the uplink's bytes
+  line TEXT,                                -- its inbox line (JSON, without the id) until filed; then NULL
+  n INTEGER NOT NULL,
+  key_bits INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS opened_by_digest ON opened (terminal, digest);
+CREATE INDEX IF NOT EXISTS opened_unfiled ON opened (id) WHERE line IS NOT NULL;
 CREATE TABLE IF NOT EXISTS usage (
   terminal TEXT NOT NULL,
   day INTEGER NOT NULL,
@@ -175,6 +187,11 @@ export class SqlStationStore implements StationKeyStore {
       addUsage: db.prepare('INSERT INTO usage (terminal, day, bits) VALUES (?, ?, ?) ON CONFLICT (terminal, day) DO UPDATE SET bits = bits + excluded.bits'),
       trimUsage: db.prepare('DELETE FROM usage WHERE terminal = ? AND (day <= ? OR day > ?)'),
       usage: db.prepare('SELECT day, bits FROM usage WHERE terminal = ? ORDER BY day').raw(),
+      openedBefore: db.prepare('SELECT n, key_bits AS keyBits FROM opened WHERE terminal = ? AND digest = ?'),
+      recordOpened: db.prepare('INSERT INTO opened (terminal, digest, line, n, key_bits) VALUES (?, ?, ?, ?, ?)'),
+      trimOpened: db.prepare('DELETE FROM opened WHERE terminal = ? AND line IS NULL AND id <= (SELECT id FROM opened WHERE terminal = ? ORDER BY id DESC LIMIT 1 OFFSET ?)'),
+      unfiled: db.prepare('SELECT id, line FROM opened WHERE line IS NOT NULL ORDER BY id LIMIT ?'),
+      markFiled: db.prepare('UPDATE opened SET line = NULL WHERE id = ?'),
     };
   }
 
@@ -492,6 +509,42 @@ export class SqlStationStore implements StationKeyStore {
     }
     const ok = x !== null && typeof x === 'object' && count(x.at) && x.at! <= MAX_DATE_MS && (x.mode === 'otp' || x.mode === 'aead') && count(x.counter) && count(x.bytes) && count(x.keyBits);
     return ok ? { at: x.at!, mode: x.mode!, counter: x.counter!, bytes: x.bytes!, keyBits: x.keyBits! } : null;
+  }
+
+  // ------------------------------------------------------------------ opened uplinks (exactly once)
+
+  /**
+   * The answer the station gave an uplink of these bytes (SHA-256 `digest`) that this store
+   * opened: a terminal sending it again after a lost answer (the station died between its commit
+   * and the answer) gets that answer, and nothing is opened or filed twice. The last
+   * OPENED_KEPT per terminal are known; an older one is refused as a replay (its keys are used).
+   */
+  openedBefore(terminalId: string, digest: Uint8Array): { n: number; keyBits: number } | undefined {
+    return this.q.openedBefore.get(terminalId, Buffer.from(digest)) as { n: number; keyBits: number } | undefined;
+  }
+
+  /**
+   * Record an opened uplink with its inbox line, in the caller's transaction (the one that took
+   * its keys): the line is filed from here, so a crash after the commit files it at the next
+   * start. Returns the line's id.
+   */
+  recordOpened(terminalId: string, digest: Uint8Array, line: string, n: number, keyBits: number): number {
+    const id = Number(this.q.recordOpened.run(terminalId, Buffer.from(digest), line, n, keyBits).lastInsertRowid);
+    this.q.trimOpened.run(terminalId, terminalId, OPENED_KEPT);
+    return id;
+  }
+
+  /** Lines recorded and not marked filed yet, oldest first, at most `max`. */
+  unfiled(max = 10_000): Array<{ id: number; line: string }> {
+    return this.q.unfiled.all(max) as Array<{ id: number; line: string }>;
+  }
+
+  /** The lines are in the inbox file: their text leaves the database. */
+  markFiled(ids: readonly number[]): void {
+    if (ids.length === 0) return;
+    this.tx(() => {
+      for (const id of ids) this.q.markFiled.run(id);
+    });
   }
 
   // ------------------------------------------------------------------ group commit

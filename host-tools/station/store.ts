@@ -147,6 +147,15 @@ export interface StationKeyStore {
    * resolves them all after its one commit (group commit: one fsync for many messages).
    */
   grouped<T>(fn: () => T): Promise<T>;
+  /**
+   * SQLite store only: opened uplinks recorded with their inbox lines in the transaction that took
+   * their keys, so a message is filed exactly once and a retry after a lost answer gets the same
+   * answer (sql-store.ts). The file store files after the fact: a crash in between loses the line.
+   */
+  openedBefore?(terminalId: string, digest: Uint8Array): { n: number; keyBits: number } | undefined;
+  recordOpened?(terminalId: string, digest: Uint8Array, line: string, n: number, keyBits: number): number;
+  unfiled?(max?: number): Array<{ id: number; line: string }>;
+  markFiled?(ids: readonly number[]): void;
   /** Called when a group's commit failed and its changes were undone (SQLite store). */
   onGroupFailure?: ((e: Error) => void) | undefined;
   close(): void;
