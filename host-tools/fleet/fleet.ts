@@ -33,6 +33,8 @@ import type { ClassId, TrafficResult } from '../station/traffic.js';
 import { InputError } from '../input-error.js';
 import { compactGeometry } from './image.js';
 import type { StationStoreKind } from '../station/open-store.js';
+import { spawn } from 'node:child_process';
+import { qktBin } from '../bench/start.js';
 
 export const CLASS_IDS: readonly ClassId[] = ['A', 'B', 'C', 'D', 'E'];
 /** Most terminals one fleet run takes (one process). */
@@ -107,6 +109,17 @@ export interface FleetOptions {
   concurrency?: number;
   /** The station's key store (default 'sqlite': one database; 'files': a 2 MiB pool image per terminal). */
   store?: StationStoreKind;
+  /**
+   * Messages a second each terminal sends (its class's message shapes, at this rate in all);
+   * default its class's own rates (docs/traffic.md).
+   */
+  ratePerSecond?: number;
+  /**
+   * Where the station runs: 'process' (default), the real `qkt station run` in a process of its
+   * own (the fleet's RSS is then the terminals' alone, and the two use both cores), or 'inline',
+   * in this process.
+   */
+  station?: 'process' | 'inline';
   onProgress?: (phase: FleetPhase, done: number, total: number) => void;
   signal?: AbortSignal;
 }
@@ -138,6 +151,10 @@ export interface FleetResult {
   images: { where: 'memory' | 'files'; bytes: number; sectors: number; sectorSize: number };
   /** The station's key store: one SQLite database, or a pool image per terminal. */
   store: StationStoreKind;
+  /** Where the station ran: its own process (`qkt station run`), or this one. */
+  station: 'process' | 'inline';
+  /** Messages a second per terminal asked for (null: each class's own rates). */
+  ratePerSecond: number | null;
   /** TLS connections to the station: one per terminal (the station admits a terminal only on its own certificate). */
   stationConnections: number;
   setupSeconds: number;
@@ -162,6 +179,53 @@ interface Member {
   pems?: TlsPems;
   station?: LinkClient;
   result?: TrafficResult;
+}
+
+interface StationProcess {
+  address: string;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+/**
+ * `qkt station run` on the fleet's KMD home, in a process of its own (bin/qkt.js of this build),
+ * ready when it prints its ready document. Its log (a line per uplink) is dropped; a failure
+ * before ready carries the log's end.
+ */
+async function startStationProcess(homeDir: string, maxConnections: number): Promise<StationProcess> {
+  const child = spawn(process.execPath, [qktBin(), 'station', 'run', '--home', homeDir, '--listen', '127.0.0.1:0', '--max-connections', String(maxConnections), '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    if (err.length < 4096) err += d;
+  });
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+    await exited;
+    clearTimeout(t);
+  };
+  try {
+    const address = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => {
+        out += d;
+        const nl = out.indexOf('\n');
+        if (nl < 0) return;
+        try {
+          resolve(String((JSON.parse(out.slice(0, nl)) as { listen: unknown }).listen));
+        } catch (e) {
+          reject(e as Error);
+        }
+      });
+      void exited.then(() => reject(new Error(`the station process ended before it was ready: ${err.trim().slice(-400)}`)));
+    });
+    child.stdout.resume();
+    return { address, pid: child.pid!, stop };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
 }
 
 /** Run `fn` over `items`, at most `limit` at once. */
@@ -286,6 +350,8 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
   const geometry = compactGeometry(bits);
   const classes = assignClasses(n, mix, seed);
   const storeKind: StationStoreKind = o.store ?? 'sqlite';
+  const stationWhere = o.station ?? 'process';
+  let stationChild: StationProcess | undefined;
   const width = String(n).length;
   const members: Member[] = [];
   let server: StationServer | undefined;
@@ -380,8 +446,14 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
     // 6. The station service, and one connection per terminal: the station admits a terminal's
     //    uplinks only on that terminal's own certificate, so connections cannot be shared. At most
     //    8 handshakes at once (the service evicts beyond 16 in progress from one address).
-    server = await startStationServer({ stationDir: home.path('station'), listen: 'tls:127.0.0.1:0', tls: cert.pems, maxConnections: n + 64 });
-    const address = server.address;
+    let address: string;
+    if (stationWhere === 'inline') {
+      server = await startStationServer({ stationDir: home.path('station'), listen: 'tls:127.0.0.1:0', tls: cert.pems, maxConnections: n + 64 });
+      address = server.address;
+    } else {
+      stationChild = await startStationProcess(home.dir, n + 64);
+      address = stationChild.address;
+    }
     let connected = 0;
     await bounded(
       members,
@@ -398,7 +470,9 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
 
     // The traffic: every terminal at once.
     const durationMs = o.seconds * 1000;
-    const total = members.reduce((s, m) => s + expectedMessages(CLASSES[m.cls], { tMs, durationMs }), 0);
+    // At --rate, each class's message kinds keep their shares and are scaled to R a second in all.
+    const scaleOf = (c: ClassId): number | undefined => (o.ratePerSecond === undefined ? undefined : (o.ratePerSecond * tMs) / 1000 / CLASSES[c].kinds.reduce((a, k) => a + k.perT, 0));
+    const total = members.reduce((s, m) => s + expectedMessages(CLASSES[m.cls], { tMs, durationMs, ...(scaleOf(m.cls) !== undefined ? { scale: scaleOf(m.cls)! } : {}) }), 0);
     // Bounded samples of the access delays, per class and over all (a long run of a large fleet).
     const delays = new Map<ClassId, DelaySample>(CLASS_IDS.map((c, i) => [c, new DelaySample(seed + i)]));
     const allDelays = new DelaySample(seed ^ 0xa11);
@@ -415,6 +489,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
           durationMs,
           seed: (seed * 1_000_003 + i) >>> 0,
           mode: 'otp',
+          ...(scaleOf(m.cls) !== undefined ? { scale: scaleOf(m.cls)! } : {}),
           supplyBitsPerSecond: supply,
           deadlineMs,
           onMessage: () => progress('traffic', ++done, Math.max(total, done)),
@@ -453,6 +528,8 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       seed,
       images: { where: o.home !== undefined ? 'files' : 'memory', bytes: geometry.size, sectors: geometry.size / geometry.sectorSize, sectorSize: geometry.sectorSize },
       store: storeKind,
+      station: stationWhere,
+      ratePerSecond: o.ratePerSecond ?? null,
       stationConnections: n,
       setupSeconds: round3(setupSeconds),
       trafficSeconds: round3(trafficSeconds),
@@ -475,6 +552,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       }
     }
     await server?.close().catch(() => undefined);
+    await stationChild?.stop();
     if (o.home === undefined) rmSync(dir, { recursive: true, force: true });
   }
 }

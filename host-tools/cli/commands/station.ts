@@ -1,6 +1,6 @@
 // `qkt station run`: the master station service on mutual TLS (see host-tools/station/serve.ts,
 // docs/station.md). Its server certificate comes from the KMD home's CA, issued here when needed.
-import { defineCommand, str, strs, CliError, Exit } from '../command.js';
+import { defineCommand, int, str, strs, CliError, Exit } from '../command.js';
 import { openKmd } from '../home.js';
 import { startStationServer } from '../../station/serve.js';
 import { ensureStationServerCert, serverNames } from '../../station/certs.js';
@@ -37,7 +37,8 @@ export default defineCommand({
       inboxMaxBytes = Math.floor(bits / 8);
       if (inboxMaxBytes < 64 * 1024 || inboxMaxBytes > 64 * 2 ** 30) throw new CliError(`--inbox-max must be a size from 64KiB to 64GiB, got ${JSON.stringify(maxText)}`, Exit.USAGE);
     }
-    const server = await startStationServer({ stationDir: home.path('station'), listen, tls, log: io.log, ...(inboxMaxBytes ? { inboxMaxBytes } : {}) });
+    const maxConnections = int(v, 'max-connections', 1, 1_000_000);
+    const server = await startStationServer({ stationDir: home.path('station'), listen, tls, log: io.log, ...(inboxMaxBytes ? { inboxMaxBytes } : {}), ...(maxConnections !== undefined ? { maxConnections } : {}) });
     const ready = {
       event: 'ready',
       listen: server.address,
