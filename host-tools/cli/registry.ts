@@ -119,7 +119,7 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['kmd', 'init'],
     summary: 'create a new KMD in a home folder',
-    usage: 'qkt kmd init --home H [--qkd fixed|bb84-decoy|bb84-vacuum-weak|mdi] [--rate 11kbit/s | --km N [--pulse-rate 1GHz]] [--stock 9Mbit] [--station-store files|sqlite]',
+    usage: 'qkt kmd init --home H [--qkd fixed|bb84-decoy|bb84-vacuum-weak|mdi] [--rate 11kbit/s | --km N [--pulse-rate 1GHz]] [--stock 9Mbit] [--station-store files|sqlite|postgres] [--db URL]',
     examples: [
       'qkt kmd init --home ./kmd',
       'qkt kmd init --home ./kmd --rate 11kbit/s --stock 9Mbit',
@@ -127,6 +127,7 @@ export const commands: readonly CommandSpec[] = [
       'qkt kmd init --home ./kmd --qkd bb84-decoy --km 50 --pulse-rate 1GHz   # 222595 bit/s',
       'qkt kmd init --home ./kmd --qkd mdi --km 100 --pulse-rate 50MHz',
       'qkt kmd init --home ./kmd --station-store sqlite   # one database for thousands of terminals',
+      'PGPASSWORD=... qkt kmd init --home ./kmd --db postgres://qkt@127.0.0.1/qkt   # the station store in PostgreSQL',
     ],
     options: {
       home: { ...home, description: 'the new KMD home folder (must not hold a KMD yet)' },
@@ -143,9 +144,10 @@ export const commands: readonly CommandSpec[] = [
       'station-store': {
         type: 'string',
         value: 'KIND',
-        description: "the master station's key store: files (a 2 MiB pool image per terminal) or sqlite (one database, keys in 1 KiB rows: for fleets of thousands; docs/station.md)",
-        defaultText: 'files',
+        description: "the master station's key store: files (a 2 MiB pool image per terminal), sqlite (one database file, keys in 1 KiB rows: for fleets of thousands) or postgres (the database --db names; several station processes may share it); docs/station.md",
+        defaultText: 'files (postgres with --db)',
       },
+      db: { type: 'string', value: 'URL', description: 'the PostgreSQL database of a postgres station store: postgres://user@host:port/database, the password from PGPASSWORD or ~/.pgpass, not the command line (kept in station/database.url, mode 0600; the tables are made if absent)' },
     },
     load: () => import('./commands/kmd.js').then((m) => m.kmdInit),
   },

@@ -3,7 +3,7 @@
 // 0700 and files 0600 (secret-file.ts); every file is replaced atomically (fs-atomic.ts), so a
 // crash leaves the old state or the new. Every change is made holding the home's lock
 // (`kmd.lock` inside it, host-tools/lock.ts): one writer at a time, whatever the process.
-import { openStationStore } from '../station/open-store.js';
+import { DB_URL_FILE, openStationStore } from '../station/open-store.js';
 import type { StationStoreKind } from '../station/open-store.js';
 import { SQL_STORE_FILE } from '../station/sql-store.js';
 import { existsSync, readdirSync, chmodSync } from 'node:fs';
@@ -173,6 +173,8 @@ export interface KmdInitOptions {
   capacityBits?: number;
   link?: SupplyLink;
   stationStore?: StationStoreKind;
+  /** The PostgreSQL database of a 'postgres' station store (postgres://user:password@host:port/db). */
+  stationDb?: string;
   now?: () => number;
 }
 
@@ -190,7 +192,7 @@ export class KmdHome {
   /**
    * `capacityBits`: the supply's buffer (default 2^30 bits); a fleet's stock may need more.
    * `stationStore`: the kind of station store (default 'files', a pool image per terminal;
-   * 'sqlite', one database for a fleet).
+   * 'sqlite', one database file for a fleet; 'postgres', the database `stationDb` names).
    */
   static init(dir: string, o: KmdInitOptions): KmdHome {
     const abs = resolve(dir);
@@ -203,7 +205,7 @@ export class KmdHome {
   private static initLocked(abs: string, o: KmdInitOptions): KmdHome {
     if (existsSync(join(abs, 'kmd.json'))) throw new KmdError(`${abs} already holds a KMD`, 'EXISTS');
     for (const d of ['terminals', 'carriers', 'outbox', 'station']) mkdirSecret(join(abs, d));
-    if (o.stationStore === 'sqlite') openStationStore(join(abs, 'station'), { create: 'sqlite' }).close();
+    if (o.stationStore === 'sqlite' || o.stationStore === 'postgres') openStationStore(join(abs, 'station'), { create: o.stationStore, ...(o.stationDb !== undefined ? { url: o.stationDb } : {}) }).close();
     const now = o.now ?? Date.now;
     const config: KmdConfig = {
       format: KMD_FORMAT,
@@ -304,7 +306,7 @@ export class KmdHome {
       ...list('carriers').filter((f) => f.endsWith('.json')),
       ...list('outbox').filter((f) => f.endsWith('.qkb')),
       ...list('station').map((d) => join(d, 'pool.img')),
-      ...[SQL_STORE_FILE, `${SQL_STORE_FILE}-wal`, `${SQL_STORE_FILE}-shm`].map((f) => this.path('station', f)),
+      ...[SQL_STORE_FILE, `${SQL_STORE_FILE}-wal`, `${SQL_STORE_FILE}-shm`, DB_URL_FILE].map((f) => this.path('station', f)),
       this.path('station', 'inbox.jsonl'),
       this.path('sae-keys.json'),
       ...list('pki').filter((f) => f.endsWith('.key')),

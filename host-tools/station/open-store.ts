@@ -1,28 +1,58 @@
-// Which kind of station store a folder holds: a SQLite database (station.sqlite) or pool images.
-import { existsSync, readdirSync } from 'node:fs';
+// Which kind of station store a folder holds: a SQLite database (station.sqlite), a PostgreSQL
+// database (its address in database.url), or pool images.
+import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { StationStore } from './store.js';
 import type { StationKeyStore } from './store.js';
 import { SQL_STORE_FILE, SqlStationStore } from './sql-store.js';
+import { writeFileAtomic } from '../fs-atomic.js';
 
-export type StationStoreKind = 'files' | 'sqlite';
+export type StationStoreKind = 'files' | 'sqlite' | 'postgres';
+
+/** The file in a station folder that names its PostgreSQL database (it may hold a password: 0600). */
+export const DB_URL_FILE = 'database.url';
+
+/** A PostgreSQL address as `--db` takes it: postgres:// or postgresql://, nothing else. */
+export function checkDbUrl(url: string): string {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new Error('--db must be a postgres://user:password@host:port/database address');
+  }
+  if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') throw new Error(`--db must be a postgres:// address, not ${u.protocol}//`);
+  return url;
+}
+
+/** The database address a folder names, if it names one. */
+export function stationDbUrl(dir: string): string | undefined {
+  const f = join(dir, DB_URL_FILE);
+  return existsSync(f) ? readFileSync(f, 'utf8').trim() : undefined;
+}
 
 /**
- * The station store in `dir`: the SQLite store when the folder holds its database, else the
- * pool-image store. `create: 'sqlite'` makes a new database in a folder that holds no terminal's
- * pool image yet (two kinds in one folder would split the keys between them).
+ * The station store in `dir`: PostgreSQL when the folder names a database, SQLite when it holds
+ * one, else the pool-image store. `create` makes a new SQLite or PostgreSQL store (with `url`) in a
+ * folder that holds no terminal's pool image yet (two kinds in one folder would split the keys).
  */
-export function openStationStore(dir: string, o: { create?: StationStoreKind } = {}): StationKeyStore {
+export function openStationStore(dir: string, o: { create?: StationStoreKind; url?: string } = {}): StationKeyStore {
+  const url = stationDbUrl(dir);
+  if (url !== undefined) return new SqlStationStore(dir, { url });
   if (existsSync(join(dir, SQL_STORE_FILE))) return new SqlStationStore(dir);
-  if (o.create === 'sqlite') {
+  if (o.create === 'sqlite' || o.create === 'postgres') {
     const images = existsSync(dir) ? readdirSync(dir).filter((d) => existsSync(join(dir, d, 'pool.img'))) : [];
     if (images.length > 0) throw new Error(`${dir} already holds pool images (${images.length} terminals): a station store is not converted`);
-    return new SqlStationStore(dir, { create: true });
+    if (o.create === 'sqlite') return new SqlStationStore(dir, { create: true });
+    if (o.url === undefined) throw new Error('a PostgreSQL station store needs the database address (--db)');
+    const store = new SqlStationStore(dir, { url: checkDbUrl(o.url) });
+    writeFileAtomic(join(dir, DB_URL_FILE), `${o.url}\n`);
+    return store;
   }
   return new StationStore(dir);
 }
 
 /** The kind of store in `dir` (without opening it). */
 export function stationStoreKind(dir: string): StationStoreKind {
+  if (existsSync(join(dir, DB_URL_FILE))) return 'postgres';
   return existsSync(join(dir, SQL_STORE_FILE)) ? 'sqlite' : 'files';
 }

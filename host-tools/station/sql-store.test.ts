@@ -16,6 +16,7 @@ import { KEY_CHUNK, SqlStationStore } from './sql-store.js';
 import { openStationStore } from './open-store.js';
 import { fuzzParams, replayLine } from '../../firmware/test-support/fuzz.js';
 import { assertFreshBuild } from '../../hil/build-check.js';
+import { pgSkipReason, tempDatabase } from '../test-support/pg.js';
 
 const batchId = (n: number) => new Uint8Array(16).fill(n);
 /** Key bytes of batch n: distinct per batch and position. */
@@ -51,6 +52,7 @@ interface Pair {
   files: StationKeyStore;
   sql: StationKeyStore;
   dir: string;
+  reopenSql: () => StationKeyStore;
 }
 
 type Op = (s: StationKeyStore) => unknown;
@@ -87,7 +89,7 @@ class Reopen implements fc.Command<object, Pair> {
     p.files.close();
     p.sql.close();
     p.files = new StationStore(join(p.dir, 'files'));
-    p.sql = openStationStore(join(p.dir, 'sql'));
+    p.sql = p.reopenSql();
   }
   toString(): string {
     return 'reopen';
@@ -124,31 +126,64 @@ const commands = [
   fc.constant(new Reopen()),
 ];
 
-t.test('the SQLite store answers as the pool-image store does, over random histories with reopenings', (t) => {
-  const runs = Number(process.env.QKT_FUZZ_RUNS ?? 60);
-  const root = t.testdir({});
-  let k = 0;
-  const out = fc.check(
-    fc.property(fc.commands(commands, { maxCommands: 60, replayPath: process.env.QKT_FUZZ_REPLAY }), (cmds) => {
-      const dir = join(root, String(k++));
-      const p: Pair = { files: new StationStore(join(dir, 'files')), sql: openStationStore(join(dir, 'sql'), { create: 'sqlite' }), dir };
-      try {
-        fc.modelRun(() => ({ model: {}, real: p }), cmds);
-      } finally {
-        p.files.close();
-        p.sql.close();
-      }
-    }),
-    fuzzParams(runs),
-  );
-  t.notOk(out.failed, out.failed ? `${(out.errorInstance as Error | undefined)?.message}\n${fc.defaultReportMessage(out)}\nreplay: ${replayLine(out, 'host-tools/station/sql-store.test.ts')}` : 'same answers');
-  t.end();
-});
+/** SQLite, and PostgreSQL when a server is there (under CI=true it must be). */
+const pgSkip = pgSkipReason();
+const KINDS: Array<{ kind: 'sqlite' | 'postgres'; skip: string | false }> = [
+  { kind: 'sqlite', skip: false },
+  { kind: 'postgres', skip: pgSkip },
+];
+
+/** This file's PostgreSQL database, made at first use and dropped at the end. */
+let pgDb: ReturnType<typeof tempDatabase> | undefined;
+function pgUrl(): string {
+  if (!pgDb) {
+    const db = tempDatabase();
+    pgDb = db;
+    t.teardown(() => db.drop());
+  }
+  return pgDb.url;
+}
+
+/** A new empty SQL store of `kind` in `dir` (PostgreSQL: this file's database, emptied first). */
+function sqlStore(kind: 'sqlite' | 'postgres', dir: string): { open: () => SqlStationStore; url?: string } {
+  if (kind === 'sqlite') return { open: () => new SqlStationStore(dir, { create: true }) };
+  const url = pgUrl();
+  const s = new SqlStationStore(dir, { url });
+  s.d.exec('TRUNCATE terminal, batch, chunk, opened, usage CASCADE');
+  s.close();
+  return { open: () => new SqlStationStore(dir, { url }), url };
+}
+
+for (const { kind, skip } of KINDS) {
+  t.test(`the ${kind} store answers as the pool-image store does, over random histories with reopenings`, { skip }, (t) => {
+    const runs = Number(process.env.QKT_FUZZ_RUNS ?? (kind === 'sqlite' ? 60 : 25));
+    const root = t.testdir({});
+    let k = 0;
+    const out = fc.check(
+      fc.property(fc.commands(commands, { maxCommands: 60, replayPath: process.env.QKT_FUZZ_REPLAY }), (cmds) => {
+        const dir = join(root, String(k++));
+        const sql = sqlStore(kind, join(dir, 'sql'));
+        const p: Pair = { files: new StationStore(join(dir, 'files')), sql: sql.open(), dir, reopenSql: sql.open };
+        try {
+          fc.modelRun(() => ({ model: {}, real: p }), cmds);
+        } finally {
+          p.files.close();
+          p.sql.close();
+        }
+      }),
+      fuzzParams(runs),
+    );
+    t.notOk(out.failed, out.failed ? `${(out.errorInstance as Error | undefined)?.message}\n${fc.defaultReportMessage(out)}\nreplay: ${replayLine(out, 'host-tools/station/sql-store.test.ts')}` : 'same answers');
+    t.end();
+  });
+}
 
 const meta = (n: number, bytes = 4 * KEY_CHUNK) => ({ batchId: batchId(n), seq: n, purpose: 'enc' as const, bits: bytes * 8 });
 
-t.test('group commit: the uplinks of one turn share one commit, answered only after it', async (t) => {
-  const s = new SqlStationStore(join(t.testdir({}), 'st'), { create: true });
+for (const { kind, skip } of KINDS) {
+t.test(`${kind} group commit: the uplinks of one turn share one commit, answered only after it`, { skip }, async (t) => {
+  const st = sqlStore(kind, join(t.testdir({}), 'st'));
+  const s = st.open();
   t.teardown(() => s.close());
   s.addBatch('T1', meta(1), keysOf(1, 4 * KEY_CHUNK));
   const order: string[] = [];
@@ -164,13 +199,13 @@ t.test('group commit: the uplinks of one turn share one commit, answered only af
   t.same(s.stats, { groups: 1, groupedOps: 20 }, 'one commit for twenty');
   t.same(Buffer.from(keys[3]!.key), Buffer.from(keysOf(1, 4 * KEY_CHUNK).subarray(24, 32)), 'the named key');
   s.close();
-  const again = new SqlStationStore(s.dir);
+  const again = st.open();
   t.teardown(() => again.close());
   t.equal(again.status('T1').consumedKeyBits, 19 * 64 + 64, 'all twenty durable (keys and the gaps burned before them)');
 });
 
-t.test('group commit: a member that throws undoes its own changes only', async (t) => {
-  const s = new SqlStationStore(join(t.testdir({}), 'st'), { create: true });
+t.test(`${kind} group commit: a member that throws undoes its own changes only`, { skip }, async (t) => {
+  const s = sqlStore(kind, join(t.testdir({}), 'st')).open();
   t.teardown(() => s.close());
   s.addBatch('T1', meta(1), keysOf(1, 4 * KEY_CHUNK));
   const good = s.grouped(() => s.takeById('T1', batchId(1), 0, 8, true));
@@ -184,8 +219,8 @@ t.test('group commit: a member that throws undoes its own changes only', async (
   t.same(Buffer.from(s.peekById('T1', batchId(1), 800, 8)), Buffer.from(keysOf(1, 4 * KEY_CHUNK).subarray(100, 108)), 'its key is still there');
 });
 
-t.test('group commit: a commit that fails refuses every member and undoes all of them', async (t) => {
-  const s = new SqlStationStore(join(t.testdir({}), 'st'), { create: true });
+t.test(`${kind} group commit: a commit that fails refuses every member and undoes all of them`, { skip }, async (t) => {
+  const s = sqlStore(kind, join(t.testdir({}), 'st')).open();
   t.teardown(() => s.close());
   s.addBatch('T1', meta(1), keysOf(1, 4 * KEY_CHUNK));
   const failures: Error[] = [];
@@ -193,47 +228,30 @@ t.test('group commit: a commit that fails refuses every member and undoes all of
   const a = s.grouped(() => s.takeById('T1', batchId(1), 0, 8, true));
   const b = s.grouped(() => {
     // A deferred foreign-key violation: the statement runs, the COMMIT fails.
-    s.db.pragma('defer_foreign_keys = ON');
-    s.db.prepare("INSERT INTO batch (terminal, pool_id, batch_id, seq, purpose, bits, staged) VALUES ('NOPE', 1, x'00', 1, 'enc', 8, 1)").run();
+    if (kind === 'sqlite') {
+      s.d.exec('PRAGMA defer_foreign_keys = ON');
+      s.d.run("INSERT INTO batch (terminal, pool_id, batch_id, seq, purpose, bits, staged) VALUES ('NOPE', 1, x'00', 1, 'enc', 8, 1)");
+    } else {
+      s.d.exec('CREATE TABLE IF NOT EXISTS qkt_fail (t TEXT REFERENCES terminal(id) DEFERRABLE INITIALLY DEFERRED)');
+      s.d.run("INSERT INTO qkt_fail VALUES ('NOPE')");
+    }
     return s.takeById('T1', batchId(1), 64, 8, true);
   });
-  await t.rejects(a, /FOREIGN KEY/);
-  await t.rejects(b, /FOREIGN KEY/);
+  await t.rejects(a, /foreign key/i);
+  await t.rejects(b, /foreign key/i);
   t.equal(failures.length, 1, 'the store says so once');
   t.equal(s.status('T1').consumedKeyBits, 0, 'no key taken');
-  t.equal(s.db.inTransaction, false, 'no transaction left open');
+  t.doesNotThrow(() => s.d.exec('BEGIN; ROLLBACK'), 'no transaction left open');
   const k = await s.grouped(() => s.takeById('T1', batchId(1), 0, 8, true));
   t.equal(k.keyId.bitOffset, 0, 'the next group works, and the first key is served now');
 });
 
-t.test('a used key leaves the files: the database zeroes it, the log is truncated', async (t) => {
-  const dir = join(t.testdir({}), 'st');
-  const s = new SqlStationStore(dir, { create: true });
-  t.teardown(() => s.close());
-  const keys = new Uint8Array(randomBytes(4 * KEY_CHUNK));
-  s.addBatch('T1', meta(1), keys);
-  const files = () => Buffer.concat(readdirSync(dir).map((f) => readFileSync(join(dir, f))));
-  const has = (b: Uint8Array) => files().includes(Buffer.from(b));
-  const first = keys.slice(10, 42); // in the chunk still in use after the take
-  const whole = keys.slice(KEY_CHUNK + 100, KEY_CHUNK + 132); // in a chunk used up by it
-  const later = keys.slice(3 * KEY_CHUNK + 10, 3 * KEY_CHUNK + 42);
-  s.checkpoint();
-  t.ok(has(first) && has(whole) && has(later), 'the keys are in the files before use');
-  await s.grouped(() => s.takeById('T1', batchId(1), (2 * KEY_CHUNK + 16) * 8, 16, true));
-  s.checkpoint();
-  t.notOk(has(first), 'a key burned in a chunk still in use is zeroed');
-  t.notOk(has(whole), 'a chunk used up is deleted (and overwritten)');
-  t.ok(has(later), 'unused keys are kept');
-  s.voidBatch('T1', Buffer.from(batchId(1)).toString('hex'));
-  s.checkpoint();
-  t.notOk(has(later), 'a voided batch leaves nothing');
-});
-
-t.test('a station store killed (SIGKILL) mid-load: every answered take is durable, nothing is served twice', async (t) => {
+t.test(`a ${kind} station store killed (SIGKILL) mid-load: every answered take is durable, nothing is served twice`, { skip }, async (t) => {
   assertFreshBuild();
   const BUILT = pathToFileURL(fileURLToPath(new URL('../../dist/host-tools/station/sql-store.js', import.meta.url))).href;
   const dir = join(t.testdir({}), 'st');
-  const s = new SqlStationStore(dir, { create: true });
+  const store = sqlStore(kind, dir);
+  const s = store.open();
   s.addBatch('T1', meta(1, 64 * KEY_CHUNK), keysOf(1, 64 * KEY_CHUNK));
   s.activate('T1', Buffer.from(batchId(1)).toString('hex'), 'receipt');
   s.close();
@@ -243,7 +261,7 @@ t.test('a station store killed (SIGKILL) mid-load: every answered take is durabl
   writeFileSync(
     script,
     `import { SqlStationStore } from ${JSON.stringify(BUILT)};
-const s = new SqlStationStore(${JSON.stringify(dir)});
+const s = new SqlStationStore(${JSON.stringify(dir)}, ${JSON.stringify(store.url ? { url: store.url } : {})});
 const id = new Uint8Array(16).fill(1);
 let off = 0;
 for (;;) {
@@ -268,7 +286,7 @@ for (;;) {
   t.equal(end, 'SIGKILL', 'killed mid-load');
   const answered = out.split('\n').filter((l) => /^\d+$/.test(l)).map(Number);
   t.ok(answered.length >= 300, `${answered.length} keys answered before the kill`);
-  const after = new SqlStationStore(dir);
+  const after = store.open();
   t.teardown(() => after.close());
   const refused = answered.filter((o) => {
     try {
@@ -283,6 +301,31 @@ for (;;) {
   t.ok(st.consumedKeyBits >= (Math.max(...answered) + 128), 'the frontier is past the last answered key');
   const next = await after.grouped(() => after.takeById('T1', batchId(1), st.consumedKeyBits, 16));
   t.equal(next.keyId.bitOffset, st.consumedKeyBits, 'and the store serves on from there');
+});
+
+}
+
+t.test('a used key leaves the files: the database zeroes it, the log is truncated', async (t) => {
+  const dir = join(t.testdir({}), 'st');
+  const s = new SqlStationStore(dir, { create: true });
+  t.teardown(() => s.close());
+  const keys = new Uint8Array(randomBytes(4 * KEY_CHUNK));
+  s.addBatch('T1', meta(1), keys);
+  const files = () => Buffer.concat(readdirSync(dir).map((f) => readFileSync(join(dir, f))));
+  const has = (b: Uint8Array) => files().includes(Buffer.from(b));
+  const first = keys.slice(10, 42); // in the chunk still in use after the take
+  const whole = keys.slice(KEY_CHUNK + 100, KEY_CHUNK + 132); // in a chunk used up by it
+  const later = keys.slice(3 * KEY_CHUNK + 10, 3 * KEY_CHUNK + 42);
+  s.checkpoint();
+  t.ok(has(first) && has(whole) && has(later), 'the keys are in the files before use');
+  await s.grouped(() => s.takeById('T1', batchId(1), (2 * KEY_CHUNK + 16) * 8, 16, true));
+  s.checkpoint();
+  t.notOk(has(first), 'a key burned in a chunk still in use is zeroed');
+  t.notOk(has(whole), 'a chunk used up is deleted (and overwritten)');
+  t.ok(has(later), 'unused keys are kept');
+  s.voidBatch('T1', Buffer.from(batchId(1)).toString('hex'));
+  s.checkpoint();
+  t.notOk(has(later), 'a voided batch leaves nothing');
 });
 
 t.test('openStationStore: picks the kind by the folder, and will not put a database beside pool images', (t) => {

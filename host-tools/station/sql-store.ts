@@ -21,7 +21,8 @@
 // synchronous interface); no ORM: the schema is five small tables.
 import { chmodSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import Database from 'better-sqlite3';
+import { PgDriver, SqliteDriver } from './sql-driver.js';
+import type { Param, SqlDriver } from './sql-driver.js';
 import { DEFAULT_MAX_KEY_BITS, MAX_KEY_BYTES } from '../../firmware/keypool/key-pool.js';
 import type { ConsumedKey, PoolStatus, Purpose } from '../../firmware/keypool/key-pool.js';
 import { PoolError } from '../../firmware/keypool/errors.js';
@@ -39,6 +40,8 @@ export const OPENED_KEPT = 16;
 /** Live batches per terminal, as a module's pool holds (KeyPool's default maxBatches). */
 export const POOL_MAX_BATCHES = 32;
 const SCHEMA_VERSION = 1;
+/** The advisory lock (PostgreSQL) under which the tables are made. */
+const SCHEMA_LOCK = 0x716b74;
 /** How often the write-ahead log is truncated when anything changed (see checkpoint()). */
 export const CHECKPOINT_MS = 1000;
 const DAY_MS = 86_400_000;
@@ -46,6 +49,7 @@ const MAX_DATE_MS = 8.64e15;
 const count = (x: unknown): boolean => Number.isSafeInteger(x) && (x as number) >= 0;
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 
+/** The schema, in SQLite's words; PostgreSQL's differ in types only (pgSchema). */
 const SCHEMA = `
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS terminal (
@@ -92,6 +96,12 @@ CREATE TABLE IF NOT EXISTS usage (
 );
 `;
 
+/** PostgreSQL: BLOB is BYTEA, counts of bits BIGINT, the id a BIGSERIAL. */
+const pgSchema = (): string =>
+  SCHEMA.replace(/\bBLOB\b/g, 'BYTEA')
+    .replace('id INTEGER PRIMARY KEY AUTOINCREMENT', 'id BIGSERIAL PRIMARY KEY')
+    .replace(/\b(retired_bits|bits|frontier|key_bits|last_seq|pool_id|seq|day|n) INTEGER\b/g, '$1 BIGINT');
+
 interface BatchRow {
   terminal: string;
   pool_id: number;
@@ -115,8 +125,9 @@ export interface SqlStoreStats {
 }
 
 export class SqlStationStore implements StationKeyStore {
-  readonly kind = 'sqlite' as const;
-  readonly db: Database.Database;
+  readonly kind: 'sqlite' | 'postgres' = 'sqlite';
+  /** The database under the store (SQLite in process, or PostgreSQL through a worker). */
+  readonly d: SqlDriver;
   readonly stats: SqlStoreStats = { groups: 0, groupedOps: 0 };
   /** Called when a group's commit failed (its work was rolled back): the station drops what it kept in memory of it. */
   onGroupFailure: ((e: Error) => void) | undefined;
@@ -124,74 +135,93 @@ export class SqlStationStore implements StationKeyStore {
   /** Consumed and voided keys' pages linger in the write-ahead log until it is truncated: at most CHECKPOINT_MS. */
   private readonly checkpointTimer: NodeJS.Timeout;
   private lastChanges = 0;
+  /** Transactions open inside this one's (savepoints). */
+  private depth = 0;
   private groupOpen = false;
   private readonly q;
 
   /** Open the store in `dir`; with `create`, make it (and the folder) if it is not there. */
+  /**
+   * Open the store in `dir`: SQLite in `dir/station.sqlite` (with `create`, made if it is not
+   * there), or with `url` the PostgreSQL database it names (its tables made if they are not
+   * there); `dir` keeps the inbox and the service lock either way.
+   */
   constructor(
     readonly dir: string,
-    o: { create?: boolean } = {},
+    o: { create?: boolean; url?: string } = {},
   ) {
-    const file = join(dir, SQL_STORE_FILE);
-    if (!existsSync(file)) {
-      if (!o.create) throw new StationStoreError(`no station database at ${file}`, 'NO_TERMINAL');
-      mkdirSync(dir, { recursive: true, mode: 0o700 });
-    }
-    this.db = new Database(file);
-    try {
-      // The journal files take the database file's mode (SQLite's unix VFS), so this covers them.
-      chmodSync(file, 0o600);
-      this.db.pragma('journal_mode = WAL');
-      this.db.pragma('synchronous = FULL');
-      this.db.pragma('secure_delete = ON');
-      this.db.pragma('foreign_keys = ON');
-      this.db.pragma('busy_timeout = 10000');
-      this.db.exec('BEGIN IMMEDIATE');
+    if (o.url !== undefined) {
+      this.kind = 'postgres';
+      this.d = new PgDriver(o.url);
+    } else {
+      const file = join(dir, SQL_STORE_FILE);
+      if (!existsSync(file)) {
+        if (!o.create) throw new StationStoreError(`no station database at ${file}`, 'NO_TERMINAL');
+        mkdirSync(dir, { recursive: true, mode: 0o700 });
+      }
+      const d = new SqliteDriver(file);
+      this.d = d;
       try {
-        this.db.exec(SCHEMA);
-        const v = this.db.prepare('SELECT v FROM meta WHERE k = ?').get('schema') as { v: number } | undefined;
-        if (v === undefined) this.db.prepare('INSERT INTO meta (k, v) VALUES (?, ?)').run('schema', SCHEMA_VERSION);
-        else if (v.v !== SCHEMA_VERSION) throw new Error(`${file} has schema ${v.v}; this qkt reads schema ${SCHEMA_VERSION}`);
-        this.db.exec('COMMIT');
+        // The journal files take the database file's mode (SQLite's unix VFS), so this covers them.
+        chmodSync(file, 0o600);
+        d.db.pragma('journal_mode = WAL');
+        d.db.pragma('synchronous = FULL');
+        d.db.pragma('secure_delete = ON');
+        d.db.pragma('foreign_keys = ON');
+        d.db.pragma('busy_timeout = 10000');
       } catch (e) {
-        this.db.exec('ROLLBACK');
+        d.close();
         throw e;
       }
+    }
+    try {
+      this.tx(() => {
+        // Two processes making the tables at once: one at a time (SQLite's BEGIN IMMEDIATE is one).
+        if (this.d.kind === 'postgres') this.d.run('SELECT pg_advisory_xact_lock(?)', [SCHEMA_LOCK]);
+        this.d.exec(this.d.kind === 'postgres' ? pgSchema() : SCHEMA);
+        const v = this.d.get<{ v: number }>('SELECT v FROM meta WHERE k = ?', ['schema']);
+        if (v === undefined) this.d.run('INSERT INTO meta (k, v) VALUES (?, ?)', ['schema', SCHEMA_VERSION]);
+        else if (v.v !== SCHEMA_VERSION) throw new Error(`the station database has schema ${v.v}; this qkt reads schema ${SCHEMA_VERSION}`);
+      });
     } catch (e) {
-      this.db.close();
+      this.d.close();
       throw e;
     }
     this.checkpointTimer = setInterval(() => this.checkpoint(), CHECKPOINT_MS).unref();
-    const db = this.db;
+    const st = <R = unknown>(sql: string) => ({
+      run: (...p: Param[]) => this.d.run(sql, p),
+      get: (...p: Param[]) => this.d.get<R>(sql, p),
+      all: (...p: Param[]) => this.d.all<R>(sql, p),
+    });
     this.q = {
-      terminal: db.prepare('SELECT id, last_seq, retired_bits, last_uplink FROM terminal WHERE id = ?'),
-      addTerminal: db.prepare('INSERT OR IGNORE INTO terminal (id) VALUES (?)'),
-      page: db.prepare('SELECT id FROM terminal WHERE id > ? ORDER BY id LIMIT ?').pluck(),
-      all: db.prepare('SELECT id FROM terminal ORDER BY id').pluck(),
-      batches: db.prepare('SELECT * FROM batch WHERE terminal = ? ORDER BY seq'),
-      batchByPool: db.prepare('SELECT * FROM batch WHERE terminal = ? AND pool_id = ?'),
-      batchById: db.prepare('SELECT * FROM batch WHERE terminal = ? AND batch_id = ?'),
-      insertBatch: db.prepare('INSERT INTO batch (terminal, pool_id, batch_id, seq, purpose, bits, staged) VALUES (?, ?, ?, ?, ?, ?, 1)'),
-      deleteBatch: db.prepare('DELETE FROM batch WHERE terminal = ? AND pool_id = ?'),
-      deleteChunks: db.prepare('DELETE FROM chunk WHERE terminal = ? AND pool_id = ?'),
-      deleteChunksBelow: db.prepare('DELETE FROM chunk WHERE terminal = ? AND pool_id = ? AND n < ?'),
-      insertChunk: db.prepare('INSERT INTO chunk (terminal, pool_id, n, bytes) VALUES (?, ?, ?, ?)'),
-      chunks: db.prepare('SELECT n, bytes FROM chunk WHERE terminal = ? AND pool_id = ? AND n BETWEEN ? AND ? ORDER BY n'),
-      setChunk: db.prepare('UPDATE chunk SET bytes = ? WHERE terminal = ? AND pool_id = ? AND n = ?'),
-      commitBatch: db.prepare('UPDATE batch SET staged = 0 WHERE terminal = ? AND pool_id = ?'),
-      setLastSeq: db.prepare('UPDATE terminal SET last_seq = ? WHERE id = ?'),
-      setFrontier: db.prepare('UPDATE batch SET frontier = ? WHERE terminal = ? AND pool_id = ?'),
-      addRetired: db.prepare('UPDATE terminal SET retired_bits = retired_bits + ? WHERE id = ?'),
-      activate: db.prepare('UPDATE batch SET active = 1, activated_by = ? WHERE terminal = ? AND pool_id = ?'),
-      setLastUplink: db.prepare('UPDATE terminal SET last_uplink = ? WHERE id = ?'),
-      addUsage: db.prepare('INSERT INTO usage (terminal, day, bits) VALUES (?, ?, ?) ON CONFLICT (terminal, day) DO UPDATE SET bits = bits + excluded.bits'),
-      trimUsage: db.prepare('DELETE FROM usage WHERE terminal = ? AND (day <= ? OR day > ?)'),
-      usage: db.prepare('SELECT day, bits FROM usage WHERE terminal = ? ORDER BY day').raw(),
-      openedBefore: db.prepare('SELECT n, key_bits AS keyBits FROM opened WHERE terminal = ? AND digest = ?'),
-      recordOpened: db.prepare('INSERT INTO opened (terminal, digest, line, n, key_bits) VALUES (?, ?, ?, ?, ?)'),
-      trimOpened: db.prepare('DELETE FROM opened WHERE terminal = ? AND line IS NULL AND id <= (SELECT id FROM opened WHERE terminal = ? ORDER BY id DESC LIMIT 1 OFFSET ?)'),
-      unfiled: db.prepare('SELECT id, line FROM opened WHERE line IS NOT NULL ORDER BY id LIMIT ?'),
-      markFiled: db.prepare('UPDATE opened SET line = NULL WHERE id = ?'),
+      terminal: st('SELECT id, last_seq, retired_bits, last_uplink FROM terminal WHERE id = ?'),
+      addTerminal: st('INSERT INTO terminal (id) VALUES (?) ON CONFLICT DO NOTHING'),
+      page: st<{ id: string }>('SELECT id FROM terminal WHERE id > ? ORDER BY id LIMIT ?'),
+      all: st<{ id: string }>('SELECT id FROM terminal ORDER BY id'),
+      batches: st('SELECT * FROM batch WHERE terminal = ? ORDER BY seq'),
+      batchByPool: st('SELECT * FROM batch WHERE terminal = ? AND pool_id = ?'),
+      batchById: st('SELECT * FROM batch WHERE terminal = ? AND batch_id = ?'),
+      insertBatch: st('INSERT INTO batch (terminal, pool_id, batch_id, seq, purpose, bits, staged) VALUES (?, ?, ?, ?, ?, ?, 1)'),
+      deleteBatch: st('DELETE FROM batch WHERE terminal = ? AND pool_id = ?'),
+      deleteChunks: st('DELETE FROM chunk WHERE terminal = ? AND pool_id = ?'),
+      deleteChunksBelow: st('DELETE FROM chunk WHERE terminal = ? AND pool_id = ? AND n < ?'),
+      insertChunk: st('INSERT INTO chunk (terminal, pool_id, n, bytes) VALUES (?, ?, ?, ?)'),
+      chunks: st('SELECT n, bytes FROM chunk WHERE terminal = ? AND pool_id = ? AND n BETWEEN ? AND ? ORDER BY n'),
+      setChunk: st('UPDATE chunk SET bytes = ? WHERE terminal = ? AND pool_id = ? AND n = ?'),
+      commitBatch: st('UPDATE batch SET staged = 0 WHERE terminal = ? AND pool_id = ?'),
+      setLastSeq: st('UPDATE terminal SET last_seq = ? WHERE id = ?'),
+      setFrontier: st('UPDATE batch SET frontier = ? WHERE terminal = ? AND pool_id = ?'),
+      addRetired: st('UPDATE terminal SET retired_bits = retired_bits + ? WHERE id = ?'),
+      activate: st('UPDATE batch SET active = 1, activated_by = ? WHERE terminal = ? AND pool_id = ?'),
+      setLastUplink: st('UPDATE terminal SET last_uplink = ? WHERE id = ?'),
+      addUsage: st('INSERT INTO usage (terminal, day, bits) VALUES (?, ?, ?) ON CONFLICT (terminal, day) DO UPDATE SET bits = usage.bits + excluded.bits'),
+      trimUsage: st('DELETE FROM usage WHERE terminal = ? AND (day <= ? OR day > ?)'),
+      usage: st<{ day: number; bits: number }>('SELECT day, bits FROM usage WHERE terminal = ? ORDER BY day'),
+      openedBefore: st('SELECT n, key_bits AS "keyBits" FROM opened WHERE terminal = ? AND digest = ?'),
+      recordOpened: st<{ id: number }>('INSERT INTO opened (terminal, digest, line, n, key_bits) VALUES (?, ?, ?, ?, ?) RETURNING id'),
+      trimOpened: st('DELETE FROM opened WHERE terminal = ? AND line IS NULL AND id <= (SELECT id FROM opened WHERE terminal = ? ORDER BY id DESC LIMIT 1 OFFSET ?)'),
+      unfiled: st('SELECT id, line FROM opened WHERE line IS NOT NULL ORDER BY id LIMIT ?'),
+      markFiled: st('UPDATE opened SET line = NULL WHERE id = ?'),
     };
   }
 
@@ -206,13 +236,13 @@ export class SqlStationStore implements StationKeyStore {
   }
 
   terminalsPage(after: string | undefined, max: number): { ids: string[]; more: boolean } {
-    const ids = this.q.page.all(after ?? '', max + 1) as string[];
+    const ids = this.q.page.all(after ?? '', max + 1).map((r) => r.id);
     const more = ids.length > max;
     return { ids: more ? ids.slice(0, max) : ids, more };
   }
 
   terminals(): string[] {
-    return this.q.all.all() as string[];
+    return this.q.all.all().map((r) => r.id);
   }
 
   private terminalRow(terminalId: string): { id: string; last_seq: number | null; retired_bits: number; last_uplink: string | null } {
@@ -225,9 +255,34 @@ export class SqlStationStore implements StationKeyStore {
     return this.q.batches.all(terminalId) as BatchRow[];
   }
 
-  /** Run `fn` as one transaction (a savepoint inside an open group). */
-  private tx<T>(fn: () => T): T {
-    return this.db.transaction(fn)();
+  /**
+   * Run `fn` as one transaction, or a savepoint inside one (a group's, or an enclosing call's):
+   * if it throws, its changes are undone. On PostgreSQL, a transaction about one terminal first
+   * takes that terminal's lock (pg_advisory_xact_lock), so two processes' read-check-write of one
+   * terminal's rows (taking a key, staging a batch) do not interleave; SQLite's BEGIN IMMEDIATE
+   * makes writers one at a time anyway.
+   */
+  private tx<T>(fn: () => T, terminalId?: string): T {
+    const outer = this.depth === 0 && !this.groupOpen;
+    const sp = `qkt_sp${this.depth}`;
+    this.d.exec(outer ? (this.d.kind === 'sqlite' ? 'BEGIN IMMEDIATE' : 'BEGIN') : `SAVEPOINT ${sp}`);
+    this.depth++;
+    let v: T;
+    try {
+      if (terminalId !== undefined && this.d.kind === 'postgres') this.d.run('SELECT pg_advisory_xact_lock(hashtext(?))', [terminalId]);
+      v = fn();
+    } catch (e) {
+      this.depth--;
+      try {
+        this.d.exec(outer ? 'ROLLBACK' : `ROLLBACK TO ${sp}; RELEASE ${sp}`);
+      } catch {
+        // the connection is gone: nothing of it was committed
+      }
+      throw e;
+    }
+    this.depth--;
+    this.d.exec(outer ? 'COMMIT' : `RELEASE ${sp}`);
+    return v;
   }
 
   state(terminalId: string): StationState {
@@ -264,7 +319,7 @@ export class SqlStationStore implements StationKeyStore {
       // A batch left staged by an export that never finished: its keys were never handed out.
       // Dropped whether or not the new one fits (as the pool-image store does).
       for (const b of this.rows(terminalId)) if (b.staged === 1) this.drop(terminalId, b);
-    });
+    }, terminalId);
     this.tx(() => {
       this.prune(terminalId);
       const t = this.terminalRow(terminalId);
@@ -275,7 +330,7 @@ export class SqlStationStore implements StationKeyStore {
       const stored = live.reduce((s, b) => s + b.bits - b.frontier * 8, 0);
       if (stored + h.bits > DEFAULT_MAX_KEY_BITS) throw new PoolError('NO_SPACE', `batch of ${h.bits} bits does not fit: ${stored} stored, max ${DEFAULT_MAX_KEY_BITS}`);
       this.q.insertBatch.run(terminalId, poolId, Buffer.from(h.batchId), h.seq, h.purpose, h.bits);
-    });
+    }, terminalId);
   }
 
   fill(terminalId: string, batchId: Uint8Array, keys: Uint8Array): void {
@@ -294,7 +349,7 @@ export class SqlStationStore implements StationKeyStore {
       this.q.commitBatch.run(terminalId, poolId);
       this.q.setLastSeq.run(b.seq, terminalId);
       this.prune(terminalId);
-    });
+    }, terminalId);
   }
 
   cancel(terminalId: string, batchId: Uint8Array): void {
@@ -303,7 +358,7 @@ export class SqlStationStore implements StationKeyStore {
       const b = this.q.batchByPool.get(terminalId, poolBatchId(batchId)) as BatchRow | undefined;
       if (b && b.staged === 1 && Buffer.from(batchId).equals(b.batch_id)) this.drop(terminalId, b);
       this.prune(terminalId);
-    });
+    }, terminalId);
   }
 
   addBatch(terminalId: string, h: StationBatchMeta, keys: Uint8Array): void {
@@ -326,7 +381,7 @@ export class SqlStationStore implements StationKeyStore {
         out.push({ batchId: id, bits: this.voidBatch(terminalId, id) });
       }
       return out;
-    });
+    }, terminalId);
   }
 
   voidBatch(terminalId: string, batchIdHex: string): number {
@@ -338,7 +393,7 @@ export class SqlStationStore implements StationKeyStore {
       this.drop(terminalId, b);
       this.prune(terminalId);
       return bits;
-    });
+    }, terminalId);
   }
 
   activate(terminalId: string, batchIdHex: string, by: 'receipt' | 'first-use'): boolean {
@@ -349,7 +404,7 @@ export class SqlStationStore implements StationKeyStore {
       if (b.active === 1) return false;
       this.q.activate.run(by, terminalId, b.pool_id);
       return true;
-    });
+    }, terminalId);
   }
 
   // ------------------------------------------------------------------ keys out
@@ -431,7 +486,7 @@ export class SqlStationStore implements StationKeyStore {
       if (end >= b.bits / 8) this.q.deleteChunks.run(terminalId, b.pool_id);
       this.q.setFrontier.run(end, terminalId, b.pool_id);
       return { keyId: { batchId: b.pool_id, bitOffset }, key, skippedBits: (o - b.frontier) * 8 };
-    });
+    }, terminalId);
   }
 
   peekById(terminalId: string, batchId: Uint8Array, bitOffset: number, bytes: number): Uint8Array {
@@ -490,12 +545,12 @@ export class SqlStationStore implements StationKeyStore {
       this.q.setLastUplink.run(JSON.stringify(u), terminalId);
       this.q.addUsage.run(terminalId, day, u.keyBits);
       this.q.trimUsage.run(terminalId, day - USAGE_DAYS, day);
-    });
+    }, terminalId);
   }
 
   usageDays(terminalId: string): Array<[number, number]> {
     if (!SqlStationStore.valid(terminalId)) return [];
-    return this.q.usage.all(terminalId) as Array<[number, number]>;
+    return this.q.usage.all(terminalId).map((r): [number, number] => [r.day, r.bits]);
   }
 
   lastUplink(terminalId: string): LastUplink | null {
@@ -529,7 +584,7 @@ export class SqlStationStore implements StationKeyStore {
    * start. Returns the line's id.
    */
   recordOpened(terminalId: string, digest: Uint8Array, line: string, n: number, keyBits: number): number {
-    const id = Number(this.q.recordOpened.run(terminalId, Buffer.from(digest), line, n, keyBits).lastInsertRowid);
+    const id = this.q.recordOpened.get(terminalId, Buffer.from(digest), line, n, keyBits)!.id;
     this.q.trimOpened.run(terminalId, terminalId, OPENED_KEPT);
     return id;
   }
@@ -556,7 +611,7 @@ export class SqlStationStore implements StationKeyStore {
    */
   grouped<T>(fn: () => T): Promise<T> {
     if (!this.groupOpen) {
-      this.db.exec('BEGIN IMMEDIATE');
+      this.d.exec(this.d.kind === 'sqlite' ? 'BEGIN IMMEDIATE' : 'BEGIN');
       this.groupOpen = true;
       setImmediate(() => this.commitGroup());
     }
@@ -576,10 +631,10 @@ export class SqlStationStore implements StationKeyStore {
     this.waiters = [];
     this.groupOpen = false;
     try {
-      this.db.exec('COMMIT');
+      this.d.exec('COMMIT');
     } catch (e) {
       try {
-        if (this.db.inTransaction) this.db.exec('ROLLBACK');
+        this.d.exec('ROLLBACK');
       } catch {
         // the connection is gone: nothing was committed
       }
@@ -597,11 +652,11 @@ export class SqlStationStore implements StationKeyStore {
    * leave the log's file. Skipped while a group is open, and if readers hold the log (next time).
    */
   checkpoint(): void {
-    if (!this.db.open || this.groupOpen || this.db.inTransaction) return;
-    const changes = (this.db.prepare('SELECT total_changes()').pluck().get() as number) ?? 0;
+    if (!(this.d instanceof SqliteDriver) || !this.d.open || this.groupOpen || this.depth > 0) return;
+    const changes = this.d.get<{ c: number }>('SELECT total_changes() AS c')?.c ?? 0;
     if (changes === this.lastChanges) return;
     try {
-      const r = this.db.pragma('wal_checkpoint(TRUNCATE)') as Array<{ busy: number }>;
+      const r = this.d.db.pragma('wal_checkpoint(TRUNCATE)') as Array<{ busy: number }>;
       if (r[0]?.busy === 0) this.lastChanges = changes;
     } catch {
       // busy with another process' write: the next tick tries again
@@ -609,10 +664,10 @@ export class SqlStationStore implements StationKeyStore {
   }
 
   close(): void {
-    if (!this.db.open) return;
+    if (!this.d.open) return;
     clearInterval(this.checkpointTimer);
     this.commitGroup();
     this.checkpoint();
-    this.db.close();
+    this.d.close();
   }
 }

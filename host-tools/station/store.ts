@@ -118,8 +118,8 @@ export const MAX_MOUNTED_POOLS = 16;
  */
 export interface StationKeyStore {
   readonly dir: string;
-  /** 'files' (a pool image per terminal) or 'sqlite' (one database). */
-  readonly kind: 'files' | 'sqlite';
+  /** 'files' (a pool image per terminal), 'sqlite' (one database file) or 'postgres' (a PostgreSQL database). */
+  readonly kind: 'files' | 'sqlite' | 'postgres';
   hasTerminal(terminalId: string): boolean;
   terminalsPage(after: string | undefined, max: number): { ids: string[]; more: boolean };
   terminals(): string[];
