@@ -22,6 +22,7 @@ import { ensureStationServerCert, issueStationClientCert, readClientPems, server
 import { connectStation } from '../host-tools/station/connect.js';
 import { openStationStore } from '../host-tools/station/open-store.js';
 import { OPENED_KEPT } from '../host-tools/station/sql-store.js';
+import { pgSkipReason, tempDatabase } from '../host-tools/test-support/pg.js';
 import { startQkt } from './cli.js';
 import type { Background } from './cli.js';
 
@@ -29,9 +30,11 @@ t.setTimeout(120_000);
 
 const IDS = ['T1', 'T2', 'T3', 'T4'];
 
-t.test('the station killed (SIGKILL) mid-load on its SQLite store: no message opened twice, no key used twice', async (t) => {
+for (const kind of ['sqlite', 'postgres'] as const) t.test(`the station killed (SIGKILL) mid-load on its ${kind} store: no message opened twice, no key used twice`, { skip: kind === 'postgres' ? pgSkipReason() : false }, async (t) => {
   const dir = t.testdir({});
-  const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 11_000, stockBits: 2 ** 22, stationStore: 'sqlite' });
+  const db = kind === 'postgres' ? tempDatabase() : undefined;
+  if (db) t.teardown(() => db.drop());
+  const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 11_000, stockBits: 2 ** 22, stationStore: kind, ...(db ? { stationDb: db.url } : {}) });
   await home.locked(async () => {
     await ensurePki(home);
     ensureStationServerCert(pkiDir(home), serverNames('127.0.0.1'));
@@ -127,7 +130,7 @@ t.test('the station killed (SIGKILL) mid-load on its SQLite store: no message op
   await st.stop();
   const store = openStationStore(home.path('station'));
   t.teardown(() => store.close());
-  t.equal(store.kind, 'sqlite');
+  t.equal(store.kind, kind);
   for (const [i, id] of IDS.entries()) t.equal(store.account(id).consumedKeyBits, consumed[i], `${id}: the module and the station used the same key bits`);
 
   // Every message filed exactly once: the inbox names each (terminal, counter) once, and every
