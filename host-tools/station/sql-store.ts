@@ -27,6 +27,7 @@ import type { ConsumedKey, PoolStatus, Purpose } from '../../firmware/keypool/ke
 import { PoolError } from '../../firmware/keypool/errors.js';
 import { poolBatchId } from '../../firmware/commands/inject.js';
 import { TERMINAL_ID_RE } from '../../firmware/crypto/_util.js';
+import { DamagedFileError } from '../json-file.js';
 import { StationStoreError, USAGE_DAYS } from './store.js';
 import type { LastUplink, StationAccount, StationBatchMeta, StationKeyStore, StationState } from './store.js';
 
@@ -159,6 +160,9 @@ export class SqlStationStore implements StationKeyStore {
       }
     } catch (e) {
       this.db.close();
+      // A damaged or foreign file: named, as a damaged pool image is (exit 6), not a bare SQLite message.
+      const code = (e as { code?: unknown }).code;
+      if (code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT') throw new DamagedFileError(file, `not a readable station database (${code}: ${(e as Error).message})`);
       throw e;
     }
     this.checkpointTimer = setInterval(() => this.checkpoint(), CHECKPOINT_MS).unref();
