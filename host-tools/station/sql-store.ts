@@ -28,6 +28,7 @@ import type { ConsumedKey, PoolStatus, Purpose } from '../../firmware/keypool/ke
 import { PoolError } from '../../firmware/keypool/errors.js';
 import { poolBatchId } from '../../firmware/commands/inject.js';
 import { TERMINAL_ID_RE } from '../../firmware/crypto/_util.js';
+import { DamagedFileError } from '../json-file.js';
 import { StationStoreError, USAGE_DAYS } from './store.js';
 import type { LastUplink, StationAccount, StationBatchMeta, StationKeyStore, StationState } from './store.js';
 
@@ -48,6 +49,12 @@ const DAY_MS = 86_400_000;
 const MAX_DATE_MS = 8.64e15;
 const count = (x: unknown): boolean => Number.isSafeInteger(x) && (x as number) >= 0;
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
+
+/** A damaged or foreign database file: named, as a damaged pool image is (exit 6), not a bare SQLite message. */
+function damaged(file: string, e: unknown): unknown {
+  const code = (e as { code?: unknown }).code;
+  return code === 'SQLITE_NOTADB' || code === 'SQLITE_CORRUPT' ? new DamagedFileError(file, `not a readable station database (${code}: ${(e as Error).message})`) : e;
+}
 
 /** The schema, in SQLite's words; PostgreSQL's differ in types only (pgSchema). */
 const SCHEMA = `
@@ -171,7 +178,7 @@ export class SqlStationStore implements StationKeyStore {
         d.db.pragma('busy_timeout = 10000');
       } catch (e) {
         d.close();
-        throw e;
+        throw damaged(file, e);
       }
     }
     try {
@@ -185,6 +192,7 @@ export class SqlStationStore implements StationKeyStore {
       });
     } catch (e) {
       this.d.close();
+      throw this.d.kind === 'sqlite' ? damaged(join(dir, SQL_STORE_FILE), e) : e;
       throw e;
     }
     this.checkpointTimer = setInterval(() => this.checkpoint(), CHECKPOINT_MS).unref();
