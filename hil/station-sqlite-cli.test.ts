@@ -257,7 +257,7 @@ t.test('kmd init: files by default; --station-store bogus is a usage error', { s
   t.notOk(existsSync(join(home, 'station', 'station.sqlite')), 'and no database');
   t.match(await qktJson(t, ['kmd', 'init', '--home', join(dir, 'f2'), '--station-store', 'files']), { stationStore: 'files' });
   const bad = join(dir, 'bad');
-  failsWith(t, await runQkt(['kmd', 'init', '--home', bad, '--station-store', 'bogus']), 2, /^qkt: --station-store must be files or sqlite, got "bogus"/, '--station-store bogus');
+  failsWith(t, await runQkt(['kmd', 'init', '--home', bad, '--station-store', 'bogus']), 2, /^qkt: --station-store must be files, sqlite or postgres, got "bogus"/, '--station-store bogus');
   t.notOk(existsSync(bad), 'nothing made');
   const human = await runQkt(['kmd', 'init', '--home', join(dir, 's2'), '--station-store', 'sqlite']);
   t.equal(human.code, 0);
