@@ -3,9 +3,9 @@
 // 0700 and files 0600 (secret-file.ts); every file is replaced atomically (fs-atomic.ts), so a
 // crash leaves the old state or the new. Every change is made holding the home's lock
 // (`kmd.lock` inside it, host-tools/lock.ts): one writer at a time, whatever the process.
-import { DB_URL_FILE, openStationStore } from '../station/open-store.js';
+import { DB_URL_FILE, checkDbUrl, openStationStore } from '../station/open-store.js';
 import type { StationStoreKind } from '../station/open-store.js';
-import { SQL_STORE_FILE } from '../station/sql-store.js';
+import { SQL_STORE_FILE, SqlStationStore } from '../station/sql-store.js';
 import { existsSync, readdirSync, chmodSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -197,6 +197,8 @@ export class KmdHome {
   static init(dir: string, o: KmdInitOptions): KmdHome {
     const abs = resolve(dir);
     if (existsSync(join(abs, 'kmd.json'))) throw new KmdError(`${abs} already holds a KMD`, 'EXISTS');
+    // A PostgreSQL store's server must answer (and take its tables) before anything is made here.
+    if (o.stationStore === 'postgres') new SqlStationStore(join(abs, 'station'), { url: checkDbUrl(o.stationDb ?? '') }).close();
     mkdirSecret(abs);
     chmodSync(abs, SECRET_DIR_MODE);
     return withLockSync(abs, homeLockOptions(abs), () => KmdHome.initLocked(abs, o));

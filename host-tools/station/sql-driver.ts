@@ -63,6 +63,17 @@ export class SqliteDriver implements SqlDriver {
   }
 }
 
+/** A database address fit to print: its password, if it has one, replaced by ***. */
+export function redactUrl(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = '***';
+    return u.toString();
+  } catch {
+    return '(not an address)';
+  }
+}
+
 /** An error the server gave, with its SQLSTATE (`code`), as the worker passed it on. */
 export class PgQueryError extends Error {
   constructor(
@@ -128,7 +139,8 @@ export class PgDriver implements SqlDriver {
     } catch (e) {
       void this.worker.terminate();
       this.closed = true;
-      throw e;
+      const err = e as PgQueryError;
+      throw new PgQueryError(`the station database ${redactUrl(url)}: ${err.message}`, err.code);
     }
   }
 
