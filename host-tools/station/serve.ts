@@ -198,7 +198,7 @@ export function lastFiledId(inbox: string): number {
 }
 
 /**
- * At start (SQLite store): file the lines of uplinks the store committed but the inbox lacks
+ * At start (SQL stores): file the lines of uplinks the store committed but the inbox lacks
  * (the station died between its commit and the filing), and mark the rest filed. The inbox's
  * last id tells which are there: a line is never filed twice.
  */
@@ -280,7 +280,7 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
     appendFileSync(inbox, line, { mode: 0o600 });
     inboxBytes += Buffer.byteLength(line);
   };
-  // SQLite store: lines filed since the last group, marked filed in the next one (no commit of
+  // SQL stores: lines filed since the last group, marked filed in the next one (no commit of
   // their own), or by the timer when no uplink comes. At start, lines the store holds that the
   // inbox lacks (the station died between a commit and its filing) are filed first.
   let filed: number[] = [];
@@ -362,8 +362,8 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
         const m = bytes(p, 'm', maxChunk);
         const { mode, counter } = guard(() => decodeServiceHeader(m).header);
         // The keys are taken and the uplink recorded in the store's group: the answer goes
-        // once that is durable (one commit for every uplink of this turn, on the SQLite store).
-        // The SQLite store also holds the inbox line in that commit and knows the uplink by its
+        // once that is durable (one commit for every uplink of this turn, on the SQL stores).
+        // The SQL stores also hold the inbox line in that commit and know the uplink by its
         // digest: it is filed exactly once, and a retry after a lost answer (the station died
         // between commit and answer) gets the same answer. The file store files after its
         // commit: a crash in between loses the line, never opens a message twice.

@@ -113,7 +113,7 @@ export const MAX_MOUNTED_POOLS = 16;
 
 /**
  * What the station, the KMD and the CLI need of a station store. Two kinds implement it: the
- * folder of per-terminal pool images (StationStore, below) and the compact SQLite store for
+ * folder of per-terminal pool images (StationStore, below) and the compact SQL store (SQLite or PostgreSQL) for
  * fleets (SqlStationStore, sql-store.ts); `openStationStore` picks by what the folder holds.
  */
 export interface StationKeyStore {
@@ -143,12 +143,12 @@ export interface StationKeyStore {
   /**
    * Run `fn` (the store's operations for one message) so that its changes are durable when the
    * promise resolves. The file store syncs each operation as it goes (each is atomic); the
-   * SQLite store undoes all of `fn`'s changes if it throws, and runs every `fn` of one event-loop turn in one transaction and
+   * SQL stores undo all of `fn`'s changes if it throws, and runs every `fn` of one event-loop turn in one transaction and
    * resolves them all after its one commit (group commit: one fsync for many messages).
    */
   grouped<T>(fn: () => T): Promise<T>;
   /**
-   * SQLite store only: opened uplinks recorded with their inbox lines in the transaction that took
+   * SQL stores only: opened uplinks recorded with their inbox lines in the transaction that took
    * their keys, so a message is filed exactly once and a retry after a lost answer gets the same
    * answer (sql-store.ts). The file store files after the fact: a crash in between loses the line.
    */
@@ -156,7 +156,7 @@ export interface StationKeyStore {
   recordOpened?(terminalId: string, digest: Uint8Array, line: string, n: number, keyBits: number): number;
   unfiled?(max?: number): Array<{ id: number; line: string }>;
   markFiled?(ids: readonly number[]): void;
-  /** Called when a group's commit failed and its changes were undone (SQLite store). */
+  /** Called when a group's commit failed and its changes were undone (SQL stores). */
   onGroupFailure?: ((e: Error) => void) | undefined;
   close(): void;
 }
