@@ -53,7 +53,10 @@ export class SqliteDriver implements SqlDriver {
     return this.stmt(sql).all(...params) as T[];
   }
   exec(sql: string): void {
-    this.db.exec(sql);
+    // BEGIN, COMMIT, SAVEPOINT and RELEASE come once or more per uplink: prepared once, not parsed
+    // each time. A script of several statements (the schema) is run as a script.
+    if (sql.includes(';')) this.db.exec(sql);
+    else this.stmt(sql).run();
   }
   close(): void {
     this.db.close();

@@ -144,6 +144,8 @@ export class SqlStationStore implements StationKeyStore {
   private lastChanges = 0;
   /** Transactions open inside this one's (savepoints). */
   private depth = 0;
+  /** Uplinks recorded per terminal since its `opened` rows were last trimmed (one number per terminal). */
+  private readonly sinceTrim = new Map<string, number>();
   private groupOpen = false;
   private readonly q;
 
@@ -222,7 +224,8 @@ export class SqlStationStore implements StationKeyStore {
       addRetired: st('UPDATE terminal SET retired_bits = retired_bits + ? WHERE id = ?'),
       activate: st('UPDATE batch SET active = 1, activated_by = ? WHERE terminal = ? AND pool_id = ?'),
       setLastUplink: st('UPDATE terminal SET last_uplink = ? WHERE id = ?'),
-      addUsage: st('INSERT INTO usage (terminal, day, bits) VALUES (?, ?, ?) ON CONFLICT (terminal, day) DO UPDATE SET bits = usage.bits + excluded.bits'),
+      addUsage: st<{ bits: number }>('INSERT INTO usage (terminal, day, bits) VALUES (?, ?, ?) ON CONFLICT (terminal, day) DO UPDATE SET bits = usage.bits + excluded.bits RETURNING bits'),
+      isActive: st('SELECT 1 AS a FROM batch WHERE terminal = ? AND batch_id = ? AND active = 1'),
       trimUsage: st('DELETE FROM usage WHERE terminal = ? AND (day <= ? OR day > ?)'),
       usage: st<{ day: number; bits: number }>('SELECT day, bits FROM usage WHERE terminal = ? ORDER BY day'),
       openedBefore: st('SELECT n, key_bits AS "keyBits" FROM opened WHERE terminal = ? AND digest = ?'),
@@ -405,6 +408,8 @@ export class SqlStationStore implements StationKeyStore {
   }
 
   activate(terminalId: string, batchIdHex: string, by: 'receipt' | 'first-use'): boolean {
+    // Every uplink activates its batch: an active one is answered with one read, no transaction.
+    if (/^[0-9a-f]{32}$/.test(batchIdHex) && this.q.isActive.get(terminalId, Buffer.from(batchIdHex, 'hex')) !== undefined) return false;
     return this.tx(() => {
       this.terminalRow(terminalId);
       const b = /^[0-9a-f]{32}$/.test(batchIdHex) ? (this.q.batchById.get(terminalId, Buffer.from(batchIdHex, 'hex')) as BatchRow | undefined) : undefined;
@@ -551,8 +556,8 @@ export class SqlStationStore implements StationKeyStore {
       this.terminalRow(terminalId);
       const day = Math.floor(u.at / DAY_MS);
       this.q.setLastUplink.run(JSON.stringify(u), terminalId);
-      this.q.addUsage.run(terminalId, day, u.keyBits);
-      this.q.trimUsage.run(terminalId, day - USAGE_DAYS, day);
+      // A new day's row: the days out of the window go (USAGE_DAYS rows at most per terminal).
+      if (this.q.addUsage.get(terminalId, day, u.keyBits)?.bits === u.keyBits) this.q.trimUsage.run(terminalId, day - USAGE_DAYS, day);
     }, terminalId);
   }
 
@@ -593,7 +598,15 @@ export class SqlStationStore implements StationKeyStore {
    */
   recordOpened(terminalId: string, digest: Uint8Array, line: string, n: number, keyBits: number): number {
     const id = this.q.recordOpened.get(terminalId, Buffer.from(digest), line, n, keyBits)!.id;
-    this.q.trimOpened.run(terminalId, terminalId, OPENED_KEPT);
+    // Trimmed at a terminal's every OPENED_KEPT-th uplink in this process (and at its first):
+    // at most 2 x OPENED_KEPT rows per terminal, and the filed ones beyond the last OPENED_KEPT go.
+    const since = this.sinceTrim.get(terminalId) ?? OPENED_KEPT;
+    if (since >= OPENED_KEPT) {
+      this.q.trimOpened.run(terminalId, terminalId, OPENED_KEPT);
+      this.sinceTrim.set(terminalId, 1);
+    } else {
+      this.sinceTrim.set(terminalId, since + 1);
+    }
     return id;
   }
 
