@@ -4,7 +4,9 @@
 import t from 'tap';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { failsWith, qktJson, runQkt } from './e2e-rig.js';
+import { QKT_BIN } from './cli.js';
 
 t.setTimeout(240_000);
 
@@ -44,6 +46,13 @@ t.test('qkt fleet run --rate 1/T --store files --station inline: the pool-image 
   t.ok(r['overall'].messages >= 4 && r['overall'].messages <= 30, `${r['overall'].messages} messages (about 12 expected)`);
   t.equal(r['overall'].failed, 0);
   t.equal(r['keysAgree'], true);
+});
+
+t.test('qkt fleet run: more terminals than the open-file limit allows connections is refused first', (t) => {
+  const r = spawnSync('bash', ['-c', `ulimit -n 600 && exec "${process.execPath}" "${QKT_BIN}" fleet run --terminals 500 --seconds 1`], { encoding: 'utf8' });
+  t.equal(r.status, 2);
+  t.match(r.stderr, /^qkt: 500 terminals need about 756 open files \(a connection each\), and this process may open 600: raise it \(ulimit -n\)/);
+  t.end();
 });
 
 t.test('qkt fleet run: usage mistakes exit 2 with the reason', async (t) => {

@@ -4,7 +4,7 @@
 // user class drawn from a mix to one station service on loopback mutual TLS. Measures the traffic
 // per class and overall, the setup time and the process' memory per terminal, and checks that
 // every module consumed exactly the key bits the station consumed for it.
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statfsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
@@ -179,6 +179,16 @@ interface Member {
   pems?: TlsPems;
   station?: LinkClient;
   result?: TrafficResult;
+}
+
+/** This process' limit of open files (Linux: /proc/self/limits), or undefined where it cannot be read. */
+function openFileLimit(): number | undefined {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    return m && m[1] !== 'unlimited' ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 interface StationProcess {
@@ -360,6 +370,11 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
     //    full-size pool per terminal), in the SQLite store its keys and a few rows; with --home
     //    its module image too. Refused before anything is made rather than failing at terminal
     //    9,000 with the disk full.
+    // Open files: a connection per terminal here (and one in the station's process).
+    const files = openFileLimit();
+    if (files !== undefined && n + 256 > files) {
+      throw new InputError(`${n} terminals need about ${n + 256} open files (a connection each), and this process may open ${files}: raise it (ulimit -n) or run fewer --terminals`);
+    }
     const fs = statfsSync(dir);
     const free = fs.bavail * fs.bsize;
     const perStation = storeKind === 'files' ? STATION_POOL_IMAGE_BYTES : bits / 8 + STATION_ROW_BYTES;
