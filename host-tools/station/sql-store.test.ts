@@ -5,17 +5,14 @@
 // used keys gone from its files, and durability across a SIGKILL.
 import t from 'tap';
 import fc from 'fast-check';
-import { spawn } from 'node:child_process';
 import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
 import { randomBytes } from 'node:crypto';
 import { StationStore } from './store.js';
 import type { StationKeyStore } from './store.js';
 import { KEY_CHUNK, SqlStationStore } from './sql-store.js';
 import { openStationStore } from './open-store.js';
 import { fuzzParams, replayLine } from '../../firmware/test-support/fuzz.js';
-import { assertFreshBuild } from '../../hil/build-check.js';
 import { pgSkipReason, tempDatabase } from '../test-support/pg.js';
 
 const batchId = (n: number) => new Uint8Array(16).fill(n);
@@ -246,62 +243,6 @@ t.test(`${kind} group commit: a commit that fails refuses every member and undoe
   t.equal(k.keyId.bitOffset, 0, 'the next group works, and the first key is served now');
 });
 
-t.test(`a ${kind} station store killed (SIGKILL) mid-load: every answered take is durable, nothing is served twice`, { skip }, async (t) => {
-  assertFreshBuild();
-  const BUILT = pathToFileURL(fileURLToPath(new URL('../../dist/host-tools/station/sql-store.js', import.meta.url))).href;
-  const dir = join(t.testdir({}), 'st');
-  const store = sqlStore(kind, dir);
-  const s = store.open();
-  s.addBatch('T1', meta(1, 64 * KEY_CHUNK), keysOf(1, 64 * KEY_CHUNK));
-  s.activate('T1', Buffer.from(batchId(1)).toString('hex'), 'receipt');
-  s.close();
-  const script = join(dir, '..', 'child.mjs');
-  // The child takes 16-byte keys as fast as it can, in groups of up to 8 per turn, and prints
-  // each key's offset once its group committed (an answer); the parent kills it mid-way.
-  writeFileSync(
-    script,
-    `import { SqlStationStore } from ${JSON.stringify(BUILT)};
-const s = new SqlStationStore(${JSON.stringify(dir)}, ${JSON.stringify(store.url ? { url: store.url } : {})});
-const id = new Uint8Array(16).fill(1);
-let off = 0;
-for (;;) {
-  const batch = [];
-  for (let i = 0; i < 8 && off < 60 * 1024 * 8; i++, off += 128) { const o = off; batch.push(s.grouped(() => s.takeById('T1', id, o, 16)).then(() => o)); }
-  if (batch.length === 0) break;
-  for (const o of await Promise.all(batch)) process.stdout.write(o + '\\n');
-}
-`,
-  );
-  const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'inherit'] });
-  let out = '';
-  let killed = false;
-  child.stdout.setEncoding('utf8').on('data', (d: string) => {
-    out += d;
-    if (!killed && out.split('\n').length > 300) {
-      killed = true;
-      child.kill('SIGKILL');
-    }
-  });
-  const end = await new Promise<string | number>((r) => child.on('exit', (code, sig) => r(sig ?? code ?? -1)));
-  t.equal(end, 'SIGKILL', 'killed mid-load');
-  const answered = out.split('\n').filter((l) => /^\d+$/.test(l)).map(Number);
-  t.ok(answered.length >= 300, `${answered.length} keys answered before the kill`);
-  const after = store.open();
-  t.teardown(() => after.close());
-  const refused = answered.filter((o) => {
-    try {
-      after.peekById('T1', batchId(1), o, 16);
-      return false;
-    } catch (e) {
-      return (e as { code?: string }).code === 'ALREADY_CONSUMED';
-    }
-  });
-  t.equal(refused.length, answered.length, 'every key answered before the kill is used for good');
-  const st = after.status('T1');
-  t.ok(st.consumedKeyBits >= (Math.max(...answered) + 128), 'the frontier is past the last answered key');
-  const next = await after.grouped(() => after.takeById('T1', batchId(1), st.consumedKeyBits, 16));
-  t.equal(next.keyId.bitOffset, st.consumedKeyBits, 'and the store serves on from there');
-});
 
 }
 
