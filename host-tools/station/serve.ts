@@ -9,7 +9,7 @@
 // the caller's client certificate (certs.ts roleOf): a terminal its own UPLINK and DOWNLINK and
 // its own STATUS row, an operator STATUS; anything else is DENIED before a key is read, and a
 // connection whose certificate names no station role is closed at once.
-import { appendFileSync, closeSync, existsSync, fstatSync, lstatSync, openSync, readSync, renameSync, statSync } from 'node:fs';
+import { appendFileSync, closeSync, constants as fsConstants, existsSync, fstatSync, lstatSync, openSync, readSync, renameSync, statSync } from 'node:fs';
 import { sha256 } from '@noble/hashes/sha2.js';
 import { dirname, join } from 'node:path';
 import { Dispatcher } from '../../firmware/link/dispatch.js';
@@ -173,20 +173,36 @@ export async function startStationServer(o: StationServerOptions): Promise<Stati
   }
 }
 
-/** The last `"id"` filed in the inbox (or its newest rotated file), 0 if none: read from its tail. */
-export function lastFiledId(inbox: string): number {
+/**
+ * The ids of the inbox's lines at or above `minId` (SQL stores' lines begin `{"id":N,`), read
+ * backwards from the end of inbox.jsonl, and of inbox.jsonl.1 when the inbox does not reach back
+ * that far (a rotation), until a line below `minId`. Only regular files are read (a FIFO or a
+ * device put there is not opened for a blocking read).
+ */
+export function filedIdsSince(inbox: string, minId: number): Set<number> {
+  const ids = new Set<number>();
   for (const f of [inbox, `${inbox}.1`]) {
     let fd: number | undefined;
     try {
-      fd = openSync(f, 'r');
-      const size = fstatSync(fd).size;
-      const len = Math.min(size, 256 * 1024);
-      const buf = Buffer.alloc(len);
-      readSync(fd, buf, 0, len, size - len);
-      const lines = buf.toString('utf8').split('\n');
-      for (let i = lines.length - 1; i >= 0; i--) {
-        const m = /^\{"id":(\d+),/.exec(lines[i]!);
-        if (m) return Number(m[1]);
+      fd = openSync(f, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK | fsConstants.O_NOFOLLOW);
+      const st = fstatSync(fd);
+      if (!st.isFile()) continue;
+      let end = st.size;
+      let carry = '';
+      while (end > 0) {
+        const len = Math.min(end, 256 * 1024);
+        const buf = Buffer.alloc(len);
+        readSync(fd, buf, 0, len, end - len);
+        end -= len;
+        const lines = (buf.toString('utf8') + carry).split('\n');
+        carry = end > 0 ? lines.shift()! : '';
+        for (let i = lines.length - 1; i >= 0; i--) {
+          const m = /^\{"id":(\d+),/.exec(lines[i]!);
+          if (!m) continue;
+          const id = Number(m[1]);
+          if (id < minId) return ids;
+          ids.add(id);
+        }
       }
     } catch {
       // absent or unreadable: look further back
@@ -194,29 +210,7 @@ export function lastFiledId(inbox: string): number {
       if (fd !== undefined) closeSync(fd);
     }
   }
-  return 0;
-}
-
-/**
- * At start (SQL stores): file the lines of uplinks the store committed but the inbox lacks
- * (the station died between its commit and the filing), and mark the rest filed. The inbox's
- * last id tells which are there: a line is never filed twice.
- */
-function fileUnfiled(store: StationKeyStore, inbox: string, file: (line: string) => void, log: (s: string) => void): void {
-  const last = lastFiledId(inbox);
-  let added = 0;
-  for (;;) {
-    const rows = store.unfiled!(1000);
-    if (rows.length === 0) break;
-    for (const r of rows) {
-      if (r.id > last) {
-        file(`{"id":${r.id},${r.line.slice(1)}\n`);
-        added++;
-      }
-    }
-    store.markFiled!(rows.map((r) => r.id));
-  }
-  if (added > 0) log(`station: filed ${added} uplinks opened before the last stop and not yet in the inbox`);
+  return ids;
 }
 
 /** The caller of one connection, as its verified certificate says (undefined: no station role). */
@@ -277,22 +271,62 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
       inboxBytes = sizeOf(inbox) ?? inboxBytes;
       if (inboxBytes > 0 && inboxBytes + line.length > inboxMax) rotate();
     }
-    appendFileSync(inbox, line, { mode: 0o600 });
+    // Appended to a regular file only: a FIFO with no reader, a device or a link put in the
+    // inbox's place fails the write (ENXIO, ELOOP, or below) instead of blocking the service.
+    const fd = openSync(inbox, fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NONBLOCK | fsConstants.O_NOFOLLOW, 0o600);
+    try {
+      if (!fstatSync(fd).isFile()) throw Object.assign(new Error('the inbox is not a regular file'), { code: 'ENOTREGULAR' });
+      appendFileSync(fd, line);
+    } finally {
+      closeSync(fd);
+    }
     inboxBytes += Buffer.byteLength(line);
   };
-  // SQL stores: lines filed since the last group, marked filed in the next one (no commit of
-  // their own), or by the timer when no uplink comes. At start, lines the store holds that the
-  // inbox lacks (the station died between a commit and its filing) are filed first.
+  // SQL stores: the inbox lines come from the store's `opened` rows, in id order. A line written
+  // is marked filed in the next group (no commit of its own) or by the timer. A line that cannot
+  // be written (the inbox taken away, a full disk) stays unfiled in the store, and so do the ones
+  // after it (the inbox stays in id order): the timer files them, oldest first, once it can. At
+  // start, the rows not marked filed are filed unless the inbox already has their ids (the
+  // station died between writing a line and marking it): a line is filed exactly once.
   let filed: number[] = [];
+  let backlog = false;
   const markFiled = () => {
     if (filed.length === 0) return;
     store.markFiled?.(filed);
     filed = [];
   };
-  if (store.unfiled) fileUnfiled(store, inbox, file, log);
+  /** File every unfiled row in id order; false (the backlog stays) if a line cannot be written. */
+  const drainUnfiled = (skipIds?: Set<number>): boolean => {
+    markFiled();
+    for (;;) {
+      const rows = store.unfiled!(1000);
+      if (rows.length === 0) return true;
+      const done: number[] = [];
+      try {
+        for (const r of rows) {
+          if (!skipIds?.has(r.id)) file(`{"id":${r.id},${r.line.slice(1)}\n`);
+          done.push(r.id);
+        }
+      } catch (e) {
+        logInbox(`station: inbox line not written, kept in the store to file later: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        return false;
+      } finally {
+        store.markFiled!(done);
+      }
+    }
+  };
+  if (store.unfiled) {
+    const pending = store.unfiled(1);
+    if (pending.length > 0) {
+      const already = filedIdsSince(inbox, pending[0]!.id);
+      backlog = !drainUnfiled(already);
+      if (already.size > 0 || !backlog) log(`station: filed the uplinks opened before the last stop and not yet in the inbox (${already.size} were there already)`);
+    }
+  }
   const markTimer = setInterval(() => {
     try {
-      markFiled();
+      if (backlog) backlog = !drainUnfiled();
+      else markFiled();
     } catch (e) {
       log(`station: could not mark inbox lines filed: ${(e as Error).message}`);
     }
@@ -397,8 +431,19 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
           })
           .then(({ answer, line, id }) => {
             if (line !== undefined) {
-              file(`${id !== undefined ? `{"id":${id},${line.slice(1)}` : line}\n`);
-              if (id !== undefined) filed.push(id);
+              if (id === undefined) {
+                file(`${line}\n`); // the file store: a line it cannot write fails the answer
+              } else if (!backlog) {
+                // The SQL stores: the uplink is the station's now (committed with its line); a
+                // line that cannot be written waits in the store, and the terminal is answered.
+                try {
+                  file(`{"id":${id},${line.slice(1)}\n`);
+                  filed.push(id);
+                } catch (e) {
+                  backlog = true;
+                  logInbox(`station: inbox line not written, kept in the store to file later: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+                }
+              }
               log(`station: ${terminalId} ${mode} uplink, ${answer.n} bytes, ${answer.keyBits} key bits`);
             } else {
               log(`station: ${terminalId} sent an uplink again that was opened before (its answer was lost): answered again, not opened`);
@@ -507,7 +552,8 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
       await l.close();
       clearInterval(markTimer);
       try {
-        markFiled();
+        if (backlog) drainUnfiled();
+        else markFiled();
       } catch {
         // marked at the next start instead (the inbox's ids tell what is filed)
       }
