@@ -144,7 +144,7 @@ export const commands: readonly CommandSpec[] = [
       'station-store': {
         type: 'string',
         value: 'KIND',
-        description: "the master station's key store: files (a 2 MiB pool image per terminal), sqlite (one database file, keys in 1 KiB rows: for fleets of thousands) or postgres (the database --db names; several station processes may share it); docs/station.md",
+        description: "the master station's key store: files (a 2 MiB pool image per terminal), sqlite (one database file, keys in 1 KiB rows: for fleets of thousands) or postgres (the database --db names; one station service per database, other commands beside it); docs/station.md",
         defaultText: 'files (postgres with --db)',
       },
       db: { type: 'string', value: 'URL', description: 'the PostgreSQL database of a postgres station store: postgres://user@host:port/database, the password from PGPASSWORD or ~/.pgpass, not the command line (kept in station/database.url, mode 0600; the tables are made if absent)' },

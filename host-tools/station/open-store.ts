@@ -1,6 +1,7 @@
 // Which kind of station store a folder holds: a SQLite database (station.sqlite), a PostgreSQL
 // database (its address in database.url), or pool images.
-import { existsSync, readFileSync, readdirSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, readdirSync } from 'node:fs';
+import { DamagedFileError } from '../json-file.js';
 import { join } from 'node:path';
 import { StationStore } from './store.js';
 import type { StationKeyStore } from './store.js';
@@ -27,7 +28,20 @@ export function checkDbUrl(url: string): string {
 /** The database address a folder names, if it names one. */
 export function stationDbUrl(dir: string): string | undefined {
   const f = join(dir, DB_URL_FILE);
-  return existsSync(f) ? readFileSync(f, 'utf8').trim() : undefined;
+  if (!existsSync(f)) return undefined;
+  const url = readJsonlessText(f);
+  try {
+    return checkDbUrl(url);
+  } catch {
+    throw new DamagedFileError(f, 'not a postgres:// address');
+  }
+}
+
+/** A small text file's first line (at most 4 KiB read; a FIFO or device is not opened for a blocking read). */
+function readJsonlessText(f: string): string {
+  const st = lstatSync(f);
+  if (!st.isFile() || st.size > 4096) throw new DamagedFileError(f, 'not a regular file of at most 4 KiB');
+  return readFileSync(f, 'utf8').split('\n')[0]!.trim();
 }
 
 /**

@@ -164,11 +164,22 @@ export interface StationServer {
 
 export async function startStationServer(o: StationServerOptions): Promise<StationServer> {
   const store = openStationStore(o.stationDir);
-  const serviceLock = lockSync(o.stationDir, stationServiceLockOptions(o.stationDir));
+  let serviceLock: ReturnType<typeof lockSync> | undefined;
   try {
-    return await serveStore(store, o, () => serviceLock.release());
+    serviceLock = lockSync(o.stationDir, stationServiceLockOptions(o.stationDir));
+    // One service files a database's uplinks (the inbox lines it holds): on PostgreSQL, where
+    // another home or machine may name the same database, the database says who (a lock held
+    // for the service's life, on its connection).
+    if (store.claimService && !store.claimService()) {
+      const e = new LockBusyError(`the station database of ${o.stationDir}`, 'pg_advisory_lock', undefined);
+      e.message = 'another station service (qkt station run, on another home or machine) uses this PostgreSQL database: one service per database files its uplinks';
+      throw e;
+    }
+    const lock = serviceLock;
+    return await serveStore(store, o, () => lock.release());
   } catch (e) {
-    serviceLock.release();
+    serviceLock?.release();
+    store.close();
     throw e;
   }
 }

@@ -66,12 +66,13 @@ export class SqliteDriver implements SqlDriver {
   }
 }
 
-/** A database address fit to print: its password, if it has one, replaced by ***. */
+/** A database address fit to print: its password, in the userinfo or the query, replaced by ***. */
 export function redactUrl(url: string): string {
   try {
     const u = new URL(url);
     if (u.password) u.password = '***';
-    return u.toString();
+    for (const k of [...u.searchParams.keys()]) if (/pass|secret|key/i.test(k)) u.searchParams.set(k, '***');
+    return u.toString().replace(/%2A%2A%2A/g, '***');
   } catch {
     return '(not an address)';
   }
@@ -92,30 +93,43 @@ export class PgQueryError extends Error {
 // notified. BIGINT (int8) comes back as a number (the store's counts stay below 2^53).
 const WORKER = `
 const { workerData } = require('node:worker_threads');
-const pg = require(workerData.pgPath);
-pg.types.setTypeParser(20, (v) => Number(v));
 const flag = new Int32Array(workerData.shared);
 const port = workerData.port;
-const client = new pg.Client({ connectionString: workerData.url, application_name: 'qkt station' });
-let ready = client.connect();
-client.on('error', () => {});
 const answer = (msg) => {
   port.postMessage(msg);
   Atomics.store(flag, 0, 1);
   Atomics.notify(flag, 0);
 };
+// Whatever goes wrong in here is an answer, never a dead worker the main thread waits on.
+let client;
+let ready;
+const connect = () => {
+  if (!ready) {
+    const pg = require(workerData.pgPath);
+    pg.types.setTypeParser(20, (v) => Number(v));
+    client = new pg.Client({ connectionString: workerData.url, application_name: 'qkt station', connectionTimeoutMillis: workerData.connectMs });
+    client.on('error', () => {});
+    ready = client.connect();
+  }
+  return ready;
+};
 port.on('message', async (q) => {
   try {
-    await ready;
+    await connect();
     if (q.end) { await client.end(); answer({ ok: true }); return; }
     const values = q.params && q.params.map((p) => (p instanceof Uint8Array ? Buffer.from(p.buffer, p.byteOffset, p.byteLength) : p));
     const r = await client.query(values ? { text: q.sql, values } : q.sql);
     answer({ ok: true, rows: r.rows ?? [], changes: r.rowCount ?? 0 });
   } catch (e) {
-    answer({ ok: false, message: String(e && e.message), code: e && e.code });
+    answer({ ok: false, message: String((e && e.message) || e), code: e && e.code });
   }
 });
+process.on('uncaughtException', (e) => answer({ ok: false, message: String((e && e.message) || e), code: e && e.code }));
+process.on('unhandledRejection', (e) => answer({ ok: false, message: String((e && e.message) || e), code: e && e.code }));
 `;
+
+/** How long connecting to the server may take before the store gives up (ms). */
+export const PG_CONNECT_TIMEOUT_MS = 10_000;
 
 /** How long one query may take before the store gives up on the server (ms). */
 export const PG_QUERY_TIMEOUT_MS = 60_000;
@@ -134,7 +148,7 @@ export class PgDriver implements SqlDriver {
     const { port1, port2 } = new MessageChannel();
     this.port = port1;
     const pgPath = createRequire(import.meta.url).resolve('pg');
-    this.worker = new Worker(WORKER, { eval: true, workerData: { url, shared, port: port2, pgPath }, transferList: [port2] });
+    this.worker = new Worker(WORKER, { eval: true, workerData: { url, shared, port: port2, pgPath, connectMs: PG_CONNECT_TIMEOUT_MS }, transferList: [port2] });
     this.worker.unref();
     this.port.unref();
     try {

@@ -5,13 +5,15 @@
 // used keys gone from its files, and durability across a SIGKILL.
 import t from 'tap';
 import fc from 'fast-check';
-import { readFileSync, readdirSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { StationStore } from './store.js';
 import type { StationKeyStore } from './store.js';
-import { KEY_CHUNK, SqlStationStore } from './sql-store.js';
-import { openStationStore } from './open-store.js';
+import { KEY_CHUNK, SQL_STORE_FILE, SqlStationStore } from './sql-store.js';
+import { PG_CONNECT_TIMEOUT_MS, redactUrl } from './sql-driver.js';
+import Database from 'better-sqlite3';
+import { DB_URL_FILE, openStationStore } from './open-store.js';
 import { fuzzParams, replayLine } from '../../firmware/test-support/fuzz.js';
 import { pgSkipReason, tempDatabase } from '../test-support/pg.js';
 
@@ -285,5 +287,55 @@ t.test('openStationStore: picks the kind by the folder, and will not put a datab
   t.equal(b2.kind, 'sqlite', 'reopened by what the folder holds');
   b2.close();
   t.throws(() => new SqlStationStore(join(root, 'c')), /no station database/);
+  t.end();
+});
+
+t.test('hostile folders and addresses: a link or another program\'s database is refused by name, a bad address never hangs', (t) => {
+  const root = t.testdir({ victim: 'not a database\n' });
+  // A link in the database's place: not followed (the target keeps its mode), refused as damaged.
+  const linked = join(root, 'linked');
+  mkdirSync(linked);
+  chmodSync(join(root, 'victim'), 0o644);
+  symlinkSync(join(root, 'victim'), join(linked, SQL_STORE_FILE));
+  t.throws(() => openStationStore(linked), { name: 'DamagedFileError', message: /not a regular file/ });
+  t.equal(statSync(join(root, 'victim')).mode & 0o777, 0o644, 'the link\'s target was not chmodded');
+  // Another program's SQLite database: not taken over.
+  const foreign = join(root, 'foreign');
+  mkdirSync(foreign);
+  const other = new Database(join(foreign, SQL_STORE_FILE));
+  other.exec('CREATE TABLE terminal (name TEXT); INSERT INTO terminal VALUES (1)');
+  other.close();
+  t.throws(() => openStationStore(foreign), { name: 'DamagedFileError', message: /another program/ });
+  const again = new Database(join(foreign, SQL_STORE_FILE));
+  t.same(again.prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").pluck().all(), ['terminal'], 'and nothing was added to it');
+  again.close();
+  // database.url holding junk: named, at once.
+  const junk = join(root, 'junk');
+  mkdirSync(junk);
+  writeFileSync(join(junk, DB_URL_FILE), 'junk\n');
+  t.throws(() => openStationStore(junk), { name: 'DamagedFileError', message: /not a postgres:\/\/ address/ });
+  // A password in the query is not printed either.
+  t.equal(redactUrl('postgres://qkt@127.0.0.1:5432/x?password=SeCrEt1&sslmode=disable'), 'postgres://qkt@127.0.0.1:5432/x?password=***&sslmode=disable');
+  t.equal(redactUrl('postgres://qkt:SeCrEt1@127.0.0.1/x'), 'postgres://qkt:***@127.0.0.1/x');
+  t.end();
+});
+
+t.test('a PostgreSQL address that cannot work fails at once with the reason, never hangs', { skip: pgSkip }, (t) => {
+  const t0 = Date.now();
+  t.throws(() => new SqlStationStore(t.testdir({}), { url: 'postgres://qkt@localhost/x?host=/nonexistent' }), /the station database postgres:\/\/qkt@localhost\/x\?host=(\/|%2F)nonexistent: connect ENOENT/);
+  t.throws(() => new SqlStationStore(t.testdir({}), { url: 'postgres://qkt:pw@127.0.0.1:1/x' }), /ECONNREFUSED/);
+  t.ok(Date.now() - t0 < PG_CONNECT_TIMEOUT_MS, 'both within the connect timeout, not the query timeout');
+  t.end();
+});
+
+t.test('one station service per PostgreSQL database: the second is refused until the first goes', { skip: pgSkip }, (t) => {
+  const url = pgUrl();
+  const a = new SqlStationStore(t.testdir({}), { url });
+  const b = new SqlStationStore(t.testdir({}), { url });
+  t.teardown(() => b.close());
+  t.equal(a.claimService(), true);
+  t.equal(b.claimService(), false, 'the second service on the database is refused');
+  a.close();
+  t.equal(b.claimService(), true, 'the lock went with the first one\'s connection');
   t.end();
 });

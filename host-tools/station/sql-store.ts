@@ -19,7 +19,7 @@
 //
 // Hand-written SQL on better-sqlite3 (synchronous, so the store keeps the pool-image store's
 // synchronous interface); no ORM: the schema is five small tables.
-import { chmodSync, existsSync, mkdirSync } from 'node:fs';
+import { chmodSync, existsSync, lstatSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { PgDriver, SqliteDriver } from './sql-driver.js';
 import type { Param, SqlDriver } from './sql-driver.js';
@@ -43,6 +43,8 @@ export const POOL_MAX_BATCHES = 32;
 const SCHEMA_VERSION = 1;
 /** The advisory lock (PostgreSQL) under which the tables are made. */
 const SCHEMA_LOCK = 0x716b74;
+/** The advisory lock (PostgreSQL) a station service holds for its life. */
+const SERVICE_LOCK = 0x716b75;
 /** How often the write-ahead log is truncated when anything changed (see checkpoint()). */
 export const CHECKPOINT_MS = 1000;
 const DAY_MS = 86_400_000;
@@ -141,7 +143,8 @@ export class SqlStationStore implements StationKeyStore {
   private waiters: Array<{ ok: () => void; fail: (e: Error) => void }> = [];
   /** Consumed and voided keys' pages linger in the write-ahead log until it is truncated: at most CHECKPOINT_MS. */
   private readonly checkpointTimer: NodeJS.Timeout;
-  private lastChanges = 0;
+  /** -1: the first checkpoint runs whatever this connection did (a crash may have left a log). */
+  private lastChanges = -1;
   /** Transactions open inside this one's (savepoints). */
   private depth = 0;
   /** Uplinks recorded per terminal since its `opened` rows were last trimmed (one number per terminal). */
@@ -167,6 +170,9 @@ export class SqlStationStore implements StationKeyStore {
       if (!existsSync(file)) {
         if (!o.create) throw new StationStoreError(`no station database at ${file}`, 'NO_TERMINAL');
         mkdirSync(dir, { recursive: true, mode: 0o700 });
+      } else if (!lstatSync(file).isFile()) {
+        // A link (or anything else) put in the database's place is not followed: not opened, not chmodded.
+        throw new DamagedFileError(file, 'not a regular file (a link or a device in its place)');
       }
       const d = new SqliteDriver(file);
       this.d = d;
@@ -187,6 +193,11 @@ export class SqlStationStore implements StationKeyStore {
       this.tx(() => {
         // Two processes making the tables at once: one at a time (SQLite's BEGIN IMMEDIATE is one).
         if (this.d.kind === 'postgres') this.d.run('SELECT pg_advisory_xact_lock(?)', [SCHEMA_LOCK]);
+        // A database that already holds another program's tables is not taken over.
+        const hadMeta = this.tableExists('meta');
+        if (!hadMeta && this.foreignTables()) {
+          throw new DamagedFileError(this.d.kind === 'sqlite' ? join(dir, SQL_STORE_FILE) : 'the station database', 'it holds tables of another program (no qkt schema): not a station database');
+        }
         this.d.exec(this.d.kind === 'postgres' ? pgSchema() : SCHEMA);
         const v = this.d.get<{ v: number }>('SELECT v FROM meta WHERE k = ?', ['schema']);
         if (v === undefined) this.d.run('INSERT INTO meta (k, v) VALUES (?, ?)', ['schema', SCHEMA_VERSION]);
@@ -234,6 +245,19 @@ export class SqlStationStore implements StationKeyStore {
       unfiled: st('SELECT id, line FROM opened WHERE line IS NOT NULL ORDER BY id LIMIT ?'),
       markFiled: st('UPDATE opened SET line = NULL WHERE id = ?'),
     };
+  }
+
+  private tableExists(name: string): boolean {
+    return this.d.kind === 'sqlite'
+      ? this.d.get("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name = ?", [name]) !== undefined
+      : this.d.get('SELECT 1 AS x FROM information_schema.tables WHERE table_schema = current_schema() AND table_name = ?', [name]) !== undefined;
+  }
+
+  /** Any table in the database (its default schema) at all: in one without qkt's `meta`, another program's. */
+  private foreignTables(): boolean {
+    return this.d.kind === 'sqlite'
+      ? this.d.get("SELECT 1 AS x FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'") !== undefined
+      : this.d.get("SELECT 1 AS x FROM information_schema.tables WHERE table_schema = current_schema() AND table_type = 'BASE TABLE'") !== undefined;
   }
 
   // ------------------------------------------------------------------ terminals
@@ -621,6 +645,16 @@ export class SqlStationStore implements StationKeyStore {
     this.tx(() => {
       for (const id of ids) this.q.markFiled.run(id);
     });
+  }
+
+  /**
+   * PostgreSQL: take the database's station-service lock (a session advisory lock, held while
+   * this connection lives: a killed service's lock goes with its connection); false if another
+   * connection holds it. SQLite: always true (the folder's service lock covers its one file).
+   */
+  claimService(): boolean {
+    if (this.d.kind !== 'postgres') return true;
+    return this.d.get<{ ok: boolean }>('SELECT pg_try_advisory_lock(?) AS ok', [SERVICE_LOCK])?.ok === true;
   }
 
   // ------------------------------------------------------------------ group commit

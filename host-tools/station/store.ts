@@ -156,6 +156,8 @@ export interface StationKeyStore {
   recordOpened?(terminalId: string, digest: Uint8Array, line: string, n: number, keyBits: number): number;
   unfiled?(max?: number): Array<{ id: number; line: string }>;
   markFiled?(ids: readonly number[]): void;
+  /** PostgreSQL store: hold the database's service lock for this process' life; false if another holds it. */
+  claimService?(): boolean;
   /** Called when a group's commit failed and its changes were undone (SQL stores). */
   onGroupFailure?: ((e: Error) => void) | undefined;
   close(): void;
