@@ -1,12 +1,14 @@
 // `qkt bench fleet` (issue 13): how many emulated terminals one machine holds in front of one
 // master station. Each step is a whole `qkt fleet run` (enrolment, export, carrier, injection,
 // one mutual-TLS connection per terminal, traffic; the station the real `qkt station run` in its
-// own process): at one message per second per terminal, and at the paper's one per T. A step
-// holds when the access delay's p99 is under the bound and no message was late or failed; the
-// sweep stops at the first step that does not. Memory is the fleet process' RSS over N (the
-// station's process is not in it). The two station stores side by side at one size.
+// own process), each in a process of its own: at one message per second per terminal, and at
+// the paper's one per T. A step holds when the access delay's p99 is under the bound and no
+// message was late or failed; the sweep goes on to the first size that loses messages. Memory is
+// the fleet process' RSS over N (the station's process is not in it). The two station stores side
+// by side at one size.
 import { cpus, loadavg } from 'node:os';
-import { runFleet } from '../fleet/fleet.js';
+import { spawn } from 'node:child_process';
+import { qktBin } from './start.js';
 import type { FleetResult } from '../fleet/fleet.js';
 import type { StationStoreKind } from '../station/open-store.js';
 
@@ -66,32 +68,49 @@ function step(r: FleetResult, boundMs: number): FleetStep {
   };
 }
 
+/** One step: `qkt fleet run --json` in a process of its own (its RSS is the step's alone). */
+async function fleetRun(args: string[]): Promise<FleetResult> {
+  const child = spawn(process.execPath, [qktBin(), 'fleet', 'run', ...args, '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  let err = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => (out += d));
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (err = (err + d).slice(-2000)));
+  const code = await new Promise<number | null>((r) => child.on('exit', (c) => r(c)));
+  try {
+    return JSON.parse(out) as FleetResult;
+  } catch {
+    throw new Error(`qkt fleet run ${args.join(' ')} exited ${code}: ${err.trim().split('\n').slice(-3).join(' / ')}`);
+  }
+}
+
 export async function benchFleet(o: { quick: boolean; seed?: number; log: (line: string) => void }): Promise<FleetBenchResult> {
   const tMs = 60_000;
   const sizes = o.quick ? [20, 50] : [250, 500, 1000, 2000, 4000, 10_000];
   const seconds = o.quick ? 3 : 20;
-  const run = async (terminals: number, ratePerSecond: number, store: StationStoreKind, secs: number) => {
-    o.log(`fleet: ${terminals} terminals, ${+ratePerSecond.toPrecision(3)} messages/s each, ${store} store, ${secs} s...`);
-    const r = await runFleet({ terminals, seconds: secs, tMs, seed: o.seed ?? 1, ratePerSecond, store, station: 'process' });
+  const run = async (terminals: number, rate: string, store: StationStoreKind, secs: number) => {
+    o.log(`fleet: ${terminals} terminals, ${rate} messages each, ${store} store, ${secs} s...`);
+    const r = await fleetRun(['--terminals', String(terminals), '--seconds', String(secs), '--t', `${tMs / 1000}s`, '--seed', String(o.seed ?? 1), '--rate', rate, '--store', store]);
     const s = step(r, P99_BOUND_MS);
-    o.log(`  p99 ${s.p99Ms ?? '-'} ms, ${s.late} late, ${s.failed} failed, ${s.openedPerSecond} opened/s, ${Math.round(s.rssPerTerminalBytes / 1024)} KiB/terminal: ${s.holds ? 'holds' : 'does not hold'}`);
+    o.log(`  median ${s.medianMs ?? '-'} ms, p99 ${s.p99Ms ?? '-'} ms, ${s.late} late, ${s.failed} failed, ${s.openedPerSecond} opened/s, ${Math.round(s.rssPerTerminalBytes / 1024)} KiB/terminal: ${s.holds ? 'holds' : 'does not hold'}`);
     return s;
   };
-  const sweep = async (ratePerSecond: number, secs: number) => {
+  // Every size up to the first that loses messages (late or refused): the p99 bound may fail
+  // before that, and the sizes between show where the station's capacity ends.
+  const sweep = async (rate: string, secs: number) => {
     const steps: FleetStep[] = [];
     for (const n of sizes) {
-      const s = await run(n, ratePerSecond, 'sqlite', secs);
+      const s = await run(n, rate, 'sqlite', secs);
       steps.push(s);
-      if (!s.holds) break;
+      if (s.late > 0 || s.failed > 0 || !s.keysAgree) break;
     }
     const held = steps.filter((s) => s.holds).map((s) => s.terminals);
     return { steps, largestHolding: held.length > 0 ? Math.max(...held) : null };
   };
-  const perSecond = await sweep(1, seconds);
+  const perSecond = await sweep('1', seconds);
   // One per T (a minute): a run of two T, so each terminal sends about two.
-  const perT = await sweep(1000 / tMs, o.quick ? 6 : 120);
+  const perT = await sweep('1/T', o.quick ? 6 : 120);
   const storeSize = o.quick ? 20 : 200;
-  const stores = [await run(storeSize, 1, 'files', seconds), await run(storeSize, 1, 'sqlite', seconds)];
+  const stores = [await run(storeSize, '1', 'files', seconds), await run(storeSize, '1', 'sqlite', seconds)];
   return { bench: 'fleet', date: new Date().toISOString(), node: process.version, machine: `${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')} at the end`, p99BoundMs: P99_BOUND_MS, tMs, perSecond, perT, stores };
 }
 
