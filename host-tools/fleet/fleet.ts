@@ -203,7 +203,10 @@ interface StationProcess {
  * before ready carries the log's end.
  */
 async function startStationProcess(homeDir: string, maxConnections: number): Promise<StationProcess> {
-  const child = spawn(process.execPath, [qktBin(), 'station', 'run', '--home', homeDir, '--listen', '127.0.0.1:0', '--max-connections', String(maxConnections), '--json'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [qktBin(), 'station', 'run', '--home', homeDir, '--listen', '127.0.0.1:0', '--max-connections', String(maxConnections), '--json'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, QKT_PARENT_PID: String(process.pid) },
+  });
   let err = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => {
     if (err.length < 4096) err += d;

@@ -49,6 +49,14 @@ export default defineCommand({
       inbox: home.path('station', 'inbox.jsonl'),
       pid: process.pid,
     };
+    // Started by `qkt fleet run --station process` (QKT_PARENT_PID): it stops when that process
+    // is gone, even by SIGKILL, instead of serving on with no one to stop it.
+    const parent = Number(process.env['QKT_PARENT_PID']);
+    if (Number.isSafeInteger(parent) && parent > 1) {
+      setInterval(() => {
+        if (process.ppid !== parent) process.kill(process.pid, 'SIGTERM');
+      }, 500).unref();
+    }
     io.ready(ready, `master station on ${server.address} (mutual TLS; clients need a certificate from qkt station cert), keys from ${ready.store}; Ctrl-C to stop`);
     await io.stopped;
     await server.close();
