@@ -29,7 +29,7 @@ import { PoolError } from '../../firmware/keypool/errors.js';
 import { poolBatchId } from '../../firmware/commands/inject.js';
 import { TERMINAL_ID_RE } from '../../firmware/crypto/_util.js';
 import { DamagedFileError } from '../json-file.js';
-import { StationStoreError, USAGE_DAYS } from './store.js';
+import { StationStoreError, USAGE_DAYS, lastUplinkOf } from './store.js';
 import type { LastUplink, StationAccount, StationBatchMeta, StationKeyStore, StationState } from './store.js';
 
 /** The database file in a station folder; its presence makes the folder a SQLite store. */
@@ -48,8 +48,6 @@ const SERVICE_LOCK = 0x716b75;
 /** How often the write-ahead log is truncated when anything changed (see checkpoint()). */
 export const CHECKPOINT_MS = 1000;
 const DAY_MS = 86_400_000;
-const MAX_DATE_MS = 8.64e15;
-const count = (x: unknown): boolean => Number.isSafeInteger(x) && (x as number) >= 0;
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
 
 /** A damaged or foreign database file: named, as a damaged pool image is (exit 6), not a bare SQLite message. */
@@ -593,14 +591,11 @@ export class SqlStationStore implements StationKeyStore {
   lastUplink(terminalId: string): LastUplink | null {
     const raw = SqlStationStore.valid(terminalId) ? (this.q.terminal.get(terminalId) as { last_uplink: string | null } | undefined)?.last_uplink : null;
     if (!raw) return null;
-    let x: Partial<LastUplink>;
     try {
-      x = JSON.parse(raw) as Partial<LastUplink>;
+      return lastUplinkOf(JSON.parse(raw));
     } catch {
       return null;
     }
-    const ok = x !== null && typeof x === 'object' && count(x.at) && x.at! <= MAX_DATE_MS && (x.mode === 'otp' || x.mode === 'aead') && count(x.counter) && count(x.bytes) && count(x.keyBits);
-    return ok ? { at: x.at!, mode: x.mode!, counter: x.counter!, bytes: x.bytes!, keyBits: x.keyBits! } : null;
   }
 
   // ------------------------------------------------------------------ opened uplinks (exactly once)

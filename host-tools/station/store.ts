@@ -53,6 +53,21 @@ const count = (x: unknown): boolean => Number.isSafeInteger(x) && (x as number) 
 /** Days of key use the forecast looks back on (`station status`). */
 export const USAGE_DAYS = 30;
 
+/** A recorded last uplink as read back (any store), or null if it is not one: whole numbers, a date a Date holds, a mode. */
+export function lastUplinkOf(u: unknown): LastUplink | null {
+  const x = u as Partial<LastUplink> | undefined;
+  const ok =
+    x !== null &&
+    typeof x === 'object' &&
+    count(x.at) &&
+    x.at! <= MAX_DATE_MS &&
+    (x.mode === 'otp' || x.mode === 'aead') &&
+    count(x.counter) &&
+    count(x.bytes) &&
+    count(x.keyBits);
+  return ok ? { at: x.at!, mode: x.mode!, counter: x.counter!, bytes: x.bytes!, keyBits: x.keyBits! } : null;
+}
+
 /** The last uplink the station opened for a terminal (`<terminal>/last-uplink.json`). */
 export interface LastUplink {
   /** When the station opened it, ms since the Unix epoch. */
@@ -654,17 +669,7 @@ export class StationStore implements StationKeyStore {
       if (e instanceof DamagedFileError) return null;
       throw e;
     }
-    const x = u as Partial<LastUplink> | undefined;
-    const ok =
-      x !== null &&
-      typeof x === 'object' &&
-      count(x.at) &&
-      x.at! <= MAX_DATE_MS &&
-      (x.mode === 'otp' || x.mode === 'aead') &&
-      count(x.counter) &&
-      count(x.bytes) &&
-      count(x.keyBits);
-    return ok ? { at: x.at!, mode: x.mode!, counter: x.counter!, bytes: x.bytes!, keyBits: x.keyBits! } : null;
+    return lastUplinkOf(u);
   }
 
   /** Each operation of the file store is synced as it runs: `fn`'s changes are durable when it returns. */
