@@ -335,6 +335,9 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
     }
   }
   const markTimer = setInterval(() => {
+    // Not while a group is open: its rows are not committed yet (they would be filed, and the
+    // group might still fail).
+    if (store.groupOpen) return;
     try {
       if (backlog) backlog = !drainUnfiled();
       else markFiled();
@@ -563,7 +566,9 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
       await l.close();
       clearInterval(markTimer);
       try {
-        if (backlog) drainUnfiled();
+        if (store.groupOpen) {
+          // filed at the next start (it reads which lines the inbox holds)
+        } else if (backlog) drainUnfiled();
         else markFiled();
       } catch {
         // marked at the next start instead (the inbox's ids tell what is filed)

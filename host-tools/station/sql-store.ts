@@ -147,7 +147,11 @@ export class SqlStationStore implements StationKeyStore {
   private depth = 0;
   /** Uplinks recorded per terminal since its `opened` rows were last trimmed (one number per terminal). */
   private readonly sinceTrim = new Map<string, number>();
-  private groupOpen = false;
+  private inGroup = false;
+  /** A group's transaction is open: its changes are not committed yet. */
+  get groupOpen(): boolean {
+    return this.inGroup;
+  }
   private readonly q;
 
   /** Open the store in `dir`; with `create`, make it (and the folder) if it is not there. */
@@ -662,7 +666,7 @@ export class SqlStationStore implements StationKeyStore {
   grouped<T>(fn: () => T): Promise<T> {
     if (!this.groupOpen) {
       this.d.exec(this.d.kind === 'sqlite' ? 'BEGIN IMMEDIATE' : 'BEGIN');
-      this.groupOpen = true;
+      this.inGroup = true;
       setImmediate(() => this.commitGroup());
     }
     let v: T;
@@ -679,7 +683,7 @@ export class SqlStationStore implements StationKeyStore {
     if (!this.groupOpen) return;
     const ws = this.waiters;
     this.waiters = [];
-    this.groupOpen = false;
+    this.inGroup = false;
     try {
       this.d.exec('COMMIT');
     } catch (e) {

@@ -158,8 +158,9 @@ export interface StationKeyStore {
   /**
    * Run `fn` (the store's operations for one message) so that its changes are durable when the
    * promise resolves. The file store syncs each operation as it goes (each is atomic); the
-   * SQL stores undo all of `fn`'s changes if it throws, and runs every `fn` of one event-loop turn in one transaction and
-   * resolves them all after its one commit (group commit: one fsync for many messages).
+   * SQL stores undo all of `fn`'s changes if it throws, run every `fn` of one event-loop turn in
+   * one transaction, and resolve them all after its one commit (group commit: one fsync for many
+   * messages).
    */
   grouped<T>(fn: () => T): Promise<T>;
   /**
@@ -171,6 +172,8 @@ export interface StationKeyStore {
   recordOpened?(terminalId: string, digest: Uint8Array, line: string, n: number, keyBits: number): number;
   unfiled?(max?: number): Array<{ id: number; line: string }>;
   markFiled?(ids: readonly number[]): void;
+  /** SQL stores: a group's transaction is open (its changes not committed yet). */
+  readonly groupOpen?: boolean;
   /** PostgreSQL store: hold the database's service lock for this process' life; false if another holds it. */
   claimService?(): boolean;
   /** Called when a group's commit failed and its changes were undone (SQL stores). */
