@@ -19,7 +19,7 @@ export function checkDbUrl(url: string): string {
   try {
     u = new URL(url);
   } catch {
-    throw new Error('--db must be a postgres://user:password@host:port/database address');
+    throw new Error('--db must be a postgres://user@host:port/database address');
   }
   if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') throw new Error(`--db must be a postgres:// address, not ${u.protocol}//`);
   return url;
@@ -29,7 +29,7 @@ export function checkDbUrl(url: string): string {
 export function stationDbUrl(dir: string): string | undefined {
   const f = join(dir, DB_URL_FILE);
   if (!existsSync(f)) return undefined;
-  const url = readJsonlessText(f);
+  const url = readFirstLine(f);
   try {
     return checkDbUrl(url);
   } catch {
@@ -38,7 +38,7 @@ export function stationDbUrl(dir: string): string | undefined {
 }
 
 /** A small text file's first line (at most 4 KiB read; a FIFO or device is not opened for a blocking read). */
-function readJsonlessText(f: string): string {
+function readFirstLine(f: string): string {
   const st = lstatSync(f);
   if (!st.isFile() || st.size > 4096) throw new DamagedFileError(f, 'not a regular file of at most 4 KiB');
   return readFileSync(f, 'utf8').split('\n')[0]!.trim();

@@ -39,7 +39,7 @@ export const kmdInit = defineCommand<InitCliResult>({
     const db = str(v, 'db');
     const stationStore = str(v, 'station-store') ?? (db !== undefined ? 'postgres' : 'files');
     if (stationStore !== 'files' && stationStore !== 'sqlite' && stationStore !== 'postgres') throw new CliError(`--station-store must be files, sqlite or postgres, got ${JSON.stringify(stationStore)}`, Exit.USAGE);
-    if (stationStore === 'postgres' && db === undefined) throw new CliError('--station-store postgres needs --db postgres://user:password@host:port/database', Exit.USAGE);
+    if (stationStore === 'postgres' && db === undefined) throw new CliError('--station-store postgres needs --db postgres://user@host:port/database', Exit.USAGE);
     if (db !== undefined && stationStore !== 'postgres') throw new CliError(`--db is the database of a postgres station store, not of ${stationStore}`, Exit.USAGE);
     if (db !== undefined) {
       try {
