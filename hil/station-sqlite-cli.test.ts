@@ -259,6 +259,13 @@ t.test('kmd init: files by default; --station-store bogus is a usage error', { s
   const bad = join(dir, 'bad');
   failsWith(t, await runQkt(['kmd', 'init', '--home', bad, '--station-store', 'bogus']), 2, /^qkt: --station-store must be files, sqlite or postgres, got "bogus"/, '--station-store bogus');
   t.notOk(existsSync(bad), 'nothing made');
+  failsWith(t, await runQkt(['kmd', 'init', '--home', bad, '--station-store', 'postgres']), 2, /^qkt: --station-store postgres needs --db postgres:\/\/user@host:port\/database/, 'postgres without --db');
+  failsWith(t, await runQkt(['kmd', 'init', '--home', bad, '--db', 'mysql://x/y']), 2, /^qkt: --db must be a postgres:\/\/ address, not mysql:\/\//, 'a --db that is not postgres');
+  failsWith(t, await runQkt(['kmd', 'init', '--home', bad, '--station-store', 'sqlite', '--db', 'postgres://x/y']), 2, /^qkt: --db is the database of a postgres station store, not of sqlite/, '--db with another store');
+  const refused = await runQkt(['kmd', 'init', '--home', bad, '--db', 'postgres://qkt:SeCrEt@127.0.0.1:1/x']);
+  t.notMatch(refused.stdout + refused.stderr, /SeCrEt/, 'the password appears nowhere');
+  failsWith(t, refused, 3, /^qkt: nothing answered: the station database postgres:\/\/qkt:\*\*\*@127\.0\.0\.1:1\/x: connect ECONNREFUSED/, 'a server that does not answer: exit 3, the password not shown');
+  t.notOk(existsSync(bad), 'nothing made by any of them');
   const human = await runQkt(['kmd', 'init', '--home', join(dir, 's2'), '--station-store', 'sqlite']);
   t.equal(human.code, 0);
   t.match(human.stdout, /, station store in one SQLite database\n?$/, 'the text output names the store');
