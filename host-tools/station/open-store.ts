@@ -64,9 +64,3 @@ export function openStationStore(dir: string, o: { create?: StationStoreKind; ur
   }
   return new StationStore(dir);
 }
-
-/** The kind of store in `dir` (without opening it). */
-export function stationStoreKind(dir: string): StationStoreKind {
-  if (existsSync(join(dir, DB_URL_FILE))) return 'postgres';
-  return existsSync(join(dir, SQL_STORE_FILE)) ? 'sqlite' : 'files';
-}

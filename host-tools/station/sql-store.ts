@@ -621,8 +621,10 @@ export class SqlStationStore implements StationKeyStore {
    */
   recordOpened(terminalId: string, digest: Uint8Array, line: string, n: number, keyBits: number): number {
     const id = this.q.recordOpened.get(terminalId, Buffer.from(digest), line, n, keyBits)!.id;
-    // Trimmed at a terminal's every OPENED_KEPT-th uplink in this process (and at its first):
-    // at most 2 x OPENED_KEPT rows per terminal, and the filed ones beyond the last OPENED_KEPT go.
+    // Trimmed at a terminal's every OPENED_KEPT-th uplink in this process (and at its first): the
+    // filed rows beyond its last OPENED_KEPT go. Rows not filed yet stay (their lines are the
+    // inbox's), so a terminal holds about 2 x OPENED_KEPT rows plus those of one group still being
+    // filed; while the inbox cannot be written, unfiled rows wait here (the backlog) until it can.
     const since = this.sinceTrim.get(terminalId) ?? OPENED_KEPT;
     if (since >= OPENED_KEPT) {
       this.q.trimOpened.run(terminalId, terminalId, OPENED_KEPT);
