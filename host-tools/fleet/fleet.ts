@@ -34,7 +34,12 @@ import { InputError } from '../input-error.js';
 import { compactGeometry } from './image.js';
 import type { StationStoreKind } from '../station/open-store.js';
 import { spawn } from 'node:child_process';
+import { setMaxListeners } from 'node:events';
 import { qktBin } from '../bench/start.js';
+import { BrokerStation, checkBrokerUrl, redactBrokerUrl } from '../station/broker.js';
+import type { StationRequester } from '../station/broker.js';
+import { checkDbUrl, openStationStore } from '../station/open-store.js';
+import { accountRow } from '../station/accounts.js';
 
 export const CLASS_IDS: readonly ClassId[] = ['A', 'B', 'C', 'D', 'E'];
 /** Most terminals one fleet run takes (one process). */
@@ -107,8 +112,17 @@ export interface FleetOptions {
   deadlineMs?: number;
   /** Terminals set up at once (inject, certificate, TLS handshake; default 8). */
   concurrency?: number;
-  /** The station's key store (default 'sqlite': one database; 'files': a 2 MiB pool image per terminal). */
+  /** The station's key store (default 'sqlite': one database; 'files': a 2 MiB pool image per terminal; 'postgres': the database `db` names). */
   store?: StationStoreKind;
+  /** The PostgreSQL database of the 'postgres' store (postgres://...). */
+  db?: string;
+  /**
+   * Send the uplinks through an MQTT broker instead of a TLS connection per terminal: 'embedded'
+   * (the station process hosts one) or `mqtt://HOST:PORT`. All terminals share one connection.
+   */
+  broker?: string;
+  /** A name for this shard of a fleet (1-16 of A-Z a-z 0-9 _): its terminals are `NAME-T00001`..., apart from other shards' on one station. */
+  shard?: string;
   /**
    * Messages a second each terminal sends (its class's message shapes, at this rate in all);
    * default its class's own rates (docs/traffic.md).
@@ -116,10 +130,10 @@ export interface FleetOptions {
   ratePerSecond?: number;
   /**
    * Where the station runs: 'process' (default), the real `qkt station run` in a process of its
-   * own (the fleet's RSS is then the terminals' alone, and the two use both cores), or 'inline',
-   * in this process.
+   * own (the fleet's RSS is then the terminals' alone, and the two use both cores), 'inline',
+   * in this process, or 'none': workers started elsewhere take the uplinks from `broker`.
    */
-  station?: 'process' | 'inline';
+  station?: 'process' | 'inline' | 'none';
   onProgress?: (phase: FleetPhase, done: number, total: number) => void;
   signal?: AbortSignal;
 }
@@ -151,11 +165,15 @@ export interface FleetResult {
   images: { where: 'memory' | 'files'; bytes: number; sectors: number; sectorSize: number };
   /** The station's key store: one SQLite database, or a pool image per terminal. */
   store: StationStoreKind;
-  /** Where the station ran: its own process (`qkt station run`), or this one. */
-  station: 'process' | 'inline';
+  /** Where the station ran: its own process (`qkt station run`), this one, or elsewhere (workers on the broker). */
+  station: 'process' | 'inline' | 'none';
+  /** The MQTT broker the uplinks went through (no password), or null: a TLS connection per terminal. */
+  broker: string | null;
+  /** This shard's name (its terminals' id prefix), or null. */
+  shard: string | null;
   /** Messages a second per terminal asked for (null: each class's own rates). */
   ratePerSecond: number | null;
-  /** TLS connections to the station: one per terminal (the station admits a terminal only on its own certificate). */
+  /** Connections to the station: one TLS connection per terminal (the station admits a terminal only on its own certificate), or one to the broker for all. */
   stationConnections: number;
   setupSeconds: number;
   trafficSeconds: number;
@@ -177,7 +195,8 @@ interface Member {
   entry?: BatchEntry;
   module?: LinkClient;
   pems?: TlsPems;
-  station?: LinkClient;
+  station?: StationRequester;
+  link?: LinkClient;
   result?: TrafficResult;
 }
 
@@ -202,8 +221,9 @@ interface StationProcess {
  * ready when it prints its ready document. Its log (a line per uplink) is dropped; a failure
  * before ready carries the log's end.
  */
-async function startStationProcess(homeDir: string, maxConnections: number): Promise<StationProcess> {
-  const child = spawn(process.execPath, [qktBin(), 'station', 'run', '--home', homeDir, '--listen', '127.0.0.1:0', '--max-connections', String(maxConnections), '--json'], {
+async function startStationProcess(homeDir: string, maxConnections: number, broker: string | undefined): Promise<StationProcess> {
+  const where = broker === undefined ? ['--listen', '127.0.0.1:0', '--max-connections', String(maxConnections)] : broker === 'embedded' ? ['--broker', 'embedded', '--listen', '127.0.0.1:0'] : ['--broker', broker];
+  const child = spawn(process.execPath, [qktBin(), 'station', 'run', '--home', homeDir, ...where, '--json'], {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, QKT_PARENT_PID: String(process.pid) },
   });
@@ -226,7 +246,8 @@ async function startStationProcess(homeDir: string, maxConnections: number): Pro
         const nl = out.indexOf('\n');
         if (nl < 0) return;
         try {
-          resolve(String((JSON.parse(out.slice(0, nl)) as { listen: unknown }).listen));
+          const ready = JSON.parse(out.slice(0, nl)) as { listen?: unknown; broker?: unknown };
+          resolve(String(ready.listen ?? ready.broker));
         } catch (e) {
           reject(e as Error);
         }
@@ -318,6 +339,14 @@ export function checkFleetOptions(o: FleetOptions): void {
   if (!(o.seconds > 0 && o.seconds <= 86_400)) throw new InputError(`--seconds must be from above 0 to 86400, got ${o.seconds}`);
   if (o.tMs !== undefined && !(o.tMs >= 10 && o.tMs <= 86_400_000)) throw new InputError(`--t must be from 10 ms to 1 day, got ${o.tMs} ms`);
   if (o.concurrency !== undefined && !(Number.isSafeInteger(o.concurrency) && o.concurrency >= 1)) throw new InputError(`concurrency must be a whole number from 1, got ${o.concurrency}`);
+  if (o.shard !== undefined && !/^[A-Za-z0-9_]{1,16}$/.test(o.shard)) throw new InputError(`--shard must be 1-16 of A-Z a-z 0-9 _, got ${JSON.stringify(o.shard)}`);
+  if ((o.store === 'postgres') !== (o.db !== undefined)) throw new InputError(o.db === undefined ? '--store postgres needs --db postgres://user@host:port/database' : `--db is the database of a postgres store, not of ${o.store ?? 'sqlite'}`);
+  if (o.db !== undefined) checkDbUrl(o.db);
+  if (o.broker !== undefined) {
+    if (o.broker !== 'embedded') checkBrokerUrl(o.broker);
+    if (o.store === 'files') throw new InputError('--broker needs a database store (sqlite or postgres): the pool-image store cannot tell a message sent again from a replay');
+  }
+  if (o.station === 'none' && (o.broker === undefined || o.broker === 'embedded')) throw new InputError('--station none: the station workers run elsewhere and take the uplinks from a broker of their own; give --broker mqtt://HOST:PORT');
   if (o.bits === undefined) return;
   const bits = o.bits;
   if (!Number.isSafeInteger(bits) || bits < 8192 || bits > 2 ** 23 || bits % 8 !== 0) throw new InputError(`--bits must be a multiple of 8 bits from 8 kbit to 8 Mbit, got ${bits}`);
@@ -362,12 +391,15 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
   const dir = o.home !== undefined ? prepareHome(o.home) : mkdtempSync(join(tmpdir(), 'qkt-fleet-'));
   const geometry = compactGeometry(bits);
   const classes = assignClasses(n, mix, seed);
+  // Each terminal's traffic waits on the stop signal (a listener each): not a leak at N > 10.
+  if (o.signal) setMaxListeners(4 * n + 16, o.signal);
   const storeKind: StationStoreKind = o.store ?? 'sqlite';
   const stationWhere = o.station ?? 'process';
   let stationChild: StationProcess | undefined;
   const width = String(n).length;
   const members: Member[] = [];
   let server: StationServer | undefined;
+  let brokerStation: BrokerStation | undefined;
   try {
     // 0. Room: in the file store each terminal's station pool image is 2 MiB on disk (a
     //    full-size pool per terminal), in the SQLite store its keys and a few rows; with --home
@@ -375,12 +407,12 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
     //    9,000 with the disk full.
     // Open files: a connection per terminal here (and one in the station's process).
     const files = openFileLimit();
-    if (files !== undefined && n + 256 > files) {
+    if (o.broker === undefined && files !== undefined && n + 256 > files) {
       throw new InputError(`${n} terminals need about ${n + 256} open files (a connection each), and this process may open ${files}: raise it (ulimit -n) or run fewer --terminals`);
     }
     const fs = statfsSync(dir);
     const free = fs.bavail * fs.bsize;
-    const perStation = storeKind === 'files' ? STATION_POOL_IMAGE_BYTES : bits / 8 + STATION_ROW_BYTES;
+    const perStation = storeKind === 'files' ? STATION_POOL_IMAGE_BYTES : storeKind === 'postgres' ? 0 : bits / 8 + STATION_ROW_BYTES;
     const need = n * (perStation + (o.home !== undefined ? geometry.size : 0) + 64 * 1024);
     if (need > free) {
       throw new InputError(
@@ -389,10 +421,10 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
     }
     // 1. The KMD.
     // The supply's buffer holds the whole stock (its default, 2^30 bits, is 8,192 terminals at 128 kbit).
-    const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: supply, stockBits: bits * n, capacityBits: Math.max(2 ** 30, bits * n), stationStore: storeKind });
+    const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: supply, stockBits: bits * n, capacityBits: Math.max(2 ** 30, bits * n), stationStore: storeKind, ...(o.db !== undefined ? { stationDb: o.db } : {}) });
     const cert = await home.locked(async () => {
       await ensurePki(home);
-      return ensureStationServerCert(pkiDir(home), serverNames('127.0.0.1'));
+      return o.broker === undefined ? ensureStationServerCert(pkiDir(home), serverNames('127.0.0.1')) : undefined;
     });
     const carrier = Carrier.init(join(dir, 'carrier'), { carrierId: 'car-fleet', kmdId: home.config.kmdId });
     if (o.home !== undefined) mkdirSync(join(dir, 'images'), { mode: 0o700 });
@@ -400,7 +432,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
 
     // 2. Enrolment (each holds the home's lock briefly: one at a time).
     for (let i = 0; i < n; i++) {
-      const id = `T${String(i + 1).padStart(Math.max(5, width), '0')}`;
+      const id = `${o.shard !== undefined ? `${o.shard}-` : ''}T${String(i + 1).padStart(Math.max(5, width), '0')}`;
       let flash: NorFlash;
       if (o.home !== undefined) {
         const path = join(dir, 'images', `${id}.img`);
@@ -444,9 +476,12 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
           const params = await m.module.negotiate();
           const r = await injectBatch(m.module, params, carrier.readBatch(m.entry!), o.signal ? { signal: o.signal } : {});
           carrier.recordReceipt(m.id, r.batchId, r.receipt);
-          const certDir = join(dir, 'certs', m.id);
-          await issueStationClientCert(pkiDir(home), { kind: 'terminal', id: m.id, generation: 1 }, certDir);
-          m.pems = readClientPems(certDir);
+          if (o.broker === undefined) {
+            // Over TLS the station admits a terminal on its own certificate only (on a broker, each uplink authenticates itself).
+            const certDir = join(dir, 'certs', m.id);
+            await issueStationClientCert(pkiDir(home), { kind: 'terminal', id: m.id, generation: 1 }, certDir);
+            m.pems = readClientPems(certDir);
+          }
           progress('inject', ++injected, n);
         },
         o.signal,
@@ -464,25 +499,41 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
     // 6. The station service, and one connection per terminal: the station admits a terminal's
     //    uplinks only on that terminal's own certificate, so connections cannot be shared. At most
     //    8 handshakes at once (the service evicts beyond 16 in progress from one address).
+    //    On a broker: one connection for the whole fleet.
     let address: string;
-    if (stationWhere === 'inline') {
-      server = await startStationServer({ stationDir: home.path('station'), listen: 'tls:127.0.0.1:0', tls: cert.pems, maxConnections: n + 64 });
+    if (stationWhere === 'none') {
+      address = o.broker!;
+    } else if (stationWhere === 'inline') {
+      server = await startStationServer(
+        o.broker === undefined
+          ? { stationDir: home.path('station'), listen: 'tls:127.0.0.1:0', tls: cert!.pems, maxConnections: n + 64 }
+          : { stationDir: home.path('station'), broker: o.broker, ...(o.broker === 'embedded' ? { listen: '127.0.0.1:0' } : {}) },
+      );
       address = server.address;
     } else {
-      stationChild = await startStationProcess(home.dir, n + 64);
+      stationChild = await startStationProcess(home.dir, n + 64, o.broker);
       address = stationChild.address;
     }
     let connected = 0;
-    await bounded(
-      members,
-      Math.min(limit, 8),
-      async (m) => {
-        m.station = new LinkClient(await connectStation(address, m.pems!), { baseTimeoutMs: 10_000, retries: 0 });
-        await m.station.negotiate();
+    if (o.broker !== undefined) {
+      brokerStation = await BrokerStation.connect(address);
+      for (const m of members) {
+        m.station = brokerStation.forTerminal(m.id);
         progress('connect', ++connected, n);
-      },
-      o.signal,
-    );
+      }
+    } else {
+      await bounded(
+        members,
+        Math.min(limit, 8),
+        async (m) => {
+          m.link = new LinkClient(await connectStation(address, m.pems!), { baseTimeoutMs: 10_000, retries: 0 });
+          await m.link.negotiate();
+          m.station = m.link;
+          progress('connect', ++connected, n);
+        },
+        o.signal,
+      );
+    }
     const setupSeconds = (performance.now() - t0) / 1000;
     const rssSetup = process.memoryUsage().rss;
 
@@ -524,13 +575,19 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
     const trafficSeconds = (performance.now() - t1) / 1000;
     const rssAfter = process.memoryUsage().rss;
 
-    // Both sides' accounts, terminal by terminal.
+    // Both sides' accounts, terminal by terminal: the station's by STATUS on its TLS connection,
+    // or, on a broker (which carries uplinks only), read from its store.
     let mismatches = 0;
-    await bounded(members, limit, async (m) => {
-      const pool = (await m.module!.request(Group.SYSTEM, SystemCmd.STATUS, {}))['pool'] as { consumedKeyBits?: unknown } | undefined;
-      const own = (await readStationStatus(m.station!)).find((r) => r.terminalId === m.id);
-      if (typeof pool?.consumedKeyBits !== 'number' || own === undefined || pool.consumedKeyBits !== own.consumedKeyBits) mismatches++;
-    });
+    const accounts = o.broker !== undefined ? openStationStore(home.path('station')) : undefined;
+    try {
+      await bounded(members, limit, async (m) => {
+        const pool = (await m.module!.request(Group.SYSTEM, SystemCmd.STATUS, {}))['pool'] as { consumedKeyBits?: unknown } | undefined;
+        const own = accounts ? accountRow(accounts, m.id, 1) : (await readStationStatus(m.link!)).find((r) => r.terminalId === m.id);
+        if (typeof pool?.consumedKeyBits !== 'number' || own === undefined || pool.consumedKeyBits !== own.consumedKeyBits) mismatches++;
+      });
+    } finally {
+      accounts?.close();
+    }
 
     const results = members.map((m) => m.result!);
     const failures: Record<string, number> = {};
@@ -547,8 +604,10 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       images: { where: o.home !== undefined ? 'files' : 'memory', bytes: geometry.size, sectors: geometry.size / geometry.sectorSize, sectorSize: geometry.sectorSize },
       store: storeKind,
       station: stationWhere,
+      broker: o.broker === undefined ? null : redactBrokerUrl(address),
+      shard: o.shard ?? null,
       ratePerSecond: o.ratePerSecond ?? null,
-      stationConnections: n,
+      stationConnections: o.broker === undefined ? n : 1,
       setupSeconds: round3(setupSeconds),
       trafficSeconds: round3(trafficSeconds),
       rss: { beforeBytes: rssBefore, afterSetupBytes: rssSetup, afterBytes: rssAfter, perTerminalBytes: Math.round((Math.max(rssSetup, rssAfter) - rssBefore) / n) },
@@ -560,8 +619,9 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       ...(o.home !== undefined ? { home: dir } : {}),
     };
   } finally {
+    await brokerStation?.close();
     for (const m of members) {
-      await m.station?.close().catch(() => undefined);
+      await m.link?.close().catch(() => undefined);
       await m.module?.close().catch(() => undefined);
       try {
         m.flash.close();

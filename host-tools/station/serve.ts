@@ -39,6 +39,16 @@ import { LockBusyError, lockSync } from '../lock.js';
 import { isId, MAX_RECORD_BYTES } from '../kmd/home.js';
 import { DamagedFileError, readJsonFile } from '../json-file.js';
 import { rateLimited } from '../log-limit.js';
+import { InputError } from '../input-error.js';
+import { NoDeviceError } from '../link/errors.js';
+import { randomBytes } from 'node:crypto';
+import { decodePayload, encodePayload } from '../../firmware/link/codec.js';
+import type { Payload } from '../../firmware/link/codec.js';
+import { answerTopic, connectBroker, DEFAULT_SHARE, MAX_REQUEST_BYTES, redactBrokerUrl, startEmbeddedBroker, TAG_RE, terminalOfTopic, workerTopic } from './broker.js';
+import type { BrokerConnection, EmbeddedBroker } from './broker.js';
+
+/** Where `station run --broker embedded` listens when --listen is not given: MQTT's own port, on loopback. */
+export const EMBEDDED_BROKER_PORT = 1883;
 
 export const STATION_FIRMWARE = `qkt-station ${FIRMWARE.split(' ')[1]}`;
 
@@ -105,14 +115,25 @@ function callerOf(socket: TLSSocket): Caller {
 export interface StationServerOptions {
   /** The station store (a KMD home's `station` folder). */
   stationDir: string;
-  /** `tls:HOST:PORT` or `HOST:PORT`. */
-  listen: string;
+  /**
+   * `tls:HOST:PORT` or `HOST:PORT`: mutual TLS there. With `broker: 'embedded'`: where the
+   * embedded broker listens instead.
+   */
+  listen?: string;
   /**
    * The station's server certificate and key, and the KMD CA that clients' certificates chain to;
    * or a function that makes them, called once the service lock is held (so a second `station
-   * run` that will be refused re-issues nothing).
+   * run` that will be refused re-issues nothing). Needed with `listen` and no broker.
    */
-  tls: TlsPems | (() => Promise<TlsPems>);
+  tls?: TlsPems | (() => Promise<TlsPems>);
+  /**
+   * Take uplinks from an MQTT broker instead of TLS connections (broker.ts, docs/protocol.md 10):
+   * `mqtt://HOST:PORT`, or 'embedded' (an aedes broker in this process, on `listen`). On a
+   * PostgreSQL store several such workers may serve one database, sharing the subscription.
+   */
+  broker?: string;
+  /** The share group of the workers' subscription (default qkt-station). */
+  share?: string;
   /** Service log: one line per uplink, per refused handshake (rate-limited), never key material. */
   log?: (line: string) => void;
   /** Limits on strangers (listenTls): handshake timeout, handshakes and connections open at once. */
@@ -154,18 +175,32 @@ export interface StationCounters {
   evicted: number;
   /** Connections closed after idleTimeoutMs without a byte. */
   idleClosed: number;
+  /** Broker messages dropped unanswered: malformed (no reply tag or number), too large, or beyond the in-flight bound (the sender publishes again). */
+  brokerDropped: number;
 }
 
 export interface StationServer {
+  /** `tls:HOST:PORT`, or the broker's address (no password) for a broker worker. */
   address: string;
+  /** A broker worker: the broker, whether the subscription is shared, and whether this worker files the inbox now. */
+  broker?: { url: string; version: 4 | 5; share: string | undefined; readonly filer: boolean };
   readonly counters: Readonly<StationCounters>;
   close(): Promise<void>;
 }
 
 export async function startStationServer(o: StationServerOptions): Promise<StationServer> {
+  if (o.broker === undefined && (o.listen === undefined || o.tls === undefined)) throw new TypeError('a station serves on --listen (with its TLS) or takes uplinks from a broker');
   const store = openStationStore(o.stationDir);
   let serviceLock: ReturnType<typeof lockSync> | undefined;
   try {
+    if (o.broker !== undefined && store.kind === 'files') {
+      throw new InputError(
+        "a station on a broker needs a database store (the pool-image store cannot tell a message sent again from a replay): make the home with qkt kmd init --station-store sqlite or postgres",
+      );
+    }
+    // Workers on a broker and a PostgreSQL store: any number, on this home or others; the one
+    // that files the inbox is chosen by the database (serveStore). Otherwise one service per home.
+    if (o.broker !== undefined && store.kind === 'postgres') return await serveStore(store, o, () => undefined, true);
     serviceLock = lockSync(o.stationDir, stationServiceLockOptions(o.stationDir));
     // One service files a database's uplinks (the inbox lines it holds): on PostgreSQL, where
     // another home or machine may name the same database, the database says who (a lock held
@@ -176,7 +211,7 @@ export async function startStationServer(o: StationServerOptions): Promise<Stati
       throw e;
     }
     const lock = serviceLock;
-    return await serveStore(store, o, () => lock.release());
+    return await serveStore(store, o, () => lock.release(), false);
   } catch (e) {
     serviceLock?.release();
     store.close();
@@ -227,10 +262,10 @@ export function filedIdsSince(inbox: string, minId: number): Set<number> {
 /** The caller of one connection, as its verified certificate says (undefined: no station role). */
 type Caller = StationRole | undefined;
 
-async function serveStore(store: StationKeyStore, o: StationServerOptions, unlock: () => void): Promise<StationServer> {
+async function serveStore(store: StationKeyStore, o: StationServerOptions, unlock: () => void, worker: boolean): Promise<StationServer> {
   const stationDir = o.stationDir;
   const log = o.log ?? (() => undefined);
-  const counters: StationCounters = { handshakeFailures: 0, denied: 0, connections: 0, noRole: 0, evicted: 0, idleClosed: 0 };
+  const counters: StationCounters = { handshakeFailures: 0, denied: 0, connections: 0, noRole: 0, evicted: 0, idleClosed: 0, brokerDropped: 0 };
   const generationOf = o.terminalGeneration ?? kmdGeneration(stationDir);
   // Refusals that a peer can repeat at will are logged at most once a second per kind.
   const logHandshake = rateLimited(log);
@@ -326,25 +361,43 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
       }
     }
   };
-  if (store.unfiled) {
+  /** File what the store holds unfiled, less the lines the inbox already has (a stop between writing and marking). */
+  const catchUp = (): void => {
+    if (!store.unfiled) return;
     const pending = store.unfiled(1);
     if (pending.length > 0) {
       const already = filedIdsSince(inbox, pending[0]!.id);
       backlog = !drainUnfiled(already);
-      if (already.size > 0 || !backlog) log(`station: filed the uplinks opened before the last stop and not yet in the inbox (${already.size} were there already)`);
+      if (already.size > 0 || !backlog) log(`station: filed the uplinks opened before ${worker ? 'this worker took the filing over' : 'the last stop'} and not yet in the inbox (${already.size} were there already)`);
     }
-  }
-  const markTimer = setInterval(() => {
-    // Not while a group is open: its rows are not committed yet (they would be filed, and the
-    // group might still fail).
-    if (store.groupOpen) return;
-    try {
-      if (backlog) backlog = !drainUnfiled();
-      else markFiled();
-    } catch (e) {
-      log(`station: could not mark inbox lines filed: ${(e as Error).message}`);
-    }
-  }, 1000).unref();
+  };
+  // Workers on one PostgreSQL database (a broker's shared subscription): each opens uplinks and
+  // commits their lines unfiled; one of them, the holder of the database's service lock, files
+  // them all, in id order, from the store (a timer, not the handler). When it dies its lock goes
+  // with its connection, and another worker takes the filing over within a tick.
+  let filer = !worker;
+  if (filer) catchUp();
+  const markTimer = setInterval(
+    () => {
+      // Not while a group is open: its rows are not committed yet (they would be filed, and the
+      // group might still fail).
+      if (store.groupOpen) return;
+      try {
+        if (!filer) {
+          if (!store.claimService!()) return;
+          filer = true;
+          log('station: this worker files the inbox now (the database\'s service lock was free)');
+          catchUp();
+          return;
+        }
+        if (backlog || worker) backlog = !drainUnfiled();
+        else markFiled();
+      } catch (e) {
+        log(`station: could not file or mark inbox lines: ${(e as Error).message}`);
+      }
+    },
+    worker ? 250 : 1000,
+  ).unref();
   const maxChunk = DEFAULT_LIMITS.maxBody - CHUNK_OVERHEAD;
   const known = (id: string) => {
     // The id names a folder of the store: only plain terminal ids, never a path.
@@ -401,69 +454,76 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
       deny(`cert generation ${caller.generation} retired (now ${now}): ${fix}`);
     }
   };
+  /**
+   * Open one uplink of `terminalId` (known to the store, entitled): its keys taken and the uplink
+   * recorded in the store's group, answered once that is durable. The TLS handler and the broker
+   * worker both come here.
+   */
+  const uplink = (terminalId: string, m: Uint8Array): Promise<{ n: number; keyBits: number }> => {
+    const { mode, counter } = guard(() => decodeServiceHeader(m).header);
+    // The keys are taken and the uplink recorded in the store's group: the answer goes
+    // once that is durable (one commit for every uplink of this turn, on the SQL stores).
+    // The SQL stores also hold the inbox line in that commit and know the uplink by its
+    // digest: it is filed exactly once, and a retry after a lost answer (the station died
+    // between commit and answer) gets the same answer. The file store files after its
+    // commit: a crash in between loses the line, never opens a message twice.
+    const digest = store.recordOpened ? sha256(m) : undefined;
+    if (filed.length > 0) {
+      // The lines filed since the last group, marked in this one (a savepoint of their own).
+      const ids = filed;
+      filed = [];
+      store.grouped(() => store.markFiled!(ids)).catch(() => filed.push(...ids));
+    }
+    return store
+      .grouped(() => {
+        if (digest) {
+          const before = store.openedBefore!(terminalId, digest);
+          if (before) return { answer: { n: before.n, keyBits: before.keyBits } };
+        }
+        const before = station.consumedBits.get(terminalId) ?? 0;
+        const data = guard(() => station.openUplink(terminalId, m));
+        const keyBits = (station.consumedBits.get(terminalId) ?? 0) - before;
+        const at = Date.now();
+        try {
+          store.recordUplink(terminalId, { at, mode, counter, bytes: data.length, keyBits });
+        } catch (e) {
+          // Informational only: the uplink is opened; STATUS shows an older last uplink.
+          log(`station: could not record ${terminalId}'s last uplink: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        }
+        const line = JSON.stringify({ at: new Date(at).toISOString(), terminal: terminalId, mode, counter, bytes: data.length, data: Buffer.from(data).toString('base64') });
+        data.fill(0);
+        const id = digest ? store.recordOpened!(terminalId, digest, line, data.length, keyBits) : undefined;
+        return { answer: { n: data.length, keyBits }, line, id };
+      })
+      .then(({ answer, line, id }) => {
+        if (line !== undefined) {
+          if (id === undefined) {
+            file(`${line}\n`); // the file store: a line it cannot write fails the answer
+          } else if (!backlog && !worker) {
+            // The SQL stores: the uplink is the station's now (committed with its line); a
+            // line that cannot be written waits in the store, and the terminal is answered.
+            try {
+              file(`{"id":${id},${line.slice(1)}\n`);
+              filed.push(id);
+            } catch (e) {
+              backlog = true;
+              logInbox(`station: inbox line not written, kept in the store to file later: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+            }
+          }
+          log(`station: ${terminalId} ${mode} uplink, ${answer.n} bytes, ${answer.keyBits} key bits`);
+        } else {
+          log(`station: ${terminalId} sent an uplink again that was opened before (its answer was lost): answered again, not opened`);
+        }
+        return answer;
+      });
+  };
   const stationGroup = (caller: Caller): CommandGroup => ({
     id: Group.STATION,
     name: 'station',
     commands: {
       [StationCmd.UPLINK]: (p) => {
         const terminalId = known(entitled(caller, text(p, 't', 32)));
-        const m = bytes(p, 'm', maxChunk);
-        const { mode, counter } = guard(() => decodeServiceHeader(m).header);
-        // The keys are taken and the uplink recorded in the store's group: the answer goes
-        // once that is durable (one commit for every uplink of this turn, on the SQL stores).
-        // The SQL stores also hold the inbox line in that commit and know the uplink by its
-        // digest: it is filed exactly once, and a retry after a lost answer (the station died
-        // between commit and answer) gets the same answer. The file store files after its
-        // commit: a crash in between loses the line, never opens a message twice.
-        const digest = store.recordOpened ? sha256(m) : undefined;
-        if (filed.length > 0) {
-          // The lines filed since the last group, marked in this one (a savepoint of their own).
-          const ids = filed;
-          filed = [];
-          store.grouped(() => store.markFiled!(ids)).catch(() => filed.push(...ids));
-        }
-        return store
-          .grouped(() => {
-            if (digest) {
-              const before = store.openedBefore!(terminalId, digest);
-              if (before) return { answer: { n: before.n, keyBits: before.keyBits } };
-            }
-            const before = station.consumedBits.get(terminalId) ?? 0;
-            const data = guard(() => station.openUplink(terminalId, m));
-            const keyBits = (station.consumedBits.get(terminalId) ?? 0) - before;
-            const at = Date.now();
-            try {
-              store.recordUplink(terminalId, { at, mode, counter, bytes: data.length, keyBits });
-            } catch (e) {
-              // Informational only: the uplink is opened; STATUS shows an older last uplink.
-              log(`station: could not record ${terminalId}'s last uplink: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-            }
-            const line = JSON.stringify({ at: new Date(at).toISOString(), terminal: terminalId, mode, counter, bytes: data.length, data: Buffer.from(data).toString('base64') });
-            data.fill(0);
-            const id = digest ? store.recordOpened!(terminalId, digest, line, data.length, keyBits) : undefined;
-            return { answer: { n: data.length, keyBits }, line, id };
-          })
-          .then(({ answer, line, id }) => {
-            if (line !== undefined) {
-              if (id === undefined) {
-                file(`${line}\n`); // the file store: a line it cannot write fails the answer
-              } else if (!backlog) {
-                // The SQL stores: the uplink is the station's now (committed with its line); a
-                // line that cannot be written waits in the store, and the terminal is answered.
-                try {
-                  file(`{"id":${id},${line.slice(1)}\n`);
-                  filed.push(id);
-                } catch (e) {
-                  backlog = true;
-                  logInbox(`station: inbox line not written, kept in the store to file later: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
-                }
-              }
-              log(`station: ${terminalId} ${mode} uplink, ${answer.n} bytes, ${answer.keyBits} key bits`);
-            } else {
-              log(`station: ${terminalId} sent an uplink again that was opened before (its answer was lost): answered again, not opened`);
-            }
-            return answer;
-          });
+        return uplink(terminalId, bytes(p, 'm', maxChunk));
       },
       [StationCmd.DOWNLINK]: (p) => {
         const terminalId = known(entitled(caller, text(p, 't', 32)));
@@ -522,8 +582,31 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
     }
   };
   const idleTimeoutMs = o.idleTimeoutMs ?? STATION_LIMITS.idleTimeoutMs;
-  const { host, port } = parseTlsAddress(o.listen);
-  const pems = typeof o.tls === 'function' ? await o.tls() : o.tls;
+  /** After the service stopped taking uplinks: the inbox filed as far as it can be, the store let go. */
+  const finish = (): void => {
+    clearInterval(markTimer);
+    try {
+      if (store.groupOpen) {
+        // filed at the next start (it reads which lines the inbox holds)
+      } else if (backlog || (worker && filer)) drainUnfiled();
+      else markFiled();
+    } catch {
+      // marked at the next start instead (the inbox's ids tell what is filed)
+    }
+    station.close();
+    unlock();
+  };
+  try {
+    if (o.broker !== undefined) return await serveBroker(o, { uplink, known, maxChunk, log, counters, finish, worker, filer: () => filer });
+    return await serveTls();
+  } catch (e) {
+    clearInterval(markTimer);
+    throw e;
+  }
+
+  async function serveTls(): Promise<StationServer> {
+  const { host, port } = parseTlsAddress(o.listen!);
+  const pems = typeof o.tls === 'function' ? await o.tls() : o.tls!;
   const l = await listenTls(
     host,
     port,
@@ -564,17 +647,102 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
     counters,
     close: async () => {
       await l.close();
-      clearInterval(markTimer);
-      try {
-        if (store.groupOpen) {
-          // filed at the next start (it reads which lines the inbox holds)
-        } else if (backlog) drainUnfiled();
-        else markFiled();
-      } catch {
-        // marked at the next start instead (the inbox's ids tell what is filed)
-      }
-      station.close();
-      unlock();
+      finish();
     },
   };
+  }
+}
+
+/** Broker messages being opened at once by one worker; beyond it a message is dropped (its sender publishes it again). */
+const MAX_BROKER_BUSY = 4096;
+
+interface WorkerParts {
+  uplink: (terminalId: string, m: Uint8Array) => Promise<{ n: number; keyBits: number }>;
+  known: (id: string) => string;
+  maxChunk: number;
+  log: (line: string) => void;
+  counters: StationCounters;
+  finish: () => void;
+  worker: boolean;
+  filer: () => boolean;
+}
+
+/**
+ * A station worker on an MQTT broker (broker.ts): uplinks from the (shared) subscription, each
+ * opened as a TLS one is, answered on the sender's answer topic with its number. A message with
+ * no usable reply tag or number is dropped (counted); any other is answered, a refusal with its
+ * code. Closing stops the subscription, lets the uplinks in hand be answered, then disconnects.
+ */
+async function serveBroker(o: StationServerOptions, w: WorkerParts): Promise<StationServer> {
+  let embedded: EmbeddedBroker | undefined;
+  let conn: BrokerConnection | undefined;
+  try {
+    let url = o.broker!;
+    let login: { username?: string; password?: string } = {};
+    if (url === 'embedded') {
+      const { host, port } = parseTlsAddress(o.listen ?? `127.0.0.1:${EMBEDDED_BROKER_PORT}`);
+      embedded = await startEmbeddedBroker(host, port);
+      url = embedded.url;
+      login = embedded.stationLogin;
+    }
+    const c = await connectBroker(url, { ...login, clientId: `qkt-station-${randomBytes(8).toString('hex')}` });
+    conn = c;
+    const share = c.shared ? (o.share ?? DEFAULT_SHARE) : undefined;
+    if (!c.shared && w.worker) w.log(`station: the broker offers no shared subscriptions (MQTT ${c.version === 4 ? '3.1.1' : '5, refused'}): run one worker on it`);
+    const logInternal = rateLimited(w.log);
+    let busy = 0;
+    c.client.on('message', (topic, payload) => {
+      const t = terminalOfTopic(topic);
+      const p = t !== undefined && payload.length <= MAX_REQUEST_BYTES ? decodePayload(payload) : undefined;
+      const a = p?.['a'];
+      const k = p?.['k'];
+      if (!p || typeof a !== 'string' || !TAG_RE.test(a) || typeof k !== 'number' || !Number.isSafeInteger(k) || k < 0 || busy >= MAX_BROKER_BUSY) {
+        w.counters.brokerDropped++;
+        return;
+      }
+      busy++;
+      const reply = (body: Payload) => c.client.publish(answerTopic(a), Buffer.from(encodePayload({ k, t: t!, ...body })), { qos: 1 }, () => undefined);
+      new Promise<{ n: number; keyBits: number }>((resolve) => {
+        if (text(p, 't', 32) !== t) throw new LinkError(Rc.BAD_REQUEST, 'field "t" must be the terminal the topic names');
+        resolve(w.uplink(w.known(t!), bytes(p, 'm', w.maxChunk)));
+      })
+        .then(
+          (answer) => reply({ rc: Rc.OK, ...answer }),
+          (e: unknown) => {
+            if (e instanceof LinkError) return reply({ rc: e.rc, ...(e.reason ? { r: e.reason } : {}) });
+            logInternal(`station: an uplink from the broker failed: ${(e as Error).message}`);
+            return reply({ rc: Rc.INTERNAL });
+          },
+        )
+        .finally(() => busy--);
+    });
+    const topic = workerTopic(share);
+    const granted = await c.client.subscribeAsync(topic, { qos: 1 });
+    if (granted.some((g) => g.qos > 2)) throw new NoDeviceError(redactBrokerUrl(url), `the MQTT broker at ${redactBrokerUrl(url)} refused the subscription to ${topic}`);
+    const shown = redactBrokerUrl(url);
+    return {
+      address: shown,
+      broker: {
+        url: shown,
+        version: c.version,
+        share,
+        get filer() {
+          return w.filer();
+        },
+      },
+      counters: w.counters,
+      close: async () => {
+        await c.client.unsubscribeAsync(topic).catch(() => undefined);
+        // The uplinks in hand are answered (each waits for its commit), a few seconds at most.
+        for (let i = 0; busy > 0 && i < 500; i++) await new Promise((r) => setTimeout(r, 10));
+        await c.client.endAsync().catch(() => undefined);
+        await embedded?.close();
+        w.finish();
+      },
+    };
+  } catch (e) {
+    await conn?.client.endAsync(true).catch(() => undefined);
+    await embedded?.close();
+    throw e;
+  }
 }

@@ -8,6 +8,7 @@
 // and packet loss (messages not opened within the deadline, refused or never answered).
 import { prng } from '../../firmware/flash/faults.js';
 import { Group, KeysCmd, StationCmd } from '../../firmware/link/groups.js';
+import type { StationRequester } from './broker.js';
 import { LinkError, Rc, rcName } from '../../firmware/link/errors.js';
 import type { LinkClient } from '../link/client.js';
 import type { AeadSuite } from '../../firmware/crypto/suites.js';
@@ -156,8 +157,8 @@ export function messageBytes(k: Pick<MessageKind, 'name' | 'bytes'>, seq: number
 export interface TrafficOptions {
   /** The terminal's crypto module (negotiated). */
   terminal: LinkClient;
-  /** The station, with this terminal's certificate (negotiated). */
-  station: LinkClient;
+  /** The station: a connection with this terminal's certificate (negotiated), or its requester on a broker (broker.ts). */
+  station: StationRequester;
   terminalId: string;
   cls: TrafficClass;
   /** The interval unit T in ms (60,000 in the field). */

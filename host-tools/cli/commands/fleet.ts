@@ -28,7 +28,10 @@ export default defineCommand<FleetResult>({
     const home = str(v, 'home');
     const store = str(v, 'store') ?? 'sqlite';
     const station = str(v, 'station') ?? 'process';
-    if (station !== 'process' && station !== 'inline') throw new CliError(`--station must be process or inline, got ${JSON.stringify(station)}`, Exit.USAGE);
+    if (station !== 'process' && station !== 'inline' && station !== 'none') throw new CliError(`--station must be process, inline or none, got ${JSON.stringify(station)}`, Exit.USAGE);
+    const db = str(v, 'db');
+    const broker = str(v, 'broker');
+    const shard = str(v, 'shard');
     const rateText = str(v, 'rate');
     let ratePerSecond: number | undefined;
     if (rateText !== undefined) {
@@ -37,10 +40,10 @@ export default defineCommand<FleetResult>({
       if (!(x > 0 && x <= 1000)) throw new CliError(`--rate must be messages per terminal: a number per second above 0 and up to 1000, or N/s, N/min, N/T (1/T: one per interval T), got ${JSON.stringify(rateText)}`, Exit.USAGE);
       ratePerSecond = x;
     }
-    if (store !== 'sqlite' && store !== 'files') throw new CliError(`--store must be sqlite or files, got ${JSON.stringify(store)}`, Exit.USAGE);
+    if (store !== 'sqlite' && store !== 'files' && store !== 'postgres') throw new CliError(`--store must be sqlite, files or postgres, got ${JSON.stringify(store)}`, Exit.USAGE);
     let o: FleetOptions;
     try {
-      o = { terminals: n, seconds, tMs: tS * 1000, seed, mix: parseMix(str(v, 'mix') ?? DEFAULT_MIX), store, station, ...(ratePerSecond !== undefined ? { ratePerSecond } : {}), ...(bits !== undefined ? { bits } : {}), ...(home !== undefined ? { home } : {}) };
+      o = { terminals: n, seconds, tMs: tS * 1000, seed, mix: parseMix(str(v, 'mix') ?? DEFAULT_MIX), store, station, ...(db !== undefined ? { db } : {}), ...(broker !== undefined ? { broker } : {}), ...(shard !== undefined ? { shard } : {}), ...(ratePerSecond !== undefined ? { ratePerSecond } : {}), ...(bits !== undefined ? { bits } : {}), ...(home !== undefined ? { home } : {}) };
       checkFleetOptions(o);
     } catch (e) {
       if (e instanceof InputError) throw new CliError(e.message, Exit.USAGE);
@@ -67,7 +70,7 @@ export default defineCommand<FleetResult>({
     const line = (x: FleetRow) =>
       `| ${x.class === 'all' ? 'all' : `${x.class} ${CLASSES[x.class].name}`} | ${x.terminals} | ${x.messages} | ${x.delivered} | ${x.late} | ${x.failed} | ${sec(x.accessDelayMs?.median)} | ${sec(x.accessDelayMs?.p99)} | ${(x.cipherBitsPerSecondPerTerminal / 1000).toFixed(2)} | ${x.keyUseRatePerTerminal.toFixed(3)} |`;
     return [
-      `qkt fleet: ${r.terminals} terminals in one process, ${formatBits(r.bits)} each (images of ${r.images.sectors} sectors, ${r.images.bytes / 1024} KiB, in ${r.images.where}), ${r.stationConnections} mutual-TLS connections to one station (${r.station === 'process' ? 'its own process' : 'in this process'}, its keys ${r.store === 'sqlite' ? 'in one SQLite database' : 'in a pool image per terminal'}); OTP, T = ${r.tMs / 1000} s, ${r.ratePerSecond !== null ? `${+r.ratePerSecond.toPrecision(4)} messages/s per terminal, ` : ''}${r.seconds} s of traffic`,
+      `qkt fleet: ${r.terminals} terminals in one process, ${formatBits(r.bits)} each (images of ${r.images.sectors} sectors, ${r.images.bytes / 1024} KiB, in ${r.images.where}), ${r.broker === null ? `${r.stationConnections} mutual-TLS connections to one station` : `one connection to the MQTT broker ${r.broker}${r.shard !== null ? ` as shard ${r.shard}` : ''}, to the station`} (${r.station === 'process' ? 'its own process' : r.station === 'inline' ? 'in this process' : 'workers run elsewhere'}, its keys ${r.store === 'sqlite' ? 'in one SQLite database' : r.store === 'postgres' ? 'in PostgreSQL' : 'in a pool image per terminal'}); OTP, T = ${r.tMs / 1000} s, ${r.ratePerSecond !== null ? `${+r.ratePerSecond.toPrecision(4)} messages/s per terminal, ` : ''}${r.seconds} s of traffic`,
       '',
       '| class | terminals | messages | opened in time | late | failed | delay median s | delay p99 s | cipher kbit/s per terminal | key use rate per terminal |',
       '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
