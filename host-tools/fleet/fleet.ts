@@ -341,7 +341,13 @@ export function checkFleetOptions(o: FleetOptions): void {
   if (o.concurrency !== undefined && !(Number.isSafeInteger(o.concurrency) && o.concurrency >= 1)) throw new InputError(`concurrency must be a whole number from 1, got ${o.concurrency}`);
   if (o.shard !== undefined && !/^[A-Za-z0-9_]{1,16}$/.test(o.shard)) throw new InputError(`--shard must be 1-16 of A-Z a-z 0-9 _, got ${JSON.stringify(o.shard)}`);
   if ((o.store === 'postgres') !== (o.db !== undefined)) throw new InputError(o.db === undefined ? '--store postgres needs --db postgres://user@host:port/database' : `--db is the database of a postgres store, not of ${o.store ?? 'sqlite'}`);
-  if (o.db !== undefined) checkDbUrl(o.db);
+  if (o.db !== undefined) {
+    try {
+      checkDbUrl(o.db);
+    } catch (e) {
+      throw new InputError((e as Error).message);
+    }
+  }
   if (o.broker !== undefined) {
     if (o.broker !== 'embedded') checkBrokerUrl(o.broker);
     if (o.store === 'files') throw new InputError('--broker needs a database store (sqlite or postgres): the pool-image store cannot tell a message sent again from a replay');

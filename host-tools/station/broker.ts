@@ -225,8 +225,14 @@ interface Pending {
   timer: NodeJS.Timeout;
 }
 
-/** Uplinks a terminal keeps in flight over the broker (as the station's window on TLS). */
-export const BROKER_WINDOW = 8;
+/**
+ * Uplinks a terminal keeps in flight over the broker: one. On TLS its connection keeps them in
+ * order, but the workers of a shared subscription may open two in flight in either order, and the
+ * station burns the keys an authentic message skips (docs/station.md): the earlier one would
+ * then be refused. One at a time, and a message sent again after a worker died comes before the
+ * next.
+ */
+export const BROKER_WINDOW = 1;
 
 /**
  * The terminal side: one broker connection for many terminals (a fleet shard), each uplink
