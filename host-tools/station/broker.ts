@@ -181,7 +181,7 @@ export async function startEmbeddedBroker(host: string, port: number): Promise<E
     },
     authorizeSubscribe: (client, sub, done) => {
       if (client && stationClients.has(client) ? sub.topic === workerTopic(undefined) : sub.topic.startsWith(`${TOPIC_PREFIX}/answer/`) && TAG_RE.test(sub.topic.slice(TOPIC_PREFIX.length + 8))) return done(null, sub);
-      done(new Error('subscription not allowed'), null);
+      done(null, null); // refused in the SUBACK (0x80); the client stays connected
     },
   });
   const server: Server = createServer((socket) => {

@@ -717,8 +717,11 @@ async function serveBroker(o: StationServerOptions, w: WorkerParts): Promise<Sta
         .finally(() => busy--);
     });
     const topic = workerTopic(share);
-    const granted = await c.client.subscribeAsync(topic, { qos: 1 });
-    if (granted.some((g) => g.qos > 2)) throw new NoDeviceError(redactBrokerUrl(url), `the MQTT broker at ${redactBrokerUrl(url)} refused the subscription to ${topic}`);
+    const refused = () => new NoDeviceError(redactBrokerUrl(url), `the MQTT broker at ${redactBrokerUrl(url)} refused the subscription to ${topic}`);
+    const granted = await c.client.subscribeAsync(topic, { qos: 1 }).catch(() => {
+      throw refused();
+    });
+    if (granted.some((g) => g.qos > 2)) throw refused();
     const shown = redactBrokerUrl(url);
     return {
       address: shown,
