@@ -272,6 +272,7 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
   const logNoRole = rateLimited(log);
   const logEvicted = rateLimited(log);
   const logGeneration = rateLimited(log);
+  const logResend = rateLimited(log);
   const station = new Station(store);
   store.onGroupFailure = (e) => {
     // The uplinks of that turn were refused (their keys are unused again): no session keeps one.
@@ -512,7 +513,8 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
           }
           log(`station: ${terminalId} ${mode} uplink, ${answer.n} bytes, ${answer.keyBits} key bits`);
         } else {
-          log(`station: ${terminalId} sent an uplink again that was opened before (its answer was lost): answered again, not opened`);
+          // Rate-limited: on a broker anyone who saw a message can send it again.
+          logResend(`station: ${terminalId} sent an uplink again that was opened before (its answer was lost): answered again, not opened`);
         }
         return answer;
       });
