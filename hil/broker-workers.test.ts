@@ -81,3 +81,30 @@ t.test('two shards, two workers on Mosquitto and PostgreSQL, one worker killed: 
   t.equal(new Set(lines.map((l) => l.terminal)).size, 12, "both shards' terminals");
   t.ok(lines.every((l) => /^[ab]-T\d{5}$/.test(l.terminal)));
 });
+
+t.test('qkt station run --broker: usage mistakes exit 2, a broker not there exit 3, the pool-image store exit 2', async (t) => {
+  const dir = t.testdir({});
+  const home = join(dir, 'kmd');
+  t.equal((await runQkt(['kmd', 'init', '--home', home])).code, 0);
+  const cases: Array<[string[], RegExp]> = [
+    [[], /--listen is required \(or --broker\)/],
+    [['--listen', '127.0.0.1:0', '--share', 'g'], /--share is the broker subscription's group: give it with --broker/],
+    [['--broker', 'http://h:1'], /--broker must be mqtt:\/\/HOST:PORT, mqtts:\/\/HOST:PORT or embedded/],
+    [['--broker', 'mqtt://127.0.0.1:1', '--listen', '127.0.0.1:0'], /--listen is where the embedded broker listens/],
+    [['--broker', 'embedded', '--listen', 'tls:127.0.0.1:0'], /--listen: the embedded broker speaks MQTT on HOST:PORT, not tls:/],
+    [['--broker', 'embedded', '--san', 'x'], /--san is for a station on mutual TLS/],
+    [['--broker', 'mqtt://127.0.0.1:1', '--share', 'a/b'], /--share must be 1-64 of A-Z a-z 0-9 _ -, got "a\/b"/],
+    [['--broker', 'embedded', '--listen', '127.0.0.1:0'], /a station on a broker needs a database store/],
+  ];
+  for (const [args, reason] of cases) {
+    const r = await runQkt(['station', 'run', '--home', home, ...args]);
+    t.equal(r.code, 2, `${args.join(' ')}: ${r.stderr}`);
+    t.match(r.stderr, reason, args.join(' '));
+  }
+  const sq = join(dir, 'kmd-sqlite');
+  t.equal((await runQkt(['kmd', 'init', '--home', sq, '--station-store', 'sqlite'])).code, 0);
+  const r = await runQkt(['station', 'run', '--home', sq, '--broker', 'mqtt://u:SeCrEt@127.0.0.1:1']);
+  t.equal(r.code, 3, r.stderr);
+  t.match(r.stderr, /^qkt: cannot reach the MQTT broker at mqtt:\/\/u:\*\*\*@127\.0\.0\.1:1: ECONNREFUSED/);
+  t.notMatch(r.stderr, /SeCrEt/);
+});

@@ -12,8 +12,8 @@ t.setTimeout(240_000);
 
 t.test('qkt fleet run --json: five terminals, every class, keys agree', async (t) => {
   const r = await qktJson<Record<string, any>>(t, ['fleet', 'run', '--terminals', '5', '--seconds', '1', '--t', '20s', '--seed', '2']);
-  t.same(Object.keys(r).sort(), ['bits', 'classes', 'failures', 'images', 'keyMismatches', 'keysAgree', 'mix', 'mode', 'overall', 'ratePerSecond', 'rss', 'seconds', 'seed', 'setupSeconds', 'station', 'stationConnections', 'store', 'tMs', 'terminals', 'trafficSeconds'].sort());
-  t.same([r['store'], r['station'], r['ratePerSecond']], ['sqlite', 'process', null], 'defaults: the SQLite store, the station in its own process, the classes\' own rates');
+  t.same(Object.keys(r).sort(), ['bits', 'broker', 'classes', 'failures', 'images', 'keyMismatches', 'keysAgree', 'mix', 'mode', 'overall', 'ratePerSecond', 'rss', 'seconds', 'seed', 'setupSeconds', 'shard', 'station', 'stationConnections', 'store', 'tMs', 'terminals', 'trafficSeconds'].sort());
+  t.same([r['store'], r['station'], r['ratePerSecond'], r['broker'], r['shard']], ['sqlite', 'process', null, null, null], 'defaults: the SQLite store, the station in its own process, the classes\' own rates');
   t.equal(r['terminals'], 5);
   t.equal(r['bits'], 131_072);
   t.same(r['mix'], { A: 1, B: 1, C: 1, D: 1, E: 1 });
@@ -48,6 +48,18 @@ t.test('qkt fleet run --rate 1/T --store files --station inline: the pool-image 
   t.equal(r['keysAgree'], true);
 });
 
+t.test('qkt fleet run --broker embedded: one broker connection, the station process hosting the broker', async (t) => {
+  const r = await qktJson<Record<string, any>>(t, ['fleet', 'run', '--terminals', '4', '--seconds', '2', '--rate', '2', '--broker', 'embedded', '--shard', 'x1']);
+  t.match(r['broker'], /^mqtt:\/\/127\.0\.0\.1:\d+$/);
+  t.same([r['shard'], r['stationConnections'], r['store'], r['station']], ['x1', 1, 'sqlite', 'process']);
+  t.ok(r['overall'].messages >= 4, `${r['overall'].messages} messages`);
+  t.equal(r['overall'].failed, 0);
+  t.equal(r['keysAgree'], true);
+  const human = await runQkt(['fleet', 'run', '--terminals', '2', '--seconds', '0.5', '--broker', 'embedded', '--station', 'inline', '--mix', 'E:1']);
+  t.equal(human.code, 0, human.stderr);
+  t.match(human.stdout, /one connection to the MQTT broker mqtt:\/\/127\.0\.0\.1:\d+, to the station \(in this process, its keys in one SQLite database\)/);
+});
+
 t.test('qkt fleet run: more terminals than the open-file limit allows connections is refused first', (t) => {
   const r = spawnSync('bash', ['-c', `ulimit -n 600 && exec "${process.execPath}" "${QKT_BIN}" fleet run --terminals 500 --seconds 1`], { encoding: 'utf8' });
   t.equal(r.status, 2);
@@ -60,8 +72,16 @@ t.test('qkt fleet run: usage mistakes exit 2 with the reason', async (t) => {
     [['--terminals', '0'], /--terminals must be a whole number from 1 to 20000, got "0"/],
     [['--terminals', '20001'], /--terminals must be a whole number from 1 to 20000/],
     [['--terminals', '3', '--mix', 'A:1,F:2'], /--mix: F is not a user class/],
-    [['--terminals', '3', '--store', 'mysql'], /--store must be sqlite or files, got "mysql"/],
-    [['--terminals', '3', '--station', 'remote'], /--station must be process or inline, got "remote"/],
+    [['--terminals', '3', '--store', 'mysql'], /--store must be sqlite, files or postgres, got "mysql"/],
+    [['--terminals', '3', '--station', 'remote'], /--station must be process, inline or none, got "remote"/],
+    [['--terminals', '3', '--store', 'postgres'], /--store postgres needs --db postgres:\/\/user@host:port\/database/],
+    [['--terminals', '3', '--db', 'postgres://h/d'], /--db is the database of a postgres store, not of sqlite/],
+    [['--terminals', '3', '--store', 'postgres', '--db', 'mysql://h/d'], /--db must be a postgres:\/\/ address/],
+    [['--terminals', '3', '--broker', 'http://h:1'], /--broker must be mqtt:\/\/HOST:PORT, mqtts:\/\/HOST:PORT or embedded/],
+    [['--terminals', '3', '--broker', 'embedded', '--store', 'files'], /--broker needs a database store \(sqlite or postgres\)/],
+    [['--terminals', '3', '--station', 'none'], /--station none: the station workers run elsewhere/],
+    [['--terminals', '3', '--station', 'none', '--broker', 'embedded'], /--station none: the station workers run elsewhere/],
+    [['--terminals', '3', '--shard', 'a-b'], /--shard must be 1-16 of A-Z a-z 0-9 _, got "a-b"/],
     [['--terminals', '3', '--rate', '0'], /--rate must be messages per terminal/],
     [['--terminals', '3', '--rate', '1/h'], /--rate must be messages per terminal/],
     [['--terminals', '3', '--rate', '5000'], /--rate must be messages per terminal/],
