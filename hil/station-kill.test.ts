@@ -121,7 +121,10 @@ for (const kind of ['sqlite', 'postgres'] as const) t.test(`the station killed (
   t.equal(retried.filter((x) => !x).length, 0, `the last ${OPENED_KEPT - 1} per terminal and those on their way, sent again: answered as retries`);
   t.ok((await Promise.all(inFlight.map(send))).every((x) => x), 'and again');
   const olderOpened = (await Promise.all(older.map(send))).filter((x) => x).length;
-  t.ok(olderOpened <= terminals.length, `${older.length} older ones sent again: refused as replays (${olderOpened} still remembered)`);
+  // Remembered beyond the last 16: the rows of a terminal's last trim interval (the store trims
+  // filed rows at every 16th uplink, so up to 2 x 16 are known, more on a loaded machine where
+  // lines wait to be filed); never opened again either way (the inbox check below).
+  t.ok(olderOpened <= terminals.length * OPENED_KEPT, `${older.length} older ones sent again: refused as replays (${olderOpened} still remembered)`);
 
   // 3. The traffic goes on, and the accounts agree.
   for (let i = 0; i < terminals.length; i++) t.ok(await send({ i, m: await seal(i, 999) }), `${IDS[i]}: the next message opens`);

@@ -22,7 +22,7 @@ import { exportBatch, readOutbox } from '../kmd/export.js';
 import { InputError } from '../input-error.js';
 import { openStationStore } from './open-store.js';
 import { startStationServer } from './serve.js';
-import { BrokerStation, answerTopic, checkBrokerUrl, redactBrokerUrl, startEmbeddedBroker, terminalOfTopic, upTopic } from './broker.js';
+import { BrokerStation, answerTopic, connectBroker, checkBrokerUrl, redactBrokerUrl, startEmbeddedBroker, terminalOfTopic, upTopic } from './broker.js';
 
 t.setTimeout(60_000);
 
@@ -72,6 +72,14 @@ t.test('a worker on the embedded broker: strangers, lies, resends', async (t) =>
   await t.rejects(stranger.subscribeAsync('qkt/v1/up/+', { qos: 1 }), /Subscribe error/, 'no one but the station reads uplinks');
   await t.rejects(stranger.subscribeAsync('qkt/v1/answer/short', { qos: 1 }), /Subscribe error/, 'an answer tag too short to be unguessable');
   await t.rejects(mqtt.connectAsync(url, { protocolVersion: 4, reconnectPeriod: 0, username: 'qkt-station', password: 'guess' }), 'the station\'s login is not guessed');
+  const refused = (await connectBroker(url, { username: 'qkt-station', password: 'guess' }).catch((e: unknown) => e)) as Error;
+  t.equal(refused.name, 'Error');
+  t.match(refused.message, /^the MQTT broker at mqtt:\/\/127\.0\.0\.1:\d+ refused the login/, 'a refused login: its own words (exit 1), not "nothing there"');
+  const rogue = await raw(t, url);
+  const closed = new Promise<void>((r) => rogue.once('close', () => r()));
+  rogue.publish('qkt/v1/answer/abcdefabcdefabcdef0123', Buffer.from('x'), { qos: 1 });
+  await closed;
+  t.pass('a publish to an answer topic (or any but qkt/v1/up/<t>) closes the connection');
 
   // A lying client with a reply topic of its own.
   const tag = 'abcdefabcdefabcdef0123';

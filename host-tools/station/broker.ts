@@ -145,7 +145,8 @@ export async function connectBroker(url: string, o: { clientId?: string; usernam
 function brokerError(shown: string, e: unknown): Error {
   const code = (e as { code?: unknown }).code;
   const why = typeof code === 'string' ? code : (e as Error).message;
-  if (code === 4 || code === 5 || code === 134 || code === 135) return new InputError(`the MQTT broker at ${shown} refused the login (${(e as Error).message})`);
+  // A refused login is not "nothing there" (exit 3): exit 1, as a PostgreSQL login refused.
+  if (code === 4 || code === 5 || code === 134 || code === 135) return new Error(`the MQTT broker at ${shown} refused the login (${(e as Error).message})`);
   return new NoDeviceError(shown, `cannot reach the MQTT broker at ${shown}: ${why}`, typeof code === 'string' ? code : undefined);
 }
 
