@@ -5,7 +5,8 @@
 // the paper's one per T. A step holds when the access delay's p99 is under the bound and no
 // message was late or failed; the sweep goes on to the first size that loses messages. Memory is
 // the fleet process' RSS over N (the station's process is not in it). The two station stores side
-// by side at one size.
+// by side at one size, and the uplinks through an MQTT broker (the embedded one, in the station's
+// process: one connection for the fleet) beside one TLS connection per terminal.
 import { cpus, loadavg } from 'node:os';
 import { spawn } from 'node:child_process';
 import { qktBin } from './start.js';
@@ -15,6 +16,8 @@ import type { StationStoreKind } from '../station/open-store.js';
 export interface FleetStep {
   terminals: number;
   store: StationStoreKind;
+  /** How the uplinks went: a mutual-TLS connection per terminal, or one connection to the embedded MQTT broker. */
+  link: 'tls' | 'broker';
   ratePerSecond: number;
   seconds: number;
   messages: number;
@@ -39,9 +42,11 @@ export interface FleetBenchResult {
   tMs: number;
   /** One message per second each. */
   perSecond: { steps: FleetStep[]; largestHolding: number | null };
+  /** One message per second each, through the embedded MQTT broker. */
+  perSecondBroker: { steps: FleetStep[]; largestHolding: number | null };
   /** One message per T each (the paper's pace). */
   perT: { steps: FleetStep[]; largestHolding: number | null };
-  /** The two station stores at one size and one message a second. */
+  /** The station stores (PostgreSQL with --db) and both links at one size and one message a second. */
   stores: FleetStep[];
 }
 
@@ -53,6 +58,7 @@ function step(r: FleetResult, boundMs: number): FleetStep {
   return {
     terminals: r.terminals,
     store: r.store,
+    link: r.broker === null ? 'tls' : 'broker',
     ratePerSecond: r.ratePerSecond ?? 0,
     seconds: r.seconds,
     messages: o.messages,
@@ -83,23 +89,30 @@ async function fleetRun(args: string[]): Promise<FleetResult> {
   }
 }
 
-export async function benchFleet(o: { quick: boolean; seed?: number; log: (line: string) => void }): Promise<FleetBenchResult> {
+export async function benchFleet(o: { quick: boolean; seed?: number; db?: string; log: (line: string) => void }): Promise<FleetBenchResult> {
   const tMs = 60_000;
   const sizes = o.quick ? [20, 50] : [250, 500, 1000, 2000, 4000, 10_000];
   const seconds = o.quick ? 3 : 20;
-  const run = async (terminals: number, rate: string, store: StationStoreKind, secs: number) => {
-    o.log(`fleet: ${terminals} terminals, ${rate} messages each, ${store} store, ${secs} s...`);
-    const r = await fleetRun(['--terminals', String(terminals), '--seconds', String(secs), '--t', `${tMs / 1000}s`, '--seed', String(o.seed ?? 1), '--rate', rate, '--store', store]);
+  // Runs on one PostgreSQL database each get a shard name of their own (their terminals' ids).
+  let pgRuns = 0;
+  const stamp = Date.now().toString(36);
+  const run = async (terminals: number, rate: string, store: StationStoreKind, secs: number, link: 'tls' | 'broker' = 'tls') => {
+    o.log(`fleet: ${terminals} terminals, ${rate} messages each, ${store} store, ${link === 'tls' ? 'a TLS connection each' : 'the embedded MQTT broker'}, ${secs} s...`);
+    const r = await fleetRun([
+      '--terminals', String(terminals), '--seconds', String(secs), '--t', `${tMs / 1000}s`, '--seed', String(o.seed ?? 1), '--rate', rate, '--store', store,
+      ...(store === 'postgres' ? ['--db', o.db!, '--shard', `b${stamp}${++pgRuns}`] : []),
+      ...(link === 'broker' ? ['--broker', 'embedded'] : []),
+    ]);
     const s = step(r, P99_BOUND_MS);
     o.log(`  median ${s.medianMs ?? '-'} ms, p99 ${s.p99Ms ?? '-'} ms, ${s.late} late, ${s.failed} failed, ${s.openedPerSecond} opened/s, ${Math.round(s.rssPerTerminalBytes / 1024)} KiB/terminal: ${s.holds ? 'holds' : 'does not hold'}`);
     return s;
   };
   // Every size up to the first that loses messages (late or refused): the p99 bound may fail
   // before that, and the sizes between show where the station's capacity ends.
-  const sweep = async (rate: string, secs: number) => {
+  const sweep = async (rate: string, secs: number, link: 'tls' | 'broker' = 'tls') => {
     const steps: FleetStep[] = [];
     for (const n of sizes) {
-      const s = await run(n, rate, 'sqlite', secs);
+      const s = await run(n, rate, 'sqlite', secs, link);
       steps.push(s);
       if (s.late > 0 || s.failed > 0 || !s.keysAgree) break;
     }
@@ -107,37 +120,47 @@ export async function benchFleet(o: { quick: boolean; seed?: number; log: (line:
     return { steps, largestHolding: held.length > 0 ? Math.max(...held) : null };
   };
   const perSecond = await sweep('1', seconds);
+  const perSecondBroker = await sweep('1', seconds, 'broker');
   // One per T (a minute): a run of two T, so each terminal sends about two.
   const perT = await sweep('1/T', o.quick ? 6 : 120);
   const storeSize = o.quick ? 20 : 200;
   const stores = [await run(storeSize, '1', 'files', seconds), await run(storeSize, '1', 'sqlite', seconds)];
-  return { bench: 'fleet', date: new Date().toISOString(), node: process.version, machine: `${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')} at the end`, p99BoundMs: P99_BOUND_MS, tMs, perSecond, perT, stores };
+  if (o.db !== undefined) stores.push(await run(storeSize, '1', 'postgres', seconds));
+  stores.push(await run(storeSize, '1', 'sqlite', seconds, 'broker'));
+  if (o.db !== undefined) stores.push(await run(storeSize, '1', 'postgres', seconds, 'broker'));
+  else o.log('fleet: no PostgreSQL rows (give --db postgres://... to add them)');
+  return { bench: 'fleet', date: new Date().toISOString(), node: process.version, machine: `${cpus()[0]?.model ?? 'unknown'} x ${cpus().length}, load average ${loadavg().map((x) => x.toFixed(2)).join(' ')} at the end`, p99BoundMs: P99_BOUND_MS, tMs, perSecond, perSecondBroker, perT, stores };
 }
 
 export function formatFleetBench(r: FleetBenchResult): string {
   const ms = (x: number | null) => (x === null ? '-' : x.toFixed(1));
   const row = (s: FleetStep) =>
-    `| ${s.terminals} | ${s.store} | ${+s.ratePerSecond.toPrecision(3)} | ${s.messages} | ${s.late} | ${s.failed} | ${ms(s.medianMs)} | ${ms(s.p99Ms)} | ${s.openedPerSecond} | ${Math.round(s.rssPerTerminalBytes / 1024)} | ${s.setupSeconds.toFixed(0)} | ${s.keysAgree ? 'yes' : 'NO'} | ${s.holds ? 'yes' : 'no'} |`;
+    `| ${s.terminals} | ${s.store} | ${s.link === 'tls' ? 'TLS each' : 'broker'} | ${+s.ratePerSecond.toPrecision(3)} | ${s.messages} | ${s.late} | ${s.failed} | ${ms(s.medianMs)} | ${ms(s.p99Ms)} | ${s.openedPerSecond} | ${Math.round(s.rssPerTerminalBytes / 1024)} | ${s.setupSeconds.toFixed(0)} | ${s.keysAgree ? 'yes' : 'NO'} | ${s.holds ? 'yes' : 'no'} |`;
   const head = [
-    '| terminals | store | messages/s each | messages | late | failed | delay median ms | delay p99 ms | opened/s | RSS KiB per terminal | setup s | keys agree | holds |',
-    '|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|',
+    '| terminals | store | link | messages/s each | messages | late | failed | delay median ms | delay p99 ms | opened/s | RSS KiB per terminal | setup s | keys agree | holds |',
+    '|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|',
   ];
   return [
     `### A fleet on one machine (${r.date.slice(0, 10)}, Node ${r.node})`,
     '',
-    `Each row is one \`qkt fleet run\`: N emulated modules in one process, each enrolled, loaded through a carrier and injected, with one mutual-TLS connection to the master station (\`qkt station run\`, SQLite store, in its own process), sending OTP messages of its class's shapes (the five classes evenly). A size holds when no message is late (3 s) or refused and the access delay's p99 is under ${r.p99BoundMs} ms. RSS per terminal is the fleet process' growth over N (each module's 88 KiB flash image, its key store, included). Machine: ${r.machine}.`,
+    `Each row is one \`qkt fleet run\`: N emulated modules in one process, each enrolled, loaded through a carrier and injected, sending its uplinks to the master station (\`qkt station run\`, in its own process) on a mutual-TLS connection of its own, or through the embedded MQTT broker on one connection for the fleet (link "broker"), OTP messages of its class's shapes (the five classes evenly). A size holds when no message is late (3 s) or refused and the access delay's p99 is under ${r.p99BoundMs} ms. RSS per terminal is the fleet process' growth over N (each module's flash image, 80 to 100 KiB, its key store, included). Machine: ${r.machine}.`,
     '',
     `One message per second per terminal: largest holding ${r.perSecond.largestHolding ?? 'none'}.`,
     '',
     ...head,
     ...r.perSecond.steps.map(row),
     '',
+    `One message per second per terminal, through the embedded MQTT broker (one connection for the fleet, the broker in the station's process): largest holding ${r.perSecondBroker.largestHolding ?? 'none'}.`,
+    '',
+    ...head,
+    ...r.perSecondBroker.steps.map(row),
+    '',
     `One message per T (${r.tMs / 1000} s) per terminal: largest holding ${r.perT.largestHolding ?? 'none'}.`,
     '',
     ...head,
     ...r.perT.steps.map(row),
     '',
-    'The two station stores, same fleet, one message per second each:',
+    'The station stores (PostgreSQL when the bench was given --db) and both links, same fleet, one message per second each:',
     '',
     ...head,
     ...r.stores.map(row),

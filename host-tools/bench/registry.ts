@@ -40,6 +40,8 @@ export interface BenchOptions {
   timeoutSeconds?: number;
   /** noise: a fixed bound on each ZMODEM run (default: timeoutSeconds, or its default). */
   zmodemTimeoutSeconds?: number;
+  /** fleet: a PostgreSQL database for its PostgreSQL rows. */
+  db?: string;
   log: (line: string) => void;
 }
 
@@ -96,7 +98,7 @@ export const benchmarks: Record<string, Benchmark> = {
     format: (r) => formatFuzzBench(r as FuzzBenchResult),
   },
   fleet: {
-    run: (o) => benchFleet({ quick: o.quick, ...(o.seed !== undefined ? { seed: o.seed } : {}), log: o.log }),
+    run: (o) => benchFleet({ quick: o.quick, ...(o.seed !== undefined ? { seed: o.seed } : {}), ...(o.db !== undefined ? { db: o.db } : {}), log: o.log }),
     format: (r) => formatFleetBench(r as FleetBenchResult),
     onlyWhenNamed: true,
   },

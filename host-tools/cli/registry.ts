@@ -513,11 +513,12 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['bench'],
     summary: 'benchmarks (link, flash, inject, lifetime, download, station, multiclient, start, fuzz, crypto, traffic, noise, fleet): a markdown table, or JSON with --json',
-    usage: 'qkt bench [link|flash|inject|lifetime|download|station|multiclient|start|fuzz|crypto|traffic|noise|fleet]... [--quick] [--bytes N] [--seed N] [--rates LIST] [--timeout SECONDS] [--zmodem-timeout SECONDS] [--out DIR] [--json]',
+    usage: 'qkt bench [link|flash|inject|lifetime|download|station|multiclient|start|fuzz|crypto|traffic|noise|fleet]... [--quick] [--bytes N] [--seed N] [--rates LIST] [--timeout SECONDS] [--zmodem-timeout SECONDS] [--db URL] [--out DIR] [--json]',
     examples: ['qkt bench link', 'qkt bench link --json', 'qkt bench --out docs/bench', 'qkt bench flash --quick', 'qkt bench lifetime --json', 'qkt bench start', 'qkt bench fuzz --seed 7', 'qkt bench crypto --json', 'qkt bench traffic', 'qkt bench noise --bytes 131072 --rates 0.01%,0.1% --seed 7', 'qkt bench fleet --json'],
     options: {
       quick: flag('smaller sizes and fewer repeats (a smoke run, not figures to quote)'),
       bytes: { type: 'string', value: 'N', description: 'bytes to move per case (link, inject, download, multiclient, crypto); noise: key bytes in the batch', defaultText: "each benchmark's own (inject: 1 MiB)" },
+      db: { type: 'string', value: 'URL', description: "fleet: a PostgreSQL database (postgres://...; password from PGPASSWORD) for the PostgreSQL store's rows; each run's terminals get ids of their own there", defaultText: 'no PostgreSQL rows' },
       rates: { type: 'string', value: 'LIST', description: 'noise: the noise rates, comma-separated percentages of bytes (a clean run is always made first)', defaultText: '0.01%,0.1%,1%,5%' },
       timeout: { type: 'string', value: 'SECONDS', description: 'noise: stop each inject or ZMODEM run after SECONDS', defaultText: 'max(20 x the clean run, 300 s)' },
       'zmodem-timeout': { type: 'string', value: 'SECONDS', description: 'noise: stop each ZMODEM run after SECONDS instead', defaultText: 'as --timeout' },

@@ -1,5 +1,6 @@
 // `qkt bench [NAME]`: benchmarks, printed as a markdown table or one JSON document, and with
 // --out DIR written as DIR/NAME.json and DIR/NAME.md (the committed tables live in docs/bench/).
+import { checkDbUrl } from '../../station/open-store.js';
 import { mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { defineCommand, int, str, CliError, Exit } from '../command.js';
@@ -26,11 +27,20 @@ export default defineCommand<BenchResult>({
     const seed = int(v, 'seed', 0, 0xffffffff);
     const timeoutSeconds = int(v, 'timeout', 1);
     const zmodemTimeoutSeconds = int(v, 'zmodem-timeout', 1);
+    const db = str(v, 'db');
+    if (db !== undefined) {
+      if (!names.includes('fleet')) throw new CliError('--db is the PostgreSQL database of the fleet bench: name fleet', Exit.USAGE);
+      try {
+        checkDbUrl(db);
+      } catch (e) {
+        throw new CliError((e as Error).message, Exit.USAGE);
+      }
+    }
     const results: BenchResult['results'] = [];
     const tables: string[] = [];
     for (const n of names) {
       const b = benchmarks[n]!;
-      const result = await b.run({ quick: v['quick'] === true, ...(bytes ? { bytes } : {}), ...(rates ? { rates } : {}), ...(seed !== undefined ? { seed } : {}), ...(timeoutSeconds ? { timeoutSeconds } : {}), ...(zmodemTimeoutSeconds ? { zmodemTimeoutSeconds } : {}), log: io.note });
+      const result = await b.run({ quick: v['quick'] === true, ...(bytes ? { bytes } : {}), ...(rates ? { rates } : {}), ...(seed !== undefined ? { seed } : {}), ...(timeoutSeconds ? { timeoutSeconds } : {}), ...(zmodemTimeoutSeconds ? { zmodemTimeoutSeconds } : {}), ...(db !== undefined ? { db } : {}), log: io.note });
       const md = b.format(result);
       results.push({ name: n, result });
       tables.push(md);
