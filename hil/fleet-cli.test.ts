@@ -91,6 +91,8 @@ t.test('qkt fleet run: usage mistakes exit 2 with the reason', async (t) => {
     [['--terminals', '3', '--bits', 'lots'], /--bits/],
   ];
   for (const [args, reason] of cases) failsWith(t, await runQkt(['fleet', 'run', ...args]), 2, reason, args.join(' '));
+  failsWith(t, await runQkt(['bench', 'link', '--db', 'postgres://h/d']), 2, /--db is the PostgreSQL database of the fleet bench: name fleet/, 'bench --db without fleet');
+  failsWith(t, await runQkt(['bench', 'fleet', '--db', 'mysql://h/d']), 2, /--db must be a postgres:\/\/ address/, 'bench fleet --db not postgres');
   const dir = t.testdir({ full: { x: 'y' } });
   failsWith(t, await runQkt(['fleet', 'run', '--terminals', '1', '--home', join(dir, 'full')]), 2, /--home .* is not empty/, 'a full --home');
 });
