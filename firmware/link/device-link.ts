@@ -99,6 +99,11 @@ export class DeviceLink implements LinkPeer {
     if (limits.maxBody < MIN_BODY_SIZE || limits.window < 1) throw new RangeError('invalid link limits');
     this.limits = limits;
     this.deframer = new Deframer(limits.maxBody, { harq: true });
+    const dbg = (globalThis as any).process?.env?.QKT_DEBUG_HARQ as string | undefined;
+    if (dbg) {
+      const t0 = performance.now();
+      void import('node:fs').then((fs) => { this.deframer.shards.debug = (m) => fs.appendFileSync(dbg, `${(performance.now() - t0).toFixed(1)} ${m}\n`); });
+    }
     this.clock = hooks.clock ?? Date.now;
     this.heard = this.clock();
     transport.onData((chunk) => this.receive(chunk));
@@ -209,12 +214,17 @@ export class DeviceLink implements LinkPeer {
     clearTimeout(this.needTimer);
     this.needTimer = undefined;
     const idleMs = this.hooks.needIdleMs ?? 60;
-    if (idleMs > 0 && col.waiting && !this.closed) {
-      this.needTimer = setTimeout(() => {
-        this.needTimer = undefined;
-        col.idle();
-        this.sendNeeds();
-      }, idleMs);
+    const waiting = col.waiting;
+    if (idleMs > 0 && waiting && !this.closed) {
+      // A NEED that brought nothing is asked again after a longer pause: its answer may be on its way.
+      this.needTimer = setTimeout(
+        () => {
+          this.needTimer = undefined;
+          col.idle(waiting === 'again');
+          this.sendNeeds();
+        },
+        waiting === 'again' ? 4 * idleMs : idleMs,
+      );
       this.needTimer.unref?.();
     }
   }

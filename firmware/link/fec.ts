@@ -412,7 +412,7 @@ function binomPmf(n: number, x: number, lq: number, lr: number): number {
 
 /**
  * Shards a sender sends for a NEED of `need` when each arrives with probability `q`: `need` and
- * enough more that `need` of them arrive 9 times in 10. At most 2 * need + 4.
+ * enough more that `need` of them arrive 97 times in 100. At most 2 * need + 4.
  */
 export function repairCount(need: number, q: number): number {
   if (!(q > 0 && q < 1)) return need;
@@ -421,7 +421,7 @@ export function repairCount(need: number, q: number): number {
   for (let c = need; c < 2 * need + 4; c++) {
     let ok = 0;
     for (let x = need; x <= c; x++) ok += binomPmf(c, x, lq, lr);
-    if (ok >= 0.9) return c;
+    if (ok >= 0.97) return c;
   }
   return 2 * need + 4;
 }
@@ -698,7 +698,7 @@ const MAX_NEEDS = 3;
  * it: its repair can come after the next frame ends (a second round, or a frame shorter than the
  * round trip), and a receiver must not hold frames for long behind one that will not come.
  */
-export const GIVE_UP_AFTER = 2;
+export const GIVE_UP_AFTER = 4;
 
 export interface ShardCollectorOptions {
   /**
@@ -751,24 +751,45 @@ export class ShardCollector {
     return out;
   }
 
-  /** Whether a frame is being collected whose shards may have stopped (the caller then calls idle() after a pause). */
-  get waiting(): boolean {
-    if (!this.#harq) return false;
-    for (const g of this.#groups.values()) if (!g.done && g.fresh && g.needs < MAX_NEEDS) return true;
-    return false;
+  /**
+   * What a pause in the shards would ask for: 'fresh' when a frame being collected had shards
+   * since its last NEED (the caller calls idle() after a short pause), 'again' when one awaits an
+   * answer that may have been lost (idle(true) after a longer one), else undefined.
+   */
+  get waiting(): 'fresh' | 'again' | undefined {
+    if (!this.#harq) return undefined;
+    let again = false;
+    for (const g of this.#groups.values()) {
+      if (g.done || g.needs >= MAX_NEEDS) continue;
+      if (g.fresh) return 'fresh';
+      if (this.#mayAskAgain(g)) again = true;
+    }
+    return again ? 'again' : undefined;
   }
 
   /**
    * No shard came for a while: the frames being collected have had all the shards their sender
-   * sent for now; NEEDs for them (needs()).
+   * sent for now; NEEDs for them (needs()). `again`: after a longer pause, also for frames whose
+   * NEED brought nothing (it, or every shard answering it, was lost), if they hold at least half
+   * their shards and 3 (so a stranger's shards still buy at most one NEED each).
    */
-  idle(): void {
+  idle(again = false): void {
     if (!this.#harq) return;
-    for (const [id, g] of this.#groups) this.#ask(id, g);
+    for (const [id, g] of this.#groups) {
+      if (!g.fresh && again && this.#mayAskAgain(g)) g.fresh = true;
+      this.#ask(id, g);
+    }
   }
+
+  #mayAskAgain(g: Group): boolean {
+    return !g.done && !g.fresh && g.needs > 0 && g.needs < MAX_NEEDS && g.shards.size >= 3 && 2 * g.shards.size >= g.k;
+  }
+
+  debug: ((m: string) => void) | undefined;
 
   #ask(id: number, g: Group): void {
     if (g.done || !g.fresh || g.needs >= MAX_NEEDS) return;
+    this.debug?.(`NEED id ${id} have ${g.shards.size}/${g.k} top ${g.top} round ${g.needs + 1}`);
     g.fresh = false;
     g.needs++;
     this.stats.needsSent = (this.stats.needsSent ?? 0) + 1;
@@ -805,6 +826,7 @@ export class ShardCollector {
       if (o.done) continue;
       behind = true;
       if (++o.later >= GIVE_UP_AFTER) {
+        this.debug?.(`GIVE UP id ${oid} have ${o.shards.size}/${o.k} needs ${o.needs} top ${o.top}`);
         o.done = true;
         o.shards.clear();
         this.stats.framesLost++;
@@ -942,6 +964,7 @@ export class ShardCollector {
     // What the peer says of the line, from a frame that came whole: a stranger's stray shards
     // with a `seen` of their own must not set how this end plans.
     if (g.seen !== 0) this.peerLambda = seenLambda(g.seen);
+    this.debug?.(`DONE id ${sh.id} ok ${g.ok} top ${g.top} k ${g.k} needs ${g.needs}`);
     this.#settle(sh.id, g, frame);
     return frame;
   }

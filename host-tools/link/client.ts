@@ -2,6 +2,7 @@
 // scale with payload size and line rate, bounded retries under the same sequence number (the
 // device answers a retry from its cache, never executing twice), and device-parameter negotiation.
 import { randomInt } from 'node:crypto';
+import { appendFileSync } from 'node:fs';
 import { Deframer } from '../../firmware/link/framer.js';
 import { ShardResender, ShardSource, bestFrame, frameAsShards, planShardsAtMost, planShardsHarq, seenByte, shardsOnLine } from '../../firmware/link/fec.js';
 import { cobsDecode } from '../../firmware/link/cobs.js';
@@ -165,6 +166,7 @@ export class LinkClient {
       if (!harqAllowed) return;
       this.harq = 'yes';
       const bodies = this.resender.answer(need);
+      if (process.env.QKT_DEBUG_HARQ) appendFileSync(process.env.QKT_DEBUG_HARQ + '.host', `${performance.now().toFixed(1)} NEED ${JSON.stringify(need)} -> ${bodies.length} queue ${this.writeQueue.length} ${this.writeQueue.reduce((n, j) => n + j.bytes.length - j.offset, 0)} inflight ${this.writesInFlight}\n`);
       if (bodies.length > 0) void this.write(shardsOnLine(bodies), true).catch(() => undefined);
     };
     transport.onData((chunk) => this.receive(chunk));
