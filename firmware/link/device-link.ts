@@ -42,7 +42,7 @@ export interface DeviceLinkHooks {
   overflow?: 'close' | 'drop';
   /**
    * Pause in the host's shards (ms) after which the frames being collected have had their first
-   * shards and a NEED asks for the rest (docs/protocol.md 2.6). Default 60; 0: only a shard of a
+   * shards and a NEED asks for the rest (docs/protocol.md 2.6). Default 100; 0: only a shard of a
    * later frame ends a frame's first shards.
    */
   needIdleMs?: number;
@@ -126,9 +126,15 @@ export class DeviceLink implements LinkPeer {
 
   private needTimer: NodeJS.Timeout | undefined;
 
+  private clearNeedTimer(): void {
+    clearTimeout(this.needTimer);
+    clearImmediate(this.needTimer as unknown as NodeJS.Immediate);
+    this.needTimer = undefined;
+  }
+
   private stop(): void {
     this.closed = true;
-    clearTimeout(this.needTimer);
+    this.clearNeedTimer();
     // Requests still queued are dropped, not executed: their answers could not reach anyone,
     // and one that changes state (a KEYS SEAL spends keys) must not run for a host that is gone.
     for (const m of this.queue) this.pending.delete(m.seq);
@@ -211,20 +217,22 @@ export class DeviceLink implements LinkPeer {
       line.set(body, 1);
       void this.transport.write(line.subarray(0, 1 + body.length)).catch(() => undefined);
     }
-    clearTimeout(this.needTimer);
-    this.needTimer = undefined;
-    const idleMs = this.hooks.needIdleMs ?? 60;
+    this.clearNeedTimer();
+    const idleMs = this.hooks.needIdleMs ?? 100;
     const waiting = col.waiting;
     if (idleMs > 0 && waiting && !this.closed) {
       // A NEED that brought nothing is asked again after a longer pause: its answer may be on its way.
-      this.needTimer = setTimeout(
-        () => {
+      const wait = waiting === 'again' ? 4 * idleMs : idleMs;
+      this.needTimer = setTimeout(() => {
+        // After the poll phase: a process that was busy (a flash write, a loaded machine) may
+        // have bytes waiting to be read, which are not a pause on the line.
+        this.needTimer = setImmediate(() => {
           this.needTimer = undefined;
-          col.idle(waiting === 'again');
+          if (this.closed) return;
+          if (this.clock() - this.heard >= wait) col.idle(waiting === 'again');
           this.sendNeeds();
-        },
-        waiting === 'again' ? 4 * idleMs : idleMs,
-      );
+        }) as unknown as NodeJS.Timeout;
+      }, wait);
       this.needTimer.unref?.();
     }
   }

@@ -612,7 +612,7 @@ export class LineEstimate {
   #ok: number;
   #bytes: number;
 
-  constructor(prior: number, priorShards = 32, priorShardBytes = 24) {
+  constructor(prior: number, priorShards = 8, priorShardBytes = 24) {
     this.#sent = priorShards;
     this.#ok = priorShards * Math.exp(-prior * priorShardBytes);
     this.#bytes = priorShards * priorShardBytes;
@@ -761,8 +761,9 @@ export class ShardCollector {
     let again = false;
     for (const g of this.#groups.values()) {
       if (g.done || g.needs >= MAX_NEEDS) continue;
-      if (g.fresh) return 'fresh';
-      if (this.#mayAskAgain(g)) again = true;
+      // Before its last data shard, a pause is more likely a slow sender than a frame over.
+      if (g.fresh && g.top >= g.k - 1) return 'fresh';
+      if (g.fresh || this.#mayAskAgain(g)) again = true;
     }
     return again ? 'again' : undefined;
   }
@@ -771,13 +772,14 @@ export class ShardCollector {
    * No shard came for a while: the frames being collected have had all the shards their sender
    * sent for now; NEEDs for them (needs()). `again`: after a longer pause, also for frames whose
    * NEED brought nothing (it, or every shard answering it, was lost), if they hold at least half
-   * their shards and 3 (so a stranger's shards still buy at most one NEED each).
+   * their shards and 3 (so a stranger's shards still buy at most one NEED each). After a short
+   * pause only frames whose last data shard's index has been seen are asked for.
    */
   idle(again = false): void {
     if (!this.#harq) return;
     for (const [id, g] of this.#groups) {
       if (!g.fresh && again && this.#mayAskAgain(g)) g.fresh = true;
-      this.#ask(id, g);
+      if (again || g.top >= g.k - 1) this.#ask(id, g);
     }
   }
 
