@@ -149,7 +149,12 @@ export class DeviceLink implements LinkPeer {
   private receive(chunk: Uint8Array): void {
     if (this.closed) return; // shed: nothing more is read, let alone executed
     this.heard = this.clock();
-    for (const body of this.deframer.push(chunk)) {
+    this.take(this.deframer.push(chunk));
+  }
+
+  /** Frame bodies the deframer gave (from bytes received, or released after a pause). */
+  private take(bodies: Uint8Array[]): void {
+    for (const body of bodies) {
       if (this.closed) return;
       const decoded = decodeMessage(body);
       if ((decoded.ok ? decoded.message.kind : decoded.header.kind) === Kind.REQUEST) {
@@ -229,8 +234,8 @@ export class DeviceLink implements LinkPeer {
         this.needTimer = setImmediate(() => {
           this.needTimer = undefined;
           if (this.closed) return;
-          if (this.clock() - this.heard >= wait) col.idle(waiting === 'again');
-          this.sendNeeds();
+          if (this.clock() - this.heard >= wait) this.take(this.deframer.idle(waiting === 'again'));
+          else this.sendNeeds();
         }) as unknown as NodeJS.Timeout;
       }, wait);
       this.needTimer.unref?.();

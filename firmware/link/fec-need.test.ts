@@ -160,11 +160,16 @@ t.test('receiver: a NEED that brought nothing is asked again after a longer paus
   t.equal(col.waiting, 'again', 'its answer may have been lost');
   col.idle();
   t.same(col.needs(), [], 'not after a short pause');
-  col.idle(true);
-  t.same(col.needs().map((x) => parseNeed(x)!.need), [2], 'after a long one');
-  col.idle(true);
-  t.same(col.needs().map((x) => parseNeed(x)!.need), [2], 'a third');
-  t.equal(col.waiting, undefined, 'no fourth');
+  const later = prefix(body(9), 51, plan, 13);
+  for (const sh of later) t.same(col.pushAll(sh), [], 'a later frame is held behind it');
+  t.same(col.needs().map((x) => parseNeed(x)!.need), [], 'no shard of it came: not asked at the later frame');
+  t.equal(col.waiting, 'again');
+  t.same(col.idle(true), [], 'after a long pause: asked once more');
+  t.same(col.needs().map((x) => parseNeed(x)!.need), [2]);
+  t.same(col.idle(true), [body(9)], 'that brought nothing either: given up, and the frame held behind it delivered');
+  t.same(col.needs(), []);
+  t.equal(col.stats.framesLost, 1);
+  t.equal(col.waiting, undefined);
   // A frame of which little came is not asked for again (a stranger's single shards).
   const few = new ShardCollector(8256, 0.001, { harq: true });
   few.pushAll(new ShardSource(body(2), 51, plan).shard(0));
@@ -173,7 +178,8 @@ t.test('receiver: a NEED that brought nothing is asked again after a longer paus
   few.idle(true);
   t.equal(few.needs().length, 1);
   few.idle(true);
-  t.same(few.needs(), []);
+  t.same(few.needs(), [], 'given up');
+  t.equal(few.stats.framesLost, 1);
 });
 
 t.test('receiver: a second round is asked for when the first falls short; at most 3 NEEDs per frame', async (t) => {
@@ -195,6 +201,18 @@ t.test('receiver: a second round is asked for when the first falls short; at mos
   col.idle();
   t.same(col.needs(), [], 'no fourth NEED');
   t.equal(col.stats.needsSent, 3);
+});
+
+t.test('receiver: a frame whose last shard (index n - 1) came has nothing more to ask for: given up at once, nothing held', async (t) => {
+  const col = new ShardCollector(8256, 0.001, { harq: true });
+  const plan = { s: 60, k: 11, n: 13 };
+  const a = encodeShards(body(1), 60, plan);
+  for (const i of [0, 1, 2, 3, 4, 5, 6, 7, 12]) col.pushAll(a[i]!);
+  const out: Uint8Array[] = [];
+  for (const sh of encodeShards(body(2), 61, plan)) out.push(...col.pushAll(sh));
+  t.same(out, [body(2)], 'the next frame is delivered as it comes');
+  t.same(col.needs(), []);
+  t.equal(col.stats.framesLost, 1);
 });
 
 t.test('a collector without NEED mode (hosts, monitors) delivers each frame as it comes and asks nothing', async (t) => {

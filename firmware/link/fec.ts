@@ -654,6 +654,8 @@ interface Group {
   held?: Uint8Array;
   /** Later frames put together while it waited: at GIVE_UP_AFTER it is given up. */
   later: number;
+  /** NEEDs asked again after a long pause that brought nothing since. */
+  silent: number;
 }
 
 /** A frame the last push() completed: its shape, and the whole shards of it taken until then. */
@@ -752,18 +754,18 @@ export class ShardCollector {
   }
 
   /**
-   * What a pause in the shards would ask for: 'fresh' when a frame being collected had shards
-   * since its last NEED (the caller calls idle() after a short pause), 'again' when one awaits an
-   * answer that may have been lost (idle(true) after a longer one), else undefined.
+   * What a pause in the shards would do: 'fresh' when a frame being collected had shards since
+   * its last NEED (the caller calls idle() after a short pause), 'again' when one is still
+   * awaited (idle(true) after a longer one: asked once more, or given up), else undefined.
    */
   get waiting(): 'fresh' | 'again' | undefined {
     if (!this.#harq) return undefined;
     let again = false;
     for (const g of this.#groups.values()) {
-      if (g.done || g.needs >= MAX_NEEDS) continue;
+      if (g.done) continue;
       // Before its last data shard, a pause is more likely a slow sender than a frame over.
-      if (g.fresh && g.top >= g.k - 1) return 'fresh';
-      if (g.fresh || this.#mayAskAgain(g)) again = true;
+      if (g.fresh && g.needs < MAX_NEEDS && g.top >= g.k - 1) return 'fresh';
+      again = true;
     }
     return again ? 'again' : undefined;
   }
@@ -775,22 +777,49 @@ export class ShardCollector {
    * their shards and 3 (so a stranger's shards still buy at most one NEED each). After a short
    * pause only frames whose last data shard's index has been seen are asked for.
    */
-  idle(again = false): void {
-    if (!this.#harq) return;
+  idle(again = false): Uint8Array[] {
+    if (!this.#harq) return [];
     for (const [id, g] of this.#groups) {
-      if (!g.fresh && again && this.#mayAskAgain(g)) g.fresh = true;
+      if (g.done) continue;
+      if (again && !g.fresh) {
+        // Its last NEED brought nothing: asked once more, then given up (the frames held behind
+        // it are delivered, and its loss is a loss as any other).
+        if (g.silent === 0 && this.#mayAskAgain(g)) {
+          g.silent++;
+          g.fresh = true;
+        } else {
+          this.#giveUp(id, g);
+          continue;
+        }
+      }
       if (again || g.top >= g.k - 1) this.#ask(id, g);
     }
+    this.#release();
+    const out = this.#ready;
+    this.#ready = [];
+    return out;
   }
 
   #mayAskAgain(g: Group): boolean {
     return !g.done && !g.fresh && g.needs > 0 && g.needs < MAX_NEEDS && g.shards.size >= 3 && 2 * g.shards.size >= g.k;
   }
 
+  #giveUp(id: number, g: Group): void {
+    this.debug?.(`GIVE UP id ${id} have ${g.shards.size}/${g.k} needs ${g.needs} top ${g.top}`);
+    g.done = true;
+    g.shards.clear();
+    this.stats.framesLost++;
+  }
+
   debug: ((m: string) => void) | undefined;
 
   #ask(id: number, g: Group): void {
     if (g.done || !g.fresh || g.needs >= MAX_NEEDS) return;
+    if (g.top >= g.n - 1) {
+      // Its last shard came: the code has no more to send. Nothing to ask for, nothing to wait for.
+      this.#giveUp(id, g);
+      return;
+    }
     this.debug?.(`NEED id ${id} have ${g.shards.size}/${g.k} top ${g.top} round ${g.needs + 1}`);
     g.fresh = false;
     g.needs++;
@@ -827,12 +856,7 @@ export class ShardCollector {
       if (oid === id && o === g) break;
       if (o.done) continue;
       behind = true;
-      if (++o.later >= GIVE_UP_AFTER) {
-        this.debug?.(`GIVE UP id ${oid} have ${o.shards.size}/${o.k} needs ${o.needs} top ${o.top}`);
-        o.done = true;
-        o.shards.clear();
-        this.stats.framesLost++;
-      }
+      if (++o.later >= GIVE_UP_AFTER) this.#giveUp(oid, o);
     }
     if (frame) {
       if (behind) g.held = frame;
@@ -899,7 +923,7 @@ export class ShardCollector {
     }
     if (!g) {
       if (sh.k * s > this.maxBody + 2 + s) return undefined; // larger than any frame we take
-      g = { k: sh.k, n: sh.n, s, shards: new Map(), distrust: false, seen: 0, top: -1, ok: 0, done: false, fresh: false, needs: 0, later: 0 };
+      g = { k: sh.k, n: sh.n, s, shards: new Map(), distrust: false, seen: 0, top: -1, ok: 0, done: false, fresh: false, needs: 0, later: 0, silent: 0 };
       this.#groups.set(sh.id, g);
       while (this.#groups.size > MAX_GROUPS) {
         const [oldest, og] = this.#groups.entries().next().value as [number, Group];
@@ -914,7 +938,11 @@ export class ShardCollector {
         if (oid === key) break;
         this.#ask(oid, o);
       }
-      if (!g.done) g.fresh = true;
+      if (!g.done) {
+        g.fresh = true;
+        g.silent = 0;
+      }
+      this.#release();
     }
     g.top = Math.max(g.top, sh.index);
     g.ok++;

@@ -92,6 +92,21 @@ export class Deframer {
     this.length += n;
   }
 
+  /**
+   * A pause in the shards (NEED mode, docs/protocol.md 2.6): NEEDs for the frames being
+   * collected, and the frames this releases (held behind one now given up), as push() returns them.
+   */
+  idle(again: boolean): Uint8Array[] {
+    return this.shards.idle(again).map((frame) => this.#shardFrame(frame));
+  }
+
+  #shardFrame(frame: Uint8Array): Uint8Array {
+    this.stats.frames++;
+    const f = frame.slice(0, frame.length - CRC_SIZE);
+    this.viaShards.add(f);
+    return f;
+  }
+
   /** A delimiter arrived: decode and check what was collected. */
   private finish(): Uint8Array | undefined {
     if (this.discarding) {
@@ -126,12 +141,7 @@ export class Deframer {
         this.stats.droppedBytes += n;
       }
       // The collector gives out only frames whose length and CRC-32 it checked.
-      const out = done.map((frame) => {
-        this.stats.frames++;
-        const f = frame.slice(0, frame.length - CRC_SIZE);
-        this.viaShards.add(f);
-        return f;
-      });
+      const out = done.map((frame) => this.#shardFrame(frame));
       const first = out.shift();
       this.pendingFrames.push(...out);
       return first;

@@ -166,6 +166,13 @@ export class LinkClient {
       if (!harqAllowed) return;
       this.harq = 'yes';
       const bodies = this.resender.answer(need);
+      if (bodies.length > 0) {
+        // The frame comes together a round later, and the ones behind it are held until then:
+        // every answer waited for gets the line time of the repair and of a round trip more.
+        // Bounded: a sender answers at most 2 NEEDs for each of its last 8 frames.
+        const more = this.baseTimeoutMs / 4 + 2 * (bodies.length * (bodies[0]!.length + 2) + 8300) * this.msPerByte;
+        for (const extend of this.deadlines) extend(more);
+      }
       if (process.env.QKT_DEBUG_HARQ) appendFileSync(process.env.QKT_DEBUG_HARQ + '.host', `${performance.now().toFixed(1)} NEED ${JSON.stringify(need)} -> ${bodies.length} queue ${this.writeQueue.length} ${this.writeQueue.reduce((n, j) => n + j.bytes.length - j.offset, 0)} inflight ${this.writesInFlight}\n`);
       if (bodies.length > 0) void this.write(shardsOnLine(bodies), true).catch(() => undefined);
     };
@@ -235,8 +242,11 @@ export class LinkClient {
     if (!this.inShards) return frame;
     const lambda = sh.sendLambda(frame.length);
     const harq = this.harq !== 'no' && frame.length > HARQ_ABOVE;
-    const plan = (harq ? planShardsHarq(frame.length - 2, lambda) : undefined) ?? planShardsAtMost(frame.length - 2, lambda);
-    if (!plan) return frame;
+    const found = (harq ? planShardsHarq(frame.length - 2, lambda) : undefined) ?? planShardsAtMost(frame.length - 2, lambda);
+    if (!found) return frame;
+    // A large frame is sent as part of the whole code (n = 255) even with a plan without NEED
+    // rounds: if the device asks, there are more shards to send instead of the frame again.
+    const plan = harq && found.send === undefined ? { ...found, n: 255, send: found.n } : found;
     this.shardId = (this.shardId + 1) & 0xff;
     const body = cobsDecode(frame.subarray(1, frame.length - 1));
     if (!body) return frame;
@@ -250,6 +260,35 @@ export class LinkClient {
     const out = new Uint8Array(1 + line.length);
     out.set(line, 1);
     return out;
+  }
+
+  /**
+   * Answers being waited for, each with a way to push its deadline back: a frame the device asked
+   * more shards of is put together later, and the device holds the frames behind it until then.
+   */
+  private readonly deadlines = new Set<(ms: number) => void>();
+
+  /** `answer`, or TIMEOUT after `ms` (pushed back by each NEED this host answers). */
+  private awaitAnswer<T>(answer: Promise<T>, ms: number): Promise<T | typeof TIMEOUT> {
+    let timer: NodeJS.Timeout | undefined;
+    let deadline = performance.now() + ms;
+    let extend: ((more: number) => void) | undefined;
+    const t = new Promise<typeof TIMEOUT>((resolve) => {
+      const arm = () => {
+        clearTimeout(timer);
+        timer = setTimeout(() => resolve(TIMEOUT), Math.max(0, deadline - performance.now()));
+      };
+      extend = (more: number) => {
+        deadline += more;
+        arm();
+      };
+      arm();
+    });
+    this.deadlines.add(extend!);
+    return Promise.race([answer, t]).finally(() => {
+      clearTimeout(timer);
+      this.deadlines.delete(extend!);
+    });
   }
 
   /** NEEDs answered and shards sent for them (docs/protocol.md 2.6). */
@@ -418,7 +457,7 @@ export class LinkClient {
         }
         if (sent === TIMEOUT) throw new LinkTimeoutError(group, command, writeMs, attempt, 'the link takes no bytes');
         // The timer starts once the bytes have left (a paced link takes its time to send them).
-        const result = await abortable(raceTimeout(answer, timeoutMs()), opts.signal);
+        const result = await abortable(this.awaitAnswer(answer, timeoutMs()), opts.signal);
         if (result !== TIMEOUT) return result;
         // The device is there: the line lost the request or its answer (to shards, or worse ones).
         // Nothing heard while sending shards: the request itself was likely lost; stronger ones.
