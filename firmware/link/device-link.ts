@@ -99,11 +99,6 @@ export class DeviceLink implements LinkPeer {
     if (limits.maxBody < MIN_BODY_SIZE || limits.window < 1) throw new RangeError('invalid link limits');
     this.limits = limits;
     this.deframer = new Deframer(limits.maxBody, { harq: true });
-    const dbg = (globalThis as any).process?.env?.QKT_DEBUG_HARQ as string | undefined;
-    if (dbg) {
-      const t0 = performance.now();
-      void import('node:fs').then((fs) => { this.deframer.shards.debug = (m) => fs.appendFileSync(dbg, `${(performance.now() - t0).toFixed(1)} ${m}\n`); });
-    }
     this.clock = hooks.clock ?? Date.now;
     this.heard = this.clock();
     transport.onData((chunk) => this.receive(chunk));

@@ -805,13 +805,10 @@ export class ShardCollector {
   }
 
   #giveUp(id: number, g: Group): void {
-    this.debug?.(`GIVE UP id ${id} have ${g.shards.size}/${g.k} needs ${g.needs} top ${g.top}`);
     g.done = true;
     g.shards.clear();
     this.stats.framesLost++;
   }
-
-  debug: ((m: string) => void) | undefined;
 
   #ask(id: number, g: Group): void {
     if (g.done || !g.fresh || g.needs >= MAX_NEEDS) return;
@@ -820,7 +817,6 @@ export class ShardCollector {
       this.#giveUp(id, g);
       return;
     }
-    this.debug?.(`NEED id ${id} have ${g.shards.size}/${g.k} top ${g.top} round ${g.needs + 1}`);
     g.fresh = false;
     g.needs++;
     this.stats.needsSent = (this.stats.needsSent ?? 0) + 1;
@@ -994,7 +990,6 @@ export class ShardCollector {
     // What the peer says of the line, from a frame that came whole: a stranger's stray shards
     // with a `seen` of their own must not set how this end plans.
     if (g.seen !== 0) this.peerLambda = seenLambda(g.seen);
-    this.debug?.(`DONE id ${sh.id} ok ${g.ok} top ${g.top} k ${g.k} needs ${g.needs}`);
     this.#settle(sh.id, g, frame);
     return frame;
   }

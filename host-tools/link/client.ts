@@ -2,7 +2,6 @@
 // scale with payload size and line rate, bounded retries under the same sequence number (the
 // device answers a retry from its cache, never executing twice), and device-parameter negotiation.
 import { randomInt } from 'node:crypto';
-import { appendFileSync } from 'node:fs';
 import { Deframer } from '../../firmware/link/framer.js';
 import { ShardResender, ShardSource, bestFrame, frameAsShards, planShardsAtMost, planShardsHarq, seenByte, shardsOnLine } from '../../firmware/link/fec.js';
 import { cobsDecode } from '../../firmware/link/cobs.js';
@@ -173,7 +172,6 @@ export class LinkClient {
         const more = this.baseTimeoutMs / 4 + 2 * (bodies.length * (bodies[0]!.length + 2) + 8300) * this.msPerByte;
         for (const extend of this.deadlines) extend(more);
       }
-      if (process.env.QKT_DEBUG_HARQ) appendFileSync(process.env.QKT_DEBUG_HARQ + '.host', `${performance.now().toFixed(1)} NEED ${JSON.stringify(need)} -> ${bodies.length} queue ${this.writeQueue.length} ${this.writeQueue.reduce((n, j) => n + j.bytes.length - j.offset, 0)} inflight ${this.writesInFlight}\n`);
       if (bodies.length > 0) void this.write(shardsOnLine(bodies), true).catch(() => undefined);
     };
     transport.onData((chunk) => this.receive(chunk));
