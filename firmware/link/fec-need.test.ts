@@ -3,6 +3,7 @@
 // rounds per frame of the last 8, whatever NEEDs come.
 import t from 'tap';
 import { crc32 } from 'node:zlib';
+import { readFileSync } from 'node:fs';
 import {
   GIVE_UP_AFTER,
   NEED_MARK,
@@ -20,6 +21,7 @@ import {
   planShards,
   planShardsHarq,
   repairCount,
+  shardsOnLine,
 } from './fec.js';
 import { Deframer } from './framer.js';
 import { encodeFrame, PROTOCOL_VERSION, Kind } from './frame.js';
@@ -288,4 +290,17 @@ t.test('a stranger cannot make the receiver send more NEEDs than shards it recei
     needs += col.needs().length;
   }
   t.ok(needs <= shards, `${needs} NEEDs for ${shards} shards`);
+});
+
+t.test('fixtures/fec/shards.json needs: encodeNeed reproduces every NEED byte for byte, parseNeed reads them back', async (t) => {
+  const doc = JSON.parse(readFileSync(new URL('../../fixtures/fec/shards.json', import.meta.url), 'utf8')) as {
+    needs: Array<{ name: string; id: number; k: number; n: number; need: number; hex: string; wireHex: string }>;
+  };
+  t.ok(doc.needs.length >= 3);
+  for (const x of doc.needs) {
+    const b = encodeNeed(x);
+    t.equal(Buffer.from(b).toString('hex'), x.hex, x.name);
+    t.equal('00' + Buffer.from(shardsOnLine([b])).toString('hex'), x.wireHex, `${x.name}: wire`);
+    t.same(parseNeed(Buffer.from(x.hex, 'hex')), { id: x.id, k: x.k, n: x.n, need: x.need });
+  }
 });
