@@ -817,6 +817,13 @@ export class ShardCollector {
       this.#giveUp(id, g);
       return;
     }
+    // Little of it came (a stray shard under a new id, or a frame mostly lost): not asked for; it
+    // is given up when a later frame comes together, or at a long pause.
+    if (g.shards.size < Math.min(3, g.k) || 2 * g.shards.size < g.k) {
+      g.fresh = false;
+      g.silent = 1;
+      return;
+    }
     g.fresh = false;
     g.needs++;
     this.stats.needsSent = (this.stats.needsSent ?? 0) + 1;
@@ -851,6 +858,12 @@ export class ShardCollector {
     for (const [oid, o] of this.#groups) {
       if (oid === id && o === g) break;
       if (o.done) continue;
+      // Nothing is held behind a frame of which little came (a stranger's or a damaged shard
+      // under a new id, or a frame mostly lost): it is given up now.
+      if (o.shards.size < Math.min(3, o.k) || 2 * o.shards.size < o.k) {
+        this.#giveUp(oid, o);
+        continue;
+      }
       behind = true;
       if (++o.later >= GIVE_UP_AFTER) this.#giveUp(oid, o);
     }
@@ -926,13 +939,19 @@ export class ShardCollector {
         this.#close(oldest, og);
       }
     }
+    g.top = Math.max(g.top, sh.index);
+    g.ok++;
     if (this.#harq) {
       // A sender sends a frame's shards in order, and its repairs as soon as it is asked: a shard
-      // of another frame ends what the older ones will get for now. Ask for what they lack.
-      const key = sh.id;
-      for (const [oid, o] of this.#groups) {
-        if (oid === key) break;
-        this.#ask(oid, o);
+      // of another frame ends what the older ones will get for now. Ask for what they lack; from
+      // the second shard of that frame on (or a frame whole at once): a lone damaged shard
+      // "corrected" into another id must not end a frame still coming.
+      if (g.ok >= 2 || g.done) {
+        const key = sh.id;
+        for (const [oid, o] of this.#groups) {
+          if (oid === key) break;
+          this.#ask(oid, o);
+        }
       }
       if (!g.done) {
         g.fresh = true;
@@ -940,8 +959,6 @@ export class ShardCollector {
       }
       this.#release();
     }
-    g.top = Math.max(g.top, sh.index);
-    g.ok++;
     if (g.done || g.shards.has(sh.index) || (g.distrust && sh.corrected)) return undefined;
     if (sh.seen !== 0) g.seen = sh.seen;
     g.shards.set(sh.index, { data: Uint8Array.from(sh.data), corrected: sh.corrected });
