@@ -300,6 +300,7 @@ export class LinkClient {
    * than behind every chunk in flight. Resolves when the last of `bytes` is handed over.
    */
   private write(bytes: Uint8Array, urgent = false): Promise<void> {
+    if (this.closed) return Promise.reject(this.closed);
     return new Promise<void>((resolve, reject) => {
       const job = { bytes, offset: 0, resolve, reject };
       if (urgent) this.writeQueue.unshift(job);
@@ -522,6 +523,8 @@ export class LinkClient {
     this.closed = e;
     for (const p of this.pending.values()) p.reject(e);
     this.pending.clear();
+    // Bytes not yet handed to the transport never will be: their writers hear it now.
+    for (const job of this.writeQueue.splice(0)) job.reject(e);
   }
 }
 
