@@ -864,6 +864,9 @@ export class ShardCollector {
         this.#giveUp(oid, o);
         continue;
       }
+      // Nor behind one a NEED seldom brings: not of a code of 255, or on a line that loses more
+      // than 1 shard in 5 (there its loss goes back at once, as without NEEDs).
+      if (o.n < MAX_SHARDS || 5 * o.ok < 4 * (o.top + 1)) continue;
       behind = true;
       if (++o.later >= GIVE_UP_AFTER) this.#giveUp(oid, o);
     }

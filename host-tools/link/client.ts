@@ -242,9 +242,7 @@ export class LinkClient {
     const harq = this.harq !== 'no' && frame.length > HARQ_ABOVE;
     const found = (harq ? planShardsHarq(frame.length - 2, lambda) : undefined) ?? planShardsAtMost(frame.length - 2, lambda);
     if (!found) return frame;
-    // A large frame is sent as part of the whole code (n = 255) even with a plan without NEED
-    // rounds: if the device asks, there are more shards to send instead of the frame again.
-    const plan = harq && found.send === undefined ? { ...found, n: 255, send: found.n } : found;
+    const plan = found;
     this.shardId = (this.shardId + 1) & 0xff;
     const body = cobsDecode(frame.subarray(1, frame.length - 1));
     if (!body) return frame;
