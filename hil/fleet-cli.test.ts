@@ -4,13 +4,16 @@
 import t from 'tap';
 import { readdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { failsWith, qktJson, runQkt } from './e2e-rig.js';
+import { QKT_BIN } from './cli.js';
 
 t.setTimeout(240_000);
 
 t.test('qkt fleet run --json: five terminals, every class, keys agree', async (t) => {
   const r = await qktJson<Record<string, any>>(t, ['fleet', 'run', '--terminals', '5', '--seconds', '1', '--t', '20s', '--seed', '2']);
-  t.same(Object.keys(r).sort(), ['bits', 'classes', 'failures', 'images', 'keyMismatches', 'keysAgree', 'mix', 'mode', 'overall', 'rss', 'seconds', 'seed', 'setupSeconds', 'stationConnections', 'tMs', 'terminals', 'trafficSeconds'].sort());
+  t.same(Object.keys(r).sort(), ['bits', 'classes', 'failures', 'images', 'keyMismatches', 'keysAgree', 'mix', 'mode', 'overall', 'ratePerSecond', 'rss', 'seconds', 'seed', 'setupSeconds', 'station', 'stationConnections', 'store', 'tMs', 'terminals', 'trafficSeconds'].sort());
+  t.same([r['store'], r['station'], r['ratePerSecond']], ['sqlite', 'process', null], 'defaults: the SQLite store, the station in its own process, the classes\' own rates');
   t.equal(r['terminals'], 5);
   t.equal(r['bits'], 131_072);
   t.same(r['mix'], { A: 1, B: 1, C: 1, D: 1, E: 1 });
@@ -37,11 +40,31 @@ t.test('qkt fleet run: the human table, and --home keeps the state', async (t) =
   t.notMatch(r.stdout + r.stderr, /[0-9a-f]{64}/, 'no key material');
 });
 
+t.test('qkt fleet run --rate 1/T --store files --station inline: the pool-image store, the station in process', async (t) => {
+  const r = await qktJson<Record<string, any>>(t, ['fleet', 'run', '--terminals', '2', '--seconds', '3', '--t', '500ms', '--rate', '1/T', '--store', 'files', '--station', 'inline', '--mix', 'D:1']);
+  t.same([r['store'], r['station'], r['ratePerSecond']], ['files', 'inline', 2], '1/T with T = 0.5 s: 2 messages a second each');
+  t.ok(r['overall'].messages >= 4 && r['overall'].messages <= 30, `${r['overall'].messages} messages (about 12 expected)`);
+  t.equal(r['overall'].failed, 0);
+  t.equal(r['keysAgree'], true);
+});
+
+t.test('qkt fleet run: more terminals than the open-file limit allows connections is refused first', (t) => {
+  const r = spawnSync('bash', ['-c', `ulimit -n 600 && exec "${process.execPath}" "${QKT_BIN}" fleet run --terminals 500 --seconds 1`], { encoding: 'utf8' });
+  t.equal(r.status, 2);
+  t.match(r.stderr, /^qkt: 500 terminals need about 756 open files \(a connection each\), and this process may open 600: raise it \(ulimit -n\)/);
+  t.end();
+});
+
 t.test('qkt fleet run: usage mistakes exit 2 with the reason', async (t) => {
   const cases: Array<[string[], RegExp]> = [
     [['--terminals', '0'], /--terminals must be a whole number from 1 to 20000, got "0"/],
     [['--terminals', '20001'], /--terminals must be a whole number from 1 to 20000/],
     [['--terminals', '3', '--mix', 'A:1,F:2'], /--mix: F is not a user class/],
+    [['--terminals', '3', '--store', 'mysql'], /--store must be sqlite or files, got "mysql"/],
+    [['--terminals', '3', '--station', 'remote'], /--station must be process or inline, got "remote"/],
+    [['--terminals', '3', '--rate', '0'], /--rate must be messages per terminal/],
+    [['--terminals', '3', '--rate', '1/h'], /--rate must be messages per terminal/],
+    [['--terminals', '3', '--rate', '5000'], /--rate must be messages per terminal/],
     [['--terminals', '3', '--mix', 'A:0'], /--mix: at least one class needs a weight above 0/],
     [['--terminals', '3', '--seconds', '0'], /--seconds must be a duration/],
     [['--terminals', '3', '--bits', '12kbit', '--seconds', '30'], /--bits 12 kbit lasts class A about 0 s/],

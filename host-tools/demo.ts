@@ -21,7 +21,7 @@ import { collectReceipts } from './kmd/collect.js';
 import { Carrier } from './carrier/carrier.js';
 import { injectBatch } from './link/inject.js';
 import { Station } from './station/station.js';
-import { StationStore } from './station/store.js';
+import { openStationStore } from './station/open-store.js';
 import { openLinkRig } from './bench/link-rig.js';
 import type { RigTransport } from './bench/link-rig.js';
 import { LinkClient } from './link/client.js';
@@ -97,7 +97,7 @@ export async function runDemo(o: { transport: RigTransport; keep?: string; messa
 
     // 3. The field visit: each terminal's module, plugged in one by one.
     const results: DemoTerminal[] = [];
-    const station = new Station(new StationStore(home.path('station')));
+    const station = new Station(openStationStore(home.path('station')));
     let ok = true;
     let transport = '';
     const flashes: NorFlash[] = [];

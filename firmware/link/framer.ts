@@ -17,13 +17,22 @@ export interface FramerStats {
   droppedBytes: number;
 }
 
+/** Bytes a Deframer holds between frames (it grows to its largest frame while one comes). */
+const SMALL_BUFFER = 512;
+
 export class Deframer {
   readonly maxBody: number;
   readonly stats: FramerStats = { frames: 0, corrupt: 0, oversize: 0, droppedBytes: 0 };
   /** Frames that come as FEC shards (docs/protocol.md 2.6) are put together here. */
   readonly shards: ShardCollector;
   private readonly viaShards = new WeakSet<Uint8Array>();
-  private readonly encoded: Uint8Array;
+  /**
+   * The frame being received, COBS-encoded. It starts small and grows to the largest frame's size
+   * only while a frame needs it (back to small after it): a host holding thousands of links (a
+   * fleet) does not hold a 64 KiB buffer for each one's idle line.
+   */
+  private encoded: Uint8Array;
+  private readonly capacity: number;
   private length = 0;
   /** Set after an overflow: everything up to the next 0x00 belongs to the oversize frame. */
   private discarding = false;
@@ -44,7 +53,8 @@ export class Deframer {
       throw new RangeError(`maxBody must be an integer >= ${MIN_BODY_SIZE}`);
     }
     this.maxBody = maxBody;
-    this.encoded = new Uint8Array(cobsMaxEncodedLength(maxBody));
+    this.capacity = cobsMaxEncodedLength(maxBody);
+    this.encoded = new Uint8Array(Math.min(this.capacity, SMALL_BUFFER));
     this.shards = new ShardCollector(maxBody, undefined, options);
   }
 
@@ -80,6 +90,11 @@ export class Deframer {
       this.stats.droppedBytes += n;
       return;
     }
+    if (this.length + n > this.encoded.length && this.length + n <= this.capacity) {
+      const grown = new Uint8Array(Math.min(this.capacity, Math.max(2 * this.encoded.length, this.length + n)));
+      grown.set(this.encoded.subarray(0, this.length));
+      this.encoded = grown;
+    }
     if (this.length + n > this.encoded.length) {
       // Oversize: drop what we hold and the rest of this frame, up to the next delimiter.
       this.stats.oversize++;
@@ -111,6 +126,7 @@ export class Deframer {
   private finish(): Uint8Array | undefined {
     if (this.discarding) {
       this.discarding = false;
+      if (this.encoded.length > SMALL_BUFFER) this.encoded = new Uint8Array(SMALL_BUFFER);
       return undefined;
     }
     const n = this.length;
@@ -118,6 +134,7 @@ export class Deframer {
     if (n === 0) return undefined; // back-to-back delimiters are idle fill, not an error
     const body = new Uint8Array(n);
     const len = cobsDecodeInto(this.encoded, n, body);
+    if (this.encoded.length > SMALL_BUFFER) this.encoded = new Uint8Array(SMALL_BUFFER);
     if (len > 0 && body[0] === NEED_MARK) {
       // A NEED (2.6): the peer asks for more shards of a frame. Never a frame (0xFD is no version).
       const need = parseNeed(body.subarray(0, len));

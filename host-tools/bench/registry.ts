@@ -27,6 +27,8 @@ import type { TrafficBenchResult } from './traffic.js';
 import { benchCrypto, formatCryptoBench } from './crypto.js';
 import type { CryptoBenchResult } from './crypto.js';
 import type { NoiseBenchResult } from './noise.js';
+import { benchFleet, formatFleetBench } from './fleet.js';
+import type { FleetBenchResult } from './fleet.js';
 
 export interface BenchOptions {
   quick: boolean;
@@ -92,6 +94,11 @@ export const benchmarks: Record<string, Benchmark> = {
   fuzz: {
     run: (o) => benchFuzz({ inputs: o.quick ? 20_000 : 1_000_000, ...(o.seed !== undefined ? { seed: o.seed } : {}), log: o.log }),
     format: (r) => formatFuzzBench(r as FuzzBenchResult),
+  },
+  fleet: {
+    run: (o) => benchFleet({ quick: o.quick, ...(o.seed !== undefined ? { seed: o.seed } : {}), log: o.log }),
+    format: (r) => formatFleetBench(r as FleetBenchResult),
+    onlyWhenNamed: true,
   },
   traffic: {
     run: (o) => benchTraffic({ seconds: o.quick ? 5 : 30, ...(o.seed !== undefined ? { seed: o.seed } : {}), log: o.log }),

@@ -16,7 +16,7 @@ import { enrollTerminal } from '../kmd/enroll.js';
 import { exportBatch, readOutbox } from '../kmd/export.js';
 import { ensurePki, pkiDir } from '../kmd/serve.js';
 import { Station } from '../station/station.js';
-import { StationStore } from '../station/store.js';
+import { openStationStore } from '../station/open-store.js';
 import { startStationServer } from '../station/serve.js';
 import { ensureStationServerCert, issueStationClientCert, readClientPems, serverNames } from '../station/certs.js';
 import { connectStation } from '../station/connect.js';
@@ -65,7 +65,7 @@ export async function benchStation(o: { uplinks?: number; handshakes?: number; l
       // In process: the station's own work (read keys, verify, take them durably, activate).
       // Each series starts with one untimed uplink: it mounts the pool and activates the batch.
       const [warm, ...first] = await uplinks(n + 1);
-      const store = new StationStore(home.path('station'));
+      const store = openStationStore(home.path('station'));
       const station = new Station(store);
       station.openUplink('T1', warm!);
       let t0 = performance.now();

@@ -119,13 +119,15 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['kmd', 'init'],
     summary: 'create a new KMD in a home folder',
-    usage: 'qkt kmd init --home H [--qkd fixed|bb84-decoy|bb84-vacuum-weak|mdi] [--rate 11kbit/s | --km N [--pulse-rate 1GHz]] [--stock 9Mbit]',
+    usage: 'qkt kmd init --home H [--qkd fixed|bb84-decoy|bb84-vacuum-weak|mdi] [--rate 11kbit/s | --km N [--pulse-rate 1GHz]] [--stock 9Mbit] [--station-store files|sqlite|postgres] [--db URL]',
     examples: [
       'qkt kmd init --home ./kmd',
       'qkt kmd init --home ./kmd --rate 11kbit/s --stock 9Mbit',
       'qkt kmd init --home ./kmd --rate 1Mbit/s',
       'qkt kmd init --home ./kmd --qkd bb84-decoy --km 50 --pulse-rate 1GHz   # 222595 bit/s',
       'qkt kmd init --home ./kmd --qkd mdi --km 100 --pulse-rate 50MHz',
+      'qkt kmd init --home ./kmd --station-store sqlite   # one database for thousands of terminals',
+      'PGPASSWORD=... qkt kmd init --home ./kmd --db postgres://qkt@127.0.0.1/qkt   # the station store in PostgreSQL',
     ],
     options: {
       home: { ...home, description: 'the new KMD home folder (must not hold a KMD yet)' },
@@ -139,6 +141,13 @@ export const commands: readonly CommandSpec[] = [
       km: { type: 'string', value: 'N', description: 'length of the QKD link in km (with --qkd other than fixed; required there)' },
       'pulse-rate': { type: 'string', value: 'HZ', description: "the QKD source's pulse rate, in Hz or with a unit (1GHz, 50MHz)", defaultText: '1GHz' },
       stock: { type: 'string', value: 'N', description: 'key already in stock at creation: bits, or with a unit (9Mbit)', defaultText: '0' },
+      'station-store': {
+        type: 'string',
+        value: 'KIND',
+        description: "the master station's key store: files (a 2 MiB pool image per terminal), sqlite (one database file, keys in 1 KiB rows: for fleets of thousands) or postgres (the database --db names; one station service per database, other commands beside it); docs/station.md",
+        defaultText: 'files (postgres with --db)',
+      },
+      db: { type: 'string', value: 'URL', description: 'the PostgreSQL database of a postgres station store: postgres://user@host:port/database, the password from PGPASSWORD or ~/.pgpass, not the command line (kept in station/database.url, mode 0600; the tables are made if absent)' },
     },
     load: () => import('./commands/kmd.js').then((m) => m.kmdInit),
   },
@@ -264,13 +273,14 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['station', 'run'],
     summary: 'run the master station on mutual TLS: open terminal uplinks with the pre-applied keys, seal downlinks',
-    usage: 'qkt station run --home H --listen [tls:]HOST:PORT [--san NAME...] [--inbox-max 64MiB]',
+    usage: 'qkt station run --home H --listen [tls:]HOST:PORT [--san NAME...] [--inbox-max 64MiB] [--max-connections 4096]',
     examples: ['qkt station run --home ./kmd --listen 127.0.0.1:7200', 'qkt station run --home ./kmd --listen 0.0.0.0:7200 --san station.grid.example', 'qkt station run --home ./kmd --listen 127.0.0.1:7200 --inbox-max 1GiB'],
     options: {
       home,
       listen: { type: 'string', value: '[tls:]HOST:PORT', description: 'address to serve on (port 0: any free port, printed when ready)' },
       san: { type: 'string', multiple: true, value: 'NAME', description: "another DNS name or IP address for the station's server certificate; once per name", defaultText: 'the --listen host' },
       'inbox-max': { type: 'string', value: 'SIZE', description: 'rotate inbox.jsonl past this size (64KiB to 64GiB, with its unit), keeping 4 older files (.1 newest)', defaultText: '64MiB' },
+      'max-connections': { type: 'string', value: 'N', description: 'connections open at once (1 to 1000000); one per terminal, so a fleet needs its size; beyond it new ones are turned away', defaultText: '4096' },
     },
     required: ['listen'],
     load: () => import('./commands/station.js').then((m) => m.default),
@@ -350,7 +360,7 @@ export const commands: readonly CommandSpec[] = [
   {
     path: ['fleet', 'run'],
     summary: "N emulated terminals in this process, enrolled and loaded through the KMD and a carrier, each sending a user class's traffic to one station; a table per class",
-    usage: 'qkt fleet run --terminals N [--mix A:1,B:1,C:1,D:1,E:1] [--bits 128kbit] [--seconds 30] [--t 60s] [--seed S] [--home DIR] [--json]',
+    usage: 'qkt fleet run --terminals N [--mix A:1,B:1,C:1,D:1,E:1] [--bits 128kbit] [--seconds 30] [--t 60s] [--seed S] [--home DIR] [--store sqlite|files] [--rate R] [--station process|inline] [--json]',
     examples: ['qkt fleet run --terminals 100', 'qkt fleet run --terminals 1000 --seconds 20 --mix D:1,E:4 --json', 'qkt fleet run --terminals 10 --home ./fleet-state'],
     options: {
       terminals: { type: 'string', value: 'N', description: 'how many terminals (1 to 20000), each an emulated module with its own image, keys and class' },
@@ -360,6 +370,9 @@ export const commands: readonly CommandSpec[] = [
       t: { type: 'string', value: 'DURATION', description: 'the interval unit T the class rates are given in', defaultText: '60s' },
       seed: { type: 'string', value: 'S', description: 'seed of the class deal and of the message times and contents', defaultText: '1' },
       home: { type: 'string', value: 'DIR', description: 'keep the KMD home, carrier, flash images (as files) and certificates in DIR (new or empty)', defaultText: 'a temporary folder, images in memory, removed' },
+      store: { type: 'string', value: 'KIND', description: "the station's key store: sqlite (one database, group commit) or files (a 2 MiB pool image per terminal, as `kmd init` makes by default)", defaultText: 'sqlite' },
+      rate: { type: 'string', value: 'R', description: 'messages per terminal: per second (1, 0.5), or N/s, N/min, N/T (1/T: one per interval T); each class keeps its message shapes and shares', defaultText: "each class's own rates (docs/traffic.md)" },
+      station: { type: 'string', value: 'WHERE', description: 'process: the real `qkt station run` in a process of its own (RSS per terminal is then the terminals\' alone); inline: in this process', defaultText: 'process' },
     },
     required: ['terminals'],
     load: () => import('./commands/fleet.js').then((m) => m.default),
@@ -483,9 +496,9 @@ export const commands: readonly CommandSpec[] = [
   },
   {
     path: ['bench'],
-    summary: 'benchmarks (link, flash, inject, lifetime, download, station, multiclient, start, fuzz, crypto, traffic, noise): a markdown table, or JSON with --json',
-    usage: 'qkt bench [link|flash|inject|lifetime|download|station|multiclient|start|fuzz|crypto|traffic|noise]... [--quick] [--bytes N] [--seed N] [--rates LIST] [--timeout SECONDS] [--zmodem-timeout SECONDS] [--out DIR] [--json]',
-    examples: ['qkt bench link', 'qkt bench link --json', 'qkt bench --out docs/bench', 'qkt bench flash --quick', 'qkt bench lifetime --json', 'qkt bench start', 'qkt bench fuzz --seed 7', 'qkt bench crypto --json', 'qkt bench traffic', 'qkt bench noise --bytes 131072 --rates 0.01%,0.1% --seed 7'],
+    summary: 'benchmarks (link, flash, inject, lifetime, download, station, multiclient, start, fuzz, crypto, traffic, noise, fleet): a markdown table, or JSON with --json',
+    usage: 'qkt bench [link|flash|inject|lifetime|download|station|multiclient|start|fuzz|crypto|traffic|noise|fleet]... [--quick] [--bytes N] [--seed N] [--rates LIST] [--timeout SECONDS] [--zmodem-timeout SECONDS] [--out DIR] [--json]',
+    examples: ['qkt bench link', 'qkt bench link --json', 'qkt bench --out docs/bench', 'qkt bench flash --quick', 'qkt bench lifetime --json', 'qkt bench start', 'qkt bench fuzz --seed 7', 'qkt bench crypto --json', 'qkt bench traffic', 'qkt bench noise --bytes 131072 --rates 0.01%,0.1% --seed 7', 'qkt bench fleet --json'],
     options: {
       quick: flag('smaller sizes and fewer repeats (a smoke run, not figures to quote)'),
       bytes: { type: 'string', value: 'N', description: 'bytes to move per case (link, inject, download, multiclient, crypto); noise: key bytes in the batch', defaultText: "each benchmark's own (inject: 1 MiB)" },
@@ -495,7 +508,7 @@ export const commands: readonly CommandSpec[] = [
       out: { type: 'string', value: 'DIR', description: 'also write DIR/NAME.json and DIR/NAME.md per benchmark', defaultText: 'stdout only' },
       seed: { type: 'string', value: 'N', description: 'seed (0 to 4294967295) of the fuzz inputs (the same seed sends the same inputs), of the line noise, and of the traffic and network draws', defaultText: 'fuzz: a new one each run, reported; noise, traffic: 1' },
     },
-    positionals: { name: 'NAME', description: 'benchmarks to run (default: all but noise, which takes an hour or more)' },
+    positionals: { name: 'NAME', description: 'benchmarks to run (default: all but noise and fleet, which take an hour or more)' },
     load: () => import('./commands/bench.js').then((m) => m.default),
   },
 ];

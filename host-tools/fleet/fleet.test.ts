@@ -42,7 +42,7 @@ t.test('the mix: parsed strictly, dealt in proportion, seeded', async (t) => {
 });
 
 t.test('a dozen terminals: every class, every message opened, the keys agree', async (t) => {
-  const r = await runFleet({ terminals: 12, seconds: 2, tMs: 20_000, seed: 3 });
+  const r = await runFleet({ terminals: 12, seconds: 2, tMs: 20_000, seed: 3, station: 'inline' });
   t.equal(r.terminals, 12);
   t.same(r.classes.map((c) => c.class), ['A', 'B', 'C', 'D', 'E'], 'every class of the default mix present');
   t.equal(r.classes.reduce((s, c) => s + c.terminals, 0), 12);
@@ -65,7 +65,7 @@ t.test('--home keeps everything, images as files; a folder holding something is 
   const dir = mkdtempSync(join(tmpdir(), 'qkt-fleet-test-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const home = join(dir, 'fleet');
-  const r = await runFleet({ terminals: 2, seconds: 0.5, tMs: 6_000, home, mix: parseMix('D:1') });
+  const r = await runFleet({ terminals: 2, seconds: 0.5, tMs: 6_000, home, mix: parseMix('D:1'), station: 'inline' });
   t.equal(r.home, home);
   t.equal(r.images.where, 'files');
   t.same(readdirSync(join(home, 'images')).filter((f) => f.endsWith('.img')).sort(), ['T00001.img', 'T00002.img']);

@@ -4,7 +4,7 @@
 // user class drawn from a mix to one station service on loopback mutual TLS. Measures the traffic
 // per class and overall, the setup time and the process' memory per terminal, and checks that
 // every module consumed exactly the key bits the station consumed for it.
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, statfsSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statfsSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
@@ -32,9 +32,12 @@ import { formatBits } from '../units.js';
 import type { ClassId, TrafficResult } from '../station/traffic.js';
 import { InputError } from '../input-error.js';
 import { compactGeometry } from './image.js';
+import type { StationStoreKind } from '../station/open-store.js';
+import { spawn } from 'node:child_process';
+import { qktBin } from '../bench/start.js';
 
 export const CLASS_IDS: readonly ClassId[] = ['A', 'B', 'C', 'D', 'E'];
-/** Most terminals one fleet run takes (one process; the station's store is one folder per terminal). */
+/** Most terminals one fleet run takes (one process). */
 export const MAX_FLEET_TERMINALS = 20_000;
 /** The paper's five user classes, evenly. */
 export const DEFAULT_MIX = 'A:1,B:1,C:1,D:1,E:1';
@@ -104,6 +107,19 @@ export interface FleetOptions {
   deadlineMs?: number;
   /** Terminals set up at once (inject, certificate, TLS handshake; default 8). */
   concurrency?: number;
+  /** The station's key store (default 'sqlite': one database; 'files': a 2 MiB pool image per terminal). */
+  store?: StationStoreKind;
+  /**
+   * Messages a second each terminal sends (its class's message shapes, at this rate in all);
+   * default its class's own rates (docs/traffic.md).
+   */
+  ratePerSecond?: number;
+  /**
+   * Where the station runs: 'process' (default), the real `qkt station run` in a process of its
+   * own (the fleet's RSS is then the terminals' alone, and the two use both cores), or 'inline',
+   * in this process.
+   */
+  station?: 'process' | 'inline';
   onProgress?: (phase: FleetPhase, done: number, total: number) => void;
   signal?: AbortSignal;
 }
@@ -133,6 +149,12 @@ export interface FleetResult {
   seed: number;
   /** Each module's flash: in this process' memory, or files in the kept home. */
   images: { where: 'memory' | 'files'; bytes: number; sectors: number; sectorSize: number };
+  /** The station's key store: one SQLite database, or a pool image per terminal. */
+  store: StationStoreKind;
+  /** Where the station ran: its own process (`qkt station run`), or this one. */
+  station: 'process' | 'inline';
+  /** Messages a second per terminal asked for (null: each class's own rates). */
+  ratePerSecond: number | null;
   /** TLS connections to the station: one per terminal (the station admits a terminal only on its own certificate). */
   stationConnections: number;
   setupSeconds: number;
@@ -159,9 +181,71 @@ interface Member {
   result?: TrafficResult;
 }
 
+/** This process' limit of open files (Linux: /proc/self/limits), or undefined where it cannot be read. */
+function openFileLimit(): number | undefined {
+  try {
+    const m = /^Max open files\s+(\d+|unlimited)/m.exec(readFileSync('/proc/self/limits', 'utf8'));
+    return m && m[1] !== 'unlimited' ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+interface StationProcess {
+  address: string;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+/**
+ * `qkt station run` on the fleet's KMD home, in a process of its own (bin/qkt.js of this build),
+ * ready when it prints its ready document. Its log (a line per uplink) is dropped; a failure
+ * before ready carries the log's end.
+ */
+async function startStationProcess(homeDir: string, maxConnections: number): Promise<StationProcess> {
+  const child = spawn(process.execPath, [qktBin(), 'station', 'run', '--home', homeDir, '--listen', '127.0.0.1:0', '--max-connections', String(maxConnections), '--json'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, QKT_PARENT_PID: String(process.pid) },
+  });
+  let err = '';
+  child.stderr.setEncoding('utf8').on('data', (d: string) => {
+    if (err.length < 4096) err += d;
+  });
+  const exited = new Promise<void>((r) => child.once('exit', () => r()));
+  const stop = async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+    const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+    await exited;
+    clearTimeout(t);
+  };
+  try {
+    const address = await new Promise<string>((resolve, reject) => {
+      let out = '';
+      child.stdout.setEncoding('utf8').on('data', (d: string) => {
+        out += d;
+        const nl = out.indexOf('\n');
+        if (nl < 0) return;
+        try {
+          resolve(String((JSON.parse(out.slice(0, nl)) as { listen: unknown }).listen));
+        } catch (e) {
+          reject(e as Error);
+        }
+      });
+      void exited.then(() => reject(new Error(`the station process ended before it was ready: ${err.trim().slice(-400)}`)));
+    });
+    child.stdout.resume();
+    return { address, pid: child.pid!, stop };
+  } catch (e) {
+    await stop();
+    throw e;
+  }
+}
+
 /** Run `fn` over `items`, at most `limit` at once. */
-/** Bytes of one terminal's pool image in the station's store (a full-size 2 MiB chip image). */
+/** Bytes of one terminal's pool image in the station's file store (a full-size 2 MiB chip image). */
 const STATION_POOL_IMAGE_BYTES = 2 * 1024 * 1024;
+/** Bytes of one terminal in the SQLite store, besides its keys: rows, index, log. */
+const STATION_ROW_BYTES = 16 * 1024;
 
 async function bounded<T>(items: readonly T[], limit: number, fn: (x: T, i: number) => Promise<void>, signal?: AbortSignal): Promise<void> {
   let next = 0;
@@ -278,22 +362,34 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
   const dir = o.home !== undefined ? prepareHome(o.home) : mkdtempSync(join(tmpdir(), 'qkt-fleet-'));
   const geometry = compactGeometry(bits);
   const classes = assignClasses(n, mix, seed);
+  const storeKind: StationStoreKind = o.store ?? 'sqlite';
+  const stationWhere = o.station ?? 'process';
+  let stationChild: StationProcess | undefined;
   const width = String(n).length;
   const members: Member[] = [];
   let server: StationServer | undefined;
   try {
-    // 0. Room: each terminal's station pool image is 2 MiB on disk (the station's store keeps a
-    //    full-size pool per terminal), and with --home its module image too. Refused before
-    //    anything is made rather than failing at terminal 9,000 with the disk full.
+    // 0. Room: in the file store each terminal's station pool image is 2 MiB on disk (a
+    //    full-size pool per terminal), in the SQLite store its keys and a few rows; with --home
+    //    its module image too. Refused before anything is made rather than failing at terminal
+    //    9,000 with the disk full.
+    // Open files: a connection per terminal here (and one in the station's process).
+    const files = openFileLimit();
+    if (files !== undefined && n + 256 > files) {
+      throw new InputError(`${n} terminals need about ${n + 256} open files (a connection each), and this process may open ${files}: raise it (ulimit -n) or run fewer --terminals`);
+    }
     const fs = statfsSync(dir);
     const free = fs.bavail * fs.bsize;
-    const need = n * (STATION_POOL_IMAGE_BYTES + (o.home !== undefined ? geometry.size : 0) + 64 * 1024);
+    const perStation = storeKind === 'files' ? STATION_POOL_IMAGE_BYTES : bits / 8 + STATION_ROW_BYTES;
+    const need = n * (perStation + (o.home !== undefined ? geometry.size : 0) + 64 * 1024);
     if (need > free) {
-      throw new InputError(`${n} terminals need about ${(need / 2 ** 30).toFixed(1)} GiB in ${o.home ?? tmpdir()} (a 2 MiB station pool each), and it has ${(free / 2 ** 30).toFixed(1)} GiB free: fewer --terminals, or --home on a bigger disk`);
+      throw new InputError(
+        `${n} terminals need about ${(need / 2 ** 30).toFixed(1)} GiB in ${o.home ?? tmpdir()} (${storeKind === 'files' ? 'a 2 MiB station pool each' : 'their keys at the station'}), and it has ${(free / 2 ** 30).toFixed(1)} GiB free: fewer --terminals, or --home on a bigger disk`,
+      );
     }
     // 1. The KMD.
     // The supply's buffer holds the whole stock (its default, 2^30 bits, is 8,192 terminals at 128 kbit).
-    const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: supply, stockBits: bits * n, capacityBits: Math.max(2 ** 30, bits * n) });
+    const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: supply, stockBits: bits * n, capacityBits: Math.max(2 ** 30, bits * n), stationStore: storeKind });
     const cert = await home.locked(async () => {
       await ensurePki(home);
       return ensureStationServerCert(pkiDir(home), serverNames('127.0.0.1'));
@@ -368,8 +464,14 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
     // 6. The station service, and one connection per terminal: the station admits a terminal's
     //    uplinks only on that terminal's own certificate, so connections cannot be shared. At most
     //    8 handshakes at once (the service evicts beyond 16 in progress from one address).
-    server = await startStationServer({ stationDir: home.path('station'), listen: 'tls:127.0.0.1:0', tls: cert.pems, maxConnections: n + 64 });
-    const address = server.address;
+    let address: string;
+    if (stationWhere === 'inline') {
+      server = await startStationServer({ stationDir: home.path('station'), listen: 'tls:127.0.0.1:0', tls: cert.pems, maxConnections: n + 64 });
+      address = server.address;
+    } else {
+      stationChild = await startStationProcess(home.dir, n + 64);
+      address = stationChild.address;
+    }
     let connected = 0;
     await bounded(
       members,
@@ -386,7 +488,9 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
 
     // The traffic: every terminal at once.
     const durationMs = o.seconds * 1000;
-    const total = members.reduce((s, m) => s + expectedMessages(CLASSES[m.cls], { tMs, durationMs }), 0);
+    // At --rate, each class's message kinds keep their shares and are scaled to R a second in all.
+    const scaleOf = (c: ClassId): number | undefined => (o.ratePerSecond === undefined ? undefined : (o.ratePerSecond * tMs) / 1000 / CLASSES[c].kinds.reduce((a, k) => a + k.perT, 0));
+    const total = members.reduce((s, m) => s + expectedMessages(CLASSES[m.cls], { tMs, durationMs, ...(scaleOf(m.cls) !== undefined ? { scale: scaleOf(m.cls)! } : {}) }), 0);
     // Bounded samples of the access delays, per class and over all (a long run of a large fleet).
     const delays = new Map<ClassId, DelaySample>(CLASS_IDS.map((c, i) => [c, new DelaySample(seed + i)]));
     const allDelays = new DelaySample(seed ^ 0xa11);
@@ -403,6 +507,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
           durationMs,
           seed: (seed * 1_000_003 + i) >>> 0,
           mode: 'otp',
+          ...(scaleOf(m.cls) !== undefined ? { scale: scaleOf(m.cls)! } : {}),
           supplyBitsPerSecond: supply,
           deadlineMs,
           onMessage: () => progress('traffic', ++done, Math.max(total, done)),
@@ -440,6 +545,9 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       tMs,
       seed,
       images: { where: o.home !== undefined ? 'files' : 'memory', bytes: geometry.size, sectors: geometry.size / geometry.sectorSize, sectorSize: geometry.sectorSize },
+      store: storeKind,
+      station: stationWhere,
+      ratePerSecond: o.ratePerSecond ?? null,
       stationConnections: n,
       setupSeconds: round3(setupSeconds),
       trafficSeconds: round3(trafficSeconds),
@@ -462,6 +570,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       }
     }
     await server?.close().catch(() => undefined);
+    await stationChild?.stop();
     if (o.home === undefined) rmSync(dir, { recursive: true, force: true });
   }
 }

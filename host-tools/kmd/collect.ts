@@ -9,7 +9,7 @@ import type { KmdHome } from './home.js';
 import { stationStore } from './export.js';
 import { compactTerminal } from './compact.js';
 import { StationStoreError } from '../station/store.js';
-import type { StationStore } from '../station/store.js';
+import type { StationKeyStore } from '../station/store.js';
 
 export interface CollectResult {
   carrierId: string;
@@ -33,11 +33,11 @@ export interface CollectResult {
  * (finished by the carrier's scan if cut). A false receipt is journalled `rejected` on the carrier
  * before it is moved to quarantine (the move is finished by the carrier's scan if cut).
  */
-export function collectReceipts(home: KmdHome, carrier: Carrier, o: { station?: StationStore } = {}): CollectResult {
+export function collectReceipts(home: KmdHome, carrier: Carrier, o: { station?: StationKeyStore } = {}): CollectResult {
   return home.lockedSync(() => collectLocked(home, carrier, o));
 }
 
-function collectLocked(home: KmdHome, carrier: Carrier, o: { station?: StationStore }): CollectResult {
+function collectLocked(home: KmdHome, carrier: Carrier, o: { station?: StationKeyStore }): CollectResult {
   const station = o.station ?? stationStore(home);
   const result: CollectResult = { carrierId: carrier.carrierId, collected: [], rejected: [], activatedBits: 0, retired: [] };
   const done: string[] = [];

@@ -5,7 +5,7 @@
 import { existsSync } from 'node:fs';
 import type { BatchRecord, KmdHome, PrunedHistory, TerminalRecord } from './home.js';
 import { outboxFile } from './export.js';
-import type { StationStore } from '../station/store.js';
+import type { StationKeyStore } from '../station/store.js';
 
 /** Final batches kept in full per terminal (the newest, by seq): enough to see recent history. */
 export const FINAL_KEPT = 64;
@@ -18,7 +18,7 @@ export function emptyHistory(): PrunedHistory {
  * Fold the terminal's oldest final batches into its counters, holding the home's lock; saves the
  * record only if it changed. Returns how many records were folded.
  */
-export function compactTerminal(home: KmdHome, station: StationStore, terminalId: string, keep = FINAL_KEPT): number {
+export function compactTerminal(home: KmdHome, station: StationKeyStore, terminalId: string, keep = FINAL_KEPT): number {
   return home.lockedSync(() => {
     const t = home.terminal(terminalId);
     const named = new Set(Object.values(station.state(terminalId).batches).map((b) => b.batchId));

@@ -19,7 +19,7 @@ import { flashLockOptions } from '../flash-lock.js';
 import { voidBatches } from './void.js';
 import type { VoidResult } from './void.js';
 import type { KmdHome, TerminalRecord } from './home.js';
-import type { StationStore } from '../station/store.js';
+import type { StationKeyStore } from '../station/store.js';
 
 /**
  * How a new image is made: its geometry (default the module's 2 MiB chip) and the pool's capacity
@@ -189,13 +189,13 @@ export type ReenrollStep = 'image' | 'voided' | 'record';
  * A cut after 2 or 3 leaves a blank (or reset) image and a re-run does it again (a generation is
  * skipped); after 4 the image holds the KMD's key, and a re-run says the module is live.
  */
-export function reenrollTerminal(home: KmdHome, terminalId: string, flashPath: string, o: { station?: StationStore; afterStep?: (s: ReenrollStep) => void } = {}): ReenrollResult {
+export function reenrollTerminal(home: KmdHome, terminalId: string, flashPath: string, o: { station?: StationKeyStore; afterStep?: (s: ReenrollStep) => void } = {}): ReenrollResult {
   checkId('terminal', terminalId);
   checkImageFolder(flashPath);
   return home.lockedSync(() => withLockSync(flashPath, flashLockOptions(flashPath), () => reenrollLocked(home, terminalId, resolve(flashPath), o)));
 }
 
-function reenrollLocked(home: KmdHome, terminalId: string, path: string, o: { station?: StationStore; afterStep?: (s: ReenrollStep) => void }): ReenrollResult {
+function reenrollLocked(home: KmdHome, terminalId: string, path: string, o: { station?: StationKeyStore; afterStep?: (s: ReenrollStep) => void }): ReenrollResult {
   if (!home.hasTerminal(terminalId)) {
     throw new KmdError(`terminal ${terminalId} is not enrolled at this KMD; enrol it first: qkt kmd enroll --home ${home.dir} --terminal ${terminalId} --flash FILE (without --again)`, 'NOT_ENROLLED');
   }

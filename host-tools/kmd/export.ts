@@ -8,7 +8,8 @@ import { randomBytes } from 'node:crypto';
 import { sealBatch, DEFAULT_CHUNK_SIZE } from '../../firmware/crypto/batch.js';
 import type { Purpose } from '../../firmware/crypto/batch.js';
 import { writeFileAtomic } from '../fs-atomic.js';
-import { StationStore } from '../station/store.js';
+import type { StationKeyStore } from '../station/store.js';
+import { openStationStore } from '../station/open-store.js';
 import { KmdError } from './home.js';
 import type { BatchRecord, KmdHome, TerminalRecord } from './home.js';
 import { PoolError } from '../../firmware/keypool/errors.js';
@@ -48,12 +49,12 @@ export function outboxFile(home: KmdHome, terminalId: string, batchIdHex: string
   return home.path('outbox', `${terminalId}-${batchIdHex}.qkb`);
 }
 
-export function stationStore(home: KmdHome): StationStore {
-  return new StationStore(home.path('station'));
+export function stationStore(home: KmdHome): StationKeyStore {
+  return openStationStore(home.path('station'));
 }
 
 /** Create one sealed batch of `bits` for `terminalId` (exportBatches with one terminal). */
-export function exportBatch(home: KmdHome, terminalId: string, bits: number, o: { purpose?: Purpose; station?: StationStore } = {}): ExportedBatch {
+export function exportBatch(home: KmdHome, terminalId: string, bits: number, o: { purpose?: Purpose; station?: StationKeyStore } = {}): ExportedBatch {
   return exportBatches(home, [terminalId], bits, o)[0]!;
 }
 
@@ -75,7 +76,7 @@ function checkBits(bits: number): void {
  *    into the outbox. A crash after that burns the batch (its seq is never handed out again); a
  *    crash before it leaves only a staged reservation, dropped by the next export.
  */
-export function exportBatches(home: KmdHome, terminalIds: readonly string[], bits: number, o: { purpose?: Purpose; station?: StationStore } = {}): ExportedBatch[] {
+export function exportBatches(home: KmdHome, terminalIds: readonly string[], bits: number, o: { purpose?: Purpose; station?: StationKeyStore } = {}): ExportedBatch[] {
   checkBits(bits);
   const twice = terminalIds.find((id, i) => terminalIds.indexOf(id) !== i);
   if (twice !== undefined) throw new InputError(`terminal ${twice} is named twice; one batch per terminal and export`);
@@ -142,7 +143,7 @@ export function exportBatches(home: KmdHome, terminalIds: readonly string[], bit
   });
 }
 
-function commitOne(home: KmdHome, supply: ReturnType<KmdHome['supply']>, station: StationStore, p: { t: TerminalRecord; batchId: Uint8Array; seq: number }, bits: number, purpose: Purpose): ExportedBatch {
+function commitOne(home: KmdHome, supply: ReturnType<KmdHome['supply']>, station: StationKeyStore, p: { t: TerminalRecord; batchId: Uint8Array; seq: number }, bits: number, purpose: Purpose): ExportedBatch {
   const { t, batchId } = p;
   const batchIdHex = Buffer.from(batchId).toString('hex');
   let supplied;
@@ -176,7 +177,7 @@ function commitOne(home: KmdHome, supply: ReturnType<KmdHome['supply']>, station
  * True if every batch of the terminal that holds room at the station is one the terminal holds and
  * uses (collected, delivered): then no plain `kmd void` or `kmd collect` frees anything.
  */
-function roomHeldInUse(home: KmdHome, station: StationStore, t: TerminalRecord): boolean {
+function roomHeldInUse(home: KmdHome, station: StationKeyStore, t: TerminalRecord): boolean {
   const named = new Map(Object.values(station.state(t.terminalId).batches).map((b) => [b.batchId, b]));
   const states = batchStates(t, {
     inOutbox: (b) => existsSync(outboxFile(home, t.terminalId, b.batchId)),

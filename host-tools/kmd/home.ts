@@ -3,6 +3,9 @@
 // 0700 and files 0600 (secret-file.ts); every file is replaced atomically (fs-atomic.ts), so a
 // crash leaves the old state or the new. Every change is made holding the home's lock
 // (`kmd.lock` inside it, host-tools/lock.ts): one writer at a time, whatever the process.
+import { DB_URL_FILE, checkDbUrl, openStationStore } from '../station/open-store.js';
+import type { StationStoreKind } from '../station/open-store.js';
+import { SQL_STORE_FILE, SqlStationStore } from '../station/sql-store.js';
 import { existsSync, readdirSync, chmodSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -164,6 +167,17 @@ export function serveLockOptions(dir: string): LockOptions {
   return { what: `KMD service of ${dir}`, file: join(dir, 'serve.lock'), waitMs: 0 };
 }
 
+export interface KmdInitOptions {
+  rateBitsPerSecond: number;
+  stockBits?: number;
+  capacityBits?: number;
+  link?: SupplyLink;
+  stationStore?: StationStoreKind;
+  /** The PostgreSQL database of a 'postgres' station store (postgres://user:password@host:port/db). */
+  stationDb?: string;
+  now?: () => number;
+}
+
 export class KmdHome {
   private constructor(
     readonly dir: string,
@@ -175,18 +189,25 @@ export class KmdHome {
    * `stockBits`: key already accrued from the QKD link when the KMD starts (default none); `link`:
    * the QKD link model the rate comes from, recorded in supply.json (default a fixed rate).
    */
-  /** `capacityBits`: the supply's buffer (default 2^30 bits); a fleet's stock may need more. */
-  static init(dir: string, o: { rateBitsPerSecond: number; stockBits?: number; capacityBits?: number; link?: SupplyLink; now?: () => number }): KmdHome {
+  /**
+   * `capacityBits`: the supply's buffer (default 2^30 bits); a fleet's stock may need more.
+   * `stationStore`: the kind of station store (default 'files', a pool image per terminal;
+   * 'sqlite', one database file for a fleet; 'postgres', the database `stationDb` names).
+   */
+  static init(dir: string, o: KmdInitOptions): KmdHome {
     const abs = resolve(dir);
     if (existsSync(join(abs, 'kmd.json'))) throw new KmdError(`${abs} already holds a KMD`, 'EXISTS');
+    // A PostgreSQL store's server must answer (and take its tables) before anything is made here.
+    if (o.stationStore === 'postgres') new SqlStationStore(join(abs, 'station'), { url: checkDbUrl(o.stationDb ?? '') }).close();
     mkdirSecret(abs);
     chmodSync(abs, SECRET_DIR_MODE);
     return withLockSync(abs, homeLockOptions(abs), () => KmdHome.initLocked(abs, o));
   }
 
-  private static initLocked(abs: string, o: { rateBitsPerSecond: number; stockBits?: number; capacityBits?: number; link?: SupplyLink; now?: () => number }): KmdHome {
+  private static initLocked(abs: string, o: KmdInitOptions): KmdHome {
     if (existsSync(join(abs, 'kmd.json'))) throw new KmdError(`${abs} already holds a KMD`, 'EXISTS');
     for (const d of ['terminals', 'carriers', 'outbox', 'station']) mkdirSecret(join(abs, d));
+    if (o.stationStore === 'sqlite' || o.stationStore === 'postgres') openStationStore(join(abs, 'station'), { create: o.stationStore, ...(o.stationDb !== undefined ? { url: o.stationDb } : {}) }).close();
     const now = o.now ?? Date.now;
     const config: KmdConfig = {
       format: KMD_FORMAT,
@@ -287,6 +308,7 @@ export class KmdHome {
       ...list('carriers').filter((f) => f.endsWith('.json')),
       ...list('outbox').filter((f) => f.endsWith('.qkb')),
       ...list('station').map((d) => join(d, 'pool.img')),
+      ...[SQL_STORE_FILE, `${SQL_STORE_FILE}-wal`, `${SQL_STORE_FILE}-shm`, DB_URL_FILE].map((f) => this.path('station', f)),
       this.path('station', 'inbox.jsonl'),
       this.path('sae-keys.json'),
       ...list('pki').filter((f) => f.endsWith('.key')),

@@ -22,7 +22,7 @@ import { LockBusyError, lockSync } from '../lock.js';
 import type { Lock } from '../lock.js';
 import { StationStoreError } from '../station/store.js';
 import { DEFAULT_MAX_KEY_BITS } from '../../firmware/keypool/key-pool.js';
-import type { StationStore } from '../station/store.js';
+import type { StationKeyStore } from '../station/store.js';
 import type { SupplyAccount } from './supply.js';
 
 export interface KmdStatus {
@@ -72,7 +72,7 @@ export interface BatchStatus {
   voidReason?: string;
 }
 
-export function kmdStatus(home: KmdHome, o: { lockWaitMs?: number; station?: StationStore } = {}): KmdStatus {
+export function kmdStatus(home: KmdHome, o: { lockWaitMs?: number; station?: StationKeyStore } = {}): KmdStatus {
   const station = o.station ?? stationStore(home);
   try {
     let held: Lock | undefined;
@@ -124,7 +124,7 @@ export function kmdStatus(home: KmdHome, o: { lockWaitMs?: number; station?: Sta
   }
 }
 
-function readLedger(home: KmdHome, station: StationStore): { supply: KmdStatus['supply']; terminals: TerminalRecord[]; batches: BatchStatus[]; damaged: DamagedEntry[] } {
+function readLedger(home: KmdHome, station: StationKeyStore): { supply: KmdStatus['supply']; terminals: TerminalRecord[]; batches: BatchStatus[]; damaged: DamagedEntry[] } {
   let supply: KmdStatus['supply'];
   try {
     supply = home.supply().account();
@@ -135,7 +135,7 @@ function readLedger(home: KmdHome, station: StationStore): { supply: KmdStatus['
   const outbox = new Set(existsSync(home.path('outbox')) ? readdirSync(home.path('outbox')) : []);
   const damaged: DamagedEntry[] = [];
   const terminals: TerminalRecord[] = [];
-  const stations = new Map<string, ReturnType<StationStore['state']>>();
+  const stations = new Map<string, ReturnType<StationKeyStore['state']>>();
   for (const id of home.terminalIds()) {
     const file = home.path('terminals', `${id}.json`);
     if (!isId(id)) {
@@ -172,7 +172,7 @@ function readLedger(home: KmdHome, station: StationStore): { supply: KmdStatus['
   return { supply, terminals, batches, damaged };
 }
 
-function poolRoom(station: StationStore, terminalId: string): TerminalStatus['station'] {
+function poolRoom(station: StationKeyStore, terminalId: string): TerminalStatus['station'] {
   try {
     const s = station.status(terminalId);
     return { storedKeyBits: s.storedKeyBits, maxKeyBits: s.maxKeyBits, freeKeyBits: s.maxKeyBits - s.storedKeyBits, batches: s.batches.length + (s.staging ? 1 : 0) };

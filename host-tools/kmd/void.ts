@@ -9,7 +9,7 @@ import { batchStates, IN_USE_STATES } from './batch-state.js';
 import { compactTerminal } from './compact.js';
 import type { BatchState } from './batch-state.js';
 import { StationStoreError } from '../station/store.js';
-import type { StationStore } from '../station/store.js';
+import type { StationKeyStore } from '../station/store.js';
 
 /** Reasons are short words for the ledger and the audit trail, never free text. */
 const REASON_RE = /^[a-z0-9][a-z0-9-]{0,31}$/;
@@ -23,7 +23,7 @@ export interface VoidOptions {
   /** Void collected or delivered batches too (the terminal holds and uses them). */
   inUse?: boolean;
   /** The station store already open in this process. */
-  station?: StationStore;
+  station?: StationKeyStore;
   /** Called after each step (tests make it throw, as a crash there would stop the void). */
   afterStep?: (step: VoidStep, batchId: string) => void;
 }
@@ -56,7 +56,7 @@ export interface VoidResult {
  * 1. ledger: every chosen batch is marked void in the terminal record, in one atomic write. From
  *    here on no carrier load, download or collect uses it;
  * 2. its sealed batch is removed from the outbox;
- * 3. its keys at the station are wiped and its room freed (StationStore.voidBatch).
+ * 3. its keys at the station are wiped and its room freed (StationKeyStore.voidBatch).
  *
  * A cut after step 1 leaves void batches with an outbox file or station keys left; every later
  * void of that terminal (with or without `batch`) finishes those steps first. Voiding the station
@@ -76,7 +76,7 @@ export function voidBatches(home: KmdHome, terminalId: string, o: VoidOptions = 
   });
 }
 
-function voidLocked(home: KmdHome, terminalId: string, reason: string, station: StationStore, o: VoidOptions): VoidResult {
+function voidLocked(home: KmdHome, terminalId: string, reason: string, station: StationKeyStore, o: VoidOptions): VoidResult {
   const t = home.terminal(terminalId);
   const named = new Map(Object.values(stationNames(station, terminalId)).map((b) => [b.batchId, b]));
   const states = batchStates(t, {
@@ -148,6 +148,6 @@ function voidLocked(home: KmdHome, terminalId: string, reason: string, station: 
 }
 
 /** The station's names of the terminal's batches (state.json, replaced atomically: read without a lock). */
-export function stationNames(station: StationStore, terminalId: string): ReturnType<StationStore['state']>['batches'] {
+export function stationNames(station: StationKeyStore, terminalId: string): ReturnType<StationKeyStore['state']>['batches'] {
   return station.state(terminalId).batches;
 }

@@ -2,11 +2,11 @@
 // the same way by the running station (serve.ts) and by `qkt station status --home H`, which reads
 // the store itself.
 import { USAGE_DAYS } from './store.js';
-import type { StationStore } from './store.js';
+import type { StationKeyStore } from './store.js';
 import type { StationForecast, StationTerminalRow } from './client.js';
 
 /** The row of `terminalId`; `generation` is its device generation at the KMD (null: not enrolled, or its record damaged). */
-export function accountRow(store: StationStore, terminalId: string, generation: number | null, now = Date.now()): StationTerminalRow {
+export function accountRow(store: StationKeyStore, terminalId: string, generation: number | null, now = Date.now()): StationTerminalRow {
   const account = store.account(terminalId);
   return { terminalId, generation, ...account, lastUplink: store.lastUplink(terminalId), forecast: forecast(store.usageDays(terminalId), account.storedKeyBits, now) };
 }

@@ -9,7 +9,8 @@
 // the caller's client certificate (certs.ts roleOf): a terminal its own UPLINK and DOWNLINK and
 // its own STATUS row, an operator STATUS; anything else is DENIED before a key is read, and a
 // connection whose certificate names no station role is closed at once.
-import { appendFileSync, existsSync, lstatSync, renameSync, statSync } from 'node:fs';
+import { appendFileSync, closeSync, constants as fsConstants, existsSync, fstatSync, lstatSync, openSync, readSync, renameSync, statSync } from 'node:fs';
+import { sha256 } from '@noble/hashes/sha2.js';
 import { dirname, join } from 'node:path';
 import { Dispatcher } from '../../firmware/link/dispatch.js';
 import type { CommandGroup } from '../../firmware/link/dispatch.js';
@@ -31,7 +32,9 @@ import { Station, StationError } from './station.js';
 import { roleOf } from './certs.js';
 import { accountRow } from './accounts.js';
 import type { StationRole } from './certs.js';
-import { StationStore, StationStoreError, stationServiceLockOptions } from './store.js';
+import { StationStoreError, stationServiceLockOptions } from './store.js';
+import type { StationKeyStore } from './store.js';
+import { openStationStore } from './open-store.js';
 import { LockBusyError, lockSync } from '../lock.js';
 import { isId, MAX_RECORD_BYTES } from '../kmd/home.js';
 import { DamagedFileError, readJsonFile } from '../json-file.js';
@@ -160,20 +163,71 @@ export interface StationServer {
 }
 
 export async function startStationServer(o: StationServerOptions): Promise<StationServer> {
-  const store = new StationStore(o.stationDir);
-  const serviceLock = lockSync(o.stationDir, stationServiceLockOptions(o.stationDir));
+  const store = openStationStore(o.stationDir);
+  let serviceLock: ReturnType<typeof lockSync> | undefined;
   try {
-    return await serveStore(store, o, () => serviceLock.release());
+    serviceLock = lockSync(o.stationDir, stationServiceLockOptions(o.stationDir));
+    // One service files a database's uplinks (the inbox lines it holds): on PostgreSQL, where
+    // another home or machine may name the same database, the database says who (a lock held
+    // for the service's life, on its connection).
+    if (store.claimService && !store.claimService()) {
+      const e = new LockBusyError(`the station database of ${o.stationDir}`, 'pg_advisory_lock', undefined);
+      e.message = 'another station service (qkt station run, on another home or machine) uses this PostgreSQL database: one service per database files its uplinks';
+      throw e;
+    }
+    const lock = serviceLock;
+    return await serveStore(store, o, () => lock.release());
   } catch (e) {
-    serviceLock.release();
+    serviceLock?.release();
+    store.close();
     throw e;
   }
+}
+
+/**
+ * The ids of the inbox's lines at or above `minId` (SQL stores' lines begin `{"id":N,`), read
+ * backwards from the end of inbox.jsonl, and of inbox.jsonl.1 when the inbox does not reach back
+ * that far (a rotation), until a line below `minId`. Only regular files are read (a FIFO or a
+ * device put there is not opened for a blocking read).
+ */
+export function filedIdsSince(inbox: string, minId: number): Set<number> {
+  const ids = new Set<number>();
+  for (const f of [inbox, `${inbox}.1`]) {
+    let fd: number | undefined;
+    try {
+      fd = openSync(f, fsConstants.O_RDONLY | fsConstants.O_NONBLOCK | fsConstants.O_NOFOLLOW);
+      const st = fstatSync(fd);
+      if (!st.isFile()) continue;
+      let end = st.size;
+      let carry = '';
+      while (end > 0) {
+        const len = Math.min(end, 256 * 1024);
+        const buf = Buffer.alloc(len);
+        readSync(fd, buf, 0, len, end - len);
+        end -= len;
+        const lines = (buf.toString('utf8') + carry).split('\n');
+        carry = end > 0 ? lines.shift()! : '';
+        for (let i = lines.length - 1; i >= 0; i--) {
+          const m = /^\{"id":(\d+),/.exec(lines[i]!);
+          if (!m) continue;
+          const id = Number(m[1]);
+          if (id < minId) return ids;
+          ids.add(id);
+        }
+      }
+    } catch {
+      // absent or unreadable: look further back
+    } finally {
+      if (fd !== undefined) closeSync(fd);
+    }
+  }
+  return ids;
 }
 
 /** The caller of one connection, as its verified certificate says (undefined: no station role). */
 type Caller = StationRole | undefined;
 
-async function serveStore(store: StationStore, o: StationServerOptions, unlock: () => void): Promise<StationServer> {
+async function serveStore(store: StationKeyStore, o: StationServerOptions, unlock: () => void): Promise<StationServer> {
   const stationDir = o.stationDir;
   const log = o.log ?? (() => undefined);
   const counters: StationCounters = { handshakeFailures: 0, denied: 0, connections: 0, noRole: 0, evicted: 0, idleClosed: 0 };
@@ -184,6 +238,11 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
   const logEvicted = rateLimited(log);
   const logGeneration = rateLimited(log);
   const station = new Station(store);
+  store.onGroupFailure = (e) => {
+    // The uplinks of that turn were refused (their keys are unused again): no session keeps one.
+    station.forgetSessions();
+    log(`station: a store commit failed, its uplinks refused: ${(e as NodeJS.ErrnoException).code ?? e.message}`);
+  };
   const inbox = join(stationDir, 'inbox.jsonl');
   const inboxMax = o.inboxMaxBytes ?? INBOX_MAX_BYTES;
   const sizeOf = (f: string): number | undefined => {
@@ -223,14 +282,74 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
       inboxBytes = sizeOf(inbox) ?? inboxBytes;
       if (inboxBytes > 0 && inboxBytes + line.length > inboxMax) rotate();
     }
-    appendFileSync(inbox, line, { mode: 0o600 });
+    // Appended to a regular file only: a FIFO with no reader, a device or a link put in the
+    // inbox's place fails the write (ENXIO, ELOOP, or below) instead of blocking the service.
+    const fd = openSync(inbox, fsConstants.O_WRONLY | fsConstants.O_APPEND | fsConstants.O_CREAT | fsConstants.O_NONBLOCK | fsConstants.O_NOFOLLOW, 0o600);
+    try {
+      if (!fstatSync(fd).isFile()) throw Object.assign(new Error('the inbox is not a regular file'), { code: 'ENOTREGULAR' });
+      appendFileSync(fd, line);
+    } finally {
+      closeSync(fd);
+    }
     inboxBytes += Buffer.byteLength(line);
   };
+  // SQL stores: the inbox lines come from the store's `opened` rows, in id order. A line written
+  // is marked filed in the next group (no commit of its own) or by the timer. A line that cannot
+  // be written (the inbox taken away, a full disk) stays unfiled in the store, and so do the ones
+  // after it (the inbox stays in id order): the timer files them, oldest first, once it can. At
+  // start, the rows not marked filed are filed unless the inbox already has their ids (the
+  // station died between writing a line and marking it): a line is filed exactly once.
+  let filed: number[] = [];
+  let backlog = false;
+  const markFiled = () => {
+    if (filed.length === 0) return;
+    store.markFiled?.(filed);
+    filed = [];
+  };
+  /** File every unfiled row in id order; false (the backlog stays) if a line cannot be written. */
+  const drainUnfiled = (skipIds?: Set<number>): boolean => {
+    markFiled();
+    for (;;) {
+      const rows = store.unfiled!(1000);
+      if (rows.length === 0) return true;
+      const done: number[] = [];
+      try {
+        for (const r of rows) {
+          if (!skipIds?.has(r.id)) file(`{"id":${r.id},${r.line.slice(1)}\n`);
+          done.push(r.id);
+        }
+      } catch (e) {
+        logInbox(`station: inbox line not written, kept in the store to file later: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        return false;
+      } finally {
+        store.markFiled!(done);
+      }
+    }
+  };
+  if (store.unfiled) {
+    const pending = store.unfiled(1);
+    if (pending.length > 0) {
+      const already = filedIdsSince(inbox, pending[0]!.id);
+      backlog = !drainUnfiled(already);
+      if (already.size > 0 || !backlog) log(`station: filed the uplinks opened before the last stop and not yet in the inbox (${already.size} were there already)`);
+    }
+  }
+  const markTimer = setInterval(() => {
+    // Not while a group is open: its rows are not committed yet (they would be filed, and the
+    // group might still fail).
+    if (store.groupOpen) return;
+    try {
+      if (backlog) backlog = !drainUnfiled();
+      else markFiled();
+    } catch (e) {
+      log(`station: could not mark inbox lines filed: ${(e as Error).message}`);
+    }
+  }, 1000).unref();
   const maxChunk = DEFAULT_LIMITS.maxBody - CHUNK_OVERHEAD;
   const known = (id: string) => {
     // The id names a folder of the store: only plain terminal ids, never a path.
     if (!isId(id)) throw new LinkError(Rc.BAD_REQUEST, 'field "t" must be a terminal id');
-    if (!existsSync(join(stationDir, id, 'pool.img'))) throw new LinkError(Rc.WRONG_TERMINAL, `the station holds no keys for terminal ${id}`);
+    if (!store.hasTerminal(id)) throw new LinkError(Rc.WRONG_TERMINAL, `the station holds no keys for terminal ${id}`);
     return id;
   };
   const guard = <T>(fn: () => T): T => {
@@ -290,19 +409,61 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
         const terminalId = known(entitled(caller, text(p, 't', 32)));
         const m = bytes(p, 'm', maxChunk);
         const { mode, counter } = guard(() => decodeServiceHeader(m).header);
-        const before = station.consumedBits.get(terminalId) ?? 0;
-        const data = guard(() => station.openUplink(terminalId, m));
-        const keyBits = (station.consumedBits.get(terminalId) ?? 0) - before;
-        const at = Date.now();
-        file(JSON.stringify({ at: new Date(at).toISOString(), terminal: terminalId, mode, counter, bytes: data.length, data: Buffer.from(data).toString('base64') }) + '\n');
-        try {
-          store.recordUplink(terminalId, { at, mode, counter, bytes: data.length, keyBits });
-        } catch (e) {
-          // Informational only: the uplink is opened and filed; STATUS shows an older last uplink.
-          log(`station: could not record ${terminalId}'s last uplink: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+        // The keys are taken and the uplink recorded in the store's group: the answer goes
+        // once that is durable (one commit for every uplink of this turn, on the SQL stores).
+        // The SQL stores also hold the inbox line in that commit and know the uplink by its
+        // digest: it is filed exactly once, and a retry after a lost answer (the station died
+        // between commit and answer) gets the same answer. The file store files after its
+        // commit: a crash in between loses the line, never opens a message twice.
+        const digest = store.recordOpened ? sha256(m) : undefined;
+        if (filed.length > 0) {
+          // The lines filed since the last group, marked in this one (a savepoint of their own).
+          const ids = filed;
+          filed = [];
+          store.grouped(() => store.markFiled!(ids)).catch(() => filed.push(...ids));
         }
-        log(`station: ${terminalId} ${mode} uplink, ${data.length} bytes, ${keyBits} key bits`);
-        return { n: data.length, keyBits };
+        return store
+          .grouped(() => {
+            if (digest) {
+              const before = store.openedBefore!(terminalId, digest);
+              if (before) return { answer: { n: before.n, keyBits: before.keyBits } };
+            }
+            const before = station.consumedBits.get(terminalId) ?? 0;
+            const data = guard(() => station.openUplink(terminalId, m));
+            const keyBits = (station.consumedBits.get(terminalId) ?? 0) - before;
+            const at = Date.now();
+            try {
+              store.recordUplink(terminalId, { at, mode, counter, bytes: data.length, keyBits });
+            } catch (e) {
+              // Informational only: the uplink is opened; STATUS shows an older last uplink.
+              log(`station: could not record ${terminalId}'s last uplink: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+            }
+            const line = JSON.stringify({ at: new Date(at).toISOString(), terminal: terminalId, mode, counter, bytes: data.length, data: Buffer.from(data).toString('base64') });
+            data.fill(0);
+            const id = digest ? store.recordOpened!(terminalId, digest, line, data.length, keyBits) : undefined;
+            return { answer: { n: data.length, keyBits }, line, id };
+          })
+          .then(({ answer, line, id }) => {
+            if (line !== undefined) {
+              if (id === undefined) {
+                file(`${line}\n`); // the file store: a line it cannot write fails the answer
+              } else if (!backlog) {
+                // The SQL stores: the uplink is the station's now (committed with its line); a
+                // line that cannot be written waits in the store, and the terminal is answered.
+                try {
+                  file(`{"id":${id},${line.slice(1)}\n`);
+                  filed.push(id);
+                } catch (e) {
+                  backlog = true;
+                  logInbox(`station: inbox line not written, kept in the store to file later: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+                }
+              }
+              log(`station: ${terminalId} ${mode} uplink, ${answer.n} bytes, ${answer.keyBits} key bits`);
+            } else {
+              log(`station: ${terminalId} sent an uplink again that was opened before (its answer was lost): answered again, not opened`);
+            }
+            return answer;
+          });
       },
       [StationCmd.DOWNLINK]: (p) => {
         const terminalId = known(entitled(caller, text(p, 't', 32)));
@@ -403,6 +564,15 @@ async function serveStore(store: StationStore, o: StationServerOptions, unlock: 
     counters,
     close: async () => {
       await l.close();
+      clearInterval(markTimer);
+      try {
+        if (store.groupOpen) {
+          // filed at the next start (it reads which lines the inbox holds)
+        } else if (backlog) drainUnfiled();
+        else markFiled();
+      } catch {
+        // marked at the next start instead (the inbox's ids tell what is filed)
+      }
       station.close();
       unlock();
     },

@@ -6,7 +6,7 @@
 import { cipherOpen, cipherSealMessage, decodeServiceHeader, headerSuite, otpOpen, splitOtpKey, encodeServiceHeader, SessionCipher, SessionKeyState, DEFAULT_SUITE } from '../../firmware/crypto/service.js';
 import type { AeadSuite, KeyRange } from '../../firmware/crypto/service.js';
 import { StationStoreError } from './store.js';
-import type { StationStore } from './store.js';
+import type { StationKeyStore } from './store.js';
 
 export class StationError extends Error {
   constructor(message: string) {
@@ -35,7 +35,7 @@ export class Station {
   readonly consumedBits = new Map<string, number>();
 
   constructor(
-    readonly store: StationStore,
+    readonly store: StationKeyStore,
     private readonly clock: () => number = Date.now,
   ) {}
 
@@ -152,6 +152,15 @@ export class Station {
     const counter = s.sendCounter++;
     const head = encodeServiceHeader({ mode: 'aead', ...(s.suite !== DEFAULT_SUITE ? { suite: s.suite } : {}), keyIds: [sessionKey], counter });
     return cipherSealMessage(s.cipher, counter, plaintext, head, 'down');
+  }
+
+  /**
+   * Wipe and drop every AEAD session: after the store lost changes it had made (a group commit
+   * that failed), a session may hold a key the store still names as unused.
+   */
+  forgetSessions(): void {
+    for (const s of this.sessions.values()) s.cipher.wipe();
+    this.sessions.clear();
   }
 
   close(): void {

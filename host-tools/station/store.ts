@@ -30,7 +30,7 @@ import type { LockOptions } from '../lock.js';
 /** Same layout as a terminal module's pool (secure area left unused), so capacities agree. */
 const STATION_POOL = { secureSectors: 4 };
 
-interface StationState {
+export interface StationState {
   /** poolId -> full batch id and activation. */
   batches: Record<string, { batchId: string; seq: number; bits: number; active: boolean; activatedBy?: 'receipt' | 'first-use' }>;
 }
@@ -52,6 +52,21 @@ const MAX_DATE_MS = 8.64e15;
 const count = (x: unknown): boolean => Number.isSafeInteger(x) && (x as number) >= 0;
 /** Days of key use the forecast looks back on (`station status`). */
 export const USAGE_DAYS = 30;
+
+/** A recorded last uplink as read back (any store), or null if it is not one: whole numbers, a date a Date holds, a mode. */
+export function lastUplinkOf(u: unknown): LastUplink | null {
+  const x = u as Partial<LastUplink> | undefined;
+  const ok =
+    x !== null &&
+    typeof x === 'object' &&
+    count(x.at) &&
+    x.at! <= MAX_DATE_MS &&
+    (x.mode === 'otp' || x.mode === 'aead') &&
+    count(x.counter) &&
+    count(x.bytes) &&
+    count(x.keyBits);
+  return ok ? { at: x.at!, mode: x.mode!, counter: x.counter!, bytes: x.bytes!, keyBits: x.keyBits! } : null;
+}
 
 /** The last uplink the station opened for a terminal (`<terminal>/last-uplink.json`). */
 export interface LastUplink {
@@ -111,7 +126,63 @@ export function stationServiceLockOptions(dir: string): LockOptions {
  */
 export const MAX_MOUNTED_POOLS = 16;
 
-export class StationStore {
+/**
+ * What the station, the KMD and the CLI need of a station store. Two kinds implement it: the
+ * folder of per-terminal pool images (StationStore, below) and the compact SQL store (SQLite or PostgreSQL) for
+ * fleets (SqlStationStore, sql-store.ts); `openStationStore` picks by what the folder holds.
+ */
+export interface StationKeyStore {
+  readonly dir: string;
+  /** 'files' (a pool image per terminal), 'sqlite' (one database file) or 'postgres' (a PostgreSQL database). */
+  readonly kind: 'files' | 'sqlite' | 'postgres';
+  hasTerminal(terminalId: string): boolean;
+  terminalsPage(after: string | undefined, max: number): { ids: string[]; more: boolean };
+  terminals(): string[];
+  state(terminalId: string): StationState;
+  reserve(terminalId: string, h: StationBatchMeta): void;
+  fill(terminalId: string, batchId: Uint8Array, keys: Uint8Array): void;
+  cancel(terminalId: string, batchId: Uint8Array): void;
+  addBatch(terminalId: string, h: StationBatchMeta, keys: Uint8Array): void;
+  retireAbsent(terminalId: string, belowSeq: number, liveHex: ReadonlySet<string>): Array<{ batchId: string; bits: number }>;
+  voidBatch(terminalId: string, batchIdHex: string): number;
+  activate(terminalId: string, batchIdHex: string, by: 'receipt' | 'first-use'): boolean;
+  batch(terminalId: string, batchId: Uint8Array): { active: boolean; poolId: number };
+  holdsBatch(terminalId: string, batchId: Uint8Array): boolean;
+  takeById(terminalId: string, batchId: Uint8Array, bitOffset: number, bytes: number, allowInactive?: boolean): ConsumedKey;
+  peekById(terminalId: string, batchId: Uint8Array, bitOffset: number, bytes: number): Uint8Array;
+  status(terminalId: string): PoolStatus & { active: string[]; inactive: string[] };
+  account(terminalId: string): StationAccount;
+  recordUplink(terminalId: string, u: LastUplink): void;
+  usageDays(terminalId: string): Array<[number, number]>;
+  lastUplink(terminalId: string): LastUplink | null;
+  /**
+   * Run `fn` (the store's operations for one message) so that its changes are durable when the
+   * promise resolves. The file store syncs each operation as it goes (each is atomic); the
+   * SQL stores undo all of `fn`'s changes if it throws, run every `fn` of one event-loop turn in
+   * one transaction, and resolve them all after its one commit (group commit: one fsync for many
+   * messages).
+   */
+  grouped<T>(fn: () => T): Promise<T>;
+  /**
+   * SQL stores only: opened uplinks recorded with their inbox lines in the transaction that took
+   * their keys, so a message is filed exactly once and a retry after a lost answer gets the same
+   * answer (sql-store.ts). The file store files after the fact: a crash in between loses the line.
+   */
+  openedBefore?(terminalId: string, digest: Uint8Array): { n: number; keyBits: number } | undefined;
+  recordOpened?(terminalId: string, digest: Uint8Array, line: string, n: number, keyBits: number): number;
+  unfiled?(max?: number): Array<{ id: number; line: string }>;
+  markFiled?(ids: readonly number[]): void;
+  /** SQL stores: a group's transaction is open (its changes not committed yet). */
+  readonly groupOpen?: boolean;
+  /** PostgreSQL store: hold the database's service lock for this process' life; false if another holds it. */
+  claimService?(): boolean;
+  /** Called when a group's commit failed and its changes were undone (SQL stores). */
+  onGroupFailure?: ((e: Error) => void) | undefined;
+  close(): void;
+}
+
+export class StationStore implements StationKeyStore {
+  readonly kind = 'files' as const;
   /** Mounted pools, least recently used first. */
   private readonly pools = new Map<string, Mount>();
   /** Terminals with an operation running (nested ones counted): never unmounted to make room. */
@@ -601,17 +672,16 @@ export class StationStore {
       if (e instanceof DamagedFileError) return null;
       throw e;
     }
-    const x = u as Partial<LastUplink> | undefined;
-    const ok =
-      x !== null &&
-      typeof x === 'object' &&
-      count(x.at) &&
-      x.at! <= MAX_DATE_MS &&
-      (x.mode === 'otp' || x.mode === 'aead') &&
-      count(x.counter) &&
-      count(x.bytes) &&
-      count(x.keyBits);
-    return ok ? { at: x.at!, mode: x.mode!, counter: x.counter!, bytes: x.bytes!, keyBits: x.keyBits! } : null;
+    return lastUplinkOf(u);
+  }
+
+  /** Each operation of the file store is synced as it runs: `fn`'s changes are durable when it returns. */
+  grouped<T>(fn: () => T): Promise<T> {
+    try {
+      return Promise.resolve(fn());
+    } catch (e) {
+      return Promise.reject(e as Error);
+    }
   }
 
   close(): void {

@@ -26,9 +26,21 @@ export default defineCommand<FleetResult>({
     const seed = int(v, 'seed', 0, 0xffff_ffff) ?? 1;
     const bits = bitsOption(v, 'bits');
     const home = str(v, 'home');
+    const store = str(v, 'store') ?? 'sqlite';
+    const station = str(v, 'station') ?? 'process';
+    if (station !== 'process' && station !== 'inline') throw new CliError(`--station must be process or inline, got ${JSON.stringify(station)}`, Exit.USAGE);
+    const rateText = str(v, 'rate');
+    let ratePerSecond: number | undefined;
+    if (rateText !== undefined) {
+      const per = /^\s*(\d+(?:\.\d+)?)\s*(?:\/\s*(s|min|t|T))?\s*$/.exec(rateText);
+      const x = per ? Number(per[1]) / (per[2] === 'min' ? 60 : per[2] === 't' || per[2] === 'T' ? tS : 1) : NaN;
+      if (!(x > 0 && x <= 1000)) throw new CliError(`--rate must be messages per terminal: a number per second above 0 and up to 1000, or N/s, N/min, N/T (1/T: one per interval T), got ${JSON.stringify(rateText)}`, Exit.USAGE);
+      ratePerSecond = x;
+    }
+    if (store !== 'sqlite' && store !== 'files') throw new CliError(`--store must be sqlite or files, got ${JSON.stringify(store)}`, Exit.USAGE);
     let o: FleetOptions;
     try {
-      o = { terminals: n, seconds, tMs: tS * 1000, seed, mix: parseMix(str(v, 'mix') ?? DEFAULT_MIX), ...(bits !== undefined ? { bits } : {}), ...(home !== undefined ? { home } : {}) };
+      o = { terminals: n, seconds, tMs: tS * 1000, seed, mix: parseMix(str(v, 'mix') ?? DEFAULT_MIX), store, station, ...(ratePerSecond !== undefined ? { ratePerSecond } : {}), ...(bits !== undefined ? { bits } : {}), ...(home !== undefined ? { home } : {}) };
       checkFleetOptions(o);
     } catch (e) {
       if (e instanceof InputError) throw new CliError(e.message, Exit.USAGE);
@@ -55,7 +67,7 @@ export default defineCommand<FleetResult>({
     const line = (x: FleetRow) =>
       `| ${x.class === 'all' ? 'all' : `${x.class} ${CLASSES[x.class].name}`} | ${x.terminals} | ${x.messages} | ${x.delivered} | ${x.late} | ${x.failed} | ${sec(x.accessDelayMs?.median)} | ${sec(x.accessDelayMs?.p99)} | ${(x.cipherBitsPerSecondPerTerminal / 1000).toFixed(2)} | ${x.keyUseRatePerTerminal.toFixed(3)} |`;
     return [
-      `qkt fleet: ${r.terminals} terminals in one process, ${formatBits(r.bits)} each (images of ${r.images.sectors} sectors, ${r.images.bytes / 1024} KiB, in ${r.images.where}), ${r.stationConnections} mutual-TLS connections to one station; OTP, T = ${r.tMs / 1000} s, ${r.seconds} s of traffic`,
+      `qkt fleet: ${r.terminals} terminals in one process, ${formatBits(r.bits)} each (images of ${r.images.sectors} sectors, ${r.images.bytes / 1024} KiB, in ${r.images.where}), ${r.stationConnections} mutual-TLS connections to one station (${r.station === 'process' ? 'its own process' : 'in this process'}, its keys ${r.store === 'sqlite' ? 'in one SQLite database' : 'in a pool image per terminal'}); OTP, T = ${r.tMs / 1000} s, ${r.ratePerSecond !== null ? `${+r.ratePerSecond.toPrecision(4)} messages/s per terminal, ` : ''}${r.seconds} s of traffic`,
       '',
       '| class | terminals | messages | opened in time | late | failed | delay median s | delay p99 s | cipher kbit/s per terminal | key use rate per terminal |',
       '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',

@@ -17,6 +17,7 @@ import { SUPPLY_MODELS } from '../../kmd/supply.js';
 import type { SupplyLink, SupplyModelName } from '../../kmd/supply.js';
 import { QKD_MODEL_KINDS, cutoffKm, perPulseRate } from '../../kmd/qkd-model.js';
 import { printable } from '../../peer-text.js';
+import { checkDbUrl } from '../../station/open-store.js';
 
 export interface InitCliResult {
   kmdId: string;
@@ -26,6 +27,8 @@ export interface InitCliResult {
   stockBits: number;
   /** Where the rate comes from: `fixed`, or a QKD model with the figures it was computed from. */
   link: SupplyLink;
+  /** The station store's kind: `files` (a pool image per terminal) or `sqlite` (one database). */
+  stationStore: 'files' | 'sqlite' | 'postgres';
 }
 
 export const kmdInit = defineCommand<InitCliResult>({
@@ -33,10 +36,22 @@ export const kmdInit = defineCommand<InitCliResult>({
     const link = supplyLinkOptions(v);
     const rate = link.model === 'fixed' ? (rateOption(v, 'rate') ?? 11_000) : Math.floor(link.perPulse! * link.pulseRateHz!);
     const stock = bitsOption(v, 'stock') ?? 0;
-    const home = kmdCli(() => KmdHome.init(homeDir(v), { rateBitsPerSecond: rate, stockBits: stock, link }));
-    return { kmdId: home.config.kmdId, home: home.dir, rateBitsPerSecond: rate, stockBits: stock, link };
+    const db = str(v, 'db');
+    const stationStore = str(v, 'station-store') ?? (db !== undefined ? 'postgres' : 'files');
+    if (stationStore !== 'files' && stationStore !== 'sqlite' && stationStore !== 'postgres') throw new CliError(`--station-store must be files, sqlite or postgres, got ${JSON.stringify(stationStore)}`, Exit.USAGE);
+    if (stationStore === 'postgres' && db === undefined) throw new CliError('--station-store postgres needs --db postgres://user@host:port/database', Exit.USAGE);
+    if (db !== undefined && stationStore !== 'postgres') throw new CliError(`--db is the database of a postgres station store, not of ${stationStore}`, Exit.USAGE);
+    if (db !== undefined) {
+      try {
+        checkDbUrl(db);
+      } catch (e) {
+        throw new CliError((e as Error).message, Exit.USAGE);
+      }
+    }
+    const home = kmdCli(() => KmdHome.init(homeDir(v), { rateBitsPerSecond: rate, stockBits: stock, link, stationStore, ...(db !== undefined ? { stationDb: db } : {}) }));
+    return { kmdId: home.config.kmdId, home: home.dir, rateBitsPerSecond: rate, stockBits: stock, link, stationStore };
   },
-  render: (r) => `KMD ${r.kmdId} created in ${r.home}, key supply ${r.rateBitsPerSecond} bit/s${describeLink(r.link)}${r.stockBits ? `, ${formatBits(r.stockBits)} in stock` : ''}`,
+  render: (r) => `KMD ${r.kmdId} created in ${r.home}, key supply ${r.rateBitsPerSecond} bit/s${describeLink(r.link)}${r.stockBits ? `, ${formatBits(r.stockBits)} in stock` : ''}${r.stationStore === 'sqlite' ? ', station store in one SQLite database' : r.stationStore === 'postgres' ? ', station store in PostgreSQL' : ''}`,
 });
 
 /** The default pulse rate of a QKD source (docs/cli.md "qkt kmd init"): a GHz-clocked one. */

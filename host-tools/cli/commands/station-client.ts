@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { CliError, defineCommand, Exit, int, str } from '../command.js';
 import type { Values } from '../command.js';
 import { openKmd } from '../home.js';
-import { StationStore } from '../../station/store.js';
+import { openStationStore } from '../../station/open-store.js';
 import { accountRow } from '../../station/accounts.js';
 import { connectDevice } from '../../link/session.js';
 import { LinkClient } from '../../link/client.js';
@@ -115,7 +115,7 @@ function storeStatus(v: Values): StationStatusResult {
     }
   };
   if (!existsSync(dir)) return { station: dir, terminals: [] };
-  const store = new StationStore(dir);
+  const store = openStationStore(dir);
   try {
     return { station: dir, terminals: store.terminals().map((id) => jsonRow(accountRow(store, id, generation(id)))) };
   } finally {

@@ -1,6 +1,6 @@
 // `qkt station run`: the master station service on mutual TLS (see host-tools/station/serve.ts,
 // docs/station.md). Its server certificate comes from the KMD home's CA, issued here when needed.
-import { defineCommand, str, strs, CliError, Exit } from '../command.js';
+import { defineCommand, int, str, strs, CliError, Exit } from '../command.js';
 import { openKmd } from '../home.js';
 import { startStationServer } from '../../station/serve.js';
 import { ensureStationServerCert, serverNames } from '../../station/certs.js';
@@ -37,7 +37,8 @@ export default defineCommand({
       inboxMaxBytes = Math.floor(bits / 8);
       if (inboxMaxBytes < 64 * 1024 || inboxMaxBytes > 64 * 2 ** 30) throw new CliError(`--inbox-max must be a size from 64KiB to 64GiB, got ${JSON.stringify(maxText)}`, Exit.USAGE);
     }
-    const server = await startStationServer({ stationDir: home.path('station'), listen, tls, log: io.log, ...(inboxMaxBytes ? { inboxMaxBytes } : {}) });
+    const maxConnections = int(v, 'max-connections', 1, 1_000_000);
+    const server = await startStationServer({ stationDir: home.path('station'), listen, tls, log: io.log, ...(inboxMaxBytes ? { inboxMaxBytes } : {}), ...(maxConnections !== undefined ? { maxConnections } : {}) });
     const ready = {
       event: 'ready',
       listen: server.address,
@@ -48,6 +49,14 @@ export default defineCommand({
       inbox: home.path('station', 'inbox.jsonl'),
       pid: process.pid,
     };
+    // Started by `qkt fleet run --station process` (QKT_PARENT_PID): it stops when that process
+    // is gone, even by SIGKILL, instead of serving on with no one to stop it.
+    const parent = Number(process.env['QKT_PARENT_PID']);
+    if (Number.isSafeInteger(parent) && parent > 1) {
+      setInterval(() => {
+        if (process.ppid !== parent) process.kill(process.pid, 'SIGTERM');
+      }, 500).unref();
+    }
     io.ready(ready, `master station on ${server.address} (mutual TLS; clients need a certificate from qkt station cert), keys from ${ready.store}; Ctrl-C to stop`);
     await io.stopped;
     await server.close();
