@@ -322,11 +322,53 @@ const RESEND_FACTOR = 2;
 /**
  * The n >= k + 1 (at most 255) that costs the fewest shards per frame delivered when each
  * shard arrives with probability q, counting what a lost frame costs (RESEND_FACTOR), and the
- * probability p that k of those n arrive.
+ * probability p that a receiver puts the frame together from those n: at least k of them
+ * arrive, and at most `budget` of the k data shards are among the lost (a receiver solves for no
+ * more, solveBudget: further parity shards do not help it then).
  */
-function shardsFor(k: number, q: number): { n: number; p: number } {
+function shardsFor(k: number, q: number, budget = k): { n: number; p: number } {
   if (q >= 1) return { n: Math.min(MAX_SHARDS, k + 1), p: 1 };
   if (q <= 0) return { n: MAX_SHARDS, p: 0 };
+  const b = Math.max(0, Math.min(k, budget));
+  const lq = Math.log(q);
+  const lr = Math.log(1 - q);
+  // lostData[m]: P(exactly m of the k data shards are lost), for the m a receiver solves for.
+  const lostData: number[] = [];
+  let solvable = 0;
+  for (let m = 0; m <= b; m++) solvable += lostData[m] = binomPmf(k, m, lr, lq);
+  if (b === k || solvable > 1 - 1e-9) return shardsForAll(k, q);
+  // Parity shards sent so far: exact[j] = P(exactly j of them arrive) for j <= b, and above the
+  // chance that more than b do. P(frame) = sum over m of lostData[m] * P(at least m parity arrive).
+  const exact = new Array<number>(b + 1).fill(0);
+  exact[0] = 1;
+  let above = 0;
+  let best = { n: MAX_SHARDS, p: 0 };
+  let bestCost = Infinity;
+  for (let n = k; n <= MAX_SHARDS; n++) {
+    if (n > k) {
+      // One more parity shard.
+      above += exact[b]! * q;
+      for (let j = b; j > 0; j--) exact[j] = exact[j]! * (1 - q) + exact[j - 1]! * q;
+      exact[0] = exact[0]! * (1 - q);
+      let atLeast = above;
+      let p = 0;
+      for (let m = b; m >= 0; m--) {
+        atLeast += exact[m]!;
+        p += lostData[m]! * atLeast;
+      }
+      p = Math.min(1, p);
+      const cost = (n * (1 + RESEND_FACTOR * (1 - p))) / p;
+      if (cost < bestCost) {
+        bestCost = cost;
+        best = { n, p };
+      } else if (p > 0.999) break;
+    }
+  }
+  return best;
+}
+
+/** shardsFor where a receiver solves for any number of missing data shards: p = P(k of n arrive). */
+function shardsForAll(k: number, q: number): { n: number; p: number } {
   // P(at least k of n arrive) for n = k, k+1, ...: P(n+1) = P(n) + q * P(exactly k-1 of n), and
   // P(exactly k-1 of n+1) = P(exactly k-1 of n) * (1-q) * (n+1) / (n+2-k). O(1) per n.
   const lq = Math.log(q);
@@ -347,6 +389,17 @@ function shardsFor(k: number, q: number): { n: number; p: number } {
     exact = (exact * (1 - q) * (n + 1)) / (n + 2 - k);
   }
   return best;
+}
+
+/**
+ * The most missing data shards the reference receiver solves a frame of k shards of s bytes for
+ * (ShardCollector): 96, and no more than its line bytes pay for, missing^3 <= 64 k (s + 10).
+ */
+export function solveBudget(k: number, s: number): number {
+  const pays = SOLVE_STEPS_PER_BYTE * k * (s + SHARD_WIRE_EXTRA);
+  let m = Math.min(MAX_SOLVE, Math.floor(Math.cbrt(pays)) + 1);
+  while (m > 0 && m ** 3 > pays) m--;
+  return m;
 }
 
 /**
@@ -383,7 +436,7 @@ function computePlan(len: number, lambda: number): Plan | undefined {
     if (k > MAX_SHARDS - 1) continue;
     const w = s + SHARD_WIRE_EXTRA;
     const q = Math.exp(-lambda * w);
-    const { n, p } = shardsFor(k, q);
+    const { n, p } = shardsFor(k, q, solveBudget(k, s));
     if (!(p >= 0.5)) continue; // a plan that mostly fails only fills the line (and amplifies a lying peer's `seen`)
     const wire = n * w;
     const cost = (wire * (1 + RESEND_FACTOR * (1 - p))) / p; // line bytes per frame delivered
@@ -973,8 +1026,9 @@ export class ShardCollector {
     for (let i = 0; i < g.k; i++) if (!g.shards.has(i)) missing++;
     // And the solve's e^3 steps are paid for by the line bytes of the frame: about 64 steps a
     // byte at most, so small parity-only shards cannot buy a 96 x 96 inversion with 1.4 KB.
-    // Genuine frames stay well inside (5%: e about 35 of k = 70, s = 10, budget 44).
-    if (missing > MAX_SOLVE || missing ** 3 > SOLVE_STEPS_PER_BYTE * g.k * (s + SHARD_WIRE_EXTRA)) return undefined;
+    // A sender's plans count this budget (shardsFor, solveBudget): planned without it, a chunk on a
+    // 5% line lost about 49 data shards of k = 80, s = 10 (budget 46) and mostly never came together.
+    if (missing > solveBudget(g.k, s)) return undefined;
     const data = new Map<number, Uint8Array>();
     for (const [i, x] of g.shards) data.set(i, x.data);
     this.decodings++;
