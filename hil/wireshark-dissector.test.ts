@@ -13,7 +13,7 @@ import { Rc } from '../firmware/link/errors.js';
 import { PcapWriter } from '../host-tools/monitor/pcap.js';
 import { LinkMonitor } from '../host-tools/monitor/link-monitor.js';
 import { cobsDecode, cobsEncode } from '../firmware/link/cobs.js';
-import { encodeShards } from '../firmware/link/fec.js';
+import { encodeNeed, encodeShards } from '../firmware/link/fec.js';
 import { tshark, tsharkFields, tsharkSkipReason } from './tshark.js';
 
 /** A capture of these wire frames (each with its delimiters, as encodeFrame makes them). */
@@ -232,4 +232,25 @@ t.test('FEC shards: their fields and check; a frame put together from them decod
   const rows2 = await tsharkFields(path2, ['qkt.fec.index', 'qkt.fec.check.good', '_ws.expert.message', '_ws.col.Info']);
   t.match(rows2[0], { 'qkt.fec.index': '2', 'qkt.fec.check.good': '1', '_ws.col.Info': /^device->host FEC shard 2 of / });
   t.match(rows2[1], { 'qkt.fec.index': '', '_ws.expert.message': /^too short for a FEC shard: 3 bytes decoded/, '_ws.col.Info': 'device->host FEC shard, too short (3 bytes)' });
+});
+
+t.test('a NEED (0xFD) decodes as a NEED with its fields and check, not as a corrupt frame', { skip }, async (t) => {
+  const need = encodeNeed({ id: 9, k: 78, n: 255, need: 4 });
+  const bad = Uint8Array.from(need);
+  bad[4] = 5; // the count changed, the check not
+  const path = join(t.testdir({}), 'need.pcap');
+  const w = PcapWriter.open(path);
+  // Through the monitor, as `qkt monitor` writes them: a whole NEED and a damaged one, device to host.
+  const m = new LinkMonitor({ onFrame: (_v, raw) => raw && w.write(raw), onShard: (raw) => w.write(raw), nowUs: () => 1_700_000_000_000_000 });
+  m.push('device->host', Buffer.concat([Buffer.of(0), cobsEncode(need), Buffer.of(0), cobsEncode(bad), Buffer.of(0)]));
+  // And one without the monitor's flag: the mark alone says NEED.
+  w.write({ timeUs: 3, direction: 1, flags: 0, bytes: cobsEncode(need) });
+  w.close();
+  t.same(m.stats['device->host'].needs, { good: 1, bad: 1 });
+  t.equal(m.stats['device->host'].frames, 0, 'no frame reported, no frame problem');
+  const rows = await tsharkFields(path, ['qkt.flags', 'qkt.fec.id', 'qkt.fec.k', 'qkt.fec.n', 'qkt.need.need', 'qkt.fec.check.good', 'qkt.crc.good', '_ws.expert.message', '_ws.col.Info']);
+  t.equal(rows.length, 3);
+  t.match(rows[0], { 'qkt.flags': '0x20', 'qkt.fec.id': '9', 'qkt.fec.k': '78', 'qkt.fec.n': '255', 'qkt.need.need': '4', 'qkt.fec.check.good': '1', 'qkt.crc.good': '', '_ws.expert.message': '', '_ws.col.Info': 'device->host FEC NEED: 4 more shards of frame id 9 (k 78, n 255)' });
+  t.match(rows[1], { 'qkt.flags': '0x22', 'qkt.need.need': '5', 'qkt.fec.check.good': '0', '_ws.expert.message': /^bad NEED check/, '_ws.col.Info': /\[bad check\]$/ });
+  t.match(rows[2], { 'qkt.flags': '0x00', 'qkt.need.need': '4', 'qkt.fec.check.good': '1', '_ws.col.Info': 'device->host FEC NEED: 4 more shards of frame id 9 (k 78, n 255)' });
 });

@@ -43,6 +43,9 @@ local SHARD_HEADER = 6
 local SHARD_CHECK = 2
 local MIN_SHARD = 4
 local MAX_SHARD = 240
+-- NEED (docs/protocol.md 2.6): a receiver of shards asks for more of a frame: mark, id, k, n, need, check.
+local NEED_MARK = 0xFD
+local NEED_SIZE = 7
 local FLAG_FEC_SHARD = 0x20
 local FLAG_FEC_REASSEMBLED = 0x40
 -- Byte strings of these groups may be sealed key material: their bytes are not put in the label.
@@ -80,6 +83,7 @@ F.fec_seen = ProtoField.uint8("qkt.fec.seen", "Line seen by the sender")
 F.fec_data = ProtoField.uint32("qkt.fec.data", "Shard data length")
 F.fec_check = ProtoField.uint16("qkt.fec.check", "Shard check", base.HEX)
 F.fec_check_good = ProtoField.bool("qkt.fec.check.good", "Shard check good")
+F.need_need = ProtoField.uint8("qkt.need.need", "Shards needed")
 F.fec_reassembled = ProtoField.bool("qkt.fec.reassembled", "Reassembled from FEC shards")
 F.cbor_key = ProtoField.string("qkt.cbor.key", "Map key")
 F.cbor_uint = ProtoField.uint64("qkt.cbor.uint", "Unsigned integer")
@@ -354,6 +358,39 @@ local function dissect_shard(btvb, body, n, root, pinfo, dir_text)
   pinfo.cols.info = info
 end
 
+-- One NEED body (COBS-decoded, n bytes): the frame it names, how many shards it lacks, its check.
+local function dissect_need(btvb, body, n, root, pinfo, dir_text)
+  local st = root:add(btvb:range(0, n), "FEC NEED")
+  if n ~= NEED_SIZE then
+    st:add_proto_expert_info(E_FEC_BAD, "a NEED has " .. NEED_SIZE .. " bytes, this one " .. n)
+    pinfo.cols.info = dir_text .. " FEC NEED, " .. n .. " bytes (not " .. NEED_SIZE .. ")"
+    return
+  end
+  local id = btvb:range(1, 1):uint()
+  local k = btvb:range(2, 1):uint()
+  local total = btvb:range(3, 1):uint()
+  local need = btvb:range(4, 1):uint()
+  st:add(F.fec_id, btvb:range(1, 1))
+  st:add(F.fec_k, btvb:range(2, 1))
+  st:add(F.fec_n, btvb:range(3, 1))
+  st:add(F.need_need, btvb:range(4, 1))
+  local want = btvb:range(5, 2):uint()
+  local got = bit32.band(crc32(body, 5), 0xFFFF)
+  local check_item = st:add(F.fec_check, btvb:range(5, 2))
+  local good = want == got
+  check_item:add(F.fec_check_good, btvb:range(5, 2), good)
+  local info = string.format("%s FEC NEED: %d more shards of frame id %d (k %d, n %d)", dir_text, need, id, k, total)
+  if not good then
+    check_item:add_proto_expert_info(E_FEC_CHECK, string.format("bad NEED check: NEED says 0x%04x, computed 0x%04x", want, got))
+    info = info .. " [bad check]"
+  elseif k == 0 or total < k or need == 0 then
+    st:add_proto_expert_info(E_FEC_BAD, string.format("impossible NEED: k %d, n %d, need %d", k, total, need))
+    info = info .. " [impossible]"
+  end
+  root:append_text(string.format(", FEC NEED %d of frame id %d", need, id))
+  pinfo.cols.info = info
+end
+
 -- ---- The frame -------------------------------------------------------------------------------
 
 function qkt.dissector(tvb, pinfo, tree)
@@ -397,7 +434,12 @@ function qkt.dissector(tvb, pinfo, tree)
   local btvb = body:tvb("COBS-decoded body")
   local n = body:len()
   root:add(F.body_len, btvb:range(0, math.max(n, 0)), n)
-  -- A frame's first byte is its version, never 0xFE: such a body is a shard whatever the flags say.
+  -- A frame's first byte is its version, never 0xFD or 0xFE: 0xFD is a NEED, 0xFE a shard.
+  if n > 0 and body:get_index(0) == NEED_MARK then
+    enc_item:set_text("COBS-encoded NEED, " .. enc_len .. " bytes")
+    dissect_need(btvb, body, n, root, pinfo, dir_text)
+    return tvb:len()
+  end
   if bit32.band(flag_bits, FLAG_FEC_SHARD) ~= 0 or (n > 0 and body:get_index(0) == SHARD_MARK) then
     -- A shard's bytes may be part of a sealed chunk or a token: its record by length only too.
     enc_item:set_text("COBS-encoded shard, " .. enc_len .. " bytes")

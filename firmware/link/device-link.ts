@@ -2,7 +2,7 @@
 // time as firmware would, with a bounded receive window and a cache of recent responses so a
 // retried request (same sequence number) is answered again, never executed twice.
 import { Deframer } from './framer.js';
-import { frameAsShards, planShardsAtMost, seenByte } from './fec.js';
+import { frameAsShards, planShardsAtMost, seenByte, shardsOnLine } from './fec.js';
 import type { FramerStats } from './framer.js';
 import { decodeMessage, encodeMessage, encodePayload, errorPayload } from './codec.js';
 import type { Message, Payload } from './codec.js';
@@ -40,6 +40,12 @@ export interface DeviceLinkHooks {
    * closing it would end the module; a host that reads again retries and is answered).
    */
   overflow?: 'close' | 'drop';
+  /**
+   * Pause in the host's shards (ms) after which the frames being collected have had their first
+   * shards and a NEED asks for the rest (docs/protocol.md 2.6). Default 100; 0: only a shard of a
+   * later frame ends a frame's first shards.
+   */
+  needIdleMs?: number;
 }
 
 /** Unsent output past which a link is closed, unless its limits say otherwise. */
@@ -92,7 +98,7 @@ export class DeviceLink implements LinkPeer {
   ) {
     if (limits.maxBody < MIN_BODY_SIZE || limits.window < 1) throw new RangeError('invalid link limits');
     this.limits = limits;
-    this.deframer = new Deframer(limits.maxBody);
+    this.deframer = new Deframer(limits.maxBody, { harq: true });
     this.clock = hooks.clock ?? Date.now;
     this.heard = this.clock();
     transport.onData((chunk) => this.receive(chunk));
@@ -113,8 +119,17 @@ export class DeviceLink implements LinkPeer {
     return { ...this.deframer.stats, ...this.counters };
   }
 
+  private needTimer: NodeJS.Timeout | undefined;
+
+  private clearNeedTimer(): void {
+    clearTimeout(this.needTimer);
+    clearImmediate(this.needTimer as unknown as NodeJS.Immediate);
+    this.needTimer = undefined;
+  }
+
   private stop(): void {
     this.closed = true;
+    this.clearNeedTimer();
     // Requests still queued are dropped, not executed: their answers could not reach anyone,
     // and one that changes state (a KEYS SEAL spends keys) must not run for a host that is gone.
     for (const m of this.queue) this.pending.delete(m.seq);
@@ -129,7 +144,12 @@ export class DeviceLink implements LinkPeer {
   private receive(chunk: Uint8Array): void {
     if (this.closed) return; // shed: nothing more is read, let alone executed
     this.heard = this.clock();
-    for (const body of this.deframer.push(chunk)) {
+    this.take(this.deframer.push(chunk));
+  }
+
+  /** Frame bodies the deframer gave (from bytes received, or released after a pause). */
+  private take(bodies: Uint8Array[]): void {
+    for (const body of bodies) {
       if (this.closed) return;
       const decoded = decodeMessage(body);
       if ((decoded.ok ? decoded.message.kind : decoded.header.kind) === Kind.REQUEST) {
@@ -179,7 +199,42 @@ export class DeviceLink implements LinkPeer {
       this.pending.add(m.seq);
       this.queue.push(m);
     }
+    this.sendNeeds();
     if (!this.running) void this.drain();
+  }
+
+  /**
+   * NEEDs the collector asks for (docs/protocol.md 2.6), on the line at once: a few bytes each,
+   * at most one per shard received, so a peer's shards cannot make the device send more than
+   * they take. A pause in the shards also ends what the frames being collected get for now.
+   */
+  private sendNeeds(): void {
+    const col = this.deframer.shards;
+    const needs = col.needs();
+    if (needs.length > 0 && !this.closed) {
+      const line = new Uint8Array(1 + needs.length * 10);
+      const body = shardsOnLine(needs);
+      line.set(body, 1);
+      void this.transport.write(line.subarray(0, 1 + body.length)).catch(() => undefined);
+    }
+    this.clearNeedTimer();
+    const idleMs = this.hooks.needIdleMs ?? 100;
+    const waiting = col.waiting;
+    if (idleMs > 0 && waiting && !this.closed) {
+      // A NEED that brought nothing is asked again after a longer pause: its answer may be on its way.
+      const wait = waiting === 'again' ? 4 * idleMs : idleMs;
+      this.needTimer = setTimeout(() => {
+        // After the poll phase: a process that was busy (a flash write, a loaded machine) may
+        // have bytes waiting to be read, which are not a pause on the line.
+        this.needTimer = setImmediate(() => {
+          this.needTimer = undefined;
+          if (this.closed) return;
+          if (this.clock() - this.heard >= wait) this.take(this.deframer.idle(waiting === 'again'));
+          else this.sendNeeds();
+        }) as unknown as NodeJS.Timeout;
+      }, wait);
+      this.needTimer.unref?.();
+    }
   }
 
   private async drain(): Promise<void> {

@@ -73,36 +73,102 @@ export interface ShardPlan {
 }
 
 /**
- * The shard bodies (before COBS) of one frame body `body` (header, payload and CRC): its length
- * in 2 bytes, then the body, zero-padded to k shards of s bytes, then n - k parity shards.
+ * The shards of one frame body, made one at a time: its data shards are cut once, and a parity
+ * shard is computed when asked for (a sender answering a NEED, section 2.6, makes the next ones).
  */
-export function encodeShards(body: Uint8Array, id: number, plan: ShardPlan, seen = 0): Uint8Array[] {
-  const { s, k, n } = plan;
-  if (!(s >= MIN_SHARD && s <= MAX_SHARD && k >= 1 && n >= k && n <= MAX_SHARDS) || k * s < body.length + 2) {
-    throw new RangeError(`shard plan ${s}x${k}/${n} cannot carry ${body.length} bytes`);
+export class ShardSource {
+  readonly #data: Uint8Array;
+
+  constructor(
+    body: Uint8Array,
+    readonly id: number,
+    readonly plan: ShardPlan,
+    readonly seen = 0,
+  ) {
+    const { s, k, n } = plan;
+    if (!(s >= MIN_SHARD && s <= MAX_SHARD && k >= 1 && n >= k && n <= MAX_SHARDS) || k * s < body.length + 2) {
+      throw new RangeError(`shard plan ${s}x${k}/${n} cannot carry ${body.length} bytes`);
+    }
+    const data = new Uint8Array(k * s);
+    data[0] = body.length >>> 8;
+    data[1] = body.length & 0xff;
+    data.set(body, 2);
+    this.#data = data;
   }
-  const data = new Uint8Array(k * s);
-  data[0] = body.length >>> 8;
-  data[1] = body.length & 0xff;
-  data.set(body, 2);
-  const shards: Uint8Array[] = [];
-  for (let i = 0; i < n; i++) {
+
+  /** The body (before COBS) of shard `i`, 0 <= i < n. */
+  shard(i: number): Uint8Array {
+    const { s, k, n } = this.plan;
+    if (!(i >= 0 && i < n)) throw new RangeError(`shard ${i} of ${n}`);
+    const data = this.#data;
     const out = new Uint8Array(SHARD_HEADER + s + SHARD_CHECK);
     out[0] = SHARD_MARK;
-    out[1] = id & 0xff;
+    out[1] = this.id & 0xff;
     out[2] = k;
     out[3] = n;
     out[4] = i;
-    out[5] = seen;
+    out[5] = this.seen;
     const payload = out.subarray(SHARD_HEADER, SHARD_HEADER + s);
     if (i < k) payload.set(data.subarray(i * s, (i + 1) * s));
     else for (let d = 0; d < k; d++) addScaled(payload, data.subarray(d * s, (d + 1) * s), coef(k, i - k, d));
     const c = check16(out.subarray(0, SHARD_HEADER + s));
     out[SHARD_HEADER + s] = c >>> 8;
     out[SHARD_HEADER + s + 1] = c & 0xff;
-    shards.push(out);
+    return out;
   }
+}
+
+/**
+ * The shard bodies (before COBS) of one frame body `body` (header, payload and CRC): its length
+ * in 2 bytes, then the body, zero-padded to k shards of s bytes, then parity shards; `count`
+ * (default n) of the n, from index 0: a sender may send a prefix and the rest on a NEED.
+ */
+export function encodeShards(body: Uint8Array, id: number, plan: ShardPlan, seen = 0, count = plan.n): Uint8Array[] {
+  const src = new ShardSource(body, id, plan, seen);
+  const shards: Uint8Array[] = [];
+  for (let i = 0; i < Math.min(count, plan.n); i++) shards.push(src.shard(i));
   return shards;
+}
+
+// ---- NEED: a receiver asks for more shards of a frame (incremental redundancy) ------------
+
+/** First byte of a NEED body: neither a protocol version nor the shard mark. */
+export const NEED_MARK = 0xfd;
+/** A NEED body: mark, id, k, n, need, then the 2-byte check (low half of the CRC-32 of the 5 before). */
+export const NEED_SIZE = 7;
+
+export interface Need {
+  /** The frame's shard id, and its k and n as its shards said. */
+  id: number;
+  k: number;
+  n: number;
+  /** Distinct shards the receiver still lacks to put the frame together (1..255). */
+  need: number;
+}
+
+/** A NEED body (before COBS): `0xFD | id | k | n | need | check16`. */
+export function encodeNeed(x: Need): Uint8Array {
+  const out = new Uint8Array(NEED_SIZE);
+  out[0] = NEED_MARK;
+  out[1] = x.id & 0xff;
+  out[2] = x.k;
+  out[3] = x.n;
+  out[4] = Math.max(1, Math.min(255, x.need));
+  const c = check16(out.subarray(0, 5));
+  out[5] = c >>> 8;
+  out[6] = c & 0xff;
+  return out;
+}
+
+/** A NEED body, checked; undefined if it is not a whole one (no bit is put right: it is 9 line bytes, sent again if lost). */
+export function parseNeed(body: Uint8Array): Need | undefined {
+  if (body.length !== NEED_SIZE || body[0] !== NEED_MARK) return undefined;
+  if (check16(body.subarray(0, 5)) !== ((body[5]! << 8) | body[6]!)) return undefined;
+  const k = body[2]!;
+  const n = body[3]!;
+  const need = body[4]!;
+  if (k < 1 || n < k || need < 1) return undefined;
+  return { id: body[1]!, k, n, need };
 }
 
 export interface ParsedShard {
@@ -256,11 +322,53 @@ const RESEND_FACTOR = 2;
 /**
  * The n >= k + 1 (at most 255) that costs the fewest shards per frame delivered when each
  * shard arrives with probability q, counting what a lost frame costs (RESEND_FACTOR), and the
- * probability p that k of those n arrive.
+ * probability p that a receiver puts the frame together from those n: at least k of them
+ * arrive, and at most `budget` of the k data shards are among the lost (a receiver solves for no
+ * more, solveBudget: further parity shards do not help it then).
  */
-function shardsFor(k: number, q: number): { n: number; p: number } {
+function shardsFor(k: number, q: number, budget = k): { n: number; p: number } {
   if (q >= 1) return { n: Math.min(MAX_SHARDS, k + 1), p: 1 };
   if (q <= 0) return { n: MAX_SHARDS, p: 0 };
+  const b = Math.max(0, Math.min(k, budget));
+  const lq = Math.log(q);
+  const lr = Math.log(1 - q);
+  // lostData[m]: P(exactly m of the k data shards are lost), for the m a receiver solves for.
+  const lostData: number[] = [];
+  let solvable = 0;
+  for (let m = 0; m <= b; m++) solvable += lostData[m] = binomPmf(k, m, lr, lq);
+  if (b === k || solvable > 1 - 1e-9) return shardsForAll(k, q);
+  // Parity shards sent so far: exact[j] = P(exactly j of them arrive) for j <= b, and above the
+  // chance that more than b do. P(frame) = sum over m of lostData[m] * P(at least m parity arrive).
+  const exact = new Array<number>(b + 1).fill(0);
+  exact[0] = 1;
+  let above = 0;
+  let best = { n: MAX_SHARDS, p: 0 };
+  let bestCost = Infinity;
+  for (let n = k; n <= MAX_SHARDS; n++) {
+    if (n > k) {
+      // One more parity shard.
+      above += exact[b]! * q;
+      for (let j = b; j > 0; j--) exact[j] = exact[j]! * (1 - q) + exact[j - 1]! * q;
+      exact[0] = exact[0]! * (1 - q);
+      let atLeast = above;
+      let p = 0;
+      for (let m = b; m >= 0; m--) {
+        atLeast += exact[m]!;
+        p += lostData[m]! * atLeast;
+      }
+      p = Math.min(1, p);
+      const cost = (n * (1 + RESEND_FACTOR * (1 - p))) / p;
+      if (cost < bestCost) {
+        bestCost = cost;
+        best = { n, p };
+      } else if (p > 0.999) break;
+    }
+  }
+  return best;
+}
+
+/** shardsFor where a receiver solves for any number of missing data shards: p = P(k of n arrive). */
+function shardsForAll(k: number, q: number): { n: number; p: number } {
   // P(at least k of n arrive) for n = k, k+1, ...: P(n+1) = P(n) + q * P(exactly k-1 of n), and
   // P(exactly k-1 of n+1) = P(exactly k-1 of n) * (1-q) * (n+1) / (n+2-k). O(1) per n.
   const lq = Math.log(q);
@@ -284,6 +392,17 @@ function shardsFor(k: number, q: number): { n: number; p: number } {
 }
 
 /**
+ * The most missing data shards the reference receiver solves a frame of k shards of s bytes for
+ * (ShardCollector): 96, and no more than its line bytes pay for, missing^3 <= 64 k (s + 10).
+ */
+export function solveBudget(k: number, s: number): number {
+  const pays = SOLVE_STEPS_PER_BYTE * k * (s + SHARD_WIRE_EXTRA);
+  let m = Math.min(MAX_SOLVE, Math.floor(Math.cbrt(pays)) + 1);
+  while (m > 0 && m ** 3 > pays) m--;
+  return m;
+}
+
+/**
  * The shard plan for a frame body of `len` bytes on a line where each byte is hit with
  * probability about `lambda` (hits per byte): the shard size and count that carry it in the
  * fewest line bytes per frame that gets through. Undefined when no plan gets it through at least
@@ -302,7 +421,11 @@ export function planShards(len: number, lambda: number): Plan | undefined {
   return plan;
 }
 
-type Plan = ShardPlan & { wire: number; p: number };
+/**
+ * A plan: `send` of the n shards go out at first (all n for a plan without a NEED round); `wire`
+ * the line bytes of those, `p` the chance that they alone give the frame.
+ */
+export type Plan = ShardPlan & { wire: number; p: number; send?: number };
 const planCache = new Map<string, Plan | undefined>();
 
 function computePlan(len: number, lambda: number): Plan | undefined {
@@ -313,7 +436,7 @@ function computePlan(len: number, lambda: number): Plan | undefined {
     if (k > MAX_SHARDS - 1) continue;
     const w = s + SHARD_WIRE_EXTRA;
     const q = Math.exp(-lambda * w);
-    const { n, p } = shardsFor(k, q);
+    const { n, p } = shardsFor(k, q, solveBudget(k, s));
     if (!(p >= 0.5)) continue; // a plan that mostly fails only fills the line (and amplifies a lying peer's `seen`)
     const wire = n * w;
     const cost = (wire * (1 + RESEND_FACTOR * (1 - p))) / p; // line bytes per frame delivered
@@ -323,6 +446,148 @@ function computePlan(len: number, lambda: number): Plan | undefined {
     }
   }
   return best;
+}
+
+// ---- Incremental redundancy: a prefix for the mean loss, the rest on a NEED ---------------
+
+/** Rounds of repair a sender answers per frame (docs/protocol.md 2.6): never more, whatever NEEDs come. */
+export const REPAIR_ROUNDS = 2;
+/** Sharded frames a sender keeps to answer NEEDs for. */
+export const REPAIR_FRAMES = 8;
+/** What a NEED round costs besides its shards, in shards: the NEED, the wait, the chance it is lost. */
+const ROUND_COST = 2;
+
+const LOG_FACT: number[] = [0];
+for (let i = 1; i <= 512; i++) LOG_FACT.push(LOG_FACT[i - 1]! + Math.log(i));
+function binomPmf(n: number, x: number, lq: number, lr: number): number {
+  return x < 0 || x > n ? 0 : Math.exp(LOG_FACT[n]! - LOG_FACT[x]! - LOG_FACT[n - x]! + x * lq + (n - x) * lr);
+}
+
+/**
+ * Shards a sender sends for a NEED of `need` when each arrives with probability `q`: `need` and
+ * enough more that `need` of them arrive 97 times in 100. At most 2 * need + 4.
+ */
+export function repairCount(need: number, q: number): number {
+  if (!(q > 0 && q < 1)) return need;
+  const lq = Math.log(q);
+  const lr = Math.log(1 - q);
+  for (let c = need; c < 2 * need + 4; c++) {
+    let ok = 0;
+    for (let x = need; x <= c; x++) ok += binomPmf(c, x, lq, lr);
+    if (ok >= 0.97) return c;
+  }
+  return 2 * need + 4;
+}
+
+/**
+ * The plan with NEED rounds for a frame of `len` bytes: shards of the size and a first count
+ * that cost the fewest line bytes on average, counting the repair rounds (ROUND_COST each) and a
+ * frame lost after them. The code's length n is 255: any parity shard can follow. Undefined
+ * where a round would have to bring many shards (more than 1 in 5 lost): there the whole
+ * plan of planShards is sent.
+ */
+function computeHarqPlan(len: number, lambda: number): (Plan & { cost: number }) | undefined {
+  let best: (Plan & { cost: number }) | undefined;
+  for (let s = MIN_SHARD; s <= MAX_SHARD; s = s < 16 ? s + 1 : Math.min(MAX_SHARD, Math.ceil(s * 1.08)) + (s === MAX_SHARD ? 1 : 0)) {
+    const k = Math.ceil((len + 2) / s);
+    if (k > 160) continue;
+    const w = s + SHARD_WIRE_EXTRA;
+    const q = Math.exp(-lambda * w);
+    if (q < 0.8) continue;
+    // The receiver solves for at most a budget of missing data shards (ShardCollector): stay well inside.
+    const miss = k * (1 - q) + 3 * Math.sqrt(k * q * (1 - q));
+    if (miss > MAX_SOLVE / 2 || miss ** 3 > SOLVE_STEPS_PER_BYTE * k * w) continue;
+    const lq = Math.log(q);
+    const lr = Math.log(1 - q);
+    const rounds: number[] = [0];
+    for (let m = 1; m <= 48; m++) rounds.push(repairCount(m, q) * 1.1 + ROUND_COST);
+    const mean = (k * (1 - q)) / q;
+    for (let n0 = k; n0 <= Math.min(230, Math.ceil(k + 3 * mean + 8)); n0++) {
+      let extra = 0;
+      let covered = 0;
+      for (let m = 1; m <= 48 && k - m >= 0; m++) {
+        const pm = binomPmf(n0, k - m, lq, lr);
+        extra += pm * rounds[m]!;
+        covered += pm;
+      }
+      let ok = 0;
+      for (let x = k; x <= n0; x++) ok += binomPmf(n0, x, lq, lr);
+      // Worse than 48 short: lost, and sent again with what went behind it.
+      const lost = Math.max(0, 1 - ok - covered);
+      const cost = (n0 + extra) * w * (1 + RESEND_FACTOR * lost);
+      if (!best || cost < best.cost) best = { s, k, n: MAX_SHARDS, send: n0, wire: n0 * w, p: ok, cost };
+    }
+  }
+  return best;
+}
+
+const harqCache = new Map<string, Plan | undefined>();
+
+/**
+ * The plan for a frame whose sender answers NEEDs: the NEED-round plan (computeHarqPlan) where
+ * it costs fewer line bytes than planShards' plan, else that one.
+ */
+export function planShardsHarq(len: number, lambda: number): Plan | undefined {
+  const key = `${len}:${Math.round(Math.log(Math.max(lambda, 1e-7)) * 50)}`;
+  const hit = harqCache.get(key);
+  if (hit !== undefined || harqCache.has(key)) return hit;
+  const whole = planShards(len, lambda);
+  const harq = computeHarqPlan(len, lambda);
+  const wholeCost = whole ? (whole.wire * (1 + RESEND_FACTOR * (1 - whole.p))) / whole.p : Infinity;
+  let plan: Plan | undefined = whole;
+  if (harq && harq.cost < wholeCost) {
+    const { cost: _cost, ...rest } = harq;
+    plan = rest;
+  }
+  harqCache.set(key, plan);
+  if (harqCache.size > 512) harqCache.delete(harqCache.keys().next().value as string);
+  return plan;
+}
+
+/**
+ * A sender's memory of the frames it sent in shards, to answer NEEDs (docs/protocol.md 2.6):
+ * the last REPAIR_FRAMES frames, each answered at most REPAIR_ROUNDS times with at most k
+ * shards, the next indices not yet sent. A NEED is not authenticated: whatever NEEDs come, a
+ * frame costs at most 2 more rounds, and only frames sent lately.
+ */
+export class ShardResender {
+  readonly #frames = new Map<number, { src: ShardSource; next: number; rounds: number; q: number }>();
+  readonly stats = { needs: 0, answered: 0, ignored: 0, shards: 0 };
+
+  /** A frame just sent: `sent` of its shards from index 0, on a line where a shard arrives with probability `q`. */
+  add(src: ShardSource, sent: number, q: number): void {
+    this.#frames.delete(src.id);
+    this.#frames.set(src.id, { src, next: sent, rounds: 0, q });
+    while (this.#frames.size > REPAIR_FRAMES) this.#frames.delete(this.#frames.keys().next().value as number);
+  }
+
+  /** The shard bodies to send for a NEED (empty: ignored: not a frame kept, its rounds spent, or no shard left). */
+  answer(need: Need): Uint8Array[] {
+    this.stats.needs++;
+    const f = this.#frames.get(need.id);
+    if (!f || f.src.plan.k !== need.k || f.src.plan.n !== need.n || f.rounds >= REPAIR_ROUNDS || f.next >= f.src.plan.n) {
+      this.stats.ignored++;
+      return [];
+    }
+    f.rounds++;
+    const count = Math.min(repairCount(need.need, f.q), f.src.plan.k, f.src.plan.n - f.next);
+    const out: Uint8Array[] = [];
+    for (let i = 0; i < count; i++) out.push(f.src.shard(f.next++));
+    this.stats.answered++;
+    this.stats.shards += out.length;
+    return out;
+  }
+}
+
+/** Shard bodies as line bytes: each COBS-encoded and ended by 0x00 (the line is between frames). */
+export function shardsOnLine(bodies: readonly Uint8Array[]): Uint8Array {
+  const out = new Uint8Array(bodies.reduce((n, b) => n + cobsMaxEncodedLength(b.length) + 1, 0));
+  let o = 0;
+  for (const b of bodies) {
+    o += cobsEncodeInto(b, out.subarray(o));
+    out[o++] = 0;
+  }
+  return out.subarray(0, o);
 }
 
 /**
@@ -400,7 +665,7 @@ export class LineEstimate {
   #ok: number;
   #bytes: number;
 
-  constructor(prior: number, priorShards = 32, priorShardBytes = 24) {
+  constructor(prior: number, priorShards = 8, priorShardBytes = 24) {
     this.#sent = priorShards;
     this.#ok = priorShards * Math.exp(-prior * priorShardBytes);
     this.#bytes = priorShards * priorShardBytes;
@@ -434,6 +699,16 @@ interface Group {
   top: number;
   ok: number;
   done: boolean;
+  /** NEED mode: shards of it came since its last NEED (or since it began). */
+  fresh: boolean;
+  /** NEEDs sent for it. */
+  needs: number;
+  /** Put together whole while an older frame was still awaited: delivered after it. */
+  held?: Uint8Array;
+  /** Later frames put together while it waited: at GIVE_UP_AFTER it is given up. */
+  later: number;
+  /** NEEDs asked again after a long pause that brought nothing since. */
+  silent: number;
 }
 
 /** A frame the last push() completed: its shape, and the whole shards of it taken until then. */
@@ -453,6 +728,8 @@ export interface FecStats {
   badShards: number;
   framesDecoded: number;
   framesLost: number;
+  /** NEEDs this receiver asked to send (NEED mode). */
+  needsSent?: number;
 }
 
 /** The most hits per byte a sender plans for. */
@@ -468,6 +745,24 @@ const SOLVE_STEPS_PER_BYTE = 64;
 
 /** Groups of shards a receiver keeps at once (frames in flight are far fewer). */
 const MAX_GROUPS = 8;
+
+/** NEEDs a receiver sends for one frame (a sender answers 2; one may be lost on the line). */
+const MAX_NEEDS = 3;
+/**
+ * A frame still awaited is given up when this many later frames have been put together behind
+ * it: its repair can come after the next frame ends (a second round, or a frame shorter than the
+ * round trip), and a receiver must not hold frames for long behind one that will not come.
+ */
+export const GIVE_UP_AFTER = 4;
+
+export interface ShardCollectorOptions {
+  /**
+   * Incremental redundancy (docs/protocol.md 2.6): ask for more shards with NEEDs (`needs()`),
+   * and hold frames put together behind an older one still awaited, so frames are delivered in
+   * the order their shards began. Default false: each frame is delivered as it comes together.
+   */
+  harq?: boolean;
+}
 
 /**
  * Collects shards into frames: bounded to MAX_GROUPS frames at once (the oldest dropped), each
@@ -489,11 +784,161 @@ export class ShardCollector {
    */
   completed: CompletedFrame | undefined;
 
+  readonly #harq: boolean;
+  /** NEED bodies to send (NEED mode), oldest first; taken by needs(). */
+  #outbox: Uint8Array[] = [];
+  /** Frames ready to deliver, in order (several when a held one is released). */
+  #ready: Uint8Array[] = [];
+
   constructor(
     private readonly maxBody: number,
     prior = 0.02,
+    options: ShardCollectorOptions = {},
   ) {
     this.line = new LineEstimate(prior);
+    this.#harq = options.harq ?? false;
+  }
+
+  /** NEED bodies (before COBS) to send to the peer now; emptied. */
+  needs(): Uint8Array[] {
+    const out = this.#outbox;
+    this.#outbox = [];
+    return out;
+  }
+
+  /**
+   * What a pause in the shards would do: 'fresh' when a frame being collected had shards since
+   * its last NEED (the caller calls idle() after a short pause), 'again' when one is still
+   * awaited (idle(true) after a longer one: asked once more, or given up), else undefined.
+   */
+  get waiting(): 'fresh' | 'again' | undefined {
+    if (!this.#harq) return undefined;
+    let again = false;
+    for (const g of this.#groups.values()) {
+      if (g.done) continue;
+      // Before its last data shard, a pause is more likely a slow sender than a frame over.
+      if (g.fresh && g.needs < MAX_NEEDS && g.top >= g.k - 1) return 'fresh';
+      again = true;
+    }
+    return again ? 'again' : undefined;
+  }
+
+  /**
+   * No shard came for a while: the frames being collected have had all the shards their sender
+   * sent for now; NEEDs for them (needs()). `again`: after a longer pause, also for frames whose
+   * NEED brought nothing (it, or every shard answering it, was lost), if they hold at least half
+   * their shards and 3 (so a stranger's shards still buy at most one NEED each). After a short
+   * pause only frames whose last data shard's index has been seen are asked for.
+   */
+  idle(again = false): Uint8Array[] {
+    if (!this.#harq) return [];
+    for (const [id, g] of this.#groups) {
+      if (g.done) continue;
+      if (again && !g.fresh) {
+        // Its last NEED brought nothing: asked once more, then given up (the frames held behind
+        // it are delivered, and its loss is a loss as any other).
+        if (g.silent === 0 && this.#mayAskAgain(g)) {
+          g.silent++;
+          g.fresh = true;
+        } else {
+          this.#giveUp(id, g);
+          continue;
+        }
+      }
+      if (again || g.top >= g.k - 1) this.#ask(id, g);
+    }
+    this.#release();
+    const out = this.#ready;
+    this.#ready = [];
+    return out;
+  }
+
+  #mayAskAgain(g: Group): boolean {
+    return !g.done && !g.fresh && g.needs > 0 && g.needs < MAX_NEEDS && g.shards.size >= 3 && 2 * g.shards.size >= g.k;
+  }
+
+  #giveUp(id: number, g: Group): void {
+    g.done = true;
+    g.shards.clear();
+    this.stats.framesLost++;
+  }
+
+  #ask(id: number, g: Group): void {
+    if (g.done || !g.fresh || g.needs >= MAX_NEEDS) return;
+    if (g.top >= g.n - 1) {
+      // Its last shard came: the code has no more to send. Nothing to ask for, nothing to wait for.
+      this.#giveUp(id, g);
+      return;
+    }
+    // Little of it came (a stray shard under a new id, or a frame mostly lost): not asked for; it
+    // is given up when a later frame comes together, or at a long pause.
+    if (g.shards.size < Math.min(3, g.k) || 2 * g.shards.size < g.k) {
+      g.fresh = false;
+      g.silent = 1;
+      return;
+    }
+    g.fresh = false;
+    g.needs++;
+    this.stats.needsSent = (this.stats.needsSent ?? 0) + 1;
+    this.#outbox.push(encodeNeed({ id, k: g.k, n: g.n, need: Math.max(1, g.k - g.shards.size) }));
+  }
+
+  /**
+   * Take one shard body; returns every frame body (CRC included, checked) it makes deliverable,
+   * in order: in NEED mode a frame put together behind an older one still awaited waits for it.
+   */
+  pushAll(body: Uint8Array): Uint8Array[] {
+    const frame = this.#push(body);
+    if (!this.#harq) return frame ? [frame] : [];
+    const out = this.#ready;
+    this.#ready = [];
+    return out;
+  }
+
+  /**
+   * Take one shard body; returns the frame body (CRC included, checked) once its frame is
+   * complete (the first one, in NEED mode, of those it makes deliverable: use pushAll there).
+   */
+  push(body: Uint8Array): Uint8Array | undefined {
+    return this.pushAll(body)[0];
+  }
+
+  /** NEED mode: a frame came together (whole or not) or was dropped: deliver what may go, in order. */
+  #settle(id: number, g: Group, frame: Uint8Array | undefined): void {
+    if (!this.#harq) return;
+    // Older frames still awaited: this one waits behind them, and each counts it.
+    let behind = false;
+    for (const [oid, o] of this.#groups) {
+      if (oid === id && o === g) break;
+      if (o.done) continue;
+      // Nothing is held behind a frame of which little came (a stranger's or a damaged shard
+      // under a new id, or a frame mostly lost): it is given up now.
+      if (o.shards.size < Math.min(3, o.k) || 2 * o.shards.size < o.k) {
+        this.#giveUp(oid, o);
+        continue;
+      }
+      // Nor behind one a NEED seldom brings: not of a code of 255, or on a line that loses more
+      // than 1 shard in 5 (there its loss goes back at once, as without NEEDs).
+      if (o.n < MAX_SHARDS || 5 * o.ok < 4 * (o.top + 1)) continue;
+      behind = true;
+      if (++o.later >= GIVE_UP_AFTER) this.#giveUp(oid, o);
+    }
+    if (frame) {
+      if (behind) g.held = frame;
+      else this.#ready.push(frame);
+    }
+    this.#release();
+  }
+
+  /** Held frames whose older frames are all done, in order. */
+  #release(): void {
+    for (const g of this.#groups.values()) {
+      if (!g.done) return;
+      if (g.held) {
+        this.#ready.push(g.held);
+        g.held = undefined;
+      }
+    }
   }
 
   /**
@@ -515,11 +960,11 @@ export class ShardCollector {
   }
 
   /**
-   * Take one shard body; returns the frame body (CRC included, checked) once its frame is
-   * complete. A frame whose CRC fails is lost, unless shards put right from a flipped bit went
-   * into it: then it is put together again without them as more shards come.
+   * One shard: the frame body (CRC included, checked) once its frame is complete. A frame whose
+   * CRC fails is lost, unless shards put right from a flipped bit went into it: then it is put
+   * together again without them as more shards come.
    */
-  push(body: Uint8Array): Uint8Array | undefined {
+  #push(body: Uint8Array): Uint8Array | undefined {
     this.completed = undefined;
     const sh = parseShard(body);
     if (!sh) {
@@ -543,7 +988,7 @@ export class ShardCollector {
     }
     if (!g) {
       if (sh.k * s > this.maxBody + 2 + s) return undefined; // larger than any frame we take
-      g = { k: sh.k, n: sh.n, s, shards: new Map(), distrust: false, seen: 0, top: -1, ok: 0, done: false };
+      g = { k: sh.k, n: sh.n, s, shards: new Map(), distrust: false, seen: 0, top: -1, ok: 0, done: false, fresh: false, needs: 0, later: 0, silent: 0 };
       this.#groups.set(sh.id, g);
       while (this.#groups.size > MAX_GROUPS) {
         const [oldest, og] = this.#groups.entries().next().value as [number, Group];
@@ -552,6 +997,24 @@ export class ShardCollector {
     }
     g.top = Math.max(g.top, sh.index);
     g.ok++;
+    if (this.#harq) {
+      // A sender sends a frame's shards in order, and its repairs as soon as it is asked: a shard
+      // of another frame ends what the older ones will get for now. Ask for what they lack; from
+      // the second shard of that frame on (or a frame whole at once): a lone damaged shard
+      // "corrected" into another id must not end a frame still coming.
+      if (g.ok >= 2 || g.done) {
+        const key = sh.id;
+        for (const [oid, o] of this.#groups) {
+          if (oid === key) break;
+          this.#ask(oid, o);
+        }
+      }
+      if (!g.done) {
+        g.fresh = true;
+        g.silent = 0;
+      }
+      this.#release();
+    }
     if (g.done || g.shards.has(sh.index) || (g.distrust && sh.corrected)) return undefined;
     if (sh.seen !== 0) g.seen = sh.seen;
     g.shards.set(sh.index, { data: Uint8Array.from(sh.data), corrected: sh.corrected });
@@ -563,8 +1026,9 @@ export class ShardCollector {
     for (let i = 0; i < g.k; i++) if (!g.shards.has(i)) missing++;
     // And the solve's e^3 steps are paid for by the line bytes of the frame: about 64 steps a
     // byte at most, so small parity-only shards cannot buy a 96 x 96 inversion with 1.4 KB.
-    // Genuine frames stay well inside (5%: e about 35 of k = 70, s = 10, budget 44).
-    if (missing > MAX_SOLVE || missing ** 3 > SOLVE_STEPS_PER_BYTE * g.k * (s + SHARD_WIRE_EXTRA)) return undefined;
+    // A sender's plans count this budget (shardsFor, solveBudget): planned without it, a chunk on a
+    // 5% line lost about 49 data shards of k = 80, s = 10 (budget 46) and mostly never came together.
+    if (missing > solveBudget(g.k, s)) return undefined;
     const data = new Map<number, Uint8Array>();
     for (const [i, x] of g.shards) data.set(i, x.data);
     this.decodings++;
@@ -592,6 +1056,7 @@ export class ShardCollector {
     this.completed = { id: sh.id, k: g.k, n: g.n, s, shards: g.ok, ...(!whole && frame ? { body: frame } : {}) };
     if (!whole) {
       this.stats.framesLost++;
+      this.#settle(sh.id, g, undefined);
       return undefined;
     }
     this.stats.framesDecoded++;
@@ -599,6 +1064,7 @@ export class ShardCollector {
     // What the peer says of the line, from a frame that came whole: a stranger's stray shards
     // with a `seen` of their own must not set how this end plans.
     if (g.seen !== 0) this.peerLambda = seenLambda(g.seen);
+    this.#settle(sh.id, g, frame);
     return frame;
   }
 
@@ -607,6 +1073,9 @@ export class ShardCollector {
     // Only frames put together whole inform the line estimate (push): a frame that never came
     // together, or shards after one that did, may be a stranger's, claiming any index.
     if (!g.done) this.stats.framesLost++;
+    // A frame held behind it is not lost with it (NEED mode): dropped frames make way.
+    if (g.held) this.#ready.push(g.held);
+    if (this.#harq) this.#release();
   }
 }
 
@@ -614,10 +1083,10 @@ export class ShardCollector {
  * One frame (as encodeFrame writes it: 0x00, COBS body, 0x00) as shards on the line: each
  * COBS-encoded and ended by 0x00, after one leading 0x00; `seen`: seenByte of the sender's estimate.
  */
-export function frameAsShards(wireFrame: Uint8Array, id: number, plan: ShardPlan, seen = 0): Uint8Array {
+export function frameAsShards(wireFrame: Uint8Array, id: number, plan: ShardPlan, seen = 0, count = plan.n): Uint8Array {
   const body = cobsDecode(wireFrame.subarray(1, wireFrame.length - 1));
   if (!body) throw new RangeError('not a frame');
-  const shards = encodeShards(body, id, plan, seen);
+  const shards = encodeShards(body, id, plan, seen, count);
   const out = new Uint8Array(1 + shards.reduce((n, b) => n + cobsMaxEncodedLength(b.length) + 1, 0));
   let o = 1;
   for (const b of shards) {

@@ -3,7 +3,8 @@
 // every 0x00, counts and drops corrupt or oversize frames, and never buffers without bound.
 import { cobsDecodeInto, cobsMaxEncodedLength } from './cobs.js';
 import { CRC_SIZE, MIN_BODY_SIZE, crcOk } from './frame.js';
-import { SHARD_MARK, ShardCollector } from './fec.js';
+import { NEED_MARK, SHARD_MARK, ShardCollector, parseNeed } from './fec.js';
+import type { Need, ShardCollectorOptions } from './fec.js';
 
 export interface FramerStats {
   /** Valid frames delivered. */
@@ -36,15 +37,25 @@ export class Deframer {
   /** Set after an overflow: everything up to the next 0x00 belongs to the oversize frame. */
   private discarding = false;
 
+  /**
+   * A whole NEED (docs/protocol.md 2.6) came: the peer asks for more shards of a frame. Without
+   * a listener a NEED is ignored (a receiver that keeps no frames has nothing to send).
+   */
+  onNeed: ((need: Need) => void) | undefined;
+  /** NEEDs received whole, and damaged ones (not counted as corrupt frames). */
+  readonly needStats = { whole: 0, damaged: 0 };
+  /** Frames put together from shards and not yet returned (a shard can release several). */
+  private pendingFrames: Uint8Array[] = [];
+
   /** @param maxBody largest body (header + payload + CRC) accepted, before COBS. */
-  constructor(maxBody: number) {
+  constructor(maxBody: number, options: ShardCollectorOptions = {}) {
     if (!Number.isInteger(maxBody) || maxBody < MIN_BODY_SIZE) {
       throw new RangeError(`maxBody must be an integer >= ${MIN_BODY_SIZE}`);
     }
     this.maxBody = maxBody;
     this.capacity = cobsMaxEncodedLength(maxBody);
     this.encoded = new Uint8Array(Math.min(this.capacity, SMALL_BUFFER));
-    this.shards = new ShardCollector(maxBody);
+    this.shards = new ShardCollector(maxBody, undefined, options);
   }
 
   /** Whether a body push() returned came as shards (a device answers such a request in shards). */
@@ -66,6 +77,7 @@ export class Deframer {
       if (zero === -1) break;
       const body = this.finish();
       if (body) frames.push(body);
+      if (this.pendingFrames.length > 0) frames.push(...this.pendingFrames.splice(0));
       start = zero + 1;
     }
     return frames;
@@ -95,6 +107,21 @@ export class Deframer {
     this.length += n;
   }
 
+  /**
+   * A pause in the shards (NEED mode, docs/protocol.md 2.6): NEEDs for the frames being
+   * collected, and the frames this releases (held behind one now given up), as push() returns them.
+   */
+  idle(again: boolean): Uint8Array[] {
+    return this.shards.idle(again).map((frame) => this.#shardFrame(frame));
+  }
+
+  #shardFrame(frame: Uint8Array): Uint8Array {
+    this.stats.frames++;
+    const f = frame.slice(0, frame.length - CRC_SIZE);
+    this.viaShards.add(f);
+    return f;
+  }
+
   /** A delimiter arrived: decode and check what was collected. */
   private finish(): Uint8Array | undefined {
     if (this.discarding) {
@@ -108,20 +135,33 @@ export class Deframer {
     const body = new Uint8Array(n);
     const len = cobsDecodeInto(this.encoded, n, body);
     if (this.encoded.length > SMALL_BUFFER) this.encoded = new Uint8Array(SMALL_BUFFER);
+    if (len > 0 && body[0] === NEED_MARK) {
+      // A NEED (2.6): the peer asks for more shards of a frame. Never a frame (0xFD is no version).
+      const need = parseNeed(body.subarray(0, len));
+      if (need) {
+        this.needStats.whole++;
+        this.onNeed?.(need);
+      } else {
+        // Damaged: dropped and counted as any damaged frame.
+        this.needStats.damaged++;
+        this.stats.corrupt++;
+        this.stats.droppedBytes += n;
+      }
+      return undefined;
+    }
     if (len > 0 && body[0] === SHARD_MARK) {
-      // A shard: whole ones are collected, and the frame they complete is checked as any other.
+      // A shard: whole ones are collected, and the frames they complete are checked as any other.
       const before = this.shards.stats.badShards;
-      const frame = this.shards.push(body.subarray(0, len));
+      const done = this.shards.pushAll(body.subarray(0, len));
       if (this.shards.stats.badShards > before) {
         this.stats.corrupt++;
         this.stats.droppedBytes += n;
       }
       // The collector gives out only frames whose length and CRC-32 it checked.
-      if (!frame) return undefined;
-      this.stats.frames++;
-      const out = frame.slice(0, frame.length - CRC_SIZE);
-      this.viaShards.add(out);
-      return out;
+      const out = done.map((frame) => this.#shardFrame(frame));
+      const first = out.shift();
+      this.pendingFrames.push(...out);
+      return first;
     }
     if (len < MIN_BODY_SIZE || len > this.maxBody || !crcOk(body.subarray(0, len))) {
       this.stats.corrupt++;

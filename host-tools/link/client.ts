@@ -3,7 +3,8 @@
 // device answers a retry from its cache, never executing twice), and device-parameter negotiation.
 import { randomInt } from 'node:crypto';
 import { Deframer } from '../../firmware/link/framer.js';
-import { bestFrame, frameAsShards, planShardsAtMost, seenByte } from '../../firmware/link/fec.js';
+import { ShardResender, ShardSource, bestFrame, frameAsShards, planShardsAtMost, planShardsHarq, seenByte, shardsOnLine } from '../../firmware/link/fec.js';
+import { cobsDecode } from '../../firmware/link/cobs.js';
 import { decodeMessage, encodeMessage, errorFromPayload } from '../../firmware/link/codec.js';
 import type { Message, Payload } from '../../firmware/link/codec.js';
 import { Kind, SUPPORTED_VERSIONS } from '../../firmware/link/frame.js';
@@ -40,6 +41,19 @@ export { LinkClosedError, LinkTimeoutError };
  */
 const PLAIN_BELOW = 3e-6;
 
+/** Frames larger than this (bulk chunks) go with NEED rounds; smaller ones (requests) whole. */
+const HARQ_ABOVE = 512;
+
+/** Bytes handed to the transport at a time, ending at a delimiter: a repair waits behind at most two. */
+const WRITE_SLICE = 512;
+
+interface WriteJob {
+  bytes: Uint8Array;
+  offset: number;
+  resolve(): void;
+  reject(e: unknown): void;
+}
+
 /** The device's limits, from its parameters reply (docs/protocol.md, "params"). */
 export interface DeviceParams {
   versions: number[];
@@ -57,6 +71,12 @@ export interface LinkClientOptions {
   baseTimeoutMs?: number;
   /** Retries after a timeout, same sequence number. Default 2. */
   retries?: number;
+  /**
+   * Incremental redundancy (docs/protocol.md 2.6) for large frames in shards: send the shards
+   * for the line's mean loss and the rest when the device asks (NEED). Default true; a device
+   * that never asks is sent whole plans again after its first lost frame.
+   */
+  harq?: boolean;
   /** Largest frame body accepted from the device before negotiation. Default 64 KiB. */
   maxBody?: number;
   /**
@@ -117,6 +137,15 @@ export class LinkClient {
   /** Frames received in shards when the host last turned to shards, and how many more before plain again. */
   private shardsSince = 0;
   private plainAfter = 32;
+  /** Frames sent in shards, kept to answer the device's NEEDs (docs/protocol.md 2.6). */
+  private readonly resender = new ShardResender();
+  /** NEED rounds: 'unknown' until the device asks (tried), 'yes' once it has, 'no' after a lost frame with none asked. */
+  private harq: 'unknown' | 'yes' | 'no';
+  /** Frames sent with a NEED-round plan. */
+  private harqFrames = 0;
+  /** Bytes waiting to be handed to the transport, in order, repairs first. */
+  private readonly writeQueue: WriteJob[] = [];
+  private writesInFlight = 0;
 
   constructor(
     readonly transport: Transport,
@@ -130,6 +159,21 @@ export class LinkClient {
     this.inShards = opts.fec === 'on';
     this.fecAllowed = opts.fec !== 'off';
     this.fecAuto = (opts.fec ?? 'auto') === 'auto';
+    this.harq = opts.harq === false ? 'no' : 'unknown';
+    const harqAllowed = opts.harq !== false;
+    this.deframer.onNeed = (need) => {
+      if (!harqAllowed) return;
+      this.harq = 'yes';
+      const bodies = this.resender.answer(need);
+      if (bodies.length > 0) {
+        // The frame comes together a round later, and the ones behind it are held until then:
+        // every answer waited for gets the line time of the repair and of a round trip more.
+        // Bounded: a sender answers at most 2 NEEDs for each of its last 8 frames.
+        const more = this.baseTimeoutMs / 4 + 2 * (bodies.length * (bodies[0]!.length + 2) + 8300) * this.msPerByte;
+        for (const extend of this.deadlines) extend(more);
+      }
+      if (bodies.length > 0) void this.write(shardsOnLine(bodies), true).catch(() => undefined);
+    };
     transport.onData((chunk) => this.receive(chunk));
     transport.onClose((err) => this.fail(new LinkClosedError(err)));
   }
@@ -153,6 +197,9 @@ export class LinkClient {
    * now on frames go as shards, or, if they already do, are planned for a worse line.
    */
   lineLost(): void {
+    // A frame lost while sending NEED-round plans to a device that never asked for a shard: it
+    // does not take NEEDs (or they do not reach it): whole plans from now on.
+    if (this.inShards && this.harq === 'unknown' && this.harqFrames > 0) this.harq = 'no';
     if (this.inShards) this.deframer.shards.worse();
     else if (this.fecAllowed) {
       this.inShards = true;
@@ -191,10 +238,107 @@ export class LinkClient {
       this.plainAfter *= 2;
     }
     if (!this.inShards) return frame;
-    const plan = planShardsAtMost(frame.length - 2, sh.sendLambda(frame.length));
-    if (!plan) return frame;
+    const lambda = sh.sendLambda(frame.length);
+    const harq = this.harq !== 'no' && frame.length > HARQ_ABOVE;
+    const found = (harq ? planShardsHarq(frame.length - 2, lambda) : undefined) ?? planShardsAtMost(frame.length - 2, lambda);
+    if (!found) return frame;
+    const plan = found;
     this.shardId = (this.shardId + 1) & 0xff;
-    return frameAsShards(frame, this.shardId, plan, seenByte(sh.line.lambda));
+    const body = cobsDecode(frame.subarray(1, frame.length - 1));
+    if (!body) return frame;
+    const send = plan.send ?? plan.n;
+    const src = new ShardSource(body, this.shardId, plan, seenByte(sh.line.lambda));
+    const shards: Uint8Array[] = [];
+    for (let i = 0; i < send; i++) shards.push(src.shard(i));
+    if (send < plan.n) this.harqFrames++;
+    this.resender.add(src, send, Math.exp(-lambda * (plan.s + 10)));
+    const line = shardsOnLine(shards);
+    const out = new Uint8Array(1 + line.length);
+    out.set(line, 1);
+    return out;
+  }
+
+  /**
+   * Answers being waited for, each with a way to push its deadline back: a frame the device asked
+   * more shards of is put together later, and the device holds the frames behind it until then.
+   */
+  private readonly deadlines = new Set<(ms: number) => void>();
+
+  /** `answer`, or TIMEOUT after `ms` (pushed back by each NEED this host answers). */
+  private awaitAnswer<T>(answer: Promise<T>, ms: number): Promise<T | typeof TIMEOUT> {
+    let timer: NodeJS.Timeout | undefined;
+    let deadline = performance.now() + ms;
+    let extend: ((more: number) => void) | undefined;
+    const t = new Promise<typeof TIMEOUT>((resolve) => {
+      const arm = () => {
+        clearTimeout(timer);
+        timer = setTimeout(() => resolve(TIMEOUT), Math.max(0, deadline - performance.now()));
+      };
+      extend = (more: number) => {
+        deadline += more;
+        arm();
+      };
+      arm();
+    });
+    this.deadlines.add(extend!);
+    return Promise.race([answer, t]).finally(() => {
+      clearTimeout(timer);
+      this.deadlines.delete(extend!);
+    });
+  }
+
+  /** NEEDs answered and shards sent for them (docs/protocol.md 2.6). */
+  get repairStats() {
+    return { ...this.resender.stats, harq: this.harq, harqFrames: this.harqFrames };
+  }
+
+  /**
+   * Bytes to the transport in slices ending at a delimiter, at most two slices handed over at a
+   * time, so that repair shards (`urgent`: answering a NEED) go out within a slice or two rather
+   * than behind every chunk in flight. Resolves when the last of `bytes` is handed over.
+   */
+  private write(bytes: Uint8Array, urgent = false): Promise<void> {
+    if (this.closed) return Promise.reject(this.closed);
+    return new Promise<void>((resolve, reject) => {
+      const job = { bytes, offset: 0, resolve, reject };
+      if (urgent) this.writeQueue.unshift(job);
+      else this.writeQueue.push(job);
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    while (this.writesInFlight < 2 && this.writeQueue.length > 0) {
+      const job = this.writeQueue[0]!;
+      const { bytes, offset } = job;
+      let end = bytes.length;
+      if (end - offset > WRITE_SLICE) {
+        // End at a delimiter, so what goes next (a repair) starts a frame of its own.
+        const before = bytes.lastIndexOf(0, offset + WRITE_SLICE - 1);
+        const after = before > offset ? before : bytes.indexOf(0, offset + WRITE_SLICE);
+        end = after === -1 ? bytes.length : after + 1;
+      }
+      const last = end === bytes.length;
+      job.offset = end;
+      if (last) this.writeQueue.shift();
+      this.writesInFlight++;
+      this.transport.write(bytes.subarray(offset, end)).then(
+        () => {
+          this.writesInFlight--;
+          if (last) job.resolve();
+          this.pump();
+        },
+        (e: unknown) => {
+          this.writesInFlight--;
+          if (!last) {
+            const at = this.writeQueue.indexOf(job);
+            if (at >= 0) this.writeQueue.splice(at, 1);
+          }
+          job.reject(e);
+          this.pump();
+        },
+      );
+    }
   }
 
   onEvent(listener: (m: Message) => void): void {
@@ -299,7 +443,7 @@ export class LinkClient {
         const writeMs = this.baseTimeoutMs + 2 * this.unsentBytes * this.msPerByte;
         let sent: void | typeof TIMEOUT;
         try {
-          sent = await abortable(raceTimeout(this.transport.write(frame), writeMs), opts.signal);
+          sent = await abortable(raceTimeout(this.write(frame), writeMs), opts.signal);
         } catch (e) {
           // A write the transport refused: the cable is gone (a paced link's queue is failed with
           // its own error when the link under it closes). The same error as a close, for callers.
@@ -310,7 +454,7 @@ export class LinkClient {
         }
         if (sent === TIMEOUT) throw new LinkTimeoutError(group, command, writeMs, attempt, 'the link takes no bytes');
         // The timer starts once the bytes have left (a paced link takes its time to send them).
-        const result = await abortable(raceTimeout(answer, timeoutMs()), opts.signal);
+        const result = await abortable(this.awaitAnswer(answer, timeoutMs()), opts.signal);
         if (result !== TIMEOUT) return result;
         // The device is there: the line lost the request or its answer (to shards, or worse ones).
         // Nothing heard while sending shards: the request itself was likely lost; stronger ones.
@@ -377,6 +521,8 @@ export class LinkClient {
     this.closed = e;
     for (const p of this.pending.values()) p.reject(e);
     this.pending.clear();
+    // Bytes not yet handed to the transport never will be: their writers hear it now.
+    for (const job of this.writeQueue.splice(0)) job.reject(e);
   }
 }
 

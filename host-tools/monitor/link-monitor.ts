@@ -6,7 +6,7 @@
 // and not shown one by one: the frame they make is shown once complete, with what it took. Works
 // on a copy of the stream; never throws on what it reads.
 import { cobsDecode, cobsEncode } from '../../firmware/link/cobs.js';
-import { SHARD_CHECK, SHARD_HEADER, SHARD_MARK, ShardCollector } from '../../firmware/link/fec.js';
+import { NEED_MARK, SHARD_CHECK, SHARD_HEADER, SHARD_MARK, ShardCollector, parseNeed } from '../../firmware/link/fec.js';
 import { CRC_SIZE, HEADER_SIZE, Kind, MIN_BODY_SIZE, crcOk, readHeader } from '../../firmware/link/frame.js';
 import { decodeMessage } from '../../firmware/link/codec.js';
 import { rcName } from '../../firmware/link/errors.js';
@@ -137,6 +137,8 @@ export interface MonitorStats {
   bytes: number;
   /** FEC shards, once one has been seen: whole ones, and ones not whole (also in problems). */
   shards?: { good: number; bad: number };
+  /** NEEDs (docs/protocol.md 2.6: more shards of a frame asked for), once one has been seen: whole ones, and damaged ones (also 'bad shard' in problems). */
+  needs?: { good: number; bad: number };
 }
 
 export interface LinkMonitorOptions {
@@ -210,10 +212,28 @@ export class LinkMonitor {
         this.#shard(dir, body, kept, nowUs);
         return;
       }
+      // 0xFD neither: a NEED, a receiver of shards asking for more of a frame (2.6).
+      if (body !== undefined && body[0] === NEED_MARK) {
+        this.#need(dir, body, kept, nowUs);
+        return;
+      }
       const max = this.maxFrame ?? DEFAULT_MAX_BODY;
       const seen = body ? inspectBody(body, length, max) : inspectFrame(kept, length, max);
       this.#report(dir, seen, body, nowUs, { timeUs: nowUs, direction: pcapDirection(dir), flags: 0, bytes: kept, origLength: length });
     });
+  }
+
+  /** One NEED: counted and captured (a record flagged as a shard: the dissector shows its fields), not shown as a frame. */
+  #need(dir: Direction, body: Uint8Array, kept: Uint8Array, nowUs: number): void {
+    const st = this.stats[dir];
+    const whole = parseNeed(body) !== undefined;
+    const counts = (st.needs ??= { good: 0, bad: 0 });
+    if (whole) counts.good++;
+    else {
+      counts.bad++;
+      st.problems['bad shard'] = (st.problems['bad shard'] ?? 0) + 1;
+    }
+    this.#onShard?.({ timeUs: nowUs, direction: pcapDirection(dir), flags: PcapFlag.FEC_SHARD | (whole ? 0 : PcapFlag.BAD_CRC), bytes: kept });
   }
 
   /** One shard: counted and captured, not shown; the frame it completes is reported. */

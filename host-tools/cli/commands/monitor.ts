@@ -55,7 +55,7 @@ const hostPort = (h: string, p: number) => `${h.includes(':') ? `[${h}]` : h}:${
 
 const summary = (dir: Direction, s: MonitorStats) => {
   const problems = Object.entries(s.problems).map(([k, n]) => `${n} ${k}`);
-  const shards = s.shards ? `; FEC shards: ${s.shards.good} whole, ${s.shards.bad} bad` : '';
+  const shards = (s.shards ? `; FEC shards: ${s.shards.good} whole, ${s.shards.bad} bad` : '') + (s.needs ? `; NEEDs: ${s.needs.good} whole, ${s.needs.bad} bad` : '');
   return `${dir}: ${s.frames} frames, ${s.bytes} bytes${problems.length ? `, ${problems.join(', ')}` : ', no framing errors'}${shards}`;
 };
 
