@@ -23,7 +23,7 @@ import { exportBatch, readOutbox } from '../kmd/export.js';
 import { InputError } from '../input-error.js';
 import { openStationStore } from './open-store.js';
 import { startStationServer } from './serve.js';
-import { BrokerStation, MAX_REQUEST_BYTES, answerTopic, connectBroker, checkBrokerUrl, redactBrokerUrl, startEmbeddedBroker, terminalOfTopic, upTopic } from './broker.js';
+import { BrokerStation, MAX_REQUEST_BYTES, MAX_SUBSCRIPTIONS, answerTopic, connectBroker, checkBrokerUrl, redactBrokerUrl, startEmbeddedBroker, terminalOfTopic, upTopic } from './broker.js';
 
 t.setTimeout(60_000);
 
@@ -158,6 +158,11 @@ t.test('the embedded broker holds nothing big for strangers: no retained message
   }
   await closed;
   t.ok(sent < 64 * 2 ** 20, `closed after ${sent} bytes, not after 64 MiB`);
+  // Subscriptions: a few per connection, not a million (each one held by the broker).
+  const subscriber = await raw(t, b.url);
+  for (let i = 0; i < MAX_SUBSCRIPTIONS; i++) await subscriber.subscribeAsync(answerTopic(`tag${String(i).padStart(20, '0')}`), { qos: 1 });
+  t.pass(`${MAX_SUBSCRIPTIONS} subscriptions granted`);
+  await subscriber.subscribeAsync(answerTopic('x'.repeat(32)), { qos: 1 }).then(() => t.fail('granted'), () => t.pass('the next one refused'));
   // A genuine-sized uplink still goes through (the worker reads it).
   const spy = await mqtt.connectAsync(b.url, { protocolVersion: 4, reconnectPeriod: 0, ...b.stationLogin });
   t.teardown(() => spy.endAsync(true));

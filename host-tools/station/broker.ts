@@ -206,6 +206,9 @@ export function boundPackets(socket: Socket, max: number): void {
   };
 }
 
+/** Subscriptions the embedded broker grants one stranger's connection in its life (the reference client takes one). */
+export const MAX_SUBSCRIPTIONS = 16;
+
 export interface EmbeddedBroker {
   /** `mqtt://HOST:PORT` */
   url: string;
@@ -224,6 +227,7 @@ export async function startEmbeddedBroker(host: string, port: number): Promise<E
   const username = 'qkt-station';
   const password = randomBytes(24).toString('hex');
   const stationClients = new WeakSet<AedesClient>();
+  const subscriptions = new WeakMap<AedesClient, number>();
   const { Aedes } = await import('aedes');
   const broker = await Aedes.createBroker({
     authenticate: (client, user, pass, done) => {
@@ -240,7 +244,14 @@ export async function startEmbeddedBroker(host: string, port: number): Promise<E
       done(new Error('publish not allowed'));
     },
     authorizeSubscribe: (client, sub, done) => {
-      if (client && stationClients.has(client) ? sub.topic === workerTopic(undefined) : sub.topic.startsWith(`${TOPIC_PREFIX}/answer/`) && TAG_RE.test(sub.topic.slice(TOPIC_PREFIX.length + 8))) return done(null, sub);
+      if (client && stationClients.has(client)) return done(null, sub.topic === workerTopic(undefined) ? sub : null);
+      // A stranger: one exact answer topic, and a few per connection (the broker holds each one:
+      // memory a stranger could otherwise fill, a subscription at a time).
+      const granted = client ? (subscriptions.get(client) ?? 0) : 0;
+      if (client && granted < MAX_SUBSCRIPTIONS && sub.topic.startsWith(`${TOPIC_PREFIX}/answer/`) && TAG_RE.test(sub.topic.slice(TOPIC_PREFIX.length + 8))) {
+        subscriptions.set(client, granted + 1);
+        return done(null, sub);
+      }
       done(null, null); // refused in the SUBACK (0x80); the client stays connected
     },
   });
