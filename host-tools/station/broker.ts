@@ -82,16 +82,21 @@ const connectOnce = async (url: string, o: IClientOptions, timeoutMs: number): P
   return new Promise((resolve, reject) => {
     const client = mqtt.connect(url, { ...o, reconnectPeriod: 0, connectTimeout: timeoutMs });
     const fail = (e: Error) => {
-      client.removeAllListeners();
+      // Only this function's listeners: the client's own (its 'close' clears its connect timer)
+      // stay, or the process would linger until that timer fires after the error is reported.
+      client.removeListener('connect', connected);
+      client.removeListener('error', fail);
+      client.removeListener('close', closed);
       client.on('error', () => undefined);
       client.end(true);
       reject(e);
     };
-    client.once('connect', (packet) => {
+    const connected = (packet: { properties?: unknown }) => {
       client.removeListener('error', fail);
       client.removeListener('close', closed);
       resolve({ client, properties: packet.properties as Record<string, unknown> | undefined });
-    });
+    };
+    client.once('connect', connected);
     const closed = () => fail(Object.assign(new Error('the connection closed before the broker answered'), { code: 'ECONNRESET' }));
     client.once('error', fail);
     client.once('close', closed);
