@@ -173,6 +173,33 @@ t.test('the embedded broker holds nothing big for strangers: no retained message
   t.equal(await got, MAX_REQUEST_BYTES);
 });
 
+t.test('a store that fails (a commit refused): the uplink is left unanswered, not refused, and its resend is opened', async (t) => {
+  const dir = t.testdir({});
+  const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 11_000, stockBits: 2 ** 20, stationStore: 'sqlite' });
+  const a = await terminal(t, home, dir, 'T1');
+  const logs: string[] = [];
+  const server = await startStationServer({ stationDir: home.path('station'), broker: 'embedded', listen: '127.0.0.1:0', log: (l) => logs.push(l) });
+  t.teardown(() => server.close());
+  // Another connection holds the database's write lock past the store's busy timeout (10 s):
+  // the group's commit fails (on PostgreSQL: two workers' groups deadlocked).
+  const Database = (await import('better-sqlite3')).default;
+  const blocker = new Database(home.path('station', 'station.sqlite'));
+  blocker.exec('BEGIN EXCLUSIVE');
+  const release = setTimeout(() => {
+    blocker.exec('ROLLBACK');
+    blocker.close();
+  }, 11_000);
+  t.teardown(() => clearTimeout(release));
+  const bs = await BrokerStation.connect(server.address);
+  t.teardown(() => bs.close());
+  const m = await a.seal(1);
+  const answer = await bs.forTerminal('T1').request(Group.STATION, StationCmd.UPLINK, { t: 'T1', m }, { timeoutMs: 40_000 });
+  t.equal(answer['n'], 40, 'opened once the store could commit again');
+  t.ok(logs.some((l) => /left unanswered for its sender to send again/.test(l)), 'the failure is logged');
+  await server.close();
+  t.equal(readFileSync(home.path('station', 'inbox.jsonl'), 'utf8').trim().split('\n').length, 1, 'filed once');
+});
+
 t.test('the pool-image store is refused on a broker', async (t) => {
   const dir = t.testdir({});
   const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 11_000 });
