@@ -6,6 +6,7 @@ import t from 'tap';
 import type { Test } from 'tap';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { connect } from 'node:net';
 import mqtt from 'mqtt';
 import { NorFlash } from '../../firmware/flash/nor-flash.js';
 import { createTerminal } from '../../firmware/terminal.js';
@@ -22,7 +23,7 @@ import { exportBatch, readOutbox } from '../kmd/export.js';
 import { InputError } from '../input-error.js';
 import { openStationStore } from './open-store.js';
 import { startStationServer } from './serve.js';
-import { BrokerStation, answerTopic, connectBroker, checkBrokerUrl, redactBrokerUrl, startEmbeddedBroker, terminalOfTopic, upTopic } from './broker.js';
+import { BrokerStation, MAX_REQUEST_BYTES, MAX_SUBSCRIPTIONS, answerTopic, connectBroker, checkBrokerUrl, redactBrokerUrl, startEmbeddedBroker, terminalOfTopic, upTopic } from './broker.js';
 
 t.setTimeout(60_000);
 
@@ -95,7 +96,6 @@ t.test('a worker on the embedded broker: strangers, lies, resends', async (t) =>
   await send(upTopic('T1'), Buffer.from('not cbor'));
   await send(upTopic('T1'), { t: 'T1', m: new Uint8Array(10) }); // no reply tag: dropped
   await send(upTopic('T1'), { t: 'T1', m: new Uint8Array(10), a: 'short', k: 1 }); // tag too short
-  await send(upTopic('T1'), Buffer.alloc(9000)); // too large
   const forged = await a.seal(1);
   forged[forged.length - 1]! ^= 1;
   await send(upTopic('T1'), { t: 'T1', m: forged, a: tag, k: 1 });
@@ -103,7 +103,7 @@ t.test('a worker on the embedded broker: strangers, lies, resends', async (t) =>
   await send(upTopic('T9'), { t: 'T9', m: forged, a: tag, k: 3 }); // no such terminal
   await send(upTopic('T1'), { t: 'T1', m: 'text', a: tag, k: 4 });
   for (let i = 0; i < 100 && answers.length < 4; i++) await new Promise((r) => setTimeout(r, 20));
-  t.equal(server.counters.brokerDropped - dropped0, 4, 'malformed, untagged and oversized messages dropped');
+  t.equal(server.counters.brokerDropped - dropped0, 3, 'malformed and untagged messages dropped (an oversized one the embedded broker refuses: below)');
   const rc = Object.fromEntries(answers.map((x) => [x['k'], x['rc']]));
   t.same(rc, { 1: Rc.AUTH_FAILED, 2: Rc.BAD_REQUEST, 3: Rc.WRONG_TERMINAL, 4: Rc.BAD_REQUEST }, 'each lie answered with its refusal');
   const after = openStationStore(home.path('station'));
@@ -128,6 +128,76 @@ t.test('a worker on the embedded broker: strangers, lies, resends', async (t) =>
   const lines = readFileSync(home.path('station', 'inbox.jsonl'), 'utf8').trim().split('\n');
   t.equal(lines.length, 1, 'filed once');
   t.ok(logs.some((l) => /opened before/.test(l)), 'the resend is logged as one');
+});
+
+t.test('the embedded broker holds nothing big for strangers: no retained messages, no packet over its bound, even before CONNECT', async (t) => {
+  const b = await startEmbeddedBroker('127.0.0.1', 0);
+  t.teardown(() => b.close());
+  const port = Number(new URL(b.url).port);
+  const closes = async (what: string, publish: (c: mqtt.MqttClient) => void) => {
+    const c = await raw(t, b.url);
+    const closed = new Promise<void>((r) => c.once('close', () => r()));
+    publish(c);
+    await closed;
+    t.pass(what);
+  };
+  await closes('a retained uplink closes the connection (the broker would keep it for ever)', (c) => c.publish(upTopic('T1'), Buffer.alloc(100), { qos: 1, retain: true }));
+  await closes('an uplink over MAX_REQUEST_BYTES closes the connection', (c) => c.publish(upTopic('T1'), Buffer.alloc(MAX_REQUEST_BYTES + 1), { qos: 1 }));
+  // A stranger who never logs in announces a 256 MiB packet and streams it: closed at the header.
+  const s = connect(port, '127.0.0.1');
+  t.teardown(() => s.destroy());
+  await new Promise<void>((r) => s.once('connect', () => r()));
+  const closed = new Promise<void>((r) => s.once('close', () => r()));
+  s.on('error', () => undefined);
+  s.write(Buffer.from([0x30, 0xff, 0xff, 0xff, 0x7f]));
+  let sent = 0;
+  const chunk = Buffer.alloc(64 * 1024);
+  while (!s.destroyed && sent < 64 * 2 ** 20) {
+    if (!s.write(chunk)) await Promise.race([new Promise((r) => s.once('drain', r)), closed]);
+    sent += chunk.length;
+  }
+  await closed;
+  t.ok(sent < 64 * 2 ** 20, `closed after ${sent} bytes, not after 64 MiB`);
+  // Subscriptions: a few per connection, not a million (each one held by the broker).
+  const subscriber = await raw(t, b.url);
+  for (let i = 0; i < MAX_SUBSCRIPTIONS; i++) await subscriber.subscribeAsync(answerTopic(`tag${String(i).padStart(20, '0')}`), { qos: 1 });
+  t.pass(`${MAX_SUBSCRIPTIONS} subscriptions granted`);
+  await subscriber.subscribeAsync(answerTopic('x'.repeat(32)), { qos: 1 }).then(() => t.fail('granted'), () => t.pass('the next one refused'));
+  // A genuine-sized uplink still goes through (the worker reads it).
+  const spy = await mqtt.connectAsync(b.url, { protocolVersion: 4, reconnectPeriod: 0, ...b.stationLogin });
+  t.teardown(() => spy.endAsync(true));
+  await spy.subscribeAsync('qkt/v1/up/+', { qos: 1 });
+  const got = new Promise<number>((r) => spy.once('message', (_t, p) => r(p.length)));
+  const ok = await raw(t, b.url);
+  await ok.publishAsync(upTopic('T1'), Buffer.alloc(MAX_REQUEST_BYTES), { qos: 1 });
+  t.equal(await got, MAX_REQUEST_BYTES);
+});
+
+t.test('a store that fails (a commit refused): the uplink is left unanswered, not refused, and its resend is opened', async (t) => {
+  const dir = t.testdir({});
+  const home = KmdHome.init(join(dir, 'kmd'), { rateBitsPerSecond: 11_000, stockBits: 2 ** 20, stationStore: 'sqlite' });
+  const a = await terminal(t, home, dir, 'T1');
+  const logs: string[] = [];
+  const server = await startStationServer({ stationDir: home.path('station'), broker: 'embedded', listen: '127.0.0.1:0', log: (l) => logs.push(l) });
+  t.teardown(() => server.close());
+  // Another connection holds the database's write lock past the store's busy timeout (10 s):
+  // the group's commit fails (on PostgreSQL: two workers' groups deadlocked).
+  const Database = (await import('better-sqlite3')).default;
+  const blocker = new Database(home.path('station', 'station.sqlite'));
+  blocker.exec('BEGIN EXCLUSIVE');
+  const release = setTimeout(() => {
+    blocker.exec('ROLLBACK');
+    blocker.close();
+  }, 11_000);
+  t.teardown(() => clearTimeout(release));
+  const bs = await BrokerStation.connect(server.address);
+  t.teardown(() => bs.close());
+  const m = await a.seal(1);
+  const answer = await bs.forTerminal('T1').request(Group.STATION, StationCmd.UPLINK, { t: 'T1', m }, { timeoutMs: 40_000 });
+  t.equal(answer['n'], 40, 'opened once the store could commit again');
+  t.ok(logs.some((l) => /left unanswered for its sender to send again/.test(l)), 'the failure is logged');
+  await server.close();
+  t.equal(readFileSync(home.path('station', 'inbox.jsonl'), 'utf8').trim().split('\n').length, 1, 'filed once');
 });
 
 t.test('the pool-image store is refused on a broker', async (t) => {
@@ -156,7 +226,11 @@ t.test('a sender with no worker: resends, then gives up', async (t) => {
 });
 
 t.test('an unreachable broker: exit 3 material, no password shown', async (t) => {
-  const e = await BrokerStation.connect('mqtt://u:SeCrEt@127.0.0.1:1', { timeoutMs: 2000 }).catch((x: unknown) => x as Error);
+  const timers = () => process.getActiveResourcesInfo().filter((r) => r === 'Timeout').length;
+  const before = timers();
+  const e = await BrokerStation.connect('mqtt://u:SeCrEt@127.0.0.1:1', { timeoutMs: 60_000 }).catch((x: unknown) => x as Error);
+  await new Promise((r) => setTimeout(r, 300));
+  t.ok(timers() <= before, `${timers()} <= ${before}: no connect timer left behind (the process exits when it reports the error, not a timeout later)`);
   t.equal((e as Error).name, 'NoDeviceError');
   t.match((e as Error).message, /cannot reach the MQTT broker at mqtt:\/\/u:\*\*\*@127\.0\.0\.1:1/);
   t.notMatch((e as Error).message, /SeCrEt/);

@@ -10,7 +10,7 @@
 // uplinks over several workers.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 import { createServer } from 'node:net';
-import type { AddressInfo, Server } from 'node:net';
+import type { AddressInfo, Server, Socket } from 'node:net';
 // mqtt and aedes are loaded when first used: the commands that load this file without a broker start no slower.
 import type { IClientOptions, MqttClient } from 'mqtt';
 import type { Client as AedesClient } from 'aedes';
@@ -82,16 +82,21 @@ const connectOnce = async (url: string, o: IClientOptions, timeoutMs: number): P
   return new Promise((resolve, reject) => {
     const client = mqtt.connect(url, { ...o, reconnectPeriod: 0, connectTimeout: timeoutMs });
     const fail = (e: Error) => {
-      client.removeAllListeners();
+      // Only this function's listeners: the client's own (its 'close' clears its connect timer)
+      // stay, or the process would linger until that timer fires after the error is reported.
+      client.removeListener('connect', connected);
+      client.removeListener('error', fail);
+      client.removeListener('close', closed);
       client.on('error', () => undefined);
       client.end(true);
       reject(e);
     };
-    client.once('connect', (packet) => {
+    const connected = (packet: { properties?: unknown }) => {
       client.removeListener('error', fail);
       client.removeListener('close', closed);
       resolve({ client, properties: packet.properties as Record<string, unknown> | undefined });
-    });
+    };
+    client.once('connect', connected);
     const closed = () => fail(Object.assign(new Error('the connection closed before the broker answered'), { code: 'ECONNRESET' }));
     client.once('error', fail);
     client.once('close', closed);
@@ -150,6 +155,65 @@ function brokerError(shown: string, e: unknown): Error {
   return new NoDeviceError(shown, `cannot reach the MQTT broker at ${shown}: ${why}`, typeof code === 'string' ? code : undefined);
 }
 
+/**
+ * Largest MQTT packet the embedded broker takes from a client: an uplink (MAX_REQUEST_BYTES) with
+ * its topic and headers, or a CONNECT. aedes's parser has no bound of its own: it would buffer a
+ * packet of up to 256 MiB, even before CONNECT (so from anyone), until it is complete.
+ */
+export const MAX_PACKET_BYTES = MAX_REQUEST_BYTES + 1024;
+
+/**
+ * Close `socket` as soon as the bytes read from it (aedes reads them with `read()`, in paused
+ * mode) announce an MQTT packet longer than `max`, or a malformed length: checked as the fixed
+ * headers go by, before the parser buffers the packet's body.
+ */
+export function boundPackets(socket: Socket, max: number): void {
+  let phase: 'type' | 'length' | 'body' = 'type';
+  let length = 0;
+  let mult = 1;
+  let lengthBytes = 0;
+  let left = 0;
+  const read = socket.read.bind(socket);
+  socket.read = (size?: number) => {
+    if (socket.destroyed) return null;
+    const buf = read(size) as Buffer | string | null;
+    if (!Buffer.isBuffer(buf)) return buf;
+    for (let i = 0; i < buf.length; ) {
+      if (phase === 'type') {
+        phase = 'length';
+        length = 0;
+        mult = 1;
+        lengthBytes = 0;
+        i++;
+      } else if (phase === 'length') {
+        const b = buf[i++]!;
+        length += (b & 0x7f) * mult;
+        mult *= 128;
+        lengthBytes++;
+        if (b & 0x80) {
+          if (lengthBytes < 4) continue;
+          length = Infinity; // a fifth length byte: malformed
+        }
+        if (length > max) {
+          socket.destroy();
+          return null;
+        }
+        left = length;
+        phase = left > 0 ? 'body' : 'type';
+      } else {
+        const n = Math.min(left, buf.length - i);
+        left -= n;
+        i += n;
+        if (left === 0) phase = 'type';
+      }
+    }
+    return buf;
+  };
+}
+
+/** Subscriptions the embedded broker grants one stranger's connection in its life (the reference client takes one). */
+export const MAX_SUBSCRIPTIONS = 16;
+
 export interface EmbeddedBroker {
   /** `mqtt://HOST:PORT` */
   url: string;
@@ -168,6 +232,7 @@ export async function startEmbeddedBroker(host: string, port: number): Promise<E
   const username = 'qkt-station';
   const password = randomBytes(24).toString('hex');
   const stationClients = new WeakSet<AedesClient>();
+  const subscriptions = new WeakMap<AedesClient, number>();
   const { Aedes } = await import('aedes');
   const broker = await Aedes.createBroker({
     authenticate: (client, user, pass, done) => {
@@ -177,16 +242,27 @@ export async function startEmbeddedBroker(host: string, port: number): Promise<E
       done(ok ? null : Object.assign(new Error('bad login'), { returnCode: 4 }), ok);
     },
     authorizePublish: (client, packet, done) => {
-      if (client && stationClients.has(client) ? packet.topic.startsWith(`${TOPIC_PREFIX}/answer/`) : terminalOfTopic(packet.topic) !== undefined) return done(null);
-      done(new Error('topic not allowed'));
+      if (client && stationClients.has(client)) return done(packet.topic.startsWith(`${TOPIC_PREFIX}/answer/`) ? null : new Error('topic not allowed'));
+      // A stranger's uplink: no retained message (the broker would keep it, one per topic, for
+      // ever: memory anyone could fill) and no payload a worker would drop unread anyway.
+      if (terminalOfTopic(packet.topic) !== undefined && !packet.retain && packet.payload.length <= MAX_REQUEST_BYTES) return done(null);
+      done(new Error('publish not allowed'));
     },
     authorizeSubscribe: (client, sub, done) => {
-      if (client && stationClients.has(client) ? sub.topic === workerTopic(undefined) : sub.topic.startsWith(`${TOPIC_PREFIX}/answer/`) && TAG_RE.test(sub.topic.slice(TOPIC_PREFIX.length + 8))) return done(null, sub);
+      if (client && stationClients.has(client)) return done(null, sub.topic === workerTopic(undefined) ? sub : null);
+      // A stranger: one exact answer topic, and a few per connection (the broker holds each one:
+      // memory a stranger could otherwise fill, a subscription at a time).
+      const granted = client ? (subscriptions.get(client) ?? 0) : 0;
+      if (client && granted < MAX_SUBSCRIPTIONS && sub.topic.startsWith(`${TOPIC_PREFIX}/answer/`) && TAG_RE.test(sub.topic.slice(TOPIC_PREFIX.length + 8))) {
+        subscriptions.set(client, granted + 1);
+        return done(null, sub);
+      }
       done(null, null); // refused in the SUBACK (0x80); the client stays connected
     },
   });
   const server: Server = createServer((socket) => {
     socket.setNoDelay(true); // as the clients (connectBroker)
+    boundPackets(socket, MAX_PACKET_BYTES);
     broker.handle(socket);
   });
   try {

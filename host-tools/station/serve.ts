@@ -712,8 +712,14 @@ async function serveBroker(o: StationServerOptions, w: WorkerParts): Promise<Sta
           (answer) => reply({ rc: Rc.OK, ...answer }),
           (e: unknown) => {
             if (e instanceof LinkError) return reply({ rc: e.rc, ...(e.reason ? { r: e.reason } : {}) });
-            logInternal(`station: an uplink from the broker failed: ${(e as Error).message}`);
-            return reply({ rc: Rc.INTERNAL });
+            // Not a refusal of the message: the store failed (its group's commit: on PostgreSQL
+            // two workers' groups can deadlock on terminals' locks when senders resend under
+            // load). Nothing of it was taken: left unanswered, its sender publishes it again and
+            // it is opened then (or answered from the store, if it was committed after all),
+            // instead of being refused for good.
+            w.counters.brokerDropped++;
+            logInternal(`station: an uplink from the broker failed, left unanswered for its sender to send again: ${(e as Error).message}`);
+            return undefined;
           },
         )
         .finally(() => busy--);

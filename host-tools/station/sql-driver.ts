@@ -95,8 +95,11 @@ const WORKER = `
 const { workerData } = require('node:worker_threads');
 const flag = new Int32Array(workerData.shared);
 const port = workerData.port;
+// The request being answered (its number goes back with its answer): none, no answer.
+let current;
 const answer = (msg) => {
-  port.postMessage(msg);
+  if (current === undefined) return;
+  port.postMessage({ ...msg, id: current });
   Atomics.store(flag, 0, 1);
   Atomics.notify(flag, 0);
 };
@@ -114,6 +117,7 @@ const connect = () => {
   return ready;
 };
 port.on('message', async (q) => {
+  current = q.id;
   try {
     await connect();
     if (q.end) { await client.end(); answer({ ok: true }); return; }
@@ -140,6 +144,7 @@ export class PgDriver implements SqlDriver {
   private readonly port: MessagePort;
   private readonly flag: Int32Array;
   private closed = false;
+  private seq = 0;
 
   /** Connect to `url` (postgres://user:password@host:port/database); throws if the server refuses. */
   constructor(readonly url: string) {
@@ -163,15 +168,36 @@ export class PgDriver implements SqlDriver {
 
   private call(msg: { sql?: string; params?: readonly Param[]; end?: boolean }): { rows: unknown[]; changes: number } {
     if (this.closed) throw new PgQueryError('the database connection is closed', undefined);
+    // Each request carries its number and is answered with it: an answer that is not this
+    // request's (a stray one, or a second one for an earlier request) is dropped, never taken as
+    // this query's rows (every later query would get the one before's: seen as a worker on a
+    // broker telling terminals it held no keys for them, and knowing a terminal that was not there).
+    const id = ++this.seq;
+    type Answer = { id?: number; ok: boolean; rows?: unknown[]; changes?: number; message?: string; code?: string };
+    const take = (): Answer | undefined => {
+      for (;;) {
+        const m = receiveMessageOnPort(this.port)?.message as Answer | undefined;
+        if (!m || m.id === id) return m;
+      }
+    };
     Atomics.store(this.flag, 0, 0);
-    this.port.postMessage(msg);
-    if (Atomics.wait(this.flag, 0, 0, PG_QUERY_TIMEOUT_MS) === 'timed-out') {
-      this.closed = true;
-      void this.worker.terminate();
-      throw new PgQueryError(`the database did not answer in ${PG_QUERY_TIMEOUT_MS / 1000} s`, undefined);
+    this.port.postMessage({ ...msg, id });
+    const deadline = Date.now() + PG_QUERY_TIMEOUT_MS;
+    let r: Answer | undefined;
+    for (;;) {
+      const left = deadline - Date.now();
+      if (left <= 0 || Atomics.wait(this.flag, 0, 0, left) === 'timed-out') {
+        this.closed = true;
+        void this.worker.terminate();
+        throw new PgQueryError(`the database did not answer in ${PG_QUERY_TIMEOUT_MS / 1000} s`, undefined);
+      }
+      r = take();
+      if (r) break;
+      // Woken by a stray answer: wait again (re-checked after clearing, so a wake-up is not lost).
+      Atomics.store(this.flag, 0, 0);
+      r = take();
+      if (r) break;
     }
-    const r = receiveMessageOnPort(this.port)?.message as { ok: boolean; rows?: unknown[]; changes?: number; message?: string; code?: string } | undefined;
-    if (!r) throw new PgQueryError('the database worker gave no answer', undefined);
     if (!r.ok) throw new PgQueryError(r.message ?? 'query failed', r.code);
     // bytea comes through the port as Uint8Array: Buffers again, as better-sqlite3 gives them.
     const rows = (r.rows ?? []).map((row) => {
