@@ -3,6 +3,7 @@
 // second one) must never be taken as its rows: found as a broker worker that, after a flood,
 // said it held no keys for enrolled terminals and knew a terminal that did not exist.
 import t from 'tap';
+import type { MessagePort } from 'node:worker_threads';
 import { PgDriver } from './sql-driver.js';
 import { PG_ADMIN_URL, pgSkipReason } from '../test-support/pg.js';
 

@@ -8,10 +8,11 @@ import fc from 'fast-check';
 import { chmodSync, mkdirSync, readFileSync, readdirSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import { StationStore } from './store.js';
 import type { StationKeyStore } from './store.js';
 import { KEY_CHUNK, SQL_STORE_FILE, SqlStationStore } from './sql-store.js';
-import { PG_CONNECT_TIMEOUT_MS, redactUrl } from './sql-driver.js';
+import { PG_CONNECT_TIMEOUT_MS, PgDriver, redactUrl } from './sql-driver.js';
 import Database from 'better-sqlite3';
 import { DB_URL_FILE, openStationStore } from './open-store.js';
 import { fuzzParams, replayLine } from '../../firmware/test-support/fuzz.js';
@@ -338,4 +339,37 @@ t.test('one station service per PostgreSQL database: the second is refused until
   a.close();
   t.equal(b.claimService(), true, 'the lock went with the first one\'s connection');
   t.end();
+});
+
+t.test('PostgreSQL: a message another worker is opening now is known once it commits, not refused as a replay', { skip: pgSkip }, async (t) => {
+  // Two workers got the same uplink (a resend). One (here psql, holding the terminal's lock as a
+  // worker's group does) has recorded it and not committed yet; the other asks openedBefore in its
+  // group. It must wait for the terminal's lock and then see the first one's row: reading at
+  // once, it found nothing and went on to take keys already taken (KEY_NOT_AVAILABLE: a message
+  // opened once, refused to its sender). Found by the outside review of the broker workers.
+  const url = pgUrl();
+  const store = new SqlStationStore(t.testdir({}), { url });
+  t.teardown(() => store.close());
+  const digest = randomBytes(32);
+  const id = `R${randomBytes(6).toString('hex')}`;
+  const u = new URL(url);
+  const env = { ...process.env, PGPASSWORD: decodeURIComponent(u.password), PGAPPNAME: 'qkt-race-test' };
+  const sql = `BEGIN; SELECT pg_advisory_xact_lock(hashtext('${id}')); INSERT INTO opened (terminal, digest, line, n, key_bits) VALUES ('${id}', '\\x${digest.toString('hex')}'::bytea, '{}', 7, 512); SELECT pg_sleep(1.5); COMMIT;`;
+  const psql = spawn('psql', ['-q', '-h', u.hostname, '-p', u.port || '5432', '-U', decodeURIComponent(u.username), '-d', u.pathname.slice(1), '-c', sql], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  let err = '';
+  psql.stderr.on('data', (d: Buffer) => (err += d.toString()));
+  const done = new Promise<number | null>((r) => psql.on('exit', (c) => r(c)));
+  t.teardown(() => psql.kill('SIGKILL'));
+  // Until psql holds the lock (an advisory lock granted to psql's backend).
+  const probe = new PgDriver(url);
+  let held = false;
+  for (let i = 0; i < 200 && !held; i++) {
+    if (probe.get<{ n: number }>("SELECT count(*)::int AS n FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = 'advisory' AND l.granted AND a.application_name = 'qkt-race-test'")!.n > 0) held = true;
+    else await new Promise((r) => setTimeout(r, 25));
+  }
+  probe.close();
+  t.ok(held, "psql holds the terminal's lock, its row not committed");
+  const seen = await store.grouped(() => store.openedBefore(id, digest));
+  t.same(seen, { n: 7, keyBits: 512 }, 'waited for the other worker and found its answer');
+  t.equal(await done, 0, err);
 });

@@ -611,6 +611,11 @@ export class SqlStationStore implements StationKeyStore {
    * OPENED_KEPT per terminal are known; an older one is refused as a replay (its keys are used).
    */
   openedBefore(terminalId: string, digest: Uint8Array): { n: number; keyBits: number } | undefined {
+    // In a transaction (a group) on PostgreSQL: the terminal's lock first, as the taking of its
+    // keys will. Another worker opening the same message now (a resend that reached two workers)
+    // has committed by the time this reads, so the message is known here, not refused as a
+    // replay of keys already taken.
+    if (this.d.kind === 'postgres' && (this.groupOpen || this.depth > 0)) this.d.run('SELECT pg_advisory_xact_lock(hashtext(?))', [terminalId]);
     return this.q.openedBefore.get(terminalId, Buffer.from(digest)) as { n: number; keyBits: number } | undefined;
   }
 
