@@ -93,6 +93,7 @@ t.test('qkt station run --broker: usage mistakes exit 2, a broker not there exit
     [['--broker', 'mqtt://127.0.0.1:1', '--listen', '127.0.0.1:0'], /--listen is where the embedded broker listens/],
     [['--broker', 'embedded', '--listen', 'tls:127.0.0.1:0'], /--listen: the embedded broker speaks MQTT on HOST:PORT, not tls:/],
     [['--broker', 'embedded', '--san', 'x'], /--san is for a station on mutual TLS/],
+    [['--broker', 'embedded', '--share', 'g'], /--share: the embedded broker \(MQTT 3\.1\.1\) has no shared subscriptions/],
     [['--broker', 'mqtt://127.0.0.1:1', '--share', 'a/b'], /--share must be 1-64 of A-Z a-z 0-9 _ -, got "a\/b"/],
     [['--broker', 'embedded', '--listen', '127.0.0.1:0'], /a station on a broker needs a database store/],
   ];

@@ -214,6 +214,9 @@ export function boundPackets(socket: Socket, max: number): void {
 /** Subscriptions the embedded broker grants one stranger's connection in its life (the reference client takes one). */
 export const MAX_SUBSCRIPTIONS = 16;
 
+/** Connections the embedded broker holds at once (a fleet shard or a worker holds one each). */
+export const EMBEDDED_MAX_CONNECTIONS = 1024;
+
 export interface EmbeddedBroker {
   /** `mqtt://HOST:PORT` */
   url: string;
@@ -265,6 +268,8 @@ export async function startEmbeddedBroker(host: string, port: number): Promise<E
     boundPackets(socket, MAX_PACKET_BYTES);
     broker.handle(socket);
   });
+  // A fleet shard holds one connection: a stranger opening thousands is turned away at accept.
+  server.maxConnections = EMBEDDED_MAX_CONNECTIONS;
   try {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

@@ -27,7 +27,10 @@ export default defineCommand({
           throw new CliError((e as Error).message, Exit.USAGE);
         }
         if (listenText !== undefined) throw new CliError('--listen is where the embedded broker listens: give it with --broker embedded, not with a broker of its own', Exit.USAGE);
-      } else if (listenText !== undefined && listenText.startsWith('tls:')) throw new CliError('--listen: the embedded broker speaks MQTT on HOST:PORT, not tls:', Exit.USAGE);
+      } else {
+        if (listenText !== undefined && listenText.startsWith('tls:')) throw new CliError('--listen: the embedded broker speaks MQTT on HOST:PORT, not tls:', Exit.USAGE);
+        if (share !== undefined) throw new CliError('--share: the embedded broker (MQTT 3.1.1) has no shared subscriptions; its one worker is this process', Exit.USAGE);
+      }
       for (const o of ['san', 'max-connections']) if (v[o] !== undefined) throw new CliError(`--${o} is for a station on mutual TLS (--listen), not one on a broker`, Exit.USAGE);
       if (share !== undefined && !/^[A-Za-z0-9_-]{1,64}$/.test(share)) throw new CliError(`--share must be 1-64 of A-Z a-z 0-9 _ -, got ${JSON.stringify(share)}`, Exit.USAGE);
     }
