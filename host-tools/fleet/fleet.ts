@@ -36,10 +36,10 @@ import type { StationStoreKind } from '../station/open-store.js';
 import { spawn } from 'node:child_process';
 import { setMaxListeners } from 'node:events';
 import { qktBin } from '../bench/start.js';
-import { BrokerStation, checkBrokerUrl, redactBrokerUrl } from '../station/broker.js';
+import { BROKER_PASSWORD_ENV, BrokerStation, checkBrokerUrl } from '../station/broker.js';
+import { redactUrl } from '../redact-url.js';
 import type { StationRequester } from '../station/broker.js';
 import { checkDbUrl, openStationStore } from '../station/open-store.js';
-import { accountRow } from '../station/accounts.js';
 
 export const CLASS_IDS: readonly ClassId[] = ['A', 'B', 'C', 'D', 'E'];
 /** Most terminals one fleet run takes (one process). */
@@ -222,11 +222,20 @@ interface StationProcess {
  * before ready carries the log's end.
  */
 async function startStationProcess(homeDir: string, maxConnections: number, broker: string | undefined): Promise<StationProcess> {
-  const where = broker === undefined ? ['--listen', '127.0.0.1:0', '--max-connections', String(maxConnections)] : broker === 'embedded' ? ['--broker', 'embedded', '--listen', '127.0.0.1:0'] : ['--broker', broker];
-  const child = spawn(process.execPath, [qktBin(), 'station', 'run', '--home', homeDir, ...where, '--json'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, QKT_PARENT_PID: String(process.pid) },
-  });
+  // A broker's password goes to the station process in its environment, not on its command line
+  // (which every user of the machine can read).
+  const env: NodeJS.ProcessEnv = { ...process.env, QKT_PARENT_PID: String(process.pid) };
+  let where = ['--listen', '127.0.0.1:0', '--max-connections', String(maxConnections)];
+  if (broker === 'embedded') where = ['--broker', 'embedded', '--listen', '127.0.0.1:0'];
+  else if (broker !== undefined) {
+    const u = new URL(broker);
+    if (u.password !== '') {
+      env[BROKER_PASSWORD_ENV] = decodeURIComponent(u.password);
+      u.password = '';
+    }
+    where = ['--broker', u.toString()];
+  }
+  const child = spawn(process.execPath, [qktBin(), 'station', 'run', '--home', homeDir, ...where, '--json'], { stdio: ['ignore', 'pipe', 'pipe'], env });
   let err = '';
   child.stderr.setEncoding('utf8').on('data', (d: string) => {
     if (err.length < 4096) err += d;
@@ -588,7 +597,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
     try {
       await bounded(members, limit, async (m) => {
         const pool = (await m.module!.request(Group.SYSTEM, SystemCmd.STATUS, {}))['pool'] as { consumedKeyBits?: unknown } | undefined;
-        const own = accounts ? accountRow(accounts, m.id, 1) : (await readStationStatus(m.link!)).find((r) => r.terminalId === m.id);
+        const own = accounts ? accounts.account(m.id) : (await readStationStatus(m.link!)).find((r) => r.terminalId === m.id);
         if (typeof pool?.consumedKeyBits !== 'number' || own === undefined || pool.consumedKeyBits !== own.consumedKeyBits) mismatches++;
       });
     } finally {
@@ -610,7 +619,7 @@ export async function runFleet(o: FleetOptions): Promise<FleetResult> {
       images: { where: o.home !== undefined ? 'files' : 'memory', bytes: geometry.size, sectors: geometry.size / geometry.sectorSize, sectorSize: geometry.sectorSize },
       store: storeKind,
       station: stationWhere,
-      broker: o.broker === undefined ? null : redactBrokerUrl(address),
+      broker: o.broker === undefined ? null : redactUrl(address),
       shard: o.shard ?? null,
       ratePerSecond: o.ratePerSecond ?? null,
       stationConnections: o.broker === undefined ? n : 1,

@@ -1,4 +1,4 @@
-// The station over an MQTT broker (issue 13, item 3; docs/protocol.md 10): terminals publish their
+// The station over an MQTT broker (issue 13, item 3; docs/protocol.md 3.12.5): terminals publish their
 // sealed uplinks to `qkt/v1/up/<terminal>`, station workers take them from one shared subscription
 // and answer on the asker's own answer topic. What the broker carries is the UPLINK only: each
 // message authenticates itself under its terminal's keys (a forged or replayed one takes nothing),
@@ -20,6 +20,7 @@ import { LinkError, Rc } from '../../firmware/link/errors.js';
 import { Group, StationCmd } from '../../firmware/link/groups.js';
 import { LinkTimeoutError, NoDeviceError } from '../link/errors.js';
 import { InputError } from '../input-error.js';
+import { redactUrl } from '../redact-url.js';
 import type { DeviceParams, RequestOptions } from '../link/client.js';
 
 /** Topic prefix of this protocol's version. */
@@ -46,28 +47,24 @@ export function terminalOfTopic(topic: string): string | undefined {
 
 /** `mqtt://HOST:PORT` or `mqtts://HOST:PORT` (user and password allowed, never printed). */
 export function checkBrokerUrl(url: string): URL {
-  let u: URL;
+  let u: URL | undefined;
   try {
     u = new URL(url);
   } catch {
-    throw new InputError(`--broker must be mqtt://HOST:PORT, mqtts://HOST:PORT or embedded, got ${JSON.stringify(redactBrokerUrl(url))}`);
+    // refused below
   }
-  if ((u.protocol !== 'mqtt:' && u.protocol !== 'mqtts:') || u.hostname === '' || (u.pathname !== '' && u.pathname !== '/') || u.search !== '' || u.hash !== '') {
-    throw new InputError(`--broker must be mqtt://HOST:PORT, mqtts://HOST:PORT or embedded, got ${JSON.stringify(redactBrokerUrl(url))}`);
+  if (!u || (u.protocol !== 'mqtt:' && u.protocol !== 'mqtts:') || u.hostname === '' || (u.pathname !== '' && u.pathname !== '/') || u.search !== '' || u.hash !== '') {
+    throw new InputError(`--broker must be mqtt://HOST:PORT, mqtts://HOST:PORT or embedded, got ${JSON.stringify(redactUrl(url))}`);
   }
   return u;
 }
 
-/** The broker's address as it may be shown: no password. */
-export function redactBrokerUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    return u.toString().replace(/\/$/, '');
-  } catch {
-    return url.replace(/:[^:@/]*@/, ':***@').slice(0, 200);
-  }
-}
+/**
+ * Where a broker's password may come from besides its address: an address on a command line is
+ * visible to every user of the machine (ps), the environment is not. Used when the address names
+ * a user and no password.
+ */
+export const BROKER_PASSWORD_ENV = 'QKT_MQTT_PASSWORD';
 
 export interface BrokerConnection {
   client: MqttClient;
@@ -109,16 +106,17 @@ const connectOnce = async (url: string, o: IClientOptions, timeoutMs: number): P
  * After this, the client reconnects by itself (every `reconnectMs`) when the broker goes away.
  */
 export async function connectBroker(url: string, o: { clientId?: string; username?: string; password?: string; timeoutMs?: number; reconnectMs?: number } = {}): Promise<BrokerConnection> {
-  checkBrokerUrl(url);
   const timeoutMs = o.timeoutMs ?? 10_000;
+  const u = checkBrokerUrl(url);
+  const password = o.password ?? (u.username !== '' && u.password === '' ? process.env[BROKER_PASSWORD_ENV] : undefined);
   const base: IClientOptions = {
     clean: true,
     keepalive: 30,
     ...(o.clientId ? { clientId: o.clientId } : {}),
     ...(o.username !== undefined ? { username: o.username } : {}),
-    ...(o.password !== undefined ? { password: o.password } : {}),
+    ...(password !== undefined ? { password } : {}),
   };
-  const shown = redactBrokerUrl(url);
+  const shown = redactUrl(url);
   let version: 4 | 5 = 5;
   let r;
   try {
@@ -214,6 +212,9 @@ export function boundPackets(socket: Socket, max: number): void {
 /** Subscriptions the embedded broker grants one stranger's connection in its life (the reference client takes one). */
 export const MAX_SUBSCRIPTIONS = 16;
 
+/** Where `station run --broker embedded` listens when --listen is not given: MQTT's own port, on loopback. */
+export const EMBEDDED_BROKER_PORT = 1883;
+
 /** Connections the embedded broker holds at once (a fleet shard or a worker holds one each). */
 export const EMBEDDED_MAX_CONNECTIONS = 1024;
 
@@ -304,7 +305,8 @@ interface Pending {
   resolve: (p: Payload) => void;
   reject: (e: Error) => void;
   terminalId: string;
-  timer: NodeJS.Timeout;
+  /** The next resend (undefined once given up). */
+  timer: NodeJS.Timeout | undefined;
 }
 
 /**
@@ -369,22 +371,25 @@ export class BrokerStation {
     return new Promise<Payload>((resolve, reject) => {
       let wait = this.resendMs;
       let attempts = 0;
-      const send = () => {
+      const send = (): NodeJS.Timeout | undefined => {
         const left = timeoutMs - (Date.now() - started);
         if (left <= 0) {
           this.pending.delete(k);
           reject(new LinkTimeoutError(Group.STATION, StationCmd.UPLINK, timeoutMs, attempts, 'no answer over the MQTT broker'));
-          return;
+          return undefined;
         }
         // QoS 1 to the broker; the answer is the end-to-end acknowledgement.
         attempts++;
         this.conn.client.publish(topic, body, { qos: 1 }, () => undefined);
-        const p = this.pending.get(k);
-        if (p) p.timer = setTimeout(send, Math.min(wait, left));
+        const timer = setTimeout(() => {
+          const p = this.pending.get(k);
+          if (p) p.timer = send();
+        }, Math.min(wait, left));
         wait = Math.min(wait * 2, 8000);
+        return timer;
       };
-      this.pending.set(k, { resolve, reject, terminalId, timer: setTimeout(() => undefined, 0) });
-      send();
+      const timer = send();
+      if (timer) this.pending.set(k, { resolve, reject, terminalId, timer });
     });
   }
 

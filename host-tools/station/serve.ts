@@ -44,11 +44,9 @@ import { NoDeviceError } from '../link/errors.js';
 import { randomBytes } from 'node:crypto';
 import { decodePayload, encodePayload } from '../../firmware/link/codec.js';
 import type { Payload } from '../../firmware/link/codec.js';
-import { answerTopic, connectBroker, DEFAULT_SHARE, MAX_REQUEST_BYTES, redactBrokerUrl, startEmbeddedBroker, TAG_RE, terminalOfTopic, workerTopic } from './broker.js';
+import { answerTopic, connectBroker, DEFAULT_SHARE, EMBEDDED_BROKER_PORT, MAX_REQUEST_BYTES, startEmbeddedBroker, TAG_RE, terminalOfTopic, workerTopic } from './broker.js';
+import { redactUrl } from '../redact-url.js';
 import type { BrokerConnection, EmbeddedBroker } from './broker.js';
-
-/** Where `station run --broker embedded` listens when --listen is not given: MQTT's own port, on loopback. */
-export const EMBEDDED_BROKER_PORT = 1883;
 
 export const STATION_FIRMWARE = `qkt-station ${FIRMWARE.split(' ')[1]}`;
 
@@ -127,7 +125,7 @@ export interface StationServerOptions {
    */
   tls?: TlsPems | (() => Promise<TlsPems>);
   /**
-   * Take uplinks from an MQTT broker instead of TLS connections (broker.ts, docs/protocol.md 10):
+   * Take uplinks from an MQTT broker instead of TLS connections (broker.ts, docs/protocol.md 3.12.5):
    * `mqtt://HOST:PORT`, or 'embedded' (an aedes broker in this process, on `listen`). On a
    * PostgreSQL store several such workers may serve one database, sharing the subscription.
    */
@@ -607,51 +605,51 @@ async function serveStore(store: StationKeyStore, o: StationServerOptions, unloc
   }
 
   async function serveTls(): Promise<StationServer> {
-  const { host, port } = parseTlsAddress(o.listen!);
-  const pems = typeof o.tls === 'function' ? await o.tls() : o.tls!;
-  const l = await listenTls(
-    host,
-    port,
-    {
-      ...pems,
-      onHandshakeError,
-      ...(o.handshakeTimeoutMs ? { handshakeTimeoutMs: o.handshakeTimeoutMs } : {}),
-      ...(o.maxHandshaking ? { maxHandshaking: o.maxHandshaking } : {}),
-      ...(o.maxHandshakingPerAddress ? { maxHandshakingPerAddress: o.maxHandshakingPerAddress } : {}),
-      ...(o.maxConnections ? { maxConnections: o.maxConnections } : {}),
-    },
-    (t, socket) => {
-      const caller = callerOf(socket);
-      counters.connections++;
-      if (!caller) {
-        // Verified by the CA but no station role (an SAE certificate of the ETSI 014 API): it
-        // may do nothing here, so it holds no connection slot either.
-        counters.noRole++;
-        logNoRole(`station: ${t.description}: certificate names no station role; connection closed`);
-        void t.close();
-        return;
-      }
-      socket.setTimeout(idleTimeoutMs);
-      socket.on('timeout', () => {
-        counters.idleClosed++;
-        void t.close();
-      });
-      admit(`${caller.kind} ${caller.id}`, t);
-      // One dispatcher per connection: its handlers know the caller, no request can borrow another's.
-      const dispatcher = new Dispatcher();
-      dispatcher.register(system);
-      dispatcher.register(stationGroup(caller));
-      void new DeviceLink(t, dispatcher, DEFAULT_LIMITS);
-    },
-  );
-  return {
-    address: formatTlsAddress(l.address.host, l.address.port),
-    counters,
-    close: async () => {
-      await l.close();
-      finish();
-    },
-  };
+    const { host, port } = parseTlsAddress(o.listen!);
+    const pems = typeof o.tls === 'function' ? await o.tls() : o.tls!;
+    const l = await listenTls(
+      host,
+      port,
+      {
+        ...pems,
+        onHandshakeError,
+        ...(o.handshakeTimeoutMs ? { handshakeTimeoutMs: o.handshakeTimeoutMs } : {}),
+        ...(o.maxHandshaking ? { maxHandshaking: o.maxHandshaking } : {}),
+        ...(o.maxHandshakingPerAddress ? { maxHandshakingPerAddress: o.maxHandshakingPerAddress } : {}),
+        ...(o.maxConnections ? { maxConnections: o.maxConnections } : {}),
+      },
+      (t, socket) => {
+        const caller = callerOf(socket);
+        counters.connections++;
+        if (!caller) {
+          // Verified by the CA but no station role (an SAE certificate of the ETSI 014 API): it
+          // may do nothing here, so it holds no connection slot either.
+          counters.noRole++;
+          logNoRole(`station: ${t.description}: certificate names no station role; connection closed`);
+          void t.close();
+          return;
+        }
+        socket.setTimeout(idleTimeoutMs);
+        socket.on('timeout', () => {
+          counters.idleClosed++;
+          void t.close();
+        });
+        admit(`${caller.kind} ${caller.id}`, t);
+        // One dispatcher per connection: its handlers know the caller, no request can borrow another's.
+        const dispatcher = new Dispatcher();
+        dispatcher.register(system);
+        dispatcher.register(stationGroup(caller));
+        void new DeviceLink(t, dispatcher, DEFAULT_LIMITS);
+      },
+    );
+    return {
+      address: formatTlsAddress(l.address.host, l.address.port),
+      counters,
+      close: async () => {
+        await l.close();
+        finish();
+      },
+    };
   }
 }
 
@@ -725,12 +723,12 @@ async function serveBroker(o: StationServerOptions, w: WorkerParts): Promise<Sta
         .finally(() => busy--);
     });
     const topic = workerTopic(share);
-    const refused = () => new NoDeviceError(redactBrokerUrl(url), `the MQTT broker at ${redactBrokerUrl(url)} refused the subscription to ${topic}`);
+    const shown = redactUrl(url);
+    const refused = () => new NoDeviceError(shown, `the MQTT broker at ${shown} refused the subscription to ${topic}`);
     const granted = await c.client.subscribeAsync(topic, { qos: 1 }).catch(() => {
       throw refused();
     });
     if (granted.some((g) => g.qos > 2)) throw refused();
-    const shown = redactBrokerUrl(url);
     return {
       address: shown,
       broker: {

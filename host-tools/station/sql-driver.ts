@@ -9,6 +9,7 @@
 // synckit wants the worker as a file, which a TypeScript source tree does not have at run time).
 // A query then costs a round trip to the worker and to the server; group commit (one COMMIT for
 // the uplinks of a turn) keeps the fsyncs shared as on SQLite.
+import { redactUrl } from '../redact-url.js';
 import { createRequire } from 'node:module';
 import { MessageChannel, Worker, receiveMessageOnPort } from 'node:worker_threads';
 import type { MessagePort } from 'node:worker_threads';
@@ -63,18 +64,6 @@ export class SqliteDriver implements SqlDriver {
   }
   get open(): boolean {
     return this.db.open;
-  }
-}
-
-/** A database address fit to print: its password, in the userinfo or the query, replaced by ***. */
-export function redactUrl(url: string): string {
-  try {
-    const u = new URL(url);
-    if (u.password) u.password = '***';
-    for (const k of [...u.searchParams.keys()]) if (/pass|secret|key/i.test(k)) u.searchParams.set(k, '***');
-    return u.toString().replace(/%2A%2A%2A/g, '***');
-  } catch {
-    return '(not an address)';
   }
 }
 
